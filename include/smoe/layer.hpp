@@ -1,0 +1,265 @@
+#pragma once
+// smoe::MoELayer<Router, Expert, Balancer, Backend>: one sparse MoE block.
+//
+//   y = Σ_(e, w) in route(x · gateᵀ)  w · expert_e(x)
+//
+// forward(x, y, workspace): gate projection (fp32), routing, balancing, dispatch (counting sort into
+// expert-major order and a gather per expert), the experts that received tokens (the others are
+// never touched), and the combine in slot order. forward_routed() takes the routing from the host
+// engine and runs dispatch, experts and combine only.
+//
+// Workspace: workspace_size() bytes for config().max_tokens tokens; forward never allocates. The
+// two-argument forward uses a buffer the layer allocated once at construction, so it is not safe to
+// call concurrently on one layer; the three-argument form is, with one workspace per caller.
+//
+//   using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+//   Layer layer({.router = smoe::router::TopKConfig::mixtral(), .expert = {4096, 14336, 8}, .max_tokens = 512},
+//               {.gate = gate, .experts = smoe::expert::SwiGLUWeights<float>::dense(w1, w3, w2, expert_cfg)});
+//   smoe::RoutingResult r = layer.forward(x, y);   // r.load(e): tokens of expert e
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include "smoe/backend/cpu.hpp"
+#include "smoe/concepts.hpp"
+#include "smoe/core/error.hpp"
+#include "smoe/core/routing.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/core/workspace.hpp"
+#include "smoe/kernels/cpu/combine.hpp"
+#include "smoe/kernels/cpu/dispatch.hpp"
+#include "smoe/kernels/cpu/finite_check.hpp"
+#include "smoe/kernels/cpu/gemm_nt.hpp"
+#include "smoe/route.hpp"
+
+namespace smoe::inline v0 {
+
+namespace detail {
+
+// Stand-ins that keep MoELayer's declarations well formed when a parameter is not a policy, so the
+// static_assert below is the one error the user reads.
+struct not_a_policy {
+    struct Config {};
+    struct Weights {};
+};
+template <class P, class = void>
+struct config_of {
+    using type = not_a_policy::Config;
+};
+template <class P>
+struct config_of<P, std::void_t<typename P::Config>> {
+    using type = typename P::Config;
+};
+template <class P, class = void>
+struct weights_of {
+    using type = not_a_policy::Weights;
+};
+template <class P>
+struct weights_of<P, std::void_t<typename P::Weights>> {
+    using type = typename P::Weights;
+};
+template <class B, class = void>
+struct arch_of {
+    using type = xsimd::default_arch;
+};
+template <class B>
+struct arch_of<B, std::void_t<typename B::arch>> {
+    using type = typename B::arch;
+};
+
+}  // namespace detail
+
+template <class Router, class Expert, class Balancer, class Backend = backend::Cpu<>>
+class MoELayer {
+    static_assert(smoe::Backend<Backend>,
+                  "smoe::MoELayer: the Backend parameter does not model smoe::Backend (it needs a nested `tag` "
+                  "type and a static `name`; use smoe::backend::Cpu<Arch>)");
+    using arch = typename detail::arch_of<Backend>::type;
+    static_assert(RouterPolicy<Router, arch>,
+                  "smoe::MoELayer: the Router parameter does not model smoe::RouterPolicy (it needs a nested "
+                  "Config and num_experts(), num_logits(), max_slots(), workspace_size(max_tokens) and "
+                  "route(arch, logits, bias, out, workspace); use a type from smoe::router)");
+    static_assert(ExpertPolicy<Expert, arch>,
+                  "smoe::MoELayer: the Expert parameter does not model smoe::ExpertPolicy (it needs nested "
+                  "Config and Weights, is_compute_free, num_experts(), hidden_size(), workspace_size(max_rows) "
+                  "and run(arch, e, rows_in, row_w, slot_out, workspace); use a type from smoe::expert)");
+    static_assert(BalancePolicy<Balancer>,
+                  "smoe::MoELayer: the Balancer parameter does not model smoe::BalancePolicy (it needs a nested "
+                  "Config, drops_tokens, workspace_size(max_tokens) and plan(routing); use a type from "
+                  "smoe::balance)");
+
+public:
+    using router_type = Router;
+    using expert_type = Expert;
+    using balancer_type = Balancer;
+    using backend_type = Backend;
+
+    struct Config {
+        typename detail::config_of<Router>::type router{};
+        typename detail::config_of<Expert>::type expert{};
+        typename detail::config_of<Balancer>::type balance{};
+        std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call
+    };
+
+    struct Weights {
+        MatrixView<float const> gate;          // router projection [num_logits, d]
+        std::span<float const> expert_bias;    // optional selection bias [num_experts] (DeepSeek-V3)
+        typename detail::weights_of<Expert>::type experts{};
+    };
+
+    MoELayer(Config const& cfg, Weights const& w)
+        : cfg_(cfg), router_(cfg.router), expert_(cfg.expert, w.experts), balancer_(cfg.balance), weights_(w) {
+        if (cfg_.max_tokens < 0) detail::fail("max_tokens", cfg_.max_tokens, "a count >= 0");
+        if (router_.num_experts() != expert_.num_experts())
+            detail::fail("router.num_experts", router_.num_experts(),
+                         "the experts' num_experts (" + std::to_string(expert_.num_experts()) + ")");
+        detail::check_int32_extent(cfg_.max_tokens, router_.max_slots());
+        detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
+        if (!w.expert_bias.empty() && static_cast<std::int64_t>(w.expert_bias.size()) != router_.num_experts())
+            detail::fail("expert_bias", "length " + std::to_string(w.expert_bias.size()),
+                         "length num_experts = " + std::to_string(router_.num_experts()));
+        if (!w.expert_bias.empty())
+            kernels::cpu::check_finite(arch{}, MatrixView<float const>(w.expert_bias.data(), 1, router_.num_experts()),
+                                       "expert_bias", nullptr, "expert");
+        buffer_ = WorkspaceBuffer(workspace_size());
+    }
+
+    Config const& config() const { return cfg_; }
+    Router const& router() const { return router_; }
+    Expert const& experts() const { return expert_; }
+    Balancer& balancer() { return balancer_; }
+    std::int64_t hidden_size() const { return expert_.hidden_size(); }
+    std::int64_t num_experts() const { return router_.num_experts(); }
+
+    // Bytes of workspace one call of up to config().max_tokens tokens needs.
+    std::size_t workspace_size() const {
+        WorkspaceSize size;
+        carve(size, cfg_.max_tokens);
+        return required_bytes(size.bytes());
+    }
+
+    // x [T, d] -> y [T, d], T <= max_tokens. The result's views point into the workspace.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
+        std::int64_t const T = check_io(x, y);
+        Workspace ws(workspace);
+        Buffers b = carve(ws, T);
+        MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
+        kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+        Workspace scratch = b.router_ws;
+        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), weights_.expert_bias, b.routing.token_major, scratch);
+        RoutingResult const r = detail::finish_routing(b.routing, router_.num_experts(), K);
+        balancer_.plan(r);
+        run_experts(x, y, r, b);
+        return r;
+    }
+
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
+
+    // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
+    // max_slots(); id -1 marks an empty slot). Runs dispatch, experts and combine.
+    RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
+                                 MatrixView<float const> expert_weights, MatrixView<float> y,
+                                 std::span<std::byte> workspace) {
+        std::int64_t const T = check_io(x, y);
+        std::int64_t const K = check_precomputed(expert_ids, expert_weights, T);
+        Workspace ws(workspace);
+        Buffers b = carve(ws, T);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j) {
+                b.routing.token_major.expert_ids(t, j) = expert_ids(t, j);
+                b.routing.token_major.expert_weights(t, j) = expert_ids(t, j) < 0 ? 0.0f : expert_weights(t, j);
+            }
+        RoutingResult const r = detail::finish_routing(b.routing, router_.num_experts(), K);
+        balancer_.plan(r);
+        run_experts(x, y, r, b);
+        return r;
+    }
+
+    RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
+                                 MatrixView<float const> expert_weights, MatrixView<float> y) {
+        return forward_routed(x, expert_ids, expert_weights, y, buffer_.bytes());
+    }
+
+private:
+    struct Buffers {
+        std::span<float> logits;
+        detail::RoutingBuffers routing;
+        Workspace router_ws;
+        std::span<float> gathered;  // one expert's input rows, at most T
+        std::span<float> slot_out;  // [T*K, d] weighted expert outputs in CSR order
+        Workspace expert_ws;
+    };
+
+    // One routine sizes (with WorkspaceSize) and carves (with Workspace), so they cannot disagree.
+    template <class Alloc>
+    Buffers carve(Alloc& a, std::int64_t T) const {
+        auto const d = static_cast<std::size_t>(expert_.hidden_size());
+        auto const t = static_cast<std::size_t>(T);
+        Buffers b;
+        b.logits = a.template take<float>(t * static_cast<std::size_t>(router_.num_logits()));
+        b.routing = detail::carve_routing(router_, a, T);
+        b.router_ws = a.take_bytes(router_.workspace_size(T));
+        b.gathered = a.template take<float>(t * d);
+        b.slot_out = a.template take<float>(t * static_cast<std::size_t>(router_.max_slots()) * d);
+        b.expert_ws = a.take_bytes(expert_.workspace_size(T));
+        return b;
+    }
+
+    std::int64_t check_io(MatrixView<float const> x, MatrixView<float> y) const {
+        std::int64_t const d = expert_.hidden_size();
+        detail::check_view(x, "x", -1, d);
+        detail::check_view(y, "y", x.rows, d);
+        if (x.rows > cfg_.max_tokens)
+            detail::fail("x.rows", x.rows, "at most max_tokens = " + std::to_string(cfg_.max_tokens) + " tokens");
+        return x.rows;
+    }
+
+    std::int64_t check_precomputed(MatrixView<std::int32_t const> ids, MatrixView<float const> w, std::int64_t T) const {
+        detail::check_view(ids, "expert_ids", T, -1);
+        detail::check_view(w, "expert_weights", T, ids.cols);
+        std::int64_t const K = ids.cols, E = router_.num_experts();
+        if (K > router_.max_slots())
+            detail::fail("expert_ids.cols", K, "at most the router's max_slots() = " + std::to_string(router_.max_slots()));
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j) {
+                std::int32_t const e = ids(t, j);
+                std::string const at = " at token " + std::to_string(t) + ", slot " + std::to_string(j);
+                if (e < -1 || e >= E)
+                    detail::fail("expert_ids", std::to_string(e) + at, "an expert id in [0, " + std::to_string(E) + ") or -1 for an empty slot");
+                if (e >= 0 && !std::isfinite(w(t, j)))
+                    detail::fail("expert_weights", detail::to_text(w(t, j)) + at, "finite weights");
+                for (std::int64_t i = 0; i < j && e >= 0; ++i)
+                    if (ids(t, i) == e)
+                        detail::fail("expert_ids", std::to_string(e) + at, "each expert at most once per token");
+            }
+        return K;
+    }
+
+    void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
+        std::int64_t const d = expert_.hidden_size();
+        MatrixView<float> const slot_out(b.slot_out.data(), r.nnz(), d);
+        for (std::int64_t e = 0; e < r.num_experts; ++e) {
+            std::int64_t const M = r.load(e);
+            if (M == 0) continue;
+            auto const begin = static_cast<std::size_t>(r.offsets[e]);
+            auto const rows = static_cast<std::size_t>(M);
+            MatrixView<float> const xe(b.gathered.data(), M, d);
+            kernels::cpu::gather_rows(x, r.token_ids.subspan(begin, rows), xe);
+            Workspace ews = b.expert_ws;
+            expert_.run(arch{}, e, MatrixView<float const>(xe), r.weights.subspan(begin, rows), slot_out.block(r.offsets[e], M), ews);
+        }
+        kernels::cpu::combine_slots(arch{}, MatrixView<float const>(slot_out), b.routing.expert_major.slot_rows, r.k, y);
+    }
+
+    Config cfg_;
+    Router router_;
+    Expert expert_;
+    Balancer balancer_;
+    Weights weights_;
+    WorkspaceBuffer buffer_;
+};
+
+}  // namespace smoe::inline v0

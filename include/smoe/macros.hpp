@@ -1,0 +1,20 @@
+#pragma once
+// The only place with compiler-specific #ifs.
+
+#include "smoe/config.hpp"
+
+#if defined(__CUDACC__)
+#define SMOE_HOST_DEVICE __host__ __device__ inline
+#else
+#define SMOE_HOST_DEVICE inline
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SMOE_RESTRICT __restrict__
+#define SMOE_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SMOE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define SMOE_RESTRICT
+#define SMOE_ALWAYS_INLINE inline
+#define SMOE_UNLIKELY(x) (x)
+#endif

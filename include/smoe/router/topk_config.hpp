@@ -1,0 +1,78 @@
+#pragma once
+// Configuration of smoe::router::TopK (routing.md §2): keys, defaults, validation and named presets.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "smoe/core/error.hpp"
+
+namespace smoe::inline v0::router {
+
+enum class ScoreFunc { softmax, sigmoid };
+
+inline char const* to_string(ScoreFunc s) { return s == ScoreFunc::softmax ? "softmax" : "sigmoid"; }
+
+struct TopKConfig {
+    std::int64_t num_experts = 0;  // E >= 1
+    std::int64_t top_k = 0;        // 1 <= k <= E
+    ScoreFunc score_func = ScoreFunc::softmax;
+    bool norm_topk_prob = false;    // renormalise the selected weights
+    bool score_after_topk = false;  // softmax over the k selected logits only (Megatron's default)
+    float routed_scaling_factor = 1.0f;
+    std::int64_t n_group = 1;     // divides E
+    std::int64_t topk_group = 0;  // 0 means n_group (the spec's default)
+    float norm_eps = 1e-20f;      // added to the renormalisation denominator
+    bool requires_expert_bias = false;  // DeepSeek-V3: a forward without expert_bias is an error
+
+    std::int64_t group_size() const { return num_experts / n_group; }
+    std::int64_t groups_kept() const { return topk_group == 0 ? n_group : topk_group; }
+
+    // Throws smoe::invalid_argument naming the key, the value and the valid range.
+    void validate() const {
+        using detail::fail;
+        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        if (top_k < 1 || top_k > num_experts)
+            fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
+        if (!std::isfinite(routed_scaling_factor)) fail("routed_scaling_factor", routed_scaling_factor, "a finite value");
+        if (!(norm_eps >= 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps", norm_eps, "a finite value >= 0");
+        if (n_group < 1 || num_experts % n_group != 0)
+            fail("n_group", n_group, "a divisor of num_experts (" + std::to_string(num_experts) + ")");
+        if (topk_group < 0 || topk_group > n_group)
+            fail("topk_group", topk_group, "1 <= topk_group <= n_group (" + std::to_string(n_group) + "), or 0 for n_group");
+        if (top_k > groups_kept() * group_size())
+            fail("top_k", top_k,
+                 "top_k <= topk_group * num_experts / n_group (" + std::to_string(groups_kept() * group_size()) + ")");
+        if (score_after_topk) {
+            if (score_func != ScoreFunc::softmax) fail("score_after_topk", true, "score_func \"softmax\" with score_after_topk");
+            if (n_group != 1) fail("score_after_topk", true, "n_group = 1 with score_after_topk (n_group is " + std::to_string(n_group) + ")");
+            if (requires_expert_bias) fail("score_after_topk", true, "no expert_bias with score_after_topk");
+        }
+        if (requires_expert_bias && n_group > 1 && group_size() < 2)
+            fail("n_group", n_group, "groups of at least 2 experts when an expert_bias is used");
+    }
+
+    // Presets (routing.md §2 table). E and k are those of the published checkpoints.
+    static TopKConfig mixtral() { return {.num_experts = 8, .top_k = 2, .norm_topk_prob = true}; }
+    static TopKConfig olmoe() { return {.num_experts = 64, .top_k = 8}; }
+    static TopKConfig qwen2_moe() { return {.num_experts = 60, .top_k = 4}; }
+    static TopKConfig deepseek_v2() {
+        return {.num_experts = 160, .top_k = 6, .routed_scaling_factor = 16.0f, .n_group = 8, .topk_group = 3};
+    }
+    static TopKConfig deepseek_v2_lite() { return {.num_experts = 64, .top_k = 6}; }
+    static TopKConfig deepseek_v3() {
+        return {.num_experts = 256,
+                .top_k = 8,
+                .score_func = ScoreFunc::sigmoid,
+                .norm_topk_prob = true,
+                .routed_scaling_factor = 2.5f,
+                .n_group = 8,
+                .topk_group = 4,
+                .requires_expert_bias = true};
+    }
+    static TopKConfig megatron(std::int64_t num_experts, std::int64_t top_k) {
+        return {.num_experts = num_experts, .top_k = top_k, .score_after_topk = true};
+    }
+};
+
+}  // namespace smoe::inline v0::router

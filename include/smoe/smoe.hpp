@@ -1,0 +1,15 @@
+#pragma once
+// smoe: sparse Mixture-of-Experts layers as compile-time policies. The CPU umbrella header; it never
+// pulls CUDA headers.
+
+#include "smoe/balance/none.hpp"
+#include "smoe/concepts.hpp"
+#include "smoe/config.hpp"
+#include "smoe/core/error.hpp"
+#include "smoe/core/routing.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/core/workspace.hpp"
+#include "smoe/expert/swiglu.hpp"
+#include "smoe/layer.hpp"
+#include "smoe/route.hpp"
+#include "smoe/router/topk.hpp"
