@@ -11,6 +11,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "smoe/kernels/cpu/simd_map.hpp"
 #include "smoe/router/topk_config.hpp"
 
 namespace smoe::inline v0::kernels::cpu {
@@ -34,35 +35,26 @@ float row_max(Arch, float const* x, std::int64_t n) {
 
 // s = softmax(x) over n entries.
 template <class Arch>
-void softmax_row(Arch, float const* x, float* s, std::int64_t n) {
+void softmax_row(Arch arch, float const* x, float* s, std::int64_t n) {
     using batch = xsimd::batch<float, Arch>;
-    constexpr std::int64_t W = batch::size;
-    float const m = row_max(Arch{}, x, n);
+    float const m = row_max(arch, x, n);
     batch const mv(m);
-    batch sum(0.0f);
-    std::int64_t i = 0;
-    for (; i + W <= n; i += W) {
-        batch const e = xsimd::exp(batch::load_unaligned(x + i) - mv);
-        e.store_unaligned(s + i);
-        sum += e;
-    }
-    float tail = 0.0f;
-    for (; i < n; ++i) tail += (s[i] = std::exp(x[i] - m));
-    float const z = xsimd::hadd(sum) + tail;
-    batch const zv(z);
-    for (i = 0; i + W <= n; i += W) (batch::load_unaligned(s + i) / zv).store_unaligned(s + i);
-    for (; i < n; ++i) s[i] /= z;
+    simd_map(arch, x, s, n, [&](batch v) { return xsimd::exp(v - mv); });
+    // The denominator is summed in double: an fp32 sum of up to 256 terms alone costs up to 1e-6
+    // relative, the whole weight budget of routing.md §0; in double only exp's and one final
+    // rounding remain (measured 2e-7).
+    double z = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) z += s[i];
+    batch const zv(static_cast<float>(z));
+    simd_map(arch, s, s, n, [&](batch v) { return v / zv; });
 }
 
 // s = 1 / (1 + exp(-x)).
 template <class Arch>
-void sigmoid_row(Arch, float const* x, float* s, std::int64_t n) {
+void sigmoid_row(Arch arch, float const* x, float* s, std::int64_t n) {
     using batch = xsimd::batch<float, Arch>;
-    constexpr std::int64_t W = batch::size;
     batch const one(1.0f);
-    std::int64_t i = 0;
-    for (; i + W <= n; i += W) (one / (one + xsimd::exp(-batch::load_unaligned(x + i)))).store_unaligned(s + i);
-    for (; i < n; ++i) s[i] = 1.0f / (1.0f + std::exp(-x[i]));
+    simd_map(arch, x, s, n, [&](batch v) { return one / (one + xsimd::exp(-v)); });
 }
 
 // A top-n list ordered by (value descending, id ascending). Candidates must be offered in ascending id.
@@ -119,9 +111,10 @@ void topk_route_row(Arch arch, router::TopKConfig const& cfg, float const* x, fl
     if (cfg.score_after_topk) {
         for (std::int64_t e = 0; e < E; ++e) top.offer(x[e], static_cast<std::int32_t>(e));
         float const m = w[0];
-        float z = 0.0f;
+        double z = 0.0;  // in double, as in softmax_row
         for (std::int64_t j = 0; j < k; ++j) z += (w[j] = std::exp(w[j] - m));
-        for (std::int64_t j = 0; j < k; ++j) w[j] = w[j] / z * cfg.routed_scaling_factor;
+        auto const zf = static_cast<float>(z);
+        for (std::int64_t j = 0; j < k; ++j) w[j] = w[j] / zf * cfg.routed_scaling_factor;
         sort_by_weight(ids, w, k);
         return;
     }
@@ -166,10 +159,14 @@ void topk_route_row(Arch arch, router::TopKConfig const& cfg, float const* x, fl
     }
     for (std::int64_t j = 0; j < k; ++j) w[j] = score[ids[j]];  // the bias never enters a weight
     if (cfg.norm_topk_prob) {
-        float sum = 0.0f;
+        double sum = 0.0;  // in double for the same reason as softmax_row's denominator
         for (std::int64_t j = 0; j < k; ++j) sum += w[j];
-        float const denom = sum + cfg.norm_eps;
-        for (std::int64_t j = 0; j < k; ++j) w[j] /= denom;
+        auto const denom = static_cast<float>(sum + cfg.norm_eps);
+        // Every selected sigmoid score can underflow to 0 (logits below about -104 in fp32); with
+        // norm_eps = 0 that is 0 / 0, and no router may turn finite input into NaN (routing.md §0),
+        // so the weights stay 0, as the oracle keeps them.
+        if (denom > 0.0f)
+            for (std::int64_t j = 0; j < k; ++j) w[j] /= denom;
     }
     if (cfg.routed_scaling_factor != 1.0f)
         for (std::int64_t j = 0; j < k; ++j) w[j] *= cfg.routed_scaling_factor;

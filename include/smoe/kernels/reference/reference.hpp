@@ -1,0 +1,8 @@
+#pragma once
+// The scalar oracle every fast kernel is tested against: plain loops, double accumulation, written
+// from the spec alone. Never used on a hot path.
+
+#include "smoe/kernels/reference/dispatch.hpp"
+#include "smoe/kernels/reference/moe.hpp"
+#include "smoe/kernels/reference/swiglu.hpp"
+#include "smoe/kernels/reference/topk.hpp"
