@@ -64,6 +64,7 @@ TEST_CASE("gemm_nt computes every row the same bits alone and inside any batch",
     auto a = smoe_test::normal(rng, M * K, 1.0);
     auto b = smoe_test::normal(rng, N * K, 0.05);
     smoe_test::for_each_arch([&](auto arch) {
+        INFO("arch " << decltype(arch)::name());
         std::vector<float> all(M * N), one(N);
         cpu::gemm_nt(arch, MatrixView<float const>(a.data(), M, K), MatrixView<float const>(b.data(), N, K), MatrixView<float>(all.data(), M, N));
         for (std::int64_t m = 0; m < M; ++m) {

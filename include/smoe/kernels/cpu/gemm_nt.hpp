@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
@@ -29,6 +30,29 @@ struct GemmTile {
     static constexpr int kNR = 4;
 };
 
+template <class Arch>
+inline constexpr bool kHasFma = std::is_base_of_v<xsimd::fma3<xsimd::sse4_2>, Arch> ||
+                                std::is_base_of_v<xsimd::fma3<xsimd::avx>, Arch> ||
+                                std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> ||
+                                std::is_base_of_v<xsimd::fma4, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>;
+
+// acc + a·b. Where the ISA has FMA it is one fused operation everywhere. Without it, xsimd computes
+// a*b + c, which GCC (-ffp-contract=fast is its C++ default) may fuse in one register tile and not
+// in another when FMA instructions are enabled; the empty asm makes the product opaque, so every
+// tile rounds the product the same way and rows stay independent bit for bit.
+template <class Arch, class B>
+SMOE_ALWAYS_INLINE B multiply_add(B a, B b, B acc) {
+    if constexpr (kHasFma<Arch>) {
+        return xsimd::fma(a, b, acc);
+    } else {
+        B p = a * b;
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __asm__("" : "+x"(p.data));
+#endif
+        return acc + p;
+    }
+}
+
 template <class Arch, int MR, int NR>
 SMOE_ALWAYS_INLINE void gemm_nt_tile(float const* SMOE_RESTRICT a, std::int64_t lda, float const* SMOE_RESTRICT b,
                                      std::int64_t ldb, float* SMOE_RESTRICT c, std::int64_t ldc, std::int64_t K,
@@ -44,7 +68,7 @@ SMOE_ALWAYS_INLINE void gemm_nt_tile(float const* SMOE_RESTRICT a, std::int64_t 
         for (int i = 0; i < MR; ++i) av[i] = batch::load_unaligned(a + i * lda + k);
         for (int j = 0; j < NR; ++j) {
             batch const bv = batch::load_unaligned(b + j * ldb + k);
-            for (int i = 0; i < MR; ++i) acc[i][j] = xsimd::fma(av[i], bv, acc[i][j]);
+            for (int i = 0; i < MR; ++i) acc[i][j] = multiply_add<Arch>(av[i], bv, acc[i][j]);
         }
     }
     for (int i = 0; i < MR; ++i) {

@@ -8,10 +8,12 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
 #include "smoe/kernels/cpu/simd_map.hpp"
+#include "smoe/macros.hpp"
 #include "smoe/router/topk_config.hpp"
 
 namespace smoe::inline v0::kernels::cpu {
@@ -33,13 +35,28 @@ float row_max(Arch, float const* x, std::int64_t n) {
     return m;
 }
 
+// exp(a - b) without the rounding error of the fp32 subtraction.
+template <class T>
+SMOE_ALWAYS_INLINE T exp_of_difference(T a, T b) {
+    T const hi = a - b;
+    T const bb = hi - a;
+    T const lo = (a - (hi - bb)) - (b + bb);
+    if constexpr (std::is_same_v<T, float>)
+        return std::exp(hi) * (1.0f + lo);
+    else
+        return xsimd::exp(hi) * (T(1.0f) + lo);
+}
+
 // s = softmax(x) over n entries.
 template <class Arch>
 void softmax_row(Arch arch, float const* x, float* s, std::int64_t n) {
     using batch = xsimd::batch<float, Arch>;
     float const m = row_max(arch, x, n);
     batch const mv(m);
-    simd_map(arch, x, s, n, [&](batch v) { return xsimd::exp(v - mv); });
+    // x - m rounds in fp32 (for x - m near -50 by up to 2e-6 relative in exp), which alone would
+    // break the 1e-6 weight agreement of routing.md §0; TwoSum recovers the rounding error r exactly
+    // and exp(hi + r) = exp(hi) * (1 + r) to fp32 precision, since |r| <= 2^-24 |hi|.
+    simd_map(arch, x, s, n, [&](batch v) { return exp_of_difference(v, mv); });
     // The denominator is summed in double: an fp32 sum of up to 256 terms alone costs up to 1e-6
     // relative, the whole weight budget of routing.md §0; in double only exp's and one final
     // rounding remain (measured 2e-7).
@@ -112,7 +129,7 @@ void topk_route_row(Arch arch, router::TopKConfig const& cfg, float const* x, fl
         for (std::int64_t e = 0; e < E; ++e) top.offer(x[e], static_cast<std::int32_t>(e));
         float const m = w[0];
         double z = 0.0;  // in double, as in softmax_row
-        for (std::int64_t j = 0; j < k; ++j) z += (w[j] = std::exp(w[j] - m));
+        for (std::int64_t j = 0; j < k; ++j) z += (w[j] = exp_of_difference(w[j], m));
         auto const zf = static_cast<float>(z);
         for (std::int64_t j = 0; j < k; ++j) w[j] = w[j] / zf * cfg.routed_scaling_factor;
         sort_by_weight(ids, w, k);

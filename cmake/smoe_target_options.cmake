@@ -1,0 +1,16 @@
+# Flags for smoe's own executables (tests, benches, examples); never for the smoe interface target.
+include_guard(GLOBAL)
+
+# smoe_target_options(<target>): warnings, and -march=native when SMOE_NATIVE is ON.
+function(smoe_target_options target)
+  target_compile_options(${target} PRIVATE
+    $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-Wall -Wextra>
+    # g++ 12 reports false -Wmaybe-uninitialized from its own AVX/AVX-512 intrinsic headers via
+    # xsimd and Eigen GEMM; -isystem does not hide them (shared/toolchain.md, section 2).
+    $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>
+    # g++ 12 at -O2/-O3 reports false -Wrestrict inside libstdc++'s std::string operator+ (GCC PR 105651).
+    $<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>>:-Wno-restrict>)
+  if(SMOE_NATIVE)
+    target_compile_options(${target} PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-march=native>)
+  endif()
+endfunction()

@@ -1,0 +1,313 @@
+// MoELayer<TopK, SwiGLU<float>, None> end to end against the scalar oracle and experts.md §3.
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "common/data.hpp"
+#include "smoe/kernels/reference/reference.hpp"
+#include "smoe/smoe.hpp"
+
+using smoe::MatrixView;
+using smoe::router::ScoreFunc;
+using smoe::router::TopKConfig;
+using Catch::Matchers::Contains;
+using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+
+namespace {
+
+float const kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// A layer's tensors, owned.
+struct Model {
+    std::int64_t d, f, E;
+    std::vector<float> gate, w1, w3, w2, bias;
+    smoe::expert::SwiGLUConfig expert_cfg() const { return {d, f, E}; }
+    smoe::expert::SwiGLUWeights<float> experts() const {
+        return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), expert_cfg());
+    }
+    Layer::Weights weights() const { return {MatrixView<float const>(gate.data(), E, d), bias, experts()}; }
+};
+
+Model random_model(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E) {
+    Model m{d, f, E, {}, {}, {}, {}, {}};
+    m.gate = smoe_test::normal(rng, static_cast<std::size_t>(E * d), 0.5);
+    m.w1 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
+    m.w3 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
+    m.w2 = smoe_test::normal(rng, static_cast<std::size_t>(E * d * f), 0.3);
+    return m;
+}
+
+// experts.md §9 metric per token: max_i |y_i - r_i| / max_i |r_i|.
+void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
+    REQUIRE(y.size() == ref.size());
+    for (std::int64_t t = 0; t < T; ++t) {
+        double err = 0, mag = 0;
+        for (std::int64_t i = 0; i < d; ++i) {
+            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
+            mag = std::max(mag, std::fabs(ref[t * d + i]));
+        }
+        INFO("token " << t << ", max |ref| " << mag);
+        CHECK((mag > 0 ? err / mag : err) <= bound);
+    }
+}
+
+// The oracle on the layer's own fp32 logits (the gate GEMM is tested on its own in test_kernels_cpu),
+// so a near-tie that the gate's rounding could flip cannot make the comparison flaky.
+smoe::RoutingData oracle_routing(Model const& m, TopKConfig const& cfg, std::vector<float> const& x, std::int64_t T) {
+    std::vector<float> logits(static_cast<std::size_t>(T * m.E));
+    smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), T, m.d),
+                                MatrixView<float const>(m.gate.data(), m.E, m.d), MatrixView<float>(logits.data(), T, m.E));
+    return smoe::reference::route_topk(cfg, MatrixView<float const>(logits.data(), T, m.E), m.bias);
+}
+
+void check_same_routing(smoe::RoutingResult const& got, smoe::RoutingResult const& want) {
+    REQUIRE(got.k == want.k);
+    REQUIRE(got.num_tokens == want.num_tokens);
+    for (std::int64_t t = 0; t < got.num_tokens; ++t)
+        for (std::int64_t j = 0; j < got.k; ++j) {
+            INFO("token " << t << ", slot " << j);
+            REQUIRE(got.expert_ids(t, j) == want.expert_ids(t, j));
+            CHECK(got.expert_weights(t, j) == Approx(want.expert_weights(t, j)).epsilon(1e-6).margin(1e-30));
+        }
+}
+
+}  // namespace
+
+TEST_CASE("the layer reproduces the worked example of experts.md section 3", "[layer][spec]") {
+    // d = 4, f = 3, four experts; experts 2 and 3 are never selected, so their weights are NaN: the
+    // layer must not touch an expert that receives no token.
+    Model m{4, 3, 4, {}, {}, {}, {}, {}};
+    // x[0] = 1 and every other gate column 0, so the logits are exactly [1, 0.5, -0.5, 0].
+    m.gate = {1, 0, 0, 0, 0.5f, 0, 0, 0, -0.5f, 0, 0, 0, 0, 0, 0, 0};
+    std::vector<float> const w1_0 = {.5f, .25f, -1, 0, -.5f, 0, 1, .25f, 0, -.25f, .5f, .5f};
+    std::vector<float> const w3_0 = {1, 0, .5f, -.25f, .25f, .5f, 0, .5f, -1, .25f, 0, .25f};
+    std::vector<float> const w2_0 = {1, -.5f, .25f, 0, .5f, -1, .5f, .25f, 0, -.25f, 1, .5f};
+    std::vector<float> const w1_1 = {.25f, 0, .5f, .25f, 1, .5f, 0, -.5f, 0, 0, -.5f, 1};
+    std::vector<float> const w3_1 = {.5f, -.5f, 0, .25f, 0, .25f, 1, 0, .25f, 0, 0, .5f};
+    std::vector<float> const w2_1 = {.5f, 0, -.25f, .25f, 1, 0, 0, -.5f, .5f, 1, 0, .25f};
+    auto stack = [](std::vector<float> const& a, std::vector<float> const& b) {
+        std::vector<float> s = a;
+        s.insert(s.end(), b.begin(), b.end());
+        s.resize(4 * a.size(), kNaN);
+        return s;
+    };
+    m.w1 = stack(w1_0, w1_1);
+    m.w3 = stack(w3_0, w3_1);
+    m.w2 = stack(w2_0, w2_1);
+    Layer layer({.router = {.num_experts = 4, .top_k = 2, .norm_topk_prob = true}, .expert = m.expert_cfg(), .max_tokens = 4},
+                m.weights());
+    std::vector<float> const x = {1, -2, 0.5f, 3};
+    std::vector<float> y(4);
+    auto const r = layer.forward(MatrixView<float const>(x.data(), 1, 4), MatrixView<float>(y.data(), 1, 4));
+    CHECK(r.expert_ids(0, 0) == 0);
+    CHECK(r.expert_ids(0, 1) == 1);
+    CHECK(r.expert_weights(0, 0) == Approx(0.62245933).epsilon(1e-6));
+    CHECK(r.expert_weights(0, 1) == Approx(0.37754067).epsilon(1e-6));
+    check_close(y, {-0.42946789, 1.27548730, 0.88394636, 1.02966654}, 1, 4, 2e-5);
+    CHECK(r.load(2) == 0);
+    CHECK(r.load(3) == 0);
+}
+
+TEST_CASE("the layer matches the oracle on random shapes and top-k configs", "[layer][random]") {
+    std::mt19937_64 rng(31);
+    struct Shape {
+        std::int64_t d, f, E, k, T;
+    };
+    std::vector<Shape> const shapes = {{1, 1, 1, 1, 3},    {5, 3, 2, 2, 17},   {16, 16, 8, 2, 64},
+                                       {17, 33, 8, 2, 65}, {37, 29, 6, 3, 100}, {64, 48, 16, 4, 130},
+                                       {33, 71, 60, 4, 40}, {8, 9, 3, 3, 2},    {100, 17, 12, 1, 1}};
+    for (auto const& s : shapes) {
+        for (int variant = 0; variant < 3; ++variant) {
+            INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", k " << s.k << ", T " << s.T << ", variant " << variant);
+            Model m = random_model(rng, s.d, s.f, s.E);
+            TopKConfig cfg{.num_experts = s.E, .top_k = s.k, .norm_topk_prob = variant != 1};
+            if (variant == 2 && s.E % 2 == 0 && s.E >= 4 && s.k <= s.E / 2) {  // DeepSeek-V3 style
+                cfg.score_func = ScoreFunc::sigmoid;
+                cfg.n_group = 2;
+                cfg.topk_group = 1;
+                cfg.routed_scaling_factor = 2.5f;
+                m.bias = smoe_test::normal(rng, static_cast<std::size_t>(s.E), 0.1);
+            }
+            auto const x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
+            std::vector<float> y(static_cast<std::size_t>(s.T * s.d), kNaN);
+            Layer layer({.router = cfg, .expert = m.expert_cfg(), .max_tokens = s.T}, m.weights());
+            std::vector<std::byte> ws(layer.workspace_size());
+            auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d), ws);
+            auto const want = oracle_routing(m, cfg, x, s.T);
+            check_same_routing(r, want.view());
+            auto const ref = smoe::reference::combine_swiglu(want.view(), m.experts(), MatrixView<float const>(x.data(), s.T, s.d));
+            check_close(y, ref, s.T, s.d, 2e-5);
+        }
+    }
+}
+
+TEST_CASE("the layer handles T = 0, T = 1 and k = E", "[layer][edge]") {
+    std::mt19937_64 rng(32);
+    Model m = random_model(rng, 24, 20, 5);
+    Layer layer({.router = {.num_experts = 5, .top_k = 5}, .expert = m.expert_cfg(), .max_tokens = 8}, m.weights());
+    std::vector<float> x = smoe_test::normal(rng, 8 * 24, 1.0), y(8 * 24);
+    auto const none = layer.forward(MatrixView<float const>(x.data(), 0, 24), MatrixView<float>(y.data(), 0, 24));
+    CHECK(none.nnz() == 0);
+    CHECK(none.k == 5);
+    auto const one = layer.forward(MatrixView<float const>(x.data(), 1, 24), MatrixView<float>(y.data(), 1, 24));
+    CHECK(one.nnz() == 5);  // k = E: every expert, each with this one token
+    for (std::int64_t e = 0; e < 5; ++e) CHECK(one.load(e) == 1);
+    auto const ref = smoe::reference::combine_swiglu(one, m.experts(), MatrixView<float const>(x.data(), 1, 24));
+    check_close(std::vector<float>(y.begin(), y.begin() + 24), ref, 1, 24, 2e-5);
+}
+
+TEST_CASE("an expert that gets every token and experts that get none", "[layer][edge]") {
+    std::mt19937_64 rng(33);
+    std::int64_t const d = 12, f = 10, E = 6, T = 40;
+    Model m = random_model(rng, d, f, E);
+    // x[:, 0] = 1 and gate row 4 puts +50 there: expert 4 wins every token. Experts 0 and 5 get a large
+    // negative logit and NaN weights: with k = 2 they never win, and the layer must not touch them.
+    auto x = smoe_test::normal(rng, T * d, 0.1);
+    for (std::int64_t t = 0; t < T; ++t) x[t * d] = 1.0f;
+    m.gate[4 * d] = 50.0f;
+    m.gate[0 * d] = -50.0f;
+    m.gate[5 * d] = -50.0f;
+    for (std::int64_t e : {0, 5}) {
+        std::fill(m.w1.begin() + e * f * d, m.w1.begin() + (e + 1) * f * d, kNaN);
+        std::fill(m.w2.begin() + e * d * f, m.w2.begin() + (e + 1) * d * f, kNaN);
+    }
+    TopKConfig const cfg{.num_experts = E, .top_k = 2, .norm_topk_prob = true};
+    Layer layer({.router = cfg, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+    std::vector<float> y(T * d);
+    auto const r = layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+    CHECK(r.load(4) == T);
+    CHECK(r.load(0) == 0);
+    CHECK(r.load(5) == 0);
+    for (float v : y) REQUIRE(std::isfinite(v));
+    auto const want = oracle_routing(m, cfg, x, T);
+    check_same_routing(r, want.view());
+    check_close(y, smoe::reference::combine_swiglu(want.view(), m.experts(), MatrixView<float const>(x.data(), T, d)), T, d, 2e-5);
+}
+
+TEST_CASE("precomputed routing runs dispatch, experts and combine only", "[layer][routed]") {
+    std::mt19937_64 rng(34);
+    std::int64_t const d = 19, f = 23, E = 7, T = 9, K = 3;
+    Model m = random_model(rng, d, f, E);
+    Layer layer({.router = {.num_experts = E, .top_k = K}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+    auto x = smoe_test::normal(rng, T * d, 1.0);
+    // Rows in any order the host likes, with -1 for empty slots; token 4 has no expert at all.
+    std::vector<std::int32_t> ids = {0, 6, 3, 2, -1, -1, 6, 5, 4, 1, 0, -1, -1, -1, -1, 3, 2, 1, 6, -1, 0, 5, 4, 3, 2, 1, 0};
+    std::vector<float> w = smoe_test::normal(rng, T * K, 1.0);
+    // A NaN in token 7's input stays in token 7.
+    x[7 * d + 3] = kNaN;
+    std::vector<float> y(T * d);
+    std::vector<std::byte> ws(layer.workspace_size());
+    auto const r = layer.forward_routed(MatrixView<float const>(x.data(), T, d), MatrixView<std::int32_t const>(ids.data(), T, K),
+                                        MatrixView<float const>(w.data(), T, K), MatrixView<float>(y.data(), T, d), ws);
+    CHECK(r.nnz() == 20);
+    auto const ref_routing = smoe::reference::from_token_major(T, K, E, ids, w);
+    auto const ref = smoe::reference::combine_swiglu(ref_routing.view(), m.experts(), MatrixView<float const>(x.data(), T, d));
+    for (std::int64_t t = 0; t < T; ++t) {
+        if (t == 7) continue;
+        INFO("token " << t);
+        std::vector<float> yt(y.begin() + t * d, y.begin() + (t + 1) * d);
+        std::vector<double> rt(ref.begin() + t * d, ref.begin() + (t + 1) * d);
+        check_close(yt, rt, 1, d, 2e-5);
+    }
+    for (std::int64_t i = 0; i < d; ++i) CHECK(y[4 * d + i] == 0.0f);
+
+    using IdsView = MatrixView<std::int32_t const>;
+    auto call = [&](std::vector<std::int32_t> const& bad_ids, std::vector<float> const& bad_w) {
+        layer.forward_routed(MatrixView<float const>(x.data(), T, d), IdsView(bad_ids.data(), T, K),
+                             MatrixView<float const>(bad_w.data(), T, K), MatrixView<float>(y.data(), T, d), ws);
+    };
+    auto bad = ids;
+    bad[5] = 7;
+    CHECK_THROWS_WITH(call(bad, w), Contains("expert_ids") && Contains("token 1, slot 2"));
+    bad[5] = -2;
+    CHECK_THROWS_WITH(call(bad, w), Contains("expert_ids"));
+    bad[5] = 2;
+    CHECK_THROWS_WITH(call(bad, w), Contains("expert_ids") && Contains("at most once"));
+    auto bad_w = w;
+    bad_w[0] = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(call(ids, bad_w), Contains("expert_weights") && Contains("token 0, slot 0"));
+    std::vector<std::int32_t> wide(T * 4, -1);
+    std::vector<float> wide_w(T * 4, 0.0f);
+    CHECK_THROWS_WITH(layer.forward_routed(MatrixView<float const>(x.data(), T, d), IdsView(wide.data(), T, 4),
+                                           MatrixView<float const>(wide_w.data(), T, 4), MatrixView<float>(y.data(), T, d), ws),
+                      Contains("expert_ids.cols"));
+}
+
+TEST_CASE("results do not depend on the batch a token is in or on who owns the workspace", "[layer][determinism]") {
+    std::mt19937_64 rng(35);
+    std::int64_t const d = 40, f = 72, E = 8, T = 70;  // 70 tokens: more than one 64-row block per expert
+    Model m = random_model(rng, d, f, E);
+    Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+    auto const x = smoe_test::normal(rng, T * d, 1.0);
+    std::vector<float> all(T * d), one(d), owned(T * d);
+    layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(all.data(), T, d));
+    for (std::int64_t t = 0; t < T; t += 7) {
+        layer.forward(MatrixView<float const>(x.data() + t * d, 1, d), MatrixView<float>(one.data(), 1, d));
+        CHECK(std::memcmp(one.data(), all.data() + t * d, d * sizeof(float)) == 0);
+    }
+    // A caller-owned workspace that starts at an odd address.
+    std::vector<std::byte> raw(layer.workspace_size() + 1);
+    layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(owned.data(), T, d),
+                  std::span<std::byte>(raw.data() + 1, layer.workspace_size()));
+    CHECK(std::memcmp(owned.data(), all.data(), all.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("a fused gate_up tensor gives the same bits as separate w1 and w3", "[layer][weights]") {
+    std::mt19937_64 rng(36);
+    std::int64_t const d = 21, f = 13, E = 4, T = 11;
+    Model m = random_model(rng, d, f, E);
+    std::vector<float> gate_up;
+    for (std::int64_t e = 0; e < E; ++e) {
+        gate_up.insert(gate_up.end(), m.w1.begin() + e * f * d, m.w1.begin() + (e + 1) * f * d);
+        gate_up.insert(gate_up.end(), m.w3.begin() + e * f * d, m.w3.begin() + (e + 1) * f * d);
+    }
+    Layer::Weights fused = m.weights();
+    fused.experts = smoe::expert::SwiGLUWeights<float>::fused(gate_up.data(), m.w2.data(), m.expert_cfg());
+    Layer::Config const cfg{.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = T};
+    Layer a(cfg, m.weights()), b(cfg, fused);
+    auto const x = smoe_test::normal(rng, T * d, 1.0);
+    std::vector<float> ya(T * d), yb(T * d);
+    a.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(ya.data(), T, d));
+    b.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yb.data(), T, d));
+    CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("the layer rejects bad configs, weights and inputs with a named error", "[layer][errors]") {
+    std::mt19937_64 rng(37);
+    std::int64_t const d = 8, f = 6, E = 4;
+    Model m = random_model(rng, d, f, E);
+    Layer::Config const cfg{.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = 4};
+    auto with = [&](auto change) {
+        Layer::Config c = cfg;
+        Layer::Weights w = m.weights();
+        change(c, w);
+        return Layer(c, w);
+    };
+    CHECK_THROWS_WITH(with([](auto& c, auto&) { c.router.top_k = 5; }), Contains("top_k") && Contains("5"));
+    CHECK_THROWS_WITH(with([](auto& c, auto&) { c.router.num_experts = 5; }), Contains("num_experts"));
+    CHECK_THROWS_WITH(with([&](auto&, auto& w) { w.gate = MatrixView<float const>(m.gate.data(), E, d - 1); }), Contains("'gate'"));
+    CHECK_THROWS_WITH(with([&](auto&, auto& w) { w.experts.w2 = smoe::StackedView<float const>(m.w2.data(), E, f, d); }),
+                      Contains("'w2'") && Contains("[4, 8, 6]"));
+    CHECK_THROWS_WITH(with([&](auto& c, auto&) { c.expert.intermediate_size = 0; }), Contains("intermediate_size"));
+    CHECK_THROWS_WITH(with([&](auto&, auto& w) { w.expert_bias = std::span<float const>(m.gate.data(), 3); }), Contains("expert_bias"));
+    CHECK_THROWS_WITH(with([&](auto& c, auto&) { c.max_tokens = -1; }), Contains("max_tokens"));
+
+    Layer layer(cfg, m.weights());
+    std::vector<float> x = smoe_test::normal(rng, 8 * d, 1.0), y(8 * d);
+    CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 5, d), MatrixView<float>(y.data(), 5, d)),
+                      Contains("x.rows") && Contains("max_tokens = 4"));
+    CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 2, d + 1), MatrixView<float>(y.data(), 2, d)), Contains("'x'"));
+    CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 2, d), MatrixView<float>(y.data(), 3, d)), Contains("'y'"));
+    x[1 * d + 2] = kNaN;  // a NaN input makes a NaN logit: the error names it
+    CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 2, d), MatrixView<float>(y.data(), 2, d)),
+                      Contains("logits") && Contains("token 1"));
+    x[1 * d + 2] = 0.0f;
+    std::vector<std::byte> small(layer.workspace_size() / 3);
+    CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 4, d), MatrixView<float>(y.data(), 4, d), small),
+                      Contains("workspace"));
+}
