@@ -16,10 +16,11 @@
 
 namespace smoe::inline v0 {
 
-// A router turns logits [T, num_logits()] into token-major selections; MoELayer builds the CSR view.
-// route() returns the K it used (<= max_slots()).
 // SIMD kernels are templates on the xsimd Arch (the ISA is in the symbol, STYLE.md habit 3); the
 // concepts check the policies with the Arch the layer's backend will use.
+
+// A router turns logits [T, num_logits()] into token-major selections; MoELayer builds the CSR view.
+// route() returns the K it used (<= max_slots()).
 template <class R, class Arch = xsimd::default_arch>
 concept RouterPolicy = requires(R const& r, Arch arch, MatrixView<float const> logits, std::span<float const> bias,
                                 TokenMajorOut out, Workspace& ws, std::int64_t n) {
