@@ -10,7 +10,9 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "smoe/balance/context.hpp"
 #include "smoe/core/routing.hpp"
+#include "smoe/core/stats.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 
@@ -46,14 +48,26 @@ concept ExpertPolicy = requires(X const& x, Arch arch, std::int64_t e, MatrixVie
     x.run(arch, e, rows_in, row_w, slot_out, ws);
 };
 
-// A balancer sees the routing after the router and before dispatch (balance.md §1).
+// A balancer sees the routing after the router and the counting sort and before the experts
+// (balance.md §1): plan() may drop pairs, renormalise, pad, and records the load statistics.
 template <class B>
-concept BalancePolicy = requires(B& b, RoutingResult const& routing, std::int64_t n) {
+concept BalancePolicy = requires(B& b, balance::BalanceContext& ctx, std::int64_t n) {
     typename B::Config;
     { B::drops_tokens } -> std::convertible_to<bool>;
     { b.workspace_size(n) } -> std::convertible_to<std::size_t>;
-    b.plan(routing);
+    b.plan(ctx);
+    { b.stats() } -> std::convertible_to<LoadStats const&>;
 };
+
+// A router whose selection already bounds every expert's load (expert choice: each expert takes C
+// tokens) says so with `static constexpr bool bounds_load = true`.
+template <class R>
+constexpr bool router_bounds_load() {
+    if constexpr (requires { R::bounds_load; })
+        return R::bounds_load;
+    else
+        return false;
+}
 
 // Where the layer runs. backend::Cpu<Arch> is the only one today; the CUDA backend will model this too.
 template <class B>

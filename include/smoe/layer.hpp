@@ -17,6 +17,7 @@
 //               {.gate = gate, .experts = smoe::expert::SwiGLUWeights<float>::dense(w1, w3, w2, expert_cfg)});
 //   smoe::RoutingResult r = layer.forward(x, y);   // r.load(e): tokens of expert e
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -24,6 +25,7 @@
 #include <type_traits>
 
 #include "smoe/backend/cpu.hpp"
+#include "smoe/balance/context.hpp"
 #include "smoe/concepts.hpp"
 #include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"
@@ -70,6 +72,14 @@ struct arch_of<B, std::void_t<typename B::arch>> {
     using type = typename B::arch;
 };
 
+template <class B>
+constexpr bool balancer_drops_tokens() {
+    if constexpr (requires { B::drops_tokens; })
+        return B::drops_tokens;
+    else
+        return false;
+}
+
 }  // namespace detail
 
 template <class Router, class Expert, class Balancer, class Backend = backend::Cpu<>>
@@ -88,8 +98,14 @@ class MoELayer {
                   "and run(arch, e, rows_in, row_w, slot_out, workspace); use a type from smoe::expert)");
     static_assert(BalancePolicy<Balancer>,
                   "smoe::MoELayer: the Balancer parameter does not model smoe::BalancePolicy (it needs a nested "
-                  "Config, drops_tokens, workspace_size(max_tokens) and plan(routing); use a type from "
+                  "Config, drops_tokens, workspace_size(max_tokens), plan(context) and stats(); use a type from "
                   "smoe::balance)");
+
+    static_assert(!(router_bounds_load<Router>() && detail::balancer_drops_tokens<Balancer>()),
+                  "smoe::MoELayer: this Router already bounds every expert's load (expert choice: each expert "
+                  "takes at most C tokens), so a Balancer that drops tokens (drops_tokens = true, e.g. "
+                  "smoe::balance::Capacity) has nothing to cap; use smoe::balance::None, or set the router's "
+                  "capacity instead");
 
 public:
     using router_type = Router;
@@ -124,6 +140,12 @@ public:
         if (!w.expert_bias.empty())
             kernels::cpu::check_finite(arch{}, MatrixView<float const>(w.expert_bias.data(), 1, router_.num_experts()),
                                        "expert_bias", nullptr, "expert");
+        if constexpr (requires { balancer_.config().num_experts; })
+            if (balancer_.config().num_experts != router_.num_experts())
+                detail::fail("balance.num_experts", balancer_.config().num_experts,
+                             "the router's num_experts (" + std::to_string(router_.num_experts()) + ")");
+        if constexpr (kBalancerOwnsBias)
+            if (!w.expert_bias.empty()) balancer_.set_bias(w.expert_bias);
         buffer_ = WorkspaceBuffer(workspace_size());
     }
 
@@ -131,6 +153,9 @@ public:
     Router const& router() const { return router_; }
     Expert const& experts() const { return expert_; }
     Balancer& balancer() { return balancer_; }
+    Balancer const& balancer() const { return balancer_; }
+    // Load statistics of the last call and accumulated since balancer().reset_stats().
+    LoadStats const& stats() const { return balancer_.stats(); }
     std::int64_t hidden_size() const { return expert_.hidden_size(); }
     std::int64_t num_experts() const { return router_.num_experts(); }
 
@@ -149,17 +174,15 @@ public:
         MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
         kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
         Workspace scratch = b.router_ws;
-        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), weights_.expert_bias, b.routing.token_major, scratch);
-        RoutingResult const r = detail::finish_routing(b.routing, router_.num_experts(), K);
-        balancer_.plan(r);
-        run_experts(x, y, r, b);
-        return r;
+        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), selection_bias(), b.routing.token_major, scratch);
+        return dispatch_and_run(x, y, b, K, logits);
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
 
     // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
-    // max_slots(); id -1 marks an empty slot). Runs dispatch, experts and combine.
+    // max_slots(); id -1 marks an empty slot). Runs dispatch, the balancer (capacity, statistics; no
+    // losses, as there are no logits), experts and combine.
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                  MatrixView<float const> expert_weights, MatrixView<float> y,
                                  std::span<std::byte> workspace) {
@@ -172,10 +195,7 @@ public:
                 b.routing.token_major.expert_ids(t, j) = expert_ids(t, j);
                 b.routing.token_major.expert_weights(t, j) = expert_ids(t, j) < 0 ? 0.0f : expert_weights(t, j);
             }
-        RoutingResult const r = detail::finish_routing(b.routing, router_.num_experts(), K);
-        balancer_.plan(r);
-        run_experts(x, y, r, b);
-        return r;
+        return dispatch_and_run(x, y, b, K, {});
     }
 
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
@@ -184,12 +204,41 @@ public:
     }
 
 private:
+    static constexpr bool kBalancerOwnsBias = requires(Balancer const& bal) { bal.selection_bias(); };
+
+    std::span<float const> selection_bias() const {
+        if constexpr (kBalancerOwnsBias)
+            return balancer_.selection_bias();
+        else
+            return weights_.expert_bias;
+    }
+
+    router::ScoreFunc score_func() const {
+        if constexpr (requires { router_.config().score_func; })
+            return router_.config().score_func;
+        else
+            return router::ScoreFunc::softmax;
+    }
+
+    // Rows one expert call may see: its load (at most T), or the balancer's padded segment.
+    std::int64_t max_expert_rows(std::int64_t T) const {
+        if constexpr (requires { balancer_.config().pad_to_capacity; })
+            if (balancer_.config().pad_to_capacity)
+                return std::max(T, balancer_.config().capacity(T, router_.max_slots(), router_.num_experts()));
+        return T;
+    }
+
     struct Buffers {
         std::span<float> logits;
         detail::RoutingBuffers routing;
         Workspace router_ws;
-        std::span<float> gathered;  // one expert's input rows, at most T
-        std::span<float> slot_out;  // [T*K, d] weighted expert outputs in CSR order
+        std::span<std::int32_t> routed_offsets;  // [E+1] copy before the balancer (statistics)
+        std::span<std::uint8_t> dropped;         // [T*K]
+        Workspace balancer_ws;
+        std::span<float> gathered;   // one expert's input rows (padded segment included)
+        std::span<float> padded_w;   // its row weights, when padded
+        std::span<float> padded_out; // its output rows, when padded
+        std::span<float> slot_out;   // [T*K, d] weighted expert outputs in CSR order
         Workspace expert_ws;
     };
 
@@ -198,14 +247,28 @@ private:
     Buffers carve(Alloc& a, std::int64_t T) const {
         auto const d = static_cast<std::size_t>(expert_.hidden_size());
         auto const t = static_cast<std::size_t>(T);
+        auto const slots = t * static_cast<std::size_t>(router_.max_slots());
+        auto const rows = static_cast<std::size_t>(max_expert_rows(T));
         Buffers b;
         b.logits = a.template take<float>(t * static_cast<std::size_t>(router_.num_logits()));
         b.routing = detail::carve_routing(router_, a, T);
         b.router_ws = a.take_bytes(router_.workspace_size(T));
-        b.gathered = a.template take<float>(t * d);
-        b.slot_out = a.template take<float>(t * static_cast<std::size_t>(router_.max_slots()) * d);
-        b.expert_ws = a.take_bytes(expert_.workspace_size(T));
+        b.routed_offsets = a.template take<std::int32_t>(static_cast<std::size_t>(router_.num_experts() + 1));
+        b.dropped = a.template take<std::uint8_t>(slots);
+        b.balancer_ws = a.take_bytes(balancer_.workspace_size(T));
+        b.gathered = a.template take<float>(rows * d);
+        b.padded_w = a.template take<float>(pads() ? rows : 0);
+        b.padded_out = a.template take<float>(pads() ? rows * d : 0);
+        b.slot_out = a.template take<float>(slots * d);
+        b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
         return b;
+    }
+
+    bool pads() const {
+        if constexpr (requires { balancer_.config().pad_to_capacity; })
+            return balancer_.config().pad_to_capacity;
+        else
+            return false;
     }
 
     std::int64_t check_io(MatrixView<float const> x, MatrixView<float> y) const {
@@ -238,17 +301,71 @@ private:
         return K;
     }
 
+    // Dispatch (counting sort), balancer, experts, combine: what forward and forward_routed share.
+    RoutingResult dispatch_and_run(MatrixView<float const> x, MatrixView<float> y, Buffers const& b, std::int64_t K,
+                                   MatrixView<float const> logits) {
+        std::int64_t const E = router_.num_experts(), T = x.rows;
+        detail::build_csr(b.routing, E, K);
+        auto const& csr = b.routing.expert_major;
+        std::copy(csr.offsets.begin(), csr.offsets.begin() + E + 1, b.routed_offsets.begin());
+        auto const dropped = b.dropped.first(static_cast<std::size_t>(T * K));
+        std::fill(dropped.begin(), dropped.end(), std::uint8_t{0});
+
+        balance::BalanceContext ctx;
+        ctx.num_tokens = T;
+        ctx.num_experts = E;
+        ctx.k = K;
+        ctx.logits = logits;
+        ctx.score_func = score_func();
+        ctx.expert_ids = detail::used_ids(b.routing, K);
+        auto const& tw = b.routing.token_major.expert_weights;
+        ctx.expert_weights = MatrixView<float>(tw.data, T, K, tw.ld);
+        ctx.csr = csr;
+        ctx.routed_offsets = b.routed_offsets;
+        ctx.dropped = dropped;
+        ctx.null_slots = count_null_slots(ctx.expert_ids);
+        ctx.scratch = b.balancer_ws;
+        balancer_.plan(ctx);
+
+        RoutingResult r = detail::routing_view(b.routing, E, K);
+        if constexpr (Balancer::drops_tokens) r.dropped = dropped;
+        r.padded_rows = ctx.padded_rows;
+        run_experts(x, y, r, b);
+        return r;
+    }
+
+    std::int64_t count_null_slots(MatrixView<std::int32_t const> ids) const {
+        std::int64_t n = 0;
+        for (std::int64_t t = 0; t < ids.rows; ++t)
+            for (std::int64_t j = 0; j < ids.cols; ++j) n += ids(t, j) >= router_.num_experts();
+        return n;
+    }
+
     void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
         std::int64_t const d = expert_.hidden_size();
         MatrixView<float> const slot_out(b.slot_out.data(), r.nnz(), d);
         for (std::int64_t e = 0; e < r.num_experts; ++e) {
             std::int64_t const M = r.load(e);
-            if (M == 0) continue;
             auto const begin = static_cast<std::size_t>(r.offsets[e]);
             auto const rows = static_cast<std::size_t>(M);
+            Workspace ews = b.expert_ws;
+            if (r.padded_rows > 0) {
+                // Static shapes (balance.md §3): the segment is exactly padded_rows rows, the real ones
+                // first, then zero rows of weight 0 that are computed and never scattered.
+                std::int64_t const P = r.padded_rows;
+                MatrixView<float> const xe(b.gathered.data(), P, d);
+                kernels::cpu::gather_rows(x, r.token_ids.subspan(begin, rows), xe.block(0, M));
+                std::fill(xe.row(M), xe.row(P), 0.0f);
+                std::copy(r.weights.begin() + static_cast<std::ptrdiff_t>(begin), r.weights.begin() + static_cast<std::ptrdiff_t>(begin + rows), b.padded_w.begin());
+                std::fill(b.padded_w.begin() + M, b.padded_w.begin() + P, 0.0f);
+                MatrixView<float> const out(b.padded_out.data(), P, d);
+                expert_.run(arch{}, e, MatrixView<float const>(xe), std::span<float const>(b.padded_w.data(), static_cast<std::size_t>(P)), out, ews);
+                for (std::int64_t i = 0; i < M; ++i) std::copy(out.row(i), out.row(i) + d, slot_out.row(r.offsets[e] + i));
+                continue;
+            }
+            if (M == 0) continue;
             MatrixView<float> const xe(b.gathered.data(), M, d);
             kernels::cpu::gather_rows(x, r.token_ids.subspan(begin, rows), xe);
-            Workspace ews = b.expert_ws;
             expert_.run(arch{}, e, MatrixView<float const>(xe), r.weights.subspan(begin, rows), slot_out.block(r.offsets[e], M), ews);
         }
         kernels::cpu::combine_slots(arch{}, MatrixView<float const>(slot_out), b.routing.expert_major.slot_rows, r.k, y);

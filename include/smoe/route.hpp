@@ -42,23 +42,34 @@ RoutingBuffers carve_routing(Router const& router, Alloc& a, std::int64_t T) {
     return b;
 }
 
-// Builds the CSR of the K columns in use and returns the result view over the buffers.
-inline RoutingResult finish_routing(RoutingBuffers const& b, std::int64_t E, std::int64_t K) {
-    MatrixView<std::int32_t const> ids(b.token_major.expert_ids.data, b.token_major.expert_ids.rows, K,
-                                       b.token_major.expert_ids.ld);
-    MatrixView<float const> w(b.token_major.expert_weights.data, b.token_major.expert_weights.rows, K,
-                              b.token_major.expert_weights.ld);
-    auto const nnz = static_cast<std::size_t>(kernels::cpu::build_expert_major(ids, w, E, b.expert_major));
+// The token-major columns in use: the router's K of its max_slots() columns.
+inline MatrixView<std::int32_t const> used_ids(RoutingBuffers const& b, std::int64_t K) {
+    auto const& v = b.token_major.expert_ids;
+    return {v.data, v.rows, K, v.ld};
+}
+inline MatrixView<float const> used_weights(RoutingBuffers const& b, std::int64_t K) {
+    auto const& v = b.token_major.expert_weights;
+    return {v.data, v.rows, K, v.ld};
+}
+
+// The counting sort of the K columns in use into the CSR (the dispatch pass).
+inline void build_csr(RoutingBuffers const& b, std::int64_t E, std::int64_t K) {
+    kernels::cpu::build_expert_major(used_ids(b, K), used_weights(b, K), E, b.expert_major);
+}
+
+// The result view over the buffers, as the CSR stands now (a dropping balancer may have shrunk it).
+inline RoutingResult routing_view(RoutingBuffers const& b, std::int64_t E, std::int64_t K) {
+    auto const nnz = static_cast<std::size_t>(b.expert_major.offsets[E]);
     RoutingResult r;
-    r.num_tokens = ids.rows;
+    r.num_tokens = b.token_major.expert_ids.rows;
     r.num_experts = E;
     r.k = K;
     r.offsets = std::span<std::int32_t const>(b.expert_major.offsets.data(), static_cast<std::size_t>(E + 1));
     r.token_ids = std::span<std::int32_t const>(b.expert_major.token_ids.data(), nnz);
     r.weights = std::span<float const>(b.expert_major.weights.data(), nnz);
     r.slots = std::span<std::int32_t const>(b.expert_major.slots.data(), nnz);
-    r.expert_ids = ids;
-    r.expert_weights = w;
+    r.expert_ids = used_ids(b, K);
+    r.expert_weights = used_weights(b, K);
     return r;
 }
 
@@ -82,7 +93,8 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
     detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
     Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));
     std::int64_t const K = router.route(Arch{}, logits, bias, b.token_major, scratch);
-    return detail::finish_routing(b, router.num_experts(), K);
+    detail::build_csr(b, router.num_experts(), K);
+    return detail::routing_view(b, router.num_experts(), K);
 }
 
 }  // namespace smoe::inline v0

@@ -28,6 +28,13 @@ struct RoutingResult {
     MatrixView<std::int32_t const> expert_ids;  // [T, K], weight descending, ties to the lower id; pad -1
     MatrixView<float const> expert_weights;     // [T, K], pad 0
 
+    // [T*K] 1 where a capacity balancer dropped the slot (it is in neither the CSR nor the output);
+    // empty when the balancer never drops.
+    std::span<std::uint8_t const> dropped;
+    // > 0 when the balancer pads: every expert's segment was computed with exactly this many rows
+    // (the CSR still lists the real rows only).
+    std::int64_t padded_rows = 0;
+
     std::int64_t nnz() const { return offsets.empty() ? 0 : offsets.back(); }
     std::int32_t load(std::int64_t e) const { return offsets[e + 1] - offsets[e]; }
 };
