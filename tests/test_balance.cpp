@@ -361,3 +361,20 @@ TEST_CASE("the losses are computed only when asked, from the layer's logits", "[
     CHECK(*cap.stats().aux_loss == Approx(1.21259196e-2).epsilon(1e-6));
     CHECK_THROWS_WITH(m.layer<smoe::balance::None>({.stats = {.aux_loss_coeff = NAN}}), Contains("moe_aux_loss_coeff"));
 }
+
+TEST_CASE("routing with a balancer outside a layer drops and counts as the layer does", "[balance][route]") {
+    smoe::router::TopK router({.num_experts = 4, .top_k = 2, .norm_topk_prob = true});
+    Capacity cap({.capacity_factor = 1.0, .drop_policy = DropPolicy::position});
+    std::vector<std::byte> ws(smoe::routing_workspace_size(router, cap, 8));
+    auto const r = smoe::route(router, cap, MatrixView<float const>(kLogits.data(), 8, 4), {}, ws);
+    CHECK(dropped_pairs(r) == std::vector<std::pair<int, int>>{{4, 0}, {6, 0}, {7, 0}});
+    CHECK(r.nnz() == 13);
+    CHECK(cap.stats().kept == std::vector<std::int64_t>{4, 4, 3, 2});
+    // A loss-free bias balancer supplies the selection bias itself.
+    LossFreeBias bias({.num_experts = 4});
+    bias.set_bias(std::vector<float>{0.0f, 0.0f, 0.0f, 5.0f});
+    std::vector<std::byte> ws2(smoe::routing_workspace_size(router, bias, 8));
+    auto const rb = smoe::route(router, bias, MatrixView<float const>(kLogits.data(), 8, 4), {}, ws2);
+    for (std::int64_t t = 0; t < 8; ++t) CHECK((rb.expert_ids(t, 0) == 3 || rb.expert_ids(t, 1) == 3));
+    CHECK(bias.pending_counts()[3] == 8);
+}

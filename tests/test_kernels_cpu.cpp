@@ -1,6 +1,7 @@
 // CPU kernels against plain double loops and the scalar oracle: the dot-form GEMM, SiLU·up, the
 // finite check, the counting-sort dispatch and the slot-order combine, on every tested ISA.
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -137,8 +138,10 @@ TEST_CASE("the counting-sort dispatch builds the same CSR as the oracle", "[kern
         auto const ref = smoe::reference::from_token_major(T, K, E, ids, w);
         std::vector<std::int32_t> off(E + 1), tok(T * K), slots(T * K), slot_rows(T * K);
         std::vector<float> ww(T * K);
+        std::int64_t null_slots = -1;
         auto const nnz = cpu::build_expert_major(MatrixView<std::int32_t const>(ids.data(), T, K), MatrixView<float const>(w.data(), T, K), E,
-                                                 {off, tok, ww, slots, slot_rows});
+                                                 {off, tok, ww, slots, slot_rows}, &null_slots);
+        CHECK(null_slots == std::count_if(ids.begin(), ids.end(), [&](std::int32_t id) { return id >= E; }));
         INFO("trial " << trial);
         REQUIRE(nnz == static_cast<std::int64_t>(ref.token_ids.size()));
         CHECK(off == ref.offsets);

@@ -174,7 +174,7 @@ public:
         MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
         kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
         Workspace scratch = b.router_ws;
-        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), selection_bias(), b.routing.token_major, scratch);
+        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), detail::selection_bias(balancer_, weights_.expert_bias), b.routing.token_major, scratch);
         return dispatch_and_run(x, y, b, K, logits);
     }
 
@@ -206,20 +206,6 @@ public:
 private:
     static constexpr bool kBalancerOwnsBias = requires(Balancer const& bal) { bal.selection_bias(); };
 
-    std::span<float const> selection_bias() const {
-        if constexpr (kBalancerOwnsBias)
-            return balancer_.selection_bias();
-        else
-            return weights_.expert_bias;
-    }
-
-    router::ScoreFunc score_func() const {
-        if constexpr (requires { router_.config().score_func; })
-            return router_.config().score_func;
-        else
-            return router::ScoreFunc::softmax;
-    }
-
     // Rows one expert call may see: its load (at most T), or the balancer's padded segment.
     std::int64_t max_expert_rows(std::int64_t T) const {
         if constexpr (requires { balancer_.config().pad_to_capacity; })
@@ -232,9 +218,7 @@ private:
         std::span<float> logits;
         detail::RoutingBuffers routing;
         Workspace router_ws;
-        std::span<std::int32_t> routed_offsets;  // [E+1] copy before the balancer (statistics)
-        std::span<std::uint8_t> dropped;         // [T*K]
-        Workspace balancer_ws;
+        detail::BalanceBuffers balance;
         std::span<float> gathered;   // one expert's input rows (padded segment included)
         std::span<float> padded_w;   // its row weights, when padded
         std::span<float> padded_out; // its output rows, when padded
@@ -253,9 +237,7 @@ private:
         b.logits = a.template take<float>(t * static_cast<std::size_t>(router_.num_logits()));
         b.routing = detail::carve_routing(router_, a, T);
         b.router_ws = a.take_bytes(router_.workspace_size(T));
-        b.routed_offsets = a.template take<std::int32_t>(static_cast<std::size_t>(router_.num_experts() + 1));
-        b.dropped = a.template take<std::uint8_t>(slots);
-        b.balancer_ws = a.take_bytes(balancer_.workspace_size(T));
+        b.balance = detail::carve_balance(router_, balancer_, a, T);
         b.gathered = a.template take<float>(rows * d);
         b.padded_w = a.template take<float>(pads() ? rows : 0);
         b.padded_out = a.template take<float>(pads() ? rows * d : 0);
@@ -304,41 +286,10 @@ private:
     // Dispatch (counting sort), balancer, experts, combine: what forward and forward_routed share.
     RoutingResult dispatch_and_run(MatrixView<float const> x, MatrixView<float> y, Buffers const& b, std::int64_t K,
                                    MatrixView<float const> logits) {
-        std::int64_t const E = router_.num_experts(), T = x.rows;
-        detail::build_csr(b.routing, E, K);
-        auto const& csr = b.routing.expert_major;
-        std::copy(csr.offsets.begin(), csr.offsets.begin() + E + 1, b.routed_offsets.begin());
-        auto const dropped = b.dropped.first(static_cast<std::size_t>(T * K));
-        std::fill(dropped.begin(), dropped.end(), std::uint8_t{0});
-
-        balance::BalanceContext ctx;
-        ctx.num_tokens = T;
-        ctx.num_experts = E;
-        ctx.k = K;
-        ctx.logits = logits;
-        ctx.score_func = score_func();
-        ctx.expert_ids = detail::used_ids(b.routing, K);
-        auto const& tw = b.routing.token_major.expert_weights;
-        ctx.expert_weights = MatrixView<float>(tw.data, T, K, tw.ld);
-        ctx.csr = csr;
-        ctx.routed_offsets = b.routed_offsets;
-        ctx.dropped = dropped;
-        ctx.null_slots = count_null_slots(ctx.expert_ids);
-        ctx.scratch = b.balancer_ws;
-        balancer_.plan(ctx);
-
-        RoutingResult r = detail::routing_view(b.routing, E, K);
-        if constexpr (Balancer::drops_tokens) r.dropped = dropped;
-        r.padded_rows = ctx.padded_rows;
+        RoutingResult const r = detail::balance_routing(balancer_, b.routing, b.balance, router_.num_experts(), K, logits,
+                                                        detail::score_func_of(router_));
         run_experts(x, y, r, b);
         return r;
-    }
-
-    std::int64_t count_null_slots(MatrixView<std::int32_t const> ids) const {
-        std::int64_t n = 0;
-        for (std::int64_t t = 0; t < ids.rows; ++t)
-            for (std::int64_t j = 0; j < ids.cols; ++j) n += ids(t, j) >= router_.num_experts();
-        return n;
     }
 
     void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {

@@ -7,6 +7,7 @@
 //   smoe::RoutingResult r = smoe::route(router, logits, {}, ws);
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <span>
 
@@ -53,8 +54,11 @@ inline MatrixView<float const> used_weights(RoutingBuffers const& b, std::int64_
 }
 
 // The counting sort of the K columns in use into the CSR (the dispatch pass).
-inline void build_csr(RoutingBuffers const& b, std::int64_t E, std::int64_t K) {
-    kernels::cpu::build_expert_major(used_ids(b, K), used_weights(b, K), E, b.expert_major);
+// Returns the number of null-expert slots.
+inline std::int64_t build_csr(RoutingBuffers const& b, std::int64_t E, std::int64_t K) {
+    std::int64_t nulls = 0;
+    kernels::cpu::build_expert_major(used_ids(b, K), used_weights(b, K), E, b.expert_major, &nulls);
+    return nulls;
 }
 
 // The result view over the buffers, as the CSR stands now (a dropping balancer may have shrunk it).
@@ -70,6 +74,74 @@ inline RoutingResult routing_view(RoutingBuffers const& b, std::int64_t E, std::
     r.slots = std::span<std::int32_t const>(b.expert_major.slots.data(), nnz);
     r.expert_ids = used_ids(b, K);
     r.expert_weights = used_weights(b, K);
+    return r;
+}
+
+// The buffers the balancer step needs besides the routing's.
+struct BalanceBuffers {
+    std::span<std::int32_t> routed_offsets;  // [E+1] copy before the balancer (statistics)
+    std::span<std::uint8_t> dropped;         // [T*Kmax]
+    Workspace scratch;                       // the balancer's own
+};
+
+template <class Router, class Balancer, class Alloc>
+BalanceBuffers carve_balance(Router const& router, Balancer const& balancer, Alloc& a, std::int64_t T) {
+    BalanceBuffers b;
+    b.routed_offsets = a.template take<std::int32_t>(static_cast<std::size_t>(router.num_experts() + 1));
+    b.dropped = a.template take<std::uint8_t>(static_cast<std::size_t>(T * router.max_slots()));
+    b.scratch = a.take_bytes(balancer.workspace_size(T));
+    return b;
+}
+
+template <class Router>
+router::ScoreFunc score_func_of(Router const& router) {
+    if constexpr (requires { router.config().score_func; })
+        return router.config().score_func;
+    else
+        return router::ScoreFunc::softmax;
+}
+
+// The bias the router selects with: the balancer's own (LossFreeBias) or the caller's.
+template <class Balancer>
+std::span<float const> selection_bias(Balancer const& balancer, std::span<float const> given) {
+    if constexpr (requires { balancer.selection_bias(); })
+        return balancer.selection_bias();
+    else
+        return given;
+}
+
+// The dispatch pass (counting sort into the CSR) and the balancer step after it: the balancer may
+// drop pairs, renormalise and pad, and records the statistics. Returns the view of the result.
+template <class Balancer>
+RoutingResult balance_routing(Balancer& balancer, RoutingBuffers const& b, BalanceBuffers const& bb, std::int64_t E,
+                              std::int64_t K, MatrixView<float const> logits, router::ScoreFunc score_func) {
+    std::int64_t const T = b.token_major.expert_ids.rows;
+    std::int64_t const null_slots = build_csr(b, E, K);
+    auto const& csr = b.expert_major;
+    std::copy(csr.offsets.begin(), csr.offsets.begin() + E + 1, bb.routed_offsets.begin());
+    // Only a dropping balancer writes the mask; the others never see it filled.
+    auto const dropped = Balancer::drops_tokens ? bb.dropped.first(static_cast<std::size_t>(T * K)) : std::span<std::uint8_t>{};
+    std::fill(dropped.begin(), dropped.end(), std::uint8_t{0});
+
+    balance::BalanceContext ctx;
+    ctx.num_tokens = T;
+    ctx.num_experts = E;
+    ctx.k = K;
+    ctx.logits = logits;
+    ctx.score_func = score_func;
+    ctx.expert_ids = used_ids(b, K);
+    auto const& tw = b.token_major.expert_weights;
+    ctx.expert_weights = MatrixView<float>(tw.data, T, K, tw.ld);
+    ctx.csr = csr;
+    ctx.routed_offsets = bb.routed_offsets.first(static_cast<std::size_t>(E + 1));
+    ctx.dropped = dropped;
+    ctx.null_slots = null_slots;
+    ctx.scratch = bb.scratch;
+    balancer.plan(ctx);
+
+    RoutingResult r = routing_view(b, E, K);
+    if constexpr (Balancer::drops_tokens) r.dropped = dropped;
+    r.padded_rows = ctx.padded_rows;
     return r;
 }
 
@@ -95,6 +167,34 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
     std::int64_t const K = router.route(Arch{}, logits, bias, b.token_major, scratch);
     detail::build_csr(b, router.num_experts(), K);
     return detail::routing_view(b, router.num_experts(), K);
+}
+
+}  // namespace smoe::inline v0
+
+namespace smoe::inline v0 {
+
+// Routing plus a balancer, outside a layer: what a router-only case with capacity or statistics keys
+// runs, and what an engine that dispatches on its own needs. Drops, padding and statistics are as in
+// MoELayer (the balancer's stats() after the call).
+template <class Router, class Balancer>
+std::size_t routing_workspace_size(Router const& router, Balancer const& balancer, std::int64_t max_tokens) {
+    WorkspaceSize size;
+    detail::carve_routing(router, size, max_tokens);
+    size.take_bytes(router.workspace_size(max_tokens));
+    detail::carve_balance(router, balancer, size, max_tokens);
+    return required_bytes(size.bytes());
+}
+
+template <class Arch = xsimd::default_arch, class Router, class Balancer>
+    requires RouterPolicy<Router, Arch> && BalancePolicy<Balancer>
+RoutingResult route(Router const& router, Balancer& balancer, MatrixView<float const> logits, std::span<float const> bias,
+                    std::span<std::byte> workspace) {
+    Workspace ws(workspace);
+    detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
+    Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));
+    detail::BalanceBuffers bb = detail::carve_balance(router, balancer, ws, logits.rows);
+    std::int64_t const K = router.route(Arch{}, logits, detail::selection_bias(balancer, bias), b.token_major, scratch);
+    return detail::balance_routing(balancer, b, bb, router.num_experts(), K, logits, detail::score_func_of(router));
 }
 
 }  // namespace smoe::inline v0

@@ -99,15 +99,21 @@ private:
         std::int32_t* const rows = order.data();
         for (std::int32_t r = 0; r < load; ++r) rows[r] = begin + r;
         auto const slot_of = [&](std::int32_t row) { return csr.slots[row] % ctx.k; };
-        // Rows are in increasing token order, so a stable sort keeps "ties to the lower token".
+        // Rows are in increasing token order, so breaking ties by row gives "ties to the lower
+        // token"; with that total order nth_element finds exactly the kept set, in O(load) and
+        // without the buffer std::stable_sort would allocate on the hot path.
         switch (cfg_.drop_policy) {
             case DropPolicy::probs:
-                std::stable_sort(rows, rows + load, [&](std::int32_t a, std::int32_t b) { return csr.weights[a] > csr.weights[b]; });
+                std::nth_element(rows, rows + C, rows + load, [&](std::int32_t a, std::int32_t b) {
+                    return csr.weights[a] > csr.weights[b] || (csr.weights[a] == csr.weights[b] && a < b);
+                });
                 break;
             case DropPolicy::position:
                 break;
             case DropPolicy::slot_priority:
-                std::stable_sort(rows, rows + load, [&](std::int32_t a, std::int32_t b) { return slot_of(a) < slot_of(b); });
+                std::nth_element(rows, rows + C, rows + load, [&](std::int32_t a, std::int32_t b) {
+                    return slot_of(a) < slot_of(b) || (slot_of(a) == slot_of(b) && a < b);
+                });
                 break;
         }
         for (std::int64_t i = C; i < load; ++i) {

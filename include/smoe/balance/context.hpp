@@ -25,6 +25,7 @@ struct BalanceContext {
     kernels::cpu::ExpertMajor csr;                   // the dispatch CSR; a dropping balancer compacts it
     std::span<std::int32_t const> routed_offsets;    // [E+1] a copy of the offsets before the balancer
     std::span<std::uint8_t> dropped;                 // [T*K], zero on entry; 1 marks a dropped slot
+                                                     // (empty for balancers that never drop)
     std::int64_t null_slots = 0;                     // slots given to null experts (not load)
 
     // Out: when > 0, every expert's segment is padded to exactly this many rows (zero rows of weight

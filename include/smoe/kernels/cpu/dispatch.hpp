@@ -21,17 +21,21 @@ struct ExpertMajor {
 };
 
 // ids/w: [T, K] token-major; ids in [0, E) are dispatched, -1 (padding) and ids >= E (null experts,
-// compute-free) are not. Returns nnz.
+// compute-free) are not. Returns nnz; counts the null slots into *null_slots when given (the
+// statistics take them from this pass rather than from a second one).
 inline std::int64_t build_expert_major(MatrixView<std::int32_t const> ids, MatrixView<float const> w, std::int64_t E,
-                                       ExpertMajor const& out) {
+                                       ExpertMajor const& out, std::int64_t* null_slots = nullptr) {
     std::int64_t const T = ids.rows, K = ids.cols;
     auto& off = out.offsets;
     std::fill(off.begin(), off.begin() + E + 1, 0);
+    std::int64_t nulls = 0;
     for (std::int64_t t = 0; t < T; ++t)
         for (std::int64_t j = 0; j < K; ++j) {
             std::int32_t const e = ids(t, j);
             if (e >= 0 && e < E) ++off[e + 1];
+            nulls += e >= E;
         }
+    if (null_slots) *null_slots = nulls;
     for (std::int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
     // off[e] now is the next free row of expert e; it ends at the start of expert e + 1, and the
     // shift below restores the starts.
