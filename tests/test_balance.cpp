@@ -94,6 +94,10 @@ TEST_CASE("capacity follows Megatron's rounding, then min_capacity and alignment
     CHECK_THROWS_WITH(Capacity({.capacity_factor = INFINITY}), Contains("moe_expert_capacity_factor"));
     CHECK_THROWS_WITH(Capacity({.capacity_factor = 1.0, .min_capacity = -1}), Contains("min_capacity"));
     CHECK_THROWS_WITH(Capacity({.capacity_factor = 1.0, .capacity_alignment = 0}), Contains("capacity_alignment"));
+    CHECK(smoe::balance::parse_drop_policy("probs") == DropPolicy::probs);
+    CHECK(smoe::balance::parse_drop_policy("position") == DropPolicy::position);
+    CHECK(smoe::balance::parse_drop_policy("slot_priority") == DropPolicy::slot_priority);
+    CHECK_THROWS_WITH(smoe::balance::parse_drop_policy("prob"), Contains("moe_token_drop_policy") && Contains("\"prob\""));
 }
 
 TEST_CASE("capacity drops the spec's pairs under each drop policy", "[balance][capacity][spec]") {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "smoe/balance/context.hpp"
 #include "smoe/balance/stats_collector.hpp"
@@ -29,6 +30,14 @@ enum class DropPolicy {
 
 inline char const* to_string(DropPolicy p) {
     return p == DropPolicy::probs ? "probs" : p == DropPolicy::position ? "position" : "slot_priority";
+}
+
+// moe_token_drop_policy as config files spell it; anything else is an error naming the key.
+inline DropPolicy parse_drop_policy(std::string_view name) {
+    if (name == "probs") return DropPolicy::probs;
+    if (name == "position") return DropPolicy::position;
+    if (name == "slot_priority") return DropPolicy::slot_priority;
+    detail::fail("moe_token_drop_policy", "\"" + std::string(name) + "\"", "\"probs\", \"position\" or \"slot_priority\"");
 }
 
 struct CapacityConfig {
