@@ -69,6 +69,17 @@ constexpr bool router_bounds_load() {
         return false;
 }
 
+// A router that adds a per-expert bias to its selection scores (routing.md §2) says so with
+// `static constexpr bool accepts_selection_bias = true`; a balancer that owns such a bias
+// (LossFreeBias) needs one.
+template <class R>
+constexpr bool router_accepts_selection_bias() {
+    if constexpr (requires { R::accepts_selection_bias; })
+        return R::accepts_selection_bias;
+    else
+        return false;
+}
+
 // Where the layer runs. backend::Cpu<Arch> is the only one today; the CUDA backend will model this too.
 template <class B>
 concept Backend = requires {

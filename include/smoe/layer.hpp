@@ -107,6 +107,11 @@ class MoELayer {
                   "smoe::balance::Capacity) has nothing to cap; use smoe::balance::None, or set the router's "
                   "capacity instead");
 
+    static_assert(!(requires(Balancer const& bal) { bal.selection_bias(); }) || router_accepts_selection_bias<Router>(),
+                  "smoe::MoELayer: this Balancer owns a selection bias (e.g. smoe::balance::LossFreeBias) but the "
+                  "Router does not select with one (accepts_selection_bias); use smoe::router::TopK, or "
+                  "smoe::balance::None");
+
 public:
     using router_type = Router;
     using expert_type = Expert;

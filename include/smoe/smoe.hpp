@@ -16,4 +16,6 @@
 #include "smoe/expert/swiglu.hpp"
 #include "smoe/layer.hpp"
 #include "smoe/route.hpp"
+#include "smoe/router/expert_choice.hpp"
+#include "smoe/router/null_expert.hpp"
 #include "smoe/router/topk.hpp"

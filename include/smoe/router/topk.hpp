@@ -22,6 +22,7 @@ namespace smoe::inline v0::router {
 class TopK {
 public:
     using Config = TopKConfig;
+    static constexpr bool accepts_selection_bias = true;
 
     explicit TopK(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
 

@@ -3,6 +3,8 @@
 // from the spec alone. Never used on a hot path.
 
 #include "smoe/kernels/reference/dispatch.hpp"
+#include "smoe/kernels/reference/expert_choice.hpp"
 #include "smoe/kernels/reference/moe.hpp"
+#include "smoe/kernels/reference/null_expert.hpp"
 #include "smoe/kernels/reference/swiglu.hpp"
 #include "smoe/kernels/reference/topk.hpp"

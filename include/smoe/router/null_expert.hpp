@@ -1,0 +1,101 @@
+#pragma once
+// smoe::router::NullExpert: token-adaptive k through null experts that cost nothing (routing.md §5;
+// Zeng et al., "AdaMoE: Token-Adaptive Routing with Null Experts for Mixture-of-Experts Language
+// Models", 2024; CengZihao/AdaMoE CustomMixtralSparseMoeBlock).
+//
+//   logits L[t] of width E + N: columns 0..E-1 the true experts, E..E+N-1 the null experts
+//   s = softmax over all E + N;  S = top-k of s over all E + N (ties to the lower id, so a true
+//   expert beats a null with an equal score)
+//   σ = Σ s_e over the true experts in S (σ = 0 → 1)
+//   true e ∈ S: w_e = s_e / σ;  null e ∈ S: w_e = s_e (raw)
+//
+// K = k (a fixed-k router). Null ids appear in the token-major view only; the layer's counting sort
+// never dispatches ids >= num_experts(), so a null selection costs nothing and contributes zero
+// output. A token that picks only nulls gets zero routed output. N = 0 is TopK with softmax,
+// norm_topk_prob and norm_eps = 0.
+//
+// Example (routing.md §5): E = 3, N = 2, k = 2; t1 logits [1, −1, 0, 1.5, 0] give s = [0.284106,
+// 0.0384495, 0.104517, 0.468411, 0.104517]; S = {3, 0}; σ = 0.284106, so the row is [0, 3] with
+// weights 1 and 0.468411 (the null keeps its raw s).
+//
+//   smoe::router::NullExpert router(smoe::router::NullExpertConfig::adamoe_mixtral());
+//   router.route(arch, logits /*[T, 24]*/, {}, out /*[T, >= 4]*/, workspace);
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/routing.hpp"
+#include "smoe/core/workspace.hpp"
+#include "smoe/kernels/cpu/finite_check.hpp"
+#include "smoe/kernels/cpu/null_expert.hpp"
+
+namespace smoe::inline v0::router {
+
+struct NullExpertConfig {
+    std::int64_t num_experts = 0;       // E >= 1, the true experts
+    std::int64_t num_null_experts = 0;  // N >= 0
+    std::int64_t top_k = 0;             // 1 <= k <= E + N
+
+    std::int64_t num_logits() const { return num_experts + num_null_experts; }
+
+    // Throws smoe::invalid_argument naming the key, the value and the valid range.
+    void validate() const {
+        using detail::fail;
+        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        if (num_null_experts < 0) fail("num_null_experts", num_null_experts, "N >= 0");
+        if (top_k < 1 || top_k > num_logits())
+            fail("top_k", top_k, "1 <= top_k <= num_experts + num_null_experts (" + std::to_string(num_logits()) + ")");
+    }
+
+    // The Mixtral experiment of AdaMoE (loader.py): 8 true experts, 16 nulls, k = 4.
+    static NullExpertConfig adamoe_mixtral() { return {.num_experts = 8, .num_null_experts = 16, .top_k = 4}; }
+};
+
+class NullExpert {
+public:
+    using Config = NullExpertConfig;
+
+    explicit NullExpert(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
+
+    Config const& config() const { return cfg_; }
+    std::int64_t num_experts() const { return cfg_.num_experts; }
+    std::int64_t num_null_experts() const { return cfg_.num_null_experts; }
+    std::int64_t num_logits() const { return cfg_.num_logits(); }
+    std::int64_t max_slots() const { return cfg_.top_k; }
+
+    std::size_t workspace_size(std::int64_t /*max_tokens*/) const {
+        WorkspaceSize size;
+        size.add<float>(static_cast<std::size_t>(cfg_.num_logits()));
+        return size.bytes();
+    }
+
+    // logits [T, E + N]; bias must be empty; out [T, >= k]. Returns K = k.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws) const {
+        std::int64_t const E = cfg_.num_experts, N = cfg_.num_null_experts, k = cfg_.top_k;
+        smoe::detail::check_view(logits, "logits", -1, E + N);
+        std::int64_t const T = logits.rows;
+        smoe::detail::check_int32_extent(T, k);
+        if (out.expert_ids.rows != T || out.expert_ids.cols < k || out.expert_weights.rows != T ||
+            out.expert_weights.cols < k)
+            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
+                               "[T, >= top_k] = " + smoe::detail::shape_text(T, k));
+        if (!bias.empty())
+            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "none (null_expert takes no selection bias)");
+        kernels::cpu::check_finite(arch, logits, "logits");
+
+        float* const score = ws.take<float>(static_cast<std::size_t>(E + N)).data();
+        for (std::int64_t t = 0; t < T; ++t)
+            kernels::cpu::null_expert_route_row(arch, E, N, k, logits.row(t), score, out.expert_ids.row(t),
+                                                out.expert_weights.row(t));
+        return k;
+    }
+
+private:
+    Config cfg_;
+};
+
+}  // namespace smoe::inline v0::router
