@@ -18,4 +18,5 @@
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
 #include "smoe/router/null_expert.hpp"
+#include "smoe/router/sinkhorn.hpp"
 #include "smoe/router/topk.hpp"
