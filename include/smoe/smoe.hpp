@@ -18,5 +18,7 @@
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
 #include "smoe/router/null_expert.hpp"
+#include "smoe/router/relu.hpp"
 #include "smoe/router/sinkhorn.hpp"
+#include "smoe/router/top_p.hpp"
 #include "smoe/router/topk.hpp"

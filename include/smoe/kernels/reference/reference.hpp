@@ -6,6 +6,8 @@
 #include "smoe/kernels/reference/expert_choice.hpp"
 #include "smoe/kernels/reference/moe.hpp"
 #include "smoe/kernels/reference/null_expert.hpp"
+#include "smoe/kernels/reference/relu.hpp"
 #include "smoe/kernels/reference/sinkhorn.hpp"
 #include "smoe/kernels/reference/swiglu.hpp"
+#include "smoe/kernels/reference/top_p.hpp"
 #include "smoe/kernels/reference/topk.hpp"

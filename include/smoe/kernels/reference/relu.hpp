@@ -1,0 +1,50 @@
+#pragma once
+// Scalar oracle for smoe::router::ReLU (routing.md §6): w = max(x, 0) for the experts with x > 0
+// (strictly), rows ordered by weight descending with ties to the lower id, K = the batch's largest
+// count (0 when nothing is selected), shorter rows padded with -1 / 0.
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/routing.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/kernels/reference/dispatch.hpp"
+#include "smoe/kernels/reference/topk.hpp"
+#include "smoe/router/relu.hpp"
+
+namespace smoe::inline v0::reference {
+
+inline RoutingData route_relu(router::ReLUConfig const& cfg, MatrixView<float const> logits) {
+    cfg.validate();
+    auto const E = cfg.num_experts;
+    smoe::detail::check_view(logits, "logits", -1, E);
+    auto const T = logits.rows;
+    smoe::detail::check_int32_extent(T, E);
+    detail::check_finite(logits, "logits", "token", "expert");
+
+    std::vector<std::vector<std::pair<std::int32_t, float>>> rows(static_cast<std::size_t>(T));
+    std::int64_t K = 0;
+    for (std::int64_t t = 0; t < T; ++t) {
+        for (std::int64_t e = 0; e < E; ++e) {
+            double const x = logits(t, e);
+            if (x > 0.0) rows[t].emplace_back(static_cast<std::int32_t>(e), static_cast<float>(std::max(x, 0.0)));
+        }
+        // Candidates are in ascending id, so a stable sort by weight leaves ties to the lower id.
+        std::stable_sort(rows[t].begin(), rows[t].end(), [](auto const& a, auto const& b) { return a.second > b.second; });
+        K = std::max(K, static_cast<std::int64_t>(rows[t].size()));
+    }
+
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K), -1);
+    std::vector<float> weights(static_cast<std::size_t>(T * K), 0.0f);
+    for (std::int64_t t = 0; t < T; ++t)
+        for (std::size_t j = 0; j < rows[t].size(); ++j) {
+            ids[t * K + j] = rows[t][j].first;
+            weights[t * K + j] = rows[t][j].second;
+        }
+    return from_token_major(T, K, E, std::move(ids), std::move(weights));
+}
+
+}  // namespace smoe::inline v0::reference
