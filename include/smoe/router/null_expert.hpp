@@ -30,6 +30,7 @@
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/null_expert.hpp"
+#include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -76,15 +77,9 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts, N = cfg_.num_null_experts, k = cfg_.top_k;
-        smoe::detail::check_view(logits, "logits", -1, E + N);
-        std::int64_t const T = logits.rows;
-        smoe::detail::check_int32_extent(T, k);
-        if (out.expert_ids.rows != T || out.expert_ids.cols < k || out.expert_weights.rows != T ||
-            out.expert_weights.cols < k)
-            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
-                               "[T, >= top_k] = " + smoe::detail::shape_text(T, k));
-        if (!bias.empty())
-            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "none (null_expert takes no selection bias)");
+        std::int64_t const T = checks::check_logits_shape(logits, E + N, k);
+        checks::check_out_shape(out, T, k, "top_k");
+        checks::reject_bias(bias, "null_expert");
         kernels::cpu::check_finite(arch, logits, "logits");
 
         float* const score = ws.take<float>(static_cast<std::size_t>(E + N)).data();

@@ -29,6 +29,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/relu.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
+#include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -64,15 +65,9 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts;
-        smoe::detail::check_view(logits, "logits", -1, E);
-        std::int64_t const T = logits.rows;
-        smoe::detail::check_int32_extent(T, E);
-        if (out.expert_ids.rows != T || out.expert_ids.cols < E || out.expert_weights.rows != T ||
-            out.expert_weights.cols < E)
-            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
-                               "[T, >= num_experts] = " + smoe::detail::shape_text(T, E));
-        if (!bias.empty())
-            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "none (relu takes no selection bias)");
+        std::int64_t const T = checks::check_logits_shape(logits, E, E);
+        checks::check_out_shape(out, T, E, "num_experts");
+        checks::reject_bias(bias, "relu");
         kernels::cpu::check_finite(arch, logits, "logits");
 
         Scratch s = carve(ws, T);

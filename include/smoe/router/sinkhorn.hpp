@@ -46,6 +46,7 @@
 #include "smoe/kernels/cpu/sinkhorn.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
+#include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -115,10 +116,7 @@ public:
         std::int64_t const E = cfg_.num_experts, k = cfg_.top_k;
         check_logits(arch, logits, bias);
         std::int64_t const T = logits.rows;
-        if (out.expert_ids.rows != T || out.expert_ids.cols < k || out.expert_weights.rows != T ||
-            out.expert_weights.cols < k)
-            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
-                               "[T, >= top_k] = " + smoe::detail::shape_text(T, k));
+        checks::check_out_shape(out, T, k, "top_k");
         auto const s = kernels::cpu::carve_sinkhorn(ws, T, E);
         report = balance(arch, logits, s);
 
@@ -169,11 +167,8 @@ public:
 private:
     template <class Arch>
     void check_logits(Arch arch, MatrixView<float const> logits, std::span<float const> bias) const {
-        smoe::detail::check_view(logits, "logits", -1, cfg_.num_experts);
-        smoe::detail::check_int32_extent(logits.rows, cfg_.top_k);
-        if (!bias.empty())
-            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()),
-                               "no expert_bias (router::Sinkhorn selects on balanced scores only)");
+        checks::check_logits_shape(logits, cfg_.num_experts, cfg_.top_k);
+        checks::reject_bias(bias, "sinkhorn");
         kernels::cpu::check_finite(arch, logits, "logits");
     }
 

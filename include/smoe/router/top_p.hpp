@@ -34,6 +34,7 @@
 #include "smoe/kernels/cpu/top_p.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
 #include "smoe/router/topk_config.hpp"
+#include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -83,15 +84,9 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts, max_k = max_slots();
-        smoe::detail::check_view(logits, "logits", -1, E);
-        std::int64_t const T = logits.rows;
-        smoe::detail::check_int32_extent(T, max_k);
-        if (out.expert_ids.rows != T || out.expert_ids.cols < max_k || out.expert_weights.rows != T ||
-            out.expert_weights.cols < max_k)
-            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
-                               "[T, >= max_k] = " + smoe::detail::shape_text(T, max_k));
-        if (!bias.empty())
-            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "none (top_p takes no selection bias)");
+        std::int64_t const T = checks::check_logits_shape(logits, E, max_k);
+        checks::check_out_shape(out, T, max_k, "max_k");
+        checks::reject_bias(bias, "top_p");
         kernels::cpu::check_finite(arch, logits, "logits");
 
         Scratch s = carve(ws, T);

@@ -16,6 +16,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
+#include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -43,13 +44,8 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts, k = cfg_.top_k;
-        smoe::detail::check_view(logits, "logits", -1, E);
-        std::int64_t const T = logits.rows;
-        smoe::detail::check_int32_extent(T, k);
-        if (out.expert_ids.rows != T || out.expert_ids.cols < k || out.expert_weights.rows != T ||
-            out.expert_weights.cols < k)
-            smoe::detail::fail("out", smoe::detail::shape_text(out.expert_ids.rows, out.expert_ids.cols),
-                               "[T, >= top_k] = " + smoe::detail::shape_text(T, k));
+        std::int64_t const T = checks::check_logits_shape(logits, E, k);
+        checks::check_out_shape(out, T, k, "top_k");
         if (!bias.empty() && static_cast<std::int64_t>(bias.size()) != E)
             smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "length num_experts = " + std::to_string(E));
         if (bias.empty() && cfg_.requires_expert_bias)
