@@ -12,20 +12,12 @@
 
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
+#include "smoe/kernels/cpu/variable_k.hpp"
 
 namespace smoe::inline v0::kernels::cpu {
 
-// A key whose unsigned order is the tie rule of routing.md §0 for expert choice: a larger score first,
-// then the lower token id. Scores are >= 0 here (softmax or sigmoid), and the bit pattern of a
-// non-negative float increases with its value; -0 is mapped to +0 so that the two tie.
-SMOE_ALWAYS_INLINE std::uint64_t expert_choice_key(float s, std::int64_t t) {
-    std::uint32_t const bits = s == 0.0f ? 0u : std::bit_cast<std::uint32_t>(s);
-    return (static_cast<std::uint64_t>(bits) << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(t));
-}
-
-SMOE_ALWAYS_INLINE std::int64_t expert_choice_token(std::uint64_t key) {
-    return static_cast<std::uint32_t>(~static_cast<std::uint32_t>(key));
-}
+// Expert choice picks tokens for an expert by (score descending, token ascending): the same order as
+// weight_order_key with the token id in the id's place.
 
 // Sorts one token-major row by (weight descending, id ascending). Insertion sort for short rows (the
 // common case, and the one sort_by_weight is tuned for), std::sort on pairs for dense rows.
@@ -34,12 +26,11 @@ inline void sort_row_by_weight(std::int32_t* ids, float* w, std::int64_t n, std:
         sort_by_weight(ids, w, n);
         return;
     }
-    // Weights are >= 0, so the key trick above orders them too (ids ascending among equal weights).
-    for (std::int64_t j = 0; j < n; ++j) scratch[j] = expert_choice_key(w[j], ids[j]);
+    for (std::int64_t j = 0; j < n; ++j) scratch[j] = weight_order_key(w[j], ids[j]);
     std::sort(scratch.begin(), scratch.begin() + n, std::greater<>{});
     for (std::int64_t j = 0; j < n; ++j) {
-        ids[j] = static_cast<std::int32_t>(expert_choice_token(scratch[j]));
-        w[j] = std::bit_cast<float>(static_cast<std::uint32_t>(scratch[j] >> 32));
+        ids[j] = weight_order_id(scratch[j]);
+        w[j] = weight_order_weight(scratch[j]);
     }
 }
 
@@ -61,18 +52,14 @@ inline std::int64_t expert_choice_select(MatrixView<float const> score, std::int
             for (std::int64_t t = 0; t < T; ++t) take(t, e);
             continue;
         }
-        for (std::int64_t t = 0; t < T; ++t) keys[t] = expert_choice_key(score(t, e), t);
+        for (std::int64_t t = 0; t < T; ++t) keys[t] = weight_order_key(score(t, e), t);
         std::nth_element(keys.begin(), keys.begin() + (c_eff - 1), keys.begin() + T, std::greater<>{});
-        for (std::int64_t i = 0; i < c_eff; ++i) take(expert_choice_token(keys[i]), e);
+        for (std::int64_t i = 0; i < c_eff; ++i) take(weight_order_id(keys[i]), e);
     }
     std::int64_t K = 0;
     for (std::int64_t t = 0; t < T; ++t) K = std::max<std::int64_t>(K, count[t]);
-    for (std::int64_t t = 0; t < T; ++t) {
-        std::int64_t const n = count[t];
-        sort_row_by_weight(ids.row(t), w.row(t), n, keys);
-        std::fill(ids.row(t) + n, ids.row(t) + K, -1);
-        std::fill(w.row(t) + n, w.row(t) + K, 0.0f);
-    }
+    for (std::int64_t t = 0; t < T; ++t) sort_row_by_weight(ids.row(t), w.row(t), count[t], keys);
+    pad_rows(ids, w, count, K);
     return K;
 }
 

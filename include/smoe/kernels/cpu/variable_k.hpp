@@ -1,5 +1,5 @@
 #pragma once
-// What the variable-k routers (routing.md §1: top_p, relu) share: the token-major row order as one
+// What the variable-k routers (routing.md §1: top_p, relu, expert_choice) share: the token-major row order as one
 // integer key, and the padding of every row to the batch's K once all counts are known.
 
 #include <algorithm>
