@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/layer_model.hpp"
 #include "smoe/kernels/reference/reference.hpp"
 #include "smoe/smoe.hpp"
 
@@ -16,52 +17,18 @@ using smoe::MatrixView;
 using smoe::router::ScoreFunc;
 using smoe::router::TopKConfig;
 using Catch::Matchers::Contains;
-using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+using Layer = smoe_test::SwiGLULayer<smoe::router::TopK>;
 
 namespace {
 
 float const kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// A layer's tensors, owned.
-struct Model {
-    std::int64_t d, f, E;
-    std::vector<float> gate, w1, w3, w2, bias;
-    smoe::expert::SwiGLUConfig expert_cfg() const { return {d, f, E}; }
-    smoe::expert::SwiGLUWeights<float> experts() const {
-        return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), expert_cfg());
-    }
-    Layer::Weights weights() const { return {MatrixView<float const>(gate.data(), E, d), bias, experts()}; }
-};
+using Model = smoe_test::LayerModel<smoe::router::TopK>;
+using smoe_test::check_close;
 
-Model random_model(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E) {
-    Model m{d, f, E, {}, {}, {}, {}, {}};
-    m.gate = smoe_test::normal(rng, static_cast<std::size_t>(E * d), 0.5);
-    m.w1 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w3 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w2 = smoe_test::normal(rng, static_cast<std::size_t>(E * d * f), 0.3);
-    return m;
-}
-
-// experts.md §9 metric per token: max_i |y_i - r_i| / max_i |r_i|.
-void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
-    REQUIRE(y.size() == ref.size());
-    for (std::int64_t t = 0; t < T; ++t) {
-        double err = 0, mag = 0;
-        for (std::int64_t i = 0; i < d; ++i) {
-            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
-            mag = std::max(mag, std::fabs(ref[t * d + i]));
-        }
-        INFO("token " << t << ", max |ref| " << mag);
-        CHECK((mag > 0 ? err / mag : err) <= bound);
-    }
-}
-
-// The oracle on the layer's own fp32 logits (the gate GEMM is tested on its own in test_kernels_cpu),
-// so a near-tie that the gate's rounding could flip cannot make the comparison flaky.
+// The oracle on the layer's own fp32 logits (see smoe_test::gate_logits).
 smoe::RoutingData oracle_routing(Model const& m, TopKConfig const& cfg, std::vector<float> const& x, std::int64_t T) {
-    std::vector<float> logits(static_cast<std::size_t>(T * m.E));
-    smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), T, m.d),
-                                MatrixView<float const>(m.gate.data(), m.E, m.d), MatrixView<float>(logits.data(), T, m.E));
+    auto const logits = smoe_test::gate_logits(m, x, T);
     return smoe::reference::route_topk(cfg, MatrixView<float const>(logits.data(), T, m.E), m.bias);
 }
 
@@ -81,7 +48,7 @@ void check_same_routing(smoe::RoutingResult const& got, smoe::RoutingResult cons
 TEST_CASE("the layer reproduces the worked example of experts.md section 3", "[layer][spec]") {
     // d = 4, f = 3, four experts; experts 2 and 3 are never selected, so their weights are NaN: the
     // layer must not touch an expert that receives no token.
-    Model m{4, 3, 4, {}, {}, {}, {}, {}};
+    Model m{4, 3, 4, 4, {}, {}, {}, {}, {}};
     // x[0] = 1 and every other gate column 0, so the logits are exactly [1, 0.5, -0.5, 0].
     m.gate = {1, 0, 0, 0, 0.5f, 0, 0, 0, -0.5f, 0, 0, 0, 0, 0, 0, 0};
     std::vector<float> const w1_0 = {.5f, .25f, -1, 0, -.5f, 0, 1, .25f, 0, -.25f, .5f, .5f};
@@ -124,7 +91,7 @@ TEST_CASE("the layer matches the oracle on random shapes and top-k configs", "[l
     for (auto const& s : shapes) {
         for (int variant = 0; variant < 3; ++variant) {
             INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", k " << s.k << ", T " << s.T << ", variant " << variant);
-            Model m = random_model(rng, s.d, s.f, s.E);
+            Model m = Model::random(rng, s.d, s.f, s.E);
             TopKConfig cfg{.num_experts = s.E, .top_k = s.k, .norm_topk_prob = variant != 1};
             if (variant == 2 && s.E % 2 == 0 && s.E >= 4 && s.k <= s.E / 2) {  // DeepSeek-V3 style
                 cfg.score_func = ScoreFunc::sigmoid;
@@ -148,7 +115,7 @@ TEST_CASE("the layer matches the oracle on random shapes and top-k configs", "[l
 
 TEST_CASE("the layer handles T = 0, T = 1 and k = E", "[layer][edge]") {
     std::mt19937_64 rng(32);
-    Model m = random_model(rng, 24, 20, 5);
+    Model m = Model::random(rng, 24, 20, 5);
     Layer layer({.router = {.num_experts = 5, .top_k = 5}, .expert = m.expert_cfg(), .max_tokens = 8}, m.weights());
     std::vector<float> x = smoe_test::normal(rng, 8 * 24, 1.0), y(8 * 24);
     auto const none = layer.forward(MatrixView<float const>(x.data(), 0, 24), MatrixView<float>(y.data(), 0, 24));
@@ -164,7 +131,7 @@ TEST_CASE("the layer handles T = 0, T = 1 and k = E", "[layer][edge]") {
 TEST_CASE("an expert that gets every token and experts that get none", "[layer][edge]") {
     std::mt19937_64 rng(33);
     std::int64_t const d = 12, f = 10, E = 6, T = 40;
-    Model m = random_model(rng, d, f, E);
+    Model m = Model::random(rng, d, f, E);
     // x[:, 0] = 1 and gate row 4 puts +50 there: expert 4 wins every token. Experts 0 and 5 get a large
     // negative logit and NaN weights: with k = 2 they never win, and the layer must not touch them.
     auto x = smoe_test::normal(rng, T * d, 0.1);
@@ -192,7 +159,7 @@ TEST_CASE("an expert that gets every token and experts that get none", "[layer][
 TEST_CASE("precomputed routing runs dispatch, experts and combine only", "[layer][routed]") {
     std::mt19937_64 rng(34);
     std::int64_t const d = 19, f = 23, E = 7, T = 9, K = 3;
-    Model m = random_model(rng, d, f, E);
+    Model m = Model::random(rng, d, f, E);
     Layer layer({.router = {.num_experts = E, .top_k = K}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
     auto x = smoe_test::normal(rng, T * d, 1.0);
     // Rows in any order the host likes, with -1 for empty slots; token 4 has no expert at all.
@@ -241,7 +208,7 @@ TEST_CASE("precomputed routing runs dispatch, experts and combine only", "[layer
 TEST_CASE("results do not depend on the batch a token is in or on who owns the workspace", "[layer][determinism]") {
     std::mt19937_64 rng(35);
     std::int64_t const d = 40, f = 72, E = 8, T = 70;  // 70 tokens: more than one 64-row block per expert
-    Model m = random_model(rng, d, f, E);
+    Model m = Model::random(rng, d, f, E);
     Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
     auto const x = smoe_test::normal(rng, T * d, 1.0);
     std::vector<float> all(T * d), one(d), owned(T * d);
@@ -260,7 +227,7 @@ TEST_CASE("results do not depend on the batch a token is in or on who owns the w
 TEST_CASE("a fused gate_up tensor gives the same bits as separate w1 and w3", "[layer][weights]") {
     std::mt19937_64 rng(36);
     std::int64_t const d = 21, f = 13, E = 4, T = 11;
-    Model m = random_model(rng, d, f, E);
+    Model m = Model::random(rng, d, f, E);
     std::vector<float> gate_up;
     for (std::int64_t e = 0; e < E; ++e) {
         gate_up.insert(gate_up.end(), m.w1.begin() + e * f * d, m.w1.begin() + (e + 1) * f * d);
@@ -280,7 +247,7 @@ TEST_CASE("a fused gate_up tensor gives the same bits as separate w1 and w3", "[
 TEST_CASE("the layer rejects bad configs, weights and inputs with a named error", "[layer][errors]") {
     std::mt19937_64 rng(37);
     std::int64_t const d = 8, f = 6, E = 4;
-    Model m = random_model(rng, d, f, E);
+    Model m = Model::random(rng, d, f, E);
     Layer::Config const cfg{.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = 4};
     auto with = [&](auto change) {
         Layer::Config c = cfg;

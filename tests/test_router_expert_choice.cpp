@@ -11,6 +11,8 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/layer_model.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/expert_choice.hpp"
 #include "smoe/kernels/reference/reference.hpp"
 #include "smoe/route.hpp"
@@ -25,24 +27,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct Routed {
-    std::vector<std::byte> ws;
-    smoe::RoutingResult r;
-};
-
-template <class Arch>
-Routed route_with(Arch, ExpertChoiceConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    ExpertChoice router(cfg);
-    auto const T = static_cast<std::int64_t>(logits.size()) / cfg.num_experts;
-    Routed out;
-    out.ws.resize(smoe::routing_workspace_size(router, T));
-    out.r = smoe::route<Arch>(router, MatrixView<float const>(logits.data(), T, cfg.num_experts), bias, out.ws);
-    return out;
-}
-
-Routed route_default(ExpertChoiceConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    return route_with(xsimd::default_arch{}, cfg, logits, bias);
-}
+constexpr smoe_test::RouteWith<ExpertChoice> route_with{};
+constexpr smoe_test::RouteDefault<ExpertChoice> route_default{};
 
 smoe::RoutingData oracle(ExpertChoiceConfig const& cfg, std::vector<float> const& logits) {
     auto const T = static_cast<std::int64_t>(logits.size()) / cfg.num_experts;
@@ -53,44 +39,10 @@ smoe::RoutingData oracle(ExpertChoiceConfig const& cfg, std::vector<float> const
 std::vector<float> const kExampleLogits = {2, 0, 0, 1, 1, -1, 1, 1, -1, -1, 2, 0.5f};
 ExpertChoiceConfig const kExampleConfig{.num_experts = 3, .capacity_factor = 1.5};
 
-void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
-    INFO("token " << t);
-    REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
-    for (std::size_t j = 0; j < ids.size(); ++j) {
-        CHECK(r.expert_ids(t, static_cast<std::int64_t>(j)) == ids[j]);
-        CHECK(r.expert_weights(t, static_cast<std::int64_t>(j)) == Approx(w[j]).epsilon(1e-5));
-    }
-    for (std::int64_t j = static_cast<std::int64_t>(ids.size()); j < r.k; ++j) {
-        CHECK(r.expert_ids(t, j) == -1);
-        CHECK(r.expert_weights(t, j) == 0.0f);
-    }
-}
+constexpr auto check_row = smoe_test::check_padded_row;
 
-void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    std::int64_t dispatched = 0;
-    for (std::int64_t t = 0; t < r.num_tokens; ++t)
-        for (std::int64_t j = 0; j < r.k; ++j) {
-            if (j > 0 && r.expert_ids(t, j) >= 0) {  // sorted by weight, ties to the lower id; padding last
-                REQUIRE(r.expert_ids(t, j - 1) >= 0);
-                CHECK((r.expert_weights(t, j - 1) > r.expert_weights(t, j) ||
-                       (r.expert_weights(t, j - 1) == r.expert_weights(t, j) && r.expert_ids(t, j - 1) < r.expert_ids(t, j))));
-            }
-            if (r.expert_ids(t, j) >= 0) ++dispatched;
-        }
-    REQUIRE(r.nnz() == dispatched);
-    for (std::int64_t e = 0; e < r.num_experts; ++e) {
-        REQUIRE(r.offsets[e] <= r.offsets[e + 1]);
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-    }
-}
+// Rows sorted by weight, ties to the lower id; padding last.
+void check_views_agree(smoe::RoutingResult const& r) { smoe_test::check_views_agree(r, {.sorted_rows = true}); }
 
 void check_matches_oracle(smoe::RoutingResult const& fast, smoe::RoutingResult const& ref) {
     REQUIRE(fast.num_tokens == ref.num_tokens);
@@ -341,20 +293,8 @@ TEST_CASE("expert choice rejects bad configs and inputs with a named smoe::inval
 
 namespace {
 
-using Layer = smoe::MoELayer<ExpertChoice, smoe::expert::SwiGLU<float>, smoe::balance::None>;
-
-void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
-    REQUIRE(y.size() == ref.size());
-    for (std::int64_t t = 0; t < T; ++t) {
-        double err = 0, mag = 0;
-        for (std::int64_t i = 0; i < d; ++i) {
-            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
-            mag = std::max(mag, std::fabs(ref[t * d + i]));
-        }
-        INFO("token " << t << ", max |ref| " << mag);
-        CHECK((mag > 0 ? err / mag : err) <= bound);
-    }
-}
+using Layer = smoe_test::SwiGLULayer<ExpertChoice>;
+using Model = smoe_test::LayerModel<ExpertChoice>;
 
 }  // namespace
 
@@ -373,25 +313,17 @@ TEST_CASE("MoELayer with expert choice matches the oracle end to end", "[router]
     };
     for (auto const& s : shapes) {
         INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", T " << s.T);
-        auto const gate = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.d), 0.5);
-        auto const w1 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w3 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w2 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.d * s.f), 0.3);
-        smoe::expert::SwiGLUConfig const ecfg{s.d, s.f, s.E};
-        auto const experts = smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), ecfg);
-        Layer layer({.router = s.cfg, .expert = ecfg, .max_tokens = s.T}, {MatrixView<float const>(gate.data(), s.E, s.d), {}, experts});
+        auto const m = Model::random(rng, s.d, s.f, s.E);
+        Layer layer({.router = s.cfg, .expert = m.expert_cfg(), .max_tokens = s.T}, m.weights());
         auto const x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
         std::vector<float> y(static_cast<std::size_t>(s.T * s.d), std::numeric_limits<float>::quiet_NaN());
         auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d));
 
         // The oracle on the layer's own fp32 logits.
-        std::vector<float> logits(static_cast<std::size_t>(s.T * s.E));
-        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), s.T, s.d),
-                                    MatrixView<float const>(gate.data(), s.E, s.d), MatrixView<float>(logits.data(), s.T, s.E));
-        auto const want = oracle(s.cfg, logits);
+        auto const want = oracle(s.cfg, smoe_test::gate_logits(m, x, s.T));
         check_matches_oracle(r, want.view());
-        auto const ref = smoe::reference::combine_swiglu(want.view(), experts, MatrixView<float const>(x.data(), s.T, s.d));
-        check_close(y, ref, s.T, s.d, 2e-5);
+        auto const ref = smoe::reference::combine_swiglu(want.view(), m.experts(), MatrixView<float const>(x.data(), s.T, s.d));
+        smoe_test::check_close(y, ref, s.T, s.d, 2e-5);
         if (s.T == 1) CHECK(r.k == s.E);  // every expert took the single token
     }
 }

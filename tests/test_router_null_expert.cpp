@@ -11,6 +11,8 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/layer_model.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/null_expert.hpp"
 #include "smoe/kernels/reference/reference.hpp"
 #include "smoe/route.hpp"
@@ -25,28 +27,9 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct Routed {
-    std::vector<std::byte> ws;
-    smoe::RoutingResult r;
-};
-
-template <class Arch, class Router>
-Routed route_router(Arch, Router const& router, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    auto const T = static_cast<std::int64_t>(logits.size()) / router.num_logits();
-    Routed out;
-    out.ws.resize(smoe::routing_workspace_size(router, T));
-    out.r = smoe::route<Arch>(router, MatrixView<float const>(logits.data(), T, router.num_logits()), bias, out.ws);
-    return out;
-}
-
-template <class Arch>
-Routed route_with(Arch arch, NullExpertConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    return route_router(arch, NullExpert(cfg), logits, bias);
-}
-
-Routed route_default(NullExpertConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    return route_with(xsimd::default_arch{}, cfg, logits, bias);
-}
+using smoe_test::route_router;
+constexpr smoe_test::RouteWith<NullExpert> route_with{};
+constexpr smoe_test::RouteDefault<NullExpert> route_default{};
 
 smoe::RoutingData oracle(NullExpertConfig const& cfg, std::vector<float> const& logits) {
     auto const W = cfg.num_experts + cfg.num_null_experts;
@@ -60,50 +43,13 @@ std::vector<float> const kExampleLogits = {2, 1, 0, -1, -1,  //
                                            1, -1, 0, 1.5f, 0,  //
                                            -1, -2, -1, 1, 1};
 
-void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
-    INFO("token " << t);
-    REQUIRE(r.k == static_cast<std::int64_t>(ids.size()));
-    for (std::size_t j = 0; j < ids.size(); ++j) {
-        CHECK(r.expert_ids(t, static_cast<std::int64_t>(j)) == ids[j]);
-        CHECK(r.expert_weights(t, static_cast<std::int64_t>(j)) == Approx(w[j]).epsilon(1e-5));
-    }
-}
+using smoe_test::check_matches_oracle;
+using smoe_test::check_row;
 
-// Both views agree on the true experts; null ids (>= E) are in the token-major view only.
+// Both views agree on the true experts; null ids (>= E) are in the token-major view only. Fixed k: no
+// padding, and rows are sorted by weight, ties to the lower id.
 void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    std::int64_t dispatched = 0;
-    for (std::int64_t t = 0; t < r.num_tokens; ++t)
-        for (std::int64_t j = 0; j < r.k; ++j) {
-            REQUIRE(r.expert_ids(t, j) >= 0);  // fixed k: no padding
-            if (r.expert_ids(t, j) < r.num_experts) ++dispatched;
-            if (j > 0)
-                CHECK((r.expert_weights(t, j - 1) > r.expert_weights(t, j) ||
-                       (r.expert_weights(t, j - 1) == r.expert_weights(t, j) && r.expert_ids(t, j - 1) < r.expert_ids(t, j))));
-        }
-    REQUIRE(r.nnz() == dispatched);
-    for (std::int64_t e = 0; e < r.num_experts; ++e)
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-}
-
-void check_matches_oracle(smoe::RoutingResult const& fast, smoe::RoutingResult const& ref) {
-    REQUIRE(fast.num_tokens == ref.num_tokens);
-    REQUIRE(fast.k == ref.k);
-    for (std::int64_t t = 0; t < fast.num_tokens; ++t)
-        for (std::int64_t j = 0; j < fast.k; ++j) {
-            INFO("token " << t << ", slot " << j);
-            REQUIRE(fast.expert_ids(t, j) == ref.expert_ids(t, j));
-            CHECK(fast.expert_weights(t, j) == Approx(ref.expert_weights(t, j)).epsilon(1e-6).margin(1e-30));
-        }
-    REQUIRE(fast.nnz() == ref.nnz());
-    for (std::int64_t e = 0; e <= fast.num_experts; ++e) CHECK(fast.offsets[e] == ref.offsets[e]);
+    smoe_test::check_views_agree(r, {.no_padding = true, .sorted_rows = true});
 }
 
 }  // namespace
@@ -264,20 +210,9 @@ TEST_CASE("null experts reject bad configs and inputs with a named smoe::invalid
 
 namespace {
 
-using Layer = smoe::MoELayer<NullExpert, smoe::expert::SwiGLU<float>, smoe::balance::None>;
-
-void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
-    REQUIRE(y.size() == ref.size());
-    for (std::int64_t t = 0; t < T; ++t) {
-        double err = 0, mag = 0;
-        for (std::int64_t i = 0; i < d; ++i) {
-            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
-            mag = std::max(mag, std::fabs(ref[t * d + i]));
-        }
-        INFO("token " << t << ", max |ref| " << mag);
-        CHECK((mag > 0 ? err / mag : err) <= bound);
-    }
-}
+using Layer = smoe_test::SwiGLULayer<NullExpert>;
+using Model = smoe_test::LayerModel<NullExpert>;
+using smoe_test::check_close;
 
 }  // namespace
 
@@ -313,24 +248,15 @@ TEST_CASE("MoELayer with null experts matches the oracle end to end", "[router][
     for (auto const& s : shapes) {
         INFO("d " << s.d << ", E " << s.E << ", N " << s.N << ", k " << s.k << ", T " << s.T);
         NullExpertConfig const cfg{.num_experts = s.E, .num_null_experts = s.N, .top_k = s.k};
-        auto const W = s.E + s.N;
-        auto const gate = smoe_test::normal(rng, static_cast<std::size_t>(W * s.d), 0.5);
-        auto const w1 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w3 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w2 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.d * s.f), 0.3);
-        smoe::expert::SwiGLUConfig const ecfg{s.d, s.f, s.E};
-        auto const experts = smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), ecfg);
-        Layer layer({.router = cfg, .expert = ecfg, .max_tokens = s.T}, {MatrixView<float const>(gate.data(), W, s.d), {}, experts});
+        auto const m = Model::random(rng, s.d, s.f, s.E, s.E + s.N);
+        Layer layer({.router = cfg, .expert = m.expert_cfg(), .max_tokens = s.T}, m.weights());
         auto const x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
         std::vector<float> y(static_cast<std::size_t>(s.T * s.d), std::numeric_limits<float>::quiet_NaN());
         auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d));
 
-        std::vector<float> logits(static_cast<std::size_t>(s.T * W));
-        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), s.T, s.d),
-                                    MatrixView<float const>(gate.data(), W, s.d), MatrixView<float>(logits.data(), s.T, W));
-        auto const want = oracle(cfg, logits);
+        auto const want = oracle(cfg, smoe_test::gate_logits(m, x, s.T));
         check_matches_oracle(r, want.view());
-        auto const ref = smoe::reference::combine_swiglu(want.view(), experts, MatrixView<float const>(x.data(), s.T, s.d));
+        auto const ref = smoe::reference::combine_swiglu(want.view(), m.experts(), MatrixView<float const>(x.data(), s.T, s.d));
         check_close(y, ref, s.T, s.d, 2e-5);
     }
 }

@@ -11,7 +11,8 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
-#include "smoe/kernels/cpu/gemm_nt.hpp"
+#include "common/layer_model.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/moe.hpp"
 #include "smoe/kernels/reference/relu.hpp"
 #include "smoe/route.hpp"
@@ -28,22 +29,12 @@ namespace {
 float const kNaN = std::numeric_limits<float>::quiet_NaN();
 float const kInf = std::numeric_limits<float>::infinity();
 
-struct Routed {
-    std::vector<std::byte> ws;
-    smoe::RoutingResult r;
-};
-
 template <class Arch>
-Routed route_with(Arch, std::int64_t E, std::vector<float> const& logits) {
-    ReLU router({.num_experts = E});
-    auto const T = static_cast<std::int64_t>(logits.size()) / E;
-    Routed out;
-    out.ws.resize(smoe::routing_workspace_size(router, T));
-    out.r = smoe::route<Arch>(router, MatrixView<float const>(logits.data(), T, E), {}, out.ws);
-    return out;
+smoe_test::Routed route_with(Arch arch, std::int64_t E, std::vector<float> const& logits) {
+    return smoe_test::route_router(arch, ReLU({.num_experts = E}), logits);
 }
 
-Routed route_default(std::int64_t E, std::vector<float> const& logits) { return route_with(xsimd::default_arch{}, E, logits); }
+smoe_test::Routed route_default(std::int64_t E, std::vector<float> const& logits) { return route_with(xsimd::default_arch{}, E, logits); }
 
 smoe::RoutingData oracle(std::int64_t E, std::vector<float> const& logits) {
     return smoe::reference::route_relu({.num_experts = E},
@@ -67,41 +58,8 @@ void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> id
     }
 }
 
-// Both views hold the same pairs with bit-identical weights; CSR token ids increase within an expert.
-void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    std::int64_t dispatched = 0;
-    for (std::int64_t t = 0; t < r.num_tokens; ++t)
-        for (std::int64_t j = 0; j < r.k; ++j)
-            if (r.expert_ids(t, j) >= 0) ++dispatched;
-    REQUIRE(r.nnz() == dispatched);
-    for (std::int64_t e = 0; e < r.num_experts; ++e) {
-        REQUIRE(r.offsets[e] <= r.offsets[e + 1]);
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-    }
-}
-
-// Exact ids, K and CSR; weights within 1e-6 relative (routing.md §0; in fact both are the logit).
-void check_matches_oracle(smoe::RoutingResult const& fast, smoe::RoutingResult const& ref) {
-    REQUIRE(fast.num_tokens == ref.num_tokens);
-    REQUIRE(fast.k == ref.k);
-    for (std::int64_t t = 0; t < fast.num_tokens; ++t)
-        for (std::int64_t j = 0; j < fast.k; ++j) {
-            INFO("token " << t << ", slot " << j);
-            REQUIRE(fast.expert_ids(t, j) == ref.expert_ids(t, j));
-            CHECK(fast.expert_weights(t, j) == Approx(ref.expert_weights(t, j)).epsilon(1e-6).margin(1e-30));
-        }
-    REQUIRE(fast.nnz() == ref.nnz());
-    for (std::int64_t e = 0; e <= fast.num_experts; ++e) CHECK(fast.offsets[e] == ref.offsets[e]);
-    for (std::int64_t i = 0; i < fast.nnz(); ++i) CHECK(fast.token_ids[i] == ref.token_ids[i]);
-}
+using smoe_test::check_matches_oracle;
+using smoe_test::check_views_agree;
 
 // The routing.md §6 worked example: E = 4, T = 3.
 std::vector<float> const kExampleLogits = {1.5f,  -0.5f, 0.0f,  0.25f,  //
@@ -238,40 +196,9 @@ TEST_CASE("relu rejects a bad config, non-finite logits and any bias with a name
 
 namespace {
 
-using Layer = smoe::MoELayer<ReLU, smoe::expert::SwiGLU<float>, smoe::balance::None>;
-
-struct Model {
-    std::int64_t d, f, E;
-    std::vector<float> gate, w1, w3, w2;
-    smoe::expert::SwiGLUConfig expert_cfg() const { return {d, f, E}; }
-    smoe::expert::SwiGLUWeights<float> experts() const {
-        return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), expert_cfg());
-    }
-    Layer::Weights weights() const { return {MatrixView<float const>(gate.data(), E, d), {}, experts()}; }
-};
-
-Model random_model(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E) {
-    Model m{d, f, E, {}, {}, {}, {}};
-    m.gate = smoe_test::normal(rng, static_cast<std::size_t>(E * d), 0.5);
-    m.w1 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w3 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w2 = smoe_test::normal(rng, static_cast<std::size_t>(E * d * f), 0.3);
-    return m;
-}
-
-// experts.md §9 metric per token: max_i |y_i - r_i| / max_i |r_i| (max-abs where the reference is 0).
-void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
-    REQUIRE(y.size() == ref.size());
-    for (std::int64_t t = 0; t < T; ++t) {
-        double err = 0, mag = 0;
-        for (std::int64_t i = 0; i < d; ++i) {
-            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
-            mag = std::max(mag, std::fabs(ref[t * d + i]));
-        }
-        INFO("token " << t << ", max |ref| " << mag);
-        CHECK((mag > 0 ? err / mag : err) <= bound);
-    }
-}
+using Layer = smoe_test::SwiGLULayer<ReLU>;
+using Model = smoe_test::LayerModel<ReLU>;
+using smoe_test::check_close;
 
 }  // namespace
 
@@ -286,7 +213,7 @@ TEST_CASE("MoELayer with relu routing matches the oracle end to end", "[router][
                                        {24, 20, 5, 1, 0.0f},    {24, 20, 5, 0, 0.0f},   {12, 10, 6, 9, -100.0f}};
     for (auto const& s : shapes) {
         INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", T " << s.T << ", shift " << s.gate_shift);
-        Model m = random_model(rng, s.d, s.f, s.E);
+        Model m = Model::random(rng, s.d, s.f, s.E);
         auto x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
         for (std::int64_t t = 0; t < s.T; ++t) x[t * s.d] = 1.0f;
         for (std::int64_t e = 0; e < s.E; ++e) m.gate[e * s.d] += s.gate_shift;
@@ -296,10 +223,7 @@ TEST_CASE("MoELayer with relu routing matches the oracle end to end", "[router][
         std::vector<std::byte> ws(layer.workspace_size());
         auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d), ws);
         // The oracle routes the layer's own fp32 logits (the gate GEMM is tested on its own).
-        std::vector<float> logits(static_cast<std::size_t>(s.T * s.E));
-        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), s.T, s.d),
-                                    MatrixView<float const>(m.gate.data(), s.E, s.d), MatrixView<float>(logits.data(), s.T, s.E));
-        auto const want = oracle(s.E, logits);
+        auto const want = oracle(s.E, smoe_test::gate_logits(m, x, s.T));
         check_matches_oracle(r, want.view());
         if (s.gate_shift == -100.0f) {  // every logit negative: K = 0 and zero output
             CHECK(r.k == 0);

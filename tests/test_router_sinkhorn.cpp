@@ -10,7 +10,10 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/approx.hpp"
 #include "common/data.hpp"
+#include "common/layer_model.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/reference.hpp"
 #include "smoe/kernels/reference/sinkhorn.hpp"
 #include "smoe/route.hpp"
@@ -33,11 +36,9 @@ struct Routed {
 };
 
 template <class Arch>
-Routed route_with(Arch, SinkhornConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    auto const T = static_cast<std::int64_t>(logits.size()) / cfg.num_experts;
+Routed route_with(Arch arch, SinkhornConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
     Routed out{Sinkhorn(cfg), {}, {}};
-    out.ws.resize(smoe::routing_workspace_size(out.router, T));
-    out.r = smoe::route<Arch>(out.router, MatrixView<float const>(logits.data(), T, cfg.num_experts), bias, out.ws);
+    out.r = smoe_test::route_into(arch, out.router, logits, bias, out.ws);
     return out;
 }
 
@@ -75,41 +76,13 @@ SinkhornConfig example_cfg(std::int64_t k, std::int64_t max_iterations = 100) {
     return {.num_experts = 3, .top_k = k, .tol = 1e-4, .max_iterations = max_iterations};
 }
 
-void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
-    INFO("token " << t);
-    REQUIRE(r.k == static_cast<std::int64_t>(ids.size()));
-    for (std::size_t j = 0; j < ids.size(); ++j) {
-        CHECK(r.expert_ids(t, static_cast<std::int64_t>(j)) == ids[j]);
-        CHECK(r.expert_weights(t, static_cast<std::int64_t>(j)) == Approx(w[j]).epsilon(1e-5));
-    }
-}
+using smoe_test::check_row;
 
-template <class Range>
-void check_close(Range const& got, std::vector<double> const& want, double rel) {
-    REQUIRE(static_cast<std::size_t>(std::size(got)) == want.size());
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        INFO("index " << i);
-        CHECK(static_cast<double>(got[i]) == Approx(want[i]).epsilon(rel));
-    }
-}
+using smoe_test::check_all_close;
 
 // Both views hold the same pairs with bit-identical weights, CSR token ids increase within an expert,
-// and slots point back at the token-major entry.
-void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    REQUIRE(r.nnz() == r.num_tokens * r.k);  // fixed k, no null experts
-    for (std::int64_t e = 0; e < r.num_experts; ++e) {
-        REQUIRE(r.offsets[e] <= r.offsets[e + 1]);
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-    }
-}
+// and slots point back at the token-major entry; fixed k and no null experts, so nnz = T k.
+void check_views_agree(smoe::RoutingResult const& r) { smoe_test::check_views_agree(r, {.all_dispatched = true}); }
 
 // routing.md §0 agreement for Sinkhorn. The oracle balances in double and may stop one iteration
 // apart from the fp32 router near tol (P then differs by about err, far more than 1e-5), so when the
@@ -182,7 +155,7 @@ TEST_CASE("sinkhorn reproduces the balanced scores of the routing.md worked exam
         INFO("arch " << decltype(arch)::name());
         for (std::int64_t k : {1, 2}) {  // the activation does not enter P
             auto const s = scores_with(arch, example_cfg(k), kExampleLogits);
-            check_close(s.p, kExampleP, 1e-5);
+            check_all_close(s.p, kExampleP, 1e-5);
             CHECK(s.report.balanced);
             CHECK(s.report.iterations == 6);
             CHECK(s.report.converged);
@@ -197,7 +170,7 @@ TEST_CASE("sinkhorn reproduces the balanced scores of the routing.md worked exam
         }
     });
     auto const ref = smoe::reference::sinkhorn_scores(example_cfg(1), MatrixView<float const>(kExampleLogits.data(), 4, 3));
-    check_close(ref.balanced, kExampleP, 1e-5);
+    check_all_close(ref.balanced, kExampleP, 1e-5);
     CHECK(ref.report.iterations == 6);
     CHECK(ref.report.converged);
     CHECK(ref.report.error == Approx(8.46e-5).epsilon(6e-4));
@@ -214,7 +187,7 @@ TEST_CASE("sinkhorn routes the routing.md worked example with k = 1, k = 2 and n
         check_row(r, 3, {2}, {0.710949});
         CHECK(std::vector<std::int32_t>(r.offsets.begin(), r.offsets.end()) == k1_offsets);
         CHECK(std::vector<std::int32_t>(r.token_ids.begin(), r.token_ids.end()) == k1_tokens);
-        check_close(r.weights, k1_weights, 1e-5);
+        check_all_close(r.weights, k1_weights, 1e-5);
     };
     auto check_k2 = [](smoe::RoutingResult const& r) {
         check_row(r, 0, {0, 1}, {0.665241, 0.244728});
@@ -294,7 +267,7 @@ TEST_CASE("sinkhorn skips balancing for a single token and accepts T = 0", "[rou
     CHECK(one.report().iterations == 0);
     auto const s = scores_with(xsimd::default_arch{}, example_cfg(2), {0.0f, 2.0f, 1.0f});
     double const z = 1.0 + std::exp(2.0) + std::exp(1.0);
-    check_close(s.p, {1.0 / z, std::exp(2.0) / z, std::exp(1.0) / z}, 1e-6);
+    check_all_close(s.p, {1.0 / z, std::exp(2.0) / z, std::exp(1.0) / z}, 1e-6);
 
     auto const empty = route_default(example_cfg(2), {});
     CHECK(empty.r.num_tokens == 0);
@@ -320,7 +293,7 @@ TEST_CASE("sinkhorn with tol = 0 runs to the cap and a small cap stops early", "
         check_row(o.r, 0, {0, 1}, {0.665241, 0.244728});
         check_row(o.r, 3, {0, 2}, {0.489713, 0.362788});
         auto const s = scores_with(xsimd::default_arch{}, cfg, kExampleLogits);
-        check_close(s.p, smoe::reference::sinkhorn_scores(cfg, view).balanced, 1e-5);
+        check_all_close(s.p, smoe::reference::sinkhorn_scores(cfg, view).balanced, 1e-5);
     }
     // The example needs 6 iterations for tol 1e-4; a cap of 3 stops without converging, on the
     // oracle's 3-iteration P.
@@ -332,7 +305,7 @@ TEST_CASE("sinkhorn with tol = 0 runs to the cap and a small cap stops early", "
     auto const ref = smoe::reference::sinkhorn_scores(capped, view);
     CHECK(ref.report.iterations == 3);
     CHECK_FALSE(ref.report.converged);
-    check_close(s.p, ref.balanced, 1e-5);
+    check_all_close(s.p, ref.balanced, 1e-5);
     auto const o = route_default(capped, kExampleLogits);
     check_matches_oracle(o.r, o.report(), capped, kExampleLogits);
 }
@@ -346,7 +319,7 @@ TEST_CASE("sinkhorn shifts rows so logits above 88.7 and very negative rows stay
         smoe_test::for_each_arch([&](auto arch) {
             INFO("arch " << decltype(arch)::name());
             auto const s = scores_with(arch, example_cfg(2), logits);
-            check_close(s.p, kExampleP, 1e-5);
+            check_all_close(s.p, kExampleP, 1e-5);
             CHECK(s.report.iterations == 6);
             auto const k2 = route_with(arch, example_cfg(2), logits);  // softmax is shift-invariant too
             check_row(k2.r, 0, {0, 1}, {0.665241, 0.244728});
@@ -462,7 +435,7 @@ TEST_CASE("sinkhorn rejects bad configs and inputs with a named smoe::invalid_ar
 }
 
 TEST_CASE("the layer with a sinkhorn router matches the oracle", "[router][sinkhorn][layer]") {
-    using Layer = smoe::MoELayer<Sinkhorn, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+    using Layer = smoe_test::SwiGLULayer<Sinkhorn>;
     std::mt19937_64 rng(44);
     struct Shape {
         std::int64_t d, f, E, k, T;
@@ -470,37 +443,22 @@ TEST_CASE("the layer with a sinkhorn router matches the oracle", "[router][sinkh
     std::vector<Shape> const shapes = {{16, 12, 8, 2, 64}, {17, 33, 6, 1, 33}, {33, 20, 60, 4, 100}, {8, 9, 3, 3, 2}, {12, 7, 5, 2, 1}};
     for (auto const& s : shapes) {
         INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", k " << s.k << ", T " << s.T);
-        auto const gate = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.d), 0.5);
-        auto const w1 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w3 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.f * s.d), 0.3);
-        auto const w2 = smoe_test::normal(rng, static_cast<std::size_t>(s.E * s.d * s.f), 0.3);
+        auto const m = smoe_test::LayerModel<Sinkhorn>::random(rng, s.d, s.f, s.E);
         auto const x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
-        smoe::expert::SwiGLUConfig const ecfg{s.d, s.f, s.E};
-        auto const experts = smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), ecfg);
         SinkhornConfig const cfg{.num_experts = s.E, .top_k = s.k};
-        Layer layer({.router = cfg, .expert = ecfg, .max_tokens = s.T}, {MatrixView<float const>(gate.data(), s.E, s.d), {}, experts});
+        Layer layer({.router = cfg, .expert = m.expert_cfg(), .max_tokens = s.T}, m.weights());
         std::vector<float> y(static_cast<std::size_t>(s.T * s.d));
         auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d));
         CHECK(layer.router().last_report().balanced == (s.T >= 2));
 
         // The oracle on the layer's own fp32 logits, for the layer's iteration count.
-        std::vector<float> logits(static_cast<std::size_t>(s.T * s.E));
-        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), s.T, s.d),
-                                    MatrixView<float const>(gate.data(), s.E, s.d), MatrixView<float>(logits.data(), s.T, s.E));
+        auto const logits = smoe_test::gate_logits(m, x, s.T);
         auto const a = check_matches_oracle(r, layer.router().last_report(), cfg, logits);
         REQUIRE(a.swapped_tokens == 0);  // continuous logits: no near-ties here
         SinkhornConfig used = cfg;
         if (!a.same_iterations) used = {.num_experts = s.E, .top_k = s.k, .tol = 0.0, .max_iterations = layer.router().last_iterations()};
         auto const want = smoe::reference::route_sinkhorn(used, MatrixView<float const>(logits.data(), s.T, s.E));
-        auto const ref = smoe::reference::combine_swiglu(want.view(), experts, MatrixView<float const>(x.data(), s.T, s.d));
-        for (std::int64_t t = 0; t < s.T; ++t) {  // experts.md §9: max-abs error over max |ref| per token
-            double err = 0, mag = 0;
-            for (std::int64_t i = 0; i < s.d; ++i) {
-                err = std::max(err, std::fabs(double(y[t * s.d + i]) - ref[t * s.d + i]));
-                mag = std::max(mag, std::fabs(ref[t * s.d + i]));
-            }
-            INFO("token " << t);
-            CHECK((mag > 0 ? err / mag : err) <= 2e-5);
-        }
+        auto const ref = smoe::reference::combine_swiglu(want.view(), m.experts(), MatrixView<float const>(x.data(), s.T, s.d));
+        smoe_test::check_close(y, ref, s.T, s.d, 2e-5);  // experts.md §9: max-abs error over max |ref| per token
     }
 }

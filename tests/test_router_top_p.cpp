@@ -14,7 +14,8 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
-#include "smoe/kernels/cpu/gemm_nt.hpp"
+#include "common/layer_model.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/moe.hpp"
 #include "smoe/kernels/reference/top_p.hpp"
 #include "smoe/route.hpp"
@@ -31,24 +32,8 @@ namespace {
 float const kNaN = std::numeric_limits<float>::quiet_NaN();
 float const kInf = std::numeric_limits<float>::infinity();
 
-struct Routed {
-    std::vector<std::byte> ws;
-    smoe::RoutingResult r;
-};
-
-template <class Arch>
-Routed route_with(Arch, TopPConfig const& cfg, std::vector<float> const& logits) {
-    TopP router(cfg);
-    auto const T = static_cast<std::int64_t>(logits.size()) / cfg.num_experts;
-    Routed out;
-    out.ws.resize(smoe::routing_workspace_size(router, T));
-    out.r = smoe::route<Arch>(router, MatrixView<float const>(logits.data(), T, cfg.num_experts), {}, out.ws);
-    return out;
-}
-
-Routed route_default(TopPConfig const& cfg, std::vector<float> const& logits) {
-    return route_with(xsimd::default_arch{}, cfg, logits);
-}
+constexpr smoe_test::RouteWith<TopP> route_with{};
+constexpr smoe_test::RouteDefault<TopP> route_default{};
 
 smoe::RoutingData oracle(TopPConfig const& cfg, std::vector<float> const& logits) {
     return smoe::reference::route_top_p(
@@ -56,41 +41,8 @@ smoe::RoutingData oracle(TopPConfig const& cfg, std::vector<float> const& logits
 }
 
 // Row t holds `ids` with weights `w` (1e-5 relative: the spec prints 6 digits), then -1 / 0 up to K.
-void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
-    INFO("token " << t);
-    REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
-    for (std::int64_t j = 0; j < r.k; ++j) {
-        INFO("slot " << j);
-        if (j < static_cast<std::int64_t>(ids.size())) {
-            CHECK(r.expert_ids(t, j) == ids[j]);
-            CHECK(r.expert_weights(t, j) == Approx(w[j]).epsilon(1e-5));
-        } else {
-            CHECK(r.expert_ids(t, j) == -1);
-            CHECK(r.expert_weights(t, j) == 0.0f);
-        }
-    }
-}
-
-// Both views hold the same pairs with bit-identical weights; CSR token ids increase within an expert.
-void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    std::int64_t dispatched = 0;
-    for (std::int64_t t = 0; t < r.num_tokens; ++t)
-        for (std::int64_t j = 0; j < r.k; ++j)
-            if (r.expert_ids(t, j) >= 0) ++dispatched;
-    REQUIRE(r.nnz() == dispatched);
-    for (std::int64_t e = 0; e < r.num_experts; ++e) {
-        REQUIRE(r.offsets[e] <= r.offsets[e + 1]);
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-    }
-}
+constexpr auto check_row = smoe_test::check_padded_row;
+using smoe_test::check_views_agree;
 
 std::int64_t clamp_count(TopPConfig const& cfg, std::int64_t n) { return std::min(std::max(n, cfg.min_k), cfg.max_selected()); }
 
@@ -367,40 +319,9 @@ TEST_CASE("top-p rejects non-finite logits naming token and expert, and any bias
 
 namespace {
 
-using Layer = smoe::MoELayer<TopP, smoe::expert::SwiGLU<float>, smoe::balance::None>;
-
-struct Model {
-    std::int64_t d, f, E;
-    std::vector<float> gate, w1, w3, w2;
-    smoe::expert::SwiGLUConfig expert_cfg() const { return {d, f, E}; }
-    smoe::expert::SwiGLUWeights<float> experts() const {
-        return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), expert_cfg());
-    }
-    Layer::Weights weights() const { return {MatrixView<float const>(gate.data(), E, d), {}, experts()}; }
-};
-
-Model random_model(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E) {
-    Model m{d, f, E, {}, {}, {}, {}};
-    m.gate = smoe_test::normal(rng, static_cast<std::size_t>(E * d), 0.5);
-    m.w1 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w3 = smoe_test::normal(rng, static_cast<std::size_t>(E * f * d), 0.3);
-    m.w2 = smoe_test::normal(rng, static_cast<std::size_t>(E * d * f), 0.3);
-    return m;
-}
-
-// experts.md §9 metric per token: max_i |y_i - r_i| / max_i |r_i|.
-void check_close(std::vector<float> const& y, std::vector<double> const& ref, std::int64_t T, std::int64_t d, double bound) {
-    REQUIRE(y.size() == ref.size());
-    for (std::int64_t t = 0; t < T; ++t) {
-        double err = 0, mag = 0;
-        for (std::int64_t i = 0; i < d; ++i) {
-            err = std::max(err, std::fabs(double(y[t * d + i]) - ref[t * d + i]));
-            mag = std::max(mag, std::fabs(ref[t * d + i]));
-        }
-        INFO("token " << t << ", max |ref| " << mag);
-        CHECK((mag > 0 ? err / mag : err) <= bound);
-    }
-}
+using Layer = smoe_test::SwiGLULayer<TopP>;
+using Model = smoe_test::LayerModel<TopP>;
+using smoe_test::check_close;
 
 }  // namespace
 
@@ -420,16 +341,14 @@ TEST_CASE("MoELayer with top-p routing matches the oracle end to end", "[router]
                                        {24, 20, 5, 0, {.num_experts = 5}}};
     for (auto const& s : shapes) {
         INFO("d " << s.d << ", f " << s.f << ", E " << s.E << ", T " << s.T << ", p " << s.cfg.top_p);
-        Model m = random_model(rng, s.d, s.f, s.E);
+        Model m = Model::random(rng, s.d, s.f, s.E);
         auto const x = smoe_test::normal(rng, static_cast<std::size_t>(s.T * s.d), 1.0);
         std::vector<float> y(static_cast<std::size_t>(s.T * s.d), kNaN);
         Layer layer({.router = s.cfg, .expert = m.expert_cfg(), .max_tokens = std::max<std::int64_t>(s.T, 1)}, m.weights());
         std::vector<std::byte> ws(layer.workspace_size());
         auto const r = layer.forward(MatrixView<float const>(x.data(), s.T, s.d), MatrixView<float>(y.data(), s.T, s.d), ws);
         // The oracle routes the layer's own fp32 logits (the gate GEMM is tested on its own).
-        std::vector<float> logits(static_cast<std::size_t>(s.T * s.E));
-        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), s.T, s.d),
-                                    MatrixView<float const>(m.gate.data(), s.E, s.d), MatrixView<float>(logits.data(), s.T, s.E));
+        auto const logits = smoe_test::gate_logits(m, x, s.T);
         auto const want = oracle(s.cfg, logits);
         bool const exact = check_matches_oracle(s.cfg, r, logits) == 0;
         // Where a decision was within rounding of p, the layer's own (checked) routing is the reference.

@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/kernels/reference/reference.hpp"
 #include "smoe/route.hpp"
 #include "smoe/router/topk.hpp"
@@ -21,76 +22,17 @@ using smoe::router::TopKConfig;
 
 namespace {
 
-// Routes through smoe::route with the given ISA; owns the workspace so the result stays valid.
-struct Routed {
-    std::vector<std::byte> ws;
-    smoe::RoutingResult r;
-};
-
-template <class Arch>
-Routed route_with(Arch, TopKConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    TopK router(cfg);
-    auto const T = static_cast<std::int64_t>(logits.size()) / cfg.num_experts;
-    Routed out;
-    out.ws.resize(smoe::routing_workspace_size(router, T));
-    out.r = smoe::route<Arch>(router, MatrixView<float const>(logits.data(), T, cfg.num_experts), bias, out.ws);
-    return out;
-}
-
-Routed route_default(TopKConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias = {}) {
-    return route_with(xsimd::default_arch{}, cfg, logits, bias);
-}
+constexpr smoe_test::RouteWith<TopK> route_with{};
+constexpr smoe_test::RouteDefault<TopK> route_default{};
 
 // The routing.md §2 worked example: E = 6, T = 3, k = 2.
 std::vector<float> const kExampleLogits = {2.0f,  1.0f,  1.0f,  -1.0f, 0.5f, -0.5f,  //
                                            -3.0f, -1.0f, -2.0f, -0.5f, -4.0f, -1.5f,  //
                                            0.3f,  -0.2f, 1.7f,  0.9f,  1.2f, -2.0f};
 
-void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
-    INFO("token " << t);
-    REQUIRE(r.k == static_cast<std::int64_t>(ids.size()));
-    for (std::size_t j = 0; j < ids.size(); ++j) {
-        CHECK(r.expert_ids(t, static_cast<std::int64_t>(j)) == ids[j]);
-        CHECK(r.expert_weights(t, static_cast<std::int64_t>(j)) == Approx(w[j]).epsilon(1e-5));
-    }
-}
-
-// Both views hold the same pairs with bit-identical weights, CSR token ids increase within an expert,
-// and slots point back at the token-major entry.
-void check_views_agree(smoe::RoutingResult const& r) {
-    REQUIRE(r.offsets.size() == static_cast<std::size_t>(r.num_experts + 1));
-    CHECK(r.offsets[0] == 0);
-    std::int64_t dispatched = 0;
-    for (std::int64_t t = 0; t < r.num_tokens; ++t)
-        for (std::int64_t j = 0; j < r.k; ++j)
-            if (r.expert_ids(t, j) >= 0 && r.expert_ids(t, j) < r.num_experts) ++dispatched;
-    REQUIRE(r.nnz() == dispatched);
-    for (std::int64_t e = 0; e < r.num_experts; ++e) {
-        REQUIRE(r.offsets[e] <= r.offsets[e + 1]);
-        for (std::int32_t row = r.offsets[e]; row < r.offsets[e + 1]; ++row) {
-            if (row > r.offsets[e]) CHECK(r.token_ids[row] > r.token_ids[row - 1]);
-            std::int64_t const t = r.slots[row] / r.k, j = r.slots[row] % r.k;
-            CHECK(t == r.token_ids[row]);
-            CHECK(r.expert_ids(t, j) == e);
-            CHECK(r.expert_weights(t, j) == r.weights[row]);
-        }
-    }
-}
-
-// Exact ids; weights within 1e-6 relative (routing.md §0, "Agreement").
-void check_matches_oracle(smoe::RoutingResult const& fast, smoe::RoutingResult const& ref) {
-    REQUIRE(fast.num_tokens == ref.num_tokens);
-    REQUIRE(fast.k == ref.k);
-    for (std::int64_t t = 0; t < fast.num_tokens; ++t)
-        for (std::int64_t j = 0; j < fast.k; ++j) {
-            double const want = ref.expert_weights(t, j), got = fast.expert_weights(t, j);
-            INFO("token " << t << ", slot " << j << ", relative error " << std::fabs(got - want) / std::fabs(want));
-            REQUIRE(fast.expert_ids(t, j) == ref.expert_ids(t, j));
-            CHECK(fast.expert_weights(t, j) == Approx(ref.expert_weights(t, j)).epsilon(1e-6).margin(1e-30));
-        }
-    REQUIRE(fast.nnz() == ref.nnz());
-    for (std::int64_t e = 0; e <= fast.num_experts; ++e) CHECK(fast.offsets[e] == ref.offsets[e]);
-}
+using smoe_test::check_matches_oracle;
+using smoe_test::check_row;
+using smoe_test::check_views_agree;
 
 std::vector<std::int64_t> divisors(std::int64_t n) {
     std::vector<std::int64_t> d;
