@@ -37,7 +37,7 @@ inline DropPolicy parse_drop_policy(std::string_view name) {
     if (name == "probs") return DropPolicy::probs;
     if (name == "position") return DropPolicy::position;
     if (name == "slot_priority") return DropPolicy::slot_priority;
-    detail::fail("moe_token_drop_policy", "\"" + std::string(name) + "\"", "\"probs\", \"position\" or \"slot_priority\"");
+    smoe::detail::fail("moe_token_drop_policy", "\"" + std::string(name) + "\"", "\"probs\", \"position\" or \"slot_priority\"");
 }
 
 struct CapacityConfig {
@@ -51,9 +51,9 @@ struct CapacityConfig {
 
     void validate() const {
         if (!(capacity_factor > 0.0) || !std::isfinite(capacity_factor))
-            detail::fail("moe_expert_capacity_factor", capacity_factor, "a finite value > 0");
-        if (min_capacity < 0) detail::fail("min_capacity", min_capacity, "a count >= 0");
-        if (capacity_alignment < 1) detail::fail("capacity_alignment", capacity_alignment, "an alignment >= 1");
+            smoe::detail::fail("moe_expert_capacity_factor", capacity_factor, "a finite value > 0");
+        if (min_capacity < 0) smoe::detail::fail("min_capacity", min_capacity, "a count >= 0");
+        if (capacity_alignment < 1) smoe::detail::fail("capacity_alignment", capacity_alignment, "an alignment >= 1");
         stats.validate();
     }
 

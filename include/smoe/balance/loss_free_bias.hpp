@@ -31,9 +31,9 @@ struct LossFreeBiasConfig {
     StatsOptions stats{};
 
     void validate() const {
-        if (num_experts < 1) detail::fail("num_experts", num_experts, "E >= 1");
+        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
         if (!(bias_update_rate >= 0.0) || !std::isfinite(bias_update_rate))
-            detail::fail("moe_router_bias_update_rate", bias_update_rate, "a finite rate >= 0");
+            smoe::detail::fail("moe_router_bias_update_rate", bias_update_rate, "a finite rate >= 0");
         stats.validate();
     }
 };
@@ -56,9 +56,9 @@ public:
     std::span<float const> bias() const { return bias_; }
     void set_bias(std::span<float const> b) {
         if (static_cast<std::int64_t>(b.size()) != cfg_.num_experts)
-            detail::fail("expert_bias", "length " + std::to_string(b.size()), "length num_experts = " + std::to_string(cfg_.num_experts));
+            smoe::detail::fail("expert_bias", "length " + std::to_string(b.size()), "length num_experts = " + std::to_string(cfg_.num_experts));
         for (std::size_t e = 0; e < b.size(); ++e)
-            if (!std::isfinite(b[e])) detail::fail("expert_bias", detail::to_text(b[e]) + " at expert " + std::to_string(e), "finite values");
+            if (!std::isfinite(b[e])) smoe::detail::fail("expert_bias", smoe::detail::to_text(b[e]) + " at expert " + std::to_string(e), "finite values");
         std::copy(b.begin(), b.end(), bias_.begin());
     }
 
@@ -82,7 +82,7 @@ public:
 
     void plan(BalanceContext& ctx) {
         if (ctx.num_experts != cfg_.num_experts)
-            detail::fail("num_experts", ctx.num_experts, "the balancer's num_experts (" + std::to_string(cfg_.num_experts) + ")");
+            smoe::detail::fail("num_experts", ctx.num_experts, "the balancer's num_experts (" + std::to_string(cfg_.num_experts) + ")");
         for (std::int64_t e = 0; e < ctx.num_experts; ++e) counts_[e] += ctx.load(e);
         record(ctx);
         if (cfg_.update_every_forward) update();

@@ -19,8 +19,8 @@ struct StatsOptions {
 
     void validate() const {
         if (aux_loss_coeff && !std::isfinite(*aux_loss_coeff))
-            detail::fail("moe_aux_loss_coeff", *aux_loss_coeff, "a finite coefficient");
-        if (z_loss_coeff && !std::isfinite(*z_loss_coeff)) detail::fail("moe_z_loss_coeff", *z_loss_coeff, "a finite coefficient");
+            smoe::detail::fail("moe_aux_loss_coeff", *aux_loss_coeff, "a finite coefficient");
+        if (z_loss_coeff && !std::isfinite(*z_loss_coeff)) smoe::detail::fail("moe_z_loss_coeff", *z_loss_coeff, "a finite coefficient");
     }
 };
 

@@ -15,9 +15,9 @@ struct SwiGLUConfig {
     std::int64_t num_experts = 0;        // E
 
     void validate() const {
-        if (hidden_size < 1) detail::fail("hidden_size", hidden_size, "d >= 1");
-        if (intermediate_size < 1) detail::fail("intermediate_size", intermediate_size, "f >= 1");
-        if (num_experts < 1) detail::fail("num_experts", num_experts, "E >= 1");
+        if (hidden_size < 1) smoe::detail::fail("hidden_size", hidden_size, "d >= 1");
+        if (intermediate_size < 1) smoe::detail::fail("intermediate_size", intermediate_size, "f >= 1");
+        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
     }
 };
 
@@ -39,9 +39,9 @@ struct SwiGLUWeights {
     }
 
     void validate(SwiGLUConfig const& c) const {
-        detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
-        detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
-        detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);
+        smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
+        smoe::detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
+        smoe::detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);
     }
 };
 

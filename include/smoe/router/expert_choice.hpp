@@ -51,7 +51,7 @@ struct ExpertChoiceConfig {
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        using detail::fail;
+        using smoe::detail::fail;
         if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
         if (capacity && capacity_factor)
             fail("capacity", *capacity, "exactly one of capacity and capacity_factor (both are set)");

@@ -43,7 +43,7 @@ struct NullExpertConfig {
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        using detail::fail;
+        using smoe::detail::fail;
         if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
         if (num_null_experts < 0) fail("num_null_experts", num_null_experts, "N >= 0");
         if (top_k < 1 || top_k > num_logits())

@@ -38,7 +38,7 @@ struct ReLUConfig {
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        if (num_experts < 1) detail::fail("num_experts", num_experts, "E >= 1");
+        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
     }
 };
 

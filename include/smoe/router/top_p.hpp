@@ -49,7 +49,7 @@ struct TopPConfig {
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        using detail::fail;
+        using smoe::detail::fail;
         if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
         if (!(std::isfinite(top_p) && top_p > 0.0f && top_p <= 1.0f)) fail("top_p", top_p, "a finite value with 0 < top_p <= 1");
         if (max_k && (*max_k < 1 || *max_k > num_experts))

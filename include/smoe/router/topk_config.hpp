@@ -30,7 +30,7 @@ struct TopKConfig {
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        using detail::fail;
+        using smoe::detail::fail;
         if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
         if (top_k < 1 || top_k > num_experts)
             fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");

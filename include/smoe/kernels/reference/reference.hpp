@@ -6,6 +6,7 @@
 #include "smoe/kernels/reference/expert_choice.hpp"
 #include "smoe/kernels/reference/moe.hpp"
 #include "smoe/kernels/reference/null_expert.hpp"
+#include "smoe/kernels/reference/rankwise_lora.hpp"
 #include "smoe/kernels/reference/relu.hpp"
 #include "smoe/kernels/reference/sinkhorn.hpp"
 #include "smoe/kernels/reference/swiglu.hpp"
