@@ -6,7 +6,7 @@
 //   BM_router_ref/<Router>/T:…/E:…    the oracle, T ∈ {1, 512} only (it is slow by design)
 //
 // Routers: TopK (softmax, renormalised), TopP (top_p 0.4), ReLU, ExpertChoice (capacity_factor 1.0),
-// NullExpert (N = E/2 null experts), Sinkhorn (default tol and max_iterations); k = 2 for E = 8 and
+// NullExpert (N = E/2 null experts), Sinkhorn (default tol and max_iterations), RankwiseLoRA (E = rank); k = 2 for E = 8 and
 // k = 8 otherwise where the router has a k. Logits are stream 200 with sd 1 (as bench_routing.cpp);
 // for ReLU that makes about half of them positive.
 //
@@ -77,6 +77,17 @@ struct SinkhornCase {
     static auto reference(Router::Config const& c, smoe::MatrixView<float const> l) { return smoe::reference::route_sinkhorn(c, l); }
 };
 
+// SMoRA: E is the LoRA rank r (its "experts" are ranks); the logits are the rank logits z.
+struct RankwiseLoRACase {
+    using Router = smoe::router::RankwiseLoRA;
+    static smoe::router::RankwiseLoRAConfig config(std::int64_t E) {
+        return {.in_features = 1, .out_features = 1, .rank = E, .top_k = k_for(E), .lora_alpha = 16.0f};
+    }
+    static auto reference(Router::Config const& c, smoe::MatrixView<float const> l) {
+        return smoe::reference::route_rankwise_lora(c, l);
+    }
+};
+
 void finish(benchmark::State& state, std::int64_t T, std::int64_t num_logits) {
     double const n = double(state.iterations());
     state.counters["tokens"] = benchmark::Counter(double(T) * n, benchmark::Counter::kIsRate);
@@ -144,3 +155,5 @@ BENCHMARK_CAPTURE(BM_router_simd, NullExpert, NullExpertCase{})->Apply(simd_args
 BENCHMARK_CAPTURE(BM_router_ref, NullExpert, NullExpertCase{})->Apply(ref_args);
 BENCHMARK_CAPTURE(BM_router_simd, Sinkhorn, SinkhornCase{})->Apply(simd_args);
 BENCHMARK_CAPTURE(BM_router_ref, Sinkhorn, SinkhornCase{})->Apply(ref_args);
+BENCHMARK_CAPTURE(BM_router_simd, RankwiseLoRA, RankwiseLoRACase{})->Apply(simd_args);
+BENCHMARK_CAPTURE(BM_router_ref, RankwiseLoRA, RankwiseLoRACase{})->Apply(ref_args);

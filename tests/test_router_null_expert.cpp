@@ -164,7 +164,7 @@ TEST_CASE("null experts agree with the scalar oracle on random shapes", "[router
     for (int trial = 0; trial < 120; ++trial) {
         std::int64_t const E = widths[rng() % widths.size()];
         std::int64_t const N = rng() % 4 == 0 ? 0 : static_cast<std::int64_t>(rng() % (2 * E + 3));
-        std::int64_t const T = trial % 16 == 0 ? 1 + static_cast<std::int64_t>(rng() % 1200) : static_cast<std::int64_t>(rng() % 97);
+        std::int64_t const T = trial % 16 == 0 ? (trial == 0 ? 4096 : 1 + static_cast<std::int64_t>(rng() % 1200)) : static_cast<std::int64_t>(rng() % 97);
         std::int64_t k = 1 + static_cast<std::int64_t>(rng() % std::min<std::int64_t>(E + N, 12));
         if (rng() % 6 == 0) k = E + N;
         NullExpertConfig const cfg{.num_experts = E, .num_null_experts = N, .top_k = k};

@@ -170,7 +170,7 @@ TEST_CASE("rank-wise LoRA routing matches the scalar oracle on random shapes", "
     struct Shape {
         std::int64_t T, r, k;
     };
-    for (Shape s : {Shape{1, 1, 1}, Shape{7, 5, 3}, Shape{33, 16, 4}, Shape{129, 37, 8}, Shape{1000, 64, 8}, Shape{300, 256, 16},
+    for (Shape s : {Shape{1, 1, 1}, Shape{7, 5, 3}, Shape{33, 16, 4}, Shape{129, 37, 8}, Shape{1000, 64, 8}, Shape{4096, 256, 8}, Shape{300, 256, 16},
                     Shape{50, 13, 13}}) {
         for (bool with_bias : {false, true}) {
             INFO("T " << s.T << ", r " << s.r << ", k " << s.k << ", bias " << with_bias);
