@@ -3,6 +3,7 @@
 // selection. Written as the three plain loops of the definition so a reviewer can check it by eye;
 // the fast counting-sort dispatch is tested against it.
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -68,6 +69,20 @@ inline RoutingData from_token_major(std::int64_t T, std::int64_t K, std::int64_t
     r.expert_ids = std::move(expert_ids);
     r.expert_weights = std::move(expert_weights);
     return r;
+}
+
+// One token-major row (routing.md §1): the (fp32 weight, id) pairs ordered by the stored weight
+// descending, ties to the lower id, written to row t of ids / weights [T, K]. Columns past the pairs
+// keep whatever padding the caller put there.
+inline void write_row_by_weight(std::vector<std::pair<float, std::int64_t>> row, std::int64_t t, std::int64_t K,
+                                std::vector<std::int32_t>& ids, std::vector<float>& weights) {
+    std::sort(row.begin(), row.end(), [](auto const& a, auto const& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    for (std::size_t j = 0; j < row.size(); ++j) {
+        ids[t * K + static_cast<std::int64_t>(j)] = static_cast<std::int32_t>(row[j].second);
+        weights[t * K + static_cast<std::int64_t>(j)] = row[j].first;
+    }
 }
 
 }  // namespace smoe::inline v0::reference

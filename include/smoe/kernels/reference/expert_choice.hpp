@@ -55,7 +55,7 @@ inline RoutingData route_expert_choice(router::ExpertChoiceConfig const& cfg, Ma
 
     // Steps 2-4: every expert sorts the tokens by the tie rule and keeps the first C_eff.
     std::int64_t const c_eff = std::min(expert_choice_capacity(cfg, T), T);
-    std::vector<std::vector<std::pair<float, std::int32_t>>> rows(static_cast<std::size_t>(T));  // (w, expert) per token
+    std::vector<std::vector<std::pair<float, std::int64_t>>> rows(static_cast<std::size_t>(T));  // (w, expert) per token
     std::vector<std::int64_t> order(static_cast<std::size_t>(T));
     for (std::int64_t e = 0; e < E; ++e) {
         std::iota(order.begin(), order.end(), std::int64_t{0});
@@ -72,16 +72,7 @@ inline RoutingData route_expert_choice(router::ExpertChoiceConfig const& cfg, Ma
     for (auto const& r : rows) K = std::max<std::int64_t>(K, static_cast<std::int64_t>(r.size()));
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K), -1);
     std::vector<float> weights(static_cast<std::size_t>(T * K), 0.0f);
-    for (std::int64_t t = 0; t < T; ++t) {
-        auto& r = rows[t];
-        std::sort(r.begin(), r.end(), [](auto const& a, auto const& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
-        for (std::size_t j = 0; j < r.size(); ++j) {
-            ids[t * K + static_cast<std::int64_t>(j)] = r[j].second;
-            weights[t * K + static_cast<std::int64_t>(j)] = r[j].first;
-        }
-    }
+    for (std::int64_t t = 0; t < T; ++t) write_row_by_weight(std::move(rows[t]), t, K, ids, weights);
     return from_token_major(T, K, E, std::move(ids), std::move(weights));
 }
 

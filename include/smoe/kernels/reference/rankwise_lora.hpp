@@ -49,15 +49,9 @@ inline RoutingData route_rankwise_lora(router::RankwiseLoRAConfig const& cfg, Ma
         if (!(sum > 0.0))
             smoe::detail::fail(lora_biases.empty() ? "logits" : "lora_biases", "a selected score sum of " + smoe::detail::to_text(sum) + " at token " + std::to_string(t),
                                "a positive sum");
-        std::vector<std::pair<std::int32_t, float>> row;
-        for (auto i : S) row.emplace_back(static_cast<std::int32_t>(i), static_cast<float>(double(k) * c[i] / sum));
-        std::sort(row.begin(), row.end(), [](auto const& a, auto const& b) {
-            return a.second > b.second || (a.second == b.second && a.first < b.first);
-        });
-        for (std::int64_t j = 0; j < k; ++j) {
-            ids[t * k + j] = row[j].first;
-            weights[t * k + j] = row[j].second;
-        }
+        std::vector<std::pair<float, std::int64_t>> row;
+        for (auto i : S) row.emplace_back(static_cast<float>(double(k) * c[i] / sum), i);
+        write_row_by_weight(std::move(row), t, k, ids, weights);
     }
     return from_token_major(T, k, r, std::move(ids), std::move(weights));
 }

@@ -25,25 +25,19 @@ inline RoutingData route_relu(router::ReLUConfig const& cfg, MatrixView<float co
     smoe::detail::check_int32_extent(T, E);
     detail::check_finite(logits, "logits", "token", "expert");
 
-    std::vector<std::vector<std::pair<std::int32_t, float>>> rows(static_cast<std::size_t>(T));
+    std::vector<std::vector<std::pair<float, std::int64_t>>> rows(static_cast<std::size_t>(T));
     std::int64_t K = 0;
     for (std::int64_t t = 0; t < T; ++t) {
         for (std::int64_t e = 0; e < E; ++e) {
             double const x = logits(t, e);
-            if (x > 0.0) rows[t].emplace_back(static_cast<std::int32_t>(e), static_cast<float>(std::max(x, 0.0)));
+            if (x > 0.0) rows[t].emplace_back(static_cast<float>(std::max(x, 0.0)), e);
         }
-        // Candidates are in ascending id, so a stable sort by weight leaves ties to the lower id.
-        std::stable_sort(rows[t].begin(), rows[t].end(), [](auto const& a, auto const& b) { return a.second > b.second; });
         K = std::max(K, static_cast<std::int64_t>(rows[t].size()));
     }
 
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K), -1);
     std::vector<float> weights(static_cast<std::size_t>(T * K), 0.0f);
-    for (std::int64_t t = 0; t < T; ++t)
-        for (std::size_t j = 0; j < rows[t].size(); ++j) {
-            ids[t * K + j] = rows[t][j].first;
-            weights[t * K + j] = rows[t][j].second;
-        }
+    for (std::int64_t t = 0; t < T; ++t) write_row_by_weight(std::move(rows[t]), t, K, ids, weights);
     return from_token_major(T, K, E, std::move(ids), std::move(weights));
 }
 

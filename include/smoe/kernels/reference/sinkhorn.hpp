@@ -103,13 +103,7 @@ inline RoutingData route_sinkhorn(router::SinkhornConfig const& cfg, MatrixView<
         std::vector<std::pair<float, std::int64_t>> row;
         for (auto e : detail::top_n(p, detail::iota_ids(E), K))
             row.emplace_back(static_cast<float>(scores.activation[t * E + e]), e);
-        std::sort(row.begin(), row.end(), [](auto const& a, auto const& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
-        for (std::int64_t j = 0; j < K; ++j) {
-            ids[t * K + j] = static_cast<std::int32_t>(row[j].second);
-            weights[t * K + j] = row[j].first;
-        }
+        write_row_by_weight(std::move(row), t, K, ids, weights);
     }
     return from_token_major(T, K, E, std::move(ids), std::move(weights));
 }

@@ -165,13 +165,7 @@ inline RoutingData route_topk(router::TopKConfig const& cfg, MatrixView<float co
         std::vector<std::pair<float, std::int64_t>> row;
         for (auto const& p : sel)
             row.emplace_back(static_cast<float>(p.weight * static_cast<double>(cfg.routed_scaling_factor)), p.expert);
-        std::sort(row.begin(), row.end(), [](auto const& a, auto const& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
-        for (std::int64_t j = 0; j < K; ++j) {
-            ids[t * K + j] = static_cast<std::int32_t>(row[j].second);
-            weights[t * K + j] = row[j].first;
-        }
+        write_row_by_weight(std::move(row), t, K, ids, weights);
     }
     return from_token_major(T, K, E, std::move(ids), std::move(weights));
 }
