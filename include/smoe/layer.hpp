@@ -139,12 +139,8 @@ public:
                          "the experts' num_experts (" + std::to_string(expert_.num_experts()) + ")");
         detail::check_int32_extent(cfg_.max_tokens, router_.max_slots());
         detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
-        if (!w.expert_bias.empty() && static_cast<std::int64_t>(w.expert_bias.size()) != router_.num_experts())
-            detail::fail("expert_bias", "length " + std::to_string(w.expert_bias.size()),
-                         "length num_experts = " + std::to_string(router_.num_experts()));
         if (!w.expert_bias.empty())
-            kernels::cpu::check_finite(arch{}, MatrixView<float const>(w.expert_bias.data(), 1, router_.num_experts()),
-                                       "expert_bias", nullptr, "expert");
+            detail::check_vector(w.expert_bias, router_.num_experts(), "expert_bias", "num_experts", "expert");
         if constexpr (requires { balancer_.config().num_experts; })
             if (balancer_.config().num_experts != router_.num_experts())
                 detail::fail("balance.num_experts", balancer_.config().num_experts,

@@ -55,10 +55,7 @@ public:
     std::span<float const> selection_bias() const { return bias_; }
     std::span<float const> bias() const { return bias_; }
     void set_bias(std::span<float const> b) {
-        if (static_cast<std::int64_t>(b.size()) != cfg_.num_experts)
-            smoe::detail::fail("expert_bias", "length " + std::to_string(b.size()), "length num_experts = " + std::to_string(cfg_.num_experts));
-        for (std::size_t e = 0; e < b.size(); ++e)
-            if (!std::isfinite(b[e])) smoe::detail::fail("expert_bias", smoe::detail::to_text(b[e]) + " at expert " + std::to_string(e), "finite values");
+        smoe::detail::check_vector(b, cfg_.num_experts, "expert_bias", "num_experts", "expert");
         std::copy(b.begin(), b.end(), bias_.begin());
     }
 

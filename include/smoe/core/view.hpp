@@ -2,6 +2,7 @@
 // Non-owning row-major matrix views. A view never allocates and never copies; `ld` is the distance in
 // elements between the starts of two rows (ld >= cols), so a view can name a block of a larger matrix.
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -91,6 +92,16 @@ void check_stacked(StackedView<T> const& v, char const* name, std::int64_t count
              "shape [" + std::to_string(count) + ", " + std::to_string(rows) + ", " + std::to_string(cols) + "]");
     if (v.ld < v.cols || v.stride < 0) fail(name, "ld " + std::to_string(v.ld), "ld >= cols and stride >= 0");
     if (v.data == nullptr && count > 0 && rows > 0 && cols > 0) fail(name, "a null pointer", "weight data");
+}
+
+// A per-expert vector such as a selection bias: exactly `count` finite values. The first bad entry
+// is named, as check_finite names a logit. O(count), outside any per-token loop.
+inline void check_vector(std::span<float const> v, std::int64_t count, char const* name, char const* count_name,
+                         char const* index_name) {
+    if (static_cast<std::int64_t>(v.size()) != count)
+        fail(name, "length " + std::to_string(v.size()), std::string("length ") + count_name + " = " + std::to_string(count));
+    for (std::size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i])) fail(name, to_text(v[i]) + " at " + index_name + " " + std::to_string(i), "finite values");
 }
 
 }  // namespace detail

@@ -82,9 +82,7 @@ public:
         std::int64_t const r = cfg_.rank, k = cfg_.top_k;
         std::int64_t const T = checks::check_logits_shape(logits, r, k);
         checks::check_out_shape(out, T, k, "top_k");
-        if (!bias.empty() && static_cast<std::int64_t>(bias.size()) != r)
-            smoe::detail::fail("lora_biases", "length " + std::to_string(bias.size()), "length rank = " + std::to_string(r));
-        if (!bias.empty()) kernels::cpu::check_finite(arch, MatrixView<float const>(bias.data(), 1, r), "lora_biases", nullptr, "rank");
+        if (!bias.empty()) smoe::detail::check_vector(bias, r, "lora_biases", "rank", "rank");
         kernels::cpu::check_finite(arch, logits, "logits");
 
         std::span<float> const c = carve(ws);

@@ -46,15 +46,13 @@ public:
         std::int64_t const E = cfg_.num_experts, k = cfg_.top_k;
         std::int64_t const T = checks::check_logits_shape(logits, E, k);
         checks::check_out_shape(out, T, k, "top_k");
-        if (!bias.empty() && static_cast<std::int64_t>(bias.size()) != E)
-            smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()), "length num_experts = " + std::to_string(E));
+        if (!bias.empty()) smoe::detail::check_vector(bias, E, "expert_bias", "num_experts", "expert");
         if (bias.empty() && cfg_.requires_expert_bias)
             smoe::detail::fail("expert_bias", "none", "a bias of length " + std::to_string(E) + " (this config requires one)");
         if (!bias.empty() && cfg_.score_after_topk)
             smoe::detail::fail("expert_bias", "a bias", "no bias with score_after_topk");
         if (!bias.empty() && cfg_.n_group > 1 && cfg_.group_size() < 2)
             smoe::detail::fail("expert_bias", "a bias", "groups of at least 2 experts (num_experts / n_group >= 2)");
-        if (!bias.empty()) kernels::cpu::check_finite(arch, MatrixView<float const>(bias.data(), 1, E), "expert_bias", nullptr, "expert");
         kernels::cpu::check_finite(arch, logits, "logits");
 
         kernels::cpu::TopKScratch scratch = carve(ws);

@@ -31,8 +31,8 @@ bool all_finite(Arch, float const* x, std::int64_t n) {
 }
 
 // Throws smoe::invalid_argument naming `name`, the row and column of the first non-finite entry and
-// its value; `row_name`/`col_name` say what rows and columns are ("token", "expert"); a null row_name
-// leaves the row out (a vector).
+// its value; `row_name`/`col_name` say what rows and columns are ("token", "expert"). Per-expert
+// vectors are checked by smoe::detail::check_vector.
 template <class Arch>
 void check_finite(Arch arch, MatrixView<float const> m, char const* name, char const* row_name = "token",
                   char const* col_name = "expert") {
@@ -41,8 +41,7 @@ void check_finite(Arch arch, MatrixView<float const> m, char const* name, char c
         for (std::int64_t c = 0; c < m.cols; ++c)
             if (!std::isfinite(m(r, c)))
                 smoe::detail::fail(name,
-                                   smoe::detail::to_text(m(r, c)) + " at " +
-                                       (row_name ? std::string(row_name) + " " + std::to_string(r) + ", " : "") +
+                                   smoe::detail::to_text(m(r, c)) + " at " + row_name + " " + std::to_string(r) + ", " +
                                        col_name + " " + std::to_string(c),
                                    "finite values");
     }
