@@ -72,6 +72,10 @@ struct arch_of<B, std::void_t<typename B::arch>> {
     using type = typename B::arch;
 };
 
+// A balancer that owns the router's selection bias (LossFreeBias).
+template <class B>
+inline constexpr bool balancer_owns_bias = requires(B const& b) { b.selection_bias(); };
+
 template <class B>
 constexpr bool balancer_drops_tokens() {
     if constexpr (requires { B::drops_tokens; })
@@ -107,7 +111,7 @@ class MoELayer {
                   "smoe::balance::Capacity) has nothing to cap; use smoe::balance::None, or set the router's "
                   "capacity instead");
 
-    static_assert(!(requires(Balancer const& bal) { bal.selection_bias(); }) || router_accepts_selection_bias<Router>(),
+    static_assert(!detail::balancer_owns_bias<Balancer> || router_accepts_selection_bias<Router>(),
                   "smoe::MoELayer: this Balancer owns a selection bias (e.g. smoe::balance::LossFreeBias) but the "
                   "Router does not select with one (accepts_selection_bias); use smoe::router::TopK, or "
                   "smoe::balance::None");
@@ -145,7 +149,7 @@ public:
             if (balancer_.config().num_experts != router_.num_experts())
                 detail::fail("balance.num_experts", balancer_.config().num_experts,
                              "the router's num_experts (" + std::to_string(router_.num_experts()) + ")");
-        if constexpr (kBalancerOwnsBias)
+        if constexpr (detail::balancer_owns_bias<Balancer>)
             if (!w.expert_bias.empty()) balancer_.set_bias(w.expert_bias);
         buffer_ = WorkspaceBuffer(workspace_size());
     }
@@ -205,12 +209,10 @@ public:
     }
 
 private:
-    static constexpr bool kBalancerOwnsBias = requires(Balancer const& bal) { bal.selection_bias(); };
-
     // Rows one expert call may see: its load (at most T), or the balancer's padded segment.
     std::int64_t max_expert_rows(std::int64_t T) const {
-        if constexpr (requires { balancer_.config().pad_to_capacity; })
-            if (balancer_.config().pad_to_capacity)
+        if constexpr (requires { balancer_.config().capacity(T, 1, 1); })
+            if (pads())
                 return std::max(T, balancer_.config().capacity(T, router_.max_slots(), router_.num_experts()));
         return T;
     }
