@@ -292,6 +292,11 @@ private:
         RoutingResult const r = detail::balance_routing(balancer_, b.routing, b.balance, router_.num_experts(), K, logits,
                                                         detail::score_func_of(router_));
         run_experts(x, y, r, b);
+        // Shared experts (expert::Shared) see every token and come after the routed sum (rule 2).
+        if constexpr (requires(Workspace& w) { expert_.run_shared(arch{}, x, y, w); }) {
+            Workspace ews = b.expert_ws;
+            expert_.run_shared(arch{}, x, y, ews);
+        }
         return r;
     }
 

@@ -1,0 +1,140 @@
+#pragma once
+// smoe::expert::Shared<Inner, Gate>: routed experts of type Inner plus one always-on shared expert
+// (experts.md §6). MoELayer adds the shared output after the routed sum, which keeps rule 2's order:
+//
+//   y_t = Σ_j w_tj · f_{e_tj}(x_t)  +  g(x_t) · f^sh(x_t)
+//
+//   shared_gate::None     g = 1                   (DeepSeek-V2/V3, Megatron's default)
+//   shared_gate::Sigmoid  g = σ(w_g · x), w_g [1, d], no bias (Qwen2-MoE `shared_expert_gate`)
+//
+// n shared experts of width f are one shared expert of width n·f with concatenated W1/W3 rows and W2
+// columns, which is what Hugging Face's DeepSeek builds, so the shared part is one Inner expert
+// (num_experts = 1) with its own intermediate size. The routing weight scaling
+// (routed_scaling_factor) never reaches it: the router scales the routed weights only.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/core/workspace.hpp"
+#include "smoe/kernels/cpu/gemm_nt.hpp"
+
+namespace smoe::inline v0::expert {
+
+namespace shared_gate {
+struct None {};
+struct Sigmoid {};
+}  // namespace shared_gate
+
+template <class Inner, class Gate = shared_gate::None>
+class Shared {
+    static_assert(std::is_same_v<Gate, shared_gate::None> || std::is_same_v<Gate, shared_gate::Sigmoid>,
+                  "smoe::expert::Shared<Inner, Gate>: Gate is shared_gate::None or shared_gate::Sigmoid");
+
+public:
+    using inner_type = Inner;
+    using gate_type = Gate;
+    static constexpr bool is_compute_free = false;
+    static constexpr bool gated = std::is_same_v<Gate, shared_gate::Sigmoid>;
+
+    struct Config {
+        typename Inner::Config routed{};
+        typename Inner::Config shared{};  // num_experts = 1; intermediate size n_shared · f for n experts
+    };
+    struct Weights {
+        typename Inner::Weights routed{};
+        typename Inner::Weights shared{};
+        MatrixView<float const> gate{};  // [1, d] with shared_gate::Sigmoid; empty with None
+    };
+
+    // Rows the shared expert takes per pass: bounds its scratch whatever the batch.
+    static constexpr std::int64_t kRowBlock = 64;
+
+    Shared(Config const& cfg, Weights const& w) : cfg_(cfg), routed_(cfg.routed, w.routed), shared_(cfg.shared, w.shared), gate_(w.gate) {
+        if (shared_.num_experts() != 1)
+            smoe::detail::fail("shared.num_experts", shared_.num_experts(),
+                               "1 (n shared experts of width f are given as one of width n*f)");
+        if (shared_.hidden_size() != routed_.hidden_size())
+            smoe::detail::fail("shared.hidden_size", shared_.hidden_size(),
+                               "the routed experts' hidden_size (" + std::to_string(routed_.hidden_size()) + ")");
+        if constexpr (gated) {
+            smoe::detail::check_view(gate_, "shared_expert_gate", 1, routed_.hidden_size());
+        } else if (gate_.data != nullptr) {
+            smoe::detail::fail("shared_expert_gate", "a [" + std::to_string(gate_.rows) + ", " + std::to_string(gate_.cols) + "] view",
+                               "no gate weight with shared_gate::None (use shared_gate::Sigmoid)");
+        }
+    }
+
+    Config const& config() const { return cfg_; }
+    Inner const& routed() const { return routed_; }
+    Inner const& shared() const { return shared_; }
+    std::int64_t num_experts() const { return routed_.num_experts(); }
+    std::int64_t hidden_size() const { return routed_.hidden_size(); }
+
+    std::size_t workspace_size(std::int64_t max_rows) const {
+        WorkspaceSize size;
+        carve(size, max_rows);
+        return std::max(routed_.workspace_size(max_rows), size.bytes());
+    }
+
+    template <class Arch>
+    void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
+             Workspace& ws) const {
+        routed_.run(arch, e, rows_in, row_w, slot_out, ws);
+    }
+
+    // y[t] += g(x_t) · f^sh(x_t) for every token, in blocks of kRowBlock rows. The workspace is the
+    // one the layer sized with workspace_size(rows) for rows >= x.rows.
+    template <class Arch>
+    void run_shared(Arch arch, MatrixView<float const> x, MatrixView<float> y, Workspace& ws) const {
+        std::int64_t const T = x.rows, d = hidden_size();
+        if (T == 0) return;
+        Scratch s = carve(ws, T);
+        for (std::int64_t r0 = 0; r0 < T; r0 += kRowBlock) {
+            std::int64_t const mb = std::min(kRowBlock, T - r0);
+            MatrixView<float const> const xb = x.block(r0, mb);
+            std::span<float> const g = s.gate.first(static_cast<std::size_t>(mb));
+            if constexpr (gated) {
+                kernels::cpu::gemm_nt(arch, xb, gate_, MatrixView<float>(g.data(), mb, 1));
+                for (float& v : g) v = 1.0f / (1.0f + std::exp(-v));
+            } else {
+                std::fill(g.begin(), g.end(), 1.0f);
+            }
+            MatrixView<float> const out(s.out.data(), mb, d);
+            Workspace inner = s.inner;
+            shared_.run(arch, 0, xb, std::span<float const>(g), out, inner);
+            for (std::int64_t i = 0; i < mb; ++i) {
+                float* yt = y.row(r0 + i);
+                float const* o = out.row(i);
+                for (std::int64_t c = 0; c < d; ++c) yt[c] += o[c];
+            }
+        }
+    }
+
+private:
+    struct Scratch {
+        std::span<float> gate, out;
+        Workspace inner;
+    };
+    template <class Alloc>
+    Scratch carve(Alloc& a, std::int64_t max_rows) const {
+        auto const rows = std::min(max_rows, kRowBlock);
+        Scratch s;
+        s.gate = a.template take<float>(static_cast<std::size_t>(rows));
+        s.out = a.template take<float>(static_cast<std::size_t>(rows * hidden_size()));
+        s.inner = a.take_bytes(shared_.workspace_size(rows));
+        return s;
+    }
+
+    Config cfg_;
+    Inner routed_;
+    Inner shared_;
+    MatrixView<float const> gate_;
+};
+
+}  // namespace smoe::inline v0::expert
