@@ -1,0 +1,325 @@
+"""Full-layer cases made by the real Hugging Face `transformers` MoE blocks (see gen_cases.py).
+
+For each case: a small random config of the family's configuration class, the family's sparse-MoE
+block class instantiated from it with seeded N(0, std^2) weights, N(0, 1) inputs, and the block's fp32
+output. Expert ids / weights come from the block's own router submodule (`block.gate`), sorted per row
+by weight descending (ties to the lower id). Every case is also recomputed here in float64 from the
+spec (routing.md §2 presets, experts.md §3/§6) and must agree with the module, so a disagreement
+between Hugging Face and the spec stops the script instead of landing in the data.
+"""
+import copy
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import gen_cases_ref as ref
+
+from transformers import (DeepseekV2Config, DeepseekV3Config, MixtralConfig, OlmoeConfig,
+                          Qwen2MoeConfig)
+from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
+from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+
+FAMILIES = {
+    "mixtral": dict(config=MixtralConfig, block=MixtralSparseMoeBlock, prefix="block_sparse_moe",
+                    names=("w1", "w3", "w2"), f_key="intermediate_size", e_key="num_local_experts"),
+    "olmoe": dict(config=OlmoeConfig, block=OlmoeSparseMoeBlock, prefix="mlp",
+                  names=("gate_proj", "up_proj", "down_proj"), f_key="intermediate_size",
+                  e_key="num_experts"),
+    "qwen2_moe": dict(config=Qwen2MoeConfig, block=Qwen2MoeSparseMoeBlock, prefix="mlp",
+                      names=("gate_proj", "up_proj", "down_proj"), f_key="moe_intermediate_size",
+                      e_key="num_experts"),
+    "deepseek_v2": dict(config=DeepseekV2Config, block=DeepseekV2Moe, prefix="mlp",
+                        names=("gate_proj", "up_proj", "down_proj"), f_key="moe_intermediate_size",
+                        e_key="n_routed_experts"),
+    "deepseek_v3": dict(config=DeepseekV3Config, block=DeepseekV3MoE, prefix="mlp",
+                        names=("gate_proj", "up_proj", "down_proj"), f_key="moe_intermediate_size",
+                        e_key="n_routed_experts"),
+}
+
+EXPERT_STD = 0.1  # SwiGLU weights: outputs of order 0.1..1 for d <= 100 (not the tiny 0.02 of real init)
+
+
+def make_config(family, d, f, E, k, extra):
+    fam = FAMILIES[family]
+    kw = dict(hidden_size=d, num_experts_per_tok=k, hidden_act="silu", num_hidden_layers=1,
+              vocab_size=32, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+              num_attention_heads=2, num_key_value_heads=2)
+    kw[fam["f_key"]] = f
+    kw[fam["e_key"]] = E
+    if fam["f_key"] == "moe_intermediate_size":
+        kw["intermediate_size"] = 2 * f + 8  # the dense-MLP size: a loader must not use it for experts
+    if family.startswith("deepseek"):
+        kw["first_k_dense_replace"] = 0  # layer 0 is an MoE layer (V3's default 3 would make it dense)
+        # Keys of the published DeepSeek config.json files that the HF classes do not declare; the
+        # class keeps them as attributes, so they are part of to_dict() like in a real checkpoint.
+        kw["scoring_func"] = "sigmoid" if family == "deepseek_v3" else "softmax"
+    if family == "deepseek_v3":
+        kw["topk_method"] = "noaux_tc"
+    kw.update(extra)
+    cfg = fam["config"](**kw)
+    cfg._experts_implementation = "eager"
+    return cfg
+
+
+def _rand(rng, shape, std):
+    return (rng.standard_normal(shape) * std).astype(np.float32)
+
+
+def _bf16_round(a):
+    return torch.from_numpy(a).to(torch.bfloat16).float().numpy()
+
+
+def make_weights(family, cfg, rng, bf16):
+    """Returns dict of float32 numpy arrays (bf16-rounded when bf16) in a neutral layout."""
+    d = cfg.hidden_size
+    fam = FAMILIES[family]
+    f = getattr(cfg, fam["f_key"])
+    E = getattr(cfg, fam["e_key"])
+    w = dict(router=_rand(rng, (E, d), 1.0 / np.sqrt(d)),
+             w1=_rand(rng, (E, f, d), EXPERT_STD), w3=_rand(rng, (E, f, d), EXPERT_STD),
+             w2=_rand(rng, (E, d, f), EXPERT_STD))
+    if family == "qwen2_moe":
+        fs = cfg.shared_expert_intermediate_size
+        w.update(sh1=_rand(rng, (fs, d), EXPERT_STD), sh3=_rand(rng, (fs, d), EXPERT_STD),
+                 sh2=_rand(rng, (d, fs), EXPERT_STD), sh_gate=_rand(rng, (1, d), 1.0 / np.sqrt(d)))
+    if family.startswith("deepseek"):
+        fs = cfg.moe_intermediate_size * cfg.n_shared_experts
+        w.update(sh1=_rand(rng, (fs, d), EXPERT_STD), sh3=_rand(rng, (fs, d), EXPERT_STD),
+                 sh2=_rand(rng, (d, fs), EXPERT_STD))
+    if bf16:
+        w = {key: _bf16_round(v) for key, v in w.items()}
+    if family == "deepseek_v3":  # F32 in the files; not rounded
+        w["bias"] = _rand(rng, (E,), 0.1)
+    return w
+
+
+def build_block(family, cfg, w):
+    block = FAMILIES[family]["block"](cfg)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    with torch.no_grad():
+        block.gate.weight.copy_(t(w["router"]))
+        block.experts.gate_up_proj.copy_(t(np.concatenate([w["w1"], w["w3"]], axis=1)))
+        block.experts.down_proj.copy_(t(w["w2"]))
+        if family == "qwen2_moe":
+            sh = block.shared_expert
+            block.shared_expert_gate.weight.copy_(t(w["sh_gate"]))
+        elif family.startswith("deepseek"):
+            sh = block.shared_experts
+        else:
+            sh = None
+        if sh is not None:
+            sh.gate_proj.weight.copy_(t(w["sh1"]))
+            sh.up_proj.weight.copy_(t(w["sh3"]))
+            sh.down_proj.weight.copy_(t(w["sh2"]))
+        if family == "deepseek_v3":
+            block.gate.e_score_correction_bias.copy_(t(w["bias"]))
+    return block.eval()
+
+
+def tensor_names(family, w, layer, fused, bf16):
+    """On-disk names of a real checkpoint for decoder layer `layer` -> torch tensors."""
+    fam = FAMILIES[family]
+    p = f"model.layers.{layer}.{fam['prefix']}."
+    dt = torch.bfloat16 if bf16 else torch.float32
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dt).contiguous()
+    out = {p + "gate.weight": t(w["router"])}
+    E = w["w1"].shape[0]
+    if fused:
+        out[p + "experts.gate_up_proj"] = t(np.concatenate([w["w1"], w["w3"]], axis=1))
+        out[p + "experts.down_proj"] = t(w["w2"])
+    else:
+        n1, n3, n2 = fam["names"]
+        for i in range(E):
+            out[p + f"experts.{i}.{n1}.weight"] = t(w["w1"][i])
+            out[p + f"experts.{i}.{n3}.weight"] = t(w["w3"][i])
+            out[p + f"experts.{i}.{n2}.weight"] = t(w["w2"][i])
+    if family == "qwen2_moe":
+        for n, key in (("gate_proj", "sh1"), ("up_proj", "sh3"), ("down_proj", "sh2")):
+            out[p + f"shared_expert.{n}.weight"] = t(w[key])
+        out[p + "shared_expert_gate.weight"] = t(w["sh_gate"])
+    if family.startswith("deepseek"):
+        for n, key in (("gate_proj", "sh1"), ("up_proj", "sh3"), ("down_proj", "sh2")):
+            out[p + f"shared_experts.{n}.weight"] = t(w[key])
+    if family == "deepseek_v3":
+        out[p + "gate.e_score_correction_bias"] = torch.from_numpy(w["bias"]).float().contiguous()
+    return out
+
+
+def spec_route(family, cfg, logits, dt=np.float64):
+    """routing.md §2 preset of the family, applied to `logits`, via the spec reference."""
+    k = cfg.num_experts_per_tok
+    if family == "mixtral":
+        return ref.topk(logits, k, norm_topk_prob=True, norm_eps=0.0, dt=dt)
+    if family in ("olmoe", "qwen2_moe"):
+        return ref.topk(logits, k, norm_topk_prob=cfg.norm_topk_prob, norm_eps=0.0, dt=dt)
+    if family == "deepseek_v2":
+        groups = cfg.topk_method == "group_limited_greedy"
+        return ref.topk(logits, k, routed_scaling_factor=cfg.routed_scaling_factor,
+                        n_group=cfg.n_group if groups else 1,
+                        topk_group=cfg.topk_group if groups else None, dt=dt)
+    if family == "deepseek_v3":
+        return ref.topk(logits, k, score_func="sigmoid", norm_topk_prob=cfg.norm_topk_prob,
+                        routed_scaling_factor=cfg.routed_scaling_factor, n_group=cfg.n_group,
+                        topk_group=cfg.topk_group, expert_bias=cfg._smoe_bias, dt=dt)
+    raise ValueError(family)
+
+
+def _swiglu64(x, w1, w3, w2):
+    g = x @ w1.T
+    return ((g / (1 + np.exp(-g))) * (x @ w3.T)) @ w2.T
+
+
+def spec_layer64(family, cfg, w, x):
+    """experts.md §1/§3/§6 in float64: routed sum in slot order, then the shared expert."""
+    x = x.astype(np.float64)
+    W = {key: v.astype(np.float64) for key, v in w.items()}
+    ids, wt = spec_route(family, cfg, x @ W["router"].T)
+    y = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        for e, v in zip(ids[t], wt[t]):
+            y[t] += v * _swiglu64(x[t:t + 1], W["w1"][e], W["w3"][e], W["w2"][e])[0]
+    if "sh1" in W:
+        sh = _swiglu64(x, W["sh1"], W["sh3"], W["sh2"])
+        if family == "qwen2_moe":
+            gl = x @ W["sh_gate"].T
+            sh = sh / (1 + np.exp(-gl))
+        y += sh
+    return y, ids, wt
+
+
+
+
+def robust_ids(route, L):
+    """True when ids are unchanged by small perturbations of the logits and by fp32 arithmetic:
+    no decision of this case is closer than about 1e-5 relative (routing.md §0 Agreement)."""
+    base = route(L, np.float64)[0]
+    if not np.array_equal(route(L.astype(np.float32), np.float32)[0], base):
+        return False
+    return all(np.array_equal(route(ref.perturb(L, i), np.float64)[0], base) for i in range(8))
+
+
+def sort_rows(ids, w):
+    """Per row: weight descending, ties to the lower id."""
+    ids = np.asarray(ids)
+    w = np.asarray(w)
+    out_i = np.empty_like(ids)
+    out_w = np.empty_like(w)
+    for t in range(ids.shape[0]):
+        order = sorted(range(ids.shape[1]), key=lambda j: (-float(w[t, j]), int(ids[t, j])))
+        out_i[t] = ids[t, order]
+        out_w[t] = w[t, order]
+    return out_i, out_w
+
+
+def row_rel_err(y, r):
+    return float(np.max(np.abs(y - r).max(axis=1) / np.maximum(np.abs(r).max(axis=1), 1e-30)))
+
+
+def make_full_case(out_dir, name, family, d, f, E, k, T, seed, bf16=False, extra=None,
+                   fused=False, layer=0, sharded=False):
+    """Writes one full-layer case folder; returns a dict describing it for the README."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    extra = dict(extra or {})
+    if sharded:
+        extra["num_hidden_layers"] = layer + 1
+    cfg = make_config(family, d, f, E, k, extra)
+    if bf16:
+        cfg.dtype = "bfloat16"
+    w = make_weights(family, cfg, rng, bf16)
+    other_layers = {l: make_weights(family, cfg, rng, bf16) for l in range(layer)}
+    cfg._smoe_bias = w.get("bias")
+    Wr = w["router"].astype(np.float64)
+    route = lambda L, dt: spec_route(family, cfg, L, dt)
+    for attempt in range(100):  # inputs whose routing has no near-tie (reproducible: seeded)
+        x = rng.standard_normal((T, d)).astype(np.float32)
+        if robust_ids(route, x.astype(np.float64) @ Wr.T):
+            break
+    else:
+        raise RuntimeError(f"{name}: no input without near-ties")
+    del cfg._smoe_bias
+
+    block = build_block(family, cfg, w)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        y = block(xt.view(1, T, d)).view(T, d).float().numpy()
+        _, g_w, g_i = block.gate(xt)
+    ids, wts = sort_rows(g_i.numpy(), g_w.float().numpy())
+
+    # Cross-checks against the spec in float64 (script stops on any disagreement).
+    cfg._smoe_bias = w.get("bias")
+    y64, ids64, w64 = spec_layer64(family, cfg, w, x)
+    del cfg._smoe_bias
+    assert np.array_equal(ids, ids64), (name, ids, ids64)
+    assert np.allclose(wts, w64, rtol=1e-5, atol=1e-7), (name, wts, w64)
+    err = row_rel_err(y, y64)
+    assert err < 1e-5, (name, err)
+
+    expected = {"hidden_states": torch.from_numpy(y).contiguous(),
+                "expert_ids": torch.from_numpy(ids.astype(np.int32)).contiguous(),
+                "expert_weights": torch.from_numpy(wts.astype(np.float32)).contiguous()}
+    hf_bf16_err = None
+    if bf16:
+        b16 = copy.deepcopy(block).to(torch.bfloat16)
+        if family == "deepseek_v3":  # _keep_in_fp32_modules_strict in HF
+            b16.gate.e_score_correction_bias = b16.gate.e_score_correction_bias.float()
+        with torch.no_grad():
+            yb = b16(xt.to(torch.bfloat16).view(1, T, d)).view(T, d).float().numpy()
+        expected["hf_bf16_hidden_states"] = torch.from_numpy(yb).contiguous()
+        hf_bf16_err = row_rel_err(yb, y)
+
+    case = os.path.join(out_dir, name)
+    os.makedirs(case, exist_ok=True)
+    cfg_dict = cfg.to_dict()
+    for key in [k_ for k_ in cfg_dict if k_.startswith("_")]:
+        del cfg_dict[key]
+    with open(os.path.join(case, "config.json"), "w") as fh:
+        json.dump(cfg_dict, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    tensors = tensor_names(family, w, layer, fused, bf16)
+    meta = {"format": "pt"}
+    if sharded:
+        _write_sharded(case, family, tensors, other_layers, bf16, d, layer)
+        with open(os.path.join(case, "case.json"), "w") as fh:
+            json.dump({"layer": layer}, fh)
+            fh.write("\n")
+    else:
+        save_file(tensors, os.path.join(case, "weights.safetensors"), metadata=meta)
+    save_file({"hidden_states": xt.contiguous()}, os.path.join(case, "input.safetensors"), metadata=meta)
+    save_file(expected, os.path.join(case, "expected.safetensors"), metadata=meta)
+    return dict(name=name, family=family, cls=FAMILIES[family]["block"].__name__, d=d, f=f, E=E, k=k,
+                T=T, bf16=bf16, fused=fused, layer=layer, sharded=sharded, extra=extra,
+                spec_err=err, hf_bf16_err=hf_bf16_err)
+
+
+def _write_sharded(case, family, tensors, other_layers, bf16, d, layer):
+    """Two shards + model.safetensors.index.json, like a real checkpoint: shard 1 holds the earlier
+    layers, some unrelated tensors and the first half of layer `layer`; shard 2 the rest."""
+    dt = torch.bfloat16 if bf16 else torch.float32
+    rng = np.random.default_rng(1234)
+    s1 = {"model.embed_tokens.weight": torch.from_numpy(_rand(rng, (32, d), 1.0)).to(dt)}
+    for l, wl in other_layers.items():
+        s1.update(tensor_names(family, wl, l, False, bf16))
+        s1[f"model.layers.{l}.post_attention_layernorm.weight"] = torch.ones(d, dtype=dt)
+    s2 = {f"model.layers.{layer}.post_attention_layernorm.weight": torch.ones(d, dtype=dt)}
+    names = sorted(tensors, key=lambda n: (".experts." in n, n))
+    half = len(names) // 2
+    for i, n in enumerate(names):
+        (s1 if i < half else s2)[n] = tensors[n]
+    files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    weight_map, total = {}, 0
+    for fname, shard in zip(files, (s1, s2)):
+        save_file(shard, os.path.join(case, fname), metadata={"format": "pt"})
+        for n, tns in shard.items():
+            weight_map[n] = fname
+            total += tns.numel() * tns.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(case, "model.safetensors.index.json"), "w") as fh:
+        json.dump(index, fh, indent=2)
+        fh.write("\n")
