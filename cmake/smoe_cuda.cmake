@@ -40,3 +40,7 @@ target_link_libraries(smoe_cuda INTERFACE smoe CUDA::cudart)
 target_compile_options(smoe_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr>)
 set(SMOE_CUDA_ENABLED ON)
 message(STATUS "smoe: CUDA backend built (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+
+if(SMOE_BUILD_BENCH)
+  add_subdirectory(${PROJECT_SOURCE_DIR}/bench/cuda ${PROJECT_BINARY_DIR}/bench/cuda)
+endif()
