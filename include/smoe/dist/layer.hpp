@@ -1,0 +1,423 @@
+#pragma once
+// smoe::dist::MoELayer<Router, Expert, Balancer, Comm, Backend>: one MoE block with its experts
+// sharded over the ranks of a communicator (expert parallelism). Each rank holds the full router gate
+// and the weights of its own experts only (ExpertPlacement), and calls forward on its own tokens
+// (any T <= max_tokens, 0 included); forward is a collective: every rank calls it once per step.
+//
+// One forward, on every rank:
+//   1. gate GEMM, routing and balancer on the rank's own tokens (as smoe::MoELayer does);
+//   2. pack: each dispatched (token, expert) row x_t with its weight w into a send buffer grouped by
+//      destination rank, within a rank by local expert id, within an expert in CSR (token) order;
+//   3. alltoall of a counts block per peer: [status, rows for each of the peer's local experts];
+//      status != 0 from any rank makes every rank throw (no rank waits in step 4 for a failed one);
+//   4. alltoallv of the rows (d floats + the weight: d + 1 floats each);
+//   5. each local expert gathers its rows from every source, runs once on all of them
+//      (slot_out[r] = w_r · f_e(x_r), experts.md §1) and writes its outputs over its input rows;
+//   6. alltoallv back into the send buffer, the reverse of step 4;
+//   7. combine on the source in slot order (kernels::cpu::combine_slots).
+// Bytes on the wire per routed (token, expert) pair whose expert is on another rank: (d + 1) · 4 each
+// way, plus the counts block, 8 · (1 + max local experts) bytes per peer.
+//
+// Exactness: the gate GEMM and the experts are row-independent bit for bit (experts.md §1 rule 3),
+// routers with per-token selection (top-k, top-p, ReLU) route a token the same in any batch, and the
+// combine keeps the slot order, so y equals smoe::MoELayer's y on all ranks' tokens bit for bit.
+// Routers that select over the batch (expert choice: each expert takes its C best tokens) select over
+// the rank's own tokens: y equals smoe::MoELayer run on that rank's tokens alone. A balancer likewise
+// sees the rank's own routing (capacity per rank; LossFreeBias updates from the rank's own counts). A
+// padding balancer's static segments are not reproduced (row independence makes them irrelevant to y).
+//
+// Workspace: workspace_size() bytes, planned once for max_tokens tokens on every rank, the receive
+// side for the worst case (every rank sends all its rows to this one). forward never allocates. The
+// layer keeps small per-peer count arrays as members, so one layer runs one forward at a time.
+//
+//   smoe::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+//   auto placement = smoe::dist::ExpertPlacement::contiguous(8, comm.size());
+//   using Layer = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None,
+//                                      smoe::dist::MpiCommunicator>;
+//   Layer layer(comm, placement,
+//               {.router = smoe::router::TopKConfig::mixtral(), .expert = {4096, 14336, placement.num_local(comm.rank())},
+//                .max_tokens = 512},
+//               {.gate = gate, .experts = my_experts});   // this rank's experts, stacked by global id
+//   layer.forward(x, y);                                  // x, y [T_rank, d]
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "smoe/dist/communicator.hpp"
+#include "smoe/dist/placement.hpp"
+#include "smoe/dist/stats.hpp"
+#include "smoe/layer.hpp"
+
+namespace smoe::inline v0::dist {
+
+template <class Router, class Expert, class Balancer, class Comm, class Backend = backend::Cpu<>>
+class MoELayer {
+    // The policy checks (and their readable messages) are smoe::MoELayer's: instantiating it runs them.
+    static_assert(sizeof(smoe::MoELayer<Router, Expert, Balancer, Backend>) > 0);
+    static_assert(Communicator<Comm>,
+                  "smoe::dist::MoELayer: the Comm parameter does not model smoe::dist::Communicator (it needs rank(), "
+                  "size(), alltoall, alltoallv, allreduce_sum and allreduce_min; use smoe::dist::MpiCommunicator)");
+    static_assert(!requires(Expert const& x, Workspace& w) { x.run_shared(xsimd::default_arch{}, MatrixView<float const>{}, MatrixView<float>{}, w); },
+                  "smoe::dist::MoELayer: shared experts (expert::Shared) are not sharded yet; run the routed experts "
+                  "here and the shared expert on each rank's own tokens after forward");
+    using arch = typename smoe::detail::arch_of<Backend>::type;
+
+public:
+    using router_type = Router;
+    using expert_type = Expert;
+    using balancer_type = Balancer;
+    using communicator_type = Comm;
+
+    struct Config {
+        typename smoe::detail::config_of<Router>::type router{};
+        typename smoe::detail::config_of<Expert>::type expert{};  // num_experts = this rank's count
+        typename smoe::detail::config_of<Balancer>::type balance{};
+        std::int64_t max_tokens = 256;  // per rank and call; the same on every rank
+    };
+
+    struct Weights {
+        MatrixView<float const> gate;        // the full router projection [num_logits, d], on every rank
+        std::span<float const> expert_bias;  // optional selection bias [E] (global ids)
+        typename smoe::detail::weights_of<Expert>::type experts{};  // this rank's experts, by increasing global id
+    };
+
+    // Collective. Throws smoe::invalid_argument on every rank when any rank's arguments are invalid or
+    // the ranks disagree on E, d, num_logits, max_slots or max_tokens. A rank that owns no expert
+    // constructs no Expert (its cfg.expert and w.experts are not read).
+    MoELayer(Comm& comm, ExpertPlacement placement, Config const& cfg, Weights const& w)
+        : comm_(&comm), placement_(std::move(placement)), cfg_(cfg), weights_(w) {
+        std::exception_ptr err;
+        try {
+            construct(cfg, w);
+        } catch (...) {
+            err = std::current_exception();
+        }
+        std::int64_t first_failed = err ? comm_->rank() : comm_->size();
+        comm_->allreduce_min(std::span<std::int64_t>(&first_failed, 1));
+        if (err) std::rethrow_exception(err);
+        if (first_failed < comm_->size()) fail_peer(first_failed);
+        agree_on_shapes();
+    }
+
+    MoELayer(MoELayer const&) = delete;
+    MoELayer& operator=(MoELayer const&) = delete;
+
+    Config const& config() const { return cfg_; }
+    ExpertPlacement const& placement() const { return placement_; }
+    Router const& router() const { return *router_; }
+    Balancer& balancer() { return *balancer_; }
+    Balancer const& balancer() const { return *balancer_; }
+    bool has_local_experts() const { return expert_.has_value(); }
+    Expert const& experts() const { return *expert_; }  // only when has_local_experts()
+    std::int64_t hidden_size() const { return d_; }
+    std::int64_t num_experts() const { return router_->num_experts(); }
+    std::int64_t num_local_experts() const { return placement_.num_local(comm_->rank()); }
+
+    // This rank's balancer statistics: the routing of its own tokens over all E experts.
+    LoadStats const& stats() const { return balancer_->stats(); }
+    // Collective: the statistics of every rank summed, rows per rank and the imbalance between ranks.
+    ShardedLoadStats global_stats() const { return sum_load_stats(*comm_, balancer_->stats(), placement_); }
+    // Rows this rank's experts computed in the last forward (rows received from every rank, itself included).
+    std::int64_t rows_computed() const { return rows_computed_; }
+    // Rows of the last forward sent to experts on other ranks (each also comes back).
+    std::int64_t rows_sent_remote() const { return rows_sent_remote_; }
+
+    std::size_t workspace_size() const {
+        WorkspaceSize size;
+        carve_local(size, cfg_.max_tokens);
+        carve_remote(size);
+        return required_bytes(size.bytes());
+    }
+
+    // Collective. x [T, d] -> y [T, d], T <= max_tokens (T may differ between ranks, 0 included). The
+    // result is the routing of this rank's tokens; its views point into the workspace.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
+        auto const P = static_cast<std::size_t>(comm_->size());
+        auto const B = block_width();
+        std::fill(send_meta_.begin(), send_meta_.end(), 0);
+        std::exception_ptr err;
+        RoutingResult r;
+        Local loc;
+        Remote rem;
+        try {
+            std::int64_t const T = check_io(x, y);
+            Workspace ws(workspace);
+            loc = carve_local(ws, T);
+            rem = carve_remote(ws);
+            MatrixView<float> logits(loc.logits.data(), T, router_->num_logits());
+            kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+            Workspace scratch = loc.router_ws;
+            std::int64_t const K = router_->route(arch{}, MatrixView<float const>(logits),
+                                                  smoe::detail::selection_bias(*balancer_, weights_.expert_bias),
+                                                  loc.routing.token_major, scratch);
+            r = smoe::detail::balance_routing(*balancer_, loc.routing, loc.balance, router_->num_experts(), K,
+                                              MatrixView<float const>(logits), smoe::detail::score_func_of(*router_));
+            pack(x, r, loc);
+        } catch (...) {
+            err = std::current_exception();
+            for (std::size_t p = 0; p < P; ++p) send_meta_[p * B] = 1;
+        }
+        comm_->alltoall(send_meta_, recv_meta_);
+        std::int64_t first_failed = -1;
+        for (std::size_t q = P; q-- > 0;)
+            if (recv_meta_[q * B] != 0) first_failed = static_cast<std::int64_t>(q);
+        if (err) std::rethrow_exception(err);
+        if (first_failed >= 0) fail_peer(first_failed);
+
+        exchange_plan();
+        std::int64_t const d = d_;
+        comm_->alltoallv(std::span<float const>(loc.xfer), send_counts(), send_displs(), rem.recv, recv_counts(), recv_displs());
+        run_local_experts(rem);
+        comm_->alltoallv(std::span<float const>(rem.recv), recv_counts(), recv_displs(), loc.xfer, send_counts(), send_displs());
+        MatrixView<float const> const slot_out(loc.xfer.data(), r.nnz(), d, d + 1);
+        kernels::cpu::combine_slots(arch{}, slot_out, std::span<std::int32_t const>(loc.slot_rows.data(), static_cast<std::size_t>(r.num_tokens * r.k)), r.k, y);
+        return r;
+    }
+
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
+
+private:
+    struct Local {
+        std::span<float> logits;
+        smoe::detail::RoutingBuffers routing;
+        Workspace router_ws;
+        smoe::detail::BalanceBuffers balance;
+        std::span<float> xfer;             // [T·Kmax, d + 1] rows (x, w) sent, then the outputs received back
+        std::span<std::int32_t> slot_rows; // [T·Kmax] the xfer row of each token-major slot, -1 if none
+    };
+    struct Remote {
+        std::span<float> recv;      // [rows received, d + 1]: inputs, then the outputs written over them
+        std::span<float> gathered;  // one local expert's rows from every source [<= P·max_tokens, d]
+        std::span<float> row_w;     // their weights
+        std::span<float> out;       // their outputs
+        Workspace expert_ws;
+    };
+
+    void construct(Config const& cfg, Weights const& w) {
+        int const rank = comm_->rank();
+        if (placement_.num_ranks() != comm_->size())
+            smoe::detail::fail("placement.num_ranks", placement_.num_ranks(), "the communicator size " + std::to_string(comm_->size()));
+        if (cfg.max_tokens < 0) smoe::detail::fail("max_tokens", cfg.max_tokens, "a count >= 0");
+        router_.emplace(cfg.router);
+        balancer_.emplace(cfg.balance);
+        std::int64_t const E = router_->num_experts();
+        if (placement_.num_experts() != E)
+            smoe::detail::fail("placement.num_experts", placement_.num_experts(), "the router's num_experts (" + std::to_string(E) + ")");
+        smoe::detail::check_view(w.gate, "gate", router_->num_logits(), -1);
+        d_ = w.gate.cols;
+        if (d_ < 1) smoe::detail::fail("gate.cols", d_, "the hidden size d >= 1");
+        std::int64_t const L = placement_.num_local(rank);
+        auto const check_count = [&](std::int64_t n) {
+            if (n != L)
+                smoe::detail::fail("expert.num_experts", n,
+                                   "this rank's expert count in the placement (" + std::to_string(L) + " on rank " + std::to_string(rank) + ")");
+        };
+        if (L > 0) {
+            // Named before the expert checks its weights against the (wrong) count.
+            if constexpr (requires { cfg.expert.num_experts; }) check_count(cfg.expert.num_experts);
+            expert_.emplace(cfg.expert, w.experts);
+            check_count(expert_->num_experts());
+            if (expert_->hidden_size() != d_)
+                smoe::detail::fail("expert.hidden_size", expert_->hidden_size(), "the gate's hidden size (" + std::to_string(d_) + ")");
+        }
+        smoe::detail::check_int32_extent(cfg.max_tokens, router_->max_slots());
+        if (!w.expert_bias.empty()) smoe::detail::check_vector(w.expert_bias, E, "expert_bias", "num_experts", "expert");
+        if constexpr (requires { balancer_->config().num_experts; })
+            if (balancer_->config().num_experts != E)
+                smoe::detail::fail("balance.num_experts", balancer_->config().num_experts,
+                                   "the router's num_experts (" + std::to_string(E) + ")");
+        if constexpr (smoe::detail::balancer_owns_bias<Balancer>)
+            if (!w.expert_bias.empty()) balancer_->set_bias(w.expert_bias);
+        // Every count and displacement of the row exchanges must fit an MPI-3 int.
+        std::int64_t const row = d_ + 1, Tm = cfg.max_tokens;
+        if (Tm > 0 && (Tm * router_->max_slots() > INT32_MAX / row || max_rows_received() > INT32_MAX / row))
+            smoe::detail::fail("max_tokens", Tm,
+                               "a plan whose exchanged floats fit int32 (MPI-3 counts): max_tokens x max_slots x (d + 1) and "
+                               "ranks x max_tokens x min(max_slots, local experts) x (d + 1) below 2^31");
+        auto const P = static_cast<std::size_t>(comm_->size());
+        send_meta_.assign(P * block_width(), 0);
+        recv_meta_.assign(P * block_width(), 0);
+        counts_.assign(4 * P, 0);
+        cursor_.assign(P, 0);
+        buffer_ = WorkspaceBuffer(workspace_size());
+    }
+
+    // E, d, num_logits, max_slots and max_tokens size every buffer of the exchange: they must agree.
+    void agree_on_shapes() {
+        std::int64_t const mine[] = {router_->num_experts(), d_, router_->num_logits(), router_->max_slots(), cfg_.max_tokens};
+        char const* const names[] = {"num_experts", "hidden_size", "num_logits", "max_slots", "max_tokens"};
+        constexpr std::size_t n = std::size(mine);
+        std::int64_t v[2 * n];
+        for (std::size_t i = 0; i < n; ++i) {
+            v[i] = mine[i];
+            v[n + i] = -mine[i];
+        }
+        comm_->allreduce_min(std::span<std::int64_t>(v, 2 * n));
+        for (std::size_t i = 0; i < n; ++i)
+            if (v[i] != -v[n + i])
+                smoe::detail::fail(names[i], mine[i],
+                                   "the same value on every rank (they range from " + std::to_string(v[i]) + " to " +
+                                       std::to_string(-v[n + i]) + ")");
+    }
+
+    [[noreturn]] void fail_peer(std::int64_t rank) const {
+        smoe::detail::fail("rank", rank,
+                           "every rank's call to succeed: rank " + std::to_string(rank) +
+                               " rejected its input (its own exception names it), so every rank stops this collective call");
+    }
+
+    std::size_t block_width() const { return static_cast<std::size_t>(1 + placement_.max_local()); }
+    // Rows a rank can receive in one call: from every rank, at most max_tokens per local expert and
+    // max_slots per token.
+    std::int64_t max_rows_received() const {
+        return comm_->size() * cfg_.max_tokens * std::min(router_->max_slots(), placement_.num_local(comm_->rank()));
+    }
+
+    template <class Alloc>
+    Local carve_local(Alloc& a, std::int64_t T) const {
+        auto const slots = static_cast<std::size_t>(T * router_->max_slots());
+        Local b;
+        b.logits = a.template take<float>(static_cast<std::size_t>(T * router_->num_logits()));
+        b.routing = smoe::detail::carve_routing(*router_, a, T);
+        b.router_ws = a.take_bytes(router_->workspace_size(T));
+        b.balance = smoe::detail::carve_balance(*router_, *balancer_, a, T);
+        b.xfer = a.template take<float>(slots * static_cast<std::size_t>(d_ + 1));
+        b.slot_rows = a.template take<std::int32_t>(slots);
+        return b;
+    }
+
+    template <class Alloc>
+    Remote carve_remote(Alloc& a) const {
+        auto const per_expert = static_cast<std::size_t>(expert_ ? comm_->size() * cfg_.max_tokens : 0);
+        auto const d = static_cast<std::size_t>(d_);
+        Remote b;
+        b.recv = a.template take<float>(static_cast<std::size_t>(max_rows_received()) * (d + 1));
+        b.gathered = a.template take<float>(per_expert * d);
+        b.row_w = a.template take<float>(per_expert);
+        b.out = a.template take<float>(per_expert * d);
+        b.expert_ws = a.take_bytes(expert_ ? expert_->workspace_size(static_cast<std::int64_t>(per_expert)) : 0);
+        return b;
+    }
+
+    std::int64_t check_io(MatrixView<float const> x, MatrixView<float> y) const {
+        smoe::detail::check_view(x, "x", -1, d_);
+        smoe::detail::check_view(y, "y", x.rows, d_);
+        if (x.rows > cfg_.max_tokens)
+            smoe::detail::fail("x.rows", x.rows, "at most max_tokens = " + std::to_string(cfg_.max_tokens) + " tokens");
+        return x.rows;
+    }
+
+    // Step 2: rows grouped by destination rank, local expert, CSR order; the counts blocks; the map
+    // from each token-major slot to its row.
+    void pack(MatrixView<float const> x, RoutingResult const& r, Local const& loc) {
+        auto const B = block_width();
+        std::int64_t const d = d_, T = r.num_tokens;
+        auto const bytes = static_cast<std::size_t>(d) * sizeof(float);
+        std::fill(loc.slot_rows.begin(), loc.slot_rows.begin() + T * r.k, -1);
+        std::int64_t pos = 0, remote = 0;
+        for (int p = 0; p < comm_->size(); ++p)
+            for (std::int64_t l = 0; l < placement_.num_local(p); ++l) {
+                std::int32_t const e = placement_.global_id(p, l);
+                std::int32_t const load = r.load(e);
+                // Receivers plan max_tokens rows per local expert and source: one row per token.
+                if (load > T) smoe::detail::fail("routing load", std::to_string(load) + " rows for expert " + std::to_string(e), "at most one row per token (T = " + std::to_string(T) + ")");
+                send_meta_[static_cast<std::size_t>(p) * B + 1 + static_cast<std::size_t>(l)] = load;
+                if (p != comm_->rank()) remote += load;
+                for (std::int32_t i = r.offsets[e]; i < r.offsets[e + 1]; ++i, ++pos) {
+                    float* row = loc.xfer.data() + pos * (d + 1);
+                    std::memcpy(row, x.row(r.token_ids[i]), bytes);
+                    row[d] = r.weights[i];
+                    loc.slot_rows[static_cast<std::size_t>(r.slots[i])] = static_cast<std::int32_t>(pos);
+                }
+            }
+        rows_sent_remote_ = remote;
+    }
+
+    std::span<std::int64_t> send_counts() { return std::span<std::int64_t>(counts_).subspan(0, counts_.size() / 4); }
+    std::span<std::int64_t> send_displs() { return std::span<std::int64_t>(counts_).subspan(counts_.size() / 4, counts_.size() / 4); }
+    std::span<std::int64_t> recv_counts() { return std::span<std::int64_t>(counts_).subspan(counts_.size() / 2, counts_.size() / 4); }
+    std::span<std::int64_t> recv_displs() { return std::span<std::int64_t>(counts_).subspan(3 * counts_.size() / 4, counts_.size() / 4); }
+
+    // Float counts and displacements of the row exchanges from the counts blocks.
+    void exchange_plan() {
+        auto const P = static_cast<std::size_t>(comm_->size());
+        auto const B = block_width();
+        std::int64_t const row = d_ + 1;
+        auto sc = send_counts(), sd = send_displs(), rc = recv_counts(), rd = recv_displs();
+        std::int64_t so = 0, ro = 0, received = 0;
+        for (std::size_t p = 0; p < P; ++p) {
+            std::int64_t n = 0, m = 0;
+            for (std::size_t l = 0; l < B - 1; ++l) {
+                n += send_meta_[p * B + 1 + l];
+                m += recv_meta_[p * B + 1 + l];
+            }
+            sc[p] = n * row;
+            sd[p] = so;
+            rc[p] = m * row;
+            rd[p] = ro;
+            so += sc[p];
+            ro += rc[p];
+            received += m;
+        }
+        rows_computed_ = received;
+    }
+
+    // Step 5: each local expert once, on its rows from every source, outputs written over the inputs.
+    void run_local_experts(Remote const& rem) {
+        if (!expert_) return;
+        auto const P = static_cast<std::size_t>(comm_->size());
+        auto const B = block_width();
+        std::int64_t const d = d_, row = d_ + 1;
+        auto const bytes = static_cast<std::size_t>(d) * sizeof(float);
+        auto rd = recv_displs();
+        // cursor[q]: the first row from source q not yet consumed (rows of (d + 1) floats).
+        std::span<std::int64_t> const cursor = cursor_;
+        for (std::size_t q = 0; q < P; ++q) cursor[q] = rd[q] / row;
+        for (std::int64_t l = 0; l < placement_.num_local(comm_->rank()); ++l) {
+            std::int64_t M = 0;
+            for (std::size_t q = 0; q < P; ++q)
+                for (std::int64_t i = 0; i < recv_meta_[q * B + 1 + static_cast<std::size_t>(l)]; ++i, ++M) {
+                    float const* src = rem.recv.data() + (cursor[q] + i) * row;
+                    std::memcpy(rem.gathered.data() + M * d, src, bytes);
+                    rem.row_w[static_cast<std::size_t>(M)] = src[d];
+                }
+            if (M > 0) {
+                Workspace ews = rem.expert_ws;
+                expert_->run(arch{}, l, MatrixView<float const>(rem.gathered.data(), M, d),
+                             std::span<float const>(rem.row_w.data(), static_cast<std::size_t>(M)),
+                             MatrixView<float>(rem.out.data(), M, d), ews);
+            }
+            M = 0;
+            for (std::size_t q = 0; q < P; ++q) {
+                std::int64_t const c = recv_meta_[q * B + 1 + static_cast<std::size_t>(l)];
+                for (std::int64_t i = 0; i < c; ++i, ++M)
+                    std::memcpy(rem.recv.data() + (cursor[q] + i) * row, rem.out.data() + M * d, bytes);
+                cursor[q] += c;
+            }
+        }
+    }
+
+    Comm* comm_;
+    ExpertPlacement placement_;
+    Config cfg_;
+    Weights weights_;
+    std::optional<Router> router_;
+    std::optional<Balancer> balancer_;
+    std::optional<Expert> expert_;
+    std::int64_t d_ = 0;
+    std::vector<std::int64_t> send_meta_, recv_meta_;  // [P, 1 + max_local]: status, rows per local expert
+    std::vector<std::int64_t> counts_;                 // send counts, send displs, recv counts, recv displs [4, P]
+    std::vector<std::int64_t> cursor_;                 // [P]
+    std::int64_t rows_computed_ = 0, rows_sent_remote_ = 0;
+    WorkspaceBuffer buffer_;
+};
+
+}  // namespace smoe::inline v0::dist
