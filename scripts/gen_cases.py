@@ -18,6 +18,7 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_cases_ref as ref  # noqa: E402
 
