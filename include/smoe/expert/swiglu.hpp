@@ -1,40 +1,64 @@
 #pragma once
-// smoe::expert::SwiGLU<W>: f_e(x) = W2 (silu(W1 x) ⊙ W3 x) (experts.md §3), fp32 inside.
+// smoe::expert::SwiGLU<W>: f_e(x) = W2 (silu(W1 x) ⊙ W3 x) (experts.md §3), fp32 inside, with weights
+// stored as W = float, smoe::bf16 or std::int8_t (per-channel scales; core/format.hpp).
 //
 //   smoe::expert::SwiGLU<float> experts(cfg, smoe::expert::SwiGLUWeights<float>::dense(w1, w3, w2, cfg));
+//   smoe::expert::SwiGLU<smoe::bf16> b(cfg, smoe::expert::SwiGLUWeights<smoe::bf16>::fused(gate_up, down, cfg));
+//
+// Packing: the constructor copies the weights once into panels (kernels/cpu/pack.hpp) that the
+// kernels stream front to back; after construction only that copy is read, so the caller's tensors
+// may be released (weights() then names released memory). Memory: the packed copy is the weights'
+// own size, E · (2 · 16 · ceil(f/8) · d + 16 · ceil(d/16) · ceil(f/8) · 8) elements of W (f rounded up
+// to 8, d to 16), plus 4 · E · (2 · 8 · ceil(f/8) + 16 · ceil(d/16)) bytes of scales for int8.
+//
+// Kernels (kernels/cpu/gemm_packed.hpp): gate and up are packed together, 8 gate and the 8 matching
+// up units per panel, so one pass reads W1 and W3 and the store computes h = silu(g) · u in place;
+// the down projection multiplies by the routing weight in its store. A row alone (decode) and rows in
+// a batch (prefill) use different tile shapes over the same panels, and every output is one FMA
+// chain over k in order, so both give the same bits (rule 3), whatever the thread count.
+//
+// int8: g = s1 · Σ q·x, u = s3 · Σ q·x, out = w · (s2 · Σ q·h): the scale is factored out of the dot
+// product (experts.md §9 allows it).
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <type_traits>
+#include <vector>
 
+#include <xsimd/xsimd.hpp>
+
+#include "smoe/core/format.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/swiglu_config.hpp"
-#include "smoe/kernels/cpu/activation.hpp"
-#include "smoe/kernels/cpu/gemm_nt.hpp"
+#include "smoe/kernels/cpu/gemm_packed.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
 
 namespace smoe::inline v0::expert {
 
 template <class W = float>
 class SwiGLU {
-    static_assert(std::is_same_v<W, float>,
-                  "smoe::expert::SwiGLU<W>: this version computes fp32 weights only (W = float); bf16 and int8 "
-                  "weight formats are planned as storage traits");
+    static_assert(is_weight_format_v<W>,
+                  "smoe::expert::SwiGLU<W>: W must be a weight format: float, smoe::bf16 or std::int8_t (with "
+                  "per-channel scales); the expert computes fp32 weights only after widening each of them");
 
 public:
     using Config = SwiGLUConfig;
     using Weights = SwiGLUWeights<W>;
+    using weight_type = W;
     static constexpr bool is_compute_free = false;
 
-    // Rows per pass over an expert's weights: bounds the gate/up scratch to kRowBlock x f floats
-    // whatever the batch, while 64 rows already reuse each weight tile enough to leave the memory-bound
-    // regime.
+    // Rows per pass of run(): bounds the h scratch to kRowBlock x f floats whatever the batch; 64 rows
+    // already reuse each panel enough to leave the memory-bound regime.
     static constexpr std::int64_t kRowBlock = 64;
+    static constexpr std::int64_t kHalf = kernels::cpu::kPanelCols / 2;  // gate (or up) units per panel
 
     SwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w) {
         cfg_.validate();
         w_.validate(cfg_);
+        pack();
     }
 
     Config const& config() const { return cfg_; }
@@ -43,13 +67,28 @@ public:
     std::int64_t hidden_size() const { return cfg_.hidden_size; }
     std::int64_t intermediate_size() const { return cfg_.intermediate_size; }
     double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
+    // Bytes of expert e's weights as stored in format W (scales included for int8).
     double weight_bytes(std::int64_t /*e*/) const {
-        return 3.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size) * sizeof(W);
+        double const d = double(cfg_.hidden_size), f = double(cfg_.intermediate_size);
+        double bytes = 3.0 * d * f * sizeof(W);
+        if constexpr (Weights::has_scales) bytes += (2.0 * f + d) * sizeof(float);
+        return bytes;
     }
+    // Bytes of the packed copy the expert owns (see the top of this file).
+    std::size_t packed_bytes() const {
+        return gu_.size() * sizeof(W) + dn_.size() * sizeof(W) + (su_.size() + sd_.size()) * sizeof(float);
+    }
+
+    // The two phases of run() as separate steps, for a caller that splits work over threads: panels
+    // are independent, so any split of [0, gate_up_panels()) or [0, down_panels()) gives the same bits.
+    std::int64_t gate_up_panels() const { return gu_panels_; }
+    std::int64_t down_panels() const { return dn_panels_; }
+    // Columns of the h rows between the phases: f rounded up to 8 (the extra columns hold zeros).
+    std::int64_t hidden_stride() const { return gu_panels_ * kHalf; }
 
     std::size_t workspace_size(std::int64_t max_rows) const {
         WorkspaceSize size;
-        carve(size, max_rows);
+        size.take<float>(h_floats(max_rows));
         return size.bytes();
     }
 
@@ -57,33 +96,165 @@ public:
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
              MatrixView<float> slot_out, Workspace& ws) const {
-        std::int64_t const M = rows_in.rows, f = cfg_.intermediate_size;
+        std::int64_t const M = rows_in.rows;
         if (M == 0) return;
-        Scratch s = carve(ws, M);
-        MatrixView<float const> const w1 = w_.w1[e], w3 = w_.w3[e], w2 = w_.w2[e];
+        std::span<float> const hbuf = ws.take<float>(h_floats(M));
         for (std::int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
             std::int64_t const mb = std::min(kRowBlock, M - r0);
-            MatrixView<float const> const x = rows_in.block(r0, mb);
-            MatrixView<float> const g(s.g.data(), mb, f), u(s.u.data(), mb, f);
-            kernels::cpu::gemm_nt(arch, x, w1, g);
-            kernels::cpu::gemm_nt(arch, x, w3, u);
-            kernels::cpu::silu_mul(arch, g.data, u.data, g.data, mb * f);
-            kernels::cpu::gemm_nt(arch, MatrixView<float const>(g), w2, slot_out.block(r0, mb), row_w.subspan(r0, mb));
+            MatrixView<float> const h(hbuf.data(), mb, hidden_stride());
+            run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, gu_panels_);
+            run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
+                     slot_out.block(r0, mb), 0, dn_panels_);
         }
     }
 
-private:
-    struct Scratch {
-        std::span<float> g, u;
-    };
-    template <class Alloc>
-    Scratch carve(Alloc& a, std::int64_t max_rows) const {
-        auto const n = static_cast<std::size_t>(std::min(max_rows, kRowBlock) * cfg_.intermediate_size);
-        return {a.template take<float>(n), a.template take<float>(n)};
+    // h[:, 8p .. 8p+8) = silu(W1 x) ⊙ W3 x for the gate/up panels p in [p0, p1); h is [M, hidden_stride()].
+    template <class Arch>
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0,
+                     std::int64_t p1) const {
+        GateUpStore epi{h, scales(su_, e, gu_panels_)};
+        kernels::cpu::gemm_packed(arch, x, gu_.data() + e * gu_expert_, p0, p1, epi);
     }
+
+    // out[:, 16p .. 16p+16) = row_w · (W2 h) for the down panels p in [p0, p1); h is [M, hidden_stride()].
+    template <class Arch>
+    void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w,
+                  MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
+        DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
+        kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
+    }
+
+private:
+    static constexpr std::int64_t kP = kernels::cpu::kPanelCols;
+
+    std::size_t h_floats(std::int64_t max_rows) const {
+        return static_cast<std::size_t>(std::min(max_rows, kRowBlock) * hidden_stride());
+    }
+    float const* scales(kernels::cpu::AlignedArray<float> const& s, std::int64_t e, std::int64_t panels) const {
+        return Weights::has_scales ? s.data() + e * panels * kP : nullptr;
+    }
+
+    // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units.
+    void pack() {
+        std::int64_t const E = cfg_.num_experts, d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        gu_panels_ = (f + kHalf - 1) / kHalf;
+        dn_panels_ = (d + kP - 1) / kP;
+        std::int64_t const fs = gu_panels_ * kHalf;
+        gu_expert_ = gu_panels_ * d * kP;
+        dn_expert_ = dn_panels_ * fs * kP;
+        gu_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * gu_expert_));
+        dn_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * dn_expert_));
+        if constexpr (Weights::has_scales) {
+            su_ = kernels::cpu::AlignedArray<float>(static_cast<std::size_t>(E * gu_panels_ * kP));
+            sd_ = kernels::cpu::AlignedArray<float>(static_cast<std::size_t>(E * dn_panels_ * kP));
+        }
+        // The down panels' K is f rounded up to 8 (h's padded columns): zero rows pad each W2 row.
+        std::vector<W> w2row(static_cast<std::size_t>(fs), W{});
+        for (std::int64_t e = 0; e < E; ++e) {
+            auto const W1 = w_.w1[e], W3 = w_.w3[e], W2 = w_.w2[e];
+            for (std::int64_t p = 0; p < gu_panels_; ++p) {
+                kernels::cpu::pack_panel(gu_.data() + e * gu_expert_ + p * d * kP, d, [&](int c) -> W const* {
+                    std::int64_t const unit = p * kHalf + c % kHalf;
+                    if (unit >= f) return nullptr;
+                    return c < kHalf ? W1.row(unit) : W3.row(unit);
+                });
+                if constexpr (Weights::has_scales)
+                    for (int c = 0; c < kP; ++c) {
+                        std::int64_t const unit = p * kHalf + c % kHalf;
+                        su_.data()[(e * gu_panels_ + p) * kP + c] = unit >= f ? 0.0f : c < kHalf ? w_.s1(e, unit) : w_.s3(e, unit);
+                    }
+            }
+            for (std::int64_t p = 0; p < dn_panels_; ++p) {
+                // W2 rows are f long; copy them into fs-long rows first when f is not a multiple of 8.
+                W* const dst = dn_.data() + e * dn_expert_ + p * fs * kP;
+                if (fs == f) {
+                    kernels::cpu::pack_panel(dst, fs, [&](int c) -> W const* {
+                        std::int64_t const o = p * kP + c;
+                        return o < d ? W2.row(o) : nullptr;
+                    });
+                } else {
+                    std::vector<W> rows(static_cast<std::size_t>(kP * fs), W{});
+                    for (int c = 0; c < kP && p * kP + c < d; ++c)
+                        std::copy(W2.row(p * kP + c), W2.row(p * kP + c) + f, rows.begin() + c * fs);
+                    kernels::cpu::pack_panel(dst, fs, [&](int c) -> W const* {
+                        return p * kP + c < d ? rows.data() + c * fs : nullptr;
+                    });
+                }
+                if constexpr (Weights::has_scales)
+                    for (int c = 0; c < kP; ++c) {
+                        std::int64_t const o = p * kP + c;
+                        sd_.data()[(e * dn_panels_ + p) * kP + c] = o < d ? w_.s2(e, o) : 0.0f;
+                    }
+            }
+        }
+    }
+
+    // Store of a finished gate/up tile: h = silu(s1 · g) · (s3 · u), 8 units, into h's padded row.
+    struct GateUpStore {
+        MatrixView<float> h;
+        float const* scale;  // [panels * 16] or nullptr
+#if SMOE_PACKED_AVX2
+        SMOE_ALWAYS_INLINE void store(std::int64_t i, std::int64_t p, __m256 g, __m256 u) {
+            using batch = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
+            if (scale) {
+                g = _mm256_mul_ps(g, _mm256_loadu_ps(scale + p * kP));
+                u = _mm256_mul_ps(u, _mm256_loadu_ps(scale + p * kP + kHalf));
+            }
+            batch const gv(g), uv(u);
+            batch const hv = gv / (batch(1.0f) + xsimd::exp(-gv)) * uv;
+            hv.store_unaligned(h.row(i) + p * kHalf);
+        }
+#endif
+        void store(std::int64_t i, std::int64_t p, float const* v) {
+            for (int c = 0; c < kHalf; ++c) {
+                float g = v[c], u = v[c + kHalf];
+                if (scale) g *= scale[p * kP + c], u *= scale[p * kP + kHalf + c];
+                h(i, p * kHalf + c) = g / (1.0f + std::exp(-g)) * u;
+            }
+        }
+    };
+
+    // Store of a finished down tile: out = w · (s2 · acc), the columns below d only.
+    struct DownStore {
+        MatrixView<float> out;
+        float const* row_w;
+        float const* scale;
+#if SMOE_PACKED_AVX2
+        SMOE_ALWAYS_INLINE void store(std::int64_t i, std::int64_t p, __m256 lo, __m256 hi) {
+            if (scale) {
+                lo = _mm256_mul_ps(lo, _mm256_loadu_ps(scale + p * kP));
+                hi = _mm256_mul_ps(hi, _mm256_loadu_ps(scale + p * kP + kHalf));
+            }
+            __m256 const w = _mm256_set1_ps(row_w[i]);
+            lo = _mm256_mul_ps(lo, w);
+            hi = _mm256_mul_ps(hi, w);
+            float* dst = out.row(i) + p * kP;
+            if ((p + 1) * kP <= out.cols) {
+                _mm256_storeu_ps(dst, lo);
+                _mm256_storeu_ps(dst + kHalf, hi);
+            } else {
+                alignas(32) float t[kP];
+                _mm256_store_ps(t, lo);
+                _mm256_store_ps(t + kHalf, hi);
+                std::copy(t, t + (out.cols - p * kP), dst);
+            }
+        }
+#endif
+        void store(std::int64_t i, std::int64_t p, float const* v) {
+            std::int64_t const n = std::min(kP, out.cols - p * kP);
+            for (std::int64_t c = 0; c < n; ++c) {
+                float a = v[c];
+                if (scale) a *= scale[p * kP + c];
+                out(i, p * kP + c) = a * row_w[i];
+            }
+        }
+    };
 
     Config cfg_;
     Weights w_;
+    std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_expert_ = 0, dn_expert_ = 0;
+    kernels::cpu::AlignedArray<W> gu_, dn_;
+    kernels::cpu::AlignedArray<float> su_, sd_;
 };
 
 }  // namespace smoe::inline v0::expert

@@ -1,10 +1,15 @@
 #pragma once
-// Shape and weight views of the SwiGLU expert (experts.md §3): W1, W3 [E, f, d] (gate, up), W2 [E, d, f].
+// Shape and weight views of the SwiGLU expert (experts.md §3): W1, W3 [E, f, d] (gate, up), W2 [E, d, f],
+// stored in one of the weight formats of core/format.hpp (float, smoe::bf16, std::int8_t). int8
+// weights carry one fp32 scale per output channel: s1, s3 [E, f], s2 [E, d] (W = s · q).
 
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/format.hpp"
 #include "smoe/core/view.hpp"
 
 namespace smoe::inline v0::expert {
@@ -21,27 +26,101 @@ struct SwiGLUConfig {
     }
 };
 
+namespace detail {
+
+// Per-output-channel scales of int8 weights; empty for the other formats.
+struct NoScales {};
+struct ChannelScales {
+    MatrixView<float const> s1;  // [E, f] gate
+    MatrixView<float const> s3;  // [E, f] up
+    MatrixView<float const> s2;  // [E, d] down
+};
+
+}  // namespace detail
+
 template <class W>
-struct SwiGLUWeights {
+struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail::ChannelScales, detail::NoScales> {
     StackedView<W const> w1;  // gate [E, f, d]
     StackedView<W const> w3;  // up   [E, f, d]
     StackedView<W const> w2;  // down [E, d, f]
 
-    // Separate dense tensors, as Mixtral's files hold them once stacked.
-    static SwiGLUWeights dense(W const* w1, W const* w3, W const* w2, SwiGLUConfig const& c) {
+    static constexpr bool has_scales = std::is_same_v<W, std::int8_t>;
+
+    // Separate dense tensors, as Mixtral's files hold them once stacked (fp32 and bf16).
+    static SwiGLUWeights dense(W const* w1, W const* w3, W const* w2, SwiGLUConfig const& c)
+        requires(!has_scales)
+    {
         auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
-        return {{w1, E, f, d}, {w3, E, f, d}, {w2, E, d, f}};
+        SwiGLUWeights w;
+        w.w1 = {w1, E, f, d};
+        w.w3 = {w3, E, f, d};
+        w.w2 = {w2, E, d, f};
+        return w;
     }
     // A fused gate_up [E, 2f, d] with gate rows first (HF gate_up_proj, Megatron linear_fc1) and down [E, d, f].
-    static SwiGLUWeights fused(W const* gate_up, W const* down, SwiGLUConfig const& c) {
+    static SwiGLUWeights fused(W const* gate_up, W const* down, SwiGLUConfig const& c)
+        requires(!has_scales)
+    {
         auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
-        return {{gate_up, E, f, d, d, 2 * f * d}, {gate_up + f * d, E, f, d, d, 2 * f * d}, {down, E, d, f}};
+        SwiGLUWeights w;
+        w.w1 = {gate_up, E, f, d, d, 2 * f * d};
+        w.w3 = {gate_up + f * d, E, f, d, d, 2 * f * d};
+        w.w2 = {down, E, d, f};
+        return w;
+    }
+
+    // int8: q tensors as above plus scales s1, s3 [E, f] and s2 [E, d].
+    static SwiGLUWeights dense(W const* w1, float const* s1, W const* w3, float const* s3, W const* w2,
+                               float const* s2, SwiGLUConfig const& c)
+        requires has_scales
+    {
+        auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
+        SwiGLUWeights w;
+        w.w1 = {w1, E, f, d};
+        w.w3 = {w3, E, f, d};
+        w.w2 = {w2, E, d, f};
+        w.s1 = {s1, E, f};
+        w.s3 = {s3, E, f};
+        w.s2 = {s2, E, d};
+        return w;
+    }
+    // int8 fused: gate_up [E, 2f, d] with its scales [E, 2f] (gate first), down [E, d, f] with [E, d].
+    static SwiGLUWeights fused(W const* gate_up, float const* s_gate_up, W const* down, float const* s_down,
+                               SwiGLUConfig const& c)
+        requires has_scales
+    {
+        auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
+        SwiGLUWeights w;
+        w.w1 = {gate_up, E, f, d, d, 2 * f * d};
+        w.w3 = {gate_up + f * d, E, f, d, d, 2 * f * d};
+        w.w2 = {down, E, d, f};
+        w.s1 = {s_gate_up, E, f, 2 * f};
+        w.s3 = {s_gate_up + f, E, f, 2 * f};
+        w.s2 = {s_down, E, d};
+        return w;
     }
 
     void validate(SwiGLUConfig const& c) const {
         smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);
+        if constexpr (has_scales) {
+            smoe::detail::check_view(this->s1, "s1", c.num_experts, c.intermediate_size);
+            smoe::detail::check_view(this->s3, "s3", c.num_experts, c.intermediate_size);
+            smoe::detail::check_view(this->s2, "s2", c.num_experts, c.hidden_size);
+            check_scales(this->s1, "s1");
+            check_scales(this->s3, "s3");
+            check_scales(this->s2, "s2");
+        }
+    }
+
+private:
+    static void check_scales(MatrixView<float const> s, char const* name) {
+        for (std::int64_t e = 0; e < s.rows; ++e)
+            for (std::int64_t o = 0; o < s.cols; ++o)
+                if (!std::isfinite(s(e, o)))
+                    smoe::detail::fail(name, smoe::detail::to_text(s(e, o)) + " at expert " + std::to_string(e) + ", channel " + std::to_string(o),
+                                       "finite scales");
     }
 };
 

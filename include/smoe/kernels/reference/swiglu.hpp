@@ -1,14 +1,18 @@
 #pragma once
-// Scalar oracle for the SwiGLU expert (experts.md §3) on fp32 weights, accumulating in double. The
-// fast fp32 kernels are compared with it; the intermediates are exposed so tests can check each line
-// of the spec's worked example, not only the output.
+// Scalar oracle for the SwiGLU expert (experts.md §3), accumulating in double on the weights widened
+// exactly as the format defines (fp32 as is, bf16 bits << 16, int8 s[o] · q[o, i] formed in double).
+// The fast kernels of every format are compared with it; the intermediates are exposed so tests can
+// check each line of the spec's worked example, not only the output.
 
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/format.hpp"
+#include "smoe/core/view.hpp"
 #include "smoe/expert/swiglu_config.hpp"
 
 namespace smoe::inline v0::reference {
@@ -24,14 +28,25 @@ struct SwiGLUTrace {
 namespace detail {
 
 // Shapes come from the weights themselves; validate() then checks that the three views agree.
-inline expert::SwiGLUConfig swiglu_config_of(expert::SwiGLUWeights<float> const& w) {
+template <class W>
+expert::SwiGLUConfig swiglu_config_of(expert::SwiGLUWeights<W> const& w) {
     return {.hidden_size = w.w1.cols, .intermediate_size = w.w1.rows, .num_experts = w.w1.count};
+}
+
+// Element (o, i) of one expert's matrix, widened to double; `scales` is that matrix's [E, out] scales.
+template <class W>
+double widened(MatrixView<W const> m, MatrixView<float const> scales, std::int64_t e, std::int64_t o, std::int64_t i) {
+    if constexpr (std::is_same_v<W, std::int8_t>)
+        return static_cast<double>(scales(e, o)) * static_cast<double>(m(o, i));
+    else
+        return static_cast<double>(FormatTraits<W>::widen(m(o, i)));
 }
 
 }  // namespace detail
 
 // f_e(x) with every intermediate; x points at d = hidden_size floats.
-inline SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<float> const& w, std::int64_t e, float const* x) {
+template <class W>
+SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<W> const& w, std::int64_t e, float const* x) {
     auto const cfg = detail::swiglu_config_of(w);
     cfg.validate();
     w.validate(cfg);
@@ -41,12 +56,14 @@ inline SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<float> const& w, st
 
     auto const d = cfg.hidden_size, f = cfg.intermediate_size;
     auto const W1 = w.w1[e], W3 = w.w3[e], W2 = w.w2[e];
+    MatrixView<float const> s1, s3, s2;
+    if constexpr (expert::SwiGLUWeights<W>::has_scales) s1 = w.s1, s3 = w.s3, s2 = w.s2;
     SwiGLUTrace tr{std::vector<double>(f), std::vector<double>(f), std::vector<double>(f), std::vector<double>(f),
                    std::vector<double>(d)};
     for (std::int64_t i = 0; i < f; ++i) {
         for (std::int64_t k = 0; k < d; ++k) {
-            tr.g[i] += static_cast<double>(W1(i, k)) * x[k];
-            tr.u[i] += static_cast<double>(W3(i, k)) * x[k];
+            tr.g[i] += detail::widened(W1, s1, e, i, k) * x[k];
+            tr.u[i] += detail::widened(W3, s3, e, i, k) * x[k];
         }
         // g / (1 + exp(-g)) as the spec writes it: for very negative g, exp overflows to inf and the
         // result is -0, the same limit the fp32 kernels reach (experts.md §3).
@@ -54,11 +71,12 @@ inline SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<float> const& w, st
         tr.h[i] = tr.a[i] * tr.u[i];
     }
     for (std::int64_t o = 0; o < d; ++o)
-        for (std::int64_t i = 0; i < f; ++i) tr.out[o] += static_cast<double>(W2(o, i)) * tr.h[i];
+        for (std::int64_t i = 0; i < f; ++i) tr.out[o] += detail::widened(W2, s2, e, o, i) * tr.h[i];
     return tr;
 }
 
-inline std::vector<double> swiglu_expert(expert::SwiGLUWeights<float> const& w, std::int64_t e, float const* x) {
+template <class W>
+std::vector<double> swiglu_expert(expert::SwiGLUWeights<W> const& w, std::int64_t e, float const* x) {
     return swiglu_expert_trace(w, e, x).out;
 }
 

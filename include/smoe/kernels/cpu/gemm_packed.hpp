@@ -1,0 +1,167 @@
+#pragma once
+// C[M, panels] = A[M, K] · panelsᵀ over weight panels packed by pack.hpp, in the outer-product form:
+// each output column is one fp32 FMA chain over k = 0..K-1, started at +0, in that order, with the
+// weight widened exactly to fp32 first. The order depends on nothing but K, so every kernel shape
+// below (a row alone, six rows, four panels at once), every split of rows or panels over threads
+// and the scalar fallback with std::fma give the same bits (experts.md §1 rule 3).
+//
+// Tiles (AVX2, 16 ymm registers; a panel is two vectors of 8 columns):
+//   * full row tiles: 6 rows x 1 panel = 12 accumulators, 2 weight loads + 6 broadcasts per 12 FMAs;
+//   * the remaining r = M mod 6 rows take r rows x G panels (G = 4, 3, 2, 1, 1 for r = 1..5), so
+//     a lone row (decode) keeps 8 FMA chains and 4 weight streams in flight instead of the 2 chains
+//     that would leave it latency bound at 4 cycles per k.
+// Panels are visited in groups of G; within a group the panel's row tiles run back to back, so each
+// panel is read from memory once per call and stays in L2 (16 x K weights) while the tiles reuse it.
+//
+// The epilogue receives each finished (row, panel) tile: as two ymm vectors (columns 0-7, 8-15) on
+// AVX2, as 16 floats on the scalar path.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "smoe/core/bf16.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/macros.hpp"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SMOE_PACKED_AVX2 1
+#else
+#define SMOE_PACKED_AVX2 0
+#endif
+
+namespace smoe::inline v0::kernels::cpu {
+
+// Which packed kernel an xsimd Arch runs: the AVX2+FMA one for fma3<avx2> and AVX-512 targets
+// (AVX-512 machines run the 256-bit kernel; a 512-bit one is future work), the scalar one otherwise.
+template <class Arch>
+inline constexpr bool kPackedAvx2 =
+    SMOE_PACKED_AVX2 && (std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>);
+
+inline constexpr int kPackedMR = 6;
+
+// Panels processed together by the r = M mod 6 leftover rows (see the top of this file).
+constexpr int packed_group(int r) { return r == 1 ? 4 : r == 2 ? 3 : r == 3 ? 2 : 1; }
+
+namespace detail {
+
+template <class W>
+SMOE_ALWAYS_INLINE float widen_scalar(W w) {
+    if constexpr (std::is_same_v<W, bf16>)
+        return to_float(w);
+    else
+        return static_cast<float>(w);
+}
+
+// Scalar path: the same chain per column with std::fma.
+template <class W, class Epi>
+void packed_tile_scalar(float const* a, std::int64_t lda, W const* b, std::int64_t K, std::int64_t row0, int rows,
+                        std::int64_t panel, Epi& epi) {
+    for (int i = 0; i < rows; ++i) {
+        float acc[kPanelCols] = {};
+        float const* ai = a + i * lda;
+        for (std::int64_t k = 0; k < K; ++k)
+            for (int s = 0; s < kPanelCols; ++s)
+                acc[kPanelSlotColumn<W>[s]] = std::fma(ai[k], widen_scalar(b[k * kPanelCols + s]), acc[kPanelSlotColumn<W>[s]]);
+        epi.store(row0 + i, panel, acc);
+    }
+}
+
+#if SMOE_PACKED_AVX2
+template <class W>
+SMOE_ALWAYS_INLINE void load_panel_avx2(W const* p, __m256& lo, __m256& hi) {
+    if constexpr (std::is_same_v<W, float>) {
+        lo = _mm256_loadu_ps(p);
+        hi = _mm256_loadu_ps(p + 8);
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        __m256i const v = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(p));
+        __m256i const z = _mm256_setzero_si256();
+        lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v));  // slots 0-3, 8-11 = columns 0-7
+        hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));  // slots 4-7, 12-15 = columns 8-15
+    } else {
+        static_assert(std::is_same_v<W, std::int8_t>);
+        __m128i const v = _mm_loadu_si128(reinterpret_cast<__m128i const*>(p));
+        lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+        hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v)));
+    }
+}
+
+// MR rows x NP panels; b points at the first panel, pstride elements between panels.
+template <class W, int MR, int NP, class Epi>
+SMOE_ALWAYS_INLINE void packed_tile_avx2(float const* a, std::int64_t lda, W const* b, std::int64_t pstride,
+                                         std::int64_t K, std::int64_t row0, std::int64_t panel0, Epi& epi) {
+    __m256 acc[MR][NP][2];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+    for (std::int64_t k = 0; k < K; ++k) {
+        for (int j = 0; j < NP; ++j) {
+            __m256 lo, hi;
+            load_panel_avx2(b + j * pstride + k * kPanelCols, lo, hi);
+            for (int i = 0; i < MR; ++i) {
+                __m256 const av = _mm256_broadcast_ss(a + i * lda + k);
+                acc[i][j][0] = _mm256_fmadd_ps(av, lo, acc[i][j][0]);
+                acc[i][j][1] = _mm256_fmadd_ps(av, hi, acc[i][j][1]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) epi.store(row0 + i, panel0 + j, acc[i][j][0], acc[i][j][1]);
+}
+
+template <class W, int NP, class Epi>
+void packed_rest_avx2(int r, float const* a, std::int64_t lda, W const* b, std::int64_t pstride, std::int64_t K,
+                      std::int64_t row0, std::int64_t panel0, Epi& epi) {
+    switch (r) {
+        case 1: return packed_tile_avx2<W, 1, NP>(a, lda, b, pstride, K, row0, panel0, epi);
+        case 2: return packed_tile_avx2<W, 2, (NP < 3 ? NP : 3)>(a, lda, b, pstride, K, row0, panel0, epi);
+        case 3: return packed_tile_avx2<W, 3, (NP < 2 ? NP : 2)>(a, lda, b, pstride, K, row0, panel0, epi);
+        case 4: return packed_tile_avx2<W, 4, 1>(a, lda, b, pstride, K, row0, panel0, epi);
+        default: return packed_tile_avx2<W, 5, 1>(a, lda, b, pstride, K, row0, panel0, epi);
+    }
+}
+#endif
+
+}  // namespace detail
+
+// Runs the tiles of rows [0, A.rows) x panels [p0, p1) and hands each finished tile to epi.
+// `panels` points at panel 0 of the matrix; consecutive panels are K * kPanelCols elements apart.
+template <class Arch, class W, class Epi>
+void gemm_packed(Arch, MatrixView<float const> A, W const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
+    std::int64_t const M = A.rows, K = A.cols, pstride = K * kPanelCols;
+    if (M == 0 || p0 >= p1) return;
+    int const r = static_cast<int>(M % kPackedMR);
+    std::int64_t const full = M - r;
+    if constexpr (kPackedAvx2<Arch>) {
+#if SMOE_PACKED_AVX2
+        int const G = packed_group(r);
+        for (std::int64_t p = p0; p < p1; p += G) {
+            std::int64_t const g = std::min<std::int64_t>(G, p1 - p);
+            for (std::int64_t q = p; q < p + g; ++q)
+                for (std::int64_t m = 0; m < full; m += kPackedMR)
+                    detail::packed_tile_avx2<W, kPackedMR, 1>(A.row(m), A.ld, panels + q * pstride, pstride, K, m, q, epi);
+            if (r == 0) continue;
+            float const* ar = A.row(full);
+            W const* bp = panels + p * pstride;
+            if (g == 4)
+                detail::packed_rest_avx2<W, 4>(r, ar, A.ld, bp, pstride, K, full, p, epi);
+            else if (g == 3)
+                detail::packed_rest_avx2<W, 3>(r, ar, A.ld, bp, pstride, K, full, p, epi);
+            else if (g == 2)
+                detail::packed_rest_avx2<W, 2>(r, ar, A.ld, bp, pstride, K, full, p, epi);
+            else
+                for (std::int64_t q = p; q < p + g; ++q)
+                    detail::packed_rest_avx2<W, 1>(r, ar, A.ld, panels + q * pstride, pstride, K, full, q, epi);
+        }
+#endif
+    } else {
+        for (std::int64_t p = p0; p < p1; ++p)
+            detail::packed_tile_scalar(A.data, A.ld, panels + p * pstride, K, 0, static_cast<int>(M), p, epi);
+    }
+}
+
+}  // namespace smoe::inline v0::kernels::cpu
