@@ -1,6 +1,7 @@
 #pragma once
 // smoe's CUDA umbrella header: MoELayer<router::TopK, expert::SwiGLU<W>, balance::None, backend::Cuda<Sm>>
-// with W = float or __nv_bfloat16, and the kernels it is built from. Include it from .cu files only;
+// with W = float or __nv_bfloat16, the kernels it is built from, and routing kernels for the other
+// routers (null experts, ReLU, top-p, expert choice, Sinkhorn). Include it from .cu files only;
 // the CPU umbrella (smoe/smoe.hpp) never pulls it, and it pulls neither Eigen nor xsimd. docs/cuda.md
 // has the design, the build and the usage.
 
@@ -15,4 +16,6 @@
 #include "smoe/kernels/cuda/grouped_swiglu.cuh"
 #include "smoe/kernels/cuda/moe_layer.cuh"
 #include "smoe/kernels/cuda/plan.cuh"
+#include "smoe/kernels/cuda/routing_batch.cuh"
+#include "smoe/kernels/cuda/routing_rows.cuh"
 #include "smoe/kernels/cuda/routing_topk.cuh"

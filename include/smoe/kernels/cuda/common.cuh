@@ -69,6 +69,28 @@ __device__ __forceinline__ void warp_argmax(float& v, int& id) {
     }
 }
 
+// A token-major row (routing.md §1): the n selections (sw[i], sid[i]) in shared memory written ordered by
+// weight descending, ties to the lower id, then -1 / 0 up to `width` columns. Each selection's
+// column is the number of selections ranked before it, so no two collide and no sort is needed;
+// O(n² / 32) per warp, nothing for the k <= 8 of real models. Call with the whole warp, after a
+// __syncwarp that publishes sw and sid.
+__device__ __forceinline__ void warp_write_ranked(float const* sw, int const* sid, int n, std::int32_t* ids_row,
+                                                  float* w_row, int width) {
+    int const lane = threadIdx.x & 31;
+    for (int j = lane; j < n; j += 32) {
+        float const wj = sw[j];
+        int const ij = sid[j];
+        int rank = 0;
+        for (int i = 0; i < n; ++i) rank += ranks_before(sw[i], sid[i], wj, ij) ? 1 : 0;
+        ids_row[rank] = ij;
+        w_row[rank] = wj;
+    }
+    for (int j = n + lane; j < width; j += 32) {
+        ids_row[j] = -1;
+        w_row[j] = 0.0f;
+    }
+}
+
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace smoe::inline v0::kernels::cuda

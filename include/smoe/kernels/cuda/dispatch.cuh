@@ -26,15 +26,20 @@ namespace smoe::inline v0::kernels::cuda {
 
 inline constexpr int kDispatchThreads = 256;
 
+// Every kernel of these headers is a template (here on its block size), because a non-template
+// __global__ function defined in a header is a multiple definition once two translation units
+// include it.
+
 // counts[e] = number of slots with id e; block 0 also marks the slots no expert computes (padding -1,
 // null experts >= E) in slot_rows, which expert_place_kernel never writes.
-__global__ void expert_count_kernel(std::int32_t const* __restrict__ ids, int n, int experts,
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) expert_count_kernel(std::int32_t const* __restrict__ ids, int n, int experts,
                                     std::int32_t* __restrict__ counts, std::int32_t* __restrict__ slot_rows) {
-    using Reduce = cub::BlockReduce<int, kDispatchThreads>;
+    using Reduce = cub::BlockReduce<int, kThreads>;
     __shared__ typename Reduce::TempStorage tmp;
     int const e = blockIdx.x;
     int c = 0;
-    for (int s = threadIdx.x; s < n; s += kDispatchThreads) {
+    for (int s = threadIdx.x; s < n; s += kThreads) {
         int const id = ids[s];
         c += id == e ? 1 : 0;
         if (e == 0 && (id < 0 || id >= experts)) slot_rows[s] = -1;
@@ -43,14 +48,15 @@ __global__ void expert_count_kernel(std::int32_t const* __restrict__ ids, int n,
     if (threadIdx.x == 0) counts[e] = total;
 }
 
-__global__ void expert_schedule_kernel(std::int32_t const* __restrict__ counts, int experts, int tile,
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) expert_schedule_kernel(std::int32_t const* __restrict__ counts, int experts, int tile,
                                        std::int32_t* __restrict__ offsets, std::int32_t* __restrict__ padded_offsets,
                                        std::int32_t* __restrict__ tile_expert, std::int32_t* __restrict__ tile_row0,
                                        std::int32_t* __restrict__ active, std::int32_t* __restrict__ counters) {
-    using Scan = cub::BlockScan<int, kDispatchThreads>;
+    using Scan = cub::BlockScan<int, kThreads>;
     __shared__ typename Scan::TempStorage tmp;
     int rows = 0, tiles = 0, nonempty = 0;  // running totals of the chunks before this one
-    for (int base = 0; base < experts; base += kDispatchThreads) {
+    for (int base = 0; base < experts; base += kThreads) {
         int const e = base + static_cast<int>(threadIdx.x);
         int const c = e < experts ? counts[e] : 0;
         int const t = (c + tile - 1) / tile;
@@ -82,15 +88,16 @@ __global__ void expert_schedule_kernel(std::int32_t const* __restrict__ counts, 
     }
 }
 
-__global__ void expert_place_kernel(std::int32_t const* __restrict__ ids, float const* __restrict__ w, int n, int K,
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) expert_place_kernel(std::int32_t const* __restrict__ ids, float const* __restrict__ w, int n, int K,
                                     std::int32_t const* __restrict__ offsets, std::int32_t* __restrict__ token_ids,
                                     float* __restrict__ weights, std::int32_t* __restrict__ slots,
                                     std::int32_t* __restrict__ slot_rows) {
-    using Scan = cub::BlockScan<int, kDispatchThreads>;
+    using Scan = cub::BlockScan<int, kThreads>;
     __shared__ typename Scan::TempStorage tmp;
     int const e = blockIdx.x;
     int next = offsets[e];
-    for (int base = 0; base < n; base += kDispatchThreads) {
+    for (int base = 0; base < n; base += kThreads) {
         int const s = base + static_cast<int>(threadIdx.x);
         int const hit = s < n && ids[s] == e ? 1 : 0;
         int rank, chunk;
@@ -112,16 +119,16 @@ template <class H>
 void launch_dispatch(LayerBuffers<H> const& b, std::int32_t const* ids, float const* w, std::int64_t T, std::int64_t K,
                      std::int64_t E, cudaStream_t stream) {
     int const n = static_cast<int>(T * K);
-    expert_count_kernel<<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(ids, n, static_cast<int>(E),
+    expert_count_kernel<kDispatchThreads><<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(ids, n, static_cast<int>(E),
                                                                                    b.counts.data(), b.slot_rows.data());
     check_launch("expert_count_kernel");
-    expert_schedule_kernel<<<1, kDispatchThreads, 0, stream>>>(b.counts.data(), static_cast<int>(E), kTileM,
+    expert_schedule_kernel<kDispatchThreads><<<1, kDispatchThreads, 0, stream>>>(b.counts.data(), static_cast<int>(E), kTileM,
                                                                b.offsets.data(), b.padded_offsets.data(),
                                                                b.tile_expert.data(), b.tile_row0.data(),
                                                                b.active.data(), b.counters.data());
     check_launch("expert_schedule_kernel");
     if (n == 0) return;
-    expert_place_kernel<<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(
+    expert_place_kernel<kDispatchThreads><<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(
         ids, w, n, static_cast<int>(K), b.offsets.data(), b.token_ids.data(), b.weights.data(), b.slots.data(),
         b.slot_rows.data());
     check_launch("expert_place_kernel");

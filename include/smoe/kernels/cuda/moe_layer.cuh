@@ -72,7 +72,7 @@ struct DeviceRouting {
     std::int32_t const* slots = nullptr;       // [nnz] token-major slot of each CSR row
     std::int32_t const* expert_ids = nullptr;  // [T, K]
     float const* expert_weights = nullptr;     // [T, K]
-    float const* logits = nullptr;             // [T, E] the gate projection routed on
+    float const* logits = nullptr;             // [T, E] the gate projection routed on (null from forward_routed)
     // Rows with a non-finite logit: routed nowhere (zero output). The CPU router throws instead; a
     // kernel cannot without a host synchronisation, so the caller checks this after the stream.
     std::int32_t const* nonfinite_rows = nullptr;
@@ -195,7 +195,9 @@ public:
         auto const b = kernels::cuda::carve_layer<value_type>(ws, dims(T));
         start(b, stream);
         run(x, y, b, expert_ids, expert_weights, T, stream);
-        return routing(b, expert_ids, expert_weights, T);
+        cuda::DeviceRouting r = routing(b, expert_ids, expert_weights, T);
+        r.logits = nullptr;  // nothing was projected or routed
+        return r;
     }
 
 private:

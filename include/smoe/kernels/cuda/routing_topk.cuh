@@ -48,7 +48,10 @@ struct TopKParams {
 inline constexpr int kRoutingWarps = 4;
 inline constexpr std::size_t kRoutingSmemLimit = 48 * 1024;  // no opt-in attribute needed below this
 
-__global__ void topk_route_kernel(float const* __restrict__ logits, std::int64_t ld, int tokens,
+// A template (on the warps per block, its launch bound) so that several translation units can include
+// this header: a non-template __global__ function here would be defined in each.
+template <int kMaxWarps>
+__global__ void __launch_bounds__(32 * kMaxWarps) topk_route_kernel(float const* __restrict__ logits, std::int64_t ld, int tokens,
                                   float const* __restrict__ bias, TopKParams p, std::int32_t* __restrict__ out_ids,
                                   float* __restrict__ out_w, std::int64_t out_ld, std::int32_t* __restrict__ nonfinite) {
     extern __shared__ float smem[];
@@ -187,16 +190,7 @@ __global__ void topk_route_kernel(float const* __restrict__ logits, std::int64_t
     }
     __syncwarp();
 
-    // The row ordered by final weight, ties to the lower id: each selection's rank is the number of
-    // selections that come before it, so no two land on the same column.
-    for (int j = lane; j < k; j += 32) {
-        float const wj = sw[j];
-        int const ij = sid[j];
-        int rank = 0;
-        for (int i = 0; i < k; ++i) rank += ranks_before(sw[i], sid[i], wj, ij) ? 1 : 0;
-        ids_row[rank] = ij;
-        w_row[rank] = wj;
-    }
+    warp_write_ranked(sw, sid, k, ids_row, w_row, k);
 }
 
 // Launches the kernel on stream; logits [tokens, ld >= E], bias [E] or null, out [tokens, out_ld >= k].
@@ -210,7 +204,7 @@ inline void launch_topk_route(TopKParams const& p, float const* logits, std::int
     int warps = static_cast<int>(kRoutingSmemLimit / per_warp);
     warps = warps < 1 ? 1 : (warps > kRoutingWarps ? kRoutingWarps : warps);
     auto const blocks = static_cast<unsigned>(ceil_div(tokens, warps));
-    topk_route_kernel<<<blocks, 32 * warps, per_warp * static_cast<std::size_t>(warps), stream>>>(
+    topk_route_kernel<kRoutingWarps><<<blocks, 32 * warps, per_warp * static_cast<std::size_t>(warps), stream>>>(
         logits, ld, static_cast<int>(tokens), bias, p, out_ids, out_w, out_ld, nonfinite);
     check_launch("topk_route_kernel");
 }
