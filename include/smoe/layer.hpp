@@ -29,6 +29,7 @@
 #include "smoe/concepts.hpp"
 #include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"
+#include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/combine.hpp"
@@ -70,6 +71,18 @@ struct arch_of {
 template <class B>
 struct arch_of<B, std::void_t<typename B::arch>> {
     using type = typename B::arch;
+};
+
+// An expert whose run splits into two phases over independent weight panels (expert::SwiGLU): the
+// layer then spreads (expert, panel range) items of every touched expert over its thread pool.
+template <class X, class Arch>
+concept PhasedExpert = requires(X const& x, Arch a, std::int64_t n, MatrixView<float const> in, MatrixView<float> out,
+                                std::span<float const> w) {
+    { x.gate_up_panels() } -> std::convertible_to<std::int64_t>;
+    { x.down_panels() } -> std::convertible_to<std::int64_t>;
+    { x.hidden_stride() } -> std::convertible_to<std::int64_t>;
+    x.run_gate_up(a, n, in, out, n, n);
+    x.run_down(a, n, in, w, out, n, n);
 };
 
 // A balancer that owns the router's selection bias (LossFreeBias).
@@ -164,6 +177,13 @@ public:
     std::int64_t hidden_size() const { return expert_.hidden_size(); }
     std::int64_t num_experts() const { return router_.num_experts(); }
 
+    // Expert work goes to `pool` (smoe::ThreadPool: parallel_for(n, fn)) from the next call on; the
+    // pool must outlive the layer or the next set_thread_pool. Results are the same bits with or
+    // without a pool, whatever its size. Without one (the default) everything runs on the caller.
+    template <ThreadPool P>
+    void set_thread_pool(P& pool) { pool_ = PoolRef(pool); }
+    void clear_thread_pool() { pool_ = PoolRef(); }
+
     // Bytes of workspace one call of up to config().max_tokens tokens needs.
     std::size_t workspace_size() const {
         WorkspaceSize size;
@@ -226,6 +246,8 @@ private:
         std::span<float> padded_w;   // its row weights, when padded
         std::span<float> padded_out; // its output rows, when padded
         std::span<float> slot_out;   // [T*K, d] weighted expert outputs in CSR order
+        std::span<float> hidden;     // phased experts: [T*K, hidden_stride] between the two phases
+        std::span<std::int32_t> touched;  // phased experts: ids of the experts that got rows
         Workspace expert_ws;
     };
 
@@ -245,6 +267,10 @@ private:
         b.padded_w = a.template take<float>(pads() ? rows : 0);
         b.padded_out = a.template take<float>(pads() ? rows * d : 0);
         b.slot_out = a.template take<float>(slots * d);
+        if constexpr (detail::PhasedExpert<Expert, arch>) {
+            b.hidden = a.template take<float>(slots * static_cast<std::size_t>(expert_.hidden_stride()));
+            b.touched = a.template take<std::int32_t>(static_cast<std::size_t>(router_.num_experts()));
+        }
         b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
         return b;
     }
@@ -300,7 +326,55 @@ private:
         return r;
     }
 
+    // Phased experts, unpadded routing: four parallel steps, each over items that write disjoint
+    // outputs. (1) gather every dispatched row into slot_out (CSR order); (2) gate/up over (touched
+    // expert, panel range) items into `hidden`; (3) down over (touched expert, panel range) items into
+    // slot_out, which the gathered inputs no longer need; (4) combine over token blocks. An expert
+    // with most of the tokens is split into as many items as one with a single row, so both cores stay
+    // busy; the item split never changes a bit (each output is one fixed-order chain).
+    void run_experts_phased(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
+        std::int64_t const d = expert_.hidden_size(), hs = expert_.hidden_stride(), nnz = r.nnz();
+        MatrixView<float> const slot_out(b.slot_out.data(), nnz, d), hidden(b.hidden.data(), nnz, hs);
+        constexpr std::int64_t kGatherRows = 64, kCombineTokens = 16;
+        pool_.parallel_for((nnz + kGatherRows - 1) / kGatherRows, [&](std::int64_t i) {
+            std::int64_t const r0 = i * kGatherRows, n = std::min(kGatherRows, nnz - r0);
+            kernels::cpu::gather_rows(x, r.token_ids.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(n)), slot_out.block(r0, n));
+        });
+        std::int64_t touched = 0;
+        for (std::int64_t e = 0; e < r.num_experts; ++e)
+            if (r.load(e) > 0) b.touched[static_cast<std::size_t>(touched++)] = static_cast<std::int32_t>(e);
+        // Panel ranges per expert: one per expert on one thread; otherwise 2 per thread, in multiples of
+        // 4 panels (the single-row tile reads 4 panels at once).
+        auto chunk = [&](std::int64_t panels) {
+            std::int64_t const parts = pool_.num_threads() > 1 ? 2 * pool_.num_threads() : 1;
+            return std::max<std::int64_t>(4, ((panels + parts - 1) / parts + 3) / 4 * 4);
+        };
+        auto phase = [&](std::int64_t panels, auto&& body) {
+            std::int64_t const cp = chunk(panels), per = (panels + cp - 1) / cp;
+            pool_.parallel_for(touched * per, [&](std::int64_t i) {
+                std::int64_t const e = b.touched[static_cast<std::size_t>(i / per)], p0 = i % per * cp;
+                body(e, r.offsets[e], r.load(e), p0, std::min(panels, p0 + cp));
+            });
+        };
+        phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+            expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1);
+        });
+        phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+            expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),
+                             r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), p0, p1);
+        });
+        std::int64_t const T = y.rows, K = r.k;
+        pool_.parallel_for((T + kCombineTokens - 1) / kCombineTokens, [&](std::int64_t i) {
+            std::int64_t const t0 = i * kCombineTokens, n = std::min(kCombineTokens, T - t0);
+            kernels::cpu::combine_slots(arch{}, MatrixView<float const>(slot_out),
+                                        b.routing.expert_major.slot_rows.subspan(static_cast<std::size_t>(t0 * K), static_cast<std::size_t>(n * K)), K,
+                                        y.block(t0, n));
+        });
+    }
+
     void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
+        if constexpr (detail::PhasedExpert<Expert, arch>)
+            if (r.padded_rows == 0) return run_experts_phased(x, y, r, b);
         std::int64_t const d = expert_.hidden_size();
         MatrixView<float> const slot_out(b.slot_out.data(), r.nnz(), d);
         for (std::int64_t e = 0; e < r.num_experts; ++e) {
@@ -336,6 +410,7 @@ private:
     Balancer balancer_;
     Weights weights_;
     WorkspaceBuffer buffer_;
+    PoolRef pool_;
 };
 
 }  // namespace smoe::inline v0

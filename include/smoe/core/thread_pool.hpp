@@ -1,0 +1,155 @@
+#pragma once
+// Threads for the layer's expert work. smoe never creates threads behind the caller's back: a layer
+// runs on the calling thread unless it is given a pool (MoELayer::set_thread_pool).
+//
+// The contract is one call, `pool.parallel_for(n, fn)`: run fn(i) once for every i in [0, n), on any
+// threads, in any order, and return when all have finished. fn is a TaskRef (a non-owning reference
+// to the caller's callable; copying it never allocates) and does not throw. An engine passes its own
+// pool by giving it that member; the optional `num_threads()` tells the layer how finely to split.
+//
+// Results never depend on the pool: every work item writes its own outputs, each computed in a fixed
+// order (experts.md §1 rules 2 and 3), so 1, 2 or 16 threads give the same bits.
+//
+//   smoe::DefaultThreadPool pool(2);      // the caller plus one worker
+//   layer.set_thread_pool(pool);
+
+#include <atomic>
+#include <concepts>
+#include <cstdint>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "smoe/core/error.hpp"
+
+namespace smoe::inline v0 {
+
+// A non-owning reference to a callable taking the item index; the callable must outlive the call.
+class TaskRef {
+public:
+    template <class F>
+        requires(!std::is_same_v<std::remove_cvref_t<F>, TaskRef> && std::invocable<F const&, std::int64_t>)
+    TaskRef(F const& f) noexcept  // NOLINT: implicit, as std::function_ref
+        : obj_(&f), call_([](void const* o, std::int64_t i) { (*static_cast<F const*>(o))(i); }) {}
+    void operator()(std::int64_t i) const { call_(obj_, i); }
+
+private:
+    void const* obj_;
+    void (*call_)(void const*, std::int64_t);
+};
+
+template <class P>
+concept ThreadPool = requires(P& p, std::int64_t n, TaskRef fn) { p.parallel_for(n, fn); };
+
+// What a layer keeps of the pool it was given: the pool's address and how to call it.
+class PoolRef {
+public:
+    PoolRef() = default;
+    template <ThreadPool P>
+    explicit PoolRef(P& p)
+        : pool_(&p), run_([](void* q, std::int64_t n, TaskRef fn) { static_cast<P*>(q)->parallel_for(n, fn); }),
+          threads_(threads_of(p)) {}
+
+    void parallel_for(std::int64_t n, TaskRef fn) const {
+        if (pool_ == nullptr || n <= 1) {
+            for (std::int64_t i = 0; i < n; ++i) fn(i);
+        } else {
+            run_(pool_, n, fn);
+        }
+    }
+    std::int64_t num_threads() const { return threads_; }
+
+private:
+    template <class P>
+    static std::int64_t threads_of(P& p) {
+        if constexpr (requires { p.num_threads(); })
+            return std::max<std::int64_t>(1, static_cast<std::int64_t>(p.num_threads()));
+        else
+            return 2;
+    }
+    void* pool_ = nullptr;
+    void (*run_)(void*, std::int64_t, TaskRef) = nullptr;
+    std::int64_t threads_ = 1;
+};
+
+// A small pool: num_threads - 1 workers plus the calling thread, which takes items too. Items are
+// handed out one at a time from an atomic counter, so uneven items balance. A parallel_for call
+// allocates nothing; workers spin briefly for the next call, then sleep on an atomic wait (futex), so
+// an idle pool costs no CPU. One parallel_for at a time per pool (calls from two threads are
+// serialised by the caller).
+class DefaultThreadPool {
+public:
+    explicit DefaultThreadPool(std::int64_t num_threads = std::max(1u, std::thread::hardware_concurrency())) {
+        if (num_threads < 1) smoe::detail::fail("num_threads", num_threads, "at least 1");
+        workers_.reserve(static_cast<std::size_t>(num_threads - 1));
+        for (std::int64_t i = 1; i < num_threads; ++i) workers_.emplace_back([this] { work(); });
+    }
+    DefaultThreadPool(DefaultThreadPool const&) = delete;
+    DefaultThreadPool& operator=(DefaultThreadPool const&) = delete;
+    ~DefaultThreadPool() {
+        stop_.store(true, std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        for (std::thread& t : workers_) t.join();
+    }
+
+    std::int64_t num_threads() const { return static_cast<std::int64_t>(workers_.size()) + 1; }
+
+    void parallel_for(std::int64_t n, TaskRef fn) {
+        if (workers_.empty() || n <= 1) {
+            for (std::int64_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        task_ = &fn;
+        n_ = n;
+        next_.store(0, std::memory_order_relaxed);
+        done_.store(0, std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        drain(fn, n);
+        auto const want = static_cast<std::uint32_t>(workers_.size());
+        for (int spin = 0; done_.load(std::memory_order_acquire) != want; ++spin) {
+            if (spin < kSpins) continue;
+            std::uint32_t const seen = done_.load(std::memory_order_acquire);
+            if (seen != want) done_.wait(seen, std::memory_order_acquire);
+        }
+    }
+
+private:
+    // ~20-50 µs of polling before sleeping: long enough to catch the next call of a layer that runs
+    // back to back (decode), short enough not to steal a core from other work for long.
+    static constexpr int kSpins = 1 << 14;
+
+    void drain(TaskRef const& fn, std::int64_t n) {
+        for (std::int64_t i = next_.fetch_add(1, std::memory_order_relaxed); i < n; i = next_.fetch_add(1, std::memory_order_relaxed))
+            fn(i);
+    }
+
+    void work() {
+        std::uint64_t seen = 0;
+        for (;;) {
+            std::uint64_t g = generation_.load(std::memory_order_acquire);
+            for (int spin = 0; g == seen; ++spin) {
+                if (spin >= kSpins) generation_.wait(g, std::memory_order_acquire);
+                g = generation_.load(std::memory_order_acquire);
+            }
+            seen = g;
+            if (stop_.load(std::memory_order_relaxed)) return;
+            drain(*task_, n_);
+            done_.fetch_add(1, std::memory_order_acq_rel);
+            done_.notify_one();
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    TaskRef const* task_ = nullptr;
+    std::int64_t n_ = 0;
+    std::atomic<std::int64_t> next_{0};
+    std::atomic<std::uint32_t> done_{0};
+    std::atomic<std::uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
+};
+
+static_assert(ThreadPool<DefaultThreadPool>);
+
+}  // namespace smoe::inline v0

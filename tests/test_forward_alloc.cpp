@@ -1,0 +1,86 @@
+// forward() allocates nothing (experts.md §1 rule 5, STYLE habit 4), with and without a thread pool,
+// for every weight format. This file replaces the global operator new to count calls, so it is its
+// own executable.
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <random>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "common/data.hpp"
+#include "smoe/smoe.hpp"
+
+namespace {
+std::atomic<long> g_news{0};
+}
+
+void* operator new(std::size_t n) {
+    g_news.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+    g_news.fetch_add(1, std::memory_order_relaxed);
+    std::size_t const al = static_cast<std::size_t>(a);
+    if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+    throw std::bad_alloc();
+}
+// GCC cannot see that every operator new above allocates with malloc and warns on the free.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
+
+using smoe::MatrixView;
+
+TEMPLATE_TEST_CASE("forward allocates nothing, with or without a thread pool", "[layer][alloc]", float, smoe::bf16, std::int8_t) {
+    using W = TestType;
+    using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<W>, smoe::balance::None>;
+    std::mt19937_64 rng(37);
+    std::int64_t const d = 32, f = 24, E = 5, T = 19;
+    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5);
+    auto const x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    std::vector<W> w(std::size_t(E * f * d), W{});
+    std::vector<float> s(std::size_t(E * std::max(f, d)), 0.01f);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        if constexpr (std::is_same_v<W, smoe::bf16>) w[i] = smoe::to_bf16(float(i % 7) * 0.01f);
+        else w[i] = static_cast<W>(int(i % 7) - 3);
+    }
+    smoe::expert::SwiGLUConfig const c{d, f, E};
+    smoe::expert::SwiGLUWeights<W> experts;
+    if constexpr (std::is_same_v<W, std::int8_t>)
+        experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), s.data(), w.data(), s.data(), w.data(), s.data(), c);
+    else
+        experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), w.data(), w.data(), c);
+    Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
+                {MatrixView<float const>(gate.data(), E, d), {}, experts});
+    std::vector<float> y(std::size_t(T * d));
+    smoe::DefaultThreadPool pool(2);
+    {
+        long const before = g_news.load();
+        void* volatile probe = ::operator new(16);  // the counter sees allocations (a direct call is never elided)
+        ::operator delete(probe);
+        REQUIRE(g_news.load() - before == 1);
+    }
+    for (int with_pool = 0; with_pool < 2; ++with_pool) {
+        if (with_pool) layer.set_thread_pool(pool);
+        for (std::int64_t n : {std::int64_t{1}, std::int64_t{7}, T}) {
+            MatrixView<float const> const xv(x.data(), n, d);
+            MatrixView<float> const yv(y.data(), n, d);
+            layer.forward(xv, yv);  // warm-up: the pool's threads are running, nothing is lazily built
+            long const before = g_news.load();
+            layer.forward(xv, yv);
+            layer.forward(xv, yv);
+            long const after = g_news.load();
+            INFO("pool " << with_pool << ", T = " << n);
+            CHECK(after - before == 0);
+        }
+    }
+}
