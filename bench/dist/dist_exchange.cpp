@@ -120,6 +120,12 @@ void run_shape(smoe::dist::MpiCommunicator& mpi, Options const& o, smoe_bench::S
                 {.gate = smoe::MatrixView<float const>(gate.get(), s.E, s.d),
                  .experts = smoe::expert::SwiGLUWeights<float>::dense(w1.get(), w3.get(), w2.get(), ecfg)});
 
+    std::size_t ws = layer.workspace_size();
+    MPI_Allreduce(MPI_IN_PLACE, &ws, 1, MPI_UINT64_T, MPI_MAX, mpi.comm());
+    if (rank == 0)
+        std::printf("# %s at d = %lld, f = %lld, E = %lld, k = %lld: workspace %.1f MB per rank (max_tokens %lld), experts %.0f MB per rank\n",
+                    s.name, static_cast<long long>(s.d), static_cast<long long>(s.f), static_cast<long long>(s.E),
+                    static_cast<long long>(s.k), double(ws) / 1e6, static_cast<long long>(Tmax), 3.0 * double(L * fd) * 4 / 1e6);
     for (std::int64_t T : o.tokens) {
         auto const x = smoe_bench::stream(static_cast<std::size_t>(T * s.d), smoe_bench::kKeyX, smoe_bench::kInputSd,
                                           static_cast<std::uint64_t>(rank * T * s.d));

@@ -1,6 +1,6 @@
 // The sharded layer over MPI, run by ctest under `mpirun -np 2` and `-np 4`: bit-identical to the
-// single-process layer for top-k, top-p, ReLU (the whole batch) and expert choice (each rank's
-// batch), with T = 0 on some ranks, an expert that gets every token, ranks whose experts get nothing
+// single-process layer for top-k, top-p, ReLU, null experts (the whole batch), expert choice and a
+// capacity balancer (each rank's batch), with T = 0 on some ranks, an expert that gets every token, ranks whose experts get nothing
 // or that own no expert; and a rank with bad input makes every rank throw (no rank hangs: ctest's
 // TIMEOUT would fail the run).
 //
@@ -38,8 +38,10 @@ struct MpiSession {
 
 constexpr std::int64_t kD = 21, kF = 10, kMaxTokens = 24;  // d = 21: SIMD tails in every GEMM
 
-template <class Router>
-using Sharded = smoe::dist::MoELayer<Router, smoe::expert::SwiGLU<float>, smoe::balance::None, MpiCommunicator>;
+template <class Router, class Balancer = smoe::balance::None>
+using Sharded = smoe::dist::MoELayer<Router, smoe::expert::SwiGLU<float>, Balancer, MpiCommunicator>;
+template <class Router, class Balancer>
+using Single = smoe::MoELayer<Router, smoe::expert::SwiGLU<float>, Balancer>;
 template <class Router>
 using Model = smoe_test::LayerModel<Router>;
 
@@ -62,23 +64,24 @@ std::vector<std::vector<std::int64_t>> token_patterns(int P) {
     return out;
 }
 
-template <class Router>
-Sharded<Router> make_sharded(MpiCommunicator& comm, Model<Router> const& m, typename Router::Config const& rc,
-                             ExpertPlacement const& pl, smoe_test::LocalExperts const& local) {
-    return Sharded<Router>(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = kMaxTokens},
+template <class Router, class Balancer = smoe::balance::None>
+Sharded<Router, Balancer> make_sharded(MpiCommunicator& comm, Model<Router> const& m, typename Router::Config const& rc,
+                                       ExpertPlacement const& pl, smoe_test::LocalExperts const& local,
+                                       typename Balancer::Config const& bc = {}) {
+    return Sharded<Router, Balancer>(comm, pl, {.router = rc, .expert = local.cfg, .balance = bc, .max_tokens = kMaxTokens},
                            {.gate = MatrixView<float const>(m.gate.data(), m.W, m.d), .expert_bias = m.bias, .experts = local.weights()});
 }
 
 // Every pattern: the sharded forward of this rank's tokens against the single-process layer, on the
-// whole batch or (per_rank_batch) on this rank's tokens alone. Returns the last sharded layer's global
-// statistics check result.
-template <class Router>
+// whole batch or (per_rank_batch) on this rank's tokens alone; the summed statistics too.
+template <class Router, class Balancer = smoe::balance::None>
 void check_bitwise(MpiCommunicator& comm, Model<Router> const& m, typename Router::Config const& rc,
-                   ExpertPlacement const& pl, bool per_rank_batch, std::uint64_t seed) {
+                   ExpertPlacement const& pl, bool per_rank_batch, std::uint64_t seed, typename Balancer::Config const& bc = {}) {
     int const rank = comm.rank(), P = comm.size();
     auto const local = smoe_test::local_experts(m, pl, rank);
-    smoe_test::SwiGLULayer<Router> single({.router = rc, .expert = m.expert_cfg(), .max_tokens = P * kMaxTokens}, m.weights());
-    auto sharded = make_sharded(comm, m, rc, pl, local);
+    Single<Router, Balancer> single({.router = rc, .expert = m.expert_cfg(), .balance = bc, .max_tokens = P * kMaxTokens},
+                                    {.gate = MatrixView<float const>(m.gate.data(), m.W, m.d), .expert_bias = m.bias, .experts = m.experts()});
+    auto sharded = make_sharded<Router, Balancer>(comm, m, rc, pl, local, bc);
     for (auto const& pattern : token_patterns(P)) {
         auto const batch = smoe_test::split_batch(seed++, pattern, kD);
         std::int64_t const T = pattern[static_cast<std::size_t>(rank)];
@@ -162,6 +165,25 @@ TEST_CASE("sharded expert choice equals the single-process layer on each rank's 
     check_bitwise(comm, m, rc, ExpertPlacement::contiguous(8, comm.size()), true, 4000);
 }
 
+TEST_CASE("a capacity balancer drops per rank: equal to the single-process layer on each rank's own tokens", "[dist][mpi][capacity]") {
+    MpiCommunicator comm;
+    std::mt19937_64 rng(108);
+    auto const m = Model<smoe::router::TopK>::random(rng, kD, kF, 8);
+    smoe::router::TopKConfig const rc{.num_experts = 8, .top_k = 2};
+    // Capacity ceil(T k / E) drops slots at most calls; padding and renormalisation change nothing here
+    // but the computed segments and the kept weights, which both layers share.
+    smoe::balance::CapacityConfig const bc{.capacity_factor = 1.0, .pad_to_capacity = true, .renormalize_after_drop = true};
+    auto const pl = ExpertPlacement::contiguous(8, comm.size());
+    check_bitwise<smoe::router::TopK, smoe::balance::Capacity>(comm, m, rc, pl, true, 8000, bc);
+    // The case is not vacuous: with every rank full, slots are dropped.
+    auto sharded = make_sharded<smoe::router::TopK, smoe::balance::Capacity>(comm, m, rc, pl, smoe_test::local_experts(m, pl, comm.rank()), bc);
+    auto const batch = smoe_test::split_batch(8100, token_patterns(comm.size())[4], kD);
+    std::vector<float> y(static_cast<std::size_t>(kMaxTokens * kD));
+    sharded.forward(batch.of(comm.rank()), MatrixView<float>(y.data(), kMaxTokens, kD));
+    auto const g = sharded.global_stats();
+    CHECK(g.global.drop_rate() > 0.0);
+}
+
 TEST_CASE("sharded variable-k routers (top-p, ReLU) equal the single-process layer bit for bit", "[dist][mpi][top_p][relu]") {
     MpiCommunicator comm;
     std::mt19937_64 rng(105);
@@ -169,6 +191,14 @@ TEST_CASE("sharded variable-k routers (top-p, ReLU) equal the single-process lay
     check_bitwise(comm, mp, smoe::router::TopPConfig{.num_experts = 8, .top_p = 0.6f}, ExpertPlacement::contiguous(8, comm.size()), false, 5000);
     auto const mr = Model<smoe::router::ReLU>::random(rng, kD, kF, 8);
     check_bitwise(comm, mr, smoe::router::ReLUConfig{.num_experts = 8}, ExpertPlacement::contiguous(8, comm.size()), false, 6000);
+}
+
+TEST_CASE("sharded null-expert routing (compute-free slots never travel) equals the single-process layer", "[dist][mpi][null_expert]") {
+    MpiCommunicator comm;
+    std::mt19937_64 rng(109);
+    auto const m = Model<smoe::router::NullExpert>::random(rng, kD, kF, 6, 9);  // 6 experts, 3 null logits
+    check_bitwise(comm, m, smoe::router::NullExpertConfig{.num_experts = 6, .num_null_experts = 3, .top_k = 3},
+                  ExpertPlacement::contiguous(6, comm.size()), false, 9000);
 }
 
 TEST_CASE("a rank with bad input makes every rank throw, and the layer stays usable", "[dist][mpi][errors]") {
