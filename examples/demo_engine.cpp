@@ -1,0 +1,281 @@
+// demo_engine: a small host engine around smoe's MoE layers. It builds a model of several MoE
+// layers (by default a random DeepSeek-like model in memory, loaded through the same Hugging Face
+// loader as a real checkpoint; --model DIR loads a real checkpoint folder instead), runs a prefill
+// batch and then token-by-token decode through a residual stream (RMS-normalised input to each
+// layer, y added back), and reports tokens per second, the memory of weights and workspaces, and
+// per-layer per-expert load as a table and a text histogram.
+//
+//   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
+//               [--dtype bf16|f32] [--seed S]
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "smoe/core/bf16.hpp"
+#include "smoe/io/checkpoint.hpp"
+#include "smoe/io/hf_config.hpp"
+#include "smoe/io/hf_moe.hpp"
+#include "smoe/io/tensor_map.hpp"
+
+namespace {
+
+using smoe::io::Dtype;
+using smoe::io::HfMoeLayer;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+    std::optional<std::string> model;
+    std::string shape = "deepseek";
+    std::int64_t layers = 4;
+    bool layers_given = false;
+    std::int64_t prefill = 128;
+    std::int64_t decode = 32;
+    std::string dtype = "bf16";
+    std::uint64_t seed = 1;
+};
+
+[[noreturn]] void usage(std::string const& msg) {
+    std::fprintf(stderr,
+                 "demo_engine: %s\n"
+                 "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
+                 "                   [--dtype bf16|f32] [--seed S]\n",
+                 msg.c_str());
+    std::exit(2);
+}
+
+std::int64_t parse_count(char const* flag, char const* v, std::int64_t min) {
+    char* end = nullptr;
+    long long const x = std::strtoll(v, &end, 10);
+    if (end == v || *end != '\0' || x < min || x > 1'000'000) usage(std::string(flag) + ": '" + v + "' is not a count >= " + std::to_string(min));
+    return x;
+}
+
+Options parse(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string const a = argv[i];
+        auto value = [&]() -> char const* {
+            if (i + 1 >= argc) usage(a + " needs a value");
+            return argv[++i];
+        };
+        if (a == "--model") o.model = value();
+        else if (a == "--shape") o.shape = value();
+        else if (a == "--layers") o.layers = parse_count("--layers", value(), 1), o.layers_given = true;
+        else if (a == "--prefill") o.prefill = parse_count("--prefill", value(), 1);
+        else if (a == "--decode") o.decode = parse_count("--decode", value(), 0);
+        else if (a == "--dtype") o.dtype = value();
+        else if (a == "--seed") o.seed = static_cast<std::uint64_t>(parse_count("--seed", value(), 0));
+        else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
+        else usage("unknown argument '" + a + "'");
+    }
+    if (o.shape != "deepseek" && o.shape != "mixtral") usage("--shape: '" + o.shape + "' is not deepseek or mixtral");
+    if (o.dtype != "bf16" && o.dtype != "f32") usage("--dtype: '" + o.dtype + "' is not bf16 or f32");
+    return o;
+}
+
+// The random model's config, as a Hugging Face config.json would hold it: small enough to build and
+// run in seconds on 2 cores, with the structure of the real thing.
+nlohmann::json random_config(Options const& o) {
+    if (o.shape == "mixtral")
+        return {{"model_type", "mixtral"}, {"hidden_size", 1024}, {"intermediate_size", 3584}, {"num_local_experts", 8},
+                {"num_experts_per_tok", 2}, {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}};
+    return {{"model_type", "deepseek_v3"}, {"hidden_size", 1024}, {"moe_intermediate_size", 512}, {"n_routed_experts", 32},
+            {"num_experts_per_tok", 4}, {"n_shared_experts", 1}, {"n_group", 4}, {"topk_group", 2},
+            {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true}, {"first_k_dense_replace", 0},
+            {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}, {"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
+}
+
+// Uniform(-a, a) weights with a = sqrt(3 / fan_in) (unit-variance outputs), in bf16 or fp32, under the
+// checkpoint's tensor names; a fast generator, since the model has hundreds of millions of weights.
+class RandomModel {
+public:
+    RandomModel(smoe::io::HfMoeConfig const& c, bool bf16, std::uint64_t seed) : cfg_(c), bf16_(bf16), state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+
+    smoe::io::TensorMap build() {
+        smoe::io::TensorMap m("<random model>");
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, E = cfg_.num_experts();
+        for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+            std::string const p = "model.layers." + std::to_string(l) + (cfg_.family == smoe::io::HfFamily::mixtral ? ".block_sparse_moe." : ".mlp.");
+            add(m, p + "gate.weight", {E, d}, d, false);
+            if (cfg_.router.requires_expert_bias) add(m, p + "gate.e_score_correction_bias", {E}, 1000, false);
+            bool const mix = cfg_.family == smoe::io::HfFamily::mixtral;
+            for (std::int64_t e = 0; e < E; ++e) {
+                std::string const q = p + "experts." + std::to_string(e) + ".";
+                add(m, q + (mix ? "w1" : "gate_proj") + ".weight", {f, d}, d, bf16_);
+                add(m, q + (mix ? "w3" : "up_proj") + ".weight", {f, d}, d, bf16_);
+                add(m, q + (mix ? "w2" : "down_proj") + ".weight", {d, f}, f, bf16_);
+            }
+            if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
+                add(m, p + "shared_experts.gate_proj.weight", {fs, d}, d, bf16_);
+                add(m, p + "shared_experts.up_proj.weight", {fs, d}, d, bf16_);
+                add(m, p + "shared_experts.down_proj.weight", {d, fs}, fs, bf16_);
+            }
+        }
+        return m;
+    }
+
+private:
+    float uniform() {  // xorshift64*: fast, and good enough for weights
+        state_ ^= state_ >> 12, state_ ^= state_ << 25, state_ ^= state_ >> 27;
+        return static_cast<float>((state_ * 2685821657736338717ull) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+    }
+    void add(smoe::io::TensorMap& m, std::string name, std::vector<std::int64_t> shape, std::int64_t fan_in, bool bf16) {
+        std::int64_t n = 1;
+        for (auto s : shape) n *= s;
+        float const a = std::sqrt(3.0f / static_cast<float>(fan_in));
+        if (bf16) {
+            std::vector<smoe::bf16> v(static_cast<std::size_t>(n));
+            for (auto& x : v) x = smoe::to_bf16(a * uniform());
+            m.add_values(std::move(name), Dtype::BF16, std::move(shape), std::span<smoe::bf16 const>(v));
+        } else {
+            std::vector<float> v(static_cast<std::size_t>(n));
+            for (auto& x : v) x = a * uniform();
+            m.add_values(std::move(name), Dtype::F32, std::move(shape), std::span<float const>(v));
+        }
+    }
+
+    smoe::io::HfMoeConfig const& cfg_;
+    bool bf16_;
+    std::uint64_t state_;
+};
+
+// In place: each row scaled to unit RMS, as the RMSNorm before a decoder's MLP does.
+void rms_normalize(float const* in, float* out, std::int64_t rows, std::int64_t d) {
+    for (std::int64_t t = 0; t < rows; ++t) {
+        double ss = 0;
+        for (std::int64_t i = 0; i < d; ++i) ss += double(in[t * d + i]) * in[t * d + i];
+        float const s = static_cast<float>(1.0 / std::sqrt(ss / double(d) + 1e-6));
+        for (std::int64_t i = 0; i < d; ++i) out[t * d + i] = in[t * d + i] * s;
+    }
+}
+
+struct Engine {
+    std::vector<HfMoeLayer> layers;
+    std::int64_t d = 0;
+    std::vector<float> normed, out;
+
+    // h [T, d] += moe(rmsnorm(h)) through every layer.
+    void step(std::vector<float>& h, std::int64_t T) {
+        normed.resize(static_cast<std::size_t>(T * d));
+        out.resize(static_cast<std::size_t>(T * d));
+        for (auto& l : layers) {
+            rms_normalize(h.data(), normed.data(), T, d);
+            l.forward(smoe::MatrixView<float const>(normed.data(), T, d), smoe::MatrixView<float>(out.data(), T, d));
+            for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
+        }
+    }
+};
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+void print_load(Engine const& eng) {
+    std::int64_t const E = eng.layers.front().num_experts();
+    std::printf("\ntokens routed to each expert (kept slots, prefill + decode)\n  expert");
+    for (auto const& l : eng.layers) std::printf(" %7s", ("L" + std::to_string(l.layer_index())).c_str());
+    std::printf("\n");
+    for (std::int64_t e = 0; e < E; ++e) {
+        std::printf("  %6lld", static_cast<long long>(e));
+        for (auto const& l : eng.layers) std::printf(" %7llu", static_cast<unsigned long long>(l.stats().cumulative_kept[static_cast<std::size_t>(e)]));
+        std::printf("\n");
+    }
+    // One character per expert, height ∝ load: skew and dead experts show at a glance.
+    static char const* const bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+    std::printf("\nload histogram (one column per expert, 0..%lld left to right; max/mean, dead experts)\n",
+                static_cast<long long>(E - 1));
+    for (auto const& l : eng.layers) {
+        auto const& c = l.stats().cumulative_kept;
+        double const mx = static_cast<double>(*std::max_element(c.begin(), c.end()));
+        double mean = 0;
+        int dead = 0;
+        for (auto v : c) mean += static_cast<double>(v), dead += v == 0;
+        mean /= static_cast<double>(c.size());
+        std::printf("  L%-4lld |", static_cast<long long>(l.layer_index()));
+        for (auto v : c) std::printf("%s", bars[mx > 0 ? static_cast<int>(std::lround(8.0 * static_cast<double>(v) / mx)) : 0]);
+        std::printf("|  max/mean %.2f, dead %d\n", mean > 0 ? mx / mean : 0.0, dead);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options const o = parse(argc, argv);
+    try {
+        Engine eng;
+        auto const t_load = Clock::now();
+        std::string source;
+        smoe::io::HfMoeConfig cfg;
+        HfMoeLayer::Options lo{.max_tokens = o.prefill};
+        if (o.model) {
+            std::filesystem::path const dir = *o.model;
+            cfg = smoe::io::read_hf_config(dir / "config.json");
+            for (auto const& k : cfg.defaulted) std::fprintf(stderr, "demo_engine: config.json lacks %s (family default)\n", k.c_str());
+            auto const ckpt = smoe::io::Checkpoint::open(dir);
+            for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(eng.layers.size()) < o.layers); ++l) {
+                if (!cfg.is_moe_layer(l)) continue;
+                std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
+                eng.layers.push_back(HfMoeLayer::load(cfg, ckpt, l, lo, dir.string()));
+            }
+            std::fprintf(stderr, "\n");
+            source = dir.string();
+        } else {
+            cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
+            auto const weights = RandomModel(cfg, o.dtype == "bf16", o.seed).build();
+            for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) eng.layers.push_back(HfMoeLayer::load(cfg, weights, l, lo, "<random model>"));
+            source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
+        }
+        if (eng.layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
+        double const load_s = seconds_since(t_load);
+        eng.d = cfg.hidden_size;
+        std::int64_t const d = eng.d;
+
+        std::size_t wbytes = 0, wsbytes = 0;
+        for (auto const& l : eng.layers) wbytes += l.weight_bytes(), wsbytes += l.workspace_bytes();
+        std::printf("smoe demo engine: %s\n", source.c_str());
+        std::printf("  %s: %zu MoE layers, d = %lld, E = %lld, k = %lld, expert f = %lld, shared f = %lld, %s expert weights\n",
+                    to_string(cfg.family), eng.layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
+                    static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
+                    static_cast<long long>(cfg.shared_intermediate_size), to_string(eng.layers.front().format()));
+        std::printf("  memory: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s\n",
+                    double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20), static_cast<long long>(o.prefill), load_s);
+
+        // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
+        std::mt19937_64 rng(o.seed);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> h(static_cast<std::size_t>(o.prefill * d));
+        for (auto& v : h) v = nd(rng);
+        auto const t_prefill = Clock::now();
+        eng.step(h, o.prefill);
+        double const prefill_s = seconds_since(t_prefill);
+        std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s,
+                    double(o.prefill) / prefill_s);
+
+        std::vector<float> tok(h.end() - d, h.end());
+        auto const t_decode = Clock::now();
+        for (std::int64_t i = 0; i < o.decode; ++i) {
+            rms_normalize(tok.data(), tok.data(), 1, d);
+            eng.step(tok, 1);
+            if ((i + 1) % 8 == 0 || i + 1 == o.decode)
+                std::fprintf(stderr, "\rdecode %lld/%lld tokens", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
+        }
+        if (o.decode > 0) std::fprintf(stderr, "\n");
+        double const decode_s = seconds_since(t_decode);
+        if (o.decode > 0)
+            std::printf("  decode: %lld tokens in %.3f s = %.1f tokens/s (%.2f ms per token over %zu layers)\n",
+                        static_cast<long long>(o.decode), decode_s, double(o.decode) / decode_s, 1e3 * decode_s / double(o.decode),
+                        eng.layers.size());
+        print_load(eng);
+        return 0;
+    } catch (std::exception const& e) {
+        std::fprintf(stderr, "demo_engine: error: %s\n", e.what());
+        return 1;
+    }
+}

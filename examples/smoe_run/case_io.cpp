@@ -1,0 +1,31 @@
+#include "case_io.hpp"
+
+namespace smoe_run {
+
+Matrix read_matrix(SafetensorsFile const& f, std::string const& name, std::int64_t rows, std::int64_t cols) {
+    Matrix m;
+    m.data = smoe::io::read_f32(f, name, {rows, cols});
+    auto const& t = f.at(name);
+    m.rows = t.shape[0];
+    m.cols = t.shape[1];
+    return m;
+}
+
+std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, std::int64_t n) {
+    return smoe::io::read_f32(f, name, {n});
+}
+
+void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r) {
+    std::int64_t const T = r.num_tokens, K = r.k;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
+    std::vector<float> wts(static_cast<std::size_t>(T * K));
+    for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t j = 0; j < K; ++j) {
+            ids[static_cast<std::size_t>(t * K + j)] = r.expert_ids(t, j);
+            wts[static_cast<std::size_t>(t * K + j)] = r.expert_weights(t, j);
+        }
+    w.add_i32("expert_ids", {T, K}, ids);
+    w.add_f32("expert_weights", {T, K}, wts);
+}
+
+}  // namespace smoe_run

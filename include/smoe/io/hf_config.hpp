@@ -1,0 +1,238 @@
+#pragma once
+// The MoE block of a Hugging Face `config.json` (cases.md "Full-layer configs"): which family, the
+// shapes, the router preset with the file's values, and the shared expert. Untrusted input: a key of
+// the wrong type or range is an error naming the file and the key; a key the family needs and the
+// file lacks takes the default of the family's Hugging Face configuration class and is listed in
+// `defaulted` (the tools print it on stderr).
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "smoe/io/file_error.hpp"
+#include "smoe/router/topk_config.hpp"
+
+namespace smoe::inline v0::io {
+
+enum class HfFamily { mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3 };
+
+inline char const* to_string(HfFamily f) {
+    switch (f) {
+        case HfFamily::mixtral: return "mixtral";
+        case HfFamily::olmoe: return "olmoe";
+        case HfFamily::qwen2_moe: return "qwen2_moe";
+        case HfFamily::deepseek_v2: return "deepseek_v2";
+        case HfFamily::deepseek_v3: return "deepseek_v3";
+    }
+    return "?";
+}
+
+struct HfMoeConfig {
+    HfFamily family = HfFamily::mixtral;
+    std::int64_t hidden_size = 0;           // d
+    std::int64_t intermediate_size = 0;     // f of one routed expert
+    std::int64_t num_hidden_layers = 0;
+    router::TopKConfig router;              // E, k, score, norm, groups, scale
+    std::int64_t shared_intermediate_size = 0;  // 0: no shared expert; n_shared · f for DeepSeek
+    bool shared_gated = false;              // Qwen2-MoE's sigmoid shared_expert_gate
+    // Which decoder layers are MoE layers (the others are dense MLPs and have no router).
+    std::int64_t first_moe_layer = 0;       // DeepSeek first_k_dense_replace
+    std::int64_t moe_layer_freq = 1;        // DeepSeek moe_layer_freq, Qwen2-MoE decoder_sparse_step
+    bool sparse_step_counts_from_one = false;  // Qwen2-MoE: (layer + 1) % decoder_sparse_step == 0
+    std::vector<std::int64_t> dense_layers;    // Qwen2-MoE mlp_only_layers
+    std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
+
+    std::int64_t num_experts() const { return router.num_experts; }
+    std::int64_t top_k() const { return router.top_k; }
+
+    bool is_moe_layer(std::int64_t layer) const {
+        if (layer < 0 || layer >= num_hidden_layers) return false;
+        for (auto l : dense_layers)
+            if (l == layer) return false;
+        if (layer < first_moe_layer) return false;
+        if (sparse_step_counts_from_one) return (layer + 1) % moe_layer_freq == 0;
+        return layer % moe_layer_freq == 0;
+    }
+};
+
+namespace detail {
+
+// Reads keys of one JSON object with their family defaults; `file` names the source in errors.
+class ConfigReader {
+public:
+    ConfigReader(nlohmann::json const& j, std::string file, std::vector<std::string>& defaulted)
+        : j_(j), file_(std::move(file)), defaulted_(defaulted) {}
+
+    bool has(char const* key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+    std::int64_t integer(char const* key, std::optional<std::int64_t> def, std::int64_t min = 1) const {
+        if (!has(key)) return defaulted(key, def, "an integer");
+        auto const& v = j_[key];
+        if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX))
+            file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "an integer");
+        auto const x = v.get<std::int64_t>();
+        if (x < min) file_fail(file_, "key '" + std::string(key) + "'", x, "an integer >= " + std::to_string(min));
+        return x;
+    }
+    double number(char const* key, std::optional<double> def) const {
+        if (!has(key)) return defaulted(key, def, "a number");
+        auto const& v = j_[key];
+        if (!v.is_number()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a number");
+        auto const x = v.get<double>();
+        if (!std::isfinite(x)) file_fail(file_, "key '" + std::string(key) + "'", x, "a finite number");
+        return x;
+    }
+    bool boolean(char const* key, bool def) const {
+        if (!has(key)) return defaulted(key, std::optional<bool>(def), "true or false");
+        auto const& v = j_[key];
+        if (!v.is_boolean()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "true or false");
+        return v.get<bool>();
+    }
+    std::string string(char const* key, std::optional<std::string> def) const {
+        if (!has(key)) return defaulted(key, def, "a string");
+        auto const& v = j_[key];
+        if (!v.is_string()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a string");
+        return v.get<std::string>();
+    }
+    std::vector<std::int64_t> integers(char const* key) const {
+        std::vector<std::int64_t> out;
+        if (!has(key)) return out;
+        auto const& v = j_[key];
+        if (!v.is_array()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a list of integers");
+        for (auto const& e : v) {
+            if (!e.is_number_integer()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a list of integers");
+            out.push_back(e.get<std::int64_t>());
+        }
+        return out;
+    }
+    // The first of several synonymous keys that is present (e.g. num_local_experts / n_routed_experts).
+    char const* first_of(std::initializer_list<char const*> keys) const {
+        for (auto k : keys)
+            if (has(k)) return k;
+        return *keys.begin();
+    }
+    std::string const& file() const { return file_; }
+
+private:
+    template <class T>
+    T defaulted(char const* key, std::optional<T> const& def, char const* what) const {
+        if (!def) file_fail(file_, "key '" + std::string(key) + "'", "missing", std::string(what) + " (the family has no default)");
+        std::ostringstream s;
+        s << key << " = " << std::boolalpha << *def;
+        defaulted_.push_back(s.str());
+        return *def;
+    }
+
+    nlohmann::json const& j_;
+    std::string file_;
+    std::vector<std::string>& defaulted_;
+};
+
+}  // namespace detail
+
+// Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
+// Qwen2MoeConfig, DeepseekV2Config, DeepseekV3Config); routing semantics follow routing.md §2.
+inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
+    if (!j.is_object()) io::detail::file_fail(file, "top level", j.type_name(), "a JSON object (a Hugging Face config)");
+    HfMoeConfig c;
+    detail::ConfigReader r(j, file, c.defaulted);
+    std::string const type = r.string("model_type", std::nullopt);
+    router::TopKConfig& rc = c.router;
+    std::string const act = r.string("hidden_act", std::string("silu"));
+    if (act != "silu")
+        io::detail::file_fail(file, "key 'hidden_act'", act, "\"silu\" (smoe's SwiGLU experts; other activations are not loaded)");
+
+    if (type == "mixtral") {
+        c.family = HfFamily::mixtral;
+        c.hidden_size = r.integer("hidden_size", 4096);
+        c.intermediate_size = r.integer("intermediate_size", 14336);
+        c.num_hidden_layers = r.integer("num_hidden_layers", 32);
+        rc.num_experts = r.integer("num_local_experts", 8);
+        rc.top_k = r.integer("num_experts_per_tok", 2);
+        rc.norm_topk_prob = true;  // Mixtral always renormalises (routing.md §2)
+    } else if (type == "olmoe") {
+        c.family = HfFamily::olmoe;
+        c.hidden_size = r.integer("hidden_size", 2048);
+        c.intermediate_size = r.integer("intermediate_size", 2048);
+        c.num_hidden_layers = r.integer("num_hidden_layers", 16);
+        rc.num_experts = r.integer("num_experts", 64);
+        rc.top_k = r.integer("num_experts_per_tok", 8);
+        rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
+    } else if (type == "qwen2_moe") {
+        c.family = HfFamily::qwen2_moe;
+        c.hidden_size = r.integer("hidden_size", 2048);
+        c.intermediate_size = r.integer("moe_intermediate_size", 1408);
+        c.num_hidden_layers = r.integer("num_hidden_layers", 24);
+        rc.num_experts = r.integer("num_experts", 60);
+        rc.top_k = r.integer("num_experts_per_tok", 4);
+        rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
+        c.shared_intermediate_size = r.integer("shared_expert_intermediate_size", 5632, 0);
+        c.shared_gated = true;
+        c.moe_layer_freq = r.integer("decoder_sparse_step", 1);
+        c.sparse_step_counts_from_one = true;
+        c.dense_layers = r.integers("mlp_only_layers");
+    } else if (type == "deepseek_v2" || type == "deepseek_v3") {
+        bool const v3 = type == "deepseek_v3";
+        c.family = v3 ? HfFamily::deepseek_v3 : HfFamily::deepseek_v2;
+        c.hidden_size = r.integer("hidden_size", v3 ? 7168 : 4096);
+        c.intermediate_size = r.integer("moe_intermediate_size", v3 ? 2048 : 1407);
+        c.num_hidden_layers = r.integer("num_hidden_layers", v3 ? 61 : 30);
+        rc.num_experts = r.integer(r.first_of({"n_routed_experts", "num_local_experts", "num_experts"}), v3 ? 256 : 64);
+        rc.top_k = r.integer("num_experts_per_tok", v3 ? std::optional<std::int64_t>(8) : std::nullopt);
+        c.shared_intermediate_size = c.intermediate_size * r.integer("n_shared_experts", v3 ? 1 : 2, 0);
+        c.first_moe_layer = r.integer("first_k_dense_replace", v3 ? 3 : 0, 0);
+        c.moe_layer_freq = r.integer("moe_layer_freq", 1);
+        rc.routed_scaling_factor = static_cast<float>(r.number("routed_scaling_factor", v3 ? 2.5 : 1.0));
+        if (v3) {
+            std::string const scoring = r.string("scoring_func", std::string("sigmoid"));
+            if (scoring != "sigmoid") io::detail::file_fail(file, "key 'scoring_func'", scoring, "\"sigmoid\" for deepseek_v3");
+            std::string const method = r.string("topk_method", std::string("noaux_tc"));
+            if (method != "noaux_tc") io::detail::file_fail(file, "key 'topk_method'", method, "\"noaux_tc\" for deepseek_v3");
+            rc.score_func = router::ScoreFunc::sigmoid;
+            rc.norm_topk_prob = r.boolean("norm_topk_prob", true);
+            rc.n_group = r.integer("n_group", 8);
+            rc.topk_group = r.integer("topk_group", 4);
+            rc.requires_expert_bias = true;
+        } else {
+            std::string const scoring = r.string("scoring_func", std::string("softmax"));
+            if (scoring != "softmax") io::detail::file_fail(file, "key 'scoring_func'", scoring, "\"softmax\" for deepseek_v2");
+            // routing.md §2: the HF port ignores norm_topk_prob for V2 (every published config has false).
+            std::string const method = r.string("topk_method", std::string("greedy"));
+            if (method == "group_limited_greedy") {
+                rc.n_group = r.integer("n_group", std::nullopt);
+                rc.topk_group = r.integer("topk_group", std::nullopt);
+            } else if (method != "greedy") {
+                io::detail::file_fail(file, "key 'topk_method'", method, "\"greedy\" or \"group_limited_greedy\" for deepseek_v2");
+            }
+        }
+    } else {
+        io::detail::file_fail(file, "key 'model_type'", type, "one of mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3");
+    }
+    try {
+        rc.validate();
+    } catch (smoe::invalid_argument const& e) {
+        throw file_error(file, "router keys", e.argument() + " = " + e.value(), e.expected());
+    }
+    return c;
+}
+
+inline nlohmann::json read_json_file(std::filesystem::path const& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) io::detail::file_fail(path.string(), "file", "unreadable", "a readable JSON file");
+    std::ostringstream s;
+    s << in.rdbuf();
+    nlohmann::json j = nlohmann::json::parse(s.str(), nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) io::detail::file_fail(path.string(), "contents", "not valid JSON", "a JSON document");
+    return j;
+}
+
+inline HfMoeConfig read_hf_config(std::filesystem::path const& path) { return parse_hf_config(read_json_file(path), path.string()); }
+
+}  // namespace smoe::inline v0::io

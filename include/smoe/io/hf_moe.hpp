@@ -1,0 +1,328 @@
+#pragma once
+// smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
+// (cases.md, experts.md §12) into the MoELayer type of its family:
+//
+//   mixtral, olmoe        MoELayer<TopK, SwiGLU<W>, None>
+//   qwen2_moe             MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
+//   deepseek_v2, _v3      MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+//
+// W is the checkpoint's dtype: BF16 experts stay bf16 in memory (W = smoe::bf16), F32 and F16 become
+// fp32 (F16 widened exactly; smoe has no fp16 kernels). Router weights, the shared gate and the
+// DeepSeek-V3 score-correction bias are fp32 (routing is fp32, routing.md §0). Expert tensors are
+// copied once into stacked [E, rows, cols] buffers, since a file stores each expert separately and
+// with any alignment.
+//
+//   auto cfg = smoe::io::read_hf_config(dir / "config.json");
+//   auto ckpt = smoe::io::Checkpoint::open(dir);
+//   smoe::io::HfMoeLayer moe = smoe::io::HfMoeLayer::load(cfg, ckpt, /*layer=*/0, {.max_tokens = 512});
+//   moe.forward(x, y);
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "smoe/core/bf16.hpp"
+#include "smoe/expert/shared.hpp"
+#include "smoe/expert/swiglu.hpp"
+#include "smoe/io/dtype.hpp"
+#include "smoe/io/file_error.hpp"
+#include "smoe/io/hf_config.hpp"
+#include "smoe/io/safetensors.hpp"
+#include "smoe/layer.hpp"
+#include "smoe/router/topk.hpp"
+#include "smoe/balance/none.hpp"
+
+namespace smoe::inline v0::io {
+
+// Anything that finds tensors by name: SafetensorsFile, Checkpoint, TensorMap.
+template <class S>
+concept TensorSource = requires(S const& s, std::string_view name) {
+    { s.find(name) } -> std::convertible_to<TensorInfo const*>;
+};
+
+enum class WeightFormat { f32, bf16 };
+inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "f32" : "bf16"; }
+
+namespace detail {
+
+// Widens or narrows one element of a float tensor; `i` indexes elements, `bytes` may be unaligned.
+inline float load_float(TensorInfo const& t, std::size_t i) {
+    std::byte const* p = t.bytes.data() + i * dtype_size(t.dtype);
+    if (t.dtype == Dtype::F32) {
+        float v;
+        std::memcpy(&v, p, 4);
+        return v;
+    }
+    std::uint16_t b;
+    std::memcpy(&b, p, 2);
+    return t.dtype == Dtype::BF16 ? bf16_to_f32(b) : f16_to_f32(b);
+}
+
+// Copies a float tensor of the expected shape into dst (converting to W); errors name the source,
+// the tensor and the expected shape and dtypes.
+template <class W>
+void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std::int64_t> const& shape, W* dst) {
+    if (t.dtype != Dtype::F32 && t.dtype != Dtype::BF16 && t.dtype != Dtype::F16)
+        file_fail(source, "tensor " + io::detail::quoted(t.name) + " dtype", dtype_name(t.dtype), "F32, BF16 or F16");
+    if (t.shape != shape)
+        file_fail(source, "tensor " + io::detail::quoted(t.name) + " shape", io::shape_text(t.shape),
+                  io::shape_text(shape) + " (from config.json)");
+    auto const n = static_cast<std::size_t>(t.numel());
+    if constexpr (std::is_same_v<W, bf16>) {
+        if (t.dtype == Dtype::BF16) {
+            std::memcpy(dst, t.bytes.data(), n * 2);  // bf16 stays bf16, bit for bit
+            return;
+        }
+        for (std::size_t i = 0; i < n; ++i) dst[i] = to_bf16(load_float(t, i));
+    } else {
+        for (std::size_t i = 0; i < n; ++i) dst[i] = load_float(t, i);
+    }
+}
+
+// Tensor names of one decoder layer (experts.md §12): the on-disk per-expert names and the fused
+// gate_up_proj / down_proj that Hugging Face writes when it re-saves.
+struct HfNames {
+    std::vector<std::string> prefixes;  // tried in order
+    char const* gate_name;              // per-expert gate / up / down projection names
+    char const* up_name;
+    char const* down_name;
+
+    static HfNames of(HfFamily f, std::int64_t layer) {
+        std::string const base = "model.layers." + std::to_string(layer) + ".";
+        if (f == HfFamily::mixtral) return {{base + "block_sparse_moe.", base + "mlp."}, "w1", "w3", "w2"};
+        return {{base + "mlp."}, "gate_proj", "up_proj", "down_proj"};
+    }
+};
+
+}  // namespace detail
+
+class HfMoeLayer {
+public:
+    struct Options {
+        std::int64_t max_tokens = 256;           // the workspace is sized once for this many tokens
+        std::optional<WeightFormat> format;      // default: bf16 when every expert tensor is BF16, else f32
+    };
+
+    template <class W>
+    using Plain = MoELayer<router::TopK, expert::SwiGLU<W>, balance::None>;
+    template <class W>
+    using SharedGated = MoELayer<router::TopK, expert::Shared<expert::SwiGLU<W>, expert::shared_gate::Sigmoid>, balance::None>;
+    template <class W>
+    using SharedPlain = MoELayer<router::TopK, expert::Shared<expert::SwiGLU<W>, expert::shared_gate::None>, balance::None>;
+
+    // `source_name` names the checkpoint in errors (a folder or file path).
+    template <TensorSource S>
+    static HfMoeLayer load(HfMoeConfig const& cfg, S const& src, std::int64_t layer, Options const& opt,
+                           std::string const& source_name) {
+        if (!cfg.is_moe_layer(layer))
+            smoe::detail::fail("layer", layer,
+                               "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " checkpoint (" +
+                                   std::to_string(cfg.num_hidden_layers) + " layers; dense ones have no router)");
+        HfMoeLayer m;
+        m.cfg_ = cfg;
+        m.layer_index_ = layer;
+        m.source_ = source_name;
+        m.locate(src);
+        m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
+        if (m.format_ == WeightFormat::bf16)
+            m.build<bf16>(opt);
+        else
+            m.build<float>(opt);
+        // The source may be closed after loading: forget where its tensors were.
+        m.fused_gate_up_ = m.fused_down_ = nullptr;
+        m.experts_.clear();
+        m.shared_ = {};
+        return m;
+    }
+
+    HfMoeLayer(HfMoeLayer&&) noexcept = default;
+    HfMoeLayer& operator=(HfMoeLayer&&) noexcept = default;
+
+    // x [T, d] -> y [T, d]; T <= max_tokens. The result's views point into the layer's workspace.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) {
+        return std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+    }
+
+    HfMoeConfig const& config() const { return cfg_; }
+    std::int64_t layer_index() const { return layer_index_; }
+    WeightFormat format() const { return format_; }
+    std::int64_t hidden_size() const { return cfg_.hidden_size; }
+    std::int64_t num_experts() const { return cfg_.num_experts(); }
+    LoadStats const& stats() const {
+        return std::visit([](auto const& l) -> LoadStats const& { return l->stats(); }, layer_);
+    }
+    void reset_stats() {
+        std::visit([](auto& l) { l->balancer().reset_stats(); }, layer_);
+    }
+    // Bytes of the weights this layer holds (experts in their format, router and gates in fp32).
+    std::size_t weight_bytes() const {
+        std::size_t n = (gate_.size() + bias_.size() + shared_gate_.size()) * sizeof(float);
+        for (auto const& v : f32_) n += v.size() * sizeof(float);
+        for (auto const& v : bf16_) n += v.size() * sizeof(bf16);
+        return n;
+    }
+    std::size_t workspace_bytes() const {
+        return std::visit([](auto const& l) { return l->workspace_size(); }, layer_);
+    }
+    // The DeepSeek-V3 score-correction bias (empty for the other families).
+    std::span<float const> expert_bias() const { return bias_; }
+
+private:
+    HfMoeLayer() = default;
+
+    enum Slot { w1, w3, w2, s1, s3, s2, kSlots };
+
+    // Where each expert tensor is: per-expert tensors, or the fused ones.
+    template <TensorSource S>
+    void locate(S const& src) {
+        auto const names = detail::HfNames::of(cfg_.family, layer_index_);
+        TensorInfo const* gate = nullptr;
+        for (auto const& p : names.prefixes)
+            if ((gate = src.find(p + "gate.weight"))) {
+                prefix_ = p;
+                break;
+            }
+        if (!gate) missing(names.prefixes.front() + "gate.weight", "the router weight [E, d]");
+        std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        gate_.resize(static_cast<std::size_t>(E * d));
+        detail::copy_tensor(*gate, source_, {E, d}, gate_.data());
+        if (cfg_.router.requires_expert_bias) {
+            auto const* b = find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]");
+            bias_.resize(static_cast<std::size_t>(E));
+            detail::copy_tensor(*b, source_, {E}, bias_.data());
+        }
+
+        all_bf16_ = true;
+        auto note = [&](TensorInfo const* t) {
+            all_bf16_ = all_bf16_ && t->dtype == Dtype::BF16;
+            return t;
+        };
+        if (auto const* gu = src.find(prefix_ + "experts.gate_up_proj")) {
+            fused_gate_up_ = note(gu);
+            fused_down_ = note(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"));
+        } else {
+            experts_.resize(static_cast<std::size_t>(E));
+            for (std::int64_t e = 0; e < E; ++e) {
+                std::string const p = prefix_ + "experts." + std::to_string(e) + ".";
+                auto& t = experts_[static_cast<std::size_t>(e)];
+                t[0] = note(find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]"));
+                t[1] = note(find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]"));
+                t[2] = note(find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]"));
+            }
+        }
+        (void)f;
+        if (cfg_.shared_intermediate_size > 0) {
+            std::string const p = prefix_ + (cfg_.family == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
+            shared_[0] = note(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"));
+            shared_[1] = note(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"));
+            shared_[2] = note(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"));
+            if (cfg_.shared_gated) {
+                auto const* g = find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]");
+                shared_gate_.resize(static_cast<std::size_t>(d));
+                detail::copy_tensor(*g, source_, {1, d}, shared_gate_.data());
+            }
+        }
+    }
+
+    template <class W>
+    void build(Options const& opt) {
+        std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        std::int64_t const fs = cfg_.shared_intermediate_size;
+        auto& store = storage<W>();
+        auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
+        store[w1].resize(sz(E * f * d));
+        store[w3].resize(sz(E * f * d));
+        store[w2].resize(sz(E * d * f));
+        if (fused_gate_up_) {
+            // [E, 2f, d], gate rows first: copy whole, then split into the canonical W1 / W3 stacks.
+            std::vector<W> gu(sz(E * 2 * f * d));
+            detail::copy_tensor(*fused_gate_up_, source_, {E, 2 * f, d}, gu.data());
+            for (std::int64_t e = 0; e < E; ++e) {
+                auto const* src = gu.data() + e * 2 * f * d;
+                std::copy(src, src + f * d, store[w1].data() + e * f * d);
+                std::copy(src + f * d, src + 2 * f * d, store[w3].data() + e * f * d);
+            }
+            detail::copy_tensor(*fused_down_, source_, {E, d, f}, store[w2].data());
+        } else {
+            for (std::int64_t e = 0; e < E; ++e) {
+                auto const& t = experts_[sz(e)];
+                detail::copy_tensor(*t[0], source_, {f, d}, store[w1].data() + e * f * d);
+                detail::copy_tensor(*t[1], source_, {f, d}, store[w3].data() + e * f * d);
+                detail::copy_tensor(*t[2], source_, {d, f}, store[w2].data() + e * d * f);
+            }
+        }
+        expert::SwiGLUConfig const routed{d, f, E};
+        auto const routed_w = expert::SwiGLUWeights<W>::dense(store[w1].data(), store[w3].data(), store[w2].data(), routed);
+        MatrixView<float const> const gate(gate_.data(), E, d);
+        if (fs == 0) {
+            using L = Plain<W>;
+            layer_ = std::make_unique<L>(typename L::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
+                                         typename L::Weights{gate, bias_, routed_w});
+            return;
+        }
+        store[s1].resize(sz(fs * d));
+        store[s3].resize(sz(fs * d));
+        store[s2].resize(sz(d * fs));
+        detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
+        detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
+        detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
+        expert::SwiGLUConfig const shared{d, fs, 1};
+        auto const shared_w = expert::SwiGLUWeights<W>::dense(store[s1].data(), store[s3].data(), store[s2].data(), shared);
+        if (cfg_.shared_gated) {
+            using L = SharedGated<W>;
+            layer_ = std::make_unique<L>(
+                typename L::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                typename L::Weights{gate, bias_, {routed_w, shared_w, MatrixView<float const>(shared_gate_.data(), 1, d)}});
+        } else {
+            using L = SharedPlain<W>;
+            layer_ = std::make_unique<L>(typename L::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                                         typename L::Weights{gate, bias_, {routed_w, shared_w, {}}});
+        }
+    }
+
+    template <class W>
+    std::vector<W> (&storage())[kSlots] {
+        if constexpr (std::is_same_v<W, bf16>)
+            return bf16_;
+        else
+            return f32_;
+    }
+
+    template <TensorSource S>
+    TensorInfo const* find_or_fail(S const& src, std::string const& name, char const* what) const {
+        auto const* t = src.find(name);
+        if (!t) missing(name, what);
+        return t;
+    }
+    [[noreturn]] void missing(std::string const& name, char const* what) const {
+        io::detail::file_fail(source_, "tensor " + io::detail::quoted(name), "missing",
+                  std::string(what) + " of decoder layer " + std::to_string(layer_index_) + " (" + to_string(cfg_.family) + ")");
+    }
+
+    HfMoeConfig cfg_;
+    std::int64_t layer_index_ = 0;
+    std::string source_, prefix_;
+    WeightFormat format_ = WeightFormat::f32;
+    bool all_bf16_ = false;
+    TensorInfo const* fused_gate_up_ = nullptr;
+    TensorInfo const* fused_down_ = nullptr;
+    std::vector<std::array<TensorInfo const*, 3>> experts_;
+    std::array<TensorInfo const*, 3> shared_{};
+
+    std::vector<float> gate_, bias_, shared_gate_;
+    std::vector<float> f32_[kSlots];
+    std::vector<bf16> bf16_[kSlots];
+    std::variant<std::unique_ptr<Plain<float>>, std::unique_ptr<SharedGated<float>>, std::unique_ptr<SharedPlain<float>>,
+                 std::unique_ptr<Plain<bf16>>, std::unique_ptr<SharedGated<bf16>>, std::unique_ptr<SharedPlain<bf16>>>
+        layer_;
+};
+
+}  // namespace smoe::inline v0::io

@@ -1,0 +1,263 @@
+// smoe::io::read_hf_config / HfMoeLayer: Hugging Face configs of the five families, and MoE blocks
+// loaded from checkpoint tensors (held in a TensorMap) against the scalar oracle. The real-module
+// comparisons are the case tests (tests/cases, data from scripts/gen_cases.py).
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "common/data.hpp"
+#include "common/layer_model.hpp"
+#include "smoe/io/hf_config.hpp"
+#include "smoe/io/hf_moe.hpp"
+#include "smoe/io/tensor_map.hpp"
+#include "smoe/kernels/reference/reference.hpp"
+
+using Catch::Matchers::Contains;
+using smoe::MatrixView;
+using smoe::io::Dtype;
+using smoe::io::HfFamily;
+using smoe::io::HfMoeLayer;
+using smoe::io::parse_hf_config;
+using smoe::io::TensorMap;
+using json = nlohmann::json;
+
+namespace {
+
+std::vector<float> rnd(std::mt19937_64& rng, std::int64_t n, double sd) { return smoe_test::normal(rng, static_cast<std::size_t>(n), sd); }
+
+void put(TensorMap& m, std::string name, std::vector<std::int64_t> shape, std::vector<float> const& v, bool bf16 = false) {
+    if (!bf16) return m.add_values(std::move(name), Dtype::F32, std::move(shape), std::span<float const>(v));
+    std::vector<smoe::bf16> b(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) b[i] = smoe::to_bf16(v[i]);
+    m.add_values(std::move(name), Dtype::BF16, std::move(shape), std::span<smoe::bf16 const>(b));
+}
+
+// A small random block of one family: the tensors under their checkpoint names, and the same
+// values (rounded to bf16 when asked) as dense stacks for the oracle.
+struct Block {
+    std::int64_t d, f, E, fs;
+    std::vector<float> gate, bias, w1, w3, w2, s1, s3, s2, sgate;
+
+    static Block random(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t fs, bool bf16) {
+        Block b{d, f, E, fs, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+        auto round = [&](std::vector<float> v) {
+            if (bf16)
+                for (auto& x : v) x = smoe::to_float(smoe::to_bf16(x));
+            return v;
+        };
+        b.gate = rnd(rng, E * d, 0.5);
+        b.bias = rnd(rng, E, 0.1);
+        b.w1 = round(rnd(rng, E * f * d, 0.3));
+        b.w3 = round(rnd(rng, E * f * d, 0.3));
+        b.w2 = round(rnd(rng, E * d * f, 0.3));
+        b.s1 = round(rnd(rng, fs * d, 0.3));
+        b.s3 = round(rnd(rng, fs * d, 0.3));
+        b.s2 = round(rnd(rng, d * fs, 0.3));
+        b.sgate = rnd(rng, d, 0.5);
+        return b;
+    }
+
+    TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
+        TensorMap m;
+        bool const mix = fam == HfFamily::mixtral;
+        std::string const p = "model.layers." + std::to_string(layer) + (mix ? ".block_sparse_moe." : ".mlp.");
+        put(m, p + "gate.weight", {E, d}, gate);
+        if (fam == HfFamily::deepseek_v3) put(m, p + "gate.e_score_correction_bias", {E}, bias);
+        if (fused) {
+            std::vector<float> gu;
+            for (std::int64_t e = 0; e < E; ++e) {
+                gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
+                gu.insert(gu.end(), w3.begin() + e * f * d, w3.begin() + (e + 1) * f * d);
+            }
+            put(m, p + "experts.gate_up_proj", {E, 2 * f, d}, gu, bf16);
+            put(m, p + "experts.down_proj", {E, d, f}, w2, bf16);
+        } else {
+            for (std::int64_t e = 0; e < E; ++e) {
+                std::string const q = p + "experts." + std::to_string(e) + ".";
+                auto slice = [&](std::vector<float> const& v, std::int64_t n) { return std::vector<float>(v.begin() + e * n, v.begin() + (e + 1) * n); };
+                put(m, q + (mix ? "w1" : "gate_proj") + ".weight", {f, d}, slice(w1, f * d), bf16);
+                put(m, q + (mix ? "w3" : "up_proj") + ".weight", {f, d}, slice(w3, f * d), bf16);
+                put(m, q + (mix ? "w2" : "down_proj") + ".weight", {d, f}, slice(w2, d * f), bf16);
+            }
+        }
+        if (fs > 0) {
+            std::string const s = p + (fam == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
+            put(m, s + "gate_proj.weight", {fs, d}, s1, bf16);
+            put(m, s + "up_proj.weight", {fs, d}, s3, bf16);
+            put(m, s + "down_proj.weight", {d, fs}, s2, bf16);
+            if (fam == HfFamily::qwen2_moe) put(m, p + "shared_expert_gate.weight", {1, d}, sgate);
+        }
+        return m;
+    }
+
+    // Oracle: route the fp32 logits (the layer's own gate GEMM), combine in double, add the shared expert.
+    std::vector<double> oracle(smoe::io::HfMoeConfig const& c, std::vector<float> const& x, std::int64_t T) const {
+        std::vector<float> logits(static_cast<std::size_t>(T * E));
+        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, MatrixView<float const>(x.data(), T, d), MatrixView<float const>(gate.data(), E, d),
+                                    MatrixView<float>(logits.data(), T, E));
+        std::span<float const> sel_bias;
+        if (c.router.requires_expert_bias) sel_bias = bias;
+        auto const r = smoe::reference::route_topk(c.router, MatrixView<float const>(logits.data(), T, E), sel_bias);
+        auto const w = smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), {d, f, E});
+        auto y = smoe::reference::combine_swiglu(r.view(), w, MatrixView<float const>(x.data(), T, d));
+        if (fs == 0) return y;
+        auto const sw = smoe::expert::SwiGLUWeights<float>::dense(s1.data(), s3.data(), s2.data(), {d, fs, 1});
+        for (std::int64_t t = 0; t < T; ++t) {
+            double g = 1.0;
+            if (c.shared_gated) {
+                double z = 0;
+                for (std::int64_t i = 0; i < d; ++i) z += double(sgate[i]) * x[t * d + i];
+                g = 1.0 / (1.0 + std::exp(-z));
+            }
+            auto const o = smoe::reference::swiglu_expert(sw, 0, x.data() + t * d);
+            for (std::int64_t i = 0; i < d; ++i) y[t * d + i] += g * o[i];
+        }
+        return y;
+    }
+};
+
+json family_config(HfFamily fam, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t k, std::int64_t fs) {
+    switch (fam) {
+        case HfFamily::mixtral:
+            return {{"model_type", "mixtral"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+                    {"num_experts_per_tok", k}, {"num_hidden_layers", 2}};
+        case HfFamily::olmoe:
+            return {{"model_type", "olmoe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E},
+                    {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"norm_topk_prob", false}};
+        case HfFamily::qwen2_moe:
+            return {{"model_type", "qwen2_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E},
+                    {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"norm_topk_prob", true},
+                    {"shared_expert_intermediate_size", fs}};
+        case HfFamily::deepseek_v2:
+            return {{"model_type", "deepseek_v2"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                    {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"n_shared_experts", fs / f},
+                    {"topk_method", "group_limited_greedy"}, {"n_group", 4}, {"topk_group", 2}, {"routed_scaling_factor", 1.5}};
+        case HfFamily::deepseek_v3:
+            return {{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                    {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"n_shared_experts", fs / f}, {"n_group", 4},
+                    {"topk_group", 2}, {"first_k_dense_replace", 0}, {"routed_scaling_factor", 2.5}};
+    }
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("Hugging Face configs map onto router presets and shared experts", "[hf][config]") {
+    auto const mix = parse_hf_config({{"model_type", "mixtral"}, {"num_hidden_layers", 4}}, "c.json");
+    CHECK(mix.family == HfFamily::mixtral);
+    CHECK(mix.hidden_size == 4096);
+    CHECK(mix.router.norm_topk_prob);
+    CHECK(mix.router.num_experts == 8);
+    CHECK(mix.shared_intermediate_size == 0);
+    CHECK(std::find(mix.defaulted.begin(), mix.defaulted.end(), "hidden_size = 4096") != mix.defaulted.end());
+
+    auto const qwen = parse_hf_config({{"model_type", "qwen2_moe"}, {"decoder_sparse_step", 2}, {"mlp_only_layers", {3}}, {"num_hidden_layers", 8}}, "q.json");
+    CHECK(qwen.shared_gated);
+    CHECK(qwen.shared_intermediate_size == 5632);
+    CHECK(qwen.intermediate_size == 1408);
+    CHECK(!qwen.router.norm_topk_prob);
+    CHECK(!qwen.is_moe_layer(0));
+    CHECK(qwen.is_moe_layer(1));
+    CHECK(!qwen.is_moe_layer(3));  // mlp_only_layers
+    CHECK(qwen.is_moe_layer(5));
+    CHECK(!qwen.is_moe_layer(8));
+
+    auto const v2 = parse_hf_config(family_config(HfFamily::deepseek_v2, 64, 16, 16, 4, 32), "v2.json");
+    CHECK(v2.router.n_group == 4);
+    CHECK(v2.router.topk_group == 2);
+    CHECK(v2.router.routed_scaling_factor == 1.5f);
+    CHECK(v2.shared_intermediate_size == 32);
+    CHECK(!v2.shared_gated);
+
+    auto const v3 = parse_hf_config({{"model_type", "deepseek_v3"}}, "v3.json");
+    CHECK(v3.router.score_func == smoe::router::ScoreFunc::sigmoid);
+    CHECK(v3.router.requires_expert_bias);
+    CHECK(v3.router.norm_topk_prob);
+    CHECK(v3.first_moe_layer == 3);
+    CHECK(!v3.is_moe_layer(2));
+    CHECK(v3.is_moe_layer(3));
+}
+
+TEST_CASE("bad Hugging Face configs name the file and the key", "[hf][config][errors]") {
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "llama"}}, "c.json"), Contains("c.json") && Contains("model_type") && Contains("llama"));
+    CHECK_THROWS_WITH(parse_hf_config({{"hidden_size", 4}}, "c.json"), Contains("model_type") && Contains("missing"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "mixtral"}, {"hidden_act", "gelu"}}, "c.json"), Contains("hidden_act"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "olmoe"}, {"num_experts", "64"}}, "c.json"), Contains("num_experts") && Contains("an integer"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "olmoe"}, {"hidden_size", -3}}, "c.json"), Contains("hidden_size") && Contains(">= 1"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "olmoe"}, {"num_experts", 4}, {"num_experts_per_tok", 5}}, "c.json"),
+                      Contains("top_k") && Contains("c.json"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v2"}}, "c.json"), Contains("num_experts_per_tok") && Contains("no default"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v2"}, {"num_experts_per_tok", 2}, {"topk_method", "group_limited_greedy"}}, "c.json"),
+                      Contains("n_group"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v3"}, {"scoring_func", "softmax"}}, "c.json"), Contains("scoring_func"));
+    CHECK_THROWS_WITH(parse_hf_config(json::array(), "c.json"), Contains("JSON object"));
+}
+
+TEST_CASE("every family loads and matches the oracle, in fp32 and in bf16", "[hf][load]") {
+    std::mt19937_64 rng(21);
+    for (auto fam : {HfFamily::mixtral, HfFamily::olmoe, HfFamily::qwen2_moe, HfFamily::deepseek_v2, HfFamily::deepseek_v3}) {
+        for (bool bf16 : {false, true}) {
+            std::int64_t const d = 40, f = 12, E = 8, k = 2;
+            std::int64_t const fs = fam == HfFamily::qwen2_moe ? 20 : (fam == HfFamily::deepseek_v2 || fam == HfFamily::deepseek_v3) ? 24 : 0;
+            INFO(to_string(fam) << (bf16 ? " bf16" : " f32"));
+            auto const cfg = parse_hf_config(family_config(fam, d, f, E, k, fs), "c.json");
+            Block const b = Block::random(rng, d, f, E, fs, bf16);
+            auto const tensors = b.tensors(fam, 1, bf16);
+            auto moe = HfMoeLayer::load(cfg, tensors, 1, {.max_tokens = 33}, "mem");
+            CHECK(moe.format() == (bf16 ? smoe::io::WeightFormat::bf16 : smoe::io::WeightFormat::f32));
+            for (std::int64_t T : {0, 1, 33}) {
+                auto const x = rnd(rng, T * d, 1.0);
+                std::vector<float> y(static_cast<std::size_t>(T * d));
+                moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+                smoe_test::check_close(y, b.oracle(cfg, x, T), T, d, 2e-5);
+            }
+        }
+    }
+}
+
+TEST_CASE("fused gate_up_proj / down_proj load to the same layer as per-expert tensors", "[hf][load]") {
+    std::mt19937_64 rng(22);
+    std::int64_t const d = 24, f = 10, E = 4, T = 9;
+    auto const cfg = parse_hf_config(family_config(HfFamily::olmoe, d, f, E, 2, 0), "c.json");
+    Block const b = Block::random(rng, d, f, E, 0, false);
+    auto const per = b.tensors(HfFamily::olmoe, 0, false), fused = b.tensors(HfFamily::olmoe, 0, false, true);
+    auto m1 = HfMoeLayer::load(cfg, per, 0, {.max_tokens = T}, "per-expert");
+    auto m2 = HfMoeLayer::load(cfg, fused, 0, {.max_tokens = T}, "fused");
+    auto const x = rnd(rng, T * d, 1.0);
+    std::vector<float> y1(T * d), y2(T * d);
+    m1.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y1.data(), T, d));
+    m2.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y2.data(), T, d));
+    CHECK(y1 == y2);
+}
+
+TEST_CASE("a checkpoint that does not match its config is an error naming the tensor", "[hf][load][errors]") {
+    std::mt19937_64 rng(23);
+    std::int64_t const d = 16, f = 8, E = 4;
+    auto const cfg = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f, E, 2, 12), "c.json");
+    Block const b = Block::random(rng, d, f, E, 12, false);
+    auto const good = b.tensors(HfFamily::qwen2_moe, 0, false);
+    CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 1, {}, "ckpt"), Contains("model.layers.1.mlp.gate.weight") && Contains("missing"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 2, {}, "ckpt"), Contains("layer") && Contains("MoE decoder layer"));
+
+    auto wrong_d = parse_hf_config(family_config(HfFamily::qwen2_moe, d + 1, f, E, 2, 12), "c.json");
+    CHECK_THROWS_WITH(HfMoeLayer::load(wrong_d, good, 0, {}, "ckpt"),
+                      Contains("ckpt") && Contains("gate.weight") && Contains("[4, 16]") && Contains("[4, 17]"));
+    auto wrong_f = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f + 2, E, 2, 12), "c.json");
+    CHECK_THROWS_WITH(HfMoeLayer::load(wrong_f, good, 0, {}, "ckpt"), Contains("experts.0.gate_proj.weight") && Contains("shape"));
+    auto more_experts = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f, E + 4, 2, 12), "c.json");
+    CHECK_THROWS_WITH(HfMoeLayer::load(more_experts, good, 0, {}, "ckpt"), Contains("gate.weight"));
+
+    auto const v3cfg = parse_hf_config(family_config(HfFamily::deepseek_v3, d, f, 2 * E, 2, 8), "c.json");
+    Block const b3 = Block::random(rng, d, f, 2 * E, 8, false);
+    auto v3 = b3.tensors(HfFamily::olmoe, 0, false);  // olmoe names: no shared experts, no bias
+    CHECK_THROWS_WITH(HfMoeLayer::load(v3cfg, v3, 0, {}, "ckpt"), Contains("e_score_correction_bias") && Contains("missing"));
+
+    TensorMap ints;
+    std::vector<std::int32_t> iv(static_cast<std::size_t>(E * d));
+    ints.add_values("model.layers.0.mlp.gate.weight", Dtype::I32, {E, d}, std::span<std::int32_t const>(iv));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cfg, ints, 0, {}, "ckpt"), Contains("dtype") && Contains("I32"));
+}
