@@ -68,6 +68,9 @@ def main():
                                  '"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}', bytes(2)),
         "invalid_metadata": raw('{"__metadata__":{"k":1}}'),
         "invalid_deep": raw('{"w":{"shape":[[[[1]]]]}}'),
+        "invalid_entry_not_object": raw('{"w":[null,true,1.5,"s"]}'),
+        "invalid_extra_field": raw('{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":null}}', bytes(1)),
+        "invalid_offsets_float": raw('{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1e0]}}', bytes(1)),
     }
     for name, data in files.items():
         (OUT / name).write_bytes(data)
