@@ -391,7 +391,7 @@ TEST_CASE("the fp32 CUDA layer matches the oracle within 2e-5 on shapes that are
 TEST_CASE("the bf16 CUDA layer matches the oracle on the same bf16 values within 5e-3", "[cuda][layer][bf16]") {
     std::mt19937_64 rng(2);
     run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 8, .top_k = 2, .norm_topk_prob = true}, 128, 192, 5e-3);
-    run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 6, .top_k = 2}, 40, 72, 5e-3);  // no vector loads
+    run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 6, .top_k = 2}, 36, 70, 5e-3);  // scalar loads (d, f % 8 != 0)
     run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 3, .top_k = 3}, 136, 200, 5e-3);
 }
 

@@ -11,7 +11,8 @@
 //   * tile kernel: a block computes one 64 x 64 tile of one expert. The grid is the host bound
 //     max_m_tiles(T·K, E) x n-tiles; block y reads its (expert, first row) from the device tile
 //     table and exits when y >= the device's tile count, so empty experts cost nothing. bf16 runs
-//     on tensor cores (WMMA 16x16x16, fp32 accumulation) on sm_80+, fp32 on a SIMT 4 x 8 per-thread
+//     on tensor cores (WMMA 16x16x16, fp32 accumulation, two-stage cp.async pipeline) on sm_80+,
+//     fp32 (and bf16 before sm_80) on a SIMT 4 x 8 per-thread
 //     micro-tile.
 //   * small-M kernel (T <= 8, decode): no expert has more than 8 rows, so a GEMV-like kernel is
 //     bandwidth-bound: each warp streams weight rows with 16-byte loads and applies each to all the
@@ -87,9 +88,24 @@ __device__ __forceinline__ void load16(__nv_bfloat16 const* p, float* out) {
     }
 }
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+// Ampere+ asynchronous copies (global -> shared without registers), for the two-stage pipeline.
+__device__ __forceinline__ void cp_async16(void* smem_dst, void const* gmem_src) {
+    unsigned const dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
 // One kTileK-wide slab of kTileM rows into shared memory; rows whose pointer is null, and columns
-// past K, are zero (experts.md §1 rule 4: padded rows are zero inputs).
-template <class T>
+// past K, are zero (experts.md §1 rule 4: padded rows are zero inputs). kAsync: full aligned
+// 16-byte chunks go by cp.async (complete after cp_async_wait and a barrier); the rest by stores.
+template <bool kAsync = false, class T>
 __device__ __forceinline__ void load_slab(T* dst, T const* const* rows, int k0, int K, bool vec) {
     constexpr int V = 16 / static_cast<int>(sizeof(T));
     constexpr int kChunksPerRow = kTileK / V;
@@ -99,6 +115,12 @@ __device__ __forceinline__ void load_slab(T* dst, T const* const* rows, int k0, 
         T const* src = rows[r];
         int const k = k0 + kc;
         if (vec && src != nullptr && k + V <= K) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+            if constexpr (kAsync) {
+                cp_async16(out, src + k);
+                continue;
+            }
+#endif
             *reinterpret_cast<uint4*>(out) = *reinterpret_cast<uint4 const*>(src + k);
         } else {
 #pragma unroll
@@ -110,6 +132,7 @@ __device__ __forceinline__ void load_slab(T* dst, T const* const* rows, int k0, 
 // SIMT micro-kernel: thread (ty, tx) owns rows ty + 16 i and columns tx + 8 j of the 64 x 64 tile.
 template <class T, bool kGated>
 struct SimtCore {
+    static constexpr int kStages = 1;  // loads and compute alternate, one slab in shared memory
     float acc1[4][8] = {}, acc3[kGated ? 4 : 1][kGated ? 8 : 1] = {};
 
     __device__ void step(T const* a_s, T const* b1_s, T const* b3_s) {
@@ -152,6 +175,7 @@ struct SimtCore {
 // type share their element mapping, so SiLU·mul works element-wise on fragments.
 template <bool kGated>
 struct WmmaCore {
+    static constexpr int kStages = 2;  // cp.async fills the next slab while the tensor cores work
     using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
     Acc acc1[2][2], acc3[kGated ? 2 : 1][kGated ? 2 : 1];
 
@@ -233,12 +257,17 @@ __global__ void __launch_bounds__(kTileThreads) grouped_swiglu_tile_kernel(SwiGL
 
     // The fp32 epilogue staging reuses the operand slabs (the K loop ends with a barrier): this keeps
     // the fp32 gated kernel under the 48 KB of static shared memory.
-    constexpr int kOperandBytes = (kGated ? 3 : 2) * kTileM * detail::kLds * static_cast<int>(sizeof(T));
+    using Core = typename detail::CoreFor<T, kGated>::type;
+    constexpr int kStages = Core::kStages;
+    constexpr int kStageElems = (kGated ? 3 : 2) * kTileM * detail::kLds;  // A, B1 (, B3) of one slab
+    constexpr int kOperandBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
     constexpr int kStagingBytes = kTileM * detail::kLdc * static_cast<int>(sizeof(float));
     __shared__ __align__(32) unsigned char smem[kOperandBytes > kStagingBytes ? kOperandBytes : kStagingBytes];
-    T* const a_s = reinterpret_cast<T*>(smem);
-    T* const b1_s = a_s + kTileM * detail::kLds;
-    T* const b3_s = b1_s + kTileN * detail::kLds;  // used by the gated kernel only
+    // Stage s holds A at +0, B1 at +64 rows, B3 at +128 rows (each 64 x kLds); every offset is a
+    // multiple of 32 bytes, as WMMA loads require.
+    auto const a_s = [&](int stage) { return reinterpret_cast<T*>(smem) + stage * kStageElems; };
+    auto const b1_s = [&](int stage) { return a_s(stage) + kTileM * detail::kLds; };
+    auto const b3_s = [&](int stage) { return b1_s(stage) + kTileN * detail::kLds; };  // gated only
     float* const c_s = reinterpret_cast<float*>(smem);
     __shared__ T const* a_rows[kTileM];
     __shared__ T const* b1_rows[kTileN];
@@ -265,14 +294,39 @@ __global__ void __launch_bounds__(kTileThreads) grouped_swiglu_tile_kernel(SwiGL
 
     bool const vec_a = kGated ? p.vec_x : p.vec_h;
     bool const vec_b = kGated ? p.vec_w13 : p.vec_w2;
-    typename detail::CoreFor<T, kGated>::type core;
-    for (int k0 = 0; k0 < K; k0 += kTileK) {
-        detail::load_slab(a_s, a_rows, k0, K, vec_a);
-        detail::load_slab(b1_s, b1_rows, k0, K, vec_b);
-        if constexpr (kGated) detail::load_slab(b3_s, b3_rows, k0, K, vec_b);
-        __syncthreads();
-        core.step(a_s, b1_s, b3_s);
-        __syncthreads();
+    Core core;
+    if constexpr (kStages == 2) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+        // Two-stage pipeline: slab i + 1 is in flight while slab i is multiplied. One commit group
+        // per iteration (empty at the end) keeps wait_group<1> meaning "slab i has landed"; the
+        // barrier after the step keeps the next load from overwriting a stage still being read.
+        auto const load = [&](int slab, int stage) {
+            int const k0 = slab * kTileK;
+            detail::load_slab<true>(a_s(stage), a_rows, k0, K, vec_a);
+            detail::load_slab<true>(b1_s(stage), b1_rows, k0, K, vec_b);
+            if constexpr (kGated) detail::load_slab<true>(b3_s(stage), b3_rows, k0, K, vec_b);
+        };
+        int const slabs = (K + kTileK - 1) / kTileK;
+        load(0, 0);
+        detail::cp_async_commit();
+        for (int i = 0; i < slabs; ++i) {
+            if (i + 1 < slabs) load(i + 1, (i + 1) & 1);
+            detail::cp_async_commit();
+            detail::cp_async_wait<1>();
+            __syncthreads();
+            core.step(a_s(i & 1), b1_s(i & 1), b3_s(i & 1));
+            __syncthreads();
+        }
+#endif
+    } else {
+        for (int k0 = 0; k0 < K; k0 += kTileK) {
+            detail::load_slab(a_s(0), a_rows, k0, K, vec_a);
+            detail::load_slab(b1_s(0), b1_rows, k0, K, vec_b);
+            if constexpr (kGated) detail::load_slab(b3_s(0), b3_rows, k0, K, vec_b);
+            __syncthreads();
+            core.step(a_s(0), b1_s(0), b3_s(0));
+            __syncthreads();
+        }
     }
     core.finish(c_s);
     __syncthreads();
