@@ -6,7 +6,7 @@
 // per-layer per-expert load as a table and a text histogram.
 //
 //   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
-//               [--dtype bf16|f32] [--seed S]
+//               [--dtype bf16|f32|int8] [--threads N] [--seed S]
 
 #include <algorithm>
 #include <chrono>
@@ -40,6 +40,7 @@ struct Options {
     std::int64_t prefill = 128;
     std::int64_t decode = 32;
     std::string dtype = "bf16";
+    std::int64_t threads = 2;
     std::uint64_t seed = 1;
 };
 
@@ -47,7 +48,7 @@ struct Options {
     std::fprintf(stderr,
                  "demo_engine: %s\n"
                  "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
-                 "                   [--dtype bf16|f32] [--seed S]\n",
+                 "                   [--dtype bf16|f32|int8] [--threads N] [--seed S]\n",
                  msg.c_str());
     std::exit(2);
 }
@@ -73,12 +74,13 @@ Options parse(int argc, char** argv) {
         else if (a == "--prefill") o.prefill = parse_count("--prefill", value(), 1);
         else if (a == "--decode") o.decode = parse_count("--decode", value(), 0);
         else if (a == "--dtype") o.dtype = value();
+        else if (a == "--threads") o.threads = parse_count("--threads", value(), 1);
         else if (a == "--seed") o.seed = static_cast<std::uint64_t>(parse_count("--seed", value(), 0));
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
         else usage("unknown argument '" + a + "'");
     }
     if (o.shape != "deepseek" && o.shape != "mixtral") usage("--shape: '" + o.shape + "' is not deepseek or mixtral");
-    if (o.dtype != "bf16" && o.dtype != "f32") usage("--dtype: '" + o.dtype + "' is not bf16 or f32");
+    if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "int8") usage("--dtype: '" + o.dtype + "' is not bf16, f32 or int8");
     return o;
 }
 
@@ -214,6 +216,9 @@ int main(int argc, char** argv) {
         std::string source;
         smoe::io::HfMoeConfig cfg;
         HfMoeLayer::Options lo{.max_tokens = o.prefill};
+        // A real checkpoint keeps its dtype unless --dtype says otherwise; int8 is quantised at load.
+        if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
+        if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
         if (o.model) {
             std::filesystem::path const dir = *o.model;
             cfg = smoe::io::read_hf_config(dir / "config.json");
@@ -228,12 +233,14 @@ int main(int argc, char** argv) {
             source = dir.string();
         } else {
             cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
-            auto const weights = RandomModel(cfg, o.dtype == "bf16", o.seed).build();
+            auto const weights = RandomModel(cfg, o.dtype != "f32", o.seed).build();
             for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) eng.layers.push_back(HfMoeLayer::load(cfg, weights, l, lo, "<random model>"));
             source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
         }
         if (eng.layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
         double const load_s = seconds_since(t_load);
+        smoe::DefaultThreadPool pool(o.threads);
+        for (auto& l : eng.layers) l.set_thread_pool(pool);
         eng.d = cfg.hidden_size;
         std::int64_t const d = eng.d;
 
@@ -244,8 +251,9 @@ int main(int argc, char** argv) {
                     to_string(cfg.family), eng.layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
                     static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
                     static_cast<long long>(cfg.shared_intermediate_size), to_string(eng.layers.front().format()));
-        std::printf("  memory: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s\n",
-                    double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20), static_cast<long long>(o.prefill), load_s);
+        std::printf("  memory: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s; %lld threads\n",
+                    double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20), static_cast<long long>(o.prefill), load_s,
+                    static_cast<long long>(o.threads));
 
         // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
         std::mt19937_64 rng(o.seed);

@@ -219,6 +219,26 @@ TEST_CASE("every family loads and matches the oracle, in fp32 and in bf16", "[hf
     }
 }
 
+TEST_CASE("int8 quantised at load stays within the sanity bound of experts.md section 9", "[hf][load][int8]") {
+    std::mt19937_64 rng(24);
+    for (auto fam : {HfFamily::olmoe, HfFamily::qwen2_moe, HfFamily::deepseek_v3}) {
+        std::int64_t const d = 48, f = 20, E = 8, fs = fam == HfFamily::olmoe ? 0 : 20, T = 17;
+        INFO(to_string(fam));
+        auto const cfg = parse_hf_config(family_config(fam, d, f, E, 2, fs), "c.json");
+        Block const b = Block::random(rng, d, f, E, fs, false);
+        auto const tensors = b.tensors(fam, 0, false);
+        auto moe = HfMoeLayer::load(cfg, tensors, 0, {.max_tokens = T, .format = smoe::io::WeightFormat::int8}, "mem");
+        CHECK(moe.format() == smoe::io::WeightFormat::int8);
+        auto const x = rnd(rng, T * d, 1.0);
+        std::vector<float> y(static_cast<std::size_t>(T * d));
+        auto const r = moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+        smoe_test::check_close(y, b.oracle(cfg, x, T), T, d, 5e-2);
+        CHECK(r.k == 2);
+        // 1 byte per expert weight (+ scales) instead of 4.
+        CHECK(moe.weight_bytes() < static_cast<std::size_t>(3 * E * f * d + 3 * fs * d) * 2);
+    }
+}
+
 TEST_CASE("fused gate_up_proj / down_proj load to the same layer as per-expert tensors", "[hf][load]") {
     std::mt19937_64 rng(22);
     std::int64_t const d = 24, f = 10, E = 4, T = 9;

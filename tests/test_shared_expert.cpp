@@ -130,3 +130,22 @@ TEST_CASE("Shared rejects a shared expert that is not one expert, a wrong gate, 
     auto const wrong_d = smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w1.data(), w2.data(), {9, 5, 1});
     CHECK_THROWS_WITH(Plain({m.expert_cfg(), {9, 5, 1}}, {m.experts(), wrong_d, {}}), Contains("shared.hidden_size"));
 }
+
+TEST_CASE("a layer with a shared expert gives the same bits with and without a thread pool", "[shared][threads]") {
+    std::mt19937_64 rng(15);
+    std::int64_t const d = 72, E = 8, T = 150;
+    Model const m = Model::random(rng, d, 40, E);
+    SharedModel const s = random_shared(rng, d, 56);
+    using L = SharedLayer<smoe::expert::shared_gate::Sigmoid>;
+    L::Config const cfg{.router = {.num_experts = E, .top_k = 2}, .expert = {m.expert_cfg(), s.cfg(d)}, .max_tokens = T};
+    L::Weights const w{MatrixView<float const>(m.gate.data(), E, d), {}, {m.experts(), s.weights(d), MatrixView<float const>(s.gate.data(), 1, d)}};
+    L serial(cfg, w), threaded(cfg, w);
+    smoe::DefaultThreadPool pool(2);
+    threaded.set_thread_pool(pool);
+    auto const x = smoe_test::normal(rng, static_cast<std::size_t>(T * d), 1.0);
+    std::vector<float> y1(T * d), y2(T * d);
+    serial.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y1.data(), T, d));
+    threaded.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y2.data(), T, d));
+    CHECK(y1 == y2);
+    CHECK(serial.experts().packed_bytes() > 0);
+}

@@ -319,9 +319,9 @@ private:
                                                         detail::score_func_of(router_));
         run_experts(x, y, r, b);
         // Shared experts (expert::Shared) see every token and come after the routed sum (rule 2).
-        if constexpr (requires(Workspace& w) { expert_.run_shared(arch{}, x, y, w); }) {
+        if constexpr (requires(Workspace& w) { expert_.run_shared(arch{}, x, y, w, pool_); }) {
             Workspace ews = b.expert_ws;
-            expert_.run_shared(arch{}, x, y, ews);
+            expert_.run_shared(arch{}, x, y, ews, pool_);
         }
         return r;
     }

@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/gemm_nt.hpp"
@@ -88,10 +89,49 @@ public:
         routed_.run(arch, e, rows_in, row_w, slot_out, ws);
     }
 
-    // y[t] += g(x_t) · f^sh(x_t) for every token, in blocks of kRowBlock rows. The workspace is the
-    // one the layer sized with workspace_size(rows) for rows >= x.rows.
+    // The routed experts' two phases, when Inner has them (expert::SwiGLU): MoELayer then spreads
+    // (expert, panel range) items over its thread pool.
+    std::int64_t gate_up_panels() const
+        requires requires(Inner const& i) { i.gate_up_panels(); }
+    {
+        return routed_.gate_up_panels();
+    }
+    std::int64_t down_panels() const
+        requires requires(Inner const& i) { i.down_panels(); }
+    {
+        return routed_.down_panels();
+    }
+    std::int64_t hidden_stride() const
+        requires requires(Inner const& i) { i.hidden_stride(); }
+    {
+        return routed_.hidden_stride();
+    }
     template <class Arch>
-    void run_shared(Arch arch, MatrixView<float const> x, MatrixView<float> y, Workspace& ws) const {
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const
+        requires requires(Inner const& i) { i.run_gate_up(arch, e, x, h, p0, p1); }
+    {
+        routed_.run_gate_up(arch, e, x, h, p0, p1);
+    }
+    template <class Arch>
+    void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out,
+                  std::int64_t p0, std::int64_t p1) const
+        requires requires(Inner const& i) { i.run_down(arch, e, h, row_w, out, p0, p1); }
+    {
+        routed_.run_down(arch, e, h, row_w, out, p0, p1);
+    }
+    // Bytes of the weights the experts hold (their packed copies where they pack).
+    std::size_t packed_bytes() const
+        requires requires(Inner const& i) { i.packed_bytes(); }
+    {
+        return routed_.packed_bytes() + shared_.packed_bytes();
+    }
+
+    // y[t] += g(x_t) · f^sh(x_t) for every token, in blocks of kRowBlock rows. The workspace is the
+    // one the layer sized with workspace_size(rows) for rows >= x.rows. With a phased Inner, each
+    // block's panels are spread over `pool`; the split never changes a bit (each output is one
+    // fixed-order chain), so the result is the same for any pool.
+    template <class Arch>
+    void run_shared(Arch arch, MatrixView<float const> x, MatrixView<float> y, Workspace& ws, PoolRef const& pool = {}) const {
         std::int64_t const T = x.rows, d = hidden_size();
         if (T == 0) return;
         Scratch s = carve(ws, T);
@@ -106,8 +146,21 @@ public:
                 std::fill(g.begin(), g.end(), 1.0f);
             }
             MatrixView<float> const out(s.out.data(), mb, d);
-            Workspace inner = s.inner;
-            shared_.run(arch, 0, xb, std::span<float const>(g), out, inner);
+            if constexpr (kPhased) {
+                MatrixView<float> const h(s.hidden.data(), mb, shared_.hidden_stride());
+                auto const gu = shared_.gate_up_panels(), dn = shared_.down_panels();
+                std::int64_t const parts = pool.num_threads() > 1 ? 2 * pool.num_threads() : 1;
+                pool.parallel_for(std::min(parts, gu), [&](std::int64_t i) {
+                    shared_.run_gate_up(arch, 0, xb, h, gu * i / std::min(parts, gu), gu * (i + 1) / std::min(parts, gu));
+                });
+                pool.parallel_for(std::min(parts, dn), [&](std::int64_t i) {
+                    shared_.run_down(arch, 0, MatrixView<float const>(h), std::span<float const>(g), out, dn * i / std::min(parts, dn),
+                                     dn * (i + 1) / std::min(parts, dn));
+                });
+            } else {
+                Workspace inner = s.inner;
+                shared_.run(arch, 0, xb, std::span<float const>(g), out, inner);
+            }
             for (std::int64_t i = 0; i < mb; ++i) {
                 float* yt = y.row(r0 + i);
                 float const* o = out.row(i);
@@ -117,8 +170,14 @@ public:
     }
 
 private:
+    static constexpr bool kPhased = requires(Inner const& i) {
+        i.gate_up_panels();
+        i.down_panels();
+        i.hidden_stride();
+    };
+
     struct Scratch {
-        std::span<float> gate, out;
+        std::span<float> gate, out, hidden;
         Workspace inner;
     };
     template <class Alloc>
@@ -127,6 +186,7 @@ private:
         Scratch s;
         s.gate = a.template take<float>(static_cast<std::size_t>(rows));
         s.out = a.template take<float>(static_cast<std::size_t>(rows * hidden_size()));
+        if constexpr (kPhased) s.hidden = a.template take<float>(static_cast<std::size_t>(rows * shared_.hidden_stride()));
         s.inner = a.take_bytes(shared_.workspace_size(rows));
         return s;
     }

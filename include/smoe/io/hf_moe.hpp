@@ -30,6 +30,8 @@
 #include <vector>
 
 #include "smoe/core/bf16.hpp"
+#include "smoe/core/format.hpp"
+#include "smoe/core/thread_pool.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/expert/swiglu.hpp"
 #include "smoe/io/dtype.hpp"
@@ -48,8 +50,9 @@ concept TensorSource = requires(S const& s, std::string_view name) {
     { s.find(name) } -> std::convertible_to<TensorInfo const*>;
 };
 
-enum class WeightFormat { f32, bf16 };
-inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "f32" : "bf16"; }
+// int8 is quantised at load with smoe's per-output-channel quantiser (experts.md §9).
+enum class WeightFormat { f32, bf16, int8 };
+inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "f32" : f == WeightFormat::bf16 ? "bf16" : "int8"; }
 
 namespace detail {
 
@@ -108,7 +111,8 @@ class HfMoeLayer {
 public:
     struct Options {
         std::int64_t max_tokens = 256;           // the workspace is sized once for this many tokens
-        std::optional<WeightFormat> format;      // default: bf16 when every expert tensor is BF16, else f32
+        std::optional<WeightFormat> format;      // default: bf16 when every expert tensor is BF16, else f32;
+                                                 // int8 quantises at load
     };
 
     template <class W>
@@ -134,6 +138,8 @@ public:
         m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
         if (m.format_ == WeightFormat::bf16)
             m.build<bf16>(opt);
+        else if (m.format_ == WeightFormat::int8)
+            m.build<std::int8_t>(opt);
         else
             m.build<float>(opt);
         // The source may be closed after loading: forget where its tensors were.
@@ -162,12 +168,16 @@ public:
     void reset_stats() {
         std::visit([](auto& l) { l->balancer().reset_stats(); }, layer_);
     }
-    // Bytes of the weights this layer holds (experts in their format, router and gates in fp32).
+    // Bytes of the weights this layer holds: the experts' packed copies (the stacked tensors read
+    // from the checkpoint are released once packed), router and gates in fp32.
     std::size_t weight_bytes() const {
-        std::size_t n = (gate_.size() + bias_.size() + shared_gate_.size()) * sizeof(float);
-        for (auto const& v : f32_) n += v.size() * sizeof(float);
-        for (auto const& v : bf16_) n += v.size() * sizeof(bf16);
-        return n;
+        std::size_t const small = (gate_.size() + bias_.size() + shared_gate_.size()) * sizeof(float);
+        return small + std::visit([](auto const& l) { return l->experts().packed_bytes(); }, layer_);
+    }
+    // Expert work of every later forward goes to `pool` (smoe::ThreadPool); same bits with or without.
+    template <ThreadPool P>
+    void set_thread_pool(P& pool) {
+        std::visit([&](auto& l) { l->set_thread_pool(pool); }, layer_);
     }
     std::size_t workspace_bytes() const {
         return std::visit([](auto const& l) { return l->workspace_size(); }, layer_);
@@ -232,18 +242,21 @@ private:
         }
     }
 
+    // The stacked tensors in format L (what the file holds, widened or narrowed), then the layer of
+    // format W: L = W, or L = float and W = int8 quantised here.
     template <class W>
     void build(Options const& opt) {
+        using L = std::conditional_t<std::is_same_v<W, std::int8_t>, float, W>;
         std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
         std::int64_t const fs = cfg_.shared_intermediate_size;
-        auto& store = storage<W>();
+        auto& store = storage<L>();
         auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
         store[w1].resize(sz(E * f * d));
         store[w3].resize(sz(E * f * d));
         store[w2].resize(sz(E * d * f));
         if (fused_gate_up_) {
             // [E, 2f, d], gate rows first: copy whole, then split into the canonical W1 / W3 stacks.
-            std::vector<W> gu(sz(E * 2 * f * d));
+            std::vector<L> gu(sz(E * 2 * f * d));
             detail::copy_tensor(*fused_gate_up_, source_, {E, 2 * f, d}, gu.data());
             for (std::int64_t e = 0; e < E; ++e) {
                 auto const* src = gu.data() + e * 2 * f * d;
@@ -259,33 +272,61 @@ private:
                 detail::copy_tensor(*t[2], source_, {d, f}, store[w2].data() + e * d * f);
             }
         }
-        expert::SwiGLUConfig const routed{d, f, E};
-        auto const routed_w = expert::SwiGLUWeights<W>::dense(store[w1].data(), store[w3].data(), store[w2].data(), routed);
+        if (fs > 0) {
+            store[s1].resize(sz(fs * d));
+            store[s3].resize(sz(fs * d));
+            store[s2].resize(sz(d * fs));
+            detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
+            detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
+            detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
+        }
+        expert::SwiGLUConfig const routed{d, f, E}, shared{d, fs, 1};
+        Quantized q;
+        if constexpr (std::is_same_v<W, std::int8_t>) q = quantize(store, routed, shared);
+        auto weights_of = [&](Slot a, Slot b, Slot c, expert::SwiGLUConfig const& sc) {
+            if constexpr (std::is_same_v<W, std::int8_t>)
+                return expert::SwiGLUWeights<W>::dense(q.q[a].data(), q.s[a].data(), q.q[b].data(), q.s[b].data(), q.q[c].data(),
+                                                        q.s[c].data(), sc);
+            else
+                return expert::SwiGLUWeights<W>::dense(store[a].data(), store[b].data(), store[c].data(), sc);
+        };
         MatrixView<float const> const gate(gate_.data(), E, d);
         if (fs == 0) {
-            using L = Plain<W>;
-            layer_ = std::make_unique<L>(typename L::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
-                                         typename L::Weights{gate, bias_, routed_w});
-            return;
-        }
-        store[s1].resize(sz(fs * d));
-        store[s3].resize(sz(fs * d));
-        store[s2].resize(sz(d * fs));
-        detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
-        detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
-        detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
-        expert::SwiGLUConfig const shared{d, fs, 1};
-        auto const shared_w = expert::SwiGLUWeights<W>::dense(store[s1].data(), store[s3].data(), store[s2].data(), shared);
-        if (cfg_.shared_gated) {
-            using L = SharedGated<W>;
-            layer_ = std::make_unique<L>(
-                typename L::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                typename L::Weights{gate, bias_, {routed_w, shared_w, MatrixView<float const>(shared_gate_.data(), 1, d)}});
+            using M = Plain<W>;
+            layer_ = std::make_unique<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
+                                         typename M::Weights{gate, bias_, weights_of(w1, w3, w2, routed)});
+        } else if (cfg_.shared_gated) {
+            using M = SharedGated<W>;
+            layer_ = std::make_unique<M>(
+                typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                typename M::Weights{gate, bias_,
+                                    {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), MatrixView<float const>(shared_gate_.data(), 1, d)}});
         } else {
-            using L = SharedPlain<W>;
-            layer_ = std::make_unique<L>(typename L::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                                         typename L::Weights{gate, bias_, {routed_w, shared_w, {}}});
+            using M = SharedPlain<W>;
+            layer_ = std::make_unique<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                                         typename M::Weights{gate, bias_, {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), {}}});
         }
+        // The experts packed their own copy: the stacks are not read again.
+        for (auto& v : store) std::vector<L>().swap(v);
+    }
+
+    struct Quantized {
+        std::vector<std::int8_t> q[kSlots];
+        std::vector<float> s[kSlots];
+    };
+    // Each stacked [E, out, in] tensor is E·out output channels of `in` weights.
+    static Quantized quantize(std::vector<float> (&store)[kSlots], expert::SwiGLUConfig const& routed, expert::SwiGLUConfig const& shared) {
+        Quantized q;
+        for (int slot = 0; slot < kSlots; ++slot) {
+            if (store[slot].empty()) continue;
+            auto const& c = slot < s1 ? routed : shared;
+            std::int64_t const in = (slot == w2 || slot == s2) ? c.intermediate_size : c.hidden_size;
+            std::int64_t const rows = static_cast<std::int64_t>(store[slot].size()) / in;
+            auto r = quantize_int8_per_channel(MatrixView<float const>(store[slot].data(), rows, in));
+            q.q[slot] = std::move(r.q);
+            q.s[slot] = std::move(r.s);
+        }
+        return q;
     }
 
     template <class W>
@@ -321,7 +362,8 @@ private:
     std::vector<float> f32_[kSlots];
     std::vector<bf16> bf16_[kSlots];
     std::variant<std::unique_ptr<Plain<float>>, std::unique_ptr<SharedGated<float>>, std::unique_ptr<SharedPlain<float>>,
-                 std::unique_ptr<Plain<bf16>>, std::unique_ptr<SharedGated<bf16>>, std::unique_ptr<SharedPlain<bf16>>>
+                 std::unique_ptr<Plain<bf16>>, std::unique_ptr<SharedGated<bf16>>, std::unique_ptr<SharedPlain<bf16>>,
+                 std::unique_ptr<Plain<std::int8_t>>, std::unique_ptr<SharedGated<std::int8_t>>, std::unique_ptr<SharedPlain<std::int8_t>>>
         layer_;
 };
 
