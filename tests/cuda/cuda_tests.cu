@@ -86,6 +86,8 @@ std::vector<W> to_w(std::vector<float> const& v) {
     for (std::size_t i = 0; i < v.size(); ++i) {
         if constexpr (std::is_same_v<W, float>) {
             out[i] = v[i];
+        } else if constexpr (std::is_same_v<W, smoe::bf16>) {
+            out[i] = smoe::bf16{bf16_bits(v[i])};
         } else {
             __nv_bfloat16_raw raw;
             raw.x = bf16_bits(v[i]);
@@ -100,6 +102,8 @@ std::vector<float> from_w(std::vector<W> const& v) {
     for (std::size_t i = 0; i < v.size(); ++i) {
         if constexpr (std::is_same_v<W, float>) {
             out[i] = v[i];
+        } else if constexpr (std::is_same_v<W, smoe::bf16>) {
+            out[i] = bf16_value(v[i].bits);
         } else {
             out[i] = bf16_value(static_cast<__nv_bfloat16_raw>(v[i]).x);
         }
@@ -393,6 +397,11 @@ TEST_CASE("the bf16 CUDA layer matches the oracle on the same bf16 values within
     run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 8, .top_k = 2, .norm_topk_prob = true}, 128, 192, 5e-3);
     run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 6, .top_k = 2}, 36, 70, 5e-3);  // scalar loads (d, f % 8 != 0)
     run_layer_case<__nv_bfloat16>(rng, TopKConfig{.num_experts = 3, .top_k = 3}, 136, 200, 5e-3);
+}
+
+TEST_CASE("the CUDA layer takes smoe::bf16 weights, the CPU backend's bf16 format", "[cuda][layer][bf16]") {
+    std::mt19937_64 rng(9);
+    run_layer_case<smoe::bf16>(rng, TopKConfig::olmoe(), 64, 96, 5e-3);
 }
 
 TEST_CASE("forward_routed reproduces experts.md's SwiGLU worked example", "[cuda][layer][spec]") {

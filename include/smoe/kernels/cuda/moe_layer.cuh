@@ -1,16 +1,17 @@
 #pragma once
 // MoELayer<router::TopK, expert::SwiGLU<W>, balance::None, backend::Cuda<Sm>>: the layer of
-// smoe/layer.hpp on an NVIDIA GPU, W = float or __nv_bfloat16 (weights, activations, output).
+// smoe/layer.hpp on an NVIDIA GPU, W = float, smoe::bf16 (format::Bf16, the CPU's spelling) or
+// __nv_bfloat16 (the same bits) for weights, activations and output.
 //
 // A partial specialisation of smoe::MoELayer on the backend, so an engine switches backends by
 // changing one template argument. It lives apart from layer.hpp because layer.hpp and the CPU
 // policies pull xsimd, which never enters a .cu file: the policy types are only named here (forward
 // declarations), their configs (xsimd-free headers) are what the GPU code reads.
 //
-//   using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<__nv_bfloat16>,
+//   using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<smoe::bf16>,
 //                                smoe::balance::None, smoe::backend::Cuda<90>>;
 //   Layer layer({.router = smoe::router::TopKConfig::olmoe(), .expert = {2048, 1024, 64}, .max_tokens = 4096},
-//               {.gate = gate_dev, .experts = smoe::expert::SwiGLUWeights<__nv_bfloat16>::dense(w1, w3, w2, ecfg)});
+//               {.gate = gate_dev, .experts = smoe::expert::SwiGLUWeights<smoe::bf16>::dense(w1, w3, w2, ecfg)});
 //   // once: cudaMalloc(&ws, layer.workspace_size());
 //   smoe::cuda::DeviceRouting r = layer.forward(x_dev, y_dev, {ws, layer.workspace_size()}, stream);
 //
@@ -29,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "smoe/backend/cuda.hpp"
+#include "smoe/core/bf16.hpp"
 #include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/view.hpp"
@@ -89,9 +91,21 @@ struct cuda_swiglu_weight {
 };
 template <class W>
 struct cuda_swiglu_weight<expert::SwiGLU<W>> {
-    static constexpr bool ok = std::is_same_v<W, float> || std::is_same_v<W, __nv_bfloat16>;
+    static constexpr bool ok = std::is_same_v<W, float> || std::is_same_v<W, bf16> || std::is_same_v<W, __nv_bfloat16>;
     using type = W;
 };
+
+// The element type the kernels compute on: smoe::bf16 is the upper half of an fp32, bit for bit an
+// __nv_bfloat16, so its device arrays are read as such.
+template <class W>
+struct cuda_kernel_type {
+    using type = W;
+};
+template <>
+struct cuda_kernel_type<bf16> {
+    using type = __nv_bfloat16;
+};
+static_assert(sizeof(bf16) == sizeof(__nv_bfloat16) && alignof(bf16) <= alignof(__nv_bfloat16));
 
 inline bool aligned16(void const* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
@@ -105,7 +119,7 @@ class MoELayer<Router, Expert, Balancer, backend::Cuda<Sm>> {
                   "backend");
     static_assert(detail::cuda_swiglu_weight<Expert>::ok,
                   "smoe::MoELayer<..., smoe::backend::Cuda<Sm>>: the CUDA backend's Expert is "
-                  "smoe::expert::SwiGLU<float> or smoe::expert::SwiGLU<__nv_bfloat16>");
+                  "smoe::expert::SwiGLU<float>, smoe::expert::SwiGLU<smoe::bf16> or smoe::expert::SwiGLU<__nv_bfloat16>");
     static_assert(std::is_same_v<Balancer, balance::None>,
                   "smoe::MoELayer<..., smoe::backend::Cuda<Sm>>: the CUDA backend is dropless "
                   "(smoe::balance::None); capacity and bias balancers run on the CPU backend");
@@ -116,6 +130,7 @@ public:
     using balancer_type = Balancer;
     using backend_type = backend::Cuda<Sm>;
     using value_type = typename detail::cuda_swiglu_weight<Expert>::type;  // weights, x and y
+    using kernel_type = typename detail::cuda_kernel_type<value_type>::type;
 
     struct Config {
         router::TopKConfig router{};
@@ -163,7 +178,7 @@ public:
     std::int64_t num_experts() const { return cfg_.router.num_experts; }
 
     // Bytes of device workspace one call of up to config().max_tokens tokens needs.
-    std::size_t workspace_size() const { return kernels::cuda::layer_workspace_size<value_type>(dims(cfg_.max_tokens)); }
+    std::size_t workspace_size() const { return kernels::cuda::layer_workspace_size<kernel_type>(dims(cfg_.max_tokens)); }
 
     // x [T, d] -> y [T, d] on `stream`, T <= max_tokens; all device memory.
     cuda::DeviceRouting forward(MatrixView<value_type const> x, MatrixView<value_type> y, std::span<std::byte> workspace,
@@ -171,9 +186,9 @@ public:
         std::int64_t const T = check_io(x, y);
         std::int64_t const E = num_experts(), K = cfg_.router.top_k;
         Workspace ws(workspace);
-        auto const b = kernels::cuda::carve_layer<value_type>(ws, dims(T));
+        auto const b = kernels::cuda::carve_layer<kernel_type>(ws, dims(T));
         start(b, stream);
-        kernels::cuda::launch_gate_logits(x.data, x.ld, T, w_.gate.data, w_.gate.ld, E, hidden_size(), b.logits.data(), E,
+        kernels::cuda::launch_gate_logits(as_kernel(x.data), x.ld, T, w_.gate.data, w_.gate.ld, E, hidden_size(), b.logits.data(), E,
                                           stream);
         kernels::cuda::launch_topk_route(params_, b.logits.data(), E, T, w_.expert_bias.empty() ? nullptr : w_.expert_bias.data(),
                                          b.expert_ids.data(), b.expert_weights.data(), K,
@@ -192,7 +207,7 @@ public:
         if (T > 0 && (expert_ids == nullptr || expert_weights == nullptr))
             detail::fail("expert_ids", "a null pointer", "device arrays [T, top_k]");
         Workspace ws(workspace);
-        auto const b = kernels::cuda::carve_layer<value_type>(ws, dims(T));
+        auto const b = kernels::cuda::carve_layer<kernel_type>(ws, dims(T));
         start(b, stream);
         run(x, y, b, expert_ids, expert_weights, T, stream);
         cuda::DeviceRouting r = routing(b, expert_ids, expert_weights, T);
@@ -201,7 +216,10 @@ public:
     }
 
 private:
-    using Buffers = kernels::cuda::LayerBuffers<value_type>;
+    using Buffers = kernels::cuda::LayerBuffers<kernel_type>;
+
+    static kernel_type const* as_kernel(value_type const* p) { return reinterpret_cast<kernel_type const*>(p); }
+    static kernel_type* as_kernel(value_type* p) { return reinterpret_cast<kernel_type*>(p); }
 
     kernels::cuda::LayerDims dims(std::int64_t T) const {
         return {T, cfg_.router.num_experts, cfg_.router.top_k, cfg_.expert.hidden_size, cfg_.expert.intermediate_size};
@@ -226,21 +244,21 @@ private:
         std::int64_t const E = num_experts(), K = cfg_.router.top_k, d = hidden_size(), f = cfg_.expert.intermediate_size;
         kernels::cuda::launch_dispatch(b, ids, w, T, K, E, stream);
 
-        constexpr std::int64_t V = 16 / sizeof(value_type);
+        constexpr std::int64_t V = 16 / sizeof(kernel_type);
         auto const vec = [](void const* p, std::int64_t ld, std::int64_t stride) {
             return detail::aligned16(p) && ld % V == 0 && stride % V == 0;
         };
         auto const& ex = w_.experts;
-        kernels::cuda::SwiGLUProblem<value_type> p;
-        p.x = x.data;
+        kernels::cuda::SwiGLUProblem<kernel_type> p;
+        p.x = as_kernel(x.data);
         p.ldx = x.ld;
-        p.w1 = ex.w1.data;
+        p.w1 = as_kernel(ex.w1.data);
         p.ld1 = ex.w1.ld;
         p.stride1 = ex.w1.stride;
-        p.w3 = ex.w3.data;
+        p.w3 = as_kernel(ex.w3.data);
         p.ld3 = ex.w3.ld;
         p.stride3 = ex.w3.stride;
-        p.w2 = ex.w2.data;
+        p.w2 = as_kernel(ex.w2.data);
         p.ld2 = ex.w2.ld;
         p.stride2 = ex.w2.stride;
         p.d = static_cast<int>(d);
@@ -260,7 +278,7 @@ private:
         p.vec_w2 = vec(ex.w2.data, ex.w2.ld, ex.w2.stride);
         p.vec_h = vec(b.hidden.data(), f, 0);
         kernels::cuda::launch_grouped_swiglu(p, T, K, E, stream);
-        kernels::cuda::launch_combine(b.slot_out.data(), b.slot_rows.data(), T, K, d, y.data, y.ld, stream);
+        kernels::cuda::launch_combine(b.slot_out.data(), b.slot_rows.data(), T, K, d, as_kernel(y.data), y.ld, stream);
     }
 
     cuda::DeviceRouting routing(Buffers const& b, std::int32_t const* ids, float const* w, std::int64_t T) const {
