@@ -13,6 +13,7 @@
 #include "smoe/core/format.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/stats.hpp"
+#include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/lora_rank.hpp"

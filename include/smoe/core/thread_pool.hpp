@@ -13,6 +13,7 @@
 //   smoe::DefaultThreadPool pool(2);      // the caller plus one worker
 //   layer.set_thread_pool(pool);
 
+#include <algorithm>
 #include <atomic>
 #include <concepts>
 #include <cstdint>
@@ -73,10 +74,11 @@ private:
 };
 
 // A small pool: num_threads - 1 workers plus the calling thread, which takes items too. Items are
-// handed out one at a time from an atomic counter, so uneven items balance. A parallel_for call
-// allocates nothing; workers spin briefly for the next call, then sleep on an atomic wait (futex), so
-// an idle pool costs no CPU. One parallel_for at a time per pool (calls from two threads are
-// serialised by the caller).
+// claimed one at a time from an atomic ticket, so uneven items balance, and the caller waits only for
+// items that were claimed: a worker the OS has not yet scheduled (the machine is shared) never holds
+// up a call, it simply finds nothing left. A parallel_for call allocates nothing; workers spin briefly
+// for the next call, then sleep on an atomic wait (futex), so an idle pool costs no CPU. One
+// parallel_for at a time per pool.
 class DefaultThreadPool {
 public:
     explicit DefaultThreadPool(std::int64_t num_threads = std::max(1u, std::thread::hardware_concurrency())) {
@@ -100,19 +102,9 @@ public:
             for (std::int64_t i = 0; i < n; ++i) fn(i);
             return;
         }
-        task_ = &fn;
-        n_ = n;
-        next_.store(0, std::memory_order_relaxed);
-        done_.store(0, std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
-        generation_.notify_all();
-        drain(fn, n);
-        auto const want = static_cast<std::uint32_t>(workers_.size());
-        for (int spin = 0; done_.load(std::memory_order_acquire) != want; ++spin) {
-            if (spin < kSpins) continue;
-            std::uint32_t const seen = done_.load(std::memory_order_acquire);
-            if (seen != want) done_.wait(seen, std::memory_order_acquire);
-        }
+        // The ticket's low 32 bits index items: larger calls go in slices.
+        constexpr std::int64_t kSlice = std::int64_t{1} << 30;
+        for (std::int64_t first = 0; first < n; first += kSlice) run(first, std::min(kSlice, n - first), fn);
     }
 
 private:
@@ -120,9 +112,45 @@ private:
     // back to back (decode), short enough not to steal a core from other work for long.
     static constexpr int kSpins = 1 << 14;
 
-    void drain(TaskRef const& fn, std::int64_t n) {
-        for (std::int64_t i = next_.fetch_add(1, std::memory_order_relaxed); i < n; i = next_.fetch_add(1, std::memory_order_relaxed))
-            fn(i);
+    struct Call {
+        std::atomic<TaskRef const*> fn{nullptr};
+        std::atomic<std::int64_t> first{0}, n{0};
+    };
+
+    void run(std::int64_t first, std::int64_t n, TaskRef const& fn) {
+        std::uint64_t const g = generation_.load(std::memory_order_relaxed) + 1;
+        Call& c = call_[g & 1];
+        c.fn.store(&fn, std::memory_order_relaxed);
+        c.first.store(first, std::memory_order_relaxed);
+        c.n.store(n, std::memory_order_relaxed);
+        finished_.store(0, std::memory_order_relaxed);
+        ticket_.store((g & 0xFFFFFFFFu) << 32, std::memory_order_relaxed);
+        generation_.store(g, std::memory_order_release);
+        generation_.notify_all();
+        drain(g);
+        for (int spin = 0;; ++spin) {
+            std::int64_t const done = finished_.load(std::memory_order_acquire);
+            if (done == n) break;
+            if (spin >= kSpins) finished_.wait(done, std::memory_order_acquire);
+        }
+    }
+
+    // Claims items of call g until none is left or the call is over (the ticket names another call).
+    void drain(std::uint64_t g) {
+        Call const& slot = call_[g & 1];
+        TaskRef const* const fn = slot.fn.load(std::memory_order_relaxed);
+        std::int64_t const first = slot.first.load(std::memory_order_relaxed), n = slot.n.load(std::memory_order_relaxed);
+        std::uint64_t const tag = (g & 0xFFFFFFFFu) << 32;
+        std::uint64_t cur = ticket_.load(std::memory_order_relaxed);
+        for (;;) {
+            if ((cur & ~std::uint64_t{0xFFFFFFFFu}) != tag) return;
+            auto const i = static_cast<std::int64_t>(cur & 0xFFFFFFFFu);
+            if (i >= n) return;
+            if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acquire, std::memory_order_relaxed)) continue;
+            (*fn)(first + i);
+            if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == n) finished_.notify_one();
+            cur = ticket_.load(std::memory_order_relaxed);
+        }
     }
 
     void work() {
@@ -135,17 +163,16 @@ private:
             }
             seen = g;
             if (stop_.load(std::memory_order_relaxed)) return;
-            drain(*task_, n_);
-            done_.fetch_add(1, std::memory_order_acq_rel);
-            done_.notify_one();
+            drain(g);
         }
     }
 
     std::vector<std::thread> workers_;
-    TaskRef const* task_ = nullptr;
-    std::int64_t n_ = 0;
-    std::atomic<std::int64_t> next_{0};
-    std::atomic<std::uint32_t> done_{0};
+    // Two slots: a worker that wakes late for call g reads slot g & 1 while call g + 1 writes the
+    // other; a claim only succeeds while the ticket still names g, i.e. while call g is running.
+    Call call_[2];
+    std::atomic<std::uint64_t> ticket_{0};
+    std::atomic<std::int64_t> finished_{0};
     std::atomic<std::uint64_t> generation_{0};
     std::atomic<bool> stop_{false};
 };
