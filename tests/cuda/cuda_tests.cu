@@ -425,7 +425,8 @@ TEST_CASE("forward_routed reproduces experts.md's SwiGLU worked example", "[cuda
                            {.gate = MatrixView<float const>(gate.data(), 4, 4),
                             .experts = smoe::expert::SwiGLUWeights<float>::dense(dw1.data(), dw3.data(), dw2.data(), ecfg)});
     DeviceArray<std::byte> ws(layer.workspace_size());
-    layer.forward_routed(MatrixView<float const>(dx.data(), 1, 4), ids.data(), w.data(), MatrixView<float>(dy.data(), 1, 4),
+    layer.forward_routed(MatrixView<float const>(dx.data(), 1, 4), MatrixView<std::int32_t const>(ids.data(), 1, 2),
+                         MatrixView<float const>(w.data(), 1, 2), MatrixView<float>(dy.data(), 1, 4),
                          std::span<std::byte>(ws.data(), ws.size()), nullptr);
     SMOE_CUDA_REQUIRE(cudaDeviceSynchronize());
     smoe_test::check_all_close(download(dy.data(), 4), {-0.42946792, 1.27548728, 0.88394640, 1.02966663}, 2e-5);
@@ -447,8 +448,9 @@ TEST_CASE("forward_routed skips empty slots and serves an expert that every toke
     DeviceArray<float> dx(x), dy(static_cast<std::size_t>(T * d)), dw(w);
     DeviceArray<std::int32_t> dids(ids);
     DeviceArray<std::byte> ws(layer.workspace_size());
-    auto const r = layer.forward_routed(MatrixView<float const>(dx.data(), T, d), dids.data(), dw.data(),
-                                        MatrixView<float>(dy.data(), T, d), std::span<std::byte>(ws.data(), ws.size()), nullptr);
+    auto const r = layer.forward_routed(MatrixView<float const>(dx.data(), T, d), MatrixView<std::int32_t const>(dids.data(), T, K),
+                                        MatrixView<float const>(dw.data(), T, K), MatrixView<float>(dy.data(), T, d),
+                                        std::span<std::byte>(ws.data(), ws.size()), nullptr);
     SMOE_CUDA_REQUIRE(cudaDeviceSynchronize());
     for (std::size_t i = 0; i < ids.size(); ++i)
         if (ids[i] < 0) w[i] = 0.0f;
@@ -535,4 +537,41 @@ TEST_CASE("the CUDA layer rejects bad arguments before launching anything", "[cu
     CHECK_THROWS_AS(layer.forward(MatrixView<float const>(dx.data(), 2, 16), MatrixView<float>(dy.data(), 2, 16),
                                   wspan.first(64), nullptr),
                     smoe::invalid_argument);  // workspace too small
+}
+
+TEST_CASE("forward_routed takes a variable-k router's rows (ReLU kernel, K = E) and fewer slots than top_k", "[cuda][layer]") {
+    std::mt19937_64 rng(10);
+    std::int64_t const d = 40, f = 56, E = 6, T = 33;
+    LayerFixture<float> m(rng, d, f, E, false);
+    CudaLayer<float> layer({.router = TopKConfig{.num_experts = E, .top_k = E}, .expert = m.ecfg, .max_tokens = T}, m.weights());
+    DeviceArray<std::byte> ws(layer.workspace_size());
+    std::span<std::byte> const wspan(ws.data(), ws.size());
+    auto const x = normal(rng, static_cast<std::size_t>(T * d), 1.0);
+    DeviceArray<float> dx(x), dy(static_cast<std::size_t>(T * d));
+
+    // ReLU routing on the device (K = E columns, -1 padded), straight into the layer.
+    auto const logits = normal(rng, static_cast<std::size_t>(T * E), 1.0, 0.25);
+    DeviceArray<float> dl(logits), dw(static_cast<std::size_t>(T * E));
+    DeviceArray<std::int32_t> dids(static_cast<std::size_t>(T * E)), counters(std::vector<std::int32_t>{0, 0});
+    kc::launch_relu_route(dl.data(), E, T, E, dids.data(), dw.data(), E, counters.data(), counters.data() + 1, nullptr);
+    auto const r = layer.forward_routed(MatrixView<float const>(dx.data(), T, d), MatrixView<std::int32_t const>(dids.data(), T, E),
+                                        MatrixView<float const>(dw.data(), T, E), MatrixView<float>(dy.data(), T, d), wspan, nullptr);
+    SMOE_CUDA_REQUIRE(cudaDeviceSynchronize());
+    CHECK(r.k == E);
+    check_layer_output(m, r, x, download(dy.data(), T * d), 2e-5);
+
+    // Two slots of a top_k = E layer.
+    std::vector<std::int32_t> ids2(static_cast<std::size_t>(T * 2));
+    std::vector<float> w2 = normal(rng, ids2.size(), 0.5);
+    for (std::int64_t t = 0; t < T; ++t) {
+        ids2[t * 2] = static_cast<std::int32_t>(t % E);
+        ids2[t * 2 + 1] = static_cast<std::int32_t>((t + 1 + t / E) % E == t % E ? -1 : (t + 1 + t / E) % E);
+    }
+    DeviceArray<std::int32_t> dids2(ids2);
+    DeviceArray<float> dw2(w2);
+    auto const r2 = layer.forward_routed(MatrixView<float const>(dx.data(), T, d), MatrixView<std::int32_t const>(dids2.data(), T, 2),
+                                         MatrixView<float const>(dw2.data(), T, 2), MatrixView<float>(dy.data(), T, d), wspan, nullptr);
+    SMOE_CUDA_REQUIRE(cudaDeviceSynchronize());
+    CHECK(r2.k == 2);
+    check_layer_output(m, r2, x, download(dy.data(), T * d), 2e-5);
 }

@@ -193,24 +193,31 @@ public:
         kernels::cuda::launch_topk_route(params_, b.logits.data(), E, T, w_.expert_bias.empty() ? nullptr : w_.expert_bias.data(),
                                          b.expert_ids.data(), b.expert_weights.data(), K,
                                          b.counters.data() + kernels::cuda::kCounterNonFinite, stream);
-        run(x, y, b, b.expert_ids.data(), b.expert_weights.data(), T, stream);
-        return routing(b, b.expert_ids.data(), b.expert_weights.data(), T);
+        run(x, y, b, b.expert_ids.data(), b.expert_weights.data(), T, K, stream);
+        return routing(b, b.expert_ids.data(), b.expert_weights.data(), T, K);
     }
 
-    // Precomputed routing from the engine: expert_ids / expert_weights [T, K] contiguous device
-    // arrays (K = top_k; id -1 marks an empty slot; each expert at most once per token, as routing.md
-    // §1 requires: device data is not checked). Runs dispatch, experts and combine.
-    cuda::DeviceRouting forward_routed(MatrixView<value_type const> x, std::int32_t const* expert_ids,
-                                       float const* expert_weights, MatrixView<value_type> y,
+    // Precomputed routing from the engine, as the CPU layer's forward_routed: expert_ids /
+    // expert_weights [T, K] device arrays, contiguous (ld = K), K <= top_k; id -1 marks an empty slot
+    // and each expert appears at most once per token (routing.md §1; device data is not checked: a
+    // bad id is skipped, never dereferenced). Runs dispatch, experts and combine. With K = top_k = E
+    // it also serves the variable-k routers' kernels (routing_rows.cuh, routing_batch.cuh).
+    cuda::DeviceRouting forward_routed(MatrixView<value_type const> x, MatrixView<std::int32_t const> expert_ids,
+                                       MatrixView<float const> expert_weights, MatrixView<value_type> y,
                                        std::span<std::byte> workspace, cudaStream_t stream) const {
         std::int64_t const T = check_io(x, y);
-        if (T > 0 && (expert_ids == nullptr || expert_weights == nullptr))
-            detail::fail("expert_ids", "a null pointer", "device arrays [T, top_k]");
+        detail::check_view(expert_ids, "expert_ids", T, -1);
+        detail::check_view(expert_weights, "expert_weights", T, expert_ids.cols);
+        std::int64_t const K = expert_ids.cols;
+        if (K > cfg_.router.top_k)
+            detail::fail("expert_ids.cols", K, "at most the router's top_k = " + std::to_string(cfg_.router.top_k));
+        if (!expert_ids.contiguous() || !expert_weights.contiguous())
+            detail::fail("expert_ids.ld", expert_ids.ld, "contiguous rows (ld = cols) for both expert_ids and expert_weights");
         Workspace ws(workspace);
         auto const b = kernels::cuda::carve_layer<kernel_type>(ws, dims(T));
         start(b, stream);
-        run(x, y, b, expert_ids, expert_weights, T, stream);
-        cuda::DeviceRouting r = routing(b, expert_ids, expert_weights, T);
+        run(x, y, b, expert_ids.data, expert_weights.data, T, K, stream);
+        cuda::DeviceRouting r = routing(b, expert_ids.data, expert_weights.data, T, K);
         r.logits = nullptr;  // nothing was projected or routed
         return r;
     }
@@ -239,9 +246,10 @@ private:
         if (e != cudaSuccess) throw kernels::cuda::cuda_error(e, "cudaMemsetAsync(counters)");
     }
 
+    // K <= top_k: the buffers are carved for top_k slots per token, the kernels take K.
     void run(MatrixView<value_type const> x, MatrixView<value_type> y, Buffers const& b, std::int32_t const* ids,
-             float const* w, std::int64_t T, cudaStream_t stream) const {
-        std::int64_t const E = num_experts(), K = cfg_.router.top_k, d = hidden_size(), f = cfg_.expert.intermediate_size;
+             float const* w, std::int64_t T, std::int64_t K, cudaStream_t stream) const {
+        std::int64_t const E = num_experts(), d = hidden_size(), f = cfg_.expert.intermediate_size;
         kernels::cuda::launch_dispatch(b, ids, w, T, K, E, stream);
 
         constexpr std::int64_t V = 16 / sizeof(kernel_type);
@@ -281,11 +289,12 @@ private:
         kernels::cuda::launch_combine(b.slot_out.data(), b.slot_rows.data(), T, K, d, as_kernel(y.data), y.ld, stream);
     }
 
-    cuda::DeviceRouting routing(Buffers const& b, std::int32_t const* ids, float const* w, std::int64_t T) const {
+    cuda::DeviceRouting routing(Buffers const& b, std::int32_t const* ids, float const* w, std::int64_t T,
+                                std::int64_t K) const {
         cuda::DeviceRouting r;
         r.num_tokens = T;
         r.num_experts = num_experts();
-        r.k = cfg_.router.top_k;
+        r.k = K;
         r.offsets = b.offsets.data();
         r.token_ids = b.token_ids.data();
         r.weights = b.weights.data();
