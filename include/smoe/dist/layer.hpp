@@ -140,45 +140,26 @@ public:
     // Collective. x [T, d] -> y [T, d], T <= max_tokens (T may differ between ranks, 0 included). The
     // result is the routing of this rank's tokens; its views point into the workspace.
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
-        auto const P = static_cast<std::size_t>(comm_->size());
-        auto const B = block_width();
         std::fill(send_meta_.begin(), send_meta_.end(), 0);
         std::exception_ptr err;
-        RoutingResult r;
-        Local loc;
-        Remote rem;
+        Call c;
         try {
-            std::int64_t const T = check_io(x, y);
-            Workspace ws(workspace);
-            loc = carve_local(ws, T);
-            rem = carve_remote(ws);
-            MatrixView<float> logits(loc.logits.data(), T, router_->num_logits());
-            kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
-            Workspace scratch = loc.router_ws;
-            std::int64_t const K = router_->route(arch{}, MatrixView<float const>(logits),
-                                                  smoe::detail::selection_bias(*balancer_, weights_.expert_bias),
-                                                  loc.routing.token_major, scratch);
-            r = smoe::detail::balance_routing(*balancer_, loc.routing, loc.balance, router_->num_experts(), K,
-                                              MatrixView<float const>(logits), smoe::detail::score_func_of(*router_));
-            pack(x, r, loc);
+            c = route_and_pack(x, y, workspace);
         } catch (...) {
             err = std::current_exception();
-            for (std::size_t p = 0; p < P; ++p) send_meta_[p * B] = 1;
+            for (std::size_t p = 0; p < static_cast<std::size_t>(comm_->size()); ++p) send_meta_[p * block_width()] = 1;
         }
         comm_->alltoall(send_meta_, recv_meta_);
-        std::int64_t first_failed = -1;
-        for (std::size_t q = P; q-- > 0;)
-            if (recv_meta_[q * B] != 0) first_failed = static_cast<std::int64_t>(q);
         if (err) std::rethrow_exception(err);
-        if (first_failed >= 0) fail_peer(first_failed);
+        throw_if_a_peer_failed();
 
         exchange_plan();
-        std::int64_t const d = d_;
-        comm_->alltoallv(std::span<float const>(loc.xfer), send_counts(), send_displs(), rem.recv, recv_counts(), recv_displs());
-        run_local_experts(rem);
-        comm_->alltoallv(std::span<float const>(rem.recv), recv_counts(), recv_displs(), loc.xfer, send_counts(), send_displs());
-        MatrixView<float const> const slot_out(loc.xfer.data(), r.nnz(), d, d + 1);
-        kernels::cpu::combine_slots(arch{}, slot_out, std::span<std::int32_t const>(loc.slot_rows.data(), static_cast<std::size_t>(r.num_tokens * r.k)), r.k, y);
+        comm_->alltoallv(std::span<float const>(c.local.xfer), send_counts(), send_displs(), c.remote.recv, recv_counts(), recv_displs());
+        run_local_experts(c.remote);
+        comm_->alltoallv(std::span<float const>(c.remote.recv), recv_counts(), recv_displs(), c.local.xfer, send_counts(), send_displs());
+        RoutingResult const& r = c.routing;
+        MatrixView<float const> const slot_out(c.local.xfer.data(), r.nnz(), d_, d_ + 1);
+        kernels::cpu::combine_slots(arch{}, slot_out, std::span<std::int32_t const>(c.local.slot_rows.data(), static_cast<std::size_t>(r.num_tokens * r.k)), r.k, y);
         return r;
     }
 
@@ -200,6 +181,36 @@ private:
         std::span<float> out;       // their outputs
         Workspace expert_ws;
     };
+    struct Call {
+        Local local;
+        Remote remote;
+        RoutingResult routing;
+    };
+
+    // Steps 1 and 2: everything that can reject this rank's input, before the first collective.
+    Call route_and_pack(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
+        std::int64_t const T = check_io(x, y);
+        Workspace ws(workspace);
+        Call c;
+        c.local = carve_local(ws, T);
+        c.remote = carve_remote(ws);
+        MatrixView<float> const logits(c.local.logits.data(), T, router_->num_logits());
+        kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+        Workspace scratch = c.local.router_ws;
+        std::int64_t const K = router_->route(arch{}, MatrixView<float const>(logits),
+                                              smoe::detail::selection_bias(*balancer_, weights_.expert_bias),
+                                              c.local.routing.token_major, scratch);
+        c.routing = smoe::detail::balance_routing(*balancer_, c.local.routing, c.local.balance, router_->num_experts(), K,
+                                                  MatrixView<float const>(logits), smoe::detail::score_func_of(*router_));
+        pack(x, c.routing, c.local);
+        return c;
+    }
+
+    // Step 3's agreement: the status word of every peer's counts block.
+    void throw_if_a_peer_failed() const {
+        for (std::size_t q = 0; q < static_cast<std::size_t>(comm_->size()); ++q)
+            if (recv_meta_[q * block_width()] != 0) fail_peer(static_cast<std::int64_t>(q));
+    }
 
     void construct(Config const& cfg, Weights const& w) {
         int const rank = comm_->rank();
