@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <optional>
 #include <random>
 #include <vector>
@@ -229,15 +231,22 @@ TEST_CASE("CUDA Sinkhorn routing balances with the capped iteration and weights 
     CHECK(k2.out.ids == std::vector<std::int32_t>{0, 1, 0, 2, 0, 1, 0, 2});
 
     // Random batches: ids agree with the oracle except where its balanced scores (double) at the
-    // selection boundary are within 1e-5 relative (routing.md §0 for Sinkhorn).
+    // selection boundary are within 1e-5 relative (routing.md §0 for Sinkhorn). Near tol the fp32
+    // iteration may stop one round apart from the double one (P then differs by about err, far more
+    // than 1e-5), so then the oracle is rerun for exactly the device's count, as the CPU tests do.
     std::mt19937_64 rng(25);
     for (std::int64_t E : {3, 8, 64})
         for (std::int64_t k : {1, 2})
             for (std::int64_t T : {0, 1, 7, 64, 513}) {
                 INFO("E " << E << " k " << k << " T " << T);
                 auto const logits = grid_logits(rng, static_cast<std::size_t>(T * E), 1.0, 0.25);
-                auto const want = smoe_cuda_test::oracle_sinkhorn(logits, T, E, k, 1e-4, 100);
                 auto const got = sinkhorn(logits, T, E, k, 1e-4, 100);
+                auto want = smoe_cuda_test::oracle_sinkhorn(logits, T, E, k, 1e-4, 100);
+                if (want.iterations != got.report.iterations) {
+                    INFO("device iterations " << got.report.iterations << ", oracle " << want.iterations);
+                    REQUIRE(std::abs(want.iterations - got.report.iterations) <= 2);
+                    want = smoe_cuda_test::oracle_sinkhorn(logits, T, E, k, 0.0, got.report.iterations);
+                }
                 for (std::int64_t t = 0; t < T; ++t) {
                     std::vector<std::int32_t> a(got.out.ids.begin() + t * k, got.out.ids.begin() + (t + 1) * k);
                     std::vector<std::int32_t> b(want.rows.ids.begin() + t * k, want.rows.ids.begin() + (t + 1) * k);
