@@ -1,13 +1,18 @@
-// The sharded layer's code path on one rank (SelfCommunicator, no MPI): expert placement, equality
-// with smoe::MoELayer, statistics, and argument checks. Built whether or not MPI is found.
+// The sharded layer without MPI, built whether or not MPI is found: expert placement; one rank
+// (SelfCommunicator) and several ranks as threads of this process (ThreadCommunicator), each equal to
+// smoe::MoELayer bit for bit; statistics; argument checks, and a bad rank making every rank throw.
 
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "dist_model.hpp"
+#include "thread_communicator.hpp"
 #include "smoe/dist/layer.hpp"
 #include "smoe/smoe.hpp"
 
@@ -21,6 +26,37 @@ using Model = smoe_test::LayerModel<smoe::router::TopK>;
 using Single = smoe_test::SwiGLULayer<smoe::router::TopK>;
 using Sharded = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None,
                                      smoe::dist::SelfCommunicator>;
+
+using ThreadSharded = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None,
+                                           smoe_test::ThreadCommunicator>;
+
+// Runs f(comm) on P threads, one per rank; returns what each rank threw (null when nothing). Catch2's
+// assertions are not thread-safe, so the checks happen after the join.
+std::vector<std::exception_ptr> run_ranks(int P, std::function<void(smoe_test::ThreadCommunicator&)> const& f) {
+    smoe_test::ThreadHub hub(P);
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(P));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < P; ++r)
+        threads.emplace_back([&, r] {
+            smoe_test::ThreadCommunicator comm(hub, r);
+            try {
+                f(comm);
+            } catch (...) {
+                errors[static_cast<std::size_t>(r)] = std::current_exception();
+            }
+        });
+    for (auto& t : threads) t.join();
+    return errors;
+}
+
+std::string what(std::exception_ptr const& e) {
+    try {
+        if (e) std::rethrow_exception(e);
+    } catch (std::exception const& x) {
+        return x.what();
+    }
+    return "(nothing thrown)";
+}
 
 std::vector<std::int32_t> ranks_of(ExpertPlacement const& p) {
     std::vector<std::int32_t> v;
@@ -126,4 +162,81 @@ TEST_CASE("the sharded layer rejects bad input and stays usable", "[dist][layer]
     CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 2, 8), MatrixView<float>(y.data(), 2, 8)), Contains("logits"));
     x[3] = 0.5f;
     CHECK_NOTHROW(layer.forward(MatrixView<float const>(x.data(), 2, 8), MatrixView<float>(y.data(), 2, 8)));
+}
+
+TEST_CASE("ranks as threads: the sharded layer equals smoe::MoELayer bit for bit", "[dist][layer][threads]") {
+    constexpr int P = 3;
+    constexpr std::int64_t d = 19, E = 8, Tm = 16;
+    std::mt19937_64 rng(12);
+    auto const m = Model::random(rng, d, 11, E);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 3, .norm_topk_prob = true};
+    std::vector<std::vector<std::int64_t>> const patterns = {{5, 0, 7}, {0, 0, 0}, {0, 0, Tm}, {Tm, Tm, Tm}, {1, 1, 1}};
+    // Contiguous blocks, and a table in which rank 1 owns no expert.
+    for (auto const& pl : {ExpertPlacement::contiguous(E, P), ExpertPlacement::from_table({0, 2, 2, 0, 0, 2, 0, 2}, P)}) {
+        std::vector<smoe_test::SplitBatch> batches;
+        for (std::size_t i = 0; i < patterns.size(); ++i) batches.push_back(smoe_test::split_batch(700 + i, patterns[i], d));
+        std::vector<std::vector<std::vector<float>>> got(P);  // [rank][call] -> y rows
+        std::vector<std::vector<std::int64_t>> rank_load(P);  // [rank] -> the last call's rows per rank
+        auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+            int const r = comm.rank();
+            auto const local = smoe_test::local_experts(m, pl, r);
+            ThreadSharded layer(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = Tm},
+                                {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = local.weights()});
+            for (auto const& b : batches) {
+                auto const x = b.of(r);
+                std::vector<float> y(static_cast<std::size_t>(x.rows * d), -3.0f);
+                layer.forward(x, MatrixView<float>(y.data(), x.rows, d));
+                got[static_cast<std::size_t>(r)].push_back(std::move(y));
+            }
+            rank_load[static_cast<std::size_t>(r)] = layer.global_stats().rank_load;
+        });
+        for (int r = 0; r < P; ++r) REQUIRE(what(errors[static_cast<std::size_t>(r)]) == "(nothing thrown)");
+        Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = P * Tm}, m.weights());
+        for (std::size_t i = 0; i < batches.size(); ++i) {
+            auto const& b = batches[i];
+            std::vector<float> want(static_cast<std::size_t>(b.total() * d));
+            single.forward(b.all(), MatrixView<float>(want.data(), b.total(), d));
+            for (int r = 0; r < P; ++r) {
+                INFO("call " << i << ", rank " << r);
+                CHECK(smoe_test::same_bits(want, b.first(r), got[static_cast<std::size_t>(r)][i], d));
+            }
+        }
+        // The last call, 1 token per rank with k = 3: 9 rows over the ranks' experts, the same view on every rank.
+        std::int64_t rows = 0;
+        for (auto v : rank_load[0]) rows += v;
+        CHECK(rows == 9);
+        CHECK(rank_load[1] == rank_load[0]);
+        CHECK(rank_load[2] == rank_load[0]);
+    }
+}
+
+TEST_CASE("ranks as threads: one rank's bad input makes every rank throw", "[dist][layer][threads][errors]") {
+    constexpr int P = 3;
+    constexpr std::int64_t d = 8, E = 6;
+    std::mt19937_64 rng(13);
+    auto const m = Model::random(rng, d, 5, E);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 2};
+    auto const pl = ExpertPlacement::contiguous(E, P);
+    auto const b = smoe_test::split_batch(800, {4, 4, 4}, d);
+    std::vector<int> completed(P, 0);
+    auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+        int const r = comm.rank();
+        auto const local = smoe_test::local_experts(m, pl, r);
+        ThreadSharded layer(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = 4},
+                            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = local.weights()});
+        std::vector<float> y(5 * d);
+        // Rank 1 passes 5 tokens, one more than max_tokens; then every rank runs a good call.
+        auto const x = r == 1 ? MatrixView<float const>(b.x.data(), 5, d) : b.of(r);
+        try {
+            layer.forward(x, MatrixView<float>(y.data(), x.rows, d));
+        } catch (smoe::invalid_argument const&) {
+            layer.forward(b.of(r), MatrixView<float>(y.data(), 4, d));
+            completed[static_cast<std::size_t>(r)] = 1;
+            throw;
+        }
+    });
+    CHECK_THAT(what(errors[1]), Contains("x.rows"));
+    CHECK_THAT(what(errors[0]), Contains("'rank' = 1"));
+    CHECK_THAT(what(errors[2]), Contains("'rank' = 1"));
+    CHECK(completed == std::vector<int>{1, 1, 1});
 }
