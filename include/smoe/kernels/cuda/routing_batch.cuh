@@ -49,14 +49,18 @@ __global__ void __launch_bounds__(kThreads) row_scores_kernel(float const* __res
         return;
     }
     m = warp_max(m);
-    float sum = 0.0f;
+    // The denominator is summed in double: expert choice compares s[t, e] across tokens, and two rows
+    // holding the same logits in another order must give the same fp32 score (an fp32 sum in lane
+    // order would differ by an ulp and break the tie rule between those tokens).
+    double sum = 0.0;
     for (int e = lane; e < E; e += 32) {
         float const z = expf(x[e] - m);
         if (kmat) kmat[static_cast<std::int64_t>(t) * E + e] = z;
         sum += z;
     }
-    sum = warp_sum(sum);
-    for (int e = lane; e < E; e += 32) srow[e] = sigmoid ? 1.0f / (1.0f + expf(-x[e])) : expf(x[e] - m) / sum;
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int e = lane; e < E; e += 32)
+        srow[e] = sigmoid ? 1.0f / (1.0f + expf(-x[e])) : static_cast<float>(static_cast<double>(expf(x[e] - m)) / sum);
 }
 
 // chosen[t, e] = 1 iff token t is among expert e's first `capacity` tokens by the tie rule.
