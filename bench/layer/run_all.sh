@@ -1,0 +1,61 @@
+#!/bin/sh
+# Runs the smoe layer benchmark and both baselines (naive Eigen, PyTorch) in one session, one process
+# at a time, and renders the charts: bench/layer/results/{smoe_*.json, eigen_*.jsonl, torch_*.jsonl,
+# all.json, summary.md, roofline.png, speedup.png}.
+#
+#   bench/layer/run_all.sh                          # every shape; mixtral at T <= MIXTRAL_T_MAX
+#   SHAPES="olmoe qwen2moe" bench/layer/run_all.sh  # a subset
+#   QUICK=1 bench/layer/run_all.sh                  # the quick shape only, no baselines (seconds)
+#
+# Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
+# MIXTRAL_T_MAX (default 32: mixtral fp32 is 5.6 GB and a T = 512 call takes seconds), PYTHON
+# (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
+# process makes the 2-thread figures meaningless (the script prints it before every step).
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BASE=$ROOT/../shared/baselines
+BUILD=${BUILD:-$ROOT/build/bench-layer}
+OUT=${OUT:-$ROOT/bench/layer/results}
+SHAPES=${SHAPES:-"olmoe qwen2moe deepseek-v2-lite mixtral"}
+MIXTRAL_T_MAX=${MIXTRAL_T_MAX:-32}
+TOKENS=${TOKENS:-1,8,32,128,512}
+PYTHON=${PYTHON:-/usr/bin/python3}
+mkdir -p "$OUT"
+
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSMOE_BUILD_TESTS=OFF -DSMOE_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build "$BUILD" --target smoe_bench -j2
+BENCH=$BUILD/bench/smoe_bench
+
+if [ "${QUICK:-0}" = 1 ]; then
+    "$BENCH" --benchmark_filter='^BM_layer_quick/' --benchmark_out="$OUT/smoe_quick.json" --benchmark_out_format=json
+    exit 0
+fi
+
+g++ -std=c++20 -O3 -march=native -DNDEBUG -fopenmp -isystem /usr/include/eigen3 "$BASE/eigen_moe.cpp" -o "$BUILD/eigen_moe"
+
+tokens_of() {
+    if [ "$1" = mixtral ]; then
+        echo "$TOKENS" | tr , "\n" | awk -v m="$MIXTRAL_T_MAX" "\$1 <= m" | paste -sd, -
+    else
+        echo "$TOKENS"
+    fi
+}
+
+for shape in $SHAPES; do
+    tokens=$(tokens_of "$shape")
+    tre=$(echo "$tokens" | sed 's/,/|/g')
+    echo "== $shape T=$tokens, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BENCH" --benchmark_filter="^BM_layer/$shape/.*/T:($tre)/" \
+        --benchmark_out="$OUT/smoe_$shape.json" --benchmark_out_format=json 2>&1 | grep -v '^BM_\|^---\|^Benchmark' || true
+    for threads in 1 2; do
+        echo "== eigen $shape $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
+        "$BUILD/eigen_moe" "$shape" "$tokens" "$threads" 5 >"$OUT/eigen_${shape}_t$threads.jsonl"
+        for dtype in f32 bf16; do
+            echo "== torch $shape $dtype $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
+            "$PYTHON" "$BASE/torch_moe.py" "$shape" --dtype "$dtype" --tokens "$tokens" --threads "$threads" --min-reps 5 \
+                >"$OUT/torch_${shape}_${dtype}_t$threads.jsonl"
+        done
+    done
+done
+
+"$PYTHON" "$ROOT/bench/layer/plot.py" "$OUT"
