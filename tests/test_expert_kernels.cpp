@@ -264,3 +264,27 @@ TEST_CASE("SwiGLU<W> reports the format's byte size and rejects bad scales", "[e
     w.s1 = MatrixView<float const>(i8.s1.data(), 2, 3);
     CHECK_THROWS_WITH((SwiGLU<std::int8_t>(i8.cfg, w)), Catch::Matchers::Contains("'s1' = [2, 3]"));
 }
+
+TEMPLATE_TEST_CASE("SwiGLU<W> over K longer than one widened block keeps the oracle and the row bits", "[expert][swiglu][rule3]",
+                   float, smoe::bf16, std::int8_t) {
+    // d = 520 and f = 264 cross the prefill path's 256-step blocks (int8 widens a panel block by block,
+    // its 6-row tiles resuming their chains); 40 rows give it 6 full tiles, the leftovers and a row
+    // alone take the other tiles.
+    using W = TestType;
+    std::mt19937_64 rng(41);
+    std::int64_t const d = 520, f = 264, M = 40;
+    auto const data = random_experts<W>(rng, d, f, 1);
+    SwiGLU<W> const ex(data.cfg, data.dense());
+    auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+    auto const rw = smoe_test::normal(rng, std::size_t(M), 1.0);
+    auto const arch = xsimd::default_arch{};
+    auto const all = run_rows(arch, ex, 0, x.data(), M, rw.data());
+    for (std::int64_t r = 0; r < M; ++r) {
+        INFO("row " << r);
+        check_oracle(data.dense(), 0, x.data() + r * d, rw[std::size_t(r)], all.data() + r * d, 2e-5);
+        if (r % 7 == 0) {
+            auto const alone = run_rows(arch, ex, 0, x.data() + r * d, 1, rw.data() + r);
+            CHECK(same_bits(alone.data(), all.data() + r * d, d));
+        }
+    }
+}

@@ -49,8 +49,9 @@ inline constexpr bool kPackedAvx2 =
     SMOE_PACKED_AVX2 && (std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>);
 
 inline constexpr int kPackedMR = 6;
-// How far ahead (in k steps of one panel) the kernels prefetch: 16 steps = 1 KiB of fp32 weights.
-inline constexpr std::int64_t kPrefetchSteps = 16;
+// How far ahead in one panel the kernels prefetch, in bytes of stored weights.
+// (1, 2, 4 and 8 KiB measured the same within this VM's noise.)
+inline constexpr std::int64_t kPrefetchBytes = 1024;
 
 // Panels processed together by the r = M mod 6 leftover rows (see the top of this file).
 // 4 and 5 leftover rows go as 2 + 2 rows x 3 panels and 3 + 2 rows x 2 panels: the second pass reads
@@ -106,7 +107,7 @@ SMOE_ALWAYS_INLINE void load_panel_avx2(W const* p, __m256& lo, __m256& hi) {
 // MR rows x NP panels; b points at the first panel, pstride elements between panels. The k loop is a
 // function of its own (not inlined into the driver): inlined, GCC ran out of registers with the
 // driver's live values around it and kept the accumulators on the stack (measured 2x slower).
-template <class W, int MR, int NP>
+template <class W, int MR, int NP, bool Continue = false>
 [[gnu::noinline]] void packed_loop_avx2(float const* a, std::int64_t lda, W const* b, std::int64_t pstride, std::int64_t K,
                                         __m256* out) {
     // The pragmas unroll the tile loops before GCC decides where acc lives.
@@ -114,10 +115,19 @@ template <class W, int MR, int NP>
     float const* ar[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) ar[i] = a + i * lda;
+    // Continue: the chains resume from the fp32 values a previous k block stored in out, which is
+    // bit for bit the chain run without the break.
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int j = 0; j < NP; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+        for (int j = 0; j < NP; ++j) {
+            if constexpr (Continue) {
+                acc[i][j][0] = out[(i * NP + j) * 2];
+                acc[i][j][1] = out[(i * NP + j) * 2 + 1];
+            } else {
+                acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+            }
+        }
     for (std::int64_t k = 0; k < K; ++k) {
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
@@ -125,7 +135,7 @@ template <class W, int MR, int NP>
             W const* const bk = b + j * pstride + k * kPanelCols;
             // A stream per panel, 1 KiB ahead: one stream on the hardware prefetcher alone ran at a
             // third of the DRAM bandwidth (a lone row, one panel at a time).
-            _mm_prefetch(reinterpret_cast<char const*>(bk + kPrefetchSteps * kPanelCols), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<char const*>(bk) + kPrefetchBytes, _MM_HINT_T0);
             load_panel_avx2(bk, lo, hi);
             // Keep the panel vectors in registers: GCC otherwise folds the load into every row's FMA,
             // MR loads per vector instead of one, and the load ports become the bottleneck.
@@ -167,6 +177,44 @@ void packed_rest_avx2(int r, float const* a, std::int64_t lda, W const* b, std::
         default: return packed_tile_avx2<W, 5, 1>(a, lda, b, pstride, K, row0, panel0, epi);
     }
 }
+
+// Prefill path for int8: the full 6-row tiles of one panel, over rows [0, full). Widening int8 in
+// registers costs 2 instructions per 8 weights in every tile; here a block of kWidenSteps k steps is
+// widened once into an fp32 buffer (16 KiB, on the stack) and the tiles of up to kWidenRows rows run
+// the fp32 kernel on it, their accumulators parked in a 6 KiB stack buffer between blocks.
+// Measured (olmoe expert, one thread, CPU time, 3 runs on the shared VM, GFLOP/s): int8 at 32 rows
+// 69/57/66 widened vs 66/62/61 in registers, at 64 rows 76/69/74 vs 51/62/63; at 6-12 rows the copy
+// loses (48-61 vs 54-66), hence kWidenMinRows. bf16 widens with one unpack per vector and lost
+// every time (64 rows: 68-78 vs 67-94), so it stays in registers.
+inline constexpr std::int64_t kWidenSteps = 256, kWidenRows = 96, kWidenMinRows = 24;
+
+template <class W, class Epi>
+void packed_panel_widened_avx2(MatrixView<float const> A, std::int64_t full, W const* panel, std::int64_t q, Epi& epi) {
+    std::int64_t const K = A.cols;
+    alignas(32) float wide[kWidenSteps * kPanelCols];
+    __m256 acc[kWidenRows / kPackedMR][kPackedMR * 2];
+    for (std::int64_t m0 = 0; m0 < full; m0 += kWidenRows) {
+        std::int64_t const tiles = std::min(kWidenRows, full - m0) / kPackedMR;
+        for (std::int64_t k0 = 0; k0 < K; k0 += kWidenSteps) {
+            std::int64_t const kb = std::min(kWidenSteps, K - k0);
+            for (std::int64_t k = 0; k < kb; ++k) {
+                __m256 lo, hi;
+                load_panel_avx2(panel + (k0 + k) * kPanelCols, lo, hi);
+                _mm256_store_ps(wide + k * kPanelCols, lo);
+                _mm256_store_ps(wide + k * kPanelCols + 8, hi);
+            }
+            for (std::int64_t t = 0; t < tiles; ++t) {
+                float const* a = A.row(m0 + t * kPackedMR) + k0;
+                if (k0 == 0)
+                    packed_loop_avx2<float, kPackedMR, 1, false>(a, A.ld, wide, 0, kb, acc[t]);
+                else
+                    packed_loop_avx2<float, kPackedMR, 1, true>(a, A.ld, wide, 0, kb, acc[t]);
+            }
+        }
+        for (std::int64_t t = 0; t < tiles; ++t)
+            for (int i = 0; i < kPackedMR; ++i) epi.store(m0 + t * kPackedMR + i, q, acc[t][i * 2], acc[t][i * 2 + 1]);
+    }
+}
 #endif
 
 }  // namespace detail
@@ -184,9 +232,15 @@ void gemm_packed(Arch, MatrixView<float const> A, W const* panels, std::int64_t 
         int const G = packed_group(r);
         for (std::int64_t p = p0; p < p1; p += G) {
             std::int64_t const g = std::min<std::int64_t>(G, p1 - p);
-            for (std::int64_t q = p; q < p + g; ++q)
+            for (std::int64_t q = p; q < p + g; ++q) {
+                if constexpr (std::is_same_v<W, std::int8_t>)
+                    if (full >= detail::kWidenMinRows) {
+                        detail::packed_panel_widened_avx2(A, full, panels + q * pstride, q, epi);
+                        continue;
+                    }
                 for (std::int64_t m = 0; m < full; m += kPackedMR)
                     detail::packed_tile_avx2<W, kPackedMR, 1>(A.row(m), A.ld, panels + q * pstride, pstride, K, m, q, epi);
+            }
             if (r == 0) continue;
             W const* bp = panels + p * pstride;
             int const step = packed_rows_for(g);
