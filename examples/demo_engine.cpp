@@ -6,7 +6,9 @@
 // per-layer per-expert load as a table and a text histogram.
 //
 //   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
-//               [--dtype bf16|f32|int8] [--threads N] [--seed S]
+//               [--dtype bf16|f32|int8] [--threads N] [--seed S] [--shard] [--hidden D] [--ffn F]
+//
+//   mpiexec -n 2 demo_engine --shard     experts sharded over the ranks (expert parallelism, MPI builds)
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +28,13 @@
 #include "smoe/io/hf_moe.hpp"
 #include "smoe/io/tensor_map.hpp"
 
+#ifdef SMOE_DEMO_MPI
+#include <mpi.h>
+
+#include "smoe/dist/mpi_communicator.hpp"
+#include "smoe/io/hf_sharded.hpp"
+#endif
+
 namespace {
 
 using smoe::io::Dtype;
@@ -41,6 +50,8 @@ struct Options {
     std::int64_t decode = 32;
     std::string dtype = "bf16";
     std::int64_t threads = 2;
+    std::int64_t hidden = 0, ffn = 0;  // random model: d and the expert width instead of the shape's
+    bool shard = false;
     std::uint64_t seed = 1;
 };
 
@@ -48,7 +59,8 @@ struct Options {
     std::fprintf(stderr,
                  "demo_engine: %s\n"
                  "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
-                 "                   [--dtype bf16|f32|int8] [--threads N] [--seed S]\n",
+                 "                   [--dtype bf16|f32|int8] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
+                 "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n",
                  msg.c_str());
     std::exit(2);
 }
@@ -75,6 +87,9 @@ Options parse(int argc, char** argv) {
         else if (a == "--decode") o.decode = parse_count("--decode", value(), 0);
         else if (a == "--dtype") o.dtype = value();
         else if (a == "--threads") o.threads = parse_count("--threads", value(), 1);
+        else if (a == "--shard") o.shard = true;
+        else if (a == "--hidden") o.hidden = parse_count("--hidden", value(), 1);
+        else if (a == "--ffn") o.ffn = parse_count("--ffn", value(), 1);
         else if (a == "--seed") o.seed = static_cast<std::uint64_t>(parse_count("--seed", value(), 0));
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
         else usage("unknown argument '" + a + "'");
@@ -87,10 +102,11 @@ Options parse(int argc, char** argv) {
 // The random model's config, as a Hugging Face config.json would hold it: small enough to build and
 // run in seconds on 2 cores, with the structure of the real thing.
 nlohmann::json random_config(Options const& o) {
+    std::int64_t const d = o.hidden ? o.hidden : 1024;
     if (o.shape == "mixtral")
-        return {{"model_type", "mixtral"}, {"hidden_size", 1024}, {"intermediate_size", 3584}, {"num_local_experts", 8},
+        return {{"model_type", "mixtral"}, {"hidden_size", d}, {"intermediate_size", o.ffn ? o.ffn : 3584}, {"num_local_experts", 8},
                 {"num_experts_per_tok", 2}, {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}};
-    return {{"model_type", "deepseek_v3"}, {"hidden_size", 1024}, {"moe_intermediate_size", 512}, {"n_routed_experts", 32},
+    return {{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", o.ffn ? o.ffn : 512}, {"n_routed_experts", 32},
             {"num_experts_per_tok", 4}, {"n_shared_experts", 1}, {"n_group", 4}, {"topk_group", 2},
             {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true}, {"first_k_dense_replace", 0},
             {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}, {"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
@@ -160,128 +176,189 @@ void rms_normalize(float const* in, float* out, std::int64_t rows, std::int64_t 
     }
 }
 
-struct Engine {
-    std::vector<HfMoeLayer> layers;
-    std::int64_t d = 0;
-    std::vector<float> normed, out;
-
-    // h [T, d] += moe(rmsnorm(h)) through every layer.
-    void step(std::vector<float>& h, std::int64_t T) {
-        normed.resize(static_cast<std::size_t>(T * d));
-        out.resize(static_cast<std::size_t>(T * d));
-        for (auto& l : layers) {
-            rms_normalize(h.data(), normed.data(), T, d);
-            l.forward(smoe::MatrixView<float const>(normed.data(), T, d), smoe::MatrixView<float>(out.data(), T, d));
-            for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
-        }
-    }
+struct Ranks {
+    int rank = 0, size = 1;
+    void (*barrier)() = [] {};
 };
+
+// The batch share of rank r: T tokens split as evenly as possible, the first ranks taking one more.
+std::int64_t share(std::int64_t T, Ranks const& r) { return T / r.size + (r.rank < T % r.size ? 1 : 0); }
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-void print_load(Engine const& eng) {
-    std::int64_t const E = eng.layers.front().num_experts();
-    std::printf("\ntokens routed to each expert (kept slots, prefill + decode)\n  expert");
-    for (auto const& l : eng.layers) std::printf(" %7s", ("L" + std::to_string(l.layer_index())).c_str());
+// Cumulative kept slots per expert: this process's, or summed over the ranks (a collective).
+template <class Layer>
+std::vector<std::uint64_t> cumulative_kept(Layer& l) {
+    return l.visit([](auto& layer) {
+        if constexpr (requires { layer.global_stats(); })
+            return layer.global_stats().global.cumulative_kept;
+        else
+            return layer.stats().cumulative_kept;
+    });
+}
+
+template <class Layer>
+void print_load(std::vector<Layer>& layers, Ranks const& ranks) {
+    std::vector<std::vector<std::uint64_t>> load;
+    for (auto& l : layers) load.push_back(cumulative_kept(l));
+    if (ranks.rank != 0) return;
+    std::size_t const E = load.front().size();
+    std::printf("\ntokens routed to each expert (kept slots, prefill + decode%s)\n  expert", ranks.size > 1 ? ", all ranks" : "");
+    for (auto const& l : layers) std::printf(" %7s", ("L" + std::to_string(l.layer_index())).c_str());
     std::printf("\n");
-    for (std::int64_t e = 0; e < E; ++e) {
-        std::printf("  %6lld", static_cast<long long>(e));
-        for (auto const& l : eng.layers) std::printf(" %7llu", static_cast<unsigned long long>(l.stats().cumulative_kept[static_cast<std::size_t>(e)]));
+    for (std::size_t e = 0; e < E; ++e) {
+        std::printf("  %6zu", e);
+        for (auto const& c : load) std::printf(" %7llu", static_cast<unsigned long long>(c[e]));
         std::printf("\n");
     }
     // One character per expert, height ∝ load: skew and dead experts show at a glance.
     static char const* const bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
-    std::printf("\nload histogram (one column per expert, 0..%lld left to right; max/mean, dead experts)\n",
-                static_cast<long long>(E - 1));
-    for (auto const& l : eng.layers) {
-        auto const& c = l.stats().cumulative_kept;
+    std::printf("\nload histogram (one column per expert, 0..%zu left to right; max/mean, dead experts)\n", E - 1);
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+        auto const& c = load[i];
         double const mx = static_cast<double>(*std::max_element(c.begin(), c.end()));
         double mean = 0;
         int dead = 0;
         for (auto v : c) mean += static_cast<double>(v), dead += v == 0;
         mean /= static_cast<double>(c.size());
-        std::printf("  L%-4lld |", static_cast<long long>(l.layer_index()));
+        std::printf("  L%-4lld |", static_cast<long long>(layers[i].layer_index()));
         for (auto v : c) std::printf("%s", bars[mx > 0 ? static_cast<int>(std::lround(8.0 * static_cast<double>(v) / mx)) : 0]);
         std::printf("|  max/mean %.2f, dead %d\n", mean > 0 ? mx / mean : 0.0, dead);
     }
+}
+
+// h [T, d] += moe(rmsnorm(h)) through every layer.
+template <class Layer>
+void step(std::vector<Layer>& layers, std::vector<float>& h, std::int64_t T, std::int64_t d, std::vector<float>& normed,
+          std::vector<float>& out) {
+    normed.resize(static_cast<std::size_t>(T * d));
+    out.resize(static_cast<std::size_t>(T * d));
+    for (auto& l : layers) {
+        rms_normalize(h.data(), normed.data(), T, d);
+        l.forward(smoe::MatrixView<float const>(normed.data(), T, d), smoe::MatrixView<float>(out.data(), T, d));
+        for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
+    }
+}
+
+// Builds or loads the model, then prefill and decode. Layer is HfMoeLayer (one process) or
+// HfShardedMoeLayer (experts over the ranks; every rank runs its own share of the batch).
+template <class Layer, class Maker>
+int run(Options const& o, Maker const& maker, Ranks const& ranks) {
+    bool const talk = ranks.rank == 0;
+    std::vector<Layer> layers;
+    auto const t_load = Clock::now();
+    std::string source;
+    smoe::io::HfMoeConfig cfg;
+    typename Layer::Options lo{.max_tokens = o.prefill};
+    // A real checkpoint keeps its dtype unless --dtype says otherwise; int8 is quantised at load.
+    if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
+    if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
+    if (o.model) {
+        std::filesystem::path const dir = *o.model;
+        cfg = smoe::io::read_hf_config(dir / "config.json");
+        if (talk)
+            for (auto const& k : cfg.defaulted) std::fprintf(stderr, "demo_engine: config.json lacks %s (family default)\n", k.c_str());
+        auto const ckpt = smoe::io::Checkpoint::open(dir);
+        for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(layers.size()) < o.layers); ++l) {
+            if (!cfg.is_moe_layer(l)) continue;
+            if (talk) std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
+            layers.push_back(Layer::load(cfg, ckpt, l, lo, dir.string(), maker));
+        }
+        if (talk) std::fprintf(stderr, "\n");
+        source = dir.string();
+    } else {
+        cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
+        auto const weights = RandomModel(cfg, o.dtype != "f32", o.seed).build();
+        for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(Layer::load(cfg, weights, l, lo, "<random model>", maker));
+        source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
+    }
+    if (layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
+    double const load_s = seconds_since(t_load);
+    smoe::DefaultThreadPool pool(o.threads);
+    for (auto& l : layers) l.set_thread_pool(pool);
+    std::int64_t const d = cfg.hidden_size;
+
+    std::size_t wbytes = 0, wsbytes = 0;
+    for (auto const& l : layers) wbytes += l.weight_bytes(), wsbytes += l.workspace_bytes();
+    if (talk) {
+        std::printf("smoe demo engine: %s\n", source.c_str());
+        std::printf("  %s: %zu MoE layers, d = %lld, E = %lld, k = %lld, expert f = %lld, shared f = %lld, %s expert weights\n",
+                    to_string(cfg.family), layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
+                    static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
+                    static_cast<long long>(cfg.shared_intermediate_size), to_string(layers.front().format()));
+        if (ranks.size > 1)
+            std::printf("  sharded over %d ranks: rank 0 holds experts %lld..%lld; each rank runs its share of the batch\n", ranks.size,
+                        static_cast<long long>(layers.front().local_experts().front()), static_cast<long long>(layers.front().local_experts().back()));
+        std::printf("  memory%s: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s; %lld threads\n",
+                    ranks.size > 1 ? " (rank 0)" : "", double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20),
+                    static_cast<long long>(o.prefill), load_s, static_cast<long long>(o.threads));
+    }
+
+    // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
+    std::mt19937_64 rng(o.seed + static_cast<std::uint64_t>(ranks.rank));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::int64_t const T = share(o.prefill, ranks);
+    std::vector<float> h(static_cast<std::size_t>(T * d)), normed, out;
+    for (auto& v : h) v = nd(rng);
+    ranks.barrier();
+    auto const t_prefill = Clock::now();
+    step(layers, h, T, d, normed, out);
+    ranks.barrier();
+    double const prefill_s = seconds_since(t_prefill);
+    if (talk)
+        std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s,
+                    double(o.prefill) / prefill_s);
+
+    // Every rank decodes one sequence (its last prompt token onwards), so a step is P tokens.
+    std::vector<float> tok(static_cast<std::size_t>(d));
+    if (T > 0) std::copy(h.end() - d, h.end(), tok.begin());
+    else for (auto& v : tok) v = nd(rng);
+    auto const t_decode = Clock::now();
+    for (std::int64_t i = 0; i < o.decode; ++i) {
+        rms_normalize(tok.data(), tok.data(), 1, d);
+        step(layers, tok, 1, d, normed, out);
+        if (talk && ((i + 1) % 8 == 0 || i + 1 == o.decode))
+            std::fprintf(stderr, "\rdecode %lld/%lld steps", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
+    }
+    ranks.barrier();
+    double const decode_s = seconds_since(t_decode);
+    if (talk && o.decode > 0) {
+        std::fprintf(stderr, "\n");
+        double const tokens = double(o.decode) * ranks.size;
+        std::printf("  decode: %lld steps x %d sequence%s in %.3f s = %.1f tokens/s (%.2f ms per step over %zu layers)\n",
+                    static_cast<long long>(o.decode), ranks.size, ranks.size > 1 ? "s" : "", decode_s, tokens / decode_s,
+                    1e3 * decode_s / double(o.decode), layers.size());
+    }
+    print_load(layers, ranks);
+    return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
     Options const o = parse(argc, argv);
+#ifdef SMOE_DEMO_MPI
+    if (o.shard) {
+        MPI_Init(&argc, &argv);
+        int rc = 1;
+        try {
+            smoe::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+            Ranks ranks{comm.rank(), comm.size(), [] { MPI_Barrier(MPI_COMM_WORLD); }};
+            nlohmann::json const j = o.model ? smoe::io::read_json_file(std::filesystem::path(*o.model) / "config.json") : random_config(o);
+            auto const E = smoe::io::parse_hf_config(j, "config.json").num_experts();
+            smoe::io::ShardedLayers<smoe::dist::MpiCommunicator> maker{&comm, smoe::dist::ExpertPlacement::contiguous(E, comm.size())};
+            rc = run<smoe::io::HfShardedMoeLayer<smoe::dist::MpiCommunicator>>(o, maker, ranks);
+        } catch (std::exception const& e) {
+            std::fprintf(stderr, "demo_engine: error: %s\n", e.what());
+        }
+        MPI_Finalize();
+        return rc;
+    }
+#else
+    if (o.shard) usage("--shard needs a build with MPI (Debian libopenmpi-dev; see docs/distributed.md)");
+#endif
     try {
-        Engine eng;
-        auto const t_load = Clock::now();
-        std::string source;
-        smoe::io::HfMoeConfig cfg;
-        HfMoeLayer::Options lo{.max_tokens = o.prefill};
-        // A real checkpoint keeps its dtype unless --dtype says otherwise; int8 is quantised at load.
-        if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
-        if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
-        if (o.model) {
-            std::filesystem::path const dir = *o.model;
-            cfg = smoe::io::read_hf_config(dir / "config.json");
-            for (auto const& k : cfg.defaulted) std::fprintf(stderr, "demo_engine: config.json lacks %s (family default)\n", k.c_str());
-            auto const ckpt = smoe::io::Checkpoint::open(dir);
-            for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(eng.layers.size()) < o.layers); ++l) {
-                if (!cfg.is_moe_layer(l)) continue;
-                std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
-                eng.layers.push_back(HfMoeLayer::load(cfg, ckpt, l, lo, dir.string()));
-            }
-            std::fprintf(stderr, "\n");
-            source = dir.string();
-        } else {
-            cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
-            auto const weights = RandomModel(cfg, o.dtype != "f32", o.seed).build();
-            for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) eng.layers.push_back(HfMoeLayer::load(cfg, weights, l, lo, "<random model>"));
-            source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
-        }
-        if (eng.layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
-        double const load_s = seconds_since(t_load);
-        smoe::DefaultThreadPool pool(o.threads);
-        for (auto& l : eng.layers) l.set_thread_pool(pool);
-        eng.d = cfg.hidden_size;
-        std::int64_t const d = eng.d;
-
-        std::size_t wbytes = 0, wsbytes = 0;
-        for (auto const& l : eng.layers) wbytes += l.weight_bytes(), wsbytes += l.workspace_bytes();
-        std::printf("smoe demo engine: %s\n", source.c_str());
-        std::printf("  %s: %zu MoE layers, d = %lld, E = %lld, k = %lld, expert f = %lld, shared f = %lld, %s expert weights\n",
-                    to_string(cfg.family), eng.layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
-                    static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
-                    static_cast<long long>(cfg.shared_intermediate_size), to_string(eng.layers.front().format()));
-        std::printf("  memory: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s; %lld threads\n",
-                    double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20), static_cast<long long>(o.prefill), load_s,
-                    static_cast<long long>(o.threads));
-
-        // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
-        std::mt19937_64 rng(o.seed);
-        std::normal_distribution<float> nd(0.0f, 1.0f);
-        std::vector<float> h(static_cast<std::size_t>(o.prefill * d));
-        for (auto& v : h) v = nd(rng);
-        auto const t_prefill = Clock::now();
-        eng.step(h, o.prefill);
-        double const prefill_s = seconds_since(t_prefill);
-        std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s,
-                    double(o.prefill) / prefill_s);
-
-        std::vector<float> tok(h.end() - d, h.end());
-        auto const t_decode = Clock::now();
-        for (std::int64_t i = 0; i < o.decode; ++i) {
-            rms_normalize(tok.data(), tok.data(), 1, d);
-            eng.step(tok, 1);
-            if ((i + 1) % 8 == 0 || i + 1 == o.decode)
-                std::fprintf(stderr, "\rdecode %lld/%lld tokens", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
-        }
-        if (o.decode > 0) std::fprintf(stderr, "\n");
-        double const decode_s = seconds_since(t_decode);
-        if (o.decode > 0)
-            std::printf("  decode: %lld tokens in %.3f s = %.1f tokens/s (%.2f ms per token over %zu layers)\n",
-                        static_cast<long long>(o.decode), decode_s, double(o.decode) / decode_s, 1e3 * decode_s / double(o.decode),
-                        eng.layers.size());
-        print_load(eng);
-        return 0;
+        return run<HfMoeLayer>(o, smoe::io::LocalLayers{}, Ranks{});
     } catch (std::exception const& e) {
         std::fprintf(stderr, "demo_engine: error: %s\n", e.what());
         return 1;

@@ -240,3 +240,56 @@ TEST_CASE("ranks as threads: one rank's bad input makes every rank throw", "[dis
     CHECK_THAT(what(errors[2]), Contains("'rank' = 1"));
     CHECK(completed == std::vector<int>{1, 1, 1});
 }
+
+TEST_CASE("ranks as threads: shared experts (replicated) keep the sharded layer equal to smoe::MoELayer", "[dist][layer][threads][shared]") {
+    using Inner = smoe::expert::SwiGLU<float>;
+    using Shared = smoe::expert::Shared<Inner, smoe::expert::shared_gate::Sigmoid>;
+    using ShardedShared = smoe::dist::MoELayer<smoe::router::TopK, Shared, smoe::balance::None, smoe_test::ThreadCommunicator>;
+    using SingleShared = smoe::MoELayer<smoe::router::TopK, Shared, smoe::balance::None>;
+    constexpr int P = 2;
+    constexpr std::int64_t d = 24, E = 6, Tm = 20, fs = 30;
+    std::mt19937_64 rng(13);
+    auto const m = Model::random(rng, d, 10, E);
+    auto const s1 = smoe_test::normal(rng, fs * d, 0.3), s3 = smoe_test::normal(rng, fs * d, 0.3), s2 = smoe_test::normal(rng, d * fs, 0.3);
+    auto const sg = smoe_test::normal(rng, d, 0.5);
+    smoe::expert::SwiGLUConfig const scfg{d, fs, 1};
+    auto const sw = smoe::expert::SwiGLUWeights<float>::dense(s1.data(), s3.data(), s2.data(), scfg);
+    MatrixView<float const> const gate_view(sg.data(), 1, d);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 2};
+    auto const pl = ExpertPlacement::contiguous(E, P);
+    auto const b = smoe_test::split_batch(900, {7, 0}, d);
+    auto const b2 = smoe_test::split_batch(901, {Tm, 3}, d);
+    std::vector<std::vector<std::vector<float>>> got(P);
+    auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+        int const r = comm.rank();
+        auto const local = smoe_test::local_experts(m, pl, r);
+        ShardedShared layer(comm, pl, {.router = rc, .expert = {local.cfg, scfg}, .max_tokens = Tm},
+                            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = {local.weights(), sw, gate_view}});
+        for (auto const* batch : {&b, &b2}) {
+            auto const x = batch->of(r);
+            std::vector<float> y(static_cast<std::size_t>(x.rows * d), -3.0f);
+            layer.forward(x, MatrixView<float>(y.data(), x.rows, d));
+            got[static_cast<std::size_t>(r)].push_back(std::move(y));
+        }
+    });
+    for (int r = 0; r < P; ++r) REQUIRE(what(errors[static_cast<std::size_t>(r)]) == "(nothing thrown)");
+    SingleShared single({.router = rc, .expert = {m.expert_cfg(), scfg}, .max_tokens = P * Tm}, {MatrixView<float const>(m.gate.data(), E, d), {}, {m.experts(), sw, gate_view}});
+    std::size_t call = 0;
+    for (auto const* batch : {&b, &b2}) {
+        std::vector<float> want(static_cast<std::size_t>(batch->total() * d));
+        single.forward(batch->all(), MatrixView<float>(want.data(), batch->total(), d));
+        for (int r = 0; r < P; ++r) {
+            INFO("call " << call << ", rank " << r);
+            CHECK(smoe_test::same_bits(want, batch->first(r), got[static_cast<std::size_t>(r)][call], d));
+        }
+        ++call;
+    }
+    // A rank without routed experts cannot hold the replicated shared expert.
+    auto const lonely = ExpertPlacement::from_table({0, 0, 0, 0, 0, 0}, P);
+    auto const errs = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+        auto const local = smoe_test::local_experts(m, lonely, comm.rank());
+        ShardedShared layer(comm, lonely, {.router = rc, .expert = {local.cfg, scfg}, .max_tokens = Tm},
+                            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = {local.weights(), sw, gate_view}});
+    });
+    CHECK_THAT(what(errs[1]), Contains("placement"));
+}

@@ -65,9 +65,6 @@ class MoELayer {
     static_assert(Communicator<Comm>,
                   "smoe::dist::MoELayer: the Comm parameter does not model smoe::dist::Communicator (it needs rank(), "
                   "size(), alltoall, alltoallv, allreduce_sum and allreduce_min; use smoe::dist::MpiCommunicator)");
-    static_assert(!requires(Expert const& x, Workspace& w) { x.run_shared(xsimd::default_arch{}, MatrixView<float const>{}, MatrixView<float>{}, w); },
-                  "smoe::dist::MoELayer: shared experts (expert::Shared) are not sharded yet; run the routed experts "
-                  "here and the shared expert on each rank's own tokens after forward");
     using arch = typename smoe::detail::arch_of<Backend>::type;
 
 public:
@@ -160,12 +157,21 @@ public:
         RoutingResult const& r = c.routing;
         MatrixView<float const> const slot_out(c.local.xfer.data(), r.nnz(), d_, d_ + 1);
         kernels::cpu::combine_slots(arch{}, slot_out, std::span<std::int32_t const>(c.local.slot_rows.data(), static_cast<std::size_t>(r.num_tokens * r.k)), r.k, y);
+        // Shared experts (expert::Shared) are replicated: every rank runs them on its own tokens after
+        // the routed sum, as smoe::MoELayer does (same order, same bits).
+        if constexpr (kHasShared) {
+            Workspace ews = c.remote.expert_ws;
+            expert_->run_shared(arch{}, x, y, ews);
+        }
         return r;
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
 
 private:
+    static constexpr bool kHasShared =
+        requires(Expert const& x, Workspace& w) { x.run_shared(arch{}, MatrixView<float const>{}, MatrixView<float>{}, w); };
+
     struct Local {
         std::span<float> logits;
         smoe::detail::RoutingBuffers routing;
@@ -231,6 +237,11 @@ private:
                 smoe::detail::fail("expert.num_experts", n,
                                    "this rank's expert count in the placement (" + std::to_string(L) + " on rank " + std::to_string(rank) + ")");
         };
+        if constexpr (kHasShared)
+            if (L == 0)
+                smoe::detail::fail("placement", "no expert on rank " + std::to_string(rank),
+                                   "at least one routed expert on every rank with shared experts (expert::Shared holds the "
+                                   "replicated shared expert beside this rank's routed experts)");
         if (L > 0) {
             // Named before the expert checks its weights against the (wrong) count.
             if constexpr (requires { cfg.expert.num_experts; }) check_count(cfg.expert.num_experts);

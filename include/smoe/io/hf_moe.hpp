@@ -107,7 +107,25 @@ struct HfNames {
 
 }  // namespace detail
 
-class HfMoeLayer {
+// How BasicHfMoeLayer builds its layer, and which routed experts it holds: LocalLayers builds a
+// smoe::MoELayer with every expert; io/hf_sharded.hpp builds a dist::MoELayer with this rank's.
+struct LocalLayers {
+    template <class Expert>
+    using layer = MoELayer<router::TopK, Expert, balance::None>;
+
+    std::vector<std::int64_t> experts(std::int64_t num_experts) const {
+        std::vector<std::int64_t> ids(static_cast<std::size_t>(num_experts));
+        for (std::int64_t e = 0; e < num_experts; ++e) ids[static_cast<std::size_t>(e)] = e;
+        return ids;
+    }
+    template <class L>
+    std::unique_ptr<L> make(typename L::Config const& c, typename L::Weights const& w) const {
+        return std::make_unique<L>(c, w);
+    }
+};
+
+template <class Maker = LocalLayers>
+class BasicHfMoeLayer {
 public:
     struct Options {
         std::int64_t max_tokens = 256;           // the workspace is sized once for this many tokens
@@ -116,21 +134,23 @@ public:
     };
 
     template <class W>
-    using Plain = MoELayer<router::TopK, expert::SwiGLU<W>, balance::None>;
+    using Plain = typename Maker::template layer<expert::SwiGLU<W>>;
     template <class W>
-    using SharedGated = MoELayer<router::TopK, expert::Shared<expert::SwiGLU<W>, expert::shared_gate::Sigmoid>, balance::None>;
+    using SharedGated = typename Maker::template layer<expert::Shared<expert::SwiGLU<W>, expert::shared_gate::Sigmoid>>;
     template <class W>
-    using SharedPlain = MoELayer<router::TopK, expert::Shared<expert::SwiGLU<W>, expert::shared_gate::None>, balance::None>;
+    using SharedPlain = typename Maker::template layer<expert::Shared<expert::SwiGLU<W>, expert::shared_gate::None>>;
 
     // `source_name` names the checkpoint in errors (a folder or file path).
     template <TensorSource S>
-    static HfMoeLayer load(HfMoeConfig const& cfg, S const& src, std::int64_t layer, Options const& opt,
-                           std::string const& source_name) {
+    static BasicHfMoeLayer load(HfMoeConfig const& cfg, S const& src, std::int64_t layer, Options const& opt,
+                                std::string const& source_name, Maker maker = {}) {
         if (!cfg.is_moe_layer(layer))
             smoe::detail::fail("layer", layer,
                                "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " checkpoint (" +
                                    std::to_string(cfg.num_hidden_layers) + " layers; dense ones have no router)");
-        HfMoeLayer m;
+        BasicHfMoeLayer m;
+        m.maker_ = std::move(maker);
+        m.local_ = m.maker_.experts(cfg.num_experts());
         m.cfg_ = cfg;
         m.layer_index_ = layer;
         m.source_ = source_name;
@@ -149,8 +169,8 @@ public:
         return m;
     }
 
-    HfMoeLayer(HfMoeLayer&&) noexcept = default;
-    HfMoeLayer& operator=(HfMoeLayer&&) noexcept = default;
+    BasicHfMoeLayer(BasicHfMoeLayer&&) noexcept = default;
+    BasicHfMoeLayer& operator=(BasicHfMoeLayer&&) noexcept = default;
 
     // x [T, d] -> y [T, d]; T <= max_tokens. The result's views point into the layer's workspace.
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) {
@@ -172,13 +192,30 @@ public:
     // from the checkpoint are released once packed), router and gates in fp32.
     std::size_t weight_bytes() const {
         std::size_t const small = (gate_.size() + bias_.size() + shared_gate_.size()) * sizeof(float);
-        return small + std::visit([](auto const& l) { return l->experts().packed_bytes(); }, layer_);
+        return small + std::visit(
+                           [](auto const& l) -> std::size_t {
+                               if constexpr (requires { l->has_local_experts(); })
+                                   if (!l->has_local_experts()) return 0;
+                               return l->experts().packed_bytes();
+                           },
+                           layer_);
     }
     // Expert work of every later forward goes to `pool` (smoe::ThreadPool); same bits with or without.
     template <ThreadPool P>
     void set_thread_pool(P& pool) {
-        std::visit([&](auto& l) { l->set_thread_pool(pool); }, layer_);
+        std::visit(
+            [&](auto& l) {
+                if constexpr (requires { l->set_thread_pool(pool); }) l->set_thread_pool(pool);
+            },
+            layer_);
     }
+    // The layer itself (a smoe::MoELayer or a dist::MoELayer of the format and shared-expert kind).
+    template <class F>
+    decltype(auto) visit(F&& f) {
+        return std::visit([&](auto& l) -> decltype(auto) { return f(*l); }, layer_);
+    }
+    // Global ids of the routed experts this layer holds, in local order.
+    std::vector<std::int64_t> const& local_experts() const { return local_; }
     std::size_t workspace_bytes() const {
         return std::visit([](auto const& l) { return l->workspace_size(); }, layer_);
     }
@@ -186,7 +223,7 @@ public:
     std::span<float const> expert_bias() const { return bias_; }
 
 private:
-    HfMoeLayer() = default;
+    BasicHfMoeLayer() = default;
 
     enum Slot { w1, w3, w2, s1, s3, s2, kSlots };
 
@@ -219,10 +256,10 @@ private:
             fused_gate_up_ = note(gu);
             fused_down_ = note(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"));
         } else {
-            experts_.resize(static_cast<std::size_t>(E));
-            for (std::int64_t e = 0; e < E; ++e) {
-                std::string const p = prefix_ + "experts." + std::to_string(e) + ".";
-                auto& t = experts_[static_cast<std::size_t>(e)];
+            experts_.resize(local_.size());
+            for (std::size_t l = 0; l < local_.size(); ++l) {
+                std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
+                auto& t = experts_[l];
                 t[0] = note(find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]"));
                 t[1] = note(find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]"));
                 t[2] = note(find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]"));
@@ -247,29 +284,32 @@ private:
     template <class W>
     void build(Options const& opt) {
         using L = std::conditional_t<std::is_same_v<W, std::int8_t>, float, W>;
-        std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
-        std::int64_t const fs = cfg_.shared_intermediate_size;
+        std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
         auto& store = storage<L>();
         auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
         store[w1].resize(sz(E * f * d));
         store[w3].resize(sz(E * f * d));
         store[w2].resize(sz(E * d * f));
         if (fused_gate_up_) {
-            // [E, 2f, d], gate rows first: copy whole, then split into the canonical W1 / W3 stacks.
-            std::vector<L> gu(sz(E * 2 * f * d));
-            detail::copy_tensor(*fused_gate_up_, source_, {E, 2 * f, d}, gu.data());
-            for (std::int64_t e = 0; e < E; ++e) {
-                auto const* src = gu.data() + e * 2 * f * d;
-                std::copy(src, src + f * d, store[w1].data() + e * f * d);
-                std::copy(src + f * d, src + 2 * f * d, store[w3].data() + e * f * d);
+            // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
+            // the canonical W1 / W3 / W2 stacks.
+            std::vector<L> gu(sz(all * 2 * f * d)), dn(sz(all * d * f));
+            detail::copy_tensor(*fused_gate_up_, source_, {all, 2 * f, d}, gu.data());
+            detail::copy_tensor(*fused_down_, source_, {all, d, f}, dn.data());
+            for (std::int64_t l = 0; l < E; ++l) {
+                std::int64_t const e = local_[sz(l)];
+                auto const* g = gu.data() + e * 2 * f * d;
+                std::copy(g, g + f * d, store[w1].data() + l * f * d);
+                std::copy(g + f * d, g + 2 * f * d, store[w3].data() + l * f * d);
+                std::copy(dn.data() + e * d * f, dn.data() + (e + 1) * d * f, store[w2].data() + l * d * f);
             }
-            detail::copy_tensor(*fused_down_, source_, {E, d, f}, store[w2].data());
         } else {
-            for (std::int64_t e = 0; e < E; ++e) {
-                auto const& t = experts_[sz(e)];
-                detail::copy_tensor(*t[0], source_, {f, d}, store[w1].data() + e * f * d);
-                detail::copy_tensor(*t[1], source_, {f, d}, store[w3].data() + e * f * d);
-                detail::copy_tensor(*t[2], source_, {d, f}, store[w2].data() + e * d * f);
+            for (std::int64_t l = 0; l < E; ++l) {
+                auto const& t = experts_[sz(l)];
+                detail::copy_tensor(*t[0], source_, {f, d}, store[w1].data() + l * f * d);
+                detail::copy_tensor(*t[1], source_, {f, d}, store[w3].data() + l * f * d);
+                detail::copy_tensor(*t[2], source_, {d, f}, store[w2].data() + l * d * f);
             }
         }
         if (fs > 0) {
@@ -290,20 +330,20 @@ private:
             else
                 return expert::SwiGLUWeights<W>::dense(store[a].data(), store[b].data(), store[c].data(), sc);
         };
-        MatrixView<float const> const gate(gate_.data(), E, d);
+        MatrixView<float const> const gate(gate_.data(), all, d);
         if (fs == 0) {
             using M = Plain<W>;
-            layer_ = std::make_unique<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
+            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
                                          typename M::Weights{gate, bias_, weights_of(w1, w3, w2, routed)});
         } else if (cfg_.shared_gated) {
             using M = SharedGated<W>;
-            layer_ = std::make_unique<M>(
+            layer_ = maker_.template make<M>(
                 typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
                 typename M::Weights{gate, bias_,
                                     {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), MatrixView<float const>(shared_gate_.data(), 1, d)}});
         } else {
             using M = SharedPlain<W>;
-            layer_ = std::make_unique<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
                                          typename M::Weights{gate, bias_, {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), {}}});
         }
         // The experts packed their own copy: the stacks are not read again.
@@ -358,6 +398,8 @@ private:
     std::vector<std::array<TensorInfo const*, 3>> experts_;
     std::array<TensorInfo const*, 3> shared_{};
 
+    Maker maker_;
+    std::vector<std::int64_t> local_;  // global ids of the routed experts held, in local order
     std::vector<float> gate_, bias_, shared_gate_;
     std::vector<float> f32_[kSlots];
     std::vector<bf16> bf16_[kSlots];
@@ -366,5 +408,7 @@ private:
                  std::unique_ptr<Plain<std::int8_t>>, std::unique_ptr<SharedGated<std::int8_t>>, std::unique_ptr<SharedPlain<std::int8_t>>>
         layer_;
 };
+
+using HfMoeLayer = BasicHfMoeLayer<>;
 
 }  // namespace smoe::inline v0::io
