@@ -50,11 +50,11 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
     static SwiGLUWeights dense(W const* w1, W const* w3, W const* w2, SwiGLUConfig const& c)
         requires(!has_scales)
     {
-        auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
+        // No locals for E, f, d here: nvcc reports them as unused (#177) in this requires-constrained member.
         SwiGLUWeights w;
-        w.w1 = {w1, E, f, d};
-        w.w3 = {w3, E, f, d};
-        w.w2 = {w2, E, d, f};
+        w.w1 = {w1, c.num_experts, c.intermediate_size, c.hidden_size};
+        w.w3 = {w3, c.num_experts, c.intermediate_size, c.hidden_size};
+        w.w2 = {w2, c.num_experts, c.hidden_size, c.intermediate_size};
         return w;
     }
     // A fused gate_up [E, 2f, d] with gate rows first (HF gate_up_proj, Megatron linear_fc1) and down [E, d, f].
