@@ -7,6 +7,7 @@
 #   SHAPES="olmoe qwen2moe" bench/layer/run_all.sh  # a subset
 #   QUICK=1 bench/layer/run_all.sh                  # the quick shape only, no baselines (seconds)
 #
+# BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
 # Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
 # MIXTRAL_T_MAX (default 32: mixtral fp32 is 5.6 GB and a T = 512 call takes seconds), PYTHON
 # (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
@@ -47,6 +48,7 @@ for shape in $SHAPES; do
     echo "== $shape T=$tokens, load $(cut -d' ' -f1-3 /proc/loadavg)"
     "$BENCH" --benchmark_filter="^BM_layer/$shape/.*/T:($tre)/" \
         --benchmark_out="$OUT/smoe_$shape.json" --benchmark_out_format=json 2>&1 | grep -v '^BM_\|^---\|^Benchmark' || true
+    [ "${BASELINES:-1}" = 0 ] && continue
     for threads in 1 2; do
         echo "== eigen $shape $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
         "$BUILD/eigen_moe" "$shape" "$tokens" "$threads" 5 >"$OUT/eigen_${shape}_t$threads.jsonl"
