@@ -148,12 +148,16 @@ def charts(recs):
             ax.grid(True, alpha=0.3)
             if kind == "roofline":
                 ax.set_ylabel("fraction of roofline")
-                ax.set_ylim(0, 1.05)
+                ax.set_ylim(0, max(1.05, ax.get_ylim()[1]))  # > 1: the run's limits were measured low
             else:
                 ax.set_ylabel("speed-up over best PyTorch (x)")
                 ax.axhline(1.0, color="gray", lw=0.8)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        handles = {}
+        for ax in axes[0]:
+            for h, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, h)
+        fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
         fig.savefig(os.path.join(OUT, f"{kind}.png"), dpi=110)
         plt.close(fig)
 
