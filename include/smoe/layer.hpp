@@ -300,14 +300,15 @@ private:
         for (std::int64_t t = 0; t < T; ++t)
             for (std::int64_t j = 0; j < K; ++j) {
                 std::int32_t const e = ids(t, j);
-                std::string const at = " at token " + std::to_string(t) + ", slot " + std::to_string(j);
+                // Built only on failure: forward_routed allocates nothing on valid input.
+                auto at = [&] { return " at token " + std::to_string(t) + ", slot " + std::to_string(j); };
                 if (e < -1 || e >= E)
-                    detail::fail("expert_ids", std::to_string(e) + at, "an expert id in [0, " + std::to_string(E) + ") or -1 for an empty slot");
+                    detail::fail("expert_ids", std::to_string(e) + at(), "an expert id in [0, " + std::to_string(E) + ") or -1 for an empty slot");
                 if (e >= 0 && !std::isfinite(w(t, j)))
-                    detail::fail("expert_weights", detail::to_text(w(t, j)) + at, "finite weights");
+                    detail::fail("expert_weights", detail::to_text(w(t, j)) + at(), "finite weights");
                 for (std::int64_t i = 0; i < j && e >= 0; ++i)
                     if (ids(t, i) == e)
-                        detail::fail("expert_ids", std::to_string(e) + at, "each expert at most once per token");
+                        detail::fail("expert_ids", std::to_string(e) + at(), "each expert at most once per token");
             }
         return K;
     }

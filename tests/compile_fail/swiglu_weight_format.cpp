@@ -1,5 +1,5 @@
-// expect: computes fp32 weights only
-// Weight formats other than fp32 are storage traits still to come; asking for one must say so.
+// expect: W must be a weight format
+// The weight formats are float, smoe::bf16 and std::int8_t; any other storage type must say so.
 #include <smoe/smoe.hpp>
 
 smoe::expert::SwiGLU<double>* experts = nullptr;
