@@ -15,6 +15,13 @@ std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name
     return smoe::io::read_f32(f, name, {n});
 }
 
+void check_known_keys(nlohmann::json const& config, std::string const& file, std::set<std::string> const& allowed, char const* what) {
+    for (auto const& [key, value] : config.items())
+        if (!allowed.count(key))
+            smoe::io::detail::file_fail(file, "key " + smoe::io::detail::quoted(key), value.dump(),
+                                        std::string("a key of ") + what + " (cases.md); it is unknown");
+}
+
 void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r) {
     std::int64_t const T = r.num_tokens, K = r.k;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct Matrix {
 };
 Matrix read_matrix(SafetensorsFile const& f, std::string const& name, std::int64_t rows, std::int64_t cols);
 std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, std::int64_t n);
+
+// Every key of `config` must be in `allowed` (cases.md: any other key is an error naming it); `what`
+// names the kind of config in the message.
+void check_known_keys(nlohmann::json const& config, std::string const& file, std::set<std::string> const& allowed, char const* what);
 
 // expert_ids I32 [T, K] and expert_weights F32 [T, K] from the token-major view.
 void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r);

@@ -17,10 +17,8 @@ int run_lora_case(Args const& a, nlohmann::json const& config) {
     auto const file = (a.case_dir / "config.json").string();
     std::vector<std::string> defaulted;
     smoe::io::detail::ConfigReader r(config, file, defaulted);
-    std::set<std::string> const allowed{"layer", "in_features", "out_features", "rank", "top_k", "lora_alpha", "rank_partition", "module"};
-    for (auto const& [key, value] : config.items())
-        if (!allowed.count(key))
-            smoe::io::detail::file_fail(file, "key " + smoe::io::detail::quoted(key), value.dump(), "a key of a rank-wise LoRA config (cases.md); it is unknown");
+    check_known_keys(config, file, {"layer", "in_features", "out_features", "rank", "top_k", "lora_alpha", "rank_partition", "module"},
+                     "a rank-wise LoRA config");
     std::string const layer = r.string("layer", std::nullopt);
     if (layer != "rankwise_lora") smoe::io::detail::file_fail(file, "key 'layer'", layer, "\"rankwise_lora\"");
     if (r.has("rank_partition") && r.integer("rank_partition", std::nullopt) != 1)

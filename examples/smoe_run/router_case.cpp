@@ -42,12 +42,7 @@ struct Case {
     Case(std::string f, nlohmann::json const& json) : file(std::move(f)), j(json), r(json, file, defaulted) {}
 
     void allow(std::initializer_list<char const*> keys) { allowed.insert(keys.begin(), keys.end()); }
-    void check_keys() const {
-        for (auto const& [key, value] : j.items())
-            if (!allowed.count(key))
-                smoe::io::detail::file_fail(file, "key " + smoe::io::detail::quoted(key), value.dump(),
-                                            "a key of this router or of the balancers (cases.md); it is unknown");
-    }
+    void check_keys() const { check_known_keys(j, file, allowed, "this router or of the balancers"); }
     smoe::router::ScoreFunc score_func() const {
         std::string const s = r.string("score_func", std::string("softmax"));
         if (s == "softmax") return smoe::router::ScoreFunc::softmax;

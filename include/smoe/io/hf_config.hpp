@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smoe/io/file_error.hpp"
+#include "smoe/io/strict_json.hpp"
 #include "smoe/router/topk_config.hpp"
 
 namespace smoe::inline v0::io {
@@ -228,9 +229,8 @@ inline nlohmann::json read_json_file(std::filesystem::path const& path) {
     if (!in) io::detail::file_fail(path.string(), "file", "unreadable", "a readable JSON file");
     std::ostringstream s;
     s << in.rdbuf();
-    nlohmann::json j = nlohmann::json::parse(s.str(), nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) io::detail::file_fail(path.string(), "contents", "not valid JSON", "a JSON document");
-    return j;
+    // The parser of safetensors headers: UTF-8, no duplicate keys, no NUL, bounded depth.
+    return parse_json_strict(s.str(), path.string());
 }
 
 inline HfMoeConfig read_hf_config(std::filesystem::path const& path) { return parse_hf_config(read_json_file(path), path.string()); }

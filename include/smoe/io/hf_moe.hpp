@@ -38,6 +38,7 @@
 #include "smoe/io/file_error.hpp"
 #include "smoe/io/hf_config.hpp"
 #include "smoe/io/safetensors.hpp"
+#include "smoe/io/tensor_read.hpp"
 #include "smoe/layer.hpp"
 #include "smoe/router/topk.hpp"
 #include "smoe/balance/none.hpp"
@@ -56,19 +57,6 @@ inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "
 
 namespace detail {
 
-// Widens or narrows one element of a float tensor; `i` indexes elements, `bytes` may be unaligned.
-inline float load_float(TensorInfo const& t, std::size_t i) {
-    std::byte const* p = t.bytes.data() + i * dtype_size(t.dtype);
-    if (t.dtype == Dtype::F32) {
-        float v;
-        std::memcpy(&v, p, 4);
-        return v;
-    }
-    std::uint16_t b;
-    std::memcpy(&b, p, 2);
-    return t.dtype == Dtype::BF16 ? bf16_to_f32(b) : f16_to_f32(b);
-}
-
 // Copies a float tensor of the expected shape into dst (converting to W); errors name the source,
 // the tensor and the expected shape and dtypes.
 template <class W>
@@ -78,15 +66,15 @@ void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std
     if (t.shape != shape)
         file_fail(source, "tensor " + io::detail::quoted(t.name) + " shape", io::shape_text(t.shape),
                   io::shape_text(shape) + " (from config.json)");
-    auto const n = static_cast<std::size_t>(t.numel());
     if constexpr (std::is_same_v<W, bf16>) {
         if (t.dtype == Dtype::BF16) {
-            std::memcpy(dst, t.bytes.data(), n * 2);  // bf16 stays bf16, bit for bit
+            std::memcpy(dst, t.bytes.data(), t.bytes.size());  // bf16 stays bf16, bit for bit
             return;
         }
-        for (std::size_t i = 0; i < n; ++i) dst[i] = to_bf16(load_float(t, i));
+        for (float v : read_f32(t)) *dst++ = to_bf16(v);
     } else {
-        for (std::size_t i = 0; i < n; ++i) dst[i] = load_float(t, i);
+        auto const v = read_f32(t);
+        std::copy(v.begin(), v.end(), dst);
     }
 }
 
