@@ -31,6 +31,7 @@
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/gemm_packed_avx512.hpp"
 #include "smoe/macros.hpp"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -42,11 +43,13 @@
 
 namespace smoe::inline v0::kernels::cpu {
 
-// Which packed kernel an xsimd Arch runs: the AVX2+FMA one for fma3<avx2> and AVX-512 targets
-// (AVX-512 machines run the 256-bit kernel; a 512-bit one is future work), the scalar one otherwise.
+// Which packed kernel an xsimd Arch runs: the 512-bit one (gemm_packed_avx512.hpp) for AVX-512 archs
+// in an AVX-512 build, the AVX2+FMA one for fma3<avx2> (and AVX-512 archs named in a build without
+// AVX-512), the scalar one otherwise.
 template <class Arch>
 inline constexpr bool kPackedAvx2 =
-    SMOE_PACKED_AVX2 && (std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>);
+    SMOE_PACKED_AVX2 && !kPackedAvx512<Arch> &&
+    (std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>);
 
 inline constexpr int kPackedMR = 6;
 // How far ahead in one panel the kernels prefetch, in bytes of stored weights.
@@ -225,6 +228,12 @@ template <class Arch, class W, class Epi>
 void gemm_packed(Arch, MatrixView<float const> A, W const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
     std::int64_t const M = A.rows, K = A.cols, pstride = K * kPanelCols;
     if (M == 0 || p0 >= p1) return;
+    if constexpr (kPackedAvx512<Arch>) {
+#if SMOE_PACKED_AVX512
+        detail::gemm_packed_avx512(A, panels, p0, p1, epi);
+        return;
+#endif
+    }
     int const r = static_cast<int>(M % kPackedMR);
     std::int64_t const full = M - r;
     if constexpr (kPackedAvx2<Arch>) {
