@@ -99,6 +99,23 @@ constexpr bool balancer_drops_tokens() {
 
 }  // namespace detail
 
+// A layer's configuration and weights name its policies only, not its backend, so one Config builds the
+// layer for any ISA (smoe/dispatch.hpp builds one per ISA from the same Config).
+template <class Router, class Expert, class Balancer>
+struct MoEConfig {
+    typename detail::config_of<Router>::type router{};
+    typename detail::config_of<Expert>::type expert{};
+    typename detail::config_of<Balancer>::type balance{};
+    std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call
+};
+
+template <class Expert>
+struct MoEWeights {
+    MatrixView<float const> gate;        // router projection [num_logits, d]
+    std::span<float const> expert_bias;  // optional selection bias [num_experts] (DeepSeek-V3)
+    typename detail::weights_of<Expert>::type experts{};
+};
+
 template <class Router, class Expert, class Balancer, class Backend = backend::Cpu<>>
 class MoELayer {
     static_assert(smoe::Backend<Backend>,
@@ -135,18 +152,8 @@ public:
     using balancer_type = Balancer;
     using backend_type = Backend;
 
-    struct Config {
-        typename detail::config_of<Router>::type router{};
-        typename detail::config_of<Expert>::type expert{};
-        typename detail::config_of<Balancer>::type balance{};
-        std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call
-    };
-
-    struct Weights {
-        MatrixView<float const> gate;          // router projection [num_logits, d]
-        std::span<float const> expert_bias;    // optional selection bias [num_experts] (DeepSeek-V3)
-        typename detail::weights_of<Expert>::type experts{};
-    };
+    using Config = MoEConfig<Router, Expert, Balancer>;
+    using Weights = MoEWeights<Expert>;
 
     MoELayer(Config const& cfg, Weights const& w)
         : cfg_(cfg), router_(cfg.router), expert_(cfg.expert, w.experts), balancer_(cfg.balance), weights_(w) {

@@ -1,11 +1,13 @@
 // The program both consumer projects build: a tiny MoE layer (E=4, k=2, d=8, f=16) with deterministic
 // weights, one forward of T=6 tokens. Exit 0 and "consumer ok" iff the output is finite and not all
-// zero and every token was routed to k experts.
+// zero and every token was routed to k experts, and the same layer built through runtime ISA dispatch
+// (smoe::DispatchedLayer, consumer_isa.cpp per ISA) gives the same output within rounding.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
+#include <smoe/dispatch.hpp>
 #include <smoe/smoe.hpp>
 
 int main() {
@@ -38,7 +40,14 @@ int main() {
     for (std::int64_t e = 0; e < r.num_experts; ++e) std::printf(" %d", static_cast<int>(r.load(e))), routed += r.load(e);
     std::printf("\n");
 
-    bool const ok = finite && nonzero && r.num_experts == E && routed == T * k;
+    smoe::DispatchedLayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None> dispatched(cfg, w);
+    std::vector<float> yd(T * d, 0.0f);
+    dispatched.forward(smoe::MatrixView<float const>(x.data(), T, d), smoe::MatrixView<float>(yd.data(), T, d));
+    float diff = 0.0f;
+    for (std::size_t i = 0; i < y.size(); ++i) diff = std::fmax(diff, std::fabs(y[i] - yd[i]));
+    std::printf("dispatched isa %s, max |difference| %g\n", dispatched.isa(), static_cast<double>(diff));
+
+    bool const ok = finite && nonzero && r.num_experts == E && routed == T * k && diff <= 1e-5f;
     std::printf("%s (finite=%d nonzero=%d routed=%lld of %lld)\n", ok ? "consumer ok" : "consumer FAILED", finite, nonzero,
                 static_cast<long long>(routed), static_cast<long long>(T * k));
     return ok ? 0 : 1;

@@ -59,6 +59,7 @@ public:
         }
     }
     std::int64_t num_threads() const { return threads_; }
+    bool empty() const { return pool_ == nullptr; }
 
 private:
     template <class P>
