@@ -9,7 +9,8 @@
 // kernels stream front to back; after construction only that copy is read, so the caller's tensors
 // may be released (weights() then names released memory). Memory: the packed copy is the weights'
 // own size, E · (2 · 16 · ceil(f/8) · d + 16 · ceil(d/16) · ceil(f/8) · 8) elements of W (f rounded up
-// to 8, d to 16), plus 4 · E · (2 · 8 · ceil(f/8) + 16 · ceil(d/16)) bytes of scales for int8.
+// to 8, d to 16), plus 4 · E · (2 · 8 · ceil(f/8) + 16 · ceil(d/16)) bytes of scales for int8; the
+// AVX512-BF16 path's k-pair panels round d up to even in the gate/up panels as well.
 //
 // Kernels (kernels/cpu/gemm_packed.hpp): gate and up are packed together, 8 gate and the 8 matching
 // up units per panel, so one pass reads W1 and W3 and the store computes h = silu(g) · u in place;
@@ -19,6 +20,12 @@
 //
 // int8: g = s1 · Σ q·x, u = s3 · Σ q·x, out = w · (s2 · Σ q·h): the scale is factored out of the dot
 // product (experts.md §9 allows it).
+//
+// bf16 with AVX512-BF16 (config bf16_dot, swiglu_config.hpp; default: where the CPU has it at run
+// time): the panels are packed as k pairs instead (kernels/cpu/bf16_dot.hpp) and x and h are rounded
+// to bf16 before vdpbf16ps, so results differ from the fp32 path by those roundings (within
+// experts.md §9's bf16-output bound), still one fixed chain per output (rule 3), and the same bits
+// for every Arch. uses_bf16_dot() says which path was chosen.
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +40,7 @@
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/swiglu_config.hpp"
+#include "smoe/kernels/cpu/bf16_dot.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 
@@ -58,6 +66,7 @@ public:
     SwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w) {
         cfg_.validate();
         w_.validate(cfg_);
+        dot_ = resolve_bf16_dot(cfg_.bf16_dot);
         pack();
     }
 
@@ -66,6 +75,10 @@ public:
     std::int64_t num_experts() const { return cfg_.num_experts; }
     std::int64_t hidden_size() const { return cfg_.hidden_size; }
     std::int64_t intermediate_size() const { return cfg_.intermediate_size; }
+    // Whether run and the phases take the AVX512-BF16 path (native or emulated), and which:
+    // Bf16Dot::off (fp32 path), on (vdpbf16ps) or emulated.
+    bool uses_bf16_dot() const { return dot_ != Bf16Dot::off; }
+    Bf16Dot bf16_dot() const { return dot_; }
     double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
     // Bytes of expert e's weights as stored in format W (scales included for int8).
     double weight_bytes(std::int64_t /*e*/) const {
@@ -113,6 +126,8 @@ public:
     void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0,
                      std::int64_t p1) const {
         GateUpStore epi{h, scales(su_, e, gu_panels_)};
+        if constexpr (std::is_same_v<W, bf16>)
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(dot_kernel(), x, gu_.data() + e * gu_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, x, gu_.data() + e * gu_expert_, p0, p1, epi);
     }
 
@@ -121,6 +136,8 @@ public:
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w,
                   MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
         DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
+        if constexpr (std::is_same_v<W, bf16>)
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(dot_kernel(), h, dn_.data() + e * dn_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
     }
 
@@ -134,14 +151,40 @@ private:
         return Weights::has_scales ? s.data() + e * panels * kP : nullptr;
     }
 
+    static Bf16Dot resolve_bf16_dot(Bf16Dot asked) {
+        bool const native = std::is_same_v<W, bf16> && kernels::cpu::cpu_has_avx512_bf16();
+        switch (asked) {
+            case Bf16Dot::automatic: return native ? Bf16Dot::on : Bf16Dot::off;
+            case Bf16Dot::off: return Bf16Dot::off;
+            default:
+                if (!std::is_same_v<W, bf16>)
+                    smoe::detail::fail("bf16_dot", to_string(asked), "automatic or off for weights other than bf16");
+                if (asked == Bf16Dot::on && !native)
+                    smoe::detail::fail("bf16_dot", "on", "a CPU with AVX512-BF16 (F, BW, VL); use automatic, off or emulated");
+                return asked;
+        }
+    }
+    kernels::cpu::Bf16DotKernel dot_kernel() const {
+        return dot_ == Bf16Dot::on ? kernels::cpu::Bf16DotKernel::native : kernels::cpu::Bf16DotKernel::emulated;
+    }
+    // Elements of one panel over K: k-pair panels on the AVX512-BF16 path, 16 · K otherwise.
+    std::int64_t panel_elems(std::int64_t K) const { return dot_ != Bf16Dot::off ? kernels::cpu::kpair_panel_elems(K) : K * kP; }
+    template <class RowOf>
+    void pack_one(W* dst, std::int64_t K, RowOf row_of) const {
+        if constexpr (std::is_same_v<W, bf16>)
+            if (dot_ != Bf16Dot::off) return kernels::cpu::pack_panel_kpairs(dst, K, row_of);
+        kernels::cpu::pack_panel(dst, K, row_of);
+    }
+
     // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units.
     void pack() {
         std::int64_t const E = cfg_.num_experts, d = cfg_.hidden_size, f = cfg_.intermediate_size;
         gu_panels_ = (f + kHalf - 1) / kHalf;
         dn_panels_ = (d + kP - 1) / kP;
         std::int64_t const fs = gu_panels_ * kHalf;
-        gu_expert_ = gu_panels_ * d * kP;
-        dn_expert_ = dn_panels_ * fs * kP;
+        std::int64_t const gu_stride = panel_elems(d), dn_stride = panel_elems(fs);
+        gu_expert_ = gu_panels_ * gu_stride;
+        dn_expert_ = dn_panels_ * dn_stride;
         gu_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * gu_expert_));
         dn_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * dn_expert_));
         if constexpr (Weights::has_scales) {
@@ -153,7 +196,7 @@ private:
         for (std::int64_t e = 0; e < E; ++e) {
             auto const W1 = w_.w1[e], W3 = w_.w3[e], W2 = w_.w2[e];
             for (std::int64_t p = 0; p < gu_panels_; ++p) {
-                kernels::cpu::pack_panel(gu_.data() + e * gu_expert_ + p * d * kP, d, [&](int c) -> W const* {
+                pack_one(gu_.data() + e * gu_expert_ + p * gu_stride, d, [&](int c) -> W const* {
                     std::int64_t const unit = p * kHalf + c % kHalf;
                     if (unit >= f) return nullptr;
                     return c < kHalf ? W1.row(unit) : W3.row(unit);
@@ -166,9 +209,9 @@ private:
             }
             for (std::int64_t p = 0; p < dn_panels_; ++p) {
                 // W2 rows are f long; copy them into fs-long rows first when f is not a multiple of 8.
-                W* const dst = dn_.data() + e * dn_expert_ + p * fs * kP;
+                W* const dst = dn_.data() + e * dn_expert_ + p * dn_stride;
                 if (fs == f) {
-                    kernels::cpu::pack_panel(dst, fs, [&](int c) -> W const* {
+                    pack_one(dst, fs, [&](int c) -> W const* {
                         std::int64_t const o = p * kP + c;
                         return o < d ? W2.row(o) : nullptr;
                     });
@@ -176,7 +219,7 @@ private:
                     std::vector<W> rows(static_cast<std::size_t>(kP * fs), W{});
                     for (int c = 0; c < kP && p * kP + c < d; ++c)
                         std::copy(W2.row(p * kP + c), W2.row(p * kP + c) + f, rows.begin() + c * fs);
-                    kernels::cpu::pack_panel(dst, fs, [&](int c) -> W const* {
+                    pack_one(dst, fs, [&](int c) -> W const* {
                         return p * kP + c < d ? rows.data() + c * fs : nullptr;
                     });
                 }
@@ -252,6 +295,7 @@ private:
 
     Config cfg_;
     Weights w_;
+    Bf16Dot dot_ = Bf16Dot::off;  // resolved: off, on or emulated
     std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_expert_ = 0, dn_expert_ = 0;
     kernels::cpu::AlignedArray<W> gu_, dn_;
     kernels::cpu::AlignedArray<float> su_, sd_;

@@ -14,15 +14,35 @@
 
 namespace smoe::inline v0::expert {
 
+// SwiGLU<bf16>'s dot product (kernels/cpu/bf16_dot.hpp): `automatic` takes the AVX512-BF16 path
+// (activations rounded to bf16, vdpbf16ps) where the CPU has it at run time, the fp32 path (weights
+// widened, fp32 FMA) elsewhere; `off` always takes the fp32 path, `on` the AVX512-BF16 one (an error
+// on a CPU without it); `emulated` runs the AVX512-BF16 path's exact arithmetic in scalar code, on
+// any CPU (slow: for tests and for checking results against a machine with the instruction). Other
+// weight formats accept `automatic` and `off` only.
+enum class Bf16Dot { automatic, off, on, emulated };
+
+inline char const* to_string(Bf16Dot m) {
+    switch (m) {
+        case Bf16Dot::automatic: return "automatic";
+        case Bf16Dot::off: return "off";
+        case Bf16Dot::on: return "on";
+        default: return "emulated";
+    }
+}
+
 struct SwiGLUConfig {
     std::int64_t hidden_size = 0;        // d
     std::int64_t intermediate_size = 0;  // f
     std::int64_t num_experts = 0;        // E
+    Bf16Dot bf16_dot = Bf16Dot::automatic;
 
     void validate() const {
         if (hidden_size < 1) smoe::detail::fail("hidden_size", hidden_size, "d >= 1");
         if (intermediate_size < 1) smoe::detail::fail("intermediate_size", intermediate_size, "f >= 1");
         if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
+        if (static_cast<int>(bf16_dot) < 0 || static_cast<int>(bf16_dot) > static_cast<int>(Bf16Dot::emulated))
+            smoe::detail::fail("bf16_dot", static_cast<int>(bf16_dot), "a smoe::expert::Bf16Dot value");
     }
 };
 
