@@ -75,7 +75,7 @@ namespace {
 
 bf16 b(float v) { return smoe::to_bf16(v); }
 std::uint32_t bits(float v) { return std::bit_cast<std::uint32_t>(v); }
-bool same_bits(float const* a, float const* c, std::size_t n) { return std::memcmp(a, c, n * sizeof(float)) == 0; }
+bool same_bits(float const* a, float const* c, std::size_t n) { return n == 0 || std::memcmp(a, c, n * sizeof(float)) == 0; }
 
 // One output column the slow way: the chain over pairs (odd element first), zero past K.
 float scalar_chain(bf16 const* x, bf16 const* w, std::int64_t K) {
@@ -231,7 +231,7 @@ TEST_CASE("the k-pair tile driver (emulated) gives the scalar chain's bits for e
                 cpu::pack_panel_kpairs(panels.data() + p * cpu::kpair_panel_elems(K), K,
                                        [&](int c) -> bf16 const* { return wt.data() + (p * 16 + c) * K; });
             for (std::int64_t M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16, 21}) {
-                if (K >= 255 && M > 9 && P > 5) continue;  // keeps the scalar emulation fast
+                if (K >= 255 && (P > 7 || (M != 1 && M != 5 && M != 9))) continue;  // keeps the scalar emulation fast
                 auto const a = smoe_test::normal(rng, std::size_t(M * K), 1.0);
                 std::int64_t const p0 = P > 2 ? 1 : 0, p1 = P > 2 ? P - 1 : P;
                 std::vector<float> c(std::size_t(M * N), std::numeric_limits<float>::quiet_NaN());
@@ -276,6 +276,7 @@ TEST_CASE("SwiGLU<bf16> on the emulated AVX512-BF16 path: the scalar model's bit
         REQUIRE(ex.uses_bf16_dot());
         REQUIRE(ex.bf16_dot() == Bf16Dot::emulated);
         for (std::int64_t M : {0, 1, 2, 3, 7, 8, 9, 17}) {
+            if (s.d > 100 && M != 1 && M != 9) continue;  // keeps the scalar emulation fast
             auto const x = smoe_test::normal(rng, std::size_t(M * s.d), 1.0);
             auto const rw = smoe_test::normal(rng, std::size_t(M), 1.0);
             for (std::int64_t e : {0, 2}) {

@@ -1,6 +1,7 @@
-// The AVX-512 packed tiles (kernels/cpu/gemm_packed_avx512.hpp). Built with AVX-512 flags (see
-// tests/isa/CMakeLists.txt), so xsimd::default_arch is avx512bw and gemm_packed takes the 512-bit
-// tiles for it; the runner (isa_main.cpp) skips the executable on a CPU without AVX-512BW.
+// The AVX-512 packed tiles (kernels/cpu/gemm_packed_avx512.hpp). The kernels run in
+// avx512_kernels.cpp, built with AVX-512 flags (xsimd::default_arch is avx512bw there); this file,
+// with ordinary flags, holds the cases and the references; the runner (isa_main.cpp) skips the
+// executable on a CPU without AVX-512BW.
 //
 //  * raw accumulators: the 512-bit tiles give the bits of the AVX2 tiles and of the scalar std::fma
 //    chain for every format, every row count (full 8-row tiles and every leftover count), K and panel
@@ -20,6 +21,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "isa/avx512_kernels.hpp"
 #include "smoe/kernels/reference/swiglu.hpp"
 #include "smoe/smoe.hpp"
 
@@ -38,10 +40,7 @@ using smoe::MatrixView;
 namespace cpu = smoe::kernels::cpu;
 using Avx2 = xsimd::fma3<xsimd::avx2>;
 using Scalar = xsimd::sse2;  // no packed SIMD kernel: the std::fma path
-
-static_assert(cpu::kPackedAvx512<xsimd::default_arch> || !SMOE_PACKED_AVX512,
-              "an AVX-512 build must select the 512-bit tiles for its default arch");
-static_assert(!cpu::kPackedAvx2<xsimd::avx512bw> || !SMOE_PACKED_AVX512, "AVX-512 archs no longer take the AVX2 tiles");
+static_assert(cpu::kPackedAvx2<Avx2>, "the reference tiles need an AVX2+FMA build (x86-64-v3)");
 
 // Keeps every finished tile's raw sums: C[row, 16 p + c].
 struct Capture {
@@ -65,13 +64,19 @@ W weight_of(float v) {
         return static_cast<std::int8_t>(std::clamp(std::lround(v * 40.0f), -127L, 127L));
 }
 
+struct Avx512 {};  // the 512-bit tiles, in avx512_kernels.cpp
+
 // C[M, 16 * panels] over rows [0, M) and panels [p0, p1) with Arch; NaN where no tile wrote.
 template <class Arch, class W>
 std::vector<float> gemm(std::vector<float> const& a, std::int64_t M, std::int64_t K, std::vector<W> const& panels, std::int64_t P,
                         std::int64_t p0, std::int64_t p1) {
     std::vector<float> c(std::size_t(M * P * 16), std::numeric_limits<float>::quiet_NaN());
-    Capture epi{MatrixView<float>(c.data(), M, P * 16)};
-    cpu::gemm_packed(Arch{}, MatrixView<float const>(a.data(), M, K), panels.data(), p0, p1, epi);
+    if constexpr (std::is_same_v<Arch, Avx512>) {
+        smoe_isa::gemm_avx512(a.data(), M, K, panels.data(), P, p0, p1, c.data());
+    } else {
+        Capture epi{MatrixView<float>(c.data(), M, P * 16)};
+        cpu::gemm_packed(Arch{}, MatrixView<float const>(a.data(), M, K), panels.data(), p0, p1, epi);
+    }
     return c;
 }
 
@@ -84,7 +89,7 @@ bool same_bits(std::vector<float> const& x, std::vector<float> const& y) {
 TEMPLATE_TEST_CASE("AVX-512 packed tiles give the bits of the AVX2 and scalar tiles", "[avx512][packed][rule3]", float, smoe::bf16,
                    std::int8_t) {
     using W = TestType;
-    REQUIRE(SMOE_PACKED_AVX512 == 1);
+    REQUIRE(smoe_isa::avx512_tiles_selected());
     std::mt19937_64 rng(101);
     for (std::int64_t K : {1, 2, 7, 16, 33, 130}) {
         for (std::int64_t P : {1, 4, 7, 13}) {
@@ -95,7 +100,7 @@ TEMPLATE_TEST_CASE("AVX-512 packed tiles give the bits of the AVX2 and scalar ti
             for (std::int64_t M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 23, 40}) {
                 auto const a = smoe_test::normal(rng, std::size_t(M * K), 1.0);
                 INFO("K " << K << ", panels " << P << ", M " << M);
-                auto const c512 = gemm<xsimd::default_arch>(a, M, K, panels, P, 0, P);
+                auto const c512 = gemm<Avx512>(a, M, K, panels, P, 0, P);
                 auto const c256 = gemm<Avx2>(a, M, K, panels, P, 0, P);
                 auto const c1 = gemm<Scalar>(a, M, K, panels, P, 0, P);
                 CHECK(same_bits(c512, c256));
@@ -103,7 +108,7 @@ TEMPLATE_TEST_CASE("AVX-512 packed tiles give the bits of the AVX2 and scalar ti
                 for (float v : c512) REQUIRE(std::isfinite(v));
                 // A panel range that starts inside a 6-panel group writes only its own columns.
                 if (P > 2) {
-                    auto const part = gemm<xsimd::default_arch>(a, M, K, panels, P, 1, P - 1);
+                    auto const part = gemm<Avx512>(a, M, K, panels, P, 1, P - 1);
                     for (std::int64_t i = 0; i < M; ++i)
                         for (std::int64_t col = 0; col < P * 16; ++col) {
                             float const v = part[std::size_t(i * P * 16 + col)];
@@ -132,7 +137,7 @@ TEMPLATE_TEST_CASE("SwiGLU<W> on AVX-512 gives the AVX2 bits and meets the fp64 
         auto const w1f = smoe_test::normal(rng, std::size_t(E * f * d), 1.0 / std::sqrt(double(d)));
         auto const w3f = smoe_test::normal(rng, std::size_t(E * f * d), 1.0 / std::sqrt(double(d)));
         auto const w2f = smoe_test::normal(rng, std::size_t(E * d * f), 1.0 / std::sqrt(double(f)));
-        smoe::expert::SwiGLUConfig const cfg{d, f, E};
+        smoe::expert::SwiGLUConfig const cfg{d, f, E, smoe::expert::Bf16Dot::off};  // the fp32 path on every CPU
         std::vector<W> w1, w3, w2;
         std::vector<float> s1, s3, s2;
         auto convert = [](std::vector<float> const& src, std::vector<W>& q, std::vector<float>& sc, std::int64_t rows, std::int64_t cols) {
@@ -158,14 +163,18 @@ TEMPLATE_TEST_CASE("SwiGLU<W> on AVX-512 gives the AVX2 bits and meets the fp64 
             auto const rw = smoe_test::normal(rng, std::size_t(M), 1.0);
             auto run = [&](auto arch) {
                 std::vector<float> out(std::size_t(M * d), std::numeric_limits<float>::quiet_NaN());
-                smoe::WorkspaceBuffer buf(ex.workspace_size(M));
-                smoe::Workspace ws = buf.workspace();
-                ex.run(arch, 1, MatrixView<float const>(x.data(), M, d), std::span<float const>(rw.data(), std::size_t(M)),
-                       MatrixView<float>(out.data(), M, d), ws);
+                if constexpr (std::is_same_v<decltype(arch), Avx512>) {
+                    smoe_isa::swiglu_avx512(ex, 1, x.data(), M, rw.data(), out.data());
+                } else {
+                    smoe::WorkspaceBuffer buf(ex.workspace_size(M));
+                    smoe::Workspace ws = buf.workspace();
+                    ex.run(arch, 1, MatrixView<float const>(x.data(), M, d), std::span<float const>(rw.data(), std::size_t(M)),
+                           MatrixView<float>(out.data(), M, d), ws);
+                }
                 return out;
             };
             INFO("d " << d << ", f " << f << ", M " << M);
-            auto const y = run(xsimd::default_arch{});
+            auto const y = run(Avx512{});
             CHECK(same_bits(y, run(Avx2{})));
             for (std::int64_t r = 0; r < M; ++r) {
                 auto const ref = smoe::reference::swiglu_expert(weights, 1, x.data() + r * d);
