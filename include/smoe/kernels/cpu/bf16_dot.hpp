@@ -51,6 +51,7 @@ enum class Bf16DotKernel { native, emulated };
 // Whether this CPU runs vdpbf16ps on zmm registers (AVX512-BF16 with F, BW and VL).
 inline bool cpu_has_avx512_bf16() {
 #if SMOE_BF16_DOT_NATIVE
+    __builtin_cpu_init();  // needed if this runs before the constructors (an expert built at static initialisation)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512bf16");
 #else
