@@ -235,7 +235,7 @@ void gemm_packed(Arch, MatrixView<float const> A, W const* panels, std::int64_t 
 #endif
     }
     int const r = static_cast<int>(M % kPackedMR);
-    std::int64_t const full = M - r;
+    [[maybe_unused]] std::int64_t const full = M - r;  // unused where only the scalar path is compiled
     if constexpr (kPackedAvx2<Arch>) {
 #if SMOE_PACKED_AVX2
         int const G = packed_group(r);
