@@ -236,7 +236,8 @@ TEST_CASE("the k-pair tile driver (emulated) gives the scalar chain's bits for e
                 std::int64_t const p0 = P > 2 ? 1 : 0, p1 = P > 2 ? P - 1 : P;
                 std::vector<float> c(std::size_t(M * N), std::numeric_limits<float>::quiet_NaN());
                 Capture epi{MatrixView<float>(c.data(), M, N)};
-                cpu::gemm_bf16_dot(cpu::Bf16DotKernel::emulated, MatrixView<float const>(a.data(), M, K), panels.data(), p0, p1, epi);
+                cpu::gemm_bf16_dot(xsimd::default_arch{}, cpu::Bf16DotKernel::emulated, MatrixView<float const>(a.data(), M, K),
+                                   panels.data(), p0, p1, epi);
                 INFO("K " << K << ", panels " << P << ", M " << M);
                 bool ok = true;
                 double worst = 0;

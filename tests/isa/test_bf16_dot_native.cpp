@@ -41,7 +41,7 @@ std::vector<float> gemm(cpu::Bf16DotKernel kernel, std::vector<float> const& a, 
                         std::vector<bf16> const& panels, std::int64_t P, std::int64_t p0, std::int64_t p1) {
     std::vector<float> c(std::size_t(M * P * 16), std::numeric_limits<float>::quiet_NaN());
     Capture epi{MatrixView<float>(c.data(), M, P * 16)};
-    cpu::gemm_bf16_dot(kernel, MatrixView<float const>(a.data(), M, K), panels.data(), p0, p1, epi);
+    cpu::gemm_bf16_dot(xsimd::default_arch{}, kernel, MatrixView<float const>(a.data(), M, K), panels.data(), p0, p1, epi);
     return c;
 }
 

@@ -127,7 +127,7 @@ public:
                      std::int64_t p1) const {
         GateUpStore epi{h, scales(su_, e, gu_panels_)};
         if constexpr (std::is_same_v<W, bf16>)
-            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(dot_kernel(), x, gu_.data() + e * gu_expert_, p0, p1, epi);
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), x, gu_.data() + e * gu_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, x, gu_.data() + e * gu_expert_, p0, p1, epi);
     }
 
@@ -137,7 +137,7 @@ public:
                   MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
         DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
         if constexpr (std::is_same_v<W, bf16>)
-            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(dot_kernel(), h, dn_.data() + e * dn_expert_, p0, p1, epi);
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), h, dn_.data() + e * dn_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
     }
 

@@ -103,10 +103,11 @@ inline constexpr std::int64_t kDotBlock = 256;   // k converted at a time (even:
 inline constexpr int kDotRows = 8, kDotPanels = 3, kDotGroup = 6;  // tile shapes as gemm_packed_avx512
 
 // The k loop of one tile, MR rows x NP panels; out receives MR · NP · 16 floats, column order.
-// Not marked for inlining itself: the native policy's tile() flattens it into a function compiled for
-// AVX512-BF16, and the emulated one runs it as ordinary code.
+// Always inlined into the policy's tile(): the native one is compiled for AVX512-BF16 (a function
+// without that target may inline into one with it, not the reverse) and flattens the policy's members
+// into it; no out-of-line copy exists to be shared between objects built for different ISAs.
 template <class Dot, int MR, int NP>
-inline void kpair_loop(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K, float* out) {
+SMOE_ALWAYS_INLINE void kpair_loop(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K, float* out) {
     typename Dot::acc acc[MR][NP];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
@@ -208,7 +209,9 @@ struct Bf16DotNative {
 };
 #endif
 
-template <class Dot, int MR, int NP, class Epi>
+// The driver below takes the caller's xsimd Arch only to give each ISA's object its own copies (the
+// arithmetic does not depend on it): see cmake/smoe_dispatch.cmake on objects built for several ISAs.
+template <class Arch, class Dot, int MR, int NP, class Epi>
 void kpair_tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K, std::int64_t row0,
                 std::int64_t panel0, Epi& epi) {
     alignas(64) float out[MR * NP * kPanelCols];
@@ -217,30 +220,30 @@ void kpair_tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t ps
         for (int j = 0; j < NP; ++j) epi.store(row0 + i, panel0 + j, static_cast<float const*>(out + (i * NP + j) * kPanelCols));
 }
 
-template <class Dot, int MR, int NPMax, class Epi>
+template <class Arch, class Dot, int MR, int NPMax, class Epi>
 void kpair_tile_np(int np, float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K,
                    std::int64_t row0, std::int64_t panel0, Epi& epi) {
     if constexpr (NPMax > 1)
-        if (np < NPMax) return kpair_tile_np<Dot, MR, NPMax - 1>(np, a, lda, b, pstride, K, row0, panel0, epi);
-    kpair_tile<Dot, MR, NPMax>(a, lda, b, pstride, K, row0, panel0, epi);
+        if (np < NPMax) return kpair_tile_np<Arch, Dot, MR, NPMax - 1>(np, a, lda, b, pstride, K, row0, panel0, epi);
+    kpair_tile<Arch, Dot, MR, NPMax>(a, lda, b, pstride, K, row0, panel0, epi);
 }
 
-template <class Dot, class Epi>
+template <class Arch, class Dot, class Epi>
 void kpair_rest(int r, int np, float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K,
                 std::int64_t row0, std::int64_t panel0, Epi& epi) {
     switch (r) {
-        case 1: return kpair_tile_np<Dot, 1, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        case 2: return kpair_tile_np<Dot, 2, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        case 3: return kpair_tile_np<Dot, 3, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        case 4: return kpair_tile_np<Dot, 4, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        case 5: return kpair_tile_np<Dot, 5, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        case 6: return kpair_tile_np<Dot, 6, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
-        default: return kpair_tile_np<Dot, 7, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 1: return kpair_tile_np<Arch, Dot, 1, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 2: return kpair_tile_np<Arch, Dot, 2, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 3: return kpair_tile_np<Arch, Dot, 3, kDotGroup>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 4: return kpair_tile_np<Arch, Dot, 4, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 5: return kpair_tile_np<Arch, Dot, 5, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        case 6: return kpair_tile_np<Arch, Dot, 6, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
+        default: return kpair_tile_np<Arch, Dot, 7, 3>(np, a, lda, b, pstride, K, row0, panel0, epi);
     }
 }
 
 // Tiles as gemm_packed_avx512: 8 rows x 3 panels; 1-3 leftover rows over up to 6 panels, 4-7 over 3.
-template <class Dot, class Epi>
+template <class Arch, class Dot, class Epi>
 void gemm_kpairs(MatrixView<float const> A, bf16 const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
     std::int64_t const M = A.rows, K = A.cols, pstride = kpair_panel_elems(K);
     int const r = static_cast<int>(M % kDotRows);
@@ -251,12 +254,12 @@ void gemm_kpairs(MatrixView<float const> A, bf16 const* panels, std::int64_t p0,
         for (std::int64_t q = p; q < pe; q += kDotPanels) {
             int const np = static_cast<int>(std::min<std::int64_t>(kDotPanels, pe - q));
             for (std::int64_t m = 0; m < full; m += kDotRows)
-                kpair_tile_np<Dot, kDotRows, kDotPanels>(np, A.row(m), A.ld, panels + q * pstride, pstride, K, m, q, epi);
+                kpair_tile_np<Arch, Dot, kDotRows, kDotPanels>(np, A.row(m), A.ld, panels + q * pstride, pstride, K, m, q, epi);
         }
         if (r == 0) continue;
         for (std::int64_t q = p; q < pe; q += rest_step) {
             int const np = static_cast<int>(std::min<std::int64_t>(rest_step, pe - q));
-            kpair_rest<Dot>(r, np, A.row(full), A.ld, panels + q * pstride, pstride, K, full, q, epi);
+            kpair_rest<Arch, Dot>(r, np, A.row(full), A.ld, panels + q * pstride, pstride, K, full, q, epi);
         }
     }
 }
@@ -266,15 +269,17 @@ void gemm_kpairs(MatrixView<float const> A, bf16 const* panels, std::int64_t p0,
 // Runs rows [0, A.rows) x k-pair panels [p0, p1) and hands each finished (row, panel) to
 // epi.store(row, panel, float const* v) with v[c] = column c. `panels` points at panel 0;
 // consecutive panels are kpair_panel_elems(K) apart. Native needs cpu_has_avx512_bf16().
-template <class Epi>
-void gemm_bf16_dot(Bf16DotKernel kernel, MatrixView<float const> A, bf16 const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
+// Arch (an xsimd arch) changes no result; it only keeps each ISA's instantiations apart.
+template <class Arch, class Epi>
+void gemm_bf16_dot(Arch, Bf16DotKernel kernel, MatrixView<float const> A, bf16 const* panels, std::int64_t p0, std::int64_t p1,
+                   Epi& epi) {
     if (A.rows == 0 || p0 >= p1) return;
 #if SMOE_BF16_DOT_NATIVE
-    if (kernel == Bf16DotKernel::native) return detail::gemm_kpairs<detail::Bf16DotNative>(A, panels, p0, p1, epi);
+    if (kernel == Bf16DotKernel::native) return detail::gemm_kpairs<Arch, detail::Bf16DotNative>(A, panels, p0, p1, epi);
 #else
     (void)kernel;
 #endif
-    detail::gemm_kpairs<detail::Bf16DotEmulated>(A, panels, p0, p1, epi);
+    detail::gemm_kpairs<Arch, detail::Bf16DotEmulated>(A, panels, p0, p1, epi);
 }
 
 }  // namespace smoe::inline v0::kernels::cpu
