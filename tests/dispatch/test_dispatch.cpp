@@ -51,7 +51,7 @@ struct Model {
         }
     }
     smoe::MoEConfig<smoe::router::TopK, smoe::expert::SwiGLU<W>, smoe::balance::None> config() const {
-        return {.router = {.num_experts = E, .top_k = k}, .expert = {d, f, E}, .max_tokens = Tmax};
+        return {.router = {.num_experts = E, .top_k = k}, .expert = {d, f, E, smoe::expert::Bf16Dot::off}, .max_tokens = Tmax};
     }
     smoe::MoEWeights<smoe::expert::SwiGLU<W>> weights() const {
         return {MatrixView<float const>(gate.data(), E, d), {},

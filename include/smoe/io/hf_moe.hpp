@@ -119,6 +119,9 @@ public:
         std::int64_t max_tokens = 256;           // the workspace is sized once for this many tokens
         std::optional<WeightFormat> format;      // default: bf16 when every expert tensor is BF16, else f32;
                                                  // int8 quantises at load
+        // bf16 experts only: automatic takes the AVX512-BF16 dot product where the CPU has it (activations
+        // rounded to bf16), off always computes in fp32 (expert/swiglu_config.hpp).
+        expert::Bf16Dot bf16_dot = expert::Bf16Dot::automatic;
     };
 
     template <class W>
@@ -308,7 +311,8 @@ private:
             detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
             detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
         }
-        expert::SwiGLUConfig const routed{d, f, E}, shared{d, fs, 1};
+        expert::Bf16Dot const dot = std::is_same_v<W, bf16> ? opt.bf16_dot : expert::Bf16Dot::automatic;
+        expert::SwiGLUConfig const routed{d, f, E, dot}, shared{d, fs, 1, dot};
         Quantized q;
         if constexpr (std::is_same_v<W, std::int8_t>) q = quantize(store, routed, shared);
         auto weights_of = [&](Slot a, Slot b, Slot c, expert::SwiGLUConfig const& sc) {
