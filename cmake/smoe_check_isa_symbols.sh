@@ -1,46 +1,45 @@
 #!/bin/sh
 # smoe_check_isa_symbols.sh "<obj>;<obj>;..."   (ctest test_dispatch.isa_symbols; objects in link order)
 #
-# A function compiled with AVX flags must not be the copy a CPU without AVX ends up calling. Weak
-# definitions (inline functions, templates) are merged by the linker, which keeps the FIRST copy in
-# link order. smoe's kernels take the xsimd Arch as a template argument, so their names differ per ISA;
-# helpers that do not (argument checks, packing at load) are instantiated in every ISA's file, and
-# smoe_dispatch_sources puts the baseline ISA's file first, so the kept copy is the baseline one.
-# This check fails when an AVX object defines a weak function that uses AVX registers, whose mangled
-# name names no xsimd ISA, and that no earlier object without AVX flags defines.
+# A weak definition (an inline function or a template instance) is merged by the linker, which keeps
+# the FIRST copy in link order for every caller. When smoe_dispatch_sources compiles the layer once per
+# ISA, a copy compiled with AVX flags must never be the one kept for code that runs on a lesser CPU.
+# smoe's kernels carry the xsimd Arch in their names, so each ISA has its own; shared helpers are
+# compiled into every object that uses them, and the objects are linked lowest ISA first. This check
+# fails when a weak symbol's first definition comes from an object of a higher ISA level than some
+# object that uses it (defines or references it). Levels: sse2 and the engine's own objects 0,
+# fma3_avx2 1, avx512bw 2. (Link order decides: GNU ld, gold and lld keep the first COMDAT copy.)
 set -eu
 NM=${NM:-nm}
-OBJDUMP=${OBJDUMP:-objdump}
-earlier=$(mktemp)
-weak=$(mktemp)
-trap 'rm -f "$earlier" "$weak"' EXIT
+table=$(mktemp)
+trap 'rm -f "$table"' EXIT
+i=0
 checked=0
-bad=0
 IFS=';'
 for obj in $1; do
     case "$obj" in
-        *.avx512bw.cpp.o | *.fma3_avx2.cpp.o) ;;
-        *)
-            # Not compiled with AVX flags: its definitions are safe copies for the objects after it.
-            "$NM" --defined-only "$obj" | awk '{ print $3 }' >>"$earlier"
-            continue
-            ;;
+        *.avx512bw.cpp.o) level=2 checked=$((checked + 1)) ;;
+        *.fma3_avx2.cpp.o) level=1 checked=$((checked + 1)) ;;
+        *) level=0 ;;
     esac
-    checked=$((checked + 1))
-    avx=$("$OBJDUMP" -d --no-show-raw-insn "$obj" | awk '
-        /^[0-9a-f]+ <.*>:$/ { name = $2; sub(/^</, "", name); sub(/>:$/, "", name); next }
-        /%[yz]mm[0-9]/ { if (name != "" && !(name in seen)) { seen[name] = 1; print name } }')
-    "$NM" --defined-only "$obj" | awk '$2 == "W" || $2 == "u" { print $3 }' >"$weak"
-    found=$(printf '%s\n' "$avx" | grep -vE 'avx512|avx2|fma3|sse2|sse4' | grep -Fx -f "$weak" | grep -vFx -f "$earlier" || true)
-    if [ -n "$found" ]; then
-        echo "$obj: weak functions that use AVX registers, name no ISA, and have no baseline copy earlier in link order:"
-        printf '%s\n' "$found" | head -50
-        bad=$((bad + 1))
-    fi
+    # "symbol type object level"; undefined references have no address column.
+    "$NM" "$obj" | awk -v i="$i" -v l="$level" '{ if (NF == 2) print $2, $1, i, l; else print $3, $2, i, l }' >>"$table"
+    i=$((i + 1))
 done
 if [ "$checked" = 0 ]; then
     echo "no per-ISA object (*.avx512bw.cpp.o, *.fma3_avx2.cpp.o) in: $1"
     exit 1
 fi
-[ "$bad" = 0 ] || exit 1
-echo "$checked per-ISA objects: every weak AVX function names its ISA or has a baseline copy linked first"
+# LayerFactory<Arch, ...>::create is the deliberate way in: baseline code calls it only for an ISA the
+# CPU has (smoe::DispatchedLayer checks first), and only its own ISA's object defines it.
+awk '
+    $1 ~ /LayerFactory/ { next }
+    $2 == "W" || $2 == "V" || $2 == "u" { if (!($1 in first) || $3 < first[$1]) { first[$1] = $3; flevel[$1] = $4 } }
+    { if (!($1 in low) || $4 < low[$1]) low[$1] = $4 }
+    END {
+        bad = 0
+        for (s in first)
+            if (flevel[s] > low[s]) { print "kept copy from ISA level " flevel[s] ", used at level " low[s] ": " s; bad = 1 }
+        exit bad
+    }' "$table" || exit 1
+echo "$checked per-ISA objects: every weak symbol is kept from an object no higher in ISA than its users"
