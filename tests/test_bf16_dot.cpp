@@ -29,39 +29,7 @@
 #include "smoe/kernels/reference/swiglu.hpp"
 #include "smoe/smoe.hpp"
 
-// Counts allocations, for the allocation-free check of forward (as tests/test_forward_alloc.cpp).
-namespace {
-std::atomic<long> g_news{0};
-}
-void* operator new(std::size_t n) {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n ? n : 1)) return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t n, std::align_val_t a) {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    std::size_t const al = static_cast<std::size_t>(a);
-    if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t n, std::nothrow_t const&) noexcept {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    return std::malloc(n ? n : 1);
-}
-void* operator new(std::size_t n, std::align_val_t a, std::nothrow_t const&) noexcept {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    std::size_t const al = static_cast<std::size_t>(a);
-    return std::aligned_alloc(al, (n + al - 1) / al * al);
-}
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::nothrow_t const&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, std::nothrow_t const&) noexcept { std::free(p); }
-#pragma GCC diagnostic pop
+#include "common/counting_new.hpp"  // counts allocations: forward must make none
 
 using smoe::bf16;
 using smoe::MatrixView;

@@ -118,6 +118,15 @@ inline std::string list_names(char const* const* names, std::size_t n) {
     return s;
 }
 
+// Position in Archs of the ISA named `name` (an xsimd name), or -1.
+template <class Archs>
+int arch_index(std::string_view name) {
+    using names = arch_names<Archs>;
+    for (std::size_t i = 0; i < names::size; ++i)
+        if (name == names::value[i]) return static_cast<int>(i);
+    return -1;
+}
+
 // Position in Archs of the ISA to build: the requested one, or the best the CPU supports.
 template <class Archs>
 int select_arch(std::string_view requested) {
@@ -130,13 +139,11 @@ int select_arch(std::string_view requested) {
                  "a CPU supporting one of the dispatched ISAs (" + list_names(names::value, names::size) + ")");
         return xsimd::dispatch<Archs>(arch_position<Archs>{})();
     }
-    for (std::size_t i = 0; i < names::size; ++i)
-        if (requested == names::value[i]) {
-            if (names::version[i] > best)
-                fail("isa", std::string(requested), "an ISA this CPU supports (it lacks " + std::string(requested) + ")");
-            return static_cast<int>(i);
-        }
-    fail("isa", std::string(requested), "one of the dispatched ISAs (" + list_names(names::value, names::size) + ")");
+    int const i = arch_index<Archs>(requested);
+    if (i < 0) fail("isa", std::string(requested), "one of the dispatched ISAs (" + list_names(names::value, names::size) + ")");
+    if (names::version[i] > best)
+        fail("isa", std::string(requested), "an ISA this CPU supports (it lacks " + std::string(requested) + ")");
+    return i;
 }
 
 template <class R, class E, class B, class... A>
@@ -152,10 +159,8 @@ std::unique_ptr<LayerInterface<R, E, B>> create_at(int pos, MoEConfig<R, E, B> c
 // True when this CPU can run the ISA named `isa` (an xsimd name).
 template <class Archs = dispatch_archs>
 bool isa_supported(std::string_view isa) {
-    using names = detail::arch_names<Archs>;
-    for (std::size_t i = 0; i < names::size; ++i)
-        if (isa == names::value[i]) return names::version[i] <= xsimd::available_architectures().best;
-    return false;
+    int const i = detail::arch_index<Archs>(isa);
+    return i >= 0 && detail::arch_names<Archs>::version[i] <= xsimd::available_architectures().best;
 }
 
 template <class Router, class Expert, class Balancer, class Archs = dispatch_archs>
