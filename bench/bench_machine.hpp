@@ -3,18 +3,35 @@
 // fraction is only meaningful against limits of the same machine and the same run), and the
 // aggregate statistics every smoe benchmark reports.
 //
+// Each weight format has its own peak, from the widest instruction this CPU has for it, chosen at
+// run time (the binary may be built for another CPU than it runs on):
+//   f32   vfmadd231ps zmm (AVX-512F), else ymm (AVX2+FMA), else xmm mulps+addps (SSE2)
+//   bf16  vdpbf16ps zmm (AVX512-BF16), else the f32 peak (the kernels widen bf16 to fp32 and FMA)
+//   int8  vpdpbusd zmm (AVX512-VNNI), else ymm (AVX-VNNI), else the f32 peak
+// counted as 2 FLOP per FMA lane, 4 FLOP per fp32 lane of vdpbf16ps (two bf16 products, two adds)
+// and 8 OP per 32-bit lane of vpdpbusd (four u8 x s8 products, four adds). The instruction functions
+// carry their ISA as a target attribute, so they compile with any x86-64 flags (g++ 12, clang 14)
+// and are only called when the CPU has the ISA.
+//
 // Repetitions: run with --benchmark_repetitions=5 --benchmark_report_aggregates_only=true. Google
 // Benchmark applies one statistic to the time and to every counter alike, so a row named `_min` holds
 // the minimum time and the minimum of each rate; read times from `_min` and rates (GB/s, GFLOP/s,
 // roofline) from `_max`.
 
+#if !defined(__x86_64__)
+#error "smoe_bench measures x86-64 instructions (bench_machine.hpp)"
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cpuid.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <memory>
+#include <immintrin.h>
+#include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -22,35 +39,100 @@
 
 namespace smoe_bench {
 
+// ---------------------------------------------------------------------------------------------
+// Peak probes: one instruction on kChains independent accumulators. Chains >= latency x ports keep
+// every port busy (FMA: 4 cycles x 2 ports = 8 on Zen 3-5 and Intel; the dot products are no
+// slower); zmm probes use 24 of the 32 registers, ymm/xmm 12 of 16 (two more hold the operands).
+
+struct FmaZmm {
+    using V = __m512;
+    static constexpr int kChains = 24;
+    static constexpr double kOps = 16 * 2;
+    static constexpr char const* kName = "vfmadd231ps zmm";
+    static bool supported() { return __builtin_cpu_supports("avx512f"); }
+    [[gnu::target("avx512f")]] static V step(V c, V a, V b) { return _mm512_fmadd_ps(c, a, b); }
+};
+struct FmaYmm {
+    using V = __m256;
+    static constexpr int kChains = 12;
+    static constexpr double kOps = 8 * 2;
+    static constexpr char const* kName = "vfmadd231ps ymm";
+    static bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+    [[gnu::target("avx2,fma")]] static V step(V c, V a, V b) { return _mm256_fmadd_ps(c, a, b); }
+};
+struct MulAddXmm {  // x86-64's baseline: no FMA, so a multiply and an add per lane
+    using V = __m128;
+    static constexpr int kChains = 12;
+    static constexpr double kOps = 4 * 2;
+    static constexpr char const* kName = "mulps+addps xmm";
+    static bool supported() { return true; }
+    static V step(V c, V a, V b) { return _mm_add_ps(_mm_mul_ps(c, a), b); }
+};
+struct Bf16DotZmm {
+    using V = __m512;
+    static constexpr int kChains = 24;
+    static constexpr double kOps = 16 * 4;
+    static constexpr char const* kName = "vdpbf16ps zmm";
+    static bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"); }
+    [[gnu::target("avx512f,avx512bf16")]] static V step(V c, V a, V b) {
+        return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b);
+    }
+};
+struct VnniZmm {
+    using V = __m512i;
+    static constexpr int kChains = 24;
+    static constexpr double kOps = 16 * 8;
+    static constexpr char const* kName = "vpdpbusd zmm";
+    static bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"); }
+    [[gnu::target("avx512f,avx512vnni")]] static V step(V c, V a, V b) { return _mm512_dpbusd_epi32(c, a, b); }
+};
+struct VnniYmm {
+    using V = __m256i;
+    static constexpr int kChains = 12;
+    static constexpr double kOps = 8 * 8;
+    static constexpr char const* kName = "vpdpbusd ymm (AVX-VNNI)";
+    // clang 14's __builtin_cpu_supports does not know "avxvnni": CPUID leaf 7.1 EAX bit 4 (the OS saves
+    // ymm state when avx2 is reported).
+    static bool supported() {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1u);
+    }
+    [[gnu::target("avx2,avxvnni")]] static V step(V c, V a, V b) { return _mm256_dpbusd_avx_epi32(c, a, b); }
+};
+
+// The one loop every probe runs. A macro because the ISA has to be an attribute of the function
+// that holds the loop: g++ refuses to inline a target("avx512f") step into a template compiled
+// without it, and a step that is not inlined spills the chains.
+#define SMOE_BENCH_PEAK_BURST(Op, Target)                                                          \
+    [[gnu::noinline, gnu::target(Target)]] inline void burst(Op, std::int64_t iters) {             \
+        Op::V acc[Op::kChains];                                                                    \
+        for (auto& v : acc) v = Op::V{} + 1;                                                       \
+        Op::V a = Op::V{} + 1, b = Op::V{} + 1;                                                    \
+        asm volatile("" : "+v"(a), "+v"(b)); /* opaque: the chains cannot be folded */             \
+        for (std::int64_t it = 0; it < iters; ++it) {                                              \
+            _Pragma("GCC unroll 32") /* the chains live in registers only when unrolled */         \
+            for (auto& v : acc) v = Op::step(v, a, b);                                             \
+        }                                                                                          \
+        for (int i = 1; i < Op::kChains; ++i) acc[0] = Op::step(acc[0], acc[i], b);                \
+        asm volatile("" : : "v"(acc[0]));                                                          \
+    }
+SMOE_BENCH_PEAK_BURST(FmaZmm, "avx512f")
+SMOE_BENCH_PEAK_BURST(FmaYmm, "avx2,fma")
+SMOE_BENCH_PEAK_BURST(MulAddXmm, "sse2")
+SMOE_BENCH_PEAK_BURST(Bf16DotZmm, "avx512f,avx512bf16")
+SMOE_BENCH_PEAK_BURST(VnniZmm, "avx512f,avx512vnni")
+SMOE_BENCH_PEAK_BURST(VnniYmm, "avx2,avxvnni")
+#undef SMOE_BENCH_PEAK_BURST
+
+// ---------------------------------------------------------------------------------------------
+// DRAM read: sums n floats (n a multiple of 4 * 2 batches) as four concurrent streams, one per
+// quarter of the buffer: a GEMV reads several weight rows at once, and on this kind of VM one
+// sequential stream reaches ~10% less than four (measured 17 vs 19 GB/s). Two accumulators per stream
+// so the adder latency never limits the loop. Loads of the build's ISA: their width does not change
+// what DRAM delivers.
+
 using fbatch = xsimd::batch<float>;
 
-// Independent FMA chains: latency x FMA ports of them keep every port busy (Zen 3/4: 4 x 2 = 8,
-// Intel: 4 x 2 = 8). 12 leaves margin and, with the two operands, fits the 16 registers up to AVX2;
-// AVX-512 has 32.
-inline constexpr int kFmaChains = fbatch::size >= 16 ? 24 : 12;
-
-// Runs `iters` rounds of kFmaChains dependent-chain FMAs; returns the FLOPs done.
-[[gnu::noinline]] inline double fma_burst(std::int64_t iters) {
-    fbatch acc[kFmaChains];
-    for (int i = 0; i < kFmaChains; ++i) acc[i] = fbatch(1.0f + 0.001f * float(i));
-    // Opaque operands so the compiler cannot fold the chains; acc -> a*acc + b converges, so no
-    // infinities or denormals slow the loop.
-    fbatch a(0.999f), b(0.001f);
-    benchmark::DoNotOptimize(a);
-    benchmark::DoNotOptimize(b);
-    for (std::int64_t it = 0; it < iters; ++it)
-        for (int i = 0; i < kFmaChains; ++i) acc[i] = xsimd::fma(acc[i], a, b);
-    fbatch s = acc[0];
-    for (int i = 1; i < kFmaChains; ++i) s += acc[i];
-    float r = xsimd::hadd(s);
-    benchmark::DoNotOptimize(r);
-    return double(iters) * kFmaChains * fbatch::size * 2.0;
-}
-
-// Sums n floats (n a multiple of 4 * 2 batches) as four concurrent streams, one per quarter of the
-// buffer: a GEMV reads several weight rows at once, and on this kind of VM one sequential stream
-// reaches ~10% less than four (measured 17 vs 19 GB/s). Two accumulators per stream so the adder
-// latency never limits the loop.
 [[gnu::noinline]] inline float read_sum(float const* p, std::size_t n) {
     constexpr std::size_t W = fbatch::size, S = 4;
     std::size_t const chunk = n / S;
@@ -80,36 +162,125 @@ struct AlignedFloats {
     AlignedFloats& operator=(AlignedFloats const&) = delete;
 };
 
-struct Limits {
-    double peak_gflops;  // fp32 FMA, one thread
-    double dram_gbps;    // DRAM read, one thread
+// ---------------------------------------------------------------------------------------------
+// 1 or 2 threads, one skeleton. The threads meet at a spin barrier before anything is timed, so a
+// thread still being created or woken on its core costs nothing; each then times its own share, and
+// the rate counts from the first start to the last finish. A trial in which the shares did not
+// overlap (one thread ran only after the other had finished, as when the scheduler keeps both on one
+// core) would report one thread's rate as two threads': it returns 0 and the caller tries again.
+inline constexpr int kMaxThreads = 2;
+
+template <class Share>
+double concurrent_seconds(int threads, Share share) {
+    using clock = std::chrono::steady_clock;
+    std::atomic<int> arrived{0};
+    clock::time_point start[kMaxThreads], stop[kMaxThreads];
+    auto run = [&](int t) {
+        arrived.fetch_add(1);
+        while (arrived.load() < threads) {}
+        start[t] = clock::now();
+        share(t);
+        stop[t] = clock::now();
+    };
+    std::vector<std::thread> others;
+    for (int t = 1; t < threads; ++t) others.emplace_back(run, t);
+    run(0);
+    for (auto& th : others) th.join();
+    auto const first_start = *std::min_element(start, start + threads), last_start = *std::max_element(start, start + threads);
+    auto const first_stop = *std::min_element(stop, stop + threads), last_stop = *std::max_element(stop, stop + threads);
+    if (threads > 1 && last_start >= first_stop) return 0;
+    return std::chrono::duration<double>(last_stop - first_start).count();
+}
+
+// Best rate (units per second) of `trials` calls of trial(), each returning the seconds `threads`
+// threads took for `units_per_thread` each; a call that returns 0 (not concurrent) is not counted,
+// and is retried up to 4 x trials calls in all.
+template <class Trial>
+double best_rate(int threads, int trials, double units_per_thread, Trial trial) {
+    double best = 0;
+    for (int ok = 0, calls = 0; ok < trials && calls < 4 * trials; ++calls)
+        if (double const t = trial(); t > 0) {
+            best = std::max(best, threads * units_per_thread / t);
+            ++ok;
+        }
+    return best;
+}
+
+// ~10 ms per burst on a 2.5 GHz zmm FMA core (less with fewer chains or narrower registers).
+inline constexpr std::int64_t kBurstIters = std::int64_t{1} << 20;
+
+template <class Op>
+double burst_seconds(int threads) {
+    return concurrent_seconds(threads, [](int) { burst(Op{}, kBurstIters); });
+}
+
+inline double dram_seconds(AlignedFloats const& buf, int threads) {
+    std::size_t const share = buf.n / std::size_t(threads);
+    return concurrent_seconds(threads, [&](int t) {
+        float s = read_sum(buf.p + std::size_t(t) * share, share);
+        benchmark::DoNotOptimize(s);
+    });
+}
+
+inline double dram_gbps(AlignedFloats const& buf, int threads, int trials) {
+    double const bytes = double(buf.n / std::size_t(threads) * sizeof(float));
+    return best_rate(threads, trials, bytes, [&] { return dram_seconds(buf, threads); }) * 1e-9;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The limits every layer benchmark is judged against, per weight format and thread count.
+
+enum class Format : int { f32, bf16, int8 };
+inline constexpr char const* kFormatNames[] = {"f32", "bf16", "int8"};
+
+struct Peak {
+    char const* instruction = "";
+    double ops_per_burst = 0;                        // one thread's FLOPs (OPs for int8) per burst
+    double (*burst_seconds)(int threads) = nullptr;  // one trial, as concurrent_seconds
+    double gops[kMaxThreads + 1] = {};               // index = threads; GFLOP/s (GOP/s for int8)
 };
 
-// Best of short trials (~0.6 s in all: this VM's bandwidth varied 16-21 GB/s between runs minutes
-// apart), measured the first time a benchmark asks: the layer benchmarks need the limits whatever
-// --benchmark_filter selects, and Google Benchmark gives no hook that runs before them.
+struct Limits {
+    Peak peak[3];                              // index = Format
+    double dram_gbps[kMaxThreads + 1] = {};    // index = threads
+    Peak const& of(Format f) const { return peak[int(f)]; }
+};
+
+// The widest instruction the CPU has among Ops, measured for 1 and 2 threads; `fallback` when none.
+template <class... Ops>
+Peak widest_peak(Peak const* fallback) {
+    Peak p;
+    auto try_op = [&]<class Op>(Op) {
+        if (*p.instruction || !Op::supported()) return;
+        p = {Op::kName, double(kBurstIters) * Op::kChains * Op::kOps, &burst_seconds<Op>};
+        for (int th = 1; th <= kMaxThreads; ++th)
+            p.gops[th] = best_rate(th, 7, p.ops_per_burst, [&] { return p.burst_seconds(th); }) * 1e-9;
+    };
+    (try_op(Ops{}), ...);
+    return *p.instruction || !fallback ? p : *fallback;
+}
+
+// Measured the first time a benchmark asks (about 2 s): the layer benchmarks need the limits whatever
+// --benchmark_filter selects, and Google Benchmark gives no hook that runs before them. Best of short
+// trials: this kind of VM's bandwidth moved 16-21 GB/s (48-83 on Zen 5) between runs minutes apart.
 inline Limits const& limits() {
     static Limits const l = [] {
-        using clock = std::chrono::steady_clock;
-        auto secs = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
-        Limits r{0, 0};
-        for (int trial = 0; trial < 5; ++trial) {
-            auto const t0 = clock::now();
-            double const fl = fma_burst(std::int64_t{1} << 21);
-            r.peak_gflops = std::max(r.peak_gflops, fl / secs(t0) * 1e-9);
-        }
-        {
-            AlignedFloats buf(kDramBytes / sizeof(float));
-            for (int trial = 0; trial < 16; ++trial) {
-                auto const t0 = clock::now();
-                float s = read_sum(buf.p, buf.n);
-                double const t = secs(t0);
-                benchmark::DoNotOptimize(s);
-                r.dram_gbps = std::max(r.dram_gbps, double(kDramBytes) / t * 1e-9);
-            }
-        }
-        std::fprintf(stderr, "smoe_bench limits (%s, 1 thread): fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s\n",
-                     xsimd::default_arch::name(), r.peak_gflops, r.dram_gbps);
+        Limits r;
+        __builtin_cpu_init();
+        r.peak[int(Format::f32)] = widest_peak<FmaZmm, FmaYmm, MulAddXmm>(nullptr);
+        r.peak[int(Format::bf16)] = widest_peak<Bf16DotZmm>(&r.peak[int(Format::f32)]);
+        r.peak[int(Format::int8)] = widest_peak<VnniZmm, VnniYmm>(&r.peak[int(Format::f32)]);
+        AlignedFloats buf(kDramBytes / sizeof(float));
+        for (int th = 1; th <= kMaxThreads; ++th) r.dram_gbps[th] = dram_gbps(buf, th, 12);
+        for (int f = 0; f < 3; ++f)
+            std::fprintf(stderr, "smoe_bench limits: %-4s peak %7.1f / %7.1f G(FL)OP/s (1 / 2 threads) from %s\n",
+                         kFormatNames[f], r.peak[f].gops[1], r.peak[f].gops[2], r.peak[f].instruction);
+        std::fprintf(stderr, "smoe_bench limits: DRAM read %.1f / %.1f GB/s (1 / 2 threads); kernels built for %s\n",
+                     r.dram_gbps[1], r.dram_gbps[2], xsimd::default_arch::name());
+        for (int th = 1; th <= kMaxThreads; ++th)
+            if (std::min({r.peak[0].gops[th], r.peak[1].gops[th], r.peak[2].gops[th], r.dram_gbps[th]}) == 0)
+                std::fprintf(stderr, "smoe_bench limits: ERROR: a %d-thread limit never ran its threads concurrently (a "
+                             "busy machine?); fractions against it are infinite\n", th);
         return r;
     }();
     return l;

@@ -1,70 +1,37 @@
 #pragma once
-// The machine's limits for 1 and 2 threads, measured in the same process as the layer benchmarks
-// (perf.md: a roofline fraction is only meaningful against limits of the same machine and run):
-// fp32 FMA peak and DRAM read bandwidth. Two threads run the one-thread probes of bench_machine.hpp
-// side by side, on disjoint halves of the buffer, timed from the common start to the last finish.
-// This machine has no bf16 or int8 dot-product instructions, so bf16 and int8 weights are judged
-// against the fp32 FMA peak (perf.md counts fp16 the same way).
+// What the layer benchmarks need beyond bench_machine.hpp's limits (per weight format, 1 and 2
+// threads, each peak from the widest instruction the CPU has): the last-level cache and the memory
+// left, which size the cold protocol's copies of the layer (bench_layer.cpp).
 
-#include <algorithm>
-#include <atomic>
-#include <chrono>
+#include <cstddef>
 #include <cstdio>
-#include <thread>
+#include <fstream>
+#include <string>
 
 #include "bench_machine.hpp"
 
 namespace smoe_bench {
 
-struct ThreadLimits {
-    double peak_gflops[3] = {0, 0, 0};  // index = threads
-    double dram_gbps[3] = {0, 0, 0};
-};
+// Bytes of cpu0's last-level cache (sysfs "32768K"); 32 MiB, this project's machines, when unreadable.
+inline double llc_bytes() {
+    std::ifstream in("/sys/devices/system/cpu/cpu0/cache/index3/size");
+    double v = 0;
+    std::string unit;
+    if (!(in >> v) || v <= 0) return 32.0 * (1 << 20);
+    in >> unit;
+    return v * (unit.starts_with("K") ? 1024.0 : unit.starts_with("M") ? 1048576.0 : 1.0);
+}
 
-inline ThreadLimits const& thread_limits() {
-    static ThreadLimits const l = [] {
-        using clock = std::chrono::steady_clock;
-        auto secs = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
-        ThreadLimits r;
-        Limits const& one = limits();
-        r.peak_gflops[1] = one.peak_gflops;
-        r.dram_gbps[1] = one.dram_gbps;
-        AlignedFloats buf(kDramBytes / sizeof(float));
-        std::size_t const half = buf.n / 2;
-        for (int trial = 0; trial < 8; ++trial) {
-            std::atomic<int> go{0};
-            double fl = 0;
-            auto const t0 = clock::now();
-            std::thread other([&] {
-                while (go.load() == 0) {}
-                fma_burst(std::int64_t{1} << 21);
-            });
-            go.store(1);
-            fl = 2 * fma_burst(std::int64_t{1} << 21);
-            other.join();
-            r.peak_gflops[2] = std::max(r.peak_gflops[2], fl / secs(t0) * 1e-9);
-        }
-        for (int trial = 0; trial < 12; ++trial) {
-            std::atomic<int> go{0};
-            float s0 = 0, s1 = 0;
-            auto const t0 = clock::now();
-            std::thread other([&] {
-                while (go.load() == 0) {}
-                s1 = read_sum(buf.p + half, half);
-            });
-            go.store(1);
-            s0 = read_sum(buf.p, half);
-            other.join();
-            double const t = secs(t0);
-            benchmark::DoNotOptimize(s0);
-            benchmark::DoNotOptimize(s1);
-            r.dram_gbps[2] = std::max(r.dram_gbps[2], double(kDramBytes) / t * 1e-9);
-        }
-        std::fprintf(stderr, "smoe_bench limits, 2 threads: fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s\n",
-                     r.peak_gflops[2], r.dram_gbps[2]);
-        return r;
-    }();
-    return l;
+// MemAvailable from /proc/meminfo in bytes; 0 when unreadable.
+inline double mem_available_bytes() {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    double kib = 0;
+    while (in >> key >> kib) {
+        if (key == "MemAvailable:") return kib * 1024.0;
+        in.ignore(256, '\n');
+    }
+    return 0;
 }
 
 }  // namespace smoe_bench

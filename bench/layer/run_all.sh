@@ -3,13 +3,14 @@
 # at a time, and renders the charts: bench/layer/results/{smoe_*.json, eigen_*.jsonl, torch_*.jsonl,
 # all.json, summary.md, roofline.png, speedup.png}.
 #
-#   bench/layer/run_all.sh                          # every shape; mixtral at T <= MIXTRAL_T_MAX
+#   bench/layer/run_all.sh                          # every shape (cold and hot); mixtral bf16/int8 at T <= MIXTRAL_T_MAX
 #   SHAPES="olmoe qwen2moe" bench/layer/run_all.sh  # a subset
 #   QUICK=1 bench/layer/run_all.sh                  # the quick shape only, no baselines (seconds)
 #
 # BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
 # Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
-# MIXTRAL_T_MAX (default 32: mixtral fp32 is 5.6 GB and a T = 512 call takes seconds), PYTHON
+# MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default "bf16 int8": fp32 is
+# 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), PYTHON
 # (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
 # process makes the 2-thread figures meaningless (the script prints it before every step).
 set -eu
@@ -19,6 +20,8 @@ BUILD=${BUILD:-$ROOT/build/bench-layer}
 OUT=${OUT:-$ROOT/bench/layer/results}
 SHAPES=${SHAPES:-"olmoe qwen2moe deepseek-v2-lite mixtral"}
 MIXTRAL_T_MAX=${MIXTRAL_T_MAX:-32}
+MIXTRAL_FORMATS=${MIXTRAL_FORMATS:-"bf16 int8"}
+PROTOCOLS=${PROTOCOLS:-"cold hot"}
 TOKENS=${TOKENS:-1,8,32,128,512}
 PYTHON=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT"
@@ -42,11 +45,12 @@ tokens_of() {
     fi
 }
 
+alt() { echo "$*" | tr -s ' ,' '||'; }  # "a b" -> "a|b", for a regex group
 for shape in $SHAPES; do
     tokens=$(tokens_of "$shape")
-    tre=$(echo "$tokens" | sed 's/,/|/g')
-    echo "== $shape T=$tokens, load $(cut -d' ' -f1-3 /proc/loadavg)"
-    "$BENCH" --benchmark_filter="^BM_layer/$shape/.*/T:($tre)/" \
+    formats=$([ "$shape" = mixtral ] && alt $MIXTRAL_FORMATS || echo "f32|bf16|int8")
+    echo "== $shape T=$tokens ($formats; $PROTOCOLS), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BENCH" --benchmark_filter="^BM_layer/$shape/($formats)/($(alt $PROTOCOLS))/.*/T:($(alt "$tokens"))/" \
         --benchmark_out="$OUT/smoe_$shape.json" --benchmark_out_format=json 2>&1 | grep -v '^BM_\|^---\|^Benchmark' || true
     [ "${BASELINES:-1}" = 0 ] && continue
     for threads in 1 2; do
