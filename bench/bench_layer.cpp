@@ -89,8 +89,8 @@ std::unique_ptr<W[]> to_format(std::unique_ptr<float[]> src, std::size_t n, std:
             for (std::size_t i = 0; i < n; ++i) out[i] = smoe::to_bf16(src[i]);
         } else {
             scales.resize(std::size_t(rows));
-            smoe::quantize_int8_per_channel(MatrixView<float const>(src.get(), rows, cols), MatrixView<std::int8_t>(out.get(), rows, cols),
-                                            scales);
+            smoe::quantize_int8_per_channel(MatrixView<float const>(src.get(), rows, cols),
+                                            MatrixView<std::int8_t>(out.get(), rows, cols), scales);
         }
         return out;
     }
@@ -132,12 +132,14 @@ struct LayerCopies final : LayerSet {
         typename Layer::Weights w;
         w.gate = MatrixView<float const>(routers.back().get(), s.E, s.d);
         if constexpr (std::is_same_v<W, std::int8_t>)
-            w.experts = smoe::expert::SwiGLUWeights<W>::dense(w1.get(), s1.data(), w3.get(), s3.data(), w2.get(), s2.data(), cfg.expert);
+            w.experts = smoe::expert::SwiGLUWeights<W>::dense(w1.get(), s1.data(), w3.get(), s3.data(), w2.get(), s2.data(),
+                                                              cfg.expert);
         else
             w.experts = smoe::expert::SwiGLUWeights<W>::dense(w1.get(), w3.get(), w2.get(), cfg.expert);
         layers.push_back(std::make_unique<Layer>(cfg, w));  // packs its own copy of the experts
     }
-    smoe::RoutingResult forward(std::size_t i, MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> ws) override {
+    smoe::RoutingResult forward(std::size_t i, MatrixView<float const> x, MatrixView<float> y,
+                                std::span<std::byte> ws) override {
         return layers[i]->forward(x, y, ws);
     }
     void set_pool(smoe::DefaultThreadPool* pool) override {
@@ -168,7 +170,8 @@ Model& model(Shape const& s, Format f, std::int64_t max_tokens) {
         else if (f == Format::bf16) cur.set = std::make_unique<LayerCopies<smoe::bf16>>(s, max_tokens);
         else cur.set = std::make_unique<LayerCopies<std::int8_t>>(s, max_tokens);
         cur.ws.resize(cur.set->workspace_bytes);
-        std::fprintf(stderr, "smoe_bench %s %s: data generated and packed in %.1f s\n", s.name, smoe_bench::kFormatNames[int(f)],
+        std::fprintf(stderr, "smoe_bench %s %s: data generated and packed in %.1f s\n", s.name,
+                     smoe_bench::kFormatNames[int(f)],
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return cur;
@@ -182,8 +185,9 @@ std::string grow(Model& m, std::size_t copies) {
     double const margin = 1.0 * (1 << 30);  // the OS, the pool and the workspace
     if (need + margin > avail) {
         char why[256];
-        std::snprintf(why, sizeof why, "cold protocol needs %zu copies of %.2f GB, %.1f GB more than the %.1f GB MemAvailable "
-                      "(less 1 GB) allows: skipped", copies, set.packed_bytes * 1e-9, (need + margin - avail) * 1e-9, avail * 1e-9);
+        std::snprintf(why, sizeof why,
+                      "cold protocol needs %zu copies of %.2f GB, %.1f GB more than the %.1f GB MemAvailable (less 1 GB) "
+                      "allows: skipped", copies, set.packed_bytes * 1e-9, (need + margin - avail) * 1e-9, avail * 1e-9);
         return why;
     }
     auto const t0 = std::chrono::steady_clock::now();
@@ -300,8 +304,9 @@ void BM_layer(benchmark::State& state, Case c) {
             for (bool cold : {false, true})
                 for (int threads : {1, 2}) {
                     Case const c{s, f, cold, threads, cold ? cold_copies(*s, f) : 1, tokens.back()};
-                    std::string const name = std::string(family) + "/" + s->name + "/" + smoe_bench::kFormatNames[int(f)] +
-                                             (cold ? "/cold" : "/hot") + "/threads:" + std::to_string(threads);
+                    std::string const name = std::string(family) + "/" + s->name + "/" +
+                                             smoe_bench::kFormatNames[int(f)] + (cold ? "/cold" : "/hot") +
+                                             "/threads:" + std::to_string(threads);
                     auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_layer, c);
                     b->ArgName("T");
                     for (std::int64_t T : tokens) b->Arg(T);

@@ -49,7 +49,8 @@ void BM_machine_dram_read(benchmark::State& state) {
 
 [[maybe_unused]] int const registered = [] {
     auto common = [](benchmark::internal::Benchmark* b) {
-        b->ArgName("threads")->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMillisecond)->Apply(smoe_bench::best_stats);
+        b->ArgName("threads")->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+        smoe_bench::best_stats(b);
     };
     for (Format f : {Format::f32, Format::bf16, Format::int8})
         common(benchmark::RegisterBenchmark((std::string("BM_machine_peak/") + smoe_bench::kFormatNames[int(f)]).c_str(),

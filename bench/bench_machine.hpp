@@ -186,7 +186,8 @@ double concurrent_seconds(int threads, Share share) {
     for (int t = 1; t < threads; ++t) others.emplace_back(run, t);
     run(0);
     for (auto& th : others) th.join();
-    auto const first_start = *std::min_element(start, start + threads), last_start = *std::max_element(start, start + threads);
+    auto const first_start = *std::min_element(start, start + threads);
+    auto const last_start = *std::max_element(start, start + threads);
     auto const first_stop = *std::min_element(stop, stop + threads), last_stop = *std::max_element(stop, stop + threads);
     if (threads > 1 && last_start >= first_stop) return 0;
     return std::chrono::duration<double>(last_stop - first_start).count();

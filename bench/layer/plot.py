@@ -21,7 +21,8 @@ import sys
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 SHAPES = ["mixtral", "olmoe", "qwen2moe", "deepseek-v2-lite"]
 FORMATS = ["f32", "bf16", "int8"]
-NAME = re.compile(r"^BM_layer/(?P<shape>[^/]+)/(?P<fmt>[^/]+)/(?P<proto>hot|cold)/threads:(?P<threads>\d+)/T:(?P<T>\d+)")
+# Runs from before the cold protocol have no protocol in their names: they were hot.
+NAME = re.compile(r"^BM_layer/(?P<shape>[^/]+)/(?P<fmt>[^/]+)(?:/(?P<proto>hot|cold))?/threads:(?P<threads>\d+)/T:(?P<T>\d+)")
 
 
 def load():
@@ -39,8 +40,8 @@ def load():
             # same shape are judged against them (the machine's load and bandwidth move between runs).
             lim = limits.setdefault(f"{m['shape']}/{th}", {"dram_gbps": b["dram_gbps"], "peak": {}, "instruction": {}})
             lim["peak"][m["fmt"]] = b["peak_gflops"]
-            lim["instruction"][m["fmt"]] = instr
-            recs.append({"system": "smoe", "protocol": m["proto"], "wtype": m["fmt"], "shape": m["shape"], "T": int(m["T"]),
+            lim["instruction"][m["fmt"]] = instr or "fp32 FMA, xsimd"
+            recs.append({"system": "smoe", "protocol": m["proto"] or "hot", "wtype": m["fmt"], "shape": m["shape"], "T": int(m["T"]),
                          "threads": th, "copies": int(b.get("copies", 1)), "min_ms": b["min_ms"],
                          "median_ms": b["median_ms"], "gbps": b["GB/s"], "gflops": b["GFLOP/s"],
                          "weight_bytes": b["GB/s"] * b["min_ms"] * 1e6, "flops": b["GFLOP/s"] * b["min_ms"] * 1e6,
@@ -151,7 +152,11 @@ def summary(recs, limits):
 
 
 def charts(recs):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the summary does not need it
+        print("plot.py: no matplotlib (Debian: python3-matplotlib): charts not drawn", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
