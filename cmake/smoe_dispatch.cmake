@@ -7,6 +7,7 @@
 # The engine's own objects should come before these in link order (they do within one target: these
 # are appended), and the list should include sse2: see the ordering note below.
 include_guard(GLOBAL)
+include(${CMAKE_CURRENT_LIST_DIR}/smoe_avx512_codegen.cmake)
 
 function(smoe_dispatch_sources target)
   cmake_parse_arguments(PARSE_ARGV 1 arg "" "" "SOURCES;ARCHS")
@@ -17,7 +18,11 @@ function(smoe_dispatch_sources target)
   set(_smoe_dispatch_arch_avx512bw "xsimd::avx512bw")
   # g++ 12 reports false -Wuninitialized/-Wmaybe-uninitialized from its own AVX-512 intrinsic headers
   # (shared/toolchain.md section 2); -isystem does not hide them, so an engine with -Werror would fail.
-  set(_smoe_dispatch_flags_avx512bw -march=x86-64-v4 $<$<CXX_COMPILER_ID:GNU>:-Wno-uninitialized$<SEMICOLON>-Wno-maybe-uninitialized>)
+  # Plus the workaround for compilers that miscompile constant vectors under AVX-512 flags
+  # (smoe_avx512_codegen.cmake: Debian 12's g++ 12.2).
+  smoe_avx512_codegen_flags(avx512_workaround)
+  set(_smoe_dispatch_flags_avx512bw -march=x86-64-v4 ${avx512_workaround}
+      $<$<CXX_COMPILER_ID:GNU>:-Wno-uninitialized$<SEMICOLON>-Wno-maybe-uninitialized>)
   set(_smoe_dispatch_arch_fma3_avx2 "xsimd::fma3<xsimd::avx2>")
   set(_smoe_dispatch_flags_fma3_avx2 -march=x86-64-v3)
   set(_smoe_dispatch_arch_sse2 "xsimd::sse2")

@@ -1,7 +1,18 @@
 # Flags for smoe's own executables (tests, benches, examples); never for the smoe interface target.
 include_guard(GLOBAL)
+include(${CMAKE_CURRENT_LIST_DIR}/smoe_avx512_codegen.cmake)
 
-# smoe_target_options(<target>): warnings, and -march=native when SMOE_NATIVE is ON.
+# -march=native gives AVX-512 on this machine: every such unit needs the codegen workaround
+# (smoe_avx512_codegen.cmake). Asked once, not per target.
+if(SMOE_NATIVE)
+  smoe_native_has_avx512(SMOE_NATIVE_AVX512)
+  if(SMOE_NATIVE_AVX512)
+    smoe_avx512_codegen_flags(SMOE_NATIVE_AVX512_FLAGS)
+  endif()
+endif()
+
+# smoe_target_options(<target>): warnings, and -march=native when SMOE_NATIVE is ON (with the AVX-512
+# codegen workaround where native means AVX-512 and the compiler needs it).
 function(smoe_target_options target)
   target_compile_options(${target} PRIVATE
     $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-Wall -Wextra>
@@ -14,6 +25,7 @@ function(smoe_target_options target)
     # g++ 12 at -O2/-O3 reports false -Wrestrict inside libstdc++'s std::string operator+ (GCC PR 105651).
     $<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>>:-Wno-restrict>)
   if(SMOE_NATIVE)
-    target_compile_options(${target} PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-march=native>)
+    target_compile_options(${target} PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-march=native>
+                           ${SMOE_NATIVE_AVX512_FLAGS})
   endif()
 endfunction()

@@ -5,11 +5,19 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/avx512_codegen_probe.hpp"
 #include "smoe/core/error.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 
 using Catch::Matchers::Contains;
+
+// Every tests/test_*.cpp is built with these flags (-march=native): on an AVX-512 CPU this fails when they
+// lack the workaround for a compiler that miscompiles constant vectors (cmake/smoe_avx512_codegen.cmake),
+// as test_balance's expected {1, 1, 0, 0} once became {1, 1, 1, 1} with g++ 12.2.
+TEST_CASE("constant vectors keep their values under this build's flags", "[core][toolchain]") {
+    CHECK(smoe_test::wrong_constant_values() == 0);
+}
 
 TEST_CASE("a workspace carves aligned buffers and sizes them the way it carves", "[core][workspace]") {
     smoe::WorkspaceSize size;

@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/bf16_paths.hpp"
 #include "common/data.hpp"
 #include "smoe/smoe.hpp"
 
@@ -31,34 +32,37 @@ TEMPLATE_TEST_CASE("forward allocates nothing, with or without a thread pool", "
         if constexpr (std::is_same_v<W, smoe::bf16>) w[i] = smoe::to_bf16(float(i % 7) * 0.01f);
         else w[i] = static_cast<W>(int(i % 7) - 3);
     }
-    smoe::expert::SwiGLUConfig const c{d, f, E};
-    smoe::expert::SwiGLUWeights<W> experts;
-    if constexpr (std::is_same_v<W, std::int8_t>)
-        experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), s.data(), w.data(), s.data(), w.data(), s.data(), c);
-    else
-        experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), w.data(), w.data(), c);
-    Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
-                {MatrixView<float const>(gate.data(), E, d), {}, experts});
-    std::vector<float> y(std::size_t(T * d));
-    smoe::DefaultThreadPool pool(2);
-    {
-        long const before = g_news.load();
-        void* volatile probe = ::operator new(16);  // the counter sees allocations (a direct call is never elided)
-        ::operator delete(probe);
-        REQUIRE(g_news.load() - before == 1);
-    }
-    for (int with_pool = 0; with_pool < 2; ++with_pool) {
-        if (with_pool) layer.set_thread_pool(pool);
-        for (std::int64_t n : {std::int64_t{1}, std::int64_t{7}, T}) {
-            MatrixView<float const> const xv(x.data(), n, d);
-            MatrixView<float> const yv(y.data(), n, d);
-            layer.forward(xv, yv);  // warm-up: the pool's threads are running, nothing is lazily built
+    for (smoe::expert::Bf16Dot const dot : smoe_test::dot_paths<W>()) {  // bf16: both paths, any CPU
+        INFO("bf16_dot " << to_string(dot));
+        smoe::expert::SwiGLUConfig const c{d, f, E, dot};
+        smoe::expert::SwiGLUWeights<W> experts;
+        if constexpr (std::is_same_v<W, std::int8_t>)
+            experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), s.data(), w.data(), s.data(), w.data(), s.data(), c);
+        else
+            experts = smoe::expert::SwiGLUWeights<W>::dense(w.data(), w.data(), w.data(), c);
+        Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
+                    {MatrixView<float const>(gate.data(), E, d), {}, experts});
+        std::vector<float> y(std::size_t(T * d));
+        smoe::DefaultThreadPool pool(2);
+        {
             long const before = g_news.load();
-            layer.forward(xv, yv);
-            layer.forward(xv, yv);
-            long const after = g_news.load();
-            INFO("pool " << with_pool << ", T = " << n);
-            CHECK(after - before == 0);
+            void* volatile probe = ::operator new(16);  // the counter sees allocations (a direct call is never elided)
+            ::operator delete(probe);
+            REQUIRE(g_news.load() - before == 1);
+        }
+        for (int with_pool = 0; with_pool < 2; ++with_pool) {
+            if (with_pool) layer.set_thread_pool(pool);
+            for (std::int64_t n : {std::int64_t{1}, std::int64_t{7}, T}) {
+                MatrixView<float const> const xv(x.data(), n, d);
+                MatrixView<float> const yv(y.data(), n, d);
+                layer.forward(xv, yv);  // warm-up: the pool's threads are running, nothing is lazily built
+                long const before = g_news.load();
+                layer.forward(xv, yv);
+                layer.forward(xv, yv);
+                long const after = g_news.load();
+                INFO("pool " << with_pool << ", T = " << n);
+                CHECK(after - before == 0);
+            }
         }
     }
 }

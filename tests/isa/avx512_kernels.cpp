@@ -9,6 +9,7 @@
 #include <cstring>
 #include <span>
 
+#include "common/avx512_codegen_probe.hpp"
 #include "smoe/smoe.hpp"
 
 namespace smoe_isa {
@@ -50,6 +51,8 @@ void swiglu(smoe::expert::SwiGLU<W> const& ex, std::int64_t e, float const* x, s
 }
 
 }  // namespace
+
+int wrong_constant_values_avx512() { return smoe_test::wrong_constant_values(); }
 
 bool avx512_tiles_selected() { return SMOE_PACKED_AVX512 && cpu::kPackedAvx512<xsimd::default_arch>; }
 

@@ -10,6 +10,9 @@
 
 namespace smoe_isa {
 
+// tests/common/avx512_codegen_probe.hpp's count of wrong constants, with this object's flags.
+int wrong_constant_values_avx512();
+
 // Whether avx512_kernels.cpp was built for AVX-512 and gemm_packed picks the 512-bit tiles there.
 bool avx512_tiles_selected();
 

@@ -86,6 +86,11 @@ bool same_bits(std::vector<float> const& x, std::vector<float> const& y) {
 
 }  // namespace
 
+// Fails when the AVX-512 object lacks the workaround a compiler needs (cmake/smoe_avx512_codegen.cmake).
+TEST_CASE("constant vectors keep their values in the object built with AVX-512 flags", "[avx512][toolchain]") {
+    CHECK(smoe_isa::wrong_constant_values_avx512() == 0);
+}
+
 TEMPLATE_TEST_CASE("AVX-512 packed tiles give the bits of the AVX2 and scalar tiles", "[avx512][packed][rule3]", float, smoe::bf16,
                    std::int8_t) {
     using W = TestType;

@@ -69,8 +69,22 @@ struct StackedView {
 
 namespace detail {
 
+// Built by appending: g++ 12's -Wrestrict misfires on `"literal" + std::string&&` (GCC PR 105651).
 inline std::string shape_text(std::int64_t r, std::int64_t c) {
-    return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+    std::string s = "[";
+    s += std::to_string(r);
+    s += ", ";
+    s += std::to_string(c);
+    s += ']';
+    return s;
+}
+
+inline std::string shape_text(std::int64_t n, std::int64_t r, std::int64_t c) {
+    std::string s = "[";
+    s += std::to_string(n);
+    s += ", ";
+    s += shape_text(r, c).substr(1);
+    return s;
 }
 
 // Checks that a view is well formed and, where rows/cols are >= 0, that it has that shape.
@@ -88,8 +102,7 @@ void check_view(MatrixView<T> const& v, char const* name, std::int64_t rows, std
 template <class T>
 void check_stacked(StackedView<T> const& v, char const* name, std::int64_t count, std::int64_t rows, std::int64_t cols) {
     if (v.count != count || v.rows != rows || v.cols != cols)
-        fail(name, "[" + std::to_string(v.count) + ", " + std::to_string(v.rows) + ", " + std::to_string(v.cols) + "]",
-             "shape [" + std::to_string(count) + ", " + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+        fail(name, shape_text(v.count, v.rows, v.cols), "shape " + shape_text(count, rows, cols));
     if (v.ld < v.cols || v.stride < 0) fail(name, "ld " + std::to_string(v.ld), "ld >= cols and stride >= 0");
     if (v.data == nullptr && count > 0 && rows > 0 && cols > 0) fail(name, "a null pointer", "weight data");
 }

@@ -75,12 +75,14 @@ SMOE_ALWAYS_INLINE __m512 load_panel_avx512(W const* p) {
 }
 
 // Lane s of a tile holds column kPanelSlotColumn<W>[s]; the bf16 slot order is its own inverse, so the
-// same table is the permute index that brings column c to lane c.
+// same table is the permute index that brings column c to lane c. The two-source permute with v twice:
+// g++ 12.2's _mm512_permutexvar_ps passes _mm512_undefined_ps() as its pass-through, which reads an
+// uninitialised register (-Wuninitialized at every tile); vpermt2ps takes both sources from us.
 template <class W>
 SMOE_ALWAYS_INLINE __m512 slots_to_columns_avx512(__m512 v) {
     if constexpr (std::is_same_v<W, bf16>) {
         __m512i const idx = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
-        return _mm512_permutexvar_ps(idx, v);
+        return _mm512_permutex2var_ps(v, idx, v);
     } else {
         return v;
     }
