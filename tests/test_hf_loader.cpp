@@ -2,7 +2,10 @@
 // loaded from checkpoint tensors (held in a TensorMap) against the scalar oracle. The real-module
 // comparisons are the case tests (tests/cases, data from scripts/gen_cases.py).
 
+#include <chrono>
 #include <cmath>
+#include <limits>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -264,21 +267,131 @@ TEST_CASE("a checkpoint that does not match its config is an error naming the te
     CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 1, {}, "ckpt"), Contains("model.layers.1.mlp.gate.weight") && Contains("missing"));
     CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 2, {}, "ckpt"), Contains("layer") && Contains("MoE decoder layer"));
 
+    // A config extent that disagrees with the checkpoint names the key, its value, the checkpoint's value
+    // and the tensor that says so.
     auto wrong_d = parse_hf_config(family_config(HfFamily::qwen2_moe, d + 1, f, E, 2, 12), "c.json");
     CHECK_THROWS_WITH(HfMoeLayer::load(wrong_d, good, 0, {}, "ckpt"),
-                      Contains("ckpt") && Contains("gate.weight") && Contains("[4, 16]") && Contains("[4, 17]"));
+                      Contains("c.json: key 'hidden_size'' = 17: expected 16") && Contains("'model.layers.0.mlp.gate.weight' [4, 16]"));
     auto wrong_f = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f + 2, E, 2, 12), "c.json");
-    CHECK_THROWS_WITH(HfMoeLayer::load(wrong_f, good, 0, {}, "ckpt"), Contains("experts.0.gate_proj.weight") && Contains("shape"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(wrong_f, good, 0, {}, "ckpt"),
+                      Contains("key 'moe_intermediate_size'' = 10: expected 8") && Contains("experts.0.gate_proj.weight"));
     auto more_experts = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f, E + 4, 2, 12), "c.json");
-    CHECK_THROWS_WITH(HfMoeLayer::load(more_experts, good, 0, {}, "ckpt"), Contains("gate.weight"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(more_experts, good, 0, {}, "ckpt"),
+                      Contains("key 'num_experts'' = 8: expected 4") && Contains("gate.weight"));
+    auto wider_shared = parse_hf_config(family_config(HfFamily::qwen2_moe, d, f, E, 2, 16), "c.json");
+    CHECK_THROWS_WITH(HfMoeLayer::load(wider_shared, good, 0, {}, "ckpt"),
+                      Contains("key 'shared_expert_intermediate_size'' = 16: expected 12") && Contains("shared_expert.gate_proj"));
 
     auto const v3cfg = parse_hf_config(family_config(HfFamily::deepseek_v3, d, f, 2 * E, 2, 8), "c.json");
     Block const b3 = Block::random(rng, d, f, 2 * E, 8, false);
     auto v3 = b3.tensors(HfFamily::olmoe, 0, false);  // olmoe names: no shared experts, no bias
     CHECK_THROWS_WITH(HfMoeLayer::load(v3cfg, v3, 0, {}, "ckpt"), Contains("e_score_correction_bias") && Contains("missing"));
+    // DeepSeek's shared width is n_shared_experts routed widths: that is the key named.
+    auto const v3_three_shared = parse_hf_config(family_config(HfFamily::deepseek_v3, d, f, 2 * E, 2, 3 * f), "c.json");
+    CHECK_THROWS_WITH(HfMoeLayer::load(v3_three_shared, b3.tensors(HfFamily::deepseek_v3, 0, false), 0, {}, "ckpt"),
+                      Contains("key 'n_shared_experts'' = 3: expected 1") && Contains("shared_experts.gate_proj.weight"));
 
     TensorMap ints;
     std::vector<std::int32_t> iv(static_cast<std::size_t>(E * d));
     ints.add_values("model.layers.0.mlp.gate.weight", Dtype::I32, {E, d}, std::span<std::int32_t const>(iv));
     CHECK_THROWS_WITH(HfMoeLayer::load(cfg, ints, 0, {}, "ckpt"), Contains("dtype") && Contains("I32"));
+}
+
+// Issue 14: values that once reached an allocation before any check (std::bad_alloc, or 41 s and
+// 16.8 GB for n_routed_experts = 2^31) are refused while the config is read, naming the key.
+TEST_CASE("absurd config dimensions are refused by key before anything is allocated", "[hf][config][errors][limits]") {
+    struct Absurd {
+        HfFamily family;
+        char const* key;
+        json value;
+    };
+    std::int64_t const p31 = std::int64_t(1) << 31, p40 = std::int64_t(1) << 40;
+    for (auto const& [fam, key, value] : {Absurd{HfFamily::mixtral, "intermediate_size", p40},
+                                         Absurd{HfFamily::mixtral, "num_local_experts", p40},
+                                         Absurd{HfFamily::qwen2_moe, "moe_intermediate_size", p31},
+                                         Absurd{HfFamily::qwen2_moe, "moe_intermediate_size", 33000099},
+                                         Absurd{HfFamily::deepseek_v3, "n_routed_experts", p31},
+                                         Absurd{HfFamily::deepseek_v3, "n_shared_experts", std::int64_t(1) << 62},
+                                         Absurd{HfFamily::olmoe, "num_experts", std::int64_t(1000000000000)},
+                                         Absurd{HfFamily::olmoe, "hidden_size", p40},
+                                         Absurd{HfFamily::olmoe, "num_hidden_layers", p40}}) {
+        INFO(key << " = " << value.dump());
+        json j = family_config(fam, 16, 8, 8, 2, fam == HfFamily::mixtral || fam == HfFamily::olmoe ? 0 : 8);
+        j[key] = value;
+        auto const t0 = std::chrono::steady_clock::now();
+        CHECK_THROWS_WITH(parse_hf_config(j, "c.json"), Contains("c.json: key '" + std::string(key) + "'") &&
+                                                             Contains(value.dump()) && Contains("smoe::limits::kMax"));
+        CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+    }
+    // 1e12 is a JSON float: still the key, as "an integer".
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "olmoe"}, {"num_experts", 1e12}}, "c.json"),
+                      Contains("key 'num_experts'") && Contains("an integer"));
+    for (json bad : {json(-8), json(8.5), json("8"), json(nullptr), json::array({8}), json(true)}) {
+        INFO(bad.dump());
+        json j = family_config(HfFamily::mixtral, 16, 8, 8, 2, 0);
+        j["num_local_experts"] = bad;
+        if (bad.is_null())  // null is a missing key: the family's default (8) applies
+            CHECK(parse_hf_config(j, "c.json").num_experts() == 8);
+        else
+            CHECK_THROWS_WITH(parse_hf_config(j, "c.json"), Contains("key 'num_local_experts'"));
+    }
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "olmoe"}, {"num_experts", 4}, {"num_experts_per_tok", 5}}, "c.json"),
+                      Contains("key 'num_experts_per_tok'") && Contains("5"));
+}
+
+TEST_CASE("a config that is plausible but larger than its checkpoint fails fast, naming the key", "[hf][load][errors][limits]") {
+    std::mt19937_64 rng(25);
+    std::int64_t const d = 16, f = 8, E = 8;
+    Block const b = Block::random(rng, d, f, E, 8, false);
+    auto const tensors = b.tensors(HfFamily::deepseek_v3, 0, false);
+    // The largest counts the limits allow: refused by the router weight's shape, before anything of
+    // that size exists (the loader used to size its expert list from the config first).
+    for (auto const& [key, value] : {std::pair{"n_routed_experts", smoe::limits::kMaxExperts},
+                                     std::pair{"moe_intermediate_size", smoe::limits::kMaxDimension},
+                                     std::pair{"hidden_size", smoe::limits::kMaxDimension}}) {
+        INFO(key);
+        json j = family_config(HfFamily::deepseek_v3, d, f, E, 2, 8);
+        j["n_group"] = 1;
+        j["topk_group"] = 1;
+        j[key] = value;
+        if (std::string(key) == "moe_intermediate_size") j["n_shared_experts"] = 0;
+        auto const cfg = parse_hf_config(j, "c.json");
+        auto const t0 = std::chrono::steady_clock::now();
+        CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, 0, {}, "ckpt"),
+                          Contains("c.json: key '" + std::string(key) + "'") && Contains(std::to_string(value)) &&
+                              Contains("from tensor 'model.layers.0.mlp."));
+        CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+    }
+}
+
+TEST_CASE("a non-finite value in a checkpoint tensor is named by the checkpoint's tensor", "[hf][load][errors]") {
+    std::mt19937_64 rng(26);
+    std::int64_t const d = 16, f = 8, E = 8;
+    auto const cfg = parse_hf_config(family_config(HfFamily::deepseek_v3, d, f, E, 2, 8), "c.json");
+    for (char const* name : {"model.layers.0.mlp.gate.e_score_correction_bias", "model.layers.0.mlp.gate.weight",
+                             "model.layers.0.mlp.experts.3.down_proj.weight", "model.layers.0.mlp.shared_experts.up_proj.weight"}) {
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+            for (bool bf16 : {false, true}) {
+                INFO(name << " " << bad << (bf16 ? " bf16" : " f32"));
+                Block b = Block::random(rng, d, f, E, 8, bf16);
+                std::string const n = name;
+                auto& v = n.ends_with("bias")          ? b.bias
+                          : n.ends_with("gate.weight") ? b.gate
+                          : n.find("experts.3") != std::string::npos ? b.w2
+                                                                     : b.s3;
+                v[n.find("experts.3") != std::string::npos ? 3 * d * f + 5 : 5] = bad;
+                auto const tensors = b.tensors(HfFamily::deepseek_v3, 0, bf16);
+                CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, 0, {}, "ckpt"),
+                                  Contains("tensor '" + n + "' element 5") && Contains("finite values"));
+            }
+        }
+    }
+}
+
+TEST_CASE("running out of memory while loading names what was being built", "[hf][load][errors]") {
+    smoe::allocation_error const e("loading the MoE block of decoder layer 3 from ckpt");
+    std::bad_alloc const& as_bad_alloc = e;  // a host's handler for std::bad_alloc still catches it
+    CHECK(std::string(as_bad_alloc.what()) == "smoe: out of memory loading the MoE block of decoder layer 3 from ckpt");
+    smoe::allocation_error const copy = e;
+    CHECK(std::string(copy.what()) == e.what());
 }

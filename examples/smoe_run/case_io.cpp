@@ -2,17 +2,17 @@
 
 namespace smoe_run {
 
-Matrix read_matrix(SafetensorsFile const& f, std::string const& name, std::int64_t rows, std::int64_t cols) {
-    Matrix m;
-    m.data = smoe::io::read_f32(f, name, {rows, cols});
+Matrix read_matrix(SafetensorsFile const& f, std::string const& name, ConfigExtent rows, ConfigExtent cols,
+                   std::string const& config_file) {
     auto const& t = f.at(name);
-    m.rows = t.shape[0];
-    m.cols = t.shape[1];
-    return m;
+    smoe::io::require_extents(t, config_file, {rows, cols});
+    return {smoe::io::read_f32(t), t.shape[0], t.shape[1]};
 }
 
-std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, std::int64_t n) {
-    return smoe::io::read_f32(f, name, {n});
+std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n, std::string const& config_file) {
+    auto const& t = f.at(name);
+    smoe::io::require_extents(t, config_file, {n});
+    return smoe::io::read_f32(t);
 }
 
 void check_known_keys(nlohmann::json const& config, std::string const& file, std::set<std::string> const& allowed, char const* what) {

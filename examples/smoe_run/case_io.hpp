@@ -6,12 +6,14 @@
 #include <filesystem>
 #include <set>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "smoe/core/routing.hpp"
+#include "smoe/io/config_extent.hpp"
 #include "smoe/io/safetensors.hpp"
 
 namespace smoe_run {
@@ -19,20 +21,26 @@ namespace smoe_run {
 namespace fs = std::filesystem;
 using smoe::io::SafetensorsFile;
 using smoe::io::SafetensorsWriter;
+using smoe::io::ConfigExtent;
+using smoe::io::any_extent;
 
 struct Args {
     fs::path case_dir, out_file;
     std::int64_t layer = 0;
     bool layer_given = false;
+
+    std::string config_file() const { return (case_dir / "config.json").string(); }
 };
 
-// Rows of a [rows, cols] F32 tensor (BF16/F16 widened); rows = -1 takes the file's.
+// A [rows, cols] F32 tensor (BF16/F16 widened) whose extents config.json predicts (any_extent: the
+// file's); an extent that disagrees is an error naming the config key, checked before the read.
 struct Matrix {
     std::vector<float> data;
     std::int64_t rows = 0, cols = 0;
 };
-Matrix read_matrix(SafetensorsFile const& f, std::string const& name, std::int64_t rows, std::int64_t cols);
-std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, std::int64_t n);
+Matrix read_matrix(SafetensorsFile const& f, std::string const& name, ConfigExtent rows, ConfigExtent cols,
+                   std::string const& config_file);
+std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n, std::string const& config_file);
 
 // Every key of `config` must be in `allowed` (cases.md: any other key is an error naming it); `what`
 // names the kind of config in the message.
@@ -41,6 +49,14 @@ void check_known_keys(nlohmann::json const& config, std::string const& file, std
 // expert_ids I32 [T, K] and expert_weights F32 [T, K] from the token-major view.
 void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r);
 
+// A command-line mistake found while running (main prints the usage and exits with status 2).
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Runs the case folder a.case_dir: returns 0 with the outputs written, throws smoe::invalid_argument
+// (a smoe::io::file_error naming the file, tensor or key) on bad input, usage_error on a bad option.
+int run_case(Args const& a);
 int run_full_layer(Args const& a, nlohmann::json const& config);
 int run_router_case(Args const& a, nlohmann::json const& config);
 int run_lora_case(Args const& a, nlohmann::json const& config);

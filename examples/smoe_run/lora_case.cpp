@@ -46,18 +46,19 @@ int run_lora_case(Args const& a, nlohmann::json const& config) {
     }
     auto const wfile = SafetensorsFile::open(a.case_dir / "weights.safetensors");
     std::int64_t const in = cfg.in_features, out = cfg.out_features, R = cfg.rank;
-    Matrix const router_w = read_matrix(wfile, lora_prefix + "lora_router.weight", R, in);
-    Matrix const A = read_matrix(wfile, lora_prefix + "lora_A.weight", R, in);
-    Matrix const B = read_matrix(wfile, lora_prefix + "lora_B.weight", out, R);
+    ConfigExtent const xin{in, "in_features"}, xout{out, "out_features"}, xR{R, "rank"};
+    Matrix const router_w = read_matrix(wfile, lora_prefix + "lora_router.weight", xR, xin, file);
+    Matrix const A = read_matrix(wfile, lora_prefix + "lora_A.weight", xR, xin, file);
+    Matrix const B = read_matrix(wfile, lora_prefix + "lora_B.weight", xout, xR, file);
     std::vector<float> biases;
-    if (wfile.find(lora_prefix + "lora_biases")) biases = read_vector(wfile, lora_prefix + "lora_biases", R);
+    if (wfile.find(lora_prefix + "lora_biases")) biases = read_vector(wfile, lora_prefix + "lora_biases", xR, file);
     Matrix base;
     std::vector<float> base_bias;
-    if (wfile.find(base_prefix + "weight")) base = read_matrix(wfile, base_prefix + "weight", out, in);
-    if (wfile.find(base_prefix + "bias")) base_bias = read_vector(wfile, base_prefix + "bias", out);
+    if (wfile.find(base_prefix + "weight")) base = read_matrix(wfile, base_prefix + "weight", xout, xin, file);
+    if (wfile.find(base_prefix + "bias")) base_bias = read_vector(wfile, base_prefix + "bias", xout, file);
 
     auto const input = SafetensorsFile::open(a.case_dir / "input.safetensors");
-    Matrix const x = read_matrix(input, "hidden_states", -1, in);
+    Matrix const x = read_matrix(input, "hidden_states", any_extent, xin, file);
     using smoe::MatrixView;
     smoe::expert::RankwiseLoRAWeights w{MatrixView<float const>(router_w.data.data(), R, in),
                                         biases,

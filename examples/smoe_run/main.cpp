@@ -5,10 +5,11 @@
 #include <charconv>
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "case_io.hpp"
-#include "smoe/io/hf_config.hpp"
+#include "smoe/core/error.hpp"
 
 namespace {
 
@@ -50,24 +51,18 @@ int main(int argc, char** argv) {
     a.case_dir = positional[0];
     a.out_file = positional[1];
     try {
-        if (!smoe_run::fs::is_directory(a.case_dir))
-            throw smoe::io::file_error(a.case_dir.string(), "case folder", "not a directory", "a folder with config.json");
-        auto const config = smoe::io::read_json_file(a.case_dir / "config.json");
-        if (!config.is_object())
-            throw smoe::io::file_error((a.case_dir / "config.json").string(), "top level", config.type_name(), "a JSON object");
-        if (config.contains("model_type")) return smoe_run::run_full_layer(a, config);
-        if (config.contains("router")) {
-            if (a.layer_given) return usage("--layer applies to full checkpoints only");
-            return smoe_run::run_router_case(a, config);
-        }
-        if (config.contains("layer")) {
-            if (a.layer_given) return usage("--layer applies to full checkpoints only");
-            return smoe_run::run_lora_case(a, config);
-        }
-        throw smoe::io::file_error((a.case_dir / "config.json").string(), "keys", "no model_type, router or layer",
-                                   "a Hugging Face config (model_type), a router-only config (router) or a rank-wise LoRA config (layer)");
+        return smoe_run::run_case(a);
+    } catch (smoe_run::usage_error const& e) {
+        return usage(e.what());
     } catch (smoe::invalid_argument const& e) {
         std::fprintf(stderr, "smoe-run: error: %s\n", e.what());
+        return 1;
+    } catch (smoe::allocation_error const& e) {
+        std::fprintf(stderr, "smoe-run: error: %s\n", e.what());
+        return 1;
+    } catch (std::bad_alloc const&) {
+        // The checks bound every allocation by the files; one that still fails is a real shortage.
+        std::fprintf(stderr, "smoe-run: error: out of memory running the case in %s\n", a.case_dir.string().c_str());
         return 1;
     } catch (std::exception const& e) {
         std::fprintf(stderr, "smoe-run: error: %s\n", e.what());

@@ -163,6 +163,19 @@ void route_and_write(Args const& a, Router const& router, Balancer& balancer, In
     w.write(a.out_file);
 }
 
+// build(), with a smoe::invalid_argument from a config's validation turned into one that names
+// config.json and the key.
+template <class F>
+auto keyed(std::string const& config_name, F&& build) {
+    try {
+        return build();
+    } catch (smoe::io::file_error const&) {
+        throw;
+    } catch (smoe::invalid_argument const& e) {
+        throw smoe::io::file_error(config_name, "key '" + e.argument() + "'", e.value(), e.expected());
+    }
+}
+
 // The balancer the keys ask for, around one router.
 template <class Router>
 void with_balancer(Args const& a, Router const& router, Inputs const& in, BalanceKeys const& keys, std::string const& input_name,
@@ -172,8 +185,11 @@ void with_balancer(Args const& a, Router const& router, Inputs const& in, Balanc
             smoe::io::detail::file_fail(config_name, "key 'moe_expert_capacity_factor'", *keys.capacity_factor,
                                         "no capacity balancer with expert choice (each expert already takes C tokens; set capacity)");
         } else {
-            smoe::balance::Capacity b({.capacity_factor = *keys.capacity_factor, .drop_policy = keys.drop_policy,
-                                       .pad_to_capacity = keys.pad, .min_capacity = keys.min_capacity, .stats = keys.stats});
+            smoe::balance::CapacityConfig const bc{.capacity_factor = *keys.capacity_factor, .drop_policy = keys.drop_policy,
+                                                   .pad_to_capacity = keys.pad, .min_capacity = keys.min_capacity,
+                                                   .stats = keys.stats};
+            keyed(config_name, [&] { bc.validate(); });
+            smoe::balance::Capacity b(bc);
             route_and_write(a, router, b, in, keys, input_name);
         }
     } else if (keys.bias_update_rate) {
@@ -181,10 +197,14 @@ void with_balancer(Args const& a, Router const& router, Inputs const& in, Balanc
             smoe::io::detail::file_fail(config_name, "key 'moe_router_bias_update_rate'", *keys.bias_update_rate,
                                         "router \"topk\" (the only router that selects with a bias)");
         } else {
-            smoe::balance::LossFreeBias b({.num_experts = router.num_experts(), .bias_update_rate = *keys.bias_update_rate, .stats = keys.stats});
+            smoe::balance::LossFreeBiasConfig const bc{.num_experts = router.num_experts(),
+                                                       .bias_update_rate = *keys.bias_update_rate, .stats = keys.stats};
+            keyed(config_name, [&] { bc.validate(); });
+            smoe::balance::LossFreeBias b(bc);
             route_and_write(a, router, b, in, keys, input_name);
         }
     } else {
+        keyed(config_name, [&] { keys.stats.validate(); });
         smoe::balance::None b({.stats = keys.stats});
         route_and_write(a, router, b, in, keys, input_name);
     }
@@ -199,22 +219,15 @@ int run_router_case(Args const& a, nlohmann::json const& config) {
 
     auto const input_path = (a.case_dir / "input.safetensors").string();
     auto const input = SafetensorsFile::open(input_path);
+    // Null experts add N logit columns, so the columns' key is both (each bounded: no overflow).
     auto read_inputs = [&](std::int64_t cols) {
         Inputs in;
-        in.logits = read_matrix(input, "router_logits", -1, cols);
-        if (input.find("expert_bias")) in.bias = read_vector(input, "expert_bias", E);
+        in.logits = read_matrix(input, "router_logits", any_extent,
+                                {cols, cols == E ? "num_experts" : "num_experts + num_null_experts"}, c.file);
+        if (input.find("expert_bias")) in.bias = read_vector(input, "expert_bias", {E, "num_experts"}, c.file);
         return in;
     };
-    // Router config errors name the file and the key.
-    auto make = [&](auto&& build) {
-        try {
-            return build();
-        } catch (smoe::io::file_error const&) {
-            throw;
-        } catch (smoe::invalid_argument const& e) {
-            throw smoe::io::file_error(c.file, "key '" + e.argument() + "'", e.value(), e.expected());
-        }
-    };
+    auto make = [&](auto&& build) { return keyed(c.file, build); };
 
     if (name == "topk") {
         c.allow({"top_k", "score_func", "norm_topk_prob", "score_after_topk", "routed_scaling_factor", "n_group", "topk_group"});

@@ -28,6 +28,7 @@
 #include "smoe/balance/context.hpp"
 #include "smoe/concepts.hpp"
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
@@ -106,7 +107,7 @@ struct MoEConfig {
     typename detail::config_of<Router>::type router{};
     typename detail::config_of<Expert>::type expert{};
     typename detail::config_of<Balancer>::type balance{};
-    std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call
+    std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call (<= limits::kMaxTokens)
 };
 
 template <class Expert>
@@ -157,7 +158,7 @@ public:
 
     MoELayer(Config const& cfg, Weights const& w)
         : cfg_(cfg), router_(cfg.router), expert_(cfg.expert, w.experts), balancer_(cfg.balance), weights_(w) {
-        if (cfg_.max_tokens < 0) detail::fail("max_tokens", cfg_.max_tokens, "a count >= 0");
+        detail::require_in_range("max_tokens", cfg_.max_tokens, 0, limits::kMaxTokens, "smoe::limits::kMaxTokens");
         if (router_.num_experts() != expert_.num_experts())
             detail::fail("router.num_experts", router_.num_experts(),
                          "the experts' num_experts (" + std::to_string(expert_.num_experts()) + ")");

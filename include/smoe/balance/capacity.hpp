@@ -18,6 +18,7 @@
 #include "smoe/balance/context.hpp"
 #include "smoe/balance/stats_collector.hpp"
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/workspace.hpp"
 
 namespace smoe::inline v0::balance {
@@ -41,19 +42,22 @@ inline DropPolicy parse_drop_policy(std::string_view name) {
 }
 
 struct CapacityConfig {
-    double capacity_factor = 0.0;               // moe_expert_capacity_factor, finite and > 0
+    double capacity_factor = 0.0;               // moe_expert_capacity_factor, 0 < f <= limits::kMaxCapacityFactor
     DropPolicy drop_policy = DropPolicy::probs;  // moe_token_drop_policy
     bool pad_to_capacity = false;               // moe_pad_expert_input_to_capacity
-    std::int64_t min_capacity = 0;              // DeepSpeed's name; smoe default 0
-    std::int64_t capacity_alignment = 1;        // Tutel's alignment
+    std::int64_t min_capacity = 0;              // DeepSpeed's name; smoe default 0; <= limits::kMaxTokens
+    std::int64_t capacity_alignment = 1;        // Tutel's alignment; <= limits::kMaxTokens
     bool renormalize_after_drop = false;        // DeepSpeed: kept weights / their sum
     StatsOptions stats{};
 
     void validate() const {
-        if (!(capacity_factor > 0.0) || !std::isfinite(capacity_factor))
-            smoe::detail::fail("moe_expert_capacity_factor", capacity_factor, "a finite value > 0");
-        if (min_capacity < 0) smoe::detail::fail("min_capacity", min_capacity, "a count >= 0");
-        if (capacity_alignment < 1) smoe::detail::fail("capacity_alignment", capacity_alignment, "an alignment >= 1");
+        // Padded to capacity, C rows per expert are workspace: every term of C is bounded.
+        if (!(capacity_factor > 0.0 && capacity_factor <= limits::kMaxCapacityFactor))
+            smoe::detail::fail("moe_expert_capacity_factor", capacity_factor,
+                               "0 < moe_expert_capacity_factor <= 1024 (smoe::limits::kMaxCapacityFactor)");
+        smoe::detail::require_in_range("min_capacity", min_capacity, 0, limits::kMaxTokens, "smoe::limits::kMaxTokens");
+        smoe::detail::require_in_range("capacity_alignment", capacity_alignment, 1, limits::kMaxTokens,
+                                       "smoe::limits::kMaxTokens");
         stats.validate();
     }
 

@@ -21,6 +21,7 @@
 #include "smoe/balance/context.hpp"
 #include "smoe/balance/stats_collector.hpp"
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 
 namespace smoe::inline v0::balance {
 
@@ -31,7 +32,7 @@ struct LossFreeBiasConfig {
     StatsOptions stats{};
 
     void validate() const {
-        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (!(bias_update_rate >= 0.0) || !std::isfinite(bias_update_rate))
             smoe::detail::fail("moe_router_bias_update_rate", bias_update_rate, "a finite rate >= 0");
         stats.validate();

@@ -3,6 +3,7 @@
 // is reported with the argument's name, the offending value and what was expected.
 
 #include <cstdint>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -24,6 +25,18 @@ public:
 
 private:
     std::string argument_, value_, expected_;
+};
+
+// What smoe throws instead of a bare std::bad_alloc where it knows what it was building (a layer
+// loaded from a checkpoint, ...): still a std::bad_alloc, so a host's handler for that catches it,
+// but what() names the thing and its size, as every other smoe error does.
+class allocation_error : public std::bad_alloc {
+public:
+    explicit allocation_error(std::string const& what) : what_("smoe: out of memory " + what) {}
+    char const* what() const noexcept override { return what_.what(); }
+
+private:
+    std::runtime_error what_;  // a reference-counted string whose copy cannot throw
 };
 
 namespace detail {

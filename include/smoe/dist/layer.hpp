@@ -222,7 +222,7 @@ private:
         int const rank = comm_->rank();
         if (placement_.num_ranks() != comm_->size())
             smoe::detail::fail("placement.num_ranks", placement_.num_ranks(), "the communicator size " + std::to_string(comm_->size()));
-        if (cfg.max_tokens < 0) smoe::detail::fail("max_tokens", cfg.max_tokens, "a count >= 0");
+        smoe::detail::require_in_range("max_tokens", cfg.max_tokens, 0, limits::kMaxTokens, "smoe::limits::kMaxTokens");
         router_.emplace(cfg.router);
         balancer_.emplace(cfg.balance);
         std::int64_t const E = router_->num_experts();

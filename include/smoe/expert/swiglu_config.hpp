@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/format.hpp"
 #include "smoe/core/view.hpp"
 
@@ -32,15 +33,17 @@ inline char const* to_string(Bf16Dot m) {
 }
 
 struct SwiGLUConfig {
-    std::int64_t hidden_size = 0;        // d
-    std::int64_t intermediate_size = 0;  // f
-    std::int64_t num_experts = 0;        // E
+    std::int64_t hidden_size = 0;        // d <= limits::kMaxDimension
+    std::int64_t intermediate_size = 0;  // f <= limits::kMaxDimension
+    std::int64_t num_experts = 0;        // E <= limits::kMaxExperts
     Bf16Dot bf16_dot = Bf16Dot::automatic;
 
     void validate() const {
-        if (hidden_size < 1) smoe::detail::fail("hidden_size", hidden_size, "d >= 1");
-        if (intermediate_size < 1) smoe::detail::fail("intermediate_size", intermediate_size, "f >= 1");
-        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
+        // Bounded so that E·f·d, the size of every stacked weight and packed panel, fits int64.
+        using smoe::detail::require_in_range;
+        require_in_range("hidden_size", hidden_size, 1, limits::kMaxDimension, "smoe::limits::kMaxDimension");
+        require_in_range("intermediate_size", intermediate_size, 1, limits::kMaxDimension, "smoe::limits::kMaxDimension");
+        require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (static_cast<int>(bf16_dot) < 0 || static_cast<int>(bf16_dot) > static_cast<int>(Bf16Dot::emulated))
             smoe::detail::fail("bf16_dot", static_cast<int>(bf16_dot), "a smoe::expert::Bf16Dot value");
     }

@@ -3,7 +3,9 @@
 // shapes, the router preset with the file's values, and the shared expert. Untrusted input: a key of
 // the wrong type or range is an error naming the file and the key; a key the family needs and the
 // file lacks takes the default of the family's Hugging Face configuration class and is listed in
-// `defaulted` (the tools print it on stderr).
+// `defaulted` (the tools print it on stderr). Dimensions and counts are bounded by smoe::limits
+// here, before any checkpoint is read, so that no product of them can wrap; the loader then holds each
+// one to the checkpoint's tensor shapes, naming the key (`keys`) when they disagree.
 
 #include <cmath>
 #include <cstdint>
@@ -16,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "smoe/core/limits.hpp"
 #include "smoe/io/file_error.hpp"
 #include "smoe/io/strict_json.hpp"
 #include "smoe/router/topk_config.hpp"
@@ -35,6 +38,18 @@ inline char const* to_string(HfFamily f) {
     return "?";
 }
 
+// Which config.json key each dimension came from (families spell them differently), so that errors
+// name what the user wrote.
+struct HfConfigKeys {
+    std::string file = "config.json";
+    char const* hidden_size = "hidden_size";
+    char const* intermediate_size = "intermediate_size";
+    char const* num_experts = "num_local_experts";
+    // The shared expert's width: its own key (Qwen2-MoE), or n_shared_experts × the routed width (DeepSeek).
+    char const* shared_size = "shared_expert_intermediate_size";
+    bool shared_in_routed_units = false;
+};
+
 struct HfMoeConfig {
     HfFamily family = HfFamily::mixtral;
     std::int64_t hidden_size = 0;           // d
@@ -49,6 +64,7 @@ struct HfMoeConfig {
     bool sparse_step_counts_from_one = false;  // Qwen2-MoE: (layer + 1) % decoder_sparse_step == 0
     std::vector<std::int64_t> dense_layers;    // Qwen2-MoE mlp_only_layers
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
+    HfConfigKeys keys;                      // where the dimensions above came from
 
     std::int64_t num_experts() const { return router.num_experts; }
     std::int64_t top_k() const { return router.top_k; }
@@ -73,14 +89,26 @@ public:
 
     bool has(char const* key) const { return j_.contains(key) && !j_[key].is_null(); }
 
-    std::int64_t integer(char const* key, std::optional<std::int64_t> def, std::int64_t min = 1) const {
+    std::int64_t integer(char const* key, std::optional<std::int64_t> def, std::int64_t min = 1,
+                         std::int64_t max = INT64_MAX, char const* limit_name = nullptr) const {
         if (!has(key)) return defaulted(key, def, "an integer");
         auto const& v = j_[key];
         if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX))
             file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "an integer");
         auto const x = v.get<std::int64_t>();
         if (x < min) file_fail(file_, "key '" + std::string(key) + "'", x, "an integer >= " + std::to_string(min));
+        if (x > max)
+            file_fail(file_, "key '" + std::string(key) + "'", x,
+                      "an integer <= " + std::to_string(max) + (limit_name ? " (" + std::string(limit_name) + ")" : ""));
         return x;
+    }
+    // A size (hidden_size, an intermediate size, a LoRA rank): 1 <= x <= limits::kMaxDimension.
+    std::int64_t dimension(char const* key, std::optional<std::int64_t> def, std::int64_t min = 1) const {
+        return integer(key, def, min, limits::kMaxDimension, "smoe::limits::kMaxDimension");
+    }
+    // A number of experts: min <= x <= limits::kMaxExperts.
+    std::int64_t expert_count(char const* key, std::optional<std::int64_t> def, std::int64_t min = 1) const {
+        return integer(key, def, min, limits::kMaxExperts, "smoe::limits::kMaxExperts");
     }
     double number(char const* key, std::optional<double> def) const {
         if (!has(key)) return defaulted(key, def, "a number");
@@ -143,7 +171,12 @@ private:
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
     if (!j.is_object()) io::detail::file_fail(file, "top level", j.type_name(), "a JSON object (a Hugging Face config)");
     HfMoeConfig c;
+    c.keys.file = file;
+    HfConfigKeys& keys = c.keys;
     detail::ConfigReader r(j, file, c.defaulted);
+    auto layers = [&](std::int64_t def) {
+        return r.integer("num_hidden_layers", def, 1, limits::kMaxLayers, "smoe::limits::kMaxLayers");
+    };
     std::string const type = r.string("model_type", std::nullopt);
     router::TopKConfig& rc = c.router;
     std::string const act = r.string("hidden_act", std::string("silu"));
@@ -152,29 +185,29 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
 
     if (type == "mixtral") {
         c.family = HfFamily::mixtral;
-        c.hidden_size = r.integer("hidden_size", 4096);
-        c.intermediate_size = r.integer("intermediate_size", 14336);
-        c.num_hidden_layers = r.integer("num_hidden_layers", 32);
-        rc.num_experts = r.integer("num_local_experts", 8);
+        c.hidden_size = r.dimension("hidden_size", 4096);
+        c.intermediate_size = r.dimension("intermediate_size", 14336);
+        c.num_hidden_layers = layers(32);
+        rc.num_experts = r.expert_count("num_local_experts", 8);
         rc.top_k = r.integer("num_experts_per_tok", 2);
         rc.norm_topk_prob = true;  // Mixtral always renormalises (routing.md §2)
     } else if (type == "olmoe") {
         c.family = HfFamily::olmoe;
-        c.hidden_size = r.integer("hidden_size", 2048);
-        c.intermediate_size = r.integer("intermediate_size", 2048);
-        c.num_hidden_layers = r.integer("num_hidden_layers", 16);
-        rc.num_experts = r.integer("num_experts", 64);
+        c.hidden_size = r.dimension("hidden_size", 2048);
+        c.intermediate_size = r.dimension("intermediate_size", 2048);
+        c.num_hidden_layers = layers(16);
+        rc.num_experts = r.expert_count(keys.num_experts = "num_experts", 64);
         rc.top_k = r.integer("num_experts_per_tok", 8);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
     } else if (type == "qwen2_moe") {
         c.family = HfFamily::qwen2_moe;
-        c.hidden_size = r.integer("hidden_size", 2048);
-        c.intermediate_size = r.integer("moe_intermediate_size", 1408);
-        c.num_hidden_layers = r.integer("num_hidden_layers", 24);
-        rc.num_experts = r.integer("num_experts", 60);
+        c.hidden_size = r.dimension("hidden_size", 2048);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", 1408);
+        c.num_hidden_layers = layers(24);
+        rc.num_experts = r.expert_count(keys.num_experts = "num_experts", 60);
         rc.top_k = r.integer("num_experts_per_tok", 4);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
-        c.shared_intermediate_size = r.integer("shared_expert_intermediate_size", 5632, 0);
+        c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", 5632, 0);
         c.shared_gated = true;
         c.moe_layer_freq = r.integer("decoder_sparse_step", 1);
         c.sparse_step_counts_from_one = true;
@@ -182,12 +215,15 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     } else if (type == "deepseek_v2" || type == "deepseek_v3") {
         bool const v3 = type == "deepseek_v3";
         c.family = v3 ? HfFamily::deepseek_v3 : HfFamily::deepseek_v2;
-        c.hidden_size = r.integer("hidden_size", v3 ? 7168 : 4096);
-        c.intermediate_size = r.integer("moe_intermediate_size", v3 ? 2048 : 1407);
-        c.num_hidden_layers = r.integer("num_hidden_layers", v3 ? 61 : 30);
-        rc.num_experts = r.integer(r.first_of({"n_routed_experts", "num_local_experts", "num_experts"}), v3 ? 256 : 64);
+        c.hidden_size = r.dimension("hidden_size", v3 ? 7168 : 4096);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", v3 ? 2048 : 1407);
+        c.num_hidden_layers = layers(v3 ? 61 : 30);
+        keys.num_experts = r.first_of({"n_routed_experts", "num_local_experts", "num_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, v3 ? 256 : 64);
         rc.top_k = r.integer("num_experts_per_tok", v3 ? std::optional<std::int64_t>(8) : std::nullopt);
-        c.shared_intermediate_size = c.intermediate_size * r.integer("n_shared_experts", v3 ? 1 : 2, 0);
+        keys.shared_size = "n_shared_experts";
+        keys.shared_in_routed_units = true;
+        c.shared_intermediate_size = c.intermediate_size * r.expert_count("n_shared_experts", v3 ? 1 : 2, 0);
         c.first_moe_layer = r.integer("first_k_dense_replace", v3 ? 3 : 0, 0);
         c.moe_layer_freq = r.integer("moe_layer_freq", 1);
         rc.routed_scaling_factor = static_cast<float>(r.number("routed_scaling_factor", v3 ? 2.5 : 1.0));
@@ -216,10 +252,15 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     } else {
         io::detail::file_fail(file, "key 'model_type'", type, "one of mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3");
     }
+    if (c.family == HfFamily::mixtral || c.family == HfFamily::olmoe) keys.shared_size = nullptr;
     try {
         rc.validate();
     } catch (smoe::invalid_argument const& e) {
-        throw file_error(file, "router keys", e.argument() + " = " + e.value(), e.expected());
+        // The router's names, as this file spells them (n_group, topk_group, ... are the same).
+        std::string const key = e.argument() == "top_k"         ? "num_experts_per_tok"
+                                : e.argument() == "num_experts" ? keys.num_experts
+                                                                : e.argument();
+        throw file_error(file, "key '" + key + "'", e.value(), e.expected());
     }
     return c;
 }

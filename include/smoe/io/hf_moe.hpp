@@ -18,6 +18,8 @@
 //   moe.forward(x, y);
 
 #include <array>
+#include <cmath>
+#include <new>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -34,6 +36,7 @@
 #include "smoe/core/thread_pool.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/expert/swiglu.hpp"
+#include "smoe/io/config_extent.hpp"
 #include "smoe/io/dtype.hpp"
 #include "smoe/io/file_error.hpp"
 #include "smoe/io/hf_config.hpp"
@@ -57,24 +60,36 @@ inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "
 
 namespace detail {
 
-// Copies a float tensor of the expected shape into dst (converting to W); errors name the source,
-// the tensor and the expected shape and dtypes.
-template <class W>
-void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std::int64_t> const& shape, W* dst) {
+inline void require_float_dtype(TensorInfo const& t, std::string const& source) {
     if (t.dtype != Dtype::F32 && t.dtype != Dtype::BF16 && t.dtype != Dtype::F16)
         file_fail(source, "tensor " + io::detail::quoted(t.name) + " dtype", dtype_name(t.dtype), "F32, BF16 or F16");
-    if (t.shape != shape)
-        file_fail(source, "tensor " + io::detail::quoted(t.name) + " shape", io::shape_text(t.shape),
-                  io::shape_text(shape) + " (from config.json)");
+}
+
+// Copies a float tensor of the expected shape into dst (converting to W). The loader has held its
+// shape to the config already (naming the key); the checks here guard the copy. A non-finite weight
+// is refused under the checkpoint's tensor name: past this point it would surface as a non-finite
+// logit or scale with no name the user knows.
+template <class W>
+void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std::int64_t> const& shape, W* dst) {
+    require_float_dtype(t, source);
+    check_shape(t, shape);
+    W* const begin = dst;
     if constexpr (std::is_same_v<W, bf16>) {
-        if (t.dtype == Dtype::BF16) {
+        if (t.dtype == Dtype::BF16)
             std::memcpy(dst, t.bytes.data(), t.bytes.size());  // bf16 stays bf16, bit for bit
-            return;
-        }
-        for (float v : read_f32(t)) *dst++ = to_bf16(v);
+        else
+            for (float v : read_f32(t)) *dst++ = to_bf16(v);
     } else {
         auto const v = read_f32(t);
         std::copy(v.begin(), v.end(), dst);
+    }
+    auto const n = static_cast<std::size_t>(t.numel());
+    for (std::size_t i = 0; i < n; ++i) {
+        float v;
+        if constexpr (std::is_same_v<W, bf16>) v = to_float(begin[i]);
+        else v = begin[i];
+        if (!std::isfinite(v))
+            file_fail(t.file, "tensor " + io::detail::quoted(t.name) + " element " + std::to_string(i), v, "finite values");
     }
 }
 
@@ -141,18 +156,24 @@ public:
                                    std::to_string(cfg.num_hidden_layers) + " layers; dense ones have no router)");
         BasicHfMoeLayer m;
         m.maker_ = std::move(maker);
-        m.local_ = m.maker_.experts(cfg.num_experts());
         m.cfg_ = cfg;
         m.layer_index_ = layer;
         m.source_ = source_name;
-        m.locate(src);
-        m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
-        if (m.format_ == WeightFormat::bf16)
-            m.build<bf16>(opt);
-        else if (m.format_ == WeightFormat::int8)
-            m.build<std::int8_t>(opt);
-        else
-            m.build<float>(opt);
+        m.format_ = opt.format.value_or(WeightFormat::f32);
+        try {
+            m.locate(src);  // every shape held to the config before anything is sized from it
+            m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
+            if (m.format_ == WeightFormat::bf16)
+                m.build<bf16>(opt);
+            else if (m.format_ == WeightFormat::int8)
+                m.build<std::int8_t>(opt);
+            else
+                m.build<float>(opt);
+        } catch (allocation_error const&) {
+            throw;
+        } catch (std::bad_alloc const&) {
+            throw allocation_error(m.what_is_loaded());
+        }
         // The source may be closed after loading: forget where its tensors were.
         m.fused_gate_up_ = m.fused_down_ = nullptr;
         m.experts_.clear();
@@ -218,10 +239,22 @@ private:
 
     enum Slot { w1, w3, w2, s1, s3, s2, kSlots };
 
-    // Where each expert tensor is: per-expert tensors, or the fused ones.
+    // Finds every tensor of the block and holds its dtype and shape to the config (an extent that
+    // disagrees names the config key), then reads the router's small tensors. Nothing is sized from
+    // the config before the tensor that bounds it is checked: the router weight bounds E and d.
     template <TensorSource S>
     void locate(S const& src) {
         auto const names = detail::HfNames::of(cfg_.family, layer_index_);
+        auto const& k = cfg_.keys;
+        std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        ConfigExtent const xE{E, k.num_experts}, xd{d, k.hidden_size}, xf{f, k.intermediate_size};
+        all_bf16_ = true;  // of the expert tensors; the router's are read as fp32 whatever their dtype
+        auto checked = [&](TensorInfo const* t, std::initializer_list<ConfigExtent> dims, bool expert = true) {
+            detail::require_float_dtype(*t, source_);
+            require_extents(*t, k.file, dims);
+            all_bf16_ = all_bf16_ && (!expert || t->dtype == Dtype::BF16);
+            return t;
+        };
         TensorInfo const* gate = nullptr;
         for (auto const& p : names.prefixes)
             if ((gate = src.find(p + "gate.weight"))) {
@@ -229,45 +262,62 @@ private:
                 break;
             }
         if (!gate) missing(names.prefixes.front() + "gate.weight", "the router weight [E, d]");
-        std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
-        gate_.resize(static_cast<std::size_t>(E * d));
-        detail::copy_tensor(*gate, source_, {E, d}, gate_.data());
-        if (cfg_.router.requires_expert_bias) {
-            auto const* b = find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]");
-            bias_.resize(static_cast<std::size_t>(E));
-            detail::copy_tensor(*b, source_, {E}, bias_.data());
-        }
+        checked(gate, {xE, xd}, false);
+        TensorInfo const* bias = nullptr;
+        if (cfg_.router.requires_expert_bias)
+            bias = checked(find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]"), {xE}, false);
+        local_ = maker_.experts(E);
 
-        all_bf16_ = true;
-        auto note = [&](TensorInfo const* t) {
-            all_bf16_ = all_bf16_ && t->dtype == Dtype::BF16;
-            return t;
-        };
         if (auto const* gu = src.find(prefix_ + "experts.gate_up_proj")) {
-            fused_gate_up_ = note(gu);
-            fused_down_ = note(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"));
+            fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
+            fused_down_ = checked(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"),
+                                  {xE, xd, xf});
         } else {
             experts_.resize(local_.size());
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
                 auto& t = experts_[l];
-                t[0] = note(find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]"));
-                t[1] = note(find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]"));
-                t[2] = note(find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]"));
+                t[0] = checked(find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]"), {xf, xd});
+                t[1] = checked(find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]"), {xf, xd});
+                t[2] = checked(find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]"), {xd, xf});
             }
         }
-        (void)f;
-        if (cfg_.shared_intermediate_size > 0) {
+        TensorInfo const* shared_gate = nullptr;
+        if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
+            // DeepSeek's width is n_shared_experts routed widths: the error names n_shared_experts.
+            ConfigExtent const xs = k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
             std::string const p = prefix_ + (cfg_.family == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
-            shared_[0] = note(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"));
-            shared_[1] = note(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"));
-            shared_[2] = note(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"));
+            shared_[0] = checked(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"), {xs, xd});
+            shared_[1] = checked(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"), {xs, xd});
+            shared_[2] = checked(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"), {xd, xs});
             if (cfg_.shared_gated) {
-                auto const* g = find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]");
-                shared_gate_.resize(static_cast<std::size_t>(d));
-                detail::copy_tensor(*g, source_, {1, d}, shared_gate_.data());
+                shared_gate = checked(find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]"),
+                                      {{1}, xd}, false);
             }
         }
+
+        gate_.resize(static_cast<std::size_t>(E * d));
+        detail::copy_tensor(*gate, source_, {E, d}, gate_.data());
+        if (bias) {
+            bias_.resize(static_cast<std::size_t>(E));
+            detail::copy_tensor(*bias, source_, {E}, bias_.data());
+        }
+        if (shared_gate) {
+            shared_gate_.resize(static_cast<std::size_t>(d));
+            detail::copy_tensor(*shared_gate, source_, {1, d}, shared_gate_.data());
+        }
+    }
+
+    // For an out-of-memory error: what was being loaded, and how large it is.
+    std::string what_is_loaded() const {
+        auto const [E, d, f, fs] = std::array{cfg_.num_experts(), cfg_.hidden_size, cfg_.intermediate_size,
+                                              cfg_.shared_intermediate_size};
+        double const weights = 3.0 * double(E * f + fs) * double(d);
+        double const bytes = weights * (format_ == WeightFormat::f32 ? 4 : format_ == WeightFormat::bf16 ? 2 : 1);
+        return "loading the MoE block of decoder layer " + std::to_string(layer_index_) + " from " + source_ + " (" +
+               to_string(cfg_.family) + ", " + std::to_string(E) + " experts of d = " + std::to_string(d) + ", f = " +
+               std::to_string(f) + (fs > 0 ? ", shared f = " + std::to_string(fs) : std::string()) + ": " +
+               smoe::detail::to_text(bytes / double(1 << 30)) + " GiB of " + to_string(format_) + " expert weights)";
     }
 
     // The stacked tensors in format L (what the file holds, widened or narrowed), then the layer of

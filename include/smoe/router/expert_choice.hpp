@@ -33,6 +33,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/expert_choice.hpp"
@@ -45,21 +46,23 @@ namespace smoe::inline v0::router {
 
 struct ExpertChoiceConfig {
     std::int64_t num_experts = 0;                // E >= 1
-    std::optional<std::int64_t> capacity;        // C >= 1; exactly one of capacity, capacity_factor
-    std::optional<double> capacity_factor;       // finite, > 0
+    std::optional<std::int64_t> capacity;        // 1 <= C <= limits::kMaxTokens; exactly one of capacity, capacity_factor
+    std::optional<double> capacity_factor;       // 0 < f <= limits::kMaxCapacityFactor
     ScoreFunc score_func = ScoreFunc::softmax;   // the paper's softmax, or sigmoid
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (capacity && capacity_factor)
             fail("capacity", *capacity, "exactly one of capacity and capacity_factor (both are set)");
         if (!capacity && !capacity_factor)
             fail("capacity", "none", "exactly one of capacity and capacity_factor (neither is set)");
-        if (capacity && *capacity < 1) fail("capacity", *capacity, "capacity >= 1");
-        if (capacity_factor && !(std::isfinite(*capacity_factor) && *capacity_factor > 0.0))
-            fail("capacity_factor", *capacity_factor, "a finite value > 0");
+        // The [E, C] fixed-capacity view is sized by C: a capacity above any call's tokens is refused.
+        if (capacity)
+            smoe::detail::require_in_range("capacity", *capacity, 1, limits::kMaxTokens, "smoe::limits::kMaxTokens");
+        if (capacity_factor && !(*capacity_factor > 0.0 && *capacity_factor <= limits::kMaxCapacityFactor))
+            fail("capacity_factor", *capacity_factor, "0 < capacity_factor <= 1024 (smoe::limits::kMaxCapacityFactor)");
     }
 
     // C for a call of T tokens: `capacity`, or ceil((T / E) · capacity_factor) in double, in this order.

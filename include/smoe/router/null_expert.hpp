@@ -26,6 +26,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
@@ -44,8 +45,8 @@ struct NullExpertConfig {
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
-        if (num_null_experts < 0) fail("num_null_experts", num_null_experts, "N >= 0");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
+        smoe::detail::require_in_range("num_null_experts", num_null_experts, 0, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (top_k < 1 || top_k > num_logits())
             fail("top_k", top_k, "1 <= top_k <= num_experts + num_null_experts (" + std::to_string(num_logits()) + ")");
     }

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
@@ -48,9 +49,10 @@ struct RankwiseLoRAConfig {
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (in_features < 1) fail("in_features", in_features, "in_features >= 1");
-        if (out_features < 1) fail("out_features", out_features, "out_features >= 1");
-        if (rank < 1) fail("rank", rank, "r >= 1");
+        using smoe::detail::require_in_range;
+        require_in_range("in_features", in_features, 1, limits::kMaxDimension, "smoe::limits::kMaxDimension");
+        require_in_range("out_features", out_features, 1, limits::kMaxDimension, "smoe::limits::kMaxDimension");
+        require_in_range("rank", rank, 1, limits::kMaxDimension, "smoe::limits::kMaxDimension");
         if (top_k < 1 || top_k > rank) fail("top_k", top_k, "1 <= top_k <= rank (" + std::to_string(rank) + ")");
         if (!std::isfinite(lora_alpha)) fail("lora_alpha", lora_alpha, "a finite value");
     }

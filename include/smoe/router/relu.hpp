@@ -24,6 +24,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
@@ -34,11 +35,11 @@
 namespace smoe::inline v0::router {
 
 struct ReLUConfig {
-    std::int64_t num_experts = 0;  // E >= 1 (relu has no other inference key)
+    std::int64_t num_experts = 0;  // 1 <= E <= limits::kMaxExperts (relu has no other inference key)
 
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
-        if (num_experts < 1) smoe::detail::fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
     }
 };
 

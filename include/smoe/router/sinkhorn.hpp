@@ -39,6 +39,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
@@ -57,7 +58,7 @@ struct SinkhornConfig {
     std::int64_t num_experts = 0;        // E >= 1
     std::int64_t top_k = 0;              // 1 <= k <= E
     double tol = 1e-4;                   // finite, >= 0 (Megatron's default)
-    std::int64_t max_iterations = 100;   // >= 0; 0 disables balancing
+    std::int64_t max_iterations = 100;   // 0 <= n <= limits::kMaxSinkhornIterations; 0 disables balancing
 
     // The activation: sigmoid for k = 1, softmax for k > 1 (Megatron `_sinkhorn_activation`).
     ScoreFunc activation() const { return top_k == 1 ? ScoreFunc::sigmoid : ScoreFunc::softmax; }
@@ -65,11 +66,13 @@ struct SinkhornConfig {
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (top_k < 1 || top_k > num_experts)
             fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
         if (!std::isfinite(tol) || !(tol >= 0.0)) fail("tol", tol, "a finite value >= 0");
-        if (max_iterations < 0) fail("max_iterations", max_iterations, "an iteration count >= 0 (0 disables balancing)");
+        // The cap is what bounds a call's time: tol = 0 runs to it (routing.md §7).
+        smoe::detail::require_in_range("max_iterations", max_iterations, 0, limits::kMaxSinkhornIterations,
+                                       "smoe::limits::kMaxSinkhornIterations; 0 disables balancing");
     }
 
     // Megatron-LM in evaluation (and BASE Layers' inference with k = 1): no balancing, the top-k of

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
@@ -39,7 +40,7 @@
 namespace smoe::inline v0::router {
 
 struct TopPConfig {
-    std::int64_t num_experts = 0;        // E >= 1
+    std::int64_t num_experts = 0;        // 1 <= E <= limits::kMaxExperts
     float top_p = 0.4f;                  // 0 < p <= 1 (the reference's top_p_threshold default); fp32 like the sums
     std::optional<std::int64_t> max_k;   // 1 <= max_k <= E; none means E
     std::int64_t min_k = 1;              // 1 <= min_k <= max_k
@@ -50,7 +51,7 @@ struct TopPConfig {
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (!(std::isfinite(top_p) && top_p > 0.0f && top_p <= 1.0f)) fail("top_p", top_p, "a finite value with 0 < top_p <= 1");
         if (max_k && (*max_k < 1 || *max_k > num_experts))
             fail("max_k", *max_k, "1 <= max_k <= num_experts (" + std::to_string(num_experts) + ")");

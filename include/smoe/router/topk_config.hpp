@@ -6,6 +6,7 @@
 #include <string>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -14,7 +15,7 @@ enum class ScoreFunc { softmax, sigmoid };
 inline char const* to_string(ScoreFunc s) { return s == ScoreFunc::softmax ? "softmax" : "sigmoid"; }
 
 struct TopKConfig {
-    std::int64_t num_experts = 0;  // E >= 1
+    std::int64_t num_experts = 0;  // 1 <= E <= limits::kMaxExperts
     std::int64_t top_k = 0;        // 1 <= k <= E
     ScoreFunc score_func = ScoreFunc::softmax;
     bool norm_topk_prob = false;    // renormalise the selected weights
@@ -31,7 +32,7 @@ struct TopKConfig {
     // Throws smoe::invalid_argument naming the key, the value and the valid range.
     void validate() const {
         using smoe::detail::fail;
-        if (num_experts < 1) fail("num_experts", num_experts, "E >= 1");
+        smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (top_k < 1 || top_k > num_experts)
             fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
         if (!std::isfinite(routed_scaling_factor)) fail("routed_scaling_factor", routed_scaling_factor, "a finite value");
