@@ -136,7 +136,9 @@ TEST_CASE("expert choice capacity is ceil((T / E) * factor) in double, in that o
     CHECK(ExpertChoice({.num_experts = 3, .capacity = 7}).capacity(150) == 7);
     CHECK(ExpertChoice({.num_experts = 8, .capacity_factor = 1.0}).capacity(3) == 1);   // no minimum
     CHECK(ExpertChoice({.num_experts = 8, .capacity_factor = 1.0}).capacity(0) == 0);
-    CHECK(ExpertChoice({.num_experts = 2, .capacity_factor = 1e300}).capacity(10) == INT64_MAX);  // saturates
+    // The factor is bounded (smoe::limits::kMaxCapacityFactor), so C stays far inside int64.
+    CHECK(ExpertChoice({.num_experts = 2, .capacity_factor = 1024.0}).capacity(10) == 5120);
+    CHECK_THROWS_AS(ExpertChoice({.num_experts = 2, .capacity_factor = 1e300}), smoe::invalid_argument);
 
     // The routing uses that C: every expert takes exactly 56 of 150 tokens.
     std::mt19937_64 rng(150);

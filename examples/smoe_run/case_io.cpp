@@ -6,13 +6,17 @@ Matrix read_matrix(SafetensorsFile const& f, std::string const& name, ConfigExte
                    std::string const& config_file) {
     auto const& t = f.at(name);
     smoe::io::require_extents(t, config_file, {rows, cols});
-    return {smoe::io::read_f32(t), t.shape[0], t.shape[1]};
+    Matrix m{smoe::io::read_f32(t), t.shape[0], t.shape[1]};
+    smoe::io::require_finite(t, std::span<float const>(m.data));
+    return m;
 }
 
 std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n, std::string const& config_file) {
     auto const& t = f.at(name);
     smoe::io::require_extents(t, config_file, {n});
-    return smoe::io::read_f32(t);
+    auto v = smoe::io::read_f32(t);
+    smoe::io::require_finite(t, std::span<float const>(v));
+    return v;
 }
 
 void check_known_keys(nlohmann::json const& config, std::string const& file, std::set<std::string> const& allowed, char const* what) {

@@ -29,7 +29,7 @@ int run_lora_case(Args const& a, nlohmann::json const& config) {
     cfg.out_features = r.integer("out_features", std::nullopt);
     cfg.rank = r.integer("rank", std::nullopt);
     cfg.top_k = r.integer("top_k", std::nullopt);
-    cfg.lora_alpha = static_cast<float>(r.number("lora_alpha", std::nullopt));
+    cfg.lora_alpha = r.number_f32("lora_alpha", std::nullopt);
     std::optional<smoe::router::RankwiseLoRA> router;
     try {
         router.emplace(cfg);

@@ -239,7 +239,7 @@ int run_router_case(Args const& a, nlohmann::json const& config) {
                                        .score_func = c.score_func(),
                                        .norm_topk_prob = c.r.boolean("norm_topk_prob", false),
                                        .score_after_topk = c.r.boolean("score_after_topk", false),
-                                       .routed_scaling_factor = static_cast<float>(c.r.number("routed_scaling_factor", 1.0)),
+                                       .routed_scaling_factor = c.r.number_f32("routed_scaling_factor", 1.0),
                                        .n_group = c.r.integer("n_group", 1),
                                        .topk_group = c.r.integer("topk_group", 0, 0)});
         });
@@ -261,7 +261,7 @@ int run_router_case(Args const& a, nlohmann::json const& config) {
         auto const keys = c.balance_keys();
         auto router = make([&] {
             smoe::router::TopPConfig rc{.num_experts = E};
-            if (c.r.has("top_p")) rc.top_p = static_cast<float>(c.r.number("top_p", std::nullopt));
+            if (c.r.has("top_p")) rc.top_p = c.r.number_f32("top_p", std::nullopt);
             if (c.r.has("max_k")) rc.max_k = c.r.integer("max_k", std::nullopt);
             if (c.r.has("min_k")) rc.min_k = c.r.integer("min_k", std::nullopt);
             return smoe::router::TopP(rc);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -77,6 +78,18 @@ struct HfMoeConfig {
         if (sparse_step_counts_from_one) return (layer + 1) % moe_layer_freq == 0;
         return layer % moe_layer_freq == 0;
     }
+    // is_moe_layer's rule in the file's keys and values, for an error about a dense layer.
+    std::string moe_layer_rule() const {
+        std::string s = "0 <= layer < num_hidden_layers (" + std::to_string(num_hidden_layers) + ")";
+        if (sparse_step_counts_from_one) {
+            s += ", (layer + 1) % decoder_sparse_step (" + std::to_string(moe_layer_freq) + ") == 0";
+            if (!dense_layers.empty()) s += ", layer not in mlp_only_layers";
+        } else if (family == HfFamily::deepseek_v2 || family == HfFamily::deepseek_v3) {
+            s += ", layer >= first_k_dense_replace (" + std::to_string(first_moe_layer) + "), layer % moe_layer_freq (" +
+                 std::to_string(moe_layer_freq) + ") == 0";
+        }
+        return s;
+    }
 };
 
 namespace detail {
@@ -117,6 +130,13 @@ public:
         auto const x = v.get<double>();
         if (!std::isfinite(x)) file_fail(file_, "key '" + std::string(key) + "'", x, "a finite number");
         return x;
+    }
+    // A number the library holds as float: beyond float's range the conversion would be undefined.
+    float number_f32(char const* key, std::optional<double> def) const {
+        double const x = number(key, def);
+        if (std::fabs(x) > std::numeric_limits<float>::max())
+            file_fail(file_, "key '" + std::string(key) + "'", x, "a number within float's range");
+        return static_cast<float>(x);
     }
     bool boolean(char const* key, bool def) const {
         if (!has(key)) return defaulted(key, std::optional<bool>(def), "true or false");
@@ -226,7 +246,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         c.shared_intermediate_size = c.intermediate_size * r.expert_count("n_shared_experts", v3 ? 1 : 2, 0);
         c.first_moe_layer = r.integer("first_k_dense_replace", v3 ? 3 : 0, 0);
         c.moe_layer_freq = r.integer("moe_layer_freq", 1);
-        rc.routed_scaling_factor = static_cast<float>(r.number("routed_scaling_factor", v3 ? 2.5 : 1.0));
+        rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", v3 ? 2.5 : 1.0);
         if (v3) {
             std::string const scoring = r.string("scoring_func", std::string("sigmoid"));
             if (scoring != "sigmoid") io::detail::file_fail(file, "key 'scoring_func'", scoring, "\"sigmoid\" for deepseek_v3");

@@ -83,14 +83,7 @@ void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std
         auto const v = read_f32(t);
         std::copy(v.begin(), v.end(), dst);
     }
-    auto const n = static_cast<std::size_t>(t.numel());
-    for (std::size_t i = 0; i < n; ++i) {
-        float v;
-        if constexpr (std::is_same_v<W, bf16>) v = to_float(begin[i]);
-        else v = begin[i];
-        if (!std::isfinite(v))
-            file_fail(t.file, "tensor " + io::detail::quoted(t.name) + " element " + std::to_string(i), v, "finite values");
-    }
+    require_finite(t, std::span<W const>(begin, static_cast<std::size_t>(t.numel())));
 }
 
 // Tensor names of one decoder layer (experts.md §12): the on-disk per-expert names and the fused
@@ -151,9 +144,9 @@ public:
     static BasicHfMoeLayer load(HfMoeConfig const& cfg, S const& src, std::int64_t layer, Options const& opt,
                                 std::string const& source_name, Maker maker = {}) {
         if (!cfg.is_moe_layer(layer))
-            smoe::detail::fail("layer", layer,
-                               "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " checkpoint (" +
-                                   std::to_string(cfg.num_hidden_layers) + " layers; dense ones have no router)");
+            io::detail::file_fail(cfg.keys.file, "layer", layer,
+                                  "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " config: " +
+                                      cfg.moe_layer_rule() + " (dense layers have no router)");
         BasicHfMoeLayer m;
         m.maker_ = std::move(maker);
         m.cfg_ = cfg;

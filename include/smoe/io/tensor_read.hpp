@@ -9,12 +9,14 @@
 // The source bytes may be unaligned (see safetensors_file.hpp): every element is copied with
 // std::memcpy, never read through a cast pointer.
 
+#include <smoe/core/bf16.hpp>
 #include <smoe/io/dtype.hpp>
 #include <smoe/io/file_error.hpp>
 #include <smoe/io/checkpoint.hpp>
 #include <smoe/io/safetensors_file.hpp>
 
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +24,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace smoe::inline v0::io {
@@ -102,6 +105,21 @@ inline std::vector<std::uint8_t> read_u8(TensorInfo const& t, std::vector<std::i
     check_shape(t, expected_shape);
     if (t.dtype != Dtype::U8 && t.dtype != Dtype::BOOL) detail::dtype_fail(t, "U8 or BOOL");
     return detail::widen_all<std::uint8_t, std::uint8_t>(t);
+}
+
+// Every value read from tensor t is finite, else an error naming the file, the tensor and the first
+// bad element: past the reader a NaN surfaces under an internal name ("logits", "scales").
+template <class T>
+void require_finite(TensorInfo const& t, std::span<T const> values) {
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        float v;
+        if constexpr (std::is_same_v<T, bf16>)
+            v = to_float(values[i]);
+        else
+            v = values[i];
+        if (!std::isfinite(v))
+            detail::file_fail(t.file, "tensor " + detail::quoted(t.name) + " element " + std::to_string(i), v, "finite values");
+    }
 }
 
 inline std::vector<float> read_f32(SafetensorsFile const& f, std::string_view name,

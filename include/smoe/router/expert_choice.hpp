@@ -66,7 +66,7 @@ struct ExpertChoiceConfig {
     }
 
     // C for a call of T tokens: `capacity`, or ceil((T / E) · capacity_factor) in double, in this order.
-    // A C beyond int64 (a huge factor) saturates; only min(C, T) is ever used to select.
+    // Only min(C, T) is ever used to select; the saturation guards a config that skipped validate().
     std::int64_t capacity_for(std::int64_t T) const {
         if (capacity) return *capacity;
         double const c = std::ceil((static_cast<double>(T) / static_cast<double>(num_experts)) * *capacity_factor);
