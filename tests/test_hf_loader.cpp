@@ -266,6 +266,11 @@ TEST_CASE("a checkpoint that does not match its config is an error naming the te
     auto const good = b.tensors(HfFamily::qwen2_moe, 0, false);
     CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 1, {}, "ckpt"), Contains("model.layers.1.mlp.gate.weight") && Contains("missing"));
     CHECK_THROWS_WITH(HfMoeLayer::load(cfg, good, 2, {}, "ckpt"), Contains("layer") && Contains("MoE decoder layer"));
+    // A dense layer is the config's doing: the message says which keys make it so.
+    json sparse = family_config(HfFamily::qwen2_moe, d, f, E, 2, 12);
+    sparse["decoder_sparse_step"] = 2;
+    CHECK_THROWS_WITH(HfMoeLayer::load(parse_hf_config(sparse, "c.json"), good, 0, {}, "ckpt"),
+                      Contains("c.json: layer' = 0") && Contains("decoder_sparse_step (2)"));
 
     // A config extent that disagrees with the checkpoint names the key, its value, the checkpoint's value
     // and the tensor that says so.

@@ -116,6 +116,8 @@ def layer_of(case):
     return json.loads(p.read_text()).get("layer") if p.exists() else None
 
 
+RSS_TAG = "smoe-mutants-maxrss-kb "
+
 # Outcome classes, worst first.
 MEMORY = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|UndefinedBehaviorSanitizer")
 
@@ -140,7 +142,9 @@ def classify(rc, err, seconds, timeout):
 def run_one(smoe_run, case, config, work, timeout, env):
     d = prepare(case, work)
     (d / "config.json").write_text(json.dumps(config))
-    cmd = [smoe_run, str(d), str(d / "out.safetensors")]
+    # GNU time reports the peak resident memory (issue 14: one mutant once took 16.8 GB).
+    cmd = (["/usr/bin/time", "-f", RSS_TAG + "%M"] if os.path.exists("/usr/bin/time") else []) + \
+        [smoe_run, str(d), str(d / "out.safetensors")]
     if layer_of(case) is not None:
         cmd += ["--layer", str(layer_of(case))]
     t0 = time.monotonic()
@@ -150,10 +154,12 @@ def run_one(smoe_run, case, config, work, timeout, env):
     except subprocess.TimeoutExpired as e:
         rc, err = None, (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
     seconds = time.monotonic() - t0
+    rss = [int(l[len(RSS_TAG):]) for l in err.splitlines() if l.startswith(RSS_TAG)]
+    err = "\n".join(l for l in err.splitlines() if not l.startswith(RSS_TAG) and not l.startswith("Command exited"))
     outcome = classify(rc, err, seconds, timeout)
     last = [l for l in err.splitlines() if "error" in l or "ERROR" in l][-1:] or err.splitlines()[-1:]
     shutil.rmtree(d, ignore_errors=True)
-    return outcome, seconds, (last[0] if last else ""), config
+    return outcome, seconds, (last[0] if last else ""), config, (rss[0] if rss else 0)
 
 
 def write_corpus(out):
@@ -194,13 +200,14 @@ def main():
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:allocator_may_return_null=0")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     keep = pathlib.Path(a.keep)
-    counts, slowest, examples = collections.Counter(), [], {}
+    counts, slowest, examples, peak = collections.Counter(), [], {}, (0, "")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smoe-mutants.") as work, \
             concurrent.futures.ThreadPoolExecutor(a.j) as pool:
         futures = [pool.submit(run_one, a.smoe_run, c, cfg, work, a.timeout, env) for c, cfg in jobs]
         for i, f in enumerate(concurrent.futures.as_completed(futures)):
-            outcome, seconds, message, config = f.result()
+            outcome, seconds, message, config, rss = f.result()
+            peak = max(peak, (rss, message))
             counts[outcome] += 1
             slowest.append((seconds, message))
             examples.setdefault(outcome, message)
@@ -216,6 +223,7 @@ def main():
         print("  %6d  %s   e.g. %s" % (n, outcome, examples[outcome][:160]))
     print("  runs over %g s: %d; slowest %.2f s (%s)" % (a.timeout, sum(1 for s, _ in slowest if s > a.timeout),
                                                          slowest[0][0], slowest[0][1][:120]))
+    print("  peak resident memory of one run: %.0f MiB (%s)" % (peak[0] / 1024, peak[1][:120]))
     bad = sum(n for o, n in counts.items() if not o.startswith(("ran", "refused, naming")))
     return 1 if bad else 0
 
