@@ -1,8 +1,9 @@
 // This machine's limits as benchmarks of their own (the layer benchmarks take theirs from
 // smoe_bench::limits(), a shorter calibration in the same process): each weight format's peak from
-// the widest instruction the CPU has (the label names it) and the DRAM read bandwidth, 1 and 2
-// threads started together (bench_machine.hpp). Counters GOP and GB are rates (GOP=…/s: GFLOP/s for
-// f32 and bf16, GOP/s for int8); read the `_max` aggregate.
+// the widest instruction the CPU has (the label names it) and the DRAM read bandwidth for each
+// stream count the limit takes the best of, 1 and 2 threads started together (bench_machine.hpp).
+// Counters GOP and GB are rates (GOP=…/s: GFLOP/s for f32 and bf16, GOP/s for int8); read the `_max`
+// aggregate.
 //
 //   smoe_bench --benchmark_filter=BM_machine --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
@@ -42,20 +43,21 @@ void BM_machine_peak(benchmark::State& state, Format f) {
 }
 
 void BM_machine_dram_read(benchmark::State& state) {
-    int const threads = int(state.range(0));
+    int const threads = int(state.range(0)), streams = int(state.range(1));
     smoe_bench::AlignedFloats buf(smoe_bench::kDramBytes / sizeof(float));
-    run_trials(state, double(smoe_bench::kDramBytes), "GB", [&] { return smoe_bench::dram_seconds(buf, threads); });
+    run_trials(state, double(smoe_bench::kDramBytes), "GB", [&] { return smoe_bench::dram_seconds(buf, threads, streams); });
 }
 
 [[maybe_unused]] int const registered = [] {
-    auto common = [](benchmark::internal::Benchmark* b) {
-        b->ArgName("threads")->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMillisecond);
-        smoe_bench::best_stats(b);
-    };
-    for (Format f : {Format::f32, Format::bf16, Format::int8})
-        common(benchmark::RegisterBenchmark((std::string("BM_machine_peak/") + smoe_bench::kFormatNames[int(f)]).c_str(),
-                                            BM_machine_peak, f));
-    common(benchmark::RegisterBenchmark("BM_machine_dram_read", BM_machine_dram_read));
+    for (Format f : {Format::f32, Format::bf16, Format::int8}) {
+        std::string const name = std::string("BM_machine_peak/") + smoe_bench::kFormatNames[int(f)];
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_machine_peak, f)->ArgName("threads")->Arg(1)->Arg(2);
+        smoe_bench::best_stats(b->UseManualTime()->Unit(benchmark::kMillisecond));
+    }
+    auto* b = benchmark::RegisterBenchmark("BM_machine_dram_read", BM_machine_dram_read)->ArgNames({"threads", "streams"});
+    for (int threads : {1, 2})
+        for (int streams : smoe_bench::kDramStreams) b->Args({threads, streams});
+    smoe_bench::best_stats(b->UseManualTime()->Unit(benchmark::kMillisecond));
     return 0;
 }();
 

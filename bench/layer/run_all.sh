@@ -35,7 +35,8 @@ if [ "${QUICK:-0}" = 1 ]; then
     exit 0
 fi
 
-g++ -std=c++20 -O3 -march=native -DNDEBUG -fopenmp -isystem /usr/include/eigen3 "$BASE/eigen_moe.cpp" -o "$BUILD/eigen_moe"
+[ "${BASELINES:-1}" = 0 ] ||
+    g++ -std=c++20 -O3 -march=native -DNDEBUG -fopenmp -isystem /usr/include/eigen3 "$BASE/eigen_moe.cpp" -o "$BUILD/eigen_moe"
 
 tokens_of() {
     if [ "$1" = mixtral ]; then
