@@ -10,7 +10,8 @@
 # BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
 # Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
 # MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default "bf16 int8": fp32 is
-# 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), PYTHON
+# 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), TORCH_T_MAX (default 128:
+# PyTorch's CPU bf16 takes tens of seconds a call at T = 512; never mixtral), PYTHON
 # (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
 # process makes the 2-thread figures meaningless (the script prints it before every step).
 set -eu
@@ -22,6 +23,7 @@ SHAPES=${SHAPES:-"olmoe qwen2moe deepseek-v2-lite mixtral"}
 MIXTRAL_T_MAX=${MIXTRAL_T_MAX:-32}
 MIXTRAL_FORMATS=${MIXTRAL_FORMATS:-"bf16 int8"}
 PROTOCOLS=${PROTOCOLS:-"cold hot"}
+TORCH_T_MAX=${TORCH_T_MAX:-128}
 TOKENS=${TOKENS:-1,8,32,128,512}
 PYTHON=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT"
@@ -38,17 +40,13 @@ fi
 [ "${BASELINES:-1}" = 0 ] ||
     g++ -std=c++20 -O3 -march=native -DNDEBUG -fopenmp -isystem /usr/include/eigen3 "$BASE/eigen_moe.cpp" -o "$BUILD/eigen_moe"
 
-tokens_of() {
-    if [ "$1" = mixtral ]; then
-        echo "$TOKENS" | tr , "\n" | awk -v m="$MIXTRAL_T_MAX" "\$1 <= m" | paste -sd, -
-    else
-        echo "$TOKENS"
-    fi
-}
+upto() { echo "$1" | tr , "\n" | awk -v m="$2" '$1 <= m' | paste -sd, -; }  # the tokens of list $1 up to $2
+alt() { echo "$*" | tr -s ' ,' '||'; }                                        # "a b" -> "a|b", for a regex group
+TORCH=$("$PYTHON" -c "import torch" 2>/dev/null && echo 1 || echo 0)
+[ "$TORCH" = 1 ] || [ "${BASELINES:-1}" = 0 ] || echo "== no torch for $PYTHON (Debian: python3-torch): PyTorch baselines skipped"
 
-alt() { echo "$*" | tr -s ' ,' '||'; }  # "a b" -> "a|b", for a regex group
 for shape in $SHAPES; do
-    tokens=$(tokens_of "$shape")
+    tokens=$([ "$shape" = mixtral ] && upto "$TOKENS" "$MIXTRAL_T_MAX" || echo "$TOKENS")
     formats=$([ "$shape" = mixtral ] && alt $MIXTRAL_FORMATS || echo "f32|bf16|int8")
     echo "== $shape T=$tokens ($formats; $PROTOCOLS), load $(cut -d' ' -f1-3 /proc/loadavg)"
     "$BENCH" --benchmark_filter="^BM_layer/$shape/($formats)/($(alt $PROTOCOLS))/.*/T:($(alt "$tokens"))/" \
@@ -57,10 +55,15 @@ for shape in $SHAPES; do
     for threads in 1 2; do
         echo "== eigen $shape $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
         "$BUILD/eigen_moe" "$shape" "$tokens" "$threads" 5 >"$OUT/eigen_${shape}_t$threads.jsonl"
+        if [ "$TORCH" = 0 ]; then  # files of another session would be judged against this one's limits
+            rm -f "$OUT/torch_${shape}_"*"_t$threads.jsonl"
+            continue
+        fi
+        [ "$shape" != mixtral ] || continue
         for dtype in f32 bf16; do
             echo "== torch $shape $dtype $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
-            "$PYTHON" "$BASE/torch_moe.py" "$shape" --dtype "$dtype" --tokens "$tokens" --threads "$threads" --min-reps 5 \
-                >"$OUT/torch_${shape}_${dtype}_t$threads.jsonl"
+            "$PYTHON" "$BASE/torch_moe.py" "$shape" --dtype "$dtype" --tokens "$(upto "$tokens" "$TORCH_T_MAX")" \
+                --threads "$threads" --min-reps 5 >"$OUT/torch_${shape}_${dtype}_t$threads.jsonl"
         done
     done
 done
