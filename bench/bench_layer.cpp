@@ -183,7 +183,7 @@ std::string grow(Model& m, std::size_t copies) {
     if (set.size() >= copies) return {};
     double const need = double(copies - set.size()) * set.packed_bytes, avail = smoe_bench::mem_available_bytes();
     double const margin = 1.0 * (1 << 30);  // the OS, the pool and the workspace
-    if (need + margin > avail) {
+    if (avail > 0 && need + margin > avail) {  // 0: no /proc/meminfo, nothing to go by
         char why[256];
         std::snprintf(why, sizeof why,
                       "cold protocol needs %zu copies of %.2f GB, %.1f GB more than the %.1f GB MemAvailable (less 1 GB) "
