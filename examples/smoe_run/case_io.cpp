@@ -11,7 +11,8 @@ Matrix read_matrix(SafetensorsFile const& f, std::string const& name, ConfigExte
     return m;
 }
 
-std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n, std::string const& config_file) {
+std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n,
+                               std::string const& config_file) {
     auto const& t = f.at(name);
     smoe::io::require_extents(t, config_file, {n});
     auto v = smoe::io::read_f32(t);

@@ -40,7 +40,8 @@ struct Matrix {
 };
 Matrix read_matrix(SafetensorsFile const& f, std::string const& name, ConfigExtent rows, ConfigExtent cols,
                    std::string const& config_file);
-std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n, std::string const& config_file);
+std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name, ConfigExtent n,
+                               std::string const& config_file);
 
 // Every key of `config` must be in `allowed` (cases.md: any other key is an error naming it); `what`
 // names the kind of config in the message.

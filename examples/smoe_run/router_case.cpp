@@ -185,8 +185,10 @@ void with_balancer(Args const& a, Router const& router, Inputs const& in, Balanc
             smoe::io::detail::file_fail(config_name, "key 'moe_expert_capacity_factor'", *keys.capacity_factor,
                                         "no capacity balancer with expert choice (each expert already takes C tokens; set capacity)");
         } else {
-            smoe::balance::CapacityConfig const bc{.capacity_factor = *keys.capacity_factor, .drop_policy = keys.drop_policy,
-                                                   .pad_to_capacity = keys.pad, .min_capacity = keys.min_capacity,
+            smoe::balance::CapacityConfig const bc{.capacity_factor = *keys.capacity_factor,
+                                                   .drop_policy = keys.drop_policy,
+                                                   .pad_to_capacity = keys.pad,
+                                                   .min_capacity = keys.min_capacity,
                                                    .stats = keys.stats};
             keyed(config_name, [&] { bc.validate(); });
             smoe::balance::Capacity b(bc);

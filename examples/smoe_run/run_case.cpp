@@ -10,7 +10,8 @@ int run_case(Args const& a) {
     if (!fs::is_directory(a.case_dir))
         throw smoe::io::file_error(a.case_dir.string(), "case folder", "not a directory", "a folder with config.json");
     auto const config = smoe::io::read_json_file(a.case_dir / "config.json");
-    if (!config.is_object()) throw smoe::io::file_error(a.config_file(), "top level", config.type_name(), "a JSON object");
+    if (!config.is_object())
+        throw smoe::io::file_error(a.config_file(), "top level", config.type_name(), "a JSON object");
     if (config.contains("model_type")) return run_full_layer(a, config);
     if (a.layer_given && (config.contains("router") || config.contains("layer")))
         throw usage_error("--layer applies to full checkpoints only");

@@ -29,7 +29,8 @@ struct ConfigExtent {
 };
 inline constexpr ConfigExtent any_extent{};
 
-inline void require_extents(TensorInfo const& t, std::string const& config_file, std::initializer_list<ConfigExtent> dims) {
+inline void require_extents(TensorInfo const& t, std::string const& config_file,
+                            std::initializer_list<ConfigExtent> dims) {
     std::vector<std::int64_t> fixed;  // what the file alone gets wrong is reported as the tensor's shape
     for (ConfigExtent const& d : dims) fixed.push_back(d.key ? -1 : d.value);
     check_shape(t, fixed);
@@ -37,12 +38,13 @@ inline void require_extents(TensorInfo const& t, std::string const& config_file,
     for (ConfigExtent const& d : dims) {
         std::int64_t const n = t.shape[axis];
         // Compared as n / factor so that a huge value times its factor cannot wrap.
-        if (d.key && !(n % d.factor == 0 && n / d.factor == d.value))
+        if (d.key && !(n % d.factor == 0 && n / d.factor == d.value)) {
+            std::string const file_says = n % d.factor == 0 ? std::to_string(n / d.factor) : std::string("a value");
             detail::file_fail(config_file, "key '" + std::string(d.key) + "'", d.value,
-                              (n % d.factor == 0 ? std::to_string(n / d.factor) : std::string("a value")) + ", from tensor " +
-                                  detail::quoted(t.name) + " " + shape_text(t.shape) + " in " + t.file + " (axis " +
-                                  std::to_string(axis) + " = " + d.key +
+                              file_says + ", from tensor " + detail::quoted(t.name) + " " + shape_text(t.shape) +
+                                  " in " + t.file + " (axis " + std::to_string(axis) + " = " + d.key +
                                   (d.factor == 1 ? "" : " x " + std::to_string(d.factor)) + ")");
+        }
         ++axis;
     }
 }

@@ -258,7 +258,8 @@ private:
         checked(gate, {xE, xd}, false);
         TensorInfo const* bias = nullptr;
         if (cfg_.router.requires_expert_bias)
-            bias = checked(find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]"), {xE}, false);
+            bias = checked(find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]"),
+                           {xE}, false);
         local_ = maker_.experts(E);
 
         if (auto const* gu = src.find(prefix_ + "experts.gate_up_proj")) {
@@ -270,22 +271,24 @@ private:
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
                 auto& t = experts_[l];
-                t[0] = checked(find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]"), {xf, xd});
-                t[1] = checked(find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]"), {xf, xd});
-                t[2] = checked(find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]"), {xd, xf});
+                auto const* gate_proj = find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]");
+                auto const* up_proj = find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]");
+                auto const* down_proj = find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]");
+                t = {checked(gate_proj, {xf, xd}), checked(up_proj, {xf, xd}), checked(down_proj, {xd, xf})};
             }
         }
         TensorInfo const* shared_gate = nullptr;
         if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
             // DeepSeek's width is n_shared_experts routed widths: the error names n_shared_experts.
-            ConfigExtent const xs = k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
+            ConfigExtent const xs =
+                k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
             std::string const p = prefix_ + (cfg_.family == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
             shared_[0] = checked(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"), {xs, xd});
             shared_[1] = checked(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"), {xs, xd});
             shared_[2] = checked(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"), {xd, xs});
             if (cfg_.shared_gated) {
-                shared_gate = checked(find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]"),
-                                      {{1}, xd}, false);
+                shared_gate = find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]");
+                checked(shared_gate, {{1}, xd}, false);
             }
         }
 

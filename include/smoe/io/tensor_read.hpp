@@ -118,7 +118,8 @@ void require_finite(TensorInfo const& t, std::span<T const> values) {
         else
             v = values[i];
         if (!std::isfinite(v))
-            detail::file_fail(t.file, "tensor " + detail::quoted(t.name) + " element " + std::to_string(i), v, "finite values");
+            detail::file_fail(t.file, "tensor " + detail::quoted(t.name) + " element " + std::to_string(i), v,
+                              "finite values");
     }
 }
 

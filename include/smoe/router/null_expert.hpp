@@ -46,7 +46,8 @@ struct NullExpertConfig {
     void validate() const {
         using smoe::detail::fail;
         smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
-        smoe::detail::require_in_range("num_null_experts", num_null_experts, 0, limits::kMaxExperts, "smoe::limits::kMaxExperts");
+        smoe::detail::require_in_range("num_null_experts", num_null_experts, 0, limits::kMaxExperts,
+                                       "smoe::limits::kMaxExperts");
         if (top_k < 1 || top_k > num_logits())
             fail("top_k", top_k, "1 <= top_k <= num_experts + num_null_experts (" + std::to_string(num_logits()) + ")");
     }
