@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smoe/core/routing.hpp"
+#include "smoe/expert/swiglu_config.hpp"
 #include "smoe/io/config_extent.hpp"
 #include "smoe/io/safetensors.hpp"
 
@@ -28,6 +29,7 @@ struct Args {
     fs::path case_dir, out_file;
     std::int64_t layer = 0;
     bool layer_given = false;
+    smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;  // bf16 checkpoints only
 
     std::string config_file() const { return (case_dir / "config.json").string(); }
 };

@@ -17,7 +17,7 @@ int run_with(Args const& a, smoe::io::HfMoeConfig const& cfg, Source const& src,
     auto const input = SafetensorsFile::open(a.case_dir / "input.safetensors");
     Matrix const x =
         read_matrix(input, "hidden_states", any_extent, {cfg.hidden_size, cfg.keys.hidden_size}, cfg.keys.file);
-    auto moe = smoe::io::HfMoeLayer::load(cfg, src, a.layer, {.max_tokens = std::max<std::int64_t>(x.rows, 1)}, name);
+    auto moe = smoe::io::HfMoeLayer::load(cfg, src, a.layer, {.max_tokens = std::max<std::int64_t>(x.rows, 1), .bf16_dot = a.bf16_dot}, name);
     std::vector<float> y(x.data.size());
     smoe::RoutingResult const r = moe.forward(smoe::MatrixView<float const>(x.data.data(), x.rows, x.cols),
                                               smoe::MatrixView<float>(y.data(), x.rows, x.cols));

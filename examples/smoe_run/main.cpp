@@ -1,4 +1,4 @@
-// smoe-run CASE_DIR OUT_FILE [--layer N]: runs one MoE layer, one router or one rank-wise LoRA layer
+// smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot PATH]: runs one MoE layer, one router or one rank-wise LoRA layer
 // described by a case folder (cases.md) and writes its outputs as safetensors. Exit status 0 on
 // success, 1 on bad input (the message names the file, tensor or key), 2 on a usage error.
 
@@ -16,10 +16,12 @@ namespace {
 int usage(char const* msg) {
     std::fprintf(stderr,
                  "smoe-run: %s\n"
-                 "usage: smoe-run CASE_DIR OUT_FILE [--layer N]\n"
+                 "usage: smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot automatic|off|on|emulated]\n"
                  "  CASE_DIR  a case folder (config.json, weights.safetensors or a checkpoint, input.safetensors)\n"
                  "  OUT_FILE  the outputs, written as safetensors\n"
-                 "  --layer N the decoder layer of a full checkpoint (default 0)\n",
+                 "  --layer N the decoder layer of a full checkpoint (default 0)\n"
+                 "  --bf16-dot bf16 experts' dot product: automatic (vdpbf16ps where the CPU has it), off (fp32),\n"
+                 "            on (vdpbf16ps, required), emulated (its arithmetic in scalar code)\n",
                  msg);
     return 2;
 }
@@ -38,6 +40,12 @@ int main(int argc, char** argv) {
             if (ec != std::errc() || p != v.data() + v.size() || a.layer < 0)
                 return usage(("--layer: '" + v + "' is not a layer index >= 0").c_str());
             a.layer_given = true;
+        } else if (arg == "--bf16-dot") {
+            if (i + 1 >= argc) return usage("--bf16-dot needs a value");
+            std::string const v = argv[++i];
+            auto const dot = smoe::expert::parse_bf16_dot(v);
+            if (!dot) return usage(("--bf16-dot: '" + v + "' is not one of automatic, off, on, emulated").c_str());
+            a.bf16_dot = *dot;
         } else if (arg == "-h" || arg == "--help") {
             usage("runs one case folder");
             return 0;

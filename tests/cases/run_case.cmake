@@ -1,8 +1,11 @@
-# ctest driver for one case folder: smoe-run CASE OUT [--layer N], then compare_case CASE OUT.
-# -D SMOE_RUN=... -D COMPARE=... -D CASE=... -D OUT=... [-D LAYER=N]
+# ctest driver for one case folder: smoe-run CASE OUT [--layer N] [--bf16-dot P], then compare_case CASE OUT.
+# -D SMOE_RUN=... -D COMPARE=... -D CASE=... -D OUT=... [-D LAYER=N] [-D BF16_DOT=off|emulated]
 set(args "${CASE}" "${OUT}")
 if(DEFINED LAYER AND NOT LAYER STREQUAL "")
   list(APPEND args --layer ${LAYER})
+endif()
+if(DEFINED BF16_DOT AND NOT BF16_DOT STREQUAL "")
+  list(APPEND args --bf16-dot ${BF16_DOT})
 endif()
 execute_process(COMMAND "${SMOE_RUN}" ${args} RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "smoe/core/error.hpp"
@@ -30,6 +32,13 @@ inline char const* to_string(Bf16Dot m) {
         case Bf16Dot::on: return "on";
         default: return "emulated";
     }
+}
+
+// The enum from its to_string spelling (command lines, configs); nullopt for anything else.
+inline std::optional<Bf16Dot> parse_bf16_dot(std::string_view s) {
+    for (Bf16Dot m : {Bf16Dot::automatic, Bf16Dot::off, Bf16Dot::on, Bf16Dot::emulated})
+        if (s == to_string(m)) return m;
+    return std::nullopt;
 }
 
 struct SwiGLUConfig {
