@@ -30,12 +30,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <immintrin.h>
 #include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>, and before <immintrin.h>: see there
+
+#include <immintrin.h>
 
 namespace smoe_bench {
 

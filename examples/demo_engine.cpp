@@ -262,7 +262,12 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(layers.size()) < o.layers); ++l) {
             if (!cfg.is_moe_layer(l)) continue;
             if (talk) std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
-            layers.push_back(Layer::load(cfg, ckpt, l, lo, dir.string(), maker));
+            try {
+                layers.push_back(Layer::load(cfg, ckpt, l, lo, dir.string(), maker));
+            } catch (...) {
+                if (talk) std::fprintf(stderr, "\n");  // end the progress line before the error
+                throw;
+            }
         }
         if (talk) std::fprintf(stderr, "\n");
         source = dir.string();

@@ -179,4 +179,6 @@ TEST_CASE("the default pool runs every item exactly once, call after call", "[th
     one.parallel_for(10, [&](std::int64_t i) { sum += i; });
     CHECK(sum == 45);
     CHECK_THROWS_WITH(smoe::DefaultThreadPool(0), Catch::Matchers::Contains("'num_threads' = 0"));
+    CHECK_THROWS_WITH(smoe::DefaultThreadPool(smoe::limits::kMaxThreads + 1),
+                      Catch::Matchers::Contains("'num_threads' = 4097") && Catch::Matchers::Contains("kMaxThreads"));
 }

@@ -5,7 +5,7 @@
 #include <set>
 #include <string>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>: see there
 
 #include "case_io.hpp"
 #include "smoe/expert/rankwise_lora_forward.hpp"

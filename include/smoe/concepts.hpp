@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <span>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/balance/context.hpp"
 #include "smoe/core/routing.hpp"

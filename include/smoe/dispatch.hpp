@@ -32,7 +32,7 @@
 #include <string>
 #include <string_view>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <span>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/concepts.hpp"
 #include "smoe/core/routing.hpp"

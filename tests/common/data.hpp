@@ -8,7 +8,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>: see there
 
 namespace smoe_test {
 

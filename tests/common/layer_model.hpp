@@ -9,7 +9,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>: see there
 
 #include "common/data.hpp"
 #include "smoe/kernels/cpu/gemm_nt.hpp"

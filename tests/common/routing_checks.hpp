@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>: see there
 
 #include "smoe/route.hpp"
 

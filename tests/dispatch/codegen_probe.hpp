@@ -1,7 +1,7 @@
 #pragma once
 // wrong_constants_in<Arch>(): tests/common/avx512_codegen_probe.hpp's count, run in the object that
 // smoe_dispatch_sources compiled for Arch (layers_isa.cpp defines the specialisation of its ISA).
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>: see there
 
 namespace smoe_test {
 template <class Arch>

@@ -3,7 +3,7 @@
 // (-march=native gives the best ISA of the build machine); an engine that dispatches at run time
 // instantiates MoELayer once per Arch, one translation unit per ISA (STYLE.md habit 3).
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 namespace smoe::inline v0::backend {
 

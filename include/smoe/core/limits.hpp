@@ -19,6 +19,7 @@
 //                               min_capacity, capacity_alignment             above it can never be used
 //   kMaxCapacityFactor = 1024   capacity_factor, moe_expert_capacity_factor  C <= 1024 T k / E
 //   kMaxSinkhornIterations = 10^4  Sinkhorn max_iterations                   ~ 10^4 · T · E flops per call
+//   kMaxThreads      = 4096     DefaultThreadPool's num_threads              the largest servers' threads
 
 #include <cstdint>
 #include <string>
@@ -33,6 +34,7 @@ inline constexpr std::int64_t kMaxLayers = std::int64_t(1) << 16;
 inline constexpr std::int64_t kMaxTokens = std::int64_t(1) << 20;
 inline constexpr double kMaxCapacityFactor = 1024.0;
 inline constexpr std::int64_t kMaxSinkhornIterations = 10'000;
+inline constexpr std::int64_t kMaxThreads = 4096;
 
 }  // namespace smoe::inline v0::limits
 

@@ -17,11 +17,14 @@
 #include <atomic>
 #include <concepts>
 #include <cstdint>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 
 namespace smoe::inline v0 {
 
@@ -83,18 +86,22 @@ private:
 class DefaultThreadPool {
 public:
     explicit DefaultThreadPool(std::int64_t num_threads = std::max(1u, std::thread::hardware_concurrency())) {
-        if (num_threads < 1) smoe::detail::fail("num_threads", num_threads, "at least 1");
+        smoe::detail::require_in_range("num_threads", num_threads, 1, limits::kMaxThreads, "limits::kMaxThreads");
         workers_.reserve(static_cast<std::size_t>(num_threads - 1));
-        for (std::int64_t i = 1; i < num_threads; ++i) workers_.emplace_back([this] { work(); });
+        try {
+            for (std::int64_t i = 1; i < num_threads; ++i) workers_.emplace_back([this] { work(); });
+        } catch (std::system_error const& e) {
+            // The destructor will not run: join the workers already started (a joinable std::thread
+            // destroyed unjoined terminates the process), then say which thread failed and why.
+            stop_workers();
+            throw std::system_error(e.code(), "smoe::DefaultThreadPool: could not start thread " +
+                                                  std::to_string(workers_.size() + 1) + " of num_threads = " +
+                                                  std::to_string(num_threads));
+        }
     }
     DefaultThreadPool(DefaultThreadPool const&) = delete;
     DefaultThreadPool& operator=(DefaultThreadPool const&) = delete;
-    ~DefaultThreadPool() {
-        stop_.store(true, std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
-        generation_.notify_all();
-        for (std::thread& t : workers_) t.join();
-    }
+    ~DefaultThreadPool() { stop_workers(); }
 
     std::int64_t num_threads() const { return static_cast<std::int64_t>(workers_.size()) + 1; }
 
@@ -166,6 +173,13 @@ private:
             if (stop_.load(std::memory_order_relaxed)) return;
             drain(g);
         }
+    }
+
+    void stop_workers() {
+        stop_.store(true, std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        for (std::thread& t : workers_) t.join();
     }
 
     std::vector<std::thread> workers_;

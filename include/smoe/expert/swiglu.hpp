@@ -34,7 +34,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/format.hpp"
 #include "smoe/core/view.hpp"

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/kernels/cpu/simd_map.hpp"
 

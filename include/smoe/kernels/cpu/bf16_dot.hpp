@@ -30,6 +30,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "smoe/detail/xsimd.hpp"  // before <immintrin.h>: see there
+
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"

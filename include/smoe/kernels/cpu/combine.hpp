@@ -8,7 +8,7 @@
 #include <cstring>
 #include <span>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/view.hpp"
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/error.hpp"
 #include "smoe/core/view.hpp"

@@ -12,7 +12,7 @@
 #include <span>
 #include <type_traits>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/view.hpp"
 #include "smoe/macros.hpp"

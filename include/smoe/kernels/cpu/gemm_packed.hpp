@@ -26,7 +26,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"

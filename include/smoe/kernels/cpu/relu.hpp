@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <functional>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/kernels/cpu/variable_k.hpp"
 

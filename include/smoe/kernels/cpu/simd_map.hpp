@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 namespace smoe::inline v0::kernels::cpu {
 

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <span>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/config.hpp"
 #include "smoe/core/view.hpp"

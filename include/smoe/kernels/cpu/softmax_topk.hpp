@@ -10,7 +10,7 @@
 #include <span>
 #include <type_traits>
 
-#include <xsimd/xsimd.hpp>
+#include "smoe/detail/xsimd.hpp"
 
 #include "smoe/kernels/cpu/simd_map.hpp"
 #include "smoe/macros.hpp"
@@ -36,11 +36,6 @@ float row_max(Arch, float const* x, std::int64_t n) {
 }
 
 // exp(a - b) without the rounding error of the fp32 subtraction.
-// g++ 12.2's _mm512_undefined_* (`__m512 __Y = __Y;`), reached through xsimd::exp's AVX-512 conversions,
-// trips -Wuninitialized wherever it is inlined (fixed in later GCC); the value is never read, and
-// xsimd is not ours to change, so the warning is silenced for this function only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
 template <class T>
 SMOE_ALWAYS_INLINE T exp_of_difference(T a, T b) {
     T const hi = a - b;
@@ -51,7 +46,6 @@ SMOE_ALWAYS_INLINE T exp_of_difference(T a, T b) {
     else
         return xsimd::exp(hi) * (T(1.0f) + lo);
 }
-#pragma GCC diagnostic pop
 
 // s = softmax(x) over n entries.
 template <class Arch>
