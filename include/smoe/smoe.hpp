@@ -18,6 +18,7 @@
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/lora_rank.hpp"
 #include "smoe/expert/rankwise_lora_forward.hpp"
+#include "smoe/expert/quant_swiglu.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/expert/swiglu.hpp"
 #include "smoe/layer.hpp"

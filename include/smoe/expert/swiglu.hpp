@@ -40,6 +40,7 @@
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/swiglu_config.hpp"
+#include "smoe/expert/swiglu_store.hpp"
 #include "smoe/kernels/cpu/bf16_dot.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
@@ -125,7 +126,7 @@ public:
     template <class Arch>
     void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0,
                      std::int64_t p1) const {
-        GateUpStore epi{h, scales(su_, e, gu_panels_)};
+        detail::GateUpStore epi{h, scales(su_, e, gu_panels_)};
         if constexpr (std::is_same_v<W, bf16>)
             if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), x, gu_.data() + e * gu_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, x, gu_.data() + e * gu_expert_, p0, p1, epi);
@@ -135,7 +136,7 @@ public:
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w,
                   MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
-        DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
+        detail::DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
         if constexpr (std::is_same_v<W, bf16>)
             if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), h, dn_.data() + e * dn_expert_, p0, p1, epi);
         kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
@@ -231,67 +232,6 @@ private:
             }
         }
     }
-
-    // Store of a finished gate/up tile: h = silu(s1 · g) · (s3 · u), 8 units, into h's padded row.
-    struct GateUpStore {
-        MatrixView<float> h;
-        float const* scale;  // [panels * 16] or nullptr
-#if SMOE_PACKED_AVX2
-        SMOE_ALWAYS_INLINE void store(std::int64_t i, std::int64_t p, __m256 g, __m256 u) {
-            using batch = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
-            if (scale) {
-                g = _mm256_mul_ps(g, _mm256_loadu_ps(scale + p * kP));
-                u = _mm256_mul_ps(u, _mm256_loadu_ps(scale + p * kP + kHalf));
-            }
-            batch const gv(g), uv(u);
-            batch const hv = gv / (batch(1.0f) + xsimd::exp(-gv)) * uv;
-            hv.store_unaligned(h.row(i) + p * kHalf);
-        }
-#endif
-        void store(std::int64_t i, std::int64_t p, float const* v) {
-            for (int c = 0; c < kHalf; ++c) {
-                float g = v[c], u = v[c + kHalf];
-                if (scale) g *= scale[p * kP + c], u *= scale[p * kP + kHalf + c];
-                h(i, p * kHalf + c) = g / (1.0f + std::exp(-g)) * u;
-            }
-        }
-    };
-
-    // Store of a finished down tile: out = w · (s2 · acc), the columns below d only.
-    struct DownStore {
-        MatrixView<float> out;
-        float const* row_w;
-        float const* scale;
-#if SMOE_PACKED_AVX2
-        SMOE_ALWAYS_INLINE void store(std::int64_t i, std::int64_t p, __m256 lo, __m256 hi) {
-            if (scale) {
-                lo = _mm256_mul_ps(lo, _mm256_loadu_ps(scale + p * kP));
-                hi = _mm256_mul_ps(hi, _mm256_loadu_ps(scale + p * kP + kHalf));
-            }
-            __m256 const w = _mm256_set1_ps(row_w[i]);
-            lo = _mm256_mul_ps(lo, w);
-            hi = _mm256_mul_ps(hi, w);
-            float* dst = out.row(i) + p * kP;
-            if ((p + 1) * kP <= out.cols) {
-                _mm256_storeu_ps(dst, lo);
-                _mm256_storeu_ps(dst + kHalf, hi);
-            } else {
-                alignas(32) float t[kP];
-                _mm256_store_ps(t, lo);
-                _mm256_store_ps(t + kHalf, hi);
-                std::copy(t, t + (out.cols - p * kP), dst);
-            }
-        }
-#endif
-        void store(std::int64_t i, std::int64_t p, float const* v) {
-            std::int64_t const n = std::min(kP, out.cols - p * kP);
-            for (std::int64_t c = 0; c < n; ++c) {
-                float a = v[c];
-                if (scale) a *= scale[p * kP + c];
-                out(i, p * kP + c) = a * row_w[i];
-            }
-        }
-    };
 
     Config cfg_;
     Weights w_;

@@ -90,7 +90,9 @@ SMOE_ALWAYS_INLINE __m512 slots_to_columns_avx512(__m512 v) {
 
 // MR rows x NP panels over the whole K; b points at the first panel, pstride elements between panels.
 // Not inlined into the driver, for the reason given at packed_loop_avx2 (accumulators stay in registers).
-template <class W, int MR, int NP>
+// Continue: the chains resume from the values a previous k block stored in out (gemm_quant.hpp's
+// decoded blocks), bit for bit the chain run without the break.
+template <class W, int MR, int NP, bool Continue = false>
 [[gnu::noinline]] void packed_loop_avx512(float const* a, std::int64_t lda, W const* b, std::int64_t pstride,
                                           std::int64_t K, __m512* out) {
     static_assert(MR * NP + NP + 1 <= 32, "the tile must fit the 32 zmm registers");
@@ -101,7 +103,7 @@ template <class W, int MR, int NP>
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 6
-        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+        for (int j = 0; j < NP; ++j) acc[i][j] = Continue ? out[i * NP + j] : _mm512_setzero_ps();
     for (std::int64_t k = 0; k < K; ++k) {
         __m512 w[NP];
 #pragma GCC unroll 6

@@ -1,0 +1,233 @@
+#pragma once
+// smoe::expert::QuantSwiGLU: the SwiGLU expert (experts.md §3) with each expert's matrices in a format
+// of its own (formats.md §4): f32, bf16, int8 per channel, int4 group-wise (symmetric or with zero
+// points, act order), FP8 e4m3 with block/channel/tensor factors, MXFP4. A layer of one format is the
+// special case of every expert agreeing; the shared expert (expert::Shared) is another QuantSwiGLU and
+// may have its own format.
+//
+//   auto w = smoe::expert::QuantSwiGLUWeights::of(experts);   // or a loader's per-expert callback
+//   smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None> layer(cfg, {gate, {}, w});
+//
+// Construction resolves every expert's formats first (Weights::gate_up, Weights::down), sizes the
+// packed store once, then asks Weights::load for one expert at a time and packs it
+// (kernels/cpu/quant_panel.hpp): peak memory is the packed weights plus one expert in canonical form
+// (quant/matrix.hpp, one byte per code). After construction only the packed copy is read.
+//
+// Numbers: the exact path of formats.md §6.1. Every weight is decoded to W_deq in registers and each
+// output is one fp32 FMA chain in k order (kernels/cpu/gemm_quant.hpp), with SwiGLU's epilogues
+// (swiglu_store.hpp): an expert gives the bits of expert::SwiGLU<float> on its dequantised weights
+// (act order: the chain runs in group order), so the same expert in a mixed and in a single-format
+// layer gives the same bits (§4 rule 4), on every ISA and thread count. Per call each expert's kernel
+// is chosen once by its format (one switch), never per row or element.
+//
+// Not here yet (issue 15): the activation-quantised paths of §6.2 (int8 dot, bf16 dot for FP8/MXFP4).
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/core/workspace.hpp"
+#include "smoe/expert/swiglu_config.hpp"
+#include "smoe/expert/swiglu_store.hpp"
+#include "smoe/kernels/cpu/gemm_quant.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/quant_panel.hpp"
+#include "smoe/quant/matrix.hpp"
+#include "smoe/quant/quantize.hpp"
+
+namespace smoe::inline v0::expert {
+
+// One expert in canonical form: gate W1 and up W3 [f, d] (one format for both), down W2 [d, f].
+struct QuantExpertWeights {
+    quant::Matrix gate, up, down;
+};
+
+struct QuantSwiGLUWeights {
+    std::vector<quant::Format> gate_up;  // per expert: the format of W1 and W3
+    std::vector<quant::Format> down;     // per expert: the format of W2
+    // Expert e's matrices, called once per expert in order during construction (never after).
+    std::function<QuantExpertWeights(std::int64_t)> load;
+
+    // Experts already in canonical form; `experts` must outlive the expert's construction only.
+    static QuantSwiGLUWeights of(std::span<QuantExpertWeights const> experts) {
+        QuantSwiGLUWeights w;
+        for (auto const& x : experts) {
+            w.gate_up.push_back(x.gate.format);
+            w.down.push_back(x.down.format);
+        }
+        w.load = [experts](std::int64_t e) { return experts[static_cast<std::size_t>(e)]; };
+        return w;
+    }
+    // Dense fp32 W1, W3 [E, f, d] and W2 [E, d, f] quantised at load (quant/quantize.hpp), one expert at
+    // a time, to each expert's formats (the engine's expert -> format map, formats.md §4 2(d)).
+    static QuantSwiGLUWeights quantized(float const* w1, float const* w3, float const* w2, SwiGLUConfig const& c,
+                                        std::vector<quant::Format> gate_up, std::vector<quant::Format> down) {
+        QuantSwiGLUWeights w;
+        w.gate_up = std::move(gate_up);
+        w.down = std::move(down);
+        std::int64_t const f = c.intermediate_size, d = c.hidden_size;
+        w.load = [w1, w3, w2, f, d, gu = w.gate_up, dn = w.down](std::int64_t e) {
+            auto const i = static_cast<std::size_t>(e);
+            return QuantExpertWeights{quant::quantize(MatrixView<float const>(w1 + e * f * d, f, d), gu[i]),
+                                      quant::quantize(MatrixView<float const>(w3 + e * f * d, f, d), gu[i]),
+                                      quant::quantize(MatrixView<float const>(w2 + e * d * f, d, f), dn[i])};
+        };
+        return w;
+    }
+};
+
+class QuantSwiGLU {
+public:
+    using Config = SwiGLUConfig;
+    using Weights = QuantSwiGLUWeights;
+    static constexpr bool is_compute_free = false;
+    static constexpr std::int64_t kRowBlock = 64;  // rows per pass of run(), as SwiGLU's
+
+    QuantSwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg) {
+        cfg_.validate();
+        if (cfg_.bf16_dot != Bf16Dot::automatic && cfg_.bf16_dot != Bf16Dot::off)
+            smoe::detail::fail("bf16_dot", to_string(cfg_.bf16_dot), "automatic or off (QuantSwiGLU computes the exact fp32 path)");
+        std::int64_t const E = cfg_.num_experts;
+        auto const En = static_cast<std::size_t>(E);
+        if (w.gate_up.size() != En || w.down.size() != En)
+            smoe::detail::fail("weights.gate_up/down", std::to_string(w.gate_up.size()) + " and " + std::to_string(w.down.size()) + " formats",
+                               "one per expert (" + std::to_string(E) + ")");
+        if (!w.load) smoe::detail::fail("weights.load", "empty", "a function returning expert e's matrices");
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        gu_panels_ = (f + detail::kHalf - 1) / detail::kHalf;
+        dn_panels_ = (d + detail::kP - 1) / detail::kP;
+        std::size_t total = 0;
+        for (std::int64_t e = 0; e < E; ++e) {
+            std::string const ex = "expert " + std::to_string(e);
+            w.gate_up[static_cast<std::size_t>(e)].check(ex + " gate_up", f, d);
+            w.down[static_cast<std::size_t>(e)].check(ex + " down", d, f);
+            gu_.push_back(kernels::cpu::quant_layout(w.gate_up[static_cast<std::size_t>(e)], d));
+            dn_.push_back(kernels::cpu::quant_layout(w.down[static_cast<std::size_t>(e)], f));
+            gu_off_.push_back(total);
+            total += static_cast<std::size_t>(gu_panels_ * gu_.back().pstride);
+            dn_off_.push_back(total);
+            total += static_cast<std::size_t>(dn_panels_ * dn_.back().pstride);
+        }
+        store_ = kernels::cpu::AlignedArray<std::uint8_t>(total);
+        for (std::int64_t e = 0; e < E; ++e) pack(e, w.load(e), w.gate_up[static_cast<std::size_t>(e)], w.down[static_cast<std::size_t>(e)]);
+    }
+
+    Config const& config() const { return cfg_; }
+    std::int64_t num_experts() const { return cfg_.num_experts; }
+    std::int64_t hidden_size() const { return cfg_.hidden_size; }
+    std::int64_t intermediate_size() const { return cfg_.intermediate_size; }
+    bool uses_bf16_dot() const { return false; }
+    double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
+    quant::Format const& gate_up_format(std::int64_t e) const { return fmt_gu_[static_cast<std::size_t>(e)]; }
+    quant::Format const& down_format(std::int64_t e) const { return fmt_dn_[static_cast<std::size_t>(e)]; }
+    // formats.md §4 rule 5: "int4-g128-sym", or "gate/up X, down Y" when they differ.
+    std::string format_name(std::int64_t e) const {
+        std::string const a = quant::name(gate_up_format(e), cfg_.hidden_size), b = quant::name(down_format(e), cfg_.intermediate_size);
+        return a == b ? a : "gate/up " + a + ", down " + b;
+    }
+    // Bytes of expert e as packed: codes, factor tables and padding; what one call streams per expert.
+    double weight_bytes(std::int64_t e) const {
+        auto const i = static_cast<std::size_t>(e);
+        return double(gu_panels_ * gu_[i].pstride + dn_panels_ * dn_[i].pstride);
+    }
+    std::size_t packed_bytes() const { return store_.size(); }
+
+    std::int64_t gate_up_panels() const { return gu_panels_; }
+    std::int64_t down_panels() const { return dn_panels_; }
+    std::int64_t hidden_stride() const { return gu_panels_ * detail::kHalf; }
+
+    std::size_t workspace_size(std::int64_t max_rows) const {
+        WorkspaceSize size;
+        size.take<float>(h_floats(max_rows));
+        return size.bytes();
+    }
+
+    template <class Arch>
+    void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
+             Workspace& ws) const {
+        std::int64_t const M = rows_in.rows;
+        if (M == 0) return;
+        std::span<float> const hbuf = ws.take<float>(h_floats(M));
+        for (std::int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
+            std::int64_t const mb = std::min(kRowBlock, M - r0);
+            MatrixView<float> const h(hbuf.data(), mb, hidden_stride());
+            run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, gu_panels_);
+            run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
+                     slot_out.block(r0, mb), 0, dn_panels_);
+        }
+    }
+
+    template <class Arch>
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const {
+        // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0.
+        detail::GateUpStore epi{h, nullptr};
+        auto const i = static_cast<std::size_t>(e);
+        kernels::cpu::gemm_quant(arch, x, gu_[i], store_.data() + gu_off_[i], p0, p1, epi);
+    }
+
+    template <class Arch>
+    void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out, std::int64_t p0,
+                  std::int64_t p1) const {
+        detail::DownStore epi{out, row_w.data(), nullptr};
+        auto const i = static_cast<std::size_t>(e);
+        kernels::cpu::gemm_quant(arch, h, dn_[i], store_.data() + dn_off_[i], p0, p1, epi);
+    }
+
+private:
+    std::size_t h_floats(std::int64_t max_rows) const { return static_cast<std::size_t>(std::min(max_rows, kRowBlock) * hidden_stride()); }
+
+    void pack(std::int64_t e, QuantExpertWeights const& x, quant::Format const& fgu, quant::Format const& fdn) {
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        std::string const ex = "expert " + std::to_string(e);
+        auto const expect = [&](quant::Matrix const& m, char const* part, std::int64_t R, std::int64_t C, quant::Format const& fmt) {
+            if (m.rows != R || m.cols != C)
+                smoe::detail::fail(ex + " " + part + " shape", "[" + std::to_string(m.rows) + ", " + std::to_string(m.cols) + "]",
+                                   "[" + std::to_string(R) + ", " + std::to_string(C) + "]");
+            if (!(m.format == fmt))
+                smoe::detail::fail(ex + " " + part + " format", quant::name(m.format, C), quant::name(fmt, C) + " (resolved before packing)");
+            m.validate(ex + " " + part);
+        };
+        if (!(x.gate.format == x.up.format))
+            smoe::detail::fail(ex + " gate and up formats", quant::name(x.gate.format, d) + ", " + quant::name(x.up.format, d), "one format for both");
+        expect(x.gate, "gate", f, d, fgu);
+        expect(x.up, "up", f, d, fgu);
+        expect(x.down, "down", d, f, fdn);
+        if (fgu.act_order && x.gate.gidx != x.up.gidx)
+            smoe::detail::fail(ex + " gate and up g_idx", "different column orders",
+                               "the same g_idx (they share panels; GPTQ gives both the order of their common input)");
+        auto const i = static_cast<std::size_t>(e);
+        gu_[i] = kernels::cpu::quant_layout(fgu, d, &x.gate);
+        dn_[i] = kernels::cpu::quant_layout(fdn, f, &x.down);
+        fmt_gu_.push_back(fgu);
+        fmt_dn_.push_back(fdn);
+        using kernels::cpu::QuantSlot;
+        for (std::int64_t p = 0; p < gu_panels_; ++p) {
+            QuantSlot slot[detail::kP];
+            for (int c = 0; c < detail::kP; ++c) {
+                std::int64_t const unit = p * detail::kHalf + c % detail::kHalf;
+                if (unit < f) slot[c] = {c < detail::kHalf ? &x.gate : &x.up, unit};
+            }
+            kernels::cpu::pack_quant_panel(store_.data() + gu_off_[i] + p * gu_[i].pstride, gu_[i], slot);
+        }
+        for (std::int64_t p = 0; p < dn_panels_; ++p) {
+            QuantSlot slot[detail::kP];
+            for (int c = 0; c < detail::kP; ++c)
+                if (p * detail::kP + c < d) slot[c] = {&x.down, p * detail::kP + c};
+            kernels::cpu::pack_quant_panel(store_.data() + dn_off_[i] + p * dn_[i].pstride, dn_[i], slot);
+        }
+    }
+
+    Config cfg_;
+    std::int64_t gu_panels_ = 0, dn_panels_ = 0;
+    std::vector<kernels::cpu::QuantLayout> gu_, dn_;
+    std::vector<std::size_t> gu_off_, dn_off_;
+    std::vector<quant::Format> fmt_gu_, fmt_dn_;
+    kernels::cpu::AlignedArray<std::uint8_t> store_;
+};
+
+}  // namespace smoe::inline v0::expert

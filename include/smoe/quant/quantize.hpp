@@ -1,0 +1,78 @@
+#pragma once
+// Quantise at load (formats.md §1.6, experts.md §9): an fp32 matrix W [R, C] into a Matrix of the
+// format an engine asks for. int4 is smoe's symmetric group quantiser, bit for bit:
+//   amax = max |W| over the group, s = amax / 7.5 (fp32), q = clamp(rint(W / s), -8, 7) (fp32 division,
+//   ties to even), u = q + 8, z = 8; an all-zero group stores s = 0, u = 8.
+// int8-channel is core/format.hpp's quantiser; bf16 rounds to nearest even; f32 copies. FP8 and MXFP4
+// come from checkpoints only (unpack.hpp): smoe has no quantiser of its own for them.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "smoe/core/bf16.hpp"
+#include "smoe/core/error.hpp"
+#include "smoe/core/format.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/quant/matrix.hpp"
+
+namespace smoe::inline v0::quant {
+
+inline Matrix quantize(MatrixView<float const> src, Format const& fmt) {
+    smoe::detail::check_view(src, "src", -1, -1);
+    std::int64_t const R = src.rows, C = src.cols;
+    fmt.check("format", R, C);
+    for (std::int64_t o = 0; o < R; ++o)
+        for (std::int64_t i = 0; i < C; ++i)
+            if (!std::isfinite(src(o, i)))
+                smoe::detail::fail("src", smoe::detail::to_text(src(o, i)) + " at row " + std::to_string(o) + ", column " + std::to_string(i),
+                                   "finite weights");
+    Matrix m;
+    m.format = fmt;
+    m.rows = R;
+    m.cols = C;
+    auto const n = static_cast<std::size_t>(R * C);
+    switch (fmt.kind) {
+        case Kind::f32:
+        case Kind::bf16:
+            m.values.resize(n);
+            for (std::int64_t o = 0; o < R; ++o)
+                for (std::int64_t i = 0; i < C; ++i) {
+                    float const v = src(o, i);
+                    m.values[static_cast<std::size_t>(o * C + i)] = fmt.kind == Kind::bf16 ? to_float(to_bf16(v)) : v;
+                }
+            return m;
+        case Kind::int8_channel: {
+            std::vector<std::int8_t> q(n);
+            m.scales.resize(static_cast<std::size_t>(R));
+            quantize_int8_per_channel(src, MatrixView<std::int8_t>(q.data(), R, C), m.scales);
+            m.codes.assign(reinterpret_cast<std::uint8_t const*>(q.data()), reinterpret_cast<std::uint8_t const*>(q.data()) + n);
+            return m;
+        }
+        case Kind::int4: {
+            if (!fmt.symmetric || fmt.act_order)
+                smoe::detail::fail("format", name(fmt, C), "a symmetric int4 format without act order (smoe's quantiser, formats.md §1.6)");
+            std::int64_t const g = fmt.group_cols(C), G = C / g;
+            m.codes.resize(n);
+            m.zeros.assign(static_cast<std::size_t>(R * G), 8);
+            m.scales.resize(static_cast<std::size_t>(R * G));
+            for (std::int64_t o = 0; o < R; ++o)
+                for (std::int64_t k = 0; k < G; ++k) {
+                    float amax = 0.0f;
+                    for (std::int64_t i = k * g; i < (k + 1) * g; ++i) amax = std::max(amax, std::fabs(src(o, i)));
+                    float const s = amax / 7.5f;
+                    m.scales[static_cast<std::size_t>(o * G + k)] = s;
+                    for (std::int64_t i = k * g; i < (k + 1) * g; ++i) {
+                        float const q = s == 0.0f ? 0.0f : std::clamp(std::nearbyint(src(o, i) / s), -8.0f, 7.0f);
+                        m.codes[static_cast<std::size_t>(o * C + i)] = static_cast<std::uint8_t>(static_cast<int>(q) + 8);
+                    }
+                }
+            return m;
+        }
+        default:
+            smoe::detail::fail("format", name(fmt, C), "f32, bf16, int8-channel or int4 (FP8 and MXFP4 weights load from checkpoints)");
+    }
+}
+
+}  // namespace smoe::inline v0::quant

@@ -1,0 +1,321 @@
+// expert::QuantSwiGLU, the exact path of formats.md §6.1, in every format: bit for bit the fp32 expert
+// on the dequantised weights (act order: within 1e-5 of the fp64 oracle, its chain runs in group order),
+// on every ISA the build has, for row counts that take every tile (in registers and decoded blocks),
+// odd shapes (d not a multiple of 16, f not of 8, partial FP8 blocks); a mixed layer gives each
+// expert's single-format bits (§4 rule 4), with and without threads.
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "common/data.hpp"
+#include "smoe/smoe.hpp"
+
+using smoe::MatrixView;
+using smoe::expert::QuantExpertWeights;
+using smoe::expert::QuantSwiGLU;
+using smoe::expert::QuantSwiGLUWeights;
+using smoe::expert::SwiGLU;
+using smoe::expert::SwiGLUConfig;
+using namespace smoe::quant;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// The ISAs: the build's best, SSE2 (the scalar kernel) and, where the build has AVX-512, AVX2 too.
+#if XSIMD_WITH_AVX512F
+using QuantArchs = xsimd::arch_list<xsimd::default_arch, xsimd::fma3<xsimd::avx2>, xsimd::sse2>;
+#elif XSIMD_WITH_SSE2
+using QuantArchs = smoe_test::TestArchs;
+#else
+using QuantArchs = xsimd::arch_list<xsimd::default_arch>;
+#endif
+template <class F>
+void each_arch(F&& f) {
+    smoe_test::for_each_arch(QuantArchs{}, f);
+}
+
+// A random matrix in canonical form: codes over their whole range, factors near 2^-6 (int4, int8),
+// 2^-9 (FP8) or 2^-3 (MXFP4), so weights are O(0.1).
+Matrix random_matrix(std::mt19937_64& rng, Format const& f, std::int64_t R, std::int64_t C) {
+    Matrix m;
+    m.format = f;
+    m.rows = R;
+    m.cols = C;
+    std::uniform_int_distribution<int> byte(0, 255), nib(0, 15);
+    std::uniform_real_distribution<float> u(0.5f, 1.0f);
+    std::int64_t const G = f.groups(C);
+    switch (f.kind) {
+        case Kind::f32:
+        case Kind::bf16:
+            m.values = smoe_test::normal(rng, std::size_t(R * C), 0.1);
+            if (f.kind == Kind::bf16)
+                for (auto& v : m.values) v = smoe::to_float(smoe::to_bf16(v));
+            break;
+        case Kind::int8_channel:
+            for (std::int64_t k = 0; k < R * C; ++k) m.codes.push_back(std::uint8_t(byte(rng)));
+            for (std::int64_t o = 0; o < R; ++o) m.scales.push_back(u(rng) * 0x1p-9f);
+            break;
+        case Kind::int4:
+            for (std::int64_t k = 0; k < R * C; ++k) m.codes.push_back(std::uint8_t(nib(rng)));
+            for (std::int64_t k = 0; k < R * G; ++k) {
+                m.scales.push_back(u(rng) * 0x1p-5f);
+                m.zeros.push_back(f.symmetric ? 8 : std::uint8_t(nib(rng)));
+            }
+            if (f.act_order) {
+                for (std::int64_t i = 0; i < C; ++i) m.gidx.push_back(std::int32_t(i % G));
+                std::shuffle(m.gidx.begin(), m.gidx.end(), rng);
+            }
+            break;
+        case Kind::fp8:
+            for (std::int64_t k = 0; k < R * C; ++k) {
+                int b = byte(rng);
+                while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 9) b = byte(rng);  // finite, |v| <= 8
+                m.codes.push_back(std::uint8_t(b));
+            }
+            for (std::int64_t k = 0; k < f.scale_rows(R) * G; ++k) m.scales.push_back(u(rng) * 0x1p-5f);
+            break;
+        case Kind::mxfp4:
+            for (std::int64_t k = 0; k < R * C; ++k) m.codes.push_back(std::uint8_t(nib(rng)));
+            for (std::int64_t k = 0; k < R * G; ++k) m.scales.push_back(e8m0_to_float(std::uint8_t(121 + nib(rng) % 4)));
+            break;
+    }
+    m.validate("random");
+    return m;
+}
+
+QuantExpertWeights random_expert(std::mt19937_64& rng, Format const& gu, Format const& dn, std::int64_t d, std::int64_t f) {
+    Matrix gate = random_matrix(rng, gu, f, d);
+    Matrix up = random_matrix(rng, gu, f, d);
+    if (gu.act_order) up.gidx = gate.gidx;  // gate and up share their input's column order
+    return {std::move(gate), std::move(up), random_matrix(rng, dn, d, f)};
+}
+
+template <class X, class Arch>
+std::vector<float> run_rows(Arch arch, X const& ex, std::int64_t e, std::vector<float> const& x, std::int64_t M, std::int64_t row0 = 0) {
+    std::int64_t const d = ex.hidden_size();
+    std::vector<float> rw(static_cast<std::size_t>(M)), y(static_cast<std::size_t>(M * d), -1.0f);
+    for (std::int64_t r = 0; r < M; ++r) rw[std::size_t(r)] = 0.25f + 0.125f * float((r + row0) % 5);
+    smoe::WorkspaceBuffer buf(ex.workspace_size(M));
+    smoe::Workspace ws = buf.workspace();
+    ex.run(arch, e, MatrixView<float const>(x.data(), M, d), std::span<float const>(rw), MatrixView<float>(y.data(), M, d), ws);
+    return y;
+}
+
+bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (std::bit_cast<std::uint32_t>(a[i]) != std::bit_cast<std::uint32_t>(b[i])) return false;
+    return true;
+}
+
+// formats.md §6.1's oracle: fp64 on W_deq; the per-token error max |y - r| / max |r|.
+double oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
+    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    double worst = 0.0;
+    for (std::int64_t r = 0; r < M; ++r) {
+        double const rw = 0.25 + 0.125 * double(r % 5);
+        std::vector<double> h(static_cast<std::size_t>(f));
+        for (std::int64_t j = 0; j < f; ++j) {
+            double g = 0, u = 0;
+            for (std::int64_t i = 0; i < d; ++i) {
+                g += double(w.gate.deq(j, i)) * x[std::size_t(r * d + i)];
+                u += double(w.up.deq(j, i)) * x[std::size_t(r * d + i)];
+            }
+            h[std::size_t(j)] = g / (1.0 + std::exp(-g)) * u;
+        }
+        double err = 0, ref = 0;
+        for (std::int64_t o = 0; o < d; ++o) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * h[std::size_t(j)];
+            acc *= rw;
+            err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
+            ref = std::max(ref, std::fabs(acc));
+        }
+        worst = std::max(worst, ref > 0 ? err / ref : err);
+    }
+    return worst;
+}
+
+// expert::SwiGLU<float> on the dequantised weights of the given experts.
+struct DenseTwin {
+    std::vector<float> w1, w3, w2;
+    SwiGLU<float> ex;
+    DenseTwin(std::vector<QuantExpertWeights> const& xs, std::int64_t d, std::int64_t f)
+        : w1(cat(xs, &QuantExpertWeights::gate)), w3(cat(xs, &QuantExpertWeights::up)), w2(cat(xs, &QuantExpertWeights::down)),
+          ex(SwiGLUConfig{d, f, std::int64_t(xs.size())},
+             smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), SwiGLUConfig{d, f, std::int64_t(xs.size())})) {}
+    static std::vector<float> cat(std::vector<QuantExpertWeights> const& xs, Matrix QuantExpertWeights::*m) {
+        std::vector<float> out;
+        for (auto const& x : xs) {
+            auto const v = (x.*m).dequantize();
+            out.insert(out.end(), v.begin(), v.end());
+        }
+        return out;
+    }
+};
+
+struct Shape {
+    std::int64_t d, f;
+};
+
+}  // namespace
+
+TEST_CASE("every format gives the fp32 expert's bits on its dequantised weights, on every ISA", "[quant][expert]") {
+    std::mt19937_64 rng(1501);
+    struct Case {
+        Format gu, dn;
+        Shape shape;
+    };
+    std::vector<Case> const cases = {
+        {Format::f32(), Format::f32(), {40, 24}},
+        {Format::bf16(), Format::bf16(), {40, 20}},
+        {Format::int8_channel(), Format::int8_channel(), {36, 20}},
+        {Format::int4(32), Format::int4(32), {96, 64}},
+        {Format::int4(8, false), Format::int4(4, false), {40, 20}},
+        {Format::int4(0), Format::int4(0, false), {33, 19}},
+        {Format::fp8_block(8, 16), Format::fp8_block(8, 16), {40, 20}},  // partial blocks both ways
+        {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {136, 144}},
+        {Format::fp8_channel(), Format::fp8_tensor(), {40, 24}},
+        {Format::mxfp4(), Format::mxfp4(), {64, 96}},
+        {Format::int4(16), Format::mxfp4(), {48, 32}},  // down in another format than gate/up
+    };
+    for (auto const& c : cases) {
+        std::int64_t const d = c.shape.d, f = c.shape.f, E = 2;
+        std::vector<QuantExpertWeights> xs;
+        for (std::int64_t e = 0; e < E; ++e) xs.push_back(random_expert(rng, c.gu, c.dn, d, f));
+        QuantSwiGLU const q(SwiGLUConfig{d, f, E}, QuantSwiGLUWeights::of(xs));
+        DenseTwin const twin(xs, d, f);
+        INFO("format " << q.format_name(0) << ", d " << d << ", f " << f);
+        CHECK(q.format_name(1) == q.format_name(0));
+        for (std::int64_t M : {0, 1, 2, 3, 5, 8, 17, 40}) {
+            auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+            each_arch([&](auto arch) {
+                INFO("M " << M << ", arch " << arch.name());
+                auto const y = run_rows(arch, q, 1, x, M);
+                CHECK(same_bits(y, run_rows(arch, twin.ex, 1, x, M)));
+                if (M > 0 && M <= 17) CHECK(oracle_error(xs[1], x, y, M) <= 1e-5);
+            });
+        }
+    }
+}
+
+TEST_CASE("act order runs in group order, within 1e-5 of the oracle, and a row alone gives its batch bits", "[quant][expert]") {
+    std::mt19937_64 rng(1502);
+    std::int64_t const d = 64, f = 48, M = 21;
+    std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(16, false, true), Format::int4(8, true, true), d, f)};
+    QuantSwiGLU const q(SwiGLUConfig{d, f, 1}, QuantSwiGLUWeights::of(xs));
+    CHECK(q.format_name(0) == "gate/up int4-g16-asym-actorder, down int4-g8-sym-actorder");
+    auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+    std::vector<float> simd;
+    each_arch([&](auto arch) {
+        INFO("arch " << arch.name());
+        auto const y = run_rows(arch, q, 0, x, M);
+        CHECK(oracle_error(xs[0], x, y, M) <= 1e-5);
+        // The SIMD ISAs share the chains and the epilogue's exp (the scalar path has std::exp, as SwiGLU's).
+        if constexpr (!std::is_same_v<decltype(arch), xsimd::sse2>) {
+            if (simd.empty()) simd = y;
+            CHECK(same_bits(y, simd));
+        }
+        for (std::int64_t r : {0, 7, 20}) {
+            std::vector<float> const xr(x.begin() + r * d, x.begin() + (r + 1) * d);
+            CHECK(same_bits(run_rows(arch, q, 0, xr, 1, r), std::vector<float>(y.begin() + r * d, y.begin() + (r + 1) * d)));
+        }
+    });
+}
+
+TEST_CASE("a mixed-format layer gives each expert its single-format bits, with and without threads", "[quant][layer]") {
+    using Layer = smoe::MoELayer<smoe::router::TopK, QuantSwiGLU, smoe::balance::None>;
+    std::mt19937_64 rng(1503);
+    std::int64_t const d = 64, f = 32, E = 5, T = 37;
+    std::vector<Format> const fmts = {Format::int4(32), Format::int4(16, false, true), Format::fp8_block(16, 32), Format::mxfp4(),
+                                      Format::bf16()};
+    std::vector<QuantExpertWeights> xs;
+    for (std::int64_t e = 0; e < E; ++e) xs.push_back(random_expert(rng, fmts[std::size_t(e)], fmts[std::size_t(e)], d, f));
+    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5);
+    auto const x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    SwiGLUConfig const c{d, f, E};
+    Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
+                {MatrixView<float const>(gate.data(), E, d), {}, QuantSwiGLUWeights::of(xs)});
+    CHECK(layer.experts().format_name(2) == "fp8-e4m3-b16x32");
+    std::vector<float> y1(std::size_t(T * d)), y2(y1.size());
+    layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y1.data(), T, d));
+    smoe::DefaultThreadPool pool(2);
+    layer.set_thread_pool(pool);
+    layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y2.data(), T, d));
+    CHECK(same_bits(y1, y2));
+    // Each expert alone, in a layer where every expert has its format: the same rows, the same bits.
+    for (std::int64_t e = 0; e < E; ++e) {
+        std::vector<QuantExpertWeights> same(std::size_t(E), xs[std::size_t(e)]);
+        QuantSwiGLU const single(c, QuantSwiGLUWeights::of(same));
+        auto const xe = smoe_test::normal(rng, std::size_t(9 * d), 1.0);
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, layer.experts(), e, xe, 9), run_rows(xsimd::default_arch{}, single, 3, xe, 9)));
+    }
+}
+
+TEST_CASE("QuantSwiGLU refuses inconsistent experts with named errors", "[quant][expert][errors]") {
+    std::mt19937_64 rng(1504);
+    std::int64_t const d = 32, f = 16;
+    SwiGLUConfig const c{d, f, 1};
+    auto x = random_expert(rng, Format::int4(16), Format::int4(16), d, f);
+    SECTION("gate and up in different formats") {
+        x.up = random_matrix(rng, Format::fp8_channel(), f, d);
+        std::vector<QuantExpertWeights> xs = {x};
+        auto w = QuantSwiGLUWeights::of(xs);
+        CHECK_THROWS_WITH(QuantSwiGLU(c, w), Contains("expert 0 gate and up formats' = int4-g16-sym, fp8-e4m3-channel") &&
+                                                  Contains("one format for both"));
+    }
+    SECTION("a matrix whose format differs from the resolved one") {
+        std::vector<QuantExpertWeights> xs = {x};
+        auto w = QuantSwiGLUWeights::of(xs);
+        w.down[0] = Format::int4(8);
+        CHECK_THROWS_WITH(QuantSwiGLU(c, w), Contains("expert 0 down format' = int4-channel-sym") && Contains("int4-g8-sym (resolved before packing)"));
+    }
+    SECTION("act-order gate and up with different g_idx") {
+        auto y = random_expert(rng, Format::int4(8, true, true), Format::int4(16), d, f);
+        std::swap(y.up.gidx[0], y.up.gidx[std::size_t(d - 1)]);
+        if (y.up.gidx == y.gate.gidx) std::swap(y.up.gidx[0], y.up.gidx[1]);
+        std::vector<QuantExpertWeights> xs = {y};
+        if (y.up.gidx != y.gate.gidx) CHECK_THROWS_WITH(QuantSwiGLU(c, QuantSwiGLUWeights::of(xs)), Contains("expert 0 gate and up g_idx"));
+    }
+    SECTION("wrong shapes and formats the matrix cannot have") {
+        std::vector<QuantExpertWeights> xs = {x};
+        CHECK_THROWS_WITH(QuantSwiGLU(SwiGLUConfig{d, 2 * f, 1}, QuantSwiGLUWeights::of(xs)), Contains("expert 0 gate shape' = [16, 32]"));
+        auto w = QuantSwiGLUWeights::of(xs);
+        w.gate_up[0] = Format::mxfp4();
+        CHECK_THROWS_WITH(QuantSwiGLU(SwiGLUConfig{40, f, 1}, w), Contains("expert 0 gate_up.in_features' = 40"));
+    }
+}
+
+TEST_CASE("quantise at load: the engine's expert -> format map, one expert at a time", "[quant][expert]") {
+    std::mt19937_64 rng(1505);
+    std::int64_t const d = 64, f = 32, E = 3;
+    auto const w1 = smoe_test::normal(rng, std::size_t(E * f * d), 0.05), w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.05),
+               w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.05);
+    SwiGLUConfig const c{d, f, E};
+    std::vector<Format> const gu = {Format::int4(32), Format::int8_channel(), Format::bf16()};
+    std::vector<Format> const dn = {Format::int4(32), Format::int4(16), Format::f32()};
+    int calls = 0;
+    auto w = QuantSwiGLUWeights::quantized(w1.data(), w3.data(), w2.data(), c, gu, dn);
+    auto const load = w.load;
+    w.load = [&](std::int64_t e) {
+        CHECK(e == calls++);  // in order, once each
+        return load(e);
+    };
+    QuantSwiGLU const q(c, w);
+    CHECK(calls == E);
+    CHECK(q.format_name(1) == "gate/up int8-channel, down int4-g16-sym");
+    // int4 g32 packs 4.5 bits per weight plus tables: well under bf16's 16.
+    CHECK(q.weight_bytes(0) < 0.4 * q.weight_bytes(2));
+    auto const x = smoe_test::normal(rng, std::size_t(4 * d), 1.0);
+    for (std::int64_t e = 0; e < E; ++e) {
+        QuantExpertWeights const qe = load(e);
+        auto const y = run_rows(xsimd::default_arch{}, q, e, x, 4);
+        CHECK(oracle_error(qe, x, y, 4) <= 1e-5);
+    }
+}
