@@ -4,9 +4,11 @@
 // odd shapes (d not a multiple of 16, f not of 8, partial FP8 blocks); a mixed layer gives each
 // expert's single-format bits (§4 rule 4), with and without threads.
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -318,4 +320,132 @@ TEST_CASE("quantise at load: the engine's expert -> format map, one expert at a 
         auto const y = run_rows(xsimd::default_arch{}, q, e, x, 4);
         CHECK(oracle_error(qe, x, y, 4) <= 1e-5);
     }
+}
+
+namespace {
+
+// formats.md §6.2's activation quantisation of one row (blocks of 32, in `order`), as x̂ = q · d_b.
+std::vector<double> q8_dequant(std::vector<float> const& x, std::vector<std::int64_t> const& order) {
+    std::size_t const K = order.size();
+    std::vector<double> out(x.size());
+    for (std::size_t b = 0; b < K; b += 32) {
+        std::size_t const n = std::min<std::size_t>(32, K - b);
+        float amax = 0;
+        for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[std::size_t(order[b + i])]));
+        float const d = amax / 127.0f;
+        for (std::size_t i = 0; i < n; ++i) {
+            float const v = x[std::size_t(order[b + i])];
+            out[std::size_t(order[b + i])] = d == 0 ? 0.0 : double(std::clamp(std::nearbyint(v / d), -127.0f, 127.0f)) * d;
+        }
+    }
+    return out;
+}
+std::vector<std::int64_t> group_order(Matrix const& m) {  // act order: columns sorted by group, stably
+    std::vector<std::int64_t> o(std::size_t(m.cols));
+    for (std::int64_t i = 0; i < m.cols; ++i) o[std::size_t(i)] = i;
+    if (m.format.act_order)
+        std::stable_sort(o.begin(), o.end(), [&](auto a, auto b) { return m.gidx[std::size_t(a)] < m.gidx[std::size_t(b)]; });
+    return o;
+}
+
+// §6.2 bound (c): an expert against fp64 with the same quantisation of x and h; returns the worst
+// per-token error, and the worst against the exact oracle (bound (d)) in `exact`.
+double int8_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M, double& exact) {
+    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    double worst = 0;
+    for (std::int64_t r = 0; r < M; ++r) {
+        double const rw = 0.25 + 0.125 * double(r % 5);
+        std::vector<float> const xr(x.begin() + r * d, x.begin() + (r + 1) * d);
+        auto const xq = q8_dequant(xr, group_order(w.gate));
+        std::vector<float> h(static_cast<std::size_t>(f));
+        for (std::int64_t j = 0; j < f; ++j) {
+            double g = 0, u = 0;
+            for (std::int64_t i = 0; i < d; ++i) g += double(w.gate.deq(j, i)) * xq[std::size_t(i)], u += double(w.up.deq(j, i)) * xq[std::size_t(i)];
+            h[std::size_t(j)] = float(g / (1.0 + std::exp(-g)) * u);
+        }
+        auto const hq = q8_dequant(h, group_order(w.down));
+        double err = 0, ref = 0;
+        for (std::int64_t o = 0; o < d; ++o) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * hq[std::size_t(j)];
+            acc *= rw;
+            err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
+            ref = std::max(ref, std::fabs(acc));
+        }
+        worst = std::max(worst, err / ref);
+    }
+    exact = oracle_error(w, x, y, M);
+    return worst;
+}
+
+}  // namespace
+
+TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within formats.md 6.2's bounds", "[quant][expert][int8_dot]") {
+    std::mt19937_64 rng(1506);
+    struct Case {
+        Format gu, dn;
+        Shape shape;
+    };
+    std::vector<Case> const cases = {
+        {Format::int4(32), Format::int4(64), {128, 64}},
+        {Format::int4(32, false), Format::int4(32, false, true), {96, 64}},
+        {Format::int4(0), Format::int4(0, false), {40, 20}},  // K not a multiple of 32: a short last block
+        {Format::int8_channel(), Format::int8_channel(), {72, 40}},
+    };
+    double worst_exact = 0;
+    for (auto const& c : cases) {
+        std::int64_t const d = c.shape.d, f = c.shape.f;
+        std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
+        SwiGLUConfig on{d, f, 2}, portable{d, f, 2};
+        on.int8_dot = smoe::expert::Int8Dot::on;
+        portable.int8_dot = smoe::expert::Int8Dot::portable;
+        QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs));
+        INFO("format " << qn.format_name(0) << ", native kernel " << (qn.int8_dot_kernel() == smoe::kernels::cpu::Int8DotKernel::native));
+        CHECK(qn.uses_int8_dot(0));
+        for (std::int64_t M : {1, 2, 3, 5, 9, 21}) {
+            auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+            for (std::int64_t i = 0; i < d; i += 7) x[std::size_t(i)] *= 30.0f;  // outlier channels, as §6.2 measured
+            auto const yn = run_rows(xsimd::default_arch{}, qn, 1, x, M);
+            auto const yp = run_rows(xsimd::default_arch{}, qp, 1, x, M);
+            CHECK(same_bits(yn, yp));
+            double exact = 0;
+            CHECK(int8_oracle_error(xs[1], x, yn, M, exact) <= 2e-3);
+            CHECK(exact <= 5e-2);
+            worst_exact = std::max(worst_exact, exact);
+            for (std::int64_t r : {std::int64_t{0}, M - 1}) {  // a row alone gives its batch bits
+                std::vector<float> const xr(x.begin() + r * d, x.begin() + (r + 1) * d);
+                CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, xr, 1, r), std::vector<float>(yn.begin() + r * d, yn.begin() + (r + 1) * d)));
+            }
+        }
+    }
+    WARN("int8 dot path: worst per-token error against the exact oracle " << worst_exact << " (bound 5e-2)");
+}
+
+TEST_CASE("the int8 dot path: non-finite blocks, other formats in the layer, and groups it cannot take", "[quant][expert][int8_dot]") {
+    std::mt19937_64 rng(1507);
+    std::int64_t const d = 64, f = 32;
+    SwiGLUConfig c{d, f, 3};
+    c.int8_dot = smoe::expert::Int8Dot::on;
+    std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(32), Format::int4(32), d, f),
+                                          random_expert(rng, Format::fp8_block(16, 32), Format::fp8_block(16, 32), d, f),
+                                          random_expert(rng, Format::mxfp4(), Format::int8_channel(), d, f)};
+    QuantSwiGLU const q(c, QuantSwiGLUWeights::of(xs));
+    CHECK(q.uses_int8_dot(0));
+    CHECK_FALSE(q.uses_int8_dot(1));
+    SwiGLUConfig exact = c;
+    exact.int8_dot = smoe::expert::Int8Dot::off;
+    QuantSwiGLU const qe(exact, QuantSwiGLUWeights::of(xs));
+    auto x = smoe_test::normal(rng, std::size_t(3 * d), 1.0);
+    CHECK(same_bits(run_rows(xsimd::default_arch{}, q, 1, x, 3), run_rows(xsimd::default_arch{}, qe, 1, x, 3)));  // FP8 keeps the exact path
+    x[std::size_t(d + 40)] = std::numeric_limits<float>::infinity();  // row 1, block 1
+    auto const y = run_rows(xsimd::default_arch{}, q, 0, x, 3);
+    for (std::int64_t o = 0; o < d; ++o) {
+        CHECK(std::isfinite(y[std::size_t(o)]));
+        CHECK(std::isnan(y[std::size_t(d + o)]));
+        CHECK(std::isfinite(y[std::size_t(2 * d + o)]));
+    }
+    std::vector<QuantExpertWeights> bad = {random_expert(rng, Format::int4(16), Format::int4(32), d, f)};
+    SwiGLUConfig c1{d, f, 1};
+    c1.int8_dot = smoe::expert::Int8Dot::on;
+    CHECK_THROWS_WITH(QuantSwiGLU(c1, QuantSwiGLUWeights::of(bad)), Contains("expert 0 gate_up group' = 16") && Contains("a multiple of 32"));
 }

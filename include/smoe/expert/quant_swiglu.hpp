@@ -20,7 +20,10 @@
 // layer gives the same bits (§4 rule 4), on every ISA and thread count. Per call each expert's kernel
 // is chosen once by its format (one switch), never per row or element.
 //
-// Not here yet (issue 15): the activation-quantised paths of §6.2 (int8 dot, bf16 dot for FP8/MXFP4).
+// int8_dot (SwiGLUConfig, formats.md §6.2): int4 and int8-channel experts then take the int8 dot path
+// (kernels/cpu/int8_dot.hpp: activations quantised per block of 32, integer dot products) and are
+// packed for it; the other formats keep the exact path. uses_int8_dot(e) says which expert takes it.
+// Not here yet (issue 15): the bf16 dot path for FP8/MXFP4.
 
 #include <algorithm>
 #include <cstdint>
@@ -35,6 +38,7 @@
 #include "smoe/expert/swiglu_config.hpp"
 #include "smoe/expert/swiglu_store.hpp"
 #include "smoe/kernels/cpu/gemm_quant.hpp"
+#include "smoe/kernels/cpu/int8_dot.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/quant/matrix.hpp"
@@ -92,6 +96,8 @@ public:
         cfg_.validate();
         if (cfg_.bf16_dot != Bf16Dot::automatic && cfg_.bf16_dot != Bf16Dot::off)
             smoe::detail::fail("bf16_dot", to_string(cfg_.bf16_dot), "automatic or off (QuantSwiGLU computes the exact fp32 path)");
+        dot_kernel_ = cfg_.int8_dot == Int8Dot::on && kernels::cpu::cpu_has_avx512_vnni() ? kernels::cpu::Int8DotKernel::native
+                                                                                           : kernels::cpu::Int8DotKernel::portable;
         std::int64_t const E = cfg_.num_experts;
         auto const En = static_cast<std::size_t>(E);
         if (w.gate_up.size() != En || w.down.size() != En)
@@ -106,12 +112,12 @@ public:
             std::string const ex = "expert " + std::to_string(e);
             w.gate_up[static_cast<std::size_t>(e)].check(ex + " gate_up", f, d);
             w.down[static_cast<std::size_t>(e)].check(ex + " down", d, f);
-            gu_.push_back(kernels::cpu::quant_layout(w.gate_up[static_cast<std::size_t>(e)], d));
-            dn_.push_back(kernels::cpu::quant_layout(w.down[static_cast<std::size_t>(e)], f));
+            gu_.push_back(layout(ex + " gate_up", w.gate_up[static_cast<std::size_t>(e)], d, nullptr));
+            dn_.push_back(layout(ex + " down", w.down[static_cast<std::size_t>(e)], f, nullptr));
             gu_off_.push_back(total);
-            total += static_cast<std::size_t>(gu_panels_ * gu_.back().pstride);
+            total += static_cast<std::size_t>(gu_panels_ * gu_.back().pstride());
             dn_off_.push_back(total);
-            total += static_cast<std::size_t>(dn_panels_ * dn_.back().pstride);
+            total += static_cast<std::size_t>(dn_panels_ * dn_.back().pstride());
         }
         store_ = kernels::cpu::AlignedArray<std::uint8_t>(total);
         for (std::int64_t e = 0; e < E; ++e) pack(e, w.load(e), w.gate_up[static_cast<std::size_t>(e)], w.down[static_cast<std::size_t>(e)]);
@@ -122,6 +128,9 @@ public:
     std::int64_t hidden_size() const { return cfg_.hidden_size; }
     std::int64_t intermediate_size() const { return cfg_.intermediate_size; }
     bool uses_bf16_dot() const { return false; }
+    // Whether expert e's matrices take the int8 dot path (formats.md §6.2), and by which kernel.
+    bool uses_int8_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].dot; }
+    kernels::cpu::Int8DotKernel int8_dot_kernel() const { return dot_kernel_; }
     double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
     quant::Format const& gate_up_format(std::int64_t e) const { return fmt_gu_[static_cast<std::size_t>(e)]; }
     quant::Format const& down_format(std::int64_t e) const { return fmt_dn_[static_cast<std::size_t>(e)]; }
@@ -133,7 +142,7 @@ public:
     // Bytes of expert e as packed: codes, factor tables and padding; what one call streams per expert.
     double weight_bytes(std::int64_t e) const {
         auto const i = static_cast<std::size_t>(e);
-        return double(gu_panels_ * gu_[i].pstride + dn_panels_ * dn_[i].pstride);
+        return double(gu_panels_ * gu_[i].pstride() + dn_panels_ * dn_[i].pstride());
     }
     std::size_t packed_bytes() const { return store_.size(); }
 
@@ -167,7 +176,7 @@ public:
         // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0.
         detail::GateUpStore epi{h, nullptr};
         auto const i = static_cast<std::size_t>(e);
-        kernels::cpu::gemm_quant(arch, x, gu_[i], store_.data() + gu_off_[i], p0, p1, epi);
+        gu_[i].run(arch, dot_kernel_, x, store_.data() + gu_off_[i], p0, p1, epi);
     }
 
     template <class Arch>
@@ -175,10 +184,39 @@ public:
                   std::int64_t p1) const {
         detail::DownStore epi{out, row_w.data(), nullptr};
         auto const i = static_cast<std::size_t>(e);
-        kernels::cpu::gemm_quant(arch, h, dn_[i], store_.data() + dn_off_[i], p0, p1, epi);
+        dn_[i].run(arch, dot_kernel_, h, store_.data() + dn_off_[i], p0, p1, epi);
     }
 
 private:
+    // One matrix of one expert as packed: for the exact path (quant_panel.hpp) or the int8 dot path.
+    struct Packed {
+        bool dot = false;
+        kernels::cpu::QuantLayout q;
+        kernels::cpu::DotLayout d;
+        std::int64_t pstride() const { return dot ? d.pstride : q.pstride; }
+        template <class Arch, class Epi>
+        void run(Arch arch, kernels::cpu::Int8DotKernel k, MatrixView<float const> A, std::uint8_t const* panels, std::int64_t p0,
+                 std::int64_t p1, Epi& epi) const {
+            if (dot)
+                kernels::cpu::gemm_int8_dot(k, MatrixView<float const>(A.data, A.rows, d.K, A.ld), d, panels, p0, p1, epi);
+            else
+                kernels::cpu::gemm_quant(arch, A, q, panels, p0, p1, epi);
+        }
+    };
+
+    Packed layout(std::string const& what, quant::Format const& f, std::int64_t K, quant::Matrix const* m) const {
+        Packed P;
+        P.dot = cfg_.int8_dot != Int8Dot::off && (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel);
+        if (!P.dot) {
+            P.q = kernels::cpu::quant_layout(f, K, m);
+            return P;
+        }
+        if (f.kind == quant::Kind::int4 && f.groups(K) > 1 && f.group_cols(K) % kernels::cpu::kQ8Block != 0)
+            smoe::detail::fail(what + " group", f.group_cols(K), "a multiple of 32 or one group per row with int8_dot on (formats.md §6.2)");
+        P.d = kernels::cpu::dot_layout(f, K, m);
+        return P;
+    }
+
     std::size_t h_floats(std::int64_t max_rows) const { return static_cast<std::size_t>(std::min(max_rows, kRowBlock) * hidden_stride()); }
 
     void pack(std::int64_t e, QuantExpertWeights const& x, quant::Format const& fgu, quant::Format const& fdn) {
@@ -201,8 +239,8 @@ private:
             smoe::detail::fail(ex + " gate and up g_idx", "different column orders",
                                "the same g_idx (they share panels; GPTQ gives both the order of their common input)");
         auto const i = static_cast<std::size_t>(e);
-        gu_[i] = kernels::cpu::quant_layout(fgu, d, &x.gate);
-        dn_[i] = kernels::cpu::quant_layout(fdn, f, &x.down);
+        gu_[i] = layout(ex + " gate_up", fgu, d, &x.gate);
+        dn_[i] = layout(ex + " down", fdn, f, &x.down);
         fmt_gu_.push_back(fgu);
         fmt_dn_.push_back(fdn);
         using kernels::cpu::QuantSlot;
@@ -212,19 +250,27 @@ private:
                 std::int64_t const unit = p * detail::kHalf + c % detail::kHalf;
                 if (unit < f) slot[c] = {c < detail::kHalf ? &x.gate : &x.up, unit};
             }
-            kernels::cpu::pack_quant_panel(store_.data() + gu_off_[i] + p * gu_[i].pstride, gu_[i], slot);
+            pack_panel(store_.data() + gu_off_[i] + p * gu_[i].pstride(), gu_[i], slot);
         }
         for (std::int64_t p = 0; p < dn_panels_; ++p) {
             QuantSlot slot[detail::kP];
             for (int c = 0; c < detail::kP; ++c)
                 if (p * detail::kP + c < d) slot[c] = {&x.down, p * detail::kP + c};
-            kernels::cpu::pack_quant_panel(store_.data() + dn_off_[i] + p * dn_[i].pstride, dn_[i], slot);
+            pack_panel(store_.data() + dn_off_[i] + p * dn_[i].pstride(), dn_[i], slot);
         }
     }
 
+    static void pack_panel(std::uint8_t* dst, Packed const& P, kernels::cpu::QuantSlot const (&slot)[detail::kP]) {
+        if (P.dot)
+            kernels::cpu::pack_dot_panel(dst, P.d, slot);
+        else
+            kernels::cpu::pack_quant_panel(dst, P.q, slot);
+    }
+
     Config cfg_;
+    kernels::cpu::Int8DotKernel dot_kernel_ = kernels::cpu::Int8DotKernel::portable;
     std::int64_t gu_panels_ = 0, dn_panels_ = 0;
-    std::vector<kernels::cpu::QuantLayout> gu_, dn_;
+    std::vector<Packed> gu_, dn_;
     std::vector<std::size_t> gu_off_, dn_off_;
     std::vector<quant::Format> fmt_gu_, fmt_dn_;
     kernels::cpu::AlignedArray<std::uint8_t> store_;

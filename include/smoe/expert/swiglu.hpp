@@ -66,6 +66,9 @@ public:
 
     SwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w) {
         cfg_.validate();
+        if (cfg_.int8_dot != Int8Dot::off)
+            smoe::detail::fail("int8_dot", to_string(cfg_.int8_dot),
+                               "off for expert::SwiGLU (the int8 dot path is expert::QuantSwiGLU's, with int4 or int8-channel weights)");
         w_.validate(cfg_);
         dot_ = resolve_bf16_dot(cfg_.bf16_dot);
         pack();

@@ -41,11 +41,25 @@ inline std::optional<Bf16Dot> parse_bf16_dot(std::string_view s) {
     return std::nullopt;
 }
 
+// The int8 dot path of formats.md §6.2 for int4 and int8 weights (expert::QuantSwiGLU): `off` (the
+// default) computes the exact fp32 path; `on` quantises activations to int8 per block of 32 and takes
+// integer dot products (AVX512-VNNI where the CPU has it, the portable kernel elsewhere: the same
+// bits); `portable` forces the portable kernel (tests, and checking a VNNI machine's results).
+enum class Int8Dot { off, on, portable };
+
+inline char const* to_string(Int8Dot m) { return m == Int8Dot::off ? "off" : m == Int8Dot::on ? "on" : "portable"; }
+inline std::optional<Int8Dot> parse_int8_dot(std::string_view s) {
+    for (Int8Dot m : {Int8Dot::off, Int8Dot::on, Int8Dot::portable})
+        if (s == to_string(m)) return m;
+    return std::nullopt;
+}
+
 struct SwiGLUConfig {
     std::int64_t hidden_size = 0;        // d <= limits::kMaxDimension
     std::int64_t intermediate_size = 0;  // f <= limits::kMaxDimension
     std::int64_t num_experts = 0;        // E <= limits::kMaxExperts
     Bf16Dot bf16_dot = Bf16Dot::automatic;
+    Int8Dot int8_dot = Int8Dot::off;  // expert::QuantSwiGLU only
 
     void validate() const {
         // Bounded so that E·f·d, the size of every stacked weight and packed panel, fits int64.
@@ -55,6 +69,8 @@ struct SwiGLUConfig {
         require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
         if (static_cast<int>(bf16_dot) < 0 || static_cast<int>(bf16_dot) > static_cast<int>(Bf16Dot::emulated))
             smoe::detail::fail("bf16_dot", static_cast<int>(bf16_dot), "a smoe::expert::Bf16Dot value");
+        if (static_cast<int>(int8_dot) < 0 || static_cast<int>(int8_dot) > static_cast<int>(Int8Dot::portable))
+            smoe::detail::fail("int8_dot", static_cast<int>(int8_dot), "a smoe::expert::Int8Dot value");
     }
 };
 

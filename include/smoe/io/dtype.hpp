@@ -12,17 +12,20 @@
 
 namespace smoe::inline v0::io {
 
-enum class Dtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+// F8_E4M3, F8_E5M2 and F8_E8M0 are read as bytes (quantised weights and scales, formats.md §2-§3).
+enum class Dtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2, F8_E8M0 };
 
-inline constexpr std::array<Dtype, 10> kAllDtypes = {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64,
-                                                     Dtype::I32, Dtype::I16, Dtype::I8,  Dtype::U8,   Dtype::BOOL};
+inline constexpr std::array<Dtype, 13> kAllDtypes = {Dtype::F64, Dtype::F32, Dtype::F16,     Dtype::BF16,    Dtype::I64,
+                                                     Dtype::I32, Dtype::I16, Dtype::I8,      Dtype::U8,      Dtype::BOOL,
+                                                     Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::F8_E8M0};
 
 constexpr std::size_t dtype_size(Dtype t) noexcept {
     switch (t) {
         case Dtype::F64: case Dtype::I64: return 8;
         case Dtype::F32: case Dtype::I32: return 4;
         case Dtype::F16: case Dtype::BF16: case Dtype::I16: return 2;
-        case Dtype::I8: case Dtype::U8: case Dtype::BOOL: return 1;
+        case Dtype::I8: case Dtype::U8: case Dtype::BOOL:
+        case Dtype::F8_E4M3: case Dtype::F8_E5M2: case Dtype::F8_E8M0: return 1;
     }
     return 0;
 }
@@ -40,18 +43,21 @@ constexpr std::string_view dtype_name(Dtype t) noexcept {
         case Dtype::I8: return "I8";
         case Dtype::U8: return "U8";
         case Dtype::BOOL: return "BOOL";
+        case Dtype::F8_E4M3: return "F8_E4M3";
+        case Dtype::F8_E5M2: return "F8_E5M2";
+        case Dtype::F8_E8M0: return "F8_E8M0";
     }
     return "?";
 }
 
-// nullopt for names safetensors has but smoe does not read (U16, U32, U64, F8_E4M3, ...) and for junk.
+// nullopt for names safetensors has but smoe does not read (U16, U32, U64, F4, ...) and for junk.
 constexpr std::optional<Dtype> parse_dtype(std::string_view name) noexcept {
     for (Dtype t : kAllDtypes)
         if (dtype_name(t) == name) return t;
     return std::nullopt;
 }
 
-inline constexpr std::string_view kDtypeNames = "one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL";
+inline constexpr std::string_view kDtypeNames = "one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2, F8_E8M0";
 
 // bf16 is the upper half of a float: widening is a shift, exact for every value including nan payloads.
 constexpr float bf16_to_f32(std::uint16_t bits) noexcept {

@@ -21,6 +21,7 @@
 
 #include "smoe/core/limits.hpp"
 #include "smoe/io/file_error.hpp"
+#include "smoe/io/quant_config.hpp"
 #include "smoe/io/strict_json.hpp"
 #include "smoe/router/topk_config.hpp"
 
@@ -66,6 +67,7 @@ struct HfMoeConfig {
     std::vector<std::int64_t> dense_layers;    // Qwen2-MoE mlp_only_layers
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
+    std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
 
     std::int64_t num_experts() const { return router.num_experts; }
     std::int64_t top_k() const { return router.top_k; }
@@ -273,6 +275,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         io::detail::file_fail(file, "key 'model_type'", type, "one of mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3");
     }
     if (c.family == HfFamily::mixtral || c.family == HfFamily::olmoe) keys.shared_size = nullptr;
+    if (j.contains("quantization_config") && !j["quantization_config"].is_null()) c.quant = parse_quant_config(j["quantization_config"], file);
     try {
         rc.validate();
     } catch (smoe::invalid_argument const& e) {

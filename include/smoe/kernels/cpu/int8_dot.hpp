@@ -1,0 +1,321 @@
+#pragma once
+// The int8 dot path of formats.md §6.2 for int4 and int8 weights (opt-in, SwiGLUConfig::int8_dot):
+// activations quantised to int8 per block of 32 (llama.cpp's q8 idea), integer dot products per block,
+// one fp32 chain over blocks. The scalar model, for every input row x of one matmul:
+//   d_b = amax_b / 127, q_i = clamp(rint(x_i / d_b), -127, 127)   (fp32; d_b = 0 -> q = 0; a NaN/Inf
+//                                                                    in the block makes d_b NaN)
+//   S_ob = Σ_{i∈b} (u[o, i] - z[o, k(b)]) · q_i                     (exact int32)
+//   y_o  = fma(float(S_ob), fl32(d_b · s[o, k(b)]), y_o), b = 0, 1, ... in order, from +0
+// int8 weights enter as u = q_w + 128, z = 128. Every kernel computes exactly this, so the AVX512-VNNI
+// kernel (vpdpbusd: unsigned weight bytes times signed activation bytes) and the portable one give
+// the same bits, on every thread count and row split.
+//
+// Panels (16 output units): per block of 32 k, int4: 4 vectors of 16 dwords, dword (j, o) holding
+// k = 8j..8j+3 of unit o in its low nibbles and 8j+4..8j+7 in its high nibbles; int8: 8 vectors of 16
+// dwords, 4 consecutive k each. Then per group one table of 16 fp32 factors and one of 16 int32 zero
+// points. Act order stores k in group order (as quant_panel.hpp) and quantises x in that order.
+// Activations are quantised per tile, one block at a time, on the stack: the phased expert API has no
+// workspace, and the cost is O(rows · K) against the tile's O(rows · K · panels) (as bf16_dot.hpp).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "smoe/detail/xsimd.hpp"
+
+#include "smoe/core/view.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/quant_panel.hpp"
+#include "smoe/macros.hpp"
+#include "smoe/quant/matrix.hpp"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SMOE_INT8_DOT_NATIVE 1
+#define SMOE_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#else
+#define SMOE_INT8_DOT_NATIVE 0
+#endif
+
+namespace smoe::inline v0::kernels::cpu {
+
+inline constexpr std::int64_t kQ8Block = 32;
+
+// Whether this CPU runs vpdpbusd on zmm registers (AVX512-VNNI with F, BW and VL).
+inline bool cpu_has_avx512_vnni() {
+#if SMOE_INT8_DOT_NATIVE
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+enum class Int8DotKernel { native, portable };
+
+struct DotLayout {
+    quant::Kind kind = quant::Kind::int4;  // int4 or int8_channel
+    std::int64_t K = 0, blocks = 0;         // blocks = ceil(K / 32)
+    std::int64_t block_bytes = 0;           // 256 (int4) or 512 (int8)
+    std::int64_t blocks_per_group = 0;      // k(b) = b / blocks_per_group
+    std::int64_t tables = 0, scale_off = 0, zero_off = 0, pstride = 0;
+    std::vector<std::int32_t> perm;  // act order: input column of (sorted) step k
+};
+
+// The layout of a matrix of K columns; `m` gives act order's gidx. Precondition (checked by the
+// expert, naming g): int4's group is a multiple of 32 or the whole row.
+inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matrix const* m = nullptr) {
+    DotLayout L;
+    L.kind = f.kind;
+    L.K = K;
+    L.blocks = (K + kQ8Block - 1) / kQ8Block;
+    L.block_bytes = f.kind == quant::Kind::int4 ? 256 : 512;
+    L.tables = f.kind == quant::Kind::int4 ? f.groups(K) : 1;
+    L.blocks_per_group = L.tables > 1 ? f.group_cols(K) / kQ8Block : std::max<std::int64_t>(L.blocks, 1);
+    L.scale_off = L.blocks * L.block_bytes;
+    L.zero_off = L.scale_off + L.tables * kPanelCols * 4;
+    L.pstride = L.zero_off + L.tables * kPanelCols * 4;
+    if (f.act_order && m) L.perm = quant_layout(f, K, m).perm;
+    return L;
+}
+
+inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
+    std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
+    bool const int4 = L.kind == quant::Kind::int4;
+    for (int s = 0; s < kPanelCols; ++s) {
+        quant::Matrix const* m = slot[s].m;
+        if (!m) continue;
+        std::int64_t const o = slot[s].row;
+        auto const col = [&](std::int64_t k) { return L.perm.empty() ? k : std::int64_t(L.perm[static_cast<std::size_t>(k)]); };
+        for (std::int64_t k = 0; k < L.K; ++k) {
+            std::uint8_t const c = m->codes[static_cast<std::size_t>(o * L.K + col(k))];
+            std::int64_t const b = k / kQ8Block, r = k % kQ8Block;
+            std::uint8_t* const blk = dst + b * L.block_bytes;
+            if (int4) {  // vector j = r / 8, byte (r % 8) % 4 of dword s, high nibble for r % 8 >= 4
+                std::uint8_t* const p = blk + (r / 8) * 64 + s * 4 + (r % 8) % 4;
+                *p = static_cast<std::uint8_t>(*p | (c << ((r % 8) >= 4 ? 4 : 0)));
+            } else {  // vector r / 4, byte r % 4; u = q + 128
+                blk[(r / 4) * 64 + s * 4 + r % 4] = static_cast<std::uint8_t>(c ^ 0x80u);
+            }
+        }
+        for (std::int64_t t = 0; t < L.tables; ++t) {
+            std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
+            float const sc = m->scale_of(o, i);
+            std::int32_t const z = int4 ? m->zeros[static_cast<std::size_t>(o * m->groups() + m->group_of(i))] : 128;
+            std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
+            std::memcpy(dst + L.zero_off + (t * kPanelCols + s) * 4, &z, 4);
+        }
+    }
+}
+
+namespace detail {
+
+// One block of one row, quantised: q (32 bytes, zero past n), d_b and Σ q.
+struct Q8 {
+    alignas(32) std::int8_t q[kQ8Block];
+    float d;
+    std::int32_t sum;
+};
+
+inline void quantize_q8(float const* x, std::int32_t const* perm, std::int64_t k0, std::int64_t n, Q8& out) {
+    float v[kQ8Block];
+    bool finite = true;
+    float amax = 0.0f;
+    for (std::int64_t i = 0; i < n; ++i) {
+        v[i] = x[perm ? perm[k0 + i] : k0 + i];
+        finite = finite && std::isfinite(v[i]);
+        amax = std::max(amax, std::fabs(v[i]));
+    }
+    std::memset(out.q, 0, sizeof out.q);
+    out.sum = 0;
+    if (!finite) {
+        out.d = std::numeric_limits<float>::quiet_NaN();
+        return;
+    }
+    out.d = amax / 127.0f;
+    if (out.d == 0.0f) return;
+    for (std::int64_t i = 0; i < n; ++i) {
+        float const r = std::clamp(std::nearbyint(v[i] / out.d), -127.0f, 127.0f);
+        out.q[i] = static_cast<std::int8_t>(r);
+        out.sum += out.q[i];
+    }
+}
+
+// The portable kernel: the scalar model itself.
+template <class Epi>
+void dot_rows_portable(float const* a, std::int64_t lda, int rows, std::uint8_t const* panel, DotLayout const& L, std::int64_t p,
+                       std::int64_t row0, Epi& epi) {
+    bool const int4 = L.kind == quant::Kind::int4;
+    std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
+    for (int i = 0; i < rows; ++i) {
+        float acc[kPanelCols] = {};
+        for (std::int64_t b = 0; b < L.blocks; ++b) {
+            Q8 q;
+            quantize_q8(a + i * lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+            std::int64_t const t = b / L.blocks_per_group;
+            std::uint8_t const* blk = panel + b * L.block_bytes;
+            for (int s = 0; s < kPanelCols; ++s) {
+                float sc;
+                std::int32_t z;
+                std::memcpy(&sc, panel + L.scale_off + (t * kPanelCols + s) * 4, 4);
+                std::memcpy(&z, panel + L.zero_off + (t * kPanelCols + s) * 4, 4);
+                std::int32_t S = 0;
+                for (int r = 0; r < kQ8Block; ++r) {
+                    std::uint8_t const u = int4 ? (blk[(r / 8) * 64 + s * 4 + (r % 8) % 4] >> ((r % 8) >= 4 ? 4 : 0)) & 15
+                                                : blk[(r / 4) * 64 + s * 4 + r % 4];
+                    S += (std::int32_t(u) - z) * q.q[r];
+                }
+                acc[s] = std::fma(static_cast<float>(S), q.d * sc, acc[s]);
+            }
+        }
+        epi.store(row0 + i, p, acc);
+    }
+}
+
+#if SMOE_INT8_DOT_NATIVE
+// 32 activations of each of MR rows quantised with AVX-512: the scalar model's arithmetic lane-wise.
+template <int MR>
+SMOE_TARGET_AVX512_VNNI inline void quantize_q8_avx512(float const* a, std::int64_t lda, std::int32_t const* perm, std::int64_t k0,
+                                                       std::int64_t n, Q8 (&q)[MR]) {
+    for (int i = 0; i < MR; ++i) {
+        float const* x = a + i * lda;
+        __m512 v0, v1;
+        if (perm || n < kQ8Block) {
+            alignas(64) float t[kQ8Block] = {};
+            for (std::int64_t j = 0; j < n; ++j) t[j] = x[perm ? perm[k0 + j] : k0 + j];
+            v0 = _mm512_load_ps(t);
+            v1 = _mm512_load_ps(t + 16);
+        } else {
+            v0 = _mm512_loadu_ps(x + k0);
+            v1 = _mm512_loadu_ps(x + k0 + 16);
+        }
+        __m512i const absmask = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i const b0 = _mm512_and_si512(_mm512_castps_si512(v0), absmask), b1 = _mm512_and_si512(_mm512_castps_si512(v1), absmask);
+        // Non-finite: |x| bits >= 0x7F800000. Otherwise amax over the bits as integers (same order as floats).
+        __mmask16 const bad = _mm512_cmpge_epu32_mask(b0, _mm512_set1_epi32(0x7F800000)) | _mm512_cmpge_epu32_mask(b1, _mm512_set1_epi32(0x7F800000));
+        if (bad) {
+            std::memset(q[i].q, 0, kQ8Block);
+            q[i].d = std::numeric_limits<float>::quiet_NaN();
+            q[i].sum = 0;
+            continue;
+        }
+        std::uint32_t const amax_bits = static_cast<std::uint32_t>(_mm512_reduce_max_epu32(_mm512_max_epu32(b0, b1)));
+        float amax;
+        std::memcpy(&amax, &amax_bits, 4);
+        float const d = amax / 127.0f;
+        q[i].d = d;
+        if (d == 0.0f) {
+            std::memset(q[i].q, 0, kQ8Block);
+            q[i].sum = 0;
+            continue;
+        }
+        __m512 const dv = _mm512_set1_ps(d), lim = _mm512_set1_ps(127.0f);
+        auto const quant = [&](__m512 v) {
+            __m512 r = _mm512_roundscale_ps(_mm512_div_ps(v, dv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+            return _mm512_cvtps_epi32(r);
+        };
+        __m512i const i0 = quant(v0), i1 = quant(v1);
+        _mm_store_si128(reinterpret_cast<__m128i*>(q[i].q), _mm512_cvtepi32_epi8(i0));
+        _mm_store_si128(reinterpret_cast<__m128i*>(q[i].q + 16), _mm512_cvtepi32_epi8(i1));
+        q[i].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    }
+}
+
+// MR rows x NP panels, every block of K.
+template <bool Int4, int MR, int NP>
+[[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, std::uint8_t const* b0, DotLayout const& L,
+                                                             float* out) {
+    __m512 acc[MR][NP];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
+    __m512i const nib = _mm512_set1_epi8(15);
+    for (std::int64_t b = 0; b < L.blocks; ++b) {
+        Q8 q[MR];
+        quantize_q8_avx512<MR>(a, lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+        std::int64_t const t = b / L.blocks_per_group;
+        for (int j = 0; j < NP; ++j) {
+            std::uint8_t const* pj = b0 + j * L.pstride;
+            std::uint8_t const* blk = pj + b * L.block_bytes;
+            _mm_prefetch(reinterpret_cast<char const*>(blk) + 2048, _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<char const*>(blk) + 2048 + 64, _MM_HINT_T0);
+            __m512i w[8];
+            if constexpr (Int4) {
+                for (int v = 0; v < 4; ++v) {
+                    __m512i const x = _mm512_loadu_si512(blk + v * 64);
+                    w[2 * v] = _mm512_and_si512(x, nib);
+                    w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
+                }
+            } else {
+                for (int v = 0; v < 8; ++v) w[v] = _mm512_loadu_si512(blk + v * 64);
+            }
+            __m512 const s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
+            __m512i const z = _mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4);
+            for (int i = 0; i < MR; ++i) {
+                std::int32_t qd[8];
+                std::memcpy(qd, q[i].q, sizeof qd);
+                __m512i dot = _mm512_setzero_si512();
+                // int4: vector 2v holds k 8v..8v+3, 2v+1 holds 8v+4..8v+7; int8: vector v holds 4v..4v+3.
+                for (int v = 0; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(qd[v]));
+                __m512i const S = _mm512_sub_epi32(dot, _mm512_mullo_epi32(z, _mm512_set1_epi32(q[i].sum)));
+                __m512 const c = _mm512_mul_ps(_mm512_set1_ps(q[i].d), s);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), c, acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) _mm512_storeu_ps(out + (i * NP + j) * kPanelCols, acc[i][j]);
+}
+#endif
+
+}  // namespace detail
+
+// Rows [0, A.rows) x panels [p0, p1) of a matrix in layout L (panel 0 at `panels`), by the chosen kernel.
+template <class Epi>
+void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout const& L, std::uint8_t const* panels, std::int64_t p0,
+                   std::int64_t p1, Epi& epi) {
+    std::int64_t const M = A.rows;
+    if (M == 0 || p0 >= p1) return;
+#if SMOE_INT8_DOT_NATIVE
+    if (kernel == Int8DotKernel::native) {
+        constexpr int MR = 4;
+        alignas(64) float out[MR * 4 * kPanelCols];
+        auto const tile = [&]<int R, int N>(std::int64_t m, std::int64_t p) {
+            if (L.kind == quant::Kind::int4)
+                detail::dot_tile_vnni<true, R, N>(A.row(m), A.ld, panels + p * L.pstride, L, out);
+            else
+                detail::dot_tile_vnni<false, R, N>(A.row(m), A.ld, panels + p * L.pstride, L, out);
+            for (int i = 0; i < R; ++i)
+                for (int j = 0; j < N; ++j) epi.store(m + i, p + j, out + (i * N + j) * kPanelCols);
+        };
+        for (std::int64_t m = 0; m < M; m += MR) {
+            int const r = static_cast<int>(std::min<std::int64_t>(MR, M - m));
+            for (std::int64_t p = p0; p < p1;) {
+                bool const four = r == 1 && p1 - p >= 4, two = p1 - p >= 2;
+                switch (r * 10 + (four ? 4 : two ? 2 : 1)) {
+                    case 14: tile.template operator()<1, 4>(m, p); break;
+                    case 12: tile.template operator()<1, 2>(m, p); break;
+                    case 11: tile.template operator()<1, 1>(m, p); break;
+                    case 22: tile.template operator()<2, 2>(m, p); break;
+                    case 21: tile.template operator()<2, 1>(m, p); break;
+                    case 32: tile.template operator()<3, 2>(m, p); break;
+                    case 31: tile.template operator()<3, 1>(m, p); break;
+                    case 42: tile.template operator()<4, 2>(m, p); break;
+                    default: tile.template operator()<4, 1>(m, p); break;
+                }
+                p += four ? 4 : two ? 2 : 1;
+            }
+        }
+        return;
+    }
+#endif
+    (void)kernel;
+    for (std::int64_t p = p0; p < p1; ++p) detail::dot_rows_portable(A.data, A.ld, static_cast<int>(M), panels + p * L.pstride, L, p, 0, epi);
+}
+
+}  // namespace smoe::inline v0::kernels::cpu
