@@ -6,6 +6,14 @@
 //   qwen2_moe             MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
 //   deepseek_v2, _v3      MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 //
+// Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
+// int4 (Options::format = WeightFormat::int4) build the same three shapes over expert::QuantSwiGLU:
+// every expert matrix is planned first (io/quant_tensors.hpp: layout, dtypes, shapes, config keys),
+// then QuantSwiGLU reads and packs one expert at a time (peak memory: the packed weights plus one
+// expert in canonical form). Each expert, and the shared expert, keeps the format its tensors have
+// (expert_format(e), shared_format()); dense modules of such a checkpoint (an `ignore`d shared expert)
+// load as bf16/f32, or in the format Options asks for.
+//
 // W is the checkpoint's dtype: BF16 experts stay bf16 in memory (W = smoe::bf16), F32 and F16 become
 // fp32 (F16 widened exactly; smoe has no fp16 kernels). Router weights, the shared gate and the
 // DeepSeek-V3 score-correction bias are fp32 (routing is fp32, routing.md §0). Expert tensors are
@@ -34,12 +42,14 @@
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/format.hpp"
 #include "smoe/core/thread_pool.hpp"
+#include "smoe/expert/quant_swiglu.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/expert/swiglu.hpp"
 #include "smoe/io/config_extent.hpp"
 #include "smoe/io/dtype.hpp"
 #include "smoe/io/file_error.hpp"
 #include "smoe/io/hf_config.hpp"
+#include "smoe/io/quant_tensors.hpp"
 #include "smoe/io/safetensors.hpp"
 #include "smoe/io/tensor_read.hpp"
 #include "smoe/layer.hpp"
@@ -54,9 +64,19 @@ concept TensorSource = requires(S const& s, std::string_view name) {
     { s.find(name) } -> std::convertible_to<TensorInfo const*>;
 };
 
-// int8 is quantised at load with smoe's per-output-channel quantiser (experts.md §9).
-enum class WeightFormat { f32, bf16, int8 };
-inline char const* to_string(WeightFormat f) { return f == WeightFormat::f32 ? "f32" : f == WeightFormat::bf16 ? "bf16" : "int8"; }
+// int8 is quantised at load with smoe's per-output-channel quantiser (experts.md §9), int4 with smoe's
+// symmetric group quantiser (formats.md §1.6); quantized is a checkpoint's own quantised formats
+// (per expert: BasicHfMoeLayer::expert_format), never asked for.
+enum class WeightFormat { f32, bf16, int8, int4, quantized };
+inline char const* to_string(WeightFormat f) {
+    switch (f) {
+        case WeightFormat::f32: return "f32";
+        case WeightFormat::bf16: return "bf16";
+        case WeightFormat::int8: return "int8";
+        case WeightFormat::int4: return "int4";
+        default: return "quantized";
+    }
+}
 
 namespace detail {
 
@@ -126,7 +146,9 @@ public:
     struct Options {
         std::int64_t max_tokens = 256;           // the workspace is sized once for this many tokens
         std::optional<WeightFormat> format;      // default: bf16 when every expert tensor is BF16, else f32;
-                                                 // int8 quantises at load
+                                                 // int8 and int4 quantise at load; a quantised checkpoint keeps
+                                                 // its formats and this applies to its dense expert matrices
+        std::int64_t int4_group = 128;           // int4: columns per group (0: per channel)
         // bf16 experts only: automatic takes the AVX512-BF16 dot product where the CPU has it (activations
         // rounded to bf16), off always computes in fp32 (expert/swiglu_config.hpp).
         expert::Bf16Dot bf16_dot = expert::Bf16Dot::automatic;
@@ -138,6 +160,9 @@ public:
     using SharedGated = typename Maker::template layer<expert::Shared<expert::SwiGLU<W>, expert::shared_gate::Sigmoid>>;
     template <class W>
     using SharedPlain = typename Maker::template layer<expert::Shared<expert::SwiGLU<W>, expert::shared_gate::None>>;
+    using QuantPlain = typename Maker::template layer<expert::QuantSwiGLU>;
+    using QuantSharedGated = typename Maker::template layer<expert::Shared<expert::QuantSwiGLU, expert::shared_gate::Sigmoid>>;
+    using QuantSharedPlain = typename Maker::template layer<expert::Shared<expert::QuantSwiGLU, expert::shared_gate::None>>;
 
     // `source_name` names the checkpoint in errors (a folder or file path).
     template <TensorSource S>
@@ -153,10 +178,14 @@ public:
         m.layer_index_ = layer;
         m.source_ = source_name;
         m.format_ = opt.format.value_or(WeightFormat::f32);
+        if (m.format_ == WeightFormat::quantized)
+            smoe::detail::fail("options.format", "quantized", "f32, bf16, int8 or int4 (a quantised checkpoint keeps its formats by itself)");
         try {
-            m.locate(src);  // every shape held to the config before anything is sized from it
-            m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
-            if (m.format_ == WeightFormat::bf16)
+            m.locate(src, opt);  // every shape held to the config before anything is sized from it
+            if (m.quant_) {
+                m.format_ = opt.format == WeightFormat::int4 && !m.any_quantized_ ? WeightFormat::int4 : WeightFormat::quantized;
+                m.build_quant(opt);
+            } else if ((m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32)) == WeightFormat::bf16)
                 m.build<bf16>(opt);
             else if (m.format_ == WeightFormat::int8)
                 m.build<std::int8_t>(opt);
@@ -171,6 +200,8 @@ public:
         m.fused_gate_up_ = m.fused_down_ = nullptr;
         m.experts_.clear();
         m.shared_ = {};
+        m.qplans_.clear();
+        m.qshared_.reset();
         return m;
     }
 
@@ -226,6 +257,33 @@ public:
     }
     // The DeepSeek-V3 score-correction bias (empty for the other families).
     std::span<float const> expert_bias() const { return bias_; }
+    // formats.md §4 rule 5: local expert e's format ("int4-g128-sym", "fp8-e4m3-b128x128", "gate/up X,
+    // down Y"), or the layer's dtype for an unquantised layer; the shared expert's ("" when none).
+    std::string expert_format(std::int64_t e) const {
+        return std::visit(
+            [&](auto const& l) -> std::string {
+                auto const& x = l->experts();
+                if constexpr (requires { x.format_name(e); })
+                    return x.format_name(e);
+                else if constexpr (requires { x.routed().format_name(e); })
+                    return x.routed().format_name(e);
+                else
+                    return to_string(format_);
+            },
+            layer_);
+    }
+    std::string shared_format() const {
+        if (cfg_.shared_intermediate_size == 0) return "";
+        return std::visit(
+            [&](auto const& l) -> std::string {
+                auto const& x = l->experts();
+                if constexpr (requires { x.shared().format_name(0); })
+                    return x.shared().format_name(0);
+                else
+                    return to_string(format_);
+            },
+            layer_);
+    }
 
 private:
     BasicHfMoeLayer() = default;
@@ -236,7 +294,7 @@ private:
     // disagrees names the config key), then reads the router's small tensors. Nothing is sized from
     // the config before the tensor that bounds it is checked: the router weight bounds E and d.
     template <TensorSource S>
-    void locate(S const& src) {
+    void locate(S const& src, Options const& opt) {
         auto const names = detail::HfNames::of(cfg_.family, layer_index_);
         auto const& k = cfg_.keys;
         std::int64_t const E = cfg_.num_experts(), d = cfg_.hidden_size, f = cfg_.intermediate_size;
@@ -262,11 +320,28 @@ private:
                            {xE}, false);
         local_ = maker_.experts(E);
 
-        if (auto const* gu = src.find(prefix_ + "experts.gate_up_proj")) {
+        auto const* gu = src.find(prefix_ + "experts.gate_up_proj");
+        if (gu && opt.format == WeightFormat::int4)
+            io::detail::file_fail(source_, "tensor " + io::detail::quoted(gu->name), "present",
+                                  "per-expert tensors for options.format int4 (the fused layout loads as f32, bf16 or int8)");
+        if (!gu && !local_.empty()) {
+            // Quantised when the config says so, when asked for int4, or when the first expert's weight
+            // is not a float tensor (an FP8 weight, weight_packed or qweight without a config: an error
+            // naming quantization_config, from plan_matrix).
+            std::string const p0 = prefix_ + "experts." + std::to_string(local_.front()) + "." + names.gate_name + ".";
+            auto const* w = src.find(p0 + "weight");
+            bool const foreign = w ? (w->dtype != Dtype::F32 && w->dtype != Dtype::BF16 && w->dtype != Dtype::F16)
+                                   : (src.find(p0 + "weight_packed") || src.find(p0 + "qweight"));
+            quant_ = cfg_.quant.has_value() || opt.format == WeightFormat::int4 || foreign;
+        }
+        if (quant_) {
+            plan_quant(src, names, opt);
+        } else if (gu) {
             fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
             fused_down_ = checked(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"),
                                   {xE, xd, xf});
-        } else {
+        }
+        if (!quant_ && !gu) {
             experts_.resize(local_.size());
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
@@ -278,18 +353,38 @@ private:
             }
         }
         TensorInfo const* shared_gate = nullptr;
-        if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
-            // DeepSeek's width is n_shared_experts routed widths: the error names n_shared_experts.
-            ConfigExtent const xs =
-                k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
+        std::int64_t const fs = cfg_.shared_intermediate_size;
+        ConfigExtent const xs = k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
+        if (fs > 0) {
             std::string const p = prefix_ + (cfg_.family == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
+            if (quant_) {
+                auto plan = [&](char const* proj, ConfigExtent r, ConfigExtent c) {
+                    return plan_matrix(src, cfg_.quant ? &*cfg_.quant : nullptr, p + proj, r, c, source_, k.file);
+                };
+                qshared_ = {plan("gate_proj", xs, xd), plan("up_proj", xs, xd), plan("down_proj", xd, xs)};
+                check_pair(*qshared_, "shared expert", opt);
+            } else {
             shared_[0] = checked(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"), {xs, xd});
             shared_[1] = checked(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"), {xs, xd});
             shared_[2] = checked(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"), {xd, xs});
+            }
             if (cfg_.shared_gated) {
                 shared_gate = find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]");
                 checked(shared_gate, {{1}, xd}, false);
             }
+        }
+        if (quant_ && !any_quantized_ && opt.format != WeightFormat::int4) {
+            // Every expert matrix is dense (the config quantises other modules only): the SwiGLU<W> layer.
+            quant_ = false;
+            experts_.resize(local_.size());
+            for (std::size_t l = 0; l < local_.size(); ++l)
+                experts_[l] = {checked(qplans_[l][0].weight, {xf, xd}), checked(qplans_[l][1].weight, {xf, xd}),
+                               checked(qplans_[l][2].weight, {xd, xf})};
+            if (qshared_)
+                shared_ = {checked((*qshared_)[0].weight, {xs, xd}), checked((*qshared_)[1].weight, {xs, xd}),
+                           checked((*qshared_)[2].weight, {xd, xs})};
+            qplans_.clear();
+            qshared_.reset();
         }
 
         gate_.resize(static_cast<std::size_t>(E * d));
@@ -309,7 +404,10 @@ private:
         auto const [E, d, f, fs] = std::array{cfg_.num_experts(), cfg_.hidden_size, cfg_.intermediate_size,
                                               cfg_.shared_intermediate_size};
         double const weights = 3.0 * double(E * f + fs) * double(d);
-        double const bytes = weights * (format_ == WeightFormat::f32 ? 4 : format_ == WeightFormat::bf16 ? 2 : 1);
+        double const bytes = weights * (format_ == WeightFormat::f32    ? 4
+                                        : format_ == WeightFormat::bf16 ? 2
+                                        : format_ == WeightFormat::int8 ? 1
+                                                                        : 0.5);
         return "loading the MoE block of decoder layer " + std::to_string(layer_index_) + " from " + source_ + " (" +
                to_string(cfg_.family) + ", " + std::to_string(E) + " experts of d = " + std::to_string(d) + ", f = " +
                std::to_string(f) + (fs > 0 ? ", shared f = " + std::to_string(fs) : std::string()) + ": " +
@@ -388,6 +486,86 @@ private:
         for (auto& v : store) std::vector<L>().swap(v);
     }
 
+    // Quantised layers (formats.md §4): every expert matrix planned (quant_tensors.hpp), formats resolved.
+    template <TensorSource S>
+    void plan_quant(S const& src, detail::HfNames const& names, Options const& opt) {
+        auto const& k = cfg_.keys;
+        ConfigExtent const xd{cfg_.hidden_size, k.hidden_size}, xf{cfg_.intermediate_size, k.intermediate_size};
+        QuantConfig const* q = cfg_.quant ? &*cfg_.quant : nullptr;
+        qplans_.reserve(local_.size());
+        for (std::int64_t e : local_) {
+            std::string const p = prefix_ + "experts." + std::to_string(e) + ".";
+            qplans_.push_back({plan_matrix(src, q, p + names.gate_name, xf, xd, source_, k.file),
+                               plan_matrix(src, q, p + names.up_name, xf, xd, source_, k.file),
+                               plan_matrix(src, q, p + names.down_name, xd, xf, source_, k.file)});
+            check_pair(qplans_.back(), "expert " + std::to_string(e), opt);
+        }
+    }
+
+    // The formats of one expert's matrices (a dense one: what Options asks for, else its dtype; gate and
+    // up one format), recorded for the layer; W1 and W3 in different formats is an error (§5).
+    void check_pair(std::array<QuantMatrixPlan, 3> const& pl, std::string const& who, Options const& opt) {
+        auto const eff = [&](QuantMatrixPlan const& p, bool bf16) -> quant::Format {
+            if (p.scheme.quantized()) return p.format;
+            if (opt.format == WeightFormat::int4) {
+                std::int64_t const g = opt.int4_group;
+                if (g < 0 || (g > 0 && p.cols % g != 0))
+                    smoe::detail::fail("options.int4_group", g,
+                                       "0 (per channel) or a divisor of in_features " + std::to_string(p.cols) + " (" + p.module + ")");
+                return quant::Format::int4(g == p.cols ? 0 : g);
+            }
+            if (opt.format == WeightFormat::int8) return quant::Format::int8_channel();
+            if (opt.format == WeightFormat::bf16) return quant::Format::bf16();
+            if (opt.format == WeightFormat::f32) return quant::Format::f32();
+            return bf16 ? quant::Format::bf16() : quant::Format::f32();
+        };
+        bool const pair_bf16 = pl[0].format.kind == quant::Kind::bf16 && pl[1].format.kind == quant::Kind::bf16;
+        quant::Format const gu = eff(pl[0], pair_bf16), up = eff(pl[1], pair_bf16);
+        if (!(gu == up))
+            io::detail::file_fail(source_, who + " gate and up formats", quant::name(gu, pl[0].cols) + ", " + quant::name(up, pl[1].cols),
+                                  "one format for both");
+        for (auto const& p : pl) any_quantized_ = any_quantized_ || p.scheme.quantized();
+        auto& [fgu, fdn] = who == "shared expert" ? shared_fmt_ : routed_fmt_;
+        fgu.push_back(gu);
+        fdn.push_back(eff(pl[2], pl[2].format.kind == quant::Kind::bf16));
+    }
+
+    void build_quant(Options const& opt) {
+        std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
+        // Read and decoded one expert at a time while QuantSwiGLU packs (never after construction).
+        auto weights = [](std::vector<std::array<QuantMatrixPlan, 3>> const& plans, FormatLists const& fmt) {
+            expert::QuantSwiGLUWeights w;
+            w.gate_up = fmt.first;
+            w.down = fmt.second;
+            w.load = [&plans, gu = fmt.first, dn = fmt.second](std::int64_t e) {
+                auto const i = static_cast<std::size_t>(e);
+                auto const& p = plans[i];
+                return expert::QuantExpertWeights{read_matrix(p[0], gu[i]), read_matrix(p[1], gu[i]), read_matrix(p[2], dn[i])};
+            };
+            return w;
+        };
+        std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
+        if (qshared_) shared_plans.push_back(*qshared_);
+        expert::SwiGLUConfig const routed{d, f, E}, shared{d, fs, 1};
+        MatrixView<float const> const gate(gate_.data(), all, d);
+        if (fs == 0) {
+            using M = QuantPlain;
+            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
+                                             typename M::Weights{gate, bias_, weights(qplans_, routed_fmt_)});
+        } else if (cfg_.shared_gated) {
+            using M = QuantSharedGated;
+            layer_ = maker_.template make<M>(
+                typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                typename M::Weights{gate, bias_,
+                                    {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
+        } else {
+            using M = QuantSharedPlain;
+            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                                             typename M::Weights{gate, bias_, {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), {}}});
+        }
+    }
+
     struct Quantized {
         std::vector<std::int8_t> q[kSlots];
         std::vector<float> s[kSlots];
@@ -431,6 +609,11 @@ private:
     std::string source_, prefix_;
     WeightFormat format_ = WeightFormat::f32;
     bool all_bf16_ = false;
+    bool quant_ = false, any_quantized_ = false;  // a QuantSwiGLU layer; some expert matrix stored quantised
+    using FormatLists = std::pair<std::vector<quant::Format>, std::vector<quant::Format>>;  // gate/up, down
+    std::vector<std::array<QuantMatrixPlan, 3>> qplans_;  // per local expert: gate, up, down
+    std::optional<std::array<QuantMatrixPlan, 3>> qshared_;
+    FormatLists routed_fmt_, shared_fmt_;
     TensorInfo const* fused_gate_up_ = nullptr;
     TensorInfo const* fused_down_ = nullptr;
     std::vector<std::array<TensorInfo const*, 3>> experts_;
@@ -443,7 +626,8 @@ private:
     std::vector<bf16> bf16_[kSlots];
     std::variant<std::unique_ptr<Plain<float>>, std::unique_ptr<SharedGated<float>>, std::unique_ptr<SharedPlain<float>>,
                  std::unique_ptr<Plain<bf16>>, std::unique_ptr<SharedGated<bf16>>, std::unique_ptr<SharedPlain<bf16>>,
-                 std::unique_ptr<Plain<std::int8_t>>, std::unique_ptr<SharedGated<std::int8_t>>, std::unique_ptr<SharedPlain<std::int8_t>>>
+                 std::unique_ptr<Plain<std::int8_t>>, std::unique_ptr<SharedGated<std::int8_t>>, std::unique_ptr<SharedPlain<std::int8_t>>,
+                 std::unique_ptr<QuantPlain>, std::unique_ptr<QuantSharedGated>, std::unique_ptr<QuantSharedPlain>>
         layer_;
 };
 

@@ -345,7 +345,7 @@ inline QuantScheme ct_scheme(nlohmann::json const& w, std::string const& format,
 
 // bits / group_size / sym / desc_act of GPTQ (the top level or a `dynamic` override over `base`).
 inline QuantScheme gptq_scheme(QuantKeys const& k, QuantScheme base) {
-    if (auto const bits = k.integer("bits"); bits && *bits != 4) k.fail("bits", *bits, kInt4Only);
+    if (auto const bits = k.integer("bits"); bits && *bits != 4) k.fail("bits", *bits, detail::kInt4Only);
     if (k.has("group_size")) {
         base.group = k.group("group_size");
         base.group_key = k.key("group_size");
@@ -391,7 +391,7 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
         c.scheme.group = 128;
         c.scheme.group_key = k.key("group_size");
         c.scheme.symmetric = true;
-        if (!k.has("bits")) k.fail("bits", nullptr, kInt4Only);
+        if (!k.has("bits")) k.fail("bits", "missing", detail::kInt4Only);
         c.scheme = detail::gptq_scheme(k, c.scheme);
         auto const fmt = k.str("checkpoint_format"), fmt2 = k.str("format");
         for (auto const& [key, v] : {std::pair{"checkpoint_format", fmt}, std::pair{"format", fmt2}})
@@ -417,8 +417,8 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
         }
     } else if (method == "awq") {
         c.method = QuantMethod::awq;
-        if (!k.has("bits")) k.fail("bits", nullptr, kInt4Only);
-        if (auto const bits = k.integer("bits"); *bits != 4) k.fail("bits", *bits, kInt4Only);
+        if (!k.has("bits")) k.fail("bits", "missing", detail::kInt4Only);
+        if (auto const bits = k.integer("bits"); *bits != 4) k.fail("bits", *bits, detail::kInt4Only);
         c.scheme.layout = QuantLayout::awq;
         c.scheme.group = k.group("group_size");
         c.scheme.group_key = k.key("group_size");
