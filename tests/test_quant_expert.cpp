@@ -449,3 +449,15 @@ TEST_CASE("the int8 dot path: non-finite blocks, other formats in the layer, and
     c1.int8_dot = smoe::expert::Int8Dot::on;
     CHECK_THROWS_WITH(QuantSwiGLU(c1, QuantSwiGLUWeights::of(bad)), Contains("expert 0 gate_up group' = 16") && Contains("a multiple of 32"));
 }
+
+TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside the tiles, with the same bits", "[quant][expert][int8_dot]") {
+    std::mt19937_64 rng(1508);
+    std::int64_t const d = 65568, f = 16, M = 5;  // 1.25 d bytes of quantised row > the 80 KiB buffer
+    std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(32), Format::int4(0), d, f)};
+    SwiGLUConfig on{d, f, 1}, portable{d, f, 1};
+    on.int8_dot = smoe::expert::Int8Dot::on;
+    portable.int8_dot = smoe::expert::Int8Dot::portable;
+    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs));
+    auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+    CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), run_rows(xsimd::default_arch{}, qp, 0, x, M)));
+}

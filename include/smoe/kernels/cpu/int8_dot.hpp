@@ -43,6 +43,7 @@
 namespace smoe::inline v0::kernels::cpu {
 
 inline constexpr std::int64_t kQ8Block = 32;
+inline constexpr std::int64_t kPrefetchDot = 2048;  // bytes ahead in a panel
 
 // Whether this CPU runs vpdpbusd on zmm registers (AVX512-VNNI with F, BW and VL).
 inline bool cpu_has_avx512_vnni() {
@@ -226,45 +227,76 @@ SMOE_TARGET_AVX512_VNNI inline void quantize_q8_avx512(float const* a, std::int6
     }
 }
 
-// MR rows x NP panels, every block of K.
+// Rows already quantised (gemm_int8_dot quantises a chunk of rows once per call): row i's block b is
+// q[i * qstride + 32 b ..], d[i * blocks + b], sum[i * blocks + b] (as float: exact, |sum| <= 4064).
+struct Q8Rows {
+    std::int8_t const* q;
+    float const* d;
+    float const* sum;
+    std::int64_t qstride;
+};
+
+// MR rows x NP panels, every block of K. With pre.q null the tile quantises its rows itself, block by
+// block (K too long for gemm_int8_dot's stack buffer); either way the same bytes and factors.
+// S = dot - z · Σq is formed in fp32: both terms are integers below 2^24, so it is exact.
 template <bool Int4, int MR, int NP>
-[[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, std::uint8_t const* b0, DotLayout const& L,
-                                                             float* out) {
+[[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* b0,
+                                                             DotLayout const& L, float* out) {
     __m512 acc[MR][NP];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     __m512i const nib = _mm512_set1_epi8(15);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
-        Q8 q[MR];
-        quantize_q8_avx512<MR>(a, lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+        std::int32_t qd[MR][8];
+        float dq[MR], sq[MR];
+        if (pre.q) {
+            for (int i = 0; i < MR; ++i) {
+                std::memcpy(qd[i], pre.q + i * pre.qstride + b * kQ8Block, sizeof qd[i]);
+                dq[i] = pre.d[i * L.blocks + b];
+                sq[i] = pre.sum[i * L.blocks + b];
+            }
+        } else {
+            Q8 q[MR];
+            quantize_q8_avx512<MR>(a, lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+            for (int i = 0; i < MR; ++i) {
+                std::memcpy(qd[i], q[i].q, sizeof qd[i]);
+                dq[i] = q[i].d;
+                sq[i] = static_cast<float>(q[i].sum);
+            }
+        }
         std::int64_t const t = b / L.blocks_per_group;
+#pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* pj = b0 + j * L.pstride;
             std::uint8_t const* blk = pj + b * L.block_bytes;
-            _mm_prefetch(reinterpret_cast<char const*>(blk) + 2048, _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<char const*>(blk) + 2048 + 64, _MM_HINT_T0);
+            // Every line of the block kPrefetchDot bytes ahead: the hardware prefetcher alone kept a
+            // lone row's 4 panel streams at a third of the DRAM bandwidth.
+#pragma GCC unroll 8
+            for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T0);
             __m512i w[8];
             if constexpr (Int4) {
+#pragma GCC unroll 4
                 for (int v = 0; v < 4; ++v) {
                     __m512i const x = _mm512_loadu_si512(blk + v * 64);
                     w[2 * v] = _mm512_and_si512(x, nib);
                     w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
                 }
             } else {
+#pragma GCC unroll 8
                 for (int v = 0; v < 8; ++v) w[v] = _mm512_loadu_si512(blk + v * 64);
             }
             __m512 const s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
-            __m512i const z = _mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4);
+            __m512 const z = _mm512_cvtepi32_ps(_mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4));
+#pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) {
-                std::int32_t qd[8];
-                std::memcpy(qd, q[i].q, sizeof qd);
                 __m512i dot = _mm512_setzero_si512();
                 // int4: vector 2v holds k 8v..8v+3, 2v+1 holds 8v+4..8v+7; int8: vector v holds 4v..4v+3.
-                for (int v = 0; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(qd[v]));
-                __m512i const S = _mm512_sub_epi32(dot, _mm512_mullo_epi32(z, _mm512_set1_epi32(q[i].sum)));
-                __m512 const c = _mm512_mul_ps(_mm512_set1_ps(q[i].d), s);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), c, acc[i][j]);
+#pragma GCC unroll 8
+                for (int v = 0; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(qd[i][v]));
+                __m512 const S = _mm512_fnmadd_ps(z, _mm512_set1_ps(sq[i]), _mm512_cvtepi32_ps(dot));
+                __m512 const c = _mm512_mul_ps(_mm512_set1_ps(dq[i]), s);
+                acc[i][j] = _mm512_fmadd_ps(S, c, acc[i][j]);
             }
         }
     }
@@ -283,32 +315,57 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
     if (M == 0 || p0 >= p1) return;
 #if SMOE_INT8_DOT_NATIVE
     if (kernel == Int8DotKernel::native) {
-        constexpr int MR = 4;
+        // Rows are quantised once per call, a chunk at a time, into this stack buffer; a row that does
+        // not fit (K above ~50k) is quantised inside the tiles instead.
+        constexpr std::int64_t kStackBytes = 80 * 1024, MR = 4;
+        alignas(64) std::int8_t qbuf[kStackBytes];
+        std::int64_t const qstride = L.blocks * kQ8Block, per_row = qstride + 8 * L.blocks;
+        std::int64_t const chunk = std::min<std::int64_t>(16, kStackBytes / per_row);
+        std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
         alignas(64) float out[MR * 4 * kPanelCols];
-        auto const tile = [&]<int R, int N>(std::int64_t m, std::int64_t p) {
-            if (L.kind == quant::Kind::int4)
-                detail::dot_tile_vnni<true, R, N>(A.row(m), A.ld, panels + p * L.pstride, L, out);
-            else
-                detail::dot_tile_vnni<false, R, N>(A.row(m), A.ld, panels + p * L.pstride, L, out);
-            for (int i = 0; i < R; ++i)
-                for (int j = 0; j < N; ++j) epi.store(m + i, p + j, out + (i * N + j) * kPanelCols);
-        };
-        for (std::int64_t m = 0; m < M; m += MR) {
-            int const r = static_cast<int>(std::min<std::int64_t>(MR, M - m));
-            for (std::int64_t p = p0; p < p1;) {
-                bool const four = r == 1 && p1 - p >= 4, two = p1 - p >= 2;
-                switch (r * 10 + (four ? 4 : two ? 2 : 1)) {
-                    case 14: tile.template operator()<1, 4>(m, p); break;
-                    case 12: tile.template operator()<1, 2>(m, p); break;
-                    case 11: tile.template operator()<1, 1>(m, p); break;
-                    case 22: tile.template operator()<2, 2>(m, p); break;
-                    case 21: tile.template operator()<2, 1>(m, p); break;
-                    case 32: tile.template operator()<3, 2>(m, p); break;
-                    case 31: tile.template operator()<3, 1>(m, p); break;
-                    case 42: tile.template operator()<4, 2>(m, p); break;
-                    default: tile.template operator()<4, 1>(m, p); break;
+        std::int64_t const step = chunk >= 1 ? chunk : MR;
+        for (std::int64_t c0 = 0; c0 < M; c0 += step) {
+            std::int64_t const cr = std::min(step, M - c0);
+            detail::Q8Rows pre{nullptr, nullptr, nullptr, qstride};
+            if (chunk >= 1) {
+                auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
+                pre = {qbuf, dq, dq + cr * L.blocks, qstride};
+                for (std::int64_t i = 0; i < cr; ++i)
+                    for (std::int64_t b = 0; b < L.blocks; ++b) {
+                        detail::Q8 q[1];
+                        detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+                        std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
+                        dq[i * L.blocks + b] = q[0].d;
+                        dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
+                    }
+            }
+            for (std::int64_t m = 0; m < cr; m += MR) {
+                int const r = static_cast<int>(std::min<std::int64_t>(MR, cr - m));
+                detail::Q8Rows const pm = pre.q ? detail::Q8Rows{pre.q + m * qstride, pre.d + m * L.blocks, pre.sum + m * L.blocks, qstride} : pre;
+                float const* am = A.row(c0 + m);
+                auto const tile = [&]<int R, int N>(std::int64_t p) {
+                    if (L.kind == quant::Kind::int4)
+                        detail::dot_tile_vnni<true, R, N>(am, A.ld, pm, panels + p * L.pstride, L, out);
+                    else
+                        detail::dot_tile_vnni<false, R, N>(am, A.ld, pm, panels + p * L.pstride, L, out);
+                    for (int i = 0; i < R; ++i)
+                        for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
+                };
+                for (std::int64_t p = p0; p < p1;) {
+                    bool const four = r == 1 && p1 - p >= 4, two = p1 - p >= 2;
+                    switch (r * 10 + (four ? 4 : two ? 2 : 1)) {
+                        case 14: tile.template operator()<1, 4>(p); break;
+                        case 12: tile.template operator()<1, 2>(p); break;
+                        case 11: tile.template operator()<1, 1>(p); break;
+                        case 22: tile.template operator()<2, 2>(p); break;
+                        case 21: tile.template operator()<2, 1>(p); break;
+                        case 32: tile.template operator()<3, 2>(p); break;
+                        case 31: tile.template operator()<3, 1>(p); break;
+                        case 42: tile.template operator()<4, 2>(p); break;
+                        default: tile.template operator()<4, 1>(p); break;
+                    }
+                    p += four ? 4 : two ? 2 : 1;
                 }
-                p += four ? 4 : two ? 2 : 1;
             }
         }
         return;
