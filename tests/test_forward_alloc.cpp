@@ -3,6 +3,7 @@
 // own executable.
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -62,6 +63,45 @@ TEMPLATE_TEST_CASE("forward allocates nothing, with or without a thread pool", "
                 long const after = g_news.load();
                 INFO("pool " << with_pool << ", T = " << n);
                 CHECK(after - before == 0);
+            }
+        }
+    }
+}
+
+TEST_CASE("forward allocates nothing with quantised experts, mixed formats, a shared expert and the int8 dot path", "[layer][alloc][quant]") {
+    using smoe::quant::Format;
+    using Q = smoe::expert::QuantSwiGLU;
+    using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::Shared<Q, smoe::expert::shared_gate::Sigmoid>, smoe::balance::None>;
+    std::mt19937_64 rng(38);
+    std::int64_t const d = 64, f = 32, E = 4, T = 19;
+    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5), sgate = smoe_test::normal(rng, std::size_t(d), 0.5);
+    auto const x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    auto const w1 = smoe_test::normal(rng, std::size_t(E * f * d), 0.05), w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.05),
+               w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.05);
+    for (smoe::expert::Int8Dot const dot : {smoe::expert::Int8Dot::off, smoe::expert::Int8Dot::on}) {
+        INFO("int8_dot " << to_string(dot));
+        smoe::expert::SwiGLUConfig c{d, f, E}, cs{d, f, 1};
+        c.int8_dot = cs.int8_dot = dot;
+        std::vector<Format> const gu = {Format::int4(32), Format::int8_channel(), Format::bf16(), Format::int4(64)};
+        std::vector<Format> const dn = {Format::int4(32), Format::int8_channel(), Format::bf16(), Format::int4(0)};
+        auto const routed = smoe::expert::QuantSwiGLUWeights::quantized(w1.data(), w3.data(), w2.data(), c, gu, dn);
+        auto const shared = smoe::expert::QuantSwiGLUWeights::quantized(w1.data(), w3.data(), w2.data(), cs, {Format::bf16()}, {Format::int8_channel()});
+        Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = {c, cs}, .max_tokens = T},
+                    {MatrixView<float const>(gate.data(), E, d), {}, {routed, shared, MatrixView<float const>(sgate.data(), 1, d)}});
+        std::vector<float> y(std::size_t(T * d));
+        smoe::DefaultThreadPool pool(2);
+        for (int with_pool = 0; with_pool < 2; ++with_pool) {
+            if (with_pool) layer.set_thread_pool(pool);
+            for (std::int64_t n : {std::int64_t{1}, std::int64_t{7}, T}) {
+                MatrixView<float const> const xv(x.data(), n, d);
+                MatrixView<float> const yv(y.data(), n, d);
+                layer.forward(xv, yv);
+                long const before = g_news.load();
+                layer.forward(xv, yv);
+                long const after = g_news.load();
+                INFO("pool " << with_pool << ", T = " << n);
+                CHECK(after - before == 0);
+                for (float v : y) REQUIRE(std::isfinite(v));
             }
         }
     }
