@@ -396,11 +396,13 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f;
         std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
-        SwiGLUConfig on{d, f, 2}, portable{d, f, 2};
+        SwiGLUConfig on{d, f, 2}, portable{d, f, 2}, avx2{d, f, 2};
         on.int8_dot = smoe::expert::Int8Dot::on;
         portable.int8_dot = smoe::expert::Int8Dot::portable;
-        QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs));
-        INFO("format " << qn.format_name(0) << ", native kernel " << (qn.int8_dot_kernel() == smoe::kernels::cpu::Int8DotKernel::native));
+        bool const has_avx2 = smoe::kernels::cpu::cpu_has_avx2_fma();
+        avx2.int8_dot = has_avx2 ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
+        QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
+        INFO("format " << qn.format_name(0) << ", kernel " << to_string(qn.int8_dot_kernel()) << " and " << to_string(qa.int8_dot_kernel()));
         CHECK(qn.uses_int8_dot(0));
         for (std::int64_t M : {1, 2, 3, 5, 9, 21}) {
             auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
@@ -408,6 +410,7 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
             auto const yn = run_rows(xsimd::default_arch{}, qn, 1, x, M);
             auto const yp = run_rows(xsimd::default_arch{}, qp, 1, x, M);
             CHECK(same_bits(yn, yp));
+            CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 1, x, M), yp));
             double exact = 0;
             CHECK(int8_oracle_error(xs[1], x, yn, M, exact) <= 2e-3);
             CHECK(exact <= 5e-2);
@@ -454,10 +457,13 @@ TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside
     std::mt19937_64 rng(1508);
     std::int64_t const d = 65568, f = 16, M = 5;  // 1.25 d bytes of quantised row > the 80 KiB buffer
     std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(32), Format::int4(0), d, f)};
-    SwiGLUConfig on{d, f, 1}, portable{d, f, 1};
+    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1};
     on.int8_dot = smoe::expert::Int8Dot::on;
     portable.int8_dot = smoe::expert::Int8Dot::portable;
-    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs));
+    avx2.int8_dot = smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
+    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
     auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
-    CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), run_rows(xsimd::default_arch{}, qp, 0, x, M)));
+    auto const yp = run_rows(xsimd::default_arch{}, qp, 0, x, M);
+    CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
+    CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
 }

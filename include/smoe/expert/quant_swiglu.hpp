@@ -96,8 +96,7 @@ public:
         cfg_.validate();
         if (cfg_.bf16_dot != Bf16Dot::automatic && cfg_.bf16_dot != Bf16Dot::off)
             smoe::detail::fail("bf16_dot", to_string(cfg_.bf16_dot), "automatic or off (QuantSwiGLU computes the exact fp32 path)");
-        dot_kernel_ = cfg_.int8_dot == Int8Dot::on && kernels::cpu::cpu_has_avx512_vnni() ? kernels::cpu::Int8DotKernel::native
-                                                                                           : kernels::cpu::Int8DotKernel::portable;
+        dot_kernel_ = resolve_int8_dot(cfg_.int8_dot);
         std::int64_t const E = cfg_.num_experts;
         auto const En = static_cast<std::size_t>(E);
         if (w.gate_up.size() != En || w.down.size() != En)
@@ -258,6 +257,14 @@ private:
                 if (p * detail::kP + c < d) slot[c] = {&x.down, p * detail::kP + c};
             pack_panel(store_.data() + dn_off_[i] + p * dn_[i].pstride(), dn_[i], slot);
         }
+    }
+
+    static kernels::cpu::Int8DotKernel resolve_int8_dot(Int8Dot asked) {
+        using kernels::cpu::Int8DotKernel;
+        bool const avx2 = kernels::cpu::cpu_has_avx2_fma();
+        if (asked == Int8Dot::avx2 && !avx2) smoe::detail::fail("int8_dot", "avx2", "a CPU with AVX2 and FMA; use on or portable");
+        if (asked == Int8Dot::on) return kernels::cpu::cpu_has_avx512_vnni() ? Int8DotKernel::native : avx2 ? Int8DotKernel::avx2 : Int8DotKernel::portable;
+        return asked == Int8Dot::avx2 ? Int8DotKernel::avx2 : Int8DotKernel::portable;
     }
 
     static void pack_panel(std::uint8_t* dst, Packed const& P, kernels::cpu::QuantSlot const (&slot)[detail::kP]) {

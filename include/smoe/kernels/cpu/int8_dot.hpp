@@ -36,6 +36,7 @@
 #include <immintrin.h>
 #define SMOE_INT8_DOT_NATIVE 1
 #define SMOE_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define SMOE_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
 #else
 #define SMOE_INT8_DOT_NATIVE 0
 #endif
@@ -56,7 +57,18 @@ inline bool cpu_has_avx512_vnni() {
 #endif
 }
 
-enum class Int8DotKernel { native, portable };
+inline bool cpu_has_avx2_fma() {
+#if SMOE_INT8_DOT_NATIVE
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+// native: AVX512-VNNI vpdpbusd; avx2: vpmaddubsw + vpmaddwd (any AVX2 CPU); portable: the scalar model.
+enum class Int8DotKernel { native, avx2, portable };
+inline char const* to_string(Int8DotKernel k) { return k == Int8DotKernel::native ? "avx512-vnni" : k == Int8DotKernel::avx2 ? "avx2" : "portable"; }
 
 struct DotLayout {
     quant::Kind kind = quant::Kind::int4;  // int4 or int8_channel
@@ -305,6 +317,71 @@ template <bool Int4, int MR, int NP>
 }
 #endif
 
+#if SMOE_INT8_DOT_NATIVE
+// MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
+// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 codes (<= 15) never saturate the int16
+// pairs (2 · 15 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
+// S = Σ lo·q + 16 Σ hi·q. Lanes 0-7 and 8-15 of a panel vector are two ymm.
+template <bool Int4, int MR>
+[[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
+                                                          DotLayout const& L, float* out) {
+    __m256 acc[MR][2];
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
+    __m256i const nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    for (std::int64_t b = 0; b < L.blocks; ++b) {
+        std::int32_t qd[MR][8];
+        float dq[MR], sq[MR];
+        for (int i = 0; i < MR; ++i) {
+            if (pre.q) {
+                std::memcpy(qd[i], pre.q + i * pre.qstride + b * kQ8Block, sizeof qd[i]);
+                dq[i] = pre.d[i * L.blocks + b];
+                sq[i] = pre.sum[i * L.blocks + b];
+            } else {
+                Q8 q;
+                quantize_q8(a + i * lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+                std::memcpy(qd[i], q.q, sizeof qd[i]);
+                dq[i] = q.d;
+                sq[i] = static_cast<float>(q.sum);
+            }
+        }
+        std::uint8_t const* blk = pj + b * L.block_bytes;
+        for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T0);
+        __m256i dot[MR][2];
+        for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = _mm256_setzero_si256();
+        auto const madd = [&](__m256i u, std::int32_t q4) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_set1_epi32(q4)), ones); };
+#pragma GCC unroll 8
+        for (int v = 0; v < (Int4 ? 4 : 8); ++v)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                __m256i const x = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(blk + v * 64 + h * 32));
+                __m256i const lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; ++i) {
+                    if constexpr (Int4) {  // vector v: k 8v..8v+3 low nibbles, 8v+4..8v+7 high
+                        dot[i][h] = _mm256_add_epi32(dot[i][h], _mm256_add_epi32(madd(lo, qd[i][2 * v]), madd(hi, qd[i][2 * v + 1])));
+                    } else {  // vector v: k 4v..4v+3, u = lo + 16 hi
+                        dot[i][h] = _mm256_add_epi32(dot[i][h], _mm256_add_epi32(madd(lo, qd[i][v]), _mm256_slli_epi32(madd(hi, qd[i][v]), 4)));
+                    }
+                }
+            }
+        std::int64_t const t = b / L.blocks_per_group;
+        for (int h = 0; h < 2; ++h) {
+            __m256 const s = _mm256_loadu_ps(reinterpret_cast<float const*>(pj + L.scale_off) + t * kPanelCols + 8 * h);
+            __m256 const z = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(pj + L.zero_off + (t * kPanelCols + 8 * h) * 4)));
+            for (int i = 0; i < MR; ++i) {
+                __m256 const S = _mm256_fnmadd_ps(z, _mm256_set1_ps(sq[i]), _mm256_cvtepi32_ps(dot[i][h]));
+                acc[i][h] = _mm256_fmadd_ps(S, _mm256_mul_ps(_mm256_set1_ps(dq[i]), s), acc[i][h]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; ++i) {
+        _mm256_storeu_ps(out + i * kPanelCols, acc[i][0]);
+        _mm256_storeu_ps(out + i * kPanelCols + 8, acc[i][1]);
+    }
+}
+#endif
+
 }  // namespace detail
 
 // Rows [0, A.rows) x panels [p0, p1) of a matrix in layout L (panel 0 at `panels`), by the chosen kernel.
@@ -314,7 +391,8 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
     std::int64_t const M = A.rows;
     if (M == 0 || p0 >= p1) return;
 #if SMOE_INT8_DOT_NATIVE
-    if (kernel == Int8DotKernel::native) {
+    if (kernel != Int8DotKernel::portable) {
+        bool const native = kernel == Int8DotKernel::native;
         // Rows are quantised once per call, a chunk at a time, into this stack buffer; a row that does
         // not fit (K above ~50k) is quantised inside the tiles instead.
         constexpr std::int64_t kStackBytes = 80 * 1024, MR = 4;
@@ -333,7 +411,11 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
                 for (std::int64_t i = 0; i < cr; ++i)
                     for (std::int64_t b = 0; b < L.blocks; ++b) {
                         detail::Q8 q[1];
-                        detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+                        std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
+                        if (native)
+                            detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, n, q);
+                        else
+                            detail::quantize_q8(A.row(c0 + i), perm, b * kQ8Block, n, q[0]);
                         std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
                         dq[i * L.blocks + b] = q[0].d;
                         dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
@@ -343,6 +425,24 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
                 int const r = static_cast<int>(std::min<std::int64_t>(MR, cr - m));
                 detail::Q8Rows const pm = pre.q ? detail::Q8Rows{pre.q + m * qstride, pre.d + m * L.blocks, pre.sum + m * L.blocks, qstride} : pre;
                 float const* am = A.row(c0 + m);
+                if (!native) {
+                    bool const int4 = L.kind == quant::Kind::int4;
+                    for (std::int64_t p = p0; p < p1; ++p) {
+                        std::uint8_t const* pp = panels + p * L.pstride;
+                        switch (r * 2 + int4) {
+                            case 2: detail::dot_tile_avx2<false, 1>(am, A.ld, pm, pp, L, out); break;
+                            case 3: detail::dot_tile_avx2<true, 1>(am, A.ld, pm, pp, L, out); break;
+                            case 4: detail::dot_tile_avx2<false, 2>(am, A.ld, pm, pp, L, out); break;
+                            case 5: detail::dot_tile_avx2<true, 2>(am, A.ld, pm, pp, L, out); break;
+                            case 6: detail::dot_tile_avx2<false, 3>(am, A.ld, pm, pp, L, out); break;
+                            case 7: detail::dot_tile_avx2<true, 3>(am, A.ld, pm, pp, L, out); break;
+                            case 8: detail::dot_tile_avx2<false, 4>(am, A.ld, pm, pp, L, out); break;
+                            default: detail::dot_tile_avx2<true, 4>(am, A.ld, pm, pp, L, out); break;
+                        }
+                        for (int i = 0; i < r; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
+                    }
+                    continue;
+                }
                 auto const tile = [&]<int R, int N>(std::int64_t p) {
                     if (L.kind == quant::Kind::int4)
                         detail::dot_tile_vnni<true, R, N>(am, A.ld, pm, panels + p * L.pstride, L, out);
