@@ -1,9 +1,12 @@
 // The whole MoE layer forward (router projection, routing, dispatch, experts, combine) at the
-// shapes of perf.md, weights fp32 / bf16 / int8, 1 and 2 threads, on the baselines' data
-// (bench_data.hpp), so the figures compare with shared/baselines' eigen_moe / torch_moe.py of the
-// same run (bench/layer/run_all.sh runs all three and draws the charts).
+// shapes of perf.md, 1 and 2 threads, on the baselines' data (bench_data.hpp), so the figures compare
+// with shared/baselines' eigen_moe / torch_moe.py of the same run (bench/layer/run_all.sh runs all
+// three and draws the charts). Weights: expert::SwiGLU<W> in fp32 / bf16 / int8 per channel, and
+// expert::QuantSwiGLU (one layer type for all of them) in int4 g128 symmetric (smoe's quantiser),
+// fp8 e4m3 128 x 128 blocks and MXFP4 (layer/rtn_quant.hpp's round-to-nearest) and int8 per channel
+// (int8q), each quantised from the same fp32 tensors at load (built in bench_layer_quant.cpp).
 //
-//   BM_layer/<shape>/<f32|bf16|int8>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
+//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
 //   BM_layer_quick/...   a 256 x 128 x 8 experts shape, seconds in all (CI; no assertion on time)
 //
 // Two protocols:
@@ -18,9 +21,11 @@
 //
 // Timing follows perf.md: one warm-up call (step), then at least 5 calls (steps) timed one by one;
 // min_ms and median_ms are over those (Google Benchmark's manual time sees the same). Counters: min_ms,
-// GB/s of expert weight bytes touched (distinct experts x the format's bytes, int8 scales included),
-// GFLOP/s (T·k·6·d·f + T·2·d·E), roofline = max(FLOPs / peak, bytes / bandwidth) / t with the peak of
-// the weight format (its widest instruction: the label's peak=) and the bandwidth of the thread count,
+// GB/s of expert weight bytes touched (distinct experts x one expert's packed bytes, weight_bytes(0):
+// int8 scales and the quantised formats' factor tables included), GFLOP/s (T·k·6·d·f + T·2·d·E),
+// roofline = max(FLOPs / peak, bytes / bandwidth) / t with the peak of the weight format (its widest
+// instruction: the label's peak=; QuantSwiGLU's formats the fp32 FMA peak, labelled "exact fp32
+// path", layer/limits.hpp) and the bandwidth of the thread count,
 // measured in this process (bench_machine.hpp; the bandwidth again right after each benchmark's timing,
 // the better of the two counts), bw_frac2 = GB/s over the 2-thread bandwidth (the
 // decode target), copies (L), y_abs_sum, and the label "<route_hash> peak=<instruction>" to check
@@ -46,38 +51,24 @@
 #include <smoe/smoe.hpp>
 
 #include "bench_data.hpp"
+#include "layer/layer_set.hpp"
 #include "layer/limits.hpp"
 
 namespace {
 
 using smoe::MatrixView;
-using smoe_bench::Format;
+using smoe_bench::LayerFormat;
+using smoe_bench::LayerSet;
 using smoe_bench::Shape;
 
 constexpr Shape kQuickShape{"quick", 256, 128, 8, 2};
-constexpr double kBytesPerWeight[] = {4, 2, 1};  // index = Format; int8 scales (< 0.1%) left out of sizing
 
 // Copies the cold protocol runs (see the top of this file).
-int cold_copies(Shape const& s, Format f) {
-    double const llc4 = 4 * smoe_bench::llc_bytes(), bpw = kBytesPerWeight[int(f)];
+int cold_copies(Shape const& s, LayerFormat f) {
+    double const llc4 = 4 * smoe_bench::llc_bytes(), bpw = smoe_bench::info(f).bytes_per_weight;
     double const layer = smoe_bench::weight_bytes(s, s.E, bpw), t1 = smoe_bench::weight_bytes(s, s.k, bpw);
     return int(std::max({2.0, std::ceil(llc4 / layer), 1 + std::ceil(llc4 / t1)}));
 }
-
-// The copies of one (shape, format) layer. Benchmarks run in registration order (shape, format,
-// protocol, ...), so each set is built once and grown once, from source tensors it keeps until the
-// next set replaces it: one copy for the hot protocol, L for the cold.
-struct LayerSet {
-    virtual ~LayerSet() = default;
-    virtual std::size_t size() const = 0;
-    virtual void add_copy() = 0;
-    virtual smoe::RoutingResult forward(std::size_t i, MatrixView<float const> x, MatrixView<float> y,
-                                        std::span<std::byte> ws) = 0;
-    virtual void set_pool(smoe::DefaultThreadPool* pool) = 0;
-    double expert_bytes = 0;  // perf.md: one expert's weights in the format, scales included
-    double packed_bytes = 0;  // one copy's packed experts
-    std::size_t workspace_bytes = 0;
-};
 
 template <class W>
 std::unique_ptr<W[]> to_format(std::unique_ptr<float[]> src, std::size_t n, std::vector<float>& scales, std::int64_t rows,
@@ -153,13 +144,13 @@ struct LayerCopies final : LayerSet {
 
 struct Model {
     Shape const* shape = nullptr;
-    Format format{};
+    LayerFormat format{};
     std::unique_ptr<float[]> x;
     std::unique_ptr<LayerSet> set;
     std::vector<std::byte> ws;  // one workspace for every copy, as an engine shares one between its layers
 };
 
-Model& model(Shape const& s, Format f, std::int64_t max_tokens) {
+Model& model(Shape const& s, LayerFormat f, std::int64_t max_tokens) {
     static Model cur;
     if (cur.shape != &s || cur.format != f) {
         cur = Model{};  // free the previous layers before the next are built
@@ -167,13 +158,15 @@ Model& model(Shape const& s, Format f, std::int64_t max_tokens) {
         cur.shape = &s;
         cur.format = f;
         cur.x = smoe_bench::stream(std::size_t(max_tokens * s.d), smoe_bench::kKeyX, smoe_bench::kInputSd);
-        if (f == Format::f32) cur.set = std::make_unique<LayerCopies<float>>(s, max_tokens);
-        else if (f == Format::bf16) cur.set = std::make_unique<LayerCopies<smoe::bf16>>(s, max_tokens);
-        else cur.set = std::make_unique<LayerCopies<std::int8_t>>(s, max_tokens);
+        if (f == LayerFormat::f32) cur.set = std::make_unique<LayerCopies<float>>(s, max_tokens);
+        else if (f == LayerFormat::bf16) cur.set = std::make_unique<LayerCopies<smoe::bf16>>(s, max_tokens);
+        else if (f == LayerFormat::int8) cur.set = std::make_unique<LayerCopies<std::int8_t>>(s, max_tokens);
+        else cur.set = smoe_bench::make_quant_layer_set(s, f, max_tokens);
         cur.ws.resize(cur.set->workspace_bytes);
-        std::fprintf(stderr, "smoe_bench %s %s: data generated and packed in %.1f s\n", s.name,
-                     smoe_bench::kFormatNames[int(f)],
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::fprintf(stderr, "smoe_bench %s %s: data generated, converted and packed in %.1f s (%.4g bytes per weight)\n",
+                     s.name, smoe_bench::info(f).name,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                     cur.set->expert_bytes / (3.0 * double(s.d) * double(s.f)));
     }
     return cur;
 }
@@ -194,7 +187,7 @@ std::string grow(Model& m, std::size_t copies) {
     auto const t0 = std::chrono::steady_clock::now();
     while (set.size() < copies) set.add_copy();
     std::fprintf(stderr, "smoe_bench %s %s: %zu copies (%.1f GB packed) for the cold protocol in %.1f s\n", m.shape->name,
-                 smoe_bench::kFormatNames[int(m.format)], copies, double(copies) * set.packed_bytes * 1e-9,
+                 smoe_bench::info(m.format).name, copies, double(copies) * set.packed_bytes * 1e-9,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return {};
 }
@@ -232,7 +225,7 @@ ProtocolErrors& protocol_errors() {
 
 struct Case {
     Shape const* shape;
-    Format format;
+    LayerFormat format;
     bool cold;
     int threads;
     int copies;  // 1 hot, L cold
@@ -245,7 +238,7 @@ void BM_layer(benchmark::State& state, Case c) {
     smoe_bench::Limits const& lim = smoe_bench::limits();  // before the weights take memory
     Model& m = model(s, c.format, c.max_tokens);
     if (std::string const why = grow(m, std::size_t(c.copies)); !why.empty()) {
-        std::fprintf(stderr, "smoe_bench %s %s: %s\n", s.name, smoe_bench::kFormatNames[int(c.format)], why.c_str());
+        std::fprintf(stderr, "smoe_bench %s %s: %s\n", s.name, smoe_bench::info(c.format).name, why.c_str());
         state.SkipWithError(why.c_str());
         return;
     }
@@ -294,7 +287,7 @@ void BM_layer(benchmark::State& state, Case c) {
     std::sort(times.begin(), times.end());
     double const best = times.front(), median = times[times.size() / 2];
 
-    smoe_bench::Peak const& peak = lim.of(c.format);
+    smoe_bench::Peak const& peak = lim.of(smoe_bench::info(c.format).peak);
     double const bytes = double(distinct) * set.expert_bytes, fl = smoe_bench::flops(s, T);
     double const dram = std::max(lim.dram_gbps[c.threads], dram_gbps_now(c.threads));
     double const roof = std::max(fl / (peak.gops[c.threads] * 1e9), bytes / (dram * 1e9)) / best;
@@ -311,9 +304,9 @@ void BM_layer(benchmark::State& state, Case c) {
     state.counters["y_abs_sum"] = y_abs;
     state.counters["peak_gflops"] = peak.gops[c.threads];
     state.counters["dram_gbps"] = dram;
-    state.SetLabel(hash + " peak=" + peak.instruction);
+    state.SetLabel(hash + " peak=" + peak.instruction + (smoe_bench::info(c.format).exact_fp32 ? ", exact fp32 path" : ""));
     char what[160];
-    std::snprintf(what, sizeof what, "%s %s %s threads:%d T:%lld", s.name, smoe_bench::kFormatNames[int(c.format)],
+    std::snprintf(what, sizeof what, "%s %s %s threads:%d T:%lld", s.name, smoe_bench::info(c.format).name,
                   c.cold ? "cold" : "hot", c.threads, static_cast<long long>(T));
     protocol_errors().last[what] = roof;
 }
@@ -322,12 +315,12 @@ void BM_layer(benchmark::State& state, Case c) {
 // built once and grown once.
 [[maybe_unused]] int const registered = [] {
     auto add = [&](char const* family, Shape const* s, std::vector<std::int64_t> const& tokens, double min_time) {
-        for (Format f : {Format::f32, Format::bf16, Format::int8})
+        for (LayerFormat f : smoe_bench::kLayerFormats)
             for (bool cold : {false, true})
                 for (int threads : {1, 2}) {
                     Case const c{s, f, cold, threads, cold ? cold_copies(*s, f) : 1, tokens.back()};
                     std::string const name = std::string(family) + "/" + s->name + "/" +
-                                             smoe_bench::kFormatNames[int(f)] + (cold ? "/cold" : "/hot") +
+                                             smoe_bench::info(f).name + (cold ? "/cold" : "/hot") +
                                              "/threads:" + std::to_string(threads);
                     auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_layer, c);
                     b->ArgName("T");

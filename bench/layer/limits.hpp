@@ -1,7 +1,8 @@
 #pragma once
 // What the layer benchmarks need beyond bench_machine.hpp's limits (per weight format, 1 and 2
-// threads, each peak from the widest instruction the CPU has): the last-level cache and the memory
-// left, which size the cold protocol's copies of the layer (bench_layer.cpp).
+// threads, each peak from the widest instruction the CPU has): the weight formats of the layer
+// benchmark and the peak each is judged against, and the last-level cache and the memory left, which
+// size the cold protocol's copies of the layer (bench_layer.cpp).
 
 #include <cstddef>
 #include <cstdio>
@@ -11,6 +12,34 @@
 #include "bench_machine.hpp"
 
 namespace smoe_bench {
+
+// The layer benchmark's weight formats: SwiGLU<W>'s three (f32, bf16, int8 per channel) and
+// QuantSwiGLU's (formats.md §4): int4 g128 symmetric, FP8 e4m3 in 128 x 128 blocks, MXFP4, and
+// int8 per channel again through QuantSwiGLU's kernels ("int8q"). QuantSwiGLU computes the exact path
+// of formats.md §6.1 (each weight decoded to fp32 in registers, fp32 FMA), so its formats are judged
+// against the fp32 FMA peak, whatever the width of their codes; their decode is judged, as every
+// format's, against the DRAM bandwidth on the packed bytes it streams (QuantSwiGLU::weight_bytes).
+enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q };
+inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,  LayerFormat::bf16,  LayerFormat::int8, LayerFormat::int4,
+                                                LayerFormat::fp8,  LayerFormat::mxfp4, LayerFormat::int8q};
+
+struct LayerFormatInfo {
+    char const* name;           // in benchmark names: BM_layer/<shape>/<name>/...
+    Format peak;                // the bench_machine.hpp peak the format's FLOPs are judged against
+    bool exact_fp32;            // QuantSwiGLU's exact path: says so in the record's label
+    double bytes_per_weight;    // packed, factor tables included; sizes the cold protocol only (the
+                                // counters use the expert's own weight_bytes)
+};
+// Packed bytes per weight (kernels/cpu/quant_panel.hpp): int4 g128 0.5 + two fp32 tables (scale, zero
+// point) per 128 = 0.5625; fp8 1 + one fp32 factor per slot per 128 columns = 1.03; MXFP4 0.5 + one
+// fp32 factor per 32 = 0.625; int8q 1 + one table per slot.
+inline constexpr LayerFormatInfo kLayerFormatInfo[] = {
+    {"f32", Format::f32, false, 4},         {"bf16", Format::bf16, false, 2},     {"int8", Format::int8, false, 1},
+    {"int4", Format::f32, true, 0.5625},    {"fp8", Format::f32, true, 1.03125},  {"mxfp4", Format::f32, true, 0.625},
+    {"int8q", Format::f32, true, 1},
+};
+inline LayerFormatInfo const& info(LayerFormat f) { return kLayerFormatInfo[int(f)]; }
+inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32; }
 
 // Bytes of cpu0's last-level cache (sysfs "32768K"); 32 MiB, this project's machines, when unreadable.
 inline double llc_bytes() {

@@ -6,7 +6,10 @@ figure vs T), one panel per shape.
 
 Roofline fraction (perf.md): max(FLOPs / peak, bytes / bandwidth) / t_min with the peak of the weight
 format (its widest instruction: vfmadd231ps, vdpbf16ps, vpdpbusd) and the bandwidth of the thread
-count, measured by smoe_bench in the same process (bench/bench_machine.hpp). Protocols: "cold" runs
+count, measured by smoe_bench in the same process (bench/bench_machine.hpp). QuantSwiGLU's formats
+(int4 g128, fp8 e4m3 128x128, mxfp4, int8q = int8 per channel through QuantSwiGLU) compute the exact
+fp32 path, so their FLOPs count against the fp32 FMA peak (the label says "exact fp32 path"); their
+bytes are the packed codes and factor tables the layer streams (QuantSwiGLU::weight_bytes). Protocols: "cold" runs
 L copies of the layer in turn (weights come from DRAM, as in a model), "hot" one layer call after call
 (as the baselines do). A fraction above 1 is a protocol error, listed as such, never a result.
 
@@ -20,7 +23,12 @@ import sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 SHAPES = ["mixtral", "olmoe", "qwen2moe", "deepseek-v2-lite"]
-FORMATS = ["f32", "bf16", "int8"]
+FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q"]
+# QuantSwiGLU's formats (exact fp32 path, bench/layer/limits.hpp).
+QUANT = {"int4", "fp8", "mxfp4", "int8q"}
+# No baseline has these weight types: they are compared with the fastest baseline of any type, as int8 is.
+ANY_BASELINE = {"int8"} | QUANT
+DIMS = {"mixtral": (4096, 14336), "olmoe": (2048, 1024), "qwen2moe": (2048, 1408), "deepseek-v2-lite": (2048, 1408)}
 # Runs from before the cold protocol have no protocol in their names: they were hot.
 NAME = re.compile(r"^BM_layer/(?P<shape>[^/]+)/(?P<fmt>[^/]+)(?:/(?P<proto>hot|cold))?/threads:(?P<threads>\d+)/T:(?P<T>\d+)")
 
@@ -47,7 +55,7 @@ def load():
                          "threads": th, "copies": int(b.get("copies", 1)), "min_ms": b["min_ms"],
                          "median_ms": b["median_ms"], "gbps": b["GB/s"], "gflops": b["GFLOP/s"],
                          "weight_bytes": b["GB/s"] * b["min_ms"] * 1e6, "flops": b["GFLOP/s"] * b["min_ms"] * 1e6,
-                         "route_hash": route_hash, "y_abs_sum": b["y_abs_sum"],
+                         "route_hash": route_hash, "y_abs_sum": b["y_abs_sum"], "experts": int(b.get("experts", 0)),
                          "limits": {"peak_gflops": b["peak_gflops"], "dram_gbps": b["dram_gbps"]}})
     for path in sorted(glob.glob(os.path.join(OUT, "eigen_*.jsonl")) + glob.glob(os.path.join(OUT, "torch_*.jsonl"))):
         with open(path) as f:
@@ -97,14 +105,29 @@ def describe(r):
 
 
 def summary(recs, limits):
+    fmts = [f for f in FORMATS if any(r["system"] == "smoe" and r["wtype"] == f for r in recs)]
     lines = ["# smoe layer vs baselines, one session", "",
              "Limits, the best each shape's smoe process measured (peak: GFLOP/s, GOP/s for int8, and the instruction it "
-             "came from; the bandwidth is re-measured next to every smoe record, which is judged against its own):", "", "| run | threads | f32 peak | bf16 peak | int8 peak | DRAM read GB/s |", "|---|---:|---|---|---|---:|"]
+             "came from; the bandwidth is re-measured next to every smoe record, which is judged against its own). "
+             "int4, fp8 (e4m3, 128x128 blocks), mxfp4 and int8q (int8 per channel through QuantSwiGLU) run QuantSwiGLU's "
+             "exact fp32 path (weights decoded to fp32 in registers, fp32 FMA), so their peak is the fp32 FMA peak:", "",
+             "| run | threads | " + " | ".join(f"{f} peak" for f in fmts) + " | DRAM read GB/s |",
+             "|---|---:|" + "---|" * len(fmts) + "---:|"]
     for key in sorted(limits):
         shape, th = key.split("/")
         lim = limits[key]
-        cells = [f"{lim['peak'][f]:.0f} ({lim['instruction'][f]})" if f in lim["peak"] else "-" for f in FORMATS]
+        cells = [f"{lim['peak'][f]:.0f} ({lim['instruction'][f]})" if f in lim["peak"] else "-" for f in fmts]
         lines.append(f"| {shape} | {th} | " + " | ".join(cells) + f" | {lim['dram_gbps']:.1f} |")
+
+    # Packed bytes per weight as the layer streams them (codes, factor tables, padding): what GB/s counts.
+    bpw = {}
+    for r in recs:
+        if r["system"] == "smoe" and r.get("experts") and r["shape"] in DIMS:
+            d, f = DIMS[r["shape"]]
+            bpw.setdefault(r["wtype"], r["weight_bytes"] / (r["experts"] * 3 * d * f))
+    if bpw:
+        lines += ["", "Bytes per weight as packed (what GB/s and the bandwidth roofline count): " +
+                  ", ".join(f"{f} {bpw[f]:.3f}" for f in fmts if f in bpw) + "."]
 
     errors = [r for r in recs if r.get("protocol_error")]
     lines += ["", "## Protocol errors (roofline fraction > 1: not results)", ""]
@@ -115,14 +138,15 @@ def summary(recs, limits):
               "cold: L copies of the layer in turn, time per layer (the model's case; the targets are judged on it). "
               "hot: one layer call after call, as the baselines run (the speed-up compares smoe hot with the best "
               "baseline). Fractions of the roofline of the thread count that ran fastest.", "",
-              "Targets (issue 9): decode T=1,8 bw_frac2 >= 0.85; T=32,128 roofline >= 0.60; T=512 FLOP/s >= 0.70 "
-              "of the format's peak; 2 threads never slower than 1.", "",
+              "Targets (issue 9; issue 15 for int4/fp8/mxfp4): decode T=1,8 bw_frac2 >= 0.85 (GB/s of packed weight "
+              "bytes over the 2-thread read bandwidth); T=32,128 roofline >= 0.60; T=512 FLOP/s >= 0.70 of the format's "
+              "peak (QuantSwiGLU's formats: of the fp32 FMA peak, for now); 2 threads never slower than 1.", "",
               "| shape | fmt | T | cold 1t / 2t ms | cold GB/s, bw_frac2, roofline | hot 1t / 2t ms | hot GB/s, roofline | "
               "target (cold) | best baseline ms | smoe hot speed-up | 2t<=1t | route_hash |",
               "|---|---|---:|---|---|---|---|---|---|---:|---|---|"]
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
     for shape in shapes:
-        for fmt in FORMATS:
+        for fmt in fmts:
             Ts = sorted({r["T"] for r in recs if r["system"] == "smoe" and r["shape"] == shape and r["wtype"] == fmt})
             for T in Ts:
                 row = {}
@@ -145,7 +169,7 @@ def summary(recs, limits):
                         else ("flop_frac", 0.70, "peak")
                     tgt = f"{short} {cb.get(key, 0):.2f} {'met' if cb.get(key, 0) >= goal else 'MISSED'}"
                 base = [r for r in recs if r["system"] != "smoe" and r["shape"] == shape and r["T"] == T and
-                        (r["wtype"] == fmt or fmt == "int8")]
+                        (r["wtype"] == fmt or fmt in ANY_BASELINE)]
                 bb = min(base, key=lambda r: r["min_ms"]) if base else None
                 base_txt = f"{bb['system']} {bb['wtype']} {bb['threads']}t {bb['min_ms']:.3g}" if bb else "-"
                 speed_txt = f"{bb['min_ms'] / hb['min_ms']:.2f}x" if bb and hb else "-"
@@ -166,7 +190,8 @@ def charts(recs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
-    colors = {"f32": "tab:blue", "bf16": "tab:orange", "int8": "tab:green"}
+    colors = {"f32": "tab:blue", "bf16": "tab:orange", "int8": "tab:green", "int4": "tab:red", "fp8": "tab:purple",
+              "mxfp4": "tab:brown", "int8q": "tab:olive"}
     # (system, protocol, line style, marker): smoe cold solid, smoe hot dashed, baselines dotted.
     series = {"roofline": [("smoe", "cold", "-", "o"), ("smoe", "hot", "--", "o"), ("eigen", "hot", ":", "^"),
                            ("torch", "hot", ":", "s")],
@@ -185,7 +210,7 @@ def charts(recs):
                             pts.append((T, r.get("roofline", 0)))
                         else:
                             tb = [x for x in recs if x["system"] == "torch" and x["shape"] == shape and x["T"] == T
-                                  and (x["wtype"] == fmt or fmt == "int8")]
+                                  and (x["wtype"] == fmt or fmt in ANY_BASELINE)]
                             if tb:
                                 pts.append((T, min(x["min_ms"] for x in tb) / r["min_ms"]))
                     if pts:

@@ -3,14 +3,15 @@
 # at a time, and renders the charts: bench/layer/results/{smoe_*.json, eigen_*.jsonl, torch_*.jsonl,
 # all.json, summary.md, roofline.png, speedup.png}.
 #
-#   bench/layer/run_all.sh                          # every shape (cold and hot); mixtral bf16/int8 at T <= MIXTRAL_T_MAX
+#   bench/layer/run_all.sh                          # every shape (cold and hot); mixtral without f32, at T <= MIXTRAL_T_MAX
 #   SHAPES="olmoe qwen2moe" bench/layer/run_all.sh  # a subset
 #   QUICK=1 bench/layer/run_all.sh                  # the quick shape only, no baselines (seconds)
 #
 # BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
 # Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
-# MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default "bf16 int8": fp32 is
-# 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), TORCH_T_MAX (default 128:
+# FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4"; int8q, int8 per channel through QuantSwiGLU, is
+# registered too), MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default
+# "bf16 int8 int4 fp8 mxfp4": fp32 is 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), TORCH_T_MAX (default 128:
 # PyTorch's CPU bf16 takes tens of seconds a call at T = 512; never mixtral), PYTHON
 # (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
 # process makes the 2-thread figures meaningless (the script prints it before every step).
@@ -21,7 +22,8 @@ BUILD=${BUILD:-$ROOT/build/bench-layer}
 OUT=${OUT:-$ROOT/bench/layer/results}
 SHAPES=${SHAPES:-"olmoe qwen2moe deepseek-v2-lite mixtral"}
 MIXTRAL_T_MAX=${MIXTRAL_T_MAX:-32}
-MIXTRAL_FORMATS=${MIXTRAL_FORMATS:-"bf16 int8"}
+FORMATS=${FORMATS:-"f32 bf16 int8 int4 fp8 mxfp4"}
+MIXTRAL_FORMATS=${MIXTRAL_FORMATS:-"bf16 int8 int4 fp8 mxfp4"}
 PROTOCOLS=${PROTOCOLS:-"cold hot"}
 TORCH_T_MAX=${TORCH_T_MAX:-128}
 TOKENS=${TOKENS:-1,8,32,128,512}
@@ -47,7 +49,7 @@ TORCH=$("$PYTHON" -c "import torch" 2>/dev/null && echo 1 || echo 0)
 
 for shape in $SHAPES; do
     tokens=$([ "$shape" = mixtral ] && upto "$TOKENS" "$MIXTRAL_T_MAX" || echo "$TOKENS")
-    formats=$([ "$shape" = mixtral ] && alt $MIXTRAL_FORMATS || echo "f32|bf16|int8")
+    formats=$([ "$shape" = mixtral ] && alt $MIXTRAL_FORMATS || alt $FORMATS)
     echo "== $shape T=$tokens ($formats; $PROTOCOLS), load $(cut -d' ' -f1-3 /proc/loadavg)"
     "$BENCH" --benchmark_filter="^BM_layer/$shape/($formats)/($(alt $PROTOCOLS))/.*/T:($(alt "$tokens"))/" \
         --benchmark_out="$OUT/smoe_$shape.json" --benchmark_out_format=json 2>&1 | grep -v '^BM_\|^---\|^Benchmark' || true
