@@ -61,6 +61,7 @@ struct PlanChecks {
     std::string const& file;
     std::string const& module;
     std::int64_t R, C;
+    std::string const& config_file;
 
     std::string name(char const* suffix) const { return module + "." + suffix; }
     std::string tensor(char const* suffix) const { return "tensor " + quoted(name(suffix)); }
@@ -82,7 +83,7 @@ struct PlanChecks {
     }
     void group_divides(QuantScheme const& s, char const* suffix) const {
         if (s.group > 0 && C % s.group != 0)
-            io::detail::file_fail(file, "key '" + s.group_key + "'", s.group,
+            io::detail::file_fail(config_file, "key '" + s.group_key + "'", s.group,
                       "a divisor of in_features " + std::to_string(C) + " (" + tensor(suffix) + ")");
     }
 };
@@ -96,7 +97,10 @@ inline quant::Format format_of(QuantScheme const& s, std::int64_t C) {
     switch (s.layout) {
         case QuantLayout::ct_int4:
         case QuantLayout::gptq:
-        case QuantLayout::awq: return quant::Format::int4(s.group == 0 || s.group == C ? 0 : s.group, s.symmetric, s.act_order);
+        case QuantLayout::awq: {
+            bool const one_group = s.group == 0 || s.group == C;  // per channel: act order permutes nothing
+            return quant::Format::int4(one_group ? 0 : s.group, s.symmetric, s.act_order && !one_group);
+        }
         case QuantLayout::ct_int8: return quant::Format::int8_channel();
         case QuantLayout::ct_fp8:
         case QuantLayout::fp8:
@@ -117,7 +121,7 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
                             std::string const& file, std::string const& config_file) {
     std::int64_t const R = xr.value * xr.factor, C = xc.value * xc.factor;
     QuantMatrixPlan p{module, file, R, C, {}, {}, nullptr, nullptr, nullptr, nullptr};
-    detail::PlanChecks const ck{file, module, R, C};
+    detail::PlanChecks const ck{file, module, R, C, config_file};
     auto find = [&](char const* suffix) { return detail::find_suffix(src, module, suffix); };
     TensorInfo const* const weight = find("weight");
     TensorInfo const* const packed = find("weight_packed");
@@ -336,6 +340,7 @@ inline quant::Matrix read_matrix(QuantMatrixPlan const& p, std::optional<quant::
     quant::Source const src{p.weight ? p.weight->file : p.file, p.module};
     std::int64_t const R = p.rows, C = p.cols;
     QuantScheme const& s = p.scheme;
+    bool const act_order = p.format.act_order;  // false for one group per row (g_idx then checked to be 0)
     switch (s.layout) {
         case QuantLayout::dense: {
             auto const v = read_f32(*p.weight);
@@ -360,7 +365,7 @@ inline quant::Matrix read_matrix(QuantMatrixPlan const& p, std::optional<quant::
             std::vector<std::int32_t> gi;
             std::optional<std::span<std::int32_t const>> gspan;
             if (p.g_idx) gi = read_i32(*p.g_idx), gspan = std::span<std::int32_t const>(gi);
-            return quant::from_compressed_tensors(src, R, C, s.group, s.symmetric, packed, scale, zp, z8, gspan, s.act_order);
+            return quant::from_compressed_tensors(src, R, C, s.group, s.symmetric, packed, scale, zp, z8, gspan, act_order);
         }
         case QuantLayout::gptq:
         case QuantLayout::awq: {
@@ -371,7 +376,7 @@ inline quant::Matrix read_matrix(QuantMatrixPlan const& p, std::optional<quant::
             std::vector<std::int32_t> gi;
             std::optional<std::span<std::int32_t const>> gspan;
             if (p.g_idx) gi = read_i32(*p.g_idx), gspan = std::span<std::int32_t const>(gi);
-            return quant::from_gptq(src, R, C, s.group, s.symmetric, s.gptq_v2, s.act_order, qw, qz, sc, gspan);
+            return quant::from_gptq(src, R, C, s.group, s.symmetric, s.gptq_v2, act_order, qw, qz, sc, gspan);
         }
         case QuantLayout::ct_int8: {
             auto const sc = read_f32(*p.scale);
@@ -412,7 +417,7 @@ template <class S>
 GptOssExpertsPlan plan_gpt_oss_experts(S const& src, std::string const& prefix, std::int64_t E, std::int64_t d, std::int64_t f,
                                        std::string const& file) {
     GptOssExpertsPlan p{prefix, file, E, d, f};
-    detail::PlanChecks const ck{file, prefix, 2 * f, d};
+    detail::PlanChecks const ck{file, prefix, 2 * f, d, file};
     ck.multiple("gate_up_proj_blocks", "in_features (hidden_size)", d, 32, "MXFP4 has one E8M0 scale per 32 inputs");
     ck.multiple("down_proj_blocks", "in_features (intermediate_size)", f, 32, "MXFP4 has one E8M0 scale per 32 inputs");
     auto need = [&](char const* suffix, std::initializer_list<std::int64_t> shape, char const* formula) {
