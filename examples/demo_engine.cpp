@@ -6,7 +6,12 @@
 // per-layer per-expert load as a table and a text histogram.
 //
 //   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
-//               [--dtype bf16|f32|int8] [--threads N] [--seed S] [--shard] [--hidden D] [--ffn F]
+//               [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard] [--hidden D] [--ffn F]
+//
+// --dtype int8 and int4 quantise bf16 weights at load; fp8 and mxfp4 make the random model a quantised
+// checkpoint (DeepSeek-FP8 block layout, weight_scale_inv with weight_block_size [128, 128]; resp.
+// compressed-tensors mxfp4-pack-quantized experts with a dense bf16 shared expert), with its
+// quantization_config, so the loader reads them as it would a published one.
 //
 //   mpiexec -n 2 demo_engine --shard     experts sharded over the ranks (expert parallelism, MPI builds)
 
@@ -59,7 +64,7 @@ struct Options {
     std::fprintf(stderr,
                  "demo_engine: %s\n"
                  "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
-                 "                   [--dtype bf16|f32|int8] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
+                 "                   [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
                  "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n",
                  msg.c_str());
     std::exit(2);
@@ -95,7 +100,10 @@ Options parse(int argc, char** argv) {
         else usage("unknown argument '" + a + "'");
     }
     if (o.shape != "deepseek" && o.shape != "mixtral") usage("--shape: '" + o.shape + "' is not deepseek or mixtral");
-    if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "int8") usage("--dtype: '" + o.dtype + "' is not bf16, f32 or int8");
+    if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "int8" && o.dtype != "int4" && o.dtype != "fp8" && o.dtype != "mxfp4")
+        usage("--dtype: '" + o.dtype + "' is not bf16, f32, int8, int4, fp8 or mxfp4");
+    if (o.model && (o.dtype == "fp8" || o.dtype == "mxfp4"))
+        usage("--dtype " + o.dtype + ": for the random model only (a checkpoint's quantised experts load in their own format)");
     return o;
 }
 
@@ -103,20 +111,36 @@ Options parse(int argc, char** argv) {
 // run in seconds on 2 cores, with the structure of the real thing.
 nlohmann::json random_config(Options const& o) {
     std::int64_t const d = o.hidden ? o.hidden : 1024;
-    if (o.shape == "mixtral")
-        return {{"model_type", "mixtral"}, {"hidden_size", d}, {"intermediate_size", o.ffn ? o.ffn : 3584}, {"num_local_experts", 8},
-                {"num_experts_per_tok", 2}, {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}};
-    return {{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", o.ffn ? o.ffn : 512}, {"n_routed_experts", 32},
+    nlohmann::json j;
+    if (o.dtype == "fp8")
+        j["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}, {"weight_block_size", {128, 128}}};
+    if (o.dtype == "mxfp4")
+        j["quantization_config"] = {
+            {"quant_method", "compressed-tensors"}, {"format", "mxfp4-pack-quantized"}, {"quantization_status", "compressed"},
+            {"config_groups",
+             {{"group_0",
+               {{"targets", {"re:.*\\.experts\\..*"}},
+                {"weights", {{"num_bits", 4}, {"type", "float"}, {"symmetric", true}, {"strategy", "group"}, {"group_size", 32}}}}}}},
+            {"ignore", {"lm_head"}}};
+    if (o.shape == "mixtral") {
+        j.update({{"model_type", "mixtral"}, {"hidden_size", d}, {"intermediate_size", o.ffn ? o.ffn : 3584}, {"num_local_experts", 8},
+                  {"num_experts_per_tok", 2}, {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}});
+        return j;
+    }
+    j.update({{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", o.ffn ? o.ffn : 512}, {"n_routed_experts", 32},
             {"num_experts_per_tok", 4}, {"n_shared_experts", 1}, {"n_group", 4}, {"topk_group", 2},
             {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true}, {"first_k_dense_replace", 0},
-            {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}, {"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
+            {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}, {"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}});
+    return j;
 }
 
 // Uniform(-a, a) weights with a = sqrt(3 / fan_in) (unit-variance outputs), in bf16 or fp32, under the
 // checkpoint's tensor names; a fast generator, since the model has hundreds of millions of weights.
 class RandomModel {
 public:
-    RandomModel(smoe::io::HfMoeConfig const& c, bool bf16, std::uint64_t seed) : cfg_(c), bf16_(bf16), state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    // dtype: "f32", "bf16" (int8 and int4 quantise bf16 at load) or "fp8" / "mxfp4" (quantised experts).
+    RandomModel(smoe::io::HfMoeConfig const& c, std::string dtype, std::uint64_t seed)
+        : cfg_(c), bf16_(dtype != "f32"), dtype_(std::move(dtype)), state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
 
     smoe::io::TensorMap build() {
         smoe::io::TensorMap m("<random model>");
@@ -128,14 +152,16 @@ public:
             bool const mix = cfg_.family == smoe::io::HfFamily::mixtral;
             for (std::int64_t e = 0; e < E; ++e) {
                 std::string const q = p + "experts." + std::to_string(e) + ".";
-                add(m, q + (mix ? "w1" : "gate_proj") + ".weight", {f, d}, d, bf16_);
-                add(m, q + (mix ? "w3" : "up_proj") + ".weight", {f, d}, d, bf16_);
-                add(m, q + (mix ? "w2" : "down_proj") + ".weight", {d, f}, f, bf16_);
+                add_expert(m, q + (mix ? "w1" : "gate_proj"), f, d);
+                add_expert(m, q + (mix ? "w3" : "up_proj"), f, d);
+                add_expert(m, q + (mix ? "w2" : "down_proj"), d, f);
             }
             if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
-                add(m, p + "shared_experts.gate_proj.weight", {fs, d}, d, bf16_);
-                add(m, p + "shared_experts.up_proj.weight", {fs, d}, d, bf16_);
-                add(m, p + "shared_experts.down_proj.weight", {d, fs}, fs, bf16_);
+                // FP8 checkpoints quantise the shared expert too; the mxfp4 config targets routed experts only.
+                bool const q = dtype_ == "fp8";
+                q ? add_expert(m, p + "shared_experts.gate_proj", fs, d) : add(m, p + "shared_experts.gate_proj.weight", {fs, d}, d, bf16_);
+                q ? add_expert(m, p + "shared_experts.up_proj", fs, d) : add(m, p + "shared_experts.up_proj.weight", {fs, d}, d, bf16_);
+                q ? add_expert(m, p + "shared_experts.down_proj", d, fs) : add(m, p + "shared_experts.down_proj.weight", {d, fs}, fs, bf16_);
             }
         }
         return m;
@@ -161,8 +187,39 @@ private:
         }
     }
 
+    std::uint64_t bits() {
+        state_ ^= state_ >> 12, state_ ^= state_ << 25, state_ ^= state_ >> 27;
+        return state_ * 2685821657736338717ull;
+    }
+    // One expert matrix [R, C] under module P: dense, FP8 (random e4m3 codes of magnitude 2^-3..~4, one
+    // factor per 128 x 128 block) or MXFP4 (random E2M1 codes, one E8M0 scale per 32), all scaled to
+    // about the dense weights' range sqrt(3 / C).
+    void add_expert(smoe::io::TensorMap& m, std::string const& P, std::int64_t R, std::int64_t C) {
+        float const a = std::sqrt(3.0f / static_cast<float>(C));
+        auto const n = static_cast<std::size_t>(R * C);
+        if (dtype_ == "fp8") {
+            std::vector<std::uint8_t> codes(n);
+            for (auto& c : codes) {
+                std::uint64_t const b = bits() >> 40;
+                c = static_cast<std::uint8_t>((b & 0x80) | ((4 + (b >> 3) % 5) << 3) | (b & 7));  // exponent 4..8
+            }
+            std::int64_t const SR = (R + 127) / 128, SC = (C + 127) / 128;
+            std::vector<float> s(static_cast<std::size_t>(SR * SC), a / 2.0f);
+            m.add_values(P + ".weight", Dtype::F8_E4M3, {R, C}, std::span<std::uint8_t const>(codes));
+            m.add_values(P + ".weight_scale_inv", Dtype::F32, {SR, SC}, std::span<float const>(s));
+        } else if (dtype_ == "mxfp4") {
+            std::vector<std::uint8_t> packed(n / 2), scales(n / 32, static_cast<std::uint8_t>(127 + std::lround(std::log2(a / 3.0f))));
+            for (auto& b : packed) b = static_cast<std::uint8_t>(bits() >> 56);
+            m.add_values(P + ".weight_packed", Dtype::U8, {R, C / 2}, std::span<std::uint8_t const>(packed));
+            m.add_values(P + ".weight_scale", Dtype::U8, {R, C / 32}, std::span<std::uint8_t const>(scales));
+        } else {
+            add(m, P + ".weight", {R, C}, C, bf16_);
+        }
+    }
+
     smoe::io::HfMoeConfig const& cfg_;
     bool bf16_;
+    std::string dtype_;
     std::uint64_t state_;
 };
 
@@ -252,6 +309,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     typename Layer::Options lo{.max_tokens = o.prefill};
     // A real checkpoint keeps its dtype unless --dtype says otherwise; int8 is quantised at load.
     if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
+    if (o.dtype == "int4") lo.format = smoe::io::WeightFormat::int4;
     if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
     if (o.model) {
         std::filesystem::path const dir = *o.model;
@@ -273,7 +331,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         source = dir.string();
     } else {
         cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
-        auto const weights = RandomModel(cfg, o.dtype != "f32", o.seed).build();
+        auto const weights = RandomModel(cfg, o.dtype, o.seed).build();
         for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(Layer::load(cfg, weights, l, lo, "<random model>", maker));
         source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
     }
@@ -291,6 +349,17 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
                     to_string(cfg.family), layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
                     static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
                     static_cast<long long>(cfg.shared_intermediate_size), to_string(layers.front().format()));
+        // Per-expert formats of the first layer (formats.md §4 rule 5), as runs of equal formats.
+        auto const& l0 = layers.front();
+        std::printf("  expert formats (layer %lld):", static_cast<long long>(l0.layer_index()));
+        std::int64_t const E0 = static_cast<std::int64_t>(l0.local_experts().size());
+        for (std::int64_t e = 0, start = 0; e < E0; ++e)
+            if (e + 1 == E0 || l0.expert_format(e + 1) != l0.expert_format(start)) {
+                std::printf(" %lld..%lld %s;", static_cast<long long>(start), static_cast<long long>(e), l0.expert_format(start).c_str());
+                start = e + 1;
+            }
+        if (!l0.shared_format().empty()) std::printf(" shared %s", l0.shared_format().c_str());
+        std::printf("\n");
         if (ranks.size > 1)
             std::printf("  sharded over %d ranks: rank 0 holds experts %lld..%lld; each rank runs its share of the batch\n", ranks.size,
                         static_cast<long long>(layers.front().local_experts().front()), static_cast<long long>(layers.front().local_experts().back()));
