@@ -6,7 +6,7 @@
 // fp8 e4m3 128 x 128 blocks and MXFP4 (layer/rtn_quant.hpp's round-to-nearest) and int8 per channel
 // (int8q), each quantised from the same fp32 tensors at load (built in bench_layer_quant.cpp).
 //
-//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
+//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q|int4d|int8d>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
 //   BM_layer_quick/...   a 256 x 128 x 8 experts shape, seconds in all (CI; no assertion on time)
 //
 // Two protocols:
@@ -304,7 +304,7 @@ void BM_layer(benchmark::State& state, Case c) {
     state.counters["y_abs_sum"] = y_abs;
     state.counters["peak_gflops"] = peak.gops[c.threads];
     state.counters["dram_gbps"] = dram;
-    state.SetLabel(hash + " peak=" + peak.instruction + (smoe_bench::info(c.format).exact_fp32 ? ", exact fp32 path" : ""));
+    state.SetLabel(hash + " peak=" + peak.instruction + (smoe_bench::info(c.format).exact_fp32 ? ", exact fp32 path" : smoe_bench::info(c.format).int8_dot ? ", int8 dot path" : ""));
     char what[160];
     std::snprintf(what, sizeof what, "%s %s %s threads:%d T:%lld", s.name, smoe_bench::info(c.format).name,
                   c.cold ? "cold" : "hot", c.threads, static_cast<long long>(T));

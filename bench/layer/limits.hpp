@@ -19,14 +19,17 @@ namespace smoe_bench {
 // of formats.md §6.1 (each weight decoded to fp32 in registers, fp32 FMA), so its formats are judged
 // against the fp32 FMA peak, whatever the width of their codes; their decode is judged, as every
 // format's, against the DRAM bandwidth on the packed bytes it streams (QuantSwiGLU::weight_bytes).
-enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q };
-inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,  LayerFormat::bf16,  LayerFormat::int8, LayerFormat::int4,
-                                                LayerFormat::fp8,  LayerFormat::mxfp4, LayerFormat::int8q};
+// int4d and int8d are int4 g128 and int8 per channel on formats.md §6.2's int8 dot path
+// (SwiGLUConfig::int8_dot on: activations quantised per 32, vpdpbusd), judged against the int8 dot peak.
+enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q, int4d, int8d };
+inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,  LayerFormat::bf16,  LayerFormat::int8,  LayerFormat::int4, LayerFormat::fp8,
+                                                LayerFormat::mxfp4, LayerFormat::int8q, LayerFormat::int4d, LayerFormat::int8d};
 
 struct LayerFormatInfo {
     char const* name;           // in benchmark names: BM_layer/<shape>/<name>/...
     Format peak;                // the bench_machine.hpp peak the format's FLOPs are judged against
     bool exact_fp32;            // QuantSwiGLU's exact path: says so in the record's label
+    bool int8_dot;              // QuantSwiGLU's int8 dot path
     double bytes_per_weight;    // packed, factor tables included; sizes the cold protocol only (the
                                 // counters use the expert's own weight_bytes)
 };
@@ -34,12 +37,12 @@ struct LayerFormatInfo {
 // point) per 128 = 0.5625; fp8 1 + one fp32 factor per slot per 128 columns = 1.03; MXFP4 0.5 + one
 // fp32 factor per 32 = 0.625; int8q 1 + one table per slot.
 inline constexpr LayerFormatInfo kLayerFormatInfo[] = {
-    {"f32", Format::f32, false, 4},         {"bf16", Format::bf16, false, 2},     {"int8", Format::int8, false, 1},
-    {"int4", Format::f32, true, 0.5625},    {"fp8", Format::f32, true, 1.03125},  {"mxfp4", Format::f32, true, 0.625},
-    {"int8q", Format::f32, true, 1},
+    {"f32", Format::f32, false, false, 4},       {"bf16", Format::bf16, false, false, 2},   {"int8", Format::int8, false, false, 1},
+    {"int4", Format::f32, true, false, 0.5625},  {"fp8", Format::f32, true, false, 1.03125}, {"mxfp4", Format::f32, true, false, 0.625},
+    {"int8q", Format::f32, true, false, 1},      {"int4d", Format::int8, false, true, 0.5625}, {"int8d", Format::int8, false, true, 1.0625},
 };
 inline LayerFormatInfo const& info(LayerFormat f) { return kLayerFormatInfo[int(f)]; }
-inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32; }
+inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32 || info(f).int8_dot; }
 
 // Bytes of cpu0's last-level cache (sysfs "32768K"); 32 MiB, this project's machines, when unreadable.
 inline double llc_bytes() {
