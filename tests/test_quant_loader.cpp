@@ -174,7 +174,7 @@ std::vector<std::int32_t> const kGidx = {1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 
 
 }  // namespace
 
-TEST_CASE("the int4 layouts of formats.md §1.5 are written as the spec prints them and load bit for bit", "[quant][loader][int4]") {
+TEST_CASE("the int4 layouts of formats.md sec. 1.5 are written as the spec prints them and load bit for bit", "[quant][loader][int4]") {
     Int4 const a = Int4::example(8, 16, 8, false), s = Int4::example(8, 16, 8, true);
     // The test's packers against the spec's words.
     CHECK(a.ct_packed()[0] == word(0x76543210u));
@@ -219,7 +219,7 @@ TEST_CASE("the int4 layouts of formats.md §1.5 are written as the spec prints t
     }
 }
 
-TEST_CASE("FP8 (§2.4), int8 per channel (§1.7) and MXFP4 (§3.3, per module and gpt-oss stacked) load bit for bit", "[quant][loader]") {
+TEST_CASE("FP8 (sec. 2.4), int8 per channel (sec. 1.7) and MXFP4 (sec. 3.3, per module and gpt-oss stacked) load bit for bit", "[quant][loader]") {
     std::vector<std::uint8_t> const codes = {0x38, 0x40, 0xB8, 0x00, 0x3C, 0x44, 0x30, 0xC0, 0x7E, 0x01, 0x48, 0xBC, 0x34, 0x3A, 0xFE, 0x08, 0x50, 0x28};
     SECTION("FP8 block factors, weight_scale_inv (DeepSeek), partial edge blocks") {
         TensorMap m;
@@ -515,7 +515,7 @@ TEST_CASE("WeightFormat::int4 quantises a dense checkpoint at load, group 128 by
                       Contains("options.int4_group") && Contains("a divisor of in_features 256"));
 }
 
-TEST_CASE("quantization_config: unsupported values and storage-changing keys are errors naming the key (formats.md §5)", "[quant][loader][errors]") {
+TEST_CASE("quantization_config: unsupported values and storage-changing keys are errors naming the key (formats.md sec. 5)", "[quant][loader][errors]") {
     auto const fails = [](json const& q, std::string const& key, std::string const& value) {
         CHECK_THROWS_WITH(smoe::io::parse_quant_config(q, "config.json"),
                           Contains("config.json: key 'quantization_config." + key + "'' = " + value + ": expected"));
@@ -552,7 +552,7 @@ TEST_CASE("quantization_config: unsupported values and storage-changing keys are
     fails(q, "config_groups.group_0.targets", "(?P<x>a)");
 }
 
-TEST_CASE("quantization_config resolves each module's scheme: exact name, then patterns, then Linear; ignore; dynamic; not_convert", "[quant][loader]") {
+TEST_CASE("quantization_config resolves each module's scheme: exact name, then patterns, then Linear (and ignore, dynamic and not_convert)", "[quant][loader]") {
     json q = ct_int4(128, true);
     q["config_groups"]["group_1"] = {{"targets", {"re:.*experts\\.1\\..*"}},
                                      {"weights", {{"num_bits", 4}, {"type", "int"}, {"symmetric", false}, {"strategy", "group"}, {"group_size", 32}}}};
@@ -579,7 +579,7 @@ TEST_CASE("quantization_config resolves each module's scheme: exact name, then p
     CHECK(f.scheme_of("model.layers.2.mlp.experts.0.down_proj").quantized());
 }
 
-TEST_CASE("the loader's rows of formats.md §5: missing, forbidden, dtype, shape, weight_shape, group size, mixed W1/W3", "[quant][loader][errors]") {
+TEST_CASE("the loader's rows of formats.md sec. 5: missing, forbidden, dtype, shape, weight_shape, group size, mixed W1/W3", "[quant][loader][errors]") {
     std::string const P = "model.layers.0.block_sparse_moe.experts.0.w1";
     auto const load_fails = [&](Model const& m, std::vector<std::string> const& parts) {
         auto const cfg = smoe::io::parse_hf_config(m.config, "config.json");
