@@ -467,3 +467,81 @@ TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside
     CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
     CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
 }
+
+namespace {
+
+// formats.md §6.2's bf16 bound: fp64 with x and h rounded to bf16 as the path rounds them.
+double bf16_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
+    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    auto const r16 = [](float v) { return double(smoe::to_float(smoe::to_bf16(v))); };
+    double worst = 0;
+    for (std::int64_t r = 0; r < M; ++r) {
+        double const rw = 0.25 + 0.125 * double(r % 5);
+        std::vector<float> h(static_cast<std::size_t>(f));
+        for (std::int64_t j = 0; j < f; ++j) {
+            double g = 0, u = 0;
+            for (std::int64_t i = 0; i < d; ++i) {
+                double const xi = r16(x[std::size_t(r * d + i)]);
+                g += double(w.gate.deq(j, i)) * xi, u += double(w.up.deq(j, i)) * xi;
+            }
+            h[std::size_t(j)] = float(g / (1.0 + std::exp(-g)) * u);
+        }
+        double err = 0, ref = 0;
+        for (std::int64_t o = 0; o < d; ++o) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * r16(h[std::size_t(j)]);
+            acc *= rw;
+            err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
+            ref = std::max(ref, std::fabs(acc));
+        }
+        worst = std::max(worst, err / ref);
+    }
+    return worst;
+}
+
+}  // namespace
+
+TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, within the bf16 bounds", "[quant][expert][bf16_dot]") {
+    std::mt19937_64 rng(1509);
+    struct Case {
+        Format gu, dn;
+        Shape shape;
+    };
+    std::vector<Case> const cases = {
+        {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {200, 136}},  // partial blocks, K over 128
+        {Format::fp8_block(16, 32), Format::fp8_channel(), {72, 40}},
+        {Format::fp8_tensor(), Format::fp8_block(8, 8), {41, 24}},  // odd K: the last pair padded
+        {Format::mxfp4(), Format::mxfp4(), {96, 64}},
+    };
+    bool const native = smoe::kernels::cpu::cpu_has_avx512_bf16();
+    double worst_exact = 0;
+    for (auto const& c : cases) {
+        std::int64_t const d = c.shape.d, f = c.shape.f;
+        std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
+        SwiGLUConfig em{d, f, 2}, on{d, f, 2};
+        em.bf16_dot = smoe::expert::Bf16Dot::emulated;
+        on.bf16_dot = native ? smoe::expert::Bf16Dot::on : smoe::expert::Bf16Dot::emulated;
+        QuantSwiGLU const qe(em, QuantSwiGLUWeights::of(xs)), qn(on, QuantSwiGLUWeights::of(xs));
+        INFO("format " << qe.format_name(0) << ", native " << native);
+        CHECK(qe.uses_bf16_dot(1));
+        for (std::int64_t M : {1, 2, 3, 5, 7, 13}) {
+            auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+            auto const ye = run_rows(xsimd::default_arch{}, qe, 1, x, M);
+            CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x, M), ye));
+            CHECK(bf16_oracle_error(xs[1], x, ye, M) <= 2e-3);
+            double const exact = oracle_error(xs[1], x, ye, M);
+            CHECK(exact <= 1.5e-2);
+            worst_exact = std::max(worst_exact, exact);
+            std::vector<float> const x0(x.begin(), x.begin() + d);
+            CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x0, 1), std::vector<float>(ye.begin(), ye.begin() + d)));
+        }
+    }
+    WARN("bf16 dot path (FP8, MXFP4): worst per-token error against the exact oracle " << worst_exact << " (bound 1.5e-2)");
+    // Odd FP8 blocks along k, and the other formats, keep the exact path; automatic is the exact path here.
+    std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::fp8_block(8, 7), Format::int4(8), 42, 16)};
+    SwiGLUConfig em{42, 16, 1};
+    em.bf16_dot = smoe::expert::Bf16Dot::emulated;
+    CHECK_FALSE(QuantSwiGLU(em, QuantSwiGLUWeights::of(xs)).uses_bf16_dot(0));
+    std::vector<QuantExpertWeights> ys = {random_expert(rng, Format::mxfp4(), Format::mxfp4(), 64, 32)};
+    CHECK_FALSE(QuantSwiGLU(SwiGLUConfig{64, 32, 1}, QuantSwiGLUWeights::of(ys)).uses_bf16_dot(0));
+}

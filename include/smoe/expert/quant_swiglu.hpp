@@ -23,7 +23,10 @@
 // int8_dot (SwiGLUConfig, formats.md §6.2): int4 and int8-channel experts then take the int8 dot path
 // (kernels/cpu/int8_dot.hpp: activations quantised per block of 32, integer dot products) and are
 // packed for it; the other formats keep the exact path. uses_int8_dot(e) says which expert takes it.
-// Not here yet (issue 15): the bf16 dot path for FP8/MXFP4.
+// bf16_dot on (AVX512-BF16, an error on a CPU without it) or emulated: FP8 and MXFP4 experts take the
+// bf16 dot path (kernels/cpu/bf16_dot_quant.hpp: activations rounded to bf16, vdpbf16ps, the factor on
+// each block's fp32 partial sum); `automatic` and `off` keep the exact path here (formats.md §6.1 is the
+// default; §6.2's paths are opt-in). uses_bf16_dot(e) says which experts take it.
 
 #include <algorithm>
 #include <cstdint>
@@ -37,6 +40,7 @@
 #include "smoe/core/workspace.hpp"
 #include "smoe/expert/swiglu_config.hpp"
 #include "smoe/expert/swiglu_store.hpp"
+#include "smoe/kernels/cpu/bf16_dot_quant.hpp"
 #include "smoe/kernels/cpu/gemm_quant.hpp"
 #include "smoe/kernels/cpu/int8_dot.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
@@ -94,8 +98,9 @@ public:
 
     QuantSwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg) {
         cfg_.validate();
-        if (cfg_.bf16_dot != Bf16Dot::automatic && cfg_.bf16_dot != Bf16Dot::off)
-            smoe::detail::fail("bf16_dot", to_string(cfg_.bf16_dot), "automatic or off (QuantSwiGLU computes the exact fp32 path)");
+        if (cfg_.bf16_dot == Bf16Dot::on && !kernels::cpu::cpu_has_avx512_bf16())
+            smoe::detail::fail("bf16_dot", "on", "a CPU with AVX512-BF16 (F, BW, VL); use off, automatic (both: the exact path) or emulated");
+        bf16_kernel_ = cfg_.bf16_dot == Bf16Dot::on ? kernels::cpu::Bf16DotKernel::native : kernels::cpu::Bf16DotKernel::emulated;
         dot_kernel_ = resolve_int8_dot(cfg_.int8_dot);
         std::int64_t const E = cfg_.num_experts;
         auto const En = static_cast<std::size_t>(E);
@@ -126,9 +131,10 @@ public:
     std::int64_t num_experts() const { return cfg_.num_experts; }
     std::int64_t hidden_size() const { return cfg_.hidden_size; }
     std::int64_t intermediate_size() const { return cfg_.intermediate_size; }
-    bool uses_bf16_dot() const { return false; }
+    // Whether expert e's matrices take the bf16 dot path (FP8, MXFP4 with bf16_dot on or emulated).
+    bool uses_bf16_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].bf16 || dn_[static_cast<std::size_t>(e)].bf16; }
     // Whether expert e's matrices take the int8 dot path (formats.md §6.2), and by which kernel.
-    bool uses_int8_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].dot; }
+    bool uses_int8_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].dot || dn_[static_cast<std::size_t>(e)].dot; }
     kernels::cpu::Int8DotKernel int8_dot_kernel() const { return dot_kernel_; }
     double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
     quant::Format const& gate_up_format(std::int64_t e) const { return fmt_gu_[static_cast<std::size_t>(e)]; }
@@ -175,7 +181,7 @@ public:
         // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0.
         detail::GateUpStore epi{h, nullptr};
         auto const i = static_cast<std::size_t>(e);
-        gu_[i].run(arch, dot_kernel_, x, store_.data() + gu_off_[i], p0, p1, epi);
+        gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, store_.data() + gu_off_[i], p0, p1, epi);
     }
 
     template <class Arch>
@@ -183,21 +189,24 @@ public:
                   std::int64_t p1) const {
         detail::DownStore epi{out, row_w.data(), nullptr};
         auto const i = static_cast<std::size_t>(e);
-        dn_[i].run(arch, dot_kernel_, h, store_.data() + dn_off_[i], p0, p1, epi);
+        dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, store_.data() + dn_off_[i], p0, p1, epi);
     }
 
 private:
-    // One matrix of one expert as packed: for the exact path (quant_panel.hpp) or the int8 dot path.
+    // One matrix of one expert as packed: for the exact path (quant_panel.hpp), the int8 dot path or
+    // the bf16 dot path (q then holds k-pair codes).
     struct Packed {
-        bool dot = false;
+        bool dot = false, bf16 = false;
         kernels::cpu::QuantLayout q;
         kernels::cpu::DotLayout d;
         std::int64_t pstride() const { return dot ? d.pstride : q.pstride; }
         template <class Arch, class Epi>
-        void run(Arch arch, kernels::cpu::Int8DotKernel k, MatrixView<float const> A, std::uint8_t const* panels, std::int64_t p0,
-                 std::int64_t p1, Epi& epi) const {
+        void run(Arch arch, kernels::cpu::Int8DotKernel k, kernels::cpu::Bf16DotKernel kb, MatrixView<float const> A,
+                 std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) const {
             if (dot)
                 kernels::cpu::gemm_int8_dot(k, MatrixView<float const>(A.data, A.rows, d.K, A.ld), d, panels, p0, p1, epi);
+            else if (bf16)
+                kernels::cpu::gemm_bf16_dot_quant(kb, A, q, panels, p0, p1, epi);
             else
                 kernels::cpu::gemm_quant(arch, A, q, panels, p0, p1, epi);
         }
@@ -206,6 +215,11 @@ private:
     Packed layout(std::string const& what, quant::Format const& f, std::int64_t K, quant::Matrix const* m) const {
         Packed P;
         P.dot = cfg_.int8_dot != Int8Dot::off && (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel);
+        P.bf16 = (cfg_.bf16_dot == Bf16Dot::on || cfg_.bf16_dot == Bf16Dot::emulated) && kernels::cpu::bf16_dot_format(f, K);
+        if (P.bf16) {
+            P.q = kernels::cpu::bf16q_layout(f, K);
+            return P;
+        }
         if (!P.dot) {
             P.q = kernels::cpu::quant_layout(f, K, m);
             return P;
@@ -270,12 +284,15 @@ private:
     static void pack_panel(std::uint8_t* dst, Packed const& P, kernels::cpu::QuantSlot const (&slot)[detail::kP]) {
         if (P.dot)
             kernels::cpu::pack_dot_panel(dst, P.d, slot);
+        else if (P.bf16)
+            kernels::cpu::pack_bf16q_panel(dst, P.q, slot);
         else
             kernels::cpu::pack_quant_panel(dst, P.q, slot);
     }
 
     Config cfg_;
     kernels::cpu::Int8DotKernel dot_kernel_ = kernels::cpu::Int8DotKernel::portable;
+    kernels::cpu::Bf16DotKernel bf16_kernel_ = kernels::cpu::Bf16DotKernel::emulated;
     std::int64_t gu_panels_ = 0, dn_panels_ = 0;
     std::vector<Packed> gu_, dn_;
     std::vector<std::size_t> gu_off_, dn_off_;

@@ -1,0 +1,240 @@
+#pragma once
+// The bf16 dot path of formats.md §6.2 for FP8 (e4m3) and MXFP4 experts (SwiGLUConfig::bf16_dot on
+// or emulated, expert::QuantSwiGLU): e4m3 and E2M1 values are exact, normal bf16 numbers, so only the
+// activations are rounded (to bf16, nearest even). The model, per output o:
+//   for each factor block b (FP8: block_cols columns; MXFP4: 32), in order:
+//     part = +0; part = dpbf16(part, x pair, w pair) over the block's k pairs in order (vdpbf16ps's
+//     per-lane arithmetic, emulated_dpbf16); acc = fma(part, factor[o, b], acc)
+// The factors multiply the fp32 partial sum of their block, never a bf16 weight. The native kernel
+// (AVX512-BF16, runtime-detected) decodes the codes to bf16 in registers with table look-ups
+// (vpermt2w) and matches the emulation bit for bit.
+//
+// Panels (16 output units, quant_panel.hpp's factor tables and runs): FP8 stores each k pair as 32
+// bytes, byte 2·slot + h = code of k = 2j + h; MXFP4 stores two k pairs in 32 bytes, pair 2q in the low
+// nibbles and pair 2q + 1 in the high nibbles of the same bytes. Activations are rounded per tile, 256 k
+// at a time, on the stack (as bf16_dot.hpp).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "smoe/core/bf16.hpp"
+#include "smoe/core/view.hpp"
+#include "smoe/kernels/cpu/bf16_dot.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/quant_panel.hpp"
+#include "smoe/macros.hpp"
+#include "smoe/quant/element.hpp"
+
+namespace smoe::inline v0::kernels::cpu {
+
+// bf16 bits of an e4m3 byte's magnitude (its low 7 bits) and of an E2M1 code (sign included).
+inline std::uint16_t e4m3_bf16_bits(std::uint8_t b) { return to_bf16(quant::e4m3_to_float(b)).bits; }
+inline std::uint16_t e2m1_bf16_bits(std::uint8_t c) { return to_bf16(quant::e2m1_to_float(c)).bits; }
+
+// Whether a format can take this path: FP8 with even factor blocks along k, or MXFP4.
+inline bool bf16_dot_format(quant::Format const& f, std::int64_t K) {
+    if (f.kind == quant::Kind::mxfp4) return true;
+    return f.kind == quant::Kind::fp8 && (f.groups(K) == 1 || f.group_cols(K) % 2 == 0);
+}
+
+// The layout: quant_layout's factor tables and runs, with the codes in k-pair order.
+inline QuantLayout bf16q_layout(quant::Format const& f, std::int64_t K) {
+    QuantLayout L = quant_layout(f, K);
+    std::int64_t const pairs = (K + 1) / 2, code = f.kind == quant::Kind::fp8 ? pairs * 32 : (pairs + 1) / 2 * 32;
+    std::int64_t const tables = L.zero_off - L.scale_off;
+    L.step_bytes = 0;  // not k-step addressed
+    L.scale_off = (code + 63) / 64 * 64;
+    L.zero_off = L.scale_off + tables;
+    L.pstride = L.zero_off;
+    return L;
+}
+
+inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
+    std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
+    bool const fp8 = L.kind == quant::Kind::fp8;
+    for (int s = 0; s < kPanelCols; ++s) {
+        quant::Matrix const* m = slot[s].m;
+        if (!m) continue;
+        std::int64_t const o = slot[s].row;
+        for (std::int64_t k = 0; k < L.K; ++k) {
+            std::uint8_t const c = m->codes[static_cast<std::size_t>(o * L.K + k)];
+            std::int64_t const j = k / 2, h = k % 2;
+            if (fp8)
+                dst[j * 32 + 2 * s + h] = c;
+            else
+                dst[(j / 2) * 32 + 2 * s + h] |= static_cast<std::uint8_t>(c << ((j % 2) * 4));
+        }
+        for (auto const& run : L.runs) {
+            float const sc = m->scale_of(o, run.k0);
+            std::memcpy(dst + L.scale_off + (run.table * kPanelCols + s) * 4, &sc, 4);
+        }
+    }
+}
+
+namespace detail {
+
+inline constexpr std::int64_t kQDotBlock = 256;  // activations rounded at a time (even)
+
+// The bf16 weight pair of slot s at pair j.
+inline void bf16q_weights(QuantLayout const& L, std::uint8_t const* panel, std::int64_t j, int s, bf16& lo, bf16& hi) {
+    if (L.kind == quant::Kind::fp8) {
+        lo.bits = e4m3_bf16_bits(panel[j * 32 + 2 * s]);
+        hi.bits = e4m3_bf16_bits(panel[j * 32 + 2 * s + 1]);
+    } else {
+        int const sh = static_cast<int>(j % 2) * 4;
+        lo.bits = e2m1_bf16_bits((panel[(j / 2) * 32 + 2 * s] >> sh) & 15);
+        hi.bits = e2m1_bf16_bits((panel[(j / 2) * 32 + 2 * s + 1] >> sh) & 15);
+    }
+}
+
+// The emulation: the model above, one row and one panel at a time.
+template <class Epi>
+void bf16q_rows_emulated(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panel, std::int64_t p, Epi& epi) {
+    for (std::int64_t i = 0; i < A.rows; ++i) {
+        float const* x = A.row(i);
+        float acc[kPanelCols] = {};
+        for (auto const& run : L.runs) {
+            float part[kPanelCols] = {};
+            for (std::int64_t k = run.k0; k < run.k1; k += 2) {
+                bf16 const xl = to_bf16(x[k]), xh = k + 1 < L.K ? to_bf16(x[k + 1]) : bf16{};
+                for (int s = 0; s < kPanelCols; ++s) {
+                    bf16 wl, wh;
+                    bf16q_weights(L, panel, k / 2, s, wl, wh);
+                    part[s] = emulated_dpbf16(part[s], xl, xh, wl, wh);
+                }
+            }
+            for (int s = 0; s < kPanelCols; ++s) {
+                float sc;
+                std::memcpy(&sc, panel + L.scale_off + (run.table * kPanelCols + s) * 4, 4);
+                acc[s] = std::fma(part[s], sc, acc[s]);
+            }
+        }
+        epi.store(i, p, static_cast<float const*>(acc));
+    }
+}
+
+#if SMOE_BF16_DOT_NATIVE
+// The look-up tables: e4m3 magnitudes 0..127 as bf16 bits (four vectors of 32; 0x7F, NaN, never
+// occurs), E2M1 codes 0..15 (sign included).
+struct BF16QTables {
+    alignas(64) std::uint16_t e4m3[128];
+    alignas(64) std::uint16_t e2m1[32];
+};
+inline BF16QTables const& bf16q_tables() {
+    static BF16QTables const t = [] {
+        BF16QTables r{};
+        for (int c = 0; c < 128; ++c) r.e4m3[c] = e4m3_bf16_bits(static_cast<std::uint8_t>(c == 0x7F ? 0 : c));
+        for (int c = 0; c < 16; ++c) r.e2m1[c] = e2m1_bf16_bits(static_cast<std::uint8_t>(c));
+        return r;
+    }();
+    return t;
+}
+
+// MR rows x NP panels; partial sums in registers, the running sums in out (MR · NP · 16 floats).
+template <bool Fp8, int MR, int NP>
+[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_tile(float const* a, std::int64_t lda, std::uint8_t const* b0, QuantLayout const& L,
+                                                         float* out) {
+    BF16QTables const& T = bf16q_tables();
+    __m512i const ta = _mm512_load_si512(T.e4m3), tb = _mm512_load_si512(T.e4m3 + 32), tc = _mm512_load_si512(T.e4m3 + 64),
+                  td = _mm512_load_si512(T.e4m3 + 96), tf = _mm512_load_si512(T.e2m1);
+    __m512 acc[MR][NP];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    alignas(64) std::uint16_t xb[MR][kQDotBlock];
+    for (auto const& run : L.runs) {
+        __m512 part[MR][NP];
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; ++j) part[i][j] = _mm512_setzero_ps();
+        for (std::int64_t k0 = run.k0; k0 < run.k1; k0 += kQDotBlock) {
+            std::int64_t const kb = std::min(kQDotBlock, run.k1 - k0), pairs = (kb + 1) / 2;
+            for (int i = 0; i < MR; ++i) Bf16DotNative::convert(a + i * lda + k0, kb, xb[i]);
+            for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
+                std::int64_t const pj = k0 / 2 + j2;
+                __m512i w[NP];
+#pragma GCC unroll 3
+                for (int j = 0; j < NP; ++j) {
+                    std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
+                    _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
+                    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+                    if constexpr (Fp8) {
+                        __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
+                        __m512i const lo = _mm512_permutex2var_epi16(ta, idx, tb), hi = _mm512_permutex2var_epi16(tc, idx, td);
+                        __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
+                        __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
+                        w[j] = _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
+                    } else {
+                        __m512i const idx = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>((pj % 2) * 4))), _mm512_set1_epi16(15));
+                        w[j] = _mm512_permutex2var_epi16(tf, idx, tf);
+                    }
+                }
+#pragma GCC unroll 6
+                for (int i = 0; i < MR; ++i) {
+                    std::uint32_t x;
+                    std::memcpy(&x, &xb[i][2 * j2], sizeof x);
+                    __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
+#pragma GCC unroll 3
+                    for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
+                }
+            }
+        }
+        for (int j = 0; j < NP; ++j) {
+            __m512 const s = _mm512_loadu_ps(b0 + j * L.pstride + L.scale_off + run.table * kPanelCols * 4);
+            for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(part[i][j], s, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NP; ++j) _mm512_storeu_ps(out + (i * NP + j) * kPanelCols, acc[i][j]);
+}
+
+template <bool Fp8, int MR, class Epi>
+void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
+                     std::int64_t p1, Epi& epi) {
+    alignas(64) float out[MR * 3 * kPanelCols];
+    for (std::int64_t p = p0; p < p1;) {
+        int const np = p1 - p >= 3 ? 3 : 1;
+        if (np == 3)
+            bf16q_tile<Fp8, MR, 3>(A.row(m), A.ld, panels + p * L.pstride, L, out);
+        else
+            bf16q_tile<Fp8, MR, 1>(A.row(m), A.ld, panels + p * L.pstride, L, out);
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < np; ++j) epi.store(m + i, p + j, static_cast<float const*>(out + (i * np + j) * kPanelCols));
+        p += np;
+    }
+}
+
+// Rows in tiles of 6, the rest as 4 + 2 + 1; panels 3 at a time, the rest one by one.
+template <bool Fp8, class Epi>
+void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
+    std::int64_t m = 0;
+    for (; m + 6 <= A.rows; m += 6) bf16q_tile_rows<Fp8, 6>(A, m, L, panels, p0, p1, epi);
+    if (m + 4 <= A.rows) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
+    if (m + 2 <= A.rows) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
+    if (m < A.rows) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi);
+}
+#endif
+
+}  // namespace detail
+
+// Rows [0, A.rows) x panels [p0, p1) of an FP8 or MXFP4 matrix packed by pack_bf16q_panel; A's first
+// L.K columns are the input. Native needs cpu_has_avx512_bf16().
+template <class Epi>
+void gemm_bf16_dot_quant(Bf16DotKernel kernel, MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels,
+                         std::int64_t p0, std::int64_t p1, Epi& epi) {
+    if (A.rows == 0 || p0 >= p1) return;
+    MatrixView<float const> const X(A.data, A.rows, L.K, A.ld);
+#if SMOE_BF16_DOT_NATIVE
+    if (kernel == Bf16DotKernel::native) {
+        if (L.kind == quant::Kind::fp8) return detail::bf16q_native<true>(X, L, panels, p0, p1, epi);
+        return detail::bf16q_native<false>(X, L, panels, p0, p1, epi);
+    }
+#else
+    (void)kernel;
+#endif
+    for (std::int64_t p = p0; p < p1; ++p) detail::bf16q_rows_emulated(X, L, panels + p * L.pstride, p, epi);
+}
+
+}  // namespace smoe::inline v0::kernels::cpu
