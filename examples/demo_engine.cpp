@@ -54,6 +54,8 @@ struct Options {
     std::int64_t prefill = 128;
     std::int64_t decode = 32;
     std::string dtype = "bf16";
+    smoe::expert::Int8Dot int8_dot = smoe::expert::Int8Dot::off;
+    smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;
     std::int64_t threads = 2;
     std::int64_t hidden = 0, ffn = 0;  // random model: d and the expert width instead of the shape's
     bool shard = false;
@@ -65,7 +67,9 @@ struct Options {
                  "demo_engine: %s\n"
                  "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
                  "                   [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
-                 "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n",
+                 "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n"
+                 "                   [--int8-dot off|on|avx2|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
+                 "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n",
                  msg.c_str());
     std::exit(2);
 }
@@ -91,6 +95,17 @@ Options parse(int argc, char** argv) {
         else if (a == "--prefill") o.prefill = parse_count("--prefill", value(), 1);
         else if (a == "--decode") o.decode = parse_count("--decode", value(), 0);
         else if (a == "--dtype") o.dtype = value();
+        else if (a == "--int8-dot") {
+            std::string const v = value();
+            auto const d = smoe::expert::parse_int8_dot(v);
+            if (!d) usage("--int8-dot: '" + v + "' is not off, on, avx2 or portable");
+            o.int8_dot = *d;
+        } else if (a == "--bf16-dot") {
+            std::string const v = value();
+            auto const d = smoe::expert::parse_bf16_dot(v);
+            if (!d) usage("--bf16-dot: '" + v + "' is not automatic, off, on or emulated");
+            o.bf16_dot = *d;
+        }
         else if (a == "--threads") o.threads = parse_count("--threads", value(), 1);
         else if (a == "--shard") o.shard = true;
         else if (a == "--hidden") o.hidden = parse_count("--hidden", value(), 1);
@@ -306,7 +321,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     auto const t_load = Clock::now();
     std::string source;
     smoe::io::HfMoeConfig cfg;
-    typename Layer::Options lo{.max_tokens = o.prefill};
+    typename Layer::Options lo{.max_tokens = o.prefill, .bf16_dot = o.bf16_dot, .int8_dot = o.int8_dot};
     // A real checkpoint keeps its dtype unless --dtype says otherwise; int8 is quantised at load.
     if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
     if (o.dtype == "int4") lo.format = smoe::io::WeightFormat::int4;
@@ -355,7 +370,8 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         std::int64_t const E0 = static_cast<std::int64_t>(l0.local_experts().size());
         for (std::int64_t e = 0, start = 0; e < E0; ++e)
             if (e + 1 == E0 || l0.expert_format(e + 1) != l0.expert_format(start)) {
-                std::printf(" %lld..%lld %s;", static_cast<long long>(start), static_cast<long long>(e), l0.expert_format(start).c_str());
+                std::printf(" %lld..%lld %s (%s);", static_cast<long long>(start), static_cast<long long>(e), l0.expert_format(start).c_str(),
+                            l0.expert_dot_path(start).c_str());
                 start = e + 1;
             }
         if (!l0.shared_format().empty()) std::printf(" shared %s", l0.shared_format().c_str());

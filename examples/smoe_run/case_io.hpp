@@ -29,7 +29,8 @@ struct Args {
     fs::path case_dir, out_file;
     std::int64_t layer = 0;
     bool layer_given = false;
-    smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;  // bf16 checkpoints only
+    smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;  // bf16 checkpoints (FP8/MXFP4: on, emulated)
+    smoe::expert::Int8Dot int8_dot = smoe::expert::Int8Dot::off;         // quantised int4/int8 experts
 
     std::string config_file() const { return (case_dir / "config.json").string(); }
 };

@@ -17,7 +17,7 @@ int run_with(Args const& a, smoe::io::HfMoeConfig const& cfg, Source const& src,
     auto const input = SafetensorsFile::open(a.case_dir / "input.safetensors");
     Matrix const x =
         read_matrix(input, "hidden_states", any_extent, {cfg.hidden_size, cfg.keys.hidden_size}, cfg.keys.file);
-    auto moe = smoe::io::HfMoeLayer::load(cfg, src, a.layer, {.max_tokens = std::max<std::int64_t>(x.rows, 1), .bf16_dot = a.bf16_dot}, name);
+    auto moe = smoe::io::HfMoeLayer::load(cfg, src, a.layer, {.max_tokens = std::max<std::int64_t>(x.rows, 1), .bf16_dot = a.bf16_dot, .int8_dot = a.int8_dot}, name);
     std::vector<float> y(x.data.size());
     smoe::RoutingResult const r = moe.forward(smoe::MatrixView<float const>(x.data.data(), x.rows, x.cols),
                                               smoe::MatrixView<float>(y.data(), x.rows, x.cols));
@@ -28,6 +28,10 @@ int run_with(Args const& a, smoe::io::HfMoeConfig const& cfg, Source const& src,
     std::fprintf(stderr, "smoe-run: %s layer %lld, %s weights, T = %lld, E = %lld, k = %lld\n", to_string(cfg.family),
                  static_cast<long long>(a.layer), to_string(moe.format()), static_cast<long long>(x.rows),
                  static_cast<long long>(cfg.num_experts()), static_cast<long long>(cfg.top_k()));
+    if (moe.format() == smoe::io::WeightFormat::quantized || moe.format() == smoe::io::WeightFormat::int4)
+        for (std::size_t e = 0; e < moe.local_experts().size(); ++e)
+            std::fprintf(stderr, "smoe-run: expert %zu: %s, %s\n", e, moe.expert_format(std::int64_t(e)).c_str(),
+                         moe.expert_dot_path(std::int64_t(e)).c_str());
     return 0;
 }
 

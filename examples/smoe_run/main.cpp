@@ -1,4 +1,4 @@
-// smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot PATH]: runs one MoE layer, one router or one rank-wise LoRA layer
+// smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot PATH] [--int8-dot PATH]: runs one MoE layer, one router or one rank-wise LoRA layer
 // described by a case folder (cases.md) and writes its outputs as safetensors. Exit status 0 on
 // success, 1 on bad input (the message names the file, tensor or key), 2 on a usage error.
 
@@ -17,11 +17,15 @@ int usage(char const* msg) {
     std::fprintf(stderr,
                  "smoe-run: %s\n"
                  "usage: smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot automatic|off|on|emulated]\n"
+                 "                [--int8-dot off|on|avx2|portable]\n"
                  "  CASE_DIR  a case folder (config.json, weights.safetensors or a checkpoint, input.safetensors)\n"
                  "  OUT_FILE  the outputs, written as safetensors\n"
                  "  --layer N the decoder layer of a full checkpoint (default 0)\n"
                  "  --bf16-dot bf16 experts' dot product: automatic (vdpbf16ps where the CPU has it), off (fp32),\n"
-                 "            on (vdpbf16ps, required), emulated (its arithmetic in scalar code)\n",
+                 "            on (vdpbf16ps, required), emulated (its arithmetic in scalar code); on and emulated\n"
+                 "            also put FP8 and MXFP4 experts on the bf16 dot path\n"
+                 "  --int8-dot int4 and int8 experts of a quantised layer: off (exact fp32 path, the default), on\n"
+                 "            (activations quantised to int8 per 32: VNNI, else AVX2, else portable), avx2, portable\n",
                  msg);
     return 2;
 }
@@ -46,6 +50,12 @@ int main(int argc, char** argv) {
             auto const dot = smoe::expert::parse_bf16_dot(v);
             if (!dot) return usage(("--bf16-dot: '" + v + "' is not one of automatic, off, on, emulated").c_str());
             a.bf16_dot = *dot;
+        } else if (arg == "--int8-dot") {
+            if (i + 1 >= argc) return usage("--int8-dot needs a value");
+            std::string const v = argv[++i];
+            auto const dot = smoe::expert::parse_int8_dot(v);
+            if (!dot) return usage(("--int8-dot: '" + v + "' is not one of off, on, avx2, portable").c_str());
+            a.int8_dot = *dot;
         } else if (arg == "-h" || arg == "--help") {
             usage("runs one case folder");
             return 0;

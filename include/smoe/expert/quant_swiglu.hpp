@@ -136,6 +136,17 @@ public:
     // Whether expert e's matrices take the int8 dot path (formats.md §6.2), and by which kernel.
     bool uses_int8_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].dot || dn_[static_cast<std::size_t>(e)].dot; }
     kernels::cpu::Int8DotKernel int8_dot_kernel() const { return dot_kernel_; }
+    // formats.md §4 rule 5: the path expert e takes: "exact", "int8 dot (avx512-vnni)" ("avx2",
+    // "portable"), "bf16 dot (vdpbf16ps)" ("emulated"); "gate/up ..., down ..." when they differ.
+    std::string dot_path(std::int64_t e) const {
+        auto const path = [&](Packed const& P) -> std::string {
+            if (P.dot) return std::string("int8 dot (") + kernels::cpu::to_string(dot_kernel_) + ")";
+            if (P.bf16) return bf16_kernel_ == kernels::cpu::Bf16DotKernel::native ? "bf16 dot (vdpbf16ps)" : "bf16 dot (emulated)";
+            return "exact";
+        };
+        std::string const a = path(gu_[static_cast<std::size_t>(e)]), b = path(dn_[static_cast<std::size_t>(e)]);
+        return a == b ? a : "gate/up " + a + ", down " + b;
+    }
     double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
     quant::Format const& gate_up_format(std::int64_t e) const { return fmt_gu_[static_cast<std::size_t>(e)]; }
     quant::Format const& down_format(std::int64_t e) const { return fmt_dn_[static_cast<std::size_t>(e)]; }

@@ -152,6 +152,10 @@ public:
         // bf16 experts only: automatic takes the AVX512-BF16 dot product where the CPU has it (activations
         // rounded to bf16), off always computes in fp32 (expert/swiglu_config.hpp).
         expert::Bf16Dot bf16_dot = expert::Bf16Dot::automatic;
+        // Quantised layers (QuantSwiGLU): int4 and int8-channel experts on the int8 dot path (formats.md
+        // §6.2) with on / avx2 / portable; FP8 and MXFP4 experts on the bf16 dot path with bf16_dot on or
+        // emulated (automatic and off keep the exact path there).
+        expert::Int8Dot int8_dot = expert::Int8Dot::off;
     };
 
     template <class W>
@@ -269,6 +273,25 @@ public:
                     return x.routed().format_name(e);
                 else
                     return to_string(format_);
+            },
+            layer_);
+    }
+    // The dot path local expert e takes (QuantSwiGLU::dot_path), "exact" for an unquantised layer's
+    // fp32 path, "bf16 dot" where SwiGLU<bf16> takes vdpbf16ps.
+    std::string expert_dot_path(std::int64_t e) const {
+        return std::visit(
+            [&](auto const& l) -> std::string {
+                auto const& x = l->experts();
+                if constexpr (requires { x.dot_path(e); })
+                    return x.dot_path(e);
+                else if constexpr (requires { x.routed().dot_path(e); })
+                    return x.routed().dot_path(e);
+                else if constexpr (requires { x.uses_bf16_dot(); })
+                    return x.uses_bf16_dot() ? "bf16 dot" : "exact";
+                else if constexpr (requires { x.routed().uses_bf16_dot(); })
+                    return x.routed().uses_bf16_dot() ? "bf16 dot" : "exact";
+                else
+                    return "exact";
             },
             layer_);
     }
@@ -547,7 +570,7 @@ private:
         };
         std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
         if (qshared_) shared_plans.push_back(*qshared_);
-        expert::SwiGLUConfig const routed{d, f, E}, shared{d, fs, 1};
+        expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
         MatrixView<float const> const gate(gate_.data(), all, d);
         if (fs == 0) {
             using M = QuantPlain;
