@@ -44,7 +44,10 @@
 namespace smoe::inline v0::kernels::cpu {
 
 inline constexpr std::int64_t kQ8Block = 32;
-inline constexpr std::int64_t kPrefetchDot = 2048;  // bytes ahead in a panel
+// Bytes ahead in a panel, into L2: measured on the Zen 4 VM (olmoe expert, T = 1, one thread, 48
+// experts cold): 13.5 GB/s with 2 KiB into L1, 16.4 with 8 KiB into L2, against 17-22 GB/s for a plain
+// one-thread read of the same VM at the same time.
+inline constexpr std::int64_t kPrefetchDot = 8192;
 
 // Whether this CPU runs vpdpbusd on zmm registers (AVX512-VNNI with F, BW and VL).
 inline bool cpu_has_avx512_vnni() {
@@ -282,10 +285,9 @@ template <bool Int4, int MR, int NP>
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* pj = b0 + j * L.pstride;
             std::uint8_t const* blk = pj + b * L.block_bytes;
-            // Every line of the block kPrefetchDot bytes ahead: the hardware prefetcher alone kept a
-            // lone row's 4 panel streams at a third of the DRAM bandwidth.
+            // Every line of the block kPrefetchDot bytes ahead (see there).
 #pragma GCC unroll 8
-            for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T0);
+            for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T1);
             __m512i w[8];
             if constexpr (Int4) {
 #pragma GCC unroll 4
@@ -346,7 +348,7 @@ template <bool Int4, int MR>
             }
         }
         std::uint8_t const* blk = pj + b * L.block_bytes;
-        for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T0);
+        for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T1);
         __m256i dot[MR][2];
         for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = _mm256_setzero_si256();
         auto const madd = [&](__m256i u, std::int32_t q4) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_set1_epi32(q4)), ones); };
