@@ -6,7 +6,7 @@
 // fp8 e4m3 128 x 128 blocks and MXFP4 (layer/rtn_quant.hpp's round-to-nearest) and int8 per channel
 // (int8q), each quantised from the same fp32 tensors at load (built in bench_layer_quant.cpp).
 //
-//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q|int4d|int8d>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
+//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q|int4d|int8d|fp8b|mxfp4b>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
 //   BM_layer_quick/...   a 256 x 128 x 8 experts shape, seconds in all (CI; no assertion on time)
 //
 // Two protocols:
@@ -304,7 +304,10 @@ void BM_layer(benchmark::State& state, Case c) {
     state.counters["y_abs_sum"] = y_abs;
     state.counters["peak_gflops"] = peak.gops[c.threads];
     state.counters["dram_gbps"] = dram;
-    state.SetLabel(hash + " peak=" + peak.instruction + (smoe_bench::info(c.format).exact_fp32 ? ", exact fp32 path" : smoe_bench::info(c.format).int8_dot ? ", int8 dot path" : ""));
+    state.SetLabel(hash + " peak=" + peak.instruction + (smoe_bench::info(c.format).exact_fp32 ? ", exact fp32 path"
+                                                         : smoe_bench::info(c.format).int8_dot ? ", int8 dot path"
+                                                         : smoe_bench::info(c.format).bf16_dot ? ", bf16 dot path"
+                                                                                               : ""));
     char what[160];
     std::snprintf(what, sizeof what, "%s %s %s threads:%d T:%lld", s.name, smoe_bench::info(c.format).name,
                   c.cold ? "cold" : "hot", c.threads, static_cast<long long>(T));
@@ -315,7 +318,8 @@ void BM_layer(benchmark::State& state, Case c) {
 // built once and grown once.
 [[maybe_unused]] int const registered = [] {
     auto add = [&](char const* family, Shape const* s, std::vector<std::int64_t> const& tokens, double min_time) {
-        for (LayerFormat f : smoe_bench::kLayerFormats)
+        for (LayerFormat f : smoe_bench::kLayerFormats) {
+            if (smoe_bench::info(f).bf16_dot && !smoe::kernels::cpu::cpu_has_avx512_bf16()) continue;  // bf16_dot on needs it
             for (bool cold : {false, true})
                 for (int threads : {1, 2}) {
                     Case const c{s, f, cold, threads, cold ? cold_copies(*s, f) : 1, tokens.back()};
@@ -330,6 +334,7 @@ void BM_layer(benchmark::State& state, Case c) {
                     b->UseManualTime()->MinTime(min_time / c.copies)->Unit(benchmark::kMillisecond);
                     smoe_bench::best_stats(b);
                 }
+        }
     };
     add("BM_layer_quick", &kQuickShape, {1, 32}, 0.01);
     for (Shape const& s : smoe_bench::kShapes) add("BM_layer", &s, {1, 8, 32, 128, 512}, 0.3);

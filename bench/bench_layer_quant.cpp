@@ -33,7 +33,8 @@ struct QuantLayerCopies final : smoe_bench::LayerSet {
     std::vector<std::unique_ptr<float[]>> routers;
     std::vector<std::unique_ptr<Layer>> layers;
 
-    QuantLayerCopies(Shape const& shape, smoe::quant::Format const& fmt, bool int8_dot, std::int64_t max_tokens) : s(shape) {
+    QuantLayerCopies(Shape const& shape, smoe::quant::Format const& fmt, bool int8_dot, bool bf16_dot, std::int64_t max_tokens)
+        : s(shape) {
         using namespace smoe_bench;
         auto const d = std::size_t(s.d), f = std::size_t(s.f), E = std::size_t(s.E), fd = f * d;
         router_src = stream(E * d, kKeyRouter, kWeightSd);
@@ -55,6 +56,7 @@ struct QuantLayerCopies final : smoe_bench::LayerSet {
         cfg.router = smoe::router::TopKConfig{.num_experts = s.E, .top_k = s.k, .norm_topk_prob = true};
         cfg.expert = {s.d, s.f, s.E};
         if (int8_dot) cfg.expert.int8_dot = smoe::expert::Int8Dot::on;
+        if (bf16_dot) cfg.expert.bf16_dot = smoe::expert::Bf16Dot::on;
         cfg.max_tokens = max_tokens;
         add_copy();
         expert_bytes = layers[0]->experts().weight_bytes(0);
@@ -88,8 +90,10 @@ smoe::quant::Format quant_format(smoe_bench::LayerFormat f) {
     switch (f) {
         case LayerFormat::int4:
         case LayerFormat::int4d: return smoe::quant::Format::int4(128);
-        case LayerFormat::fp8: return smoe::quant::Format::fp8_block(128, 128);
-        case LayerFormat::mxfp4: return smoe::quant::Format::mxfp4();
+        case LayerFormat::fp8:
+        case LayerFormat::fp8b: return smoe::quant::Format::fp8_block(128, 128);
+        case LayerFormat::mxfp4:
+        case LayerFormat::mxfp4b: return smoe::quant::Format::mxfp4();
         default: return smoe::quant::Format::int8_channel();
     }
 }
@@ -97,5 +101,5 @@ smoe::quant::Format quant_format(smoe_bench::LayerFormat f) {
 }  // namespace
 
 std::unique_ptr<smoe_bench::LayerSet> smoe_bench::make_quant_layer_set(Shape const& s, LayerFormat f, std::int64_t max_tokens) {
-    return std::make_unique<QuantLayerCopies>(s, quant_format(f), smoe_bench::info(f).int8_dot, max_tokens);
+    return std::make_unique<QuantLayerCopies>(s, quant_format(f), smoe_bench::info(f).int8_dot, smoe_bench::info(f).bf16_dot, max_tokens);
 }

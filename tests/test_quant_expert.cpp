@@ -393,6 +393,9 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         {Format::int8_channel(), Format::int8_channel(), {72, 40}},
     };
     double worst_exact = 0;
+    if (!smoe::kernels::cpu::cpu_has_avx512_vnni())
+        WARN("this CPU has no AVX512-VNNI: Int8Dot::on ran the AVX2 or portable kernel; the VNNI kernel is checked on a CPU that has it");
+    if (!smoe::kernels::cpu::cpu_has_avx2_fma()) WARN("this CPU has no AVX2+FMA: the AVX2 int8 dot kernel was not run");
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f;
         std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
@@ -514,6 +517,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         {Format::mxfp4(), Format::mxfp4(), {96, 64}},
     };
     bool const native = smoe::kernels::cpu::cpu_has_avx512_bf16();
+    if (!native) WARN("this CPU has no AVX512-BF16: only the emulation ran; the vdpbf16ps kernel is checked on a CPU that has it");
     double worst_exact = 0;
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f;

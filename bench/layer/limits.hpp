@@ -20,10 +20,13 @@ namespace smoe_bench {
 // against the fp32 FMA peak, whatever the width of their codes; their decode is judged, as every
 // format's, against the DRAM bandwidth on the packed bytes it streams (QuantSwiGLU::weight_bytes).
 // int4d and int8d are int4 g128 and int8 per channel on formats.md §6.2's int8 dot path
-// (SwiGLUConfig::int8_dot on: activations quantised per 32, vpdpbusd), judged against the int8 dot peak.
-enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q, int4d, int8d };
-inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,  LayerFormat::bf16,  LayerFormat::int8,  LayerFormat::int4, LayerFormat::fp8,
-                                                LayerFormat::mxfp4, LayerFormat::int8q, LayerFormat::int4d, LayerFormat::int8d};
+// (SwiGLUConfig::int8_dot on: activations quantised per 32, vpdpbusd), judged against the int8 dot peak;
+// fp8b and mxfp4b are FP8 and MXFP4 on its bf16 dot path (bf16_dot on: vdpbf16ps), judged against the
+// bf16 dot peak (registered where the CPU has AVX512-BF16).
+enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q, int4d, int8d, fp8b, mxfp4b };
+inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,   LayerFormat::bf16,  LayerFormat::int8,  LayerFormat::int4,
+                                                LayerFormat::fp8,   LayerFormat::mxfp4, LayerFormat::int8q, LayerFormat::int4d,
+                                                LayerFormat::int8d, LayerFormat::fp8b,  LayerFormat::mxfp4b};
 
 struct LayerFormatInfo {
     char const* name;           // in benchmark names: BM_layer/<shape>/<name>/...
@@ -32,6 +35,7 @@ struct LayerFormatInfo {
     bool int8_dot;              // QuantSwiGLU's int8 dot path
     double bytes_per_weight;    // packed, factor tables included; sizes the cold protocol only (the
                                 // counters use the expert's own weight_bytes)
+    bool bf16_dot = false;      // QuantSwiGLU's bf16 dot path (FP8, MXFP4)
 };
 // Packed bytes per weight (kernels/cpu/quant_panel.hpp): int4 g128 0.5 + two fp32 tables (scale, zero
 // point) per 128 = 0.5625; fp8 1 + one fp32 factor per slot per 128 columns = 1.03; MXFP4 0.5 + one
@@ -40,9 +44,10 @@ inline constexpr LayerFormatInfo kLayerFormatInfo[] = {
     {"f32", Format::f32, false, false, 4},       {"bf16", Format::bf16, false, false, 2},   {"int8", Format::int8, false, false, 1},
     {"int4", Format::f32, true, false, 0.5625},  {"fp8", Format::f32, true, false, 1.03125}, {"mxfp4", Format::f32, true, false, 0.625},
     {"int8q", Format::f32, true, false, 1},      {"int4d", Format::int8, false, true, 0.5625}, {"int8d", Format::int8, false, true, 1.0625},
+    {"fp8b", Format::bf16, false, false, 1.03125, true}, {"mxfp4b", Format::bf16, false, false, 0.625, true},
 };
 inline LayerFormatInfo const& info(LayerFormat f) { return kLayerFormatInfo[int(f)]; }
-inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32 || info(f).int8_dot; }
+inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32 || info(f).int8_dot || info(f).bf16_dot; }
 
 // Bytes of cpu0's last-level cache (sysfs "32768K"); 32 MiB, this project's machines, when unreadable.
 inline double llc_bytes() {

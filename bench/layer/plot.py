@@ -23,9 +23,9 @@ import sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 SHAPES = ["mixtral", "olmoe", "qwen2moe", "deepseek-v2-lite"]
-FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q", "int4d", "int8d"]
+FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"]
 # QuantSwiGLU's formats (bench/layer/limits.hpp): the exact fp32 path, and int4d/int8d on the int8 dot path.
-QUANT = {"int4", "fp8", "mxfp4", "int8q", "int4d", "int8d"}
+QUANT = {"int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"}
 # No baseline has these weight types: they are compared with the fastest baseline of any type, as int8 is.
 ANY_BASELINE = {"int8"} | QUANT
 DIMS = {"mixtral": (4096, 14336), "olmoe": (2048, 1024), "qwen2moe": (2048, 1408), "deepseek-v2-lite": (2048, 1408)}
@@ -112,7 +112,8 @@ def summary(recs, limits):
              "int4, fp8 (e4m3, 128x128 blocks), mxfp4 and int8q (int8 per channel through QuantSwiGLU) run QuantSwiGLU's "
              "exact fp32 path (weights decoded to fp32 in registers, fp32 FMA), so their peak is the fp32 FMA peak; int4d and int8d "
              "are int4 g128 and int8 per channel on the int8 dot path (activations quantised per 32, vpdpbusd), judged "
-             "against the int8 dot peak:", "",
+             "against the int8 dot peak; fp8b and mxfp4b are FP8 and MXFP4 on the bf16 dot path (vdpbf16ps), judged against "
+             "the bf16 dot peak:", "",
              "| run | threads | " + " | ".join(f"{f} peak" for f in fmts) + " | DRAM read GB/s |",
              "|---|---:|" + "---|" * len(fmts) + "---:|"]
     for key in sorted(limits):
@@ -193,7 +194,8 @@ def charts(recs):
     import matplotlib.pyplot as plt
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
     colors = {"f32": "tab:blue", "bf16": "tab:orange", "int8": "tab:green", "int4": "tab:red", "fp8": "tab:purple",
-              "mxfp4": "tab:brown", "int8q": "tab:olive", "int4d": "tab:pink", "int8d": "tab:cyan"}
+              "mxfp4": "tab:brown", "int8q": "tab:olive", "int4d": "tab:pink", "int8d": "tab:cyan",
+              "fp8b": "tab:gray", "mxfp4b": "gold"}
     # (system, protocol, line style, marker): smoe cold solid, smoe hot dashed, baselines dotted.
     series = {"roofline": [("smoe", "cold", "-", "o"), ("smoe", "hot", "--", "o"), ("eigen", "hot", ":", "^"),
                            ("torch", "hot", ":", "s")],

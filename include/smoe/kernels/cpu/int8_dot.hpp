@@ -257,60 +257,79 @@ struct Q8Rows {
 template <bool Int4, int MR, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* b0,
                                                              DotLayout const& L, float* out) {
+    // Loop order: per block, per 4-k vector v, the NP panels' weights are decoded once and every row's
+    // 4 activation bytes are broadcast from memory straight into vpdpbusd ({1to16}); the int32 sums of
+    // all MR x NP outputs stay in registers across the block (measured: the earlier order, every row's 8
+    // broadcasts held for the whole block, spilled).
     __m512 acc[MR][NP];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     __m512i const nib = _mm512_set1_epi8(15);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
-        std::int32_t qd[MR][8];
+        alignas(64) Q8 local[MR];
+        std::int32_t const* qrow[MR];
         float dq[MR], sq[MR];
         if (pre.q) {
             for (int i = 0; i < MR; ++i) {
-                std::memcpy(qd[i], pre.q + i * pre.qstride + b * kQ8Block, sizeof qd[i]);
+                qrow[i] = reinterpret_cast<std::int32_t const*>(pre.q + i * pre.qstride + b * kQ8Block);
                 dq[i] = pre.d[i * L.blocks + b];
                 sq[i] = pre.sum[i * L.blocks + b];
             }
         } else {
-            Q8 q[MR];
-            quantize_q8_avx512<MR>(a, lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), q);
+            quantize_q8_avx512<MR>(a, lda, perm, b * kQ8Block, std::min(kQ8Block, L.K - b * kQ8Block), local);
             for (int i = 0; i < MR; ++i) {
-                std::memcpy(qd[i], q[i].q, sizeof qd[i]);
-                dq[i] = q[i].d;
-                sq[i] = static_cast<float>(q[i].sum);
+                qrow[i] = reinterpret_cast<std::int32_t const*>(local[i].q);
+                dq[i] = local[i].d;
+                sq[i] = static_cast<float>(local[i].sum);
             }
         }
         std::int64_t const t = b / L.blocks_per_group;
+        __m512i dot[MR][NP];
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < NP; ++j)
+#pragma GCC unroll 8
+            for (int l = 0; l < (Int4 ? 4 : 8); ++l)  // every line of the block kPrefetchDot bytes ahead (see there)
+                _mm_prefetch(reinterpret_cast<char const*>(b0 + j * L.pstride + b * L.block_bytes) + kPrefetchDot + 64 * l, _MM_HINT_T1);
+        // int4: vector v holds k 8v..8v+3 in its low nibbles and 8v+4..8v+7 in its high ones; int8: k 4v..4v+3.
+#pragma GCC unroll 8
+        for (int v = 0; v < (Int4 ? 4 : 8); ++v) {
+            __m512i lo[NP], hi[NP];
+#pragma GCC unroll 4
+            for (int j = 0; j < NP; ++j) {
+                __m512i const x = _mm512_loadu_si512(b0 + j * L.pstride + b * L.block_bytes + v * 64);
+                if constexpr (Int4) {
+                    lo[j] = _mm512_and_si512(x, nib);
+                    hi[j] = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
+                } else {
+                    lo[j] = x;
+                }
+            }
+#pragma GCC unroll 6
+            for (int i = 0; i < MR; ++i) {
+                __m512i const ql = _mm512_set1_epi32(qrow[i][Int4 ? 2 * v : v]);
+#pragma GCC unroll 4
+                for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], lo[j], ql);
+                if constexpr (Int4) {
+                    __m512i const qh = _mm512_set1_epi32(qrow[i][2 * v + 1]);
+#pragma GCC unroll 4
+                    for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], hi[j], qh);
+                }
+            }
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* pj = b0 + j * L.pstride;
-            std::uint8_t const* blk = pj + b * L.block_bytes;
-            // Every line of the block kPrefetchDot bytes ahead (see there).
-#pragma GCC unroll 8
-            for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T1);
-            __m512i w[8];
-            if constexpr (Int4) {
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; ++v) {
-                    __m512i const x = _mm512_loadu_si512(blk + v * 64);
-                    w[2 * v] = _mm512_and_si512(x, nib);
-                    w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
-                }
-            } else {
-#pragma GCC unroll 8
-                for (int v = 0; v < 8; ++v) w[v] = _mm512_loadu_si512(blk + v * 64);
-            }
             __m512 const s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
             __m512 const z = _mm512_cvtepi32_ps(_mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4));
-#pragma GCC unroll 4
+#pragma GCC unroll 6
             for (int i = 0; i < MR; ++i) {
-                __m512i dot = _mm512_setzero_si512();
-                // int4: vector 2v holds k 8v..8v+3, 2v+1 holds 8v+4..8v+7; int8: vector v holds 4v..4v+3.
-#pragma GCC unroll 8
-                for (int v = 0; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(qd[i][v]));
-                __m512 const S = _mm512_fnmadd_ps(z, _mm512_set1_ps(sq[i]), _mm512_cvtepi32_ps(dot));
-                __m512 const c = _mm512_mul_ps(_mm512_set1_ps(dq[i]), s);
-                acc[i][j] = _mm512_fmadd_ps(S, c, acc[i][j]);
+                __m512 const S = _mm512_fnmadd_ps(z, _mm512_set1_ps(sq[i]), _mm512_cvtepi32_ps(dot[i][j]));
+                acc[i][j] = _mm512_fmadd_ps(S, _mm512_mul_ps(_mm512_set1_ps(dq[i]), s), acc[i][j]);
             }
         }
     }
