@@ -549,3 +549,38 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
     std::vector<QuantExpertWeights> ys = {random_expert(rng, Format::mxfp4(), Format::mxfp4(), 64, 32)};
     CHECK_FALSE(QuantSwiGLU(SwiGLUConfig{64, 32, 1}, QuantSwiGLUWeights::of(ys)).uses_bf16_dot(0));
 }
+
+TEST_CASE("quantised layers: T = 0, and one expert taking every token, on every path", "[quant][layer]") {
+    using Layer = smoe::MoELayer<smoe::router::TopK, QuantSwiGLU, smoe::balance::None>;
+    std::mt19937_64 rng(1510);
+    std::int64_t const d = 64, f = 32, E = 3, T = 23;
+    std::vector<Format> const fmts = {Format::int4(32), Format::fp8_block(16, 32), Format::mxfp4()};
+    std::vector<QuantExpertWeights> xs;
+    for (std::int64_t e = 0; e < E; ++e) xs.push_back(random_expert(rng, fmts[std::size_t(e)], fmts[std::size_t(e)], d, f));
+    // Router rows: expert 1's logit is large for every (positive) token, so top-1 sends it all of them.
+    std::vector<float> gate(std::size_t(E * d), 0.0f);
+    for (std::int64_t i = 0; i < d; ++i) gate[std::size_t(d + i)] = 1.0f;
+    auto x = smoe_test::normal(rng, std::size_t(T * d), 0.5);
+    for (auto& v : x) v = std::fabs(v) + 0.01f;
+    for (int path = 0; path < 3; ++path) {
+        SwiGLUConfig c{d, f, E};
+        if (path == 1) c.int8_dot = smoe::expert::Int8Dot::on;
+        if (path == 2) c.bf16_dot = smoe::expert::Bf16Dot::emulated;
+        INFO("path " << path);
+        Layer layer({.router = {.num_experts = E, .top_k = 1}, .expert = c, .max_tokens = T},
+                    {MatrixView<float const>(gate.data(), E, d), {}, QuantSwiGLUWeights::of(xs)});
+        std::vector<float> y(std::size_t(T * d), -7.0f);
+        layer.forward(MatrixView<float const>(x.data(), 0, d), MatrixView<float>(y.data(), 0, d));  // T = 0: nothing to do
+        CHECK(y[0] == -7.0f);
+        smoe::RoutingResult const r = layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+        CHECK(r.load(1) == T);
+        CHECK(r.load(0) == 0);
+        // Expert 1 alone on all rows (weight 1: top-1 renormalised) gives the layer's rows.
+        std::vector<float> ones(std::size_t(T), 1.0f), want(std::size_t(T * d));
+        QuantSwiGLU const& ex = layer.experts();
+        smoe::WorkspaceBuffer buf(ex.workspace_size(T));
+        smoe::Workspace ws = buf.workspace();
+        ex.run(xsimd::default_arch{}, 1, MatrixView<float const>(x.data(), T, d), std::span<float const>(ones), MatrixView<float>(want.data(), T, d), ws);
+        for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(std::fabs(y[i] - want[i]) <= 1e-6f * (1.0f + std::fabs(want[i])));
+    }
+}
