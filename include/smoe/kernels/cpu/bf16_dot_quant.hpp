@@ -132,13 +132,36 @@ inline BF16QTables const& bf16q_tables() {
     return t;
 }
 
+// The tables in registers, and one k pair (FP8) or the pair pj of a two-pair group (MXFP4) of one panel
+// decoded to 32 bf16: lanes 2·slot + h, k = 2·pj + h.
+struct BF16QRegs {
+    __m512i a, b, c, d, f;
+};
+SMOE_TARGET_AVX512_BF16 inline BF16QRegs bf16q_regs() {
+    BF16QTables const& T = bf16q_tables();
+    return {_mm512_load_si512(T.e4m3), _mm512_load_si512(T.e4m3 + 32), _mm512_load_si512(T.e4m3 + 64), _mm512_load_si512(T.e4m3 + 96),
+            _mm512_load_si512(T.e2m1)};
+}
+template <bool Fp8>
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_decode(std::uint8_t const* p, std::int64_t pj, BF16QRegs const& t) {
+    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+    if constexpr (Fp8) {
+        __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
+        __m512i const lo = _mm512_permutex2var_epi16(t.a, idx, t.b), hi = _mm512_permutex2var_epi16(t.c, idx, t.d);
+        __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
+        __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
+        return _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
+    } else {
+        __m512i const idx = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>((pj % 2) * 4))), _mm512_set1_epi16(15));
+        return _mm512_permutex2var_epi16(t.f, idx, t.f);
+    }
+}
+
 // MR rows x NP panels; partial sums in registers, the running sums in out (MR · NP · 16 floats).
 template <bool Fp8, int MR, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_tile(float const* a, std::int64_t lda, std::uint8_t const* b0, QuantLayout const& L,
                                                          float* out) {
-    BF16QTables const& T = bf16q_tables();
-    __m512i const ta = _mm512_load_si512(T.e4m3), tb = _mm512_load_si512(T.e4m3 + 32), tc = _mm512_load_si512(T.e4m3 + 64),
-                  td = _mm512_load_si512(T.e4m3 + 96), tf = _mm512_load_si512(T.e2m1);
+    BF16QRegs const t = bf16q_regs();
     __m512 acc[MR][NP];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -159,17 +182,7 @@ template <bool Fp8, int MR, int NP>
                 for (int j = 0; j < NP; ++j) {
                     std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
                     _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
-                    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
-                    if constexpr (Fp8) {
-                        __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
-                        __m512i const lo = _mm512_permutex2var_epi16(ta, idx, tb), hi = _mm512_permutex2var_epi16(tc, idx, td);
-                        __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
-                        __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
-                        w[j] = _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
-                    } else {
-                        __m512i const idx = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>((pj % 2) * 4))), _mm512_set1_epi16(15));
-                        w[j] = _mm512_permutex2var_epi16(tf, idx, tf);
-                    }
+                    w[j] = bf16q_decode<Fp8>(p, pj, t);
                 }
 #pragma GCC unroll 6
                 for (int i = 0; i < MR; ++i) {
@@ -247,9 +260,7 @@ template <int NP>
 template <bool Fp8, class Epi>
 SMOE_TARGET_AVX512_BF16 void bf16q_blocks(MatrixView<float const> A, std::int64_t full, QuantLayout const& L, std::uint8_t const* panels,
                                           std::int64_t p0, std::int64_t p1, Epi& epi) {
-    BF16QTables const& T = bf16q_tables();
-    __m512i const ta = _mm512_load_si512(T.e4m3), tb = _mm512_load_si512(T.e4m3 + 32), tc = _mm512_load_si512(T.e4m3 + 64),
-                  td = _mm512_load_si512(T.e4m3 + 96), tf = _mm512_load_si512(T.e2m1);
+    BF16QRegs const t = bf16q_regs();
     alignas(64) std::uint16_t wbuf[3 * (kQDotBlock / 2) * 32];
     alignas(64) float part[kQRowsDot * 3 * kPanelCols], acc[kQRowsDot * 3 * kPanelCols];
     for (std::int64_t m0 = 0; m0 < full; m0 += kQRowsDot) {
@@ -266,20 +277,7 @@ SMOE_TARGET_AVX512_BF16 void bf16q_blocks(MatrixView<float const> A, std::int64_
                         for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
                             std::int64_t const pj = k0 / 2 + j2;
                             std::uint8_t const* src = panels + (p + j) * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-                            __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(src)));
-                            __m512i w;
-                            if constexpr (Fp8) {
-                                __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
-                                __m512i const lo = _mm512_permutex2var_epi16(ta, idx, tb), hi = _mm512_permutex2var_epi16(tc, idx, td);
-                                __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
-                                __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
-                                w = _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
-                            } else {
-                                __m512i const idx =
-                                    _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>((pj % 2) * 4))), _mm512_set1_epi16(15));
-                                w = _mm512_permutex2var_epi16(tf, idx, tf);
-                            }
-                            _mm512_store_si512(wbuf + (j * (kQDotBlock / 2) + j2) * 32, w);
+                            _mm512_store_si512(wbuf + (j * (kQDotBlock / 2) + j2) * 32, bf16q_decode<Fp8>(src, pj, t));
                         }
                     for (std::int64_t t = 0; t < tiles; ++t) {
                         float const* a = A.row(m0 + 6 * t);
