@@ -219,100 +219,12 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
     }
 }
 
-// Many rows: a sub-block of up to kQDotBlock k of np <= 3 panels is decoded to bf16 once into wbuf and
-// every 6-row tile of up to kQRowsDot rows runs on it, its partial and running sums parked in memory
-// between sub-blocks and runs (the same per-lane operations in the same order as the tile above, so
-// the same bits). The look-up decode then costs once per kQRowsDot rows instead of once per 6.
-inline constexpr std::int64_t kQRowsDot = 96;
-
-template <int NP>
-[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_block_tile(float const* a, std::int64_t lda, std::int64_t k0, std::int64_t kb,
-                                                               std::uint16_t const* wbuf, float* part) {
-    constexpr int MR = 6;
-    alignas(64) std::uint16_t xb[MR][kQDotBlock];
-    for (int i = 0; i < MR; ++i) Bf16DotNative::convert(a + i * lda + k0, kb, xb[i]);
-    __m512 p[MR][NP];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-        for (int j = 0; j < NP; ++j) p[i][j] = _mm512_loadu_ps(part + (i * NP + j) * kPanelCols);
-    std::int64_t const pairs = (kb + 1) / 2;
-    for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
-        __m512i w[NP];
-#pragma GCC unroll 3
-        for (int j = 0; j < NP; ++j) w[j] = _mm512_load_si512(wbuf + (j * (kQDotBlock / 2) + j2) * 32);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
-            std::uint32_t x;
-            std::memcpy(&x, &xb[i][2 * j2], sizeof x);
-            __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
-#pragma GCC unroll 3
-            for (int j = 0; j < NP; ++j) p[i][j] = _mm512_dpbf16_ps(p[i][j], xv, (__m512bh)w[j]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-        for (int j = 0; j < NP; ++j) _mm512_storeu_ps(part + (i * NP + j) * kPanelCols, p[i][j]);
-}
-
-// Rows [0, full) (a multiple of 6) of panels [p0, p1) through decoded sub-blocks.
-template <bool Fp8, class Epi>
-SMOE_TARGET_AVX512_BF16 void bf16q_blocks(MatrixView<float const> A, std::int64_t full, QuantLayout const& L, std::uint8_t const* panels,
-                                          std::int64_t p0, std::int64_t p1, Epi& epi) {
-    BF16QRegs const t = bf16q_regs();
-    alignas(64) std::uint16_t wbuf[3 * (kQDotBlock / 2) * 32];
-    alignas(64) float part[kQRowsDot * 3 * kPanelCols], acc[kQRowsDot * 3 * kPanelCols];
-    for (std::int64_t m0 = 0; m0 < full; m0 += kQRowsDot) {
-        std::int64_t const rows = std::min(kQRowsDot, full - m0), tiles = rows / 6;
-        for (std::int64_t p = p0; p < p1; p += 3) {
-            int const np = static_cast<int>(std::min<std::int64_t>(3, p1 - p));
-            std::int64_t const tile_floats = 6 * np * kPanelCols;
-            std::fill(acc, acc + tiles * tile_floats, 0.0f);
-            for (auto const& run : L.runs) {
-                std::fill(part, part + tiles * tile_floats, 0.0f);
-                for (std::int64_t k0 = run.k0; k0 < run.k1; k0 += kQDotBlock) {
-                    std::int64_t const kb = std::min(kQDotBlock, run.k1 - k0), pairs = (kb + 1) / 2;
-                    for (int j = 0; j < np; ++j)
-                        for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
-                            std::int64_t const pj = k0 / 2 + j2;
-                            std::uint8_t const* src = panels + (p + j) * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-                            _mm512_store_si512(wbuf + (j * (kQDotBlock / 2) + j2) * 32, bf16q_decode<Fp8>(src, pj, t));
-                        }
-                    for (std::int64_t t = 0; t < tiles; ++t) {
-                        float const* a = A.row(m0 + 6 * t);
-                        float* pt = part + t * tile_floats;
-                        if (np == 3)
-                            bf16q_block_tile<3>(a, A.ld, k0, kb, wbuf, pt);
-                        else if (np == 2)
-                            bf16q_block_tile<2>(a, A.ld, k0, kb, wbuf, pt);
-                        else
-                            bf16q_block_tile<1>(a, A.ld, k0, kb, wbuf, pt);
-                    }
-                }
-                for (int j = 0; j < np; ++j) {
-                    __m512 const s = _mm512_loadu_ps(panels + (p + j) * L.pstride + L.scale_off + run.table * kPanelCols * 4);
-                    for (std::int64_t r = 0; r < tiles * 6; ++r) {
-                        std::int64_t const off = (r / 6) * tile_floats + ((r % 6) * np + j) * kPanelCols;
-                        _mm512_storeu_ps(acc + off, _mm512_fmadd_ps(_mm512_loadu_ps(part + off), s, _mm512_loadu_ps(acc + off)));
-                    }
-                }
-            }
-            for (std::int64_t r = 0; r < tiles * 6; ++r)
-                for (int j = 0; j < np; ++j)
-                    epi.store(m0 + r, p + j, static_cast<float const*>(acc + (r / 6) * tile_floats + ((r % 6) * np + j) * kPanelCols));
-        }
-    }
-}
-
 // Rows in tiles of 6, the rest as 4 + 2 + 1; panels 3 at a time, the rest one by one.
 template <bool Fp8, class Epi>
 void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
+    // (Decoding a 256-k sub-block once for up to 96 rows instead of once per 6-row tile was measured and
+    // changed nothing at T = 512: the look-up decode is not what limits this path.)
     std::int64_t m = 0;
-    if (A.rows >= 12) {  // two row tiles or more share each decoded sub-block
-        m = A.rows - A.rows % 6;
-        bf16q_blocks<Fp8>(A, m, L, panels, p0, p1, epi);
-    }
     for (; m + 6 <= A.rows; m += 6) bf16q_tile_rows<Fp8, 6>(A, m, L, panels, p0, p1, epi);
     if (m + 4 <= A.rows) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
     if (m + 2 <= A.rows) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
