@@ -166,25 +166,12 @@ public:
     std::int64_t down_panels() const { return dn_panels_; }
     std::int64_t hidden_stride() const { return gu_panels_ * detail::kHalf; }
 
-    std::size_t workspace_size(std::int64_t max_rows) const {
-        WorkspaceSize size;
-        size.take<float>(h_floats(max_rows));
-        return size.bytes();
-    }
+    std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
 
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
              Workspace& ws) const {
-        std::int64_t const M = rows_in.rows;
-        if (M == 0) return;
-        std::span<float> const hbuf = ws.take<float>(h_floats(M));
-        for (std::int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
-            std::int64_t const mb = std::min(kRowBlock, M - r0);
-            MatrixView<float> const h(hbuf.data(), mb, hidden_stride());
-            run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, gu_panels_);
-            run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
-                     slot_out.block(r0, mb), 0, dn_panels_);
-        }
+        detail::run_phased(*this, arch, e, rows_in, row_w, slot_out, ws);
     }
 
     template <class Arch>
@@ -241,7 +228,6 @@ private:
         return P;
     }
 
-    std::size_t h_floats(std::int64_t max_rows) const { return static_cast<std::size_t>(std::min(max_rows, kRowBlock) * hidden_stride()); }
 
     void pack(std::int64_t e, QuantExpertWeights const& x, quant::Format const& fgu, quant::Format const& fdn) {
         std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;

@@ -103,26 +103,13 @@ public:
     // Columns of the h rows between the phases: f rounded up to 8 (the extra columns hold zeros).
     std::int64_t hidden_stride() const { return gu_panels_ * kHalf; }
 
-    std::size_t workspace_size(std::int64_t max_rows) const {
-        WorkspaceSize size;
-        size.take<float>(h_floats(max_rows));
-        return size.bytes();
-    }
+    std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
 
     // slot_out[r] = row_w[r] · f_e(rows_in[r]) for the M rows of expert e.
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
              MatrixView<float> slot_out, Workspace& ws) const {
-        std::int64_t const M = rows_in.rows;
-        if (M == 0) return;
-        std::span<float> const hbuf = ws.take<float>(h_floats(M));
-        for (std::int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
-            std::int64_t const mb = std::min(kRowBlock, M - r0);
-            MatrixView<float> const h(hbuf.data(), mb, hidden_stride());
-            run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, gu_panels_);
-            run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
-                     slot_out.block(r0, mb), 0, dn_panels_);
-        }
+        detail::run_phased(*this, arch, e, rows_in, row_w, slot_out, ws);
     }
 
     // h[:, 8p .. 8p+8) = silu(W1 x) ⊙ W3 x for the gate/up panels p in [p0, p1); h is [M, hidden_stride()].
@@ -148,9 +135,6 @@ public:
 private:
     static constexpr std::int64_t kP = kernels::cpu::kPanelCols;
 
-    std::size_t h_floats(std::int64_t max_rows) const {
-        return static_cast<std::size_t>(std::min(max_rows, kRowBlock) * hidden_stride());
-    }
     float const* scales(kernels::cpu::AlignedArray<float> const& s, std::int64_t e, std::int64_t panels) const {
         return Weights::has_scales ? s.data() + e * panels * kP : nullptr;
     }

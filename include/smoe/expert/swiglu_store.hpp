@@ -1,15 +1,17 @@
 #pragma once
-// The epilogues of the SwiGLU experts (expert::SwiGLU, expert::QuantSwiGLU): what a finished tile of
-// the packed kernels (gemm_packed, gemm_bf16_dot, gemm_quant) becomes. One definition, so every expert
-// format turns the same accumulators into the same bits.
+// What the SwiGLU experts (expert::SwiGLU, expert::QuantSwiGLU) share: the epilogues, what a finished
+// tile of the packed kernels (gemm_packed, gemm_bf16_dot, gemm_quant) becomes, so every expert format
+// turns the same accumulators into the same bits; and run(), the two phases over blocks of rows.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <span>
 
 #include "smoe/detail/xsimd.hpp"
 
 #include "smoe/core/view.hpp"
+#include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/macros.hpp"
@@ -85,5 +87,32 @@ struct DownStore {
         }
     }
 };
+
+// The h scratch of a two-phase expert X (X::kRowBlock rows of hidden_stride() floats at most) and its
+// run(): slot_out[r] = row_w[r] · f_e(rows_in[r]), gate/up then down over each block of rows.
+template <class X>
+std::size_t phased_h_floats(X const& ex, std::int64_t max_rows) {
+    return static_cast<std::size_t>(std::min(max_rows, X::kRowBlock) * ex.hidden_stride());
+}
+template <class X>
+std::size_t phased_workspace_size(X const& ex, std::int64_t max_rows) {
+    WorkspaceSize size;
+    size.take<float>(phased_h_floats(ex, max_rows));
+    return size.bytes();
+}
+template <class X, class Arch>
+void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
+                MatrixView<float> slot_out, Workspace& ws) {
+    std::int64_t const M = rows_in.rows;
+    if (M == 0) return;
+    std::span<float> const hbuf = ws.take<float>(phased_h_floats(ex, M));
+    for (std::int64_t r0 = 0; r0 < M; r0 += X::kRowBlock) {
+        std::int64_t const mb = std::min(X::kRowBlock, M - r0);
+        MatrixView<float> const h(hbuf.data(), mb, ex.hidden_stride());
+        ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels());
+        ex.run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
+                    slot_out.block(r0, mb), 0, ex.down_panels());
+    }
+}
 
 }  // namespace smoe::inline v0::expert::detail
