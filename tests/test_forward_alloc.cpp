@@ -106,3 +106,26 @@ TEST_CASE("forward allocates nothing with quantised experts, mixed formats, a sh
         }
     }
 }
+
+TEST_CASE("forward under a RouterControl allocates nothing", "[layer][alloc][control]") {
+    using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+    std::mt19937_64 rng(39);
+    std::int64_t const d = 32, f = 24, E = 6, T = 19;
+    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5), w = smoe_test::normal(rng, std::size_t(E * f * d), 0.1);
+    auto const x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    smoe::expert::SwiGLUConfig const c{d, f, E};
+    auto const experts = smoe::expert::SwiGLUWeights<float>::dense(w.data(), w.data(), w.data(), c);
+    Layer layer({.router = {.num_experts = E, .top_k = 2, .n_group = 3, .topk_group = 2}, .expert = c, .max_tokens = T},
+                {MatrixView<float const>(gate.data(), E, d), {}, experts});
+    std::vector<float> const offset = {0, 0.5f, 0, 0, 1, 0}, boost = {1, 1, 2, 1, 1, 0.5f}, over = {1, 1, 1, 1, 1, 1};
+    std::vector<std::uint8_t> const mask = {1, 0, 1, 1, 1, 1};
+    std::vector<std::int32_t> const tokens = {0, 5};
+    smoe::RouterControl const control{offset, boost, mask, over, tokens};
+    std::vector<float> y(std::size_t(T * d));
+    MatrixView<float const> const xv(x.data(), T, d);
+    MatrixView<float> const yv(y.data(), T, d);
+    layer.forward(xv, yv, control);
+    long const before = g_news.load();
+    layer.forward(xv, yv, control);
+    CHECK(g_news.load() - before == 0);
+}

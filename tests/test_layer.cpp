@@ -278,3 +278,77 @@ TEST_CASE("the layer rejects bad configs, weights and inputs with a named error"
     CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(x.data(), 4, d), MatrixView<float>(y.data(), 4, d), small),
                       Contains("workspace"));
 }
+
+TEST_CASE("forward under a RouterControl, with a gate bias and with identity experts routes as smoe::route on its logits",
+          "[layer][control]") {
+    std::mt19937_64 rng(35);
+    std::int64_t const d = 19, f = 23, E = 7, Z = 2, T = 9, K = 3;
+    auto const x = smoe_test::normal(rng, T * d, 1.0);
+    MatrixView<float const> const xv(x.data(), T, d);
+    // The layer's output, given its routing, is forward_routed's on the same ids and weights (identity
+    // slots as -1) plus w · x for every identity slot: checked bit for bit.
+    auto check_layer = [&](Layer& layer, Model const& m, std::vector<float> const& logits, smoe::RouterControl const& c,
+                           smoe::MoEWeights<smoe::expert::SwiGLU<float>> const& w) {
+        std::vector<float> y(T * d), y_routed(T * d);
+        std::vector<std::byte> ws(layer.workspace_size()), rws(smoe::routing_workspace_size(layer.router(), T));
+        auto const r = layer.forward(xv, MatrixView<float>(y.data(), T, d), ws, c);
+        auto const want = smoe::route(layer.router(), MatrixView<float const>(logits.data(), T, m.W), w.expert_bias, rws, c);
+        std::vector<std::int32_t> ids(T * K);
+        std::vector<float> wt(T * K);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j) {
+                REQUIRE(r.expert_ids(t, j) == want.expert_ids(t, j));
+                REQUIRE(r.expert_weights(t, j) == want.expert_weights(t, j));
+                ids[t * K + j] = want.expert_ids(t, j) < E ? want.expert_ids(t, j) : -1;
+                wt[t * K + j] = want.expert_weights(t, j);
+            }
+        std::vector<std::byte> ws2(layer.workspace_size());
+        layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K), MatrixView<float const>(wt.data(), T, K),
+                             MatrixView<float>(y_routed.data(), T, d), ws2);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j)
+                if (want.expert_ids(t, j) >= E)
+                    for (std::int64_t i = 0; i < d; ++i) y_routed[t * d + i] += want.expert_weights(t, j) * x[t * d + i];
+        for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y[i] == y_routed[i]);
+    };
+    {  // control: every field
+        Model m = Model::random(rng, d, f, E);
+        Layer layer({.router = {.num_experts = E, .top_k = K, .norm_topk_prob = true}, .expert = m.expert_cfg(), .max_tokens = T},
+                    m.weights());
+        std::vector<float> const offset = smoe_test::normal(rng, E, 1.0), boost = {1, 2, 0.5f, 1, 3, 1, 1}, over = {1, 2, 3, 4, 5, 6, 7};
+        std::vector<std::uint8_t> const mask = {1, 1, 0, 1, 1, 0, 1};
+        std::vector<std::int32_t> const tokens = {0, 4};
+        check_layer(layer, m, smoe_test::gate_logits(m, x, T), {offset, boost, mask, over, tokens}, m.weights());
+        check_layer(layer, m, smoe_test::gate_logits(m, x, T), {}, m.weights());
+    }
+    {  // gate bias (gpt-oss): logits = W x + b select and weigh
+        Model m = Model::random(rng, d, f, E);
+        auto const gb = smoe_test::normal(rng, E, 2.0);
+        auto w = m.weights();
+        w.gate_bias = gb;
+        Layer layer({.router = {.num_experts = E, .top_k = K, .score_after_topk = true}, .expert = m.expert_cfg(), .max_tokens = T}, w);
+        auto logits = smoe_test::gate_logits(m, x, T);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t e = 0; e < E; ++e) logits[t * E + e] += gb[e];
+        check_layer(layer, m, logits, {}, w);
+        std::vector<float> const short_bias(E - 1, 0.0f);
+        w.gate_bias = short_bias;
+        CHECK_THROWS_WITH(Layer({.router = {.num_experts = E, .top_k = K}, .expert = m.expert_cfg(), .max_tokens = T}, w),
+                          Contains("gate_bias"));
+    }
+    {  // identity experts (LongCat-Flash): Z extra logit columns whose selection adds w · x
+        Model m = Model::random(rng, d, f, E, E + Z);
+        for (std::int64_t i = 0; i < Z * d; ++i) m.gate[E * d + i] *= 3.0f;  // make the identity columns win often
+        m.bias = smoe_test::normal(rng, E + Z, 0.05);
+        TopKConfig const cfg{.num_experts = E, .top_k = K, .routed_scaling_factor = 6.0f, .num_null_experts = Z};
+        Layer layer({.router = cfg, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+        std::vector<float> y(T * d);
+        auto const r = layer.forward(xv, MatrixView<float>(y.data(), T, d));
+        std::int64_t nulls = 0;
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j) nulls += r.expert_ids(t, j) >= E;
+        CHECK(nulls > 0);
+        CHECK(r.nnz() == T * K - nulls);
+        check_layer(layer, m, smoe_test::gate_logits(m, x, T), {}, m.weights());
+    }
+}

@@ -11,6 +11,7 @@
 #include "smoe/detail/xsimd.hpp"
 
 #include "smoe/balance/context.hpp"
+#include "smoe/core/router_control.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/stats.hpp"
 #include "smoe/core/view.hpp"
@@ -32,6 +33,15 @@ concept RouterPolicy = requires(R const& r, Arch arch, MatrixView<float const> l
     { r.max_slots() } -> std::convertible_to<std::int64_t>;
     { r.workspace_size(n) } -> std::convertible_to<std::size_t>;
     { r.route(arch, logits, bias, out, ws) } -> std::convertible_to<std::int64_t>;
+};
+
+// A router that takes test-time control (research.md §8): route(..., control), where an empty record
+// routes as the plain call. Every router in smoe::router does.
+template <class R, class Arch = xsimd::default_arch>
+concept ControllableRouter = RouterPolicy<R, Arch> && requires(R const& r, Arch arch, MatrixView<float const> logits,
+                                                                 std::span<float const> bias, TokenMajorOut out,
+                                                                 Workspace& ws, RouterControl const& control) {
+    { r.route(arch, logits, bias, out, ws, control) } -> std::convertible_to<std::int64_t>;
 };
 
 // An expert computes slot_out[r] = row_w[r] * f_e(rows_in[r]) for the M gathered rows of expert e

@@ -113,8 +113,11 @@ struct MoEConfig {
 template <class Expert>
 struct MoEWeights {
     MatrixView<float const> gate;        // router projection [num_logits, d]
-    std::span<float const> expert_bias;  // optional selection bias [num_experts] (DeepSeek-V3)
+    std::span<float const> expert_bias;  // optional selection bias [num_logits] (DeepSeek-V3)
     typename detail::weights_of<Expert>::type experts{};
+    // Optional bias of the router linear [num_logits]: logits = gate · x + gate_bias, used for selection
+    // and weights (gpt-oss's mlp.router.bias), unlike expert_bias, which only selects.
+    std::span<float const> gate_bias{};
 };
 
 template <class Router, class Expert, class Balancer, class Backend = backend::Cpu<>>
@@ -165,7 +168,8 @@ public:
         detail::check_int32_extent(cfg_.max_tokens, router_.max_slots());
         detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
         if (!w.expert_bias.empty())
-            detail::check_vector(w.expert_bias, router_.num_experts(), "expert_bias", "num_experts", "expert");
+            detail::check_vector(w.expert_bias, router_.num_logits(), "expert_bias", "num_logits", "expert");
+        if (!w.gate_bias.empty()) detail::check_vector(w.gate_bias, router_.num_logits(), "gate_bias", "num_logits", "expert");
         if constexpr (requires { balancer_.config().num_experts; })
             if (balancer_.config().num_experts != router_.num_experts())
                 detail::fail("balance.num_experts", balancer_.config().num_experts,
@@ -201,17 +205,23 @@ public:
 
     // x [T, d] -> y [T, d], T <= max_tokens. The result's views point into the workspace.
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
-        std::int64_t const T = check_io(x, y);
-        Workspace ws(workspace);
-        Buffers b = carve(ws, T);
-        MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
-        kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
-        Workspace scratch = b.router_ws;
-        std::int64_t const K = router_.route(arch{}, MatrixView<float const>(logits), detail::selection_bias(balancer_, weights_.expert_bias), b.routing.token_major, scratch);
-        return dispatch_and_run(x, y, b, K, logits);
+        return forward_controlled(x, y, workspace, nullptr);
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
+
+    // The same under test-time router control (research.md §8), for this call only; an empty record is
+    // the plain call.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                          RouterControl const& control) {
+        static_assert(ControllableRouter<Router, arch>,
+                      "smoe::MoELayer::forward with a RouterControl: this Router has no route(..., control)");
+        return forward_controlled(x, y, workspace, &control);
+    }
+
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control) {
+        return forward(x, y, buffer_.bytes(), control);
+    }
 
     // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
     // max_slots(); id -1 marks an empty slot). Runs dispatch, the balancer (capacity, statistics; no
@@ -237,6 +247,26 @@ public:
     }
 
 private:
+    RoutingResult forward_controlled(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                                     RouterControl const* control) {
+        std::int64_t const T = check_io(x, y);
+        Workspace ws(workspace);
+        Buffers b = carve(ws, T);
+        MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
+        kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+        if (!weights_.gate_bias.empty())
+            for (std::int64_t t = 0; t < T; ++t)
+                for (std::int64_t e = 0; e < logits.cols; ++e) logits(t, e) += weights_.gate_bias[static_cast<std::size_t>(e)];
+        Workspace scratch = b.router_ws;
+        auto const bias = detail::selection_bias(balancer_, weights_.expert_bias);
+        MatrixView<float const> const lv(logits);
+        std::int64_t K = 0;
+        if constexpr (ControllableRouter<Router, arch>)
+            if (control && !control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, *control);
+        if (!control || control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
+        return dispatch_and_run(x, y, b, K, logits);
+    }
+
     // Rows one expert call may see: its load (at most T), or the balancer's padded segment.
     std::int64_t max_expert_rows(std::int64_t T) const {
         if constexpr (requires { balancer_.config().capacity(T, 1, 1); })
@@ -327,12 +357,25 @@ private:
         RoutingResult const r = detail::balance_routing(balancer_, b.routing, b.balance, router_.num_experts(), K, logits,
                                                         detail::score_func_of(router_));
         run_experts(x, y, r, b);
+        if constexpr (requires { router_.identity_nulls(); })
+            if (router_.identity_nulls()) add_identity_nulls(x, y, r);
         // Shared experts (expert::Shared) see every token and come after the routed sum (rule 2).
         if constexpr (requires(Workspace& w) { expert_.run_shared(arch{}, x, y, w, pool_); }) {
             Workspace ews = b.expert_ws;
             expert_.run_shared(arch{}, x, y, ews, pool_);
         }
         return r;
+    }
+
+    // Identity experts (families.md §2.5): a selected id >= E adds w · x to the token's routed sum; it is
+    // never dispatched. After the combine and before shared experts, in slot order.
+    void add_identity_nulls(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r) const {
+        for (std::int64_t t = 0; t < r.num_tokens; ++t)
+            for (std::int64_t j = 0; j < r.k; ++j)
+                if (r.expert_ids(t, j) >= r.num_experts) {
+                    float const w = r.expert_weights(t, j);
+                    for (std::int64_t i = 0; i < x.cols; ++i) y(t, i) += w * x(t, i);
+                }
     }
 
     // Phased experts, unpadded routing: four parallel steps, each over items that write disjoint

@@ -169,6 +169,19 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
     return detail::routing_view(b, router.num_experts(), K);
 }
 
+// The same under test-time control (research.md §8); an empty record is the call above.
+template <class Arch = xsimd::default_arch, class Router>
+    requires ControllableRouter<Router, Arch>
+RoutingResult route(Router const& router, MatrixView<float const> logits, std::span<float const> bias,
+                    std::span<std::byte> workspace, RouterControl const& control) {
+    Workspace ws(workspace);
+    detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
+    Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));
+    std::int64_t const K = router.route(Arch{}, logits, bias, b.token_major, scratch, control);
+    detail::build_csr(b, router.num_experts(), K);
+    return detail::routing_view(b, router.num_experts(), K);
+}
+
 }  // namespace smoe::inline v0
 
 namespace smoe::inline v0 {

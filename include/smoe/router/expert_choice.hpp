@@ -54,6 +54,7 @@ struct ExpertChoiceConfig {
     void validate() const {
         using smoe::detail::fail;
         smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
+        if (score_func == ScoreFunc::sqrtsoftplus) fail("score_func", to_string(score_func), "\"softmax\" or \"sigmoid\"");
         if (capacity && capacity_factor)
             fail("capacity", *capacity, "exactly one of capacity and capacity_factor (both are set)");
         if (!capacity && !capacity_factor)
