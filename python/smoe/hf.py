@@ -26,10 +26,19 @@ class UnsupportedExperts(NotImplementedError):
     """The experts module has a feature smoe's experts do not implement."""
 
 
-def register(name=NAME):
-    """Adds `name` ("smoe") to transformers' ExpertsInterface; returns the name."""
+_options = {"bf16_dot": "automatic", "max_tokens": 256}
+
+
+def register(name=NAME, *, bf16_dot="automatic", max_tokens=256):
+    """Adds `name` ("smoe") to transformers' ExpertsInterface; returns the name.
+
+    bf16_dot: bf16 experts' dot product, as smoe.Experts takes it ("automatic": AVX512-BF16 where the CPU
+    has it, which rounds x and silu(g) * u to bf16 as HF's bf16 chain does; "off": fp32 products, rounded
+    once at the end). max_tokens: rows per internal call (bounds smoe's workspace, not the batch).
+    """
     from transformers.integrations.moe import ExpertsInterface
 
+    _options.update(bf16_dot=bf16_dot, max_tokens=max_tokens)
     ExpertsInterface.register(name, experts_forward)
     return name
 
@@ -91,14 +100,18 @@ def _stacked(w, transposed):
 
 def experts_of(module, top_k):
     """The module's packed smoe.Experts for at least top_k slots, built on first use and kept."""
-    gu, dn = module.gate_up_proj, module.down_proj
-    key = (gu.data_ptr(), dn.data_ptr(), gu._version, dn._version, gu.dtype, tuple(gu.shape), tuple(dn.shape))
     cached = getattr(module, "_smoe_experts", None)
+    if cached is None:
+        _check(module)  # before reading weights that a refused module may not have
+    gu, dn = module.gate_up_proj, module.down_proj
+    key = (gu.data_ptr(), dn.data_ptr(), gu._version, dn._version, gu.dtype, tuple(gu.shape), tuple(dn.shape),
+           tuple(_options.items()))
     if cached is not None and cached[0] == key and cached[1].top_k >= top_k:
         return cached[1]
     _check(module)
     transposed = bool(getattr(module, "is_transposed", False))
-    experts = Experts(_stacked(gu, transposed), _stacked(dn, transposed), top_k, num_threads=torch.get_num_threads())
+    experts = Experts(_stacked(gu, transposed), _stacked(dn, transposed), top_k, num_threads=torch.get_num_threads(),
+                      **_options)
     # Plain attribute, not a buffer or submodule: state_dict, .to() and deepcopy never see it.
     object.__setattr__(module, "_smoe_experts", (key, experts))
     return experts
