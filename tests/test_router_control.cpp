@@ -17,6 +17,11 @@
 #include "common/routing_checks.hpp"
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
+#include "smoe/router/null_expert.hpp"
+#include "smoe/router/rankwise_lora.hpp"
+#include "smoe/router/relu.hpp"
+#include "smoe/router/sinkhorn.hpp"
+#include "smoe/router/top_p.hpp"
 #include "smoe/router/topk.hpp"
 
 using smoe::MatrixView;
@@ -177,7 +182,8 @@ RandomControl random_control(std::mt19937_64& rng, std::int64_t L, std::int64_t 
         auto const removed = std::uniform_int_distribution<std::int64_t>(0, L - min_allowed)(rng);
         for (std::int64_t i = 0; i < removed; ++i) c.mask[perm[i]] = 0;
     }
-    if (u(rng) < 0.5 && T > 0) {
+    bool const none_allowed = !c.mask.empty() && std::count(c.mask.begin(), c.mask.end(), 1) == 0;
+    if (u(rng) < 0.5 && T > 0 && !none_allowed) {  // an override needs a positive sum over A
         c.over.resize(std::size_t(L));
         for (auto& v : c.over) v = float(0.05 + u(rng));
         for (std::int32_t t = 0; t < T; ++t)
@@ -439,4 +445,373 @@ TEST_CASE("top-k option values out of range raise invalid_argument naming the ke
     CHECK(key({.num_experts = 4, .top_k = 1, .num_null_experts = -1}) == "num_null_experts");
     CHECK(error_argument([] { smoe::router::ExpertChoice r({.num_experts = 4, .capacity = 1, .score_func = ScoreFunc::sqrtsoftplus}); }) ==
           "score_func");
+}
+
+// ---- The other routers (research.md §8's table), each against a float64 oracle of its row. ----
+
+namespace {
+
+// What every oracle needs of a record, in double.
+struct OracleControl {
+    RouterControl const& c;
+    bool ok(std::int64_t e) const { return c.expert_mask.empty() || c.expert_mask[e]; }
+    double boost(std::int64_t e) const { return c.boost.empty() ? 1.0 : double(c.boost[e]); }
+    double offset(std::int64_t e) const { return c.logit_offset.empty() ? 0.0 : double(c.logit_offset[e]); }
+    bool over(std::int64_t t) const {
+        return std::find(c.override_tokens.begin(), c.override_tokens.end(), t) != c.override_tokens.end();
+    }
+    // Steps 1-4: softmax over A of x + a (or sigmoid), or v / Σ_A v on override tokens; 0 off A.
+    std::vector<double> scores(float const* x, std::int64_t L, std::int64_t t, bool softmax) const {
+        std::vector<double> s(L, 0.0);
+        double z = 0, m = -1e300;
+        for (std::int64_t e = 0; e < L; ++e)
+            if (ok(e)) m = std::max(m, x[e] + offset(e)), z += over(t) ? c.score_override[e] : 0.0;
+        if (!over(t) && softmax) {
+            for (std::int64_t e = 0; e < L; ++e)
+                if (ok(e)) z += std::exp(x[e] + offset(e) - m);
+        }
+        for (std::int64_t e = 0; e < L; ++e) {
+            if (!ok(e)) continue;
+            if (over(t)) s[e] = c.score_override[e] / z;
+            else s[e] = softmax ? std::exp(x[e] + offset(e) - m) / z : 1 / (1 + std::exp(-(x[e] + offset(e))));
+        }
+        return s;
+    }
+};
+
+// (value descending, id ascending); the gap between the n-th and the next value goes into margin.
+std::vector<int> top_n(std::vector<double> const& v, std::vector<int> cand, std::size_t n, double& margin) {
+    std::stable_sort(cand.begin(), cand.end(), [&](int a, int b) { return v[a] > v[b]; });
+    if (cand.size() > n && n > 0) margin = std::min(margin, v[cand[n - 1]] - v[cand[n]]);
+    cand.resize(std::min(cand.size(), n));
+    return cand;
+}
+
+std::vector<int> allowed_ids(OracleControl const& o, std::int64_t L) {
+    std::vector<int> a;
+    for (int e = 0; e < L; ++e)
+        if (o.ok(e)) a.push_back(e);
+    return a;
+}
+
+// Row t of r holds exactly `ids` (in order) with weights `w`, then padding.
+void check_oracle_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids, std::vector<double> const& w) {
+    INFO("token " << t);
+    REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
+    for (std::int64_t j = 0; j < r.k; ++j) {
+        INFO("slot " << j);
+        if (j < static_cast<std::int64_t>(ids.size())) {
+            CHECK(r.expert_ids(t, j) == ids[j]);
+            CHECK(r.expert_weights(t, j) == Approx(w[j]).epsilon(2e-6).margin(1e-30));
+        } else {
+            CHECK(r.expert_ids(t, j) == -1);
+        }
+    }
+}
+
+// Sorts (id, w) pairs into the token-major row order.
+void row_order(std::vector<int>& ids, std::vector<double>& w) {
+    std::vector<std::size_t> p(ids.size());
+    std::iota(p.begin(), p.end(), 0);
+    std::stable_sort(p.begin(), p.end(), [&](std::size_t a, std::size_t b) { return w[a] > w[b] || (w[a] == w[b] && ids[a] < ids[b]); });
+    std::vector<int> i2;
+    std::vector<double> w2;
+    for (auto q : p) i2.push_back(ids[q]), w2.push_back(w[q]);
+    ids = i2, w = w2;
+}
+
+struct Shape {
+    std::int64_t E, T;
+};
+
+Shape random_shape(std::mt19937_64& rng, std::int64_t min_e = 1) {
+    return {std::uniform_int_distribution<std::int64_t>(min_e, 12)(rng), std::uniform_int_distribution<std::int64_t>(0, 9)(rng)};
+}
+
+// The same router on the same logits with and without a neutral record (offset 0, every expert
+// allowed, boost 1 unless `boost` is false) gives the same bits.
+template <class Router>
+void check_neutral(Router const& router, std::vector<float> const& logits, bool boost = true) {
+    auto const L = router.num_logits();
+    std::vector<float> const zero(std::size_t(L), 0.0f), one(std::size_t(L), 1.0f);
+    std::vector<std::uint8_t> const all(std::size_t(L), 1);
+    RouterControl c{.logit_offset = zero, .expert_mask = all};
+    if (boost) c.boost = one;
+    auto const plain = smoe_test::route_router(xsimd::default_arch{}, router, logits);
+    auto const o = route_controlled(router, logits, c);
+    REQUIRE(o.r.k == plain.r.k);
+    for (std::int64_t t = 0; t < o.r.num_tokens; ++t)
+        for (std::int64_t j = 0; j < o.r.k; ++j) {
+            REQUIRE(o.r.expert_ids(t, j) == plain.r.expert_ids(t, j));
+            REQUIRE(o.r.expert_weights(t, j) == plain.r.expert_weights(t, j));
+        }
+}
+
+}  // namespace
+
+TEST_CASE("relu under control: w = b * relu(x + a) over the allowed experts, v * b on override tokens", "[router][control][relu]") {
+    std::mt19937_64 rng(84);
+    for (int trial = 0; trial < 200; ++trial) {
+        auto const [E, T] = random_shape(rng);
+        auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.0);
+        RandomControl const rc = random_control(rng, E, T, 0);
+        RouterControl const c = rc.view();
+        smoe::router::ReLU const router({.num_experts = E});
+        auto const o = route_controlled(router, logits, c);
+        check_views_agree(o.r, {.sorted_rows = true});
+        OracleControl const oc{c};
+        for (std::int64_t t = 0; t < T; ++t) {
+            std::vector<int> ids;
+            std::vector<double> w;
+            for (int e = 0; e < E; ++e) {
+                double const v = oc.ok(e) ? (oc.over(t) ? c.score_override[e] : std::max(logits[t * E + e] + oc.offset(e), 0.0)) * oc.boost(e) : 0.0;
+                if (v > 0) ids.push_back(e), w.push_back(v);
+            }
+            row_order(ids, w);
+            check_oracle_row(o.r, t, ids, w);
+        }
+        if (trial < 20) check_neutral(router, logits);
+    }
+    // Every expert removed is valid for relu: nothing is selected.
+    std::vector<std::uint8_t> const none(4, 0);
+    auto const o = route_controlled(smoe::router::ReLU({.num_experts = 4}), {1, 2, 3, 4}, {.expert_mask = none});
+    CHECK(o.r.k == 0);
+    CHECK(o.r.nnz() == 0);
+}
+
+TEST_CASE("top_p under control scans the boosted, renormalised scores over the allowed experts", "[router][control][top_p]") {
+    std::mt19937_64 rng(85);
+    for (int trial = 0; trial < 300; ++trial) {
+        auto const [E, T] = random_shape(rng);
+        smoe::router::TopPConfig cfg{.num_experts = E, .top_p = float(std::uniform_real_distribution<double>(0.05, 1.0)(rng))};
+        cfg.min_k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(E, 3))(rng);
+        cfg.max_k = std::uniform_int_distribution<std::int64_t>(cfg.min_k, E)(rng);
+        auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.5);
+        RandomControl const rc = random_control(rng, E, T, cfg.min_k);
+        RouterControl const c = rc.view();
+        INFO("trial " << trial << ": E " << E << ", p " << cfg.top_p << ", k " << cfg.min_k << ".." << cfg.max_selected());
+        smoe::router::TopP const router(cfg);
+        auto const o = route_controlled(router, logits, c);
+        check_views_agree(o.r, {.sorted_rows = true});
+        OracleControl const oc{c};
+        for (std::int64_t t = 0; t < T; ++t) {
+            auto s = oc.scores(&logits[t * E], E, t, true);
+            double z = 0;
+            for (int e = 0; e < E; ++e) z += (s[e] *= oc.boost(e));
+            for (auto& v : s) v /= z;
+            double margin = 1;
+            auto const order = top_n(s, allowed_ids(oc, E), std::size_t(E), margin);
+            std::size_t n = order.size();
+            double prefix = 0;
+            bool near = false;
+            for (std::size_t j = 0; j < order.size(); ++j) {
+                prefix += s[order[j]];
+                near |= std::fabs(prefix - cfg.top_p) < 1e-5;
+                if (prefix > cfg.top_p) {
+                    n = j + 1;
+                    break;
+                }
+            }
+            if (near || margin < 1e-6) continue;
+            n = std::min(std::max<std::size_t>(n, std::size_t(cfg.min_k)), std::size_t(cfg.max_selected()));
+            std::vector<int> ids(order.begin(), order.begin() + std::ptrdiff_t(std::min(n, order.size())));
+            std::vector<double> w;
+            for (int e : ids) w.push_back(s[e]);
+            check_oracle_row(o.r, t, ids, w);
+        }
+        if (trial < 20) check_neutral(router, logits, false);  // a boost of 1 still renormalises (rounding)
+    }
+    std::vector<std::uint8_t> const one = {0, 0, 1, 0};
+    CHECK(error_argument([&] { route_controlled(smoe::router::TopP({.num_experts = 4, .min_k = 2}), {1, 2, 3, 4}, {.expert_mask = one}); }) ==
+          "expert_mask");
+}
+
+TEST_CASE("null_expert under control boosts s before the top-k and renormalises the true experts", "[router][control][null_expert]") {
+    std::mt19937_64 rng(86);
+    for (int trial = 0; trial < 200; ++trial) {
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(1, 8)(rng), N = std::uniform_int_distribution<std::int64_t>(0, 6)(rng);
+        std::int64_t const L = E + N, k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(L, 4))(rng);
+        std::int64_t const T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
+        auto const logits = smoe_test::normal(rng, std::size_t(T * L), 1.5);
+        RandomControl const rc = random_control(rng, L, T, k);
+        RouterControl const c = rc.view();
+        smoe::router::NullExpert const router({.num_experts = E, .num_null_experts = N, .top_k = k});
+        auto const o = route_controlled(router, logits, c);
+        check_views_agree(o.r, {.no_padding = true, .sorted_rows = true});
+        OracleControl const oc{c};
+        for (std::int64_t t = 0; t < T; ++t) {
+            auto s = oc.scores(&logits[t * L], L, t, true);
+            for (int e = 0; e < L; ++e) s[e] *= oc.boost(e);
+            double margin = 1;
+            auto ids = top_n(s, allowed_ids(oc, L), std::size_t(k), margin);
+            if (margin < 1e-6) continue;
+            double sigma = 0;
+            for (int e : ids) sigma += e < E ? s[e] : 0.0;
+            if (sigma == 0) sigma = 1;
+            std::vector<double> w;
+            for (int e : ids) w.push_back(e < E ? s[e] / sigma : s[e]);
+            row_order(ids, w);
+            check_oracle_row(o.r, t, ids, w);
+        }
+        if (trial < 20) check_neutral(router, logits);
+    }
+    // Every null removed: a top-k over the true experts, renormalised to 1.
+    std::vector<std::uint8_t> const no_nulls = {1, 1, 1, 0, 0};
+    auto const o = route_controlled(smoe::router::NullExpert({.num_experts = 3, .num_null_experts = 2, .top_k = 2}),
+                                    {-1, -2, -1, 1, 1}, {.expert_mask = no_nulls});
+    check_row(o.r, 0, {0, 2}, {0.5, 0.5});
+    std::vector<std::uint8_t> const one = {0, 0, 0, 1, 0};
+    CHECK(error_argument([&] {
+              route_controlled(smoe::router::NullExpert({.num_experts = 3, .num_null_experts = 2, .top_k = 2}), {0, 0, 0, 0, 0},
+                               {.expert_mask = one});
+          }) == "expert_mask");
+}
+
+TEST_CASE("expert_choice under control ranks by the unboosted scores over the allowed experts and boosts the weights",
+          "[router][control][expert_choice]") {
+    std::mt19937_64 rng(87);
+    for (int trial = 0; trial < 200; ++trial) {
+        auto const [E, T] = random_shape(rng);
+        smoe::router::ExpertChoiceConfig cfg{.num_experts = E, .capacity_factor = std::uniform_real_distribution<double>(0.5, 3.0)(rng)};
+        if (trial % 3 == 1) cfg.score_func = ScoreFunc::sigmoid;
+        auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.5);
+        RandomControl const rc = random_control(rng, E, T, 0);
+        RouterControl const c = rc.view();
+        smoe::router::ExpertChoice const router(cfg);
+        auto const o = route_controlled(router, logits, c);
+        check_views_agree(o.r, {.sorted_rows = true});
+        OracleControl const oc{c};
+        std::vector<std::vector<double>> s;
+        for (std::int64_t t = 0; t < T; ++t) s.push_back(oc.scores(&logits[t * E], E, t, cfg.score_func == ScoreFunc::softmax));
+        std::int64_t const C = std::min(router.capacity(T), T);
+        std::vector<std::vector<int>> ids(static_cast<std::size_t>(T));
+        std::vector<std::vector<double>> w(static_cast<std::size_t>(T));
+        double margin = 1;
+        for (int e = 0; e < E; ++e) {
+            if (!oc.ok(e)) continue;
+            std::vector<double> col;
+            for (std::int64_t t = 0; t < T; ++t) col.push_back(s[t][e]);
+            std::vector<int> tokens(static_cast<std::size_t>(T));
+            std::iota(tokens.begin(), tokens.end(), 0);
+            for (int t : top_n(col, tokens, std::size_t(C), margin)) ids[t].push_back(e), w[t].push_back(s[t][e] * oc.boost(e));
+        }
+        if (margin < 1e-6) continue;
+        for (std::int64_t t = 0; t < T; ++t) {
+            row_order(ids[t], w[t]);
+            check_oracle_row(o.r, t, ids[t], w[t]);
+        }
+        if (trial < 20) check_neutral(router, logits);
+    }
+}
+
+TEST_CASE("rankwise_lora under control: g = sigmoid(z + a), g * b before the bias, removed ranks never selected",
+          "[router][control][rankwise_lora]") {
+    std::mt19937_64 rng(88);
+    for (int trial = 0; trial < 200; ++trial) {
+        std::int64_t const r = std::uniform_int_distribution<std::int64_t>(1, 12)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
+        std::int64_t const k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(r, 4))(rng);
+        auto const logits = smoe_test::normal(rng, std::size_t(T * r), 1.5);
+        // Non-negative biases: a sum near 0 over S would amplify fp32 rounding beyond any fixed bound.
+        auto bias = trial % 2 ? smoe_test::normal(rng, std::size_t(r), 0.1) : std::vector<float>{};
+        for (auto& b : bias) b = std::fabs(b);
+        RandomControl const rc = random_control(rng, r, T, k);
+        RouterControl const c = rc.view();
+        smoe::router::RankwiseLoRA const router({.in_features = 3, .out_features = 2, .rank = r, .top_k = k, .lora_alpha = 1});
+        auto const o = route_controlled(router, logits, c, bias);
+        check_views_agree(o.r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
+        OracleControl const oc{c};
+        for (std::int64_t t = 0; t < T; ++t) {
+            auto g = oc.scores(&logits[t * r], r, t, false);
+            for (int i = 0; i < r; ++i) g[i] = g[i] * oc.boost(i) + (bias.empty() ? 0.0 : bias[i]);
+            double margin = 1;
+            auto ids = top_n(g, allowed_ids(oc, r), std::size_t(k), margin);
+            if (margin < 1e-6) continue;
+            double sum = 0;
+            for (int i : ids) sum += g[i];
+            std::vector<double> w;
+            for (int i : ids) w.push_back(double(k) * g[i] / sum);
+            row_order(ids, w);
+            check_oracle_row(o.r, t, ids, w);
+        }
+        if (trial < 20) check_neutral(router, logits);
+    }
+}
+
+TEST_CASE("sinkhorn under control balances the allowed columns of x + a and weighs by the boosted activation",
+          "[router][control][sinkhorn]") {
+    std::mt19937_64 rng(89);
+    for (int trial = 0; trial < 100; ++trial) {
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 10)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 12)(rng);
+        std::int64_t const k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(E, 3))(rng);
+        auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.0);
+        RandomControl rc = random_control(rng, E, T, k);
+        rc.over.clear(), rc.tokens.clear();  // override rows are checked on their own below
+        RouterControl const c = rc.view();
+        OracleControl const oc{c};
+        INFO("trial " << trial << ": E " << E << ", T " << T << ", k " << k);
+        smoe::router::Sinkhorn const router({.num_experts = E, .top_k = k, .max_iterations = trial % 4 ? 100 : 0});
+        auto const o = route_controlled(router, logits, c);
+        check_views_agree(o.r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
+        // Selection: the plain router on the allowed columns of x + a (a mask removes a column from K,
+        // and a per-expert boost cancels in P). Weights: the activation of x + a over A, times b.
+        auto const allowed = allowed_ids(oc, E);
+        auto const A = static_cast<std::int64_t>(allowed.size());
+        std::vector<float> xa;
+        for (std::int64_t t = 0; t < T; ++t)
+            for (int e : allowed) xa.push_back(float(logits[t * E + e] + oc.offset(e)));
+        smoe::router::Sinkhorn const compact({.num_experts = A, .top_k = k, .max_iterations = trial % 4 ? 100 : 0});
+        auto const want = smoe_test::route_router(xsimd::default_arch{}, compact, xa);
+        bool const balanced = compact.last_report().balanced;
+        for (std::int64_t t = 0; t < T; ++t) {
+            auto const a = oc.scores(&logits[t * E], E, t, k > 1);
+            std::vector<int> ids;
+            std::vector<double> w;
+            for (std::int64_t j = 0; j < k; ++j) ids.push_back(allowed[want.r.expert_ids(t, j)]);
+            if (!balanced) {  // the boost selects too
+                std::vector<double> ab(a);
+                for (int e = 0; e < E; ++e) ab[e] *= oc.boost(e);
+                double margin = 1;
+                ids = top_n(ab, allowed, std::size_t(k), margin);
+                if (margin < 1e-6) continue;
+            }
+            for (int e : ids) w.push_back(a[e] * oc.boost(e));
+            row_order(ids, w);
+            check_oracle_row(o.r, t, ids, w);
+        }
+        if (trial < 20) {  // a neutral record selects the same experts with weights within 1e-6
+            std::vector<std::uint8_t> const all(std::size_t(E), 1);
+            auto const plain = smoe_test::route_router(xsimd::default_arch{}, router, logits);
+            auto const n = route_controlled(router, logits, {.expert_mask = all});
+            smoe_test::check_matches_oracle(n.r, plain.r);
+        }
+    }
+    // Override: top-k of v * b over A with those weights; the other tokens still balance.
+    std::vector<float> const logits = {2, 1, 0, 1.8f, 0.2f, 1, 1.5f, 1.4f, -1, 1.2f, 0, 0.9f};  // routing.md §7
+    std::vector<float> const v = {0.1f, 0.5f, 0.4f}, b = {1, 1, 2};
+    std::vector<std::int32_t> const tok = {1};
+    smoe::router::Sinkhorn const router({.num_experts = 3, .top_k = 1});
+    auto const o = route_controlled(router, logits, {.boost = b, .score_override = v, .override_tokens = tok});
+    check_row(o.r, 1, {2}, {0.8});
+    check_row(o.r, 0, {0}, {0.880797});  // routing.md §7: t0 -> 0 with sigmoid(2)
+    check_row(o.r, 3, {2}, {2 * 0.710949});  // t3 -> 2, the boost only weighs
+    std::vector<std::uint8_t> const one = {0, 0, 1};
+    CHECK(error_argument([&] { route_controlled(smoe::router::Sinkhorn({.num_experts = 3, .top_k = 2}), logits, {.expert_mask = one}); }) ==
+          "expert_mask");
+}
+
+TEST_CASE("every router names a NaN offset and a mask of the wrong length", "[router][control][edge]") {
+    float const nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> const bad = {0, nan, 0, 0}, logits = {1, 2, 3, 4};
+    std::vector<std::uint8_t> const short_mask = {1, 1};
+    auto both = [&](auto const& router) {
+        CHECK(error_argument([&] { route_controlled(router, logits, {.logit_offset = bad}); }) == "logit_offset");
+        CHECK(error_argument([&] { route_controlled(router, logits, {.expert_mask = short_mask}); }) == "expert_mask");
+    };
+    both(TopK({.num_experts = 4, .top_k = 2}));
+    both(smoe::router::ReLU({.num_experts = 4}));
+    both(smoe::router::TopP({.num_experts = 4}));
+    both(smoe::router::NullExpert({.num_experts = 2, .num_null_experts = 2, .top_k = 2}));
+    both(smoe::router::ExpertChoice({.num_experts = 4, .capacity = 1}));
+    both(smoe::router::Sinkhorn({.num_experts = 4, .top_k = 2}));
+    both(smoe::router::RankwiseLoRA({.in_features = 1, .out_features = 1, .rank = 4, .top_k = 2, .lora_alpha = 1}));
 }

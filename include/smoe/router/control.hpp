@@ -17,6 +17,21 @@
 
 namespace smoe::inline v0::router::control {
 
+// Per-call scratch of a controlled row: offset logits, scores, and the allowed entries of a masked softmax.
+struct RowScratch {
+    std::span<float> x, score, compact;
+};
+
+template <class Alloc>
+RowScratch carve_row(Alloc& a, std::int64_t L) {
+    auto const n = static_cast<std::size_t>(L);
+    RowScratch r;
+    r.x = a.template take<float>(n);
+    r.score = a.template take<float>(n);
+    r.compact = a.template take<float>(n);
+    return r;
+}
+
 inline bool allowed(RouterControl const& c, std::int64_t e) {
     return c.expert_mask.empty() || c.expert_mask[static_cast<std::size_t>(e)] != 0;
 }
@@ -140,15 +155,39 @@ inline void boost_scores(RouterControl const& c, float* s, std::int64_t L) {
     for (std::int64_t e = 0; e < L && !c.boost.empty(); ++e) s[e] *= c.boost[static_cast<std::size_t>(e)];
 }
 
-// Offset, score function over A, override, boost: steps 1-5 of research.md §8 for token t.
+// Offset, score function over A, override: steps 1-4 of research.md §8 for token t.
 template <class Arch>
-void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t, float* xo,
-                       float* s, float* compact, std::int64_t L) {
+void unboosted_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t, float* xo,
+                      float* s, float* compact, std::int64_t L) {
     if (float const* v = override_row(c, t))
         override_scores(c, v, s, L);
     else
         score_row(arch, f, c, offset_row(c, x, xo, L, t), s, compact, L);
+}
+
+// Steps 1-5: the above, then the boost.
+template <class Arch>
+void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t, float* xo,
+                       float* s, float* compact, std::int64_t L) {
+    unboosted_scores(arch, f, c, x, t, xo, s, compact, L);
     boost_scores(c, s, L);
+}
+
+template <class Arch>
+void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t, RowScratch const& r,
+                       std::int64_t L) {
+    controlled_scores(arch, f, c, x, t, r.x.data(), r.score.data(), r.compact.data(), L);
+}
+
+// Divides the allowed scores by their sum (double), so a boosted distribution stays one (top_p); a row
+// whose allowed scores are all 0 stays 0.
+inline void renormalise_allowed(RouterControl const& c, float* s, std::int64_t L) {
+    double sum = 0.0;
+    for (std::int64_t e = 0; e < L; ++e)
+        if (allowed(c, e)) sum += s[e];
+    auto const z = static_cast<float>(sum);
+    if (z > 0.0f)
+        for (std::int64_t e = 0; e < L; ++e) s[e] /= z;
 }
 
 }  // namespace smoe::inline v0::router::control

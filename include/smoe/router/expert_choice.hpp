@@ -40,6 +40,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -93,6 +94,8 @@ public:
     std::size_t workspace_size(std::int64_t max_tokens) const {
         WorkspaceSize size;
         carve(size, max_tokens);
+        control::carve_row(size, cfg_.num_experts);
+        size.add<std::int32_t>(static_cast<std::size_t>(cfg_.num_experts));
         return size.bytes();
     }
 
@@ -116,6 +119,47 @@ public:
         }
         std::int64_t const c_eff = std::min(capacity(T), T);
         return kernels::cpu::expert_choice_select(s.score, c_eff, out.expert_ids, out.expert_weights, s.keys, s.count);
+    }
+
+    // Under test-time control (research.md §8): each token's softmax (or sigmoid) of x + a over the
+    // allowed experts, or its override row, ranks the tokens of every allowed expert; a removed expert
+    // takes no token. The boost multiplies the weights only: a per-expert factor would keep each
+    // expert's token ranking anyway, and a factor of 0 must not turn the ranking into ties.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const E = cfg_.num_experts;
+        std::int64_t const T = checks::check_logits_shape(logits, E, E);
+        checks::check_out_shape(out, T, E, "num_experts");
+        checks::reject_bias(bias, "expert_choice");
+        kernels::cpu::check_finite(arch, logits, "logits");
+        control::validate(control, E, T, 0, "");
+
+        Scratch s = carve(ws, T);
+        control::RowScratch const r = control::carve_row(ws, E);
+        std::span<std::int32_t> const expert_of = ws.take<std::int32_t>(static_cast<std::size_t>(E));
+        std::int64_t A = 0;  // the allowed experts become the columns of a [T, A] score matrix
+        for (std::int64_t e = 0; e < E; ++e)
+            if (control::allowed(control, e)) expert_of[static_cast<std::size_t>(A++)] = static_cast<std::int32_t>(e);
+        MatrixView<float> const score(s.score.data, T, A);
+        for (std::int64_t t = 0; t < T; ++t) {
+            control::unboosted_scores(arch, cfg_.score_func, control, logits.row(t), t, r.x.data(), r.score.data(), r.compact.data(), E);
+            for (std::int64_t i = 0; i < A; ++i) score(t, i) = r.score[expert_of[static_cast<std::size_t>(i)]];
+        }
+        std::int64_t const c_eff = std::min(capacity(T), T);
+        std::int64_t const K = kernels::cpu::expert_choice_select(MatrixView<float const>(score), c_eff, out.expert_ids,
+                                                                  out.expert_weights, s.keys, s.count);
+        for (std::int64_t t = 0; t < T; ++t) {
+            std::int32_t* const ids = out.expert_ids.row(t);
+            float* const w = out.expert_weights.row(t);
+            for (std::int64_t j = 0; j < s.count[t]; ++j) {
+                ids[j] = expert_of[static_cast<std::size_t>(ids[j])];
+                if (!control.boost.empty()) w[j] *= control.boost[static_cast<std::size_t>(ids[j])];
+            }
+            if (!control.boost.empty()) kernels::cpu::sort_row_by_weight(ids, w, s.count[t], s.keys);
+        }
+        return K;
     }
 
 private:

@@ -31,6 +31,7 @@
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/null_expert.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -71,6 +72,7 @@ public:
     std::size_t workspace_size(std::int64_t /*max_tokens*/) const {
         WorkspaceSize size;
         size.add<float>(static_cast<std::size_t>(cfg_.num_logits()));
+        control::carve_row(size, cfg_.num_logits());
         return size.bytes();
     }
 
@@ -88,6 +90,40 @@ public:
         for (std::int64_t t = 0; t < T; ++t)
             kernels::cpu::null_expert_route_row(arch, E, N, k, logits.row(t), score, out.expert_ids.row(t),
                                                 out.expert_weights.row(t));
+        return k;
+    }
+
+    // Under test-time control (research.md §8) over all E + N columns: softmax over the allowed ones of
+    // x + a (or the override row), times the boost, then the top-k over A; true and null weights come
+    // from the boosted s. A mask that removes every null leaves a top-k over the true experts.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const E = cfg_.num_experts, L = cfg_.num_logits(), k = cfg_.top_k;
+        std::int64_t const T = checks::check_logits_shape(logits, L, k);
+        checks::check_out_shape(out, T, k, "top_k");
+        checks::reject_bias(bias, "null_expert");
+        kernels::cpu::check_finite(arch, logits, "logits");
+        control::validate(control, L, T, k, "top_k");
+
+        ws.take<float>(static_cast<std::size_t>(L));  // the plain path's score row
+        control::RowScratch const r = control::carve_row(ws, L);
+        for (std::int64_t t = 0; t < T; ++t) {
+            std::int32_t* const ids = out.expert_ids.row(t);
+            float* const w = out.expert_weights.row(t);
+            control::controlled_scores(arch, ScoreFunc::softmax, control, logits.row(t), t, r, L);
+            kernels::cpu::TopList top{ids, w, k};
+            for (std::int64_t e = 0; e < L; ++e)
+                if (control::allowed(control, e)) top.offer(r.score[e], static_cast<std::int32_t>(e));
+            double sigma = 0.0;  // as kernels::cpu::null_expert_route_row, with AdaMoE's guard
+            for (std::int64_t j = 0; j < k; ++j)
+                if (ids[j] < E) sigma += w[j];
+            auto const denom = sigma == 0.0 ? 1.0f : static_cast<float>(sigma);
+            for (std::int64_t j = 0; j < k; ++j)
+                if (ids[j] < E) w[j] /= denom;
+            kernels::cpu::sort_by_weight(ids, w, k);
+        }
         return k;
     }
 

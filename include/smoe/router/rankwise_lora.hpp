@@ -20,6 +20,7 @@
 //   smoe::router::RankwiseLoRA router({.in_features = 3, .out_features = 2, .rank = 4, .top_k = 2, .lora_alpha = 4});
 //   router.route(arch, z /*[T, 4]*/, lora_biases /*[4] or {}*/, out /*[T, >= 2]*/, workspace);
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -31,6 +32,7 @@
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -73,6 +75,7 @@ public:
     std::size_t workspace_size(std::int64_t /*max_tokens*/) const {
         WorkspaceSize size;
         carve(size);
+        control::carve_row(size, cfg_.rank);
         return size.bytes();
     }
 
@@ -89,28 +92,59 @@ public:
 
         std::span<float> const c = carve(ws);
         for (std::int64_t t = 0; t < T; ++t) {
-            std::int32_t* const ids = out.expert_ids.row(t);
-            float* const w = out.expert_weights.row(t);
             kernels::cpu::sigmoid_row(arch, logits.row(t), c.data(), r);
-            if (!bias.empty())
-                for (std::int64_t i = 0; i < r; ++i) c[i] += bias[i];
-            kernels::cpu::TopList top{ids, w, k};
-            for (std::int64_t i = 0; i < r; ++i) top.offer(c[i], static_cast<std::int32_t>(i));
-            double sum = 0.0;  // in double, as softmax_row's denominator
-            for (std::int64_t j = 0; j < k; ++j) sum += w[j];
-            if (!(sum > 0.0))
-                smoe::detail::fail(bias.empty() ? "logits" : "lora_biases",
-                                   "a selected score sum of " + smoe::detail::to_text(sum) + " at token " + std::to_string(t),
-                                   "sigmoid(z) + lora_biases summing to a positive value over the top_k selected ranks");
-            double const norm = static_cast<double>(k) / sum;
-            for (std::int64_t j = 0; j < k; ++j) w[j] = static_cast<float>(static_cast<double>(w[j]) * norm);
-            // w is monotone in c, but two c that differ by an ulp can round to one w: restore the tie rule.
-            kernels::cpu::sort_by_weight(ids, w, k);
+            select_row(c.data(), bias, t, [](std::int64_t) { return true; }, out.expert_ids.row(t), out.expert_weights.row(t));
+        }
+        return k;
+    }
+
+    // Under test-time control (research.md §8): g = sigmoid(z + a) (or the override row), g ⊙ b before
+    // the bias, a removed rank is never selected. Needs |A| >= k.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const r = cfg_.rank, k = cfg_.top_k;
+        std::int64_t const T = checks::check_logits_shape(logits, r, k);
+        checks::check_out_shape(out, T, k, "top_k");
+        if (!bias.empty()) smoe::detail::check_vector(bias, r, "lora_biases", "rank", "rank");
+        kernels::cpu::check_finite(arch, logits, "logits");
+        control::validate(control, r, T, k, "top_k");
+
+        std::span<float> const c = carve(ws);
+        control::RowScratch const row = control::carve_row(ws, r);
+        auto const allowed = [&](std::int64_t i) { return control::allowed(control, i); };
+        for (std::int64_t t = 0; t < T; ++t) {
+            control::controlled_scores(arch, ScoreFunc::sigmoid, control, logits.row(t), t, row, r);
+            std::copy(row.score.begin(), row.score.end(), c.begin());
+            select_row(c.data(), bias, t, allowed, out.expert_ids.row(t), out.expert_weights.row(t));
         }
         return k;
     }
 
 private:
+    // c [r] = g (sigmoid, or controlled scores): adds the bias, takes the top-k of the allowed ranks and
+    // writes w_i = k · c_i / Σ_S c (routing.md §8 steps 2-4).
+    template <class Allowed>
+    void select_row(float* c, std::span<float const> bias, std::int64_t t, Allowed allowed, std::int32_t* ids, float* w) const {
+        std::int64_t const r = cfg_.rank, k = cfg_.top_k;
+        if (!bias.empty())
+            for (std::int64_t i = 0; i < r; ++i) c[i] += bias[i];
+        kernels::cpu::TopList top{ids, w, k};
+        for (std::int64_t i = 0; i < r; ++i)
+            if (allowed(i)) top.offer(c[i], static_cast<std::int32_t>(i));
+        double sum = 0.0;  // in double, as softmax_row's denominator
+        for (std::int64_t j = 0; j < k; ++j) sum += w[j];
+        if (!(sum > 0.0))
+            smoe::detail::fail(bias.empty() ? "logits" : "lora_biases",
+                               "a selected score sum of " + smoe::detail::to_text(sum) + " at token " + std::to_string(t),
+                               "sigmoid(z) + lora_biases summing to a positive value over the top_k selected ranks");
+        double const norm = static_cast<double>(k) / sum;
+        for (std::int64_t j = 0; j < k; ++j) w[j] = static_cast<float>(static_cast<double>(w[j]) * norm);
+        // w is monotone in c, but two c that differ by an ulp can round to one w: restore the tie rule.
+        kernels::cpu::sort_by_weight(ids, w, k);
+    }
+
     template <class Alloc>
     std::span<float> carve(Alloc& a) const {
         return a.template take<float>(static_cast<std::size_t>(cfg_.rank));

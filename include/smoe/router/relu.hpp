@@ -30,6 +30,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/relu.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -57,6 +58,7 @@ public:
     std::size_t workspace_size(std::int64_t max_tokens) const {
         WorkspaceSize size;
         carve(size, max_tokens);
+        control::carve_row(size, cfg_.num_experts);
         return size.bytes();
     }
 
@@ -75,6 +77,39 @@ public:
         std::int64_t K = 0;
         for (std::int64_t t = 0; t < T; ++t) {
             std::int64_t const n = kernels::cpu::relu_route_row(arch, logits.row(t), E, s.keys.data(), out.expert_ids.row(t),
+                                                                out.expert_weights.row(t));
+            s.count[t] = static_cast<std::int32_t>(n);
+            K = std::max(K, n);
+        }
+        kernels::cpu::pad_rows(out.expert_ids, out.expert_weights, s.count, K);
+        return K;
+    }
+
+    // Under test-time control (research.md §8): w = b ⊙ relu(x + a) over the allowed experts, or
+    // w = v ⊙ b for an override token (the table's formula: relu scores are no distribution, so v is
+    // taken as given); selected iff w > 0. No bound on |A|.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const E = cfg_.num_experts;
+        std::int64_t const T = checks::check_logits_shape(logits, E, E);
+        checks::check_out_shape(out, T, E, "num_experts");
+        checks::reject_bias(bias, "relu");
+        kernels::cpu::check_finite(arch, logits, "logits");
+        control::validate(control, E, T, 0, "");
+
+        Scratch s = carve(ws, T);
+        control::RowScratch const r = control::carve_row(ws, E);
+        std::int64_t K = 0;
+        for (std::int64_t t = 0; t < T; ++t) {
+            float const* v = control::override_row(control, t);
+            float const* xo = v ? nullptr : control::offset_row(control, logits.row(t), r.x.data(), E, t);
+            for (std::int64_t e = 0; e < E; ++e) {
+                float const b = control.boost.empty() ? 1.0f : control.boost[static_cast<std::size_t>(e)];
+                r.score[e] = !control::allowed(control, e) ? 0.0f : (v ? v[e] : std::max(xo[e], 0.0f)) * b;
+            }
+            std::int64_t const n = kernels::cpu::relu_route_row(arch, r.score.data(), E, s.keys.data(), out.expert_ids.row(t),
                                                                 out.expert_weights.row(t));
             s.count[t] = static_cast<std::int32_t>(n);
             K = std::max(K, n);

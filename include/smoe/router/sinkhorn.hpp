@@ -47,6 +47,7 @@
 #include "smoe/kernels/cpu/sinkhorn.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -97,6 +98,7 @@ public:
     std::size_t workspace_size(std::int64_t max_tokens) const {
         WorkspaceSize size;
         kernels::cpu::carve_sinkhorn(size, max_tokens, cfg_.num_experts);
+        carve_control(size, max_tokens);
         return size.bytes();
     }
 
@@ -143,6 +145,57 @@ public:
         return k;
     }
 
+    // Under test-time control (research.md §8): the allowed columns of x + a are balanced on their own
+    // (each to 1 / |A|) and select; the boost multiplies the activation (softmax over A, or sigmoid),
+    // which gives the weights, and selects only where balancing does not run (a per-expert factor
+    // cancels in P). An override token takes the top-k of v ⊙ b over A with those values as weights
+    // (the table's formula), while its logits still enter the balancing. Needs |A| >= k.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const E = cfg_.num_experts, k = cfg_.top_k;
+        check_logits(arch, logits, bias);
+        std::int64_t const T = logits.rows;
+        checks::check_out_shape(out, T, k, "top_k");
+        control::validate(control, E, T, k, "top_k");
+
+        std::int64_t const A = control::allowed_count(control, E);
+        auto const s = kernels::cpu::carve_sinkhorn(ws, T, A);
+        Control const c = carve_control(ws, T);
+        MatrixView<float> const xa(c.logits.data(), T, A);  // x + a over the allowed columns
+        for (std::int64_t t = 0; t < T; ++t) {
+            float const* xo = control::offset_row(control, logits.row(t), c.row.x.data(), E, t);
+            for (std::int64_t e = 0, i = 0; e < E; ++e)
+                if (control::allowed(control, e)) xa(t, i++) = xo[e];
+        }
+        last_ = balance(arch, MatrixView<float const>(xa), s);
+        for (std::int64_t t = 0; t < T; ++t) {
+            std::int32_t* const ids = out.expert_ids.row(t);
+            float* const w = out.expert_weights.row(t);
+            float* const a = c.row.score.data();
+            float const* v = control::override_row(control, t);
+            if (v)
+                for (std::int64_t e = 0; e < E; ++e) a[e] = control::allowed(control, e) ? v[e] : 0.0f;
+            else
+                control::score_row(arch, cfg_.activation(), control, control::offset_row(control, logits.row(t), c.row.x.data(), E, t),
+                                   a, c.row.compact.data(), E);
+            control::boost_scores(control, a, E);
+            kernels::cpu::TopList top{ids, w, k};
+            if (last_.balanced && !v) {
+                float const* p = kernels::cpu::balanced_score_row(arch, s, t);
+                for (std::int64_t e = 0, i = 0; e < E; ++e)
+                    if (control::allowed(control, e)) top.offer(p[i++], static_cast<std::int32_t>(e));
+                for (std::int64_t j = 0; j < k; ++j) w[j] = a[ids[j]];
+            } else {
+                for (std::int64_t e = 0; e < E; ++e)
+                    if (control::allowed(control, e)) top.offer(a[e], static_cast<std::int32_t>(e));
+            }
+            kernels::cpu::sort_by_weight(ids, w, k);
+        }
+        return k;
+    }
+
     // Diagnostics: the scores selection is made on (routing.md §1), P [T, E] when balancing runs and
     // the activation a otherwise. Same checks, workspace and report as route().
     template <class Arch>
@@ -168,6 +221,19 @@ public:
     }
 
 private:
+    struct Control {
+        std::span<float> logits;  // [T, E] the allowed columns of x + a
+        control::RowScratch row;
+    };
+
+    template <class Alloc>
+    Control carve_control(Alloc& a, std::int64_t T) const {
+        Control c;
+        c.logits = a.template take<float>(static_cast<std::size_t>(T * cfg_.num_experts));
+        c.row = control::carve_row(a, cfg_.num_experts);
+        return c;
+    }
+
     template <class Arch>
     void check_logits(Arch arch, MatrixView<float const> logits, std::span<float const> bias) const {
         checks::check_logits_shape(logits, cfg_.num_experts, cfg_.top_k);

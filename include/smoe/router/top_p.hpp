@@ -21,6 +21,7 @@
 //   smoe::router::TopP router({.num_experts = 4, .top_p = 0.4f});
 //   router.route(arch, logits /*[T, 4]*/, {}, out /*[T, >= max_k]*/, workspace);
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -34,8 +35,9 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/top_p.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
-#include "smoe/router/topk_config.hpp"
+#include "smoe/router/control.hpp"
 #include "smoe/router/route_checks.hpp"
+#include "smoe/router/topk_config.hpp"
 
 namespace smoe::inline v0::router {
 
@@ -76,6 +78,7 @@ public:
     std::size_t workspace_size(std::int64_t max_tokens) const {
         WorkspaceSize size;
         carve(size, max_tokens);
+        control::carve_row(size, cfg_.num_experts);
         return size.bytes();
     }
 
@@ -103,7 +106,58 @@ public:
         return K;
     }
 
+    // Under test-time control (research.md §8): softmax over the allowed experts of x + a (or the
+    // override row), times the boost and divided by its sum over A so that p stays a probability mass;
+    // the scan runs over A only. Needs |A| >= min_k.
+    template <class Arch>
+    std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+                       Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        std::int64_t const E = cfg_.num_experts, max_k = max_slots();
+        std::int64_t const T = checks::check_logits_shape(logits, E, max_k);
+        checks::check_out_shape(out, T, max_k, "max_k");
+        checks::reject_bias(bias, "top_p");
+        kernels::cpu::check_finite(arch, logits, "logits");
+        control::validate(control, E, T, cfg_.min_k, "min_k");
+
+        Scratch s = carve(ws, T);
+        control::RowScratch const r = control::carve_row(ws, E);
+        std::int64_t K = 0;
+        for (std::int64_t t = 0; t < T; ++t) {
+            control::controlled_scores(arch, ScoreFunc::softmax, control, logits.row(t), t, r, E);
+            if (!control.boost.empty()) control::renormalise_allowed(control, r.score.data(), E);
+            std::int64_t const n = scan(control, r.score.data(), s.keys.data(), out.expert_ids.row(t), out.expert_weights.row(t));
+            s.count[t] = static_cast<std::int32_t>(n);
+            K = std::max(K, n);
+        }
+        kernels::cpu::pad_rows(out.expert_ids, out.expert_weights, s.count, K);
+        return K;
+    }
+
 private:
+    // kernels::cpu::top_p_route_row's scan (fp32 prefix in row order, strictly greater than p, then
+    // min_k / max_k) over the allowed experts' scores s.
+    std::int64_t scan(RouterControl const& control, float const* s, std::uint64_t* keys, std::int32_t* ids, float* w) const {
+        std::int64_t m = 0;
+        for (std::int64_t e = 0; e < cfg_.num_experts; ++e)
+            if (control::allowed(control, e)) keys[m++] = kernels::cpu::weight_order_key(s[e], e);
+        std::make_heap(keys, keys + m);
+        std::uint64_t* heap_end = keys + m;
+        bool const all = cfg_.top_p >= 1.0f;
+        float prefix = 0.0f;
+        bool crossed = false;
+        std::int64_t n = 0;
+        while (n < std::min(max_slots(), m) && (n < cfg_.min_k || !crossed)) {
+            std::pop_heap(keys, heap_end--);
+            ids[n] = kernels::cpu::weight_order_id(*heap_end);
+            w[n] = kernels::cpu::weight_order_weight(*heap_end);
+            prefix += w[n];
+            ++n;
+            if (!all && prefix > cfg_.top_p) crossed = true;
+        }
+        return n;
+    }
+
     struct Scratch {
         std::span<float> score;          // [E]
         std::span<std::uint64_t> keys;   // [E]
