@@ -10,7 +10,8 @@ N(0, 0.1) weights), fp32 and bf16:
     within experts.md §9 (fp32: 2e-5; bf16: 3e-2 max, 1e-2 RMS against HF's bf16 module);
   * generate: 8 greedy tokens for 2 prompts, the same with smoe as with eager, and the logits of every
     step agree (reported; fp32 must stay within 1e-4 relative to the largest logit);
-  * smoe really ran (calls counted).
+  * smoe really ran (calls counted), refuses to run with autograd on, and repacks after an in-place
+    update of the weights.
 bf16 greedy tokens are reported, not required: a tiny random model's top logits are close, and HF's own
 grouped_mm (also reported) differs from its eager loop by the same kind of rounding.
 Families whose experts smoe does not support must raise smoe.hf.UnsupportedExperts naming the family
@@ -134,12 +135,26 @@ def run_family(model_type, spec, dtype):
         model(prompt)
     for h in handles:
         h.remove()
+    mod, a, kw, _ = next(iter(seen.values()))
+    try:  # with autograd on, smoe must refuse rather than return an output without gradients
+        smoe.hf.experts_forward(mod, *a, **kw)
+        return {"result": "FAIL: smoe ran with autograd enabled"}
+    except smoe.hf.UnsupportedExperts as e:
+        if "no_grad" not in str(e):
+            return {"result": "FAIL: message %r" % str(e)}
     mod_max = mod_rms = 0.0
     with torch.no_grad():
         for mod, a, kw, out in seen.values():
             mine = smoe.hf.experts_forward(mod, *a, **kw)
             e_max, e_rms = rel_err(mine, out)
             mod_max, mod_rms = max(mod_max, e_max), max(mod_rms, e_rms)
+        # An in-place change of the weights (new tensor version) must repack, not reuse stale panels.
+        packed = mod._smoe_experts[1]
+        mod.down_proj.mul_(2.0)
+        doubled = smoe.hf.experts_forward(mod, *a, **kw)
+        mod.down_proj.mul_(0.5)
+        if mod._smoe_experts[1] is packed or not torch.allclose(doubled, 2 * mine, rtol=1e-2, atol=1e-6):
+            return {"result": "FAIL: an in-place weight update was not seen"}
 
     def generate(impl):
         model.set_experts_implementation(impl)
