@@ -1,6 +1,7 @@
 // Test-time router control (research.md §8): the worked example, a float64 oracle on random shapes,
-// the record's errors, and that a neutral or empty record changes no bit. Also TopK's general-row
-// options (group_score, norm_p, sqrtsoftplus, identity nulls) against the same oracle.
+// the record's errors, and that a neutral or empty record changes no bit. Also the router options of
+// the Hugging Face families (families.md §2): TopK's group_score, norm_p, sqrtsoftplus and identity
+// nulls against the same oracle, and router::SparseMixer (PhiMoE).
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +22,7 @@
 #include "smoe/router/rankwise_lora.hpp"
 #include "smoe/router/relu.hpp"
 #include "smoe/router/sinkhorn.hpp"
+#include "smoe/router/sparsemixer.hpp"
 #include "smoe/router/top_p.hpp"
 #include "smoe/router/topk.hpp"
 
@@ -814,4 +816,71 @@ TEST_CASE("every router names a NaN offset and a mask of the wrong length", "[ro
     both(smoe::router::ExpertChoice({.num_experts = 4, .capacity = 1}));
     both(smoe::router::Sinkhorn({.num_experts = 4, .top_k = 2}));
     both(smoe::router::RankwiseLoRA({.in_features = 1, .out_features = 1, .rank = 4, .top_k = 2, .lora_alpha = 1}));
+}
+
+// ---- router::SparseMixer (families.md §2.4); expected values from a float64 transcription of HF's
+// `sparsemixer` (masks by (m - L) / max(|L|, m) > 2 eps, softmax over the rest). ----
+
+TEST_CASE("sparsemixer picks two experts, each weighted over the logits within 2 eps of it", "[router][sparsemixer][spec]") {
+    smoe::router::SparseMixer const router({.num_experts = 6});
+    std::vector<float> const logits = {2.0f, 1.0f, 1.0f, -1.0f, 0.5f, -0.5f,    // M2 = {1, 2}: w2 = 0.5
+                                       -3.0f, -1.0f, -2.0f, -0.5f, -4.0f, -1.5f,  // both alone: 1, 1
+                                       1.0f, 0.99f, 0.5f, 0.985f, -1.0f, 0.2f,    // w2 > w1: row order [1, 0]
+                                       0.0f, 0.0f, -1.0f, 0.0f, -2.0f, -3.0f,     // 0/0 counts as kept
+                                       -1.0f, -1.01f, -1.015f, -3.0f, -1.03f, -5.0f};
+    auto const o = route_controlled(router, logits, {});
+    check_row(o.r, 0, {0, 1}, {1.0, 0.5});
+    check_row(o.r, 1, {1, 3}, {1.0, 1.0});
+    check_row(o.r, 2, {1, 0}, {0.50125, 0.336116});
+    check_row(o.r, 3, {1, 0}, {0.5, 0.333333});
+    check_row(o.r, 4, {0, 1}, {0.336116, 0.336111});
+    check_views_agree(o.r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
+    // eps = 0 keeps only exact ties; a large eps keeps everything (a softmax over all E, then E - 1).
+    auto const strict = route_controlled(smoe::router::SparseMixer({.num_experts = 6, .router_jitter_noise = 0.0f}), logits, {});
+    check_row(strict.r, 2, {0, 1}, {1.0, 1.0});
+    check_row(strict.r, 3, {1, 0}, {0.5, 0.333333});
+    // Control: a mask removes expert 0 from the pick and from M1; an offset moves the logits.
+    std::vector<std::uint8_t> const mask = {0, 1, 1, 1, 1, 1};
+    auto const masked = route_controlled(router, logits, {.expert_mask = mask});
+    check_row(masked.r, 2, {3, 1}, {1.0, 0.501250});  // e1 = 1 with M1 = {1, 3}, e2 = 3 alone
+    std::vector<float> const boost(6, 1.0f);
+    CHECK(error_argument([&] { route_controlled(router, logits, {.boost = boost}); }) == "boost");
+    CHECK(error_argument([] { smoe::router::SparseMixer r({.num_experts = 1}); }) == "num_experts");
+    CHECK(error_argument([] { smoe::router::SparseMixer r({.num_experts = 4, .router_jitter_noise = -1.0f}); }) == "router_jitter_noise");
+}
+
+TEST_CASE("sparsemixer matches a float64 oracle on random shapes", "[router][sparsemixer][oracle]") {
+    std::mt19937_64 rng(90);
+    for (int trial = 0; trial < 200; ++trial) {
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 16)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 8)(rng);
+        float const eps = std::vector<float>{0.01f, 0.05f, 0.2f}[trial % 3];
+        // Logits on a coarse grid so that near-max neighbours exist, scaled so both signs of m occur.
+        auto const logits = smoe_test::normal(rng, std::size_t(T * E), 0.3, 1.0 / 64);
+        auto const o = route_controlled(smoe::router::SparseMixer({.num_experts = E, .router_jitter_noise = eps}), logits, {});
+        for (std::int64_t t = 0; t < T; ++t) {
+            float const* x = &logits[t * E];
+            bool near = false;
+            auto pick = [&](int skip, double& w) {
+                int best = -1;
+                for (int e = 0; e < E; ++e)
+                    if (e != skip && (best < 0 || x[e] > x[best])) best = e;
+                double const m = x[best];
+                double z = 0;
+                for (int j = 0; j < E; ++j) {
+                    if (j == skip) continue;
+                    double const f = std::max(std::fabs(double(x[j])), m), r = f == 0 ? 0.0 : (m - x[j]) / f;
+                    near |= std::fabs(r - 2.0 * eps) < 1e-5;
+                    if (!(r > 2.0 * eps)) z += std::exp(x[j] - m);
+                }
+                w = 1 / z;
+                return best;
+            };
+            std::vector<double> w(2);
+            std::vector<int> ids = {pick(-1, w[0]), 0};
+            ids[1] = pick(ids[0], w[1]);
+            if (near) continue;
+            row_order(ids, w);
+            check_oracle_row(o.r, t, ids, w);
+        }
+    }
 }

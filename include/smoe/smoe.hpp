@@ -28,5 +28,6 @@
 #include "smoe/router/rankwise_lora.hpp"
 #include "smoe/router/relu.hpp"
 #include "smoe/router/sinkhorn.hpp"
+#include "smoe/router/sparsemixer.hpp"
 #include "smoe/router/top_p.hpp"
 #include "smoe/router/topk.hpp"
