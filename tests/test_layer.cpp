@@ -352,3 +352,38 @@ TEST_CASE("forward under a RouterControl, with a gate bias and with identity exp
         check_layer(layer, m, smoe_test::gate_logits(m, x, T), {}, m.weights());
     }
 }
+
+TEST_CASE("token ids are an optional input of forward: hash routing needs them, top-k ignores them", "[layer][hash]") {
+    std::mt19937_64 rng(36);
+    std::int64_t const d = 11, f = 13, E = 5, T = 6, K = 2, V = 4;
+    using HashModel = smoe_test::LayerModel<smoe::router::Hash>;
+    HashModel m = HashModel::random(rng, d, f, E);
+    std::vector<std::int32_t> const table = {0, 1, 2, 3, 4, 0, 3, 1}, tokens = {3, 0, 0, 2, 1, 3};
+    smoe_test::SwiGLULayer<smoe::router::Hash> layer(
+        {.router = {.num_experts = E, .top_k = K, .vocab_size = V, .tid2eid = table}, .expert = m.expert_cfg(), .max_tokens = T},
+        m.weights());
+    auto const x = smoe_test::normal(rng, T * d, 1.0);
+    MatrixView<float const> const xv(x.data(), T, d);
+    std::vector<float> y(T * d), y_routed(T * d);
+    auto const r = layer.forward(xv, MatrixView<float>(y.data(), T, d), {}, smoe::TokenIds{tokens});
+    std::vector<std::int32_t> ids(T * K);
+    std::vector<float> w(T * K);
+    for (std::int64_t t = 0; t < T; ++t) {
+        std::vector<std::int32_t> row(table.begin() + tokens[t] * K, table.begin() + (tokens[t] + 1) * K);
+        for (std::int64_t j = 0; j < K; ++j) {
+            CHECK(std::find(row.begin(), row.end(), r.expert_ids(t, j)) != row.end());
+            ids[t * K + j] = r.expert_ids(t, j);
+            w[t * K + j] = r.expert_weights(t, j);
+        }
+    }
+    layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K), MatrixView<float const>(w.data(), T, K),
+                         MatrixView<float>(y_routed.data(), T, d));
+    for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y[i] == y_routed[i]);
+    CHECK_THROWS_WITH(layer.forward(xv, MatrixView<float>(y.data(), T, d)), Contains("token_ids"));
+
+    Model tm = Model::random(rng, d, f, E);
+    Layer topk({.router = {.num_experts = E, .top_k = K}, .expert = tm.expert_cfg(), .max_tokens = T}, tm.weights());
+    topk.forward(xv, MatrixView<float>(y.data(), T, d));
+    topk.forward(xv, MatrixView<float>(y_routed.data(), T, d), {}, smoe::TokenIds{tokens});
+    for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y[i] == y_routed[i]);
+}

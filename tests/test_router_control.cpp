@@ -18,6 +18,7 @@
 #include "common/routing_checks.hpp"
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
+#include "smoe/router/hash.hpp"
 #include "smoe/router/null_expert.hpp"
 #include "smoe/router/rankwise_lora.hpp"
 #include "smoe/router/relu.hpp"
@@ -883,4 +884,43 @@ TEST_CASE("sparsemixer matches a float64 oracle on random shapes", "[router][spa
             check_oracle_row(o.r, t, ids, w);
         }
     }
+}
+
+// ---- router::Hash (DeepSeek-V4's hash layers, families.md §2.2); values from float64 by hand. ----
+
+TEST_CASE("hash routing selects the table row of each token id and weighs by the gate's scores", "[router][hash][spec]") {
+    std::vector<std::int32_t> const table = {0, 1, 2, 3, 3, 0};  // vocab 3, k 2
+    std::vector<float> const logits = {0.5f, -1.0f, 2.0f, 0.0f, 1.5f, 0.25f, -0.5f, 3.0f, -2.0f, 1.0f, 0.0f, 0.5f};
+    std::vector<std::int32_t> const ids = {1, 2, 0};
+    smoe::router::Hash const router({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = table, .routed_scaling_factor = 1.5f});
+    std::vector<std::byte> ws(smoe::routing_workspace_size(router, 3));
+    MatrixView<float const> const lv(logits.data(), 3, 4);
+    auto const r = smoe::route(router, lv, {}, ws, {}, smoe::TokenIds{ids});
+    check_row(r, 0, {2, 3}, {0.954886, 0.545114});  // sqrt(softplus), renormalised over the row, x 1.5
+    check_row(r, 1, {3, 0}, {0.858585, 0.641415});
+    check_row(r, 2, {1, 0}, {1.144263, 0.355737});
+    check_views_agree(r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
+    smoe::router::Hash const plain({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = table, .score_func = ScoreFunc::softmax,
+                                    .norm_topk_prob = false});
+    auto const p = smoe::route(plain, lv, {}, ws, {}, smoe::TokenIds{ids});
+    check_row(p, 0, {2, 3}, {0.7101, 0.0961016});
+    check_row(p, 2, {1, 0}, {0.494023, 0.024596});
+    // A removed expert leaves its slot empty (padding at the end) and the rest renormalises to r.
+    std::vector<std::uint8_t> const mask = {1, 1, 1, 0};
+    auto const m = smoe::route(router, lv, {}, ws, {.expert_mask = mask}, smoe::TokenIds{ids});
+    CHECK(m.expert_ids(0, 0) == 2);
+    CHECK(m.expert_weights(0, 0) == Approx(1.5));
+    CHECK(m.expert_ids(0, 1) == -1);
+    CHECK(m.expert_weights(0, 1) == 0.0f);
+    check_row(m, 2, {1, 0}, {1.144263, 0.355737});
+    check_views_agree(m, {.sorted_rows = true});
+    // Errors: no token ids, an id past the vocabulary, a bad table.
+    CHECK(error_argument([&] { smoe::route(router, lv, {}, ws); }) == "token_ids");
+    std::vector<std::int32_t> const past = {1, 3, 0};
+    CHECK(error_argument([&] { smoe::route(router, lv, {}, ws, {}, smoe::TokenIds{past}); }) == "token_ids");
+    std::vector<std::int32_t> const dup = {0, 0, 2, 3, 3, 0}, out_of_range = {0, 4, 2, 3, 3, 0};
+    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = dup}); }) == "tid2eid");
+    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = out_of_range}); }) ==
+          "tid2eid");
+    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 2, .tid2eid = table}); }) == "tid2eid");
 }

@@ -13,6 +13,7 @@
 #include "smoe/balance/context.hpp"
 #include "smoe/core/router_control.hpp"
 #include "smoe/core/routing.hpp"
+#include "smoe/core/token_ids.hpp"
 #include "smoe/core/stats.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
@@ -42,6 +43,14 @@ concept ControllableRouter = RouterPolicy<R, Arch> && requires(R const& r, Arch 
                                                                  std::span<float const> bias, TokenMajorOut out,
                                                                  Workspace& ws, RouterControl const& control) {
     { r.route(arch, logits, bias, out, ws, control) } -> std::convertible_to<std::int64_t>;
+};
+
+// A router that selects by token id (router::Hash) takes the call's smoe::TokenIds after the control.
+template <class R, class Arch = xsimd::default_arch>
+concept TokenRouter = ControllableRouter<R, Arch> && requires(R const& r, Arch arch, MatrixView<float const> logits,
+                                                               std::span<float const> bias, TokenMajorOut out, Workspace& ws,
+                                                               RouterControl const& control, TokenIds ids) {
+    { r.route(arch, logits, bias, out, ws, control, ids) } -> std::convertible_to<std::int64_t>;
 };
 
 // An expert computes slot_out[r] = row_w[r] * f_e(rows_in[r]) for the M gathered rows of expert e

@@ -223,6 +223,19 @@ public:
         return forward(x, y, buffer_.bytes(), control);
     }
 
+    // With the call's token ids [T] (smoe::TokenIds): a router that selects by token id (router::Hash)
+    // needs them; the others ignore them, so an engine may pass them to every layer.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                          RouterControl const& control, TokenIds token_ids) {
+        static_assert(ControllableRouter<Router, arch>,
+                      "smoe::MoELayer::forward with a RouterControl: this Router has no route(..., control)");
+        return forward_controlled(x, y, workspace, &control, token_ids);
+    }
+
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control, TokenIds token_ids) {
+        return forward(x, y, buffer_.bytes(), control, token_ids);
+    }
+
     // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
     // max_slots(); id -1 marks an empty slot). Runs dispatch, the balancer (capacity, statistics; no
     // losses, as there are no logits), experts and combine.
@@ -248,7 +261,7 @@ public:
 
 private:
     RoutingResult forward_controlled(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
-                                     RouterControl const* control) {
+                                     RouterControl const* control, TokenIds token_ids = {}) {
         std::int64_t const T = check_io(x, y);
         Workspace ws(workspace);
         Buffers b = carve(ws, T);
@@ -261,9 +274,13 @@ private:
         auto const bias = detail::selection_bias(balancer_, weights_.expert_bias);
         MatrixView<float const> const lv(logits);
         std::int64_t K = 0;
-        if constexpr (ControllableRouter<Router, arch>)
-            if (control && !control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, *control);
-        if (!control || control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
+        if constexpr (TokenRouter<Router, arch>) {
+            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control ? *control : RouterControl{}, token_ids);
+        } else {
+            if constexpr (ControllableRouter<Router, arch>)
+                if (control && !control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, *control);
+            if (!control || control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
+        }
         return dispatch_and_run(x, y, b, K, logits);
     }
 

@@ -182,6 +182,19 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
     return detail::routing_view(b, router.num_experts(), K);
 }
 
+// With the call's token ids, for a router that selects by them (router::Hash).
+template <class Arch = xsimd::default_arch, class Router>
+    requires TokenRouter<Router, Arch>
+RoutingResult route(Router const& router, MatrixView<float const> logits, std::span<float const> bias,
+                    std::span<std::byte> workspace, RouterControl const& control, TokenIds token_ids) {
+    Workspace ws(workspace);
+    detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
+    Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));
+    std::int64_t const K = router.route(Arch{}, logits, bias, b.token_major, scratch, control, token_ids);
+    detail::build_csr(b, router.num_experts(), K);
+    return detail::routing_view(b, router.num_experts(), K);
+}
+
 }  // namespace smoe::inline v0
 
 namespace smoe::inline v0 {

@@ -24,6 +24,7 @@
 #include "smoe/layer.hpp"
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
+#include "smoe/router/hash.hpp"
 #include "smoe/router/null_expert.hpp"
 #include "smoe/router/rankwise_lora.hpp"
 #include "smoe/router/relu.hpp"
