@@ -111,7 +111,8 @@ TEST_CASE("forward under a RouterControl allocates nothing", "[layer][alloc][con
     using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
     std::mt19937_64 rng(39);
     std::int64_t const d = 32, f = 24, E = 6, T = 19;
-    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5), w = smoe_test::normal(rng, std::size_t(E * f * d), 0.1);
+    auto const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5),
+               w = smoe_test::normal(rng, std::size_t(E * f * d), 0.1);
     auto const x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
     smoe::expert::SwiGLUConfig const c{d, f, E};
     auto const experts = smoe::expert::SwiGLUWeights<float>::dense(w.data(), w.data(), w.data(), c);

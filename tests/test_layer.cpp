@@ -279,8 +279,9 @@ TEST_CASE("the layer rejects bad configs, weights and inputs with a named error"
                       Contains("workspace"));
 }
 
-TEST_CASE("forward under a RouterControl, with a gate bias and with identity experts routes as smoe::route on its logits",
-          "[layer][control]") {
+TEST_CASE(
+    "forward under a RouterControl, with a gate bias and with identity experts routes as smoe::route on its logits",
+    "[layer][control]") {
     std::mt19937_64 rng(35);
     std::int64_t const d = 19, f = 23, E = 7, Z = 2, T = 9, K = 3;
     auto const x = smoe_test::normal(rng, T * d, 1.0);
@@ -292,7 +293,8 @@ TEST_CASE("forward under a RouterControl, with a gate bias and with identity exp
         std::vector<float> y(T * d), y_routed(T * d);
         std::vector<std::byte> ws(layer.workspace_size()), rws(smoe::routing_workspace_size(layer.router(), T));
         auto const r = layer.forward(xv, MatrixView<float>(y.data(), T, d), ws, c);
-        auto const want = smoe::route(layer.router(), MatrixView<float const>(logits.data(), T, m.W), w.expert_bias, rws, c);
+        auto const want =
+            smoe::route(layer.router(), MatrixView<float const>(logits.data(), T, m.W), w.expert_bias, rws, c);
         std::vector<std::int32_t> ids(T * K);
         std::vector<float> wt(T * K);
         for (std::int64_t t = 0; t < T; ++t)
@@ -303,19 +305,23 @@ TEST_CASE("forward under a RouterControl, with a gate bias and with identity exp
                 wt[t * K + j] = want.expert_weights(t, j);
             }
         std::vector<std::byte> ws2(layer.workspace_size());
-        layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K), MatrixView<float const>(wt.data(), T, K),
-                             MatrixView<float>(y_routed.data(), T, d), ws2);
+        layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K),
+                             MatrixView<float const>(wt.data(), T, K), MatrixView<float>(y_routed.data(), T, d), ws2);
         for (std::int64_t t = 0; t < T; ++t)
             for (std::int64_t j = 0; j < K; ++j)
                 if (want.expert_ids(t, j) >= E)
-                    for (std::int64_t i = 0; i < d; ++i) y_routed[t * d + i] += want.expert_weights(t, j) * x[t * d + i];
+                    for (std::int64_t i = 0; i < d; ++i)
+                        y_routed[t * d + i] += want.expert_weights(t, j) * x[t * d + i];
         for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y[i] == y_routed[i]);
     };
     {  // control: every field
         Model m = Model::random(rng, d, f, E);
-        Layer layer({.router = {.num_experts = E, .top_k = K, .norm_topk_prob = true}, .expert = m.expert_cfg(), .max_tokens = T},
+        Layer layer({.router = {.num_experts = E, .top_k = K, .norm_topk_prob = true},
+                     .expert = m.expert_cfg(),
+                     .max_tokens = T},
                     m.weights());
-        std::vector<float> const offset = smoe_test::normal(rng, E, 1.0), boost = {1, 2, 0.5f, 1, 3, 1, 1}, over = {1, 2, 3, 4, 5, 6, 7};
+        std::vector<float> const offset = smoe_test::normal(rng, E, 1.0), boost = {1, 2, 0.5f, 1, 3, 1, 1},
+                                 over = {1, 2, 3, 4, 5, 6, 7};
         std::vector<std::uint8_t> const mask = {1, 1, 0, 1, 1, 0, 1};
         std::vector<std::int32_t> const tokens = {0, 4};
         check_layer(layer, m, smoe_test::gate_logits(m, x, T), {offset, boost, mask, over, tokens}, m.weights());
@@ -326,15 +332,19 @@ TEST_CASE("forward under a RouterControl, with a gate bias and with identity exp
         auto const gb = smoe_test::normal(rng, E, 2.0);
         auto w = m.weights();
         w.gate_bias = gb;
-        Layer layer({.router = {.num_experts = E, .top_k = K, .score_after_topk = true}, .expert = m.expert_cfg(), .max_tokens = T}, w);
+        Layer layer({.router = {.num_experts = E, .top_k = K, .score_after_topk = true},
+                     .expert = m.expert_cfg(),
+                     .max_tokens = T},
+                    w);
         auto logits = smoe_test::gate_logits(m, x, T);
         for (std::int64_t t = 0; t < T; ++t)
             for (std::int64_t e = 0; e < E; ++e) logits[t * E + e] += gb[e];
         check_layer(layer, m, logits, {}, w);
         std::vector<float> const short_bias(E - 1, 0.0f);
         w.gate_bias = short_bias;
-        CHECK_THROWS_WITH(Layer({.router = {.num_experts = E, .top_k = K}, .expert = m.expert_cfg(), .max_tokens = T}, w),
-                          Contains("gate_bias"));
+        CHECK_THROWS_WITH(
+            Layer({.router = {.num_experts = E, .top_k = K}, .expert = m.expert_cfg(), .max_tokens = T}, w),
+            Contains("gate_bias"));
     }
     {  // identity experts (LongCat-Flash): Z extra logit columns whose selection adds w · x
         Model m = Model::random(rng, d, f, E, E + Z);
@@ -360,7 +370,9 @@ TEST_CASE("token ids are an optional input of forward: hash routing needs them, 
     HashModel m = HashModel::random(rng, d, f, E);
     std::vector<std::int32_t> const table = {0, 1, 2, 3, 4, 0, 3, 1}, tokens = {3, 0, 0, 2, 1, 3};
     smoe_test::SwiGLULayer<smoe::router::Hash> layer(
-        {.router = {.num_experts = E, .top_k = K, .vocab_size = V, .tid2eid = table}, .expert = m.expert_cfg(), .max_tokens = T},
+        {.router = {.num_experts = E, .top_k = K, .vocab_size = V, .tid2eid = table},
+         .expert = m.expert_cfg(),
+         .max_tokens = T},
         m.weights());
     auto const x = smoe_test::normal(rng, T * d, 1.0);
     MatrixView<float const> const xv(x.data(), T, d);

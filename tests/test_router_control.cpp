@@ -39,9 +39,9 @@ using smoe_test::check_views_agree;
 namespace {
 
 // routing.md §2's logits (E = 6, T = 3) and research.md §8's controls.
-std::vector<float> const kLogits = {2.0f,  1.0f,  1.0f,  -1.0f, 0.5f, -0.5f,  //
+std::vector<float> const kLogits = {2.0f,  1.0f,  1.0f,  -1.0f, 0.5f,  -0.5f,  //
                                     -3.0f, -1.0f, -2.0f, -0.5f, -4.0f, -1.5f,  //
-                                    0.3f,  -0.2f, 1.7f,  0.9f,  1.2f, -2.0f};
+                                    0.3f,  -0.2f, 1.7f,  0.9f,  1.2f,  -2.0f};
 std::vector<float> const kOffset = {0, 0, 0, 0, 1.5f, 0}, kBoost = {1, 1, 1, 1, 1, 3};
 std::vector<std::uint8_t> const kMask = {0, 1, 1, 1, 1, 1};
 std::vector<float> const kOverride = {0.1f, 0.1f, 0.1f, 0.4f, 0.2f, 0.1f};
@@ -82,14 +82,15 @@ struct OracleRow {
     double margin = std::numeric_limits<double>::infinity();
 };
 
-OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, std::int64_t t, std::vector<float> const& bias,
-                      RouterControl const& c) {
+OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, std::int64_t t,
+                      std::vector<float> const& bias, RouterControl const& c) {
     std::int64_t const L = cfg.num_logits(), k = cfg.top_k;
     auto ok = [&](std::int64_t e) { return c.expert_mask.empty() || c.expert_mask[e]; };
     auto boost = [&](std::int64_t e) { return c.boost.empty() ? 1.0 : double(c.boost[e]); };
     bool const over = std::find(c.override_tokens.begin(), c.override_tokens.end(), t) != c.override_tokens.end();
     std::vector<double> x(L), s(L, 0.0), cs(L);
-    for (std::int64_t e = 0; e < L; ++e) x[e] = double(logits[t * L + e]) + (c.logit_offset.empty() ? 0.0 : c.logit_offset[e]);
+    for (std::int64_t e = 0; e < L; ++e)
+        x[e] = double(logits[t * L + e]) + (c.logit_offset.empty() ? 0.0 : c.logit_offset[e]);
     OracleRow o;
     auto by_value = [](std::vector<double> const& v, std::vector<int> cand, std::int64_t n, double& margin) {
         std::stable_sort(cand.begin(), cand.end(), [&](int a, int b) { return v[a] > v[b]; });
@@ -104,8 +105,10 @@ OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, s
         std::vector<double> v(L);
         std::vector<int> cand;
         for (int e : allowed) {
-            if (over) v[e] = c.score_override[e] * boost(e), cand.push_back(e);
-            else if (boost(e) > 0) v[e] = x[e] + std::log(boost(e)), cand.push_back(e);
+            if (over)
+                v[e] = c.score_override[e] * boost(e), cand.push_back(e);
+            else if (boost(e) > 0)
+                v[e] = x[e] + std::log(boost(e)), cand.push_back(e);
         }
         o.ids = by_value(v, cand, k, o.margin);
         double z = 0;
@@ -123,13 +126,17 @@ OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, s
             for (int e : allowed) s[e] = std::exp(x[e] - m) / z;
         } else {
             for (int e : allowed)
-                s[e] = cfg.score_func == ScoreFunc::sigmoid ? 1 / (1 + std::exp(-x[e])) : std::sqrt(std::log1p(std::exp(x[e])));
+                s[e] = cfg.score_func == ScoreFunc::sigmoid ? 1 / (1 + std::exp(-x[e]))
+                                                            : std::sqrt(std::log1p(std::exp(x[e])));
         }
         for (int e = 0; e < L; ++e) s[e] *= boost(e), cs[e] = s[e] + (bias.empty() ? 0.0 : bias[e]);
         std::vector<int> cand = allowed;
         if (cfg.n_group > 1) {
             std::int64_t const G = cfg.group_size();
-            std::int64_t take = (cfg.group_score == GroupScore::top2_sum || (cfg.group_score == GroupScore::max_or_top2 && !bias.empty())) ? 2 : 1;
+            std::int64_t take = (cfg.group_score == GroupScore::top2_sum ||
+                                 (cfg.group_score == GroupScore::max_or_top2 && !bias.empty()))
+                                    ? 2
+                                    : 1;
             if (cfg.group_score == GroupScore::topk_over_groups_sum) take = k / cfg.groups_kept();
             std::vector<double> gs(cfg.n_group);
             std::vector<int> groups(cfg.n_group);
@@ -138,7 +145,9 @@ OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, s
                 for (int e = g * G; e < (g + 1) * G; ++e)
                     if (ok(e)) mem.push_back(cs[e]);
                 std::sort(mem.rbegin(), mem.rend());
-                gs[g] = mem.empty() ? -INFINITY : std::accumulate(mem.begin(), mem.begin() + std::min<std::size_t>(take, mem.size()), 0.0);
+                gs[g] = mem.empty()
+                            ? -INFINITY
+                            : std::accumulate(mem.begin(), mem.begin() + std::min<std::size_t>(take, mem.size()), 0.0);
                 groups[g] = g;
             }
             auto const kept = by_value(gs, groups, cfg.groups_kept(), o.margin);
@@ -154,7 +163,8 @@ OracleRow oracle_topk(TopKConfig const& cfg, std::vector<float> const& logits, s
     }
     std::vector<int> order(o.ids.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return o.w[a] > o.w[b] || (o.w[a] == o.w[b] && o.ids[a] < o.ids[b]); });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return o.w[a] > o.w[b] || (o.w[a] == o.w[b] && o.ids[a] < o.ids[b]); });
     OracleRow sorted = o;
     for (std::size_t j = 0; j < order.size(); ++j) sorted.ids[j] = o.ids[order[j]], sorted.w[j] = o.w[order[j]];
     return sorted;
@@ -205,7 +215,8 @@ bool mask_leaves_k(TopKConfig const& cfg, RouterControl const& c) {
         for (std::int64_t e = g * G; e < (g + 1) * G; ++e) counts.back() += c.expert_mask.empty() || c.expert_mask[e];
     }
     std::sort(counts.begin(), counts.end());
-    return std::accumulate(counts.begin(), counts.begin() + (cfg.n_group > 1 ? cfg.groups_kept() : 1), std::int64_t{0}) >= cfg.top_k;
+    return std::accumulate(counts.begin(), counts.begin() + (cfg.n_group > 1 ? cfg.groups_kept() : 1),
+                           std::int64_t{0}) >= cfg.top_k;
 }
 
 void check_against_oracle(TopKConfig const& cfg, std::vector<float> const& logits, std::vector<float> const& bias,
@@ -229,7 +240,8 @@ void check_against_oracle(TopKConfig const& cfg, std::vector<float> const& logit
 
 }  // namespace
 
-TEST_CASE("router control reproduces research.md section 8's worked example on top-k config (a)", "[router][control][spec]") {
+TEST_CASE("router control reproduces research.md section 8's worked example on top-k config (a)",
+          "[router][control][spec]") {
     TopK const router({.num_experts = 6, .top_k = 2, .norm_topk_prob = true});
     {  // offset: t0's experts 0 and 4 both have logit 2, equal weights, lower id first
         auto const o = route_controlled(router, kLogits, {.logit_offset = kOffset});
@@ -252,7 +264,8 @@ TEST_CASE("router control reproduces research.md section 8's worked example on t
         for (std::int64_t t = 0; t < 3; ++t) CHECK(o.r.load(0) == 0);
     }
     {
-        auto const o = route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = kOverrideTokens});
+        auto const o =
+            route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = kOverrideTokens});
         check_row(o.r, 0, {0, 1}, {0.731059, 0.268941});
         check_row(o.r, 1, {3, 1}, {0.622459, 0.377541});
         check_row(o.r, 2, {3, 4}, {0.666667, 0.333333});
@@ -266,9 +279,15 @@ TEST_CASE("router control reproduces research.md section 8's worked example on t
     }
 }
 
-TEST_CASE("router control on config (d) with a mask and on config (c) with a boost follows research.md section 8", "[router][control][spec]") {
-    TopKConfig const d{.num_experts = 6, .top_k = 2, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true,
-                       .routed_scaling_factor = 2.5f, .n_group = 3, .topk_group = 2};
+TEST_CASE("router control on config (d) with a mask and on config (c) with a boost follows research.md section 8",
+          "[router][control][spec]") {
+    TopKConfig const d{.num_experts = 6,
+                       .top_k = 2,
+                       .score_func = ScoreFunc::sigmoid,
+                       .norm_topk_prob = true,
+                       .routed_scaling_factor = 2.5f,
+                       .n_group = 3,
+                       .topk_group = 2};
     std::vector<std::uint8_t> const mask = {0, 1, 1, 0, 1, 1};
     auto const o = route_controlled(TopK(d), kLogits, {.expert_mask = mask}, {0.0f, 0.0f, 0.1f, -0.1f, 0.0f, 0.3f});
     check_row(o.r, 0, {2, 5}, {1.64861, 0.851391});
@@ -284,20 +303,28 @@ TEST_CASE("an empty or neutral control record changes no bit of top-k routing", 
     std::mt19937_64 rng(81);
     std::vector<TopKConfig> const cfgs = {
         {.num_experts = 16, .top_k = 4, .norm_topk_prob = true},
-        {.num_experts = 16, .top_k = 3, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .routed_scaling_factor = 2.5f, .n_group = 4, .topk_group = 2},
+        {.num_experts = 16,
+         .top_k = 3,
+         .score_func = ScoreFunc::sigmoid,
+         .norm_topk_prob = true,
+         .routed_scaling_factor = 2.5f,
+         .n_group = 4,
+         .topk_group = 2},
         {.num_experts = 12, .top_k = 2, .routed_scaling_factor = 16.0f, .n_group = 3, .topk_group = 1},
         TopKConfig::megatron(9, 3)};
     for (auto const& cfg : cfgs) {
         std::int64_t const E = cfg.num_experts, T = 37;
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 2.0);
-        auto const bias = cfg.score_func == ScoreFunc::sigmoid ? smoe_test::normal(rng, std::size_t(E), 0.1) : std::vector<float>{};
+        auto const bias =
+            cfg.score_func == ScoreFunc::sigmoid ? smoe_test::normal(rng, std::size_t(E), 0.1) : std::vector<float>{};
         TopK const router(cfg);
         auto const plain = smoe_test::route_router(xsimd::default_arch{}, router, logits, bias);
         std::vector<float> const zero(std::size_t(E), 0.0f), one(std::size_t(E), 1.0f);
         std::vector<std::uint8_t> const all(std::size_t(E), 1);
         // An empty record is the plain path; a neutral one (offset 0, boost 1, every expert allowed)
         // goes through the general row, which must select and weigh as the SIMD row does.
-        for (RouterControl const& c : {RouterControl{}, RouterControl{.logit_offset = zero, .boost = one, .expert_mask = all}}) {
+        for (RouterControl const& c :
+             {RouterControl{}, RouterControl{.logit_offset = zero, .boost = one, .expert_mask = all}}) {
             auto const o = route_controlled(router, logits, c, bias);
             for (std::int64_t t = 0; t < T; ++t)
                 for (std::int64_t j = 0; j < cfg.top_k; ++j) {
@@ -312,18 +339,26 @@ TEST_CASE("top-k under random control matches the float64 oracle", "[router][con
     std::mt19937_64 rng(82);
     for (int trial = 0; trial < 300; ++trial) {
         std::int64_t const n_group = std::vector<std::int64_t>{1, 1, 2, 4}[trial % 4];
-        std::int64_t const G = std::uniform_int_distribution<std::int64_t>(n_group > 1 ? 2 : 1, 9)(rng), E = n_group * G;
+        std::int64_t const G = std::uniform_int_distribution<std::int64_t>(n_group > 1 ? 2 : 1, 9)(rng),
+                           E = n_group * G;
         std::int64_t const topk_group = n_group > 1 ? std::uniform_int_distribution<std::int64_t>(1, n_group)(rng) : 1;
-        std::int64_t const k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(topk_group * G, 6))(rng);
+        std::int64_t const k =
+            std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(topk_group * G, 6))(rng);
         std::int64_t const T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
-        TopKConfig cfg{.num_experts = E, .top_k = k, .norm_topk_prob = trial % 3 != 0, .n_group = n_group, .topk_group = topk_group};
+        TopKConfig cfg{.num_experts = E,
+                       .top_k = k,
+                       .norm_topk_prob = trial % 3 != 0,
+                       .n_group = n_group,
+                       .topk_group = topk_group};
         cfg.score_func = trial % 5 == 1 ? ScoreFunc::sigmoid : ScoreFunc::softmax;
         if (trial % 7 == 3 && n_group == 1) cfg = TopKConfig::megatron(E, k);
         if (trial % 6 == 2) cfg.routed_scaling_factor = 2.5f;
-        INFO("trial " << trial << ": E " << E << ", k " << k << ", groups " << n_group << "/" << topk_group << ", T " << T);
+        INFO("trial " << trial << ": E " << E << ", k " << k << ", groups " << n_group << "/" << topk_group << ", T "
+                      << T);
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.5);
-        auto const bias = (trial % 2 && !cfg.score_after_topk && (n_group == 1 || G >= 2)) ? smoe_test::normal(rng, std::size_t(E), 0.2)
-                                                                                             : std::vector<float>{};
+        auto const bias = (trial % 2 && !cfg.score_after_topk && (n_group == 1 || G >= 2))
+                              ? smoe_test::normal(rng, std::size_t(E), 0.2)
+                              : std::vector<float>{};
         RandomControl rc = random_control(rng, E, T, k);  // with groups, an infeasible mask must be refused
         if (cfg.score_after_topk && !rc.boost.empty())
             for (auto& b : rc.boost) b = std::max(b, 0.25f);
@@ -331,7 +366,8 @@ TEST_CASE("top-k under random control matches the float64 oracle", "[router][con
     }
 }
 
-TEST_CASE("a mask that leaves exactly k experts selects them, and fewer than k is an error", "[router][control][edge]") {
+TEST_CASE("a mask that leaves exactly k experts selects them, and fewer than k is an error",
+          "[router][control][edge]") {
     TopK const router({.num_experts = 6, .top_k = 2, .norm_topk_prob = true});
     std::vector<std::uint8_t> const two = {0, 0, 0, 1, 0, 1}, one = {0, 0, 0, 1, 0, 0};
     auto const o = route_controlled(router, kLogits, {.expert_mask = two});
@@ -349,7 +385,8 @@ TEST_CASE("bad control fields raise invalid_argument naming the field", "[router
     TopK const router({.num_experts = 6, .top_k = 2});
     float const nan = std::numeric_limits<float>::quiet_NaN();
     std::vector<float> const nan_offset = {0, 0, nan, 0, 0, 0}, short_offset = {0, 0}, neg_boost = {1, 1, -1, 1, 1, 1};
-    std::vector<float> const inf_boost = {1, 1, 1, INFINITY, 1, 1}, zero_over = {0, 0, 0, 0, 0, 0}, big = {3e38f, 0, 0, 0, 0, 0};
+    std::vector<float> const inf_boost = {1, 1, 1, INFINITY, 1, 1}, zero_over = {0, 0, 0, 0, 0, 0},
+                             big = {3e38f, 0, 0, 0, 0, 0};
     std::vector<std::uint8_t> const bad_mask = {1, 1, 2, 1, 1, 1};
     std::vector<std::int32_t> const unsorted = {2, 1}, past_end = {3}, tok = {1};
     std::vector<float> const big_logits = {3e38f, 0, 0, 0, 0, 0};
@@ -365,20 +402,26 @@ TEST_CASE("bad control fields raise invalid_argument naming the field", "[router
     CHECK(error_argument([&] { route_controlled(router, kLogits, {.boost = neg_boost}); }) == "boost");
     CHECK(error_argument([&] { route_controlled(router, kLogits, {.boost = inf_boost}); }) == "boost");
     CHECK(error_argument([&] { route_controlled(router, kLogits, {.expert_mask = bad_mask}); }) == "expert_mask");
-    CHECK(error_argument([&] { route_controlled(router, kLogits, {.score_override = kOverride}); }) == "override_tokens");
+    CHECK(error_argument([&] { route_controlled(router, kLogits, {.score_override = kOverride}); }) ==
+          "override_tokens");
     CHECK(error_argument([&] { route_controlled(router, kLogits, {.override_tokens = tok}); }) == "score_override");
-    CHECK(error_argument([&] { route_controlled(router, kLogits, {.score_override = zero_over, .override_tokens = tok}); }) ==
-          "score_override");
-    CHECK(error_argument([&] { route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = unsorted}); }) ==
-          "override_tokens");
-    CHECK(error_argument([&] { route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = past_end}); }) ==
-          "override_tokens");
+    CHECK(error_argument([&] {
+              route_controlled(router, kLogits, {.score_override = zero_over, .override_tokens = tok});
+          }) == "score_override");
+    CHECK(error_argument([&] {
+              route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = unsorted});
+          }) == "override_tokens");
+    CHECK(error_argument([&] {
+              route_controlled(router, kLogits, {.score_override = kOverride, .override_tokens = past_end});
+          }) == "override_tokens");
     // score_after_topk: a boost of 0 removes the expert, so it counts against k.
     std::vector<float> const zeros = {0, 0, 0, 0, 0, 1};
-    CHECK(error_argument([&] { route_controlled(TopK(TopKConfig::megatron(6, 2)), kLogits, {.boost = zeros}); }) == "boost");
+    CHECK(error_argument([&] { route_controlled(TopK(TopKConfig::megatron(6, 2)), kLogits, {.boost = zeros}); }) ==
+          "boost");
 }
 
-TEST_CASE("top-k options group_score, norm_p and sqrtsoftplus give the float64 values", "[router][topk][options][spec]") {
+TEST_CASE("top-k options group_score, norm_p and sqrtsoftplus give the float64 values",
+          "[router][topk][options][spec]") {
     {  // routing.md §10.1: group 0 has the largest member, group 1 the larger top-2 sum
         std::vector<float> const x = {3.0f, -5.0f, 2.5f, 2.4f};
         TopKConfig cfg{.num_experts = 4, .top_k = 1, .n_group = 2, .topk_group = 1};
@@ -397,7 +440,10 @@ TEST_CASE("top-k options group_score, norm_p and sqrtsoftplus give the float64 v
         check_row(o.r, 2, {2, 4}, {0.85502, 0.518596});
     }
     {  // DeepSeek-V4: s = sqrt(softplus(x)), renormalised, times 1.5
-        TopKConfig const cfg{.num_experts = 6, .top_k = 2, .score_func = ScoreFunc::sqrtsoftplus, .norm_topk_prob = true,
+        TopKConfig const cfg{.num_experts = 6,
+                             .top_k = 2,
+                             .score_func = ScoreFunc::sqrtsoftplus,
+                             .norm_topk_prob = true,
                              .routed_scaling_factor = 1.5f};
         auto const o = route_controlled(TopK(cfg), kLogits, {});
         check_row(o.r, 0, {0, 1}, {0.839971, 0.660029});
@@ -416,16 +462,24 @@ TEST_CASE("top-k options and identity experts match the float64 oracle on random
         std::int64_t const G = std::uniform_int_distribution<std::int64_t>(2, 8)(rng), E = n_group * G;
         std::int64_t const topk_group = std::uniform_int_distribution<std::int64_t>(1, n_group)(rng);
         std::int64_t const Z = n_group == 1 && trial % 2 ? std::uniform_int_distribution<std::int64_t>(1, 5)(rng) : 0;
-        std::int64_t const k = std::uniform_int_distribution<std::int64_t>(topk_group, std::min<std::int64_t>(topk_group * G, 6))(rng);
+        std::int64_t const k =
+            std::uniform_int_distribution<std::int64_t>(topk_group, std::min<std::int64_t>(topk_group * G, 6))(rng);
         std::int64_t const T = std::uniform_int_distribution<std::int64_t>(1, 8)(rng);
-        TopKConfig cfg{.num_experts = E, .top_k = k, .norm_topk_prob = trial % 4 != 0, .n_group = n_group, .topk_group = topk_group};
-        cfg.score_func = std::vector<ScoreFunc>{ScoreFunc::softmax, ScoreFunc::sigmoid, ScoreFunc::sqrtsoftplus}[trial % 5 % 3];
-        cfg.group_score = std::vector<GroupScore>{GroupScore::max_or_top2, GroupScore::top2_sum, GroupScore::topk_over_groups_sum}[trial % 7 % 3];
+        TopKConfig cfg{.num_experts = E,
+                       .top_k = k,
+                       .norm_topk_prob = trial % 4 != 0,
+                       .n_group = n_group,
+                       .topk_group = topk_group};
+        cfg.score_func =
+            std::vector<ScoreFunc>{ScoreFunc::softmax, ScoreFunc::sigmoid, ScoreFunc::sqrtsoftplus}[trial % 5 % 3];
+        cfg.group_score = std::vector<GroupScore>{GroupScore::max_or_top2, GroupScore::top2_sum,
+                                                  GroupScore::topk_over_groups_sum}[trial % 7 % 3];
         cfg.norm_p = std::vector<float>{1.0f, 2.0f, 0.5f, 3.0f}[trial % 4];
         cfg.num_null_experts = Z;
         cfg.routed_scaling_factor = Z ? 6.0f : 1.0f;
-        INFO("trial " << trial << ": E " << E << " + " << Z << ", k " << k << ", groups " << n_group << "/" << topk_group << " "
-                      << to_string(cfg.group_score) << ", " << to_string(cfg.score_func) << ", p " << cfg.norm_p);
+        INFO("trial " << trial << ": E " << E << " + " << Z << ", k " << k << ", groups " << n_group << "/"
+                      << topk_group << " " << to_string(cfg.group_score) << ", " << to_string(cfg.score_func) << ", p "
+                      << cfg.norm_p);
         auto const logits = smoe_test::normal(rng, std::size_t(T * (E + Z)), 1.5);
         auto const bias = trial % 2 ? smoe_test::normal(rng, std::size_t(E + Z), 0.2) : std::vector<float>{};
         check_against_oracle(cfg, logits, bias, {});
@@ -439,15 +493,19 @@ TEST_CASE("top-k option values out of range raise invalid_argument naming the ke
     CHECK(key({.num_experts = 4, .top_k = 1, .norm_p = 0.0f}) == "norm_p");
     CHECK(key({.num_experts = 4, .top_k = 1, .norm_p = INFINITY}) == "norm_p");
     CHECK(key({.num_experts = 4, .top_k = 1, .n_group = 4, .group_score = GroupScore::top2_sum}) == "group_score");
-    CHECK(key({.num_experts = 8, .top_k = 1, .n_group = 4, .topk_group = 2, .group_score = GroupScore::topk_over_groups_sum}) ==
-          "group_score");
+    CHECK(key({.num_experts = 8,
+               .top_k = 1,
+               .n_group = 4,
+               .topk_group = 2,
+               .group_score = GroupScore::topk_over_groups_sum}) == "group_score");
     CHECK(key({.num_experts = 4, .top_k = 2, .n_group = 2, .num_null_experts = 2}) == "num_null_experts");
     CHECK(key({.num_experts = 4, .top_k = 2, .score_after_topk = true, .num_null_experts = 2}) == "num_null_experts");
     CHECK(key({.num_experts = 4, .top_k = 7, .num_null_experts = 2}) == "top_k");
     CHECK(key({.num_experts = 4, .top_k = 6, .num_null_experts = 2}) == "no error");
     CHECK(key({.num_experts = 4, .top_k = 1, .num_null_experts = -1}) == "num_null_experts");
-    CHECK(error_argument([] { smoe::router::ExpertChoice r({.num_experts = 4, .capacity = 1, .score_func = ScoreFunc::sqrtsoftplus}); }) ==
-          "score_func");
+    CHECK(error_argument([] {
+              smoe::router::ExpertChoice r({.num_experts = 4, .capacity = 1, .score_func = ScoreFunc::sqrtsoftplus});
+          }) == "score_func");
 }
 
 // ---- The other routers (research.md §8's table), each against a float64 oracle of its row. ----
@@ -475,8 +533,10 @@ struct OracleControl {
         }
         for (std::int64_t e = 0; e < L; ++e) {
             if (!ok(e)) continue;
-            if (over(t)) s[e] = c.score_override[e] / z;
-            else s[e] = softmax ? std::exp(x[e] + offset(e) - m) / z : 1 / (1 + std::exp(-(x[e] + offset(e))));
+            if (over(t))
+                s[e] = c.score_override[e] / z;
+            else
+                s[e] = softmax ? std::exp(x[e] + offset(e) - m) / z : 1 / (1 + std::exp(-(x[e] + offset(e))));
         }
         return s;
     }
@@ -498,7 +558,8 @@ std::vector<int> allowed_ids(OracleControl const& o, std::int64_t L) {
 }
 
 // Row t of r holds exactly `ids` (in order) with weights `w`, then padding.
-void check_oracle_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids, std::vector<double> const& w) {
+void check_oracle_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids,
+                      std::vector<double> const& w) {
     INFO("token " << t);
     REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
     for (std::int64_t j = 0; j < r.k; ++j) {
@@ -516,7 +577,8 @@ void check_oracle_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<
 void row_order(std::vector<int>& ids, std::vector<double>& w) {
     std::vector<std::size_t> p(ids.size());
     std::iota(p.begin(), p.end(), 0);
-    std::stable_sort(p.begin(), p.end(), [&](std::size_t a, std::size_t b) { return w[a] > w[b] || (w[a] == w[b] && ids[a] < ids[b]); });
+    std::stable_sort(p.begin(), p.end(),
+                     [&](std::size_t a, std::size_t b) { return w[a] > w[b] || (w[a] == w[b] && ids[a] < ids[b]); });
     std::vector<int> i2;
     std::vector<double> w2;
     for (auto q : p) i2.push_back(ids[q]), w2.push_back(w[q]);
@@ -528,7 +590,8 @@ struct Shape {
 };
 
 Shape random_shape(std::mt19937_64& rng, std::int64_t min_e = 1) {
-    return {std::uniform_int_distribution<std::int64_t>(min_e, 12)(rng), std::uniform_int_distribution<std::int64_t>(0, 9)(rng)};
+    return {std::uniform_int_distribution<std::int64_t>(min_e, 12)(rng),
+            std::uniform_int_distribution<std::int64_t>(0, 9)(rng)};
 }
 
 // The same router on the same logits with and without a neutral record (offset 0, every expert
@@ -552,7 +615,8 @@ void check_neutral(Router const& router, std::vector<float> const& logits, bool 
 
 }  // namespace
 
-TEST_CASE("relu under control: w = b * relu(x + a) over the allowed experts, v * b on override tokens", "[router][control][relu]") {
+TEST_CASE("relu under control: w = b * relu(x + a) over the allowed experts, v * b on override tokens",
+          "[router][control][relu]") {
     std::mt19937_64 rng(84);
     for (int trial = 0; trial < 200; ++trial) {
         auto const [E, T] = random_shape(rng);
@@ -567,7 +631,10 @@ TEST_CASE("relu under control: w = b * relu(x + a) over the allowed experts, v *
             std::vector<int> ids;
             std::vector<double> w;
             for (int e = 0; e < E; ++e) {
-                double const v = oc.ok(e) ? (oc.over(t) ? c.score_override[e] : std::max(logits[t * E + e] + oc.offset(e), 0.0)) * oc.boost(e) : 0.0;
+                double const v =
+                    oc.ok(e) ? (oc.over(t) ? c.score_override[e] : std::max(logits[t * E + e] + oc.offset(e), 0.0)) *
+                                   oc.boost(e)
+                             : 0.0;
                 if (v > 0) ids.push_back(e), w.push_back(v);
             }
             row_order(ids, w);
@@ -582,17 +649,20 @@ TEST_CASE("relu under control: w = b * relu(x + a) over the allowed experts, v *
     CHECK(o.r.nnz() == 0);
 }
 
-TEST_CASE("top_p under control scans the boosted, renormalised scores over the allowed experts", "[router][control][top_p]") {
+TEST_CASE("top_p under control scans the boosted, renormalised scores over the allowed experts",
+          "[router][control][top_p]") {
     std::mt19937_64 rng(85);
     for (int trial = 0; trial < 300; ++trial) {
         auto const [E, T] = random_shape(rng);
-        smoe::router::TopPConfig cfg{.num_experts = E, .top_p = float(std::uniform_real_distribution<double>(0.05, 1.0)(rng))};
+        smoe::router::TopPConfig cfg{.num_experts = E,
+                                     .top_p = float(std::uniform_real_distribution<double>(0.05, 1.0)(rng))};
         cfg.min_k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(E, 3))(rng);
         cfg.max_k = std::uniform_int_distribution<std::int64_t>(cfg.min_k, E)(rng);
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.5);
         RandomControl const rc = random_control(rng, E, T, cfg.min_k);
         RouterControl const c = rc.view();
-        INFO("trial " << trial << ": E " << E << ", p " << cfg.top_p << ", k " << cfg.min_k << ".." << cfg.max_selected());
+        INFO("trial " << trial << ": E " << E << ", p " << cfg.top_p << ", k " << cfg.min_k << ".."
+                      << cfg.max_selected());
         smoe::router::TopP const router(cfg);
         auto const o = route_controlled(router, logits, c);
         check_views_agree(o.r, {.sorted_rows = true});
@@ -625,15 +695,19 @@ TEST_CASE("top_p under control scans the boosted, renormalised scores over the a
         if (trial < 20) check_neutral(router, logits, false);  // a boost of 1 still renormalises (rounding)
     }
     std::vector<std::uint8_t> const one = {0, 0, 1, 0};
-    CHECK(error_argument([&] { route_controlled(smoe::router::TopP({.num_experts = 4, .min_k = 2}), {1, 2, 3, 4}, {.expert_mask = one}); }) ==
-          "expert_mask");
+    CHECK(error_argument([&] {
+              route_controlled(smoe::router::TopP({.num_experts = 4, .min_k = 2}), {1, 2, 3, 4}, {.expert_mask = one});
+          }) == "expert_mask");
 }
 
-TEST_CASE("null_expert under control boosts s before the top-k and renormalises the true experts", "[router][control][null_expert]") {
+TEST_CASE("null_expert under control boosts s before the top-k and renormalises the true experts",
+          "[router][control][null_expert]") {
     std::mt19937_64 rng(86);
     for (int trial = 0; trial < 200; ++trial) {
-        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(1, 8)(rng), N = std::uniform_int_distribution<std::int64_t>(0, 6)(rng);
-        std::int64_t const L = E + N, k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(L, 4))(rng);
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(1, 8)(rng),
+                           N = std::uniform_int_distribution<std::int64_t>(0, 6)(rng);
+        std::int64_t const L = E + N,
+                           k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(L, 4))(rng);
         std::int64_t const T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
         auto const logits = smoe_test::normal(rng, std::size_t(T * L), 1.5);
         RandomControl const rc = random_control(rng, L, T, k);
@@ -665,8 +739,8 @@ TEST_CASE("null_expert under control boosts s before the top-k and renormalises 
     check_row(o.r, 0, {0, 2}, {0.5, 0.5});
     std::vector<std::uint8_t> const one = {0, 0, 0, 1, 0};
     CHECK(error_argument([&] {
-              route_controlled(smoe::router::NullExpert({.num_experts = 3, .num_null_experts = 2, .top_k = 2}), {0, 0, 0, 0, 0},
-                               {.expert_mask = one});
+              route_controlled(smoe::router::NullExpert({.num_experts = 3, .num_null_experts = 2, .top_k = 2}),
+                               {0, 0, 0, 0, 0}, {.expert_mask = one});
           }) == "expert_mask");
 }
 
@@ -675,7 +749,8 @@ TEST_CASE("expert_choice under control ranks by the unboosted scores over the al
     std::mt19937_64 rng(87);
     for (int trial = 0; trial < 200; ++trial) {
         auto const [E, T] = random_shape(rng);
-        smoe::router::ExpertChoiceConfig cfg{.num_experts = E, .capacity_factor = std::uniform_real_distribution<double>(0.5, 3.0)(rng)};
+        smoe::router::ExpertChoiceConfig cfg{.num_experts = E,
+                                             .capacity_factor = std::uniform_real_distribution<double>(0.5, 3.0)(rng)};
         if (trial % 3 == 1) cfg.score_func = ScoreFunc::sigmoid;
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.5);
         RandomControl const rc = random_control(rng, E, T, 0);
@@ -685,7 +760,8 @@ TEST_CASE("expert_choice under control ranks by the unboosted scores over the al
         check_views_agree(o.r, {.sorted_rows = true});
         OracleControl const oc{c};
         std::vector<std::vector<double>> s;
-        for (std::int64_t t = 0; t < T; ++t) s.push_back(oc.scores(&logits[t * E], E, t, cfg.score_func == ScoreFunc::softmax));
+        for (std::int64_t t = 0; t < T; ++t)
+            s.push_back(oc.scores(&logits[t * E], E, t, cfg.score_func == ScoreFunc::softmax));
         std::int64_t const C = std::min(router.capacity(T), T);
         std::vector<std::vector<int>> ids(static_cast<std::size_t>(T));
         std::vector<std::vector<double>> w(static_cast<std::size_t>(T));
@@ -696,7 +772,8 @@ TEST_CASE("expert_choice under control ranks by the unboosted scores over the al
             for (std::int64_t t = 0; t < T; ++t) col.push_back(s[t][e]);
             std::vector<int> tokens(static_cast<std::size_t>(T));
             std::iota(tokens.begin(), tokens.end(), 0);
-            for (int t : top_n(col, tokens, std::size_t(C), margin)) ids[t].push_back(e), w[t].push_back(s[t][e] * oc.boost(e));
+            for (int t : top_n(col, tokens, std::size_t(C), margin))
+                ids[t].push_back(e), w[t].push_back(s[t][e] * oc.boost(e));
         }
         if (margin < 1e-6) continue;
         for (std::int64_t t = 0; t < T; ++t) {
@@ -711,7 +788,8 @@ TEST_CASE("rankwise_lora under control: g = sigmoid(z + a), g * b before the bia
           "[router][control][rankwise_lora]") {
     std::mt19937_64 rng(88);
     for (int trial = 0; trial < 200; ++trial) {
-        std::int64_t const r = std::uniform_int_distribution<std::int64_t>(1, 12)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
+        std::int64_t const r = std::uniform_int_distribution<std::int64_t>(1, 12)(rng),
+                           T = std::uniform_int_distribution<std::int64_t>(0, 9)(rng);
         std::int64_t const k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(r, 4))(rng);
         auto const logits = smoe_test::normal(rng, std::size_t(T * r), 1.5);
         // Non-negative biases: a sum near 0 over S would amplify fp32 rounding beyond any fixed bound.
@@ -719,7 +797,8 @@ TEST_CASE("rankwise_lora under control: g = sigmoid(z + a), g * b before the bia
         for (auto& b : bias) b = std::fabs(b);
         RandomControl const rc = random_control(rng, r, T, k);
         RouterControl const c = rc.view();
-        smoe::router::RankwiseLoRA const router({.in_features = 3, .out_features = 2, .rank = r, .top_k = k, .lora_alpha = 1});
+        smoe::router::RankwiseLoRA const router(
+            {.in_features = 3, .out_features = 2, .rank = r, .top_k = k, .lora_alpha = 1});
         auto const o = route_controlled(router, logits, c, bias);
         check_views_agree(o.r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
         OracleControl const oc{c};
@@ -744,7 +823,8 @@ TEST_CASE("sinkhorn under control balances the allowed columns of x + a and weig
           "[router][control][sinkhorn]") {
     std::mt19937_64 rng(89);
     for (int trial = 0; trial < 100; ++trial) {
-        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 10)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 12)(rng);
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 10)(rng),
+                           T = std::uniform_int_distribution<std::int64_t>(0, 12)(rng);
         std::int64_t const k = std::uniform_int_distribution<std::int64_t>(1, std::min<std::int64_t>(E, 3))(rng);
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 1.0);
         RandomControl rc = random_control(rng, E, T, k);
@@ -795,11 +875,12 @@ TEST_CASE("sinkhorn under control balances the allowed columns of x + a and weig
     smoe::router::Sinkhorn const router({.num_experts = 3, .top_k = 1});
     auto const o = route_controlled(router, logits, {.boost = b, .score_override = v, .override_tokens = tok});
     check_row(o.r, 1, {2}, {0.8});
-    check_row(o.r, 0, {0}, {0.880797});  // routing.md §7: t0 -> 0 with sigmoid(2)
+    check_row(o.r, 0, {0}, {0.880797});      // routing.md §7: t0 -> 0 with sigmoid(2)
     check_row(o.r, 3, {2}, {2 * 0.710949});  // t3 -> 2, the boost only weighs
     std::vector<std::uint8_t> const one = {0, 0, 1};
-    CHECK(error_argument([&] { route_controlled(smoe::router::Sinkhorn({.num_experts = 3, .top_k = 2}), logits, {.expert_mask = one}); }) ==
-          "expert_mask");
+    CHECK(error_argument([&] {
+              route_controlled(smoe::router::Sinkhorn({.num_experts = 3, .top_k = 2}), logits, {.expert_mask = one});
+          }) == "expert_mask");
 }
 
 TEST_CASE("every router names a NaN offset and a mask of the wrong length", "[router][control][edge]") {
@@ -822,13 +903,14 @@ TEST_CASE("every router names a NaN offset and a mask of the wrong length", "[ro
 // ---- router::SparseMixer (families.md §2.4); expected values from a float64 transcription of HF's
 // `sparsemixer` (masks by (m - L) / max(|L|, m) > 2 eps, softmax over the rest). ----
 
-TEST_CASE("sparsemixer picks two experts, each weighted over the logits within 2 eps of it", "[router][sparsemixer][spec]") {
+TEST_CASE("sparsemixer picks two experts, each weighted over the logits within 2 eps of it",
+          "[router][sparsemixer][spec]") {
     smoe::router::SparseMixer const router({.num_experts = 6});
-    std::vector<float> const logits = {2.0f, 1.0f, 1.0f, -1.0f, 0.5f, -0.5f,    // M2 = {1, 2}: w2 = 0.5
-                                       -3.0f, -1.0f, -2.0f, -0.5f, -4.0f, -1.5f,  // both alone: 1, 1
-                                       1.0f, 0.99f, 0.5f, 0.985f, -1.0f, 0.2f,    // w2 > w1: row order [1, 0]
-                                       0.0f, 0.0f, -1.0f, 0.0f, -2.0f, -3.0f,     // 0/0 counts as kept
-                                       -1.0f, -1.01f, -1.015f, -3.0f, -1.03f, -5.0f};
+    std::vector<float> const logits = {2.0f,  1.0f,   1.0f,    -1.0f,  0.5f,   -0.5f,  // M2 = {1, 2}: w2 = 0.5
+                                       -3.0f, -1.0f,  -2.0f,   -0.5f,  -4.0f,  -1.5f,  // both alone: 1, 1
+                                       1.0f,  0.99f,  0.5f,    0.985f, -1.0f,  0.2f,   // w2 > w1: row order [1, 0]
+                                       0.0f,  0.0f,   -1.0f,   0.0f,   -2.0f,  -3.0f,  // 0/0 counts as kept
+                                       -1.0f, -1.01f, -1.015f, -3.0f,  -1.03f, -5.0f};
     auto const o = route_controlled(router, logits, {});
     check_row(o.r, 0, {0, 1}, {1.0, 0.5});
     check_row(o.r, 1, {1, 3}, {1.0, 1.0});
@@ -837,7 +919,8 @@ TEST_CASE("sparsemixer picks two experts, each weighted over the logits within 2
     check_row(o.r, 4, {0, 1}, {0.336116, 0.336111});
     check_views_agree(o.r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
     // eps = 0 keeps only exact ties; a large eps keeps everything (a softmax over all E, then E - 1).
-    auto const strict = route_controlled(smoe::router::SparseMixer({.num_experts = 6, .router_jitter_noise = 0.0f}), logits, {});
+    auto const strict =
+        route_controlled(smoe::router::SparseMixer({.num_experts = 6, .router_jitter_noise = 0.0f}), logits, {});
     check_row(strict.r, 2, {0, 1}, {1.0, 1.0});
     check_row(strict.r, 3, {1, 0}, {0.5, 0.333333});
     // Control: a mask removes expert 0 from the pick and from M1; an offset moves the logits.
@@ -847,17 +930,20 @@ TEST_CASE("sparsemixer picks two experts, each weighted over the logits within 2
     std::vector<float> const boost(6, 1.0f);
     CHECK(error_argument([&] { route_controlled(router, logits, {.boost = boost}); }) == "boost");
     CHECK(error_argument([] { smoe::router::SparseMixer r({.num_experts = 1}); }) == "num_experts");
-    CHECK(error_argument([] { smoe::router::SparseMixer r({.num_experts = 4, .router_jitter_noise = -1.0f}); }) == "router_jitter_noise");
+    CHECK(error_argument([] { smoe::router::SparseMixer r({.num_experts = 4, .router_jitter_noise = -1.0f}); }) ==
+          "router_jitter_noise");
 }
 
 TEST_CASE("sparsemixer matches a float64 oracle on random shapes", "[router][sparsemixer][oracle]") {
     std::mt19937_64 rng(90);
     for (int trial = 0; trial < 200; ++trial) {
-        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 16)(rng), T = std::uniform_int_distribution<std::int64_t>(0, 8)(rng);
+        std::int64_t const E = std::uniform_int_distribution<std::int64_t>(2, 16)(rng),
+                           T = std::uniform_int_distribution<std::int64_t>(0, 8)(rng);
         float const eps = std::vector<float>{0.01f, 0.05f, 0.2f}[trial % 3];
         // Logits on a coarse grid so that near-max neighbours exist, scaled so both signs of m occur.
         auto const logits = smoe_test::normal(rng, std::size_t(T * E), 0.3, 1.0 / 64);
-        auto const o = route_controlled(smoe::router::SparseMixer({.num_experts = E, .router_jitter_noise = eps}), logits, {});
+        auto const o =
+            route_controlled(smoe::router::SparseMixer({.num_experts = E, .router_jitter_noise = eps}), logits, {});
         for (std::int64_t t = 0; t < T; ++t) {
             float const* x = &logits[t * E];
             bool near = false;
@@ -888,11 +974,13 @@ TEST_CASE("sparsemixer matches a float64 oracle on random shapes", "[router][spa
 
 // ---- router::Hash (DeepSeek-V4's hash layers, families.md §2.2); values from float64 by hand. ----
 
-TEST_CASE("hash routing selects the table row of each token id and weighs by the gate's scores", "[router][hash][spec]") {
+TEST_CASE("hash routing selects the table row of each token id and weighs by the gate's scores",
+          "[router][hash][spec]") {
     std::vector<std::int32_t> const table = {0, 1, 2, 3, 3, 0};  // vocab 3, k 2
     std::vector<float> const logits = {0.5f, -1.0f, 2.0f, 0.0f, 1.5f, 0.25f, -0.5f, 3.0f, -2.0f, 1.0f, 0.0f, 0.5f};
     std::vector<std::int32_t> const ids = {1, 2, 0};
-    smoe::router::Hash const router({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = table, .routed_scaling_factor = 1.5f});
+    smoe::router::Hash const router(
+        {.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = table, .routed_scaling_factor = 1.5f});
     std::vector<std::byte> ws(smoe::routing_workspace_size(router, 3));
     MatrixView<float const> const lv(logits.data(), 3, 4);
     auto const r = smoe::route(router, lv, {}, ws, {}, smoe::TokenIds{ids});
@@ -900,7 +988,11 @@ TEST_CASE("hash routing selects the table row of each token id and weighs by the
     check_row(r, 1, {3, 0}, {0.858585, 0.641415});
     check_row(r, 2, {1, 0}, {1.144263, 0.355737});
     check_views_agree(r, {.no_padding = true, .sorted_rows = true, .all_dispatched = true});
-    smoe::router::Hash const plain({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = table, .score_func = ScoreFunc::softmax,
+    smoe::router::Hash const plain({.num_experts = 4,
+                                    .top_k = 2,
+                                    .vocab_size = 3,
+                                    .tid2eid = table,
+                                    .score_func = ScoreFunc::softmax,
                                     .norm_topk_prob = false});
     auto const p = smoe::route(plain, lv, {}, ws, {}, smoe::TokenIds{ids});
     check_row(p, 0, {2, 3}, {0.7101, 0.0961016});
@@ -919,8 +1011,13 @@ TEST_CASE("hash routing selects the table row of each token id and weighs by the
     std::vector<std::int32_t> const past = {1, 3, 0};
     CHECK(error_argument([&] { smoe::route(router, lv, {}, ws, {}, smoe::TokenIds{past}); }) == "token_ids");
     std::vector<std::int32_t> const dup = {0, 0, 2, 3, 3, 0}, out_of_range = {0, 4, 2, 3, 3, 0};
-    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = dup}); }) == "tid2eid");
-    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = out_of_range}); }) ==
-          "tid2eid");
-    CHECK(error_argument([&] { smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 2, .tid2eid = table}); }) == "tid2eid");
+    CHECK(error_argument([&] {
+              smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = dup});
+          }) == "tid2eid");
+    CHECK(error_argument([&] {
+              smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 3, .tid2eid = out_of_range});
+          }) == "tid2eid");
+    CHECK(error_argument([&] {
+              smoe::router::Hash h({.num_experts = 4, .top_k = 2, .vocab_size = 2, .tid2eid = table});
+          }) == "tid2eid");
 }

@@ -39,17 +39,17 @@ concept RouterPolicy = requires(R const& r, Arch arch, MatrixView<float const> l
 // A router that takes test-time control (research.md §8): route(..., control), where an empty record
 // routes as the plain call. Every router in smoe::router does.
 template <class R, class Arch = xsimd::default_arch>
-concept ControllableRouter = RouterPolicy<R, Arch> && requires(R const& r, Arch arch, MatrixView<float const> logits,
-                                                                 std::span<float const> bias, TokenMajorOut out,
-                                                                 Workspace& ws, RouterControl const& control) {
+concept ControllableRouter = RouterPolicy<R, Arch> &&
+    requires(R const& r, Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+             Workspace& ws, RouterControl const& control) {
     { r.route(arch, logits, bias, out, ws, control) } -> std::convertible_to<std::int64_t>;
 };
 
 // A router that selects by token id (router::Hash) takes the call's smoe::TokenIds after the control.
 template <class R, class Arch = xsimd::default_arch>
-concept TokenRouter = ControllableRouter<R, Arch> && requires(R const& r, Arch arch, MatrixView<float const> logits,
-                                                               std::span<float const> bias, TokenMajorOut out, Workspace& ws,
-                                                               RouterControl const& control, TokenIds ids) {
+concept TokenRouter = ControllableRouter<R, Arch> &&
+    requires(R const& r, Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
+             Workspace& ws, RouterControl const& control, TokenIds ids) {
     { r.route(arch, logits, bias, out, ws, control, ids) } -> std::convertible_to<std::int64_t>;
 };
 

@@ -169,7 +169,8 @@ public:
         detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
         if (!w.expert_bias.empty())
             detail::check_vector(w.expert_bias, router_.num_logits(), "expert_bias", "num_logits", "expert");
-        if (!w.gate_bias.empty()) detail::check_vector(w.gate_bias, router_.num_logits(), "gate_bias", "num_logits", "expert");
+        if (!w.gate_bias.empty())
+            detail::check_vector(w.gate_bias, router_.num_logits(), "gate_bias", "num_logits", "expert");
         if constexpr (requires { balancer_.config().num_experts; })
             if (balancer_.config().num_experts != router_.num_experts())
                 detail::fail("balance.num_experts", balancer_.config().num_experts,
@@ -205,7 +206,7 @@ public:
 
     // x [T, d] -> y [T, d], T <= max_tokens. The result's views point into the workspace.
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
-        return forward_controlled(x, y, workspace, nullptr);
+        return forward_controlled(x, y, workspace, RouterControl{}, TokenIds{});
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
@@ -216,7 +217,7 @@ public:
                           RouterControl const& control) {
         static_assert(ControllableRouter<Router, arch>,
                       "smoe::MoELayer::forward with a RouterControl: this Router has no route(..., control)");
-        return forward_controlled(x, y, workspace, &control);
+        return forward_controlled(x, y, workspace, control, TokenIds{});
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control) {
@@ -229,10 +230,11 @@ public:
                           RouterControl const& control, TokenIds token_ids) {
         static_assert(ControllableRouter<Router, arch>,
                       "smoe::MoELayer::forward with a RouterControl: this Router has no route(..., control)");
-        return forward_controlled(x, y, workspace, &control, token_ids);
+        return forward_controlled(x, y, workspace, control, token_ids);
     }
 
-    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control, TokenIds token_ids) {
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control,
+                          TokenIds token_ids) {
         return forward(x, y, buffer_.bytes(), control, token_ids);
     }
 
@@ -260,8 +262,10 @@ public:
     }
 
 private:
+    // The forward of every public overload; an empty control and no token ids take the router's plain
+    // route(), so a layer whose router has no control still builds.
     RoutingResult forward_controlled(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
-                                     RouterControl const* control, TokenIds token_ids = {}) {
+                                     RouterControl const& control, TokenIds token_ids) {
         std::int64_t const T = check_io(x, y);
         Workspace ws(workspace);
         Buffers b = carve(ws, T);
@@ -269,18 +273,19 @@ private:
         kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
         if (!weights_.gate_bias.empty())
             for (std::int64_t t = 0; t < T; ++t)
-                for (std::int64_t e = 0; e < logits.cols; ++e) logits(t, e) += weights_.gate_bias[static_cast<std::size_t>(e)];
+                for (std::int64_t e = 0; e < logits.cols; ++e)
+                    logits(t, e) += weights_.gate_bias[static_cast<std::size_t>(e)];
         Workspace scratch = b.router_ws;
         auto const bias = detail::selection_bias(balancer_, weights_.expert_bias);
         MatrixView<float const> const lv(logits);
         std::int64_t K = 0;
-        if constexpr (TokenRouter<Router, arch>) {
-            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control ? *control : RouterControl{}, token_ids);
-        } else {
-            if constexpr (ControllableRouter<Router, arch>)
-                if (control && !control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, *control);
-            if (!control || control->empty()) K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
-        }
+        if constexpr (TokenRouter<Router, arch>)
+            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control, token_ids);
+        else if constexpr (ControllableRouter<Router, arch>)
+            K = control.empty() ? router_.route(arch{}, lv, bias, b.routing.token_major, scratch)
+                                : router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control);
+        else
+            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
         return dispatch_and_run(x, y, b, K, logits);
     }
 

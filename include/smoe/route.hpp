@@ -171,9 +171,10 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
 
 // The same under test-time control (research.md §8); an empty record is the call above.
 template <class Arch = xsimd::default_arch, class Router>
-    requires ControllableRouter<Router, Arch>
-RoutingResult route(Router const& router, MatrixView<float const> logits, std::span<float const> bias,
-                    std::span<std::byte> workspace, RouterControl const& control) {
+requires ControllableRouter<Router, Arch> RoutingResult route(Router const& router, MatrixView<float const> logits,
+                                                              std::span<float const> bias,
+                                                              std::span<std::byte> workspace,
+                                                              RouterControl const& control) {
     Workspace ws(workspace);
     detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
     Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));
@@ -184,9 +185,9 @@ RoutingResult route(Router const& router, MatrixView<float const> logits, std::s
 
 // With the call's token ids, for a router that selects by them (router::Hash).
 template <class Arch = xsimd::default_arch, class Router>
-    requires TokenRouter<Router, Arch>
-RoutingResult route(Router const& router, MatrixView<float const> logits, std::span<float const> bias,
-                    std::span<std::byte> workspace, RouterControl const& control, TokenIds token_ids) {
+requires TokenRouter<Router, Arch> RoutingResult route(Router const& router, MatrixView<float const> logits,
+                                                       std::span<float const> bias, std::span<std::byte> workspace,
+                                                       RouterControl const& control, TokenIds token_ids) {
     Workspace ws(workspace);
     detail::RoutingBuffers b = detail::carve_routing(router, ws, logits.rows);
     Workspace scratch = ws.take_bytes(router.workspace_size(logits.rows));

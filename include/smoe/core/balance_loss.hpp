@@ -100,7 +100,8 @@ inline void add_router_load(MatrixView<float const> logits, std::int64_t top_k, 
             double const x = l[e];
             // log sigmoid(x) = -log1p(exp(-x)), written for each sign so that exp never overflows.
             if (score == router::ScoreFunc::softmax) s[e] = x;
-            else if (score == router::ScoreFunc::sqrtsoftplus) s[e] = 0.5 * std::log(x > 20.0 ? x : std::log1p(std::exp(x)));
+            else if (score == router::ScoreFunc::sqrtsoftplus)
+                s[e] = 0.5 * std::log(x > 20.0 ? x : std::log1p(std::exp(x)));
             else s[e] = x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x));
         }
         double const m = *std::max_element(s.begin(), s.end());

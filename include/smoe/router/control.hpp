@@ -71,7 +71,8 @@ inline void validate(RouterControl const& c, std::int64_t L, std::int64_t T, std
     detail::check_values(c.boost, "boost", true);
     for (std::size_t i = 0; i < c.expert_mask.size(); ++i)
         if (c.expert_mask[i] > 1)
-            fail("expert_mask", std::to_string(c.expert_mask[i]) + " at expert " + std::to_string(i), "0 (removed) or 1 (allowed)");
+            fail("expert_mask", std::to_string(c.expert_mask[i]) + " at expert " + std::to_string(i),
+                 "0 (removed) or 1 (allowed)");
     std::int64_t const n_allowed = allowed_count(c, L);
     if (n_allowed < min_allowed)
         fail("expert_mask", std::to_string(n_allowed) + " allowed experts",
@@ -84,7 +85,9 @@ inline void validate(RouterControl const& c, std::int64_t L, std::int64_t T, std
     double sum = 0.0;
     for (std::int64_t e = 0; e < L; ++e)
         if (allowed(c, e)) sum += c.score_override[static_cast<std::size_t>(e)];
-    if (!(sum > 0.0)) fail("score_override", "a sum of " + smoe::detail::to_text(sum) + " over the allowed experts", "a positive sum");
+    if (!(sum > 0.0))
+        fail("score_override", "a sum of " + smoe::detail::to_text(sum) + " over the allowed experts",
+             "a positive sum");
     for (std::size_t i = 0; i < c.override_tokens.size(); ++i) {
         std::int32_t const t = c.override_tokens[i];
         if (t < 0 || t >= T || (i > 0 && t <= c.override_tokens[i - 1]))
@@ -106,8 +109,9 @@ inline float const* offset_row(RouterControl const& c, float const* x, float* xo
     for (std::int64_t e = 0; e < L; ++e) {
         xo[e] = x[e] + c.logit_offset[static_cast<std::size_t>(e)];
         if (!std::isfinite(xo[e]))
-            smoe::detail::fail("logit_offset", smoe::detail::to_text(c.logit_offset[static_cast<std::size_t>(e)]) +
-                                                   " at token " + std::to_string(t) + ", expert " + std::to_string(e),
+            smoe::detail::fail("logit_offset",
+                               smoe::detail::to_text(c.logit_offset[static_cast<std::size_t>(e)]) + " at token " +
+                                   std::to_string(t) + ", expert " + std::to_string(e),
                                "an offset whose sum with the logit is finite");
     }
     return xo;
@@ -124,7 +128,8 @@ inline float sqrt_softplus(float x) {
 // or sqrt-softplus per entry; removed entries get 0 and must never be offered for selection. Without
 // a mask the softmax is kernels::cpu::softmax_row on the whole row, as the uncontrolled path computes it.
 template <class Arch>
-void score_row(Arch arch, ScoreFunc f, RouterControl const& c, float const* xo, float* s, float* compact, std::int64_t L) {
+void score_row(Arch arch, ScoreFunc f, RouterControl const& c, float const* xo, float* s, float* compact,
+               std::int64_t L) {
     if (f == ScoreFunc::softmax) {
         if (c.expert_mask.empty()) return kernels::cpu::softmax_row(arch, xo, s, L);
         std::int64_t n = 0;
@@ -174,8 +179,8 @@ void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float con
 }
 
 template <class Arch>
-void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t, RowScratch const& r,
-                       std::int64_t L) {
+void controlled_scores(Arch arch, ScoreFunc f, RouterControl const& c, float const* x, std::int64_t t,
+                       RowScratch const& r, std::int64_t L) {
     controlled_scores(arch, f, c, x, t, r.x.data(), r.score.data(), r.compact.data(), L);
 }
 

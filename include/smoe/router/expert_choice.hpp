@@ -55,7 +55,8 @@ struct ExpertChoiceConfig {
     void validate() const {
         using smoe::detail::fail;
         smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
-        if (score_func == ScoreFunc::sqrtsoftplus) fail("score_func", to_string(score_func), "\"softmax\" or \"sigmoid\"");
+        if (score_func == ScoreFunc::sqrtsoftplus)
+            fail("score_func", to_string(score_func), "\"softmax\" or \"sigmoid\"");
         if (capacity && capacity_factor)
             fail("capacity", *capacity, "exactly one of capacity and capacity_factor (both are set)");
         if (!capacity && !capacity_factor)
@@ -144,7 +145,8 @@ public:
             if (control::allowed(control, e)) expert_of[static_cast<std::size_t>(A++)] = static_cast<std::int32_t>(e);
         MatrixView<float> const score(s.score.data, T, A);
         for (std::int64_t t = 0; t < T; ++t) {
-            control::unboosted_scores(arch, cfg_.score_func, control, logits.row(t), t, r.x.data(), r.score.data(), r.compact.data(), E);
+            control::unboosted_scores(arch, cfg_.score_func, control, logits.row(t), t, r.x.data(), r.score.data(),
+                                      r.compact.data(), E);
             for (std::int64_t i = 0; i < A; ++i) score(t, i) = r.score[expert_of[static_cast<std::size_t>(i)]];
         }
         std::int64_t const c_eff = std::min(capacity(T), T);

@@ -34,9 +34,9 @@
 namespace smoe::inline v0::router {
 
 struct HashConfig {
-    std::int64_t num_experts = 0;  // 1 <= E <= limits::kMaxExperts
-    std::int64_t top_k = 0;        // 1 <= k <= E, the table's columns
-    std::int64_t vocab_size = 0;   // >= 1, the table's rows
+    std::int64_t num_experts = 0;           // 1 <= E <= limits::kMaxExperts
+    std::int64_t top_k = 0;                 // 1 <= k <= E, the table's columns
+    std::int64_t vocab_size = 0;            // >= 1, the table's rows
     std::span<std::int32_t const> tid2eid;  // [vocab_size, top_k], distinct ids in [0, E) per row
     ScoreFunc score_func = ScoreFunc::sqrtsoftplus;
     bool norm_topk_prob = true;  // DeepSeek-V4 always renormalises
@@ -48,20 +48,26 @@ struct HashConfig {
     void validate() const {
         using smoe::detail::fail;
         smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
-        if (top_k < 1 || top_k > num_experts) fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
+        if (top_k < 1 || top_k > num_experts)
+            fail("top_k", top_k, "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
         smoe::detail::require_in_range("vocab_size", vocab_size, 1, std::int64_t{1} << 31, "2^31");
         if (static_cast<std::int64_t>(tid2eid.size()) != vocab_size * top_k)
             fail("tid2eid", "length " + std::to_string(tid2eid.size()),
                  "vocab_size * top_k = " + std::to_string(vocab_size * top_k));
-        if (!std::isfinite(routed_scaling_factor)) fail("routed_scaling_factor", routed_scaling_factor, "a finite value");
+        if (!std::isfinite(routed_scaling_factor))
+            fail("routed_scaling_factor", routed_scaling_factor, "a finite value");
         if (!(norm_eps >= 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps", norm_eps, "a finite value >= 0");
         for (std::int64_t v = 0; v < vocab_size; ++v)
             for (std::int64_t j = 0; j < top_k; ++j) {
                 std::int32_t const e = tid2eid[static_cast<std::size_t>(v * top_k + j)];
-                auto at = [&] { return std::to_string(e) + " at token id " + std::to_string(v) + ", slot " + std::to_string(j); };
-                if (e < 0 || e >= num_experts) fail("tid2eid", at(), "expert ids in [0, num_experts = " + std::to_string(num_experts) + ")");
+                auto at = [&] {
+                    return std::to_string(e) + " at token id " + std::to_string(v) + ", slot " + std::to_string(j);
+                };
+                if (e < 0 || e >= num_experts)
+                    fail("tid2eid", at(), "expert ids in [0, num_experts = " + std::to_string(num_experts) + ")");
                 for (std::int64_t i = 0; i < j; ++i)
-                    if (tid2eid[static_cast<std::size_t>(v * top_k + i)] == e) fail("tid2eid", at(), "distinct experts in each row");
+                    if (tid2eid[static_cast<std::size_t>(v * top_k + i)] == e)
+                        fail("tid2eid", at(), "distinct experts in each row");
             }
     }
 };
@@ -107,8 +113,10 @@ public:
         checks::check_out_shape(out, T, k, "top_k");
         checks::reject_bias(bias, "hash");
         if (static_cast<std::int64_t>(token_ids.ids.size()) != T)
-            smoe::detail::fail("token_ids", token_ids.ids.empty() ? std::string("none") : "length " + std::to_string(token_ids.ids.size()),
-                               "the call's " + std::to_string(T) + " token ids (hash routing selects by token id)");
+            smoe::detail::fail(
+                "token_ids",
+                token_ids.ids.empty() ? std::string("none") : "length " + std::to_string(token_ids.ids.size()),
+                "the call's " + std::to_string(T) + " token ids (hash routing selects by token id)");
         for (std::int64_t t = 0; t < T; ++t)
             if (token_ids.ids[t] < 0 || token_ids.ids[t] >= cfg_.vocab_size)
                 smoe::detail::fail("token_ids", std::to_string(token_ids.ids[t]) + " at token " + std::to_string(t),
@@ -121,7 +129,8 @@ public:
             control::controlled_scores(arch, cfg_.score_func, control, logits.row(t), t, r, E);
             std::int32_t* const ids = out.expert_ids.row(t);
             float* const w = out.expert_weights.row(t);
-            std::int32_t const* row = cfg_.tid2eid.data() + static_cast<std::size_t>(token_ids.ids[t]) * static_cast<std::size_t>(k);
+            std::int32_t const* row =
+                cfg_.tid2eid.data() + static_cast<std::size_t>(token_ids.ids[t]) * static_cast<std::size_t>(k);
             std::int64_t n = 0;
             double sum = 0.0;  // in double, as topk's renormalisation
             for (std::int64_t j = 0; j < k; ++j)

@@ -93,7 +93,8 @@ public:
         std::span<float> const c = carve(ws);
         for (std::int64_t t = 0; t < T; ++t) {
             kernels::cpu::sigmoid_row(arch, logits.row(t), c.data(), r);
-            select_row(c.data(), bias, t, [](std::int64_t) { return true; }, out.expert_ids.row(t), out.expert_weights.row(t));
+            select_row(
+                c.data(), bias, t, [](std::int64_t) { return true; }, out.expert_ids.row(t), out.expert_weights.row(t));
         }
         return k;
     }
@@ -126,7 +127,8 @@ private:
     // c [r] = g (sigmoid, or controlled scores): adds the bias, takes the top-k of the allowed ranks and
     // writes w_i = k · c_i / Σ_S c (routing.md §8 steps 2-4).
     template <class Allowed>
-    void select_row(float* c, std::span<float const> bias, std::int64_t t, Allowed allowed, std::int32_t* ids, float* w) const {
+    void select_row(float* c, std::span<float const> bias, std::int64_t t, Allowed allowed, std::int32_t* ids,
+                    float* w) const {
         std::int64_t const r = cfg_.rank, k = cfg_.top_k;
         if (!bias.empty())
             for (std::int64_t i = 0; i < r; ++i) c[i] += bias[i];
@@ -136,9 +138,10 @@ private:
         double sum = 0.0;  // in double, as softmax_row's denominator
         for (std::int64_t j = 0; j < k; ++j) sum += w[j];
         if (!(sum > 0.0))
-            smoe::detail::fail(bias.empty() ? "logits" : "lora_biases",
-                               "a selected score sum of " + smoe::detail::to_text(sum) + " at token " + std::to_string(t),
-                               "sigmoid(z) + lora_biases summing to a positive value over the top_k selected ranks");
+            smoe::detail::fail(
+                bias.empty() ? "logits" : "lora_biases",
+                "a selected score sum of " + smoe::detail::to_text(sum) + " at token " + std::to_string(t),
+                "sigmoid(z) + lora_biases summing to a positive value over the top_k selected ranks");
         double const norm = static_cast<double>(k) / sum;
         for (std::int64_t j = 0; j < k; ++j) w[j] = static_cast<float>(static_cast<double>(w[j]) * norm);
         // w is monotone in c, but two c that differ by an ulp can round to one w: restore the tie rule.

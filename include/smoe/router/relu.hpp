@@ -109,8 +109,8 @@ public:
                 float const b = control.boost.empty() ? 1.0f : control.boost[static_cast<std::size_t>(e)];
                 r.score[e] = !control::allowed(control, e) ? 0.0f : (v ? v[e] : std::max(xo[e], 0.0f)) * b;
             }
-            std::int64_t const n = kernels::cpu::relu_route_row(arch, r.score.data(), E, s.keys.data(), out.expert_ids.row(t),
-                                                                out.expert_weights.row(t));
+            std::int64_t const n = kernels::cpu::relu_route_row(arch, r.score.data(), E, s.keys.data(),
+                                                                out.expert_ids.row(t), out.expert_weights.row(t));
             s.count[t] = static_cast<std::int32_t>(n);
             K = std::max(K, n);
         }

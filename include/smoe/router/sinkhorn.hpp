@@ -178,8 +178,9 @@ public:
             if (v)
                 for (std::int64_t e = 0; e < E; ++e) a[e] = control::allowed(control, e) ? v[e] : 0.0f;
             else
-                control::score_row(arch, cfg_.activation(), control, control::offset_row(control, logits.row(t), c.row.x.data(), E, t),
-                                   a, c.row.compact.data(), E);
+                control::score_row(arch, cfg_.activation(), control,
+                                   control::offset_row(control, logits.row(t), c.row.x.data(), E, t), a,
+                                   c.row.compact.data(), E);
             control::boost_scores(control, a, E);
             kernels::cpu::TopList top{ids, w, k};
             if (last_.balanced && !v) {

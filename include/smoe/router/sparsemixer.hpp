@@ -85,7 +85,8 @@ public:
         checks::reject_bias(bias, "sparsemixer");
         kernels::cpu::check_finite(arch, logits, "logits");
         if (!control.empty()) {
-            if (!control.boost.empty()) smoe::detail::fail("boost", "a boost", "none (sparsemixer has no score to boost)");
+            if (!control.boost.empty())
+                smoe::detail::fail("boost", "a boost", "none (sparsemixer has no score to boost)");
             if (!control.score_override.empty())
                 smoe::detail::fail("score_override", "an override", "none (sparsemixer has no score row to replace)");
             control::validate(control, E, T, kSlots, "2 (sparsemixer's two experts)");

@@ -126,7 +126,8 @@ public:
         for (std::int64_t t = 0; t < T; ++t) {
             control::controlled_scores(arch, ScoreFunc::softmax, control, logits.row(t), t, r, E);
             if (!control.boost.empty()) control::renormalise_allowed(control, r.score.data(), E);
-            std::int64_t const n = scan(control, r.score.data(), s.keys.data(), out.expert_ids.row(t), out.expert_weights.row(t));
+            std::int64_t const n =
+                scan(control, r.score.data(), s.keys.data(), out.expert_ids.row(t), out.expert_weights.row(t));
             s.count[t] = static_cast<std::int32_t>(n);
             K = std::max(K, n);
         }
@@ -137,7 +138,8 @@ public:
 private:
     // kernels::cpu::top_p_route_row's scan (fp32 prefix in row order, strictly greater than p, then
     // min_k / max_k) over the allowed experts' scores s.
-    std::int64_t scan(RouterControl const& control, float const* s, std::uint64_t* keys, std::int32_t* ids, float* w) const {
+    std::int64_t scan(RouterControl const& control, float const* s, std::uint64_t* keys, std::int32_t* ids,
+                      float* w) const {
         std::int64_t m = 0;
         for (std::int64_t e = 0; e < cfg_.num_experts; ++e)
             if (control::allowed(control, e)) keys[m++] = kernels::cpu::weight_order_key(s[e], e);

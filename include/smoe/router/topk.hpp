@@ -64,10 +64,11 @@ public:
         std::int64_t const T = checks::check_logits_shape(logits, L, k);
         checks::check_out_shape(out, T, k, "top_k");
         if (!bias.empty())
-            smoe::detail::check_vector(bias, L, "expert_bias", identity_nulls() ? "num_experts + num_null_experts" : "num_experts",
-                                       "expert");
+            smoe::detail::check_vector(bias, L, "expert_bias",
+                                       identity_nulls() ? "num_experts + num_null_experts" : "num_experts", "expert");
         if (bias.empty() && cfg_.requires_expert_bias)
-            smoe::detail::fail("expert_bias", "none", "a bias of length " + std::to_string(L) + " (this config requires one)");
+            smoe::detail::fail("expert_bias", "none",
+                               "a bias of length " + std::to_string(L) + " (this config requires one)");
         if (!bias.empty() && cfg_.score_after_topk)
             smoe::detail::fail("expert_bias", "a bias", "no bias with score_after_topk");
         if (!bias.empty() && cfg_.n_group > 1 && cfg_.group_size() < 2)
@@ -78,13 +79,15 @@ public:
         if (control.empty() && !cfg_.needs_general_row()) {
             kernels::cpu::TopKScratch scratch = carve(ws);
             for (std::int64_t t = 0; t < T; ++t)
-                kernels::cpu::topk_route_row(arch, cfg_, logits.row(t), b, scratch, out.expert_ids.row(t), out.expert_weights.row(t));
+                kernels::cpu::topk_route_row(arch, cfg_, logits.row(t), b, scratch, out.expert_ids.row(t),
+                                             out.expert_weights.row(t));
             return k;
         }
         detail::TopKRowScratch const s = carve_general(ws);
         if (!control.empty()) check_control(control, T, s);
         for (std::int64_t t = 0; t < T; ++t)
-            detail::topk_general_row(arch, cfg_, control, logits.row(t), b, t, s, out.expert_ids.row(t), out.expert_weights.row(t));
+            detail::topk_general_row(arch, cfg_, control, logits.row(t), b, t, s, out.expert_ids.row(t),
+                                     out.expert_weights.row(t));
         return k;
     }
 
@@ -96,10 +99,12 @@ private:
         control::validate(c, L, T, k, "top_k");
         if (cfg_.score_after_topk && !c.boost.empty()) {
             std::int64_t n = 0;
-            for (std::int64_t e = 0; e < L; ++e) n += control::allowed(c, e) && c.boost[static_cast<std::size_t>(e)] > 0.0f;
+            for (std::int64_t e = 0; e < L; ++e)
+                n += control::allowed(c, e) && c.boost[static_cast<std::size_t>(e)] > 0.0f;
             if (n < k)
                 smoe::detail::fail("boost", std::to_string(n) + " allowed experts with a boost > 0",
-                                   "at least top_k = " + std::to_string(k) + " (under score_after_topk a boost of 0 removes the expert)");
+                                   "at least top_k = " + std::to_string(k) +
+                                       " (under score_after_topk a boost of 0 removes the expert)");
         }
         if (cfg_.n_group > 1 && !c.expert_mask.empty()) {
             std::int64_t const G = cfg_.group_size(), keep = cfg_.groups_kept();
@@ -112,9 +117,11 @@ private:
             std::int64_t n = 0;
             for (std::int64_t g = 0; g < keep; ++g) n -= static_cast<std::int64_t>(s.group_val[g]);
             if (n < k)
-                smoe::detail::fail("expert_mask", std::to_string(n) + " allowed experts in the " + std::to_string(cfg_.groups_kept()) +
-                                                      " groups with the fewest",
-                                   "at least top_k = " + std::to_string(k) + " there, so every token gets top_k experts");
+                smoe::detail::fail(
+                    "expert_mask",
+                    std::to_string(n) + " allowed experts in the " + std::to_string(cfg_.groups_kept()) +
+                        " groups with the fewest",
+                    "at least top_k = " + std::to_string(k) + " there, so every token gets top_k experts");
         }
     }
 

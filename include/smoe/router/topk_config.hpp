@@ -23,7 +23,9 @@ inline char const* to_string(ScoreFunc s) {
 enum class GroupScore { max_or_top2, top2_sum, topk_over_groups_sum };
 
 inline char const* to_string(GroupScore g) {
-    return g == GroupScore::max_or_top2 ? "max_or_top2" : g == GroupScore::top2_sum ? "top2_sum" : "topk_over_groups_sum";
+    return g == GroupScore::max_or_top2 ? "max_or_top2"
+           : g == GroupScore::top2_sum  ? "top2_sum"
+                                        : "topk_over_groups_sum";
 }
 
 struct TopKConfig {
@@ -60,11 +62,13 @@ struct TopKConfig {
     void validate() const {
         using smoe::detail::fail;
         smoe::detail::require_in_range("num_experts", num_experts, 1, limits::kMaxExperts, "smoe::limits::kMaxExperts");
-        smoe::detail::require_in_range("num_null_experts", num_null_experts, 0, limits::kMaxExperts, "smoe::limits::kMaxExperts");
+        smoe::detail::require_in_range("num_null_experts", num_null_experts, 0, limits::kMaxExperts,
+                                       "smoe::limits::kMaxExperts");
         if (top_k < 1 || top_k > num_logits())
             fail("top_k", top_k,
-                 num_null_experts > 0 ? "1 <= top_k <= num_experts + num_null_experts (" + std::to_string(num_logits()) + ")"
-                                      : "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
+                 num_null_experts > 0
+                     ? "1 <= top_k <= num_experts + num_null_experts (" + std::to_string(num_logits()) + ")"
+                     : "1 <= top_k <= num_experts (" + std::to_string(num_experts) + ")");
         if (!std::isfinite(routed_scaling_factor)) fail("routed_scaling_factor", routed_scaling_factor, "a finite value");
         if (!(norm_eps >= 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps", norm_eps, "a finite value >= 0");
         if (n_group < 1 || num_experts % n_group != 0)

@@ -61,7 +61,8 @@ void topk_after_row(Arch, TopKConfig const& cfg, RouterControl const& ctl, float
     if (float const* v = control::override_row(ctl, t)) {
         for (std::int64_t e = 0; e < L; ++e)
             if (control::allowed(ctl, e))
-                top.offer(ctl.boost.empty() ? v[e] : v[e] * ctl.boost[static_cast<std::size_t>(e)], static_cast<std::int32_t>(e));
+                top.offer(ctl.boost.empty() ? v[e] : v[e] * ctl.boost[static_cast<std::size_t>(e)],
+                          static_cast<std::int32_t>(e));
         double z = 0.0;
         for (std::int64_t j = 0; j < k; ++j) z += w[j];
         auto const zf = static_cast<float>(z);
