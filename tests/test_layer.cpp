@@ -360,6 +360,18 @@ TEST_CASE(
         CHECK(nulls > 0);
         CHECK(r.nnz() == T * K - nulls);
         check_layer(layer, m, smoe_test::gate_logits(m, x, T), {}, m.weights());
+        // forward_routed takes identity ids as they are and adds w · x itself.
+        std::vector<std::int32_t> ids;
+        std::vector<float> wt, y2(T * d);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < K; ++j) ids.push_back(r.expert_ids(t, j)), wt.push_back(r.expert_weights(t, j));
+        layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K), MatrixView<float const>(wt.data(), T, K),
+                             MatrixView<float>(y2.data(), T, d));
+        for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y2[i] == y[i]);
+        ids[0] = static_cast<std::int32_t>(E + Z);
+        CHECK_THROWS_WITH(layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, K),
+                                               MatrixView<float const>(wt.data(), T, K), MatrixView<float>(y2.data(), T, d)),
+                          Contains("expert_ids"));
     }
 }
 

@@ -239,8 +239,9 @@ public:
     }
 
     // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
-    // max_slots(); id -1 marks an empty slot). Runs dispatch, the balancer (capacity, statistics; no
-    // losses, as there are no logits), experts and combine.
+    // max_slots(); id -1 marks an empty slot; ids >= num_experts() are identity experts where the router
+    // has them). Runs dispatch, the balancer (capacity, statistics; no losses, as there are no logits),
+    // experts and combine.
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                  MatrixView<float const> expert_weights, MatrixView<float> y,
                                  std::span<std::byte> workspace) {
@@ -354,7 +355,10 @@ private:
     std::int64_t check_precomputed(MatrixView<std::int32_t const> ids, MatrixView<float const> w, std::int64_t T) const {
         detail::check_view(ids, "expert_ids", T, -1);
         detail::check_view(w, "expert_weights", T, ids.cols);
-        std::int64_t const K = ids.cols, E = router_.num_experts();
+        std::int64_t const K = ids.cols;
+        std::int64_t E = router_.num_experts();  // ids past it: the router's identity experts, if it has them
+        if constexpr (requires { router_.identity_nulls(); })
+            if (router_.identity_nulls()) E = router_.num_logits();
         if (K > router_.max_slots())
             detail::fail("expert_ids.cols", K, "at most the router's max_slots() = " + std::to_string(router_.max_slots()));
         for (std::int64_t t = 0; t < T; ++t)
