@@ -52,7 +52,14 @@ public:
     template <class Arch>
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
-        return route(arch, logits, bias, out, ws, RouterControl{});
+        std::int64_t const T = check_args(arch, logits, bias, out);
+        if (cfg_.needs_general_row()) return route_general(arch, logits, bias, out, ws, RouterControl{});
+        kernels::cpu::TopKScratch scratch = carve(ws);
+        float const* b = bias.empty() ? nullptr : bias.data();
+        for (std::int64_t t = 0; t < T; ++t)
+            kernels::cpu::topk_route_row(arch, cfg_, logits.row(t), b, scratch, out.expert_ids.row(t),
+                                         out.expert_weights.row(t));
+        return cfg_.top_k;
     }
 
     // The same under test-time control (research.md §8): mask, offset, score function, override, boost,
@@ -60,6 +67,16 @@ public:
     template <class Arch>
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws, RouterControl const& control) const {
+        if (control.empty()) return route(arch, logits, bias, out, ws);
+        check_args(arch, logits, bias, out);
+        return route_general(arch, logits, bias, out, ws, control);
+    }
+
+private:
+    // The checks of every call; returns T.
+    template <class Arch>
+    std::int64_t check_args(Arch arch, MatrixView<float const> logits, std::span<float const> bias,
+                            TokenMajorOut const& out) const {
         std::int64_t const L = cfg_.num_logits(), k = cfg_.top_k;
         std::int64_t const T = checks::check_logits_shape(logits, L, k);
         checks::check_out_shape(out, T, k, "top_k");
@@ -74,24 +91,22 @@ public:
         if (!bias.empty() && cfg_.n_group > 1 && cfg_.group_size() < 2)
             smoe::detail::fail("expert_bias", "a bias", "groups of at least 2 experts (num_experts / n_group >= 2)");
         kernels::cpu::check_finite(arch, logits, "logits");
-
-        float const* b = bias.empty() ? nullptr : bias.data();
-        if (control.empty() && !cfg_.needs_general_row()) {
-            kernels::cpu::TopKScratch scratch = carve(ws);
-            for (std::int64_t t = 0; t < T; ++t)
-                kernels::cpu::topk_route_row(arch, cfg_, logits.row(t), b, scratch, out.expert_ids.row(t),
-                                             out.expert_weights.row(t));
-            return k;
-        }
-        detail::TopKRowScratch const s = carve_general(ws);
-        if (!control.empty()) check_control(control, T, s);
-        for (std::int64_t t = 0; t < T; ++t)
-            detail::topk_general_row(arch, cfg_, control, logits.row(t), b, t, s, out.expert_ids.row(t),
-                                     out.expert_weights.row(t));
-        return k;
+        return T;
     }
 
-private:
+    // router/topk_row.hpp's row for every token: calls with control, configs with its options.
+    template <class Arch>
+    std::int64_t route_general(Arch arch, MatrixView<float const> logits, std::span<float const> bias,
+                               TokenMajorOut out, Workspace& ws, RouterControl const& control) const {
+        detail::TopKRowScratch const s = carve_general(ws);
+        if (!control.empty()) check_control(control, logits.rows, s);
+        float const* b = bias.empty() ? nullptr : bias.data();
+        for (std::int64_t t = 0; t < logits.rows; ++t)
+            detail::topk_general_row(arch, cfg_, control, logits.row(t), b, t, s, out.expert_ids.row(t),
+                                     out.expert_weights.row(t));
+        return cfg_.top_k;
+    }
+
     // research.md §8: every token gets k experts, so |A| >= k; with groups, the topk_group groups with
     // the fewest allowed experts must hold k of them; under score_after_topk a boost of 0 removes too.
     void check_control(RouterControl const& c, std::int64_t T, detail::TopKRowScratch const& s) const {
