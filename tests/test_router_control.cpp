@@ -323,8 +323,8 @@ TEST_CASE("an empty or neutral control record changes no bit of top-k routing", 
         std::vector<std::uint8_t> const all(std::size_t(E), 1);
         // An empty record is the plain path; a neutral one (offset 0, boost 1, every expert allowed)
         // goes through the general row, which must select and weigh as the SIMD row does.
-        for (RouterControl const& c :
-             {RouterControl{}, RouterControl{.logit_offset = zero, .boost = one, .expert_mask = all}}) {
+        for (RouterControl const& c : {RouterControl{}, RouterControl{.logit_offset = zero},
+                                       RouterControl{.logit_offset = zero, .boost = one, .expert_mask = all}}) {
             auto const o = route_controlled(router, logits, c, bias);
             for (std::int64_t t = 0; t < T; ++t)
                 for (std::int64_t j = 0; j < cfg.top_k; ++j) {
