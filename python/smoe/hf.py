@@ -127,6 +127,7 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
     if hidden_states.device.type != "cpu":
         raise UnsupportedExperts("smoe: experts of family '%s': hidden_states on %s; smoe runs on the CPU"
                                  % (_family(self), hidden_states.device))
+    experts = experts_of(self, top_k_index.shape[-1])  # refuses unsupported modules first
     if torch.is_grad_enabled() and (hidden_states.requires_grad or self.gate_up_proj.requires_grad):
         raise UnsupportedExperts("smoe: experts of family '%s': smoe computes no gradients; run under "
                                  "torch.no_grad() or torch.inference_mode() (generate() does)" % _family(self))
@@ -136,7 +137,6 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
     w = top_k_weights
     if w.dtype not in (torch.float32, torch.bfloat16):
         w = w.float()  # float16 widens exactly; float64 weights round once, as the fp32 math would
-    experts = experts_of(self, top_k_index.shape[-1])
     n = torch.get_num_threads()
     if experts.num_threads != n:
         experts.num_threads = n
