@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Tokens/s of Hugging Face generate() with experts_implementation "eager", "grouped_mm" and "smoe", on the CPU.
 
-    VENV/bin/python bench/python/hf_generate.py [--shapes tiny,qwen3] [--threads 1,2] [--out results.md]
+    OMP_WAIT_POLICY=PASSIVE VENV/bin/python bench/python/hf_generate.py [--shapes tiny,qwen3] [--threads 1,2]
+
+OMP_WAIT_POLICY=PASSIVE on a shared machine: torch's OpenMP threads otherwise spin at every barrier and
+wait milliseconds for a descheduled peer, which swamps every implementation's 2-thread numbers.
 
 (VENV from scripts/hf-venv.sh, which pip-installs smoe.) Random qwen3_moe models in bf16, built once per shape;
 the three implementations run the same model and prompt. Per (shape, threads, implementation): one warm-up
