@@ -205,6 +205,11 @@ public:
     char const* weight_dtype() const { return bf16_ ? "bfloat16" : "float32"; }
     bool uses_bf16_dot() const { return bf16_ && lb_->experts().uses_bf16_dot(); }
     std::size_t packed_bytes() const { return bf16_ ? lb_->experts().packed_bytes() : lf_->experts().packed_bytes(); }
+    // The layer's workspace for max_tokens rows plus this object's conversion buffers (the routing
+    // buffers grow with the largest call, not counted).
+    std::size_t workspace_bytes() const {
+        return (bf16_ ? lb_->workspace_size() : lf_->workspace_size()) + (x32_.size() + y32_.size() + gate_.size()) * sizeof(float);
+    }
 
     void set_num_threads(std::int64_t n) {
         SharedPool& p = shared_pool(n);
@@ -327,5 +332,6 @@ Bad input raises ValueError naming the argument; nothing is written then.)doc")
         .def_property_readonly("max_tokens", &Experts::max_tokens)
         .def_property_readonly("weight_dtype", &Experts::weight_dtype)
         .def_property_readonly("uses_bf16_dot", &Experts::uses_bf16_dot)
-        .def_property_readonly("packed_bytes", &Experts::packed_bytes);
+        .def_property_readonly("packed_bytes", &Experts::packed_bytes)
+        .def_property_readonly("workspace_bytes", &Experts::workspace_bytes);
 }

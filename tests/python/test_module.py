@@ -134,6 +134,8 @@ def test_properties_describe_the_experts():
     got = (ex.num_experts, ex.intermediate_size, ex.hidden_size, ex.top_k, ex.max_tokens, ex.weight_dtype)
     check(got == (5, 6, 8, 3, 256, "float32"), "properties %s" % (got,))
     check(ex.packed_bytes >= gu.nbytes + dn.nbytes, "packed_bytes %d" % ex.packed_bytes)
+    # At least the input, output and slot rows of max_tokens tokens (experts.md §1: fp32 inside).
+    check(ex.workspace_bytes >= 4 * 256 * (2 * 8 + 3 * 8), "workspace_bytes %d" % ex.workspace_bytes)
 
 
 # ---------------------------------------------------------------------------------------- bad input
