@@ -65,6 +65,11 @@ public:
     virtual void set_thread_pool(PoolRef pool) = 0;
     virtual RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) = 0;
     virtual RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) = 0;
+    // Test-time router control and token ids (MoELayer::forward's overloads).
+    virtual RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                                  RouterControl const& control, TokenIds token_ids) = 0;
+    virtual RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control,
+                                  TokenIds token_ids) = 0;
     virtual RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                          MatrixView<float const> expert_weights, MatrixView<float> y,
                                          std::span<std::byte> workspace) = 0;
@@ -192,6 +197,16 @@ public:
         return impl_->forward(x, y, workspace);
     }
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return impl_->forward(x, y); }
+    // Under test-time router control (research.md §8) and with the call's token ids; a router without
+    // control refuses a non-empty record with smoe::invalid_argument.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                          RouterControl const& control, TokenIds token_ids = {}) {
+        return impl_->forward(x, y, workspace, control, token_ids);
+    }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control,
+                          TokenIds token_ids = {}) {
+        return impl_->forward(x, y, control, token_ids);
+    }
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                  MatrixView<float const> expert_weights, MatrixView<float> y,
                                  std::span<std::byte> workspace) {

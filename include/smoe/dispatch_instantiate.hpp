@@ -47,6 +47,18 @@ public:
         return layer_.forward(x, y, workspace);
     }
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) override { return layer_.forward(x, y); }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
+                          RouterControl const& control, TokenIds token_ids) override {
+        if constexpr (ControllableRouter<Router, Arch>) return layer_.forward(x, y, workspace, control, token_ids);
+        refuse_control(control);
+        return layer_.forward(x, y, workspace);
+    }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control,
+                          TokenIds token_ids) override {
+        if constexpr (ControllableRouter<Router, Arch>) return layer_.forward(x, y, control, token_ids);
+        refuse_control(control);
+        return layer_.forward(x, y);
+    }
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                  MatrixView<float const> expert_weights, MatrixView<float> y,
                                  std::span<std::byte> workspace) override {
@@ -58,6 +70,12 @@ public:
     }
 
 private:
+    // The interface is the same for every router; one without route(..., control) runs only empty records.
+    static void refuse_control(RouterControl const& control) {
+        if (!control.empty())
+            smoe::detail::fail("control", "a RouterControl record", "none: this Router has no route(..., control)");
+    }
+
     Layer layer_;
     PoolRef pool_;
 };

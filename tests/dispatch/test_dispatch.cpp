@@ -198,3 +198,25 @@ TEST_CASE("dispatch errors: an ISA not listed, one this CPU lacks, and bad layer
     CHECK_THROWS_WITH(layer.forward(MatrixView<float const>(m.x.data(), 2, d - 1), MatrixView<float>(y.data(), 2, d)),
                       Catch::Contains("x"));
 }
+
+TEST_CASE("router control goes through the dispatched layer", "[dispatch][control]") {
+    std::mt19937_64 rng(8);
+    Model<float> const m(rng);
+    Dispatched<float> layer(m.config(), m.weights());
+    std::int64_t const T = 5;
+    std::vector<std::uint8_t> mask(std::size_t(E), 1);
+    mask[0] = mask[3] = 0;
+    std::vector<float> y(std::size_t(T * d)), y2(std::size_t(T * d));
+    std::vector<std::byte> ws(layer.workspace_size());
+    MatrixView<float const> const x(m.x.data(), T, d);
+    auto const r = layer.forward(x, MatrixView<float>(y.data(), T, d), ws, {.expert_mask = mask});
+    CHECK(r.load(0) == 0);
+    CHECK(r.load(3) == 0);
+    std::vector<std::int32_t> ids;
+    std::vector<float> wts;
+    for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t j = 0; j < r.k; ++j) ids.push_back(r.expert_ids(t, j)), wts.push_back(r.expert_weights(t, j));
+    layer.forward_routed(x, MatrixView<std::int32_t const>(ids.data(), T, r.k),
+                         MatrixView<float const>(wts.data(), T, r.k), MatrixView<float>(y2.data(), T, d));
+    CHECK(y == y2);
+}
