@@ -2,9 +2,8 @@
 """smoe.Experts (the Python module) against a float64 numpy oracle of SwiGLU experts (experts.md §3)
 and its bad-input errors. Needs numpy only; exits 77 (ctest: skipped) without it.
 
-    python3 tests/python/test_module.py BUILD/python
+    python3 tests/python/test_module.py BUILD/python     (or with no argument: the installed smoe)
 """
-import os
 import sys
 
 sys.dont_write_bytecode = True
@@ -13,7 +12,8 @@ try:
 except ImportError:
     print("numpy is not installed: skipped")
     sys.exit(77)
-sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.getcwd(), "python"))
+if len(sys.argv) > 1:
+    sys.path.insert(0, sys.argv[1])  # the build tree's python/ folder; else the installed smoe
 import smoe  # noqa: E402
 
 from harness import check, raises, run_all  # noqa: E402
