@@ -143,6 +143,11 @@ TEST_CASE("the sharded layer rejects inconsistent construction arguments", "[dis
                       Contains("gate"));
     CHECK_THROWS_WITH(Sharded(comm, ExpertPlacement::contiguous(4, 1), {.router = rc, .expert = m.expert_cfg(), .max_tokens = -1}, w),
                       Contains("max_tokens"));
+    smoe::router::TopKConfig const identity{.num_experts = 4, .top_k = 1, .num_null_experts = 1};
+    std::vector<float> const gate5(5 * 8, 0.0f);
+    CHECK_THROWS_WITH(Sharded(comm, ExpertPlacement::contiguous(4, 1), {.router = identity, .expert = m.expert_cfg()},
+                              {.gate = MatrixView<float const>(gate5.data(), 5, 8), .experts = m.experts()}),
+                      Contains("router.num_null_experts"));
 }
 
 TEST_CASE("the sharded layer rejects bad input and stays usable", "[dist][layer][errors]") {

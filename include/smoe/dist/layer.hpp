@@ -224,6 +224,12 @@ private:
             smoe::detail::fail("placement.num_ranks", placement_.num_ranks(), "the communicator size " + std::to_string(comm_->size()));
         smoe::detail::require_in_range("max_tokens", cfg.max_tokens, 0, limits::kMaxTokens, "smoe::limits::kMaxTokens");
         router_.emplace(cfg.router);
+        // Identity experts add w · x after the combine (smoe::MoELayer); this layer has no such step yet,
+        // and dropping them silently would change the output.
+        if constexpr (requires { router_->identity_nulls(); })
+            if (router_->identity_nulls())
+                smoe::detail::fail("router.num_null_experts", router_->num_logits() - router_->num_experts(),
+                                   "0 in smoe::dist::MoELayer (identity experts run in smoe::MoELayer only)");
         balancer_.emplace(cfg.balance);
         std::int64_t const E = router_->num_experts();
         if (placement_.num_experts() != E)
