@@ -29,3 +29,16 @@ function(smoe_target_options target)
                            ${SMOE_NATIVE_AVX512_FLAGS})
   endif()
 endfunction()
+
+# smoe_use_hf_moe_instance(<target>): a target whose units include io/hf_moe.hpp links HfMoeLayer's code,
+# compiled once (cmake/smoe_hf_moe_instance.cpp, ~1 min), and its units see only the extern template.
+# An OBJECT library's objects reach only the targets that link it directly: call this on the executable.
+function(smoe_use_hf_moe_instance target)
+  if(NOT TARGET smoe_hf_moe_instance)
+    add_library(smoe_hf_moe_instance OBJECT ${PROJECT_SOURCE_DIR}/cmake/smoe_hf_moe_instance.cpp)
+    target_link_libraries(smoe_hf_moe_instance PUBLIC smoe::smoe nlohmann_json::nlohmann_json)
+    target_compile_definitions(smoe_hf_moe_instance PUBLIC SMOE_HF_MOE_EXTERN)
+    smoe_target_options(smoe_hf_moe_instance)
+  endif()
+  target_link_libraries(${target} PRIVATE smoe_hf_moe_instance)
+endfunction()

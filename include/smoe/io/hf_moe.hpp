@@ -186,15 +186,11 @@ public:
             smoe::detail::fail("options.format", "quantized", "f32, bf16, int8 or int4 (a quantised checkpoint keeps its formats by itself)");
         try {
             m.locate(src, opt);  // every shape held to the config before anything is sized from it
-            if (m.quant_) {
+            if (m.quant_)
                 m.format_ = opt.format == WeightFormat::int4 && !m.any_quantized_ ? WeightFormat::int4 : WeightFormat::quantized;
-                m.build_quant(opt);
-            } else if ((m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32)) == WeightFormat::bf16)
-                m.build<bf16>(opt);
-            else if (m.format_ == WeightFormat::int8)
-                m.build<std::int8_t>(opt);
             else
-                m.build<float>(opt);
+                m.format_ = opt.format.value_or(m.all_bf16_ ? WeightFormat::bf16 : WeightFormat::f32);
+            m.build_layer(opt);
         } catch (allocation_error const&) {
             throw;
         } catch (std::bad_alloc const&) {
@@ -213,9 +209,7 @@ public:
     BasicHfMoeLayer& operator=(BasicHfMoeLayer&&) noexcept = default;
 
     // x [T, d] -> y [T, d]; T <= max_tokens. The result's views point into the layer's workspace.
-    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) {
-        return std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
-    }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y);
 
     HfMoeConfig const& config() const { return cfg_; }
     std::int64_t layer_index() const { return layer_index_; }
@@ -553,41 +547,10 @@ private:
         fdn.push_back(eff(pl[2], pl[2].format.kind == quant::Kind::bf16));
     }
 
-    void build_quant(Options const& opt) {
-        std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
-        std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
-        // Read and decoded one expert at a time while QuantSwiGLU packs (never after construction).
-        auto weights = [](std::vector<std::array<QuantMatrixPlan, 3>> const& plans, FormatLists const& fmt) {
-            expert::QuantSwiGLUWeights w;
-            w.gate_up = fmt.first;
-            w.down = fmt.second;
-            w.load = [&plans, gu = fmt.first, dn = fmt.second](std::int64_t e) {
-                auto const i = static_cast<std::size_t>(e);
-                auto const& p = plans[i];
-                return expert::QuantExpertWeights{read_matrix(p[0], gu[i]), read_matrix(p[1], gu[i]), read_matrix(p[2], dn[i])};
-            };
-            return w;
-        };
-        std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
-        if (qshared_) shared_plans.push_back(*qshared_);
-        expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
-        MatrixView<float const> const gate(gate_.data(), all, d);
-        if (fs == 0) {
-            using M = QuantPlain;
-            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
-                                             typename M::Weights{gate, bias_, weights(qplans_, routed_fmt_)});
-        } else if (cfg_.shared_gated) {
-            using M = QuantSharedGated;
-            layer_ = maker_.template make<M>(
-                typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                typename M::Weights{gate, bias_,
-                                    {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
-        } else {
-            using M = QuantSharedPlain;
-            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                                             typename M::Weights{gate, bias_, {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), {}}});
-        }
-    }
+    // Builds layer_ in format_ from what locate() found. Defined below the class, not inline, with forward():
+    // the twelve layer types' code, which SMOE_HF_MOE_EXTERN keeps out of every translation unit but one.
+    void build_layer(Options const& opt);
+    void build_quant(Options const& opt);
 
     struct Quantized {
         std::vector<std::int8_t> q[kSlots];
@@ -654,6 +617,67 @@ private:
         layer_;
 };
 
+template <class Maker>
+RoutingResult BasicHfMoeLayer<Maker>::forward(MatrixView<float const> x, MatrixView<float> y) {
+    return std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+}
+
+template <class Maker>
+void BasicHfMoeLayer<Maker>::build_layer(Options const& opt) {
+    if (quant_)
+        build_quant(opt);
+    else if (format_ == WeightFormat::bf16)
+        build<bf16>(opt);
+    else if (format_ == WeightFormat::int8)
+        build<std::int8_t>(opt);
+    else
+        build<float>(opt);
+}
+
+template <class Maker>
+void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
+    std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+    std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
+    // Read and decoded one expert at a time while QuantSwiGLU packs (never after construction).
+    auto weights = [](std::vector<std::array<QuantMatrixPlan, 3>> const& plans, FormatLists const& fmt) {
+        expert::QuantSwiGLUWeights w;
+        w.gate_up = fmt.first;
+        w.down = fmt.second;
+        w.load = [&plans, gu = fmt.first, dn = fmt.second](std::int64_t e) {
+            auto const i = static_cast<std::size_t>(e);
+            auto const& p = plans[i];
+            return expert::QuantExpertWeights{read_matrix(p[0], gu[i]), read_matrix(p[1], gu[i]), read_matrix(p[2], dn[i])};
+        };
+        return w;
+    };
+    std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
+    if (qshared_) shared_plans.push_back(*qshared_);
+    expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
+    MatrixView<float const> const gate(gate_.data(), all, d);
+    if (fs == 0) {
+        using M = QuantPlain;
+        layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
+                                         typename M::Weights{gate, bias_, weights(qplans_, routed_fmt_)});
+    } else if (cfg_.shared_gated) {
+        using M = QuantSharedGated;
+        layer_ = maker_.template make<M>(
+            typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+            typename M::Weights{gate, bias_,
+                                {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
+    } else {
+        using M = QuantSharedPlain;
+        layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                                         typename M::Weights{gate, bias_, {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), {}}});
+    }
+}
+
 using HfMoeLayer = BasicHfMoeLayer<>;
+
+// An engine (or this project's build) that includes this header in several translation units defines
+// SMOE_HF_MOE_EXTERN in all of them and `template class smoe::io::BasicHfMoeLayer<smoe::io::LocalLayers>;`
+// in one (cmake/smoe_hf_moe_instance.cpp): the layers' code is then compiled once, not once per unit.
+#ifdef SMOE_HF_MOE_EXTERN
+extern template class BasicHfMoeLayer<LocalLayers>;
+#endif
 
 }  // namespace smoe::inline v0::io
