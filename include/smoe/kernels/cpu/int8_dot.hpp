@@ -79,6 +79,7 @@ struct DotLayout {
     std::int64_t block_bytes = 0;           // 256 (int4) or 512 (int8)
     std::int64_t blocks_per_group = 0;      // k(b) = b / blocks_per_group
     std::int64_t tables = 0, scale_off = 0, zero_off = 0, pstride = 0;
+    std::int32_t zero = -1;          // the zero point of every output (int8: 128, symmetric int4: 8), else -1
     std::vector<std::int32_t> perm;  // act order: input column of (sorted) step k
 };
 
@@ -95,6 +96,7 @@ inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matri
     L.scale_off = L.blocks * L.block_bytes;
     L.zero_off = L.scale_off + L.tables * kPanelCols * 4;
     L.pstride = L.zero_off + L.tables * kPanelCols * 4;
+    L.zero = f.kind == quant::Kind::int8_channel ? 128 : f.symmetric ? 8 : -1;  // matrix.hpp holds symmetric zeros to 8
     if (f.act_order && m) L.perm = quant_layout(f, K, m).perm;
     return L;
 }
@@ -251,10 +253,13 @@ struct Q8Rows {
     std::int64_t qstride;
 };
 
-// MR rows x NP panels, every block of K. With pre.q null the tile quantises its rows itself, block by
-// block (K too long for gemm_int8_dot's stack buffer); either way the same bytes and factors.
-// S = dot - z · Σq is formed in fp32: both terms are integers below 2^24, so it is exact.
-template <bool Int4, int MR, int NP>
+// MR rows x NP panels, every block of K. Self: the tile quantises its rows itself, block by block (K
+// too long for gemm_int8_dot's stack buffer; one row and one panel, since the quantiser's registers in
+// the loop make the accumulators spill); either way the same bytes and factors.
+// S = dot - z · Σq: with one zero point for the matrix (L.zero) the int32 sums start from -z · Σq, which
+// saves an fp32 operation per output vector and block; otherwise it is formed in fp32, exact since both
+// terms are integers below 2^24.
+template <bool Int4, int MR, int NP, bool Self = false>
 [[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* b0,
                                                              DotLayout const& L, float* out) {
     // Loop order: per block, per 4-k vector v, the NP panels' weights are decoded once and every row's
@@ -266,11 +271,12 @@ template <bool Int4, int MR, int NP>
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     __m512i const nib = _mm512_set1_epi8(15);
+    std::int32_t const zc = std::max(L.zero, 0);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         alignas(64) Q8 local[MR];
         std::int32_t const* qrow[MR];
         float dq[MR], sq[MR];
-        if (pre.q) {
+        if constexpr (!Self) {
             for (int i = 0; i < MR; ++i) {
                 qrow[i] = reinterpret_cast<std::int32_t const*>(pre.q + i * pre.qstride + b * kQ8Block);
                 dq[i] = pre.d[i * L.blocks + b];
@@ -287,9 +293,11 @@ template <bool Int4, int MR, int NP>
         std::int64_t const t = b / L.blocks_per_group;
         __m512i dot[MR][NP];
 #pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i)
+        for (int i = 0; i < MR; ++i) {
+            __m512i const z0 = _mm512_set1_epi32(zc * -static_cast<std::int32_t>(sq[i]));
 #pragma GCC unroll 4
-            for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_setzero_si512();
+            for (int j = 0; j < NP; ++j) dot[i][j] = z0;
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j)
 #pragma GCC unroll 8
@@ -325,11 +333,17 @@ template <bool Int4, int MR, int NP>
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* pj = b0 + j * L.pstride;
             __m512 const s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
-            __m512 const z = _mm512_cvtepi32_ps(_mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4));
+            if (L.zero < 0) {
+                __m512 const z = _mm512_cvtepi32_ps(_mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4));
 #pragma GCC unroll 6
-            for (int i = 0; i < MR; ++i) {
-                __m512 const S = _mm512_fnmadd_ps(z, _mm512_set1_ps(sq[i]), _mm512_cvtepi32_ps(dot[i][j]));
-                acc[i][j] = _mm512_fmadd_ps(S, _mm512_mul_ps(_mm512_set1_ps(dq[i]), s), acc[i][j]);
+                for (int i = 0; i < MR; ++i) {
+                    __m512 const S = _mm512_fnmadd_ps(z, _mm512_set1_ps(sq[i]), _mm512_cvtepi32_ps(dot[i][j]));
+                    acc[i][j] = _mm512_fmadd_ps(S, _mm512_mul_ps(_mm512_set1_ps(dq[i]), s), acc[i][j]);
+                }
+            } else {
+#pragma GCC unroll 6
+                for (int i = 0; i < MR; ++i)
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), _mm512_mul_ps(_mm512_set1_ps(dq[i]), s), acc[i][j]);
             }
         }
     }
@@ -413,79 +427,83 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
     if (M == 0 || p0 >= p1) return;
 #if SMOE_INT8_DOT_NATIVE
     if (kernel != Int8DotKernel::portable) {
-        bool const native = kernel == Int8DotKernel::native;
-        // Rows are quantised once per call, a chunk at a time, into this stack buffer; a row that does
-        // not fit (K above ~50k) is quantised inside the tiles instead.
-        constexpr std::int64_t kStackBytes = 80 * 1024, MR = 4;
+        bool const native = kernel == Int8DotKernel::native, int4 = L.kind == quant::Kind::int4;
+        std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
+        alignas(64) float out[12 * kPanelCols];  // the largest tile: 6 rows x 2 panels
+        // Rows are quantised once per call, a chunk at a time, into this stack buffer; the panels of a
+        // chunk are the outer loop, so each panel pair is read from memory once per chunk and its
+        // row tiles find it in L1. A row that does not fit (K above ~65k) is quantised by its tile.
+        constexpr std::int64_t kStackBytes = 80 * 1024, kChunk = 36;
         alignas(64) std::int8_t qbuf[kStackBytes];
         std::int64_t const qstride = L.blocks * kQ8Block, per_row = qstride + 8 * L.blocks;
-        std::int64_t const chunk = std::min<std::int64_t>(16, kStackBytes / per_row);
-        std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
-        alignas(64) float out[MR * 4 * kPanelCols];
-        std::int64_t const step = chunk >= 1 ? chunk : MR;
-        for (std::int64_t c0 = 0; c0 < M; c0 += step) {
-            std::int64_t const cr = std::min(step, M - c0);
-            detail::Q8Rows pre{nullptr, nullptr, nullptr, qstride};
-            if (chunk >= 1) {
-                auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
-                pre = {qbuf, dq, dq + cr * L.blocks, qstride};
-                for (std::int64_t i = 0; i < cr; ++i)
-                    for (std::int64_t b = 0; b < L.blocks; ++b) {
-                        detail::Q8 q[1];
-                        std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
-                        if (native)
-                            detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, n, q);
-                        else
-                            detail::quantize_q8(A.row(c0 + i), perm, b * kQ8Block, n, q[0]);
-                        std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
-                        dq[i * L.blocks + b] = q[0].d;
-                        dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
-                    }
-            }
-            for (std::int64_t m = 0; m < cr; m += MR) {
-                int const r = static_cast<int>(std::min<std::int64_t>(MR, cr - m));
-                detail::Q8Rows const pm = pre.q ? detail::Q8Rows{pre.q + m * qstride, pre.d + m * L.blocks, pre.sum + m * L.blocks, qstride} : pre;
-                float const* am = A.row(c0 + m);
-                if (!native) {
-                    bool const int4 = L.kind == quant::Kind::int4;
-                    for (std::int64_t p = p0; p < p1; ++p) {
-                        std::uint8_t const* pp = panels + p * L.pstride;
-                        switch (r * 2 + int4) {
-                            case 2: detail::dot_tile_avx2<false, 1>(am, A.ld, pm, pp, L, out); break;
-                            case 3: detail::dot_tile_avx2<true, 1>(am, A.ld, pm, pp, L, out); break;
-                            case 4: detail::dot_tile_avx2<false, 2>(am, A.ld, pm, pp, L, out); break;
-                            case 5: detail::dot_tile_avx2<true, 2>(am, A.ld, pm, pp, L, out); break;
-                            case 6: detail::dot_tile_avx2<false, 3>(am, A.ld, pm, pp, L, out); break;
-                            case 7: detail::dot_tile_avx2<true, 3>(am, A.ld, pm, pp, L, out); break;
-                            case 8: detail::dot_tile_avx2<false, 4>(am, A.ld, pm, pp, L, out); break;
-                            default: detail::dot_tile_avx2<true, 4>(am, A.ld, pm, pp, L, out); break;
-                        }
-                        for (int i = 0; i < r; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
-                    }
-                    continue;
-                }
-                auto const tile = [&]<int R, int N>(std::int64_t p) {
-                    if (L.kind == quant::Kind::int4)
-                        detail::dot_tile_vnni<true, R, N>(am, A.ld, pm, panels + p * L.pstride, L, out);
+        std::int64_t const MR = native ? 6 : 4;  // rows per tile: 6 x 2 panels fill the 32 zmm registers
+        std::int64_t const fit = std::min(kChunk, kStackBytes / per_row), chunk = fit >= MR ? fit / MR * MR : fit;
+        if (chunk < 1) {
+            detail::Q8Rows const none{nullptr, nullptr, nullptr, qstride};
+            for (std::int64_t i = 0; i < M; ++i)
+                for (std::int64_t p = p0; p < p1; ++p) {
+                    std::uint8_t const* pp = panels + p * L.pstride;
+                    if (!native)
+                        int4 ? detail::dot_tile_avx2<true, 1>(A.row(i), A.ld, none, pp, L, out)
+                             : detail::dot_tile_avx2<false, 1>(A.row(i), A.ld, none, pp, L, out);
                     else
-                        detail::dot_tile_vnni<false, R, N>(am, A.ld, pm, panels + p * L.pstride, L, out);
-                    for (int i = 0; i < R; ++i)
-                        for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
-                };
-                for (std::int64_t p = p0; p < p1;) {
-                    bool const four = r == 1 && p1 - p >= 4, two = p1 - p >= 2;
-                    switch (r * 10 + (four ? 4 : two ? 2 : 1)) {
-                        case 14: tile.template operator()<1, 4>(p); break;
-                        case 12: tile.template operator()<1, 2>(p); break;
-                        case 11: tile.template operator()<1, 1>(p); break;
-                        case 22: tile.template operator()<2, 2>(p); break;
-                        case 21: tile.template operator()<2, 1>(p); break;
-                        case 32: tile.template operator()<3, 2>(p); break;
-                        case 31: tile.template operator()<3, 1>(p); break;
-                        case 42: tile.template operator()<4, 2>(p); break;
-                        default: tile.template operator()<4, 1>(p); break;
+                        int4 ? detail::dot_tile_vnni<true, 1, 1, true>(A.row(i), A.ld, none, pp, L, out)
+                             : detail::dot_tile_vnni<false, 1, 1, true>(A.row(i), A.ld, none, pp, L, out);
+                    epi.store(i, p, out);
+                }
+            return;
+        }
+        for (std::int64_t c0 = 0; c0 < M; c0 += chunk) {
+            std::int64_t const cr = std::min(chunk, M - c0);
+            auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
+            for (std::int64_t i = 0; i < cr; ++i)
+                for (std::int64_t b = 0; b < L.blocks; ++b) {
+                    detail::Q8 q[1];
+                    std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
+                    if (native)
+                        detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, n, q);
+                    else
+                        detail::quantize_q8(A.row(c0 + i), perm, b * kQ8Block, n, q[0]);
+                    std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
+                    dq[i * L.blocks + b] = q[0].d;
+                    dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
+                }
+            // Rows [m, m + R) of the chunk x panels [p, p + N).
+            auto const tile = [&]<int R, int N>(std::int64_t m, std::int64_t p) {
+                detail::Q8Rows const pm{qbuf + m * qstride, dq + m * L.blocks, dq + (cr + m) * L.blocks, qstride};
+                std::uint8_t const* pp = panels + p * L.pstride;
+                if constexpr (N == 1 && R <= 4)
+                    if (!native) {
+                        int4 ? detail::dot_tile_avx2<true, R>(nullptr, 0, pm, pp, L, out) : detail::dot_tile_avx2<false, R>(nullptr, 0, pm, pp, L, out);
+                        for (int i = 0; i < R; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
+                        return;
                     }
-                    p += four ? 4 : two ? 2 : 1;
+                int4 ? detail::dot_tile_vnni<true, R, N>(nullptr, 0, pm, pp, L, out) : detail::dot_tile_vnni<false, R, N>(nullptr, 0, pm, pp, L, out);
+                for (int i = 0; i < R; ++i)
+                    for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
+            };
+            auto const rows = [&]<int N>(std::int64_t p) {
+                for (std::int64_t m = 0; m < cr; m += MR) {
+                    switch (std::min(MR, cr - m)) {
+                        case 1: tile.template operator()<1, N>(m, p); break;
+                        case 2: tile.template operator()<2, N>(m, p); break;
+                        case 3: tile.template operator()<3, N>(m, p); break;
+                        case 4: tile.template operator()<4, N>(m, p); break;
+                        case 5: tile.template operator()<5, N>(m, p); break;
+                        default: tile.template operator()<6, N>(m, p); break;
+                    }
+                }
+            };
+            // AVX2: one panel per tile. VNNI: two; a lone row four (one row has registers to spare).
+            for (std::int64_t p = p0; p < p1;) {
+                if (native && cr == 1 && p1 - p >= 4) {
+                    tile.template operator()<1, 4>(0, p);
+                    p += 4;
+                } else if (native && p1 - p >= 2) {
+                    rows.template operator()<2>(p);
+                    p += 2;
+                } else {
+                    rows.template operator()<1>(p++);
                 }
             }
         }
