@@ -40,7 +40,7 @@
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SMOE_BF16_DOT_NATIVE 1
-#define SMOE_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define SMOE_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #else
 #define SMOE_BF16_DOT_NATIVE 0
 #endif
@@ -50,12 +50,12 @@ namespace smoe::inline v0::kernels::cpu {
 // Which dot step runs the k-pair kernels.
 enum class Bf16DotKernel { native, emulated };
 
-// Whether this CPU runs vdpbf16ps on zmm registers (AVX512-BF16 with F, BW and VL).
+// Whether this CPU runs vdpbf16ps on zmm registers (AVX512-BF16 with F, BW, VL and DQ).
 inline bool cpu_has_avx512_bf16() {
 #if SMOE_BF16_DOT_NATIVE
     __builtin_cpu_init();  // needed if this runs before the constructors (an expert built at static initialisation)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
 #else
     return false;
 #endif
@@ -186,6 +186,17 @@ struct Bf16DotNative {
     }
     SMOE_TARGET_AVX512_BF16 static void convert(float const* x, std::int64_t n, std::uint16_t* out) {
         std::int64_t i = 0;
+        // vcvtne2ps2bf16 rounds as to_bf16 except on fp32 denormals (read as zero) and NaN (payload kept):
+        // 32 lanes without either take it; the others round16.
+        for (; i + 32 <= n; i += 32) {
+            __m512 const lo = _mm512_loadu_ps(x + i), hi = _mm512_loadu_ps(x + i + 16);
+            if ((_mm512_fpclass_ps_mask(lo, 0xA1) | _mm512_fpclass_ps_mask(hi, 0xA1)) == 0) {
+                _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            } else {
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), round16(_mm512_castps_si512(lo)));
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 16), round16(_mm512_castps_si512(hi)));
+            }
+        }
         for (; i + 16 <= n; i += 16)
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), round16(_mm512_loadu_si512(x + i)));
         if (i < n) {
