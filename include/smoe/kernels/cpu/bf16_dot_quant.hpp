@@ -6,13 +6,13 @@
 //     part = +0; part = dpbf16(part, x pair, w pair) over the block's k pairs in order (vdpbf16ps's
 //     per-lane arithmetic, emulated_dpbf16); acc = fma(part, factor[o, b], acc)
 // The factors multiply the fp32 partial sum of their block, never a bf16 weight. The native kernel
-// (AVX512-BF16, runtime-detected) decodes the codes to bf16 in registers with table look-ups
-// (vpermt2w) and matches the emulation bit for bit.
+// (AVX512-BF16, runtime-detected) decodes the codes to bf16 with table look-ups (vpermt2w), in
+// registers for few rows and into an L1 buffer shared by up to 24 rows for more, and matches the
+// emulation bit for bit.
 //
 // Panels (16 output units, quant_panel.hpp's factor tables and runs): FP8 stores each k pair as 32
 // bytes, byte 2·slot + h = code of k = 2j + h; MXFP4 stores two k pairs in 32 bytes, pair 2q in the low
-// nibbles and pair 2q + 1 in the high nibbles of the same bytes. Activations are rounded per tile, 256 k
-// at a time, on the stack (as bf16_dot.hpp).
+// nibbles and pair 2q + 1 in the high nibbles of the same bytes.
 
 #include <algorithm>
 #include <cmath>
@@ -74,8 +74,6 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
 }
 
 namespace detail {
-
-inline constexpr std::int64_t kQDotBlock = 256;  // activations rounded at a time (even)
 
 // The bf16 weight pair of slot s at pair j.
 inline void bf16q_weights(QuantLayout const& L, std::uint8_t const* panel, std::int64_t j, int s, bf16& lo, bf16& hi) {
@@ -157,78 +155,241 @@ SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_decode(std::uint8_t con
     }
 }
 
-// MR rows x NP panels; partial sums in registers, the running sums in out (MR · NP · 16 floats).
+// Fewer than kQDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
+// which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
+// rounded to bf16 once per row tile or chunk into a stack buffer of kQXBytes (rounding them again for
+// every panel group was a fifth of the time).
+inline constexpr std::int64_t kQDecodeRows = 8, kQRows = 24, kQSub = 64, kQXBytes = 96 * 1024;
+
+// MR rows x NP panels over the factor blocks [r0, r1) of L.runs; the rows' bf16 activations are xb
+// (row i at xb + i·ldx, k from kbase, an odd K padded with a zero). The block partial sums stay in
+// registers, the running sums in out (MR · NP · 16 floats, accumulated): partial and running sums
+// together (36 at 6 x 3) would not fit the 32 registers beside the look-up tables.
 template <bool Fp8, int MR, int NP>
-[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_tile(float const* a, std::int64_t lda, std::uint8_t const* b0, QuantLayout const& L,
+[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_tile(std::uint16_t const* xb, std::int64_t ldx, std::int64_t kbase,
+                                                         std::uint8_t const* b0, QuantLayout const& L, std::size_t r0, std::size_t r1,
                                                          float* out) {
     BF16QRegs const t = bf16q_regs();
-    __m512 acc[MR][NP];
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
-    alignas(64) std::uint16_t xb[MR][kQDotBlock];
-    for (auto const& run : L.runs) {
+    for (std::size_t r = r0; r < r1; ++r) {
+        QuantRun const& run = L.runs[r];
         __m512 part[MR][NP];
 #pragma GCC unroll 6
         for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
             for (int j = 0; j < NP; ++j) part[i][j] = _mm512_setzero_ps();
-        for (std::int64_t k0 = run.k0; k0 < run.k1; k0 += kQDotBlock) {
-            std::int64_t const kb = std::min(kQDotBlock, run.k1 - k0), pairs = (kb + 1) / 2;
-            for (int i = 0; i < MR; ++i) Bf16DotNative::convert(a + i * lda + k0, kb, xb[i]);
-            for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
-                std::int64_t const pj = k0 / 2 + j2;
-                __m512i w[NP];
+        for (std::int64_t k = run.k0; k < run.k1; k += 2) {
+            std::int64_t const pj = k / 2;
+            __m512i w[NP];
 #pragma GCC unroll 3
-                for (int j = 0; j < NP; ++j) {
-                    std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-                    _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
-                    w[j] = bf16q_decode<Fp8>(p, pj, t);
-                }
+            for (int j = 0; j < NP; ++j) {
+                std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
+                _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
+                w[j] = bf16q_decode<Fp8>(p, pj, t);
+            }
 #pragma GCC unroll 6
-                for (int i = 0; i < MR; ++i) {
-                    std::uint32_t x;
-                    std::memcpy(&x, &xb[i][2 * j2], sizeof x);
-                    __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
+            for (int i = 0; i < MR; ++i) {
+                std::uint32_t x;
+                std::memcpy(&x, xb + i * ldx + (k - kbase), sizeof x);
+                __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
 #pragma GCC unroll 3
-                    for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
-                }
+                for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
             }
         }
         for (int j = 0; j < NP; ++j) {
             __m512 const s = _mm512_loadu_ps(b0 + j * L.pstride + L.scale_off + run.table * kPanelCols * 4);
-            for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(part[i][j], s, acc[i][j]);
+            for (int i = 0; i < MR; ++i) {
+                float* const o = out + (i * NP + j) * kPanelCols;
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(part[i][j], s, _mm512_loadu_ps(o)));
+            }
         }
     }
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) _mm512_storeu_ps(out + (i * NP + j) * kPanelCols, acc[i][j]);
 }
 
+
+// Rows [m, m + MR), panels [p0, p1), three at a time and the rest one by one.
 template <bool Fp8, int MR, class Epi>
 void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
                      std::int64_t p1, Epi& epi) {
+    alignas(64) std::uint16_t xb[kQXBytes / 2];
     alignas(64) float out[MR * 3 * kPanelCols];
+    std::int64_t const cap = kQXBytes / 2 / MR;  // bf16 per row in xb
+    std::size_t const runs = L.runs.size();
+    // Rows' k in [k0, k1) into xb, row stride ldx (even, > k1 - k0 when that is odd).
+    auto const convert = [&](std::int64_t k0, std::int64_t k1, std::int64_t ldx) {
+        for (int i = 0; i < MR; ++i) Bf16DotNative::convert(A.row(m + i) + k0, k1 - k0, xb + i * ldx);
+    };
+    bool const whole = (L.K + 1) / 2 * 2 <= cap;
+    if (whole) convert(0, L.K, (L.K + 1) / 2 * 2);
     for (std::int64_t p = p0; p < p1;) {
         int const np = p1 - p >= 3 ? 3 : 1;
-        if (np == 3)
-            bf16q_tile<Fp8, MR, 3>(A.row(m), A.ld, panels + p * L.pstride, L, out);
-        else
-            bf16q_tile<Fp8, MR, 1>(A.row(m), A.ld, panels + p * L.pstride, L, out);
+        std::fill(out, out + MR * np * kPanelCols, 0.0f);
+        auto const tile = [&](std::int64_t ldx, std::int64_t kbase, std::size_t r0, std::size_t r1) {
+            if (np == 3)
+                bf16q_tile<Fp8, MR, 3>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out);
+            else
+                bf16q_tile<Fp8, MR, 1>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out);
+        };
+        if (whole) {
+            tile((L.K + 1) / 2 * 2, 0, 0, runs);
+        } else {
+            for (std::size_t r0 = 0, r1; r0 < runs; r0 = r1) {  // a block is at most 2^15 k: one always fits
+                std::int64_t const k0 = L.runs[r0].k0;
+                for (r1 = r0 + 1; r1 < runs && (L.runs[r1].k1 - k0 + 1) / 2 * 2 <= cap; ++r1) {}
+                std::int64_t const k1 = L.runs[r1 - 1].k1, ldx = (k1 - k0 + 1) / 2 * 2;
+                convert(k0, k1, ldx);
+                tile(ldx, k0, r0, r1);
+            }
+        }
         for (int i = 0; i < MR; ++i)
             for (int j = 0; j < np; ++j) epi.store(m + i, p + j, static_cast<float const*>(out + (i * np + j) * kPanelCols));
         p += np;
     }
 }
 
-// Rows in tiles of 6, the rest as 4 + 2 + 1; panels 3 at a time, the rest one by one.
+// From kQDecodeRows rows on, each panel's codes are decoded once per chunk of up to 24 rows (kQRows),
+// kQSub k pairs at a time into a bf16 buffer, and the rows run over it as bf16_dot.hpp runs bf16 weights:
+// decoding in registers for every 6-row tile cost as much as the dot products (FP8, 64 rows, one
+// thread: 172 against 138 GFLOP/s). Partial sums of the open factor block (part) and running sums
+// (acc) live in memory between sub-blocks: same operations, same order.
+
+// Pairs [j0, j0 + n) of NP panels decoded into w: pair j2 of panel j at w + (j2 · NP + j) · 32.
+template <bool Fp8, int NP>
+[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_decode_sub(std::uint8_t const* b0, QuantLayout const& L, std::int64_t j0,
+                                                               std::int64_t n, std::uint16_t* w) {
+    BF16QRegs const t = bf16q_regs();
+    for (std::int64_t j2 = 0; j2 < n; ++j2) {
+        std::int64_t const pj = j0 + j2;
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; ++j) {
+            std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
+            _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
+            _mm512_store_si512(w + (j2 * NP + j) * 32, bf16q_decode<Fp8>(p, pj, t));
+        }
+    }
+}
+
+// MR rows x NP panels over the decoded pairs of k in [k, e) (w: pair (k - kw) / 2 onward, decoded from
+// kw): part (MR · NP · 16 floats) accumulates the open factor block's dot products; at the end of each
+// block (L.runs[r] onward) acc += part · factors and part restarts from zero. Row i's activation of k is
+// x[i · ldx + k - kx].
+template <int MR, int NP>
+[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_dots(std::uint16_t const* x, std::int64_t ldx, std::int64_t kx, std::uint16_t const* w, std::int64_t kw,
+                                                         std::int64_t k, std::int64_t e, QuantLayout const& L, std::size_t r,
+                                                         std::uint8_t const* b0, float* part, float* acc, std::int64_t width) {
+    __m512 sum[MR][NP];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; ++j) sum[i][j] = _mm512_loadu_ps(part + i * width + j * kPanelCols);
+    while (k < e) {
+        std::int64_t const stop = std::min(e, L.runs[r].k1), n = (stop - k + 1) / 2;
+        std::uint16_t const* wk = w + (k - kw) / 2 * NP * 32;
+        std::uint16_t const* xk = x + (k - kx);
+        for (std::int64_t j2 = 0; j2 < n; ++j2, wk += NP * 32, xk += 2) {
+            __m512i wv[NP];
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; ++j) {
+                wv[j] = _mm512_load_si512(wk + j * 32);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                std::uint32_t xv;
+                std::memcpy(&xv, xk + i * ldx, sizeof xv);
+                __m512bh const xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xv));
+#pragma GCC unroll 3
+                for (int j = 0; j < NP; ++j) sum[i][j] = _mm512_dpbf16_ps(sum[i][j], xb, (__m512bh)wv[j]);
+            }
+        }
+        k += 2 * n;
+        if (k == L.runs[r].k1 || k >= L.K) {  // the block is complete: its factors multiply its partial sums
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; ++j) {
+                __m512 const s = _mm512_loadu_ps(b0 + j * L.pstride + L.scale_off + L.runs[r].table * kPanelCols * 4);
+#pragma GCC unroll 8
+                for (int i = 0; i < MR; ++i) {
+                    float* const a = acc + i * width + j * kPanelCols;
+                    _mm512_storeu_ps(a, _mm512_fmadd_ps(sum[i][j], s, _mm512_loadu_ps(a)));
+                    sum[i][j] = _mm512_setzero_ps();
+                }
+            }
+            ++r;
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; ++j) _mm512_storeu_ps(part + i * width + j * kPanelCols, sum[i][j]);
+}
+
+// Rows [m0, m0 + rows), rows <= kQRows, x panels [p0, p1): three panels at a time, the rest one by one.
+template <bool Fp8, class Epi>
+void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, QuantLayout const& L, std::uint8_t const* panels,
+                 std::int64_t p0, std::int64_t p1, Epi& epi) {
+    alignas(64) std::uint16_t xb[kQXBytes / 2];
+    alignas(64) std::uint16_t w[kQSub * 3 * 32];
+    alignas(64) float part[kQRows * 3 * kPanelCols], acc[kQRows * 3 * kPanelCols];
+    std::int64_t const K = L.K, Kp = (K + 1) / 2 * 2;
+    // Activations of all of K when the chunk's rows fit xb, else a span of k at a time per panel group.
+    std::int64_t const cap = kQXBytes / 2 / rows / 2 * 2;
+    bool const whole = Kp <= cap;
+    std::int64_t const span = whole ? Kp : cap;
+    auto const convert = [&](std::int64_t k0, std::int64_t k1) {
+        for (std::int64_t i = 0; i < rows; ++i) Bf16DotNative::convert(A.row(m0 + i) + k0, k1 - k0, xb + i * span);
+    };
+    if (whole) convert(0, K);
+    for (std::int64_t p = p0; p < p1;) {
+        int const np = p1 - p >= 3 ? 3 : 1;
+        std::uint8_t const* const b0 = panels + p * L.pstride;
+        std::int64_t const width = np * kPanelCols;  // floats per row in part and acc
+        std::fill(acc, acc + rows * width, 0.0f);
+        std::fill(part, part + rows * width, 0.0f);
+        std::size_t r = 0;  // the open factor block
+        for (std::int64_t k0 = 0; k0 < K; k0 += span) {
+            std::int64_t const k1 = std::min(K, k0 + span);
+            if (!whole) convert(k0, k1);
+            std::int64_t const kx = whole ? 0 : k0;  // row i's k at xb[i · span + k - kx]
+            for (std::int64_t k = k0; k < k1;) {
+                std::int64_t const e = std::min(k1, k + 2 * kQSub);
+                if (np == 3)
+                    bf16q_decode_sub<Fp8, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
+                else
+                    bf16q_decode_sub<Fp8, 1>(b0, L, k / 2, (e - k + 1) / 2, w);
+                std::int64_t m = 0;
+                auto const dots = [&]<int R>() {
+                    if (np == 3)
+                        bf16q_dots<R, 3>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width, width);
+                    else
+                        bf16q_dots<R, 1>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width, width);
+                    m += R;
+                };
+                while (rows - m >= 8) dots.template operator()<8>();
+                if (rows - m >= 4) dots.template operator()<4>();
+                if (rows - m >= 2) dots.template operator()<2>();
+                if (rows - m >= 1) dots.template operator()<1>();
+                for (k = e; r < L.runs.size() && (L.runs[r].k1 <= k); ++r) {}
+            }
+        }
+        for (std::int64_t i = 0; i < rows; ++i)
+            for (int j = 0; j < np; ++j) epi.store(m0 + i, p + j, static_cast<float const*>(acc + i * width + j * kPanelCols));
+        p += np;
+    }
+}
+
 template <bool Fp8, class Epi>
 void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
-    // (Decoding a 256-k sub-block once for up to 96 rows instead of once per 6-row tile was measured and
-    // changed nothing at T = 512: the look-up decode is not what limits this path.)
-    std::int64_t m = 0;
-    for (; m + 6 <= A.rows; m += 6) bf16q_tile_rows<Fp8, 6>(A, m, L, panels, p0, p1, epi);
-    if (m + 4 <= A.rows) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
-    if (m + 2 <= A.rows) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
-    if (m < A.rows) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi);
+    std::int64_t const M = A.rows;
+    if (M < kQDecodeRows) {
+        std::int64_t m = 0;
+        if (M - m >= 4) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
+        if (M - m >= 2) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
+        if (M - m >= 1) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi);
+        return;
+    }
+    // Chunks of up to 24 rows, fewer where that lets the rows hold all of K in the buffer (at least 8),
+    // split evenly.
+    std::int64_t const fit = std::clamp<std::int64_t>(kQXBytes / 2 / ((L.K + 1) / 2 * 2), kQDecodeRows, kQRows);
+    std::int64_t const chunks = (M + fit - 1) / fit, rows = (M + chunks - 1) / chunks;
+    for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<Fp8>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi);
 }
 #endif
 
