@@ -200,6 +200,23 @@ TEST_CASE("the int4 layouts of formats.md sec. 1.5 are written as the spec print
     CHECK(smoe::quant::name(w.format, 16) == "int4-g8-sym");
     CHECK(row(w, 0) == kSymRow0);
 
+    SECTION("compressed-tensors <= 0.8: zero points unpacked, I8 [R, G] holding z - 8") {
+        auto const ct08 = [&](std::vector<std::int8_t> const& z8) {
+            TensorMap c;
+            put(c, "P.weight_packed", Dtype::I32, {a.R, (a.C + 7) / 8}, a.ct_packed());
+            put(c, "P.weight_scale", Dtype::F32, {a.R, a.G()}, a.s);
+            put(c, "P.weight_shape", Dtype::I64, {2}, std::vector<std::int64_t>{a.R, a.C});
+            put(c, "P.weight_zero_point", Dtype::I8, {a.R, a.G()}, z8);
+            return read_one(c, ct_int4(8, false), "P", 8, 16);
+        };
+        std::vector<std::int8_t> z8;
+        for (int z : a.z) z8.push_back(static_cast<std::int8_t>(z - 8));
+        auto const wc = ct08(z8);
+        CHECK(row(wc, 5) == kAsymRow5);
+        CHECK(wc.dequantize() == a.deq());
+        z8[3] = 9;  // beyond a signed nibble
+        CHECK_THROWS_WITH(ct08(z8), Contains("weight_zero_point") && Contains("[1, 1]") && Contains("-8..7"));
+    }
     SECTION("act order: GPTQ v1 desc_act and compressed-tensors actorder group") {
         Int4 ag = a;
         ag.gidx = kGidx;
@@ -228,6 +245,32 @@ TEST_CASE("FP8 (sec. 2.4), int8 per channel (sec. 1.7) and MXFP4 (sec. 3.3, per 
         auto const w = read_one(m, {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}, {"weight_block_size", {2, 4}}}, "P", 3, 6);
         CHECK(smoe::quant::name(w.format, 6) == "fp8-e4m3-b2x4");
         CHECK(w.dequantize() == std::vector<float>{0.5, 1, -0.5, 0, 0.375, 0.75, 0.25, -1, 224, 0.0009765625, 1, -0.375, 1.5, 2.5, -896, 0.03125, 1, 0.03125});
+    }
+    SECTION("FP8 scale_fmt ue8m0: power-of-two factors as F32 or as E8M0 bytes (F8_E8M0, U8), 255 refused") {
+        json const qc = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}, {"weight_block_size", {2, 4}},
+                         {"scale_fmt", "ue8m0"}};
+        std::vector<std::uint8_t> const e8 = {126, 125, 128, 124};  // 0.5, 0.25, 2, 0.125 as in the section above
+        std::vector<float> const want = {0.5, 1, -0.5, 0, 0.375, 0.75, 0.25, -1, 224, 0.0009765625, 1, -0.375, 1.5, 2.5, -896, 0.03125, 1, 0.03125};
+        for (Dtype const dt : {Dtype::F8_E8M0, Dtype::U8}) {
+            TensorMap m;
+            put(m, "P.weight", Dtype::F8_E4M3, {3, 6}, codes);
+            put(m, "P.weight_scale_inv", dt, {2, 2}, e8);
+            CHECK(read_one(m, qc, "P", 3, 6).dequantize() == want);
+        }
+        TensorMap f;
+        put(f, "P.weight", Dtype::F8_E4M3, {3, 6}, codes);
+        put(f, "P.weight_scale_inv", Dtype::F32, {2, 2}, std::vector<float>{0.5f, 0.25f, 2.0f, 0.125f});
+        CHECK(read_one(f, qc, "P", 3, 6).dequantize() == want);
+        TensorMap nan;
+        put(nan, "P.weight", Dtype::F8_E4M3, {3, 6}, codes);
+        put(nan, "P.weight_scale_inv", Dtype::U8, {2, 2}, std::vector<std::uint8_t>{126, 255, 128, 124});
+        CHECK_THROWS_WITH(read_one(nan, qc, "P", 3, 6), Contains("weight_scale_inv") && Contains("255") && Contains("E8M0"));
+        TensorMap plain;  // without ue8m0, byte factors are not a float dtype
+        put(plain, "P.weight", Dtype::F8_E4M3, {3, 6}, codes);
+        put(plain, "P.weight_scale_inv", Dtype::U8, {2, 2}, e8);
+        json qf = qc;
+        qf.erase("scale_fmt");
+        CHECK_THROWS_WITH(read_one(plain, qf, "P", 3, 6), Contains("weight_scale_inv") && Contains("dtype"));
     }
     SECTION("FP8 channel and tensor factors, compressed-tensors float-quantized") {
         auto const cfg = [](std::string const& strategy) {
