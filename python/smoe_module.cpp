@@ -144,7 +144,8 @@ struct SharedPool {
 };
 
 SharedPool& shared_pool(std::int64_t num_threads) {
-    smoe::detail::require_in_range("num_threads", num_threads, 1, smoe::limits::kMaxThreads, "smoe::limits::kMaxThreads");
+    smoe::detail::require_in_range("num_threads", num_threads, 1, smoe::limits::kMaxThreads,
+                                   "smoe::limits::kMaxThreads");
     static std::mutex mu;
     static auto* pools = new std::map<std::int64_t, std::unique_ptr<SharedPool>>();
     std::lock_guard lock(mu);
@@ -155,6 +156,16 @@ SharedPool& shared_pool(std::int64_t num_threads) {
 
 template <class W>
 using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<W>, smoe::balance::None>;
+
+// The layer over fused gate_up [E, 2f, d] and down [E, d, f] of format W; packs them (their only read).
+template <class W>
+std::unique_ptr<Layer<W>> make_layer(smoe::router::TopKConfig const& router, smoe::expert::SwiGLUConfig const& expert,
+                                     std::int64_t max_tokens, smoe::MatrixView<float const> gate, Array const& gu,
+                                     Array const& dn) {
+    auto const w = smoe::expert::SwiGLUWeights<W>::fused(gu.data<W>(), dn.data<W>(), expert);
+    return std::make_unique<Layer<W>>(typename Layer<W>::Config{router, expert, {}, max_tokens},
+                                      typename Layer<W>::Weights{gate, {}, w});
+}
 
 class Experts {
 public:
@@ -167,8 +178,10 @@ public:
         E_ = gu.shape[0], f_ = gu.shape[1] / 2, d_ = gu.shape[2];
         require_shape(dn, "down", {E_, d_, f_});
         if (dn.dtype != gu.dtype)
-            fail("down", std::string("dtype ") + name_of(dn.dtype), std::string("gate_up's dtype, ") + name_of(gu.dtype));
-        smoe::detail::require_in_range("max_tokens", max_tokens, 1, smoe::limits::kMaxTokens, "smoe::limits::kMaxTokens");
+            fail("down", std::string("dtype ") + name_of(dn.dtype),
+                 std::string("gate_up's dtype, ") + name_of(gu.dtype));
+        smoe::detail::require_in_range("max_tokens", max_tokens, 1, smoe::limits::kMaxTokens,
+                                       "smoe::limits::kMaxTokens");
         auto const dot = smoe::expert::parse_bf16_dot(bf16_dot);
         if (!dot) fail("bf16_dot", bf16_dot, "automatic, off, on or emulated");
         bf16_ = gu.dtype == DType::bf16;
@@ -176,20 +189,13 @@ public:
         chunk_ = max_tokens;
         gate_.assign(static_cast<std::size_t>(E_ * d_), 0.0f);  // never read by forward_routed; the layer asks for one
         smoe::router::TopKConfig const router{.num_experts = E_, .top_k = top_k};
-        smoe::expert::SwiGLUConfig const expert{.hidden_size = d_, .intermediate_size = f_, .num_experts = E_, .bf16_dot = *dot};
+        smoe::expert::SwiGLUConfig const expert{
+            .hidden_size = d_, .intermediate_size = f_, .num_experts = E_, .bf16_dot = *dot};
         smoe::MatrixView<float const> const gate(gate_.data(), E_, d_);
         {
             py::gil_scoped_release release;  // packing reads every weight once: let other threads run
-            if (bf16_)
-                lb_ = std::make_unique<Layer<smoe::bf16>>(
-                    typename Layer<smoe::bf16>::Config{router, expert, {}, max_tokens},
-                    typename Layer<smoe::bf16>::Weights{gate, {}, smoe::expert::SwiGLUWeights<smoe::bf16>::fused(
-                                                                      gu.data<smoe::bf16>(), dn.data<smoe::bf16>(), expert)});
-            else
-                lf_ = std::make_unique<Layer<float>>(
-                    typename Layer<float>::Config{router, expert, {}, max_tokens},
-                    typename Layer<float>::Weights{gate, {}, smoe::expert::SwiGLUWeights<float>::fused(
-                                                                 gu.data<float>(), dn.data<float>(), expert)});
+            if (bf16_) lb_ = make_layer<smoe::bf16>(router, expert, max_tokens, gate, gu, dn);
+            else lf_ = make_layer<float>(router, expert, max_tokens, gate, gu, dn);
         }
         x32_.resize(static_cast<std::size_t>(chunk_ * d_));
         y32_.resize(static_cast<std::size_t>(chunk_ * d_));
@@ -208,7 +214,8 @@ public:
     // The layer's workspace for max_tokens rows plus this object's conversion buffers (the routing
     // buffers grow with the largest call, not counted).
     std::size_t workspace_bytes() const {
-        return (bf16_ ? lb_->workspace_size() : lf_->workspace_size()) + (x32_.size() + y32_.size() + gate_.size()) * sizeof(float);
+        std::size_t const own = (x32_.size() + y32_.size() + gate_.size()) * sizeof(float);
+        return (bf16_ ? lb_->workspace_size() : lf_->workspace_size()) + own;
     }
 
     void set_num_threads(std::int64_t n) {
@@ -221,18 +228,20 @@ public:
 
     // out[t] = Σ_j top_k_weights[t, j] · f_{top_k_index[t, j]}(hidden[t]), in fp32, rounded once to
     // hidden's dtype. Validates everything before computing anything, so a bad call writes nothing.
-    py::object forward(py::handle hidden, py::handle top_k_index, py::handle top_k_weights, py::object out) {
+    py::object forward_routed(py::handle hidden, py::handle top_k_index, py::handle top_k_weights, py::object out) {
         Array const x = view(hidden, "hidden", {DType::f32, DType::bf16}, 2);
         require_shape(x, "hidden", {-1, d_});
         std::int64_t const T = x.shape[0];
         Array const ids = view(top_k_index, "top_k_index", {DType::i64, DType::i32}, 2);
         require_shape(ids, "top_k_index", {T, -1});
         std::int64_t const K = ids.shape[1];
-        if (K > k_) fail("top_k_index", "shape " + shape_text(ids.shape), "at most top_k = " + std::to_string(k_) + " columns");
+        if (K > k_)
+            fail("top_k_index", "shape " + shape_text(ids.shape), "at most top_k = " + std::to_string(k_) + " columns");
         Array const w = view(top_k_weights, "top_k_weights", {DType::f32, DType::bf16}, 2);
         require_shape(w, "top_k_weights", {T, K});
         if (out.is_none()) {
-            out = x.dtype == DType::f32 ? py::object(py::array_t<float>({T, d_})) : py::object(py::array_t<std::int16_t>({T, d_}));
+            out = x.dtype == DType::f32 ? py::object(py::array_t<float>({T, d_}))
+                                        : py::object(py::array_t<std::int16_t>({T, d_}));
         }
         Array const y = view(out, "out", {x.dtype}, 2, /*writable=*/true);
         require_shape(y, "out", {T, d_});
@@ -258,12 +267,15 @@ private:
         for (std::int64_t t = 0; t < T; ++t)
             for (std::int64_t j = 0; j < K; ++j) {
                 std::int64_t const i = t * K + j;
-                std::int64_t const e = ids.dtype == DType::i64 ? ids.data<std::int64_t>()[i] : ids.data<std::int32_t>()[i];
+                std::int64_t const e =
+                    ids.dtype == DType::i64 ? ids.data<std::int64_t>()[i] : ids.data<std::int32_t>()[i];
                 float const wt = widen(w, i);
                 auto at = [&] { return " at token " + std::to_string(t) + ", slot " + std::to_string(j); };
                 if (e < -1 || e >= E_)
-                    fail("top_k_index", std::to_string(e) + at(), "an expert id in [0, " + std::to_string(E_) + ") or -1 for an empty slot");
-                if (e >= 0 && !std::isfinite(wt)) fail("top_k_weights", smoe::detail::to_text(wt) + at(), "finite weights");
+                    fail("top_k_index", std::to_string(e) + at(),
+                         "an expert id in [0, " + std::to_string(E_) + ") or -1 for an empty slot");
+                if (e >= 0 && !std::isfinite(wt))
+                    fail("top_k_weights", smoe::detail::to_text(wt) + at(), "finite weights");
                 for (std::int64_t jj = 0; jj < j && e >= 0; ++jj)
                     if (ids32_[static_cast<std::size_t>(t * K + jj)] == e)
                         fail("top_k_index", std::to_string(e) + at(), "each expert at most once per token");
@@ -278,7 +290,8 @@ private:
             std::int64_t const n = std::min(chunk_, T - t0);
             float const* xs = x.dtype == DType::f32 ? x.data<float>() + t0 * d_ : x32_.data();
             if (x.dtype == DType::bf16)
-                for (std::int64_t i = 0; i < n * d_; ++i) x32_[static_cast<std::size_t>(i)] = smoe::to_float(x.data<smoe::bf16>()[t0 * d_ + i]);
+                for (std::int64_t i = 0; i < n * d_; ++i)
+                    x32_[static_cast<std::size_t>(i)] = smoe::to_float(x.data<smoe::bf16>()[t0 * d_ + i]);
             float* ys = y.dtype == DType::f32 ? y.mutable_data<float>() + t0 * d_ : y32_.data();
             smoe::MatrixView<float const> const xv(xs, n, d_);
             smoe::MatrixView<std::int32_t const> const iv(ids32_.data() + t0 * K, n, K);
@@ -287,7 +300,8 @@ private:
             if (bf16_) lb_->forward_routed(xv, iv, wv, yv);
             else lf_->forward_routed(xv, iv, wv, yv);
             if (y.dtype == DType::bf16)
-                for (std::int64_t i = 0; i < n * d_; ++i) y.mutable_data<smoe::bf16>()[t0 * d_ + i] = smoe::to_bf16(y32_[static_cast<std::size_t>(i)]);
+                for (std::int64_t i = 0; i < n * d_; ++i)
+                    y.mutable_data<smoe::bf16>()[t0 * d_ + i] = smoe::to_bf16(y32_[static_cast<std::size_t>(i)]);
         }
     }
 
@@ -316,8 +330,8 @@ bf16_dot: "automatic" (AVX512-BF16 where the CPU has it), "off", "on" or "emulat
         .def(py::init<py::handle, py::handle, std::int64_t, std::int64_t, std::int64_t, std::string const&>(),
              py::arg("gate_up"), py::arg("down"), py::arg("top_k"), py::kw_only(), py::arg("num_threads") = 1,
              py::arg("max_tokens") = 256, py::arg("bf16_dot") = "automatic")
-        .def("forward", &Experts::forward, py::arg("hidden"), py::arg("top_k_index"), py::arg("top_k_weights"),
-             py::kw_only(), py::arg("out") = py::none(), R"doc(
+        .def("forward_routed", &Experts::forward_routed, py::arg("hidden"), py::arg("top_k_index"),
+             py::arg("top_k_weights"), py::kw_only(), py::arg("out") = py::none(), R"doc(
 out[t] = sum_j top_k_weights[t, j] * f_{top_k_index[t, j]}(hidden[t]) (fp32 inside, rounded once).
 
 hidden: [T, d] float32 or bf16 bits; top_k_index: [T, K] int64 or int32, K <= top_k, -1 = empty slot;

@@ -18,9 +18,13 @@ if [[ "${2:-}" == "--reuse" ]]; then
   echo "${3:?--reuse needs a site-packages folder}" > "${site}/smoe-reuse.pth"
 fi
 "${venv}/bin/pip" install -q --upgrade pip
-if ! "${venv}/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' scripts/requirements-hf.txt)"; then
-  echo "hf-venv: the CPU-only torch index is unreachable; torch comes from PyPI"
+cpu_index=https://download.pytorch.org/whl/cpu
+if "${venv}/bin/python" -c "import urllib.request as u; u.urlopen('${cpu_index}/', timeout=10)" 2>/dev/null; then
+  "${venv}/bin/pip" install -q --index-url "${cpu_index}" --extra-index-url https://pypi.org/simple \
+    "$(grep '^torch==' scripts/requirements-hf.txt)"
+else
+  echo "hf-venv: ${cpu_index} is unreachable; torch comes from PyPI"
 fi
 "${venv}/bin/pip" install -q -r scripts/requirements-hf.txt
 "${venv}/bin/pip" install -q .
-"${venv}/bin/python" -c 'import smoe, torch, transformers; print("hf-venv: smoe", smoe.__file__, "torch", torch.__version__, "transformers", transformers.__version__)'
+"${venv}/bin/python" -c 'import smoe, torch, transformers; print("hf-venv:", smoe.__file__, torch.__version__, transformers.__version__)'

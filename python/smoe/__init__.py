@@ -2,7 +2,7 @@
 
     import smoe
     experts = smoe.Experts(gate_up, down, top_k=2, num_threads=2)   # numpy arrays; packed once
-    out = experts.forward(hidden, top_k_index, top_k_weights)      # routing computed by the host
+    out = experts.forward_routed(hidden, top_k_index, top_k_weights)  # routing computed by the host
 
 `smoe.hf.register()` makes it a Hugging Face transformers experts implementation (needs torch).
 """

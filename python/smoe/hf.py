@@ -142,6 +142,6 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
         experts.num_threads = n
     x = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty_like(x)
-    experts.forward(_numpy(x), _numpy(top_k_index.reshape(x.shape[0], -1)), _numpy(w.reshape(x.shape[0], -1)),
-                    out=_numpy(out))
+    experts.forward_routed(_numpy(x), _numpy(top_k_index.reshape(x.shape[0], -1)),
+                           _numpy(w.reshape(x.shape[0], -1)), out=_numpy(out))
     return out.view(hidden_states.shape)

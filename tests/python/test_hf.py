@@ -216,7 +216,8 @@ def main():
             results[key] = r
             failed += not (r["result"] in ("ok", "refused"))
             extra = "" if "module_max" not in r else (
-                " module max %.1e rms %.1e (%d), logits %.1e (grouped_mm %.1e), same tokens %s (grouped_mm %s), calls %d"
+                " module max %.1e rms %.1e (%d), logits %.1e (grouped_mm %.1e), same tokens %s (grouped_mm %s),"
+                " calls %d"
                 % (r["module_max"], r["module_rms"], r["modules"], r["logits_max"], r["grouped_mm_logits_max"],
                    r["same_tokens"], r["grouped_mm_same_tokens"], r["smoe_calls"]))
             print("%-28s %s%s" % (key, r["result"] if "message" not in r else "refused: " + r["message"], extra),

@@ -76,7 +76,7 @@ def test_fp32_matches_the_float64_oracle():
     rng = np.random.default_rng(1)
     for E, f, d, T, K in SHAPES:
         gu, dn, x, idx, w = problem(rng, E, f, d, T, K, empty_slots=True)
-        y = smoe.Experts(gu, dn, K, max_tokens=32).forward(x, idx, w)
+        y = smoe.Experts(gu, dn, K, max_tokens=32).forward_routed(x, idx, w)
         check(y.dtype == np.float32 and y.shape == (T, d), "fp32 output dtype/shape %s %s" % (y.dtype, y.shape))
         e = err(y, oracle(gu, dn, x, idx, w))
         check(e <= 2e-5, "fp32 E=%d f=%d d=%d T=%d K=%d: err %.3g > 2e-5" % (E, f, d, T, K, e))
@@ -90,29 +90,29 @@ def test_bf16_weights_and_inputs_match_the_oracle_on_the_same_bf16_values():
         ref = oracle(from_bf16(gub), from_bf16(dnb), from_bf16(xb), idx, from_bf16(wb))
         exact = smoe.Experts(gub, dnb, K, bf16_dot="off")
         check(exact.weight_dtype == "bfloat16" and not exact.uses_bf16_dot, "bf16 weights on the fp32 path")
-        y32 = exact.forward(from_bf16(xb), idx, wb)  # fp32 hidden, bf16 routing weights
+        y32 = exact.forward_routed(from_bf16(xb), idx, wb)  # fp32 hidden, bf16 routing weights
         check(err(y32, ref) <= 2e-5, "bf16 weights, fp32 out, T=%d: err %.3g > 2e-5" % (T, err(y32, ref)))
-        y16 = exact.forward(xb, idx.astype(np.int32), wb)  # bf16 hidden -> bf16 out, rounded once
+        y16 = exact.forward_routed(xb, idx.astype(np.int32), wb)  # bf16 hidden -> bf16 out, rounded once
         check(y16.dtype == np.int16 and y16.shape == (T, d), "bf16 output as int16 bits")
         check(err(from_bf16(y16), ref) <= 5e-3, "bf16 out, T=%d: err %.3g > 5e-3" % (T, err(from_bf16(y16), ref)))
         check(np.array_equal(y16, to_bf16(y32)), "bf16 output = the fp32 result rounded once (RNE)")
         fast = smoe.Experts(gub, dnb, K)  # AVX512-BF16 where the CPU has it: x and h rounded to bf16
-        yf = fast.forward(from_bf16(xb), idx, wb)
+        yf = fast.forward_routed(from_bf16(xb), idx, wb)
         check(err(yf, ref) <= 1e-2, "bf16 dot path (%s), T=%d: err %.3g > 1e-2" % (fast.uses_bf16_dot, T, err(yf, ref)))
 
 
 def test_threads_chunks_and_dtypes_of_the_routing_change_no_bit():
     rng = np.random.default_rng(3)
     gu, dn, x, idx, w = problem(rng, 12, 40, 48, 50, 4, empty_slots=True)
-    base = smoe.Experts(gu, dn, 4, num_threads=1, max_tokens=256).forward(x, idx, w)
+    base = smoe.Experts(gu, dn, 4, num_threads=1, max_tokens=256).forward_routed(x, idx, w)
     other = smoe.Experts(gu, dn, 6, num_threads=2, max_tokens=7)
     check(other.num_threads == 2 and other.top_k == 6, "properties")
-    check(np.array_equal(base, other.forward(x, idx.astype(np.int32), w)), "2 threads, chunks of 7, int32 ids")
+    check(np.array_equal(base, other.forward_routed(x, idx.astype(np.int32), w)), "2 threads, chunks of 7, int32 ids")
     other.num_threads = 1
     out = np.full_like(base, 7.0)
-    got = other.forward(x, idx, w, out=out)
+    got = other.forward_routed(x, idx, w, out=out)
     check(got is out and np.array_equal(out, base), "out= is written in place and returned")
-    alone = np.concatenate([other.forward(x[t:t + 1], idx[t:t + 1], w[t:t + 1]) for t in range(x.shape[0])])
+    alone = np.concatenate([other.forward_routed(x[t:t + 1], idx[t:t + 1], w[t:t + 1]) for t in range(x.shape[0])])
     check(np.array_equal(alone, base), "a row alone = the row in a batch (rule 3)")
 
 
@@ -120,9 +120,9 @@ def test_nan_in_one_hidden_row_stays_in_that_row():
     rng = np.random.default_rng(4)
     gu, dn, x, idx, w = problem(rng, 6, 16, 32, 9, 2)
     ex = smoe.Experts(gu, dn, 2, num_threads=2)
-    clean = ex.forward(x, idx, w)
+    clean = ex.forward_routed(x, idx, w)
     x[4, 3] = np.nan
-    y = ex.forward(x, idx, w)
+    y = ex.forward_routed(x, idx, w)
     check(np.isnan(y[4]).any(), "the NaN row is NaN")
     rest = np.arange(9) != 4
     check(np.array_equal(y[rest], clean[rest]), "the other rows are unchanged")
@@ -164,7 +164,7 @@ def test_bad_calls_raise_value_error_naming_the_argument_and_write_nothing():
     def call(**kw):
         a = dict(hidden=x, top_k_index=idx, top_k_weights=w, out=out)
         a.update(kw)
-        return lambda: ex.forward(a["hidden"], a["top_k_index"], a["top_k_weights"], out=a["out"])
+        return lambda: ex.forward_routed(a["hidden"], a["top_k_index"], a["top_k_weights"], out=a["out"])
 
     raises(call(hidden=x.astype(np.float64)), "hidden", "float64")
     raises(call(hidden=x[:, :7].copy()), "hidden", "[5, 7]")
@@ -172,7 +172,8 @@ def test_bad_calls_raise_value_error_naming_the_argument_and_write_nothing():
     raises(call(hidden=x[0]), "hidden", "2 dimensions")
     raises(call(top_k_index=idx.astype(np.float32)), "top_k_index", "float32")
     raises(call(top_k_index=idx[:4]), "top_k_index", "[4, 2]")
-    raises(call(top_k_index=np.zeros((5, 3), np.int64), top_k_weights=np.ones((5, 3), np.float32)), "top_k_index", "top_k = 2")
+    three = dict(top_k_index=np.zeros((5, 3), np.int64), top_k_weights=np.ones((5, 3), np.float32))
+    raises(call(**three), "top_k_index", "top_k = 2")
     raises(call(top_k_weights=w[:, :1].copy()), "top_k_weights", "[5, 1]")
     raises(call(top_k_weights=w.astype(np.float64)), "top_k_weights", "float64")
     raises(call(out=np.zeros((5, 8), np.int16)), "out", "dtype")
@@ -193,7 +194,7 @@ def test_bad_calls_raise_value_error_naming_the_argument_and_write_nothing():
     v = w.copy()
     v[1, 0], i = np.nan, idx.copy()
     i[1, 0] = -1
-    y = ex.forward(x, i, v)  # an empty slot's weight is never read
+    y = ex.forward_routed(x, i, v)  # an empty slot's weight is never read
     check(np.isfinite(y).all(), "NaN weight on an empty slot is ignored")
 
 
