@@ -2,7 +2,8 @@
 // The steps of research.md §8 that every router shares, so each router's controlled path only says
 // where they enter its own math: the record's validation at the call, the allowed set A, the offset
 // logits, a score function over A, the override row and the boost. Nothing here runs when a call has
-// no control: each router's route(..., control) hands an empty record to its plain route().
+// no control: each router's route(..., control) hands an empty record to its plain route() (SparseMixer
+// and Hash have one path, where an empty record costs a test per expert).
 
 #include <algorithm>
 #include <cmath>
@@ -10,8 +11,11 @@
 #include <span>
 #include <string>
 
+#include "smoe/detail/xsimd.hpp"
+
 #include "smoe/core/error.hpp"
 #include "smoe/core/router_control.hpp"
+#include "smoe/kernels/cpu/simd_map.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
 

@@ -2,10 +2,13 @@
 // smoe::router::TopK: token choice, each token picks k experts (routing.md §2). Softmax or sigmoid
 // scores, renormalisation, top-k then softmax, routed scaling, group-limited selection and a
 // selection-only expert bias; presets for Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V2/V3 and Megatron in
-// TopKConfig.
+// TopKConfig. The options of the Hugging Face families (group_score, norm_p, sqrtsoftplus, identity
+// null experts) and test-time control (research.md §8) run router/topk_row.hpp's row; the rest runs
+// the SIMD row of kernels/cpu/softmax_topk.hpp.
 //
 //   smoe::router::TopK router(smoe::router::TopKConfig::deepseek_v3());
 //   router.route(arch, logits /*[T, 256]*/, bias /*[256]*/, out /*[T, >= 8]*/, workspace);
+//   router.route(arch, logits, bias, out, workspace, smoe::RouterControl{.expert_mask = mask});
 
 #include <algorithm>
 #include <cstdint>
