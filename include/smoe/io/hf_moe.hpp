@@ -258,52 +258,53 @@ public:
     // formats.md §4 rule 5: local expert e's format ("int4-g128-sym", "fp8-e4m3-b128x128", "gate/up X,
     // down Y"), or the layer's dtype for an unquantised layer; the shared expert's ("" when none).
     std::string expert_format(std::int64_t e) const {
-        return std::visit(
-            [&](auto const& l) -> std::string {
-                auto const& x = l->experts();
-                if constexpr (requires { x.format_name(e); })
-                    return x.format_name(e);
-                else if constexpr (requires { x.routed().format_name(e); })
-                    return x.routed().format_name(e);
-                else
-                    return to_string(format_);
-            },
-            layer_);
+        return on_experts<false>([&](auto const& x) -> std::string {
+            if constexpr (requires { x.format_name(e); })
+                return x.format_name(e);
+            else
+                return to_string(format_);
+        });
     }
     // The dot path local expert e takes (QuantSwiGLU::dot_path), "exact" for an unquantised layer's
     // fp32 path, "bf16 dot" where SwiGLU<bf16> takes vdpbf16ps.
     std::string expert_dot_path(std::int64_t e) const {
-        return std::visit(
-            [&](auto const& l) -> std::string {
-                auto const& x = l->experts();
-                if constexpr (requires { x.dot_path(e); })
-                    return x.dot_path(e);
-                else if constexpr (requires { x.routed().dot_path(e); })
-                    return x.routed().dot_path(e);
-                else if constexpr (requires { x.uses_bf16_dot(); })
-                    return x.uses_bf16_dot() ? "bf16 dot" : "exact";
-                else if constexpr (requires { x.routed().uses_bf16_dot(); })
-                    return x.routed().uses_bf16_dot() ? "bf16 dot" : "exact";
-                else
-                    return "exact";
-            },
-            layer_);
+        return on_experts<false>([&](auto const& x) -> std::string {
+            if constexpr (requires { x.dot_path(e); })
+                return x.dot_path(e);
+            else if constexpr (requires { x.uses_bf16_dot(); })
+                return x.uses_bf16_dot() ? "bf16 dot" : "exact";
+            else
+                return "exact";
+        });
     }
     std::string shared_format() const {
         if (cfg_.shared_intermediate_size == 0) return "";
-        return std::visit(
-            [&](auto const& l) -> std::string {
-                auto const& x = l->experts();
-                if constexpr (requires { x.shared().format_name(0); })
-                    return x.shared().format_name(0);
-                else
-                    return to_string(format_);
-            },
-            layer_);
+        return on_experts<true>([&](auto const& x) -> std::string {
+            if constexpr (requires { x.format_name(0); })
+                return x.format_name(0);
+            else
+                return to_string(format_);
+        });
     }
 
 private:
     BasicHfMoeLayer() = default;
+
+    // f on the layer's routed experts (an expert::Shared's routed()) or, with SharedOne, on its shared one.
+    template <bool SharedOne, class F>
+    std::string on_experts(F&& f) const {
+        return std::visit(
+            [&](auto const& l) -> std::string {
+                auto const& x = l->experts();
+                if constexpr (SharedOne && requires { x.shared(); })
+                    return f(x.shared());
+                else if constexpr (!SharedOne && requires { x.routed(); })
+                    return f(x.routed());
+                else
+                    return f(x);
+            },
+            layer_);
+    }
 
     enum Slot { w1, w3, w2, s1, s3, s2, kSlots };
 

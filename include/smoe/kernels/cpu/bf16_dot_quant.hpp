@@ -155,11 +155,11 @@ SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_decode(std::uint8_t con
     }
 }
 
-// Fewer than kQDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
+// Fewer than kBqDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
 // which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
-// rounded to bf16 once per row tile or chunk into a stack buffer of kQXBytes (rounding them again for
+// rounded to bf16 once per row tile or chunk into a stack buffer of kBqXBytes (rounding them again for
 // every panel group was a fifth of the time).
-inline constexpr std::int64_t kQDecodeRows = 8, kQRows = 24, kQSub = 64, kQXBytes = 96 * 1024;
+inline constexpr std::int64_t kBqDecodeRows = 8, kBqRows = 24, kBqSub = 64, kBqXBytes = 96 * 1024;
 
 // MR rows x NP panels over the factor blocks [r0, r1) of L.runs; the rows' bf16 activations are xb
 // (row i at xb + i·ldx, k from kbase, an odd K padded with a zero). The block partial sums stay in
@@ -210,9 +210,9 @@ template <bool Fp8, int MR, int NP>
 template <bool Fp8, int MR, class Epi>
 void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
                      std::int64_t p1, Epi& epi) {
-    alignas(64) std::uint16_t xb[kQXBytes / 2];
+    alignas(64) std::uint16_t xb[kBqXBytes / 2];
     alignas(64) float out[MR * 3 * kPanelCols];
-    std::int64_t const cap = kQXBytes / 2 / MR;  // bf16 per row in xb
+    std::int64_t const cap = kBqXBytes / 2 / MR;  // bf16 per row in xb
     std::size_t const runs = L.runs.size();
     // Rows' k in [k0, k1) into xb, row stride ldx (even, > k1 - k0 when that is odd).
     auto const convert = [&](std::int64_t k0, std::int64_t k1, std::int64_t ldx) {
@@ -246,8 +246,8 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
     }
 }
 
-// From kQDecodeRows rows on, each panel's codes are decoded once per chunk of up to 24 rows (kQRows),
-// kQSub k pairs at a time into a bf16 buffer, and the rows run over it as bf16_dot.hpp runs bf16 weights:
+// From kBqDecodeRows rows on, each panel's codes are decoded once per chunk of up to 24 rows (kBqRows),
+// kBqSub k pairs at a time into a bf16 buffer, and the rows run over it as bf16_dot.hpp runs bf16 weights:
 // decoding in registers for every 6-row tile cost as much as the dot products (FP8, 64 rows, one
 // thread: 172 against 138 GFLOP/s). Partial sums of the open factor block (part) and running sums
 // (acc) live in memory between sub-blocks: same operations, same order.
@@ -321,16 +321,16 @@ template <int MR, int NP>
         for (int j = 0; j < NP; ++j) _mm512_storeu_ps(part + i * width + j * kPanelCols, sum[i][j]);
 }
 
-// Rows [m0, m0 + rows), rows <= kQRows, x panels [p0, p1): three panels at a time, the rest one by one.
+// Rows [m0, m0 + rows), rows <= kBqRows, x panels [p0, p1): three panels at a time, the rest one by one.
 template <bool Fp8, class Epi>
 void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, QuantLayout const& L, std::uint8_t const* panels,
                  std::int64_t p0, std::int64_t p1, Epi& epi) {
-    alignas(64) std::uint16_t xb[kQXBytes / 2];
-    alignas(64) std::uint16_t w[kQSub * 3 * 32];
-    alignas(64) float part[kQRows * 3 * kPanelCols], acc[kQRows * 3 * kPanelCols];
+    alignas(64) std::uint16_t xb[kBqXBytes / 2];
+    alignas(64) std::uint16_t w[kBqSub * 3 * 32];
+    alignas(64) float part[kBqRows * 3 * kPanelCols], acc[kBqRows * 3 * kPanelCols];
     std::int64_t const K = L.K, Kp = (K + 1) / 2 * 2;
     // Activations of all of K when the chunk's rows fit xb, else a span of k at a time per panel group.
-    std::int64_t const cap = kQXBytes / 2 / rows / 2 * 2;
+    std::int64_t const cap = kBqXBytes / 2 / rows / 2 * 2;
     bool const whole = Kp <= cap;
     std::int64_t const span = whole ? Kp : cap;
     auto const convert = [&](std::int64_t k0, std::int64_t k1) {
@@ -349,7 +349,7 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
             if (!whole) convert(k0, k1);
             std::int64_t const kx = whole ? 0 : k0;  // row i's k at xb[i · span + k - kx]
             for (std::int64_t k = k0; k < k1;) {
-                std::int64_t const e = std::min(k1, k + 2 * kQSub);
+                std::int64_t const e = std::min(k1, k + 2 * kBqSub);
                 if (np == 3)
                     bf16q_decode_sub<Fp8, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
                 else
@@ -378,7 +378,7 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
 template <bool Fp8, class Epi>
 void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
     std::int64_t const M = A.rows;
-    if (M < kQDecodeRows) {
+    if (M < kBqDecodeRows) {
         std::int64_t m = 0;
         if (M - m >= 4) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
         if (M - m >= 2) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
@@ -387,7 +387,7 @@ void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t 
     }
     // Chunks of up to 24 rows, fewer where that lets the rows hold all of K in the buffer (at least 8),
     // split evenly.
-    std::int64_t const fit = std::clamp<std::int64_t>(kQXBytes / 2 / ((L.K + 1) / 2 * 2), kQDecodeRows, kQRows);
+    std::int64_t const fit = std::clamp<std::int64_t>(kBqXBytes / 2 / ((L.K + 1) / 2 * 2), kBqDecodeRows, kBqRows);
     std::int64_t const chunks = (M + fit - 1) / fit, rows = (M + chunks - 1) / chunks;
     for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<Fp8>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi);
 }

@@ -191,21 +191,18 @@ void packed_rest_avx2(int r, float const* a, std::int64_t lda, W const* b, std::
 // every time (64 rows: 68-78 vs 67-94), so it stays in registers.
 inline constexpr std::int64_t kWidenSteps = 256, kWidenRows = 96, kWidenMinRows = 24;
 
-template <class W, class Epi>
-void packed_panel_widened_avx2(MatrixView<float const> A, std::int64_t full, W const* panel, std::int64_t q, Epi& epi) {
-    std::int64_t const K = A.cols;
-    alignas(32) float wide[kWidenSteps * kPanelCols];
-    __m256 acc[kWidenRows / kPackedMR][kPackedMR * 2];
-    for (std::int64_t m0 = 0; m0 < full; m0 += kWidenRows) {
-        std::int64_t const tiles = std::min(kWidenRows, full - m0) / kPackedMR;
-        for (std::int64_t k0 = 0; k0 < K; k0 += kWidenSteps) {
-            std::int64_t const kb = std::min(kWidenSteps, K - k0);
-            for (std::int64_t k = 0; k < kb; ++k) {
-                __m256 lo, hi;
-                load_panel_avx2(panel + (k0 + k) * kPanelCols, lo, hi);
-                _mm256_store_ps(wide + k * kPanelCols, lo);
-                _mm256_store_ps(wide + k * kPanelCols + 8, hi);
-            }
+// The full 6-row tiles of rows [0, full) over panel q, K steps, Steps at a time decoded to fp32 by
+// decode(k0, kb, wide) (kb steps of 16 floats) and shared by up to Rows rows. Also the quantised
+// formats' decoded-block path (gemm_quant.hpp).
+template <std::int64_t Steps, std::int64_t Rows, class Decode, class Epi>
+void widened_tiles_avx2(MatrixView<float const> A, std::int64_t K, std::int64_t full, std::int64_t q, Decode&& decode, Epi& epi) {
+    alignas(64) float wide[Steps * kPanelCols];
+    __m256 acc[Rows / kPackedMR][kPackedMR * 2];
+    for (std::int64_t m0 = 0; m0 < full; m0 += Rows) {
+        std::int64_t const tiles = std::min(Rows, full - m0) / kPackedMR;
+        for (std::int64_t k0 = 0; k0 < K; k0 += Steps) {
+            std::int64_t const kb = std::min(Steps, K - k0);
+            decode(k0, kb, wide);
             for (std::int64_t t = 0; t < tiles; ++t) {
                 float const* a = A.row(m0 + t * kPackedMR) + k0;
                 if (k0 == 0)
@@ -217,6 +214,19 @@ void packed_panel_widened_avx2(MatrixView<float const> A, std::int64_t full, W c
         for (std::int64_t t = 0; t < tiles; ++t)
             for (int i = 0; i < kPackedMR; ++i) epi.store(m0 + t * kPackedMR + i, q, acc[t][i * 2], acc[t][i * 2 + 1]);
     }
+}
+
+template <class W, class Epi>
+void packed_panel_widened_avx2(MatrixView<float const> A, std::int64_t full, W const* panel, std::int64_t q, Epi& epi) {
+    auto const widen = [panel](std::int64_t k0, std::int64_t kb, float* wide) {
+        for (std::int64_t k = 0; k < kb; ++k) {
+            __m256 lo, hi;
+            load_panel_avx2(panel + (k0 + k) * kPanelCols, lo, hi);
+            _mm256_store_ps(wide + k * kPanelCols, lo);
+            _mm256_store_ps(wide + k * kPanelCols + 8, hi);
+        }
+    };
+    widened_tiles_avx2<kWidenSteps, kWidenRows>(A, A.cols, full, q, widen, epi);
 }
 #endif
 

@@ -175,25 +175,8 @@ void decode_block_avx2(PanelRef P, std::int64_t p, std::int64_t k0, std::int64_t
 // The full 6-row tiles of rows [0, full) over panel p, from decoded blocks.
 template <Kind KD, class Epi>
 void quant_blocks_avx2(MatrixView<float const> A, std::int64_t full, PanelRef P, std::int64_t p, Epi& epi) {
-    std::int64_t const K = P.L->K;
-    alignas(64) float wide[kQBlock * kPanelCols];
-    __m256 acc[kQRows / kPackedMR][kPackedMR * 2];
-    for (std::int64_t m0 = 0; m0 < full; m0 += kQRows) {
-        std::int64_t const tiles = std::min(kQRows, full - m0) / kPackedMR;
-        for (std::int64_t k0 = 0; k0 < K; k0 += kQBlock) {
-            std::int64_t const kb = std::min(kQBlock, K - k0);
-            decode_block_avx2<KD>(P, p, k0, kb, wide);
-            for (std::int64_t t = 0; t < tiles; ++t) {
-                float const* a = A.row(m0 + t * kPackedMR) + k0;
-                if (k0 == 0)
-                    detail::packed_loop_avx2<float, kPackedMR, 1, false>(a, A.ld, wide, 0, kb, acc[t]);
-                else
-                    detail::packed_loop_avx2<float, kPackedMR, 1, true>(a, A.ld, wide, 0, kb, acc[t]);
-            }
-        }
-        for (std::int64_t t = 0; t < tiles; ++t)
-            for (int i = 0; i < kPackedMR; ++i) epi.store(m0 + t * kPackedMR + i, p, acc[t][i * 2], acc[t][i * 2 + 1]);
-    }
+    auto const decode = [&](std::int64_t k0, std::int64_t kb, float* wide) { decode_block_avx2<KD>(P, p, k0, kb, wide); };
+    detail::widened_tiles_avx2<kQBlock, kQRows>(A, P.L->K, full, p, decode, epi);
 }
 #endif
 
