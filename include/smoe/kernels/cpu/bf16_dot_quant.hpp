@@ -155,6 +155,14 @@ SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_decode(std::uint8_t con
     }
 }
 
+// MXFP4's two pairs of one 32-byte group (pair 2q in the low nibbles, 2q + 1 in the high ones) from
+// one load: the codes are at most 255, so the high nibble needs no mask.
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_decode_mx2(std::uint8_t const* p, BF16QRegs const& t, __m512i& lo, __m512i& hi) {
+    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+    lo = _mm512_permutex2var_epi16(t.f, _mm512_and_si512(v, _mm512_set1_epi16(15)), t.f);
+    hi = _mm512_permutex2var_epi16(t.f, _mm512_srli_epi16(v, 4), t.f);
+}
+
 // Fewer than kBqDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
 // which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
 // rounded to bf16 once per row tile or chunk into a stack buffer of kBqXBytes (rounding them again for
@@ -177,14 +185,19 @@ template <bool Fp8, int MR, int NP>
         for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
             for (int j = 0; j < NP; ++j) part[i][j] = _mm512_setzero_ps();
-        for (std::int64_t k = run.k0; k < run.k1; k += 2) {
+        // FP8: one pair per step; MXFP4: the two pairs of a 32-byte group (its blocks are 32 k, so a
+        // run never splits a group). A prefetch per 64-byte line.
+        for (std::int64_t k = run.k0; k < run.k1; k += Fp8 ? 2 : 4) {
             std::int64_t const pj = k / 2;
-            __m512i w[NP];
+            __m512i w[NP], w2[NP];
 #pragma GCC unroll 3
             for (int j = 0; j < NP; ++j) {
                 std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-                _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
-                w[j] = bf16q_decode<Fp8>(p, pj, t);
+                if (Fp8 ? pj % 2 == 0 : pj % 4 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
+                if constexpr (Fp8)
+                    w[j] = bf16q_decode<true>(p, pj, t);
+                else
+                    bf16q_decode_mx2(p, t, w[j], w2[j]);
             }
 #pragma GCC unroll 6
             for (int i = 0; i < MR; ++i) {
@@ -193,6 +206,12 @@ template <bool Fp8, int MR, int NP>
                 __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
 #pragma GCC unroll 3
                 for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
+                if constexpr (!Fp8) {
+                    std::memcpy(&x, xb + i * ldx + (k + 2 - kbase), sizeof x);
+                    __m512bh const xv2 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
+#pragma GCC unroll 3
+                    for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv2, (__m512bh)w2[j]);
+                }
             }
         }
         for (int j = 0; j < NP; ++j) {
@@ -257,14 +276,23 @@ template <bool Fp8, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_decode_sub(std::uint8_t const* b0, QuantLayout const& L, std::int64_t j0,
                                                                std::int64_t n, std::uint16_t* w) {
     BF16QRegs const t = bf16q_regs();
-    for (std::int64_t j2 = 0; j2 < n; ++j2) {
+    for (std::int64_t j2 = 0; j2 < n;) {
         std::int64_t const pj = j0 + j2;
+        bool const two = !Fp8 && pj % 2 == 0 && j2 + 1 < n;  // MXFP4: both pairs of a group from one load
 #pragma GCC unroll 3
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-            _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
-            _mm512_store_si512(w + (j2 * NP + j) * 32, bf16q_decode<Fp8>(p, pj, t));
+            if (Fp8 ? pj % 2 == 0 : pj % 4 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
+            if (two) {
+                __m512i lo, hi;
+                bf16q_decode_mx2(p, t, lo, hi);
+                _mm512_store_si512(w + (j2 * NP + j) * 32, lo);
+                _mm512_store_si512(w + ((j2 + 1) * NP + j) * 32, hi);
+            } else {
+                _mm512_store_si512(w + (j2 * NP + j) * 32, bf16q_decode<Fp8>(p, pj, t));
+            }
         }
+        j2 += two ? 2 : 1;
     }
 }
 
