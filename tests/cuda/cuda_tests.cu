@@ -526,6 +526,16 @@ TEST_CASE("the CUDA layer rejects bad arguments before launching anything", "[cu
     using L = CudaLayer<float>;
     CHECK_THROWS_AS(L({.router = TopKConfig{.num_experts = 5, .top_k = 2}, .expert = m.ecfg}, m.weights()), smoe::invalid_argument);
     CHECK_THROWS_AS(L({.router = TopKConfig::deepseek_v3(), .expert = m.ecfg}, m.weights()), smoe::invalid_argument);
+    for (int option = 0; option < 4; ++option) {  // TopK options the CUDA kernels do not have: refused by name
+        TopKConfig rc{.num_experts = 4, .top_k = 2};
+        char const* key = option == 0 ? "score_func" : option == 1 ? "group_score" : option == 2 ? "norm_p" : "num_null_experts";
+        if (option == 0) rc.score_func = smoe::router::ScoreFunc::sqrtsoftplus;
+        if (option == 1) rc.n_group = 2, rc.topk_group = 1, rc.group_score = smoe::router::GroupScore::top2_sum;
+        if (option == 2) rc.norm_p = 2.0f;
+        if (option == 3) rc.num_null_experts = 1;
+        INFO(key);
+        CHECK_THROWS_WITH(L({.router = rc, .expert = m.ecfg}, m.weights()), Catch::Contains(key) && Catch::Contains("CUDA backend"));
+    }
     L layer({.router = TopKConfig{.num_experts = 4, .top_k = 2}, .expert = m.ecfg, .max_tokens = 4}, m.weights());
     DeviceArray<float> dx(16 * 8), dy(16 * 8);
     DeviceArray<std::byte> ws(layer.workspace_size());

@@ -28,6 +28,13 @@ struct TopKParams {
 
     static TopKParams from(router::TopKConfig const& c) {
         c.validate();
+        // These kernels have none of TopK's general-row options (router/topk_row.hpp): refused, never ignored.
+        using smoe::detail::fail;
+        if (c.score_func == router::ScoreFunc::sqrtsoftplus) fail("score_func", "sqrtsoftplus", "softmax or sigmoid on the CUDA backend");
+        if (c.group_score != router::GroupScore::max_or_top2)
+            fail("group_score", static_cast<int>(c.group_score), "max_or_top2 (0) on the CUDA backend");
+        if (c.norm_p != 1.0f) fail("norm_p", c.norm_p, "1 on the CUDA backend");
+        if (c.num_null_experts > 0) fail("num_null_experts", c.num_null_experts, "0 on the CUDA backend");
         TopKParams p;
         p.experts = static_cast<int>(c.num_experts);
         p.k = static_cast<int>(c.top_k);
