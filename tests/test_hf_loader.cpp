@@ -2,6 +2,7 @@
 // loaded from checkpoint tensors (held in a TensorMap) against the scalar oracle. The real-module
 // comparisons are the case tests (tests/cases, data from scripts/gen_cases.py).
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -64,13 +65,32 @@ struct Block {
         return b;
     }
 
+    // The block's tensors under the on-disk names of families.md §2.8.
+    struct Disk {
+        std::string block;                       // "model.layers.1.mlp."
+        std::string router = "gate.weight";
+        std::string bias;                        // the selection bias; "": none
+        std::string gate = "gate_proj.weight", up = "up_proj.weight", down = "down_proj.weight";
+        std::string shared = "shared_experts.";  // the shared expert's prefix in the block
+        std::string shared_gate;                 // "": ungated
+        bool fused = false;                      // experts.gate_up_proj [E, 2f, d] / experts.down_proj [E, d, f]
+    };
+
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
+        bool const mix = fam == HfFamily::mixtral, qwen = fam == HfFamily::qwen2_moe;
+        Disk n{.block = "model.layers." + std::to_string(layer) + (mix ? ".block_sparse_moe." : ".mlp."), .fused = fused};
+        if (fam == HfFamily::deepseek_v3) n.bias = "gate.e_score_correction_bias";
+        if (mix) n.gate = "w1.weight", n.up = "w3.weight", n.down = "w2.weight";
+        if (qwen) n.shared = "shared_expert.", n.shared_gate = "shared_expert_gate.weight";
+        return write(n, bf16);
+    }
+
+    TensorMap write(Disk const& n, bool bf16) const {
         TensorMap m;
-        bool const mix = fam == HfFamily::mixtral;
-        std::string const p = "model.layers." + std::to_string(layer) + (mix ? ".block_sparse_moe." : ".mlp.");
-        put(m, p + "gate.weight", {E, d}, gate);
-        if (fam == HfFamily::deepseek_v3) put(m, p + "gate.e_score_correction_bias", {E}, bias);
-        if (fused) {
+        std::string const& p = n.block;
+        put(m, p + n.router, {E, d}, gate);
+        if (!n.bias.empty()) put(m, p + n.bias, {E}, bias);
+        if (n.fused) {
             std::vector<float> gu;
             for (std::int64_t e = 0; e < E; ++e) {
                 gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
@@ -82,17 +102,17 @@ struct Block {
             for (std::int64_t e = 0; e < E; ++e) {
                 std::string const q = p + "experts." + std::to_string(e) + ".";
                 auto slice = [&](std::vector<float> const& v, std::int64_t n) { return std::vector<float>(v.begin() + e * n, v.begin() + (e + 1) * n); };
-                put(m, q + (mix ? "w1" : "gate_proj") + ".weight", {f, d}, slice(w1, f * d), bf16);
-                put(m, q + (mix ? "w3" : "up_proj") + ".weight", {f, d}, slice(w3, f * d), bf16);
-                put(m, q + (mix ? "w2" : "down_proj") + ".weight", {d, f}, slice(w2, d * f), bf16);
+                put(m, q + n.gate, {f, d}, slice(w1, f * d), bf16);
+                put(m, q + n.up, {f, d}, slice(w3, f * d), bf16);
+                put(m, q + n.down, {d, f}, slice(w2, d * f), bf16);
             }
         }
         if (fs > 0) {
-            std::string const s = p + (fam == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
+            std::string const s = p + n.shared;
             put(m, s + "gate_proj.weight", {fs, d}, s1, bf16);
             put(m, s + "up_proj.weight", {fs, d}, s3, bf16);
             put(m, s + "down_proj.weight", {d, fs}, s2, bf16);
-            if (fam == HfFamily::qwen2_moe) put(m, p + "shared_expert_gate.weight", {1, d}, sgate);
+            if (!n.shared_gate.empty()) put(m, p + n.shared_gate, {1, d}, sgate);
         }
         return m;
     }
@@ -123,6 +143,45 @@ struct Block {
     }
 };
 
+// The block built by hand from the same fp32 tensors: smoe's MoELayer with the router config a family
+// must map to, written out from families.md (never taken from parse_hf_config).
+template <class Expert>
+using HandLayer = smoe::MoELayer<smoe::router::TopK, Expert, smoe::balance::None>;
+
+std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, bool gated, std::vector<float> const& x, std::int64_t T) {
+    using smoe::expert::SwiGLU;
+    using smoe::expert::SwiGLUWeights;
+    namespace gate_kind = smoe::expert::shared_gate;
+    std::int64_t const d = b.d;
+    std::vector<float> y(static_cast<std::size_t>(T * d));
+    smoe::expert::SwiGLUConfig const routed{d, b.f, b.E, smoe::expert::Bf16Dot::off}, shared{d, b.fs, 1, smoe::expert::Bf16Dot::off};
+    auto const rw = SwiGLUWeights<float>::dense(b.w1.data(), b.w3.data(), b.w2.data(), routed);
+    auto const sw = SwiGLUWeights<float>::dense(b.s1.data(), b.s3.data(), b.s2.data(), shared);
+    MatrixView<float const> const gate(b.gate.data(), b.E, d);
+    std::span<float const> bias;
+    if (rc.requires_expert_bias) bias = b.bias;
+    std::int64_t const max_tokens = std::max<std::int64_t>(T, 1);
+    auto run = [&](auto&& layer) { layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d)); };
+    if (b.fs == 0) {
+        using L = HandLayer<SwiGLU<float>>;
+        run(L(L::Config{.router = rc, .expert = routed, .max_tokens = max_tokens}, L::Weights{gate, bias, rw}));
+    } else if (gated) {
+        using L = HandLayer<smoe::expert::Shared<SwiGLU<float>, gate_kind::Sigmoid>>;
+        run(L(L::Config{.router = rc, .expert = {routed, shared}, .max_tokens = max_tokens},
+              L::Weights{gate, bias, {rw, sw, MatrixView<float const>(b.sgate.data(), 1, d)}}));
+    } else {
+        using L = HandLayer<smoe::expert::Shared<SwiGLU<float>, gate_kind::None>>;
+        run(L(L::Config{.router = rc, .expert = {routed, shared}, .max_tokens = max_tokens}, L::Weights{gate, bias, {rw, sw, {}}}));
+    }
+    return y;
+}
+
+// R-V3 (families.md §0): sigmoid, selection-only bias, groups, renorm(1e-20), r.
+smoe::router::TopKConfig sigmoid_bias_router(std::int64_t E, std::int64_t k, std::int64_t n_group, std::int64_t topk_group, bool norm, float r) {
+    return {.num_experts = E, .top_k = k, .score_func = smoe::router::ScoreFunc::sigmoid, .norm_topk_prob = norm,
+            .routed_scaling_factor = r, .n_group = n_group, .topk_group = topk_group, .requires_expert_bias = true};
+}
+
 json family_config(HfFamily fam, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t k, std::int64_t fs) {
     switch (fam) {
         case HfFamily::mixtral:
@@ -143,8 +202,8 @@ json family_config(HfFamily fam, std::int64_t d, std::int64_t f, std::int64_t E,
             return {{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
                     {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"n_shared_experts", fs / f}, {"n_group", 4},
                     {"topk_group", 2}, {"first_k_dense_replace", 0}, {"routed_scaling_factor", 2.5}};
+        default: return {};  // the other families are written out where they are tested
     }
-    return {};
 }
 
 }  // namespace
@@ -220,6 +279,160 @@ TEST_CASE("every family loads and matches the oracle, in fp32 and in bf16", "[hf
                 smoe_test::check_close(y, b.oracle(cfg, x, T), T, d, 2e-5);
             }
         }
+    }
+}
+
+// Issue 16: families whose math smoe has, mapped from their own config keys and on-disk names.
+TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaults", "[hf][config][families]") {
+    auto has_default = [](smoe::io::HfMoeConfig const& c, std::string const& kv) {
+        return std::find(c.defaulted.begin(), c.defaulted.end(), kv) != c.defaulted.end();
+    };
+    // families.md §2.7, Qwen3MoeConfig: 128 experts, top-8, width 768, no renorm, every layer MoE.
+    auto const q3 = parse_hf_config({{"model_type", "qwen3_moe"}}, "q3.json");
+    CHECK(q3.family == HfFamily::qwen3_moe);
+    CHECK((q3.num_experts() == 128 && q3.top_k() == 8 && q3.intermediate_size == 768 && q3.hidden_size == 2048));
+    CHECK(q3.router.score_func == smoe::router::ScoreFunc::softmax);
+    CHECK(!q3.router.norm_topk_prob);
+    CHECK(q3.shared_intermediate_size == 0);
+    CHECK((q3.is_moe_layer(0) && q3.is_moe_layer(23) && !q3.is_moe_layer(24)));
+    CHECK(has_default(q3, "num_experts = 128"));
+    // Both spellings of the expert count; two that disagree are an error naming both.
+    CHECK(parse_hf_config({{"model_type", "qwen3_moe"}, {"num_local_experts", 16}}, "q3.json").num_experts() == 16);
+    CHECK(parse_hf_config({{"model_type", "qwen3_moe"}, {"num_experts", 16}, {"num_local_experts", 16}}, "q3.json").num_experts() == 16);
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "qwen3_moe"}, {"num_experts", 16}, {"num_local_experts", 32}}, "q3.json"),
+                      Contains("key 'num_local_experts'") && Contains("32") && Contains("'num_experts' (16)"));
+
+    struct Defaults {
+        char const* type;
+        std::int64_t d, f, L, E, k, fs, n_group, topk_group;
+        float r;
+        bool norm;
+        std::int64_t first_moe;
+    };
+    for (auto const& x : {Defaults{"glm4_moe", 4096, 1408, 46, 128, 8, 1408, 1, 1, 1.0f, true, 1},
+                          Defaults{"glm4_moe_lite", 2048, 1536, 47, 64, 4, 1536, 1, 1, 1.8f, true, 1},
+                          Defaults{"glm_moe_dsa", 6144, 2048, 78, 256, 8, 2048, 1, 1, 2.5f, true, 3},
+                          Defaults{"deepseek_v32", 7168, 2048, 61, 256, 8, 2048, 8, 4, 2.5f, true, 3},
+                          Defaults{"exaone_moe", 4096, 1024, 32, 64, 8, 1024, 1, 1, 2.5f, true, 1}}) {
+        INFO(x.type);
+        auto const c = parse_hf_config({{"model_type", x.type}}, "c.json");
+        CHECK(to_string(c.family) == std::string(x.type));
+        CHECK((c.hidden_size == x.d && c.intermediate_size == x.f && c.num_hidden_layers == x.L));
+        CHECK((c.num_experts() == x.E && c.top_k() == x.k && c.shared_intermediate_size == x.fs && !c.shared_gated));
+        CHECK(c.router.score_func == smoe::router::ScoreFunc::sigmoid);
+        CHECK(c.router.requires_expert_bias);
+        CHECK((c.router.n_group == x.n_group && c.router.topk_group == x.topk_group));
+        CHECK(c.router.routed_scaling_factor == x.r);
+        CHECK(c.router.norm_topk_prob == x.norm);
+        CHECK(!c.is_moe_layer(x.first_moe - 1));
+        CHECK(c.is_moe_layer(x.first_moe));
+        CHECK(c.is_moe_layer(x.L - 1));
+    }
+    // dots1 has no default for its counts (Dots1Config: None): the file must say.
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dots1"}}, "d.json"), Contains("n_routed_experts") && Contains("no default"));
+    auto const dots = parse_hf_config({{"model_type", "dots1"}, {"n_routed_experts", 128}, {"num_experts_per_tok", 6}, {"n_shared_experts", 2}}, "d.json");
+    CHECK((dots.num_experts() == 128 && dots.top_k() == 6 && dots.shared_intermediate_size == 2 * 1408));
+    CHECK((!dots.router.norm_topk_prob && dots.router.routed_scaling_factor == 1.0f && dots.is_moe_layer(0)));
+
+    // mlp_layer_types decides alone where a family reads it; first_k_dense_replace only when it is absent.
+    json v32 = {{"model_type", "deepseek_v32"}, {"num_hidden_layers", 3}, {"first_k_dense_replace", 2},
+                {"mlp_layer_types", {"sparse", "dense", "sparse"}}};
+    auto const c32 = parse_hf_config(v32, "v.json");
+    CHECK((c32.is_moe_layer(0) && !c32.is_moe_layer(1) && c32.is_moe_layer(2)));
+    v32["mlp_layer_types"] = {"sparse", "dense"};
+    CHECK_THROWS_WITH(parse_hf_config(v32, "v.json"), Contains("key 'mlp_layer_types'") && Contains("num_hidden_layers (3)"));
+    v32["mlp_layer_types"] = {"sparse", "moe", "dense"};
+    CHECK_THROWS_WITH(parse_hf_config(v32, "v.json"), Contains("key 'mlp_layer_types'") && Contains("\"moe\"") && Contains("\"dense\" or \"sparse\""));
+    v32["mlp_layer_types"] = "sparse";
+    CHECK_THROWS_WITH(parse_hf_config(v32, "v.json"), Contains("key 'mlp_layer_types'") && Contains("a list of strings"));
+    // glm4_moe reads first_k_dense_replace only (Glm4MoeConfig has no mlp_layer_types).
+    auto const glm = parse_hf_config({{"model_type", "glm4_moe"}, {"num_hidden_layers", 3}, {"first_k_dense_replace", 2},
+                                      {"mlp_layer_types", {"sparse", "sparse", "sparse"}}}, "g.json");
+    CHECK((!glm.is_moe_layer(1) && glm.is_moe_layer(2)));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "glm4_moe"}, {"n_group", 3}}, "g.json"), Contains("key 'n_group'") && Contains("divisor"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "exaone_moe"}, {"num_shared_experts", -1}}, "e.json"), Contains("key 'num_shared_experts'"));
+}
+
+TEST_CASE("each family's first MoE layer loads from its on-disk names to the block built by hand, bit for bit",
+          "[hf][load][families]") {
+    std::int64_t const d = 40, f = 12, E = 8, k = 2;
+    struct Family {
+        char const* name;
+        json config;                  // in the family's own keys
+        Block::Disk disk;             // families.md §2.8
+        std::int64_t layer;           // the first MoE layer
+        std::int64_t dense;           // a dense layer, and what its error must name
+        char const* dense_rule;
+        smoe::router::TopKConfig router;  // what the family's router is
+        std::int64_t fs;
+        bool gated;
+    };
+    using smoe::router::ScoreFunc;
+    std::vector<Family> const families{
+        {"qwen3_moe",
+         {{"model_type", "qwen3_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 4}, {"norm_topk_prob", true}, {"decoder_sparse_step", 2}, {"mlp_only_layers", {3}}},
+         {.block = "model.layers.1.mlp."}, 1, 3, "layer not in mlp_only_layers",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 0, false},
+        {"qwen3_moe re-saved (fused experts, num_local_experts)",
+         {{"model_type", "qwen3_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_local_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 4}, {"decoder_sparse_step", 2}},
+         {.block = "model.layers.1.mlp.", .fused = true}, 1, 2, "(layer + 1) % decoder_sparse_step (2) == 0",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 0, false},
+        {"qwen3_moe under a multimodal wrapper's prefix",
+         {{"model_type", "qwen3_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 2}},
+         {.block = "model.language_model.layers.1.mlp."}, 1, 2, "num_hidden_layers (2)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 0, false},
+        {"glm4_moe",
+         {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},
+         {.block = "model.layers.1.mlp.", .bias = "gate.e_score_correction_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
+         sigmoid_bias_router(E, k, 1, 1, true, 2.5f), 2 * f, false},
+        {"glm4_moe_lite",
+         {{"model_type", "glm4_moe_lite"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 3}},
+         {.block = "model.layers.1.mlp.", .bias = "gate.e_score_correction_bias"}, 1, 0, "mlp_layer_types[layer] == \"sparse\"",
+         sigmoid_bias_router(E, k, 1, 1, true, 1.8f), f, false},
+        {"glm_moe_dsa",
+         {{"model_type", "glm_moe_dsa"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 5}, {"norm_topk_prob", false}},
+         {.block = "model.layers.3.mlp.", .bias = "gate.e_score_correction_bias"}, 3, 2, "layer >= first_k_dense_replace (3)",
+         sigmoid_bias_router(E, k, 1, 1, false, 2.5f), f, false},
+        {"deepseek_v32",
+         {{"model_type", "deepseek_v32"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 4}, {"n_group", 4}, {"topk_group", 2},
+          {"mlp_layer_types", {"dense", "dense", "sparse", "sparse"}}},
+         {.block = "model.layers.2.mlp.", .bias = "gate.e_score_correction_bias"}, 2, 1, "mlp_layer_types[layer] == \"sparse\"",
+         sigmoid_bias_router(E, k, 4, 2, true, 2.5f), f, false},
+        {"dots1",
+         {{"model_type", "dots1"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"n_shared_experts", 1}, {"num_hidden_layers", 2}},
+         {.block = "model.layers.0.mlp.", .bias = "gate.e_score_correction_bias", .fused = true}, 0, 2, "num_hidden_layers (2)",
+         sigmoid_bias_router(E, k, 1, 1, false, 1.0f), f, false},
+        {"exaone_moe",
+         {{"model_type", "exaone_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_shared_experts", 2}, {"num_hidden_layers", 3}},
+         {.block = "model.layers.1.mlp.", .bias = "e_score_correction_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
+         sigmoid_bias_router(E, k, 1, 1, true, 2.5f), 2 * f, false},
+    };
+    std::mt19937_64 rng(27);
+    for (auto const& fam : families) {
+        INFO(fam.name);
+        auto const cfg = parse_hf_config(fam.config, "c.json");
+        Block const b = Block::random(rng, d, f, E, fam.fs, false);
+        auto const tensors = b.write(fam.disk, false);
+        auto moe = HfMoeLayer::load(cfg, tensors, fam.layer, {.max_tokens = 33}, "mem");
+        CHECK(moe.format() == smoe::io::WeightFormat::f32);
+        for (std::int64_t T : {1, 33}) {
+            auto const x = rnd(rng, T * d, 1.0);
+            std::vector<float> y(static_cast<std::size_t>(T * d));
+            moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+            CHECK(y == by_hand(b, fam.router, fam.gated, x, T));
+        }
+        CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, fam.dense, {}, "mem"),
+                          Contains("c.json: layer' = " + std::to_string(fam.dense)) && Contains(fam.dense_rule) &&
+                              Contains("dense layers have no router"));
     }
 }
 

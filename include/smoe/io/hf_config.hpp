@@ -27,7 +27,14 @@
 
 namespace smoe::inline v0::io {
 
-enum class HfFamily { mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3 };
+// The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
+// with other defaults and names share its router preset and layer type:
+//   R-SM / R-SMN softmax top-k    mixtral, olmoe, qwen2_moe, qwen3_moe
+//   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+enum class HfFamily {
+    mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
+    qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+};
 
 inline char const* to_string(HfFamily f) {
     switch (f) {
@@ -36,9 +43,19 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::qwen2_moe: return "qwen2_moe";
         case HfFamily::deepseek_v2: return "deepseek_v2";
         case HfFamily::deepseek_v3: return "deepseek_v3";
+        case HfFamily::qwen3_moe: return "qwen3_moe";
+        case HfFamily::deepseek_v32: return "deepseek_v32";
+        case HfFamily::glm4_moe: return "glm4_moe";
+        case HfFamily::glm4_moe_lite: return "glm4_moe_lite";
+        case HfFamily::glm_moe_dsa: return "glm_moe_dsa";
+        case HfFamily::dots1: return "dots1";
+        case HfFamily::exaone_moe: return "exaone_moe";
     }
     return "?";
 }
+inline constexpr char const* kHfModelTypes =
+    "mixtral, olmoe, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, "
+    "dots1, exaone_moe";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -65,6 +82,10 @@ struct HfMoeConfig {
     std::int64_t moe_layer_freq = 1;        // DeepSeek moe_layer_freq, Qwen2-MoE decoder_sparse_step
     bool sparse_step_counts_from_one = false;  // Qwen2-MoE: (layer + 1) % decoder_sparse_step == 0
     std::vector<std::int64_t> dense_layers;    // Qwen2-MoE mlp_only_layers
+    // mlp_layer_types as the file lists them (1 = "sparse"), one per layer; when present it alone decides.
+    std::vector<std::uint8_t> moe_layer_types;
+    char const* first_moe_key = nullptr;    // the key first_moe_layer came from (none: every layer from 0)
+    char const* layer_freq_key = nullptr;   // the key moe_layer_freq came from
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
     std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
@@ -74,6 +95,7 @@ struct HfMoeConfig {
 
     bool is_moe_layer(std::int64_t layer) const {
         if (layer < 0 || layer >= num_hidden_layers) return false;
+        if (!moe_layer_types.empty()) return moe_layer_types[static_cast<std::size_t>(layer)] != 0;
         for (auto l : dense_layers)
             if (l == layer) return false;
         if (layer < first_moe_layer) return false;
@@ -83,13 +105,13 @@ struct HfMoeConfig {
     // is_moe_layer's rule in the file's keys and values, for an error about a dense layer.
     std::string moe_layer_rule() const {
         std::string s = "0 <= layer < num_hidden_layers (" + std::to_string(num_hidden_layers) + ")";
-        if (sparse_step_counts_from_one) {
-            s += ", (layer + 1) % decoder_sparse_step (" + std::to_string(moe_layer_freq) + ") == 0";
-            if (!dense_layers.empty()) s += ", layer not in mlp_only_layers";
-        } else if (family == HfFamily::deepseek_v2 || family == HfFamily::deepseek_v3) {
-            s += ", layer >= first_k_dense_replace (" + std::to_string(first_moe_layer) + "), layer % moe_layer_freq (" +
-                 std::to_string(moe_layer_freq) + ") == 0";
-        }
+        if (!moe_layer_types.empty()) return s + ", mlp_layer_types[layer] == \"sparse\"";
+        if (first_moe_key) s += ", layer >= " + std::string(first_moe_key) + " (" + std::to_string(first_moe_layer) + ")";
+        if (sparse_step_counts_from_one)
+            s += ", (layer + 1) % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == 0";
+        else if (layer_freq_key)
+            s += ", layer % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == 0";
+        if (!dense_layers.empty()) s += ", layer not in mlp_only_layers";
         return s;
     }
 };
@@ -163,11 +185,35 @@ public:
         }
         return out;
     }
+    std::vector<std::string> strings(char const* key) const {
+        std::vector<std::string> out;
+        if (!has(key)) return out;
+        auto const& v = j_[key];
+        if (!v.is_array()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a list of strings");
+        for (auto const& e : v) {
+            if (!e.is_string()) file_fail(file_, "key '" + std::string(key) + "'", v.dump(), "a list of strings");
+            out.push_back(e.get<std::string>());
+        }
+        return out;
+    }
     // The first of several synonymous keys that is present (e.g. num_local_experts / n_routed_experts).
     char const* first_of(std::initializer_list<char const*> keys) const {
         for (auto k : keys)
             if (has(k)) return k;
         return *keys.begin();
+    }
+    // Synonymous keys (num_experts / num_local_experts): the first present; two present must agree.
+    char const* alias(std::initializer_list<char const*> keys) const {
+        char const* found = nullptr;
+        for (auto k : keys) {
+            if (!has(k)) continue;
+            if (!found)
+                found = k;
+            else if (j_[k] != j_[found])
+                file_fail(file_, "key '" + std::string(k) + "'", j_[k].dump(),
+                          "the value of its synonym '" + std::string(found) + "' (" + j_[found].dump() + ")");
+        }
+        return found ? found : *keys.begin();
     }
     std::string const& file() const { return file_; }
 
@@ -186,10 +232,51 @@ private:
     std::vector<std::string>& defaulted_;
 };
 
+// The R-V3 families' defaults (transformers 5.23 configuration classes; families.md §2.7). A family
+// without a default for a key (dots1's counts) requires it from the file.
+struct SigmoidBiasFamily {
+    HfFamily family;
+    std::int64_t d, f, layers;
+    std::optional<std::int64_t> experts, top_k, shared;
+    char const* shared_key;
+    std::int64_t n_group, topk_group;
+    double scale;
+    bool norm;
+    std::optional<std::int64_t> first_dense;  // first_k_dense_replace's default; none: the family has no such key
+    bool layer_types;                          // the family reads mlp_layer_types (else first_k_dense_replace only)
+};
+
+inline std::optional<SigmoidBiasFamily> sigmoid_bias_family(std::string const& type) {
+    using F = HfFamily;
+    using I = std::optional<std::int64_t>;
+    if (type == "deepseek_v32") return SigmoidBiasFamily{F::deepseek_v32, 7168, 2048, 61, 256, 8, 1, "n_shared_experts", 8, 4, 2.5, true, 3, true};
+    if (type == "glm4_moe") return SigmoidBiasFamily{F::glm4_moe, 4096, 1408, 46, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 1, false};
+    if (type == "glm4_moe_lite") return SigmoidBiasFamily{F::glm4_moe_lite, 2048, 1536, 47, 64, 4, 1, "n_shared_experts", 1, 1, 1.8, true, I{}, true};
+    if (type == "glm_moe_dsa") return SigmoidBiasFamily{F::glm_moe_dsa, 6144, 2048, 78, 256, 8, 1, "n_shared_experts", 1, 1, 2.5, true, 3, true};
+    if (type == "dots1") return SigmoidBiasFamily{F::dots1, 4608, 1408, 62, I{}, I{}, I{}, "n_shared_experts", 1, 1, 1.0, false, 0, false};
+    if (type == "exaone_moe") return SigmoidBiasFamily{F::exaone_moe, 4096, 1024, 32, 64, 8, 1, "num_shared_experts", 1, 1, 2.5, true, 1, true};
+    return std::nullopt;
+}
+
+// mlp_layer_types: one "dense" or "sparse" per decoder layer.
+inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int64_t num_layers) {
+    auto const t = r.strings("mlp_layer_types");
+    if (static_cast<std::int64_t>(t.size()) != num_layers)
+        file_fail(r.file(), "key 'mlp_layer_types'", std::to_string(t.size()) + " entries",
+                  "one entry per layer: num_hidden_layers (" + std::to_string(num_layers) + ")");
+    std::vector<std::uint8_t> out;
+    for (auto const& s : t) {
+        if (s != "dense" && s != "sparse") file_fail(r.file(), "key 'mlp_layer_types'", "\"" + s + "\"", "\"dense\" or \"sparse\"");
+        out.push_back(s == "sparse");
+    }
+    return out;
+}
+
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// Qwen2MoeConfig, DeepseekV2Config, DeepseekV3Config); routing semantics follow routing.md §2.
+// Qwen2MoeConfig, Qwen3MoeConfig, DeepseekV2Config, DeepseekV3Config and sigmoid_bias_family's);
+// routing semantics follow routing.md §2 and families.md §2.
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
     if (!j.is_object()) io::detail::file_fail(file, "top level", j.type_name(), "a JSON object (a Hugging Face config)");
     HfMoeConfig c;
@@ -221,17 +308,22 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.num_experts = r.expert_count(keys.num_experts = "num_experts", 64);
         rc.top_k = r.integer("num_experts_per_tok", 8);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
-    } else if (type == "qwen2_moe") {
-        c.family = HfFamily::qwen2_moe;
+    } else if (type == "qwen2_moe" || type == "qwen3_moe") {
+        bool const q3 = type == "qwen3_moe";
+        c.family = q3 ? HfFamily::qwen3_moe : HfFamily::qwen2_moe;
         c.hidden_size = r.dimension("hidden_size", 2048);
-        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", 1408);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", q3 ? 768 : 1408);
         c.num_hidden_layers = layers(24);
-        rc.num_experts = r.expert_count(keys.num_experts = "num_experts", 60);
-        rc.top_k = r.integer("num_experts_per_tok", 4);
+        // Qwen3-MoE files say num_experts; transformers 5.23 re-saves it as num_local_experts.
+        keys.num_experts = q3 ? r.alias({"num_experts", "num_local_experts"}) : "num_experts";
+        rc.num_experts = r.expert_count(keys.num_experts, q3 ? 128 : 60);
+        rc.top_k = r.integer("num_experts_per_tok", q3 ? 8 : 4);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
-        c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", 5632, 0);
-        c.shared_gated = true;
-        c.moe_layer_freq = r.integer("decoder_sparse_step", 1);
+        if (!q3) {
+            c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", 5632, 0);
+            c.shared_gated = true;
+        }
+        c.moe_layer_freq = r.integer(c.layer_freq_key = "decoder_sparse_step", 1);
         c.sparse_step_counts_from_one = true;
         c.dense_layers = r.integers("mlp_only_layers");
     } else if (type == "deepseek_v2" || type == "deepseek_v3") {
@@ -246,8 +338,8 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         keys.shared_size = "n_shared_experts";
         keys.shared_in_routed_units = true;
         c.shared_intermediate_size = c.intermediate_size * r.expert_count("n_shared_experts", v3 ? 1 : 2, 0);
-        c.first_moe_layer = r.integer("first_k_dense_replace", v3 ? 3 : 0, 0);
-        c.moe_layer_freq = r.integer("moe_layer_freq", 1);
+        c.first_moe_layer = r.integer(c.first_moe_key = "first_k_dense_replace", v3 ? 3 : 0, 0);
+        c.moe_layer_freq = r.integer(c.layer_freq_key = "moe_layer_freq", 1);
         rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", v3 ? 2.5 : 1.0);
         if (v3) {
             std::string const scoring = r.string("scoring_func", std::string("sigmoid"));
@@ -271,10 +363,38 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
                 io::detail::file_fail(file, "key 'topk_method'", method, "\"greedy\" or \"group_limited_greedy\" for deepseek_v2");
             }
         }
+    } else if (auto const v = detail::sigmoid_bias_family(type)) {
+        // R-V3 (families.md §0): sigmoid scores, selection-only score-correction bias, groups, renorm(1e-20), r.
+        c.family = v->family;
+        c.hidden_size = r.dimension("hidden_size", v->d);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", v->f);
+        c.num_hidden_layers = layers(v->layers);
+        keys.num_experts = r.alias({"n_routed_experts", "num_local_experts", "num_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, v->experts);
+        rc.top_k = r.integer("num_experts_per_tok", v->top_k);
+        keys.shared_size = v->shared_key;
+        keys.shared_in_routed_units = true;
+        c.shared_intermediate_size = c.intermediate_size * r.expert_count(v->shared_key, v->shared, 0);
+        rc.score_func = router::ScoreFunc::sigmoid;
+        rc.requires_expert_bias = true;
+        rc.n_group = r.integer("n_group", v->n_group);
+        rc.topk_group = r.integer("topk_group", v->topk_group);
+        rc.norm_topk_prob = r.boolean("norm_topk_prob", v->norm);
+        rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", v->scale);
+        if (v->layer_types && r.has("mlp_layer_types")) {
+            c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
+        } else if (v->first_dense) {
+            c.first_moe_layer = r.integer(c.first_moe_key = "first_k_dense_replace", *v->first_dense, 0);
+        } else {
+            // Glm4MoeLiteConfig: no first_k_dense_replace; the default list is one dense layer, then sparse.
+            c.defaulted.push_back("mlp_layer_types = [\"dense\", \"sparse\", ...]");
+            c.moe_layer_types.assign(static_cast<std::size_t>(c.num_hidden_layers), 1);
+            c.moe_layer_types[0] = 0;
+        }
     } else {
-        io::detail::file_fail(file, "key 'model_type'", type, "one of mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3");
+        io::detail::file_fail(file, "key 'model_type'", type, std::string("one of ") + kHfModelTypes);
     }
-    if (c.family == HfFamily::mixtral || c.family == HfFamily::olmoe) keys.shared_size = nullptr;
+    if (c.shared_intermediate_size == 0 && !c.shared_gated) keys.shared_size = nullptr;
     if (j.contains("quantization_config") && !j["quantization_config"].is_null()) c.quant = parse_quant_config(j["quantization_config"], file);
     try {
         rc.validate();

@@ -2,9 +2,11 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, olmoe        MoELayer<TopK, SwiGLU<W>, None>
-//   qwen2_moe             MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
-//   deepseek_v2, _v3      MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+//   mixtral, olmoe, qwen3_moe        MoELayer<TopK, SwiGLU<W>, None>
+//   qwen2_moe                        MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
+//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+//                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+// (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
 // int4 (Options::format = WeightFormat::int4) build the same three shapes over expert::QuantSwiGLU:
@@ -106,18 +108,32 @@ void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std
     require_finite(t, std::span<W const>(begin, static_cast<std::size_t>(t.numel())));
 }
 
-// Tensor names of one decoder layer (experts.md §12): the on-disk per-expert names and the fused
-// gate_up_proj / down_proj that Hugging Face writes when it re-saves.
+// Tensor names of one decoder layer (experts.md §12, families.md §2.8): the on-disk per-expert names
+// and the fused gate_up_proj / down_proj that Hugging Face writes when it re-saves.
 struct HfNames {
-    std::vector<std::string> prefixes;  // tried in order
+    std::vector<std::string> prefixes;  // the block's prefix, tried in order: the router weight finds it
     char const* gate_name;              // per-expert gate / up / down projection names
     char const* up_name;
     char const* down_name;
+    char const* router = "gate.weight";
+    // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's on-disk name, Bailing's and
+    // AFMoE's expert_bias.
+    std::vector<char const*> bias = {"gate.e_score_correction_bias", "e_score_correction_bias", "gate.expert_bias", "expert_bias"};
+    char const* shared = "shared_experts.";  // the shared expert's prefix in the block
+    char const* shared_gate = "shared_expert_gate.weight";
 
     static HfNames of(HfFamily f, std::int64_t layer) {
-        std::string const base = "model.layers." + std::to_string(layer) + ".";
-        if (f == HfFamily::mixtral) return {{base + "block_sparse_moe.", base + "mlp."}, "w1", "w3", "w2"};
-        return {{base + "mlp."}, "gate_proj", "up_proj", "down_proj"};
+        // A decoder nested in a multimodal wrapper (Qwen3.5-MoE, Llama 4) keeps its layers one level down.
+        std::string const l = std::to_string(layer) + ".";
+        std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
+        HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
+        for (auto const& b : bases) {
+            if (f == HfFamily::mixtral) n.prefixes.push_back(b + "block_sparse_moe.");
+            n.prefixes.push_back(b + "mlp.");
+        }
+        if (f == HfFamily::mixtral) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+        if (f == HfFamily::qwen2_moe) n.shared = "shared_expert.";
+        return n;
     }
 };
 
@@ -253,7 +269,7 @@ public:
     std::size_t workspace_bytes() const {
         return std::visit([](auto const& l) { return l->workspace_size(); }, layer_);
     }
-    // The DeepSeek-V3 score-correction bias (empty for the other families).
+    // The R-V3 families' score-correction bias (empty for the others).
     std::span<float const> expert_bias() const { return bias_; }
     // formats.md §4 rule 5: local expert e's format ("int4-g128-sym", "fp8-e4m3-b128x128", "gate/up X,
     // down Y"), or the layer's dtype for an unquantised layer; the shared expert's ("" when none).
@@ -326,16 +342,19 @@ private:
         };
         TensorInfo const* gate = nullptr;
         for (auto const& p : names.prefixes)
-            if ((gate = src.find(p + "gate.weight"))) {
+            if ((gate = src.find(p + names.router))) {
                 prefix_ = p;
                 break;
             }
-        if (!gate) missing(names.prefixes.front() + "gate.weight", "the router weight [E, d]");
+        if (!gate) missing(names.prefixes.front() + names.router, "the router weight [E, d]");
         checked(gate, {xE, xd}, false);
         TensorInfo const* bias = nullptr;
-        if (cfg_.router.requires_expert_bias)
-            bias = checked(find_or_fail(src, prefix_ + "gate.e_score_correction_bias", "the score-correction bias [E]"),
-                           {xE}, false);
+        if (cfg_.router.requires_expert_bias) {
+            for (auto const* b : names.bias)
+                if ((bias = src.find(prefix_ + b))) break;
+            if (!bias) missing(prefix_ + names.bias.front(), "the score-correction bias [E]");
+            checked(bias, {xE}, false);
+        }
         local_ = maker_.experts(E);
 
         auto const* gu = src.find(prefix_ + "experts.gate_up_proj");
@@ -374,7 +393,7 @@ private:
         std::int64_t const fs = cfg_.shared_intermediate_size;
         ConfigExtent const xs = k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
         if (fs > 0) {
-            std::string const p = prefix_ + (cfg_.family == HfFamily::qwen2_moe ? "shared_expert." : "shared_experts.");
+            std::string const p = prefix_ + names.shared;
             if (quant_) {
                 auto plan = [&](char const* proj, ConfigExtent r, ConfigExtent c) {
                     return plan_matrix(src, cfg_.quant ? &*cfg_.quant : nullptr, p + proj, r, c, source_, k.file);
@@ -387,7 +406,7 @@ private:
             shared_[2] = checked(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"), {xd, xs});
             }
             if (cfg_.shared_gated) {
-                shared_gate = find_or_fail(src, prefix_ + "shared_expert_gate.weight", "the shared expert gate [1, d]");
+                shared_gate = find_or_fail(src, prefix_ + names.shared_gate, "the shared expert gate [1, d]");
                 checked(shared_gate, {{1}, xd}, false);
             }
         }
