@@ -328,6 +328,45 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
         CHECK(c.is_moe_layer(x.first_moe));
         CHECK(c.is_moe_layer(x.L - 1));
     }
+    // Qwen3-Next, MiniMax, MiniMax-M2, FlexOlmo and Bailing (bailing spells its keys its own way).
+    auto const next = parse_hf_config({{"model_type", "qwen3_next"}}, "n.json");
+    CHECK((next.num_experts() == 512 && next.top_k() == 10 && next.intermediate_size == 512 && next.num_hidden_layers == 48));
+    CHECK((next.shared_intermediate_size == 512 && next.shared_gated && next.router.norm_topk_prob));
+    auto const mm = parse_hf_config({{"model_type", "minimax"}}, "m.json");
+    CHECK((mm.num_experts() == 8 && mm.top_k() == 2 && mm.intermediate_size == 14336 && mm.hidden_size == 4096 && mm.num_hidden_layers == 32));
+    CHECK((mm.router.score_func == smoe::router::ScoreFunc::softmax && mm.router.norm_topk_prob && !mm.router.requires_expert_bias));
+    auto const m2 = parse_hf_config({{"model_type", "minimax_m2"}}, "m.json");
+    CHECK((m2.num_experts() == 256 && m2.top_k() == 8 && m2.intermediate_size == 1536 && m2.hidden_size == 3072 && m2.num_hidden_layers == 62));
+    CHECK((m2.router.score_func == smoe::router::ScoreFunc::sigmoid && m2.router.requires_expert_bias && m2.router.norm_topk_prob));
+    CHECK((m2.router.norm_eps == 0.0f && m2.router.n_group == 1 && m2.router.routed_scaling_factor == 1.0f));
+    auto const flex = parse_hf_config({{"model_type", "flex_olmo"}}, "f.json");
+    CHECK((flex.num_experts() == 7 && flex.top_k() == 5 && flex.intermediate_size == 11008 && flex.hidden_size == 4096));
+    CHECK((!flex.router.norm_topk_prob && flex.shared_intermediate_size == 0));
+    auto const bail = parse_hf_config({{"model_type", "bailing_hybrid"}}, "b.json");
+    CHECK((bail.num_experts() == 512 && bail.top_k() == 8 && bail.intermediate_size == 768 && bail.hidden_size == 2560));
+    CHECK((bail.shared_intermediate_size == 768 && bail.router.n_group == 8 && bail.router.topk_group == 4));
+    CHECK((bail.router.routed_scaling_factor == 2.5f && bail.router.norm_topk_prob && bail.num_hidden_layers == 42));
+    CHECK((!bail.is_moe_layer(1) && bail.is_moe_layer(2)));
+    CHECK(has_default(bail, "num_experts_per_token = 8"));
+    auto const bail2 = parse_hf_config({{"model_type", "bailing_hybrid"}, {"num_experts", 16}, {"num_experts_per_token", 3},
+                                        {"num_expert_group", 4}, {"topk_group", 2}, {"moe_renormalize", false}, {"num_shared_experts", 0}}, "b.json");
+    CHECK((bail2.num_experts() == 16 && bail2.top_k() == 3 && bail2.router.n_group == 4 && !bail2.router.norm_topk_prob));
+    CHECK(bail2.shared_intermediate_size == 0);
+
+    // Qwen3.5-MoE: the decoder's keys in text_config (model_type qwen3_5_moe_text, or none: the top level's).
+    auto const q35 = parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}}, "c.json");
+    CHECK(q35.family == HfFamily::qwen3_5_moe);
+    CHECK((q35.num_experts() == 16 && q35.top_k() == 8 && q35.intermediate_size == 512 && q35.num_hidden_layers == 40));
+    CHECK((q35.shared_intermediate_size == 512 && q35.shared_gated));
+    CHECK(q35.router.norm_topk_prob);  // Qwen3.5's router always renormalises: there is no key
+    CHECK((q35.is_moe_layer(0) && q35.is_moe_layer(39)));
+    CHECK(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"model_type", "qwen3_5_moe_text"}}}}, "c.json").family ==
+          HfFamily::qwen3_5_moe);
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", "16"}}}}, "c.json"),
+                      Contains("c.json text_config: key 'num_experts'") && Contains("an integer"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", 3}}, "c.json"),
+                      Contains("key 'text_config'") && Contains("JSON object"));
+
     // dots1 has no default for its counts (Dots1Config: None): the file must say.
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dots1"}}, "d.json"), Contains("n_routed_experts") && Contains("no default"));
     auto const dots = parse_hf_config({{"model_type", "dots1"}, {"n_routed_experts", 128}, {"num_experts_per_tok", 6}, {"n_shared_experts", 2}}, "d.json");
@@ -384,6 +423,43 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_hidden_layers", 2}},
          {.block = "model.language_model.layers.1.mlp."}, 1, 2, "num_hidden_layers (2)",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 0, false},
+        {"qwen3_next",
+         {{"model_type", "qwen3_next"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"shared_expert_intermediate_size", 20}, {"num_hidden_layers", 2}, {"decoder_sparse_step", 2}},
+         {.block = "model.layers.1.mlp.", .shared = "shared_expert.", .shared_gate = "shared_expert_gate.weight"}, 1, 0,
+         "(layer + 1) % decoder_sparse_step (2) == 0",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 20, true},
+        {"qwen3_5_moe (text_config, model.language_model. prefix, fused experts)",
+         {{"model_type", "qwen3_5_moe"},
+          {"text_config", {{"model_type", "qwen3_5_moe_text"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E},
+                           {"num_experts_per_tok", k}, {"shared_expert_intermediate_size", 16}, {"num_hidden_layers", 2}}}},
+         {.block = "model.language_model.layers.0.mlp.", .shared = "shared_expert.", .shared_gate = "shared_expert_gate.weight", .fused = true},
+         0, 2, "num_hidden_layers (2)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 16, true},
+        {"minimax",
+         {{"model_type", "minimax"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.block_sparse_moe.", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight"}, 0, 1,
+         "num_hidden_layers (1)", {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 0, false},
+        {"minimax_m2",
+         {{"model_type", "minimax_m2"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.block_sparse_moe.", .bias = "e_score_correction_bias", .gate = "w1.weight", .up = "w3.weight",
+          .down = "w2.weight"},
+         0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .norm_eps = 0.0f, .requires_expert_bias = true},
+         0, false},
+        {"flex_olmo",
+         {{"model_type", "flex_olmo"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.mlp."}, 0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 0, false},
+        {"bailing_hybrid",
+         {{"model_type", "bailing_hybrid"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E},
+          {"num_experts_per_token", k}, {"num_shared_experts", 1}, {"num_expert_group", 4}, {"topk_group", 2}, {"first_k_dense_replace", 1},
+          {"num_hidden_layers", 2}},
+         {.block = "model.layers.1.mlp.", .bias = "gate.expert_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
+         sigmoid_bias_router(E, k, 4, 2, true, 2.5f), f, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},
@@ -431,7 +507,9 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
             CHECK(y == by_hand(b, fam.router, fam.gated, x, T));
         }
         CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, fam.dense, {}, "mem"),
-                          Contains("c.json: layer' = " + std::to_string(fam.dense)) && Contains(fam.dense_rule) &&
+                          Contains("c.json" + std::string(fam.config.contains("text_config") ? " text_config" : "") +
+                                   ": layer' = " + std::to_string(fam.dense)) &&
+                              Contains(fam.dense_rule) &&
                               Contains("dense layers have no router"));
     }
 }

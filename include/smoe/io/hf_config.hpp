@@ -29,11 +29,14 @@ namespace smoe::inline v0::io {
 
 // The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
 // with other defaults and names share its router preset and layer type:
-//   R-SM / R-SMN softmax top-k    mixtral, olmoe, qwen2_moe, qwen3_moe
-//   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+//   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe
+//   R-SB sigmoid + bias           minimax_m2
+//   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
+//                                 bailing_hybrid
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
-    qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+    qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
+    qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid
 };
 
 inline char const* to_string(HfFamily f) {
@@ -50,12 +53,19 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::glm_moe_dsa: return "glm_moe_dsa";
         case HfFamily::dots1: return "dots1";
         case HfFamily::exaone_moe: return "exaone_moe";
+        case HfFamily::qwen3_next: return "qwen3_next";
+        case HfFamily::qwen3_5_moe: return "qwen3_5_moe";
+        case HfFamily::minimax: return "minimax";
+        case HfFamily::minimax_m2: return "minimax_m2";
+        case HfFamily::flex_olmo: return "flex_olmo";
+        case HfFamily::bailing_hybrid: return "bailing_hybrid";
     }
     return "?";
 }
 inline constexpr char const* kHfModelTypes =
-    "mixtral, olmoe, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, "
-    "dots1, exaone_moe";
+    "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
+    "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
+    "bailing_hybrid";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -244,6 +254,7 @@ struct SigmoidBiasFamily {
     bool norm;
     std::optional<std::int64_t> first_dense;  // first_k_dense_replace's default; none: the family has no such key
     bool layer_types;                          // the family reads mlp_layer_types (else first_k_dense_replace only)
+    bool bailing_keys = false;                 // BailingHybridConfig's spellings first (num_experts_per_token, ...)
 };
 
 inline std::optional<SigmoidBiasFamily> sigmoid_bias_family(std::string const& type) {
@@ -255,6 +266,27 @@ inline std::optional<SigmoidBiasFamily> sigmoid_bias_family(std::string const& t
     if (type == "glm_moe_dsa") return SigmoidBiasFamily{F::glm_moe_dsa, 6144, 2048, 78, 256, 8, 1, "n_shared_experts", 1, 1, 2.5, true, 3, true};
     if (type == "dots1") return SigmoidBiasFamily{F::dots1, 4608, 1408, 62, I{}, I{}, I{}, "n_shared_experts", 1, 1, 1.0, false, 0, false};
     if (type == "exaone_moe") return SigmoidBiasFamily{F::exaone_moe, 4096, 1024, 32, 64, 8, 1, "num_shared_experts", 1, 1, 2.5, true, 1, true};
+    if (type == "bailing_hybrid")
+        return SigmoidBiasFamily{F::bailing_hybrid, 2560, 768, 42, 512, 8, 1, "num_shared_experts", 8, 4, 2.5, true, 2, true, true};
+    return std::nullopt;
+}
+
+// The Qwen-MoE families' defaults (Qwen2MoeConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3_5MoeTextConfig);
+// hidden_size is 2048 in all four.
+struct QwenFamily {
+    HfFamily family;
+    std::int64_t f, layers, experts, top_k;
+    std::optional<bool> norm;  // norm_topk_prob's default; none: no key, always renormalised
+    std::int64_t shared;       // the sigmoid-gated shared expert's width; 0: none
+    bool sparse_step;          // decoder_sparse_step and mlp_only_layers (else every layer is MoE)
+};
+
+inline std::optional<QwenFamily> qwen_family(std::string const& type) {
+    using F = HfFamily;
+    if (type == "qwen2_moe") return QwenFamily{F::qwen2_moe, 1408, 24, 60, 4, false, 5632, true};
+    if (type == "qwen3_moe") return QwenFamily{F::qwen3_moe, 768, 24, 128, 8, false, 0, true};
+    if (type == "qwen3_next") return QwenFamily{F::qwen3_next, 512, 48, 512, 10, true, 512, true};
+    if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 512, 40, 256, 8, std::nullopt, 512, false};
     return std::nullopt;
 }
 
@@ -275,10 +307,21 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// Qwen2MoeConfig, Qwen3MoeConfig, DeepseekV2Config, DeepseekV3Config and sigmoid_bias_family's);
+// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
+// sigmoid_bias_family's);
 // routing semantics follow routing.md §2 and families.md §2.
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
     if (!j.is_object()) io::detail::file_fail(file, "top level", j.type_name(), "a JSON object (a Hugging Face config)");
+    // A multimodal wrapper (Qwen3.5-MoE, Llama 4) keeps the decoder's keys in text_config; its model_type
+    // and quantization_config may stay at the top level.
+    if (j.contains("text_config") && !j["text_config"].is_null()) {
+        auto const& t = j["text_config"];
+        if (!t.is_object()) io::detail::file_fail(file, "key 'text_config'", t.dump(), "a JSON object (the decoder's config)");
+        nlohmann::json text = t;
+        for (char const* k : {"model_type", "quantization_config"})
+            if (!text.contains(k) && j.contains(k)) text[k] = j[k];
+        return parse_hf_config(text, file + " text_config");
+    }
     HfMoeConfig c;
     c.keys.file = file;
     HfConfigKeys& keys = c.keys;
@@ -300,32 +343,53 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.num_experts = r.expert_count("num_local_experts", 8);
         rc.top_k = r.integer("num_experts_per_tok", 2);
         rc.norm_topk_prob = true;  // Mixtral always renormalises (routing.md §2)
-    } else if (type == "olmoe") {
-        c.family = HfFamily::olmoe;
-        c.hidden_size = r.dimension("hidden_size", 2048);
-        c.intermediate_size = r.dimension("intermediate_size", 2048);
-        c.num_hidden_layers = layers(16);
-        rc.num_experts = r.expert_count(keys.num_experts = "num_experts", 64);
-        rc.top_k = r.integer("num_experts_per_tok", 8);
+    } else if (type == "minimax" || type == "minimax_m2") {
+        // Mixtral's block and names; MiniMax-M2 scores with R-SB (families.md §0): sigmoid, a selection-only
+        // bias, no groups, renormalised without epsilon, r = 1. (MiniMax's mlp_alpha/beta_factor weigh the
+        // residual, outside the block.)
+        bool const m2 = type == "minimax_m2";
+        c.family = m2 ? HfFamily::minimax_m2 : HfFamily::minimax;
+        c.hidden_size = r.dimension("hidden_size", m2 ? 3072 : 4096);
+        c.intermediate_size = r.dimension("intermediate_size", m2 ? 1536 : 14336);
+        c.num_hidden_layers = layers(m2 ? 62 : 32);
+        keys.num_experts = r.alias({"num_local_experts", "num_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, m2 ? 256 : 8);
+        rc.top_k = r.integer("num_experts_per_tok", m2 ? 8 : 2);
+        rc.norm_topk_prob = true;
+        if (m2) {
+            rc.score_func = router::ScoreFunc::sigmoid;
+            rc.requires_expert_bias = true;
+            rc.norm_eps = 0.0f;
+        }
+    } else if (type == "olmoe" || type == "flex_olmo") {
+        bool const flex = type == "flex_olmo";
+        c.family = flex ? HfFamily::flex_olmo : HfFamily::olmoe;
+        c.hidden_size = r.dimension("hidden_size", flex ? 4096 : 2048);
+        c.intermediate_size = r.dimension("intermediate_size", flex ? 11008 : 2048);
+        c.num_hidden_layers = layers(flex ? 32 : 16);
+        keys.num_experts = flex ? r.alias({"num_experts", "num_local_experts"}) : "num_experts";
+        rc.num_experts = r.expert_count(keys.num_experts, flex ? 7 : 64);
+        rc.top_k = r.integer("num_experts_per_tok", flex ? 5 : 8);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
-    } else if (type == "qwen2_moe" || type == "qwen3_moe") {
-        bool const q3 = type == "qwen3_moe";
-        c.family = q3 ? HfFamily::qwen3_moe : HfFamily::qwen2_moe;
+    } else if (auto const q = detail::qwen_family(type)) {
+        c.family = q->family;
         c.hidden_size = r.dimension("hidden_size", 2048);
-        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", q3 ? 768 : 1408);
-        c.num_hidden_layers = layers(24);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", q->f);
+        c.num_hidden_layers = layers(q->layers);
         // Qwen3-MoE files say num_experts; transformers 5.23 re-saves it as num_local_experts.
-        keys.num_experts = q3 ? r.alias({"num_experts", "num_local_experts"}) : "num_experts";
-        rc.num_experts = r.expert_count(keys.num_experts, q3 ? 128 : 60);
-        rc.top_k = r.integer("num_experts_per_tok", q3 ? 8 : 4);
-        rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
-        if (!q3) {
-            c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", 5632, 0);
+        keys.num_experts = r.alias({"num_experts", "num_local_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, q->experts);
+        rc.top_k = r.integer("num_experts_per_tok", q->top_k);
+        rc.norm_topk_prob = q->norm ? r.boolean("norm_topk_prob", *q->norm) : true;  // Qwen3.5 always renormalises
+        if (q->shared) {
+            c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", q->shared, 0);
             c.shared_gated = true;
         }
-        c.moe_layer_freq = r.integer(c.layer_freq_key = "decoder_sparse_step", 1);
-        c.sparse_step_counts_from_one = true;
-        c.dense_layers = r.integers("mlp_only_layers");
+        if (q->sparse_step) {
+            c.moe_layer_freq = r.integer(c.layer_freq_key = "decoder_sparse_step", 1);
+            c.sparse_step_counts_from_one = true;
+            c.dense_layers = r.integers("mlp_only_layers");
+        }
     } else if (type == "deepseek_v2" || type == "deepseek_v3") {
         bool const v3 = type == "deepseek_v3";
         c.family = v3 ? HfFamily::deepseek_v3 : HfFamily::deepseek_v2;
@@ -369,17 +433,19 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         c.hidden_size = r.dimension("hidden_size", v->d);
         c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", v->f);
         c.num_hidden_layers = layers(v->layers);
-        keys.num_experts = r.alias({"n_routed_experts", "num_local_experts", "num_experts"});
+        // Bailing writes the names its attribute_map gives; the others', then, are synonyms.
+        bool const b = v->bailing_keys;
+        keys.num_experts = b ? r.alias({"num_experts", "num_local_experts"}) : r.alias({"n_routed_experts", "num_local_experts", "num_experts"});
         rc.num_experts = r.expert_count(keys.num_experts, v->experts);
-        rc.top_k = r.integer("num_experts_per_tok", v->top_k);
-        keys.shared_size = v->shared_key;
+        rc.top_k = r.integer(b ? r.alias({"num_experts_per_token", "num_experts_per_tok"}) : "num_experts_per_tok", v->top_k);
+        keys.shared_size = b ? r.alias({"num_shared_experts", "n_shared_experts"}) : v->shared_key;
         keys.shared_in_routed_units = true;
-        c.shared_intermediate_size = c.intermediate_size * r.expert_count(v->shared_key, v->shared, 0);
+        c.shared_intermediate_size = c.intermediate_size * r.expert_count(keys.shared_size, v->shared, 0);
         rc.score_func = router::ScoreFunc::sigmoid;
         rc.requires_expert_bias = true;
-        rc.n_group = r.integer("n_group", v->n_group);
+        rc.n_group = r.integer(b ? r.alias({"num_expert_group", "n_group"}) : "n_group", v->n_group);
         rc.topk_group = r.integer("topk_group", v->topk_group);
-        rc.norm_topk_prob = r.boolean("norm_topk_prob", v->norm);
+        rc.norm_topk_prob = r.boolean(b ? r.alias({"moe_renormalize", "norm_topk_prob"}) : "norm_topk_prob", v->norm);
         rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", v->scale);
         if (v->layer_types && r.has("mlp_layer_types")) {
             c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);

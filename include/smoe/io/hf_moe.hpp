@@ -2,9 +2,11 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, olmoe, qwen3_moe        MoELayer<TopK, SwiGLU<W>, None>
-//   qwen2_moe                        MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
-//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe
+//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe
+//                                    MoELayer<TopK, SwiGLU<W>, None>
+//   qwen2_moe, qwen3_next, qwen3_5_moe
+//                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
+//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
@@ -127,12 +129,13 @@ struct HfNames {
         std::string const l = std::to_string(layer) + ".";
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
+        bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2;
         for (auto const& b : bases) {
-            if (f == HfFamily::mixtral) n.prefixes.push_back(b + "block_sparse_moe.");
+            if (mixtral_names) n.prefixes.push_back(b + "block_sparse_moe.");
             n.prefixes.push_back(b + "mlp.");
         }
-        if (f == HfFamily::mixtral) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
-        if (f == HfFamily::qwen2_moe) n.shared = "shared_expert.";
+        if (mixtral_names) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+        if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe) n.shared = "shared_expert.";
         return n;
     }
 };
