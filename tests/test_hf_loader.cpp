@@ -353,6 +353,31 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK((bail2.num_experts() == 16 && bail2.top_k() == 3 && bail2.router.n_group == 4 && !bail2.router.norm_topk_prob));
     CHECK(bail2.shared_intermediate_size == 0);
 
+    // AFMoE and LFM2-MoE (R-SB), Jamba and HunYuan (softmax top-k).
+    auto const af = parse_hf_config({{"model_type", "afmoe"}}, "a.json");
+    CHECK((af.num_experts() == 64 && af.top_k() == 6 && af.intermediate_size == 1408 && af.shared_intermediate_size == 2 * 1408));
+    CHECK((af.router.score_func == smoe::router::ScoreFunc::sigmoid && af.router.requires_expert_bias && af.router.norm_topk_prob));
+    CHECK((af.router.norm_eps == 1e-20f && af.router.routed_scaling_factor == 1.0f && !af.is_moe_layer(0) && af.is_moe_layer(1)));
+    auto const lfm = parse_hf_config({{"model_type", "lfm2_moe"}}, "l.json");
+    CHECK((lfm.num_experts() == 32 && lfm.top_k() == 4 && lfm.intermediate_size == 1792 && lfm.shared_intermediate_size == 0));
+    CHECK((lfm.router.score_func == smoe::router::ScoreFunc::sigmoid && lfm.router.requires_expert_bias && lfm.router.norm_topk_prob));
+    CHECK((lfm.router.norm_eps == 1e-6f && !lfm.is_moe_layer(1) && lfm.is_moe_layer(2)));
+    CHECK(!parse_hf_config({{"model_type", "lfm2_moe"}, {"use_expert_bias", false}}, "l.json").router.requires_expert_bias);
+    auto const jam = parse_hf_config({{"model_type", "jamba"}}, "j.json");
+    CHECK((jam.num_experts() == 16 && jam.top_k() == 2 && jam.intermediate_size == 14336 && !jam.router.norm_topk_prob));
+    CHECK((!jam.is_moe_layer(0) && jam.is_moe_layer(1) && !jam.is_moe_layer(2) && jam.is_moe_layer(31)));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "jamba"}, {"expert_layer_period", 2}, {"expert_layer_offset", 2}}, "j.json"),
+                      Contains("key 'expert_layer_offset'") && Contains("expert_layer_period (2)"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "jamba"}, {"num_experts", 1}, {"num_experts_per_tok", 1}}, "j.json"),
+                      Contains("key 'num_experts'") && Contains("at least 2"));
+    auto const hy = parse_hf_config({{"model_type", "hunyuan_v1_moe"}}, "h.json");
+    CHECK((hy.num_experts() == 1 && hy.top_k() == 1 && hy.intermediate_size == 11008 && hy.shared_intermediate_size == 11008));
+    CHECK((hy.router.norm_topk_prob && !hy.shared_gated));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "hunyuan_v1_moe"}, {"num_experts", 8}, {"moe_topk", {2, 2}}}, "h.json"),
+                      Contains("key 'moe_topk'") && Contains("an integer"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "hunyuan_v1_moe"}, {"num_experts", 8}, {"moe_topk", 9}}, "h.json"),
+                      Contains("key 'moe_topk'") && Contains("9"));
+
     // Qwen3.5-MoE: the decoder's keys in text_config (model_type qwen3_5_moe_text, or none: the top level's).
     auto const q35 = parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}}, "c.json");
     CHECK(q35.family == HfFamily::qwen3_5_moe);
@@ -460,6 +485,35 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_hidden_layers", 2}},
          {.block = "model.layers.1.mlp.", .bias = "gate.expert_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
          sigmoid_bias_router(E, k, 4, 2, true, 2.5f), f, false},
+        {"afmoe",
+         {{"model_type", "afmoe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_shared_experts", 1}, {"route_scale", 2.0}, {"num_hidden_layers", 2}},
+         {.block = "model.layers.1.mlp.", .router = "router.gate.weight", .bias = "expert_bias"}, 1, 0, "layer >= num_dense_layers (1)",
+         sigmoid_bias_router(E, k, 1, 1, true, 2.0f), f, false},
+        {"lfm2_moe",
+         {{"model_type", "lfm2_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 3}},
+         {.block = "model.layers.2.feed_forward.", .bias = "expert_bias", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight"}, 2, 1,
+         "layer >= num_dense_layers (2)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .norm_eps = 1e-6f, .requires_expert_bias = true},
+         0, false},
+        {"lfm2_moe without expert_bias",
+         {{"model_type", "lfm2_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}, {"num_dense_layers", 0}, {"use_expert_bias", false}, {"routed_scaling_factor", 1.5}},
+         {.block = "model.layers.0.feed_forward.", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight"}, 0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .routed_scaling_factor = 1.5f, .norm_eps = 1e-6f},
+         0, false},
+        {"jamba",
+         {{"model_type", "jamba"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 4}},
+         {.block = "model.layers.1.feed_forward.", .router = "router.weight"}, 1, 2,
+         "layer % expert_layer_period (2) == expert_layer_offset (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 0, false},
+        {"hunyuan_v1_moe",
+         {{"model_type", "hunyuan_v1_moe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E}, {"moe_topk", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.mlp.", .router = "gate.wg.weight", .shared = "shared_mlp."}, 0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, f, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},

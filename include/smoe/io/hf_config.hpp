@@ -29,14 +29,16 @@ namespace smoe::inline v0::io {
 
 // The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
 // with other defaults and names share its router preset and layer type:
-//   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe
-//   R-SB sigmoid + bias           minimax_m2
+//   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
+//                                 qwen3_next, qwen3_5_moe
+//   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
 //                                 bailing_hybrid
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
-    qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid
+    qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
+    afmoe, lfm2_moe, jamba, hunyuan_v1_moe
 };
 
 inline char const* to_string(HfFamily f) {
@@ -59,13 +61,17 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::minimax_m2: return "minimax_m2";
         case HfFamily::flex_olmo: return "flex_olmo";
         case HfFamily::bailing_hybrid: return "bailing_hybrid";
+        case HfFamily::afmoe: return "afmoe";
+        case HfFamily::lfm2_moe: return "lfm2_moe";
+        case HfFamily::jamba: return "jamba";
+        case HfFamily::hunyuan_v1_moe: return "hunyuan_v1_moe";
     }
     return "?";
 }
 inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
-    "bailing_hybrid";
+    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -74,6 +80,7 @@ struct HfConfigKeys {
     char const* hidden_size = "hidden_size";
     char const* intermediate_size = "intermediate_size";
     char const* num_experts = "num_local_experts";
+    char const* top_k = "num_experts_per_tok";
     // The shared expert's width: its own key (Qwen2-MoE), or n_shared_experts × the routed width (DeepSeek).
     char const* shared_size = "shared_expert_intermediate_size";
     bool shared_in_routed_units = false;
@@ -96,6 +103,8 @@ struct HfMoeConfig {
     std::vector<std::uint8_t> moe_layer_types;
     char const* first_moe_key = nullptr;    // the key first_moe_layer came from (none: every layer from 0)
     char const* layer_freq_key = nullptr;   // the key moe_layer_freq came from
+    std::int64_t moe_layer_offset = 0;      // Jamba: layer % expert_layer_period == expert_layer_offset
+    char const* layer_offset_key = nullptr;
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
     std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
@@ -110,7 +119,7 @@ struct HfMoeConfig {
             if (l == layer) return false;
         if (layer < first_moe_layer) return false;
         if (sparse_step_counts_from_one) return (layer + 1) % moe_layer_freq == 0;
-        return layer % moe_layer_freq == 0;
+        return layer % moe_layer_freq == moe_layer_offset;
     }
     // is_moe_layer's rule in the file's keys and values, for an error about a dense layer.
     std::string moe_layer_rule() const {
@@ -120,7 +129,8 @@ struct HfMoeConfig {
         if (sparse_step_counts_from_one)
             s += ", (layer + 1) % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == 0";
         else if (layer_freq_key)
-            s += ", layer % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == 0";
+            s += ", layer % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == " +
+                 (layer_offset_key ? std::string(layer_offset_key) + " (" + std::to_string(moe_layer_offset) + ")" : "0");
         if (!dense_layers.empty()) s += ", layer not in mlp_only_layers";
         return s;
     }
@@ -307,7 +317,7 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
+// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, AfmoeConfig, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
 // sigmoid_bias_family's);
 // routing semantics follow routing.md §2 and families.md §2.
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
@@ -371,6 +381,58 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.num_experts = r.expert_count(keys.num_experts, flex ? 7 : 64);
         rc.top_k = r.integer("num_experts_per_tok", flex ? 5 : 8);
         rc.norm_topk_prob = r.boolean("norm_topk_prob", false);
+    } else if (type == "jamba" || type == "hunyuan_v1_moe") {
+        // Softmax top-k: Jamba keeps the selected probabilities (R-SM), HunYuan renormalises (R-SMN) and adds
+        // an ungated shared_mlp as wide as a routed expert.
+        bool const hy = type == "hunyuan_v1_moe";
+        c.family = hy ? HfFamily::hunyuan_v1_moe : HfFamily::jamba;
+        c.hidden_size = r.dimension("hidden_size", 4096);
+        c.intermediate_size = r.dimension("intermediate_size", hy ? 11008 : 14336);
+        c.num_hidden_layers = layers(32);
+        keys.num_experts = r.alias({"num_experts", "num_local_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, hy ? 1 : 16);
+        // HunYuan's moe_topk may be a list, one per layer; smoe reads one k for the file.
+        rc.top_k = r.integer(keys.top_k = hy ? r.alias({"moe_topk", "num_experts_per_tok"}) : "num_experts_per_tok", hy ? 1 : 2);
+        rc.norm_topk_prob = hy;
+        if (hy) {
+            c.shared_intermediate_size = c.intermediate_size;
+            keys.shared_size = "intermediate_size";
+        } else {
+            if (rc.num_experts < 2)  // JambaConfig.layers_num_experts: one expert makes every layer a dense MLP
+                io::detail::file_fail(file, "key '" + std::string(keys.num_experts) + "'", rc.num_experts,
+                                      "at least 2 (with one expert every Jamba layer is dense)");
+            c.moe_layer_freq = r.integer(c.layer_freq_key = "expert_layer_period", 2);
+            c.moe_layer_offset = r.integer(c.layer_offset_key = "expert_layer_offset", 1, 0);
+            if (c.moe_layer_offset >= c.moe_layer_freq)
+                io::detail::file_fail(file, "key 'expert_layer_offset'", c.moe_layer_offset,
+                                      "less than expert_layer_period (" + std::to_string(c.moe_layer_freq) + "), else no layer is MoE");
+        }
+    } else if (type == "afmoe" || type == "lfm2_moe") {
+        // R-SB (families.md §0): sigmoid, selection-only bias, no groups, renorm, r. AFMoE: ε 1e-20, r =
+        // route_scale, num_shared_experts ungated; LFM2-MoE: ε 1e-6, the bias optional (use_expert_bias).
+        bool const af = type == "afmoe";
+        c.family = af ? HfFamily::afmoe : HfFamily::lfm2_moe;
+        c.hidden_size = r.dimension("hidden_size", 2048);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", af ? 1408 : 1792);
+        c.num_hidden_layers = layers(32);
+        keys.num_experts = "num_experts";
+        rc.num_experts = r.expert_count(keys.num_experts, af ? 64 : 32);
+        rc.top_k = r.integer("num_experts_per_tok", af ? 6 : 4);
+        rc.score_func = router::ScoreFunc::sigmoid;
+        if (af) {
+            rc.norm_topk_prob = true;
+            rc.routed_scaling_factor = r.number_f32("route_scale", 1.0);
+            rc.requires_expert_bias = true;
+            keys.shared_size = "num_shared_experts";
+            keys.shared_in_routed_units = true;
+            c.shared_intermediate_size = c.intermediate_size * r.expert_count("num_shared_experts", 2, 0);
+        } else {
+            rc.norm_topk_prob = r.boolean("norm_topk_prob", true);
+            rc.norm_eps = 1e-6f;
+            rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 1.0);
+            rc.requires_expert_bias = r.boolean("use_expert_bias", true);
+        }
+        c.first_moe_layer = r.integer(c.first_moe_key = "num_dense_layers", af ? 1 : 2, 0);
     } else if (auto const q = detail::qwen_family(type)) {
         c.family = q->family;
         c.hidden_size = r.dimension("hidden_size", 2048);
@@ -437,7 +499,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         bool const b = v->bailing_keys;
         keys.num_experts = b ? r.alias({"num_experts", "num_local_experts"}) : r.alias({"n_routed_experts", "num_local_experts", "num_experts"});
         rc.num_experts = r.expert_count(keys.num_experts, v->experts);
-        rc.top_k = r.integer(b ? r.alias({"num_experts_per_token", "num_experts_per_tok"}) : "num_experts_per_tok", v->top_k);
+        rc.top_k = r.integer(keys.top_k = b ? r.alias({"num_experts_per_token", "num_experts_per_tok"}) : "num_experts_per_tok", v->top_k);
         keys.shared_size = b ? r.alias({"num_shared_experts", "n_shared_experts"}) : v->shared_key;
         keys.shared_in_routed_units = true;
         c.shared_intermediate_size = c.intermediate_size * r.expert_count(keys.shared_size, v->shared, 0);
@@ -466,7 +528,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.validate();
     } catch (smoe::invalid_argument const& e) {
         // The router's names, as this file spells them (n_group, topk_group, ... are the same).
-        std::string const key = e.argument() == "top_k"         ? "num_experts_per_tok"
+        std::string const key = e.argument() == "top_k"         ? keys.top_k
                                 : e.argument() == "num_experts" ? keys.num_experts
                                                                 : e.argument();
         throw file_error(file, "key '" + key + "'", e.value(), e.expected());

@@ -2,12 +2,12 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe
+//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, jamba, lfm2_moe
 //                                    MoELayer<TopK, SwiGLU<W>, None>
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
-//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid
-//                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
+//   afmoe, hunyuan_v1_moe            MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
@@ -118,8 +118,8 @@ struct HfNames {
     char const* up_name;
     char const* down_name;
     char const* router = "gate.weight";
-    // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's on-disk name, Bailing's and
-    // AFMoE's expert_bias.
+    // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's and MiniMax-M2's on-disk name,
+    // Bailing's, and AFMoE's and LFM2-MoE's expert_bias.
     std::vector<char const*> bias = {"gate.e_score_correction_bias", "e_score_correction_bias", "gate.expert_bias", "expert_bias"};
     char const* shared = "shared_experts.";  // the shared expert's prefix in the block
     char const* shared_gate = "shared_expert_gate.weight";
@@ -130,12 +130,16 @@ struct HfNames {
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
         bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2;
+        bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
         for (auto const& b : bases) {
             if (mixtral_names) n.prefixes.push_back(b + "block_sparse_moe.");
-            n.prefixes.push_back(b + "mlp.");
+            n.prefixes.push_back(b + (feed_forward ? "feed_forward." : "mlp."));
         }
-        if (mixtral_names) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+        if (mixtral_names || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
         if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe) n.shared = "shared_expert.";
+        if (f == HfFamily::hunyuan_v1_moe) n.router = "gate.wg.weight", n.shared = "shared_mlp.";
+        if (f == HfFamily::jamba) n.router = "router.weight";
+        if (f == HfFamily::afmoe) n.router = "router.gate.weight";
         return n;
     }
 };
