@@ -73,7 +73,9 @@ struct Block {
         std::string gate = "gate_proj.weight", up = "up_proj.weight", down = "down_proj.weight";
         std::string shared = "shared_experts.";  // the shared expert's prefix in the block
         std::string shared_gate;                 // "": ungated
-        bool fused = false;                      // experts.gate_up_proj [E, 2f, d] / experts.down_proj [E, d, f]
+        bool fused = false;                      // fused_gate_up [E, 2f, d] / fused_down [E, d, f]
+        bool bias_row = false;                   // the bias as [1, E] (ERNIE-4.5's moe_statics)
+        std::string fused_gate_up = "experts.gate_up_proj", fused_down = "experts.down_proj";
     };
 
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
@@ -89,15 +91,15 @@ struct Block {
         TensorMap m;
         std::string const& p = n.block;
         put(m, p + n.router, {E, d}, gate);
-        if (!n.bias.empty()) put(m, p + n.bias, {E}, bias);
+        if (!n.bias.empty()) put(m, p + n.bias, n.bias_row ? std::vector<std::int64_t>{1, E} : std::vector<std::int64_t>{E}, bias);
         if (n.fused) {
             std::vector<float> gu;
             for (std::int64_t e = 0; e < E; ++e) {
                 gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
                 gu.insert(gu.end(), w3.begin() + e * f * d, w3.begin() + (e + 1) * f * d);
             }
-            put(m, p + "experts.gate_up_proj", {E, 2 * f, d}, gu, bf16);
-            put(m, p + "experts.down_proj", {E, d, f}, w2, bf16);
+            put(m, p + n.fused_gate_up, {E, 2 * f, d}, gu, bf16);
+            put(m, p + n.fused_down, {E, d, f}, w2, bf16);
         } else {
             for (std::int64_t e = 0; e < E; ++e) {
                 std::string const q = p + "experts." + std::to_string(e) + ".";
@@ -378,6 +380,20 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "hunyuan_v1_moe"}, {"num_experts", 8}, {"moe_topk", 9}}, "h.json"),
                       Contains("key 'moe_topk'") && Contains("9"));
 
+    // ERNIE-4.5 (softmax + moe_statics bias; start/end/interval) and Granite (top-k, then softmax over k).
+    auto const er = parse_hf_config({{"model_type", "ernie4_5_moe"}}, "e.json");
+    CHECK((er.num_experts() == 64 && er.top_k() == 6 && er.intermediate_size == 1536 && er.hidden_size == 2560 && er.num_hidden_layers == 28));
+    CHECK((er.shared_intermediate_size == 2 * 1536 && !er.shared_gated));
+    CHECK((er.router.score_func == smoe::router::ScoreFunc::softmax && er.router.requires_expert_bias && er.router.norm_topk_prob));
+    CHECK((er.router.norm_eps == 0.0f && !er.is_moe_layer(0) && er.is_moe_layer(1) && er.is_moe_layer(27)));
+    auto const er2 = parse_hf_config({{"model_type", "ernie4_5_moe"}, {"moe_layer_end_index", 5}, {"moe_layer_interval", 2}}, "e.json");
+    for (std::int64_t l = 0; l < 8; ++l) CHECK(er2.is_moe_layer(l) == (l == 1 || l == 3 || l == 5));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "ernie4_5_moe"}, {"moe_norm_min", 0.5}}, "e.json"),
+                      Contains("key 'moe_norm_min'") && Contains("num_experts_per_tok / num_experts"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "ernie4_5_moe"}, {"use_bias", true}}, "e.json"), Contains("key 'use_bias'"));
+    auto const gr = parse_hf_config({{"model_type", "granitemoe"}}, "g.json");
+    CHECK((gr.num_experts() == 8 && gr.top_k() == 2 && gr.intermediate_size == 11008 && gr.router.score_after_topk));
+
     // Qwen3.5-MoE: the decoder's keys in text_config (model_type qwen3_5_moe_text, or none: the top level's).
     auto const q35 = parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}}, "c.json");
     CHECK(q35.family == HfFamily::qwen3_5_moe);
@@ -514,6 +530,20 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_hidden_layers", 1}},
          {.block = "model.layers.0.mlp.", .router = "gate.wg.weight", .shared = "shared_mlp."}, 0, 1, "num_hidden_layers (1)",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, f, false},
+        {"ernie4_5_moe",
+         {{"model_type", "ernie4_5_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"moe_num_experts", E}, {"moe_k", k},
+          {"moe_num_shared_experts", 1}, {"num_hidden_layers", 3}},
+         {.block = "model.layers.1.mlp.", .bias = "moe_statics.e_score_correction_bias", .bias_row = true}, 1, 0,
+         "layer >= moe_layer_start_index (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true, .norm_eps = 0.0f, .requires_expert_bias = true},
+         f, false},
+        {"granitemoe",
+         {{"model_type", "granitemoe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.block_sparse_moe.", .router = "router.layer.weight", .fused = true,
+          .fused_gate_up = "input_linear.weight", .fused_down = "output_linear.weight"},
+         0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 0, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},
@@ -559,6 +589,12 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
             std::vector<float> y(static_cast<std::size_t>(T * d));
             moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
             CHECK(y == by_hand(b, fam.router, fam.gated, x, T));
+        }
+        if (cfg.family == HfFamily::granitemoe) {  // Granite's files hold only the fused input/output_linear
+            Block::Disk per = fam.disk;
+            per.fused = false;
+            CHECK_THROWS_WITH(HfMoeLayer::load(cfg, b.write(per, false), fam.layer, {}, "mem"),
+                              Contains("block_sparse_moe.input_linear.weight") && Contains("missing"));
         }
         CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, fam.dense, {}, "mem"),
                           Contains("c.json" + std::string(fam.config.contains("text_config") ? " text_config" : "") +

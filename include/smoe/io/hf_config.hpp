@@ -32,13 +32,15 @@ namespace smoe::inline v0::io {
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
 //                                 qwen3_next, qwen3_5_moe
 //   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe
+//   R-TKS top-k, softmax over k   granitemoe
+//   softmax + bias, renorm        ernie4_5_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
 //                                 bailing_hybrid
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
-    afmoe, lfm2_moe, jamba, hunyuan_v1_moe
+    afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe
 };
 
 inline char const* to_string(HfFamily f) {
@@ -65,13 +67,15 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::lfm2_moe: return "lfm2_moe";
         case HfFamily::jamba: return "jamba";
         case HfFamily::hunyuan_v1_moe: return "hunyuan_v1_moe";
+        case HfFamily::ernie4_5_moe: return "ernie4_5_moe";
+        case HfFamily::granitemoe: return "granitemoe";
     }
     return "?";
 }
 inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
-    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe";
+    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -105,6 +109,8 @@ struct HfMoeConfig {
     char const* layer_freq_key = nullptr;   // the key moe_layer_freq came from
     std::int64_t moe_layer_offset = 0;      // Jamba: layer % expert_layer_period == expert_layer_offset
     char const* layer_offset_key = nullptr;
+    std::int64_t last_moe_layer = INT64_MAX;  // ERNIE-4.5 moe_layer_end_index (inclusive)
+    char const* last_moe_key = nullptr;
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
     std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
@@ -117,7 +123,7 @@ struct HfMoeConfig {
         if (!moe_layer_types.empty()) return moe_layer_types[static_cast<std::size_t>(layer)] != 0;
         for (auto l : dense_layers)
             if (l == layer) return false;
-        if (layer < first_moe_layer) return false;
+        if (layer < first_moe_layer || layer > last_moe_layer) return false;
         if (sparse_step_counts_from_one) return (layer + 1) % moe_layer_freq == 0;
         return layer % moe_layer_freq == moe_layer_offset;
     }
@@ -126,6 +132,7 @@ struct HfMoeConfig {
         std::string s = "0 <= layer < num_hidden_layers (" + std::to_string(num_hidden_layers) + ")";
         if (!moe_layer_types.empty()) return s + ", mlp_layer_types[layer] == \"sparse\"";
         if (first_moe_key) s += ", layer >= " + std::string(first_moe_key) + " (" + std::to_string(first_moe_layer) + ")";
+        if (last_moe_key) s += ", layer <= " + std::string(last_moe_key) + " (" + std::to_string(last_moe_layer) + ")";
         if (sparse_step_counts_from_one)
             s += ", (layer + 1) % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == 0";
         else if (layer_freq_key)
@@ -317,7 +324,8 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, AfmoeConfig, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
+// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoeConfig,
+// Ernie4_5_MoeConfig, AfmoeConfig, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
 // sigmoid_bias_family's);
 // routing semantics follow routing.md §2 and families.md §2.
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
@@ -407,6 +415,45 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
                 io::detail::file_fail(file, "key 'expert_layer_offset'", c.moe_layer_offset,
                                       "less than expert_layer_period (" + std::to_string(c.moe_layer_freq) + "), else no layer is MoE");
         }
+    } else if (type == "granitemoe") {
+        // R-TKS (families.md §0): top-k of the logits, softmax over those k. residual_multiplier scales
+        // the block's output at the residual add, outside the block.
+        c.family = HfFamily::granitemoe;
+        c.hidden_size = r.dimension("hidden_size", 4096);
+        c.intermediate_size = r.dimension("intermediate_size", 11008);
+        c.num_hidden_layers = layers(32);
+        rc.num_experts = r.expert_count("num_local_experts", 8);
+        rc.top_k = r.integer("num_experts_per_tok", 2);
+        rc.score_after_topk = true;
+    } else if (type == "ernie4_5_moe") {
+        // Softmax scores, selection by s + b (moe_statics), w = s_S / max(sum, moe_norm_min): the sum of
+        // the k largest of E probabilities is at least k / E, so a floor below that never binds and the
+        // weights are s_S / sum (norm_eps 0).
+        c.family = HfFamily::ernie4_5_moe;
+        c.hidden_size = r.dimension("hidden_size", 2560);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", 1536);
+        c.num_hidden_layers = layers(28);
+        keys.num_experts = r.alias({"moe_num_experts", "num_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, 64);
+        rc.top_k = r.integer(keys.top_k = r.alias({"moe_k", "num_experts_per_tok"}), 6);
+        rc.norm_topk_prob = true;
+        rc.norm_eps = 0.0f;
+        rc.requires_expert_bias = true;
+        keys.shared_size = "moe_num_shared_experts";
+        keys.shared_in_routed_units = true;
+        c.shared_intermediate_size = c.intermediate_size * r.expert_count("moe_num_shared_experts", 2, 0);
+        if (r.boolean("use_bias", false))
+            io::detail::file_fail(file, "key 'use_bias'", true, "false (smoe's shared experts have no biases)");
+        double const floor = r.number("moe_norm_min", 1e-12);
+        if (floor < 0 || floor * static_cast<double>(rc.num_experts) > static_cast<double>(rc.top_k))
+            io::detail::file_fail(file, "key 'moe_norm_min'", floor,
+                                  "0 <= moe_norm_min <= num_experts_per_tok / num_experts (a floor that could bind is not loaded)");
+        c.first_moe_layer = r.integer(c.first_moe_key = "moe_layer_start_index", 1, 0);
+        std::int64_t const end = r.integer("moe_layer_end_index", -1, -1);
+        c.last_moe_layer = end == -1 ? c.num_hidden_layers - 1 : end;
+        c.last_moe_key = "moe_layer_end_index";
+        c.moe_layer_freq = r.integer(c.layer_freq_key = "moe_layer_interval", 1);
+        c.sparse_step_counts_from_one = true;
     } else if (type == "afmoe" || type == "lfm2_moe") {
         // R-SB (families.md §0): sigmoid, selection-only bias, no groups, renorm, r. AFMoE: ε 1e-20, r =
         // route_scale, num_shared_experts ungated; LFM2-MoE: ε 1e-6, the bias optional (use_expert_bias).

@@ -2,12 +2,13 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, jamba, lfm2_moe
+//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, jamba, lfm2_moe, granitemoe
 //                                    MoELayer<TopK, SwiGLU<W>, None>
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
-//   afmoe, hunyuan_v1_moe            MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+//   afmoe, hunyuan_v1_moe, ernie4_5_moe
+//                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
@@ -117,10 +118,16 @@ struct HfNames {
     char const* gate_name;              // per-expert gate / up / down projection names
     char const* up_name;
     char const* down_name;
-    char const* router = "gate.weight";
+    std::vector<char const*> router = {"gate.weight"};  // tried in order at each prefix
+    // Fused [E, 2f, d] (gate rows first) and [E, d, f] stacks, tried in order; per_expert: whether the
+    // family also stores one tensor per expert (Granite's files hold only the fused input/output_linear).
+    std::vector<std::pair<char const*, char const*>> fused = {{"experts.gate_up_proj", "experts.down_proj"}};
+    bool per_expert = true;
     // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's and MiniMax-M2's on-disk name,
-    // Bailing's, and AFMoE's and LFM2-MoE's expert_bias.
-    std::vector<char const*> bias = {"gate.e_score_correction_bias", "e_score_correction_bias", "gate.expert_bias", "expert_bias"};
+    // Bailing's, AFMoE's and LFM2-MoE's expert_bias, ERNIE-4.5's moe_statics.
+    // ERNIE-4.5's moe_statics bias is [1, E].
+    std::vector<char const*> bias = {"gate.e_score_correction_bias", "e_score_correction_bias", "gate.expert_bias", "expert_bias",
+                                     "moe_statics.e_score_correction_bias", "gate.moe_statics.e_score_correction_bias"};
     char const* shared = "shared_experts.";  // the shared expert's prefix in the block
     char const* shared_gate = "shared_expert_gate.weight";
 
@@ -129,7 +136,8 @@ struct HfNames {
         std::string const l = std::to_string(layer) + ".";
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
-        bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2;
+        bool const granite = f == HfFamily::granitemoe;
+        bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || granite;
         bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
         for (auto const& b : bases) {
             if (mixtral_names) n.prefixes.push_back(b + "block_sparse_moe.");
@@ -137,9 +145,15 @@ struct HfNames {
         }
         if (mixtral_names || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
         if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe) n.shared = "shared_expert.";
-        if (f == HfFamily::hunyuan_v1_moe) n.router = "gate.wg.weight", n.shared = "shared_mlp.";
-        if (f == HfFamily::jamba) n.router = "router.weight";
-        if (f == HfFamily::afmoe) n.router = "router.gate.weight";
+        if (f == HfFamily::hunyuan_v1_moe) n.router = {"gate.wg.weight"}, n.shared = "shared_mlp.";
+        if (f == HfFamily::jamba) n.router = {"router.weight"};
+        if (f == HfFamily::afmoe) n.router = {"router.gate.weight"};
+        if (granite) {
+            // On disk block_sparse_moe.router.layer / input_linear / output_linear; re-saved as mlp.router / experts.*.
+            n.router = {"router.layer.weight", "router.weight"};
+            n.fused = {{"input_linear.weight", "output_linear.weight"}, {"experts.gate_up_proj", "experts.down_proj"}};
+            n.per_expert = false;
+        }
         return n;
     }
 };
@@ -348,23 +362,36 @@ private:
             return t;
         };
         TensorInfo const* gate = nullptr;
-        for (auto const& p : names.prefixes)
-            if ((gate = src.find(p + names.router))) {
+        for (auto const& p : names.prefixes) {
+            for (auto const* r : names.router)
+                if ((gate = src.find(p + r))) break;
+            if (gate) {
                 prefix_ = p;
                 break;
             }
-        if (!gate) missing(names.prefixes.front() + names.router, "the router weight [E, d]");
+        }
+        if (!gate) missing(names.prefixes.front() + names.router.front(), "the router weight [E, d]");
         checked(gate, {xE, xd}, false);
         TensorInfo const* bias = nullptr;
         if (cfg_.router.requires_expert_bias) {
             for (auto const* b : names.bias)
                 if ((bias = src.find(prefix_ + b))) break;
             if (!bias) missing(prefix_ + names.bias.front(), "the score-correction bias [E]");
-            checked(bias, {xE}, false);
+            if (bias->shape.size() == 2)
+                checked(bias, {{1}, xE}, false);
+            else
+                checked(bias, {xE}, false);
         }
         local_ = maker_.experts(E);
 
-        auto const* gu = src.find(prefix_ + "experts.gate_up_proj");
+        TensorInfo const* gu = nullptr;
+        char const* down_name = nullptr;
+        for (auto const& [g, dn] : names.fused)
+            if ((gu = src.find(prefix_ + g))) {
+                down_name = dn;
+                break;
+            }
+        if (!gu && !names.per_expert) missing(prefix_ + names.fused.front().first, "the fused expert gate/up projections [E, 2f, d]");
         if (gu && opt.format == WeightFormat::int4)
             io::detail::file_fail(source_, "tensor " + io::detail::quoted(gu->name), "present",
                                   "per-expert tensors for options.format int4 (the fused layout loads as f32, bf16 or int8)");
@@ -382,7 +409,7 @@ private:
             plan_quant(src, names, opt);
         } else if (gu) {
             fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
-            fused_down_ = checked(find_or_fail(src, prefix_ + "experts.down_proj", "the fused down projection [E, d, f]"),
+            fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"),
                                   {xE, xd, xf});
         }
         if (!quant_ && !gu) {
@@ -435,7 +462,8 @@ private:
         detail::copy_tensor(*gate, source_, {E, d}, gate_.data());
         if (bias) {
             bias_.resize(static_cast<std::size_t>(E));
-            detail::copy_tensor(*bias, source_, {E}, bias_.data());
+            detail::copy_tensor(*bias, source_, bias->shape.size() == 2 ? std::vector<std::int64_t>{1, E} : std::vector<std::int64_t>{E},
+                                bias_.data());
         }
         if (shared_gate) {
             shared_gate_.resize(static_cast<std::size_t>(d));
