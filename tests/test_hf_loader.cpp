@@ -76,6 +76,8 @@ struct Block {
         bool fused = false;                      // fused_gate_up [E, 2f, d] / fused_down [E, d, f]
         bool bias_row = false;                   // the bias as [1, E] (ERNIE-4.5's moe_statics)
         std::string fused_gate_up = "experts.gate_up_proj", fused_down = "experts.down_proj";
+        std::string shared_at;                   // the shared expert's full prefix, when it is not in the block
+        bool shared_fused = false;               // shared input_linear [2fs, d] / output_linear [d, fs] (Granite)
     };
 
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
@@ -110,10 +112,17 @@ struct Block {
             }
         }
         if (fs > 0) {
-            std::string const s = p + n.shared;
-            put(m, s + "gate_proj.weight", {fs, d}, s1, bf16);
-            put(m, s + "up_proj.weight", {fs, d}, s3, bf16);
-            put(m, s + "down_proj.weight", {d, fs}, s2, bf16);
+            std::string const s = n.shared_at.empty() ? p + n.shared : n.shared_at;
+            if (n.shared_fused) {
+                std::vector<float> gu(s1);
+                gu.insert(gu.end(), s3.begin(), s3.end());
+                put(m, s + "input_linear.weight", {2 * fs, d}, gu, bf16);
+                put(m, s + "output_linear.weight", {d, fs}, s2, bf16);
+            } else {
+                put(m, s + "gate_proj.weight", {fs, d}, s1, bf16);
+                put(m, s + "up_proj.weight", {fs, d}, s3, bf16);
+                put(m, s + "down_proj.weight", {d, fs}, s2, bf16);
+            }
             if (!n.shared_gate.empty()) put(m, p + n.shared_gate, {1, d}, sgate);
         }
         return m;
@@ -393,6 +402,11 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "ernie4_5_moe"}, {"use_bias", true}}, "e.json"), Contains("key 'use_bias'"));
     auto const gr = parse_hf_config({{"model_type", "granitemoe"}}, "g.json");
     CHECK((gr.num_experts() == 8 && gr.top_k() == 2 && gr.intermediate_size == 11008 && gr.router.score_after_topk));
+    CHECK(parse_hf_config({{"model_type", "granitemoeshared"}}, "g.json").shared_intermediate_size == 0);
+    auto const grh = parse_hf_config({{"model_type", "granitemoehybrid"}}, "g.json");
+    CHECK((grh.shared_intermediate_size == 1024 && !grh.shared_gated && grh.router.score_after_topk && grh.is_moe_layer(31)));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "granitemoehybrid"}, {"num_local_experts", 0}}, "g.json"),
+                      Contains("key 'num_local_experts'") && Contains(">= 1"));
 
     // Qwen3.5-MoE: the decoder's keys in text_config (model_type qwen3_5_moe_text, or none: the top level's).
     auto const q35 = parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}}, "c.json");
@@ -544,6 +558,22 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           .fused_gate_up = "input_linear.weight", .fused_down = "output_linear.weight"},
          0, 1, "num_hidden_layers (1)",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 0, false},
+        {"granitemoeshared (the layer's fused shared_mlp)",
+         {{"model_type", "granitemoeshared"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+          {"num_experts_per_tok", k}, {"shared_intermediate_size", 16}, {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.block_sparse_moe.", .router = "router.layer.weight", .fused = true,
+          .fused_gate_up = "input_linear.weight", .fused_down = "output_linear.weight", .shared_at = "model.layers.0.shared_mlp.",
+          .shared_fused = true},
+         0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 16, false},
+        {"granitemoehybrid",
+         {{"model_type", "granitemoehybrid"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+          {"num_experts_per_tok", k}, {"shared_intermediate_size", 20}, {"num_hidden_layers", 2}},
+         {.block = "model.layers.1.block_sparse_moe.", .router = "router.layer.weight", .fused = true,
+          .fused_gate_up = "input_linear.weight", .fused_down = "output_linear.weight", .shared_at = "model.layers.1.shared_mlp.",
+          .shared_fused = true},
+         1, 2, "num_hidden_layers (2)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 20, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},
@@ -590,7 +620,7 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
             moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
             CHECK(y == by_hand(b, fam.router, fam.gated, x, T));
         }
-        if (cfg.family == HfFamily::granitemoe) {  // Granite's files hold only the fused input/output_linear
+        if (cfg.family == HfFamily::granitemoe || cfg.family == HfFamily::granitemoehybrid) {  // Granite's files hold only fused input/output_linear
             Block::Disk per = fam.disk;
             per.fused = false;
             CHECK_THROWS_WITH(HfMoeLayer::load(cfg, b.write(per, false), fam.layer, {}, "mem"),

@@ -32,7 +32,7 @@ namespace smoe::inline v0::io {
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
 //                                 qwen3_next, qwen3_5_moe
 //   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe
-//   R-TKS top-k, softmax over k   granitemoe
+//   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid
 //   softmax + bias, renorm        ernie4_5_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
 //                                 bailing_hybrid
@@ -40,7 +40,7 @@ enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
-    afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe
+    afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid
 };
 
 inline char const* to_string(HfFamily f) {
@@ -69,13 +69,15 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::hunyuan_v1_moe: return "hunyuan_v1_moe";
         case HfFamily::ernie4_5_moe: return "ernie4_5_moe";
         case HfFamily::granitemoe: return "granitemoe";
+        case HfFamily::granitemoeshared: return "granitemoeshared";
+        case HfFamily::granitemoehybrid: return "granitemoehybrid";
     }
     return "?";
 }
 inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
-    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe";
+    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -324,7 +326,7 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoeConfig,
+// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoe{,Shared,Hybrid}Config,
 // Ernie4_5_MoeConfig, AfmoeConfig, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
 // sigmoid_bias_family's);
 // routing semantics follow routing.md §2 and families.md §2.
@@ -415,10 +417,14 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
                 io::detail::file_fail(file, "key 'expert_layer_offset'", c.moe_layer_offset,
                                       "less than expert_layer_period (" + std::to_string(c.moe_layer_freq) + "), else no layer is MoE");
         }
-    } else if (type == "granitemoe") {
+    } else if (type == "granitemoe" || type == "granitemoeshared" || type == "granitemoehybrid") {
         // R-TKS (families.md §0): top-k of the logits, softmax over those k. residual_multiplier scales
-        // the block's output at the residual add, outside the block.
-        c.family = HfFamily::granitemoe;
+        // the block's output at the residual add, outside the block. The shared and hybrid variants add the
+        // layer's ungated shared_mlp (width shared_intermediate_size; 0: none) to the block's output.
+        bool const hybrid = type == "granitemoehybrid";
+        c.family = type == "granitemoe" ? HfFamily::granitemoe : hybrid ? HfFamily::granitemoehybrid : HfFamily::granitemoeshared;
+        if (c.family != HfFamily::granitemoe)
+            c.shared_intermediate_size = r.dimension(keys.shared_size = "shared_intermediate_size", hybrid ? 1024 : 0, 0);
         c.hidden_size = r.dimension("hidden_size", 4096);
         c.intermediate_size = r.dimension("intermediate_size", 11008);
         c.num_hidden_layers = layers(32);

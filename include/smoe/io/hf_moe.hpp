@@ -7,7 +7,7 @@
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
-//   afmoe, hunyuan_v1_moe, ernie4_5_moe
+//   afmoe, hunyuan_v1_moe, ernie4_5_moe, granitemoeshared, granitemoehybrid
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
@@ -130,13 +130,15 @@ struct HfNames {
                                      "moe_statics.e_score_correction_bias", "gate.moe_statics.e_score_correction_bias"};
     char const* shared = "shared_experts.";  // the shared expert's prefix in the block
     char const* shared_gate = "shared_expert_gate.weight";
+    bool shared_at_layer = false;  // the shared expert is the decoder layer's, beside the block (Granite)
+    bool shared_fused = false;     // shared input_linear [2f_s, d] (gate rows first) and output_linear [d, f_s]
 
     static HfNames of(HfFamily f, std::int64_t layer) {
         // A decoder nested in a multimodal wrapper (Qwen3.5-MoE, Llama 4) keeps its layers one level down.
         std::string const l = std::to_string(layer) + ".";
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
-        bool const granite = f == HfFamily::granitemoe;
+        bool const granite = f == HfFamily::granitemoe || f == HfFamily::granitemoeshared || f == HfFamily::granitemoehybrid;
         bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || granite;
         bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
         for (auto const& b : bases) {
@@ -153,6 +155,7 @@ struct HfNames {
             n.router = {"router.layer.weight", "router.weight"};
             n.fused = {{"input_linear.weight", "output_linear.weight"}, {"experts.gate_up_proj", "experts.down_proj"}};
             n.per_expert = false;
+            n.shared = "shared_mlp.", n.shared_at_layer = true, n.shared_fused = true;
         }
         return n;
     }
@@ -427,8 +430,17 @@ private:
         std::int64_t const fs = cfg_.shared_intermediate_size;
         ConfigExtent const xs = k.shared_in_routed_units ? ConfigExtent{fs / f, k.shared_size, f} : ConfigExtent{fs, k.shared_size};
         if (fs > 0) {
-            std::string const p = prefix_ + names.shared;
-            if (quant_) {
+            // The layer's prefix: the block's without its last component ("model.layers.3.block_sparse_moe." -> "model.layers.3.").
+            std::string const layer_prefix = prefix_.substr(0, prefix_.rfind('.', prefix_.size() - 2) + 1);
+            std::string const p = (names.shared_at_layer ? layer_prefix : prefix_) + names.shared;
+            if (names.shared_fused) {
+                if (quant_)
+                    io::detail::file_fail(source_, "tensor " + io::detail::quoted(p + "input_linear.weight"), "a fused shared expert",
+                                          "a float checkpoint (quantised Granite experts are not loaded)");
+                shared_[0] = checked(find_or_fail(src, p + "input_linear.weight", "shared expert gate/up projection [2f_s, d]"),
+                                     {{fs, k.shared_size, 2}, xd});
+                shared_[2] = checked(find_or_fail(src, p + "output_linear.weight", "shared expert down projection [d, f_s]"), {xd, xs});
+            } else if (quant_) {
                 auto plan = [&](char const* proj, ConfigExtent r, ConfigExtent c) {
                     return plan_matrix(src, cfg_.quant ? &*cfg_.quant : nullptr, p + proj, r, c, source_, k.file);
                 };
@@ -523,8 +535,15 @@ private:
             store[s1].resize(sz(fs * d));
             store[s3].resize(sz(fs * d));
             store[s2].resize(sz(d * fs));
-            detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
-            detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
+            if (shared_[1]) {
+                detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
+                detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
+            } else {  // fused [2f_s, d], gate rows first
+                std::vector<L> gu(sz(2 * fs * d));
+                detail::copy_tensor(*shared_[0], source_, {2 * fs, d}, gu.data());
+                std::copy(gu.begin(), gu.begin() + fs * d, store[s1].begin());
+                std::copy(gu.begin() + fs * d, gu.end(), store[s3].begin());
+            }
             detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
         }
         expert::Bf16Dot const dot = std::is_same_v<W, bf16> ? opt.bf16_dot : expert::Bf16Dot::automatic;
