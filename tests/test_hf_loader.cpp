@@ -324,7 +324,11 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
                           Defaults{"glm4_moe_lite", 2048, 1536, 47, 64, 4, 1536, 1, 1, 1.8f, true, 1},
                           Defaults{"glm_moe_dsa", 6144, 2048, 78, 256, 8, 2048, 1, 1, 2.5f, true, 3},
                           Defaults{"deepseek_v32", 7168, 2048, 61, 256, 8, 2048, 8, 4, 2.5f, true, 3},
-                          Defaults{"exaone_moe", 4096, 1024, 32, 64, 8, 1024, 1, 1, 2.5f, true, 1}}) {
+                          Defaults{"exaone_moe", 4096, 1024, 32, 64, 8, 1024, 1, 1, 2.5f, true, 1},
+                          Defaults{"glm4v_moe", 4096, 1408, 46, 128, 8, 1408, 1, 1, 1.0f, true, 1},
+                          Defaults{"kimi_linear", 2304, 1024, 27, 256, 8, 1024, 1, 1, 2.446f, true, 1},
+                          Defaults{"solar_open", 4096, 1280, 48, 128, 8, 1280, 1, 1, 1.0f, true, 0},
+                          Defaults{"mimo_v2_flash", 4096, 2048, 48, 256, 8, 0, 1, 1, 1.0f, true, 1}}) {
         INFO(x.type);
         auto const c = parse_hf_config({{"model_type", x.type}}, "c.json");
         CHECK(to_string(c.family) == std::string(x.type));
@@ -363,6 +367,14 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
                                         {"num_expert_group", 4}, {"topk_group", 2}, {"moe_renormalize", false}, {"num_shared_experts", 0}}, "b.json");
     CHECK((bail2.num_experts() == 16 && bail2.top_k() == 3 && bail2.router.n_group == 4 && !bail2.router.norm_topk_prob));
     CHECK(bail2.shared_intermediate_size == 0);
+
+    // Mellum: Qwen3-MoE's block, 2304 wide; mlp_layer_types default all sparse.
+    auto const mel = parse_hf_config({{"model_type", "mellum"}}, "m.json");
+    CHECK((mel.hidden_size == 2304 && mel.intermediate_size == 896 && mel.num_experts() == 64 && mel.top_k() == 8 && mel.num_hidden_layers == 28));
+    CHECK((mel.router.norm_topk_prob && mel.shared_intermediate_size == 0 && mel.is_moe_layer(0) && mel.is_moe_layer(27)));
+    // Glm4v-MoE's decoder in text_config (glm4v_moe_text).
+    CHECK(parse_hf_config({{"model_type", "glm4v_moe"}, {"text_config", {{"model_type", "glm4v_moe_text"}, {"n_routed_experts", 16}}}}, "c.json")
+              .num_experts() == 16);
 
     // AFMoE and LFM2-MoE (R-SB), Jamba and HunYuan (softmax top-k).
     auto const af = parse_hf_config({{"model_type", "afmoe"}}, "a.json");
@@ -574,6 +586,33 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           .shared_fused = true},
          1, 2, "num_hidden_layers (2)",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 20, false},
+        {"mellum",
+         {{"model_type", "mellum"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 2}, {"mlp_layer_types", {"dense", "sparse"}}},
+         {.block = "model.layers.1.mlp."}, 1, 0, "mlp_layer_types[layer] == \"sparse\"",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 0, false},
+        {"glm4v_moe (text_config, model.language_model. prefix)",
+         {{"model_type", "glm4v_moe"},
+          {"text_config", {{"model_type", "glm4v_moe_text"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                           {"num_experts_per_tok", k}, {"n_shared_experts", 1}, {"num_hidden_layers", 2}}}},
+         {.block = "model.language_model.layers.1.mlp.", .bias = "gate.e_score_correction_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
+         sigmoid_bias_router(E, k, 1, 1, true, 1.0f), f, false},
+        {"kimi_linear",
+         {{"model_type", "kimi_linear"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_token", k},
+          {"num_shared_experts", 1}, {"num_expert_group", 2}, {"topk_group", 1}, {"num_hidden_layers", 2}},
+         {.block = "model.layers.1.block_sparse_moe.", .bias = "gate.e_score_correction_bias", .gate = "w1.weight", .up = "w3.weight",
+          .down = "w2.weight"},
+         1, 0, "layer >= first_k_dense_replace (1)", sigmoid_bias_router(E, k, 2, 1, true, 2.446f), f, false},
+        {"solar_open",
+         {{"model_type", "solar_open"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.mlp.", .bias = "gate.e_score_correction_bias"}, 0, 1, "num_hidden_layers (1)",
+         sigmoid_bias_router(E, k, 1, 1, true, 1.0f), f, false},
+        {"mimo_v2_flash",
+         {{"model_type", "mimo_v2_flash"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 2}, {"routed_scaling_factor", 1.5}},
+         {.block = "model.layers.1.mlp.", .bias = "gate.e_score_correction_bias"}, 1, 0, "mlp_layer_types[layer] == \"sparse\"",
+         sigmoid_bias_router(E, k, 1, 1, true, 1.5f), 0, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},

@@ -7,6 +7,7 @@
 // here, before any checkpoint is read, so that no product of them can wrap; the loader then holds each
 // one to the checkpoint's tensor shapes, naming the key (`keys`) when they disagree.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -30,17 +31,18 @@ namespace smoe::inline v0::io {
 // The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
 // with other defaults and names share its router preset and layer type:
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
-//                                 qwen3_next, qwen3_5_moe
+//                                 qwen3_next, qwen3_5_moe, mellum
 //   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe
 //   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid
 //   softmax + bias, renorm        ernie4_5_moe
-//   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
-//                                 bailing_hybrid
+//   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1,
+//                                 exaone_moe, bailing_hybrid, kimi_linear, solar_open, mimo_v2_flash
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
-    afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid
+    afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
+    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash
 };
 
 inline char const* to_string(HfFamily f) {
@@ -71,13 +73,19 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::granitemoe: return "granitemoe";
         case HfFamily::granitemoeshared: return "granitemoeshared";
         case HfFamily::granitemoehybrid: return "granitemoehybrid";
+        case HfFamily::mellum: return "mellum";
+        case HfFamily::glm4v_moe: return "glm4v_moe";
+        case HfFamily::kimi_linear: return "kimi_linear";
+        case HfFamily::solar_open: return "solar_open";
+        case HfFamily::mimo_v2_flash: return "mimo_v2_flash";
     }
     return "?";
 }
 inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
-    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid";
+    "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
+    "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -271,41 +279,52 @@ struct SigmoidBiasFamily {
     std::int64_t n_group, topk_group;
     double scale;
     bool norm;
-    std::optional<std::int64_t> first_dense;  // first_k_dense_replace's default; none: the family has no such key
-    bool layer_types;                          // the family reads mlp_layer_types (else first_k_dense_replace only)
-    bool bailing_keys = false;                 // BailingHybridConfig's spellings first (num_experts_per_token, ...)
+    std::int64_t first_dense;  // dense layers before the first MoE one: first_k_dense_replace's default, or the
+                               // default mlp_layer_types' (glm4_moe_lite, mimo_v2_flash: no such key)
+    bool first_key;            // the family reads first_k_dense_replace
+    bool layer_types;          // the family reads mlp_layer_types (it then decides alone)
+    bool bailing_keys = false; // BailingHybridConfig's spellings first (num_experts_per_token, ...), Kimi-Linear's too
 };
 
 inline std::optional<SigmoidBiasFamily> sigmoid_bias_family(std::string const& type) {
     using F = HfFamily;
     using I = std::optional<std::int64_t>;
-    if (type == "deepseek_v32") return SigmoidBiasFamily{F::deepseek_v32, 7168, 2048, 61, 256, 8, 1, "n_shared_experts", 8, 4, 2.5, true, 3, true};
-    if (type == "glm4_moe") return SigmoidBiasFamily{F::glm4_moe, 4096, 1408, 46, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 1, false};
-    if (type == "glm4_moe_lite") return SigmoidBiasFamily{F::glm4_moe_lite, 2048, 1536, 47, 64, 4, 1, "n_shared_experts", 1, 1, 1.8, true, I{}, true};
-    if (type == "glm_moe_dsa") return SigmoidBiasFamily{F::glm_moe_dsa, 6144, 2048, 78, 256, 8, 1, "n_shared_experts", 1, 1, 2.5, true, 3, true};
-    if (type == "dots1") return SigmoidBiasFamily{F::dots1, 4608, 1408, 62, I{}, I{}, I{}, "n_shared_experts", 1, 1, 1.0, false, 0, false};
-    if (type == "exaone_moe") return SigmoidBiasFamily{F::exaone_moe, 4096, 1024, 32, 64, 8, 1, "num_shared_experts", 1, 1, 2.5, true, 1, true};
+    if (type == "deepseek_v32") return SigmoidBiasFamily{F::deepseek_v32, 7168, 2048, 61, 256, 8, 1, "n_shared_experts", 8, 4, 2.5, true, 3, true, true};
+    if (type == "glm4_moe") return SigmoidBiasFamily{F::glm4_moe, 4096, 1408, 46, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 1, true, false};
+    if (type == "glm4v_moe" || type == "glm4v_moe_text")
+        return SigmoidBiasFamily{F::glm4v_moe, 4096, 1408, 46, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 1, true, false};
+    if (type == "glm4_moe_lite") return SigmoidBiasFamily{F::glm4_moe_lite, 2048, 1536, 47, 64, 4, 1, "n_shared_experts", 1, 1, 1.8, true, 1, false, true};
+    if (type == "glm_moe_dsa") return SigmoidBiasFamily{F::glm_moe_dsa, 6144, 2048, 78, 256, 8, 1, "n_shared_experts", 1, 1, 2.5, true, 3, true, true};
+    if (type == "dots1") return SigmoidBiasFamily{F::dots1, 4608, 1408, 62, I{}, I{}, I{}, "n_shared_experts", 1, 1, 1.0, false, 0, true, false};
+    if (type == "exaone_moe") return SigmoidBiasFamily{F::exaone_moe, 4096, 1024, 32, 64, 8, 1, "num_shared_experts", 1, 1, 2.5, true, 1, true, true};
     if (type == "bailing_hybrid")
-        return SigmoidBiasFamily{F::bailing_hybrid, 2560, 768, 42, 512, 8, 1, "num_shared_experts", 8, 4, 2.5, true, 2, true, true};
+        return SigmoidBiasFamily{F::bailing_hybrid, 2560, 768, 42, 512, 8, 1, "num_shared_experts", 8, 4, 2.5, true, 2, true, true, true};
+    if (type == "kimi_linear")
+        return SigmoidBiasFamily{F::kimi_linear, 2304, 1024, 27, 256, 8, 1, "num_shared_experts", 1, 1, 2.446, true, 1, true, true, true};
+    if (type == "solar_open") return SigmoidBiasFamily{F::solar_open, 4096, 1280, 48, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 0, false, false};
+    // MiMo-V2-Flash: DeepSeek-V3's block without shared experts.
+    if (type == "mimo_v2_flash") return SigmoidBiasFamily{F::mimo_v2_flash, 4096, 2048, 48, 256, 8, 0, nullptr, 1, 1, 1.0, true, 1, false, true};
     return std::nullopt;
 }
 
-// The Qwen-MoE families' defaults (Qwen2MoeConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3_5MoeTextConfig);
-// hidden_size is 2048 in all four.
+// The Qwen-MoE families' defaults (Qwen2MoeConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3_5MoeTextConfig,
+// and MellumConfig, whose block is Qwen3-MoE's).
 struct QwenFamily {
     HfFamily family;
-    std::int64_t f, layers, experts, top_k;
+    std::int64_t d, f, layers, experts, top_k;
     std::optional<bool> norm;  // norm_topk_prob's default; none: no key, always renormalised
     std::int64_t shared;       // the sigmoid-gated shared expert's width; 0: none
-    bool sparse_step;          // decoder_sparse_step and mlp_only_layers (else every layer is MoE)
+    bool sparse_step;          // decoder_sparse_step and mlp_only_layers
+    bool layer_types = false;  // mlp_layer_types (default: every layer sparse)
 };
 
 inline std::optional<QwenFamily> qwen_family(std::string const& type) {
     using F = HfFamily;
-    if (type == "qwen2_moe") return QwenFamily{F::qwen2_moe, 1408, 24, 60, 4, false, 5632, true};
-    if (type == "qwen3_moe") return QwenFamily{F::qwen3_moe, 768, 24, 128, 8, false, 0, true};
-    if (type == "qwen3_next") return QwenFamily{F::qwen3_next, 512, 48, 512, 10, true, 512, true};
-    if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 512, 40, 256, 8, std::nullopt, 512, false};
+    if (type == "qwen2_moe") return QwenFamily{F::qwen2_moe, 2048, 1408, 24, 60, 4, false, 5632, true};
+    if (type == "qwen3_moe") return QwenFamily{F::qwen3_moe, 2048, 768, 24, 128, 8, false, 0, true};
+    if (type == "qwen3_next") return QwenFamily{F::qwen3_next, 2048, 512, 48, 512, 10, true, 512, true};
+    if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 2048, 512, 40, 256, 8, std::nullopt, 512, false};
+    if (type == "mellum") return QwenFamily{F::mellum, 2304, 896, 28, 64, 8, true, 0, false, true};
     return std::nullopt;
 }
 
@@ -488,7 +507,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         c.first_moe_layer = r.integer(c.first_moe_key = "num_dense_layers", af ? 1 : 2, 0);
     } else if (auto const q = detail::qwen_family(type)) {
         c.family = q->family;
-        c.hidden_size = r.dimension("hidden_size", 2048);
+        c.hidden_size = r.dimension("hidden_size", q->d);
         c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", q->f);
         c.num_hidden_layers = layers(q->layers);
         // Qwen3-MoE files say num_experts; transformers 5.23 re-saves it as num_local_experts.
@@ -505,6 +524,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
             c.sparse_step_counts_from_one = true;
             c.dense_layers = r.integers("mlp_only_layers");
         }
+        if (q->layer_types && r.has("mlp_layer_types")) c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
     } else if (type == "deepseek_v2" || type == "deepseek_v3") {
         bool const v3 = type == "deepseek_v3";
         c.family = v3 ? HfFamily::deepseek_v3 : HfFamily::deepseek_v2;
@@ -555,7 +575,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.top_k = r.integer(keys.top_k = b ? r.alias({"num_experts_per_token", "num_experts_per_tok"}) : "num_experts_per_tok", v->top_k);
         keys.shared_size = b ? r.alias({"num_shared_experts", "n_shared_experts"}) : v->shared_key;
         keys.shared_in_routed_units = true;
-        c.shared_intermediate_size = c.intermediate_size * r.expert_count(keys.shared_size, v->shared, 0);
+        if (keys.shared_size) c.shared_intermediate_size = c.intermediate_size * r.expert_count(keys.shared_size, v->shared, 0);
         rc.score_func = router::ScoreFunc::sigmoid;
         rc.requires_expert_bias = true;
         rc.n_group = r.integer(b ? r.alias({"num_expert_group", "n_group"}) : "n_group", v->n_group);
@@ -564,13 +584,13 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", v->scale);
         if (v->layer_types && r.has("mlp_layer_types")) {
             c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
-        } else if (v->first_dense) {
-            c.first_moe_layer = r.integer(c.first_moe_key = "first_k_dense_replace", *v->first_dense, 0);
-        } else {
-            // Glm4MoeLiteConfig: no first_k_dense_replace; the default list is one dense layer, then sparse.
-            c.defaulted.push_back("mlp_layer_types = [\"dense\", \"sparse\", ...]");
+        } else if (v->first_key) {
+            c.first_moe_layer = r.integer(c.first_moe_key = "first_k_dense_replace", v->first_dense, 0);
+        } else if (v->first_dense > 0) {
+            // No first_k_dense_replace (Glm4MoeLiteConfig, MiMoV2FlashConfig): the default list is dense layers, then sparse.
+            c.defaulted.push_back("mlp_layer_types = [" + std::to_string(v->first_dense) + " x \"dense\", \"sparse\", ...]");
             c.moe_layer_types.assign(static_cast<std::size_t>(c.num_hidden_layers), 1);
-            c.moe_layer_types[0] = 0;
+            for (std::int64_t l = 0; l < std::min(v->first_dense, c.num_hidden_layers); ++l) c.moe_layer_types[static_cast<std::size_t>(l)] = 0;
         }
     } else {
         io::detail::file_fail(file, "key 'model_type'", type, std::string("one of ") + kHfModelTypes);

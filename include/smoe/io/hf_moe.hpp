@@ -2,11 +2,12 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, jamba, lfm2_moe, granitemoe
+//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, mellum, jamba, lfm2_moe, granitemoe, mimo_v2_flash
 //                                    MoELayer<TopK, SwiGLU<W>, None>
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
-//   deepseek_v2, _v3, _v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
+//   deepseek_v2, _v3, _v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
+//   kimi_linear, solar_open,
 //   afmoe, hunyuan_v1_moe, ernie4_5_moe, granitemoeshared, granitemoehybrid
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
@@ -139,13 +140,14 @@ struct HfNames {
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
         bool const granite = f == HfFamily::granitemoe || f == HfFamily::granitemoeshared || f == HfFamily::granitemoehybrid;
-        bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || granite;
+        bool const mixtral_names =
+            f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || f == HfFamily::kimi_linear || granite;
         bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
         for (auto const& b : bases) {
             if (mixtral_names) n.prefixes.push_back(b + "block_sparse_moe.");
             n.prefixes.push_back(b + (feed_forward ? "feed_forward." : "mlp."));
         }
-        if (mixtral_names || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+        if ((mixtral_names && !granite) || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
         if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe) n.shared = "shared_expert.";
         if (f == HfFamily::hunyuan_v1_moe) n.router = {"gate.wg.weight"}, n.shared = "shared_mlp.";
         if (f == HfFamily::jamba) n.router = {"router.weight"};
