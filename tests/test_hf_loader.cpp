@@ -376,6 +376,18 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK(parse_hf_config({{"model_type", "glm4v_moe"}, {"text_config", {{"model_type", "glm4v_moe_text"}, {"n_routed_experts", 16}}}}, "c.json")
               .num_experts() == 16);
 
+    // Flint (sigmoid top-k, ungated shared expert, mlp_only_layers [0, 1]), HY-V3 (R-SB), Granite-SWA.
+    auto const fl = parse_hf_config({{"model_type", "flint"}}, "f.json");
+    CHECK((fl.num_experts() == 256 && fl.top_k() == 6 && fl.intermediate_size == 512 && fl.num_hidden_layers == 49));
+    CHECK((fl.shared_intermediate_size == 1024 && !fl.shared_gated && fl.router.score_func == smoe::router::ScoreFunc::sigmoid));
+    CHECK((fl.router.norm_topk_prob && !fl.router.requires_expert_bias && !fl.is_moe_layer(1) && fl.is_moe_layer(2)));
+    auto const h3 = parse_hf_config({{"model_type", "hy_v3"}}, "h.json");
+    CHECK((h3.num_experts() == 192 && h3.top_k() == 8 && h3.intermediate_size == 1536 && h3.shared_intermediate_size == 1536));
+    CHECK((h3.router.routed_scaling_factor == 2.826f && h3.router.requires_expert_bias && h3.router.norm_eps == 1e-20f));
+    CHECK((h3.hidden_size == 4096 && h3.num_hidden_layers == 80 && !h3.is_moe_layer(0) && h3.is_moe_layer(1)));
+    auto const swa = parse_hf_config({{"model_type", "granitemoe_swa"}}, "g.json");
+    CHECK((swa.router.score_after_topk && swa.shared_intermediate_size == 0 && swa.num_experts() == 8));
+
     // AFMoE and LFM2-MoE (R-SB), Jamba and HunYuan (softmax top-k).
     auto const af = parse_hf_config({{"model_type", "afmoe"}}, "a.json");
     CHECK((af.num_experts() == 64 && af.top_k() == 6 && af.intermediate_size == 1408 && af.shared_intermediate_size == 2 * 1408));
@@ -613,6 +625,24 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_hidden_layers", 2}, {"routed_scaling_factor", 1.5}},
          {.block = "model.layers.1.mlp.", .bias = "gate.e_score_correction_bias"}, 1, 0, "mlp_layer_types[layer] == \"sparse\"",
          sigmoid_bias_router(E, k, 1, 1, true, 1.5f), 0, false},
+        {"flint",
+         {{"model_type", "flint"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"shared_expert_intermediate_size", 20}, {"num_hidden_layers", 3}},
+         {.block = "model.layers.2.mlp.", .shared = "shared_expert."}, 2, 1, "layer not in mlp_only_layers",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .norm_eps = 0.0f}, 20, false},
+        {"hy_v3",
+         {{"model_type", "hy_v3"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 2}},
+         {.block = "model.layers.1.mlp.", .router = "router.gate.weight", .bias = "expert_bias", .shared = "shared_mlp."}, 1, 0,
+         "mlp_layer_types[layer] == \"sparse\"", sigmoid_bias_router(E, k, 1, 1, true, 2.826f), f, false},
+        {"granitemoe_swa",
+         {{"model_type", "granitemoe_swa"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+          {"num_experts_per_tok", k}, {"shared_intermediate_size", 8}, {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.block_sparse_moe.", .router = "router.layer.weight", .fused = true,
+          .fused_gate_up = "input_linear.weight", .fused_down = "output_linear.weight", .shared_at = "model.layers.0.shared_mlp.",
+          .shared_fused = true},
+         0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 8, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},

@@ -32,8 +32,9 @@ namespace smoe::inline v0::io {
 // with other defaults and names share its router preset and layer type:
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
 //                                 qwen3_next, qwen3_5_moe, mellum
-//   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe
-//   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid
+//   sigmoid top-k, renorm         flint
+//   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe, hy_v3
+//   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid, granitemoe_swa
 //   softmax + bias, renorm        ernie4_5_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1,
 //                                 exaone_moe, bailing_hybrid, kimi_linear, solar_open, mimo_v2_flash
@@ -42,7 +43,7 @@ enum class HfFamily {
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
-    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash
+    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa
 };
 
 inline char const* to_string(HfFamily f) {
@@ -78,6 +79,9 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::kimi_linear: return "kimi_linear";
         case HfFamily::solar_open: return "solar_open";
         case HfFamily::mimo_v2_flash: return "mimo_v2_flash";
+        case HfFamily::flint: return "flint";
+        case HfFamily::hy_v3: return "hy_v3";
+        case HfFamily::granitemoe_swa: return "granitemoe_swa";
     }
     return "?";
 }
@@ -85,7 +89,7 @@ inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
-    "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash";
+    "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -316,6 +320,7 @@ struct QwenFamily {
     std::int64_t shared;       // the sigmoid-gated shared expert's width; 0: none
     bool sparse_step;          // decoder_sparse_step and mlp_only_layers
     bool layer_types = false;  // mlp_layer_types (default: every layer sparse)
+    bool sigmoid = false;      // Flint: sigmoid scores, the shared expert ungated
 };
 
 inline std::optional<QwenFamily> qwen_family(std::string const& type) {
@@ -325,6 +330,7 @@ inline std::optional<QwenFamily> qwen_family(std::string const& type) {
     if (type == "qwen3_next") return QwenFamily{F::qwen3_next, 2048, 512, 48, 512, 10, true, 512, true};
     if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 2048, 512, 40, 256, 8, std::nullopt, 512, false};
     if (type == "mellum") return QwenFamily{F::mellum, 2304, 896, 28, 64, 8, true, 0, false, true};
+    if (type == "flint") return QwenFamily{F::flint, 2048, 512, 49, 256, 6, true, 1024, true, false, true};
     return std::nullopt;
 }
 
@@ -345,8 +351,8 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 }  // namespace detail
 
 // Family defaults are those of transformers' configuration classes (MixtralConfig, OlmoeConfig,
-// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoe{,Shared,Hybrid}Config,
-// Ernie4_5_MoeConfig, AfmoeConfig, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
+// MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoe{,Shared,Hybrid,SWA}Config,
+// Ernie4_5_MoeConfig, AfmoeConfig, HYV3Config, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
 // sigmoid_bias_family's);
 // routing semantics follow routing.md §2 and families.md §2.
 inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
@@ -436,12 +442,15 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
                 io::detail::file_fail(file, "key 'expert_layer_offset'", c.moe_layer_offset,
                                       "less than expert_layer_period (" + std::to_string(c.moe_layer_freq) + "), else no layer is MoE");
         }
-    } else if (type == "granitemoe" || type == "granitemoeshared" || type == "granitemoehybrid") {
+    } else if (type == "granitemoe" || type == "granitemoeshared" || type == "granitemoehybrid" || type == "granitemoe_swa") {
         // R-TKS (families.md §0): top-k of the logits, softmax over those k. residual_multiplier scales
         // the block's output at the residual add, outside the block. The shared and hybrid variants add the
         // layer's ungated shared_mlp (width shared_intermediate_size; 0: none) to the block's output.
         bool const hybrid = type == "granitemoehybrid";
-        c.family = type == "granitemoe" ? HfFamily::granitemoe : hybrid ? HfFamily::granitemoehybrid : HfFamily::granitemoeshared;
+        c.family = type == "granitemoe"       ? HfFamily::granitemoe
+                   : type == "granitemoe_swa" ? HfFamily::granitemoe_swa
+                   : hybrid                   ? HfFamily::granitemoehybrid
+                                              : HfFamily::granitemoeshared;
         if (c.family != HfFamily::granitemoe)
             c.shared_intermediate_size = r.dimension(keys.shared_size = "shared_intermediate_size", hybrid ? 1024 : 0, 0);
         c.hidden_size = r.dimension("hidden_size", 4096);
@@ -479,32 +488,41 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         c.last_moe_key = "moe_layer_end_index";
         c.moe_layer_freq = r.integer(c.layer_freq_key = "moe_layer_interval", 1);
         c.sparse_step_counts_from_one = true;
-    } else if (type == "afmoe" || type == "lfm2_moe") {
-        // R-SB (families.md §0): sigmoid, selection-only bias, no groups, renorm, r. AFMoE: ε 1e-20, r =
-        // route_scale, num_shared_experts ungated; LFM2-MoE: ε 1e-6, the bias optional (use_expert_bias).
-        bool const af = type == "afmoe";
-        c.family = af ? HfFamily::afmoe : HfFamily::lfm2_moe;
-        c.hidden_size = r.dimension("hidden_size", 2048);
-        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", af ? 1408 : 1792);
-        c.num_hidden_layers = layers(32);
-        keys.num_experts = "num_experts";
-        rc.num_experts = r.expert_count(keys.num_experts, af ? 64 : 32);
-        rc.top_k = r.integer("num_experts_per_tok", af ? 6 : 4);
+    } else if (type == "afmoe" || type == "lfm2_moe" || type == "hy_v3") {
+        // R-SB (families.md §0): sigmoid, selection-only bias, no groups, renorm, r. AFMoE and HY-V3: ε 1e-20,
+        // r = route_scale / router_scaling_factor, num_shared_experts ungated; LFM2-MoE: ε 1e-6, the bias
+        // optional (use_expert_bias).
+        bool const af = type == "afmoe", hy = type == "hy_v3";
+        c.family = af ? HfFamily::afmoe : hy ? HfFamily::hy_v3 : HfFamily::lfm2_moe;
+        c.hidden_size = r.dimension("hidden_size", hy ? 4096 : 2048);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", af ? 1408 : hy ? 1536 : 1792);
+        c.num_hidden_layers = layers(hy ? 80 : 32);
+        keys.num_experts = hy ? r.alias({"num_experts", "num_local_experts"}) : "num_experts";
+        rc.num_experts = r.expert_count(keys.num_experts, af ? 64 : hy ? 192 : 32);
+        rc.top_k = r.integer("num_experts_per_tok", af ? 6 : hy ? 8 : 4);
         rc.score_func = router::ScoreFunc::sigmoid;
-        if (af) {
+        if (af || hy) {
             rc.norm_topk_prob = true;
-            rc.routed_scaling_factor = r.number_f32("route_scale", 1.0);
+            rc.routed_scaling_factor = hy ? r.number_f32("router_scaling_factor", 2.826) : r.number_f32("route_scale", 1.0);
             rc.requires_expert_bias = true;
             keys.shared_size = "num_shared_experts";
             keys.shared_in_routed_units = true;
-            c.shared_intermediate_size = c.intermediate_size * r.expert_count("num_shared_experts", 2, 0);
+            c.shared_intermediate_size = c.intermediate_size * r.expert_count("num_shared_experts", af ? 2 : 1, 0);
         } else {
             rc.norm_topk_prob = r.boolean("norm_topk_prob", true);
             rc.norm_eps = 1e-6f;
             rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 1.0);
             rc.requires_expert_bias = r.boolean("use_expert_bias", true);
         }
-        c.first_moe_layer = r.integer(c.first_moe_key = "num_dense_layers", af ? 1 : 2, 0);
+        if (!hy) {
+            c.first_moe_layer = r.integer(c.first_moe_key = "num_dense_layers", af ? 1 : 2, 0);
+        } else if (r.has("mlp_layer_types")) {
+            c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
+        } else {  // HYV3Config: one dense layer, then sparse
+            c.defaulted.push_back("mlp_layer_types = [1 x \"dense\", \"sparse\", ...]");
+            c.moe_layer_types.assign(static_cast<std::size_t>(c.num_hidden_layers), 1);
+            c.moe_layer_types[0] = 0;
+        }
     } else if (auto const q = detail::qwen_family(type)) {
         c.family = q->family;
         c.hidden_size = r.dimension("hidden_size", q->d);
@@ -515,14 +533,22 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.num_experts = r.expert_count(keys.num_experts, q->experts);
         rc.top_k = r.integer("num_experts_per_tok", q->top_k);
         rc.norm_topk_prob = q->norm ? r.boolean("norm_topk_prob", *q->norm) : true;  // Qwen3.5 always renormalises
+        if (q->sigmoid) {
+            rc.score_func = router::ScoreFunc::sigmoid;
+            rc.norm_eps = 0.0f;  // the selected sigmoids divided by their sum
+        }
         if (q->shared) {
             c.shared_intermediate_size = r.dimension("shared_expert_intermediate_size", q->shared, 0);
-            c.shared_gated = true;
+            c.shared_gated = !q->sigmoid;
         }
         if (q->sparse_step) {
             c.moe_layer_freq = r.integer(c.layer_freq_key = "decoder_sparse_step", 1);
             c.sparse_step_counts_from_one = true;
             c.dense_layers = r.integers("mlp_only_layers");
+            if (q->family == HfFamily::flint && !r.has("mlp_only_layers")) {  // FlintConfig's default
+                c.dense_layers = {0, 1};
+                c.defaulted.push_back("mlp_only_layers = [0, 1]");
+            }
         }
         if (q->layer_types && r.has("mlp_layer_types")) c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
     } else if (type == "deepseek_v2" || type == "deepseek_v3") {

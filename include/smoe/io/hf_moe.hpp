@@ -7,9 +7,8 @@
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
-//   kimi_linear, solar_open,
-//   afmoe, hunyuan_v1_moe, ernie4_5_moe, granitemoeshared, granitemoehybrid
-//                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
+//   kimi_linear, solar_open, afmoe, hy_v3, hunyuan_v1_moe, ernie4_5_moe, flint, granitemoeshared, granitemoehybrid,
+//   granitemoe_swa                   MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape).
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
@@ -139,7 +138,8 @@ struct HfNames {
         std::string const l = std::to_string(layer) + ".";
         std::vector<std::string> bases{"model.layers." + l, "model.language_model.layers." + l, "language_model.model.layers." + l};
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
-        bool const granite = f == HfFamily::granitemoe || f == HfFamily::granitemoeshared || f == HfFamily::granitemoehybrid;
+        bool const granite = f == HfFamily::granitemoe || f == HfFamily::granitemoeshared || f == HfFamily::granitemoehybrid ||
+                             f == HfFamily::granitemoe_swa;
         bool const mixtral_names =
             f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || f == HfFamily::kimi_linear || granite;
         bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
@@ -148,7 +148,9 @@ struct HfNames {
             n.prefixes.push_back(b + (feed_forward ? "feed_forward." : "mlp."));
         }
         if ((mixtral_names && !granite) || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
-        if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe) n.shared = "shared_expert.";
+        if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe || f == HfFamily::flint)
+            n.shared = "shared_expert.";
+        if (f == HfFamily::hy_v3) n.router = {"router.gate.weight", "gate.weight"}, n.shared = "shared_mlp.";  // on disk; re-saved: gate, shared_experts
         if (f == HfFamily::hunyuan_v1_moe) n.router = {"gate.wg.weight"}, n.shared = "shared_mlp.";
         if (f == HfFamily::jamba) n.router = {"router.weight"};
         if (f == HfFamily::afmoe) n.router = {"router.gate.weight"};
