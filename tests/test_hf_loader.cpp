@@ -78,6 +78,7 @@ struct Block {
         std::string fused_gate_up = "experts.gate_up_proj", fused_down = "experts.down_proj";
         std::string shared_at;                   // the shared expert's full prefix, when it is not in the block
         bool shared_fused = false;               // shared input_linear [2fs, d] / output_linear [d, fs] (Granite)
+        bool fused_transposed = false;           // fused as [E, d, 2f] and [E, f, d] (Qwen3-VL-MoE)
     };
 
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
@@ -94,7 +95,18 @@ struct Block {
         std::string const& p = n.block;
         put(m, p + n.router, {E, d}, gate);
         if (!n.bias.empty()) put(m, p + n.bias, n.bias_row ? std::vector<std::int64_t>{1, E} : std::vector<std::int64_t>{E}, bias);
-        if (n.fused) {
+        if (n.fused && n.fused_transposed) {
+            std::vector<float> gu(static_cast<std::size_t>(E * d * 2 * f)), dn(static_cast<std::size_t>(E * f * d));
+            for (std::int64_t e = 0; e < E; ++e)
+                for (std::int64_t i = 0; i < d; ++i)
+                    for (std::int64_t j = 0; j < f; ++j) {
+                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + j)] = w1[static_cast<std::size_t>((e * f + j) * d + i)];
+                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + f + j)] = w3[static_cast<std::size_t>((e * f + j) * d + i)];
+                        dn[static_cast<std::size_t>((e * f + j) * d + i)] = w2[static_cast<std::size_t>((e * d + i) * f + j)];
+                    }
+            put(m, p + n.fused_gate_up, {E, d, 2 * f}, gu, bf16);
+            put(m, p + n.fused_down, {E, f, d}, dn, bf16);
+        } else if (n.fused) {
             std::vector<float> gu;
             for (std::int64_t e = 0; e < E; ++e) {
                 gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
@@ -376,6 +388,9 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK(parse_hf_config({{"model_type", "glm4v_moe"}, {"text_config", {{"model_type", "glm4v_moe_text"}, {"n_routed_experts", 16}}}}, "c.json")
               .num_experts() == 16);
 
+    auto const vl = parse_hf_config({{"model_type", "qwen3_vl_moe"}, {"text_config", {{"norm_topk_prob", false}}}}, "v.json");
+    CHECK((vl.num_experts() == 60 && vl.top_k() == 4 && vl.intermediate_size == 1408 && vl.router.norm_topk_prob));
+
     // Flint (sigmoid top-k, ungated shared expert, mlp_only_layers [0, 1]), HY-V3 (R-SB), Granite-SWA.
     auto const fl = parse_hf_config({{"model_type", "flint"}}, "f.json");
     CHECK((fl.num_experts() == 256 && fl.top_k() == 6 && fl.intermediate_size == 512 && fl.num_hidden_layers == 49));
@@ -643,6 +658,12 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           .shared_fused = true},
          0, 1, "num_hidden_layers (1)",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .score_after_topk = true}, 8, false},
+        {"qwen3_vl_moe (text_config, fused experts stored transposed)",
+         {{"model_type", "qwen3_vl_moe"},
+          {"text_config", {{"model_type", "qwen3_vl_moe_text"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E},
+                           {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"mlp_only_layers", {0}}}}},
+         {.block = "model.language_model.layers.1.mlp.", .fused = true, .fused_transposed = true}, 1, 0, "layer not in mlp_only_layers",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 0, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},

@@ -31,7 +31,7 @@ namespace smoe::inline v0::io {
 // The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
 // with other defaults and names share its router preset and layer type:
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
-//                                 qwen3_next, qwen3_5_moe, mellum
+//                                 qwen3_next, qwen3_5_moe, qwen3_vl_moe, mellum
 //   sigmoid top-k, renorm         flint
 //   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe, hy_v3
 //   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid, granitemoe_swa
@@ -43,7 +43,7 @@ enum class HfFamily {
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
-    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa
+    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe
 };
 
 inline char const* to_string(HfFamily f) {
@@ -82,6 +82,7 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::flint: return "flint";
         case HfFamily::hy_v3: return "hy_v3";
         case HfFamily::granitemoe_swa: return "granitemoe_swa";
+        case HfFamily::qwen3_vl_moe: return "qwen3_vl_moe";
     }
     return "?";
 }
@@ -89,7 +90,8 @@ inline constexpr char const* kHfModelTypes =
     "mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen2_moe, qwen3_moe, qwen3_next, qwen3_5_moe (or its text_config "
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
-    "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa";
+    "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, "
+    "qwen3_vl_moe (or its text_config qwen3_vl_moe_text)";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -331,6 +333,9 @@ inline std::optional<QwenFamily> qwen_family(std::string const& type) {
     if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 2048, 512, 40, 256, 8, std::nullopt, 512, false};
     if (type == "mellum") return QwenFamily{F::mellum, 2304, 896, 28, 64, 8, true, 0, false, true};
     if (type == "flint") return QwenFamily{F::flint, 2048, 512, 49, 256, 6, true, 1024, true, false, true};
+    // Qwen3-VL-MoE's router always renormalises; its files store the fused experts transposed.
+    if (type == "qwen3_vl_moe" || type == "qwen3_vl_moe_text")
+        return QwenFamily{F::qwen3_vl_moe, 2048, 1408, 24, 60, 4, std::nullopt, 0, true};
     return std::nullopt;
 }
 

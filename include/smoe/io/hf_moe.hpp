@@ -6,6 +6,7 @@
 //                                    MoELayer<TopK, SwiGLU<W>, None>
 //   qwen2_moe, qwen3_next, qwen3_5_moe
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
+//   qwen3_vl_moe (fused experts stored transposed)   the first shape
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
 //   kimi_linear, solar_open, afmoe, hy_v3, hunyuan_v1_moe, ernie4_5_moe, flint, granitemoeshared, granitemoehybrid,
 //   granitemoe_swa                   MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
@@ -123,6 +124,7 @@ struct HfNames {
     // family also stores one tensor per expert (Granite's files hold only the fused input/output_linear).
     std::vector<std::pair<char const*, char const*>> fused = {{"experts.gate_up_proj", "experts.down_proj"}};
     bool per_expert = true;
+    bool fused_transposed = false;  // fused stacks as [E, d, 2f] (gate columns first) and [E, f, d] (Qwen3-VL-MoE)
     // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's and MiniMax-M2's on-disk name,
     // Bailing's, AFMoE's and LFM2-MoE's expert_bias, ERNIE-4.5's moe_statics.
     // ERNIE-4.5's moe_statics bias is [1, E].
@@ -148,6 +150,7 @@ struct HfNames {
             n.prefixes.push_back(b + (feed_forward ? "feed_forward." : "mlp."));
         }
         if ((mixtral_names && !granite) || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+        n.fused_transposed = f == HfFamily::qwen3_vl_moe;
         if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe || f == HfFamily::flint)
             n.shared = "shared_expert.";
         if (f == HfFamily::hy_v3) n.router = {"router.gate.weight", "gate.weight"}, n.shared = "shared_mlp.";  // on disk; re-saved: gate, shared_experts
@@ -415,9 +418,14 @@ private:
         if (quant_) {
             plan_quant(src, names, opt);
         } else if (gu) {
-            fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
-            fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"),
-                                  {xE, xd, xf});
+            fused_transposed_ = names.fused_transposed;
+            if (fused_transposed_) {
+                fused_gate_up_ = checked(gu, {xE, xd, {f, k.intermediate_size, 2}});
+                fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, f, d]"), {xE, xf, xd});
+            } else {
+                fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
+                fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"), {xE, xd, xf});
+            }
         }
         if (!quant_ && !gu) {
             experts_.resize(local_.size());
@@ -518,14 +526,29 @@ private:
             // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
             // the canonical W1 / W3 / W2 stacks.
             std::vector<L> gu(sz(all * 2 * f * d)), dn(sz(all * d * f));
-            detail::copy_tensor(*fused_gate_up_, source_, {all, 2 * f, d}, gu.data());
-            detail::copy_tensor(*fused_down_, source_, {all, d, f}, dn.data());
+            bool const tr = fused_transposed_;
+            detail::copy_tensor(*fused_gate_up_, source_, tr ? std::vector<std::int64_t>{all, d, 2 * f} : std::vector<std::int64_t>{all, 2 * f, d},
+                                gu.data());
+            detail::copy_tensor(*fused_down_, source_, tr ? std::vector<std::int64_t>{all, f, d} : std::vector<std::int64_t>{all, d, f}, dn.data());
             for (std::int64_t l = 0; l < E; ++l) {
                 std::int64_t const e = local_[sz(l)];
                 auto const* g = gu.data() + e * 2 * f * d;
-                std::copy(g, g + f * d, store[w1].data() + l * f * d);
-                std::copy(g + f * d, g + 2 * f * d, store[w3].data() + l * f * d);
-                std::copy(dn.data() + e * d * f, dn.data() + (e + 1) * d * f, store[w2].data() + l * d * f);
+                auto const* o = dn.data() + e * d * f;
+                L* const g1 = store[w1].data() + l * f * d;
+                L* const u1 = store[w3].data() + l * f * d;
+                L* const d1 = store[w2].data() + l * d * f;
+                if (tr) {  // [d, 2f] and [f, d] to the canonical [f, d] and [d, f]
+                    for (std::int64_t i = 0; i < d; ++i)
+                        for (std::int64_t j = 0; j < f; ++j) {
+                            g1[j * d + i] = g[i * 2 * f + j];
+                            u1[j * d + i] = g[i * 2 * f + f + j];
+                            d1[i * f + j] = o[j * d + i];
+                        }
+                } else {
+                    std::copy(g, g + f * d, g1);
+                    std::copy(g + f * d, g + 2 * f * d, u1);
+                    std::copy(o, o + d * f, d1);
+                }
             }
         } else {
             for (std::int64_t l = 0; l < E; ++l) {
@@ -678,6 +701,7 @@ private:
     std::vector<std::array<QuantMatrixPlan, 3>> qplans_;  // per local expert: gate, up, down
     std::optional<std::array<QuantMatrixPlan, 3>> qshared_;
     FormatLists routed_fmt_, shared_fmt_;
+    bool fused_transposed_ = false;
     TensorInfo const* fused_gate_up_ = nullptr;
     TensorInfo const* fused_down_ = nullptr;
     std::vector<std::array<TensorInfo const*, 3>> experts_;
