@@ -340,7 +340,8 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
                           Defaults{"glm4v_moe", 4096, 1408, 46, 128, 8, 1408, 1, 1, 1.0f, true, 1},
                           Defaults{"kimi_linear", 2304, 1024, 27, 256, 8, 1024, 1, 1, 2.446f, true, 1},
                           Defaults{"solar_open", 4096, 1280, 48, 128, 8, 1280, 1, 1, 1.0f, true, 0},
-                          Defaults{"mimo_v2_flash", 4096, 2048, 48, 256, 8, 0, 1, 1, 1.0f, true, 1}}) {
+                          Defaults{"mimo_v2_flash", 4096, 2048, 48, 256, 8, 0, 1, 1, 1.0f, true, 1},
+                          Defaults{"beam", 5120, 2560, 52, 256, 8, 0, 8, 4, 2.5f, true, 3}}) {
         INFO(x.type);
         auto const c = parse_hf_config({{"model_type", x.type}}, "c.json");
         CHECK(to_string(c.family) == std::string(x.type));
@@ -388,6 +389,9 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK(parse_hf_config({{"model_type", "glm4v_moe"}, {"text_config", {{"model_type", "glm4v_moe_text"}, {"n_routed_experts", 16}}}}, "c.json")
               .num_experts() == 16);
 
+    auto const q4 = parse_hf_config({{"model_type", "qwen4_exp"}, {"text_config", {{"model_type", "qwen4_exp_text"}}}}, "c.json");
+    CHECK((q4.family == HfFamily::qwen4_exp && q4.num_experts() == 512 && q4.top_k() == 10 && q4.intermediate_size == 512));
+    CHECK((q4.shared_intermediate_size == 512 && q4.shared_gated && q4.router.norm_topk_prob && q4.num_hidden_layers == 40 && q4.is_moe_layer(0)));
     auto const vl = parse_hf_config({{"model_type", "qwen3_vl_moe"}, {"text_config", {{"norm_topk_prob", false}}}}, "v.json");
     CHECK((vl.num_experts() == 60 && vl.top_k() == 4 && vl.intermediate_size == 1408 && vl.router.norm_topk_prob));
 
@@ -664,6 +668,17 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
                            {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"mlp_only_layers", {0}}}}},
          {.block = "model.language_model.layers.1.mlp.", .fused = true, .fused_transposed = true}, 1, 0, "layer not in mlp_only_layers",
          {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = true}, 0, false},
+        {"qwen4_exp (text_config)",
+         {{"model_type", "qwen4_exp"},
+          {"text_config", {{"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+                           {"shared_expert_intermediate_size", 12}, {"num_hidden_layers", 1}, {"norm_topk_prob", false}}}},
+         {.block = "model.language_model.layers.0.mlp.", .shared = "shared_expert.", .shared_gate = "shared_expert_gate.weight"}, 0, 1,
+         "num_hidden_layers (1)", {.num_experts = E, .top_k = k, .score_func = ScoreFunc::softmax, .norm_topk_prob = false}, 12, true},
+        {"beam",
+         {{"model_type", "beam"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 4}, {"n_group", 2}, {"topk_group", 1}},
+         {.block = "model.layers.3.mlp.", .bias = "gate.e_score_correction_bias"}, 3, 2, "mlp_layer_types[layer] == \"sparse\"",
+         sigmoid_bias_router(E, k, 2, 1, true, 2.5f), 0, false},
         {"glm4_moe",
          {{"model_type", "glm4_moe"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
           {"n_shared_experts", 2}, {"num_hidden_layers", 3}, {"routed_scaling_factor", 2.5}},

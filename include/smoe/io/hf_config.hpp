@@ -31,19 +31,20 @@ namespace smoe::inline v0::io {
 // The model_types parse_hf_config maps (../shared/spec/families.md §2). Families whose block is another's
 // with other defaults and names share its router preset and layer type:
 //   R-SM / R-SMN softmax top-k    mixtral, minimax, olmoe, flex_olmo, jamba, hunyuan_v1_moe, qwen2_moe, qwen3_moe,
-//                                 qwen3_next, qwen3_5_moe, qwen3_vl_moe, mellum
+//                                 qwen3_next, qwen3_5_moe, qwen3_vl_moe, qwen4_exp, mellum
 //   sigmoid top-k, renorm         flint
 //   R-SB sigmoid + bias           minimax_m2, afmoe, lfm2_moe, hy_v3
 //   R-TKS top-k, softmax over k   granitemoe, granitemoeshared, granitemoehybrid, granitemoe_swa
 //   softmax + bias, renorm        ernie4_5_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1,
-//                                 exaone_moe, bailing_hybrid, kimi_linear, solar_open, mimo_v2_flash
+//                                 exaone_moe, bailing_hybrid, kimi_linear, solar_open, mimo_v2_flash, beam
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
-    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe
+    mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe,
+    qwen4_exp, beam
 };
 
 inline char const* to_string(HfFamily f) {
@@ -83,6 +84,8 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::hy_v3: return "hy_v3";
         case HfFamily::granitemoe_swa: return "granitemoe_swa";
         case HfFamily::qwen3_vl_moe: return "qwen3_vl_moe";
+        case HfFamily::qwen4_exp: return "qwen4_exp";
+        case HfFamily::beam: return "beam";
     }
     return "?";
 }
@@ -91,7 +94,7 @@ inline constexpr char const* kHfModelTypes =
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
     "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, "
-    "qwen3_vl_moe (or its text_config qwen3_vl_moe_text)";
+    "qwen3_vl_moe (or its text_config qwen3_vl_moe_text), qwen4_exp (or qwen4_exp_text), beam";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -308,6 +311,8 @@ inline std::optional<SigmoidBiasFamily> sigmoid_bias_family(std::string const& t
     if (type == "kimi_linear")
         return SigmoidBiasFamily{F::kimi_linear, 2304, 1024, 27, 256, 8, 1, "num_shared_experts", 1, 1, 2.446, true, 1, true, true, true};
     if (type == "solar_open") return SigmoidBiasFamily{F::solar_open, 4096, 1280, 48, 128, 8, 1, "n_shared_experts", 1, 1, 1.0, true, 0, false, false};
+    // Beam: R-V3 without shared experts (r multiplies the summed output: the same sum, weighted); three dense layers.
+    if (type == "beam") return SigmoidBiasFamily{F::beam, 5120, 2560, 52, 256, 8, 0, nullptr, 8, 4, 2.5, true, 3, false, true};
     // MiMo-V2-Flash: DeepSeek-V3's block without shared experts.
     if (type == "mimo_v2_flash") return SigmoidBiasFamily{F::mimo_v2_flash, 4096, 2048, 48, 256, 8, 0, nullptr, 1, 1, 1.0, true, 1, false, true};
     return std::nullopt;
@@ -333,6 +338,8 @@ inline std::optional<QwenFamily> qwen_family(std::string const& type) {
     if (type == "qwen3_5_moe" || type == "qwen3_5_moe_text") return QwenFamily{F::qwen3_5_moe, 2048, 512, 40, 256, 8, std::nullopt, 512, false};
     if (type == "mellum") return QwenFamily{F::mellum, 2304, 896, 28, 64, 8, true, 0, false, true};
     if (type == "flint") return QwenFamily{F::flint, 2048, 512, 49, 256, 6, true, 1024, true, false, true};
+    // Qwen4-Exp: Qwen3-Next's block in every layer (its hyper-connections are outside the block).
+    if (type == "qwen4_exp" || type == "qwen4_exp_text") return QwenFamily{F::qwen4_exp, 2048, 512, 40, 512, 10, true, 512, false};
     // Qwen3-VL-MoE's router always renormalises; its files store the fused experts transposed.
     if (type == "qwen3_vl_moe" || type == "qwen3_vl_moe_text")
         return QwenFamily{F::qwen3_vl_moe, 2048, 1408, 24, 60, 4, std::nullopt, 0, true};

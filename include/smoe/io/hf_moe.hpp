@@ -2,9 +2,9 @@
 // smoe::io::HfMoeLayer: one decoder layer's MoE block loaded from a Hugging Face checkpoint
 // (cases.md, experts.md §12) into the MoELayer type of its family:
 //
-//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, mellum, jamba, lfm2_moe, granitemoe, mimo_v2_flash
+//   mixtral, minimax, minimax_m2, olmoe, flex_olmo, qwen3_moe, mellum, jamba, lfm2_moe, granitemoe, mimo_v2_flash, beam
 //                                    MoELayer<TopK, SwiGLU<W>, None>
-//   qwen2_moe, qwen3_next, qwen3_5_moe
+//   qwen2_moe, qwen3_next, qwen3_5_moe, qwen4_exp
 //                                    MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::Sigmoid>, None>
 //   qwen3_vl_moe (fused experts stored transposed)   the first shape
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
@@ -151,7 +151,8 @@ struct HfNames {
         }
         if ((mixtral_names && !granite) || f == HfFamily::lfm2_moe) n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
         n.fused_transposed = f == HfFamily::qwen3_vl_moe;
-        if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe || f == HfFamily::flint)
+        if (f == HfFamily::qwen2_moe || f == HfFamily::qwen3_next || f == HfFamily::qwen3_5_moe || f == HfFamily::qwen4_exp ||
+            f == HfFamily::flint)
             n.shared = "shared_expert.";
         if (f == HfFamily::hy_v3) n.router = {"router.gate.weight", "gate.weight"}, n.shared = "shared_mlp.";  // on disk; re-saved: gate, shared_experts
         if (f == HfFamily::hunyuan_v1_moe) n.router = {"gate.wg.weight"}, n.shared = "shared_mlp.";
