@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -616,6 +618,41 @@ TEST_CASE("quantization_config resolves each module's scheme: exact name, then p
     CHECK(d.scheme_of("model.layers.0.mlp.experts.3.up_proj").group == 32);
     CHECK(d.scheme_of("model.layers.0.mlp.experts.3.up_proj").act_order);
     CHECK(d.scheme_of("model.layers.0.mlp.experts.4.up_proj").group == 128);
+
+    // Two patterns for expert 3, disagreeing: in file order the first wins (GPTQModel), without the order
+    // it is an error naming both.
+    g["dynamic"]["+:.*experts\\.[0-4]\\..*"] = {{"group_size", 64}};
+    CHECK_THROWS_WITH(smoe::io::parse_quant_config(g, "config.json").scheme_of("model.layers.0.mlp.experts.3.up_proj"),
+                      Contains("both match") && Contains("experts.3"));
+    auto const in_order = [&](std::vector<std::string> const& order) {
+        return smoe::io::parse_quant_config(g, "config.json", order).scheme_of("model.layers.0.mlp.experts.3.up_proj").group;
+    };
+    std::string const wide = "+:.*experts\\.[0-4]\\..*", three = "+:.*experts\\.3\\..*", shared = "-:.*shared_expert\\..*";
+    CHECK(in_order({shared, wide, three}) == 64);
+    CHECK(in_order({three, shared, wide}) == 32);
+    // Through a file: read_hf_config keeps the order the file writes. dump() writes the keys sorted
+    // (three before wide); the second file swaps the two entries.
+    {
+        std::string const text = mixtral(g).dump();
+        std::string const wide_entry = json(wide).dump() + ":" + json{{"group_size", 64}}.dump();
+        std::string const three_entry = json(three).dump() + ":" + json{{"desc_act", true}, {"group_size", 32}}.dump();
+        REQUIRE(text.find(three_entry) != std::string::npos);
+        REQUIRE(text.find(wide_entry) != std::string::npos);
+        REQUIRE(text.find(three_entry) < text.find(wide_entry));
+        std::filesystem::path const dir = std::filesystem::temp_directory_path() / "smoe_dynamic_order";
+        std::filesystem::create_directories(dir);
+        auto const group_of_expert3 = [&](std::string const& t) {
+            std::ofstream(dir / "config.json") << t;
+            return smoe::io::read_hf_config(dir / "config.json").quant->scheme_of("model.layers.0.mlp.experts.3.up_proj").group;
+        };
+        CHECK(group_of_expert3(text) == 32);
+        std::string swapped = text;
+        swapped.replace(swapped.find(wide_entry), wide_entry.size(), "@W@");
+        swapped.replace(swapped.find(three_entry), three_entry.size(), wide_entry);
+        swapped.replace(swapped.find("@W@"), 3, three_entry);
+        CHECK(group_of_expert3(swapped) == 64);
+        std::filesystem::remove_all(dir);
+    }
 
     auto const f = smoe::io::parse_quant_config({{"quant_method", "fp8"}, {"ignored_layers", {"model.layers.*.mlp.shared_experts"}}}, "config.json");
     CHECK(!f.scheme_of("model.layers.2.mlp.shared_experts.down_proj").quantized());

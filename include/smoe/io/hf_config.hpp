@@ -366,8 +366,9 @@ inline std::vector<std::uint8_t> mlp_layer_types(ConfigReader const& r, std::int
 // MiniMaxConfig, MiniMaxM2Config, FlexOlmoConfig, JambaConfig, HunYuanMoEV1Config, GraniteMoe{,Shared,Hybrid,SWA}Config,
 // Ernie4_5_MoeConfig, AfmoeConfig, HYV3Config, Lfm2MoeConfig, qwen_family's, DeepseekV2Config, DeepseekV3Config and
 // sigmoid_bias_family's);
-// routing semantics follow routing.md §2 and families.md §2.
-inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file) {
+// routing semantics follow routing.md §2 and families.md §2. `dynamic_order`: quantization_config.dynamic's keys
+// in file order (read_hf_config finds them).
+inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& file, std::vector<std::string> const& dynamic_order = {}) {
     if (!j.is_object()) io::detail::file_fail(file, "top level", j.type_name(), "a JSON object (a Hugging Face config)");
     // A multimodal wrapper (Qwen3.5-MoE, Llama 4) keeps the decoder's keys in text_config; its model_type
     // and quantization_config may stay at the top level.
@@ -377,7 +378,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         nlohmann::json text = t;
         for (char const* k : {"model_type", "quantization_config"})
             if (!text.contains(k) && j.contains(k)) text[k] = j[k];
-        return parse_hf_config(text, file + " text_config");
+        return parse_hf_config(text, file + " text_config", dynamic_order);
     }
     HfMoeConfig c;
     c.keys.file = file;
@@ -634,7 +635,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         io::detail::file_fail(file, "key 'model_type'", type, std::string("one of ") + kHfModelTypes);
     }
     if (c.shared_intermediate_size == 0 && !c.shared_gated) keys.shared_size = nullptr;
-    if (j.contains("quantization_config") && !j["quantization_config"].is_null()) c.quant = parse_quant_config(j["quantization_config"], file);
+    if (j.contains("quantization_config") && !j["quantization_config"].is_null()) c.quant = parse_quant_config(j["quantization_config"], file, dynamic_order);
     try {
         rc.validate();
     } catch (smoe::invalid_argument const& e) {
@@ -647,15 +648,33 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     return c;
 }
 
-inline nlohmann::json read_json_file(std::filesystem::path const& path) {
+namespace detail {
+inline std::string read_text_file(std::filesystem::path const& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) io::detail::file_fail(path.string(), "file", "unreadable", "a readable JSON file");
     std::ostringstream s;
     s << in.rdbuf();
+    return s.str();
+}
+}  // namespace detail
+
+inline nlohmann::json read_json_file(std::filesystem::path const& path) {
     // The parser of safetensors headers: UTF-8, no duplicate keys, no NUL, bounded depth.
-    return parse_json_strict(s.str(), path.string());
+    return parse_json_strict(detail::read_text_file(path), path.string());
 }
 
-inline HfMoeConfig read_hf_config(std::filesystem::path const& path) { return parse_hf_config(read_json_file(path), path.string()); }
+inline HfMoeConfig read_hf_config(std::filesystem::path const& path) {
+    std::string const text = detail::read_text_file(path);
+    nlohmann::json const j = parse_json_strict(text, path.string());
+    // GPTQ `dynamic` patterns apply in file order; nlohmann::json sorts keys, so the order comes from
+    // a second, order-keeping parse of the text the strict parser has accepted.
+    std::vector<std::string> order;
+    auto const q = j.find("quantization_config");
+    if (q != j.end() && q->is_object() && q->contains("dynamic") && (*q)["dynamic"].is_object() && (*q)["dynamic"].size() > 1) {
+        nlohmann::ordered_json const ordered = nlohmann::ordered_json::parse(text);
+        for (auto const& [key, v] : ordered["quantization_config"]["dynamic"].items()) order.push_back(key);
+    }
+    return parse_hf_config(j, path.string(), order);
+}
 
 }  // namespace smoe::inline v0::io

@@ -17,9 +17,10 @@
 // pattern (ECMAScript std::regex, matched from the start of the name as Python's re.match) or the class
 // name "Linear" (every expert projection is a Linear); a module takes the first match in the order
 // exact name, patterns (sorted as strings), class name. GPTQ `dynamic`: patterns with "-:" (dense) or
-// "+:"/no prefix (overrides of bits, group_size, sym, desc_act). nlohmann::json keeps object keys
-// sorted, not in file order, so where two `dynamic` patterns match one module and disagree, that is an
-// error naming both instead of "the first in file order wins". modules_to_not_convert entries leave a
+// "+:"/no prefix (overrides of bits, group_size, sym, desc_act); the first in file order wins, as in
+// GPTQModel (read_hf_config passes the order; nlohmann::json keeps keys sorted, so for a config given
+// as a parsed object two patterns that match one module and disagree are an error naming both).
+// modules_to_not_convert entries leave a
 // module dense when the name contains the entry or the entry, as a pattern, matches from its start
 // (transformers' rule, which also reads gpt-oss's `model.layers.*.mlp.router`).
 
@@ -116,7 +117,8 @@ struct QuantConfig {
         std::regex pattern;
         QuantScheme scheme;
     };
-    std::vector<Override> dynamic;    // gptq
+    std::vector<Override> dynamic;    // gptq, in file order when dynamic_ordered
+    bool dynamic_ordered = false;     // the file's key order is known: the first matching pattern wins
     std::vector<Target> not_convert;  // awq, fp8, mxfp4
 
     // The module's scheme (`module` is the name without ".weight", e.g.
@@ -143,12 +145,18 @@ struct QuantConfig {
         for (auto const& t : not_convert)
             if (module.find(t.text) != std::string::npos || (t.pattern && match_from_start(*t.pattern, module))) return {};
         if (method == QuantMethod::gptq) {
+            // GPTQModel takes the first match in the file's order; without that order (a config given as
+            // a parsed object) two matches must agree.
             Override const* hit = nullptr;
             for (auto const& o : dynamic) {
                 if (!match_from_start(o.pattern, module)) continue;
+                if (dynamic_ordered) {
+                    hit = &o;
+                    break;
+                }
                 if (hit && (hit->dense != o.dense || !same(hit->scheme, o.scheme)))
                     detail::file_fail(file, "key 'quantization_config.dynamic'", hit->text + " and " + o.text + " both match " + module,
-                                      "at most one pattern per module, or patterns that agree (file order is not kept)");
+                                      "at most one pattern per module, or patterns that agree (the key order is unknown here)");
                 if (!hit) hit = &o;
             }
             if (hit) return hit->dense ? QuantScheme{} : hit->scheme;
@@ -358,7 +366,9 @@ inline QuantScheme gptq_scheme(QuantKeys const& k, QuantScheme base) {
 }  // namespace detail
 
 // `q` is the value of config.json's "quantization_config"; `file` names config.json in errors.
-inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const& file) {
+// `dynamic_order`: GPTQ `dynamic`'s keys in the file's order (nlohmann::json sorts them), when known.
+inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const& file,
+                                      std::vector<std::string> const& dynamic_order = {}) {
     std::string const root = "quantization_config";
     if (!q.is_object()) detail::file_fail(file, "key '" + root + "'", q.dump(), "an object");
     detail::QuantKeys k(q, file, root);
@@ -413,6 +423,15 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
                 if (!ov.is_object()) detail::file_fail(file, "key '" + path + "'", ov.dump(), "an object of overrides (bits, group_size, sym, desc_act)");
                 if (!o.dense) o.scheme = detail::gptq_scheme(detail::QuantKeys(ov, file, path), c.scheme);
                 c.dynamic.push_back(std::move(o));
+            }
+            if (!dynamic_order.empty()) {
+                auto const rank = [&](QuantConfig::Override const& o) {
+                    auto const it = std::find(dynamic_order.begin(), dynamic_order.end(), o.text);
+                    if (it == dynamic_order.end()) detail::file_fail(file, "key '" + root + ".dynamic." + o.text + "'", "not in the key order", "a key of the file");
+                    return it - dynamic_order.begin();
+                };
+                std::stable_sort(c.dynamic.begin(), c.dynamic.end(), [&](auto const& a, auto const& b) { return rank(a) < rank(b); });
+                c.dynamic_ordered = true;
             }
         }
     } else if (method == "awq") {
