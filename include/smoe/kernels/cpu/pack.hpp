@@ -19,6 +19,9 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "smoe/core/bf16.hpp"
 
@@ -32,12 +35,20 @@ template <>
 inline constexpr int kPanelSlotColumn<bf16>[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
 
 // Owning, 64-byte aligned, uninitialised storage for packed weights (no zeroing pass over gigabytes).
+// From 2 MiB on, the array is aligned to 2 MiB and, on Linux, advised as transparent huge pages before
+// anything touches it: the kernels stream these weights from memory, and on 4 KiB pages each stream
+// pays a page walk every 4 KiB (measured cold on the Zen 4 VM, one thread: a plain read 19 -> 35 GB/s,
+// the int4 dot kernel at one row 47 -> 51 GB/s). Where THP is off or "never", the advice does nothing.
 template <class T>
 class AlignedArray {
 public:
     AlignedArray() = default;
     explicit AlignedArray(std::size_t n)
-        : n_(n), p_(n ? static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})) : nullptr) {}
+        : n_(n), p_(n ? static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{alignment(n)})) : nullptr) {
+#if defined(__linux__)
+        if (n && alignment(n) == kHugePage) (void)::madvise(p_, n * sizeof(T), MADV_HUGEPAGE);
+#endif
+    }
     AlignedArray(AlignedArray&& o) noexcept : n_(o.n_), p_(o.p_) {
         o.n_ = 0;
         o.p_ = nullptr;
@@ -60,8 +71,10 @@ public:
     std::size_t size() const { return n_; }
 
 private:
+    static constexpr std::size_t kHugePage = std::size_t{2} << 20;
+    static constexpr std::size_t alignment(std::size_t n) { return n * sizeof(T) >= kHugePage ? kHugePage : 64; }
     void release() {
-        if (p_) ::operator delete(p_, std::align_val_t{64});
+        if (p_) ::operator delete(p_, std::align_val_t{alignment(n_)});
         p_ = nullptr;
     }
     std::size_t n_ = 0;
