@@ -35,6 +35,7 @@
 
 #include <benchmark/benchmark.h>
 #include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>, and before <immintrin.h>: see there
+#include "smoe/kernels/cpu/pack.hpp"
 
 #include <immintrin.h>
 
@@ -160,16 +161,15 @@ inline constexpr int kDramStreams[] = {4, 8, 16};
 // 512 MiB: 16x the L3 of any machine this runs on, modest next to the expert weights.
 inline constexpr std::size_t kDramBytes = std::size_t{512} << 20;
 
+// Allocated as packed weights are (kernels/cpu/pack.hpp: huge pages from 2 MiB), so the read limit is
+// measured on the pages the kernels stream.
 struct AlignedFloats {
+    smoe::kernels::cpu::AlignedArray<float> a;
     float* p;
     std::size_t n;
-    explicit AlignedFloats(std::size_t count)
-        : p(static_cast<float*>(::operator new[](count * sizeof(float), std::align_val_t{64}))), n(count) {
+    explicit AlignedFloats(std::size_t count) : a(count), p(a.data()), n(count) {
         std::memset(p, 0, count * sizeof(float));  // fault every page in before anything is timed
     }
-    ~AlignedFloats() { ::operator delete[](p, std::align_val_t{64}); }
-    AlignedFloats(AlignedFloats const&) = delete;
-    AlignedFloats& operator=(AlignedFloats const&) = delete;
 };
 
 // ---------------------------------------------------------------------------------------------
