@@ -106,10 +106,7 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts;
-        std::int64_t const T = checks::check_logits_shape(logits, E, E);
-        checks::check_out_shape(out, T, E, "num_experts");
-        checks::reject_bias(bias, "expert_choice");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, E, "num_experts", "expert_choice");
 
         Scratch s = carve(ws, T);
         for (std::int64_t t = 0; t < T; ++t) {
@@ -131,10 +128,7 @@ public:
                        Workspace& ws, RouterControl const& control) const {
         if (control.empty()) return route(arch, logits, bias, out, ws);
         std::int64_t const E = cfg_.num_experts;
-        std::int64_t const T = checks::check_logits_shape(logits, E, E);
-        checks::check_out_shape(out, T, E, "num_experts");
-        checks::reject_bias(bias, "expert_choice");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, E, "num_experts", "expert_choice");
         control::validate(control, E, T, 0, "");
 
         Scratch s = carve(ws, T);

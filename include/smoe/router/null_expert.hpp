@@ -81,10 +81,7 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts, N = cfg_.num_null_experts, k = cfg_.top_k;
-        std::int64_t const T = checks::check_logits_shape(logits, E + N, k);
-        checks::check_out_shape(out, T, k, "top_k");
-        checks::reject_bias(bias, "null_expert");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E + N, k, "top_k", "null_expert");
 
         float* const score = ws.take<float>(static_cast<std::size_t>(E + N)).data();
         for (std::int64_t t = 0; t < T; ++t)
@@ -101,10 +98,7 @@ public:
                        Workspace& ws, RouterControl const& control) const {
         if (control.empty()) return route(arch, logits, bias, out, ws);
         std::int64_t const E = cfg_.num_experts, L = cfg_.num_logits(), k = cfg_.top_k;
-        std::int64_t const T = checks::check_logits_shape(logits, L, k);
-        checks::check_out_shape(out, T, k, "top_k");
-        checks::reject_bias(bias, "null_expert");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, L, k, "top_k", "null_expert");
         control::validate(control, L, T, k, "top_k");
 
         ws.take<float>(static_cast<std::size_t>(L));  // the plain path's score row

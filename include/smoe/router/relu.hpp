@@ -68,10 +68,7 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts;
-        std::int64_t const T = checks::check_logits_shape(logits, E, E);
-        checks::check_out_shape(out, T, E, "num_experts");
-        checks::reject_bias(bias, "relu");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, E, "num_experts", "relu");
 
         Scratch s = carve(ws, T);
         std::int64_t K = 0;
@@ -93,10 +90,7 @@ public:
                        Workspace& ws, RouterControl const& control) const {
         if (control.empty()) return route(arch, logits, bias, out, ws);
         std::int64_t const E = cfg_.num_experts;
-        std::int64_t const T = checks::check_logits_shape(logits, E, E);
-        checks::check_out_shape(out, T, E, "num_experts");
-        checks::reject_bias(bias, "relu");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, E, "num_experts", "relu");
         control::validate(control, E, T, 0, "");
 
         Scratch s = carve(ws, T);

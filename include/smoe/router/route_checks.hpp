@@ -10,6 +10,7 @@
 #include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/view.hpp"
+#include "smoe/kernels/cpu/finite_check.hpp"
 
 namespace smoe::inline v0::router::checks {
 
@@ -32,6 +33,18 @@ inline void reject_bias(std::span<float const> bias, char const* router_name) {
     if (!bias.empty())
         smoe::detail::fail("expert_bias", "length " + std::to_string(bias.size()),
                            std::string("none (") + router_name + " takes no selection bias)");
+}
+
+// The whole entry of a router that selects without a bias (both its plain and its controlled route):
+// logits [T, num_logits] and finite, out [T, >= slots], no bias. Returns T.
+template <class Arch>
+std::int64_t check_unbiased(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut const& out,
+                            std::int64_t num_logits, std::int64_t slots, char const* slots_name, char const* router_name) {
+    std::int64_t const T = check_logits_shape(logits, num_logits, slots);
+    check_out_shape(out, T, slots, slots_name);
+    reject_bias(bias, router_name);
+    kernels::cpu::check_finite(arch, logits, "logits");
+    return T;
 }
 
 }  // namespace smoe::inline v0::router::checks

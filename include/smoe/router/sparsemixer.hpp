@@ -80,10 +80,8 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws, RouterControl const& control) const {
         std::int64_t const E = cfg_.num_experts;
-        std::int64_t const T = checks::check_logits_shape(logits, E, kSlots);
-        checks::check_out_shape(out, T, kSlots, "2 (sparsemixer's two experts)");
-        checks::reject_bias(bias, "sparsemixer");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T =
+            checks::check_unbiased(arch, logits, bias, out, E, kSlots, "2 (sparsemixer's two experts)", "sparsemixer");
         if (!control.empty()) {
             if (!control.boost.empty())
                 smoe::detail::fail("boost", "a boost", "none (sparsemixer has no score to boost)");

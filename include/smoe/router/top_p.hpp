@@ -88,10 +88,7 @@ public:
     std::int64_t route(Arch arch, MatrixView<float const> logits, std::span<float const> bias, TokenMajorOut out,
                        Workspace& ws) const {
         std::int64_t const E = cfg_.num_experts, max_k = max_slots();
-        std::int64_t const T = checks::check_logits_shape(logits, E, max_k);
-        checks::check_out_shape(out, T, max_k, "max_k");
-        checks::reject_bias(bias, "top_p");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, max_k, "max_k", "top_p");
 
         Scratch s = carve(ws, T);
         std::int64_t K = 0;
@@ -114,10 +111,7 @@ public:
                        Workspace& ws, RouterControl const& control) const {
         if (control.empty()) return route(arch, logits, bias, out, ws);
         std::int64_t const E = cfg_.num_experts, max_k = max_slots();
-        std::int64_t const T = checks::check_logits_shape(logits, E, max_k);
-        checks::check_out_shape(out, T, max_k, "max_k");
-        checks::reject_bias(bias, "top_p");
-        kernels::cpu::check_finite(arch, logits, "logits");
+        std::int64_t const T = checks::check_unbiased(arch, logits, bias, out, E, max_k, "max_k", "top_p");
         control::validate(control, E, T, cfg_.min_k, "min_k");
 
         Scratch s = carve(ws, T);
