@@ -28,6 +28,7 @@ struct BalanceKeys {
     smoe::balance::StatsOptions stats;
     std::optional<double> l1_reg_coeff;
     std::optional<std::int64_t> target_top_k;
+    std::optional<smoe::balance::LeastLoadedConfig> llep;  // llep_* keys (research.md §6)
 };
 
 struct Case {
@@ -37,7 +38,8 @@ struct Case {
     ConfigReader r;
     std::set<std::string> allowed{"router", "num_experts", "moe_expert_capacity_factor", "moe_token_drop_policy",
                                   "moe_pad_expert_input_to_capacity", "min_capacity", "moe_router_bias_update_rate",
-                                  "moe_aux_loss_coeff", "moe_z_loss_coeff"};
+                                  "moe_aux_loss_coeff", "moe_z_loss_coeff", "llep_num_workers", "llep_max_tokens_factor",
+                                  "llep_min_tokens_per_gemm", "llep_adaptive_ratio"};
 
     Case(std::string f, nlohmann::json const& json) : file(std::move(f)), j(json), r(json, file, defaulted) {}
 
@@ -66,6 +68,18 @@ struct Case {
         if (r.has("moe_z_loss_coeff")) b.stats.z_loss_coeff = r.number("moe_z_loss_coeff", std::nullopt);
         if (r.has("l1_reg_coeff")) b.l1_reg_coeff = r.number("l1_reg_coeff", std::nullopt);
         if (r.has("target_top_k")) b.target_top_k = r.integer("target_top_k", std::nullopt);
+        if (r.has("llep_num_workers")) {
+            smoe::balance::LeastLoadedConfig l{.num_workers = r.integer("llep_num_workers", std::nullopt)};
+            if (r.has("llep_max_tokens_factor")) l.max_tokens_factor = r.number("llep_max_tokens_factor", std::nullopt);
+            if (r.has("llep_min_tokens_per_gemm")) l.min_tokens_per_gemm = r.integer("llep_min_tokens_per_gemm", std::nullopt);
+            if (r.has("llep_adaptive_ratio")) l.adaptive_ratio = r.number("llep_adaptive_ratio", std::nullopt);
+            b.llep = l;
+        } else if (r.has("llep_max_tokens_factor") || r.has("llep_min_tokens_per_gemm") || r.has("llep_adaptive_ratio")) {
+            smoe::io::detail::file_fail(file, "key 'llep_num_workers'", "missing", "the worker count of the llep_* keys (research.md §6)");
+        }
+        if (b.llep && (b.capacity_factor || b.bias_update_rate))
+            smoe::io::detail::file_fail(file, "key 'llep_num_workers'", b.llep->num_workers,
+                                        "llep rerouting alone, without a capacity or bias balancer");
         bool const capacity_only = b.pad || r.has("moe_token_drop_policy") || r.has("min_capacity");
         if (capacity_only && !b.capacity_factor)
             smoe::io::detail::file_fail(file, "key 'moe_expert_capacity_factor'", "missing",
@@ -160,6 +174,13 @@ void route_and_write(Args const& a, Router const& router, Balancer& balancer, In
         balancer.update();
         w.add_f32("updated_bias", {E}, balancer.bias());
     }
+    if constexpr (requires { balancer.llep_stats(); }) {
+        auto const& ls = balancer.llep_stats();
+        auto const Wn = static_cast<std::int64_t>(ls.native_load.size());
+        std::vector<std::int32_t> native(ls.native_load.begin(), ls.native_load.end()), planned(ls.planned_load.begin(), ls.planned_load.end());
+        w.add_i32("llep_native_load", {Wn}, native);
+        w.add_i32("llep_planned_load", {Wn}, planned);
+    }
     w.write(a.out_file);
 }
 
@@ -205,6 +226,13 @@ void with_balancer(Args const& a, Router const& router, Inputs const& in, Balanc
             smoe::balance::LossFreeBias b(bc);
             route_and_write(a, router, b, in, keys, input_name);
         }
+    } else if (keys.llep) {
+        smoe::balance::LeastLoadedConfig bc = *keys.llep;
+        bc.num_experts = router.num_experts();
+        bc.stats = keys.stats;
+        keyed(config_name, [&] { bc.validate(); });
+        smoe::balance::LeastLoaded b(bc);
+        route_and_write(a, router, b, in, keys, input_name);
     } else {
         keyed(config_name, [&] { keys.stats.validate(); });
         smoe::balance::None b({.stats = keys.stats});
@@ -296,8 +324,19 @@ int run_router_case(Args const& a, nlohmann::json const& config) {
             return smoe::router::Sinkhorn(rc);
         });
         with_balancer(a, router, read_inputs(E), keys, input_path, c.file);
+    } else if (name == "race") {
+        c.allow({"top_k", "score_func", "race_group"});
+        c.check_keys();
+        auto const keys = c.balance_keys();
+        auto router = make([&] {
+            return smoe::router::Race({.num_experts = E,
+                                       .top_k = c.r.integer("top_k", std::nullopt),
+                                       .score = smoe::router::parse_race_score(c.r.string("score_func", std::string("identity"))),
+                                       .race_group = c.r.integer("race_group", 0, 0)});
+        });
+        with_balancer(a, router, read_inputs(E), keys, input_path, c.file);
     } else {
-        smoe::io::detail::file_fail(c.file, "key 'router'", name, "one of topk, expert_choice, top_p, null_expert, relu, sinkhorn");
+        smoe::io::detail::file_fail(c.file, "key 'router'", name, "one of topk, expert_choice, top_p, null_expert, relu, sinkhorn, race");
     }
     return 0;
 }

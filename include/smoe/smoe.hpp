@@ -3,6 +3,7 @@
 // pulls CUDA headers.
 
 #include "smoe/balance/capacity.hpp"
+#include "smoe/balance/least_loaded.hpp"
 #include "smoe/balance/loss_free_bias.hpp"
 #include "smoe/balance/none.hpp"
 #include "smoe/concepts.hpp"
@@ -26,6 +27,7 @@
 #include "smoe/router/expert_choice.hpp"
 #include "smoe/router/hash.hpp"
 #include "smoe/router/null_expert.hpp"
+#include "smoe/router/race.hpp"
 #include "smoe/router/rankwise_lora.hpp"
 #include "smoe/router/relu.hpp"
 #include "smoe/router/sinkhorn.hpp"

@@ -19,18 +19,19 @@ namespace smoe::inline v0::kernels::cpu {
 // Expert choice picks tokens for an expert by (score descending, token ascending): the same order as
 // weight_order_key with the token id in the id's place.
 
-// Sorts one token-major row by (weight descending, id ascending). Insertion sort for short rows (the
-// common case, and the one sort_by_weight is tuned for), std::sort on pairs for dense rows.
+// Sorts one token-major row by (weight descending, id ascending), for any finite weights (race's may be
+// negative). Insertion sort for short rows (the common case, and the one sort_by_weight is tuned for),
+// std::sort on keys for dense rows.
 inline void sort_row_by_weight(std::int32_t* ids, float* w, std::int64_t n, std::span<std::uint64_t> scratch) {
     if (n <= 32) {
         sort_by_weight(ids, w, n);
         return;
     }
-    for (std::int64_t j = 0; j < n; ++j) scratch[j] = weight_order_key(w[j], ids[j]);
+    for (std::int64_t j = 0; j < n; ++j) scratch[j] = score_order_key(w[j], ids[j]);
     std::sort(scratch.begin(), scratch.begin() + n, std::greater<>{});
     for (std::int64_t j = 0; j < n; ++j) {
         ids[j] = weight_order_id(scratch[j]);
-        w[j] = weight_order_weight(scratch[j]);
+        w[j] = score_order_weight(scratch[j]);
     }
 }
 

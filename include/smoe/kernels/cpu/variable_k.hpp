@@ -1,5 +1,5 @@
 #pragma once
-// What the variable-k routers (routing.md §1: top_p, relu, expert_choice) share: the token-major row order as one
+// What the variable-k routers (routing.md §1: top_p, relu, expert_choice, race) share: the token-major row order as one
 // integer key, and the padding of every row to the batch's K once all counts are known.
 
 #include <algorithm>
@@ -24,6 +24,21 @@ SMOE_ALWAYS_INLINE std::int32_t weight_order_id(std::uint64_t key) {
 }
 SMOE_ALWAYS_INLINE float weight_order_weight(std::uint64_t key) {
     return std::bit_cast<float>(static_cast<std::uint32_t>(key >> 32));
+}
+
+// The same order for any finite w, negative ones too (router::Race's identity scores): the sign bit is
+// flipped on non-negative values and every bit on negative ones, so the unsigned order of the result
+// is the float order (-0 maps to +0's bits so that the two tie).
+SMOE_ALWAYS_INLINE std::uint32_t score_order_bits(float w) {
+    std::uint32_t const u = w == 0.0f ? 0u : std::bit_cast<std::uint32_t>(w);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+SMOE_ALWAYS_INLINE std::uint64_t score_order_key(float w, std::int64_t id) {
+    return (static_cast<std::uint64_t>(score_order_bits(w)) << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(id));
+}
+SMOE_ALWAYS_INLINE float score_order_weight(std::uint64_t key) {
+    auto const k = static_cast<std::uint32_t>(key >> 32);
+    return std::bit_cast<float>((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
 }
 
 // Rows t of ids / w hold count[t] selections; fills columns [count[t], K) with -1 / 0.
