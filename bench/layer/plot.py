@@ -24,6 +24,7 @@ import sys
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 SHAPES = ["mixtral", "olmoe", "qwen2moe", "deepseek-v2-lite"]
 FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"]
+GGML_TYPES = ["q4_0", "q8_0", "f16"]  # ggml's own formats (bench/baselines/ggml_moe.cpp); its f32/bf16 are ours too
 # QuantSwiGLU's formats (bench/layer/limits.hpp): the exact fp32 path, and int4d/int8d on the int8 dot path.
 QUANT = {"int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"}
 # No baseline has these weight types: they are compared with the fastest baseline of any type, as int8 is.
@@ -57,14 +58,16 @@ def load():
                          "weight_bytes": b["GB/s"] * b["min_ms"] * 1e6, "flops": b["GFLOP/s"] * b["min_ms"] * 1e6,
                          "route_hash": route_hash, "y_abs_sum": b["y_abs_sum"], "experts": int(b.get("experts", 0)),
                          "limits": {"peak_gflops": b["peak_gflops"], "dram_gbps": b["dram_gbps"]}})
-    for path in sorted(glob.glob(os.path.join(OUT, "eigen_*.jsonl")) + glob.glob(os.path.join(OUT, "torch_*.jsonl"))):
+    for path in sorted(glob.glob(os.path.join(OUT, "eigen_*.jsonl")) + glob.glob(os.path.join(OUT, "torch_*.jsonl")) +
+                       glob.glob(os.path.join(OUT, "ggml_*.jsonl"))):
         with open(path) as f:
             for line in f:
                 line = line.strip()
                 if not line.startswith("{"):
                     continue
                 r = json.loads(line)
-                recs.append({"system": r["system"], "protocol": "hot", "wtype": r["wtype"], "shape": r["shape"], "T": r["T"],
+                recs.append({"system": r["system"], "protocol": r.get("protocol", "hot"), "wtype": r["wtype"],
+                             "shape": r["shape"], "T": r["T"], "copies": r.get("copies", 1),
                              "threads": r["threads"], "min_ms": r["forward"]["min_ms"],
                              "median_ms": r["forward"]["median_ms"], "gbps": r["gbps"], "gflops": r["gflops"],
                              "weight_bytes": r["weight_bytes"], "flops": r["flops"], "route_hash": r["route_hash"],
@@ -144,9 +147,13 @@ def summary(recs, limits):
               "Targets (issue 9; issue 15 for int4/fp8/mxfp4): decode T=1,8 bw_frac2 >= 0.85 (GB/s of packed weight "
               "bytes over the 2-thread read bandwidth); T=32,128 roofline >= 0.60; T=512 FLOP/s >= 0.70 of the format's "
               "peak (QuantSwiGLU's formats: of the fp32 FMA peak, for now); 2 threads never slower than 1.", "",
+              "ggml (llama.cpp's MoE graph, bench/baselines/ggml_moe.cpp) also runs the cold protocol: the ggml cold "
+              "column is its fastest cold record of a comparable type (the same type; any type for int8 and the "
+              "quantised formats) and smoe's cold speed-up over it.", "",
               "| shape | fmt | T | cold 1t / 2t ms | cold GB/s, bw_frac2, roofline | hot 1t / 2t ms | hot GB/s, roofline | "
-              "target (cold) | best baseline ms | smoe hot speed-up | 2t<=1t | route_hash |",
-              "|---|---|---:|---|---|---|---|---|---|---:|---|---|"]
+              "target (cold) | best baseline ms (hot) | smoe hot speed-up | ggml cold ms, bw_frac2 | smoe cold speed-up | "
+              "2t<=1t | route_hash |",
+              "|---|---|---:|---|---|---|---|---|---|---:|---|---:|---|---|"]
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
     for shape in shapes:
         for fmt in fmts:
@@ -173,14 +180,19 @@ def summary(recs, limits):
                     tgt = f"{short} {cb.get(key, 0):.2f} {'met' if cb.get(key, 0) >= goal else 'MISSED'}"
                 base = [r for r in recs if r["system"] != "smoe" and r["shape"] == shape and r["T"] == T and
                         (r["wtype"] == fmt or fmt in ANY_BASELINE)]
-                bb = min(base, key=lambda r: r["min_ms"]) if base else None
+                hot_base = [r for r in base if r["protocol"] == "hot"]
+                bb = min(hot_base, key=lambda r: r["min_ms"]) if hot_base else None
                 base_txt = f"{bb['system']} {bb['wtype']} {bb['threads']}t {bb['min_ms']:.3g}" if bb else "-"
                 speed_txt = f"{bb['min_ms'] / hb['min_ms']:.2f}x" if bb and hb else "-"
+                cold_base = [r for r in base if r["system"] == "ggml" and r["protocol"] == "cold"]
+                gb = min(cold_base, key=lambda r: r["min_ms"]) if cold_base else None
+                ggml_txt = f"{gb['wtype']} {gb['threads']}t {gb['min_ms']:.3g}, {frac(gb, 'bw_frac2')}" if gb else "-"
+                cold_speed = f"{gb['min_ms'] / cb['min_ms']:.2f}x" if gb and cb else "-"
                 mono = "yes" if not (c1 and c2) or c2["min_ms"] <= c1["min_ms"] else "NO"
                 hashes = {r["route_hash"] for r in recs if r["shape"] == shape and r["T"] == T}
                 hash_txt = "match" if len(hashes) == 1 else "MISMATCH " + " ".join(sorted(hashes))
                 lines.append(f"| {shape} | {fmt} | {T} | {cms} | {cold_txt} | {hms} | {hot_txt} | {tgt} | {base_txt} | "
-                             f"{speed_txt} | {mono} | {hash_txt} |")
+                             f"{speed_txt} | {ggml_txt} | {cold_speed} | {mono} | {hash_txt} |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,16 +207,16 @@ def charts(recs):
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
     colors = {"f32": "tab:blue", "bf16": "tab:orange", "int8": "tab:green", "int4": "tab:red", "fp8": "tab:purple",
               "mxfp4": "tab:brown", "int8q": "tab:olive", "int4d": "tab:pink", "int8d": "tab:cyan",
-              "fp8b": "tab:gray", "mxfp4b": "gold"}
+              "fp8b": "tab:gray", "mxfp4b": "gold", "q4_0": "darkred", "q8_0": "darkgreen", "f16": "navy"}
     # (system, protocol, line style, marker): smoe cold solid, smoe hot dashed, baselines dotted.
     series = {"roofline": [("smoe", "cold", "-", "o"), ("smoe", "hot", "--", "o"), ("eigen", "hot", ":", "^"),
-                           ("torch", "hot", ":", "s")],
+                           ("torch", "hot", ":", "s"), ("ggml", "hot", ":", "v"), ("ggml", "cold", "-.", "v")],
               "speedup": [("smoe", "hot", "-", "o")]}
     for kind, lines_of in series.items():
         fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.8), squeeze=False)
         for ax, shape in zip(axes[0], shapes):
             for system, proto, ls, marker in lines_of:
-                for fmt in FORMATS:
+                for fmt in FORMATS + GGML_TYPES:
                     pts = []
                     for T in sorted({r["T"] for r in recs if r["shape"] == shape}):
                         r = best(recs, system=system, protocol=proto, shape=shape, wtype=fmt, T=T)
@@ -220,7 +232,7 @@ def charts(recs):
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker=marker, color=colors[fmt],
                                 alpha=1.0 if system == "smoe" else 0.6,
-                                label=f"{system} {fmt}" + (f" {proto}" if system == "smoe" else ""))
+                                label=f"{system} {fmt}" + (f" {proto}" if system in ("smoe", "ggml") else ""))
             ax.set_xscale("log", base=2)
             ax.set_title(shape)
             ax.set_xlabel("tokens T")

@@ -8,6 +8,9 @@
 #   QUICK=1 bench/layer/run_all.sh                  # the quick shape only, no baselines (seconds)
 #
 # BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
+# GGML=path/to/ggml_moe (bench/baselines/build_ggml.sh builds it) adds llama.cpp's MoE graph on ggml, cold and hot
+# (PROTOCOLS), 1 and 2 threads, for each type of GGML_TYPES (default "q4_0 q8_0 bf16"; ggml repacks q4_0 as llama.cpp
+# does), in the same session as smoe: ggml_<shape>_<type>_<protocol>_t<threads>.jsonl.
 # Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
 # FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b"; int8q, int8 per channel through QuantSwiGLU's
 # exact path, is registered too; int4d/int8d take the int8 dot path, fp8b/mxfp4b the bf16 dot path where the
@@ -54,6 +57,17 @@ for shape in $SHAPES; do
     echo "== $shape T=$tokens ($formats; $PROTOCOLS), load $(cut -d' ' -f1-3 /proc/loadavg)"
     "$BENCH" --benchmark_filter="^BM_layer/$shape/($formats)/($(alt $PROTOCOLS))/.*/T:($(alt "$tokens"))/" \
         --benchmark_out="$OUT/smoe_$shape.json" --benchmark_out_format=json 2>&1 | grep -v '^BM_\|^---\|^Benchmark' || true
+    if [ -n "${GGML:-}" ]; then
+        for threads in 1 2; do
+            for type in ${GGML_TYPES:-q4_0 q8_0 bf16}; do
+                for proto in $PROTOCOLS; do
+                    echo "== ggml $shape $type $proto $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
+                    "$GGML" "$shape" "$tokens" "$threads" 5 "$type" "$proto" 2>/dev/null \
+                        >"$OUT/ggml_${shape}_${type}_${proto}_t$threads.jsonl"
+                done
+            done
+        done
+    fi
     [ "${BASELINES:-1}" = 0 ] && continue
     for threads in 1 2; do
         echo "== eigen $shape $threads thread(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
