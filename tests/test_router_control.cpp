@@ -16,6 +16,7 @@
 
 #include "common/data.hpp"
 #include "common/routing_checks.hpp"
+#include "common/routing_checks.hpp"
 #include "smoe/route.hpp"
 #include "smoe/router/expert_choice.hpp"
 #include "smoe/router/hash.hpp"
@@ -557,20 +558,10 @@ std::vector<int> allowed_ids(OracleControl const& o, std::int64_t L) {
     return a;
 }
 
-// Row t of r holds exactly `ids` (in order) with weights `w`, then padding.
+// Row t of r holds exactly `ids` (in order) with weights `w` (float64 oracle), then padding (-1, weight 0).
 void check_oracle_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids,
                       std::vector<double> const& w) {
-    INFO("token " << t);
-    REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
-    for (std::int64_t j = 0; j < r.k; ++j) {
-        INFO("slot " << j);
-        if (j < static_cast<std::int64_t>(ids.size())) {
-            CHECK(r.expert_ids(t, j) == ids[j]);
-            CHECK(r.expert_weights(t, j) == Approx(w[j]).epsilon(2e-6).margin(1e-30));
-        } else {
-            CHECK(r.expert_ids(t, j) == -1);
-        }
-    }
+    smoe_test::check_padded_row(r, t, ids, w, 2e-6, 1e-30);
 }
 
 // Sorts (id, w) pairs into the token-major row order.

@@ -39,7 +39,9 @@ smoe::RoutingData oracle(ExpertChoiceConfig const& cfg, std::vector<float> const
 std::vector<float> const kExampleLogits = {2, 0, 0, 1, 1, -1, 1, 1, -1, -1, 2, 0.5f};
 ExpertChoiceConfig const kExampleConfig{.num_experts = 3, .capacity_factor = 1.5};
 
-constexpr auto check_row = smoe_test::check_padded_row;
+void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids, std::vector<double> const& w) {
+    smoe_test::check_padded_row(r, t, ids, w);
+}
 
 // Rows sorted by weight, ties to the lower id; padding last.
 void check_views_agree(smoe::RoutingResult const& r) { smoe_test::check_views_agree(r, {.sorted_rows = true}); }

@@ -70,14 +70,15 @@ inline void check_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<
 }
 
 // Variable-k row: row t holds `ids` with weights `w` (1e-5 relative), then -1 / 0 up to K.
-inline void check_padded_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> ids, std::vector<double> w) {
+inline void check_padded_row(smoe::RoutingResult const& r, std::int64_t t, std::vector<int> const& ids,
+                             std::vector<double> const& w, double epsilon = 1e-5, double margin = 0.0) {
     INFO("token " << t);
     REQUIRE(r.k >= static_cast<std::int64_t>(ids.size()));
     for (std::int64_t j = 0; j < r.k; ++j) {
         INFO("slot " << j);
         if (j < static_cast<std::int64_t>(ids.size())) {
             CHECK(r.expert_ids(t, j) == ids[j]);
-            CHECK(r.expert_weights(t, j) == Approx(w[j]).epsilon(1e-5));
+            CHECK(r.expert_weights(t, j) == Approx(w[j]).epsilon(epsilon).margin(margin));
         } else {
             CHECK(r.expert_ids(t, j) == -1);
             CHECK(r.expert_weights(t, j) == 0.0f);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "smoe/core/error.hpp"
 #include "smoe/core/router_control.hpp"
+#include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/simd_map.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
@@ -34,6 +36,13 @@ RowScratch carve_row(Alloc& a, std::int64_t L) {
     r.score = a.template take<float>(n);
     r.compact = a.template take<float>(n);
     return r;
+}
+
+// The workspace of a router whose only scratch is the controlled row (hash, sparsemixer).
+inline std::size_t row_workspace_size(std::int64_t L) {
+    WorkspaceSize size;
+    carve_row(size, L);
+    return size.bytes();
 }
 
 inline bool allowed(RouterControl const& c, std::int64_t e) {

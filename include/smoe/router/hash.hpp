@@ -83,11 +83,7 @@ public:
     std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.top_k; }
 
-    std::size_t workspace_size(std::int64_t /*max_tokens*/) const {
-        WorkspaceSize size;
-        control::carve_row(size, cfg_.num_experts);
-        return size.bytes();
-    }
+    std::size_t workspace_size(std::int64_t /*max_tokens*/) const { return control::row_workspace_size(cfg_.num_experts); }
 
     // Without token ids there is nothing to route by.
     template <class Arch>
