@@ -86,6 +86,10 @@ Matrix random_matrix(std::mt19937_64& rng, Format const& f, std::int64_t R, std:
             for (std::int64_t k = 0; k < R * C; ++k) m.codes.push_back(std::uint8_t(nib(rng)));
             for (std::int64_t k = 0; k < R * G; ++k) m.scales.push_back(e8m0_to_float(std::uint8_t(121 + nib(rng) % 4)));
             break;
+        case Kind::ternary:  // research.md §7: u = t + 1
+            for (std::int64_t k = 0; k < R * C; ++k) m.codes.push_back(std::uint8_t(nib(rng) % 3));
+            for (std::int64_t k = 0; k < f.scale_rows(R) * G; ++k) m.scales.push_back(u(rng) * 0x1p-3f);
+            break;
     }
     m.validate("random");
     return m;
@@ -186,6 +190,8 @@ TEST_CASE("every format gives the fp32 expert's bits on its dequantised weights,
         {Format::fp8_channel(), Format::fp8_tensor(), {40, 24}},
         {Format::mxfp4(), Format::mxfp4(), {64, 96}},
         {Format::int4(16), Format::mxfp4(), {48, 32}},  // down in another format than gate/up
+        {Format::ternary(), Format::ternary(TernaryScale::channel), {40, 24}},  // research.md §7
+        {Format::ternary(TernaryScale::group, 8), Format::ternary(TernaryScale::group, 12, TernaryPacking::b3), {40, 24}},
     };
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f, E = 2;
@@ -391,6 +397,8 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         {Format::int4(32, false), Format::int4(32, false, true), {96, 64}},
         {Format::int4(0), Format::int4(0, false), {40, 20}},  // K not a multiple of 32: a short last block
         {Format::int8_channel(), Format::int8_channel(), {72, 40}},
+        {Format::ternary(), Format::ternary(TernaryScale::group, 32), {96, 64}},  // research.md §7.1: t for u - z
+        {Format::ternary(TernaryScale::channel), Format::ternary(), {40, 20}},
     };
     double worst_exact = 0;
     if (!smoe::kernels::cpu::cpu_has_avx512_vnni())

@@ -1,9 +1,9 @@
 #pragma once
 // smoe::expert::QuantSwiGLU: the SwiGLU expert (experts.md §3) with each expert's matrices in a format
 // of its own (formats.md §4): f32, bf16, int8 per channel, int4 group-wise (symmetric or with zero
-// points, act order), FP8 e4m3 with block/channel/tensor factors, MXFP4. A layer of one format is the
-// special case of every expert agreeing; the shared expert (expert::Shared) is another QuantSwiGLU and
-// may have its own format.
+// points, act order), FP8 e4m3 with block/channel/tensor factors, MXFP4, ternary (research.md §7). A
+// layer of one format is the special case of every expert agreeing; the shared expert (expert::Shared)
+// is another QuantSwiGLU and may have its own format.
 //
 //   auto w = smoe::expert::QuantSwiGLUWeights::of(experts);   // or a loader's per-expert callback
 //   smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None> layer(cfg, {gate, {}, w});
@@ -212,7 +212,8 @@ private:
 
     Packed layout(std::string const& what, quant::Format const& f, std::int64_t K, quant::Matrix const* m) const {
         Packed P;
-        P.dot = cfg_.int8_dot != Int8Dot::off && (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel);
+        P.dot = cfg_.int8_dot != Int8Dot::off &&
+                (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel || f.kind == quant::Kind::ternary);
         P.bf16 = (cfg_.bf16_dot == Bf16Dot::on || cfg_.bf16_dot == Bf16Dot::emulated) && kernels::cpu::bf16_dot_format(f, K);
         if (P.bf16) {
             P.q = kernels::cpu::bf16q_layout(f, K);
@@ -222,7 +223,8 @@ private:
             P.q = kernels::cpu::quant_layout(f, K, m);
             return P;
         }
-        if (f.kind == quant::Kind::int4 && f.groups(K) > 1 && f.group_cols(K) % kernels::cpu::kQ8Block != 0)
+        if ((f.kind == quant::Kind::int4 || f.kind == quant::Kind::ternary) && f.groups(K) > 1 &&
+            f.group_cols(K) % kernels::cpu::kQ8Block != 0)
             smoe::detail::fail(what + " group", f.group_cols(K), "a multiple of 32 or one group per row with int8_dot on (formats.md §6.2)");
         P.d = kernels::cpu::dot_layout(f, K, m);
         return P;

@@ -10,6 +10,7 @@
 // | int4          | group g along C (0: g = C), symmetric, act order | int4-g128-sym, int4-g32-asym-actorder, int4-channel-sym |
 // | fp8           | block [bh, bw] (0: the whole extent)         | fp8-e4m3-b128x128, fp8-e4m3-channel, fp8-e4m3-tensor |
 // | mxfp4         | one E8M0 scale per 32 columns                | mxfp4                         |
+// | ternary       | t in {-1, 0, 1}; one fp32 scale per tensor, row or group of g columns; file packing 2b or b3 | ternary-2b-tensor, ternary-b3-channel, ternary-2b-g128 |
 
 #include <cstdint>
 #include <string>
@@ -18,7 +19,12 @@
 
 namespace smoe::inline v0::quant {
 
-enum class Kind : std::uint8_t { f32, bf16, int8_channel, int4, fp8, mxfp4 };
+enum class Kind : std::uint8_t { f32, bf16, int8_channel, int4, fp8, mxfp4, ternary };
+
+// Ternary (research.md §7): the scale unit, and how a file packs the codes along C (2 bits per weight,
+// or llama.cpp TQ1_0's five trits per byte). The packing is the file's; in memory codes are canonical.
+enum class TernaryScale : std::uint8_t { tensor, channel, group };
+enum class TernaryPacking : std::uint8_t { p2b, b3 };
 
 inline char const* to_string(Kind k) {
     switch (k) {
@@ -27,6 +33,7 @@ inline char const* to_string(Kind k) {
         case Kind::int8_channel: return "int8-channel";
         case Kind::int4: return "int4";
         case Kind::fp8: return "fp8";
+        case Kind::ternary: return "ternary";
         default: return "mxfp4";
     }
 }
@@ -40,6 +47,8 @@ struct Format {
     bool act_order = false;       // int4: columns carry their group in gidx (GPTQ desc_act)
     std::int64_t block_rows = 0;  // fp8: rows per scale block; 0 = all rows
     std::int64_t block_cols = 0;  // fp8: columns per scale block; 0 = all columns
+    TernaryScale ternary_scale = TernaryScale::tensor;  // ternary: the scale unit (group: `group` columns)
+    TernaryPacking packing = TernaryPacking::p2b;       // ternary: the file's packing
 
     static Format f32() { return {}; }
     static Format bf16() { return {Kind::bf16}; }
@@ -49,14 +58,22 @@ struct Format {
     static Format fp8_channel() { return {Kind::fp8, 0, true, false, 1, 0}; }
     static Format fp8_tensor() { return {Kind::fp8, 0, true, false, 0, 0}; }
     static Format mxfp4() { return {Kind::mxfp4}; }
+    static Format ternary(TernaryScale scale = TernaryScale::tensor, std::int64_t g = 0, TernaryPacking p = TernaryPacking::p2b) {
+        Format f{Kind::ternary, scale == TernaryScale::group ? g : 0};
+        f.ternary_scale = scale;
+        f.packing = p;
+        return f;
+    }
 
     bool scaled() const { return kind != Kind::f32 && kind != Kind::bf16; }
+    bool ternary_tensor() const { return kind == Kind::ternary && ternary_scale == TernaryScale::tensor; }
     // Columns per group along C (int4, fp8) or per scale (mxfp4); C for one group per row.
     std::int64_t group_cols(std::int64_t C) const {
         switch (kind) {
             case Kind::int4: return group > 0 ? group : C;
             case Kind::fp8: return block_cols > 0 ? block_cols : C;
             case Kind::mxfp4: return kMxfp4Block;
+            case Kind::ternary: return ternary_scale == TernaryScale::group && group > 0 ? group : C;
             default: return C;
         }
     }
@@ -65,6 +82,7 @@ struct Format {
         return g > 0 ? (C + g - 1) / g : 0;
     }
     std::int64_t scale_rows(std::int64_t R) const {
+        if (kind == Kind::ternary && ternary_scale == TernaryScale::tensor) return 1;
         if (kind != Kind::fp8) return R;
         std::int64_t const bh = block_rows > 0 ? block_rows : R;
         return bh > 0 ? (R + bh - 1) / bh : 0;
@@ -89,9 +107,17 @@ struct Format {
             case Kind::mxfp4:
                 if (C % kMxfp4Block != 0) fail(what + ".in_features", C, "a multiple of 32 (one E8M0 scale per 32)");
                 break;
+            case Kind::ternary:
+                if (static_cast<int>(ternary_scale) > static_cast<int>(TernaryScale::group))
+                    fail(what + ".ternary_scale", static_cast<int>(ternary_scale), "tensor, channel or group");
+                if (static_cast<int>(packing) > static_cast<int>(TernaryPacking::b3))
+                    fail(what + ".packing", static_cast<int>(packing), "2b or b3");
+                if (ternary_scale == TernaryScale::group && (group < 1 || C % group != 0))
+                    fail(what + ".group", group, "a divisor of in_features " + std::to_string(C) + " (ternary group scales)");
+                break;
             default: break;
         }
-        if (static_cast<int>(kind) > static_cast<int>(Kind::mxfp4)) fail(what + ".kind", static_cast<int>(kind), "a smoe::quant::Kind");
+        if (static_cast<int>(kind) > static_cast<int>(Kind::ternary)) fail(what + ".kind", static_cast<int>(kind), "a smoe::quant::Kind");
     }
 };
 
@@ -108,6 +134,11 @@ inline std::string name(Format const& f, std::int64_t C) {
             if (f.block_rows == 1 && (f.block_cols == 0 || f.block_cols == C)) return "fp8-e4m3-channel";
             if (f.block_rows == 0 && f.block_cols == 0) return "fp8-e4m3-tensor";
             return "fp8-e4m3-b" + std::to_string(f.block_rows) + "x" + std::to_string(f.block_cols);
+        case Kind::ternary:
+            return std::string("ternary-") + (f.packing == TernaryPacking::b3 ? "b3-" : "2b-") +
+                   (f.ternary_scale == TernaryScale::tensor    ? std::string("tensor")
+                    : f.ternary_scale == TernaryScale::channel ? std::string("channel")
+                                                               : "g" + std::to_string(f.group));
         default: return to_string(f.kind);
     }
 }

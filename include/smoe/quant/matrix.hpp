@@ -11,6 +11,7 @@
 // | int4         | u, 0..15            | [R, G], finite > 0              | z, 0..15     | act order|               |
 // | fp8          | e4m3 bytes          | [ceil(R/bh), ceil(C/bw)] > 0    |              |          |               |
 // | mxfp4        | E2M1, 0..15         | [R, C/32], 2^(e-127) (E8M0)     |              |          |               |
+// | ternary      | u = t + 1, 0..2     | [1], [R] or [R, G], > 0         |              |          |               |
 
 #include <cmath>
 #include <cstdint>
@@ -42,6 +43,7 @@ struct Matrix {
     float scale_of(std::int64_t o, std::int64_t i) const {
         switch (format.kind) {
             case Kind::int8_channel: return scales[static_cast<std::size_t>(o)];
+            case Kind::ternary: return scales[static_cast<std::size_t>(format.ternary_tensor() ? 0 : o * groups() + group_of(i))];
             case Kind::int4:
             case Kind::mxfp4: return scales[static_cast<std::size_t>(o * groups() + group_of(i))];
             case Kind::fp8: {
@@ -52,7 +54,13 @@ struct Matrix {
             default: return 1.0f;
         }
     }
-    // The element before its factor (int4: u - z), exact in fp32.
+    // The zero point the kernels subtract from a code: int4's z, ternary's 1 (u = t + 1), else 0.
+    std::int32_t zero_of(std::int64_t o, std::int64_t i) const {
+        if (format.kind == Kind::ternary) return 1;
+        if (format.kind != Kind::int4) return 0;
+        return zeros[static_cast<std::size_t>(o * groups() + group_of(i))];
+    }
+    // The element before its factor (int4: u - z; ternary: t), exact in fp32.
     float unscaled(std::int64_t o, std::int64_t i) const {
         std::uint8_t const c = codes.empty() ? 0 : codes[static_cast<std::size_t>(o * cols + i)];
         switch (format.kind) {
@@ -60,6 +68,7 @@ struct Matrix {
             case Kind::int4: return static_cast<float>(int(c) - int(zeros[static_cast<std::size_t>(o * groups() + group_of(i))]));
             case Kind::fp8: return e4m3_to_float(c);
             case Kind::mxfp4: return e2m1_to_float(c);
+            case Kind::ternary: return static_cast<float>(int(c) - 1);
             default: return values[static_cast<std::size_t>(o * cols + i)];
         }
     }
@@ -111,10 +120,11 @@ struct Matrix {
             if (!std::isfinite(s) || s < 0.0f)
                 fail(what + ".scales " + at(k / scols, k % scols), smoe::detail::to_text(s), "a finite scale >= 0");
         }
-        std::uint8_t const max_code = format.kind == Kind::int4 || format.kind == Kind::mxfp4 ? 15 : 255;
+        std::uint8_t const max_code = format.kind == Kind::ternary ? 2 : format.kind == Kind::int4 || format.kind == Kind::mxfp4 ? 15 : 255;
         for (std::int64_t k = 0; k < size(codes); ++k) {
             std::uint8_t const c = codes[static_cast<std::size_t>(k)];
-            if (c > max_code) fail(what + ".codes " + at(k / cols, k % cols), int(c), "a 4-bit code 0..15");
+            if (c > max_code)
+                fail(what + ".codes " + at(k / cols, k % cols), int(c), format.kind == Kind::ternary ? "a ternary code 0..2 (t + 1)" : "a 4-bit code 0..15");
             if (format.kind == Kind::fp8 && e4m3_is_nan(c))
                 fail(what + ".codes " + at(k / cols, k % cols), int(c), "a finite e4m3 code (0x7F and 0xFF are NaN)");
         }

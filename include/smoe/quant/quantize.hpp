@@ -3,6 +3,9 @@
 // format an engine asks for. int4 is smoe's symmetric group quantiser, bit for bit:
 //   amax = max |W| over the group, s = amax / 7.5 (fp32), q = clamp(rint(W / s), -8, 7) (fp32 division,
 //   ties to even), u = q + 8, z = 8; an all-zero group stores s = 0, u = 8.
+// ternary is BitNet b1.58's absmean (research.md §7.3): per scale unit U (matrix, row or group),
+//   γ = mean |W| over U (summed in fp64, divided, rounded once to fp32), s = max(γ, 1e-5),
+//   t = clamp(rint(W · fl32(1 / s)), -1, 1) (the product in fp32, ties to even), u = t + 1.
 // int8-channel is core/format.hpp's quantiser; bf16 rounds to nearest even; f32 copies. FP8 and MXFP4
 // come from checkpoints only (unpack.hpp): smoe has no quantiser of its own for them.
 
@@ -70,8 +73,36 @@ inline Matrix quantize(MatrixView<float const> src, Format const& fmt) {
                 }
             return m;
         }
+        case Kind::ternary: {
+            bool const tensor = fmt.ternary_tensor();
+            std::int64_t const g = fmt.group_cols(C), G = fmt.groups(C);
+            std::int64_t const units = tensor ? 1 : R * G;
+            m.codes.resize(n);
+            m.scales.resize(static_cast<std::size_t>(units));
+            // Unit u covers rows [r0, r1) and columns [c0, c1).
+            auto const each_unit = [&](auto&& f) {
+                if (tensor) return f(0, 0, R, 0, C);
+                for (std::int64_t o = 0; o < R; ++o)
+                    for (std::int64_t k = 0; k < G; ++k) f(o * G + k, o, o + 1, k * g, (k + 1) * g);
+            };
+            each_unit([&](std::int64_t u, std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
+                double sum = 0.0;
+                for (std::int64_t o = r0; o < r1; ++o)
+                    for (std::int64_t i = c0; i < c1; ++i) sum += std::fabs(double(src(o, i)));
+                std::int64_t const count = (r1 - r0) * (c1 - c0);
+                float const gamma = count > 0 ? static_cast<float>(sum / double(count)) : 0.0f;
+                float const s = std::max(gamma, 1e-5f), inv = 1.0f / s;
+                m.scales[static_cast<std::size_t>(u)] = s;
+                for (std::int64_t o = r0; o < r1; ++o)
+                    for (std::int64_t i = c0; i < c1; ++i) {
+                        float const t = std::clamp(std::nearbyint(src(o, i) * inv), -1.0f, 1.0f);
+                        m.codes[static_cast<std::size_t>(o * C + i)] = static_cast<std::uint8_t>(static_cast<int>(t) + 1);
+                    }
+            });
+            return m;
+        }
         default:
-            smoe::detail::fail("format", name(fmt, C), "f32, bf16, int8-channel or int4 (FP8 and MXFP4 weights load from checkpoints)");
+            smoe::detail::fail("format", name(fmt, C), "f32, bf16, int8-channel, int4 or ternary (FP8 and MXFP4 weights load from checkpoints)");
     }
 }
 

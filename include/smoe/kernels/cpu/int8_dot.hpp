@@ -85,18 +85,19 @@ struct DotLayout {
 
 // The layout of a matrix of K columns; `m` gives act order's gidx. Precondition (checked by the
 // expert, naming g): int4's group is a multiple of 32 or the whole row.
+// Ternary runs as int4 with zero point 1 (formats.md §6.2 with t in place of u - z; research.md §7.1).
 inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matrix const* m = nullptr) {
     DotLayout L;
-    L.kind = f.kind;
+    L.kind = panel_kind(f.kind);
     L.K = K;
     L.blocks = (K + kQ8Block - 1) / kQ8Block;
-    L.block_bytes = f.kind == quant::Kind::int4 ? 256 : 512;
-    L.tables = f.kind == quant::Kind::int4 ? f.groups(K) : 1;
+    L.block_bytes = L.kind == quant::Kind::int4 ? 256 : 512;
+    L.tables = L.kind == quant::Kind::int4 ? f.groups(K) : 1;
     L.blocks_per_group = L.tables > 1 ? f.group_cols(K) / kQ8Block : std::max<std::int64_t>(L.blocks, 1);
     L.scale_off = L.blocks * L.block_bytes;
     L.zero_off = L.scale_off + L.tables * kPanelCols * 4;
     L.pstride = L.zero_off + L.tables * kPanelCols * 4;
-    L.zero = f.kind == quant::Kind::int8_channel ? 128 : f.symmetric ? 8 : -1;  // matrix.hpp holds symmetric zeros to 8
+    L.zero = f.kind == quant::Kind::int8_channel ? 128 : f.kind == quant::Kind::ternary ? 1 : f.symmetric ? 8 : -1;  // matrix.hpp holds symmetric zeros to 8
     if (f.act_order && m) L.perm = quant_layout(f, K, m).perm;
     return L;
 }
@@ -123,7 +124,7 @@ inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot cons
         for (std::int64_t t = 0; t < L.tables; ++t) {
             std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
             float const sc = m->scale_of(o, i);
-            std::int32_t const z = int4 ? m->zeros[static_cast<std::size_t>(o * m->groups() + m->group_of(i))] : 128;
+            std::int32_t const z = int4 ? m->zero_of(o, i) : 128;
             std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
             std::memcpy(dst + L.zero_off + (t * kPanelCols + s) * 4, &z, 4);
         }

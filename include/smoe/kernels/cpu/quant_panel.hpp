@@ -14,6 +14,9 @@
 // §1.1 allows the reordering; the weights are the same function.
 //
 // A slot with no unit (N not a multiple of 16) decodes to +0: code 0, factor 0, zero point 0.
+// Ternary (research.md §7) packs as int4: codes u = t + 1 in the nibbles, zero point 1, its scale
+// (tensor, row or group) in the factor tables, so (u - 1) · s is W_deq exactly and the int4 kernels
+// run it unchanged (4 bits per weight in memory; the 2-bit and base-3 packings are the files').
 
 #include <algorithm>
 #include <cstdint>
@@ -55,17 +58,20 @@ inline std::int64_t quant_step_bytes(quant::Kind k) {
 
 // The layout of a matrix of K columns in format f; act order takes its gidx from `m` (gate and up
 // share a panel, so they must share gidx: the caller checks).
+// The kind whose panels and kernels a format runs on (ternary: int4's).
+inline quant::Kind panel_kind(quant::Kind k) { return k == quant::Kind::ternary ? quant::Kind::int4 : k; }
+
 inline QuantLayout quant_layout(quant::Format const& f, std::int64_t K, quant::Matrix const* m = nullptr) {
     QuantLayout L;
-    L.kind = f.kind;
+    L.kind = panel_kind(f.kind);
     L.K = K;
-    L.step_bytes = quant_step_bytes(f.kind);
+    L.step_bytes = quant_step_bytes(L.kind);
     auto const round64 = [](std::int64_t b) { return (b + 63) / 64 * 64; };
     std::int64_t const code = round64(K * L.step_bytes);
     L.tables = f.scaled() ? (f.kind == quant::Kind::int8_channel ? 1 : f.groups(K)) : 0;
     L.scale_off = code;
     L.zero_off = code + L.tables * kPanelCols * 4;
-    L.pstride = L.zero_off + (f.kind == quant::Kind::int4 ? L.tables * kPanelCols * 4 : 0);
+    L.pstride = L.zero_off + (L.kind == quant::Kind::int4 ? L.tables * kPanelCols * 4 : 0);
     if (K == 0) return L;
     if (L.tables <= 1) {
         L.runs.push_back({0, K, 0});
@@ -118,7 +124,7 @@ inline void pack_quant_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
             float const sc = m->scale_of(o, i);
             std::memcpy(dst + L.scale_off + (run.table * kPanelCols + s) * 4, &sc, 4);
             if (L.kind == quant::Kind::int4) {
-                float const z = m->zeros[static_cast<std::size_t>(o * m->groups() + m->group_of(i))];
+                auto const z = static_cast<float>(m->zero_of(o, i));
                 std::memcpy(dst + L.zero_off + (run.table * kPanelCols + s) * 4, &z, 4);
             }
         }

@@ -1,0 +1,136 @@
+// The research designs of issue 18 (research.md §4, §6, §7) against plain top-k at the same shapes
+// (bench_data.hpp's olmoe and qwen2moe, T = 1 and 128, their k):
+//
+//   BM_research_route/<shape>/<policy>/T:…   routing on precomputed logits (stream 200, sd 1) through
+//       smoe::route: topk (softmax, renormalised; the baseline), race (identity, whole call), race_g1
+//       (race_group 1), topk_llep (top-k with balance::LeastLoaded, W = 4, the code's defaults) and
+//       topk_none (top-k with balance::None: the baseline of llep)
+//   BM_research_layer/<shape>/<format>/T:…    a whole MoELayer<TopK, QuantSwiGLU> forward, hot, one
+//       thread: bf16 (the baseline), ternary (exact path), ternary_dot (int8 dot path), int4d (int4
+//       g128 on the int8 dot path, for scale). Weights: bench_data's streams, quantised at load one
+//       expert at a time.
+//
+//   build/release/bench/smoe_bench --benchmark_filter=BM_research --benchmark_min_time=0.2
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <smoe/smoe.hpp>
+
+#include "bench_data.hpp"
+#include <memory>
+
+namespace {
+
+using smoe_bench::Shape;
+
+enum Policy : int { kTopK, kRace, kRaceG1, kTopKNone, kTopKLlep };
+char const* const kPolicyNames[] = {"topk", "race", "race_g1", "topk_none", "topk_llep"};
+
+template <class Router, class... Balancer>
+void route_loop(benchmark::State& state, Router const& router, smoe::MatrixView<float const> l, Balancer&... b) {
+    std::vector<std::byte> ws(smoe::routing_workspace_size(router, b..., l.rows));
+    for (auto _ : state) {
+        smoe::RoutingResult r = smoe::route(router, b..., l, {}, ws);
+        benchmark::DoNotOptimize(r);
+        benchmark::ClobberMemory();
+    }
+}
+
+void BM_research_route(benchmark::State& state, Shape s, Policy p) {
+    std::int64_t const T = state.range(0);
+    auto const logits = smoe_bench::stream(std::size_t(T * s.E), 200, 1.0);
+    smoe::MatrixView<float const> const l(logits.get(), T, s.E);
+    smoe::router::TopK const topk({.num_experts = s.E, .top_k = s.k, .norm_topk_prob = true});
+    switch (p) {
+        case kTopK: route_loop(state, topk, l); break;
+        case kRace: route_loop(state, smoe::router::Race({.num_experts = s.E, .top_k = s.k}), l); break;
+        case kRaceG1: route_loop(state, smoe::router::Race({.num_experts = s.E, .top_k = s.k, .race_group = 1}), l); break;
+        case kTopKNone: {
+            smoe::balance::None b;
+            route_loop(state, topk, l, b);
+            break;
+        }
+        case kTopKLlep: {
+            smoe::balance::LeastLoaded b({.num_experts = s.E, .num_workers = 4});
+            route_loop(state, topk, l, b);
+            break;
+        }
+    }
+    state.counters["time_per_token"] =
+        benchmark::Counter(double(T) * double(state.iterations()), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+enum Fmt : int { kBf16, kTernary, kTernaryDot, kInt4Dot };
+char const* const kFmtNames[] = {"bf16", "ternary", "ternary_dot", "int4d"};
+
+using QLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None>;
+
+// The layer of (shape, format) for up to 128 tokens, built once for both T (packing a layer takes seconds).
+QLayer& layer_for(Shape const& s, Fmt fmt) {
+    static std::unique_ptr<QLayer> layer;
+    static std::string key;
+    static std::unique_ptr<float[]> gate;
+    std::string const want = std::string(s.name) + "/" + kFmtNames[fmt];
+    if (layer && key == want) return *layer;
+    layer.reset();
+    std::int64_t const d = s.d, f = s.f, E = s.E;
+    smoe::expert::SwiGLUConfig ec{d, f, E};
+    if (fmt == kTernaryDot || fmt == kInt4Dot) ec.int8_dot = smoe::expert::Int8Dot::on;
+    smoe::quant::Format const q = fmt == kBf16       ? smoe::quant::Format::bf16()
+                                  : fmt == kInt4Dot ? smoe::quant::Format::int4(128)
+                                                    : smoe::quant::Format::ternary();
+    smoe::expert::QuantSwiGLUWeights w{std::vector<smoe::quant::Format>(std::size_t(E), q), std::vector<smoe::quant::Format>(std::size_t(E), q), {}};
+    w.load = [&](std::int64_t e) {  // expert e's slices of the W1, W3, W2 streams, quantised at load
+        auto const n = std::size_t(f * d);
+        auto const w1 = smoe_bench::stream(n, smoe_bench::kKeyW1, smoe_bench::kWeightSd, std::uint64_t(e) * n);
+        auto const w3 = smoe_bench::stream(n, smoe_bench::kKeyW3, smoe_bench::kWeightSd, std::uint64_t(e) * n);
+        auto const w2 = smoe_bench::stream(n, smoe_bench::kKeyW2, smoe_bench::kWeightSd, std::uint64_t(e) * n);
+        return smoe::expert::QuantExpertWeights{smoe::quant::quantize(smoe::MatrixView<float const>(w1.get(), f, d), q),
+                                                smoe::quant::quantize(smoe::MatrixView<float const>(w3.get(), f, d), q),
+                                                smoe::quant::quantize(smoe::MatrixView<float const>(w2.get(), d, f), q)};
+    };
+    gate = smoe_bench::stream(std::size_t(E * d), smoe_bench::kKeyRouter, smoe_bench::kWeightSd);
+    layer = std::make_unique<QLayer>(QLayer::Config{.router = {.num_experts = E, .top_k = s.k, .norm_topk_prob = true}, .expert = ec, .max_tokens = 128},
+                                     QLayer::Weights{smoe::MatrixView<float const>(gate.get(), E, d), {}, w});
+    key = want;
+    return *layer;
+}
+
+void BM_research_layer(benchmark::State& state, Shape s, Fmt fmt) {
+    std::int64_t const T = state.range(0), d = s.d;
+    QLayer& layer = layer_for(s, fmt);
+    auto const x = smoe_bench::stream(std::size_t(T * d), smoe_bench::kKeyX, smoe_bench::kInputSd);
+    std::vector<float> y(std::size_t(T * d));
+    for (auto _ : state) {
+        layer.forward(smoe::MatrixView<float const>(x.get(), T, d), smoe::MatrixView<float>(y.data(), T, d));
+        benchmark::ClobberMemory();
+    }
+    state.counters["weight_MiB"] = double(layer.experts().packed_bytes()) / double(1 << 20);
+    state.counters["GFLOP"] = benchmark::Counter(smoe_bench::flops(s, T) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+[[maybe_unused]] bool const registered = [] {
+    for (char const* name : {"olmoe", "qwen2moe"}) {
+        Shape const s = smoe_bench::shape(name);
+        for (int p = kTopK; p <= kTopKLlep; ++p)
+            benchmark::RegisterBenchmark((std::string("BM_research_route/") + name + "/" + kPolicyNames[p]).c_str(), BM_research_route, s,
+                                         Policy(p))
+                ->ArgName("T")
+                ->Arg(1)
+                ->Arg(128)
+                ->UseRealTime();
+        for (int fm = kBf16; fm <= kInt4Dot; ++fm)
+            benchmark::RegisterBenchmark((std::string("BM_research_layer/") + name + "/" + kFmtNames[fm]).c_str(), BM_research_layer, s, Fmt(fm))
+                ->ArgName("T")
+                ->Arg(1)
+                ->Arg(128)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+    }
+    return true;
+}();
+
+}  // namespace

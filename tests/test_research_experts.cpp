@@ -1,0 +1,235 @@
+// research.md §7 (ternary experts, MoTE: quant::Format::ternary): the worked example as the spec gives it
+// (absmean scales, codes, the 2b, b3 and HF BitNet bytes, y), the packings on every code, the §7.5 errors,
+// and a MoTE-style layer quantised at load. The kernels' bits on random ternary experts are checked with
+// the other formats in test_quant_expert.cpp.
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "common/data.hpp"
+#include "smoe/quant/ternary.hpp"
+#include "smoe/smoe.hpp"
+
+using smoe::MatrixView;
+using namespace smoe::quant;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// research.md §7.6: W [4, 5] and x.
+std::vector<float> const kW = {0.30f, -0.05f, 0.12f, -0.40f, 0.00f,  0.02f, 0.25f, -0.18f, 0.09f, -0.33f,
+                               -0.11f, 0.07f, 0.50f, -0.26f, 0.14f, 0.21f, -0.29f, 0.03f,  0.08f, -0.06f};
+std::vector<float> const kXt = {1, -2, 0.5f, 3, -1};
+
+std::vector<int> ternary_of(Matrix const& m) {
+    std::vector<int> t;
+    for (auto u : m.codes) t.push_back(int(u) - 1);
+    return t;
+}
+
+std::vector<double> apply(Matrix const& m, std::vector<float> const& x) {
+    std::vector<double> y(static_cast<std::size_t>(m.rows), 0.0);
+    for (std::int64_t o = 0; o < m.rows; ++o)
+        for (std::int64_t i = 0; i < m.cols; ++i) y[std::size_t(o)] += double(m.deq(o, i)) * x[std::size_t(i)];
+    return y;
+}
+
+Source const kSrc{"model.safetensors", "model.layers.0.mlp.experts.3.down_proj"};
+
+}  // namespace
+
+TEST_CASE("ternary reproduces research.md §7.6: absmean scale, codes, y, and the 2b, b3 and HF bytes", "[quant][ternary][spec]") {
+    MatrixView<float const> const W(kW.data(), 4, 5);
+    std::vector<int> const t = {1, 0, 1, -1, 0, 0, 1, -1, 1, -1, -1, 0, 1, -1, 1, 1, -1, 0, 0, 0};
+    SECTION("scale tensor") {
+        Matrix const m = quantize(W, Format::ternary());
+        REQUIRE(m.scales.size() == 1);
+        CHECK(std::bit_cast<std::uint32_t>(m.scales[0]) == 0x3E32B021u);
+        CHECK(ternary_of(m) == t);
+        auto const y = apply(m, kXt);
+        std::vector<double> const want = {-0.26175, 0.26175, -0.78525, 0.5235};
+        for (std::size_t o = 0; o < 4; ++o) CHECK(y[o] == Approx(want[o]).epsilon(1e-6));
+        CHECK(name(m.format, 5) == "ternary-2b-tensor");
+
+        CHECK(pack_ternary(m) == std::vector<std::uint8_t>{0x26, 0x55, 0x89, 0x54, 0x24, 0x56, 0x52, 0x55});
+        Matrix b3 = m;
+        b3.format.packing = TernaryPacking::b3;
+        CHECK(pack_ternary(b3) == std::vector<std::uint8_t>{0xDC, 0x95, 0x32, 0xB9});
+        CHECK(name(b3.format, 5) == "ternary-b3-tensor");
+
+        // Both packings read back to the same matrix, bit for bit.
+        for (Matrix const* p : {&m, static_cast<Matrix const*>(&b3)}) {
+            auto const bytes = pack_ternary(*p);
+            Matrix const back = unpack_ternary(kSrc, bytes, 4, ternary_row_bytes(p->format.packing, 5), p->scales, p->format, 4, 5);
+            CHECK(back.codes == p->codes);
+            CHECK(back.scales == p->scales);
+        }
+        // HF BitNet: all four rows in one packed row; autobitlinear multiplies by weight_scale.
+        std::vector<std::uint8_t> const hf = {0x86, 0x19, 0x62, 0x48, 0x61};
+        Matrix const h = unpack_bitnet(kSrc, hf, 1, 5, m.scales[0], false, 4, 5);
+        CHECK(h.codes == m.codes);
+        CHECK(h.scales == m.scales);
+        // bitlinear (the default) divides: s = fl32(1 / weight_scale), one rounding.
+        Matrix const hb = unpack_bitnet(kSrc, hf, 1, 5, 3.0f, true, 4, 5);
+        CHECK(hb.scales == std::vector<float>{1.0f / 3.0f});
+        CHECK(hb.deq(0, 0) == 1.0f / 3.0f);
+    }
+    SECTION("scale channel") {
+        Matrix const m = quantize(W, Format::ternary(TernaryScale::channel));
+        std::vector<std::uint32_t> bits;
+        for (float s : m.scales) bits.push_back(std::bit_cast<std::uint32_t>(s));
+        CHECK(bits == std::vector<std::uint32_t>{0x3E322D0Fu, 0x3E322D0Fu, 0x3E5D2F1Au, 0x3E09374Cu});
+        std::vector<int> tc = t;
+        tc[18] = 1;  // row 3: 0.08 / 0.134 = 0.597 rounds to 1
+        CHECK(ternary_of(m) == tc);
+        auto const y = apply(m, kXt);
+        std::vector<double> const want = {-0.261, 0.261, -0.972, 0.804};
+        for (std::size_t o = 0; o < 4; ++o) CHECK(y[o] == Approx(want[o]).epsilon(1e-6));
+        CHECK(name(m.format, 5) == "ternary-2b-channel");
+    }
+    SECTION("scale group, and a zero unit keeps s = 1e-5") {
+        std::vector<float> w(8 * 64, 0.0f);
+        for (std::size_t i = 64; i < w.size(); ++i) w[i] = 0.01f * float(int(i % 7) - 3);
+        Matrix const m = quantize(MatrixView<float const>(w.data(), 8, 64), Format::ternary(TernaryScale::group, 32));
+        CHECK(name(m.format, 64) == "ternary-2b-g32");
+        REQUIRE(m.scales.size() == 16);
+        CHECK(m.scales[0] == 1e-5f);  // row 0 is all zeros
+        CHECK(m.codes[0] == 1);
+        for (std::int64_t o = 1; o < 8; ++o)
+            for (std::int64_t g = 0; g < 2; ++g) {
+                double sum = 0;
+                for (std::int64_t i = 32 * g; i < 32 * g + 32; ++i) sum += std::fabs(double(w[std::size_t(o * 64 + i)]));
+                CHECK(m.scales[std::size_t(o * 2 + g)] == static_cast<float>(sum / 32.0));
+            }
+    }
+}
+
+TEST_CASE("the b3 byte code round-trips all 243 values and rejects exactly the 13 non-codes", "[quant][ternary]") {
+    for (unsigned N = 0; N < 243; ++N) {
+        std::uint8_t u[5];
+        for (int n = 4, v = int(N); n >= 0; --n, v /= 3) u[n] = std::uint8_t(v % 3);
+        std::uint8_t const q = ternary_b3_encode(u);
+        CHECK(q == (256 * N + 242) / 243);
+        std::uint8_t back[5];
+        ternary_b3_decode(q, back);
+        CHECK(std::vector<std::uint8_t>(back, back + 5) == std::vector<std::uint8_t>(u, u + 5));
+    }
+    std::vector<unsigned> bad;
+    for (unsigned b = 0; b < 256; ++b) {
+        std::uint8_t u[5];
+        ternary_b3_decode(std::uint8_t(b), u);
+        if (ternary_b3_encode(u) != b) bad.push_back(b);
+    }
+    CHECK(bad == std::vector<unsigned>{0x01, 0x14, 0x28, 0x3C, 0x4F, 0x63, 0x77, 0x8A, 0x9E, 0xB2, 0xC5, 0xD9, 0xED});
+    // Random matrices through both packings, odd column counts (pad fields) included.
+    std::mt19937_64 rng(7);
+    for (std::int64_t C : {1, 3, 4, 5, 6, 9, 10, 33}) {
+        std::vector<float> w = smoe_test::normal(rng, std::size_t(3 * C), 1.0);
+        for (auto p : {TernaryPacking::p2b, TernaryPacking::b3}) {
+            Matrix const m = quantize(MatrixView<float const>(w.data(), 3, C), Format::ternary(TernaryScale::channel, 0, p));
+            auto const bytes = pack_ternary(m);
+            CHECK(std::int64_t(bytes.size()) == 3 * ternary_row_bytes(p, C));
+            CHECK(unpack_ternary(kSrc, bytes, 3, ternary_row_bytes(p, C), m.scales, m.format, 3, C).codes == m.codes);
+        }
+    }
+}
+
+TEST_CASE("ternary files: every row of research.md §7.5's error table, with its message", "[quant][ternary][errors]") {
+    Matrix const m = quantize(MatrixView<float const>(kW.data(), 4, 5), Format::ternary());
+    auto bytes = pack_ternary(m);
+    std::string const P = "'model.layers.0.mlp.experts.3.down_proj.";
+    SECTION("2-bit code 3") {
+        bytes[2] = static_cast<std::uint8_t>(bytes[2] | 0x30);  // row 1, byte 0, field 2
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, bytes, 4, 2, m.scales, m.format, 4, 5),
+                          Contains("model.safetensors: tensor " + P + "weight_ternary' element [1, 0] field 2' = 3: expected 0..2 (t + 1)"));
+        auto pad = pack_ternary(m);
+        pad[1] = 0xFF;  // row 0's last byte: fields 1..3 are past C = 5 and ignored, field 0 is column 4
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, pad, 4, 2, m.scales, m.format, 4, 5), Contains("element [0, 1] field 0' = 3"));
+        pad[1] = 0xFD;  // field 0 = 1 (t = 0), the pad fields 3: read without complaint
+        CHECK(unpack_ternary(kSrc, pad, 4, 2, m.scales, m.format, 4, 5).codes[4] == 1);
+    }
+    SECTION("base-3 byte") {
+        Format f = m.format;
+        f.packing = TernaryPacking::b3;
+        std::vector<std::uint8_t> b3 = {0xDC, 0x95, 0x14, 0xB9};
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, b3, 4, 1, m.scales, f, 4, 5),
+                          Contains("tensor " + P + "weight_ternary' element [2, 0]' = 0x14: expected a base-3 code byte (not one of the 13 non-codes)"));
+    }
+    SECTION("scale") {
+        for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::quiet_NaN()}) {
+            std::vector<float> s = {bad};
+            CHECK_THROWS_WITH(unpack_ternary(kSrc, bytes, 4, 2, s, m.format, 4, 5),
+                              Contains("tensor " + P + "weight_scale' element [0, 0]'") && Contains("expected a finite scale > 0"));
+        }
+        CHECK_THROWS_WITH(unpack_bitnet(kSrc, std::vector<std::uint8_t>(5, 0x55), 1, 5, 0.0f, true, 4, 5),
+                          Contains("weight_scale' element [0]' = 0: expected a finite scale > 0"));
+    }
+    SECTION("shape") {
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, std::vector<std::uint8_t>(12, 0x55), 4, 3, m.scales, m.format, 4, 5),
+                          Contains("tensor " + P + "weight_ternary' shape' = [4, 3]: expected [R, ceil(C/4)] = [4, 2] (2b) or [R, ceil(C/5)] = [4, 1] (b3)"));
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, bytes, 4, 2, std::vector<float>{1, 1}, m.format, 4, 5),
+                          Contains("weight_scale' shape'") && Contains("[1]"));
+    }
+    SECTION("group size") {
+        CHECK_THROWS_WITH(unpack_ternary(kSrc, bytes, 4, 2, m.scales, Format::ternary(TernaryScale::group, 6), 4, 5),
+                          Contains("key 'quantization_config.group_size'' = 6: expected a divisor of in_features 5"));
+        CHECK_THROWS_WITH(Format::ternary(TernaryScale::group, 3).check("expert 0 down", 4, 5), Contains("'expert 0 down.group' = 3"));
+    }
+    SECTION("HF BitNet rows") {
+        CHECK_THROWS_WITH(unpack_bitnet(kSrc, std::vector<std::uint8_t>(10, 0x55), 2, 5, 1.0f, true, 6, 5),
+                          Contains("tensor " + P + "weight' shape' = [2, 5] with out_features 6: expected [out_features / 4, in_features] and "
+                                                   "out_features % 4 = 0"));
+        std::vector<std::uint8_t> hf = {0x86, 0x19, 0xE2, 0x48, 0x61};  // column 2, row 3: u = 3
+        CHECK_THROWS_WITH(unpack_bitnet(kSrc, hf, 1, 5, 1.0f, true, 4, 5), Contains("weight' element [0, 2] field 3' = 3"));
+    }
+    SECTION("canonical codes past 2") {
+        Matrix bad = m;
+        bad.codes[7] = 3;
+        CHECK_THROWS_WITH(bad.validate("expert 1 gate"), Contains("'expert 1 gate.codes element [1, 2]' = 3: expected a ternary code 0..2 (t + 1)"));
+    }
+}
+
+TEST_CASE("a MoTE layer: ternary routed experts quantised at load next to bf16 ones, the fp32 layer's bits on W_deq", "[quant][ternary][layer]") {
+    std::mt19937_64 rng(18);
+    std::int64_t const d = 48, f = 40, E = 4, T = 21;
+    auto const w1 = smoe_test::normal(rng, std::size_t(E * f * d), 0.1), w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.1),
+               w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.1), gate = smoe_test::normal(rng, std::size_t(E * d), 0.5),
+               x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    std::vector<Format> gu = {Format::ternary(), Format::ternary(TernaryScale::group, 16), Format::bf16(), Format::ternary(TernaryScale::channel)};
+    std::vector<Format> dn = {Format::ternary(), Format::ternary(TernaryScale::group, 8, TernaryPacking::b3), Format::bf16(), Format::ternary()};
+    smoe::expert::SwiGLUConfig const ec{d, f, E};
+    auto const qw = smoe::expert::QuantSwiGLUWeights::quantized(w1.data(), w3.data(), w2.data(), ec, gu, dn);
+    using QLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None>;
+    QLayer q({.router = {.num_experts = E, .top_k = 2}, .expert = ec, .max_tokens = T}, {MatrixView<float const>(gate.data(), E, d), {}, qw});
+    CHECK(q.experts().format_name(0) == "ternary-2b-tensor");
+    CHECK(q.experts().format_name(1) == "gate/up ternary-2b-g16, down ternary-b3-g8");
+    CHECK(q.experts().format_name(3) == "gate/up ternary-2b-channel, down ternary-2b-tensor");
+    // The dense twin: every expert's W_deq in fp32.
+    std::vector<float> d1, d3, d2;
+    for (std::int64_t e = 0; e < E; ++e) {
+        auto const ex = qw.load(e);
+        for (auto const* p : {&ex.gate, &ex.up, &ex.down}) {
+            auto const v = p->dequantize();
+            auto& dst = p == &ex.gate ? d1 : p == &ex.up ? d3 : d2;
+            dst.insert(dst.end(), v.begin(), v.end());
+        }
+    }
+    using FLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+    FLayer fl({.router = {.num_experts = E, .top_k = 2}, .expert = ec, .max_tokens = T},
+              {MatrixView<float const>(gate.data(), E, d), {}, smoe::expert::SwiGLUWeights<float>::dense(d1.data(), d3.data(), d2.data(), ec)});
+    std::vector<float> yq(std::size_t(T * d)), yf(yq.size());
+    smoe::DefaultThreadPool pool(2);
+    q.set_thread_pool(pool);
+    q.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yq.data(), T, d));
+    fl.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yf.data(), T, d));
+    CHECK(yq == yf);
+}
