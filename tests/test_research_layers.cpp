@@ -16,7 +16,9 @@
 #include "common/data.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/kernels/reference/chain.hpp"
+#include "smoe/kernels/reference/recurrent.hpp"
 #include "smoe/layer/chain.hpp"
+#include "smoe/layer/recurrent.hpp"
 #include "smoe/smoe.hpp"
 
 using smoe::MatrixView;
@@ -288,4 +290,228 @@ TEST_CASE("chain-of-experts rejects bad configurations and reports the pass of a
     std::vector<float> big{3e38f, -3e38f, 3e38f};
     CHECK_THAT(message([&] { chain.forward(rows(big, 1, 3), MatrixView<float>(y.data(), 1, 3)); }),
                Catch::Contains("logits") && Catch::Contains("chain iteration"));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// §2 RMoE: layerwise recurrent router
+
+namespace {
+
+using RecurrentLayer = smoe::layer::Recurrent<smoe::router::TopK, Swi, smoe::balance::None>;
+std::string error_of(auto&& f) {
+    try {
+        f();
+    } catch (smoe::invalid_argument const& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+// Owning storage for a cell's weights: six [p, p] matrices and six [p] biases, in the code's order
+// ir, hr, iz, hz, in, hn.
+struct CellData {
+    std::int64_t p;
+    std::array<std::vector<float>, 6> w, b;
+    smoe::gate::RecurrentCellWeights view(smoe::gate::CellKind kind = smoe::gate::CellKind::gru) const {
+        auto m = [&](int i) { return MatrixView<float const>(w[i].data(), p, p); };
+        auto v = [&](int i) { return std::span<float const>(b[i]); };
+        if (kind == smoe::gate::CellKind::rnn) return {.weight_in = m(4), .weight_hn = m(5), .bias_in = v(4), .bias_hn = v(5)};
+        return {m(0), m(1), m(2), m(3), m(4), m(5), v(0), v(1), v(2), v(3), v(4), v(5)};
+    }
+};
+
+CellData spec_cell() {
+    return {2,
+            {std::vector<float>{-0.75f, 0, -0.25f, 0.5f}, {-0.5f, 0.25f, 0, 0.75f}, {-0.25f, 0.5f, 0.25f, -0.75f}, {0, 0.75f, 0.5f, -0.5f},
+             {0.25f, -0.75f, 0.75f, -0.25f}, {0.5f, -0.5f, -0.75f, 0}},
+            {std::vector<float>{-0.25f, 0.125f}, {-0.125f, 0.25f}, {0, -0.25f}, {0.125f, -0.125f}, {0.25f, 0}, {-0.25f, 0.125f}}};
+}
+
+CellData random_cell(std::mt19937_64& rng, std::int64_t p) {
+    CellData c{p, {}, {}};
+    for (int i = 0; i < 6; ++i) c.w[i] = smoe_test::normal(rng, p * p, 1.0 / std::sqrt(double(p))), c.b[i] = smoe_test::normal(rng, p, 0.3);
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("the recurrent router reproduces research.md's worked example, state included", "[research][rmoe]") {
+    auto const cd = spec_cell();
+    smoe::gate::RecurrentCell const cell({.hidden_size = 2}, cd.view());
+    std::vector<float> const P0{-1, 0, 1, -0.5f, 0.5f, -1}, Q0{-1, -0.5f, 0.5f, 1, -0.5f, 0, 1, -1};
+    std::vector<float> const P1{-0.5f, 0.5f, -1, 0, 1, -0.5f}, Q1{0, 0.5f, -1, -0.5f, 0.5f, 1, -0.5f, 0};
+    std::vector<float> const x_l1{-0.5f, 0.5f, 0.5f, 0.25f, -0.75f, 0.5f};
+    auto const ex = formula_experts(4, 3, 2);
+    smoe::router::TopKConfig const rc{.num_experts = 4, .top_k = 2, .norm_topk_prob = true};
+    RecurrentLayer l0({.router = rc, .expert = ex.cfg(), .max_tokens = 4}, cell,
+                      {.gate = {rows(P0, 2, 3), MatrixView<float const>(Q0.data(), 4, 2)}, .experts = ex.weights()});
+    RecurrentLayer l1({.router = rc, .expert = ex.cfg(), .max_tokens = 4, .layer_index = 1}, cell,
+                      {.gate = {rows(P1, 2, 3), MatrixView<float const>(Q1.data(), 4, 2)}, .experts = ex.weights()});
+    smoe::gate::RouterState state(4, cell);
+    state.reset(2);
+    std::vector<float> y(6);
+    auto hrow = [&] {
+        auto const h = std::as_const(state).h();
+        return std::vector<float>{h(0, 0), h(0, 1), h(1, 0), h(1, 1)};
+    };
+    auto wrow = [](smoe::RoutingResult const& r) {
+        return std::vector<float>{r.expert_weights(0, 0), r.expert_weights(0, 1), r.expert_weights(1, 0), r.expert_weights(1, 1)};
+    };
+    auto const r0 = l0.forward(rows(kX, 2, 3), MatrixView<float>(y.data(), 2, 3), state);
+    smoe_test::check_all_close(hrow(), {0.321915, -0.11018, 0.744628, 0.209724}, 1e-5);
+    smoe_test::check_equal(ids_of(r0), std::vector<std::int32_t>{3, 1, 1, 3});
+    smoe_test::check_all_close(wrow(r0), {0.594191, 0.405809, 0.511781, 0.488219}, 1e-5);
+    auto const want0 = smoe::reference::combine_swiglu(smoe::reference::from_token_major(2, 2, 4, {3, 1, 1, 3}, wrow(r0)).view(),
+                                                       ex.weights(), rows(kX, 2, 3));
+    check_rows(y, want0, 3, 1e-5);
+
+    auto const r1 = l1.forward(rows(x_l1, 2, 3), MatrixView<float>(y.data(), 2, 3), state);
+    smoe_test::check_all_close(hrow(), {0.197374, -0.122915, 0.693389, -0.130175}, 1e-5);
+    smoe_test::check_equal(ids_of(r1), std::vector<std::int32_t>{2, 0, 2, 0});
+    smoe_test::check_all_close(wrow(r1), {0.509306, 0.490694, 0.56994, 0.43006}, 1e-5);
+
+    // The logits themselves, from the gate alone (layer 0's, from the zero state).
+    std::vector<std::byte> ws(l0.gate().workspace_size(2) + 64);
+    std::vector<float> logits(8);
+    smoe::Workspace w(ws);
+    state.reset(2);
+    l0.gate().logits(xsimd::default_arch{}, rows(kX, 2, 3), state, MatrixView<float>(logits.data(), 2, 4), w);
+    smoe_test::check_all_close(logits, {-0.266825, 0.0507776, -0.160958, 0.432095, -0.84949, 0.582038, -0.372314, 0.534904}, 1e-5);
+    smoe::Workspace w1(ws);
+    l1.gate().logits(xsimd::default_arch{}, rows(x_l1, 2, 3), state, MatrixView<float>(logits.data(), 2, 4), w1);
+    smoe_test::check_all_close(logits, {-0.0614574, -0.135916, -0.024228, -0.0986868, -0.0650874, -0.628302, 0.21652, -0.346694}, 1e-5);
+
+    // The state matters: token 0 at layer 1 from a zero state selects [1, 3], not [2, 0].
+    state.reset(1);
+    auto const rz = l1.forward(rows(x_l1, 1, 3), MatrixView<float>(y.data(), 1, 3), state);
+    smoe_test::check_equal(ids_of(rz), std::vector<std::int32_t>{1, 3});
+    auto const hz = std::as_const(state).h();
+    smoe_test::check_all_close(std::vector<float>{hz(0, 0), hz(0, 1)}, {-0.0172122, 0.00975053}, 1e-5);
+}
+
+TEST_CASE("recurrent router layers run as an engine runs them, against the oracle", "[research][rmoe]") {
+    // L MoE layers with a dense layer between (it leaves the state alone), the state reset once per
+    // forward pass; prefill, then each token decoded alone gives its prefill row's bits.
+    smoe::DefaultThreadPool pool(2);
+    for (int trial = 0; trial < 4; ++trial) {
+        std::mt19937_64 rng(300 + trial);
+        std::int64_t const E = 4 + 3 * trial, d = 8 + 9 * trial, f = 5 + 4 * trial, p = 3 + 11 * trial, T = 5 + 17 * trial, L = 3;
+        auto const kind = trial == 2 ? smoe::gate::CellKind::rnn : smoe::gate::CellKind::gru;
+        INFO("trial " << trial << ": E " << E << " d " << d << " f " << f << " p " << p << " T " << T);
+        auto const cd = random_cell(rng, p);
+        smoe::gate::RecurrentCell const cell({.hidden_size = p, .cell = kind}, cd.view(kind));
+        smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 1 + trial % 3, .norm_topk_prob = true};
+        std::vector<Experts> experts;
+        std::vector<std::vector<float>> P, Q;
+        std::vector<RecurrentLayer> layers;
+        layers.reserve(L);
+        for (std::int64_t l = 0; l < L; ++l) {
+            experts.push_back(random_experts(rng, E, d, f));
+            P.push_back(smoe_test::normal(rng, p * d, 1.0 / std::sqrt(double(d))));
+            Q.push_back(smoe_test::normal(rng, E * p, 1.0));
+        }
+        for (std::int64_t l = 0; l < L; ++l)
+            layers.emplace_back(RecurrentLayer::Config{.router = rc, .expert = experts[l].cfg(), .max_tokens = T, .layer_index = l}, cell,
+                                RecurrentLayer::Weights{.gate = {rows(P[l], p, d), rows(Q[l], E, p)}, .experts = experts[l].weights()});
+        if (trial % 2 == 1)
+            for (auto& l : layers) l.set_thread_pool(pool);
+        smoe::gate::RouterState state(T, cell);
+        auto run = [&](std::vector<float> h, std::int64_t n, std::vector<std::vector<smoe::RoutingResult>>* routes) {
+            state.reset(n);
+            std::vector<float> o(h.size());
+            for (std::int64_t l = 0; l < L; ++l) {
+                auto const r = layers[l].forward(rows(h, n, d), MatrixView<float>(o.data(), n, d), state);
+                if (routes) routes->push_back({r});
+                for (std::size_t i = 0; i < h.size(); ++i) h[i] += o[i];
+                for (auto& v : h) v = std::tanh(v);  // the "dense layer" between MoE layers
+            }
+            return h;
+        };
+        auto const x = smoe_test::normal(rng, T * d, 1.0);
+        // The oracle, layer by layer, carrying its own double state.
+        std::vector<float> hx = x;
+        std::vector<double> hs;
+        std::vector<std::vector<std::int32_t>> want_ids;
+        for (std::int64_t l = 0; l < L; ++l) {
+            auto const tr = smoe::reference::recurrent_layer(rc, cell.config(), cd.view(kind), rows(P[l], p, d), rows(Q[l], E, p),
+                                                             experts[l].weights(), rows(hx, T, d), hs);
+            hs = tr.h;
+            want_ids.push_back(tr.routing.expert_ids);
+            for (std::size_t i = 0; i < hx.size(); ++i) hx[i] = float(std::tanh(double(hx[i]) + tr.y[i]));
+        }
+        std::vector<std::vector<smoe::RoutingResult>> routes;
+        auto const got = run(x, T, &routes);
+        for (std::int64_t l = 0; l < L; ++l) {
+            INFO("layer " << l);
+            // Each layer's routing views live in its workspace, so they are still readable here.
+            smoe_test::check_equal(ids_of(routes[l][0]), want_ids[l]);
+        }
+        auto const sh = std::as_const(state).h();
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t i = 0; i < p; ++i) CHECK(double(sh(t, i)) == Approx(hs[t * p + i]).margin(2e-5));
+        check_rows(got, std::vector<double>(hx.begin(), hx.end()), d, 2e-5);
+        for (std::int64_t t = 0; t < T; t += 7) {
+            std::vector<float> const tok(x.begin() + t * d, x.begin() + (t + 1) * d);
+            CHECK(run(tok, 1, nullptr) == std::vector<float>(got.begin() + t * d, got.begin() + (t + 1) * d));
+        }
+    }
+}
+
+TEST_CASE("the recurrent router rejects a wrong state, bad weights and non-finite values", "[research][rmoe][errors]") {
+    auto const cd = spec_cell();
+    smoe::gate::RecurrentCell const cell({.hidden_size = 2}, cd.view());
+    std::vector<float> const P0{-1, 0, 1, -0.5f, 0.5f, -1}, Q0{-1, -0.5f, 0.5f, 1, -0.5f, 0, 1, -1};
+    auto const ex = formula_experts(4, 3, 2);
+    smoe::router::TopKConfig const rc{.num_experts = 4, .top_k = 2, .norm_topk_prob = true};
+    RecurrentLayer layer({.router = rc, .expert = ex.cfg(), .max_tokens = 4, .layer_index = 5}, cell,
+                         {.gate = {rows(P0, 2, 3), MatrixView<float const>(Q0.data(), 4, 2)}, .experts = ex.weights()});
+    std::vector<float> y(12);
+    smoe::gate::RouterState state(4, cell);
+    state.reset(3);
+    CHECK_THAT(error_of([&] { layer.forward(rows(kX, 2, 3), MatrixView<float>(y.data(), 2, 3), state); }),
+               Catch::Contains("'state (recurrent router, MoE layer 5)' = [3, 2]") && Catch::Contains("[2, 2]"));
+    auto const other_cd = random_cell(*std::make_unique<std::mt19937_64>(1), 3);
+    smoe::gate::RecurrentCell const other({.hidden_size = 3}, other_cd.view());
+    smoe::gate::RouterState wide(4, other);
+    wide.reset(2);
+    CHECK_THAT(error_of([&] { layer.forward(rows(kX, 2, 3), MatrixView<float>(y.data(), 2, 3), wide); }), Catch::Contains("'state"));
+    state.reset(2);
+    state.h()(1, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THAT(error_of([&] { layer.forward(rows(kX, 2, 3), MatrixView<float>(y.data(), 2, 3), state); }),
+               Catch::Contains("'state") && Catch::Contains("nan at token 1, unit 1"));
+    // A huge input overflows ℓ: the router's logit error, with the layer.
+    std::vector<float> const big{3e38f, -3e38f, 3e38f};
+    std::vector<float> const Pbig{1e30f, 1e30f, 1e30f, 1e30f, 1e30f, 1e30f};
+    std::vector<float> const Qbig{1e38f, 1e38f, -1e38f, 1e38f, 1e38f, 1e38f, 1e38f, -1e38f};
+    RecurrentLayer huge({.router = rc, .expert = ex.cfg(), .max_tokens = 4, .layer_index = 2}, cell,
+                        {.gate = {rows(Pbig, 2, 3), MatrixView<float const>(Qbig.data(), 4, 2)}, .experts = ex.weights()});
+    state.reset(1);
+    CHECK_THAT(error_of([&] { huge.forward(rows(big, 1, 3), MatrixView<float>(y.data(), 1, 3), state); }),
+               Catch::Contains("logits") && Catch::Contains("MoE layer 2"));
+    // Shapes and cells.
+    CHECK_THAT(error_of([&] {
+                   RecurrentLayer({.router = rc, .expert = ex.cfg()}, cell, {.gate = {rows(P0, 3, 2), MatrixView<float const>(Q0.data(), 4, 2)},
+                                                                             .experts = ex.weights()});
+               }),
+               Catch::Contains("'weight1' = [3, 2]"));
+    CHECK_THAT(error_of([&] {
+                   RecurrentLayer({.router = rc, .expert = ex.cfg()}, cell, {.gate = {rows(P0, 2, 3), MatrixView<float const>(Q0.data(), 2, 4)},
+                                                                             .experts = ex.weights()});
+               }),
+               Catch::Contains("'weight2' = [2, 4]"));
+    CHECK_THAT(error_of([&] { smoe::gate::RecurrentCell({.hidden_size = 2, .cell = smoe::gate::CellKind::rnn}, cd.view()); }),
+               Catch::Contains("'weight_ir'") && Catch::Contains("no such weight in an rnn cell"));
+    CHECK_THAT(error_of([&] { smoe::gate::RecurrentCell({.hidden_size = 0}, cd.view()); }), Catch::Contains("rnn_hidden_size"));
+    auto bad = spec_cell();
+    bad.b[3][1] = std::numeric_limits<float>::infinity();
+    CHECK_THAT(error_of([&] { smoe::gate::RecurrentCell({.hidden_size = 2}, bad.view()); }), Catch::Contains("'bias_hz' = inf at unit 1"));
+    // A MoELayer without a gate takes host logits only; its plain forward says so.
+    smoe::MoELayer<smoe::router::TopK, Swi, smoe::balance::None> gateless({.router = rc, .expert = ex.cfg(), .max_tokens = 4},
+                                                                         {.experts = ex.weights()});
+    CHECK_THAT(error_of([&] { gateless.forward(rows(kX, 2, 3), MatrixView<float>(y.data(), 2, 3)); }),
+               Catch::Contains("'gate' = an empty view") && Catch::Contains("forward_logits"));
+    // T = 0 is valid.
+    state.reset(0);
+    auto const r = layer.forward(MatrixView<float const>(kX.data(), 0, 3), MatrixView<float>(y.data(), 0, 3), state);
+    CHECK(r.num_tokens == 0);
 }

@@ -6,7 +6,9 @@
 // forward(x, y, workspace): gate projection (fp32), routing, balancing, dispatch (counting sort into
 // expert-major order and a gather per expert), the experts that received tokens (the others are
 // never touched), and the combine in slot order. forward_routed() takes the routing from the host
-// engine and runs dispatch, experts and combine only.
+// engine and runs dispatch, experts and combine only; forward_logits() takes the logits from a gate of
+// the host's own (gate::Recurrent) and routes them. A layer built without a gate (an empty view) takes
+// only those two.
 //
 // Workspace: workspace_size() bytes for config().max_tokens tokens; forward never allocates. The
 // two-argument forward uses a buffer the layer allocated once at construction, so it is not safe to
@@ -166,7 +168,8 @@ public:
             detail::fail("router.num_experts", router_.num_experts(),
                          "the experts' num_experts (" + std::to_string(expert_.num_experts()) + ")");
         detail::check_int32_extent(cfg_.max_tokens, router_.max_slots());
-        detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
+        // No gate (an empty view): the host computes the logits and calls forward_logits or forward_routed.
+        if (w.gate.data != nullptr || w.gate.rows != 0) detail::check_view(w.gate, "gate", router_.num_logits(), expert_.hidden_size());
         if (!w.expert_bias.empty())
             detail::check_vector(w.expert_bias, router_.num_logits(), "expert_bias", "num_logits", "expert");
         if (!w.gate_bias.empty())
@@ -262,12 +265,29 @@ public:
         return forward_routed(x, expert_ids, expert_weights, y, buffer_.bytes());
     }
 
+    // Logits from the host's own gate (a recurrent router, a chain pass, ...): logits [T, num_logits]
+    // replace gate · x (+ gate_bias); routing, balancer (losses included), experts and combine as forward.
+    RoutingResult forward_logits(MatrixView<float const> x, MatrixView<float const> logits, MatrixView<float> y,
+                                 std::span<std::byte> workspace) {
+        std::int64_t const T = check_io(x, y);
+        detail::check_view(logits, "logits", T, router_.num_logits());
+        Workspace ws(workspace);
+        Buffers b = carve(ws, T);
+        return route_and_run(x, y, b, logits, RouterControl{}, TokenIds{});
+    }
+
+    RoutingResult forward_logits(MatrixView<float const> x, MatrixView<float const> logits, MatrixView<float> y) {
+        return forward_logits(x, logits, y, buffer_.bytes());
+    }
+
 private:
     // The forward of every public overload; an empty control and no token ids take the router's plain
     // route(), so a layer whose router has no control still builds.
     RoutingResult forward_controlled(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
                                      RouterControl const& control, TokenIds token_ids) {
         std::int64_t const T = check_io(x, y);
+        if (weights_.gate.data == nullptr && T > 0)
+            detail::fail("gate", "an empty view", "a gate [num_logits, d] for forward (without one, call forward_logits or forward_routed)");
         Workspace ws(workspace);
         Buffers b = carve(ws, T);
         MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
@@ -276,18 +296,7 @@ private:
             for (std::int64_t t = 0; t < T; ++t)
                 for (std::int64_t e = 0; e < logits.cols; ++e)
                     logits(t, e) += weights_.gate_bias[static_cast<std::size_t>(e)];
-        Workspace scratch = b.router_ws;
-        auto const bias = detail::selection_bias(balancer_, weights_.expert_bias);
-        MatrixView<float const> const lv(logits);
-        std::int64_t K = 0;
-        if constexpr (TokenRouter<Router, arch>)
-            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control, token_ids);
-        else if constexpr (ControllableRouter<Router, arch>)
-            K = control.empty() ? router_.route(arch{}, lv, bias, b.routing.token_major, scratch)
-                                : router_.route(arch{}, lv, bias, b.routing.token_major, scratch, control);
-        else
-            K = router_.route(arch{}, lv, bias, b.routing.token_major, scratch);
-        return dispatch_and_run(x, y, b, K, logits);
+        return route_and_run(x, y, b, logits, control, token_ids);
     }
 
     // Rows one expert call may see: its load (at most T), or the balancer's padded segment.
@@ -375,6 +384,22 @@ private:
                         detail::fail("expert_ids", std::to_string(e) + at(), "each expert at most once per token");
             }
         return K;
+    }
+
+    // Routing (the router on `logits`), then dispatch_and_run: what forward and forward_logits share.
+    RoutingResult route_and_run(MatrixView<float const> x, MatrixView<float> y, Buffers const& b, MatrixView<float const> logits,
+                                RouterControl const& control, TokenIds token_ids) {
+        Workspace scratch = b.router_ws;
+        auto const bias = detail::selection_bias(balancer_, weights_.expert_bias);
+        std::int64_t K = 0;
+        if constexpr (TokenRouter<Router, arch>)
+            K = router_.route(arch{}, logits, bias, b.routing.token_major, scratch, control, token_ids);
+        else if constexpr (ControllableRouter<Router, arch>)
+            K = control.empty() ? router_.route(arch{}, logits, bias, b.routing.token_major, scratch)
+                                : router_.route(arch{}, logits, bias, b.routing.token_major, scratch, control);
+        else
+            K = router_.route(arch{}, logits, bias, b.routing.token_major, scratch);
+        return dispatch_and_run(x, y, b, K, logits);
     }
 
     // Dispatch (counting sort), balancer, experts, combine: what forward and forward_routed share.
