@@ -5,6 +5,9 @@
 // them. One expert type (SwiGLU<float>, with a shared expert where the spec has one) keeps the compile short.
 
 #include <array>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <cmath>
 #include <random>
 #include <string>
@@ -19,6 +22,8 @@
 #include "smoe/kernels/reference/recurrent.hpp"
 #include "smoe/layer/chain.hpp"
 #include "smoe/layer/recurrent.hpp"
+#include "smoe/layer/soft_merge.hpp"
+#include "smoe/kernels/reference/soft_merge.hpp"
 #include "smoe/smoe.hpp"
 
 using smoe::MatrixView;
@@ -514,4 +519,178 @@ TEST_CASE("the recurrent router rejects a wrong state, bad weights and non-finit
     state.reset(0);
     auto const r = layer.forward(MatrixView<float const>(kX.data(), 0, 3), MatrixView<float>(y.data(), 0, 3), state);
     CHECK(r.num_tokens == 0);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// §3 SMEAR: soft merging of experts
+
+namespace {
+
+using Smear = smoe::layer::SoftMerge<Swi>;
+using smoe::layer::MergeRouting;
+using smoe::layer::MergeScope;
+
+std::vector<float> const kSmearGate{-1, -0.5f, 0, 0, 0.5f, 1, 1, -1, -0.5f};
+
+// Element (o, i) of the merged gate (up: + 8 columns) or down matrix in the fp32 panel layout.
+float merged_gate_up(std::vector<float> const& m, std::int64_t d, std::int64_t unit, std::int64_t j, bool up) {
+    return m[(unit / 8) * d * 16 + j * 16 + unit % 8 + (up ? 8 : 0)];
+}
+float merged_down(std::vector<float> const& m, std::int64_t d, std::int64_t f, std::int64_t o, std::int64_t i) {
+    std::int64_t const gu = (f + 7) / 8 * d * 16, fs = (f + 7) / 8 * 8;
+    return m[gu + (o / 16) * fs * 16 + i * 16 + o % 16];
+}
+
+// Runs SoftMerge<SwiGLU<W>> on random shapes against the oracle: both scopes, both router inputs,
+// empty sequences, a bias, with and without a pool.
+template <class W>
+void check_smear_random(std::function<smoe::expert::SwiGLUWeights<W>(Experts const&, std::vector<std::vector<float>>&,
+                                                                     std::vector<std::vector<W>>&)> convert,
+                        smoe::expert::Bf16Dot dot = smoe::expert::Bf16Dot::off) {
+    smoe::DefaultThreadPool pool(2);
+    for (int trial = 0; trial < 4; ++trial) {
+        std::mt19937_64 rng(500 + trial);
+        std::int64_t const E = 1 + 3 * trial, d = 7 + 13 * trial, f = 3 + 9 * trial, T = 1 + 19 * trial;
+        auto const scope = trial % 2 == 0 ? MergeScope::sequence : MergeScope::token;
+        auto const input = trial == 2 || trial == 3 ? MergeRouting::given : MergeRouting::mean;
+        INFO("trial " << trial << ": E " << E << " d " << d << " f " << f << " T " << T);
+        auto const ex = random_experts(rng, E, d, f);
+        std::vector<std::vector<float>> scales;
+        std::vector<std::vector<W>> store;
+        auto const weights = convert(ex, scales, store);
+        auto const gate = smoe_test::normal(rng, E * d, 1.0), bias = smoe_test::normal(rng, E, 0.5);
+        auto const x = smoe_test::normal(rng, T * d, 1.0);
+        std::vector<std::int32_t> offsets;
+        std::vector<std::int64_t> groups;
+        if (scope == MergeScope::sequence) {
+            offsets = {0, 0, std::int32_t(T / 3), std::int32_t(T / 3), std::int32_t(T)};  // empty sequences included
+            groups.assign(offsets.begin(), offsets.end());
+        }
+        std::int64_t const G = scope == MergeScope::sequence ? std::int64_t(offsets.size()) - 1 : T;
+        auto const given = smoe_test::normal(rng, G * E, 2.0);
+        auto cfg = ex.cfg();
+        cfg.bf16_dot = dot;
+        typename smoe::layer::SoftMerge<smoe::expert::SwiGLU<W>>::Weights w{.experts = weights};
+        if (input == MergeRouting::mean) w.gate = rows(gate, E, d), w.gate_bias = std::span<float const>(bias);
+        smoe::layer::SoftMerge<smoe::expert::SwiGLU<W>> layer({.expert = cfg, .scope = scope, .router_input = input, .max_tokens = T}, w);
+        if (trial % 2 == 1) layer.set_thread_pool(pool);
+        auto const want = smoe::reference::soft_merge(weights, input == MergeRouting::mean ? rows(gate, E, d) : MatrixView<float const>{},
+                                                      input == MergeRouting::mean ? std::span<float const>(bias) : std::span<float const>{},
+                                                      rows(given, G, E), groups, rows(x, T, d));
+        std::vector<float> y(T * d), probs(G * E);
+        layer.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d),
+                      {.sequence_offsets = offsets, .logits = input == MergeRouting::given ? rows(given, G, E) : MatrixView<float const>{},
+                       .probs = MatrixView<float>(probs.data(), G, E)});
+        smoe_test::check_all_close(probs, want.probs, 1e-5, 1e-7);
+        check_rows(y, want.y, d, 3e-5);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("SMEAR reproduces research.md's worked example in both scopes", "[research][smear]") {
+    auto const ex = formula_experts(3, 3, 2);
+    Smear seq({.expert = ex.cfg(), .max_tokens = 3}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()});
+    std::vector<float> y(9), p(3);
+    std::array<std::int32_t, 2> const one_sequence{0, 3};
+    seq.forward(rows(kX, 3, 3), MatrixView<float>(y.data(), 3, 3), {.sequence_offsets = one_sequence, .probs = MatrixView<float>(p.data(), 1, 3)});
+    smoe_test::check_all_close(p, {0.224209, 0.560733, 0.215059}, 1e-5);
+    smoe_test::check_all_close(y, {0.00470493, -0.00143, -0.00326023, -0.00188841, 0.00907599, -0.00828881, 0.00735344, -0.00525065, -0.0016913},
+                               1e-5);
+    // Not the output mixture Σ_e p_e f_e(x): the spec's second column, from the oracle's experts.
+    std::vector<double> mix(9, 0.0);
+    for (std::int64_t t = 0; t < 3; ++t)
+        for (std::int64_t e = 0; e < 3; ++e) {
+            auto const fe = smoe::reference::swiglu_expert(ex.weights(), e, kX.data() + 3 * t);
+            for (int c = 0; c < 3; ++c) mix[3 * t + c] += double(p[e]) * fe[c];
+        }
+    smoe_test::check_all_close(mix, {0.0406155, -0.0364062, -0.0457026, -0.073273, 0.00760253, 0.000344254, 0.0632885, 0.00919199, -0.104464}, 1e-4);
+    // The merged matrices themselves, read from the merged panels.
+    std::vector<float> merged(static_cast<std::size_t>(seq.merged_floats()));
+    seq.merge(p, merged);
+    std::vector<float> w1, w3, w2;
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j) w1.push_back(merged_gate_up(merged, 3, i, j, false)), w3.push_back(merged_gate_up(merged, 3, i, j, true));
+    for (int o = 0; o < 3; ++o)
+        for (int i = 0; i < 2; ++i) w2.push_back(merged_down(merged, 3, 2, o, i));
+    smoe_test::check_all_close(w1, {-0.252288, 0.228889, -0.00228752, 0.247712, -0.252288, 0.228889}, 1e-5);
+    smoe_test::check_all_close(w3, {-0.00457504, 0.226602, 0.0256859, -0.0233984, -0.224314, -0.00457504}, 1e-5);
+    smoe_test::check_all_close(w2, {-0.0256859, 0.224314, 0.224314, -0.226602, -0.226602, 0.0233984}, 1e-5);
+
+    Smear tok({.expert = ex.cfg(), .scope = MergeScope::token, .max_tokens = 3}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()});
+    std::vector<float> pt(9);
+    tok.forward(rows(kX, 3, 3), MatrixView<float>(y.data(), 3, 3), {.probs = MatrixView<float>(pt.data(), 3, 3)});
+    smoe_test::check_all_close(pt, {0.087033, 0.184249, 0.728718, 0.181144, 0.811832, 0.00702372, 0.186324, 0.307196, 0.50648}, 1e-5);
+    smoe_test::check_all_close(y, {-0.00660576, -0.00360471, -0.0164485, -0.0609174, 0.076848, 0.0197241, -0.00149814, 0.000625771, -0.00217475},
+                               1e-5);
+
+    // A one-hot p reproduces that expert: expert 1 on x0.
+    std::vector<float> const onehot{0, 1, 0};
+    seq.merge(onehot, merged);
+    std::vector<std::byte> ws(seq.workspace_size());
+    seq.run_merged(merged, rows(kX, 1, 3), MatrixView<float>(y.data(), 1, 3), ws);
+    smoe_test::check_all_close(std::vector<float>(y.begin(), y.begin() + 3), {0.0925551, -0.0483121, -0.0683991}, 1e-5);
+    // E = 1 is that expert, whatever the gate.
+    auto const single = formula_experts(1, 3, 2, 1);
+    Smear one({.expert = single.cfg(), .scope = MergeScope::token, .max_tokens = 3}, {.gate = rows(kSmearGate, 1, 3), .experts = single.weights()});
+    one.forward(rows(kX, 1, 3), MatrixView<float>(y.data(), 1, 3));
+    smoe_test::check_all_close(std::vector<float>(y.begin(), y.begin() + 3), {0.0925551, -0.0483121, -0.0683991}, 1e-5);
+}
+
+TEST_CASE("SMEAR matches the oracle on random shapes, scopes and router inputs", "[research][smear]") {
+    check_smear_random<float>([](Experts const& ex, auto&, auto&) { return ex.weights(); });
+}
+
+TEST_CASE("SMEAR merges bf16 (both panel layouts) and int8 experts from their exact fp32 values", "[research][smear]") {
+    auto to_bf16 = [](Experts const& ex, std::vector<std::vector<float>>&, std::vector<std::vector<smoe::bf16>>& st) {
+        for (auto const* v : {&ex.w1, &ex.w3, &ex.w2}) {
+            st.emplace_back();
+            for (float a : *v) st.back().push_back(smoe::to_bf16(a));
+        }
+        return smoe::expert::SwiGLUWeights<smoe::bf16>::dense(st[0].data(), st[1].data(), st[2].data(), ex.cfg());
+    };
+    check_smear_random<smoe::bf16>(to_bf16, smoe::expert::Bf16Dot::off);
+    check_smear_random<smoe::bf16>(to_bf16, smoe::expert::Bf16Dot::emulated);  // k-pair panels
+    check_smear_random<std::int8_t>([](Experts const& ex, std::vector<std::vector<float>>& sc, std::vector<std::vector<std::int8_t>>& st) {
+        auto q = [&](std::vector<float> const& v, std::int64_t r, std::int64_t c) {
+            auto out = smoe::quantize_int8_per_channel(MatrixView<float const>(v.data(), r, c));
+            st.push_back(out.q), sc.push_back(out.s);
+        };
+        q(ex.w1, ex.E * ex.f, ex.d), q(ex.w3, ex.E * ex.f, ex.d), q(ex.w2, ex.E * ex.d, ex.f);
+        return smoe::expert::SwiGLUWeights<std::int8_t>::dense(st[0].data(), sc[0].data(), st[1].data(), sc[1].data(), st[2].data(),
+                                                                 sc[2].data(), ex.cfg());
+    });
+}
+
+TEST_CASE("SMEAR rejects bad offsets, logits and gates", "[research][smear][errors]") {
+    auto const ex = formula_experts(3, 3, 2);
+    Smear seq({.expert = ex.cfg(), .max_tokens = 3}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()});
+    std::vector<float> y(9);
+    auto run = [&](Smear& l, smoe::layer::MergeInput const& in, std::int64_t T = 3) {
+        return error_of([&] { l.forward(rows(kX, T, 3), MatrixView<float>(y.data(), T, 3), in); });
+    };
+    std::array<std::int32_t, 3> off{1, 2, 3};
+    CHECK_THAT(run(seq, {.sequence_offsets = off}), Catch::Contains("'sequence_offsets[0]' = 1"));
+    off = {0, 2, 1};
+    CHECK_THAT(run(seq, {.sequence_offsets = off}), Catch::Contains("'sequence_offsets[2]' = 1") && Catch::Contains("non-decreasing"));
+    off = {0, 1, 2};
+    CHECK_THAT(run(seq, {.sequence_offsets = off}), Catch::Contains("'sequence_offsets[2]' = 2") && Catch::Contains("T = 3"));
+    CHECK_THAT(run(seq, {}), Catch::Contains("'sequence_offsets' = none"));
+    off = {0, 1, 3};
+    std::vector<float> const l(6, 0.5f);
+    CHECK_THAT(run(seq, {.sequence_offsets = off, .logits = rows(l, 2, 3)}), Catch::Contains("'logits' = given"));
+    Smear given({.expert = ex.cfg(), .scope = MergeScope::token, .router_input = MergeRouting::given, .max_tokens = 3}, {.experts = ex.weights()});
+    CHECK_THAT(run(given, {.logits = rows(l, 2, 3)}), Catch::Contains("'logits' = [2, 3]") && Catch::Contains("[3, 3]"));
+    std::vector<float> bad(9, 0.0f);
+    bad[7] = std::numeric_limits<float>::infinity();
+    CHECK_THAT(run(given, {.logits = rows(bad, 3, 3)}), Catch::Contains("'logits' = inf at group 2, expert 1"));
+    CHECK_THAT(run(given, {.sequence_offsets = off, .logits = rows(bad, 3, 3)}), Catch::Contains("'sequence_offsets' = given"));
+    CHECK_THAT(error_of([&] { Smear({.expert = ex.cfg()}, {.experts = ex.weights()}); }), Catch::Contains("'gate' = none"));
+    CHECK_THAT(error_of([&] { Smear({.expert = ex.cfg()}, {.gate = rows(kSmearGate, 3, 2), .experts = ex.weights()}); }),
+               Catch::Contains("'gate' = [3, 2]"));
+    CHECK_THAT(error_of([&] { Smear({.expert = ex.cfg(), .router_input = MergeRouting::given}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()}); }),
+               Catch::Contains("'gate' = given"));
+    // T = 0 and an empty batch are valid.
+    std::array<std::int32_t, 1> const none{0};
+    seq.forward(rows(kX, 0, 3), MatrixView<float>(y.data(), 0, 3), {.sequence_offsets = none});
 }

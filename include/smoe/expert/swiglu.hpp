@@ -44,6 +44,7 @@
 #include "smoe/kernels/cpu/bf16_dot.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/weighted_sum.hpp"
 
 namespace smoe::inline v0::expert {
 
@@ -132,8 +133,49 @@ public:
         kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
     }
 
+    // Soft merging (layer::SoftMerge, research.md §3): merged[i] = Σ_e coeffs[e] · W_e[i], summed in
+    // expert order in fp32 from each expert's exact fp32 value (bf16 widened, int8 times its channel
+    // scale), for the floats i in [begin, end) of the merged expert's fp32 panels: gate/up panels, then
+    // down panels, the layout of SwiGLU<float> (detail::MergedPanels runs them). begin and end are
+    // multiples of 16, so a caller may split the range over threads. fp32 weights take the SIMD loop;
+    // bf16 and int8 widen element by element.
+    std::int64_t merged_floats() const { return gu_panels_ * cfg_.hidden_size * kP + dn_panels_ * hidden_stride() * kP; }
+    template <class Arch>
+    void merge(Arch, std::span<float const> coeffs, float* merged, std::int64_t begin, std::int64_t end) const {
+        std::int64_t const split = gu_panels_ * cfg_.hidden_size * kP;
+        auto part = [&](W const* base, std::int64_t expert_stride, std::int64_t b, std::int64_t e, std::int64_t offset, bool down) {
+            if (b >= e) return;
+            if constexpr (std::is_same_v<W, float>) {
+                kernels::cpu::weighted_sum(Arch{}, coeffs, base, expert_stride, b, e, merged + offset);
+            } else {
+                for (std::int64_t i = b; i < e; ++i) {
+                    float acc = 0.0f;
+                    for (std::size_t x = 0; x < coeffs.size(); ++x) acc = std::fma(coeffs[x], widened(std::int64_t(x), i, down), acc);
+                    merged[offset + i - b] = acc;
+                }
+            }
+        };
+        part(gu_.data(), gu_expert_, begin, std::min(end, split), 0, false);
+        part(dn_.data(), dn_expert_, std::max(begin, split) - split, end - split, std::max(begin, split) - begin, true);
+    }
+
 private:
     static constexpr std::int64_t kP = kernels::cpu::kPanelCols;
+
+    // Element i of expert e's gate/up (or down) matrix in the fp32 panel layout, as its exact fp32 value.
+    float widened(std::int64_t e, std::int64_t i, bool down) const {
+        std::int64_t const K = down ? hidden_stride() : cfg_.hidden_size, p = i / (K * kP), k = i % (K * kP) / kP, c = i % kP;
+        W const* base = down ? dn_.data() + e * dn_expert_ : gu_.data() + e * gu_expert_;
+        W v{};
+        if (dot_ != Bf16Dot::off)
+            v = base[p * panel_elems(K) + ((k / 2) * kP + c) * 2 + k % 2];
+        else
+            v = base[p * K * kP + k * kP + kernels::cpu::kPanelSlotColumn<W>[c]];  // the slot permutation is its own inverse
+        if constexpr (Weights::has_scales)
+            return float(v) * (down ? sd_ : su_).data()[(e * (down ? dn_panels_ : gu_panels_) + p) * kP + c];
+        else
+            return FormatTraits<W>::widen(v);
+    }
 
     float const* scales(kernels::cpu::AlignedArray<float> const& s, std::int64_t e, std::int64_t panels) const {
         return Weights::has_scales ? s.data() + e * panels * kP : nullptr;

@@ -88,6 +88,30 @@ struct DownStore {
     }
 };
 
+// One SwiGLU expert over fp32 panels held elsewhere, in SwiGLU<float>'s layout (gate/up panels over d,
+// then down panels over hidden_stride()): the merged expert of layer::SoftMerge. It has the members
+// run_phased and a panel split over threads need.
+struct MergedPanels {
+    static constexpr std::int64_t kRowBlock = 64;
+    float const* panels = nullptr;
+    std::int64_t d = 0, gu_panels = 0, dn_panels = 0;
+
+    std::int64_t gate_up_panels() const { return gu_panels; }
+    std::int64_t down_panels() const { return dn_panels; }
+    std::int64_t hidden_stride() const { return gu_panels * kHalf; }
+    template <class Arch>
+    void run_gate_up(Arch arch, std::int64_t, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const {
+        GateUpStore epi{h, nullptr};
+        kernels::cpu::gemm_packed(arch, x, panels, p0, p1, epi);
+    }
+    template <class Arch>
+    void run_down(Arch arch, std::int64_t, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out, std::int64_t p0,
+                  std::int64_t p1) const {
+        DownStore epi{out, row_w.data(), nullptr};
+        kernels::cpu::gemm_packed(arch, h, panels + gu_panels * d * kP, p0, p1, epi);
+    }
+};
+
 // The h scratch of a two-phase expert X (X::kRowBlock rows of hidden_stride() floats at most) and its
 // run(): slot_out[r] = row_w[r] · f_e(rows_in[r]), gate/up then down over each block of rows.
 template <class X>
