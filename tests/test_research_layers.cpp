@@ -16,6 +16,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/approx.hpp"
+#include "common/counting_new.hpp"
 #include "common/data.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/kernels/reference/chain.hpp"
@@ -693,4 +694,45 @@ TEST_CASE("SMEAR rejects bad offsets, logits and gates", "[research][smear][erro
     // T = 0 and an empty batch are valid.
     std::array<std::int32_t, 1> const none{0};
     seq.forward(rows(kX, 0, 3), MatrixView<float>(y.data(), 0, 3), {.sequence_offsets = none});
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+TEST_CASE("the research layers' forward allocates nothing after the first call", "[research][alloc]") {
+    std::mt19937_64 rng(9);
+    std::int64_t const E = 5, d = 24, f = 12, T = 11, p = 6;
+    auto const ex = random_experts(rng, E, d, f), shared = random_experts(rng, 1, d, f);
+    auto const g1 = smoe_test::normal(rng, E * d, 0.5), g2 = smoe_test::normal(rng, E * d, 0.5);
+    std::array<MatrixView<float const>, 2> const gates{rows(g1, E, d), rows(g2, E, d)};
+    ChainLayer chain({.router = {.num_experts = E, .top_k = 2}, .expert = {.routed = ex.cfg(), .shared = shared.cfg()}, .max_tokens = T},
+                     {.gates = gates, .experts = {.routed = ex.weights(), .shared = shared.weights()}});
+    auto const cd = random_cell(rng, p);
+    smoe::gate::RecurrentCell const cell({.hidden_size = p}, cd.view());
+    auto const P = smoe_test::normal(rng, p * d, 0.3), Q = smoe_test::normal(rng, E * p, 1.0);
+    RecurrentLayer rmoe({.router = {.num_experts = E, .top_k = 2, .norm_topk_prob = true}, .expert = ex.cfg(), .max_tokens = T}, cell,
+                        {.gate = {rows(P, p, d), rows(Q, E, p)}, .experts = ex.weights()});
+    smoe::gate::RouterState state(T, cell);
+    Smear smear({.expert = ex.cfg(), .max_tokens = T}, {.gate = rows(g1, E, d), .experts = ex.weights()});
+    Smear per_token({.expert = ex.cfg(), .scope = MergeScope::token, .max_tokens = T}, {.gate = rows(g1, E, d), .experts = ex.weights()});
+    auto const x = smoe_test::normal(rng, T * d, 1.0);
+    std::vector<float> y(T * d);
+    std::array<smoe::RoutingResult, 2> r;
+    std::array<std::int32_t, 3> const offsets{0, 4, std::int32_t(T)};
+    auto news = [&](auto&& f) {
+        long const before = g_news.load();
+        f();
+        return g_news.load() - before;
+    };
+    // The first call sizes the balancers' statistics (MoELayer's warm-up, as in test_forward_alloc).
+    chain.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), r);
+    state.reset(T);
+    rmoe.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), state);
+    CHECK(news([&] { chain.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), r); }) == 0);
+    CHECK(news([&] {
+              state.reset(T);
+              rmoe.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), state);
+              rmoe.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), state);
+          }) == 0);
+    CHECK(news([&] { smear.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d), {.sequence_offsets = offsets}); }) == 0);
+    CHECK(news([&] { per_token.forward(rows(x, T, d), MatrixView<float>(y.data(), T, d)); }) == 0);
 }
