@@ -4,6 +4,7 @@
 // the other formats in test_quant_expert.cpp.
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "smoe/expert/film.hpp"
 #include "smoe/quant/ternary.hpp"
 #include "smoe/smoe.hpp"
 
@@ -232,4 +234,119 @@ TEST_CASE("a MoTE layer: ternary routed experts quantised at load next to bf16 o
     q.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yq.data(), T, d));
     fl.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yf.data(), T, d));
     CHECK(yq == yf);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// expert::Film (research.md §5.1)
+
+namespace {
+
+using FilmExpert = smoe::expert::Film<smoe::expert::SwiGLU<float>>;
+using FilmLayer = smoe::MoELayer<smoe::router::TopK, FilmExpert, smoe::balance::None>;
+
+float formula(std::int64_t v) { return static_cast<float>((v % 5) - 2) / 4.0f; }
+
+// Formula SwiGLU expert e of size (d, f) (research.md §0): W1, W3 [f, d], W2 [d, f].
+struct Formula {
+    std::vector<float> w1, w3, w2;
+    Formula(std::int64_t e, std::int64_t d, std::int64_t f) {
+        for (std::int64_t i = 0; i < f; ++i)
+            for (std::int64_t j = 0; j < d; ++j) {
+                w1.push_back(formula(e + 2 * i + 3 * j));
+                w3.push_back(formula(2 * e + i + 2 * j));
+            }
+        for (std::int64_t j = 0; j < d; ++j)
+            for (std::int64_t i = 0; i < f; ++i) w2.push_back(formula(3 * e + i + j));
+    }
+};
+
+// fp64: Σ_slots w · W2 (γ_e ⊙ h + β_e) per token, on the routing r.
+std::vector<double> film_oracle(smoe::RoutingResult const& r, std::vector<float> const& w1, std::vector<float> const& w3, std::vector<float> const& w2,
+                                std::vector<float> const& g, std::vector<float> const& b, std::vector<float> const& x, std::int64_t d, std::int64_t f) {
+    std::vector<double> y(std::size_t(r.num_tokens * d), 0.0);
+    for (std::int64_t t = 0; t < r.num_tokens; ++t) {
+        std::vector<double> h(static_cast<std::size_t>(f));
+        for (std::int64_t i = 0; i < f; ++i) {
+            double a = 0, u = 0;
+            for (std::int64_t j = 0; j < d; ++j) {
+                a += double(w1[std::size_t(i * d + j)]) * x[std::size_t(t * d + j)];
+                u += double(w3[std::size_t(i * d + j)]) * x[std::size_t(t * d + j)];
+            }
+            h[std::size_t(i)] = a / (1 + std::exp(-a)) * u;
+        }
+        for (std::int64_t s = 0; s < r.k; ++s) {
+            std::int64_t const e = r.expert_ids(t, s);
+            if (e < 0) continue;
+            for (std::int64_t o = 0; o < d; ++o) {
+                double acc = 0;
+                for (std::int64_t i = 0; i < f; ++i)
+                    acc += double(w2[std::size_t(o * f + i)]) * (double(g[std::size_t(e * f + i)]) * h[std::size_t(i)] + double(b[std::size_t(e * f + i)]));
+                y[std::size_t(t * d + o)] += double(r.expert_weights(t, s)) * acc;
+            }
+        }
+    }
+    return y;
+}
+
+}  // namespace
+
+TEST_CASE("film experts reproduce research.md §5.1's worked example through MoELayer", "[expert][film][spec]") {
+    std::int64_t const d = 3, f = 2, E = 3;
+    Formula const ffn(0, d, f);
+    std::vector<float> const gamma = {0.5f, 1, 0.75f, 1.25f, 1, 1.5f}, beta = {-0.25f, -0.125f, 0.125f, 0.25f, -0.125f, 0};
+    std::vector<float> const gate = {-1, 0, 1, -0.5f, 0.5f, -1, 0, 1, -0.5f};
+    std::vector<float> const x = {1, -0.5f, 0.25f, -1, 0.5f, 2};
+    smoe::expert::SwiGLUConfig const inner{d, f, 1};
+    FilmLayer layer({.router = {.num_experts = E, .top_k = 2, .norm_topk_prob = true}, .expert = {inner, E}, .max_tokens = 2},
+                    {MatrixView<float const>(gate.data(), E, d), {},
+                     {smoe::expert::SwiGLUWeights<float>::dense(ffn.w1.data(), ffn.w3.data(), ffn.w2.data(), inner),
+                      MatrixView<float const>(gamma.data(), E, f), MatrixView<float const>(beta.data(), E, f)}});
+    std::vector<float> y(6);
+    auto const r = layer.forward(MatrixView<float const>(x.data(), 2, d), MatrixView<float>(y.data(), 2, d));
+    CHECK(r.expert_ids(0, 0) == 2);
+    CHECK(r.expert_ids(0, 1) == 0);
+    CHECK(r.expert_weights(0, 0) == Approx(0.531209).epsilon(1e-5));
+    CHECK(r.expert_ids(1, 0) == 0);
+    CHECK(r.expert_ids(1, 1) == 2);
+    CHECK(r.expert_weights(1, 0) == Approx(0.970688).epsilon(1e-5));
+    std::vector<double> const want = {0.101978, 0.0293892, -0.0431997, 0.150154, 0.0487688, -0.0526159};
+    for (std::size_t i = 0; i < 6; ++i) CHECK(y[i] == Approx(want[i]).epsilon(1e-5));
+}
+
+TEST_CASE("film experts agree with the fp64 oracle on random shapes, and refuse bad weights by name", "[expert][film][random][errors]") {
+    std::mt19937_64 rng(51);
+    for (auto const& [d, f, E, T] : std::vector<std::array<std::int64_t, 4>>{{16, 24, 4, 9}, {33, 19, 7, 70}, {8, 40, 3, 1}, {8, 8, 2, 0}}) {
+        INFO("d " << d << ", f " << f << ", E " << E << ", T " << T);
+        auto const w1 = smoe_test::normal(rng, std::size_t(f * d), 0.3), w3 = smoe_test::normal(rng, std::size_t(f * d), 0.3),
+                   w2 = smoe_test::normal(rng, std::size_t(d * f), 0.3), g = smoe_test::normal(rng, std::size_t(E * f), 1.0),
+                   b = smoe_test::normal(rng, std::size_t(E * f), 0.1), gate = smoe_test::normal(rng, std::size_t(E * d), 0.5),
+                   x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+        smoe::expert::SwiGLUConfig const inner{d, f, 1};
+        FilmLayer::Weights const w{MatrixView<float const>(gate.data(), E, d), {},
+                                   {smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), inner),
+                                    MatrixView<float const>(g.data(), E, f), MatrixView<float const>(b.data(), E, f)}};
+        FilmLayer layer({.router = {.num_experts = E, .top_k = 2}, .expert = {inner, E}, .max_tokens = std::max<std::int64_t>(T, 1)}, w);
+        std::vector<float> y(std::size_t(T * d));
+        auto const r = layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+        auto const ref = film_oracle(r, w1, w3, w2, g, b, x, d, f);
+        for (std::int64_t t = 0; t < T; ++t) {
+            double err = 0, mag = 0;
+            for (std::int64_t i = 0; i < d; ++i) {
+                err = std::max(err, std::fabs(double(y[std::size_t(t * d + i)]) - ref[std::size_t(t * d + i)]));
+                mag = std::max(mag, std::fabs(ref[std::size_t(t * d + i)]));
+            }
+            CHECK(err <= 1e-5 * std::max(mag, 1e-30));
+        }
+    }
+    std::vector<float> const w(64, 0.1f), g(8, 1.0f);
+    std::vector<float> bad = g;
+    bad[5] = std::numeric_limits<float>::infinity();
+    smoe::expert::SwiGLUConfig const inner{4, 4, 1};
+    auto const iw = smoe::expert::SwiGLUWeights<float>::dense(w.data(), w.data(), w.data(), inner);
+    CHECK_THROWS_WITH(FilmExpert({inner, 2}, {iw, MatrixView<float const>(g.data(), 2, 4), MatrixView<float const>(bad.data(), 2, 4)}),
+                      Contains("'film_beta' = inf at expert 1, column 1"));
+    CHECK_THROWS_WITH(FilmExpert({inner, 2}, {iw, MatrixView<float const>(g.data(), 1, 8), MatrixView<float const>(g.data(), 2, 4)}),
+                      Contains("'film_gamma'"));
+    CHECK_THROWS_WITH(FilmExpert({{4, 4, 2}, 2}, {iw, MatrixView<float const>(g.data(), 2, 4), MatrixView<float const>(g.data(), 2, 4)}),
+                      Contains("'inner.num_experts' = 2"));
 }

@@ -124,9 +124,13 @@ std::size_t phased_workspace_size(X const& ex, std::int64_t max_rows) {
     size.take<float>(phased_h_floats(ex, max_rows));
     return size.bytes();
 }
-template <class X, class Arch>
+// `between(h)` may change the hidden rows of a block between the two phases (expert::Film's modulation).
+struct KeepHidden {
+    void operator()(MatrixView<float>) const {}
+};
+template <class X, class Arch, class Between = KeepHidden>
 void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
-                MatrixView<float> slot_out, Workspace& ws) {
+                MatrixView<float> slot_out, Workspace& ws, Between const& between = {}) {
     std::int64_t const M = rows_in.rows;
     if (M == 0) return;
     std::span<float> const hbuf = ws.take<float>(phased_h_floats(ex, M));
@@ -134,6 +138,7 @@ void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> 
         std::int64_t const mb = std::min(X::kRowBlock, M - r0);
         MatrixView<float> const h(hbuf.data(), mb, ex.hidden_stride());
         ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels());
+        between(h);
         ex.run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
                     slot_out.block(r0, mb), 0, ex.down_panels());
     }
