@@ -18,6 +18,9 @@
 
 #include "common/data.hpp"
 #include "smoe/expert/film.hpp"
+#include "smoe/expert/film_linear.hpp"
+#include "smoe/kernels/reference/film_block.hpp"
+#include "smoe/layer/film_block.hpp"
 #include "smoe/quant/ternary.hpp"
 #include "smoe/smoe.hpp"
 
@@ -349,4 +352,139 @@ TEST_CASE("film experts agree with the fp64 oracle on random shapes, and refuse 
                       Contains("'film_gamma'"));
     CHECK_THROWS_WITH(FilmExpert({{4, 4, 2}, 2}, {iw, MatrixView<float const>(g.data(), 2, 4), MatrixView<float const>(g.data(), 2, 4)}),
                       Contains("'inner.num_experts' = 2"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// expert::FilmLinear and layer::FilmBlock (research.md §5.2, MoFME as released)
+
+namespace {
+
+// The §5.2 worked example's tensors, row-major as printed.
+struct MofmeExample {
+    std::vector<float> ln_w{1, 1, 1}, ln_b{0, 0, 0};
+    std::vector<float> A{-0.5f, 0, 0.5f, -0.25f, 0.25f, -0.5f, 0, 0.5f, -0.25f}, a{0.125f, 0, -0.125f};
+    std::vector<float> B{-0.25f, 0, 0.25f, 0.25f, 0.5f, -0.5f, -0.5f, -0.25f, 0}, b{0, 0.25f, 0};
+    std::vector<float> R{-0.5f, 0, 0.5f, 0.5f, 1, -1, -1, -0.5f, 0}, r{0, 0.1f, -0.1f};
+    std::vector<float> U1{-0.5f, -0.25f, 0, -0.25f, 0, 0.25f, 0, 0.25f, 0.5f, 0.25f, 0.5f, -0.5f}, c1{0, 0, 0, 0};
+    std::vector<float> U2{-0.25f, 0.25f, -0.5f, 0, 0, 0.5f, -0.25f, 0.25f, 0.25f, -0.5f, 0, 0.5f}, c2{0, 0, 0.05f};
+    std::vector<float> P{-0.25f, -0.125f, 0,      -0.125f, 0,      0.125f, 0,     0.125f, 0.25f,   // P_0
+                         -0.125f, 0,      0.125f, 0,       0.125f, 0.25f,  0.125f, 0.25f, -0.25f,  // P_1
+                         0,      0.125f,  0.25f,  0.125f,  0.25f, -0.25f,  0.25f, -0.25f, -0.125f};  // P_2
+    std::vector<float> p{0.75f, 1, 1.25f, 1, 1.25f, 0.75f, 1.25f, 0.75f, 1};
+    std::vector<float> Q{-0.25f, 0, 0.25f,   -0.125f, 0.125f, -0.25f, 0,      0.25f,   -0.125f,  // Q_0
+                         0,      0.25f, -0.125f, 0.125f, -0.25f, 0,     0.25f,  -0.125f, 0.125f,   // Q_1
+                         0.25f, -0.125f, 0.125f, -0.25f, 0,      0.25f, -0.125f, 0.125f, -0.25f};  // Q_2
+    std::vector<float> q{-0.25f, 0, 0.25f, -0.125f, 0.125f, -0.25f, 0, 0.25f, -0.125f};
+    std::vector<float> x{1, -0.5f, 0.25f, -1, 0.5f, 2};  // x0, x1 (research.md §0)
+
+    smoe::expert::FilmLinearWeights experts() const { return {P, p, Q, q}; }
+    smoe::layer::FilmBlockWeights weights() const {
+        return {ln_w, ln_b, MatrixView<float const>(A.data(), 3, 3), MatrixView<float const>(B.data(), 3, 3), a, b,
+                MatrixView<float const>(R.data(), 3, 3), r, MatrixView<float const>(U1.data(), 4, 3), c1,
+                MatrixView<float const>(U2.data(), 3, 4), c2, experts()};
+    }
+};
+
+void check_near(std::vector<float> const& got, std::vector<double> const& want, double eps = 1e-5) {
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        INFO("element " << i);
+        CHECK(got[i] == Approx(want[i]).epsilon(eps).margin(1e-7));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("film_linear modules reproduce research.md §5.2's g_e(h) and GELU(h)", "[expert][film][spec]") {
+    MofmeExample const ex;
+    std::vector<float> const h = {0.0467066f, 0.00929417f, 0.0520283f, 0.753351f, 0.0777318f, -0.0879711f};
+    std::vector<float> const ones = {1, 1};
+    smoe::expert::FilmLinear const intended({.hidden_size = 3, .num_experts = 3, .expert0_gelu = false}, ex.experts());
+    smoe::expert::FilmLinear const released({.hidden_size = 3, .num_experts = 3}, ex.experts());
+    std::vector<std::vector<double>> const g = {{-0.214239, -0.00838327, 0.311593, -0.0445216, 0.00709742, 0.171545},
+                                                {-0.0824423, 0.140264, -0.194212, 0.579554, 0.295946, -0.160282},
+                                                {0.0760634, 0.258256, -0.0905071, 1.10007, 0.108508, -0.291257}};
+    smoe::WorkspaceBuffer buf(intended.workspace_size(2));
+    auto run = [&](smoe::expert::FilmLinear const& f, std::int64_t e) {
+        std::vector<float> out(6);
+        smoe::Workspace ws = buf.workspace();
+        f.run(xsimd::default_arch{}, e, MatrixView<float const>(h.data(), 2, 3), ones, MatrixView<float>(out.data(), 2, 3), ws);
+        return out;
+    };
+    for (std::int64_t e = 0; e < 3; ++e) {
+        INFO("module " << e);
+        check_near(run(intended, e), g[std::size_t(e)], 2e-5);
+    }
+    check_near(run(released, 0), {0.0242233, 0.00468154, 0.0270936, 0.583381, 0.041274, -0.0409021}, 2e-5);
+    check_near(run(released, 2), g[1], 2e-5);  // column e >= 1 is module e - 1
+}
+
+TEST_CASE("film_block reproduces research.md §5.2's worked example in both indexings", "[layer][film][spec]") {
+    MofmeExample const ex;
+    for (bool const rel : {true, false}) {
+        INFO((rel ? "released" : "intended"));
+        smoe::layer::FilmBlockConfig const cfg{.hidden_size = 3, .adaptor_size = 4, .num_experts = 3, .top_k = 2, .expert0_gelu = rel, .max_tokens = 2};
+        smoe::layer::FilmBlock<> block(cfg, ex.weights());
+        std::vector<float> y(6);
+        auto const r = block.forward(MatrixView<float const>(ex.x.data(), 2, 3), MatrixView<float>(y.data(), 2, 3));
+        REQUIRE(r.k == 2);
+        CHECK(r.expert_ids(0, 0) == 1);
+        CHECK(r.expert_ids(0, 1) == 0);
+        CHECK(r.expert_weights(0, 0) == Approx(0.556014).epsilon(1e-5));
+        CHECK(r.expert_weights(0, 1) == Approx(0.443986).epsilon(1e-5));
+        CHECK(r.expert_ids(1, 0) == 0);
+        CHECK(r.expert_ids(1, 1) == 2);
+        CHECK(r.expert_weights(1, 0) == Approx(0.700567).epsilon(1e-5));
+        if (rel)
+            check_near(y, {-0.022124, -0.00658586, 0.0103853, 0.0143136, 0.00146356, 0.128094});
+        else
+            check_near(y, {-0.00988471, 0.00509825, 0.0423986, 0.00286832, -0.00881119, 0.0687617});
+        auto const ref = smoe::reference::film_block(cfg, ex.weights(), MatrixView<float const>(ex.x.data(), 2, 3));
+        for (std::size_t i = 0; i < 6; ++i) CHECK(ref.y[i] == Approx(y[i]).epsilon(1e-5));
+    }
+}
+
+TEST_CASE("film_block agrees with the fp64 oracle on random shapes, T = 0 included, and names bad input", "[layer][film][random][errors]") {
+    std::mt19937_64 rng(52);
+    for (auto const& [d, a, E, k, T] : std::vector<std::array<std::int64_t, 5>>{{16, 0, 4, 2, 9}, {33, 20, 7, 3, 70}, {8, 32, 3, 1, 1}, {8, 8, 2, 2, 0}}) {
+        INFO("d " << d << ", a " << a << ", E " << E << ", k " << k << ", T " << T);
+        smoe::layer::FilmBlockConfig const cfg{.hidden_size = d, .adaptor_size = a, .num_experts = E, .top_k = k, .max_tokens = std::max<std::int64_t>(T, 1)};
+        std::int64_t const A = cfg.adaptor();
+        auto nrm = [&](std::int64_t n, double sd) { return smoe_test::normal(rng, std::size_t(n), sd); };
+        auto const lnw = nrm(d, 0.2), lnb = nrm(d, 0.1), Aw = nrm(d * d, 0.3), aw = nrm(d, 0.1), Bw = nrm(d * d, 0.3), bw = nrm(d, 0.1),
+                   Rw = nrm(E * d, 0.5), rw = nrm(E, 0.1), U1 = nrm(A * d, 0.3), c1 = nrm(A, 0.1), U2 = nrm(d * A, 0.3), c2 = nrm(d, 0.1),
+                   P = nrm(E * d * d, 0.2), p = nrm(E * d, 0.5), Q = nrm(E * d * d, 0.2), q = nrm(E * d, 0.1), x = nrm(T * d, 1.0);
+        std::vector<float> lnw1 = lnw;
+        for (auto& v : lnw1) v += 1.0f;
+        smoe::layer::FilmBlockWeights const w{lnw1, lnb, MatrixView<float const>(Aw.data(), d, d), MatrixView<float const>(Bw.data(), d, d), aw, bw,
+                                              MatrixView<float const>(Rw.data(), E, d), rw, MatrixView<float const>(U1.data(), A, d), c1,
+                                              MatrixView<float const>(U2.data(), d, A), c2, {P, p, Q, q}};
+        smoe::layer::FilmBlock<> block(cfg, w);
+        std::vector<float> y(std::size_t(T * d));
+        auto const r = block.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+        auto const ref = smoe::reference::film_block(cfg, w, MatrixView<float const>(x.data(), T, d));
+        for (std::int64_t t = 0; t < T; ++t) {
+            for (std::int64_t j = 0; j < k; ++j) {
+                CHECK(r.expert_ids(t, j) == ref.expert_ids[std::size_t(t * k + j)]);
+                CHECK(r.expert_weights(t, j) == Approx(ref.expert_weights[std::size_t(t * k + j)]).epsilon(1e-5));
+            }
+            double err = 0, mag = 0;
+            for (std::int64_t i = 0; i < d; ++i) {
+                err = std::max(err, std::fabs(double(y[std::size_t(t * d + i)]) - ref.y[std::size_t(t * d + i)]));
+                mag = std::max(mag, std::fabs(ref.y[std::size_t(t * d + i)]));
+            }
+            CHECK(err <= 2e-5 * mag);
+        }
+    }
+    MofmeExample const ex;
+    CHECK_THROWS_WITH(smoe::layer::FilmBlock<>({.hidden_size = 3, .num_experts = 3, .top_k = 4}, ex.weights()), Contains("'top_k' = 4"));
+    CHECK_THROWS_WITH(smoe::layer::FilmBlock<>({.hidden_size = 3, .num_experts = 3, .top_k = 2, .layer_norm_eps = 0}, ex.weights()),
+                      Contains("'layer_norm_eps' = 0"));
+    auto w = ex.weights();
+    w.U1 = MatrixView<float const>(ex.U1.data(), 3, 4);
+    CHECK_THROWS_WITH(smoe::layer::FilmBlock<>({.hidden_size = 3, .adaptor_size = 4, .num_experts = 3, .top_k = 2}, w), Contains("'U1'"));
+    std::vector<float> badp = ex.p;
+    badp[4] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(smoe::expert::FilmLinear({.hidden_size = 3, .num_experts = 3}, {ex.P, badp, ex.Q, ex.q}), Contains("'film.p' = nan at element 4"));
+    CHECK_THROWS_WITH(smoe::expert::FilmLinear({.hidden_size = 3, .num_experts = 2}, ex.experts()), Contains("'film.P' = length 27"));
 }
