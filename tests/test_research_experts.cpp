@@ -17,6 +17,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/formula.hpp"
 #include "smoe/expert/film.hpp"
 #include "smoe/expert/film_linear.hpp"
 #include "smoe/kernels/reference/film_block.hpp"
@@ -247,22 +248,6 @@ namespace {
 using FilmExpert = smoe::expert::Film<smoe::expert::SwiGLU<float>>;
 using FilmLayer = smoe::MoELayer<smoe::router::TopK, FilmExpert, smoe::balance::None>;
 
-float formula(std::int64_t v) { return static_cast<float>((v % 5) - 2) / 4.0f; }
-
-// Formula SwiGLU expert e of size (d, f) (research.md §0): W1, W3 [f, d], W2 [d, f].
-struct Formula {
-    std::vector<float> w1, w3, w2;
-    Formula(std::int64_t e, std::int64_t d, std::int64_t f) {
-        for (std::int64_t i = 0; i < f; ++i)
-            for (std::int64_t j = 0; j < d; ++j) {
-                w1.push_back(formula(e + 2 * i + 3 * j));
-                w3.push_back(formula(2 * e + i + 2 * j));
-            }
-        for (std::int64_t j = 0; j < d; ++j)
-            for (std::int64_t i = 0; i < f; ++i) w2.push_back(formula(3 * e + i + j));
-    }
-};
-
 // fp64: Σ_slots w · W2 (γ_e ⊙ h + β_e) per token, on the routing r.
 std::vector<double> film_oracle(smoe::RoutingResult const& r, std::vector<float> const& w1, std::vector<float> const& w3, std::vector<float> const& w2,
                                 std::vector<float> const& g, std::vector<float> const& b, std::vector<float> const& x, std::int64_t d, std::int64_t f) {
@@ -295,7 +280,7 @@ std::vector<double> film_oracle(smoe::RoutingResult const& r, std::vector<float>
 
 TEST_CASE("film experts reproduce research.md §5.1's worked example through MoELayer", "[expert][film][spec]") {
     std::int64_t const d = 3, f = 2, E = 3;
-    Formula const ffn(0, d, f);
+    smoe_test::FormulaExperts const ffn = smoe_test::formula_experts(1, d, f);
     std::vector<float> const gamma = {0.5f, 1, 0.75f, 1.25f, 1, 1.5f}, beta = {-0.25f, -0.125f, 0.125f, 0.25f, -0.125f, 0};
     std::vector<float> const gate = {-1, 0, 1, -0.5f, 0.5f, -1, 0, 1, -0.5f};
     std::vector<float> const x = {1, -0.5f, 0.25f, -1, 0.5f, 2};

@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/data.hpp"
+#include "common/formula.hpp"
 #include "common/layer_model.hpp"
 #include "common/routing_checks.hpp"
 #include "smoe/balance/least_loaded.hpp"
@@ -85,30 +86,6 @@ void check_race_example(RaceConfig const& cfg, smoe::RoutingResult const& r) {
     }
 }
 
-// Formula weights F(v) = ((v mod 5) - 2) / 4 (research.md §0) and formula SwiGLU experts [E, f, d].
-float formula(std::int64_t v) { return static_cast<float>((v % 5) - 2) / 4.0f; }
-
-struct FormulaExperts {
-    std::int64_t d, f, E;
-    std::vector<float> w1, w3, w2;
-    FormulaExperts(std::int64_t d_, std::int64_t f_, std::int64_t E_) : d(d_), f(f_), E(E_) {
-        for (std::int64_t e = 0; e < E; ++e) {
-            for (std::int64_t i = 0; i < f; ++i)
-                for (std::int64_t j = 0; j < d; ++j) {
-                    w1.push_back(formula(e + 2 * i + 3 * j));
-                    w3.push_back(formula(2 * e + i + 2 * j));
-                }
-            for (std::int64_t j = 0; j < d; ++j)
-                for (std::int64_t i = 0; i < f; ++i) w2.push_back(formula(3 * e + i + j));
-        }
-    }
-    smoe::expert::SwiGLUConfig cfg() const { return {d, f, E}; }
-    smoe::expert::SwiGLUWeights<float> weights() const {
-        return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), cfg());
-    }
-};
-
-std::vector<float> const kX = {1.0f, -0.5f, 0.25f, -1.0f, 0.5f, 2.0f, 0.5f, 1.0f, -1.0f};  // x0, x1, x2
 
 }  // namespace
 
@@ -351,13 +328,13 @@ TEST_CASE("llep on worked example A: the plan, its statistics and an output bit-
     }
 
     // Formula experts e = 0..3 (d 3, f 2) on x0, x1, x2: the spec's y, for None and for LLEP at W = 1, 2, 4.
-    FormulaExperts const fx(3, 2, 4);
+    smoe_test::FormulaExperts const fx = smoe_test::formula_experts(4, 3, 2);
     std::vector<float> const gate(12, 0.0f);
     std::vector<double> const want = {0.00985237, -0.0287586, -0.0348869, -0.0859693, 0.0297334,
                                       0.0476003,  0.0505306,  -0.0196557, -0.0898419};
     auto run = [&](auto& layer) {
         std::vector<float> y(9);
-        layer.forward_routed(MatrixView<float const>(kX.data(), 3, 3), r.expert_ids, r.expert_weights, MatrixView<float>(y.data(), 3, 3));
+        layer.forward_routed(MatrixView<float const>(smoe_test::kFormulaX.data(), 3, 3), r.expert_ids, r.expert_weights, MatrixView<float>(y.data(), 3, 3));
         return y;
     };
     smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None> plain(
