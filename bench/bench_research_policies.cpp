@@ -7,12 +7,18 @@
 //       topk_none (top-k with balance::None: the baseline of llep)
 //   BM_research_layer/<shape>/<format>/T:…    a whole MoELayer<TopK, QuantSwiGLU> forward, hot, one
 //       thread: bf16 (the baseline), ternary (exact path), ternary_dot (int8 dot path), int4d (int4
-//       g128 on the int8 dot path, for scale). Weights: bench_data's streams, quantised at load one
-//       expert at a time.
+//       g128 on the int8 dot path, for scale), film (expert::Film<QuantSwiGLU> on one bf16 FFN of the
+//       shape with γ_e, β_e per expert: k hidden evaluations per token, one FFN's weights), film_merged
+//       (layer::FilmMerged: the same experts, one FFN pass per token on Γ ⊙ h + B). Weights:
+//       bench_data's streams, quantised at load one expert at a time.
+//   BM_research_mofme/<block>/T:…   MoFME's own shape (d 384, E 16, k 4, fp32; its scripts use E 4-16,
+//       k 2-4): film_block (layer::FilmBlock with the released indexing) against topk_ffn, a top-k
+//       MoELayer<TopK, SwiGLU<float>> whose experts are d -> 4d -> d FFNs (the paper's comparison).
 //
 //   build/release/bench/smoe_bench --benchmark_filter=BM_research --benchmark_min_time=0.2
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -21,6 +27,9 @@
 
 #include "bench_data.hpp"
 #include <memory>
+#include <smoe/expert/film.hpp>
+#include <smoe/layer/film_block.hpp>
+#include <smoe/layer/film_merged.hpp>
 
 namespace {
 
@@ -112,7 +121,82 @@ void BM_research_layer(benchmark::State& state, Shape s, Fmt fmt) {
     state.counters["GFLOP"] = benchmark::Counter(smoe_bench::flops(s, T) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+void BM_research_film(benchmark::State& state, Shape s, bool merged) {
+    std::int64_t const T = state.range(0), d = s.d, f = s.f, E = s.E;
+    using Inner = smoe::expert::QuantSwiGLU;
+    using F = smoe::expert::Film<Inner>;
+    smoe::expert::SwiGLUConfig const ic{d, f, 1};
+    auto const q = smoe::quant::Format::bf16();
+    auto const w1 = smoe_bench::stream(std::size_t(f * d), smoe_bench::kKeyW1, smoe_bench::kWeightSd),
+               w3 = smoe_bench::stream(std::size_t(f * d), smoe_bench::kKeyW3, smoe_bench::kWeightSd),
+               w2 = smoe_bench::stream(std::size_t(d * f), smoe_bench::kKeyW2, smoe_bench::kWeightSd);
+    auto const gamma = smoe_bench::stream(std::size_t(E * f), 300, 1.0), beta = smoe_bench::stream(std::size_t(E * f), 301, 0.1);
+    auto const gate = smoe_bench::stream(std::size_t(E * d), smoe_bench::kKeyRouter, smoe_bench::kWeightSd);
+    auto const x = smoe_bench::stream(std::size_t(T * d), smoe_bench::kKeyX, smoe_bench::kInputSd);
+    F::Weights const fw{Inner::Weights::quantized(w1.get(), w3.get(), w2.get(), ic, {q}, {q}), smoe::MatrixView<float const>(gamma.get(), E, f),
+                        smoe::MatrixView<float const>(beta.get(), E, f)};
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = s.k, .norm_topk_prob = true};
+    smoe::MatrixView<float const> const g(gate.get(), E, d);
+    std::vector<float> y(std::size_t(T * d));
+    auto loop = [&](auto& layer) {
+        for (auto _ : state) {
+            layer.forward(smoe::MatrixView<float const>(x.get(), T, d), smoe::MatrixView<float>(y.data(), T, d));
+            benchmark::ClobberMemory();
+        }
+    };
+    if (merged) {
+        smoe::layer::FilmMerged<Inner> layer({.router = rc, .expert = {ic, E}, .max_tokens = T}, {g, fw});
+        loop(layer);
+    } else {
+        smoe::MoELayer<smoe::router::TopK, F, smoe::balance::None> layer({.router = rc, .expert = {ic, E}, .max_tokens = T}, {g, {}, fw});
+        loop(layer);
+    }
+    state.counters["GFLOP"] = benchmark::Counter(smoe_bench::flops(s, T) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_research_mofme(benchmark::State& state, bool film) {
+    std::int64_t const T = state.range(0), d = 384, a = 4 * d, E = 16, k = 4;
+    auto st = [](std::size_t n, std::uint64_t key, double sd) { return smoe_bench::stream(n, key, sd); };
+    auto const x = st(std::size_t(T * d), smoe_bench::kKeyX, 1.0);
+    std::vector<float> y(std::size_t(T * d));
+    auto const R = st(std::size_t(E * d), 1, 0.05);
+    if (film) {
+        auto const ln_w = st(std::size_t(d), 10, 0.1), ln_b = st(std::size_t(d), 11, 0.1), A = st(std::size_t(d * d), 12, 0.05),
+                   av = st(std::size_t(d), 13, 0.1), B = st(std::size_t(d * d), 14, 0.05), bv = st(std::size_t(d), 15, 0.1), r = st(std::size_t(E), 16, 0.1),
+                   U1 = st(std::size_t(a * d), 17, 0.05), c1 = st(std::size_t(a), 18, 0.1), U2 = st(std::size_t(d * a), 19, 0.05),
+                   c2 = st(std::size_t(d), 20, 0.1), P = st(std::size_t(E * d * d), 21, 0.05), p = st(std::size_t(E * d), 22, 1.0),
+                   Q = st(std::size_t(E * d * d), 23, 0.05), q = st(std::size_t(E * d), 24, 0.1);
+        auto sp = [](std::unique_ptr<float[]> const& v, std::int64_t n) { return std::span<float const>(v.get(), std::size_t(n)); };
+        smoe::layer::FilmBlock<> block({.hidden_size = d, .num_experts = E, .top_k = k, .max_tokens = T},
+                                       {sp(ln_w, d), sp(ln_b, d), smoe::MatrixView<float const>(A.get(), d, d), smoe::MatrixView<float const>(B.get(), d, d),
+                                        sp(av, d), sp(bv, d), smoe::MatrixView<float const>(R.get(), E, d), sp(r, E),
+                                        smoe::MatrixView<float const>(U1.get(), a, d), sp(c1, a), smoe::MatrixView<float const>(U2.get(), d, a), sp(c2, d),
+                                        {sp(P, E * d * d), sp(p, E * d), sp(Q, E * d * d), sp(q, E * d)}});
+        for (auto _ : state) {
+            block.forward(smoe::MatrixView<float const>(x.get(), T, d), smoe::MatrixView<float>(y.data(), T, d));
+            benchmark::ClobberMemory();
+        }
+        return;
+    }
+    auto const w1 = st(std::size_t(E * a * d), 2, 0.05), w3 = st(std::size_t(E * a * d), 3, 0.05), w2 = st(std::size_t(E * d * a), 4, 0.05);
+    smoe::expert::SwiGLUConfig const ec{d, a, E};
+    smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None> layer(
+        {.router = {.num_experts = E, .top_k = k, .score_after_topk = true}, .expert = ec, .max_tokens = T},
+        {smoe::MatrixView<float const>(R.get(), E, d), {}, smoe::expert::SwiGLUWeights<float>::dense(w1.get(), w3.get(), w2.get(), ec)});
+    for (auto _ : state) {
+        layer.forward(smoe::MatrixView<float const>(x.get(), T, d), smoe::MatrixView<float>(y.data(), T, d));
+        benchmark::ClobberMemory();
+    }
+}
+
 [[maybe_unused]] bool const registered = [] {
+    for (bool const film : {true, false})
+        benchmark::RegisterBenchmark(film ? "BM_research_mofme/film_block" : "BM_research_mofme/topk_ffn", BM_research_mofme, film)
+            ->ArgName("T")
+            ->Arg(1)
+            ->Arg(128)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
     for (char const* name : {"olmoe", "qwen2moe"}) {
         Shape const s = smoe_bench::shape(name);
         for (int p = kTopK; p <= kTopKLlep; ++p)
@@ -124,6 +208,14 @@ void BM_research_layer(benchmark::State& state, Shape s, Fmt fmt) {
                 ->UseRealTime();
         for (int fm = kBf16; fm <= kInt4Dot; ++fm)
             benchmark::RegisterBenchmark((std::string("BM_research_layer/") + name + "/" + kFmtNames[fm]).c_str(), BM_research_layer, s, Fmt(fm))
+                ->ArgName("T")
+                ->Arg(1)
+                ->Arg(128)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+        for (bool const merged : {false, true})
+            benchmark::RegisterBenchmark((std::string("BM_research_layer/") + name + (merged ? "/film_merged" : "/film")).c_str(), BM_research_film, s,
+                                         merged)
                 ->ArgName("T")
                 ->Arg(1)
                 ->Arg(128)

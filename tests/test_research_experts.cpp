@@ -22,6 +22,7 @@
 #include "smoe/expert/film_linear.hpp"
 #include "smoe/kernels/reference/film_block.hpp"
 #include "smoe/layer/film_block.hpp"
+#include "smoe/layer/film_merged.hpp"
 #include "smoe/quant/ternary.hpp"
 #include "smoe/smoe.hpp"
 
@@ -278,7 +279,7 @@ std::vector<double> film_oracle(smoe::RoutingResult const& r, std::vector<float>
 
 }  // namespace
 
-TEST_CASE("film experts reproduce research.md §5.1's worked example through MoELayer", "[expert][film][spec]") {
+TEST_CASE("film experts reproduce research.md §5.1's worked example through MoELayer and layer::FilmMerged", "[expert][film][spec]") {
     std::int64_t const d = 3, f = 2, E = 3;
     smoe_test::FormulaExperts const ffn = smoe_test::formula_experts(1, d, f);
     std::vector<float> const gamma = {0.5f, 1, 0.75f, 1.25f, 1, 1.5f}, beta = {-0.25f, -0.125f, 0.125f, 0.25f, -0.125f, 0};
@@ -299,9 +300,20 @@ TEST_CASE("film experts reproduce research.md §5.1's worked example through MoE
     CHECK(r.expert_weights(1, 0) == Approx(0.970688).epsilon(1e-5));
     std::vector<double> const want = {0.101978, 0.0293892, -0.0431997, 0.150154, 0.0487688, -0.0526159};
     for (std::size_t i = 0; i < 6; ++i) CHECK(y[i] == Approx(want[i]).epsilon(1e-5));
+
+    // The merged form: one FFN pass per token on Γ ⊙ h + B.
+    smoe::layer::FilmMerged<smoe::expert::SwiGLU<float>> merged(
+        {.router = {.num_experts = E, .top_k = 2, .norm_topk_prob = true}, .expert = {inner, E}, .max_tokens = 2},
+        {MatrixView<float const>(gate.data(), E, d),
+         {smoe::expert::SwiGLUWeights<float>::dense(ffn.w1.data(), ffn.w3.data(), ffn.w2.data(), inner), MatrixView<float const>(gamma.data(), E, f),
+          MatrixView<float const>(beta.data(), E, f)}});
+    std::vector<float> ym(6);
+    auto const rm = merged.forward(MatrixView<float const>(x.data(), 2, d), MatrixView<float>(ym.data(), 2, d));
+    CHECK(rm.expert_ids(0, 0) == 2);
+    for (std::size_t i = 0; i < 6; ++i) CHECK(ym[i] == Approx(want[i]).epsilon(1e-5));
 }
 
-TEST_CASE("film experts agree with the fp64 oracle on random shapes, and refuse bad weights by name", "[expert][film][random][errors]") {
+TEST_CASE("film experts, per slot and merged, agree with the fp64 oracle on random shapes, and refuse bad weights by name", "[expert][film][random][errors]") {
     std::mt19937_64 rng(51);
     for (auto const& [d, f, E, T] : std::vector<std::array<std::int64_t, 4>>{{16, 24, 4, 9}, {33, 19, 7, 70}, {8, 40, 3, 1}, {8, 8, 2, 0}}) {
         INFO("d " << d << ", f " << f << ", E " << E << ", T " << T);
@@ -317,6 +329,10 @@ TEST_CASE("film experts agree with the fp64 oracle on random shapes, and refuse 
         std::vector<float> y(std::size_t(T * d));
         auto const r = layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
         auto const ref = film_oracle(r, w1, w3, w2, g, b, x, d, f);
+        smoe::layer::FilmMerged<smoe::expert::SwiGLU<float>> merged(
+            {.router = {.num_experts = E, .top_k = 2}, .expert = {inner, E}, .max_tokens = std::max<std::int64_t>(T, 1)}, {w.gate, w.experts});
+        std::vector<float> ym(std::size_t(T * d));
+        merged.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(ym.data(), T, d));
         for (std::int64_t t = 0; t < T; ++t) {
             double err = 0, mag = 0;
             for (std::int64_t i = 0; i < d; ++i) {
@@ -324,6 +340,9 @@ TEST_CASE("film experts agree with the fp64 oracle on random shapes, and refuse 
                 mag = std::max(mag, std::fabs(ref[std::size_t(t * d + i)]));
             }
             CHECK(err <= 1e-5 * std::max(mag, 1e-30));
+            double errm = 0;
+            for (std::int64_t i = 0; i < d; ++i) errm = std::max(errm, std::fabs(double(ym[std::size_t(t * d + i)]) - ref[std::size_t(t * d + i)]));
+            CHECK(errm <= 1e-5 * std::max(mag, 1e-30));  // the merged form, within the same bound
         }
     }
     std::vector<float> const w(64, 0.1f), g(8, 1.0f);

@@ -8,8 +8,8 @@
 // One FFN (the Inner with num_experts = 1) and 2f parameters per expert: film_gamma, film_beta [E, f].
 // run(e, rows, w) computes w · f_e per slot, as every expert does (k hidden evaluations per token); the
 // paper's saving (one hidden per token, Σ_j w_j f_(e_j) = W2 (Γ ⊙ h + B) with Γ = Σ w_j γ_(e_j),
-// B = Σ w_j β_(e_j)) is the composition layer::FilmMerged, not provided yet (research.md §5.1 says it
-// agrees with this form within experts.md §9's bound, not bit for bit).
+// B = Σ w_j β_(e_j)) is the composition layer::FilmMerged (layer/film_merged.hpp), which agrees with this
+// form within experts.md §9's bound, not bit for bit (another summation order).
 //
 // Example (research.md §5.1): d = 3, f = 2, E = 3, k = 2; the shared FFN is formula expert 0;
 // γ = [[0.5, 1], [0.75, 1.25], [1, 1.5]], β = [[−0.25, −0.125], [0.125, 0.25], [−0.125, 0]]; softmax
@@ -85,14 +85,18 @@ public:
 
     std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
 
+    // γ_e and β_e, hidden_stride() floats each (zero past f).
+    float const* gamma(std::int64_t e) const { return gamma_.data() + e * hidden_stride(); }
+    float const* beta(std::int64_t e) const { return beta_.data() + e * hidden_stride(); }
+
     // slot_out[r] = row_w[r] · W2 (γ_e ⊙ h(rows_in[r]) + β_e): the Inner's gate/up, the modulation, its down.
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
              Workspace& ws) const {
         std::int64_t const S = hidden_stride();
-        float const* g = gamma_.data() + e * S;
-        float const* b = beta_.data() + e * S;
-        detail::run_phased(inner_, arch, 0, rows_in, row_w, slot_out, ws, [&](MatrixView<float> h) {
+        float const* g = gamma(e);
+        float const* b = beta(e);
+        detail::run_phased(inner_, arch, 0, rows_in, row_w, slot_out, ws, [&](MatrixView<float> h, std::int64_t) {
             for (std::int64_t r = 0; r < h.rows; ++r) {
                 float* hr = h.row(r);
                 for (std::int64_t j = 0; j < S; ++j) hr[j] = std::fma(g[j], hr[j], b[j]);

@@ -124,9 +124,10 @@ std::size_t phased_workspace_size(X const& ex, std::int64_t max_rows) {
     size.take<float>(phased_h_floats(ex, max_rows));
     return size.bytes();
 }
-// `between(h)` may change the hidden rows of a block between the two phases (expert::Film's modulation).
+// `between(h, r0)` may change the hidden rows r0 .. r0 + h.rows of a block between the two phases
+// (expert::Film's and layer::FilmMerged's modulation).
 struct KeepHidden {
-    void operator()(MatrixView<float>) const {}
+    void operator()(MatrixView<float>, std::int64_t) const {}
 };
 template <class X, class Arch, class Between = KeepHidden>
 void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
@@ -138,7 +139,7 @@ void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> 
         std::int64_t const mb = std::min(X::kRowBlock, M - r0);
         MatrixView<float> const h(hbuf.data(), mb, ex.hidden_stride());
         ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels());
-        between(h);
+        between(h, r0);
         ex.run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
                     slot_out.block(r0, mb), 0, ex.down_panels());
     }
