@@ -16,6 +16,7 @@
 #include "smoe/expert/swiglu_config.hpp"
 #include "smoe/io/config_extent.hpp"
 #include "smoe/io/safetensors.hpp"
+#include "smoe/store/store_config.hpp"
 
 namespace smoe_run {
 
@@ -31,6 +32,9 @@ struct Args {
     bool layer_given = false;
     smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;  // bf16 checkpoints (FP8/MXFP4: on, emulated)
     smoe::expert::Int8Dot int8_dot = smoe::expert::Int8Dot::off;         // quantised int4/int8 experts
+    fs::path packed;                 // --packed FILE: the routed experts from a packed expert file
+    std::int64_t budget = -1;        // --budget BYTES: a cached store of that many bytes (else mapped)
+    smoe::store::Eviction eviction = smoe::store::Eviction::lru;
 
     std::string config_file() const { return (case_dir / "config.json").string(); }
 };
@@ -64,5 +68,16 @@ int run_case(Args const& a);
 int run_full_layer(Args const& a, nlohmann::json const& config);
 int run_router_case(Args const& a, nlohmann::json const& config);
 int run_lora_case(Args const& a, nlohmann::json const& config);
+
+// smoe-pack: the routed experts of a case folder's or checkpoint's MoE layers into a packed expert file.
+struct PackArgs {
+    fs::path source, out_file;
+    std::vector<std::int64_t> layers;  // empty: every MoE layer (a case folder: layer 0)
+    std::string dtype;                 // f32, bf16, int8, int4; empty: the checkpoint's own
+    std::int64_t int4_group = 128;
+    smoe::expert::Bf16Dot bf16_dot = smoe::expert::Bf16Dot::automatic;
+    smoe::expert::Int8Dot int8_dot = smoe::expert::Int8Dot::off;
+};
+int pack_case(PackArgs const& a);
 
 }  // namespace smoe_run

@@ -1,4 +1,4 @@
-// smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot PATH] [--int8-dot PATH]: runs one MoE layer, one router or one rank-wise LoRA layer
+// smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot PATH] [--int8-dot PATH] [--packed FILE [--budget BYTES]]: runs one MoE layer, one router or one rank-wise LoRA layer
 // described by a case folder (cases.md) and writes its outputs as safetensors. Exit status 0 on
 // success, 1 on bad input (the message names the file, tensor or key), 2 on a usage error.
 
@@ -17,7 +17,7 @@ int usage(char const* msg) {
     std::fprintf(stderr,
                  "smoe-run: %s\n"
                  "usage: smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot automatic|off|on|emulated]\n"
-                 "                [--int8-dot off|on|avx2|portable]\n"
+                 "                [--int8-dot off|on|avx2|portable] [--packed FILE [--budget BYTES] [--eviction lru|lfu]]\n"
                  "  CASE_DIR  a case folder (config.json, weights.safetensors or a checkpoint, input.safetensors)\n"
                  "  OUT_FILE  the outputs, written as safetensors\n"
                  "  --layer N the decoder layer of a full checkpoint (default 0)\n"
@@ -25,7 +25,10 @@ int usage(char const* msg) {
                  "            on (vdpbf16ps, required), emulated (its arithmetic in scalar code); on and emulated\n"
                  "            also put FP8 and MXFP4 experts on the bf16 dot path\n"
                  "  --int8-dot int4 and int8 experts of a quantised layer: off (exact fp32 path, the default), on\n"
-                 "            (activations quantised to int8 per 32: VNNI, else AVX2, else portable), avx2, portable\n",
+                 "            (activations quantised to int8 per 32: VNNI, else AVX2, else portable), avx2, portable\n"
+                 "  --packed FILE  the routed experts from a packed expert file (smoe-pack), mapped; the same bits\n"
+                 "  --budget BYTES with --packed: a cache of that many bytes (at least one expert) instead\n"
+                 "  --eviction lru|lfu  the cache's eviction policy (default lru)\n",
                  msg);
     return 2;
 }
@@ -56,6 +59,21 @@ int main(int argc, char** argv) {
             auto const dot = smoe::expert::parse_int8_dot(v);
             if (!dot) return usage(("--int8-dot: '" + v + "' is not one of off, on, avx2, portable").c_str());
             a.int8_dot = *dot;
+        } else if (arg == "--packed") {
+            if (i + 1 >= argc) return usage("--packed needs a file");
+            a.packed = argv[++i];
+        } else if (arg == "--budget") {
+            if (i + 1 >= argc) return usage("--budget needs a byte count");
+            std::string const v = argv[++i];
+            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), a.budget);
+            if (ec != std::errc() || p != v.data() + v.size() || a.budget < 0)
+                return usage(("--budget: '" + v + "' is not a byte count >= 0").c_str());
+        } else if (arg == "--eviction") {
+            if (i + 1 >= argc) return usage("--eviction needs a policy");
+            std::string const v = argv[++i];
+            if (v == "lru") a.eviction = smoe::store::Eviction::lru;
+            else if (v == "lfu") a.eviction = smoe::store::Eviction::lfu;
+            else return usage(("--eviction: '" + v + "' is not one of lru, lfu").c_str());
         } else if (arg == "-h" || arg == "--help") {
             usage("runs one case folder");
             return 0;
@@ -66,6 +84,7 @@ int main(int argc, char** argv) {
         }
     }
     if (positional.size() != 2) return usage("expected CASE_DIR and OUT_FILE");
+    if (a.packed.empty() && (a.budget >= 0 || a.eviction != smoe::store::Eviction::lru)) return usage("--budget and --eviction need --packed");
     a.case_dir = positional[0];
     a.out_file = positional[1];
     try {

@@ -40,6 +40,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/gemm_nt.hpp"
 #include "smoe/route.hpp"
+#include "smoe/store/store_config.hpp"
 
 namespace smoe::inline v0 {
 
@@ -446,6 +447,9 @@ private:
         std::int64_t touched = 0;
         for (std::int64_t e = 0; e < r.num_experts; ++e)
             if (r.load(e) > 0) b.touched[static_cast<std::size_t>(touched++)] = static_cast<std::int32_t>(e);
+        // An expert store that may not hold every touched expert at once (store/expert_store.hpp): rounds
+        // of as many touched experts as it holds, in id order; each round runs both phases, then lets go.
+        std::int64_t first = 0, last = touched;
         // Panel ranges per expert: one per expert on one thread; otherwise 2 per thread, in multiples of
         // 4 panels (the single-row tile reads 4 panels at once).
         auto chunk = [&](std::int64_t panels) {
@@ -454,18 +458,47 @@ private:
         };
         auto phase = [&](std::int64_t panels, auto&& body) {
             std::int64_t const cp = chunk(panels), per = (panels + cp - 1) / cp;
-            pool_.parallel_for(touched * per, [&](std::int64_t i) {
-                std::int64_t const e = b.touched[static_cast<std::size_t>(i / per)], p0 = i % per * cp;
+            pool_.parallel_for((last - first) * per, [&](std::int64_t i) {
+                std::int64_t const e = b.touched[static_cast<std::size_t>(first + i / per)], p0 = i % per * cp;
                 body(e, r.offsets[e], r.load(e), p0, std::min(panels, p0 + cp));
             });
         };
-        phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
-            expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1);
-        });
-        phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
-            expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),
-                             r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), p0, p1);
-        });
+        auto both_phases = [&] {
+            phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+                expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1);
+            });
+            phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+                expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),
+                                 r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), p0, p1);
+            });
+        };
+        if constexpr (requires { expert_.store(); }) {
+            auto& st = expert_.store();
+            if (st.residency() != store::Residency::resident) {
+                st.observe(r);
+                for (first = 0; first < touched; first = last) {
+                    struct Held {  // released also when a read or a kernel throws
+                        decltype(st) s;
+                        std::int32_t const* ids;
+                        std::int64_t n = 0;
+                        ~Held() {
+                            for (std::int64_t i = 0; i < n; ++i) s.release(ids[i]);
+                        }
+                    } held{st, b.touched.data() + first};
+                    for (last = first; last < touched && st.acquire(b.touched[static_cast<std::size_t>(last)], r.load(b.touched[static_cast<std::size_t>(last)])); ++last)
+                        ++held.n;
+                    if (last == first)
+                        detail::fail("expert store", "every slot held", "a slot for expert " + std::to_string(b.touched[static_cast<std::size_t>(first)]));
+                    both_phases();
+                }
+                first = 0;
+                last = touched;
+            } else {
+                both_phases();
+            }
+        } else {
+            both_phases();
+        }
         std::int64_t const T = y.rows, K = r.k;
         pool_.parallel_for((T + kCombineTokens - 1) / kCombineTokens, [&](std::int64_t i) {
             std::int64_t const t0 = i * kCombineTokens, n = std::min(kCombineTokens, T - t0);

@@ -44,6 +44,12 @@ public:
         x_->run(arch, e, rows_in, row_w, slot_out, ws);
     }
 
+    // The set's expert store (store/expert_store.hpp), so MoELayer holds borrowed experts as its own.
+    decltype(auto) store() const
+        requires requires(X const& i) { i.store(); }
+    {
+        return x_->store();
+    }
     std::int64_t gate_up_panels() const
         requires requires(X const& i) { i.gate_up_panels(); }
     {

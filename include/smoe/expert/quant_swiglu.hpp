@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -38,6 +39,7 @@
 #include "smoe/core/error.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
+#include "smoe/io/file_error.hpp"
 #include "smoe/expert/swiglu_config.hpp"
 #include "smoe/expert/swiglu_store.hpp"
 #include "smoe/kernels/cpu/bf16_dot_quant.hpp"
@@ -47,6 +49,7 @@
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/quant/matrix.hpp"
 #include "smoe/quant/quantize.hpp"
+#include "smoe/store/expert_store.hpp"
 
 namespace smoe::inline v0::expert {
 
@@ -60,6 +63,9 @@ struct QuantSwiGLUWeights {
     std::vector<quant::Format> down;     // per expert: the format of W2
     // Expert e's matrices, called once per expert in order during construction (never after).
     std::function<QuantExpertWeights(std::int64_t)> load;
+    // Instead of formats and load: a layer of a packed expert file (store/packed_file.hpp), whose
+    // table gives every expert's formats; nothing is packed.
+    store::PackedSource packed{};
 
     // Experts already in canonical form; `experts` must outlive the expert's construction only.
     static QuantSwiGLUWeights of(std::span<QuantExpertWeights const> experts) {
@@ -104,27 +110,45 @@ public:
         dot_kernel_ = resolve_int8_dot(cfg_.int8_dot);
         std::int64_t const E = cfg_.num_experts;
         auto const En = static_cast<std::size_t>(E);
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        gu_panels_ = (f + detail::kHalf - 1) / detail::kHalf;
+        dn_panels_ = (d + detail::kP - 1) / detail::kP;
+        if (w.packed) {
+            fmt_gu_.resize(En);
+            fmt_dn_.resize(En);
+            auto const& L = store::expect_layer(w.packed, packed_layer_info(), E);
+            for (std::int64_t e = 0; e < E; ++e) {
+                auto const& r = w.packed.file->record(L, store::file_expert(w.packed, e));
+                if (r.gate_up.act_order || r.down.act_order)
+                    io::detail::file_fail(w.packed.file->name(), w.packed.file->where(L, store::file_expert(w.packed, e)) + " format", "act order",
+                                          "a format without act order (its column order is not in packed files yet)");
+                plan_expert(e, r.gate_up, r.down);
+                store::expect_record_bytes(w.packed, L, e, record_bytes(e));
+            }
+            store_ = std::make_unique<store::ExpertStore>(cfg_.store, w.packed);
+            return;
+        }
+        if (cfg_.store.residency != store::Residency::resident)
+            smoe::detail::fail("store.residency", store::to_string(cfg_.store.residency),
+                               "resident, or weights.packed (a packed expert file: smoe-pack, store::pack_experts)");
         if (w.gate_up.size() != En || w.down.size() != En)
             smoe::detail::fail("weights.gate_up/down", std::to_string(w.gate_up.size()) + " and " + std::to_string(w.down.size()) + " formats",
                                "one per expert (" + std::to_string(E) + ")");
         if (!w.load) smoe::detail::fail("weights.load", "empty", "a function returning expert e's matrices");
-        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
-        gu_panels_ = (f + detail::kHalf - 1) / detail::kHalf;
-        dn_panels_ = (d + detail::kP - 1) / detail::kP;
-        std::size_t total = 0;
+        fmt_gu_ = w.gate_up;
+        fmt_dn_ = w.down;
+        std::vector<std::size_t> bytes(En);
         for (std::int64_t e = 0; e < E; ++e) {
             std::string const ex = "expert " + std::to_string(e);
             w.gate_up[static_cast<std::size_t>(e)].check(ex + " gate_up", f, d);
             w.down[static_cast<std::size_t>(e)].check(ex + " down", d, f);
-            gu_.push_back(layout(ex + " gate_up", w.gate_up[static_cast<std::size_t>(e)], d, nullptr));
-            dn_.push_back(layout(ex + " down", w.down[static_cast<std::size_t>(e)], f, nullptr));
-            gu_off_.push_back(total);
-            total += static_cast<std::size_t>(gu_panels_ * gu_.back().pstride());
-            dn_off_.push_back(total);
-            total += static_cast<std::size_t>(dn_panels_ * dn_.back().pstride());
+            plan_expert(e, w.gate_up[static_cast<std::size_t>(e)], w.down[static_cast<std::size_t>(e)]);
+            bytes[static_cast<std::size_t>(e)] = record_bytes(e);
         }
-        store_ = kernels::cpu::AlignedArray<std::uint8_t>(total);
-        for (std::int64_t e = 0; e < E; ++e) pack(e, w.load(e), w.gate_up[static_cast<std::size_t>(e)], w.down[static_cast<std::size_t>(e)]);
+        store_ = std::make_unique<store::ExpertStore>(bytes, [&](std::int64_t e, std::byte* rec) {
+            auto const i = static_cast<std::size_t>(e);
+            pack(e, w.load(e), w.gate_up[i], w.down[i], reinterpret_cast<std::uint8_t*>(rec));
+        });
     }
 
     Config const& config() const { return cfg_; }
@@ -160,7 +184,22 @@ public:
         auto const i = static_cast<std::size_t>(e);
         return double(gu_panels_ * gu_[i].pstride() + dn_panels_ * dn_[i].pstride());
     }
-    std::size_t packed_bytes() const { return store_.size(); }
+    std::size_t packed_bytes() const { return store_->memory_bytes(); }
+
+    // Where the packed records live (store/expert_store.hpp); MoELayer holds experts through it.
+    store::ExpertStore& store() const { return *store_; }
+    // What a packed expert file records of this layer and of expert e (store::pack_experts).
+    store::LayerInfo packed_layer_info() const {
+        std::uint32_t flags = 0;
+        if (cfg_.int8_dot != Int8Dot::off) flags |= store::kPackInt8Dot;
+        if (cfg_.bf16_dot == Bf16Dot::on || cfg_.bf16_dot == Bf16Dot::emulated) flags |= store::kPackBf16DotQuant;
+        return {store::ExpertKind::quant_swiglu, flags, cfg_.hidden_size, cfg_.intermediate_size};
+    }
+    store::RecordInfo packed_record_info(std::int64_t e) const { return {gate_up_format(e), down_format(e)}; }
+    // Bytes of expert e's record: its gate/up panels, then its down panels.
+    std::size_t record_bytes(std::int64_t e) const {
+        return dn_off_[static_cast<std::size_t>(e)] + static_cast<std::size_t>(dn_panels_ * dn_[static_cast<std::size_t>(e)].pstride());
+    }
 
     std::int64_t gate_up_panels() const { return gu_panels_; }
     std::int64_t down_panels() const { return dn_panels_; }
@@ -171,7 +210,7 @@ public:
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
              Workspace& ws) const {
-        detail::run_phased(*this, arch, e, rows_in, row_w, slot_out, ws);
+        detail::run_held(*store_, *this, arch, e, rows_in, row_w, slot_out, ws);
     }
 
     template <class Arch>
@@ -179,7 +218,7 @@ public:
         // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0.
         detail::GateUpStore epi{h, nullptr};
         auto const i = static_cast<std::size_t>(e);
-        gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, store_.data() + gu_off_[i], p0, p1, epi);
+        gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, reinterpret_cast<std::uint8_t const*>(store_->record(e)), p0, p1, epi);
     }
 
     template <class Arch>
@@ -187,7 +226,7 @@ public:
                   std::int64_t p1) const {
         detail::DownStore epi{out, row_w.data(), nullptr};
         auto const i = static_cast<std::size_t>(e);
-        dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, store_.data() + dn_off_[i], p0, p1, epi);
+        dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, reinterpret_cast<std::uint8_t const*>(store_->record(e)) + dn_off_[i], p0, p1, epi);
     }
 
 private:
@@ -231,7 +270,21 @@ private:
     }
 
 
-    void pack(std::int64_t e, QuantExpertWeights const& x, quant::Format const& fgu, quant::Format const& fdn) {
+    // Expert e's layouts from its formats (act order: its column order comes with the matrices, in pack)
+    // and where its down panels start in its record.
+    void plan_expert(std::int64_t e, quant::Format const& fgu, quant::Format const& fdn) {
+        std::string const ex = "expert " + std::to_string(e);
+        auto const i = static_cast<std::size_t>(e);
+        gu_.push_back(layout(ex + " gate_up", fgu, cfg_.hidden_size, nullptr));
+        dn_.push_back(layout(ex + " down", fdn, cfg_.intermediate_size, nullptr));
+        dn_off_.push_back(static_cast<std::size_t>(gu_panels_ * gu_.back().pstride()));
+        if (i < fmt_gu_.size()) {
+            fmt_gu_[i] = fgu;
+            fmt_dn_[i] = fdn;
+        }
+    }
+
+    void pack(std::int64_t e, QuantExpertWeights const& x, quant::Format const& fgu, quant::Format const& fdn, std::uint8_t* rec) {
         std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
         std::string const ex = "expert " + std::to_string(e);
         auto const expect = [&](quant::Matrix const& m, char const* part, std::int64_t R, std::int64_t C, quant::Format const& fmt) {
@@ -253,8 +306,6 @@ private:
         auto const i = static_cast<std::size_t>(e);
         gu_[i] = layout(ex + " gate_up", fgu, d, &x.gate);
         dn_[i] = layout(ex + " down", fdn, f, &x.down);
-        fmt_gu_.push_back(fgu);
-        fmt_dn_.push_back(fdn);
         using kernels::cpu::QuantSlot;
         for (std::int64_t p = 0; p < gu_panels_; ++p) {
             QuantSlot slot[detail::kP];
@@ -262,13 +313,13 @@ private:
                 std::int64_t const unit = p * detail::kHalf + c % detail::kHalf;
                 if (unit < f) slot[c] = {c < detail::kHalf ? &x.gate : &x.up, unit};
             }
-            pack_panel(store_.data() + gu_off_[i] + p * gu_[i].pstride(), gu_[i], slot);
+            pack_panel(rec + p * gu_[i].pstride(), gu_[i], slot);
         }
         for (std::int64_t p = 0; p < dn_panels_; ++p) {
             QuantSlot slot[detail::kP];
             for (int c = 0; c < detail::kP; ++c)
                 if (p * detail::kP + c < d) slot[c] = {&x.down, p * detail::kP + c};
-            pack_panel(store_.data() + dn_off_[i] + p * dn_[i].pstride(), dn_[i], slot);
+            pack_panel(rec + dn_off_[i] + p * dn_[i].pstride(), dn_[i], slot);
         }
     }
 
@@ -294,9 +345,9 @@ private:
     kernels::cpu::Bf16DotKernel bf16_kernel_ = kernels::cpu::Bf16DotKernel::emulated;
     std::int64_t gu_panels_ = 0, dn_panels_ = 0;
     std::vector<Packed> gu_, dn_;
-    std::vector<std::size_t> gu_off_, dn_off_;
+    std::vector<std::size_t> dn_off_;  // within expert e's record
     std::vector<quant::Format> fmt_gu_, fmt_dn_;
-    kernels::cpu::AlignedArray<std::uint8_t> store_;
+    std::unique_ptr<store::ExpertStore> store_;
 };
 
 }  // namespace smoe::inline v0::expert

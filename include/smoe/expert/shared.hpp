@@ -120,6 +120,13 @@ public:
         routed_.run_down(arch, e, h, row_w, out, p0, p1);
     }
     // Bytes of the weights the experts hold (their packed copies where they pack).
+    // The routed experts' store (store/expert_store.hpp); the shared expert is always resident.
+    decltype(auto) store() const
+        requires requires(Inner const& i) { i.store(); }
+    {
+        return routed_.store();
+    }
+
     std::size_t packed_bytes() const
         requires requires(Inner const& i) { i.packed_bytes(); }
     {

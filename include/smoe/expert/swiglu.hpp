@@ -29,7 +29,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -45,6 +47,7 @@
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/kernels/cpu/weighted_sum.hpp"
+#include "smoe/store/expert_store.hpp"
 
 namespace smoe::inline v0::expert {
 
@@ -72,7 +75,16 @@ public:
                                "off for expert::SwiGLU (the int8 dot path is expert::QuantSwiGLU's, with int4 or int8-channel weights)");
         w_.validate(cfg_);
         dot_ = resolve_bf16_dot(cfg_.bf16_dot);
-        pack();
+        plan();
+        if (w_.packed) {
+            open_packed();
+            return;
+        }
+        if (cfg_.store.residency != store::Residency::resident)
+            smoe::detail::fail("store.residency", store::to_string(cfg_.store.residency),
+                               "resident, or weights.packed (a packed expert file: smoe-pack, store::pack_experts)");
+        store_ = std::make_unique<store::ExpertStore>(std::vector<std::size_t>(static_cast<std::size_t>(cfg_.num_experts), record_bytes_),
+                                                      [&](std::int64_t e, std::byte* dst) { pack_expert(e, dst); });
     }
 
     Config const& config() const { return cfg_; }
@@ -92,10 +104,21 @@ public:
         if constexpr (Weights::has_scales) bytes += (2.0 * f + d) * sizeof(float);
         return bytes;
     }
-    // Bytes of the packed copy the expert owns (see the top of this file).
-    std::size_t packed_bytes() const {
-        return gu_.size() * sizeof(W) + dn_.size() * sizeof(W) + (su_.size() + sd_.size()) * sizeof(float);
+    // Bytes of the packed records the expert holds in memory (see the top of this file; a cached
+    // store's arena, 0 for a mapped one).
+    std::size_t packed_bytes() const { return store_->memory_bytes(); }
+
+    // Where the packed records live (store/expert_store.hpp); MoELayer holds experts through it.
+    store::ExpertStore& store() const { return *store_; }
+    // What a packed expert file records of this layer and of expert e (store::pack_experts).
+    store::LayerInfo packed_layer_info() const {
+        constexpr auto kind = std::is_same_v<W, float>  ? store::ExpertKind::swiglu_f32
+                              : std::is_same_v<W, bf16> ? store::ExpertKind::swiglu_bf16
+                                                        : store::ExpertKind::swiglu_int8;
+        return {kind, dot_ != Bf16Dot::off ? std::uint32_t(store::kPackBf16KPairs) : 0u, cfg_.hidden_size, cfg_.intermediate_size};
     }
+    store::RecordInfo packed_record_info(std::int64_t) const { return {}; }
+    std::size_t record_bytes(std::int64_t) const { return record_bytes_; }
 
     // The two phases of run() as separate steps, for a caller that splits work over threads: panels
     // are independent, so any split of [0, gate_up_panels()) or [0, down_panels()) gives the same bits.
@@ -110,27 +133,31 @@ public:
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w,
              MatrixView<float> slot_out, Workspace& ws) const {
-        detail::run_phased(*this, arch, e, rows_in, row_w, slot_out, ws);
+        detail::run_held(*store_, *this, arch, e, rows_in, row_w, slot_out, ws);
     }
 
     // h[:, 8p .. 8p+8) = silu(W1 x) ⊙ W3 x for the gate/up panels p in [p0, p1); h is [M, hidden_stride()].
     template <class Arch>
     void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0,
                      std::int64_t p1) const {
-        detail::GateUpStore epi{h, scales(su_, e, gu_panels_)};
+        std::byte const* const rec = store_->record(e);
+        detail::GateUpStore epi{h, scales(rec, su_off_)};
+        W const* const gu = reinterpret_cast<W const*>(rec);
         if constexpr (std::is_same_v<W, bf16>)
-            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), x, gu_.data() + e * gu_expert_, p0, p1, epi);
-        kernels::cpu::gemm_packed(arch, x, gu_.data() + e * gu_expert_, p0, p1, epi);
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), x, gu, p0, p1, epi);
+        kernels::cpu::gemm_packed(arch, x, gu, p0, p1, epi);
     }
 
     // out[:, 16p .. 16p+16) = row_w · (W2 h) for the down panels p in [p0, p1); h is [M, hidden_stride()].
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w,
                   MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
-        detail::DownStore epi{out, row_w.data(), scales(sd_, e, dn_panels_)};
+        std::byte const* const rec = store_->record(e);
+        detail::DownStore epi{out, row_w.data(), scales(rec, sd_off_)};
+        W const* const dn = reinterpret_cast<W const*>(rec + dn_off_);
         if constexpr (std::is_same_v<W, bf16>)
-            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), h, dn_.data() + e * dn_expert_, p0, p1, epi);
-        kernels::cpu::gemm_packed(arch, h, dn_.data() + e * dn_expert_, p0, p1, epi);
+            if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), h, dn, p0, p1, epi);
+        kernels::cpu::gemm_packed(arch, h, dn, p0, p1, epi);
     }
 
     // Soft merging (layer::SoftMerge, research.md §3): merged[i] = Σ_e coeffs[e] · W_e[i], summed in
@@ -155,8 +182,13 @@ public:
                 }
             }
         };
-        part(gu_.data(), gu_expert_, begin, std::min(end, split), 0, false);
-        part(dn_.data(), dn_expert_, std::max(begin, split) - split, end - split, std::max(begin, split) - begin, true);
+        // A resident store holds the records back to back, record_bytes_ apart (a multiple of 64).
+        if (store_->residency() != store::Residency::resident)
+            smoe::detail::fail("store.residency", store::to_string(store_->residency()), "resident experts to merge (soft merging reads every expert)");
+        std::byte const* const rec0 = store_->record(0);
+        std::int64_t const stride = static_cast<std::int64_t>(record_bytes_ / sizeof(W));
+        part(reinterpret_cast<W const*>(rec0), stride, begin, std::min(end, split), 0, false);
+        part(reinterpret_cast<W const*>(rec0 + dn_off_), stride, std::max(begin, split) - split, end - split, std::max(begin, split) - begin, true);
     }
 
 private:
@@ -165,20 +197,21 @@ private:
     // Element i of expert e's gate/up (or down) matrix in the fp32 panel layout, as its exact fp32 value.
     float widened(std::int64_t e, std::int64_t i, bool down) const {
         std::int64_t const K = down ? hidden_stride() : cfg_.hidden_size, p = i / (K * kP), k = i % (K * kP) / kP, c = i % kP;
-        W const* base = down ? dn_.data() + e * dn_expert_ : gu_.data() + e * gu_expert_;
+        std::byte const* const rec = store_->record(e);
+        W const* base = reinterpret_cast<W const*>(down ? rec + dn_off_ : rec);
         W v{};
         if (dot_ != Bf16Dot::off)
             v = base[p * panel_elems(K) + ((k / 2) * kP + c) * 2 + k % 2];
         else
             v = base[p * K * kP + k * kP + kernels::cpu::kPanelSlotColumn<W>[c]];  // the slot permutation is its own inverse
         if constexpr (Weights::has_scales)
-            return float(v) * (down ? sd_ : su_).data()[(e * (down ? dn_panels_ : gu_panels_) + p) * kP + c];
+            return float(v) * reinterpret_cast<float const*>(rec + (down ? sd_off_ : su_off_))[p * kP + c];
         else
             return FormatTraits<W>::widen(v);
     }
 
-    float const* scales(kernels::cpu::AlignedArray<float> const& s, std::int64_t e, std::int64_t panels) const {
-        return Weights::has_scales ? s.data() + e * panels * kP : nullptr;
+    static float const* scales(std::byte const* rec, std::size_t off) {
+        return Weights::has_scales ? reinterpret_cast<float const*>(rec + off) : nullptr;
     }
 
     static Bf16Dot resolve_bf16_dot(Bf16Dot asked) {
@@ -206,68 +239,79 @@ private:
         kernels::cpu::pack_panel(dst, K, row_of);
     }
 
-    // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units.
-    void pack() {
-        std::int64_t const E = cfg_.num_experts, d = cfg_.hidden_size, f = cfg_.intermediate_size;
+    // A record holds one expert: gate/up panels, down panels, then (int8) the gate/up and down scales,
+    // each part 64-byte aligned; the same bytes in memory and in a packed file.
+    void plan() {
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
         gu_panels_ = (f + kHalf - 1) / kHalf;
         dn_panels_ = (d + kP - 1) / kP;
-        std::int64_t const fs = gu_panels_ * kHalf;
-        std::int64_t const gu_stride = panel_elems(d), dn_stride = panel_elems(fs);
-        gu_expert_ = gu_panels_ * gu_stride;
-        dn_expert_ = dn_panels_ * dn_stride;
-        gu_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * gu_expert_));
-        dn_ = kernels::cpu::AlignedArray<W>(static_cast<std::size_t>(E * dn_expert_));
-        if constexpr (Weights::has_scales) {
-            su_ = kernels::cpu::AlignedArray<float>(static_cast<std::size_t>(E * gu_panels_ * kP));
-            sd_ = kernels::cpu::AlignedArray<float>(static_cast<std::size_t>(E * dn_panels_ * kP));
+        gu_stride_ = panel_elems(d);
+        dn_stride_ = panel_elems(gu_panels_ * kHalf);
+        auto const r64 = [](std::int64_t b) { return static_cast<std::size_t>((b + 63) / 64 * 64); };
+        dn_off_ = r64(gu_panels_ * gu_stride_ * std::int64_t(sizeof(W)));
+        su_off_ = dn_off_ + r64(dn_panels_ * dn_stride_ * std::int64_t(sizeof(W)));
+        sd_off_ = su_off_ + (Weights::has_scales ? r64(gu_panels_ * kP * 4) : 0);
+        record_bytes_ = sd_off_ + (Weights::has_scales ? r64(dn_panels_ * kP * 4) : 0);
+    }
+
+    void open_packed() {
+        auto const& L = store::expect_layer(w_.packed, packed_layer_info(), cfg_.num_experts);
+        for (std::int64_t e = 0; e < cfg_.num_experts; ++e) store::expect_record_bytes(w_.packed, L, e, record_bytes_);
+        store_ = std::make_unique<store::ExpertStore>(cfg_.store, w_.packed);
+    }
+
+    // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units.
+    void pack_expert(std::int64_t e, std::byte* rec) const {
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, fs = gu_panels_ * kHalf;
+        std::fill(rec, rec + record_bytes_, std::byte{0});
+        W* const gu = reinterpret_cast<W*>(rec);
+        W* const dn = reinterpret_cast<W*>(rec + dn_off_);
+        float* const su = reinterpret_cast<float*>(rec + su_off_);
+        float* const sd = reinterpret_cast<float*>(rec + sd_off_);
+        auto const W1 = w_.w1[e], W3 = w_.w3[e], W2 = w_.w2[e];
+        for (std::int64_t p = 0; p < gu_panels_; ++p) {
+            pack_one(gu + p * gu_stride_, d, [&](int c) -> W const* {
+                std::int64_t const unit = p * kHalf + c % kHalf;
+                if (unit >= f) return nullptr;
+                return c < kHalf ? W1.row(unit) : W3.row(unit);
+            });
+            if constexpr (Weights::has_scales)
+                for (int c = 0; c < kP; ++c) {
+                    std::int64_t const unit = p * kHalf + c % kHalf;
+                    su[p * kP + c] = unit >= f ? 0.0f : c < kHalf ? w_.s1(e, unit) : w_.s3(e, unit);
+                }
         }
         // The down panels' K is f rounded up to 8 (h's padded columns): zero rows pad each W2 row.
-        std::vector<W> w2row(static_cast<std::size_t>(fs), W{});
-        for (std::int64_t e = 0; e < E; ++e) {
-            auto const W1 = w_.w1[e], W3 = w_.w3[e], W2 = w_.w2[e];
-            for (std::int64_t p = 0; p < gu_panels_; ++p) {
-                pack_one(gu_.data() + e * gu_expert_ + p * gu_stride, d, [&](int c) -> W const* {
-                    std::int64_t const unit = p * kHalf + c % kHalf;
-                    if (unit >= f) return nullptr;
-                    return c < kHalf ? W1.row(unit) : W3.row(unit);
+        std::vector<W> rows(fs == f ? 0 : static_cast<std::size_t>(kP * fs), W{});
+        for (std::int64_t p = 0; p < dn_panels_; ++p) {
+            // W2 rows are f long; copy them into fs-long rows first when f is not a multiple of 8.
+            W* const dst = dn + p * dn_stride_;
+            if (fs == f) {
+                pack_one(dst, fs, [&](int c) -> W const* {
+                    std::int64_t const o = p * kP + c;
+                    return o < d ? W2.row(o) : nullptr;
                 });
-                if constexpr (Weights::has_scales)
-                    for (int c = 0; c < kP; ++c) {
-                        std::int64_t const unit = p * kHalf + c % kHalf;
-                        su_.data()[(e * gu_panels_ + p) * kP + c] = unit >= f ? 0.0f : c < kHalf ? w_.s1(e, unit) : w_.s3(e, unit);
-                    }
+            } else {
+                for (int c = 0; c < kP && p * kP + c < d; ++c)
+                    std::copy(W2.row(p * kP + c), W2.row(p * kP + c) + f, rows.begin() + c * fs);
+                pack_one(dst, fs, [&](int c) -> W const* {
+                    return p * kP + c < d ? rows.data() + c * fs : nullptr;
+                });
             }
-            for (std::int64_t p = 0; p < dn_panels_; ++p) {
-                // W2 rows are f long; copy them into fs-long rows first when f is not a multiple of 8.
-                W* const dst = dn_.data() + e * dn_expert_ + p * dn_stride;
-                if (fs == f) {
-                    pack_one(dst, fs, [&](int c) -> W const* {
-                        std::int64_t const o = p * kP + c;
-                        return o < d ? W2.row(o) : nullptr;
-                    });
-                } else {
-                    std::vector<W> rows(static_cast<std::size_t>(kP * fs), W{});
-                    for (int c = 0; c < kP && p * kP + c < d; ++c)
-                        std::copy(W2.row(p * kP + c), W2.row(p * kP + c) + f, rows.begin() + c * fs);
-                    pack_one(dst, fs, [&](int c) -> W const* {
-                        return p * kP + c < d ? rows.data() + c * fs : nullptr;
-                    });
+            if constexpr (Weights::has_scales)
+                for (int c = 0; c < kP; ++c) {
+                    std::int64_t const o = p * kP + c;
+                    sd[p * kP + c] = o < d ? w_.s2(e, o) : 0.0f;
                 }
-                if constexpr (Weights::has_scales)
-                    for (int c = 0; c < kP; ++c) {
-                        std::int64_t const o = p * kP + c;
-                        sd_.data()[(e * dn_panels_ + p) * kP + c] = o < d ? w_.s2(e, o) : 0.0f;
-                    }
-            }
         }
     }
 
     Config cfg_;
     Weights w_;
     Bf16Dot dot_ = Bf16Dot::off;  // resolved: off, on or emulated
-    std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_expert_ = 0, dn_expert_ = 0;
-    kernels::cpu::AlignedArray<W> gu_, dn_;
-    kernels::cpu::AlignedArray<float> su_, sd_;
+    std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_stride_ = 0, dn_stride_ = 0;
+    std::size_t dn_off_ = 0, su_off_ = 0, sd_off_ = 0, record_bytes_ = 0;  // within a record
+    std::unique_ptr<store::ExpertStore> store_;
 };
 
 }  // namespace smoe::inline v0::expert

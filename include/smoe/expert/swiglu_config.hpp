@@ -14,6 +14,7 @@
 #include "smoe/core/limits.hpp"
 #include "smoe/core/format.hpp"
 #include "smoe/core/view.hpp"
+#include "smoe/store/store_config.hpp"
 
 namespace smoe::inline v0::expert {
 
@@ -63,6 +64,9 @@ struct SwiGLUConfig {
     std::int64_t num_experts = 0;        // E <= limits::kMaxExperts
     Bf16Dot bf16_dot = Bf16Dot::automatic;
     Int8Dot int8_dot = Int8Dot::off;  // expert::QuantSwiGLU only
+    // Where the packed records live (store/store_config.hpp): resident (the default), or, for weights
+    // from a packed file, mapped or cached within a byte budget.
+    store::StoreConfig store{};
 
     void validate() const {
         // Bounded so that E·f·d, the size of every stacked weight and packed panel, fits int64.
@@ -94,6 +98,8 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
     StackedView<W const> w1;  // gate [E, f, d]
     StackedView<W const> w3;  // up   [E, f, d]
     StackedView<W const> w2;  // down [E, d, f]
+    // Instead of the views: a layer of a packed expert file (store/packed_file.hpp), already packed.
+    store::PackedSource packed{};
 
     static constexpr bool has_scales = std::is_same_v<W, std::int8_t>;
 
@@ -152,6 +158,7 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
     }
 
     void validate(SwiGLUConfig const& c) const {
+        if (packed) return;  // the expert holds the file's layer to the config instead
         smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);

@@ -15,6 +15,7 @@
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/macros.hpp"
+#include "smoe/store/expert_store.hpp"
 
 namespace smoe::inline v0::expert::detail {
 
@@ -143,6 +144,17 @@ void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> 
         ex.run_down(arch, e, MatrixView<float const>(h), row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb)),
                     slot_out.block(r0, mb), 0, ex.down_panels());
     }
+}
+
+// run() of an expert whose record may not be resident: held for the call (MoELayer's unphased path,
+// dist::MoELayer run one expert at a time; MoELayer's phased path holds experts itself, in rounds).
+template <class X, class Arch>
+void run_held(store::ExpertStore& st, X const& ex, Arch arch, std::int64_t e, MatrixView<float const> rows_in,
+              std::span<float const> row_w, MatrixView<float> slot_out, Workspace& ws) {
+    if (rows_in.rows == 0) return;
+    if (st.residency() == store::Residency::resident) return run_phased(ex, arch, e, rows_in, row_w, slot_out, ws);
+    store::ExpertStore::Pin const pin(st, e);
+    run_phased(ex, arch, e, rows_in, row_w, slot_out, ws);
 }
 
 }  // namespace smoe::inline v0::expert::detail

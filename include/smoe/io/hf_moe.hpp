@@ -60,6 +60,7 @@
 #include "smoe/io/tensor_read.hpp"
 #include "smoe/layer.hpp"
 #include "smoe/router/topk.hpp"
+#include "smoe/store/expert_store.hpp"
 #include "smoe/balance/none.hpp"
 
 namespace smoe::inline v0::io {
@@ -204,6 +205,11 @@ public:
         // §6.2) with on / avx2 / portable; FP8 and MXFP4 experts on the bf16 dot path with bf16_dot on or
         // emulated (automatic and off keep the exact path there).
         expert::Int8Dot int8_dot = expert::Int8Dot::off;
+        // The routed experts from this packed expert file's layer instead of the checkpoint's tensors
+        // (store/packed_file.hpp; format must name the file's expert type: f32, bf16, int8, or int4 for
+        // QuantSwiGLU), held as `store` says (resident, mapped, cached within a budget).
+        std::shared_ptr<store::PackedFile const> packed;
+        store::StoreConfig store{};
     };
 
     template <class W>
@@ -520,10 +526,14 @@ private:
         std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
         auto& store = storage<L>();
         auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
-        store[w1].resize(sz(E * f * d));
-        store[w3].resize(sz(E * f * d));
-        store[w2].resize(sz(E * d * f));
-        if (fused_gate_up_) {
+        if (!opt.packed) {
+            store[w1].resize(sz(E * f * d));
+            store[w3].resize(sz(E * f * d));
+            store[w2].resize(sz(E * d * f));
+        }
+        if (opt.packed) {
+            // The routed experts come packed from the file.
+        } else if (fused_gate_up_) {
             // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
             // the canonical W1 / W3 / W2 stacks.
             std::vector<L> gu(sz(all * 2 * f * d)), dn(sz(all * d * f));
@@ -575,10 +585,15 @@ private:
             detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
         }
         expert::Bf16Dot const dot = std::is_same_v<W, bf16> ? opt.bf16_dot : expert::Bf16Dot::automatic;
-        expert::SwiGLUConfig const routed{d, f, E, dot}, shared{d, fs, 1, dot};
+        expert::SwiGLUConfig const routed{d, f, E, dot, expert::Int8Dot::off, opt.store}, shared{d, fs, 1, dot};
         Quantized q;
         if constexpr (std::is_same_v<W, std::int8_t>) q = quantize(store, routed, shared);
         auto weights_of = [&](Slot a, Slot b, Slot c, expert::SwiGLUConfig const& sc) {
+            if (a == w1 && opt.packed) {
+                expert::SwiGLUWeights<W> pw;
+                pw.packed = {opt.packed, layer_index_, local_};
+                return pw;
+            }
             if constexpr (std::is_same_v<W, std::int8_t>)
                 return expert::SwiGLUWeights<W>::dense(q.q[a].data(), q.s[a].data(), q.q[b].data(), q.s[b].data(), q.q[c].data(),
                                                         q.s[c].data(), sc);
@@ -753,24 +768,30 @@ void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
         };
         return w;
     };
+    auto routed_weights = [&] {
+        if (!opt.packed) return weights(qplans_, routed_fmt_);
+        expert::QuantSwiGLUWeights w;
+        w.packed = {opt.packed, layer_index_, local_};
+        return w;
+    };
     std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
     if (qshared_) shared_plans.push_back(*qshared_);
-    expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
+    expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot, opt.store}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
     MatrixView<float const> const gate(gate_.data(), all, d);
     if (fs == 0) {
         using M = QuantPlain;
         layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, weights(qplans_, routed_fmt_)});
+                                         typename M::Weights{gate, bias_, routed_weights()});
     } else if (cfg_.shared_gated) {
         using M = QuantSharedGated;
         layer_ = maker_.template make<M>(
             typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
             typename M::Weights{gate, bias_,
-                                {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
+                                {routed_weights(), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
     } else {
         using M = QuantSharedPlain;
         layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, {weights(qplans_, routed_fmt_), weights(shared_plans, shared_fmt_), {}}});
+                                         typename M::Weights{gate, bias_, {routed_weights(), weights(shared_plans, shared_fmt_), {}}});
     }
 }
 

@@ -1,0 +1,84 @@
+#pragma once
+// smoe::io::pack_hf_layers: the routed experts of a Hugging Face checkpoint's MoE layers written into
+// a packed expert file (store/packed_file.hpp), one expert at a time: each is loaded through
+// HfMoeLayer (the same tensor names, checks and formats as a model load) as a layer of its own, packed
+// and written, so the peak memory is about one expert (a fused gate_up_proj stack is read whole for
+// each expert: that layout stores every expert in one tensor). smoe-pack is this function's tool.
+//
+//   auto cfg = smoe::io::read_hf_config(dir / "config.json");
+//   auto ckpt = smoe::io::Checkpoint::open(dir);
+//   smoe::store::PackedWriter out("model.smoe");
+//   smoe::io::pack_hf_layers(cfg, ckpt, smoe::io::moe_layers(cfg), out, {.format = smoe::io::WeightFormat::int8}, dir.string());
+//   out.finish();
+//
+// Options are HfMoeLayer's: format (f32, bf16, int8 quantise at load, int4 with int4_group: the
+// QuantSwiGLU kind; a quantised checkpoint keeps its formats), bf16_dot and int8_dot (they choose the
+// panel layout, so a reader must resolve them the same way).
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "smoe/io/hf_moe.hpp"
+#include "smoe/store/pack_experts.hpp"
+
+namespace smoe::inline v0::io {
+
+namespace detail {
+
+// BasicHfMoeLayer's Maker for packing: routed expert `expert` alone, no router around it.
+struct OneExpertLayers {
+    std::int64_t expert = 0;
+    template <class Expert>
+    struct layer {
+        using Config = MoEConfig<router::TopK, Expert, balance::None>;
+        using Weights = MoEWeights<Expert>;
+        layer(Config const& c, Weights const& w) : x(c.expert, w.experts) {}
+        Expert const& experts() const { return x; }
+        Expert x;
+    };
+    std::vector<std::int64_t> experts(std::int64_t) const { return {expert}; }
+    template <class L>
+    std::unique_ptr<L> make(typename L::Config const& c, typename L::Weights const& w) const {
+        return std::make_unique<L>(c, w);
+    }
+};
+
+}  // namespace detail
+
+template <TensorSource S>
+void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t const> layers, store::PackedWriter& out,
+                    HfMoeLayer::Options opt, std::string const& source_name) {
+    opt.packed.reset();
+    opt.store = {};
+    using One = BasicHfMoeLayer<detail::OneExpertLayers>;
+    One::Options o;
+    o.max_tokens = 1;
+    o.format = opt.format;
+    o.int4_group = opt.int4_group;
+    o.bf16_dot = opt.bf16_dot;
+    o.int8_dot = opt.int8_dot;
+    for (std::int64_t layer : layers)
+        store::add_layer_streaming(out, layer, cfg.num_experts(), [&](std::int64_t e, auto&& sink) {
+            auto m = One::load(cfg, src, layer, o, source_name, detail::OneExpertLayers{e});
+            m.visit([&](auto& l) {
+                auto const& x = l.experts();
+                if constexpr (requires { x.routed(); })
+                    sink(x.routed());
+                else
+                    sink(x);
+            });
+        });
+}
+
+// The decoder layers of cfg that are MoE layers.
+inline std::vector<std::int64_t> moe_layers(HfMoeConfig const& cfg) {
+    std::vector<std::int64_t> v;
+    for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+        if (cfg.is_moe_layer(l)) v.push_back(l);
+    return v;
+}
+
+}  // namespace smoe::inline v0::io

@@ -1,0 +1,569 @@
+#pragma once
+// smoe::store::ExpertStore: where an expert type's packed records live (expert::SwiGLU<W>,
+// expert::QuantSwiGLU hold one; StoreConfig in their Config picks the kind):
+//
+//   resident  every record in memory (what the experts always did: packed at construction, or read
+//             from a packed file and checked)
+//   mapped    the packed file's pages (PackedFile's mmap): the OS reads and evicts them, as llama.cpp
+//             does; each record's checksum is checked on its first use
+//   cached    a fixed arena of budget_bytes / slot records (a slot: the largest record, rounded to
+//             4 KiB), locked in memory where the OS allows (mlock); an expert not resident is read into
+//             a slot on demand (pread), its checksum checked, and another expert that no caller holds
+//             is evicted by the policy the engine picks: LRU, LFU by the tokens routed to each expert
+//             (the layer's load statistics, summed), or the engine's own (StoreConfig::evict).
+//
+// Same bits for every kind and budget: a record is the same bytes wherever it sits, and an expert's
+// output never depends on which others are resident (experts.md §1 rule 3). MoELayer holds the
+// experts of a call in rounds: it acquires touched experts in id order until the cache is full, runs
+// both phases over them on its thread pool, releases them and goes on, so a budget of one expert still
+// completes any call (one expert per round). The kernels' threads only read records; acquire, release
+// and prefetch are the store's, under its mutex.
+//
+// Prefetch (StoreConfig::prefetch, cached): prefetch(ids) queues experts for a background I/O thread
+// that reads them into free or evictable slots while the layer computes (Read-ME's lookahead, ExpertFlow's
+// predicted routing); a call that needs an expert still being read waits for it (counted as stall).
+// On a mapped store prefetch advises the kernel (madvise WILLNEED); on a resident one it does nothing.
+//
+// Statistics (stats()): hits, misses, evictions, bytes read, time stalled in acquire, prefetches
+// issued/used, and, from observe(routing) which the layer calls once per call, the prediction accuracy
+// (fraction of a call's experts that the last prefetch named) and the local routing consistency (the
+// fraction of a token's experts already used by the previous token: Liang et al. 2025 find it high
+// enough on 20 MoE LLMs that a cache of about twice the active experts suffices).
+//
+// Allocation: everything is sized at construction (arena, tables, the eviction candidates, the queue);
+// acquire, release, prefetch and observe allocate nothing.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/routing.hpp"
+#include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/store/packed_file.hpp"
+#include "smoe/store/store_config.hpp"
+
+namespace smoe::inline v0::store {
+
+inline std::string flags_name(std::uint32_t f) {
+    std::string s;
+    if (f & kPackBf16KPairs) s += "bf16 k-pair panels, ";
+    if (f & kPackInt8Dot) s += "int8 dot panels, ";
+    if (f & kPackBf16DotQuant) s += "bf16 dot panels, ";
+    return s.empty() ? "plain panels" : s.substr(0, s.size() - 2);
+}
+
+// What an expert type reading a packed layer holds it to: its own type and packing variant (want),
+// d, f, and its expert count (the layer's, or as many as src.experts names). Returns the layer.
+inline PackedLayer const& expect_layer(PackedSource const& src, LayerInfo const& want, std::int64_t num_experts) {
+    auto const& F = *src.file;
+    auto const& L = F.layer(src.layer);
+    std::string const at = "layer " + std::to_string(L.layer_index);
+    if (L.kind != want.kind)
+        io::detail::file_fail(F.name(), at + " expert type", to_string(L.kind), std::string(to_string(want.kind)) + " (the expert type reading it)");
+    if (L.flags != want.flags)
+        io::detail::file_fail(F.name(), at + " packing", flags_name(L.flags),
+                              flags_name(want.flags) + " (what the reader's bf16_dot / int8_dot resolve to; pack with the same options)");
+    if (L.hidden_size != want.hidden_size)
+        io::detail::file_fail(F.name(), at + " hidden_size", L.hidden_size, "the config's " + std::to_string(want.hidden_size));
+    if (L.intermediate_size != want.intermediate_size)
+        io::detail::file_fail(F.name(), at + " intermediate_size", L.intermediate_size, "the config's " + std::to_string(want.intermediate_size));
+    std::int64_t const have = src.experts.empty() ? L.num_experts : static_cast<std::int64_t>(src.experts.size());
+    if (have != num_experts)
+        io::detail::file_fail(F.name(), at + " num_experts", have, "the config's " + std::to_string(num_experts) + (src.experts.empty() ? "" : " (packed.experts)"));
+    return L;
+}
+
+// The file's expert of local expert e.
+inline std::int64_t file_expert(PackedSource const& src, std::int64_t e) {
+    return src.experts.empty() ? e : src.experts[static_cast<std::size_t>(e)];
+}
+
+// Record e of a packed layer must have the size the reader's layout gives it.
+inline void expect_record_bytes(PackedSource const& src, PackedLayer const& L, std::int64_t e, std::uint64_t bytes) {
+    std::int64_t const id = file_expert(src, e);
+    if (id < 0 || id >= L.num_experts)
+        smoe::detail::fail("packed.experts", id, "an expert of layer " + std::to_string(L.layer_index) + " in [0, " + std::to_string(L.num_experts) + ")");
+    auto const& r = src.file->record(L, id);
+    if (r.bytes != bytes)
+        io::detail::file_fail(src.file->name(), src.file->where(L, id) + " record bytes", r.bytes,
+                              std::to_string(bytes) + " (the reader's panel layout for its shape and formats)");
+}
+
+struct StoreStats {
+    std::int64_t hits = 0, misses = 0, evictions = 0;
+    std::uint64_t bytes_read = 0;
+    double stall_seconds = 0;  // in acquire: reading a record, or waiting for the prefetch thread to
+    std::int64_t prefetch_issued = 0, prefetch_loaded = 0, prefetch_used = 0;
+    std::int64_t predicted_hits = 0, predicted_total = 0;  // experts of a call the last prefetch named / all
+    std::int64_t consistent = 0, routed_pairs = 0;         // (token, expert) pairs the previous token also used
+    double hit_rate() const { return hits + misses > 0 ? double(hits) / double(hits + misses) : 1.0; }
+    double prediction_accuracy() const { return predicted_total > 0 ? double(predicted_hits) / double(predicted_total) : 0.0; }
+    double routing_consistency() const { return routed_pairs > 0 ? double(consistent) / double(routed_pairs) : 0.0; }
+};
+
+class ExpertStore {
+public:
+    // Resident records packed by the expert itself: fill(e, dst) writes record e (bytes[e] bytes).
+    template <class Fill>
+    ExpertStore(std::vector<std::size_t> const& bytes, Fill&& fill) : E_(static_cast<std::int64_t>(bytes.size())) {
+        init_tables();
+        std::vector<std::size_t> off(bytes.size());
+        std::size_t total = 0;
+        for (std::size_t e = 0; e < bytes.size(); ++e) {
+            off[e] = total;
+            total += (bytes[e] + 63) / 64 * 64;
+        }
+        arena_ = kernels::cpu::AlignedArray<std::byte>(total);
+        for (std::int64_t e = 0; e < E_; ++e) {
+            std::byte* p = arena_.data() + off[static_cast<std::size_t>(e)];
+            fill(e, p);
+            ptr_[static_cast<std::size_t>(e)].store(p, std::memory_order_relaxed);
+        }
+    }
+
+    // Records of a packed file's layer, whose sizes the expert type has checked against its own layout.
+    ExpertStore(StoreConfig const& cfg, PackedSource const& src) : cfg_(cfg), file_(src.file) {
+        layer_ = &file_->layer(src.layer);
+        if (src.experts.empty()) {
+            for (std::int64_t e = 0; e < layer_->num_experts; ++e) ids_.push_back(e);
+        } else {
+            ids_ = src.experts;
+            for (std::int64_t id : ids_)
+                if (id < 0 || id >= layer_->num_experts)
+                    smoe::detail::fail("packed.experts", id, "an expert of layer " + std::to_string(src.layer) + " in [0, " + std::to_string(layer_->num_experts) + ")");
+        }
+        E_ = static_cast<std::int64_t>(ids_.size());
+        init_tables();
+        std::size_t biggest = 0;
+        for (std::int64_t e = 0; e < E_; ++e) biggest = std::max<std::size_t>(biggest, rec(e).bytes);
+        switch (cfg_.residency) {
+            case Residency::resident: {
+                std::vector<std::size_t> off(static_cast<std::size_t>(E_));
+                std::size_t total = 0;
+                for (std::int64_t e = 0; e < E_; ++e) {
+                    off[static_cast<std::size_t>(e)] = total;
+                    total += (rec(e).bytes + 63) / 64 * 64;
+                }
+                arena_ = kernels::cpu::AlignedArray<std::byte>(total);
+                open_fd();
+                for (std::int64_t e = 0; e < E_; ++e) {
+                    std::byte* p = arena_.data() + off[static_cast<std::size_t>(e)];
+                    read_record(e, p);
+                    ptr_[static_cast<std::size_t>(e)].store(p, std::memory_order_relaxed);
+                }
+                close_fd();
+                break;
+            }
+            case Residency::mapped:
+                for (std::int64_t e = 0; e < E_; ++e) ptr_[static_cast<std::size_t>(e)].store(file_->mapped(rec(e)).data(), std::memory_order_relaxed);
+                verified_.assign(static_cast<std::size_t>(E_), 0);
+                break;
+            case Residency::cached: {
+                slot_bytes_ = (biggest + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+                std::size_t const n = cfg_.budget_bytes / slot_bytes_;
+                if (n == 0)
+                    smoe::detail::fail("store.budget_bytes", cfg_.budget_bytes,
+                                       "at least one expert's slot: " + std::to_string(slot_bytes_) + " bytes (layer " +
+                                           std::to_string(layer_->layer_index) + "'s largest record, rounded to 4 KiB)");
+                if (cfg_.eviction == Eviction::custom && !cfg_.evict)
+                    smoe::detail::fail("store.evict", "empty", "a function choosing the victim with store.eviction = custom");
+                nslots_ = static_cast<std::int64_t>(std::min<std::size_t>(n, static_cast<std::size_t>(E_)));
+                arena_ = kernels::cpu::AlignedArray<std::byte>(static_cast<std::size_t>(nslots_) * slot_bytes_);
+#if SMOE_IO_HAS_MMAP
+                // Pinned where RLIMIT_MEMLOCK allows; an arena the OS may swap still works.
+                pinned_ = ::mlock(arena_.data(), arena_.size()) == 0;
+#endif
+                slot_expert_.assign(static_cast<std::size_t>(nslots_), -1);
+                slot_pins_.assign(static_cast<std::size_t>(nslots_), 0);
+                slot_ready_.assign(static_cast<std::size_t>(nslots_), 0);
+                slot_prefetched_.assign(static_cast<std::size_t>(nslots_), 0);
+                candidates_.reserve(static_cast<std::size_t>(nslots_));
+                open_fd();
+                if (cfg_.prefetch) {
+                    queue_.assign(static_cast<std::size_t>(E_), 0);
+                    io_ = std::thread([this] { io_loop(); });
+                }
+                break;
+            }
+        }
+    }
+
+    ExpertStore(ExpertStore const&) = delete;
+    ExpertStore& operator=(ExpertStore const&) = delete;
+    ~ExpertStore() {
+        if (io_.joinable()) {
+            {
+                std::lock_guard lk(mu_);
+                stop_ = true;
+            }
+            cv_.notify_all();
+            io_.join();
+        }
+#if SMOE_IO_HAS_MMAP
+        if (pinned_) ::munlock(arena_.data(), arena_.size());
+#endif
+        close_fd();
+    }
+
+    Residency residency() const { return file_ ? cfg_.residency : Residency::resident; }
+    // Whether a caller must hold experts in rounds (a cache smaller than the layer).
+    bool bounded() const { return residency() == Residency::cached && nslots_ < E_; }
+    std::int64_t num_experts() const { return E_; }
+    std::int64_t slots() const { return residency() == Residency::cached ? nslots_ : E_; }
+    std::size_t slot_bytes() const { return slot_bytes_; }
+    bool pinned() const { return pinned_; }
+    // Bytes this store holds in memory (the resident records or the cache's arena; 0 when mapped).
+    std::size_t memory_bytes() const { return arena_.size(); }
+    PackedSource source() const { return file_ ? PackedSource{file_, layer_->layer_index, ids_} : PackedSource{}; }
+
+    // Record e's bytes; valid while e is held (acquire .. release), always for resident and mapped.
+    std::byte const* record(std::int64_t e) const { return ptr_[static_cast<std::size_t>(e)].load(std::memory_order_acquire); }
+
+    // Holds expert e (tokens: routed to it in this call, for LFU) and makes its record readable:
+    // false when every slot is held by callers (release some, then retry). Throws a file_error naming
+    // the layer and expert when the record read from the file has the wrong checksum.
+    bool acquire(std::int64_t e, std::int64_t tokens = 0) {
+        auto const i = static_cast<std::size_t>(e);
+        std::unique_lock lk(mu_);
+        ++tick_;
+        last_use_[i] = tick_;
+        ++uses_[i];
+        load_[i] += static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0));
+        if (residency() == Residency::resident) return true;
+        if (residency() == Residency::mapped) {
+            if (!verified_[i]) {
+                auto const t0 = clock::now();
+                file_->verify(*layer_, ids_[i]);  // pages the record in
+                verified_[i] = 1;
+                ++stats_.misses;
+                stats_.bytes_read += rec(e).bytes;
+                stats_.stall_seconds += seconds_since(t0);
+            } else {
+                ++stats_.hits;
+            }
+            return true;
+        }
+        auto const t0 = clock::now();
+        for (;;) {
+            if (std::int32_t const s = slot_of_[i]; s >= 0) {
+                auto const si = static_cast<std::size_t>(s);
+                ++slot_pins_[si];
+                if (!slot_ready_[si]) {  // the prefetch thread is reading it
+                    cv_.wait(lk, [&] { return slot_ready_[si] || slot_of_[i] != s; });
+                    stats_.stall_seconds += seconds_since(t0);
+                    if (slot_of_[i] != s) {  // its read failed; load it here (and report the error)
+                        --slot_pins_[si];
+                        continue;
+                    }
+                }
+                if (slot_prefetched_[si]) {
+                    slot_prefetched_[si] = 0;
+                    ++stats_.prefetch_used;
+                }
+                ++stats_.hits;
+                return true;
+            }
+            std::int64_t const s = victim();
+            if (s >= 0) {
+                load_into(lk, e, s, false);
+                ++slot_pins_[static_cast<std::size_t>(s)];
+                ++stats_.misses;
+                stats_.stall_seconds += seconds_since(t0);
+                return true;
+            }
+            // Every slot is held: by callers (give up) or by reads of the prefetch thread (wait for one).
+            bool reading = false;
+            for (std::int64_t k = 0; k < nslots_; ++k) reading = reading || !slot_ready_[static_cast<std::size_t>(k)];
+            if (!reading) return false;
+            cv_.wait(lk);
+        }
+    }
+
+    void release(std::int64_t e) {
+        if (residency() != Residency::cached) return;
+        std::lock_guard lk(mu_);
+        std::int32_t const s = slot_of_[static_cast<std::size_t>(e)];
+        if (s >= 0 && slot_pins_[static_cast<std::size_t>(s)] > 0) --slot_pins_[static_cast<std::size_t>(s)];
+        cv_.notify_all();
+    }
+
+    // Holds e for a scope: for callers that run one expert at a time (MoELayer's unphased path,
+    // dist::MoELayer), where some slot is always free.
+    class Pin {
+    public:
+        Pin(ExpertStore& s, std::int64_t e) : s_(&s), e_(e) {
+            if (!s.acquire(e)) smoe::detail::fail("expert store", "every slot held", "a free slot for expert " + std::to_string(e) + " (release experts first)");
+        }
+        Pin(Pin const&) = delete;
+        Pin& operator=(Pin const&) = delete;
+        ~Pin() { s_->release(e_); }
+
+    private:
+        ExpertStore* s_;
+        std::int64_t e_;
+    };
+
+    // Experts the engine expects next (its predicted routing, or the pre-gating router's): read into
+    // the cache by the I/O thread (cached with prefetch), advised to the kernel (mapped). Remembered
+    // for the prediction accuracy of the next observe().
+    void prefetch(std::span<std::int64_t const> experts) {
+        std::lock_guard lk(mu_);
+        std::fill(predicted_.begin(), predicted_.end(), std::uint8_t{0});
+        have_prediction_ = true;
+        for (std::int64_t e : experts) {
+            if (e < 0 || e >= E_) continue;
+            auto const i = static_cast<std::size_t>(e);
+            predicted_[i] = 1;
+            if (residency() == Residency::mapped) {
+#if SMOE_IO_HAS_MMAP
+                auto const r = file_->mapped(rec(e));
+                auto const page = reinterpret_cast<std::uintptr_t>(r.data()) / 4096 * 4096;
+                (void)::madvise(reinterpret_cast<void*>(page), r.size() + (reinterpret_cast<std::uintptr_t>(r.data()) - page), MADV_WILLNEED);
+#endif
+                ++stats_.prefetch_issued;
+            } else if (io_.joinable() && slot_of_[i] < 0 && !queue_[i]) {
+                queue_[i] = 1;
+                ++queued_;
+                ++stats_.prefetch_issued;
+            }
+        }
+        cv_.notify_all();
+    }
+
+    // One call's routing (the layer calls it before acquiring): prediction accuracy against the last
+    // prefetch, and the local routing consistency token by token (the previous call's last token
+    // carries over, so decode steps count too).
+    void observe(RoutingResult const& r) {
+        std::lock_guard lk(mu_);
+        for (std::int64_t t = 0; t < r.num_tokens; ++t) {
+            std::fill(cur_.begin(), cur_.end(), std::uint8_t{0});
+            for (std::int64_t j = 0; j < r.k; ++j) {
+                std::int32_t const e = r.expert_ids(t, j);
+                if (e < 0 || e >= E_) continue;
+                auto const i = static_cast<std::size_t>(e);
+                cur_[i] = 1;
+                ++stats_.routed_pairs;
+                stats_.consistent += prev_[i];
+            }
+            std::swap(cur_, prev_);
+        }
+        if (have_prediction_) {
+            for (std::int64_t e = 0; e < r.num_experts && e < E_; ++e)
+                if (r.load(e) > 0) {
+                    ++stats_.predicted_total;
+                    stats_.predicted_hits += predicted_[static_cast<std::size_t>(e)];
+                }
+            have_prediction_ = false;
+        }
+    }
+
+    // Blocks until the prefetch queue is empty and no read is in flight (tests, benchmarks).
+    void wait_idle() {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return queued_ == 0 && !io_busy_; });
+    }
+
+    StoreStats stats() const {
+        std::lock_guard lk(mu_);
+        return stats_;
+    }
+    void reset_stats() {
+        std::lock_guard lk(mu_);
+        stats_ = {};
+    }
+    // The experts in the cache, slot by slot (-1: empty); tests read the eviction order here.
+    std::vector<std::int64_t> cached_experts() const {
+        std::lock_guard lk(mu_);
+        return {slot_expert_.begin(), slot_expert_.end()};
+    }
+
+private:
+    using clock = std::chrono::steady_clock;
+    static double seconds_since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
+
+    PackedRecord const& rec(std::int64_t e) const { return file_->record(*layer_, ids_[static_cast<std::size_t>(e)]); }
+
+    void init_tables() {
+        auto const n = static_cast<std::size_t>(E_);
+        ptr_ = std::make_unique<std::atomic<std::byte const*>[]>(n);
+        slot_of_.assign(n, -1);
+        last_use_.assign(n, 0);
+        uses_.assign(n, 0);
+        load_.assign(n, 0);
+        predicted_.assign(n, 0);
+        cur_.assign(n, 0);
+        prev_.assign(n, 0);
+    }
+
+    // A free slot, else the policy's victim among the ready slots nobody holds; -1 when none.
+    std::int64_t victim() {
+        candidates_.clear();
+        for (std::int64_t s = 0; s < nslots_; ++s)
+            if (slot_expert_[static_cast<std::size_t>(s)] < 0) return s;
+        for (std::int64_t s = 0; s < nslots_; ++s) {
+            auto const si = static_cast<std::size_t>(s);
+            if (slot_pins_[si] == 0 && slot_ready_[si]) {
+                auto const e = static_cast<std::size_t>(slot_expert_[si]);
+                candidates_.push_back({slot_expert_[si], last_use_[e], uses_[e], load_[e]});
+            }
+        }
+        if (candidates_.empty()) return -1;
+        std::size_t pick = 0;
+        switch (cfg_.eviction) {
+            case Eviction::lru:
+                for (std::size_t c = 1; c < candidates_.size(); ++c)
+                    if (candidates_[c].last_use < candidates_[pick].last_use) pick = c;
+                break;
+            case Eviction::lfu:  // fewest tokens routed; ties: least recently used
+                for (std::size_t c = 1; c < candidates_.size(); ++c)
+                    if (candidates_[c].load < candidates_[pick].load ||
+                        (candidates_[c].load == candidates_[pick].load && candidates_[c].last_use < candidates_[pick].last_use))
+                        pick = c;
+                break;
+            case Eviction::custom:
+                pick = cfg_.evict(std::span<EvictionCandidate const>(candidates_));
+                if (pick >= candidates_.size())
+                    smoe::detail::fail("store.evict result", pick, "an index into the " + std::to_string(candidates_.size()) + " candidates");
+                break;
+        }
+        std::int64_t const e = candidates_[pick].expert;
+        return slot_of_[static_cast<std::size_t>(e)];
+    }
+
+    // Reads expert e into slot s with the lock released (the slot is marked not ready, so nobody
+    // evicts or reads it meanwhile); a failed read or checksum leaves the slot empty and rethrows.
+    void load_into(std::unique_lock<std::mutex>& lk, std::int64_t e, std::int64_t s, bool prefetched) {
+        auto const si = static_cast<std::size_t>(s), i = static_cast<std::size_t>(e);
+        if (std::int64_t const old = slot_expert_[si]; old >= 0) {
+            slot_of_[static_cast<std::size_t>(old)] = -1;
+            ptr_[static_cast<std::size_t>(old)].store(nullptr, std::memory_order_release);
+            ++stats_.evictions;
+        }
+        slot_expert_[si] = e;
+        slot_of_[i] = static_cast<std::int32_t>(s);
+        slot_ready_[si] = 0;
+        slot_prefetched_[si] = 0;
+        std::byte* const dst = arena_.data() + si * slot_bytes_;
+        lk.unlock();
+        try {
+            read_record(e, dst);
+        } catch (...) {
+            lk.lock();
+            slot_expert_[si] = -1;
+            slot_of_[i] = -1;
+            slot_ready_[si] = 1;
+            cv_.notify_all();
+            throw;
+        }
+        lk.lock();
+        slot_ready_[si] = 1;
+        slot_prefetched_[si] = prefetched;
+        stats_.bytes_read += rec(e).bytes;
+        ptr_[i].store(dst, std::memory_order_release);
+        cv_.notify_all();
+    }
+
+    void io_loop() {
+        std::unique_lock lk(mu_);
+        for (;;) {
+            cv_.wait(lk, [&] { return stop_ || queued_ > 0; });
+            if (stop_) return;
+            std::int64_t e = 0;
+            while (!queue_[static_cast<std::size_t>(e)]) ++e;
+            queue_[static_cast<std::size_t>(e)] = 0;
+            --queued_;
+            if (slot_of_[static_cast<std::size_t>(e)] >= 0) {
+                cv_.notify_all();
+                continue;
+            }
+            std::int64_t const s = victim();
+            if (s < 0) {  // every slot held: drop this prediction
+                cv_.notify_all();
+                continue;
+            }
+            io_busy_ = true;
+            try {
+                load_into(lk, e, s, true);
+                ++stats_.prefetch_loaded;
+            } catch (...) {
+                // The caller that needs this expert reads it again and gets the error.
+            }
+            io_busy_ = false;
+            cv_.notify_all();
+        }
+    }
+
+    void open_fd() {
+#if SMOE_IO_HAS_MMAP
+        fd_ = ::open(file_->path().c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd_ < 0) io::detail::file_fail(file_->name(), "file", "cannot reopen for reading", "a readable packed expert file");
+#endif
+    }
+    void close_fd() {
+#if SMOE_IO_HAS_MMAP
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+#endif
+    }
+
+    // Reads record e into dst (explicit reads: the arena, not the page cache's mapping, holds it) and
+    // checks its checksum.
+    void read_record(std::int64_t e, std::byte* dst) const {
+        auto const& r = rec(e);
+#if SMOE_IO_HAS_MMAP
+        std::size_t done = 0;
+        while (done < r.bytes) {
+            ssize_t const n = ::pread(fd_, dst + done, r.bytes - done, static_cast<off_t>(r.offset + done));
+            if (n <= 0)
+                io::detail::file_fail(file_->name(), file_->where(*layer_, ids_[static_cast<std::size_t>(e)]) + " record",
+                                      "unreadable at offset " + std::to_string(r.offset + done), "the record's " + std::to_string(r.bytes) + " bytes");
+            done += static_cast<std::size_t>(n);
+        }
+#else
+        auto const m = file_->mapped(r);
+        std::copy(m.begin(), m.end(), dst);
+#endif
+        file_->check(*layer_, ids_[static_cast<std::size_t>(e)], std::span<std::byte const>(dst, r.bytes));
+    }
+
+    StoreConfig cfg_;
+    std::shared_ptr<PackedFile const> file_;
+    PackedLayer const* layer_ = nullptr;
+    std::vector<std::int64_t> ids_;
+    std::int64_t E_ = 0, nslots_ = 0;
+    std::size_t slot_bytes_ = 0;
+    bool pinned_ = false;
+    int fd_ = -1;
+    kernels::cpu::AlignedArray<std::byte> arena_;
+    std::unique_ptr<std::atomic<std::byte const*>[]> ptr_;
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::uint64_t tick_ = 0;
+    std::vector<std::int32_t> slot_of_;
+    std::vector<std::uint64_t> last_use_, uses_, load_;
+    std::vector<std::uint8_t> verified_, predicted_, cur_, prev_;
+    bool have_prediction_ = false;
+    std::vector<std::int64_t> slot_expert_;
+    std::vector<std::int32_t> slot_pins_;
+    std::vector<std::uint8_t> slot_ready_, slot_prefetched_;
+    std::vector<EvictionCandidate> candidates_;
+    std::vector<std::uint8_t> queue_;
+    std::int64_t queued_ = 0;
+    bool io_busy_ = false, stop_ = false;
+    std::thread io_;
+    StoreStats stats_;
+};
+
+}  // namespace smoe::inline v0::store

@@ -1,0 +1,432 @@
+#pragma once
+// smoe::store::PackedFile: the routed experts of every MoE layer of a model, already in the panel
+// layout and storage format the kernels read (each expert type's own packing: expert::SwiGLU<W>,
+// expert::QuantSwiGLU), so loading is mmap + validation and never packs. Written once, one expert at
+// a time (PackedWriter: peak memory about one expert), by `smoe-pack` or store::pack_experts.
+//
+// Layout, version 1, little-endian (every offset from the file's start):
+//
+//   [0, 128)               FileHeader: magic "SMOEPACK", version, file size, where the table is,
+//                          a checksum of the table and one of the header itself
+//   [2 MiB, table_offset)  expert records, each at a multiple of 4 KiB (2 MiB from 2 MiB on), so a
+//                          record maps onto whole pages and a large one onto huge pages; the bytes are
+//                          the expert's packed record exactly as it sits in memory when resident
+//   [table_offset, end)    num_layers LayerEntry, then every layer's ExpertEntry in layer order
+//
+// A LayerEntry says which expert type packed the layer (kind: the record's meaning), the packing
+// variant (flags: bf16 k-pair panels, int8 dot panels), d, f and E; an ExpertEntry says where its
+// record is, its size, its XXH64 checksum and its formats (QuantSwiGLU: gate/up and down).
+//
+// Validation: open() checks the header (magic, version, its checksum, the file size it records: a
+// truncated file fails here), the table (its checksum, every entry's kind, extents and record range);
+// a record's own checksum is checked when the record is first used (ExpertStore: a mapped expert on
+// its first use, a cached one on every read into the cache) or by verify(). Every failure is a
+// smoe::io::file_error naming the file, the layer and expert, what differs and what was expected.
+// The expert type reading a layer holds the layer's kind, flags, d, f, E and every record's size to
+// its own configuration (a mismatch names both).
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
+#include "smoe/io/file_error.hpp"
+#include "smoe/io/mapped_file.hpp"
+#include "smoe/quant/format.hpp"
+
+namespace smoe::inline v0::store {
+
+static_assert(std::endian::native == std::endian::little, "smoe::store: packed expert files are little-endian");
+
+// XXH64 (Yann Collet's xxHash, 64-bit, seed 0): the checksum of every record and of the header and
+// table; several GB/s in scalar code, so checking a record costs little next to reading it.
+inline std::uint64_t xxh64(std::span<std::byte const> data, std::uint64_t seed = 0) {
+    constexpr std::uint64_t P1 = 0x9E3779B185EBCA87ull, P2 = 0xC2B2AE3D27D4EB4Full, P3 = 0x165667B19E3779F9ull,
+                            P4 = 0x85EBCA77C2B2AE63ull, P5 = 0x27D4EB2F165667C5ull;
+    auto const rd64 = [](std::byte const* p) {
+        std::uint64_t v;
+        std::memcpy(&v, p, 8);
+        return v;
+    };
+    auto const rd32 = [](std::byte const* p) {
+        std::uint32_t v;
+        std::memcpy(&v, p, 4);
+        return v;
+    };
+    auto const round = [](std::uint64_t acc, std::uint64_t in) { return std::rotl(acc + in * P2, 31) * P1; };
+    auto const merge = [&](std::uint64_t acc, std::uint64_t v) { return (acc ^ round(0, v)) * P1 + P4; };
+    std::byte const* p = data.data();
+    std::byte const* const end = p + data.size();
+    std::uint64_t h;
+    if (data.size() >= 32) {
+        std::uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
+        for (; p + 32 <= end; p += 32) {
+            v1 = round(v1, rd64(p));
+            v2 = round(v2, rd64(p + 8));
+            v3 = round(v3, rd64(p + 16));
+            v4 = round(v4, rd64(p + 24));
+        }
+        h = std::rotl(v1, 1) + std::rotl(v2, 7) + std::rotl(v3, 12) + std::rotl(v4, 18);
+        h = merge(merge(merge(merge(h, v1), v2), v3), v4);
+    } else {
+        h = seed + P5;
+    }
+    h += static_cast<std::uint64_t>(data.size());
+    for (; p + 8 <= end; p += 8) h = std::rotl(h ^ round(0, rd64(p)), 27) * P1 + P4;
+    if (p + 4 <= end) {
+        h = std::rotl(h ^ (std::uint64_t(rd32(p)) * P1), 23) * P2 + P3;
+        p += 4;
+    }
+    for (; p < end; ++p) h = std::rotl(h ^ (std::uint64_t(std::to_integer<std::uint8_t>(*p)) * P5), 11) * P1;
+    h ^= h >> 33;
+    h *= P2;
+    h ^= h >> 29;
+    h *= P3;
+    h ^= h >> 32;
+    return h;
+}
+
+inline constexpr std::uint32_t kPackedVersion = 1;
+inline constexpr char kPackedMagic[8] = {'S', 'M', 'O', 'E', 'P', 'A', 'C', 'K'};
+inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // huge-page aligned
+inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
+inline constexpr std::uint64_t kHugeRecordAlignment = std::uint64_t(2) << 20;
+
+// Where a record of `bytes` bytes starts at or after `offset`.
+inline std::uint64_t record_offset(std::uint64_t offset, std::uint64_t bytes) {
+    std::uint64_t const a = bytes >= kHugeRecordAlignment ? kHugeRecordAlignment : kRecordAlignment;
+    return (offset + a - 1) / a * a;
+}
+
+// Which expert type packed a layer: what its records mean.
+enum class ExpertKind : std::uint32_t { swiglu_f32 = 1, swiglu_bf16 = 2, swiglu_int8 = 3, quant_swiglu = 4 };
+inline char const* to_string(ExpertKind k) {
+    switch (k) {
+        case ExpertKind::swiglu_f32: return "SwiGLU<float>";
+        case ExpertKind::swiglu_bf16: return "SwiGLU<bf16>";
+        case ExpertKind::swiglu_int8: return "SwiGLU<int8_t>";
+        case ExpertKind::quant_swiglu: return "QuantSwiGLU";
+        default: return "unknown";
+    }
+}
+// The packing variant, part of the layout: SwiGLU<bf16>'s k-pair panels (AVX512-BF16 path) and
+// QuantSwiGLU's int8 dot and bf16 dot panels.
+enum PackFlags : std::uint32_t { kPackBf16KPairs = 1u, kPackInt8Dot = 2u, kPackBf16DotQuant = 4u };
+
+#pragma pack(push, 1)
+struct FileHeader {
+    char magic[8];
+    std::uint32_t version;
+    std::uint32_t header_bytes;  // sizeof(FileHeader)
+    std::uint64_t file_bytes;
+    std::uint64_t num_layers;
+    std::uint64_t num_experts_total;  // ExpertEntry count
+    std::uint64_t data_offset;
+    std::uint64_t table_offset;
+    std::uint64_t table_bytes;
+    std::uint64_t table_checksum;
+    std::uint64_t header_checksum;  // of these 128 bytes with this field 0
+    std::uint8_t reserved[128 - 80];
+};
+struct LayerEntry {
+    std::int64_t layer_index;  // the model's decoder layer
+    std::uint32_t kind;        // ExpertKind
+    std::uint32_t flags;       // PackFlags
+    std::int64_t hidden_size, intermediate_size, num_experts;
+    std::uint64_t first_expert;  // index of its expert 0 among the ExpertEntry
+    std::uint8_t reserved[64 - 48];
+};
+struct FormatEntry {
+    std::uint8_t kind, symmetric, act_order, ternary_scale;
+    std::int32_t ternary_packing;
+    std::int64_t group, block_rows, block_cols;
+};
+struct ExpertEntry {
+    std::uint64_t offset, bytes, checksum;
+    FormatEntry gate_up, down;  // QuantSwiGLU: the formats of W1/W3 and W2; zero for SwiGLU<W>
+    std::uint8_t reserved[128 - 88];
+};
+#pragma pack(pop)
+static_assert(sizeof(FileHeader) == 128 && sizeof(LayerEntry) == 64 && sizeof(FormatEntry) == 32 && sizeof(ExpertEntry) == 128);
+
+inline FormatEntry encode(quant::Format const& f) {
+    return {static_cast<std::uint8_t>(f.kind), std::uint8_t(f.symmetric), std::uint8_t(f.act_order), static_cast<std::uint8_t>(f.ternary_scale),
+            static_cast<std::int32_t>(f.packing), f.group, f.block_rows, f.block_cols};
+}
+inline quant::Format decode(FormatEntry const& e) {
+    quant::Format f;
+    f.kind = static_cast<quant::Kind>(e.kind);
+    f.symmetric = e.symmetric != 0;
+    f.act_order = e.act_order != 0;
+    f.group = e.group;
+    f.block_rows = e.block_rows;
+    f.block_cols = e.block_cols;
+    f.ternary_scale = static_cast<quant::TernaryScale>(e.ternary_scale);
+    f.packing = static_cast<quant::TernaryPacking>(e.ternary_packing);
+    return f;
+}
+
+// What an expert type says about one layer and one record when it writes them (PackedWriter).
+struct LayerInfo {
+    ExpertKind kind = ExpertKind::swiglu_f32;
+    std::uint32_t flags = 0;
+    std::int64_t hidden_size = 0, intermediate_size = 0;
+};
+struct RecordInfo {
+    quant::Format gate_up{}, down{};
+};
+
+// A layer of an open file, as validated.
+struct PackedLayer {
+    std::int64_t layer_index = 0;
+    ExpertKind kind{};
+    std::uint32_t flags = 0;
+    std::int64_t hidden_size = 0, intermediate_size = 0, num_experts = 0;
+    std::uint64_t first_expert = 0;
+};
+struct PackedRecord {
+    std::uint64_t offset = 0, bytes = 0, checksum = 0;
+    quant::Format gate_up{}, down{};
+};
+
+class PackedFile {
+public:
+    static std::shared_ptr<PackedFile const> open(std::filesystem::path const& path) {
+        auto f = std::shared_ptr<PackedFile>(new PackedFile());
+        f->path_ = path;
+        f->name_ = path.string();
+        f->map_ = io::MappedFile::open(path);
+        f->parse();
+        return f;
+    }
+
+    std::filesystem::path const& path() const { return path_; }
+    std::string const& name() const { return name_; }
+    std::size_t file_bytes() const { return map_.bytes().size(); }
+    std::span<PackedLayer const> layers() const { return layers_; }
+    // The entry of decoder layer `layer_index`; an error naming the layers the file has when absent.
+    PackedLayer const& layer(std::int64_t layer_index) const {
+        for (auto const& l : layers_)
+            if (l.layer_index == layer_index) return l;
+        std::string have;
+        for (auto const& l : layers_) have += (have.empty() ? "" : ", ") + std::to_string(l.layer_index);
+        io::detail::file_fail(name_, "layer", layer_index, "a layer the file holds (" + (have.empty() ? "none" : have) + ")");
+    }
+    PackedRecord const& record(PackedLayer const& l, std::int64_t e) const { return records_[l.first_expert + static_cast<std::size_t>(e)]; }
+    // The record's bytes in the mapping (the OS pages them in on first touch).
+    std::span<std::byte const> mapped(PackedRecord const& r) const { return map_.bytes().subspan(r.offset, r.bytes); }
+
+    // Throws a file_error naming the layer and expert when bytes (a copy of the record, or the
+    // mapping itself) do not have the record's checksum.
+    void check(PackedLayer const& l, std::int64_t e, std::span<std::byte const> bytes) const {
+        auto const& r = record(l, e);
+        std::uint64_t const h = xxh64(bytes);
+        if (h != r.checksum)
+            io::detail::file_fail(name_, where(l, e) + " checksum", hex(h), hex(r.checksum) + " (the table's XXH64 of the record: its bytes are corrupted)");
+    }
+    void verify(PackedLayer const& l, std::int64_t e) const { check(l, e, mapped(record(l, e))); }
+    void verify_all() const {
+        for (auto const& l : layers_)
+            for (std::int64_t e = 0; e < l.num_experts; ++e) verify(l, e);
+    }
+    std::string where(PackedLayer const& l, std::int64_t e) const {
+        return "layer " + std::to_string(l.layer_index) + " expert " + std::to_string(e);
+    }
+
+private:
+    PackedFile() = default;
+
+    static std::string hex(std::uint64_t v) {
+        char b[24];
+        std::snprintf(b, sizeof b, "0x%016llx", static_cast<unsigned long long>(v));
+        return b;
+    }
+    template <class T>
+    [[noreturn]] void fail(std::string const& what, T const& v, std::string const& expected) const {
+        io::detail::file_fail(name_, what, v, expected);
+    }
+
+    void parse() {
+        auto const bytes = map_.bytes();
+        FileHeader h{};
+        if (bytes.size() < sizeof h) fail("size", bytes.size(), "at least the 128-byte header of a packed expert file");
+        std::memcpy(&h, bytes.data(), sizeof h);
+        if (std::memcmp(h.magic, kPackedMagic, 8) != 0) fail("magic", std::string(h.magic, 8), "'SMOEPACK' (a file written by smoe-pack)");
+        if (h.version != kPackedVersion)
+            fail("version", h.version, std::to_string(kPackedVersion) + " (the format this smoe reads; repack the model with this smoe-pack)");
+        FileHeader z = h;
+        z.header_checksum = 0;
+        std::uint64_t const hc = xxh64(std::as_bytes(std::span(&z, 1)));
+        if (hc != h.header_checksum) fail("header checksum", hex(hc), hex(h.header_checksum) + " (the header's bytes are corrupted)");
+        if (h.header_bytes != sizeof h) fail("header_bytes", h.header_bytes, std::to_string(sizeof h));
+        if (h.file_bytes != bytes.size())
+            fail("size", std::to_string(bytes.size()) + " bytes", std::to_string(h.file_bytes) + " bytes, as the header records (a truncated or extended file)");
+        if (h.num_layers > std::uint64_t(limits::kMaxLayers)) fail("num_layers", h.num_layers, "at most smoe::limits::kMaxLayers");
+        if (h.num_experts_total > std::uint64_t(limits::kMaxLayers) * std::uint64_t(limits::kMaxExperts))
+            fail("num_experts_total", h.num_experts_total, "at most kMaxLayers * kMaxExperts");
+        std::uint64_t const want_table = h.num_layers * sizeof(LayerEntry) + h.num_experts_total * sizeof(ExpertEntry);
+        if (h.data_offset != kPackedDataOffset) fail("data_offset", h.data_offset, std::to_string(kPackedDataOffset));
+        if (h.table_bytes != want_table || h.table_offset < h.data_offset || h.table_offset > bytes.size() ||
+            bytes.size() - h.table_offset != h.table_bytes)
+            fail("table", "[" + std::to_string(h.table_offset) + ", +" + std::to_string(h.table_bytes) + ")",
+                 std::to_string(want_table) + " bytes (" + std::to_string(h.num_layers) + " layers, " + std::to_string(h.num_experts_total) +
+                     " experts) ending the file at " + std::to_string(bytes.size()));
+        auto const table = bytes.subspan(h.table_offset, h.table_bytes);
+        std::uint64_t const tc = xxh64(table);
+        if (tc != h.table_checksum) fail("table checksum", hex(tc), hex(h.table_checksum) + " (the layer/expert table is corrupted)");
+        std::uint64_t next_expert = 0;
+        for (std::uint64_t i = 0; i < h.num_layers; ++i) {
+            LayerEntry le{};
+            std::memcpy(&le, table.data() + i * sizeof le, sizeof le);
+            std::string const at = "layer entry " + std::to_string(i);
+            if (le.kind < 1 || le.kind > 4) fail(at + " kind", le.kind, "1-4 (SwiGLU<float>, <bf16>, <int8_t>, QuantSwiGLU)");
+            auto dim = [&](char const* k, std::int64_t v, std::int64_t hi) {
+                if (v < 1 || v > hi) fail(at + " " + k, v, "in [1, " + std::to_string(hi) + "]");
+            };
+            dim("hidden_size", le.hidden_size, limits::kMaxDimension);
+            dim("intermediate_size", le.intermediate_size, limits::kMaxDimension);
+            dim("num_experts", le.num_experts, limits::kMaxExperts);
+            if (le.first_expert != next_expert) fail(at + " first_expert", le.first_expert, std::to_string(next_expert) + " (layers in order)");
+            next_expert += static_cast<std::uint64_t>(le.num_experts);
+            if (next_expert > h.num_experts_total) fail(at + " num_experts", le.num_experts, "experts within the table's count");
+            for (auto const& l : layers_)
+                if (l.layer_index == le.layer_index) fail(at + " layer_index", le.layer_index, "each layer once");
+            layers_.push_back({le.layer_index, static_cast<ExpertKind>(le.kind), le.flags, le.hidden_size, le.intermediate_size,
+                               le.num_experts, le.first_expert});
+        }
+        if (next_expert != h.num_experts_total) fail("num_experts_total", h.num_experts_total, std::to_string(next_expert) + " (the layers' sum)");
+        records_.resize(h.num_experts_total);
+        std::uint64_t end = h.data_offset;
+        std::size_t li = 0;
+        for (std::uint64_t i = 0; i < h.num_experts_total; ++i) {
+            while (li + 1 < layers_.size() && i >= layers_[li + 1].first_expert) ++li;
+            ExpertEntry x{};
+            std::memcpy(&x, table.data() + h.num_layers * sizeof(LayerEntry) + i * sizeof x, sizeof x);
+            std::string const at = where(layers_[li], static_cast<std::int64_t>(i - layers_[li].first_expert));
+            if (x.bytes == 0 || x.offset != record_offset(x.offset, x.bytes) || x.offset < end || x.offset > h.table_offset ||
+                h.table_offset - x.offset < x.bytes)
+                fail(at + " record", "[" + std::to_string(x.offset) + ", +" + std::to_string(x.bytes) + ")",
+                     "an aligned, non-empty range after the previous record (" + std::to_string(end) + ") and before the table (" +
+                         std::to_string(h.table_offset) + ")");
+            end = x.offset + x.bytes;
+            auto fmt = [&](FormatEntry const& e, char const* part) {
+                if (e.kind > static_cast<std::uint8_t>(quant::Kind::ternary)) fail(at + " " + part + " format kind", int(e.kind), "a smoe::quant::Kind (0-6)");
+                if (e.ternary_scale > static_cast<std::uint8_t>(quant::TernaryScale::group) ||
+                    e.ternary_packing < 0 || e.ternary_packing > static_cast<std::int32_t>(quant::TernaryPacking::b3))
+                    fail(at + " " + part + " ternary scale/packing", std::to_string(e.ternary_scale) + "/" + std::to_string(e.ternary_packing),
+                         "a smoe::quant::TernaryScale (0-2) and TernaryPacking (0-1)");
+                quant::Format const f = decode(e);
+                std::int64_t const C = std::string_view(part) == "down" ? layers_[li].intermediate_size : layers_[li].hidden_size;
+                f.check(name_ + ": " + at + " " + part, 0, C);
+                return f;
+            };
+            records_[i] = {x.offset, x.bytes, x.checksum, fmt(x.gate_up, "gate_up"), fmt(x.down, "down")};
+        }
+    }
+
+    std::filesystem::path path_;
+    std::string name_;
+    io::MappedFile map_;
+    std::vector<PackedLayer> layers_;
+    std::vector<PackedRecord> records_;
+};
+
+// Writes a packed expert file one record at a time: begin_layer, add (E records, in expert order),
+// end_layer, ..., finish. Nothing but the table is held in memory. The file is written under its
+// own name; a writer destroyed before finish() leaves no header, so the file fails to open.
+class PackedWriter {
+public:
+    explicit PackedWriter(std::filesystem::path path) : path_(std::move(path)) {
+        f_ = std::fopen(path_.string().c_str(), "wb");
+        if (!f_) io::detail::file_fail(path_.string(), "file", "not writable", "a path smoe-pack can create");
+    }
+    PackedWriter(PackedWriter const&) = delete;
+    PackedWriter& operator=(PackedWriter const&) = delete;
+    ~PackedWriter() {
+        if (f_) std::fclose(f_);
+    }
+
+    void begin_layer(std::int64_t layer_index, LayerInfo const& info) {
+        if (open_) smoe::detail::fail("begin_layer", layer_index, "end_layer() of layer " + std::to_string(layers_.back().layer_index) + " first");
+        for (auto const& l : layers_)
+            if (l.layer_index == layer_index) smoe::detail::fail("begin_layer", layer_index, "each layer once");
+        LayerEntry le{};
+        le.layer_index = layer_index;
+        le.kind = static_cast<std::uint32_t>(info.kind);
+        le.flags = info.flags;
+        le.hidden_size = info.hidden_size;
+        le.intermediate_size = info.intermediate_size;
+        le.first_expert = experts_.size();
+        layers_.push_back(le);
+        open_ = true;
+    }
+    void add(std::span<std::byte const> record, RecordInfo const& info = {}) {
+        if (!open_) smoe::detail::fail("add", "a record", "begin_layer() first");
+        if (record.empty()) smoe::detail::fail("record", "0 bytes", "a non-empty record");
+        ExpertEntry x{};
+        x.offset = record_offset(pos_, record.size());
+        x.bytes = record.size();
+        x.checksum = xxh64(record);
+        x.gate_up = encode(info.gate_up);
+        x.down = encode(info.down);
+        write_at(x.offset, record);
+        pos_ = x.offset + x.bytes;
+        experts_.push_back(x);
+        ++layers_.back().num_experts;
+    }
+    void end_layer() {
+        if (!open_ || layers_.back().num_experts == 0) smoe::detail::fail("end_layer", "a layer without records", "begin_layer() and add() first");
+        open_ = false;
+    }
+    // Writes the table and then the header: only a finished file opens.
+    void finish() {
+        if (open_) end_layer();
+        std::vector<std::byte> table(layers_.size() * sizeof(LayerEntry) + experts_.size() * sizeof(ExpertEntry));
+        if (!layers_.empty()) std::memcpy(table.data(), layers_.data(), layers_.size() * sizeof(LayerEntry));
+        if (!experts_.empty()) std::memcpy(table.data() + layers_.size() * sizeof(LayerEntry), experts_.data(), experts_.size() * sizeof(ExpertEntry));
+        FileHeader h{};
+        std::memcpy(h.magic, kPackedMagic, 8);
+        h.version = kPackedVersion;
+        h.header_bytes = sizeof h;
+        h.num_layers = layers_.size();
+        h.num_experts_total = experts_.size();
+        h.data_offset = kPackedDataOffset;
+        h.table_offset = (pos_ + 63) / 64 * 64;
+        h.table_bytes = table.size();
+        h.file_bytes = h.table_offset + h.table_bytes;
+        h.table_checksum = xxh64(table);
+        h.header_checksum = xxh64(std::as_bytes(std::span(&h, 1)));
+        write_at(h.table_offset, table);
+        write_at(0, std::as_bytes(std::span(&h, 1)));
+        if (std::fflush(f_) != 0 || std::fclose(f_) != 0) {
+            f_ = nullptr;
+            io::detail::file_fail(path_.string(), "file", "write failed", "a finished packed expert file");
+        }
+        f_ = nullptr;
+    }
+
+private:
+    void write_at(std::uint64_t off, std::span<std::byte const> b) {
+        if (!f_) smoe::detail::fail("PackedWriter", "finished", "a writer before finish()");
+        if (std::fseek(f_, static_cast<long>(off), SEEK_SET) != 0 || std::fwrite(b.data(), 1, b.size(), f_) != b.size())
+            io::detail::file_fail(path_.string(), "file", "write failed at offset " + std::to_string(off), "room for the packed experts");
+    }
+
+    std::filesystem::path path_;
+    std::FILE* f_ = nullptr;
+    std::uint64_t pos_ = kPackedDataOffset;
+    bool open_ = false;
+    std::vector<LayerEntry> layers_;
+    std::vector<ExpertEntry> experts_;
+};
+
+}  // namespace smoe::inline v0::store

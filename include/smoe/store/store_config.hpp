@@ -1,0 +1,49 @@
+#pragma once
+// What an engine chooses about an expert store (store/expert_store.hpp), kept apart from the store so
+// that the expert configs (expert/swiglu_config.hpp, also read by nvcc) carry it without the store's
+// threads and files: the residency, the byte budget, the eviction policy, prefetch, and the packed
+// layer a store reads.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace smoe::inline v0::store {
+
+class PackedFile;
+
+enum class Residency { resident, mapped, cached };
+inline char const* to_string(Residency r) { return r == Residency::resident ? "resident" : r == Residency::mapped ? "mapped" : "cached"; }
+
+enum class Eviction { lru, lfu, custom };
+inline char const* to_string(Eviction e) { return e == Eviction::lru ? "lru" : e == Eviction::lfu ? "lfu" : "custom"; }
+
+// What a custom eviction policy sees: the cached experts no caller holds. It returns the index of the
+// victim in the span. last_use: the store's acquire counter at the expert's last use; uses: acquires
+// since construction; load: tokens routed to it since construction.
+struct EvictionCandidate {
+    std::int64_t expert = 0;
+    std::uint64_t last_use = 0, uses = 0, load = 0;
+};
+using EvictionPolicy = std::function<std::size_t(std::span<EvictionCandidate const>)>;
+
+struct StoreConfig {
+    Residency residency = Residency::resident;
+    std::size_t budget_bytes = 0;  // cached: the arena (at least one slot, the largest record)
+    Eviction eviction = Eviction::lru;
+    EvictionPolicy evict;          // Eviction::custom
+    bool prefetch = false;         // cached: a background I/O thread serves prefetch()
+};
+
+// A layer of a packed file as an expert's weights (SwiGLUWeights::packed, QuantSwiGLUWeights::packed).
+struct PackedSource {
+    std::shared_ptr<PackedFile const> file;
+    std::int64_t layer = 0;             // the model's decoder layer index
+    std::vector<std::int64_t> experts;  // the file's expert of each local expert (a rank's); empty: all
+    explicit operator bool() const { return file != nullptr; }
+};
+
+}  // namespace smoe::inline v0::store

@@ -1,0 +1,479 @@
+// Expert stores and packed expert files (smoe/store/): a layer whose experts come from a packed file,
+// mapped or cached within any budget (one expert to all), with every eviction policy, prefetch on or
+// off and a thread pool, gives the bits of the layer packed in memory; the cache evicts in the order
+// its policy says on a scripted routing; every corruption of the file is an error naming it.
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include "common/data.hpp"
+#include "smoe/smoe.hpp"
+#include "smoe/store/expert_store.hpp"
+#include "smoe/store/pack_experts.hpp"
+#include "smoe/store/packed_file.hpp"
+#include "smoe/store/pregate.hpp"
+
+using smoe::MatrixView;
+using Catch::Matchers::Contains;
+namespace store = smoe::store;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None>;
+using QLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None>;
+
+fs::path temp_file(std::string const& name) {
+    return fs::temp_directory_path() / ("smoe_store_" + std::to_string(::getpid()) + "_" + name);
+}
+
+struct Model {
+    std::int64_t d = 48, f = 40, E = 8, T = 24;  // f not a multiple of 8: the padded down panels
+    std::vector<float> gate, w1, w3, w2, x;
+    explicit Model(std::uint64_t seed, std::int64_t E_ = 8) : E(E_) {
+        std::mt19937_64 rng(seed);
+        gate = smoe_test::normal(rng, std::size_t(E * d), 0.5);
+        w1 = smoe_test::normal(rng, std::size_t(E * f * d), 0.2);
+        w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.2);
+        w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.2);
+        x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    }
+    Layer::Config config(store::StoreConfig s = {}) const {
+        Layer::Config c;
+        c.router = {.num_experts = E, .top_k = 2, .norm_topk_prob = true};
+        c.expert = {d, f, E, smoe::expert::Bf16Dot::automatic, smoe::expert::Int8Dot::off, s};
+        c.max_tokens = T;
+        return c;
+    }
+    Layer resident() const {
+        return Layer(config(), {MatrixView<float const>(gate.data(), E, d), {},
+                                smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), config().expert)});
+    }
+    Layer packed(std::shared_ptr<store::PackedFile const> file, store::StoreConfig s, std::int64_t layer = 0) const {
+        smoe::expert::SwiGLUWeights<float> w;
+        w.packed = {std::move(file), layer, {}};
+        return Layer(config(s), {MatrixView<float const>(gate.data(), E, d), {}, w});
+    }
+};
+
+// A prefill of T tokens, then decode steps of one token each (the cache's contents change between).
+// touched: experts that got tokens, summed over the calls (each is one acquire of a non-resident store).
+template <class L>
+std::vector<float> run(L& layer, std::vector<float> const& x, std::int64_t d, std::int64_t T, bool predict = false,
+                       std::int64_t* touched = nullptr) {
+    std::vector<float> y(x.size());
+    auto call = [&](std::int64_t t0, std::int64_t n) {
+        auto const r = layer.forward(MatrixView<float const>(x.data() + t0 * d, n, d), MatrixView<float>(y.data() + t0 * d, n, d));
+        for (std::int64_t e = 0; touched && e < r.num_experts; ++e) *touched += r.load(e) > 0;
+    };
+    call(0, T / 2);
+    for (std::int64_t t = T / 2; t < T; ++t) {
+        if (predict) {  // an engine's guess for the next step: the experts this token's neighbour used
+            std::vector<std::int64_t> ids = {t % 8, (t * 5 + 1) % 8, (t * 3) % 8};
+            layer.experts().store().prefetch(ids);
+        }
+        call(t, 1);
+    }
+    return y;
+}
+
+std::shared_ptr<store::PackedFile const> write_file(fs::path const& p, Layer const& l, std::int64_t layer_index = 0) {
+    store::PackedWriter w(p);
+    store::add_layer(w, layer_index, l.experts());
+    w.finish();
+    return store::PackedFile::open(p);
+}
+
+// A model, its resident layer and that layer written into a packed file (removed at the end).
+struct Packed {
+    Model m;
+    Layer ref;
+    fs::path path;
+    std::shared_ptr<store::PackedFile const> file;
+    Packed(std::uint64_t seed, char const* name, std::int64_t E = 8, std::int64_t layer = 0)
+        : m(seed, E), ref(m.resident()), path(temp_file(name)), file(write_file(path, ref, layer)) {}
+    ~Packed() {
+        std::error_code ec;
+        fs::remove(path, ec);
+    }
+};
+
+std::vector<std::byte> read_all(fs::path const& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::vector<char> c((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> b(c.size());
+    std::memcpy(b.data(), c.data(), c.size());
+    return b;
+}
+void write_all(fs::path const& p, std::vector<std::byte> const& b) {
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<char const*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+}  // namespace
+
+TEST_CASE("xxh64 gives the published xxHash digests", "[store][checksum]") {
+    auto h = [](std::string const& s) { return store::xxh64(std::as_bytes(std::span(s.data(), s.size()))); };
+    CHECK(h("") == 0xEF46DB3751D8E999ull);
+    CHECK(h("abc") == 0x44BC2CF5AD770999ull);
+    CHECK(h("Nobody inspects the spammish repetition") == 0xFBCEA83C8A378BF1ull);  // > 32 bytes: the stripes
+}
+
+TEST_CASE("a packed layer gives the resident layer's bits for every budget, policy, prefetch and pool", "[store][layer]") {
+    Packed fx(11, "same_bits.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    std::int64_t acquires = 0;
+    auto const want = run(ref, m.x, m.d, m.T, false, &acquires);
+    REQUIRE(file->layers().size() == 1);
+    CHECK(file->layers()[0].kind == store::ExpertKind::swiglu_f32);
+    CHECK(file->file_bytes() % 64 == 0);
+    file->verify_all();
+    for (auto const& l : file->layers())
+        for (std::int64_t e = 0; e < l.num_experts; ++e) {
+            CHECK(file->record(l, e).offset % store::kRecordAlignment == 0);
+            CHECK(reinterpret_cast<std::uintptr_t>(file->mapped(file->record(l, e)).data()) % 4096 == 0);
+        }
+
+    for (auto residency : {store::Residency::resident, store::Residency::mapped}) {
+        Layer l = m.packed(file, {.residency = residency});
+        CHECK(run(l, m.x, m.d, m.T) == want);
+        CHECK(l.experts().store().slots() == m.E);
+    }
+    std::size_t const slot = [&] {
+        Layer l = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 30});
+        return l.experts().store().slot_bytes();
+    }();
+    store::EvictionPolicy const highest_id = [](std::span<store::EvictionCandidate const> c) {
+        std::size_t pick = 0;
+        for (std::size_t i = 1; i < c.size(); ++i)
+            if (c[i].expert > c[pick].expert) pick = i;
+        return pick;
+    };
+    smoe::DefaultThreadPool pool(2);
+    for (std::int64_t slots = 1; slots <= m.E; ++slots)
+        for (auto ev : {store::Eviction::lru, store::Eviction::lfu, store::Eviction::custom})
+            for (bool prefetch : {false, true})
+                for (bool threads : {false, true}) {
+                    CAPTURE(slots, store::to_string(ev), prefetch, threads);
+                    store::StoreConfig const s{store::Residency::cached, std::size_t(slots) * slot + slot / 2, ev,
+                                               ev == store::Eviction::custom ? highest_id : store::EvictionPolicy{}, prefetch};
+                    Layer l = m.packed(file, s);
+                    if (threads) l.set_thread_pool(pool);
+                    auto& st = l.experts().store();
+                    CHECK(st.slots() == slots);
+                    CHECK(st.bounded() == (slots < m.E));
+                    CHECK(run(l, m.x, m.d, m.T, prefetch) == want);
+                    st.wait_idle();
+                    auto const stats = st.stats();
+                    CHECK(stats.hits + stats.misses == acquires);
+                    CHECK(stats.bytes_read == std::uint64_t(stats.misses + stats.prefetch_loaded) * file->record(file->layers()[0], 0).bytes);
+                    if (slots == m.E) CHECK(stats.evictions == 0);  // every expert read at most once
+                    if (slots == 1 && !prefetch) CHECK(stats.hits <= 1 + m.T / 2);  // at most the first expert of a call
+                    if (prefetch && slots < m.E) CHECK(stats.prefetch_issued > 0);  // a full cache needs none
+                    CHECK(stats.routed_pairs == m.T * 2);
+                }
+}
+
+TEST_CASE("an expert run one at a time holds its record for the call, with the mapping of a rank's experts",
+          "[store][dist]") {
+    Packed fx(12, "rank.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    // A rank holding experts 5 and 2 of the file as its local 0 and 1, in a cache of one slot.
+    smoe::expert::SwiGLUConfig cfg{m.d, m.f, 2};
+    cfg.store = {.residency = store::Residency::cached, .budget_bytes = 1};
+    smoe::expert::SwiGLUWeights<float> w;
+    w.packed = {file, 0, {5, 2}};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains("store.budget_bytes' = 1: expected at least one expert's slot"));
+    cfg.store.budget_bytes = 1 << 20;
+    smoe::expert::SwiGLU<float> const rank(cfg, w);
+    CHECK(rank.store().slots() == 2);
+    std::int64_t const M = 5;
+    std::vector<float> rw(M, 0.75f), a(std::size_t(M * m.d)), b(a.size());
+    smoe::WorkspaceBuffer ws(rank.workspace_size(M));
+    for (auto [local, global] : {std::pair{0, 5}, std::pair{1, 2}}) {
+        auto wa = ws.workspace();
+        rank.run(xsimd::default_arch{}, local, MatrixView<float const>(m.x.data(), M, m.d), rw, MatrixView<float>(a.data(), M, m.d), wa);
+        auto wb = ws.workspace();
+        ref.experts().run(xsimd::default_arch{}, global, MatrixView<float const>(m.x.data(), M, m.d), rw, MatrixView<float>(b.data(), M, m.d), wb);
+        CHECK(a == b);
+    }
+    w.packed.experts = {5, 8};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains("packed.experts' = 8"));
+}
+
+TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[store][eviction]") {
+    Packed fx(13, "evict.smoe", 6);
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
+    // One token per step, routed to the scripted expert; the slots' contents after each step.
+    auto script = [&](store::StoreConfig s, std::vector<std::int32_t> const& ids) {
+        s.residency = store::Residency::cached;
+        s.budget_bytes = 2 * slot;
+        Layer l = m.packed(file, s);
+        std::vector<std::vector<std::int64_t>> after;
+        std::vector<float> y(std::size_t(m.d));
+        float const one = 1.0f;
+        for (std::int32_t e : ids) {
+            l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1),
+                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, m.d));
+            after.push_back(l.experts().store().cached_experts());
+        }
+        return std::pair{after, l.experts().store().stats()};
+    };
+    using V = std::vector<std::int64_t>;
+    {  // LRU: 1 is least recently used when 2 comes, then 0 when 1 comes back
+        auto const [after, st] = script({.eviction = store::Eviction::lru}, {0, 1, 0, 2, 1, 1, 3});
+        CHECK(after[2] == V{0, 1});
+        CHECK(after[3] == V{0, 2});
+        CHECK(after[4] == V{1, 2});
+        CHECK(after[6] == V{1, 3});
+        CHECK(st.hits == 2);
+        CHECK(st.misses == 5);
+        CHECK(st.evictions == 3);
+    }
+    {  // LFU by tokens routed: 0 has 3 tokens, 1 one, so 2 replaces 1; then 3 replaces 2 (1 token, older)
+        auto const [after, st] = script({.eviction = store::Eviction::lfu}, {0, 0, 0, 1, 2, 3});
+        CHECK(after[3] == V{0, 1});
+        CHECK(after[4] == V{0, 2});
+        CHECK(after[5] == V{0, 3});
+        CHECK(st.hits == 2);
+    }
+    {  // the same sequence under LRU evicts 0 first
+        auto const [after, st] = script({.eviction = store::Eviction::lru}, {0, 0, 0, 1, 2, 3});
+        CHECK(after[4] == V{2, 1});
+        CHECK(after[5] == V{2, 3});
+    }
+    {  // the engine's own: evict the lowest id
+        store::EvictionPolicy lowest = [](std::span<store::EvictionCandidate const> c) {
+            std::size_t pick = 0;
+            for (std::size_t i = 1; i < c.size(); ++i)
+                if (c[i].expert < c[pick].expert) pick = i;
+            return pick;
+        };
+        auto const [after, st] = script({.eviction = store::Eviction::custom, .evict = lowest}, {4, 5, 1, 3});
+        CHECK(after[2] == V{1, 5});
+        CHECK(after[3] == V{3, 5});
+        store::StoreConfig bad{.residency = store::Residency::cached, .budget_bytes = 2 * slot, .eviction = store::Eviction::custom};
+        CHECK_THROWS_WITH(m.packed(file, bad), Contains("store.evict' = empty"));
+    }
+}
+
+TEST_CASE("prefetched experts are read by the I/O thread and counted when used", "[store][prefetch]") {
+    Packed fx(14, "prefetch.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    Layer l = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 20, .prefetch = true});
+    auto& st = l.experts().store();
+    std::vector<std::int64_t> const ids = {1, 3, 6};
+    st.prefetch(ids);
+    st.wait_idle();
+    CHECK(st.cached_experts() == std::vector<std::int64_t>{1, 3, 6, -1, -1, -1, -1, -1});
+    std::vector<std::int32_t> const route = {3, 6};
+    std::vector<float> const w = {0.5f, 0.5f};
+    std::vector<float> y(std::size_t(m.d));
+    l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(route.data(), 1, 2),
+                     MatrixView<float const>(w.data(), 1, 2), MatrixView<float>(y.data(), 1, m.d));
+    auto const s = st.stats();
+    CHECK(s.prefetch_loaded == 3);
+    CHECK(s.prefetch_used == 2);
+    CHECK(s.hits == 2);
+    CHECK(s.misses == 0);
+    CHECK(s.prediction_accuracy() == 1.0);  // both experts of the call were named
+}
+
+TEST_CASE("quantised experts of mixed formats from a packed file give the resident bits", "[store][quant]") {
+    using smoe::quant::Format;
+    Model const m(15);
+    // The formats smoe's quantiser writes (FP8 and MXFP4 come from checkpoints; their records are bytes
+    // like these to the store).
+    std::vector<Format> const gu = {Format::int4(16), Format::int8_channel(), Format::bf16(), Format::f32(),
+                                    Format::int4(0), Format::int4(24), Format::int4(16), Format::bf16()};
+    std::vector<Format> const dn = {Format::int4(8), Format::int8_channel(), Format::bf16(), Format::int4(0),
+                                    Format::f32(), Format::int4(20), Format::int8_channel(), Format::f32()};
+    QLayer::Config c;
+    c.router = {.num_experts = m.E, .top_k = 2, .norm_topk_prob = true};
+    c.expert = {m.d, m.f, m.E};
+    c.max_tokens = m.T;
+    MatrixView<float const> const gate(m.gate.data(), m.E, m.d);
+    QLayer ref(c, {gate, {}, smoe::expert::QuantSwiGLUWeights::quantized(m.w1.data(), m.w3.data(), m.w2.data(), c.expert, gu, dn)});
+    auto const want = run(ref, m.x, m.d, m.T);
+    auto const path = temp_file("quant.smoe");
+    {  // streaming: one single-expert QuantSwiGLU at a time
+        store::PackedWriter w(path);
+        store::add_layer_streaming(w, 7, m.E, [&](std::int64_t e, auto&& sink) {
+            auto one_cfg = c.expert;
+            one_cfg.num_experts = 1;
+            std::int64_t const fd = m.f * m.d;
+            sink(smoe::expert::QuantSwiGLU(one_cfg, smoe::expert::QuantSwiGLUWeights::quantized(m.w1.data() + e * fd, m.w3.data() + e * fd,
+                                                                                                  m.w2.data() + e * fd, one_cfg, {gu[std::size_t(e)]},
+                                                                                                  {dn[std::size_t(e)]})));
+        });
+        w.finish();
+    }
+    auto const file = store::PackedFile::open(path);
+    CHECK(file->layer(7).kind == store::ExpertKind::quant_swiglu);
+    CHECK(file->record(file->layer(7), 5).gate_up == gu[5]);
+    std::size_t slot = 0;
+    for (std::int64_t e = 0; e < m.E; ++e) slot = std::max<std::size_t>(slot, file->record(file->layer(7), e).bytes);
+    slot = (slot + 4095) / 4096 * 4096;
+    for (std::size_t budget : {slot, 3 * slot, std::size_t(1) << 24}) {
+        auto qc = c;
+        qc.expert.store = {.residency = store::Residency::cached, .budget_bytes = budget, .eviction = store::Eviction::lfu};
+        smoe::expert::QuantSwiGLUWeights w;
+        w.packed = {file, 7, {}};
+        QLayer l(qc, {gate, {}, w});
+        CHECK(run(l, m.x, m.d, m.T) == want);
+        for (std::int64_t e = 0; e < m.E; ++e) CHECK(l.experts().format_name(e) == ref.experts().format_name(e));
+    }
+    {  // mapped, and read by a layer whose int8 dot option packs otherwise
+        auto qc = c;
+        qc.expert.store = {.residency = store::Residency::mapped};
+        smoe::expert::QuantSwiGLUWeights w;
+        w.packed = {file, 7, {}};
+        QLayer l(qc, {gate, {}, w});
+        CHECK(run(l, m.x, m.d, m.T) == want);
+        qc.expert.int8_dot = smoe::expert::Int8Dot::portable;
+        CHECK_THROWS_WITH(QLayer(qc, {gate, {}, w}), Contains("layer 7 packing' = plain panels: expected int8 dot panels"));
+        CHECK_THROWS_WITH(m.packed(file, {}, 7), Contains("layer 7 expert type' = QuantSwiGLU: expected SwiGLU<float>"));
+    }
+}
+
+TEST_CASE("every corruption of a packed file is an error naming the file, layer, expert and what differs", "[store][errors]") {
+    Packed fx(16, "good.smoe", 8, 3);
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    auto const bad = temp_file("bad.smoe");
+    auto const good = read_all(path);
+    auto const& L = file->layer(3);
+    auto const table = good.size() - (sizeof(store::LayerEntry) + std::size_t(m.E) * sizeof(store::ExpertEntry));
+    auto open_bad = [&](auto&& edit) {
+        auto b = good;
+        edit(b);
+        write_all(bad, b);
+        return [&] { (void)store::PackedFile::open(bad); };
+    };
+    auto header_field = [&](std::vector<std::byte>& b, std::size_t off, std::uint32_t v) {  // and a valid header checksum
+        std::memcpy(b.data() + off, &v, 4);
+        store::FileHeader h;
+        std::memcpy(&h, b.data(), sizeof h);
+        h.header_checksum = 0;
+        h.header_checksum = store::xxh64(std::as_bytes(std::span(&h, 1)));
+        std::memcpy(b.data(), &h, sizeof h);
+    };
+    std::string const name = bad.string();
+    CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(b.size() - 100); })(), Contains(name + ": size'") && Contains("as the header records"));
+    CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(64); })(), Contains(name + ": size' = 64"));
+    CHECK_THROWS_WITH(open_bad([](auto& b) { b[20] ^= std::byte{1}; })(), Contains(name + ": header checksum'"));
+    CHECK_THROWS_WITH(open_bad([](auto& b) { b[0] = std::byte{'X'}; })(), Contains(name + ": magic'"));
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 2); })(), Contains(name + ": version' = 2: expected 1"));
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { b[table + 200] ^= std::byte{4}; })(), Contains(name + ": table checksum'"));
+    // A payload byte of expert 5: the table still opens; the record fails its checksum when read.
+    auto const r5 = file->record(L, 5);
+    {
+        auto b = good;
+        b[r5.offset + r5.bytes / 2] ^= std::byte{0x10};
+        write_all(bad, b);
+    }
+    auto const broken = store::PackedFile::open(bad);
+    CHECK_THROWS_WITH(broken->verify_all(), Contains(name + ": layer 3 expert 5 checksum'"));
+    CHECK_THROWS_WITH(m.packed(broken, {.residency = store::Residency::resident}, 3), Contains("layer 3 expert 5 checksum"));
+    for (auto residency : {store::Residency::mapped, store::Residency::cached}) {
+        CAPTURE(store::to_string(residency));
+        Layer l = m.packed(broken, {.residency = residency, .budget_bytes = 2 * 65536}, 3);
+        std::vector<float> y(std::size_t(m.d));
+        float const one = 1.0f;
+        auto route = [&](std::int32_t e) {
+            l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1),
+                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, m.d));
+        };
+        route(4);
+        CHECK_THROWS_WITH(route(5), Contains("layer 3 expert 5 checksum"));
+        CHECK_NOTHROW(route(6));  // the failed read left its slot free and nothing held
+        CHECK_THROWS_WITH(route(5), Contains("layer 3 expert 5 checksum"));
+    }
+    // Shapes and counts the reader holds the file to.
+    auto cfg = m.config().expert;
+    smoe::expert::SwiGLUWeights<float> w;
+    w.packed = {file, 3, {}};
+    CHECK_NOTHROW(smoe::expert::SwiGLU<float>(cfg, w));
+    cfg.intermediate_size = 32;
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains(path.string() + ": layer 3 intermediate_size' = 40: expected the config's 32"));
+    cfg = m.config().expert;
+    cfg.hidden_size = 64;
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains("layer 3 hidden_size' = 48"));
+    cfg = m.config().expert;
+    cfg.num_experts = 7;
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains("layer 3 num_experts' = 8: expected the config's 7"));
+    w.packed.layer = 0;
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(m.config().expert, w), Contains(": layer' = 0: expected a layer the file holds (3)"));
+    smoe::expert::SwiGLUWeights<smoe::bf16> wb;
+    wb.packed = {file, 3, {}};
+    smoe::expert::SwiGLUConfig bc = m.config().expert;
+    bc.bf16_dot = smoe::expert::Bf16Dot::off;
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<smoe::bf16>(bc, wb), Contains("layer 3 expert type' = SwiGLU<float>: expected SwiGLU<bf16>"));
+    // A record whose size disagrees with the layout (an entry edited, its table checksum redone).
+    {
+        auto b = good;
+        store::ExpertEntry x;
+        std::size_t const at = table + sizeof(store::LayerEntry) + 2 * sizeof(store::ExpertEntry);
+        std::memcpy(&x, b.data() + at, sizeof x);
+        x.bytes -= 64;
+        std::memcpy(b.data() + at, &x, sizeof x);
+        store::FileHeader h;
+        std::memcpy(&h, b.data(), sizeof h);
+        h.table_checksum = store::xxh64(std::span<std::byte const>(b.data() + table, b.size() - table));
+        h.header_checksum = 0;
+        h.header_checksum = store::xxh64(std::as_bytes(std::span(&h, 1)));
+        std::memcpy(b.data(), &h, sizeof h);
+        write_all(bad, b);
+        smoe::expert::SwiGLUWeights<float> wr;
+        wr.packed = {store::PackedFile::open(bad), 3, {}};
+        CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(m.config().expert, wr), Contains("layer 3 expert 2 record bytes'"));
+    }
+    // Residency other than resident needs a packed file.
+    CHECK_THROWS_WITH(Layer(m.config({.residency = store::Residency::mapped}),
+                            {MatrixView<float const>(m.gate.data(), m.E, m.d), {},
+                             smoe::expert::SwiGLUWeights<float>::dense(m.w1.data(), m.w3.data(), m.w2.data(), m.config().expert)}),
+                      Contains("store.residency' = mapped"));
+    fs::remove(bad);
+}
+
+TEST_CASE("pre-gating with the next layer's own gate predicts every expert it uses", "[store][pregate]") {
+    Packed fx(17, "pregate.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    // The "next layer" is this one: its router on the same input picks exactly the predicted experts
+    // (top-2 of softmax = top-2 of the logits), so the accuracy is 1; another gate's is lower.
+    Layer next = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 22, .prefetch = true});
+    store::PreGate pre(MatrixView<float const>(m.gate.data(), m.E, m.d), {}, 2, m.T);
+    std::vector<float> y(m.x.size());
+    for (std::int64_t t = 0; t < m.T; ++t) {
+        MatrixView<float const> const xt(m.x.data() + t * m.d, 1, m.d);
+        auto const ids = pre.predict(xt);
+        CHECK(ids.size() == 2);
+        pre.prefetch(next.experts().store(), xt);
+        next.forward(xt, MatrixView<float>(y.data() + t * m.d, 1, m.d));
+    }
+    auto const s = next.experts().store().stats();
+    CHECK(s.predicted_total == 2 * m.T);
+    CHECK(s.prediction_accuracy() == 1.0);
+    CHECK(s.routed_pairs == 2 * m.T);
+    CHECK(s.routing_consistency() >= 0.0);
+    std::vector<float> other(m.gate.rbegin(), m.gate.rend());
+    store::PreGate wrong(MatrixView<float const>(other.data(), m.E, m.d), {}, 2, m.T);
+    next.experts().store().reset_stats();
+    for (std::int64_t t = 0; t < m.T; ++t) {
+        MatrixView<float const> const xt(m.x.data() + t * m.d, 1, m.d);
+        wrong.prefetch(next.experts().store(), xt);
+        next.forward(xt, MatrixView<float>(y.data() + t * m.d, 1, m.d));
+    }
+    CHECK(next.experts().store().stats().prediction_accuracy() < 1.0);
+    CHECK_THROWS_WITH(store::PreGate(MatrixView<float const>(m.gate.data(), m.E, m.d), {}, 9, m.T), Contains("top_k' = 9"));
+}
