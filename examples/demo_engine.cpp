@@ -14,6 +14,12 @@
 // quantization_config, so the loader reads them as it would a published one.
 //
 //   mpiexec -n 2 demo_engine --shard     experts sharded over the ranks (expert parallelism, MPI builds)
+//
+// --store mapped|cached writes the model's routed experts into a packed expert file first (--packed
+// FILE, default a temporary file; smoe/store/), then runs them from it: mapped (the OS pages them) or
+// cached within --budget-frac of each layer's expert bytes (--eviction lru|lfu); --pregate prefetches
+// each next layer's experts predicted by its router on the current layer's input (store/pregate.hpp).
+// Each layer's store statistics are printed with the load table.
 
 #include <algorithm>
 #include <chrono>
@@ -22,16 +28,21 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "smoe/core/bf16.hpp"
 #include "smoe/io/checkpoint.hpp"
 #include "smoe/io/hf_config.hpp"
 #include "smoe/io/hf_moe.hpp"
+#include "smoe/io/hf_pack.hpp"
 #include "smoe/io/tensor_map.hpp"
+#include "smoe/store/pregate.hpp"
 
 #ifdef SMOE_DEMO_MPI
 #include <mpi.h>
@@ -60,6 +71,11 @@ struct Options {
     std::int64_t hidden = 0, ffn = 0;  // random model: d and the expert width instead of the shape's
     bool shard = false;
     std::uint64_t seed = 1;
+    std::string store = "resident";  // resident, mapped, cached
+    double budget_frac = 0.25;       // cached: the share of each layer's expert bytes held
+    std::string eviction = "lru";
+    std::string packed;              // the packed file (default: a temporary one)
+    bool pregate = false;
 };
 
 [[noreturn]] void usage(std::string const& msg) {
@@ -69,7 +85,9 @@ struct Options {
                  "                   [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
                  "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n"
                  "                   [--int8-dot off|on|avx2|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
-                 "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n",
+                 "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
+                 "                   [--store resident|mapped|cached] [--budget-frac F] [--eviction lru|lfu] [--packed FILE]\n"
+                 "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n",
                  msg.c_str());
     std::exit(2);
 }
@@ -111,12 +129,25 @@ Options parse(int argc, char** argv) {
         else if (a == "--hidden") o.hidden = parse_count("--hidden", value(), 1);
         else if (a == "--ffn") o.ffn = parse_count("--ffn", value(), 1);
         else if (a == "--seed") o.seed = static_cast<std::uint64_t>(parse_count("--seed", value(), 0));
+        else if (a == "--store") o.store = value();
+        else if (a == "--eviction") o.eviction = value();
+        else if (a == "--packed") o.packed = value();
+        else if (a == "--pregate") o.pregate = true;
+        else if (a == "--budget-frac") {
+            std::string const v = value();
+            char* end = nullptr;
+            o.budget_frac = std::strtod(v.c_str(), &end);
+            if (end == v.c_str() || *end != '\0' || !(o.budget_frac > 0.0 && o.budget_frac <= 1.0)) usage("--budget-frac: '" + v + "' is not in (0, 1]");
+        }
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
         else usage("unknown argument '" + a + "'");
     }
     if (o.shape != "deepseek" && o.shape != "mixtral") usage("--shape: '" + o.shape + "' is not deepseek or mixtral");
     if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "int8" && o.dtype != "int4" && o.dtype != "fp8" && o.dtype != "mxfp4")
         usage("--dtype: '" + o.dtype + "' is not bf16, f32, int8, int4, fp8 or mxfp4");
+    if (o.store != "resident" && o.store != "mapped" && o.store != "cached") usage("--store: '" + o.store + "' is not resident, mapped or cached");
+    if (o.eviction != "lru" && o.eviction != "lfu") usage("--eviction: '" + o.eviction + "' is not lru or lfu");
+    if (o.pregate && o.store == "resident") usage("--pregate needs --store mapped or cached (nothing to prefetch into otherwise)");
     if (o.model && (o.dtype == "fp8" || o.dtype == "mxfp4"))
         usage("--dtype " + o.dtype + ": for the random model only (a checkpoint's quantised experts load in their own format)");
     return o;
@@ -300,15 +331,40 @@ void print_load(std::vector<Layer>& layers, Ranks const& ranks) {
 }
 
 // h [T, d] += moe(rmsnorm(h)) through every layer.
+// With pregates (one per layer but the last): layer i + 1's experts predicted from layer i's input are
+// prefetched before layer i runs.
 template <class Layer>
 void step(std::vector<Layer>& layers, std::vector<float>& h, std::int64_t T, std::int64_t d, std::vector<float>& normed,
-          std::vector<float>& out) {
+          std::vector<float>& out, std::vector<smoe::store::PreGate>* pregates = nullptr) {
     normed.resize(static_cast<std::size_t>(T * d));
     out.resize(static_cast<std::size_t>(T * d));
-    for (auto& l : layers) {
+    for (std::size_t li = 0; li < layers.size(); ++li) {
+        auto& l = layers[li];
         rms_normalize(h.data(), normed.data(), T, d);
-        l.forward(smoe::MatrixView<float const>(normed.data(), T, d), smoe::MatrixView<float>(out.data(), T, d));
+        smoe::MatrixView<float const> const x(normed.data(), T, d);
+        if (pregates && li + 1 < layers.size())
+            if (auto* next = layers[li + 1].expert_store()) (*pregates)[li].prefetch(*next, x);
+        l.forward(x, smoe::MatrixView<float>(out.data(), T, d));
         for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
+    }
+}
+
+// Each layer's expert store: what it holds and what it did (prefill + decode).
+template <class Layer>
+void print_stores(std::vector<Layer>& layers, Ranks const& ranks) {
+    if (ranks.rank != 0) return;
+    std::printf("\nexpert store per layer%s (rank 0): held/E, hit rate, misses, evictions, MiB read, stall ms, prefetch "
+                "used/loaded, prediction accuracy, routing consistency\n", ranks.size > 1 ? "" : "");
+    for (auto& l : layers) {
+        auto* st = l.expert_store();
+        if (!st) continue;
+        auto const s = st->stats();
+        std::printf("  L%-4lld %-8s %3lld/%-3lld  %5.1f %%  %6lld  %6lld  %8.1f  %8.2f  %5lld/%-5lld  %5.1f %%  %5.1f %%\n",
+                    static_cast<long long>(l.layer_index()), smoe::store::to_string(st->residency()), static_cast<long long>(st->slots()),
+                    static_cast<long long>(st->num_experts()), 100.0 * s.hit_rate(), static_cast<long long>(s.misses),
+                    static_cast<long long>(s.evictions), double(s.bytes_read) / (1 << 20), 1e3 * s.stall_seconds,
+                    static_cast<long long>(s.prefetch_used), static_cast<long long>(s.prefetch_loaded), 100.0 * s.prediction_accuracy(),
+                    100.0 * s.routing_consistency());
     }
 }
 
@@ -326,6 +382,47 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
     if (o.dtype == "int4") lo.format = smoe::io::WeightFormat::int4;
     if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
+    // --store mapped|cached: the routed experts go into a packed file first (one per rank: each packs and
+    // caches its own experts only when sharded, since the file's layer holds all; the rank reads its share).
+    std::string const packed_path = !o.packed.empty() ? o.packed + (ranks.size > 1 ? "." + std::to_string(ranks.rank) : "")
+                                                      : (std::filesystem::temp_directory_path() /
+                                                         ("smoe_demo_" + std::to_string(::getpid()) + ".smoe")).string();
+    auto pack_and_load = [&](auto const& src, std::int64_t l, std::string const& name) {
+        if (o.store == "resident") return Layer::load(cfg, src, l, lo, name, maker);
+        if (!lo.packed) {
+            smoe::io::HfMoeLayer::Options po;
+            po.format = lo.format;
+            po.bf16_dot = lo.bf16_dot;
+            po.int8_dot = lo.int8_dot;
+            std::vector<std::int64_t> moe;
+            for (std::int64_t i = 0; i < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(moe.size()) < o.layers); ++i)
+                if (cfg.is_moe_layer(i)) moe.push_back(i);
+            auto const t0 = Clock::now();
+            smoe::store::PackedWriter out(packed_path);
+            smoe::io::pack_hf_layers(cfg, src, moe, out, po, name);
+            out.finish();
+            lo.packed = smoe::store::PackedFile::open(packed_path);
+            if (talk) std::fprintf(stderr, "packed %zu MoE layers into %s (%.1f MiB) in %.2f s\n", moe.size(), packed_path.c_str(),
+                                   double(lo.packed->file_bytes()) / (1 << 20), seconds_since(t0));
+            switch (lo.packed->layers()[0].kind) {  // the layer type follows the file's records
+                case smoe::store::ExpertKind::swiglu_f32: lo.format = smoe::io::WeightFormat::f32; break;
+                case smoe::store::ExpertKind::swiglu_bf16: lo.format = smoe::io::WeightFormat::bf16; break;
+                case smoe::store::ExpertKind::swiglu_int8: lo.format = smoe::io::WeightFormat::int8; break;
+                default: lo.format = smoe::io::WeightFormat::int4, lo.int4_group = 0; break;
+            }
+        }
+        auto const& pl = lo.packed->layer(l);
+        std::uint64_t bytes = 0;
+        for (std::int64_t e = 0; e < pl.num_experts; ++e) bytes += lo.packed->record(pl, e).bytes;
+        lo.store.residency = o.store == "mapped" ? smoe::store::Residency::mapped : smoe::store::Residency::cached;
+        lo.store.eviction = o.eviction == "lfu" ? smoe::store::Eviction::lfu : smoe::store::Eviction::lru;
+        lo.store.prefetch = o.pregate;
+        // At least one expert's slot, so the smallest fraction still runs (one expert per round).
+        std::uint64_t slot = 0;
+        for (std::int64_t e = 0; e < pl.num_experts; ++e) slot = std::max<std::uint64_t>(slot, (lo.packed->record(pl, e).bytes + 4095) / 4096 * 4096);
+        lo.store.budget_bytes = static_cast<std::size_t>(std::max<double>(double(slot), o.budget_frac * double(bytes)));
+        return Layer::load(cfg, src, l, lo, name, maker);
+    };
     if (o.model) {
         std::filesystem::path const dir = *o.model;
         cfg = smoe::io::read_hf_config(dir / "config.json");
@@ -336,7 +433,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
             if (!cfg.is_moe_layer(l)) continue;
             if (talk) std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
             try {
-                layers.push_back(Layer::load(cfg, ckpt, l, lo, dir.string(), maker));
+                layers.push_back(pack_and_load(ckpt, l, dir.string()));
             } catch (...) {
                 if (talk) std::fprintf(stderr, "\n");  // end the progress line before the error
                 throw;
@@ -347,13 +444,18 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     } else {
         cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
         auto const weights = RandomModel(cfg, o.dtype, o.seed).build();
-        for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(Layer::load(cfg, weights, l, lo, "<random model>", maker));
+        for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(pack_and_load(weights, l, "<random model>"));
         source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
     }
     if (layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
     double const load_s = seconds_since(t_load);
     smoe::DefaultThreadPool pool(o.threads);
     for (auto& l : layers) l.set_thread_pool(pool);
+    std::vector<smoe::store::PreGate> pregates;
+    if (o.pregate)
+        for (std::size_t i = 0; i + 1 < layers.size(); ++i)
+            pregates.emplace_back(layers[i + 1].gate(), layers[i + 1].expert_bias(), cfg.top_k(), o.prefill);
+    auto* const pg = o.pregate ? &pregates : nullptr;
     std::int64_t const d = cfg.hidden_size;
 
     std::size_t wbytes = 0, wsbytes = 0;
@@ -392,7 +494,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     for (auto& v : h) v = nd(rng);
     ranks.barrier();
     auto const t_prefill = Clock::now();
-    step(layers, h, T, d, normed, out);
+    step(layers, h, T, d, normed, out, pg);
     ranks.barrier();
     double const prefill_s = seconds_since(t_prefill);
     if (talk)
@@ -406,7 +508,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     auto const t_decode = Clock::now();
     for (std::int64_t i = 0; i < o.decode; ++i) {
         rms_normalize(tok.data(), tok.data(), 1, d);
-        step(layers, tok, 1, d, normed, out);
+        step(layers, tok, 1, d, normed, out, pg);
         if (talk && ((i + 1) % 8 == 0 || i + 1 == o.decode))
             std::fprintf(stderr, "\rdecode %lld/%lld steps", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
     }
@@ -420,6 +522,10 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
                     1e3 * decode_s / double(o.decode), layers.size());
     }
     print_load(layers, ranks);
+    if (o.store != "resident") {
+        print_stores(layers, ranks);
+        if (o.packed.empty()) std::filesystem::remove(packed_path);  // mapped pages stay valid until unmapped
+    }
     return 0;
 }
 

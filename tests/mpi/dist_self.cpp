@@ -4,17 +4,20 @@
 
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include "dist_model.hpp"
 #include "thread_communicator.hpp"
 #include "smoe/dist/layer.hpp"
 #include "smoe/smoe.hpp"
+#include "smoe/store/pack_experts.hpp"
 
 using smoe::MatrixView;
 using smoe::dist::ExpertPlacement;
@@ -56,6 +59,33 @@ std::string what(std::exception_ptr const& e) {
         return x.what();
     }
     return "(nothing thrown)";
+}
+
+// Rank r's share of every batch through its layer: got[r][call] -> y rows.
+template <class L>
+void run_batches(L& layer, std::vector<smoe_test::SplitBatch> const& batches, int r, std::int64_t d,
+                 std::vector<std::vector<std::vector<float>>>& got) {
+    for (auto const& b : batches) {
+        auto const x = b.of(r);
+        std::vector<float> y(static_cast<std::size_t>(x.rows * d), -3.0f);
+        layer.forward(x, MatrixView<float>(y.data(), x.rows, d));
+        got[static_cast<std::size_t>(r)].push_back(std::move(y));
+    }
+}
+
+// Every rank's rows of every call have the single-process layer's bits.
+template <class S>
+void check_against(S& single, std::vector<smoe_test::SplitBatch> const& batches, int P, std::int64_t d,
+                   std::vector<std::vector<std::vector<float>>> const& got) {
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+        auto const& b = batches[i];
+        std::vector<float> want(static_cast<std::size_t>(b.total() * d));
+        single.forward(b.all(), MatrixView<float>(want.data(), b.total(), d));
+        for (int r = 0; r < P; ++r) {
+            INFO("call " << i << ", rank " << r);
+            CHECK(smoe_test::same_bits(want, b.first(r), got[static_cast<std::size_t>(r)][i], d));
+        }
+    }
 }
 
 std::vector<std::int32_t> ranks_of(ExpertPlacement const& p) {
@@ -187,25 +217,12 @@ TEST_CASE("ranks as threads: the sharded layer equals smoe::MoELayer bit for bit
             auto const local = smoe_test::local_experts(m, pl, r);
             ThreadSharded layer(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = Tm},
                                 {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = local.weights()});
-            for (auto const& b : batches) {
-                auto const x = b.of(r);
-                std::vector<float> y(static_cast<std::size_t>(x.rows * d), -3.0f);
-                layer.forward(x, MatrixView<float>(y.data(), x.rows, d));
-                got[static_cast<std::size_t>(r)].push_back(std::move(y));
-            }
+            run_batches(layer, batches, r, d, got);
             rank_load[static_cast<std::size_t>(r)] = layer.global_stats().rank_load;
         });
         for (int r = 0; r < P; ++r) REQUIRE(what(errors[static_cast<std::size_t>(r)]) == "(nothing thrown)");
         Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = P * Tm}, m.weights());
-        for (std::size_t i = 0; i < batches.size(); ++i) {
-            auto const& b = batches[i];
-            std::vector<float> want(static_cast<std::size_t>(b.total() * d));
-            single.forward(b.all(), MatrixView<float>(want.data(), b.total(), d));
-            for (int r = 0; r < P; ++r) {
-                INFO("call " << i << ", rank " << r);
-                CHECK(smoe_test::same_bits(want, b.first(r), got[static_cast<std::size_t>(r)][i], d));
-            }
-        }
+        check_against(single, batches, P, d, got);
         // The last call, 1 token per rank with k = 3: 9 rows over the ranks' experts, the same view on every rank.
         std::int64_t rows = 0;
         for (auto v : rank_load[0]) rows += v;
@@ -297,4 +314,44 @@ TEST_CASE("ranks as threads: shared experts (replicated) keep the sharded layer 
                             {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = {local.weights(), sw, gate_view}});
     });
     CHECK_THAT(what(errs[1]), Contains("placement"));
+}
+
+TEST_CASE("ranks as threads: each rank caches its own experts of one packed file, bit for bit", "[dist][layer][threads][store]") {
+    constexpr int P = 2;
+    constexpr std::int64_t d = 19, E = 8, Tm = 16;
+    std::mt19937_64 rng(13);
+    auto const m = Model::random(rng, d, 11, E);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 3, .norm_topk_prob = true};
+    Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = P * Tm}, m.weights());
+    auto const path = std::filesystem::temp_directory_path() / ("smoe_dist_store_" + std::to_string(::getpid()) + ".smoe");
+    {
+        smoe::store::PackedWriter out(path);
+        smoe::store::add_layer(out, 0, single.experts());
+        out.finish();
+    }
+    auto const file = smoe::store::PackedFile::open(path);
+    auto const pl = ExpertPlacement::from_table({1, 0, 1, 1, 0, 0, 1, 0}, P);
+    std::vector<smoe_test::SplitBatch> batches;
+    batches.push_back(smoe_test::split_batch(900, {Tm, 3}, d));
+    batches.push_back(smoe_test::split_batch(901, {1, 1}, d));
+    std::vector<std::vector<std::vector<float>>> got(P);
+    std::vector<std::int64_t> misses(P);
+    auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+        int const r = comm.rank();
+        smoe::expert::SwiGLUConfig cfg{d, 11, pl.num_local(r)};
+        // One slot, the smallest budget: the rank runs its experts one at a time (dist::MoELayer's run()).
+        cfg.store = {.residency = smoe::store::Residency::cached, .budget_bytes = (file->record(file->layer(0), 0).bytes + 4095) / 4096 * 4096};
+        smoe::expert::SwiGLUWeights<float> w;
+        w.packed = {file, 0, {}};
+        for (std::int64_t l = 0; l < pl.num_local(r); ++l) w.packed.experts.push_back(pl.global_id(r, l));
+        ThreadSharded layer(comm, pl, {.router = rc, .expert = cfg, .max_tokens = Tm},
+                            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = w});
+        run_batches(layer, batches, r, d, got);
+        misses[static_cast<std::size_t>(r)] = layer.experts().store().stats().misses;
+    });
+    for (int r = 0; r < P; ++r) REQUIRE(what(errors[static_cast<std::size_t>(r)]) == "(nothing thrown)");
+    check_against(single, batches, P, d, got);
+    CHECK(misses[0] > 0);
+    CHECK(misses[1] > 0);
+    std::filesystem::remove(path);
 }

@@ -309,6 +309,18 @@ public:
     }
     // The R-V3 families' score-correction bias (empty for the others).
     std::span<float const> expert_bias() const { return bias_; }
+    // The router weight [E, d] (fp32), e.g. for a pre-gating predictor (store/pregate.hpp).
+    MatrixView<float const> gate() const { return {gate_.data(), cfg_.num_experts(), cfg_.hidden_size}; }
+    // The routed experts' store (store/expert_store.hpp); nullptr for a rank without local experts.
+    store::ExpertStore* expert_store() {
+        return std::visit(
+            [](auto const& l) -> store::ExpertStore* {
+                if constexpr (requires { l->has_local_experts(); })
+                    if (!l->has_local_experts()) return nullptr;
+                return &l->experts().store();
+            },
+            layer_);
+    }
     // formats.md §4 rule 5: local expert e's format ("int4-g128-sym", "fp8-e4m3-b128x128", "gate/up X,
     // down Y"), or the layer's dtype for an unquantised layer; the shared expert's ("" when none).
     std::string expert_format(std::int64_t e) const {

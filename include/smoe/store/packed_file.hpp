@@ -238,6 +238,19 @@ public:
         for (auto const& l : layers_)
             for (std::int64_t e = 0; e < l.num_experts; ++e) verify(l, e);
     }
+    // Asks the OS to drop the file's pages from its page cache (posix_fadvise DONTNEED; dirty pages
+    // are not dropped), so that a benchmark reads from the disk; returns whether the OS accepted.
+    bool drop_page_cache() const {
+#if SMOE_IO_HAS_MMAP
+        int const fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return false;
+        bool const ok = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+        ::close(fd);
+        return ok;
+#else
+        return false;
+#endif
+    }
     std::string where(PackedLayer const& l, std::int64_t e) const {
         return "layer " + std::to_string(l.layer_index) + " expert " + std::to_string(e);
     }

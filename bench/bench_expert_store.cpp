@@ -1,0 +1,189 @@
+// Expert stores on a controlled routing (issue 17 item 6): decode steps of one token through L layers
+// of int8 SwiGLU experts read from a packed file, for each store (resident, mapped, cached with LRU or
+// LFU) x budget (10, 25, 50 % of the expert bytes) x prefetch (off; on: the next step's routing handed
+// to prefetch() one step ahead, the Read-ME upper bound a perfect predictor reaches).
+//
+// The routing is generated, not learned: random weights have no locality of their own. Each token
+// picks k experts; with probability `reuse` an expert of the previous token (temporal locality, the
+// local routing consistency of Liang et al.), otherwise one drawn from a Zipf law of exponent `zipf`
+// over a fixed random permutation of the experts (popularity). BM_store/<store>/<budget %>/<prefetch>/
+// zipf:<x100>/reuse:<%>. Every run starts from a cold page cache (posix_fadvise DONTNEED on the file),
+// so the figures include the disk (or whatever backs the file here), not the page cache.
+//
+// Counters: tokens/s, hit_rate, MB_per_token read from the file, stall_ms_per_token (acquire's waits).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include "smoe/balance/none.hpp"
+#include "smoe/expert/swiglu.hpp"
+#include "smoe/layer.hpp"
+#include "smoe/router/topk.hpp"
+#include "smoe/store/expert_store.hpp"
+#include "smoe/store/pack_experts.hpp"
+
+namespace {
+
+namespace store = smoe::store;
+using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<std::int8_t>, smoe::balance::None>;
+
+constexpr std::int64_t kD = 1024, kF = 512, kE = 64, kK = 8, kLayers = 2, kSteps = 64;
+
+// The packed file of kLayers layers of random int8 experts, written once per process.
+struct Model {
+    std::filesystem::path path;
+    std::shared_ptr<store::PackedFile const> file;
+    std::vector<float> gate;
+    std::uint64_t expert_bytes = 0;  // per layer
+    Model() {
+        path = std::filesystem::temp_directory_path() / ("smoe_bench_store_" + std::to_string(::getpid()) + ".smoe");
+        std::mt19937_64 rng(7);
+        std::normal_distribution<float> nd(0.0f, 0.05f);
+        gate.resize(kE * kD);
+        for (auto& g : gate) g = nd(rng);
+        store::PackedWriter out(path);
+        smoe::expert::SwiGLUConfig one{kD, kF, 1};
+        std::vector<float> w1(kF * kD), w3(kF * kD), w2(kD * kF);
+        for (std::int64_t l = 0; l < kLayers; ++l)
+            store::add_layer_streaming(out, l, kE, [&](std::int64_t, auto&& sink) {
+                for (auto* w : {&w1, &w3, &w2})
+                    for (auto& v : *w) v = nd(rng);
+                auto q1 = smoe::quantize_int8_per_channel(smoe::MatrixView<float const>(w1.data(), kF, kD));
+                auto q3 = smoe::quantize_int8_per_channel(smoe::MatrixView<float const>(w3.data(), kF, kD));
+                auto q2 = smoe::quantize_int8_per_channel(smoe::MatrixView<float const>(w2.data(), kD, kF));
+                sink(smoe::expert::SwiGLU<std::int8_t>(
+                    one, smoe::expert::SwiGLUWeights<std::int8_t>::dense(q1.q.data(), q1.s.data(), q3.q.data(), q3.s.data(), q2.q.data(),
+                                                                        q2.s.data(), one)));
+            });
+        out.finish();
+        file = store::PackedFile::open(path);
+        auto const& L = file->layers()[0];
+        for (std::int64_t e = 0; e < kE; ++e) expert_bytes += file->record(L, e).bytes;
+    }
+    ~Model() { std::filesystem::remove(path); }
+};
+
+Model& model() {
+    static Model m;
+    return m;
+}
+
+// kSteps x kLayers routings of one token: k distinct experts, reused from the previous token with
+// probability reuse, else Zipf(zipf)-popular.
+std::vector<std::int32_t> routing(double zipf, double reuse, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<double> cdf(kE);
+    double sum = 0;
+    for (std::int64_t i = 0; i < kE; ++i) cdf[i] = (sum += 1.0 / std::pow(double(i + 1), zipf));
+    std::vector<std::int32_t> perm(kE);
+    for (std::int64_t i = 0; i < kE; ++i) perm[i] = std::int32_t(i);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::vector<std::int32_t> ids(kSteps * kLayers * kK);
+    for (std::int64_t l = 0; l < kLayers; ++l)
+        for (std::int64_t s = 0; s < kSteps; ++s) {
+            std::int32_t* const row = ids.data() + (s * kLayers + l) * kK;
+            std::int32_t const* prev = s > 0 ? ids.data() + ((s - 1) * kLayers + l) * kK : nullptr;
+            for (std::int64_t j = 0; j < kK; ++j) {
+                std::int32_t e;
+                do {
+                    if (prev && u(rng) < reuse)
+                        e = prev[std::uniform_int_distribution<int>(0, kK - 1)(rng)];
+                    else
+                        e = perm[std::lower_bound(cdf.begin(), cdf.end(), u(rng) * sum) - cdf.begin()];
+                } while (std::find(row, row + j, e) != row + j);
+                row[j] = e;
+            }
+        }
+    return ids;
+}
+
+// residency: 0 resident, 1 mapped, 2 cached LRU, 3 cached LFU; budget in % of a layer's expert bytes.
+void BM_store(benchmark::State& state) {
+    auto& m = model();
+    int const kind = int(state.range(0));
+    double const budget = double(state.range(1)) / 100.0;
+    bool const prefetch = state.range(2) != 0;
+    double const zipf = double(state.range(3)) / 100.0, reuse = double(state.range(4)) / 100.0;
+    store::StoreConfig sc;
+    sc.residency = kind == 0 ? store::Residency::resident : kind == 1 ? store::Residency::mapped : store::Residency::cached;
+    sc.eviction = kind == 3 ? store::Eviction::lfu : store::Eviction::lru;
+    sc.budget_bytes = static_cast<std::size_t>(budget * double(m.expert_bytes));
+    sc.prefetch = prefetch;
+    Layer::Config c;
+    c.router = {.num_experts = kE, .top_k = kK};
+    c.expert = {kD, kF, kE, smoe::expert::Bf16Dot::automatic, smoe::expert::Int8Dot::off, sc};
+    c.max_tokens = 1;
+    auto const ids = routing(zipf, reuse, 11);
+    std::vector<float> const w(kK, 1.0f / kK);
+    std::vector<float> x(kD, 0.01f), y(kD);
+    smoe::DefaultThreadPool pool(2);
+    double tokens = 0, hits = 0, acquires = 0, bytes = 0, stall = 0;
+    for (auto _ : state) {
+        state.PauseTiming();
+        m.file->drop_page_cache();
+        std::vector<std::unique_ptr<Layer>> layers;
+        for (std::int64_t l = 0; l < kLayers; ++l) {
+            smoe::expert::SwiGLUWeights<std::int8_t> pw;
+            pw.packed = {m.file, l, {}};
+            layers.push_back(std::make_unique<Layer>(c, Layer::Weights{smoe::MatrixView<float const>(m.gate.data(), kE, kD), {}, pw}));
+            layers.back()->set_thread_pool(pool);
+        }
+        state.ResumeTiming();
+        for (std::int64_t s = 0; s < kSteps; ++s)
+            for (std::int64_t l = 0; l < kLayers; ++l) {
+                auto& layer = *layers[std::size_t(l)];
+                if (prefetch && s + 1 < kSteps) {  // the next step's routing of this layer, one step ahead
+                    std::int32_t const* next = ids.data() + ((s + 1) * kLayers + l) * kK;
+                    std::int64_t p[kK];
+                    for (std::int64_t j = 0; j < kK; ++j) p[j] = next[j];
+                    layer.experts().store().prefetch(p);
+                }
+                layer.forward_routed(smoe::MatrixView<float const>(x.data(), 1, kD),
+                                     smoe::MatrixView<std::int32_t const>(ids.data() + (s * kLayers + l) * kK, 1, kK),
+                                     smoe::MatrixView<float const>(w.data(), 1, kK), smoe::MatrixView<float>(y.data(), 1, kD));
+            }
+        state.PauseTiming();
+        for (auto& l : layers) {
+            auto const st = l->experts().store().stats();
+            hits += double(st.hits);
+            acquires += double(st.hits + st.misses);
+            bytes += double(st.bytes_read);
+            stall += st.stall_seconds;
+        }
+        tokens += kSteps;
+        layers.clear();
+        state.ResumeTiming();
+    }
+    state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+    state.counters["hit_rate"] = acquires > 0 ? hits / acquires : 1.0;
+    state.counters["MB_per_token"] = bytes / tokens / 1e6;
+    state.counters["stall_ms_per_token"] = 1e3 * stall / tokens;
+}
+
+void store_args(benchmark::internal::Benchmark* b) {
+    for (auto [zipf, reuse] : {std::pair{80, 50}, std::pair{120, 80}}) {
+        b->Args({0, 100, 0, zipf, reuse});
+        b->Args({1, 100, 0, zipf, reuse});
+        for (int kind : {2, 3})
+            for (int budget : {10, 25, 50})
+                for (int pf : {0, 1}) b->Args({kind, budget, pf, zipf, reuse});
+    }
+    b->ArgNames({"store", "budget", "prefetch", "zipf", "reuse"});
+    b->Unit(benchmark::kMillisecond);
+    b->Iterations(3);
+    b->UseRealTime();
+}
+BENCHMARK(BM_store)->Apply(store_args);
+
+}  // namespace
