@@ -143,15 +143,15 @@ void BM_store(benchmark::State& state) {
         for (std::int64_t s = 0; s < kSteps; ++s)
             for (std::int64_t l = 0; l < kLayers; ++l) {
                 auto& layer = *layers[std::size_t(l)];
-                if (prefetch && s + 1 < kSteps) {  // the next step's routing of this layer, one step ahead
+                layer.forward_routed(smoe::MatrixView<float const>(x.data(), 1, kD),
+                                     smoe::MatrixView<std::int32_t const>(ids.data() + (s * kLayers + l) * kK, 1, kK),
+                                     smoe::MatrixView<float const>(w.data(), 1, kK), smoe::MatrixView<float>(y.data(), 1, kD));
+                if (prefetch && s + 1 < kSteps) {  // this layer's next routing, read while the other layers run
                     std::int32_t const* next = ids.data() + ((s + 1) * kLayers + l) * kK;
                     std::int64_t p[kK];
                     for (std::int64_t j = 0; j < kK; ++j) p[j] = next[j];
                     layer.experts().store().prefetch(p);
                 }
-                layer.forward_routed(smoe::MatrixView<float const>(x.data(), 1, kD),
-                                     smoe::MatrixView<std::int32_t const>(ids.data() + (s * kLayers + l) * kK, 1, kK),
-                                     smoe::MatrixView<float const>(w.data(), 1, kK), smoe::MatrixView<float>(y.data(), 1, kD));
             }
         state.PauseTiming();
         for (auto& l : layers) {

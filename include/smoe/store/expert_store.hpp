@@ -346,6 +346,7 @@ public:
     // carries over, so decode steps count too).
     void observe(RoutingResult const& r) {
         std::lock_guard lk(mu_);
+        call_tick_ = tick_ + 1;  // the acquires of this call come after
         for (std::int64_t t = 0; t < r.num_tokens; ++t) {
             std::fill(cur_.begin(), cur_.end(), std::uint8_t{0});
             for (std::int64_t j = 0; j < r.k; ++j) {
@@ -406,8 +407,10 @@ private:
         prev_.assign(n, 0);
     }
 
-    // A free slot, else the policy's victim among the ready slots nobody holds; -1 when none.
-    std::int64_t victim() {
+    // A free slot, else the policy's victim among the ready slots nobody holds; -1 when none. A
+    // prefetch (speculative) never evicts an expert of the latest call: that is the working set the
+    // next call most likely needs (local routing consistency), and a wrong prediction must not cost it.
+    std::int64_t victim(bool speculative = false) {
         candidates_.clear();
         for (std::int64_t s = 0; s < nslots_; ++s)
             if (slot_expert_[static_cast<std::size_t>(s)] < 0) return s;
@@ -415,6 +418,7 @@ private:
             auto const si = static_cast<std::size_t>(s);
             if (slot_pins_[si] == 0 && slot_ready_[si]) {
                 auto const e = static_cast<std::size_t>(slot_expert_[si]);
+                if (speculative && last_use_[e] >= call_tick_) continue;
                 candidates_.push_back({slot_expert_[si], last_use_[e], uses_[e], load_[e]});
             }
         }
@@ -487,8 +491,8 @@ private:
                 cv_.notify_all();
                 continue;
             }
-            std::int64_t const s = victim();
-            if (s < 0) {  // every slot held: drop this prediction
+            std::int64_t const s = victim(true);
+            if (s < 0) {  // every slot held or in the latest call's working set: drop this prediction
                 cv_.notify_all();
                 continue;
             }
@@ -550,7 +554,7 @@ private:
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    std::uint64_t tick_ = 0;
+    std::uint64_t tick_ = 0, call_tick_ = 0;  // call_tick_: the first acquire of the latest call
     std::vector<std::int32_t> slot_of_;
     std::vector<std::uint64_t> last_use_, uses_, load_;
     std::vector<std::uint8_t> verified_, predicted_, cur_, prev_;

@@ -420,7 +420,12 @@ public:
         h.header_checksum = xxh64(std::as_bytes(std::span(&h, 1)));
         write_at(h.table_offset, table);
         write_at(0, std::as_bytes(std::span(&h, 1)));
-        if (std::fflush(f_) != 0 || std::fclose(f_) != 0) {
+        // On disk before it is read back: a page cache of dirty pages cannot be dropped (drop_page_cache).
+        bool synced = std::fflush(f_) == 0;
+#if SMOE_IO_HAS_MMAP
+        synced = synced && ::fsync(::fileno(f_)) == 0;
+#endif
+        if (!synced || std::fclose(f_) != 0) {
             f_ = nullptr;
             io::detail::file_fail(path_.string(), "file", "write failed", "a finished packed expert file");
         }
