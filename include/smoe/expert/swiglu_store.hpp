@@ -153,7 +153,7 @@ void run_held(store::ExpertStore& st, X const& ex, Arch arch, std::int64_t e, Ma
               std::span<float const> row_w, MatrixView<float> slot_out, Workspace& ws) {
     if (rows_in.rows == 0) return;
     if (st.residency() == store::Residency::resident) return run_phased(ex, arch, e, rows_in, row_w, slot_out, ws);
-    store::ExpertStore::Pin const pin(st, e);
+    store::ExpertStore::Pin const pin(st, e, rows_in.rows);  // the rows count as tokens for LFU
     run_phased(ex, arch, e, rows_in, row_w, slot_out, ws);
 }
 

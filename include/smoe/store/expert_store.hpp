@@ -302,8 +302,8 @@ public:
     // dist::MoELayer), where some slot is always free.
     class Pin {
     public:
-        Pin(ExpertStore& s, std::int64_t e) : s_(&s), e_(e) {
-            if (!s.acquire(e)) smoe::detail::fail("expert store", "every slot held", "a free slot for expert " + std::to_string(e) + " (release experts first)");
+        Pin(ExpertStore& s, std::int64_t e, std::int64_t tokens = 0) : s_(&s), e_(e) {
+            if (!s.acquire(e, tokens)) smoe::detail::fail("expert store", "every slot held", "a free slot for expert " + std::to_string(e) + " (release experts first)");
         }
         Pin(Pin const&) = delete;
         Pin& operator=(Pin const&) = delete;
