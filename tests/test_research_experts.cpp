@@ -23,6 +23,8 @@
 #include "smoe/kernels/reference/film_block.hpp"
 #include "smoe/layer/film_block.hpp"
 #include "smoe/layer/film_merged.hpp"
+#include "smoe/io/quant_tensors.hpp"
+#include "smoe/io/tensor_map.hpp"
 #include "smoe/quant/ternary.hpp"
 #include "smoe/smoe.hpp"
 
@@ -202,6 +204,95 @@ TEST_CASE("ternary files: every row of research.md §7.5's error table, with its
         Matrix bad = m;
         bad.codes[7] = 3;
         CHECK_THROWS_WITH(bad.validate("expert 1 gate"), Contains("'expert 1 gate.codes element [1, 2]' = 3: expected a ternary code 0..2 (t + 1)"));
+    }
+}
+
+namespace {
+
+using nlohmann::json;
+using smoe::io::Dtype;
+
+// One ternary matrix under module P through the checkpoint loader (quant_config + quant_tensors).
+Matrix load_one(smoe::io::TensorMap const& m, json const& qc, std::string const& P, std::int64_t R, std::int64_t C) {
+    auto const q = smoe::io::parse_quant_config(qc, "config.json");
+    return smoe::io::read_matrix(smoe::io::plan_matrix(m, &q, P, {R}, {C}, "ckpt", "config.json"));
+}
+
+}  // namespace
+
+TEST_CASE("ternary checkpoints: smoe-ternary and HF BitNet files through the loader, with research.md §7.5's errors", "[quant][ternary][io]") {
+    std::string const P = "model.layers.0.mlp.experts.3.down_proj";
+    MatrixView<float const> const W(kW.data(), 4, 5);
+    SECTION("smoe-native, every packing and scale unit") {
+        for (auto const& [fmt, cfg] : std::vector<std::pair<Format, json>>{
+                 {Format::ternary(), {{"quant_method", "smoe-ternary"}, {"packing", "2b"}, {"scale", "tensor"}}},
+                 {Format::ternary(TernaryScale::channel, 0, TernaryPacking::b3), {{"quant_method", "smoe-ternary"}, {"packing", "b3"}, {"scale", "channel"}}}}) {
+            Matrix const m = quantize(W, fmt);
+            auto const bytes = pack_ternary(m);
+            smoe::io::TensorMap map;
+            map.add_values(P + ".weight_ternary", Dtype::U8, {4, ternary_row_bytes(fmt.packing, 5)}, std::span<std::uint8_t const>(bytes));
+            std::vector<std::int64_t> sshape = fmt.ternary_tensor() ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{4, 1};
+            map.add_values(P + ".weight_scale", Dtype::F32, sshape, std::span<float const>(m.scales));
+            Matrix const got = load_one(map, cfg, P, 4, 5);
+            CHECK(name(got.format, 5) == name(fmt, 5));
+            CHECK(got.codes == m.codes);
+            CHECK(got.scales == m.scales);
+        }
+        std::vector<float> w(4 * 64);
+        for (std::size_t i = 0; i < w.size(); ++i) w[i] = 0.01f * float(int(i * 7 % 11) - 5);
+        Matrix const m = quantize(MatrixView<float const>(w.data(), 4, 64), Format::ternary(TernaryScale::group, 32));
+        auto const bytes = pack_ternary(m);
+        smoe::io::TensorMap map;
+        map.add_values(P + ".weight_ternary", Dtype::U8, {4, 16}, std::span<std::uint8_t const>(bytes));
+        map.add_values(P + ".weight_scale", Dtype::F32, {4, 2}, std::span<float const>(m.scales));
+        json const cfg = {{"quant_method", "smoe-ternary"}, {"scale", "group"}, {"group_size", 32}};
+        Matrix const got = load_one(map, cfg, P, 4, 64);
+        CHECK(name(got.format, 64) == "ternary-2b-g32");
+        CHECK(got.codes == m.codes);
+        json bad = cfg;
+        bad["group_size"] = 6;
+        CHECK_THROWS_WITH(load_one(map, bad, P, 4, 64),
+                          Contains("config.json: key 'quantization_config.group_size'' = 6: expected a divisor of in_features 64"));
+    }
+    SECTION("HF BitNet: bitlinear divides, autobitlinear multiplies") {
+        std::vector<std::uint8_t> const hf = {0x86, 0x19, 0x62, 0x48, 0x61};
+        std::vector<float> const ws = {4.0f};
+        smoe::io::TensorMap map;
+        map.add_values(P + ".weight", Dtype::U8, {1, 5}, std::span<std::uint8_t const>(hf));
+        map.add_values(P + ".weight_scale", Dtype::F32, {1}, std::span<float const>(ws));
+        Matrix const div = load_one(map, {{"quant_method", "bitnet"}}, P, 4, 5);
+        Matrix const mul = load_one(map, {{"quant_method", "bitnet"}, {"linear_class", "autobitlinear"}}, P, 4, 5);
+        Matrix const ref = quantize(W, Format::ternary());
+        CHECK(div.codes == ref.codes);
+        CHECK(div.scales == std::vector<float>{0.25f});
+        CHECK(mul.scales == std::vector<float>{4.0f});
+        CHECK_THROWS_WITH(load_one(map, {{"quant_method", "bitnet"}}, P, 8, 5),
+                          Contains("tensor '" + P + ".weight' shape' = [1, 5] with out_features 8: expected [out_features / 4, in_features]"));
+        CHECK_THROWS_WITH(load_one(map, {{"quant_method", "bitnet"}, {"linear_class", "bit"}}, P, 4, 5),
+                          Contains("key 'quantization_config.linear_class'' = bit: expected \"bitlinear\" or \"autobitlinear\""));
+    }
+    SECTION("file errors: shape, dtype, scale, a 2-bit code 3, a base-3 non-code, a missing scale") {
+        Matrix const m = quantize(W, Format::ternary());
+        auto bytes = pack_ternary(m);
+        json const cfg = {{"quant_method", "smoe-ternary"}};
+        auto with = [&](std::vector<std::uint8_t> const& b, std::vector<std::int64_t> shape, std::vector<float> const& sc, bool scale = true) {
+            smoe::io::TensorMap map;
+            map.add_values(P + ".weight_ternary", Dtype::U8, std::move(shape), std::span<std::uint8_t const>(b));
+            if (scale) map.add_values(P + ".weight_scale", Dtype::F32, {static_cast<std::int64_t>(sc.size())}, std::span<float const>(sc));
+            return map;
+        };
+        CHECK_THROWS_WITH(load_one(with(std::vector<std::uint8_t>(12, 0x55), {4, 3}, m.scales), cfg, P, 4, 5),
+                          Contains("tensor '" + P + ".weight_ternary' shape' = [4, 3]: expected [4, 2] = [R, ceil(C/4)] (2b)"));
+        CHECK_THROWS_WITH(load_one(with(bytes, {4, 2}, {-1.0f}), cfg, P, 4, 5),
+                          Contains(".weight_scale' element [0, 0]' = -1: expected a finite scale > 0"));
+        CHECK_THROWS_WITH(load_one(with(bytes, {4, 2}, m.scales, false), cfg, P, 4, 5), Contains(".weight_scale'' = missing"));
+        bytes[2] = static_cast<std::uint8_t>(bytes[2] | 0x30);
+        CHECK_THROWS_WITH(load_one(with(bytes, {4, 2}, m.scales), cfg, P, 4, 5), Contains(".weight_ternary' element [1, 0] field 2' = 3"));
+        std::vector<std::uint8_t> const b3 = {0xDC, 0x95, 0x14, 0xB9};
+        CHECK_THROWS_WITH(load_one(with(b3, {4, 1}, m.scales), {{"quant_method", "smoe-ternary"}, {"packing", "b3"}}, P, 4, 5),
+                          Contains(".weight_ternary' element [2, 0]' = 0x14: expected a base-3 code byte"));
+        CHECK_THROWS_WITH(load_one(with(bytes, {4, 2}, m.scales), {{"quant_method", "smoe-ternary"}, {"packing", "3b"}}, P, 4, 5),
+                          Contains("key 'quantization_config.packing'' = 3b"));
     }
 }
 

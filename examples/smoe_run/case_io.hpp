@@ -68,6 +68,7 @@ int run_case(Args const& a);
 int run_full_layer(Args const& a, nlohmann::json const& config);
 int run_router_case(Args const& a, nlohmann::json const& config);
 int run_lora_case(Args const& a, nlohmann::json const& config);
+int run_mofme_case(Args const& a, nlohmann::json const& config);
 
 // smoe-pack: the routed experts of a case folder's or checkpoint's MoE layers into a packed expert file.
 struct PackArgs {

@@ -13,8 +13,10 @@ int run_case(Args const& a) {
     if (!config.is_object())
         throw smoe::io::file_error(a.config_file(), "top level", config.type_name(), "a JSON object");
     if (config.contains("model_type")) return run_full_layer(a, config);
-    if (a.layer_given && (config.contains("router") || config.contains("layer")))
-        throw usage_error("--layer applies to full checkpoints only");
+    bool const mofme = config.contains("layer") && config["layer"] == "mofme";  // research.md §5.2: tensors of layer i
+    if (a.layer_given && (config.contains("router") || (config.contains("layer") && !mofme)))
+        throw usage_error("--layer applies to full checkpoints and MoFME configs only");
+    if (mofme) return run_mofme_case(a, config);
     if (config.contains("router")) return run_router_case(a, config);
     if (config.contains("layer")) return run_lora_case(a, config);
     throw smoe::io::file_error(a.config_file(), "keys", "no model_type, router or layer",

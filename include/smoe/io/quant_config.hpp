@@ -12,6 +12,8 @@
 // | awq                 | GEMM qweight/qzeros/scales                               | `modules_to_not_convert`    |
 // | fp8                 | weight F8_E4M3 + weight_scale_inv (block, or one factor) | `modules_to_not_convert`, `ignored_layers` |
 // | mxfp4               | gpt-oss `_blocks`/`_scales`, per module weight_packed U8 | `modules_to_not_convert`    |
+// | smoe-ternary        | weight_ternary U8 (2b or b3) + weight_scale F32 (research.md §7.4) | `modules_to_not_convert` |
+// | bitnet              | HF BitNet: weight U8 [R/4, C] + weight_scale [1]; linear_class bitlinear divides | `modules_to_not_convert` |
 //
 // Matching (§4 2): compressed-tensors targets and ignore entries are an exact module name, a `re:`
 // pattern (ECMAScript std::regex, matched from the start of the name as Python's re.match) or the class
@@ -35,10 +37,11 @@
 #include <nlohmann/json.hpp>
 
 #include "smoe/io/file_error.hpp"
+#include "smoe/quant/format.hpp"
 
 namespace smoe::inline v0::io {
 
-enum class QuantMethod { compressed_tensors, gptq, awq, fp8, mxfp4 };
+enum class QuantMethod { compressed_tensors, gptq, awq, fp8, mxfp4, smoe_ternary, bitnet };
 
 inline char const* to_string(QuantMethod m) {
     switch (m) {
@@ -46,6 +49,8 @@ inline char const* to_string(QuantMethod m) {
         case QuantMethod::gptq: return "gptq";
         case QuantMethod::awq: return "awq";
         case QuantMethod::fp8: return "fp8";
+        case QuantMethod::smoe_ternary: return "smoe-ternary";
+        case QuantMethod::bitnet: return "bitnet";
         default: return "mxfp4";
     }
 }
@@ -61,6 +66,8 @@ enum class QuantLayout {
     awq,               // §1.4 qweight, qzeros, scales
     fp8,               // §2.2 weight F8_E4M3, weight_scale_inv
     mxfp4,             // §3.2 gpt-oss stacked _blocks/_scales (or a module's weight_packed U8)
+    ternary,           // research.md §7.4 weight_ternary U8, weight_scale F32
+    bitnet,            // research.md §7.4 HF BitNet weight U8 [R/4, C], weight_scale [1]
 };
 
 inline char const* to_string(QuantLayout l) {
@@ -73,6 +80,8 @@ inline char const* to_string(QuantLayout l) {
         case QuantLayout::gptq: return "GPTQ";
         case QuantLayout::awq: return "AWQ GEMM";
         case QuantLayout::fp8: return "FP8 (weight_scale_inv)";
+        case QuantLayout::ternary: return "smoe ternary (weight_ternary)";
+        case QuantLayout::bitnet: return "HF BitNet ternary";
         default: return "MXFP4";
     }
 }
@@ -88,6 +97,9 @@ struct QuantScheme {
     std::int64_t block_cols = 0;   // FP8: columns per factor; 0 = all columns
     bool ue8m0 = false;            // FP8 scale_fmt "ue8m0": factors may be E8M0 bytes
     std::string group_key;         // the key that gave `group`, for divisibility errors
+    quant::TernaryScale ternary_scale = quant::TernaryScale::tensor;  // smoe-ternary: the scale unit
+    quant::TernaryPacking packing = quant::TernaryPacking::p2b;       // smoe-ternary: 2b or b3
+    bool bitlinear = true;         // bitnet: linear_class "bitlinear" (W = t / weight_scale), else autobitlinear (t · weight_scale)
 
     bool quantized() const { return layout != QuantLayout::dense; }
 };
@@ -475,9 +487,36 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
         c.method = QuantMethod::mxfp4;
         c.scheme.layout = QuantLayout::mxfp4;
         c.not_convert = k.names("modules_to_not_convert");
+    } else if (method == "smoe-ternary") {  // research.md §7.4
+        c.method = QuantMethod::smoe_ternary;
+        c.scheme.layout = QuantLayout::ternary;
+        std::string const packing = k.str("packing").value_or("2b");
+        if (packing != "2b" && packing != "b3") k.fail("packing", packing, "\"2b\" or \"b3\"");
+        c.scheme.packing = packing == "b3" ? quant::TernaryPacking::b3 : quant::TernaryPacking::p2b;
+        std::string const scale = k.str("scale").value_or("tensor");
+        if (scale == "tensor") c.scheme.ternary_scale = quant::TernaryScale::tensor;
+        else if (scale == "channel") c.scheme.ternary_scale = quant::TernaryScale::channel;
+        else if (scale == "group") c.scheme.ternary_scale = quant::TernaryScale::group;
+        else k.fail("scale", scale, "\"tensor\", \"channel\" or \"group\"");
+        if (c.scheme.ternary_scale == quant::TernaryScale::group) {
+            auto const g = k.integer("group_size");
+            if (!g || *g < 1) k.fail("group_size", k.at("group_size"), "a group size >= 1 with scale \"group\"");
+            c.scheme.group = *g;
+            c.scheme.group_key = k.key("group_size");
+        }
+        c.not_convert = k.names("modules_to_not_convert");
+    } else if (method == "bitnet") {
+        c.method = QuantMethod::bitnet;
+        c.scheme.layout = QuantLayout::bitnet;
+        std::string const lc = k.str("linear_class").value_or("bitlinear");
+        if (lc != "bitlinear" && lc != "autobitlinear") k.fail("linear_class", lc, "\"bitlinear\" or \"autobitlinear\"");
+        c.scheme.bitlinear = lc == "bitlinear";
+        if (auto const q = k.str("quantization_mode"); q && *q != "offline")
+            k.fail("quantization_mode", *q, "\"offline\" (the file holds packed ternary weights)");
+        c.not_convert = k.names("modules_to_not_convert");
     } else {
         detail::file_fail(file, "key '" + k.key("quant_method") + "'", method.empty() ? std::string("missing") : method,
-                          "\"compressed-tensors\", \"gptq\", \"awq\", \"fp8\" or \"mxfp4\"");
+                          "\"compressed-tensors\", \"gptq\", \"awq\", \"fp8\", \"mxfp4\", \"smoe-ternary\" or \"bitnet\"");
     }
     return c;
 }

@@ -33,6 +33,7 @@
 #include "smoe/io/tensor_read.hpp"
 #include "smoe/quant/matrix.hpp"
 #include "smoe/quant/quantize.hpp"
+#include "smoe/quant/ternary.hpp"
 #include "smoe/quant/unpack.hpp"
 
 namespace smoe::inline v0::io {
@@ -108,6 +109,8 @@ inline quant::Format format_of(QuantScheme const& s, std::int64_t C) {
             return quant::Format::fp8_block(s.block_rows, s.block_cols);
         case QuantLayout::ct_mxfp4:
         case QuantLayout::mxfp4: return quant::Format::mxfp4();
+        case QuantLayout::ternary: return quant::Format::ternary(s.ternary_scale, s.group, s.packing);
+        case QuantLayout::bitnet: return quant::Format::ternary();
         default: return quant::Format::f32();
     }
 }
@@ -126,6 +129,7 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
     TensorInfo const* const weight = find("weight");
     TensorInfo const* const packed = find("weight_packed");
     TensorInfo const* const qweight = find("qweight");
+    TensorInfo const* const ternary = find("weight_ternary");
 
     // What the tensors say (§5's identification).
     QuantLayout found = QuantLayout::dense;
@@ -133,7 +137,14 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
     if (packed && qweight) ck.forbidden("qweight", "'" + ck.name("weight_packed") + "' holds the matrix (one kind of tensor per matrix)");
     if (weight && (packed || qweight))
         ck.forbidden("weight", "'" + ck.name(packed ? "weight_packed" : "qweight") + "' holds the matrix (one kind of tensor per matrix)");
-    if (packed) {
+    if (ternary && (weight || packed || qweight))
+        ck.forbidden(weight ? "weight" : packed ? "weight_packed" : "qweight",
+                     "'" + ck.name("weight_ternary") + "' holds the matrix (one kind of tensor per matrix)");
+    if (ternary) {
+        ck.dtype(*ternary, {Dtype::U8}, "U8 (ternary codes)");
+        found = QuantLayout::ternary;
+        found_name = "weight_ternary";
+    } else if (packed) {
         ck.dtype(*packed, {Dtype::I32, Dtype::U8}, "I32 (pack-quantized int4) or U8 (mxfp4-pack-quantized)");
         found = packed->dtype == Dtype::I32 ? QuantLayout::ct_int4 : QuantLayout::ct_mxfp4;
         found_name = "weight_packed";
@@ -146,6 +157,8 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
             found = find("weight_scale_inv") ? QuantLayout::fp8 : QuantLayout::ct_fp8;
         else if (weight->dtype == Dtype::I8)
             found = QuantLayout::ct_int8;
+        else if (weight->dtype == Dtype::U8 && quant && quant->method == QuantMethod::bitnet)
+            found = QuantLayout::bitnet;
         else
             ck.dtype(*weight, {Dtype::F32, Dtype::BF16, Dtype::F16}, "F32, BF16 or F16 (dense), F8_E4M3 (FP8) or I8 (int8 per channel)");
     }
@@ -159,6 +172,7 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
         if (!weight && !packed && !qweight) {
             char const* main = s.layout == QuantLayout::ct_int4 || s.layout == QuantLayout::ct_mxfp4 ? "weight_packed"
                                : s.layout == QuantLayout::gptq || s.layout == QuantLayout::awq  ? "qweight"
+                               : s.layout == QuantLayout::ternary                                ? "weight_ternary"
                                                                                                 : "weight";
             ck.missing(main, std::string("the matrix [") + std::to_string(R) + ", " + std::to_string(C) + "] (" + to_string(s.layout) + ")");
         }
@@ -173,6 +187,7 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
         if (found == QuantLayout::dense)
             ck.missing(s.layout == QuantLayout::ct_int4 || s.layout == QuantLayout::ct_mxfp4 ? "weight_packed"
                        : s.layout == QuantLayout::gptq || s.layout == QuantLayout::awq      ? "qweight"
+                       : s.layout == QuantLayout::ternary                                    ? "weight_ternary"
                                                                                             : "weight_scale",
                        std::string("the ") + to_string(s.layout) + " tensors: quantization_config (" + to_string(quant->method) +
                            ") quantises module '" + module + "', the file holds a dense 'weight'");
@@ -294,6 +309,31 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
             }
             break;
         }
+        case QuantLayout::ternary: {  // research.md §7.4, §7.5
+            ck.group_divides(s, "weight_ternary");
+            bool const b3 = s.packing == quant::TernaryPacking::b3;
+            ck.shape(*ternary, {R, quant::ternary_row_bytes(s.packing, C)}, b3 ? "[R, ceil(C/5)] (b3)" : "[R, ceil(C/4)] (2b)");
+            p.weight = ternary;
+            p.scale = need("weight_scale", "the scales of a ternary matrix");
+            ck.dtype(*p.scale, {Dtype::F32}, "F32");
+            if (s.ternary_scale == quant::TernaryScale::tensor)
+                ck.shape(*p.scale, {1}, "[1] (scale tensor)");
+            else if (s.ternary_scale == quant::TernaryScale::channel)
+                ck.shape(*p.scale, {R, 1}, "[R, 1] (scale channel)");
+            else
+                ck.shape(*p.scale, {R, G}, "[R, C/group_size]");
+            break;
+        }
+        case QuantLayout::bitnet:
+            if (R % 4 != 0 || weight->shape != std::vector<std::int64_t>{R / 4, C})
+                io::detail::file_fail(file, ck.tensor("weight") + " shape", shape_text(weight->shape) + " with out_features " + std::to_string(R),
+                                      "[out_features / 4, in_features] and out_features % 4 = 0");
+            p.weight = weight;
+            p.scale = need("weight_scale", "the scale [1] of a BitNet matrix");
+            ck.float_dtype(*p.scale);
+            if (p.scale->shape != std::vector<std::int64_t>{} && p.scale->shape != std::vector<std::int64_t>{1})
+                io::detail::file_fail(file, ck.tensor("weight_scale") + " shape", shape_text(p.scale->shape), "[] or [1] (one scale per matrix)");
+            break;
         case QuantLayout::ct_mxfp4:
         case QuantLayout::mxfp4:
             ck.multiple("weight_packed", "in_features", C, 32, "MXFP4 has one E8M0 scale per 32 inputs");
@@ -396,6 +436,16 @@ inline quant::Matrix read_matrix(QuantMatrixPlan const& p, std::optional<quant::
             bool const channel = s.block_rows == 1 && s.block_cols == 0;
             return quant::from_fp8(src, R, C, s.block_rows, channel ? 0 : s.block_cols, w, sc,
                                    s.layout == QuantLayout::fp8 ? "weight_scale_inv" : "weight_scale");
+        }
+        case QuantLayout::ternary: {
+            auto const b = detail::raw_bytes(*p.weight);
+            auto const sc = read_f32(*p.scale);
+            return quant::unpack_ternary(src, b, p.weight->shape[0], p.weight->shape[1], sc, p.format, R, C);
+        }
+        case QuantLayout::bitnet: {
+            auto const b = detail::raw_bytes(*p.weight);
+            auto const sc = read_f32(*p.scale);
+            return quant::unpack_bitnet(src, b, R / 4, C, sc.at(0), s.bitlinear, R, C);
         }
         default: {
             auto const b = detail::raw_bytes(*p.weight);
