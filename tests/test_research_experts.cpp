@@ -56,7 +56,7 @@ Source const kSrc{"model.safetensors", "model.layers.0.mlp.experts.3.down_proj"}
 
 }  // namespace
 
-TEST_CASE("ternary reproduces research.md §7.6: absmean scale, codes, y, and the 2b, b3 and HF bytes", "[quant][ternary][spec]") {
+TEST_CASE("ternary reproduces research.md section 7.6: absmean scale, codes, y, and the 2b, b3 and HF bytes", "[quant][ternary][spec]") {
     MatrixView<float const> const W(kW.data(), 4, 5);
     std::vector<int> const t = {1, 0, 1, -1, 0, 0, 1, -1, 1, -1, -1, 0, 1, -1, 1, 1, -1, 0, 0, 0};
     SECTION("scale tensor") {
@@ -152,7 +152,7 @@ TEST_CASE("the b3 byte code round-trips all 243 values and rejects exactly the 1
     }
 }
 
-TEST_CASE("ternary files: every row of research.md §7.5's error table, with its message", "[quant][ternary][errors]") {
+TEST_CASE("ternary files: every row of research.md section 7.5's error table, with its message", "[quant][ternary][errors]") {
     Matrix const m = quantize(MatrixView<float const>(kW.data(), 4, 5), Format::ternary());
     auto bytes = pack_ternary(m);
     std::string const P = "'model.layers.0.mlp.experts.3.down_proj.";
@@ -220,7 +220,7 @@ Matrix load_one(smoe::io::TensorMap const& m, json const& qc, std::string const&
 
 }  // namespace
 
-TEST_CASE("ternary checkpoints: smoe-ternary and HF BitNet files through the loader, with research.md §7.5's errors", "[quant][ternary][io]") {
+TEST_CASE("ternary checkpoints: smoe-ternary and HF BitNet files through the loader, with research.md section 7.5's errors", "[quant][ternary][io]") {
     std::string const P = "model.layers.0.mlp.experts.3.down_proj";
     MatrixView<float const> const W(kW.data(), 4, 5);
     SECTION("smoe-native, every packing and scale unit") {
@@ -370,7 +370,7 @@ std::vector<double> film_oracle(smoe::RoutingResult const& r, std::vector<float>
 
 }  // namespace
 
-TEST_CASE("film experts reproduce research.md §5.1's worked example through MoELayer and layer::FilmMerged", "[expert][film][spec]") {
+TEST_CASE("film experts reproduce research.md section 5.1's worked example through MoELayer and layer::FilmMerged", "[expert][film][spec]") {
     std::int64_t const d = 3, f = 2, E = 3;
     smoe_test::FormulaExperts const ffn = smoe_test::formula_experts(1, d, f);
     std::vector<float> const gamma = {0.5f, 1, 0.75f, 1.25f, 1, 1.5f}, beta = {-0.25f, -0.125f, 0.125f, 0.25f, -0.125f, 0};
@@ -490,7 +490,7 @@ void check_near(std::vector<float> const& got, std::vector<double> const& want, 
 
 }  // namespace
 
-TEST_CASE("film_linear modules reproduce research.md §5.2's g_e(h) and GELU(h)", "[expert][film][spec]") {
+TEST_CASE("film_linear modules reproduce research.md section 5.2's g_e(h) and GELU(h)", "[expert][film][spec]") {
     MofmeExample const ex;
     std::vector<float> const h = {0.0467066f, 0.00929417f, 0.0520283f, 0.753351f, 0.0777318f, -0.0879711f};
     std::vector<float> const ones = {1, 1};
@@ -514,7 +514,7 @@ TEST_CASE("film_linear modules reproduce research.md §5.2's g_e(h) and GELU(h)"
     check_near(run(released, 2), g[1], 2e-5);  // column e >= 1 is module e - 1
 }
 
-TEST_CASE("film_block reproduces research.md §5.2's worked example in both indexings", "[layer][film][spec]") {
+TEST_CASE("film_block reproduces research.md section 5.2's worked example in both indexings", "[layer][film][spec]") {
     MofmeExample const ex;
     for (bool const rel : {true, false}) {
         INFO((rel ? "released" : "intended"));

@@ -173,7 +173,7 @@ TEST_CASE("race keeps zero and negative identity weights, ties +0 with -0, and a
     }
 }
 
-TEST_CASE("race under test-time control follows research.md §8's race row", "[router][race][control]") {
+TEST_CASE("race under test-time control follows research.md section 8's race row", "[router][race][control]") {
     RaceConfig const cfg{.num_experts = 4, .top_k = 2};
     Race const router(cfg);
     std::vector<std::byte> ws(smoe::routing_workspace_size(router, 3));
@@ -260,7 +260,7 @@ std::vector<LlepItem> items_of(smoe::balance::LlepPlanner const& p) { return {p.
 
 }  // namespace
 
-TEST_CASE("llep reproduces research.md's worked example B and balance.md §5's plan", "[balance][llep][spec]") {
+TEST_CASE("llep reproduces research.md's worked example B and balance.md section 5's plan", "[balance][llep][spec]") {
     std::vector<std::int64_t> const c = {40, 4, 4, 4, 30, 2, 2, 2};
     SECTION("the code's defaults: alpha 1.1, m 1024") {
         auto const p = planner_for(c, {.num_workers = 4});

@@ -33,10 +33,7 @@ inline std::int64_t expert_choice_capacity(router::ExpertChoiceConfig const& cfg
 inline RoutingData route_expert_choice(router::ExpertChoiceConfig const& cfg, MatrixView<float const> logits) {
     cfg.validate();
     auto const E = cfg.num_experts;
-    smoe::detail::check_view(logits, "logits", -1, E);
-    auto const T = logits.rows;
-    smoe::detail::check_int32_extent(T, E);
-    detail::check_finite(logits, "logits", "token", "expert");
+    auto const T = detail::check_logits(logits, E, E);
 
     // Step 1: s[t, e] in double, rounded once to fp32.
     std::vector<float> s(static_cast<std::size_t>(T * E));

@@ -25,10 +25,7 @@ namespace smoe::inline v0::reference {
 inline RoutingData route_null_expert(router::NullExpertConfig const& cfg, MatrixView<float const> logits) {
     cfg.validate();
     auto const E = cfg.num_experts, W = cfg.num_experts + cfg.num_null_experts, K = cfg.top_k;
-    smoe::detail::check_view(logits, "logits", -1, W);
-    auto const T = logits.rows;
-    smoe::detail::check_int32_extent(T, K);
-    detail::check_finite(logits, "logits", "token", "expert");
+    auto const T = detail::check_logits(logits, W, K);
 
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
     std::vector<float> weights(static_cast<std::size_t>(T * K));

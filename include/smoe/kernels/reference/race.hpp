@@ -23,10 +23,7 @@ namespace smoe::inline v0::reference {
 inline RoutingData route_race(router::RaceConfig const& cfg, MatrixView<float const> logits) {
     cfg.validate();
     auto const E = cfg.num_experts;
-    smoe::detail::check_view(logits, "logits", -1, E);
-    auto const T = logits.rows;
-    smoe::detail::check_int32_extent(T, E);
-    detail::check_finite(logits, "logits", "token", "expert");
+    auto const T = detail::check_logits(logits, E, E);
 
     std::vector<float> s(static_cast<std::size_t>(T * E));
     for (std::int64_t t = 0; t < T; ++t) {

@@ -20,10 +20,7 @@ namespace smoe::inline v0::reference {
 inline RoutingData route_relu(router::ReLUConfig const& cfg, MatrixView<float const> logits) {
     cfg.validate();
     auto const E = cfg.num_experts;
-    smoe::detail::check_view(logits, "logits", -1, E);
-    auto const T = logits.rows;
-    smoe::detail::check_int32_extent(T, E);
-    detail::check_finite(logits, "logits", "token", "expert");
+    auto const T = detail::check_logits(logits, E, E);
 
     std::vector<std::vector<std::pair<float, std::int64_t>>> rows(static_cast<std::size_t>(T));
     std::int64_t K = 0;

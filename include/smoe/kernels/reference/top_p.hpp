@@ -25,10 +25,7 @@ namespace smoe::inline v0::reference {
 inline RoutingData route_top_p(router::TopPConfig const& cfg, MatrixView<float const> logits) {
     cfg.validate();
     auto const E = cfg.num_experts;
-    smoe::detail::check_view(logits, "logits", -1, E);
-    auto const T = logits.rows;
-    smoe::detail::check_int32_extent(T, cfg.max_selected());
-    detail::check_finite(logits, "logits", "token", "expert");
+    auto const T = detail::check_logits(logits, E, cfg.max_selected());
 
     std::vector<std::vector<std::pair<std::int32_t, float>>> rows(static_cast<std::size_t>(T));
     std::int64_t K = 0;

@@ -33,6 +33,15 @@ inline void check_finite(MatrixView<float const> m, char const* name, char const
                                    "finite values");
 }
 
+// The oracles' entry: logits [T, width], T · slots within int32 (routing.md §1), every logit finite.
+// Returns T.
+inline std::int64_t check_logits(MatrixView<float const> logits, std::int64_t width, std::int64_t slots) {
+    smoe::detail::check_view(logits, "logits", -1, width);
+    smoe::detail::check_int32_extent(logits.rows, slots);
+    check_finite(logits, "logits", "token", "expert");
+    return logits.rows;
+}
+
 inline void check_finite(std::span<float const> v, char const* name, char const* index_word) {
     for (std::size_t i = 0; i < v.size(); ++i)
         if (!std::isfinite(v[i]))
