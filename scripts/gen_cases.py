@@ -48,6 +48,8 @@ def router_outputs(cfg, L, bias, dt):
     elif r == "sinkhorn":
         ids, w, _, _, _ = ref.sinkhorn(L, cfg["top_k"], cfg.get("tol", 1e-4),
                                        cfg.get("max_iterations", 100), dt=dt)
+    elif r == "race":
+        ids, w = ref.race(L, cfg["top_k"], cfg.get("score_func", "identity"), cfg.get("race_group", 0), dt=dt)
     else:
         raise ValueError(r)
     out["expert_ids"], out["expert_weights"] = ids, w
@@ -299,6 +301,60 @@ def router_cases(out_dir):
     add("router_sinkhorn_worked_t4", "routing.md §7 worked example, k = 1 (6 iterations)",
         {"router": "sinkhorn", "num_experts": 3, "top_k": 1, "tol": 0.0001},
         [[2.0, 1.0, 0.0], [1.8, 0.2, 1.0], [1.5, 1.4, -1.0], [1.2, 0.0, 0.9]])
+
+    # Expert Race (research.md §4).
+    add("router_race_worked_t3", "race, identity scores, the whole call races (research.md §4 worked example: "
+        "t2 loses the three-way tie at 0.5 and gets no expert)",
+        {"router": "race", "num_experts": 4, "top_k": 2},
+        [[2.0, -1.0, 0.5, 1.0], [1.5, 1.5, 0.5, -2.0], [-0.5, -1.0, 0.5, 0.0]])
+    L = q_logits(rng, 40, 8)
+    add("router_race_sigmoid_g8_t40", "race, sigmoid scores, race_group 8 (five groups of 8 tokens), "
+        "quantised logits with exact ties",
+        {"router": "race", "num_experts": 8, "top_k": 2, "score_func": "sigmoid", "race_group": 8}, L)
+    return made
+
+
+# --------------------------------------------------------------------------------------------- MoFME
+def mofme_cases(out_dir):
+    """research.md §5.2 (layer::FilmBlock) from the float64 reference: the worked example and a random
+    block (d 8, a 32, E 4, k 2, T 9). Returns (name, what) for the README."""
+    made = []
+
+    def write(name, what, cfg, w, x):
+        y, ids, wt = ref.mofme_block(x, w, cfg["top_k"], cfg.get("layer_norm_eps", 1e-5), cfg.get("expert0_gelu", True))
+        case = os.path.join(out_dir, name)
+        os.makedirs(case, exist_ok=True)
+        with open(os.path.join(case, "config.json"), "w") as fh:
+            json.dump(cfg, fh, indent=2)
+            fh.write("\n")
+        save_file({"0." + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in w.items()}, os.path.join(case, "weights.safetensors"))
+        save_file({"hidden_states": np.asarray(x, dtype=np.float32)}, os.path.join(case, "input.safetensors"))
+        E = cfg["num_experts"]
+        counts = np.bincount(ids.ravel(), minlength=E).astype(np.int32)
+        save_file({"hidden_states": y.astype(np.float32), "expert_ids": ids.astype(np.int32),
+                   "expert_weights": wt.astype(np.float32), "tokens_per_expert": counts}, os.path.join(case, "expected.safetensors"))
+        made.append(dict(name=name, what=what))
+
+    w = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in ref.MOFME_WORKED.items()}
+    write("mofme_worked_t2", "MoFME block as released (research.md §5.2 worked example, expert0_gelu)",
+          {"layer": "mofme", "hidden_size": 3, "adaptor_size": 4, "num_experts": 3, "top_k": 2}, w, ref.MOFME_X)
+    rng = np.random.default_rng(52)
+    d, a, E = 8, 32, 4
+    shapes = {"1.0": (E, d), "2.0": (a, d), "2.3": (d, a), "3.1.0.0": (d, d), "3.1.1.0": (d, d)}
+    w = {}
+    for k, (r, c) in shapes.items():
+        w[k + ".weight"] = rng.standard_normal((r, c)) * 0.3
+        w[k + ".bias"] = rng.standard_normal(r) * 0.1
+    w["3.0.weight"] = 1.0 + rng.standard_normal(d) * 0.2
+    w["3.0.bias"] = rng.standard_normal(d) * 0.1
+    for e in range(E):
+        for j, sd in ((0, 0.2), (1, 0.2)):
+            w["3.%d.expert.%d.weight" % (3 + e, j)] = rng.standard_normal((d, d)) * sd
+            w["3.%d.expert.%d.bias" % (3 + e, j)] = rng.standard_normal(d) * (0.5 if j == 0 else 0.1)
+    w = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in w.items()}
+    x = np.asarray(rng.standard_normal((9, d)), dtype=np.float32).astype(np.float64)
+    write("mofme_intended_t9", "MoFME block, expert0_gelu false (column e -> module e), random d 8, a 32, E 4, k 2",
+          {"layer": "mofme", "hidden_size": d, "adaptor_size": a, "num_experts": E, "top_k": 2, "expert0_gelu": False}, w, x)
     return made
 
 
@@ -410,7 +466,7 @@ def _versions():
                 numpy=np.__version__)
 
 
-def write_readme(out_dir, full, routers, loras):
+def write_readme(out_dir, full, routers, loras, mofmes=()):
     v = _versions()
     L = []
     w = L.append
@@ -557,6 +613,19 @@ def write_readme(out_dir, full, routers, loras):
     for c in loras:
         w(f"| `{c['name']}` | `{json.dumps(c['cfg'])}` | {c['T']} | {', '.join('`' + t + '`' for t in c['tensors'])} |")
     w("")
+    w("## MoFME blocks (spec reference)")
+    w("")
+    w("Float64 reference of research.md §5.2 (`layer::FilmBlock`, checked on its worked example in both "
+      "indexings); tensors under the released code's names for decoder layer 0 (`0.1.0.weight`, ...); "
+      "inputs `hidden_states` F32, outputs `hidden_states` F32 [T, d] (the block's branch, before the "
+      f"residual), `expert_ids` / `expert_weights` [T, k], `tokens_per_expert`. Tolerance: hidden_states "
+      f"max relative error <= 1e-4, {ROUTER_TOL}.")
+    w("")
+    w("| case | what |")
+    w("|---|---|")
+    for c in mofmes:
+        w(f"| `{c['name']}` | {c['what']} |")
+    w("")
     w("## Where Hugging Face and the spec differ (found while making these cases)")
     w("")
     w(f"Checked in transformers {v['transformers']}; none of these changes a number in these cases.")
@@ -594,10 +663,11 @@ def main():
                        module="model.layers.0.self_attn.q_proj"),
              lora_case(out, "rankwise_lora_t64", 32, 64, 40, 100, 8, 2, 16.0, base_bias=False,
                        rank_partition=1)]
+    mofmes = mofme_cases(out)
     if args.skip_hf:
         return
     full = full_cases(out)
-    write_readme(out, full, routers, loras)
+    write_readme(out, full, routers, loras, mofmes)
     print(f"wrote {len(full)} full-layer, {len(routers)} router-only and {len(loras)} LoRA cases to {out}")
     import gen_cases_check
     gen_cases_check.main(out)

@@ -442,6 +442,109 @@ def check_worked_examples():
     _close(aux_loss_megatron(L2, 2), 1.15446806, rel=1e-8)
     _close(z_loss(L, 1e-3), 0.00685830, rel=1e-6)
 
+    # research.md §4 (race), every row of the worked example's table.
+    L = [[2, -1, 0.5, 1], [1.5, 1.5, 0.5, -2], [-0.5, -1, 0.5, 0]]
+    ids, w = race(L, 2)
+    _ids(ids, [[0, 3, 2], [0, 1, 2], [-1, -1, -1]], "race identity")
+    _close(w[0], [2, 1, 0.5], what="race identity w")
+    ids, w = race(L, 2, race_group=1)
+    _ids(ids, [[0, 3], [0, 1], [2, 3]], "race group 1")
+    ids, w = race(L, 2, "sigmoid")
+    _ids(ids, [[0, 3, 2], [0, 1, 2], [-1, -1, -1]], "race sigmoid")
+    _close(w[1], [0.817574, 0.817574, 0.622459], rel=1e-5, what="race sigmoid w")
+    ids, w = race(L, 2, "softmax")
+    _ids(ids, [[0, 3], [0, 1], [2, 3]], "race softmax")
+    _close(w[2], [0.455054, 0.276004], rel=1e-5, what="race softmax w")
+    ids, w = race(L, 1)
+    _ids(ids, [[0, -1], [0, 1], [-1, -1]], "race k 1")
+
+    # research.md §5.2 (MoFME), both indexings.
+    mw = {k: np.asarray(v, dtype=np.float64) for k, v in MOFME_WORKED.items()}
+    y, ids, w = mofme_block(MOFME_X, mw, 2)
+    _ids(ids, [[1, 0], [0, 2]], "mofme ids")
+    _close(w.ravel(), [0.556014, 0.443986, 0.700567, 0.299433], rel=1e-5, what="mofme w")
+    _close(y.ravel(), [-0.022124, -0.00658586, 0.0103853, 0.0143136, 0.00146356, 0.128094], rel=1e-5, what="mofme y")
+    y, _, _ = mofme_block(MOFME_X, mw, 2, expert0_gelu=False)
+    _close(y.ravel(), [-0.00988471, 0.00509825, 0.0423986, 0.00286832, -0.00881119, 0.0687617], rel=1e-5, what="mofme y intended")
+
+
+
+# ---------------------------------------------------------------------------------------------- race
+def race(L, top_k, score_func="identity", race_group=0, dt=np.float64):
+    """research.md §4 (Expert Race): per race group the k·|g| best (token, expert) scores, ordered by
+    (score descending, token ascending, expert ascending), with w = s."""
+    L = np.asarray(L, dtype=dt)
+    T, E = L.shape
+    if score_func == "identity":
+        S = L
+    elif score_func == "sigmoid":
+        S = np.stack([sigmoid(x, dt) for x in L]) if T else L
+    else:
+        S = np.stack([softmax(x, dt) for x in L]) if T else L
+    g = race_group if race_group > 0 else max(T, 1)
+    rows = [[] for _ in range(T)]
+    for t0 in range(0, T, g):
+        n = min(g, T - t0)
+        cand = sorted(((float(S[t, e]) + 0.0, t, e) for t in range(t0, t0 + n) for e in range(E)),
+                      key=lambda c: (-c[0], c[1], c[2]))
+        for v, t, e in cand[:top_k * n]:
+            rows[t].append((e, S[t, e]))
+    rows = [_sorted_row(r) for r in rows]
+    K = max((len(r) for r in rows), default=0)
+    return rows_to_arrays(rows, K)
+
+
+# ---------------------------------------------------------------------------------------------- mofme
+def gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def mofme_block(x, w, top_k, eps=1e-5, expert0_gelu=True):
+    """research.md §5.2 (MoFME as released): LayerNorm, basenet, router on x, top-k then softmax,
+    FiLM modules (column 0 = GELU(h) with the released indexing), adaptor. w: the tensors by the
+    code's names relative to the layer ("1.0.weight", ...), float64. Returns y [T, d], ids, weights."""
+    x = np.asarray(x, dtype=np.float64)
+    T, d = x.shape
+    E = w["1.0.weight"].shape[0]
+    ys, ids, ws = [], [], []
+    for t in range(T):
+        v = x[t]
+        u = (v - v.mean()) / math.sqrt(((v - v.mean()) ** 2).mean() + eps) * w["3.0.weight"] + w["3.0.bias"]
+        h = gelu(w["3.1.0.0.weight"] @ u + w["3.1.0.0.bias"]) * (w["3.1.1.0.weight"] @ u + w["3.1.1.0.bias"])
+        logit = w["1.0.weight"] @ v + w["1.0.bias"]
+        sel = _order(logit)[:top_k]
+        z = np.exp(logit[sel] - logit[sel[0]])
+        p = z / z.sum()
+        m = np.zeros(d)
+        for e, pe in zip(sel, p):
+            mod = e - 1 if expert0_gelu else e
+            if mod < 0:
+                g = gelu(h)
+            else:
+                pre = "3.%d.expert." % (3 + mod)
+                g = (w[pre + "0.weight"] @ h + w[pre + "0.bias"]) * h + (w[pre + "1.weight"] @ h + w[pre + "1.bias"])
+            m += pe * g
+        ys.append(w["2.3.weight"] @ gelu(w["2.0.weight"] @ m + w["2.0.bias"]) + w["2.3.bias"])
+        ids.append(sel)
+        ws.append(p)
+    return np.array(ys).reshape(T, d), np.array(ids, dtype=np.int64).reshape(T, top_k), np.array(ws).reshape(T, top_k)
+
+
+MOFME_WORKED = {  # research.md §5.2's worked example: d 3, a 4, E 3, LayerNorm weight 1, bias 0
+    "1.0.weight": [[-0.5, 0, 0.5], [0.5, 1, -1], [-1, -0.5, 0]], "1.0.bias": [0, 0.1, -0.1],
+    "2.0.weight": [[-0.5, -0.25, 0], [-0.25, 0, 0.25], [0, 0.25, 0.5], [0.25, 0.5, -0.5]], "2.0.bias": [0, 0, 0, 0],
+    "2.3.weight": [[-0.25, 0.25, -0.5, 0], [0, 0.5, -0.25, 0.25], [0.25, -0.5, 0, 0.5]], "2.3.bias": [0, 0, 0.05],
+    "3.0.weight": [1, 1, 1], "3.0.bias": [0, 0, 0],
+    "3.1.0.0.weight": [[-0.5, 0, 0.5], [-0.25, 0.25, -0.5], [0, 0.5, -0.25]], "3.1.0.0.bias": [0.125, 0, -0.125],
+    "3.1.1.0.weight": [[-0.25, 0, 0.25], [0.25, 0.5, -0.5], [-0.5, -0.25, 0]], "3.1.1.0.bias": [0, 0.25, 0],
+    "3.3.expert.0.weight": [[-0.25, -0.125, 0], [-0.125, 0, 0.125], [0, 0.125, 0.25]], "3.3.expert.0.bias": [0.75, 1, 1.25],
+    "3.3.expert.1.weight": [[-0.25, 0, 0.25], [-0.125, 0.125, -0.25], [0, 0.25, -0.125]], "3.3.expert.1.bias": [-0.25, 0, 0.25],
+    "3.4.expert.0.weight": [[-0.125, 0, 0.125], [0, 0.125, 0.25], [0.125, 0.25, -0.25]], "3.4.expert.0.bias": [1, 1.25, 0.75],
+    "3.4.expert.1.weight": [[0, 0.25, -0.125], [0.125, -0.25, 0], [0.25, -0.125, 0.125]], "3.4.expert.1.bias": [-0.125, 0.125, -0.25],
+    "3.5.expert.0.weight": [[0, 0.125, 0.25], [0.125, 0.25, -0.25], [0.25, -0.25, -0.125]], "3.5.expert.0.bias": [1.25, 0.75, 1],
+    "3.5.expert.1.weight": [[0.25, -0.125, 0.125], [-0.25, 0, 0.25], [-0.125, 0.125, -0.25]], "3.5.expert.1.bias": [0, 0.25, -0.125],
+}
+MOFME_X = [[1, -0.5, 0.25], [-1, 0.5, 2]]
 
 # ------------------------------------------------------------------------------- rounding robustness
 def _bit_hash(L, i):
