@@ -345,6 +345,7 @@ TEST_CASE("quantised experts of mixed formats from a packed file give the reside
         CHECK_THROWS_WITH(QLayer(qc, {gate, {}, w}), Contains("layer 7 packing' = plain panels: expected int8 dot panels"));
         CHECK_THROWS_WITH(m.packed(file, {}, 7), Contains("layer 7 expert type' = QuantSwiGLU: expected SwiGLU<float>"));
     }
+    fs::remove(path);
 }
 
 TEST_CASE("every corruption of a packed file is an error naming the file, layer, expert and what differs", "[store][errors]") {
