@@ -7,6 +7,12 @@
 //
 //   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
 //               [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard] [--hidden D] [--ffn F]
+//               [--router topk|chain|rmoe]
+//
+// --router chain runs Chain-of-Experts layers (layer::Chain, research.md §1: 2 passes of top-2 over 32
+// experts and a shared expert, as many expert evaluations as top-4) and --router rmoe RMoE layers
+// (layer::Recurrent, §2: a GRU router state of width 128 carried from each MoE layer to the next and
+// reset for every forward pass), both on a random bf16 model of the deepseek shape built in memory.
 //
 // --dtype int8 and int4 quantise bf16 weights at load; fp8 and mxfp4 make the random model a quantised
 // checkpoint (DeepSeek-FP8 block layout, weight_scale_inv with weight_block_size [128, 128]; resp.
@@ -22,6 +28,7 @@
 // Each layer's store statistics are printed with the load table.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -31,18 +38,22 @@
 #include <filesystem>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
 #include "smoe/core/bf16.hpp"
+#include "smoe/expert/shared.hpp"
 #include "smoe/io/checkpoint.hpp"
 #include "smoe/io/hf_config.hpp"
 #include "smoe/io/hf_moe.hpp"
 #include "smoe/io/hf_pack.hpp"
 #include "smoe/io/tensor_map.hpp"
 #include "smoe/store/pregate.hpp"
+#include "smoe/layer/chain.hpp"
+#include "smoe/layer/recurrent.hpp"
 
 #ifdef SMOE_DEMO_MPI
 #include <mpi.h>
@@ -76,6 +87,7 @@ struct Options {
     std::string eviction = "lru";
     std::string packed;              // the packed file (default: a temporary one)
     bool pregate = false;
+    std::string router = "topk";  // topk: the Hugging Face model; chain, rmoe: research layers (research.md §1, §2)
 };
 
 [[noreturn]] void usage(std::string const& msg) {
@@ -88,6 +100,7 @@ struct Options {
                  "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
                  "                   [--store resident|mapped|cached] [--budget-frac F] [--eviction lru|lfu] [--packed FILE]\n"
                  "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n",
+                 "                   [--router topk|chain|rmoe] (chain: Chain-of-Experts layers, rmoe: recurrent-router layers)\n",
                  msg.c_str());
     std::exit(2);
 }
@@ -139,6 +152,7 @@ Options parse(int argc, char** argv) {
             o.budget_frac = std::strtod(v.c_str(), &end);
             if (end == v.c_str() || *end != '\0' || !(o.budget_frac > 0.0 && o.budget_frac <= 1.0)) usage("--budget-frac: '" + v + "' is not in (0, 1]");
         }
+        else if (a == "--router") o.router = value();
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
         else usage("unknown argument '" + a + "'");
     }
@@ -148,6 +162,9 @@ Options parse(int argc, char** argv) {
     if (o.store != "resident" && o.store != "mapped" && o.store != "cached") usage("--store: '" + o.store + "' is not resident, mapped or cached");
     if (o.eviction != "lru" && o.eviction != "lfu") usage("--eviction: '" + o.eviction + "' is not lru or lfu");
     if (o.pregate && o.store == "resident") usage("--pregate needs --store mapped or cached (nothing to prefetch into otherwise)");
+    if (o.router != "topk" && o.router != "chain" && o.router != "rmoe") usage("--router: '" + o.router + "' is not topk, chain or rmoe");
+    if (o.router != "topk" && (o.model || o.shard || o.dtype != "bf16" || o.shape != "deepseek" || o.store != "resident"))
+        usage("--router " + o.router + ": a random bf16 model of the deepseek shape only (no --model, --shard, --dtype, --shape or --store)");
     if (o.model && (o.dtype == "fp8" || o.dtype == "mxfp4"))
         usage("--dtype " + o.dtype + ": for the random model only (a checkpoint's quantised experts load in their own format)");
     return o;
@@ -300,14 +317,12 @@ std::vector<std::uint64_t> cumulative_kept(Layer& l) {
     });
 }
 
-template <class Layer>
-void print_load(std::vector<Layer>& layers, Ranks const& ranks) {
-    std::vector<std::vector<std::uint64_t>> load;
-    for (auto& l : layers) load.push_back(cumulative_kept(l));
+// load[i]: layer labels[i]'s cumulative kept slots per expert.
+void print_load_table(std::vector<std::vector<std::uint64_t>> const& load, std::vector<std::int64_t> const& labels, Ranks const& ranks) {
     if (ranks.rank != 0) return;
     std::size_t const E = load.front().size();
     std::printf("\ntokens routed to each expert (kept slots, prefill + decode%s)\n  expert", ranks.size > 1 ? ", all ranks" : "");
-    for (auto const& l : layers) std::printf(" %7s", ("L" + std::to_string(l.layer_index())).c_str());
+    for (auto l : labels) std::printf(" %7s", ("L" + std::to_string(l)).c_str());
     std::printf("\n");
     for (std::size_t e = 0; e < E; ++e) {
         std::printf("  %6zu", e);
@@ -317,17 +332,25 @@ void print_load(std::vector<Layer>& layers, Ranks const& ranks) {
     // One character per expert, height ∝ load: skew and dead experts show at a glance.
     static char const* const bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
     std::printf("\nload histogram (one column per expert, 0..%zu left to right; max/mean, dead experts)\n", E - 1);
-    for (std::size_t i = 0; i < layers.size(); ++i) {
+    for (std::size_t i = 0; i < load.size(); ++i) {
         auto const& c = load[i];
         double const mx = static_cast<double>(*std::max_element(c.begin(), c.end()));
         double mean = 0;
         int dead = 0;
         for (auto v : c) mean += static_cast<double>(v), dead += v == 0;
         mean /= static_cast<double>(c.size());
-        std::printf("  L%-4lld |", static_cast<long long>(layers[i].layer_index()));
+        std::printf("  L%-4lld |", static_cast<long long>(labels[i]));
         for (auto v : c) std::printf("%s", bars[mx > 0 ? static_cast<int>(std::lround(8.0 * static_cast<double>(v) / mx)) : 0]);
         std::printf("|  max/mean %.2f, dead %d\n", mean > 0 ? mx / mean : 0.0, dead);
     }
+}
+
+template <class Layer>
+void print_load(std::vector<Layer>& layers, Ranks const& ranks) {
+    std::vector<std::vector<std::uint64_t>> load;
+    std::vector<std::int64_t> labels;
+    for (auto& l : layers) load.push_back(cumulative_kept(l)), labels.push_back(l.layer_index());
+    print_load_table(load, labels, ranks);
 }
 
 // h [T, d] += moe(rmsnorm(h)) through every layer.
@@ -343,7 +366,7 @@ void step(std::vector<Layer>& layers, std::vector<float>& h, std::int64_t T, std
         rms_normalize(h.data(), normed.data(), T, d);
         smoe::MatrixView<float const> const x(normed.data(), T, d);
         if (pregates && li + 1 < layers.size())
-            if (auto* next = layers[li + 1].expert_store()) (*pregates)[li].prefetch(*next, x);
+            if (auto* next = layers[li + 1].bf16_source()) (*pregates)[li].prefetch(*next, x);
         l.forward(x, smoe::MatrixView<float>(out.data(), T, d));
         for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
     }
@@ -356,7 +379,7 @@ void print_stores(std::vector<Layer>& layers, Ranks const& ranks) {
     std::printf("\nexpert store per layer%s (rank 0): held/E, hit rate, misses, evictions, MiB read, stall ms, prefetch "
                 "used/loaded, prediction accuracy, routing consistency\n", ranks.size > 1 ? "" : "");
     for (auto& l : layers) {
-        auto* st = l.expert_store();
+        auto* st = l.bf16_source();
         if (!st) continue;
         auto const s = st->stats();
         std::printf("  L%-4lld %-8s %3lld/%-3lld  %5.1f %%  %6lld  %6lld  %8.1f  %8.2f  %5lld/%-5lld  %5.1f %%  %5.1f %%\n",
@@ -366,6 +389,123 @@ void print_stores(std::vector<Layer>& layers, Ranks const& ranks) {
                     static_cast<long long>(s.prefetch_used), static_cast<long long>(s.prefetch_loaded), 100.0 * s.prediction_accuracy(),
                     100.0 * s.routing_consistency());
     }
+}
+
+// --router chain | rmoe: L research layers on random bf16 weights of the deepseek shape (d 1024, 32
+// experts of width 512; chain: 2 passes of top-2 and a shared expert; rmoe: top-4 renormalised over a
+// GRU state of width 128), the same prefill and decode loop as run(). A chain returns its delta
+// x⁽ᶜ⁾ − x⁽⁰⁾, which this engine adds to the residual stream. RMoE's state is the engine's: reset
+// before the first MoE layer of every forward pass and handed to each layer in order.
+int run_research(Options const& o) {
+    using W = smoe::bf16;
+    std::int64_t const d = o.hidden ? o.hidden : 1024, f = o.ffn ? o.ffn : 512, E = 32, L = o.layers, p = 128;
+    std::mt19937_64 rng(o.seed);
+    std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+    std::vector<std::vector<W>> bf16_source;
+    std::vector<std::vector<float>> fstore;
+    auto weights = [&](std::int64_t n, std::int64_t fan_in) {
+        float const a = std::sqrt(3.0f / static_cast<float>(fan_in));
+        bf16_source.emplace_back(static_cast<std::size_t>(n));
+        for (auto& v : bf16_source.back()) v = smoe::to_bf16(a * uni(rng));
+        return bf16_source.back().data();
+    };
+    auto floats = [&](std::int64_t n, float a) {
+        fstore.emplace_back(static_cast<std::size_t>(n));
+        for (auto& v : fstore.back()) v = a * uni(rng);
+        return smoe::MatrixView<float const>(fstore.back().data(), 1, n);
+    };
+    bf16_source.reserve(static_cast<std::size_t>(8 * L)), fstore.reserve(static_cast<std::size_t>(16 * L + 16));
+    smoe::expert::SwiGLUConfig const ec{d, f, E}, sc{d, f, 1};
+    auto experts = [&](smoe::expert::SwiGLUConfig const& c) {
+        W const* w1 = weights(c.num_experts * f * d, d);
+        W const* w3 = weights(c.num_experts * f * d, d);
+        return smoe::expert::SwiGLUWeights<W>::dense(w1, w3, weights(c.num_experts * d * f, f), c);
+    };
+    auto const t_load = Clock::now();
+    using Chain = smoe::layer::Chain<smoe::router::TopK, smoe::expert::Shared<smoe::expert::SwiGLU<W>>, smoe::balance::None>;
+    using Rmoe = smoe::layer::Recurrent<smoe::router::TopK, smoe::expert::SwiGLU<W>, smoe::balance::None>;
+    std::vector<Chain> chains;
+    std::vector<Rmoe> rmoes;
+    std::vector<std::array<smoe::MatrixView<float const>, 2>> gates(static_cast<std::size_t>(L));
+    float const gate_a = std::sqrt(3.0f / static_cast<float>(d)), cell_a = std::sqrt(3.0f / static_cast<float>(p));
+    auto mat = [&](std::int64_t r, std::int64_t c, float a) { return smoe::MatrixView<float const>(floats(r * c, a).data, r, c); };
+    auto vec = [&](std::int64_t n) { return std::span<float const>(floats(n, 0.1f).data, static_cast<std::size_t>(n)); };
+    std::optional<smoe::gate::RecurrentCell> cell;
+    if (o.router == "rmoe")
+        cell.emplace(smoe::gate::RecurrentCellConfig{.hidden_size = p},
+                     smoe::gate::RecurrentCellWeights{mat(p, p, cell_a), mat(p, p, cell_a), mat(p, p, cell_a), mat(p, p, cell_a), mat(p, p, cell_a),
+                                                      mat(p, p, cell_a), vec(p), vec(p), vec(p), vec(p), vec(p), vec(p)});
+    for (std::int64_t l = 0; l < L; ++l) {
+        if (o.router == "chain") {
+            gates[static_cast<std::size_t>(l)] = {mat(E, d, gate_a), mat(E, d, gate_a)};
+            chains.emplace_back(Chain::Config{.router = {.num_experts = E, .top_k = 2}, .expert = {.routed = ec, .shared = sc},
+                                              .output = smoe::layer::ChainOutput::delta, .max_tokens = o.prefill},
+                                Chain::Weights{.gates = gates[static_cast<std::size_t>(l)], .experts = {.routed = experts(ec), .shared = experts(sc)}});
+        } else {
+            rmoes.emplace_back(Rmoe::Config{.router = {.num_experts = E, .top_k = 4, .norm_topk_prob = true}, .expert = ec, .max_tokens = o.prefill,
+                                            .layer_index = l},
+                               *cell, Rmoe::Weights{.gate = {mat(p, d, gate_a), mat(E, p, cell_a)}, .experts = experts(ec)});
+        }
+        bf16_source.clear();  // packed by the layer: the bf16 source is no longer read
+    }
+    double const load_s = seconds_since(t_load);
+    smoe::DefaultThreadPool pool(o.threads);
+    for (auto& c : chains) c.set_thread_pool(pool);
+    for (auto& r : rmoes) r.set_thread_pool(pool);
+    std::optional<smoe::gate::RouterState> state;
+    if (cell) state.emplace(o.prefill, *cell);
+    std::printf("smoe demo engine: random deepseek-like model in memory (seed %llu), %s layers\n", static_cast<unsigned long long>(o.seed),
+                o.router == "chain" ? "Chain-of-Experts (layer::Chain)" : "RMoE (layer::Recurrent)");
+    std::printf("  %lld MoE layers, d = %lld, E = %lld, expert f = %lld, bf16 expert weights, %s; built in %.2f s; %lld threads\n",
+                static_cast<long long>(L), static_cast<long long>(d), static_cast<long long>(E), static_cast<long long>(f),
+                o.router == "chain" ? "2 passes of top-2 + 1 shared expert per pass" : "top-4 renormalised over a GRU state of width 128", load_s,
+                static_cast<long long>(o.threads));
+    std::vector<float> normed, out;
+    auto forward = [&](std::vector<float>& h, std::int64_t T) {
+        normed.resize(h.size()), out.resize(h.size());
+        if (state) state->reset(T);  // a new forward pass: RMoE's recurrence starts from zero
+        for (std::int64_t l = 0; l < L; ++l) {
+            rms_normalize(h.data(), normed.data(), T, d);
+            smoe::MatrixView<float const> const x(normed.data(), T, d);
+            smoe::MatrixView<float> const y(out.data(), T, d);
+            if (state)
+                rmoes[static_cast<std::size_t>(l)].forward(x, y, *state);
+            else
+                chains[static_cast<std::size_t>(l)].forward(x, y);
+            for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
+        }
+    };
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> h(static_cast<std::size_t>(o.prefill * d));
+    for (auto& v : h) v = nd(rng);
+    auto const t_prefill = Clock::now();
+    forward(h, o.prefill);
+    double const prefill_s = seconds_since(t_prefill);
+    std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s, double(o.prefill) / prefill_s);
+    std::vector<float> tok(h.end() - d, h.end());
+    auto const t_decode = Clock::now();
+    for (std::int64_t i = 0; i < o.decode; ++i) forward(tok, 1);
+    double const decode_s = seconds_since(t_decode);
+    if (o.decode > 0)
+        std::printf("  decode: %lld steps in %.3f s = %.1f tokens/s (%.2f ms per step over %lld layers)\n", static_cast<long long>(o.decode),
+                    decode_s, double(o.decode) / decode_s, 1e3 * decode_s / double(o.decode), static_cast<long long>(L));
+    // Load per layer; a chain's experts count once per pass that chose them (its evaluations).
+    std::vector<std::vector<std::uint64_t>> load;
+    std::vector<std::int64_t> labels;
+    for (std::int64_t l = 0; l < L; ++l) {
+        labels.push_back(l);
+        if (state) {
+            load.push_back(rmoes[static_cast<std::size_t>(l)].stats().cumulative_kept);
+            continue;
+        }
+        auto const& c = chains[static_cast<std::size_t>(l)];
+        std::vector<std::uint64_t> sum(static_cast<std::size_t>(E), 0);
+        for (std::int64_t t = 0; t < c.num_iterations(); ++t)
+            for (std::int64_t e = 0; e < E; ++e) sum[static_cast<std::size_t>(e)] += c.stats(t).cumulative_kept[static_cast<std::size_t>(e)];
+        load.push_back(sum);
+    }
+    print_load_table(load, labels, Ranks{});
+    return 0;
 }
 
 // Builds or loads the model, then prefill and decode. Layer is HfMoeLayer (one process) or
@@ -554,6 +694,7 @@ int main(int argc, char** argv) {
     if (o.shard) usage("--shard needs a build with MPI (Debian libopenmpi-dev; see docs/distributed.md)");
 #endif
     try {
+        if (o.router != "topk") return run_research(o);
         return run<HfMoeLayer>(o, smoe::io::LocalLayers{}, Ranks{});
     } catch (std::exception const& e) {
         std::fprintf(stderr, "demo_engine: error: %s\n", e.what());

@@ -27,7 +27,7 @@ void check_known_keys(nlohmann::json const& config, std::string const& file, std
                                         std::string("a key of ") + what + " (cases.md); it is unknown");
 }
 
-void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r) {
+void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r, std::string const& suffix) {
     std::int64_t const T = r.num_tokens, K = r.k;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
     std::vector<float> wts(static_cast<std::size_t>(T * K));
@@ -36,8 +36,8 @@ void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r) {
             ids[static_cast<std::size_t>(t * K + j)] = r.expert_ids(t, j);
             wts[static_cast<std::size_t>(t * K + j)] = r.expert_weights(t, j);
         }
-    w.add_i32("expert_ids", {T, K}, ids);
-    w.add_f32("expert_weights", {T, K}, wts);
+    w.add_i32("expert_ids" + suffix, {T, K}, ids);
+    w.add_f32("expert_weights" + suffix, {T, K}, wts);
 }
 
 }  // namespace smoe_run

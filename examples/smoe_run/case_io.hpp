@@ -54,8 +54,8 @@ std::vector<float> read_vector(SafetensorsFile const& f, std::string const& name
 // names the kind of config in the message.
 void check_known_keys(nlohmann::json const& config, std::string const& file, std::set<std::string> const& allowed, char const* what);
 
-// expert_ids I32 [T, K] and expert_weights F32 [T, K] from the token-major view.
-void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r);
+// expert_ids I32 [T, K] and expert_weights F32 [T, K] from the token-major view (names + suffix).
+void add_token_major(SafetensorsWriter& w, smoe::RoutingResult const& r, std::string const& suffix = "");
 
 // A command-line mistake found while running (main prints the usage and exits with status 2).
 struct usage_error : std::runtime_error {
@@ -69,6 +69,8 @@ int run_full_layer(Args const& a, nlohmann::json const& config);
 int run_router_case(Args const& a, nlohmann::json const& config);
 int run_lora_case(Args const& a, nlohmann::json const& config);
 int run_mofme_case(Args const& a, nlohmann::json const& config);
+bool is_research_layer(nlohmann::json const& config);  // chain_of_experts, recurrent_router, smear
+int run_research_layer(Args const& a, nlohmann::json const& config);
 
 // smoe-pack: the routed experts of a case folder's or checkpoint's MoE layers into a packed expert file.
 struct PackArgs {

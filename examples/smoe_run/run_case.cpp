@@ -18,6 +18,7 @@ int run_case(Args const& a) {
         throw usage_error("--layer applies to full checkpoints and MoFME configs only");
     if (mofme) return run_mofme_case(a, config);
     if (config.contains("router")) return run_router_case(a, config);
+    if (is_research_layer(config)) return run_research_layer(a, config);
     if (config.contains("layer")) return run_lora_case(a, config);
     throw smoe::io::file_error(a.config_file(), "keys", "no model_type, router or layer",
                                "a Hugging Face config (model_type), a router-only config (router) or a rank-wise LoRA "

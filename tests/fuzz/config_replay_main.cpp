@@ -26,7 +26,7 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-// What parse_hf_config, the router-only and the rank-wise LoRA readers read (cases.md).
+// What parse_hf_config, the router-only, the rank-wise LoRA and the research-layer readers read.
 char const* const kKeys[] = {
     "model_type", "hidden_act", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
     "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "norm_topk_prob",
@@ -36,7 +36,10 @@ char const* const kKeys[] = {
     "max_k", "min_k", "num_null_experts", "tol", "max_iterations", "l1_reg_coeff", "target_top_k",
     "moe_expert_capacity_factor", "moe_token_drop_policy", "moe_pad_expert_input_to_capacity", "min_capacity",
     "moe_router_bias_update_rate", "moe_aux_loss_coeff", "moe_z_loss_coeff", "layer", "in_features",
-    "out_features", "rank", "lora_alpha", "rank_partition", "module"};
+    "out_features", "rank", "lora_alpha", "rank_partition", "module",
+    // research layers (README: research layers in smoe-run)
+    "num_iterations", "independent_gates", "inner_residual", "output", "rnn_hidden_size", "cell", "num_moe_layers", "scope",
+    "router_input"};
 // Keys a router config may lack whose value alone decides how much work or memory a call takes.
 char const* const kUnboundedKeys[] = {"max_iterations", "capacity", "capacity_factor", "min_capacity",
                                       "moe_expert_capacity_factor", "num_null_experts", "max_k", "top_k"};
