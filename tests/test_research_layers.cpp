@@ -18,6 +18,7 @@
 #include "common/approx.hpp"
 #include "common/counting_new.hpp"
 #include "common/data.hpp"
+#include "common/formula.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/kernels/reference/chain.hpp"
 #include "smoe/kernels/reference/recurrent.hpp"
@@ -33,30 +34,8 @@ using SwiShared = smoe::expert::Shared<Swi>;
 
 namespace {
 
-// research.md §0: F(v) = ((v mod 5) − 2) / 4 and the formula SwiGLU experts built from it.
-double formula(std::int64_t v) { return double(v % 5 - 2) / 4.0; }
-
-struct Experts {
-    std::int64_t E, d, f;
-    std::vector<float> w1, w3, w2;
-    smoe::expert::SwiGLUConfig cfg() const { return {.hidden_size = d, .intermediate_size = f, .num_experts = E}; }
-    smoe::expert::SwiGLUWeights<float> weights() const { return smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), cfg()); }
-};
-
-// Experts first_id .. first_id + E − 1 of the formula.
-Experts formula_experts(std::int64_t E, std::int64_t d, std::int64_t f, std::int64_t first_id = 0) {
-    Experts x{E, d, f, std::vector<float>(E * f * d), std::vector<float>(E * f * d), std::vector<float>(E * d * f)};
-    for (std::int64_t k = 0; k < E; ++k) {
-        std::int64_t const e = first_id + k;
-        for (std::int64_t i = 0; i < f; ++i)
-            for (std::int64_t j = 0; j < d; ++j) {
-                x.w1[(k * f + i) * d + j] = float(formula(e + 2 * i + 3 * j));
-                x.w3[(k * f + i) * d + j] = float(formula(2 * e + i + 2 * j));
-                x.w2[(k * d + j) * f + i] = float(formula(3 * e + i + j));
-            }
-    }
-    return x;
-}
+using Experts = smoe_test::FormulaExperts;  // research.md §0's formula experts, or random ones
+using smoe_test::formula_experts;
 
 // sd 1/sqrt(d) and 1/sqrt(f): outputs of the size of the inputs, so passes and layers stacked with a
 // residual keep logits in a range where softmax weights do not underflow to exact ties.
@@ -65,7 +44,7 @@ Experts random_experts(std::mt19937_64& rng, std::int64_t E, std::int64_t d, std
     return {E, d, f, smoe_test::normal(rng, E * f * d, sd), smoe_test::normal(rng, E * f * d, sd), smoe_test::normal(rng, E * d * f, sf)};
 }
 
-std::vector<float> const kX{1.0f, -0.5f, 0.25f, -1.0f, 0.5f, 2.0f, 0.5f, 1.0f, -1.0f};  // x0, x1, x2 of research.md §0
+std::vector<float> const& kX = smoe_test::kFormulaX;  // x0, x1, x2 of research.md §0
 
 MatrixView<float const> rows(std::vector<float> const& v, std::int64_t T, std::int64_t d) { return {v.data(), T, d}; }
 
