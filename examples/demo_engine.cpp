@@ -366,7 +366,7 @@ void step(std::vector<Layer>& layers, std::vector<float>& h, std::int64_t T, std
         rms_normalize(h.data(), normed.data(), T, d);
         smoe::MatrixView<float const> const x(normed.data(), T, d);
         if (pregates && li + 1 < layers.size())
-            if (auto* next = layers[li + 1].bf16_source()) (*pregates)[li].prefetch(*next, x);
+            if (auto* next = layers[li + 1].expert_store()) (*pregates)[li].prefetch(*next, x);
         l.forward(x, smoe::MatrixView<float>(out.data(), T, d));
         for (std::size_t i = 0; i < out.size(); ++i) h[i] += out[i];
     }
@@ -379,7 +379,7 @@ void print_stores(std::vector<Layer>& layers, Ranks const& ranks) {
     std::printf("\nexpert store per layer%s (rank 0): held/E, hit rate, misses, evictions, MiB read, stall ms, prefetch "
                 "used/loaded, prediction accuracy, routing consistency\n", ranks.size > 1 ? "" : "");
     for (auto& l : layers) {
-        auto* st = l.bf16_source();
+        auto* st = l.expert_store();
         if (!st) continue;
         auto const s = st->stats();
         std::printf("  L%-4lld %-8s %3lld/%-3lld  %5.1f %%  %6lld  %6lld  %8.1f  %8.2f  %5lld/%-5lld  %5.1f %%  %5.1f %%\n",
