@@ -99,7 +99,7 @@ struct Options {
                  "                   [--int8-dot off|on|avx2|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
                  "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
                  "                   [--store resident|mapped|cached] [--budget-frac F] [--eviction lru|lfu] [--packed FILE]\n"
-                 "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n",
+                 "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n"
                  "                   [--router topk|chain|rmoe] (chain: Chain-of-Experts layers, rmoe: recurrent-router layers)\n",
                  msg.c_str());
     std::exit(2);
