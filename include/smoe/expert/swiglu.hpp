@@ -164,17 +164,41 @@ public:
     // expert order in fp32 from each expert's exact fp32 value (bf16 widened, int8 times its channel
     // scale), for the floats i in [begin, end) of the merged expert's fp32 panels: gate/up panels, then
     // down panels, the layout of SwiGLU<float> (detail::MergedPanels runs them). begin and end are
-    // multiples of 16, so a caller may split the range over threads. fp32 weights take the SIMD loop;
-    // bf16 and int8 widen element by element.
+    // multiples of 16, so a caller may split the range over threads. fp32 weights take the SIMD loop,
+    // bf16 (both panel layouts) and int8 its AVX2 widening form (builds without AVX2 widen element by
+    // element: the same bits).
     std::int64_t merged_floats() const { return gu_panels_ * cfg_.hidden_size * kP + dn_panels_ * hidden_stride() * kP; }
     template <class Arch>
     void merge(Arch, std::span<float const> coeffs, float* merged, std::int64_t begin, std::int64_t end) const {
         std::int64_t const split = gu_panels_ * cfg_.hidden_size * kP;
+        // A resident store holds the records back to back, record_bytes_ apart (a multiple of 64).
+        if (store_->residency() != store::Residency::resident)
+            smoe::detail::fail("store.residency", store::to_string(store_->residency()), "resident experts to merge (soft merging reads every expert)");
+        std::byte const* const rec0 = store_->record(0);
         auto part = [&](W const* base, std::int64_t expert_stride, std::int64_t b, std::int64_t e, std::int64_t offset, bool down) {
             if (b >= e) return;
             if constexpr (std::is_same_v<W, float>) {
                 kernels::cpu::weighted_sum(Arch{}, coeffs, base, expert_stride, b, e, merged + offset);
             } else {
+#if SMOE_PACKED_AVX2
+                if constexpr (kernels::cpu::kPackedAvx2<Arch> || kernels::cpu::kPackedAvx512<Arch>) {
+                    std::int64_t const K = down ? hidden_stride() : cfg_.hidden_size;
+                    float const* const s0 = Weights::has_scales ? reinterpret_cast<float const*>(rec0 + (down ? sd_off_ : su_off_)) : nullptr;
+                    std::int64_t const s_stride = static_cast<std::int64_t>(record_bytes_ / sizeof(float));
+                    return kernels::cpu::weighted_sum_widened(Arch{}, coeffs, b, e, merged + offset, [&](std::int64_t x, std::int64_t i, __m256& lo, __m256& hi) {
+                        W const* const src = base + x * expert_stride;
+                        std::int64_t const p = i / (K * kP), k = i % (K * kP) / kP;
+                        if constexpr (std::is_same_v<W, bf16>)
+                            if (dot_ != Bf16Dot::off) return kernels::cpu::load_kpair_row_avx2(src + p * panel_elems(K) + k / 2 * 2 * kP, k, lo, hi);
+                        kernels::cpu::detail::load_panel_avx2(src + i, lo, hi);
+                        if (s0) {
+                            float const* const sc = s0 + x * s_stride + p * kP;
+                            lo = _mm256_mul_ps(lo, _mm256_loadu_ps(sc));
+                            hi = _mm256_mul_ps(hi, _mm256_loadu_ps(sc + 8));
+                        }
+                    });
+                }
+#endif
                 for (std::int64_t i = b; i < e; ++i) {
                     float acc = 0.0f;
                     for (std::size_t x = 0; x < coeffs.size(); ++x) acc = std::fma(coeffs[x], widened(std::int64_t(x), i, down), acc);
@@ -182,10 +206,7 @@ public:
                 }
             }
         };
-        // A resident store holds the records back to back, record_bytes_ apart (a multiple of 64).
-        if (store_->residency() != store::Residency::resident)
-            smoe::detail::fail("store.residency", store::to_string(store_->residency()), "resident experts to merge (soft merging reads every expert)");
-        std::byte const* const rec0 = store_->record(0);
+
         std::int64_t const stride = static_cast<std::int64_t>(record_bytes_ / sizeof(W));
         part(reinterpret_cast<W const*>(rec0), stride, begin, std::min(end, split), 0, false);
         part(reinterpret_cast<W const*>(rec0 + dn_off_), stride, std::max(begin, split) - split, end - split, std::max(begin, split) - begin, true);
