@@ -45,16 +45,20 @@ void put(TensorMap& m, std::string name, std::vector<std::int64_t> shape, std::v
 struct Block {
     std::int64_t d, f, E, fs;
     std::vector<float> gate, bias, w1, w3, w2, s1, s3, s2, sgate;
+    std::int64_t Z = 0;  // identity experts: the gate and the selection bias have E + Z rows (LongCat-Flash)
+    std::vector<float> gbias, b1, b3, b2, obias;  // router bias [E], expert biases [E, f], [E, f], [E, d], output bias [d]
 
-    static Block random(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t fs, bool bf16) {
+    static Block random(std::mt19937_64& rng, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t fs, bool bf16,
+                        std::int64_t Z = 0) {
         Block b{d, f, E, fs, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+        b.Z = Z;
         auto round = [&](std::vector<float> v) {
             if (bf16)
                 for (auto& x : v) x = smoe::to_float(smoe::to_bf16(x));
             return v;
         };
-        b.gate = rnd(rng, E * d, 0.5);
-        b.bias = rnd(rng, E, 0.1);
+        b.gate = rnd(rng, (E + Z) * d, 0.5);
+        b.bias = rnd(rng, E + Z, 0.1);
         b.w1 = round(rnd(rng, E * f * d, 0.3));
         b.w3 = round(rnd(rng, E * f * d, 0.3));
         b.w2 = round(rnd(rng, E * d * f, 0.3));
@@ -62,6 +66,8 @@ struct Block {
         b.s3 = round(rnd(rng, fs * d, 0.3));
         b.s2 = round(rnd(rng, d * fs, 0.3));
         b.sgate = rnd(rng, d, 0.5);
+        b.gbias = rnd(rng, E, 0.5), b.b1 = rnd(rng, E * f, 0.5), b.b3 = rnd(rng, E * f, 0.5), b.b2 = rnd(rng, E * d, 0.5);
+        b.obias = rnd(rng, d, 0.5);
         return b;
     }
 
@@ -79,6 +85,10 @@ struct Block {
         std::string shared_at;                   // the shared expert's full prefix, when it is not in the block
         bool shared_fused = false;               // shared input_linear [2fs, d] / output_linear [d, fs] (Granite)
         bool fused_transposed = false;           // fused as [E, d, 2f] and [E, f, d] (Qwen3-VL-MoE)
+        bool interleaved = false;                // with fused_transposed: gate and up columns alternate (GPT-OSS)
+        bool dbrx = false;                       // experts.mlp.w1 / v1 / w2 [E·f, d], w2 transposed (DBRX)
+        std::string router_bias, gu_bias, dn_bias, out_bias;  // "": none (GPT-OSS, JetMoE)
+        bool shared_w = false;                   // the shared expert as w1 / w3 / w2 (DeepSeek-V4)
     };
 
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
@@ -93,15 +103,33 @@ struct Block {
     TensorMap write(Disk const& n, bool bf16) const {
         TensorMap m;
         std::string const& p = n.block;
-        put(m, p + n.router, {E, d}, gate);
-        if (!n.bias.empty()) put(m, p + n.bias, n.bias_row ? std::vector<std::int64_t>{1, E} : std::vector<std::int64_t>{E}, bias);
-        if (n.fused && n.fused_transposed) {
+        put(m, p + n.router, {E + Z, d}, gate);
+        if (!n.bias.empty()) put(m, p + n.bias, n.bias_row ? std::vector<std::int64_t>{1, E + Z} : std::vector<std::int64_t>{E + Z}, bias);
+        if (!n.router_bias.empty()) put(m, p + n.router_bias, {E}, gbias);
+        if (!n.out_bias.empty()) put(m, p + n.out_bias, {d}, obias);
+        if (!n.gu_bias.empty()) {
+            std::vector<float> gu;
+            for (std::int64_t e = 0; e < E; ++e)
+                for (std::int64_t j = 0; j < f; ++j) gu.push_back(b1[std::size_t(e * f + j)]), gu.push_back(b3[std::size_t(e * f + j)]);
+            put(m, p + n.gu_bias, {E, 2 * f}, gu);  // interleaved, as GPT-OSS's
+            put(m, p + n.dn_bias, {E, d}, b2);
+        }
+        if (n.dbrx) {
+            std::vector<float> dn(static_cast<std::size_t>(E * f * d));
+            for (std::int64_t e = 0; e < E; ++e)
+                for (std::int64_t i = 0; i < d; ++i)
+                    for (std::int64_t j = 0; j < f; ++j) dn[std::size_t((e * f + j) * d + i)] = w2[std::size_t((e * d + i) * f + j)];
+            put(m, p + "experts.mlp.w1", {E * f, d}, w1, bf16);
+            put(m, p + "experts.mlp.v1", {E * f, d}, w3, bf16);
+            put(m, p + "experts.mlp.w2", {E * f, d}, dn, bf16);
+        } else if (n.fused && n.fused_transposed) {
+            std::int64_t const gc = n.interleaved ? 2 : 1, uc = n.interleaved ? 1 : f;
             std::vector<float> gu(static_cast<std::size_t>(E * d * 2 * f)), dn(static_cast<std::size_t>(E * f * d));
             for (std::int64_t e = 0; e < E; ++e)
                 for (std::int64_t i = 0; i < d; ++i)
                     for (std::int64_t j = 0; j < f; ++j) {
-                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + j)] = w1[static_cast<std::size_t>((e * f + j) * d + i)];
-                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + f + j)] = w3[static_cast<std::size_t>((e * f + j) * d + i)];
+                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + gc * j)] = w1[static_cast<std::size_t>((e * f + j) * d + i)];
+                        gu[static_cast<std::size_t>((e * d + i) * 2 * f + uc + gc * j)] = w3[static_cast<std::size_t>((e * f + j) * d + i)];
                         dn[static_cast<std::size_t>((e * f + j) * d + i)] = w2[static_cast<std::size_t>((e * d + i) * f + j)];
                     }
             put(m, p + n.fused_gate_up, {E, d, 2 * f}, gu, bf16);
@@ -131,9 +159,9 @@ struct Block {
                 put(m, s + "input_linear.weight", {2 * fs, d}, gu, bf16);
                 put(m, s + "output_linear.weight", {d, fs}, s2, bf16);
             } else {
-                put(m, s + "gate_proj.weight", {fs, d}, s1, bf16);
-                put(m, s + "up_proj.weight", {fs, d}, s3, bf16);
-                put(m, s + "down_proj.weight", {d, fs}, s2, bf16);
+                put(m, s + (n.shared_w ? "w1" : "gate_proj") + ".weight", {fs, d}, s1, bf16);
+                put(m, s + (n.shared_w ? "w3" : "up_proj") + ".weight", {fs, d}, s3, bf16);
+                put(m, s + (n.shared_w ? "w2" : "down_proj") + ".weight", {d, fs}, s2, bf16);
             }
             if (!n.shared_gate.empty()) put(m, p + n.shared_gate, {1, d}, sgate);
         }
@@ -171,31 +199,48 @@ struct Block {
 template <class Expert>
 using HandLayer = smoe::MoELayer<smoe::router::TopK, Expert, smoe::balance::None>;
 
-std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, bool gated, std::vector<float> const& x, std::int64_t T) {
+// The expert forms of families.md §2.1-§2.6 a family's block has beyond plain SwiGLU, written out per family.
+struct Extra {
+    smoe::expert::GluActivation act{};
+    bool on_input = false, gate_bias = false, expert_bias = false, out_bias = false;
+    float shared_scale = 1.0f;
+    std::int64_t Z = 0;  // identity experts
+};
+
+std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, bool gated, std::vector<float> const& x, std::int64_t T,
+                           Extra const& ex = {}) {
     using smoe::expert::SwiGLU;
     using smoe::expert::SwiGLUWeights;
     namespace gate_kind = smoe::expert::shared_gate;
     std::int64_t const d = b.d;
     std::vector<float> y(static_cast<std::size_t>(T * d));
-    smoe::expert::SwiGLUConfig const routed{d, b.f, b.E, smoe::expert::Bf16Dot::off}, shared{d, b.fs, 1, smoe::expert::Bf16Dot::off};
-    auto const rw = SwiGLUWeights<float>::dense(b.w1.data(), b.w3.data(), b.w2.data(), routed);
+    auto const off = smoe::expert::Bf16Dot::off;
+    smoe::expert::SwiGLUConfig const routed{d, b.f, b.E, off, {}, {}, ex.act, ex.on_input}, shared{d, b.fs, 1, off, {}, {}, ex.act};
+    auto rw = SwiGLUWeights<float>::dense(b.w1.data(), b.w3.data(), b.w2.data(), routed);
+    if (ex.expert_bias)
+        rw.bias = {MatrixView<float const>(b.b1.data(), b.E, b.f), MatrixView<float const>(b.b3.data(), b.E, b.f), MatrixView<float const>(b.b2.data(), b.E, d)};
     auto const sw = SwiGLUWeights<float>::dense(b.s1.data(), b.s3.data(), b.s2.data(), shared);
-    MatrixView<float const> const gate(b.gate.data(), b.E, d);
-    std::span<float const> bias;
+    MatrixView<float const> const gate(b.gate.data(), b.E + ex.Z, d);
+    std::span<float const> bias, gbias;
     if (rc.requires_expert_bias) bias = b.bias;
+    if (ex.gate_bias) gbias = b.gbias;
     std::int64_t const max_tokens = std::max<std::int64_t>(T, 1);
     auto run = [&](auto&& layer) { layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d)); };
     if (b.fs == 0) {
         using L = HandLayer<SwiGLU<float>>;
-        run(L(L::Config{.router = rc, .expert = routed, .max_tokens = max_tokens}, L::Weights{gate, bias, rw}));
+        run(L(L::Config{.router = rc, .expert = routed, .max_tokens = max_tokens}, L::Weights{gate, bias, rw, gbias}));
     } else if (gated) {
         using L = HandLayer<smoe::expert::Shared<SwiGLU<float>, gate_kind::Sigmoid>>;
-        run(L(L::Config{.router = rc, .expert = {routed, shared}, .max_tokens = max_tokens},
-              L::Weights{gate, bias, {rw, sw, MatrixView<float const>(b.sgate.data(), 1, d)}}));
+        run(L(L::Config{.router = rc, .expert = {routed, shared, ex.shared_scale}, .max_tokens = max_tokens},
+              L::Weights{gate, bias, {rw, sw, MatrixView<float const>(b.sgate.data(), 1, d)}, gbias}));
     } else {
         using L = HandLayer<smoe::expert::Shared<SwiGLU<float>, gate_kind::None>>;
-        run(L(L::Config{.router = rc, .expert = {routed, shared}, .max_tokens = max_tokens}, L::Weights{gate, bias, {rw, sw, {}}}));
+        run(L(L::Config{.router = rc, .expert = {routed, shared, ex.shared_scale}, .max_tokens = max_tokens},
+              L::Weights{gate, bias, {rw, sw, {}}, gbias}));
     }
+    if (ex.out_bias)
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t i = 0; i < d; ++i) y[std::size_t(t * d + i)] += b.obias[std::size_t(i)];
     return y;
 }
 
@@ -488,6 +533,56 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK((!glm.is_moe_layer(1) && glm.is_moe_layer(2)));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "glm4_moe"}, {"n_group", 3}}, "g.json"), Contains("key 'n_group'") && Contains("divisor"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "exaone_moe"}, {"num_shared_experts", -1}}, "e.json"), Contains("key 'num_shared_experts'"));
+
+    // The families with expert forms of their own: their configuration classes' defaults (families.md §2.7).
+    struct Own {
+        json config;
+        std::int64_t d, f, L, E, k, fs;
+        smoe::router::ScoreFunc score;
+        bool after_topk, norm;
+        float r;
+    };
+    using smoe::router::ScoreFunc;
+    for (auto const& x : {Own{{{"model_type", "gpt_oss"}}, 2880, 2880, 36, 128, 4, 0, ScoreFunc::softmax, true, false, 1.0f},
+                          Own{{{"model_type", "deepseek_v4"}}, 4096, 2048, 43, 256, 6, 2048, ScoreFunc::sqrtsoftplus, false, true, 1.5f},
+                          Own{{{"model_type", "llama4"}, {"text_config", json::object()}}, 5120, 8192, 48, 16, 1, 8192, ScoreFunc::sigmoid,
+                              false, false, 1.0f},
+                          Own{{{"model_type", "cohere2_moe"}}, 8192, 22528, 40, 8, 2, 0, ScoreFunc::softmax, true, false, 1.0f},
+                          Own{{{"model_type", "jetmoe"}}, 2048, 5632, 12, 8, 2, 0, ScoreFunc::softmax, true, false, 1.0f},
+                          Own{{{"model_type", "dbrx"}}, 2048, 3584, 24, 4, 1, 0, ScoreFunc::softmax, false, true, 1.0f},
+                          Own{{{"model_type", "longcat_flash"}}, 6144, 2048, 28, 512, 12, 0, ScoreFunc::softmax, false, false, 6.0f}}) {
+        auto const c = parse_hf_config(x.config, "c.json");
+        INFO(to_string(c.family));
+        CHECK((c.hidden_size == x.d && c.intermediate_size == x.f && c.num_hidden_layers == x.L));
+        CHECK((c.num_experts() == x.E && c.top_k() == x.k && c.shared_intermediate_size == x.fs && !c.shared_gated));
+        CHECK((c.router.score_func == x.score && c.router.score_after_topk == x.after_topk && c.router.norm_topk_prob == x.norm));
+        CHECK(c.router.routed_scaling_factor == x.r);
+    }
+    auto const oss = parse_hf_config({{"model_type", "gpt_oss"}}, "g.json");
+    CHECK((oss.activation.alpha == 1.702f && oss.activation.limit == 7.0f && oss.activation.up_offset == 1.0f));
+    CHECK((oss.router_bias && oss.expert_biases && oss.is_moe_layer(35)));
+    auto const v4 = parse_hf_config({{"model_type", "deepseek_v4"}, {"hidden_size", 64}, {"num_hidden_layers", 5}}, "v.json");
+    CHECK((v4.activation.limit == 10.0f && v4.activation.alpha == 1.0f && v4.activation.up_offset == 0.0f && v4.router.requires_expert_bias));
+    CHECK(v4.hash_layers == std::vector<std::int64_t>{0, 1, 2});
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v4"}, {"mlp_bias", true}}, "v.json"), Contains("key 'mlp_bias'"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(v4, TensorMap{}, 1, {}, "mem"), Contains("layer' = 1") && Contains("hash_moe") && Contains("router::Hash"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v4"}, {"scoring_func", "sigmoid"}}, "v.json"),
+                      Contains("key 'scoring_func'") && Contains("sqrtsoftplus"));
+    auto const l4 = parse_hf_config({{"model_type", "llama4"}, {"text_config", {{"num_hidden_layers", 4}, {"interleave_moe_layer_step", 2}}}}, "l.json");
+    CHECK((l4.weight_on_input && !l4.is_moe_layer(0) && l4.is_moe_layer(1) && !l4.is_moe_layer(2) && l4.is_moe_layer(3)));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "llama4"}, {"text_config", {{"num_hidden_layers", 4}, {"moe_layers", {4}}}}}, "l.json"),
+                      Contains("key 'moe_layers'") && Contains("[0, num_hidden_layers (4))"));
+    auto const co = parse_hf_config({{"model_type", "cohere2_moe"}, {"num_shared_experts", 1}, {"shared_expert_combination_strategy", "sum"}}, "c.json");
+    CHECK((co.shared_intermediate_size == 22528 && co.shared_scale == 1.0f && co.router.routed_scaling_factor == 1.0f));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "cohere2_moe"}, {"expert_selection_fn", "relu"}}, "c.json"),
+                      Contains("key 'expert_selection_fn'") && Contains("\"softmax\" or \"sigmoid\""));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "jetmoe"}, {"activation_function", "gelu"}}, "j.json"), Contains("key 'activation_function'"));
+    CHECK(!parse_hf_config({{"model_type", "dbrx"}, {"ffn_config", {{"moe_normalize_expert_weights", nullptr}}}}, "d.json").router.norm_topk_prob);
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dbrx"}, {"ffn_config", {{"moe_num_experts", "4"}}}}, "d.json"),
+                      Contains("d.json ffn_config: key 'moe_num_experts'"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dbrx"}, {"ffn_config", {{"ffn_act_fn", {{"name", "gelu"}}}}}}, "d.json"),
+                      Contains("ffn_act_fn.name") && Contains("silu"));
+    CHECK(parse_hf_config({{"model_type", "longcat_flash"}}, "l.json").router.num_null_experts == 256);
 }
 
 TEST_CASE("each family's first MoE layer loads from its on-disk names to the block built by hand, bit for bit",
@@ -503,6 +598,7 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
         smoe::router::TopKConfig router;  // what the family's router is
         std::int64_t fs;
         bool gated;
+        Extra extra{};
     };
     using smoe::router::ScoreFunc;
     std::vector<Family> const families{
@@ -710,12 +806,70 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_shared_experts", 2}, {"num_hidden_layers", 3}},
          {.block = "model.layers.1.mlp.", .bias = "e_score_correction_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
          sigmoid_bias_router(E, k, 1, 1, true, 2.5f), 2 * f, false},
+        // The families with expert forms of their own (families.md §2.1-§2.6); limits that bind on these weights.
+        {"gpt_oss (router bias, clamped experts with biases, fused transposed and interleaved)",
+         {{"model_type", "gpt_oss"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}, {"swiglu_limit", 2.0}},
+         {.block = "model.layers.0.mlp.", .router = "router.weight", .fused = true, .fused_transposed = true, .interleaved = true,
+          .router_bias = "router.bias", .gu_bias = "experts.gate_up_proj_bias", .dn_bias = "experts.down_proj_bias"},
+         0, 1, "num_hidden_layers (1)", {.num_experts = E, .top_k = k, .score_after_topk = true}, 0, false,
+         {.act = smoe::expert::GluActivation::gpt_oss(1.702f, 2.0f), .gate_bias = true, .expert_bias = true}},
+        {"deepseek_v4 (DeepSeek's own names, a hash layer first)",
+         {{"model_type", "deepseek_v4"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 3}, {"num_hash_layers", 1}, {"swiglu_limit", 2.0}},
+         {.block = "layers.1.ffn.", .bias = "gate.bias", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight", .shared_w = true}, 1, 3,
+         "num_hidden_layers (3)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sqrtsoftplus, .norm_topk_prob = true, .routed_scaling_factor = 1.5f,
+          .requires_expert_bias = true},
+         f, false, {.act = smoe::expert::GluActivation::limited(2.0f)}},
+        {"deepseek_v4 re-saved by HF (mlp., e_score_correction_bias, fused)",
+         {{"model_type", "deepseek_v4"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+          {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"mlp_layer_types", {"hash_moe", "moe"}}},
+         {.block = "model.layers.1.mlp.", .bias = "gate.e_score_correction_bias", .fused = true}, 1, 2, "num_hidden_layers (2)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sqrtsoftplus, .norm_topk_prob = true, .routed_scaling_factor = 1.5f,
+          .requires_expert_bias = true},
+         f, false, {.act = smoe::expert::GluActivation::limited(10.0f)}},
+        {"llama4 (text_config, moe_layers, weight on the input, fused transposed)",
+         {{"model_type", "llama4"},
+          {"text_config", {{"model_type", "llama4_text"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+                           {"num_experts_per_tok", k}, {"num_hidden_layers", 4}, {"moe_layers", {1, 3}}}}},
+         {.block = "language_model.model.layers.1.feed_forward.", .router = "router.weight", .shared = "shared_expert.", .fused = true,
+          .fused_transposed = true},
+         1, 2, "layer in moe_layers", {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid}, f, false, {.on_input = true}},
+        {"cohere2_moe (average with the shared experts)",
+         {{"model_type", "cohere2_moe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_shared_experts", 2}, {"num_hidden_layers", 2}, {"mlp_layer_types", {"dense", "sparse"}}},
+         {.block = "model.layers.1.mlp."}, 1, 0, "mlp_layer_types[layer] == \"sparse\"",
+         {.num_experts = E, .top_k = k, .score_after_topk = true, .routed_scaling_factor = 0.5f}, 2 * f, false, {.shared_scale = 0.5f}},
+        {"cohere2_moe (sigmoid selection, no shared experts)",
+         {{"model_type", "cohere2_moe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 2}, {"first_k_dense_replace", 1}, {"expert_selection_fn", "sigmoid"}},
+         {.block = "model.layers.1.mlp."}, 1, 0, "layer >= first_k_dense_replace (1)",
+         {.num_experts = E, .top_k = k, .score_func = ScoreFunc::sigmoid, .norm_topk_prob = true, .norm_eps = 0.0f}, 0, false},
+        {"jetmoe (fused input/output_linear, output bias)",
+         {{"model_type", "jetmoe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
+          {"num_hidden_layers", 1}},
+         {.block = "model.layers.0.mlp.", .router = "router.layer.weight", .fused = true, .fused_gate_up = "input_linear.weight",
+          .fused_down = "output_linear.weight", .out_bias = "bias"},
+         0, 1, "num_hidden_layers (1)", {.num_experts = E, .top_k = k, .score_after_topk = true}, 0, false, {.out_bias = true}},
+        {"dbrx (ffn_config, 2-D stacks, p-norm 2)",
+         {{"model_type", "dbrx"}, {"d_model", d}, {"n_layers", 1},
+          {"ffn_config", {{"ffn_hidden_size", f}, {"moe_num_experts", E}, {"moe_top_k", k}, {"moe_normalize_expert_weights", 2.0}}}},
+         {.block = "transformer.blocks.0.ffn.", .router = "router.layer.weight", .dbrx = true}, 0, 1, "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .norm_topk_prob = true, .norm_eps = 0.0f, .norm_p = 2.0f}, 0, false},
+        {"longcat_flash (identity experts)",
+         {{"model_type", "longcat_flash"}, {"hidden_size", d}, {"expert_ffn_hidden_size", f}, {"n_routed_experts", E},
+          {"zero_expert_num", 3}, {"moe_topk", k}, {"num_layers", 1}},
+         {.block = "model.layers.0.mlp.", .router = "router.classifier.weight", .bias = "router.e_score_correction_bias"}, 0, 1,
+         "num_hidden_layers (1)",
+         {.num_experts = E, .top_k = k, .routed_scaling_factor = 6.0f, .requires_expert_bias = true, .num_null_experts = 3}, 0, false,
+         {.Z = 3}},
     };
     std::mt19937_64 rng(27);
     for (auto const& fam : families) {
         INFO(fam.name);
         auto const cfg = parse_hf_config(fam.config, "c.json");
-        Block const b = Block::random(rng, d, f, E, fam.fs, false);
+        Block const b = Block::random(rng, d, f, E, fam.fs, false, fam.extra.Z);
         auto const tensors = b.write(fam.disk, false);
         auto moe = HfMoeLayer::load(cfg, tensors, fam.layer, {.max_tokens = 33}, "mem");
         CHECK(moe.format() == smoe::io::WeightFormat::f32);
@@ -723,7 +877,7 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
             auto const x = rnd(rng, T * d, 1.0);
             std::vector<float> y(static_cast<std::size_t>(T * d));
             moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
-            CHECK(y == by_hand(b, fam.router, fam.gated, x, T));
+            CHECK(y == by_hand(b, fam.router, fam.gated, x, T, fam.extra));
         }
         if (cfg.family == HfFamily::granitemoe || cfg.family == HfFamily::granitemoehybrid) {  // Granite's files hold only fused input/output_linear
             Block::Disk per = fam.disk;
@@ -757,6 +911,81 @@ TEST_CASE("int8 quantised at load stays within the sanity bound of experts.md se
         // 1 byte per expert weight (+ scales) instead of 4.
         CHECK(moe.weight_bytes() < static_cast<std::size_t>(3 * E * f * d + 3 * fs * d) * 2);
     }
+}
+
+TEST_CASE("gpt-oss's MXFP4 experts load to the bits of their dequantised values", "[hf][load][gpt_oss][mxfp4]") {
+    // families.md §2.1: blocks [E, N, K/32, 16] (byte i: element 2i low nibble, 2i + 1 high), scales [E, N, K/32],
+    // value = E2M1(nibble) · 2^(scale - 127); rows are output channels, gate and up rows interleaved. The same
+    // values as the module's float parameters ([E, d, 2f] interleaved columns, [E, f, d]) must give the same bits:
+    // QuantSwiGLU's exact path is SwiGLU<float> on the dequantised weights.
+    std::int64_t const d = 64, f = 32, E = 4, k = 2;
+    std::mt19937_64 rng(71);
+    std::uniform_int_distribution<int> nib(0, 15), sc(123, 128);
+    float const e2m1[8] = {0, .5f, 1, 1.5f, 2, 3, 4, 6};
+    auto mx = [&](std::int64_t N, std::int64_t K, std::vector<std::uint8_t>& blocks, std::vector<std::uint8_t>& scales) {
+        std::vector<float> w(static_cast<std::size_t>(E * N * K));  // [E, N, K]
+        for (std::int64_t r = 0; r < E * N; ++r)
+            for (std::int64_t b = 0; b < K / 32; ++b) {
+                int const s = sc(rng);
+                scales.push_back(static_cast<std::uint8_t>(s));
+                for (int i = 0; i < 16; ++i) {
+                    int const lo = nib(rng), hi = nib(rng);
+                    blocks.push_back(static_cast<std::uint8_t>(lo | (hi << 4)));
+                    for (int h = 0; h < 2; ++h) {
+                        int const q = h ? hi : lo;
+                        w[static_cast<std::size_t>(r * K + b * 32 + 2 * i + h)] = (q & 8 ? -1.0f : 1.0f) * e2m1[q & 7] * std::ldexp(1.0f, s - 127);
+                    }
+                }
+            }
+        return w;
+    };
+    std::vector<std::uint8_t> gub, gus, dnb, dns;
+    auto const gu = mx(2 * f, d, gub, gus), dn = mx(d, f, dnb, dns);
+    std::vector<float> gu_t(gu.size()), dn_t(dn.size());  // the module's layouts: [E, d, 2f] and [E, f, d]
+    for (std::int64_t e = 0; e < E; ++e) {
+        for (std::int64_t n = 0; n < 2 * f; ++n)
+            for (std::int64_t i = 0; i < d; ++i) gu_t[std::size_t((e * d + i) * 2 * f + n)] = gu[std::size_t((e * 2 * f + n) * d + i)];
+        for (std::int64_t o = 0; o < d; ++o)
+            for (std::int64_t j = 0; j < f; ++j) dn_t[std::size_t((e * f + j) * d + o)] = dn[std::size_t((e * d + o) * f + j)];
+    }
+    auto const gate = rnd(rng, E * d, 0.5), gbias = rnd(rng, E, 0.5), bgu = rnd(rng, E * 2 * f, 0.5), bdn = rnd(rng, E * d, 0.5);
+    std::string const p = "model.layers.0.mlp.";
+    auto common = [&](TensorMap& m) {
+        put(m, p + "router.weight", {E, d}, gate);
+        put(m, p + "router.bias", {E}, gbias);
+        put(m, p + "experts.gate_up_proj_bias", {E, 2 * f}, bgu);
+        put(m, p + "experts.down_proj_bias", {E, d}, bdn);
+    };
+    TensorMap q, fl;
+    common(q), common(fl);
+    q.add_values(p + "experts.gate_up_proj_blocks", Dtype::U8, {E, 2 * f, d / 32, 16}, std::span<std::uint8_t const>(gub));
+    q.add_values(p + "experts.gate_up_proj_scales", Dtype::U8, {E, 2 * f, d / 32}, std::span<std::uint8_t const>(gus));
+    q.add_values(p + "experts.down_proj_blocks", Dtype::U8, {E, d, f / 32, 16}, std::span<std::uint8_t const>(dnb));
+    q.add_values(p + "experts.down_proj_scales", Dtype::U8, {E, d, f / 32}, std::span<std::uint8_t const>(dns));
+    put(fl, p + "experts.gate_up_proj", {E, d, 2 * f}, gu_t);
+    put(fl, p + "experts.down_proj", {E, f, d}, dn_t);
+    json config = {{"model_type", "gpt_oss"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E},
+                   {"num_experts_per_tok", k}, {"num_hidden_layers", 1}, {"swiglu_limit", 20.0}};
+    auto const cf = parse_hf_config(config, "c.json");
+    config["quantization_config"] = {{"quant_method", "mxfp4"}};
+    auto const cq = parse_hf_config(config, "c.json");
+    auto mq = HfMoeLayer::load(cq, q, 0, {.max_tokens = 17}, "mem");
+    auto mf = HfMoeLayer::load(cf, fl, 0, {.max_tokens = 17}, "mem");
+    CHECK(mq.expert_format(1) == "mxfp4");
+    CHECK(mf.format() == smoe::io::WeightFormat::f32);
+    std::int64_t const T = 17;
+    auto const x = rnd(rng, T * d, 0.05);
+    std::vector<float> yq(static_cast<std::size_t>(T * d)), yf(yq.size());
+    mq.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yq.data(), T, d));
+    mf.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yf.data(), T, d));
+    CHECK(yq == yf);
+    double mag = 0;
+    for (float v : yf) mag = std::max(mag, double(std::fabs(v)));
+    CHECK(mag > 0.1);  // the comparison is not of zeros
+    TensorMap bad;
+    common(bad);
+    bad.add_values(p + "experts.gate_up_proj_blocks", Dtype::U8, {E, 2 * f, d / 32, 16}, std::span<std::uint8_t const>(gub));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cq, bad, 0, {}, "mem"), Contains("gate_up_proj_scales") && Contains("missing"));
 }
 
 TEST_CASE("fused gate_up_proj / down_proj load to the same layer as per-expert tensors", "[hf][load]") {

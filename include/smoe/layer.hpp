@@ -465,7 +465,8 @@ private:
         };
         auto both_phases = [&] {
             phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
-                expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1);
+                expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1,
+                                    r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)));
             });
             phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
                 expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),

@@ -12,9 +12,12 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define SMOE_RESTRICT __restrict__
 #define SMOE_ALWAYS_INLINE inline __attribute__((always_inline))
+// Keeps a rare path out of an inlined kernel body (its registers and code out of the hot loop).
+#define SMOE_NOINLINE __attribute__((noinline))
 #define SMOE_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
 #define SMOE_RESTRICT
 #define SMOE_ALWAYS_INLINE inline
+#define SMOE_NOINLINE
 #define SMOE_UNLIKELY(x) (x)
 #endif

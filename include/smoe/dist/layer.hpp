@@ -84,6 +84,7 @@ public:
         MatrixView<float const> gate;        // the full router projection [num_logits, d], on every rank
         std::span<float const> expert_bias;  // optional selection bias [E] (global ids)
         typename smoe::detail::weights_of<Expert>::type experts{};  // this rank's experts, by increasing global id
+        std::span<float const> gate_bias{};  // must be empty: the router linear's bias (gpt-oss) is smoe::MoELayer's only
     };
 
     // Collective. Throws smoe::invalid_argument on every rank when any rank's arguments are invalid or
@@ -258,6 +259,9 @@ private:
         }
         smoe::detail::check_int32_extent(cfg.max_tokens, router_->max_slots());
         if (!w.expert_bias.empty()) smoe::detail::check_vector(w.expert_bias, E, "expert_bias", "num_experts", "expert");
+        if (!w.gate_bias.empty())
+            smoe::detail::fail("gate_bias", std::to_string(w.gate_bias.size()) + " values",
+                               "none: dist::MoELayer does not add a router bias (gpt-oss's; smoe::MoELayer does)");
         if constexpr (requires { balancer_->config().num_experts; })
             if (balancer_->config().num_experts != E)
                 smoe::detail::fail("balance.num_experts", balancer_->config().num_experts,

@@ -66,10 +66,11 @@ public:
         return x_->hidden_stride();
     }
     template <class Arch>
-    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const
-        requires requires(X const& i) { i.run_gate_up(arch, e, x, h, p0, p1); }
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1,
+                     std::span<float const> row_w = {}) const
+        requires requires(X const& i) { i.run_gate_up(arch, e, x, h, p0, p1, row_w); }
     {
-        x_->run_gate_up(arch, e, x, h, p0, p1);
+        x_->run_gate_up(arch, e, x, h, p0, p1, row_w);
     }
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out,

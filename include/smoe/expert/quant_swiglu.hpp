@@ -66,6 +66,7 @@ struct QuantSwiGLUWeights {
     // Instead of formats and load: a layer of a packed expert file (store/packed_file.hpp), whose
     // table gives every expert's formats; nothing is packed.
     store::PackedSource packed{};
+    GluBiases bias{};  // optional fp32 biases (GPT-OSS), read during construction only
 
     // Experts already in canonical form; `experts` must outlive the expert's construction only.
     static QuantSwiGLUWeights of(std::span<QuantExpertWeights const> experts) {
@@ -113,6 +114,8 @@ public:
         std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
         gu_panels_ = (f + detail::kHalf - 1) / detail::kHalf;
         dn_panels_ = (d + detail::kP - 1) / detail::kP;
+        w.bias.validate(cfg_);
+        bias_ = detail::PackedBiases(w.bias, E, f, d, gu_panels_, dn_panels_);
         if (w.packed) {
             fmt_gu_.resize(En);
             fmt_dn_.resize(En);
@@ -184,7 +187,7 @@ public:
         auto const i = static_cast<std::size_t>(e);
         return double(gu_panels_ * gu_[i].pstride() + dn_panels_ * dn_[i].pstride());
     }
-    std::size_t packed_bytes() const { return store_->memory_bytes(); }
+    std::size_t packed_bytes() const { return store_->memory_bytes() + bias_.bytes(); }
 
     // Where the packed records live (store/expert_store.hpp); MoELayer holds experts through it.
     store::ExpertStore& store() const { return *store_; }
@@ -214,9 +217,10 @@ public:
     }
 
     template <class Arch>
-    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const {
-        // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0.
-        detail::GateUpStore epi{h, nullptr};
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1,
+                     std::span<float const> row_w = {}) const {
+        // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0 (and their biases are 0).
+        auto epi = detail::gate_up_store(cfg_, bias_, e, h, nullptr, row_w);
         auto const i = static_cast<std::size_t>(e);
         gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, reinterpret_cast<std::uint8_t const*>(store_->record(e)), p0, p1, epi);
     }
@@ -224,7 +228,7 @@ public:
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out, std::int64_t p0,
                   std::int64_t p1) const {
-        detail::DownStore epi{out, row_w.data(), nullptr};
+        auto epi = detail::down_store(cfg_, bias_, e, out, nullptr, row_w);
         auto const i = static_cast<std::size_t>(e);
         dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, reinterpret_cast<std::uint8_t const*>(store_->record(e)) + dn_off_[i], p0, p1, epi);
     }
@@ -348,6 +352,7 @@ private:
     std::vector<std::size_t> dn_off_;  // within expert e's record
     std::vector<quant::Format> fmt_gu_, fmt_dn_;
     std::unique_ptr<store::ExpertStore> store_;
+    detail::PackedBiases bias_;
 };
 
 }  // namespace smoe::inline v0::expert

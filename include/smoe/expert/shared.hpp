@@ -11,6 +11,10 @@
 // columns, which is what Hugging Face's DeepSeek builds, so the shared part is one Inner expert
 // (num_experts = 1) with its own intermediate size. The routing weight scaling
 // (routed_scaling_factor) never reaches it: the router scales the routed weights only.
+//
+// Config::shared_scale multiplies g: Cohere2-MoE's `average` combine, y = (routed + shared) / 2
+// (families.md §2.6), is routed_scaling_factor 0.5 in the router and shared_scale 0.5 here, both exact
+// in binary floating point.
 
 #include <algorithm>
 #include <cmath>
@@ -46,6 +50,7 @@ public:
     struct Config {
         typename Inner::Config routed{};
         typename Inner::Config shared{};  // num_experts = 1; intermediate size n_shared · f for n experts
+        float shared_scale = 1.0f;        // multiplies g (finite)
     };
     struct Weights {
         typename Inner::Weights routed{};
@@ -57,6 +62,10 @@ public:
     static constexpr std::int64_t kRowBlock = 64;
 
     Shared(Config const& cfg, Weights const& w) : cfg_(cfg), routed_(cfg.routed, w.routed), shared_(cfg.shared, w.shared), gate_(w.gate) {
+        if (!std::isfinite(cfg_.shared_scale)) smoe::detail::fail("shared_scale", cfg_.shared_scale, "a finite number");
+        if constexpr (requires { cfg.shared.weight_on_input; })
+            if (cfg.shared.weight_on_input)
+                smoe::detail::fail("shared.weight_on_input", "true", "false (the shared expert is not routed: it has no routing weight)");
         if (shared_.num_experts() != 1)
             smoe::detail::fail("shared.num_experts", shared_.num_experts(),
                                "1 (n shared experts of width f are given as one of width n*f)");
@@ -107,10 +116,11 @@ public:
         return routed_.hidden_stride();
     }
     template <class Arch>
-    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1) const
-        requires requires(Inner const& i) { i.run_gate_up(arch, e, x, h, p0, p1); }
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1,
+                     std::span<float const> row_w = {}) const
+        requires requires(Inner const& i) { i.run_gate_up(arch, e, x, h, p0, p1, row_w); }
     {
-        routed_.run_gate_up(arch, e, x, h, p0, p1);
+        routed_.run_gate_up(arch, e, x, h, p0, p1, row_w);
     }
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out,
@@ -148,9 +158,9 @@ public:
             std::span<float> const g = s.gate.first(static_cast<std::size_t>(mb));
             if constexpr (gated) {
                 kernels::cpu::gemm_nt(arch, xb, gate_, MatrixView<float>(g.data(), mb, 1));
-                for (float& v : g) v = 1.0f / (1.0f + std::exp(-v));
+                for (float& v : g) v = cfg_.shared_scale / (1.0f + std::exp(-v));
             } else {
-                std::fill(g.begin(), g.end(), 1.0f);
+                std::fill(g.begin(), g.end(), cfg_.shared_scale);
             }
             MatrixView<float> const out(s.out.data(), mb, d);
             if constexpr (kPhased) {

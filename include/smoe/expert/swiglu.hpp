@@ -76,6 +76,7 @@ public:
         w_.validate(cfg_);
         dot_ = resolve_bf16_dot(cfg_.bf16_dot);
         plan();
+        bias_ = detail::PackedBiases(w_.bias, cfg_.num_experts, cfg_.intermediate_size, cfg_.hidden_size, gu_panels_, dn_panels_);
         if (w_.packed) {
             open_packed();
             return;
@@ -106,7 +107,7 @@ public:
     }
     // Bytes of the packed records the expert holds in memory (see the top of this file; a cached
     // store's arena, 0 for a mapped one).
-    std::size_t packed_bytes() const { return store_->memory_bytes(); }
+    std::size_t packed_bytes() const { return store_->memory_bytes() + bias_.bytes(); }
 
     // Where the packed records live (store/expert_store.hpp); MoELayer holds experts through it.
     store::ExpertStore& store() const { return *store_; }
@@ -137,11 +138,12 @@ public:
     }
 
     // h[:, 8p .. 8p+8) = silu(W1 x) ⊙ W3 x for the gate/up panels p in [p0, p1); h is [M, hidden_stride()].
+    // row_w: the M rows' routing weights, read only with config().weight_on_input.
     template <class Arch>
     void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0,
-                     std::int64_t p1) const {
+                     std::int64_t p1, std::span<float const> row_w = {}) const {
         std::byte const* const rec = store_->record(e);
-        detail::GateUpStore epi{h, scales(rec, su_off_)};
+        auto epi = detail::gate_up_store(cfg_, bias_, e, h, scales(rec, su_off_), row_w);
         W const* const gu = reinterpret_cast<W const*>(rec);
         if constexpr (std::is_same_v<W, bf16>)
             if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), x, gu, p0, p1, epi);
@@ -153,7 +155,7 @@ public:
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w,
                   MatrixView<float> out, std::int64_t p0, std::int64_t p1) const {
         std::byte const* const rec = store_->record(e);
-        detail::DownStore epi{out, row_w.data(), scales(rec, sd_off_)};
+        auto epi = detail::down_store(cfg_, bias_, e, out, scales(rec, sd_off_), row_w);
         W const* const dn = reinterpret_cast<W const*>(rec + dn_off_);
         if constexpr (std::is_same_v<W, bf16>)
             if (dot_ != Bf16Dot::off) return kernels::cpu::gemm_bf16_dot(arch, dot_kernel(), h, dn, p0, p1, epi);
@@ -333,6 +335,7 @@ private:
     std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_stride_ = 0, dn_stride_ = 0;
     std::size_t dn_off_ = 0, su_off_ = 0, sd_off_ = 0, record_bytes_ = 0;  // within a record
     std::unique_ptr<store::ExpertStore> store_;
+    detail::PackedBiases bias_;
 };
 
 }  // namespace smoe::inline v0::expert

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -58,6 +59,31 @@ inline std::optional<Int8Dot> parse_int8_dot(std::string_view s) {
     return std::nullopt;
 }
 
+// The gated activation of the SwiGLU experts (experts.md §3 and §5, families.md §2.1-§2.2):
+//
+//   g' = min(g, limit),  u' = clamp(u, -limit, limit),  h = g' · σ(alpha · g') · (u' + up_offset)
+//
+// The defaults (alpha 1, limit +inf, up_offset 0) are silu(g) · u, the plain SwiGLU, which keeps its own
+// path (g / (1 + exp(-g)) · u, unchanged bits). GPT-OSS (HF GptOssExperts._apply_gate): alpha 1.702, limit
+// 7 and the +1 on up; DeepSeek-V4, GLM-5-Next and HY-V4: silu with limit 10 (swiglu_limit). A NaN g or u
+// stays NaN through the clamps, as with torch.clamp. Example (experts.md §3's expert 0, gpt_oss(1.702, 1)):
+// g = (-0.5, 0.75, 2.25) -> g' = (-0.5, 0.75, 1), u = (0.5, 0.75, -0.75) -> h = (-0.224417, 1.026183, 0.211449)
+// (tests/test_glu_experts.cpp checks it, and the whole §3 example under each form).
+struct GluActivation {
+    float alpha = 1.0f;
+    float limit = std::numeric_limits<float>::infinity();
+    float up_offset = 0.0f;
+
+    static GluActivation gpt_oss(float alpha = 1.702f, float limit = 7.0f) { return {alpha, limit, 1.0f}; }
+    static GluActivation limited(float limit) { return {1.0f, limit, 0.0f}; }
+    bool is_silu() const { return alpha == 1.0f && limit == std::numeric_limits<float>::infinity() && up_offset == 0.0f; }
+    void validate() const {
+        if (!std::isfinite(alpha) || alpha <= 0.0f) smoe::detail::fail("activation.alpha", alpha, "a finite number > 0");
+        if (!(limit > 0.0f)) smoe::detail::fail("activation.limit", limit, "a number > 0 (+inf: no clamp)");
+        if (!std::isfinite(up_offset)) smoe::detail::fail("activation.up_offset", up_offset, "a finite number");
+    }
+};
+
 struct SwiGLUConfig {
     std::int64_t hidden_size = 0;        // d <= limits::kMaxDimension
     std::int64_t intermediate_size = 0;  // f <= limits::kMaxDimension
@@ -67,6 +93,11 @@ struct SwiGLUConfig {
     // Where the packed records live (store/store_config.hpp): resident (the default), or, for weights
     // from a packed file, mapped or cached within a byte budget.
     store::StoreConfig store{};
+    GluActivation activation{};
+    // Llama 4 (families.md §2.3): the routing weight scales the expert's input, slot = f_e(w · x), not
+    // w · f_e(x); silu is not linear, so no change of weights expresses it. Since W1 and W3 are linear,
+    // the expert forms w · (W1 x) (then adds b1) in its gate/up store: no scaled copy of the rows.
+    bool weight_on_input = false;
 
     void validate() const {
         // Bounded so that E·f·d, the size of every stacked weight and packed panel, fits int64.
@@ -78,6 +109,36 @@ struct SwiGLUConfig {
             smoe::detail::fail("bf16_dot", static_cast<int>(bf16_dot), "a smoe::expert::Bf16Dot value");
         if (static_cast<int>(int8_dot) < 0 || static_cast<int>(int8_dot) > static_cast<int>(Int8Dot::portable))
             smoe::detail::fail("int8_dot", static_cast<int>(int8_dot), "a smoe::expert::Int8Dot value");
+        activation.validate();
+    }
+    // Whether the gate/up store takes the general activation path (a clamp, alpha, offset, biases or an
+    // input weight), rather than plain silu(g) · u.
+    bool plain_activation() const { return activation.is_silu() && !weight_on_input; }
+};
+
+// Optional fp32 biases of the SwiGLU experts (GPT-OSS: gate_up_proj_bias, down_proj_bias):
+// g = W1 x + b1, u = W3 x + b3, out = W2 h + b2, the routing weight then multiplying out, b2 included
+// (HF GptOssExperts: `next_states * routing_weights`). Empty views: no bias. Biases are small: a loader
+// de-interleaves GPT-OSS's [E, 2f] gate_up bias (even entries gate) into b1 and b3.
+struct GluBiases {
+    MatrixView<float const> b1;  // gate [E, f]
+    MatrixView<float const> b3;  // up   [E, f]
+    MatrixView<float const> b2;  // down [E, d]
+
+    bool any() const { return b1.data != nullptr || b3.data != nullptr || b2.data != nullptr; }
+    void validate(SwiGLUConfig const& c) const {
+        auto check = [&](MatrixView<float const> v, char const* name, std::int64_t n) {
+            if (v.data == nullptr) return;
+            smoe::detail::check_view(v, name, c.num_experts, n);
+            for (std::int64_t e = 0; e < v.rows; ++e)
+                for (std::int64_t o = 0; o < v.cols; ++o)
+                    if (!std::isfinite(v(e, o)))
+                        smoe::detail::fail(name, smoe::detail::to_text(v(e, o)) + " at expert " + std::to_string(e) + ", unit " + std::to_string(o),
+                                           "finite biases");
+        };
+        check(b1, "bias.b1", c.intermediate_size);
+        check(b3, "bias.b3", c.intermediate_size);
+        check(b2, "bias.b2", c.hidden_size);
     }
 };
 
@@ -100,6 +161,7 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
     StackedView<W const> w2;  // down [E, d, f]
     // Instead of the views: a layer of a packed expert file (store/packed_file.hpp), already packed.
     store::PackedSource packed{};
+    GluBiases bias{};          // optional fp32 biases
 
     static constexpr bool has_scales = std::is_same_v<W, std::int8_t>;
 
@@ -122,6 +184,19 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
         SwiGLUWeights w;
         w.w1 = {gate_up, E, f, d, d, 2 * f * d};
         w.w3 = {gate_up + f * d, E, f, d, d, 2 * f * d};
+        w.w2 = {down, E, d, f};
+        return w;
+    }
+
+    // A fused gate_up [E, 2f, d] with gate and up rows interleaved (row 2j gate unit j, row 2j + 1 up unit
+    // j: GPT-OSS's gate_up_proj once transposed to [out, in]) and down [E, d, f].
+    static SwiGLUWeights interleaved(W const* gate_up, W const* down, SwiGLUConfig const& c)
+        requires(!has_scales)
+    {
+        auto const E = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
+        SwiGLUWeights w;
+        w.w1 = {gate_up, E, f, d, 2 * d, 2 * f * d};
+        w.w3 = {gate_up + d, E, f, d, 2 * d, 2 * f * d};
         w.w2 = {down, E, d, f};
         return w;
     }
@@ -162,6 +237,7 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
         smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);
+        bias.validate(c);
         if constexpr (has_scales) {
             smoe::detail::check_view(this->s1, "s1", c.num_experts, c.intermediate_size);
             smoe::detail::check_view(this->s3, "s3", c.num_experts, c.intermediate_size);

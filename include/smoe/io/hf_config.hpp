@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smoe/core/limits.hpp"
+#include "smoe/expert/swiglu_config.hpp"
 #include "smoe/io/file_error.hpp"
 #include "smoe/io/quant_config.hpp"
 #include "smoe/io/strict_json.hpp"
@@ -38,13 +39,21 @@ namespace smoe::inline v0::io {
 //   softmax + bias, renorm        ernie4_5_moe
 //   R-V3 sigmoid + bias + groups  deepseek_v3, deepseek_v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1,
 //                                 exaone_moe, bailing_hybrid, kimi_linear, solar_open, mimo_v2_flash, beam
+// and the families with an expert form of their own (families.md §2.1-§2.6; expert/swiglu_config.hpp):
+//   gpt_oss        R-TKS on logits with the router's bias; clamped SwiGLU (alpha, limit, +1), biases, interleaved
+//   deepseek_v4    sqrt-softplus + bias, renorm, r; SwiGLU clamped at swiglu_limit, routed and shared (hash layers: no)
+//   llama4         sigmoid top-k, no renorm; the weight on the expert input; ungated shared expert
+//   cohere2_moe    R-TKS, or sigmoid [renorm]; `average`: routed and shared halved
+//   jetmoe         R-TKS; one output bias [d] per layer
+//   dbrx           softmax top-k, w / ||w||_p
+//   longcat_flash  softmax over E + Z, selection bias, r, no renorm; ids >= E identity experts
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
     mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe,
-    qwen4_exp, beam
+    qwen4_exp, beam, gpt_oss, deepseek_v4, llama4, cohere2_moe, jetmoe, dbrx, longcat_flash
 };
 
 inline char const* to_string(HfFamily f) {
@@ -86,6 +95,13 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::qwen3_vl_moe: return "qwen3_vl_moe";
         case HfFamily::qwen4_exp: return "qwen4_exp";
         case HfFamily::beam: return "beam";
+        case HfFamily::gpt_oss: return "gpt_oss";
+        case HfFamily::deepseek_v4: return "deepseek_v4";
+        case HfFamily::llama4: return "llama4";
+        case HfFamily::cohere2_moe: return "cohere2_moe";
+        case HfFamily::jetmoe: return "jetmoe";
+        case HfFamily::dbrx: return "dbrx";
+        case HfFamily::longcat_flash: return "longcat_flash";
     }
     return "?";
 }
@@ -94,7 +110,8 @@ inline constexpr char const* kHfModelTypes =
     "qwen3_5_moe_text), deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, "
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
     "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, "
-    "qwen3_vl_moe (or its text_config qwen3_vl_moe_text), qwen4_exp (or qwen4_exp_text), beam";
+    "qwen3_vl_moe (or its text_config qwen3_vl_moe_text), qwen4_exp (or qwen4_exp_text), beam, gpt_oss, deepseek_v4, "
+    "llama4 (or its text_config llama4_text), cohere2_moe, jetmoe, dbrx, longcat_flash";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -122,14 +139,24 @@ struct HfMoeConfig {
     std::int64_t moe_layer_freq = 1;        // DeepSeek moe_layer_freq, Qwen2-MoE decoder_sparse_step
     bool sparse_step_counts_from_one = false;  // Qwen2-MoE: (layer + 1) % decoder_sparse_step == 0
     std::vector<std::int64_t> dense_layers;    // Qwen2-MoE mlp_only_layers
+    char const* dense_key = "mlp_only_layers";
     // mlp_layer_types as the file lists them (1 = "sparse"), one per layer; when present it alone decides.
     std::vector<std::uint8_t> moe_layer_types;
+    std::string layer_types_rule = "mlp_layer_types[layer] == \"sparse\"";  // moe_layer_types' source, for errors
     char const* first_moe_key = nullptr;    // the key first_moe_layer came from (none: every layer from 0)
     char const* layer_freq_key = nullptr;   // the key moe_layer_freq came from
     std::int64_t moe_layer_offset = 0;      // Jamba: layer % expert_layer_period == expert_layer_offset
     char const* layer_offset_key = nullptr;
     std::int64_t last_moe_layer = INT64_MAX;  // ERNIE-4.5 moe_layer_end_index (inclusive)
     char const* last_moe_key = nullptr;
+    // The experts' forms beyond plain SwiGLU (expert/swiglu_config.hpp), routed and shared alike.
+    expert::GluActivation activation{};     // gpt_oss, deepseek_v4
+    bool weight_on_input = false;           // llama4 (routed experts only)
+    bool expert_biases = false;             // gpt_oss: experts.gate_up_proj_bias [E, 2f], down_proj_bias [E, d]
+    bool router_bias = false;               // gpt_oss: the router linear's bias [E], in selection and weights
+    bool output_bias = false;               // jetmoe: one bias [d] added to the block's output
+    float shared_scale = 1.0f;              // cohere2_moe `average`: 0.5 (routed_scaling_factor 0.5 too)
+    std::vector<std::int64_t> hash_layers;  // deepseek_v4: layers routed by token id (router::Hash), not loaded
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
     std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
@@ -149,7 +176,7 @@ struct HfMoeConfig {
     // is_moe_layer's rule in the file's keys and values, for an error about a dense layer.
     std::string moe_layer_rule() const {
         std::string s = "0 <= layer < num_hidden_layers (" + std::to_string(num_hidden_layers) + ")";
-        if (!moe_layer_types.empty()) return s + ", mlp_layer_types[layer] == \"sparse\"";
+        if (!moe_layer_types.empty()) return s + ", " + layer_types_rule;
         if (first_moe_key) s += ", layer >= " + std::string(first_moe_key) + " (" + std::to_string(first_moe_layer) + ")";
         if (last_moe_key) s += ", layer <= " + std::string(last_moe_key) + " (" + std::to_string(last_moe_layer) + ")";
         if (sparse_step_counts_from_one)
@@ -157,7 +184,7 @@ struct HfMoeConfig {
         else if (layer_freq_key)
             s += ", layer % " + std::string(layer_freq_key) + " (" + std::to_string(moe_layer_freq) + ") == " +
                  (layer_offset_key ? std::string(layer_offset_key) + " (" + std::to_string(moe_layer_offset) + ")" : "0");
-        if (!dense_layers.empty()) s += ", layer not in mlp_only_layers";
+        if (!dense_layers.empty()) s += ", layer not in " + std::string(dense_key);
         return s;
     }
 };
@@ -384,7 +411,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     c.keys.file = file;
     HfConfigKeys& keys = c.keys;
     detail::ConfigReader r(j, file, c.defaulted);
-    auto layers = [&](std::int64_t def) {
+    auto layers = [&](std::optional<std::int64_t> def) {
         return r.integer("num_hidden_layers", def, 1, limits::kMaxLayers, "smoe::limits::kMaxLayers");
     };
     std::string const type = r.string("model_type", std::nullopt);
@@ -393,13 +420,18 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     if (act != "silu")
         io::detail::file_fail(file, "key 'hidden_act'", act, "\"silu\" (smoe's SwiGLU experts; other activations are not loaded)");
 
+    // The block's extents under Mixtral's key names, which several families share, with their defaults.
+    auto mixtral_keys = [&](std::int64_t d, std::int64_t f, std::int64_t L, std::int64_t E, std::int64_t k) {
+        c.hidden_size = r.dimension("hidden_size", d);
+        c.intermediate_size = r.dimension("intermediate_size", f);
+        c.num_hidden_layers = layers(L);
+        rc.num_experts = r.expert_count("num_local_experts", E);
+        rc.top_k = r.integer("num_experts_per_tok", k);
+    };
+
     if (type == "mixtral") {
         c.family = HfFamily::mixtral;
-        c.hidden_size = r.dimension("hidden_size", 4096);
-        c.intermediate_size = r.dimension("intermediate_size", 14336);
-        c.num_hidden_layers = layers(32);
-        rc.num_experts = r.expert_count("num_local_experts", 8);
-        rc.top_k = r.integer("num_experts_per_tok", 2);
+        mixtral_keys(4096, 14336, 32, 8, 2);
         rc.norm_topk_prob = true;  // Mixtral always renormalises (routing.md §2)
     } else if (type == "minimax" || type == "minimax_m2") {
         // Mixtral's block and names; MiniMax-M2 scores with R-SB (families.md §0): sigmoid, a selection-only
@@ -466,11 +498,7 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
                                               : HfFamily::granitemoeshared;
         if (c.family != HfFamily::granitemoe)
             c.shared_intermediate_size = r.dimension(keys.shared_size = "shared_intermediate_size", hybrid ? 1024 : 0, 0);
-        c.hidden_size = r.dimension("hidden_size", 4096);
-        c.intermediate_size = r.dimension("intermediate_size", 11008);
-        c.num_hidden_layers = layers(32);
-        rc.num_experts = r.expert_count("num_local_experts", 8);
-        rc.top_k = r.integer("num_experts_per_tok", 2);
+        mixtral_keys(4096, 11008, 32, 8, 2);
         rc.score_after_topk = true;
     } else if (type == "ernie4_5_moe") {
         // Softmax scores, selection by s + b (moe_statics), w = s_S / max(sum, moe_norm_min): the sum of
@@ -631,6 +659,147 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
             c.moe_layer_types.assign(static_cast<std::size_t>(c.num_hidden_layers), 1);
             for (std::int64_t l = 0; l < std::min(v->first_dense, c.num_hidden_layers); ++l) c.moe_layer_types[static_cast<std::size_t>(l)] = 0;
         }
+    } else if (type == "gpt_oss") {
+        // families.md §2.1: logits = W_r x + b_r, top-k of the logits, softmax over those k (R-TKS); experts
+        // (u + 1) · g' σ(α g') with g' = min(g, λ), u clamped to ±λ, biases on both projections.
+        c.family = HfFamily::gpt_oss;
+        mixtral_keys(2880, 2880, 36, 128, 4);
+        rc.score_after_topk = true;
+        // GptOssExperts: alpha 1.702 (fixed in HF; some exports write swiglu_alpha), limit swiglu_limit.
+        c.activation = expert::GluActivation::gpt_oss(r.number_f32("swiglu_alpha", 1.702), r.number_f32("swiglu_limit", 7.0));
+        c.expert_biases = true;
+        c.router_bias = true;
+    } else if (type == "deepseek_v4") {
+        // families.md §2.2: s = sqrt(softplus(L)), c = s + b, top-k (no groups), w = s_S / (sum + 1e-20) · r
+        // (norm_topk_prob is not read); experts and the shared expert silu(min(g, λ)) · clamp(u, ±λ).
+        c.family = HfFamily::deepseek_v4;
+        c.hidden_size = r.dimension("hidden_size", 4096);
+        c.intermediate_size = r.dimension(keys.intermediate_size = r.alias({"moe_intermediate_size", "intermediate_size"}), 2048);
+        c.num_hidden_layers = layers(43);
+        if (r.boolean("mlp_bias", false)) io::detail::file_fail(file, "key 'mlp_bias'", true, "false (smoe's shared experts have no biases)");
+        keys.num_experts = r.alias({"n_routed_experts", "num_local_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, 256);
+        rc.top_k = r.integer("num_experts_per_tok", 6);
+        std::string const scoring = r.string("scoring_func", std::string("sqrtsoftplus"));
+        if (scoring != "sqrtsoftplus") io::detail::file_fail(file, "key 'scoring_func'", scoring, "\"sqrtsoftplus\" for deepseek_v4");
+        rc.score_func = router::ScoreFunc::sqrtsoftplus;
+        rc.norm_topk_prob = true;
+        rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 1.5);
+        rc.requires_expert_bias = true;
+        c.activation = expert::GluActivation::limited(r.number_f32("swiglu_limit", 10.0));
+        // One shared expert of the routed width (n_shared_experts is not read by HF's DeepSeek-V4).
+        keys.shared_size = keys.intermediate_size;
+        c.shared_intermediate_size = c.intermediate_size;
+        // Every layer is MoE; mlp_layer_types says which route by token id ("hash_moe": router::Hash).
+        std::vector<std::string> t = r.strings("mlp_layer_types");
+        if (t.empty()) {
+            std::int64_t const h = r.integer("num_hash_layers", 3, 0);
+            for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) t.push_back(l < h ? "hash_moe" : "moe");
+        } else if (static_cast<std::int64_t>(t.size()) != c.num_hidden_layers) {
+            io::detail::file_fail(file, "key 'mlp_layer_types'", std::to_string(t.size()) + " entries",
+                      "one entry per layer: num_hidden_layers (" + std::to_string(c.num_hidden_layers) + ")");
+        }
+        for (std::size_t l = 0; l < t.size(); ++l) {
+            if (t[l] != "moe" && t[l] != "hash_moe") io::detail::file_fail(file, "key 'mlp_layer_types'", "\"" + t[l] + "\"", "\"moe\" or \"hash_moe\"");
+            if (t[l] == "hash_moe") c.hash_layers.push_back(static_cast<std::int64_t>(l));
+        }
+    } else if (type == "llama4" || type == "llama4_text") {
+        // families.md §2.3: S = top-k(L), w = σ(L_S) without renorm (sigmoid is monotone: the top-k of the
+        // scores), each expert applied to w · x; one ungated shared expert of the routed width.
+        c.family = HfFamily::llama4;
+        mixtral_keys(5120, 8192, 48, 16, 1);
+        rc.score_func = router::ScoreFunc::sigmoid;
+        c.weight_on_input = true;
+        keys.shared_size = "intermediate_size";
+        c.shared_intermediate_size = c.intermediate_size;
+        // moe_layers lists the MoE layers; absent: every interleave_moe_layer_step-th (s - 1, 2s - 1, ...).
+        c.moe_layer_types.assign(static_cast<std::size_t>(c.num_hidden_layers), 0);
+        if (r.has("moe_layers")) {
+            for (std::int64_t l : r.integers("moe_layers")) {
+                if (l < 0 || l >= c.num_hidden_layers)
+                    io::detail::file_fail(file, "key 'moe_layers'", l, "layer indices in [0, num_hidden_layers (" + std::to_string(c.num_hidden_layers) + "))");
+                c.moe_layer_types[static_cast<std::size_t>(l)] = 1;
+            }
+            c.layer_types_rule = "layer in moe_layers";
+        } else {
+            std::int64_t const step = r.integer("interleave_moe_layer_step", 1);
+            for (std::int64_t l = step - 1; l < c.num_hidden_layers; l += step) c.moe_layer_types[static_cast<std::size_t>(l)] = 1;
+            c.layer_types_rule = "(layer + 1) % interleave_moe_layer_step (" + std::to_string(step) + ") == 0";
+        }
+    } else if (type == "cohere2_moe") {
+        // Cohere2MoeConfig: top-k of the logits; softmax over those k (R-TKS), or sigmoid of them with
+        // renorm(0) when norm_topk_prob. `average` halves routed and shared (with shared experts only).
+        c.family = HfFamily::cohere2_moe;
+        c.hidden_size = r.dimension("hidden_size", 8192);
+        c.intermediate_size = r.dimension("intermediate_size", 22528);
+        c.num_hidden_layers = layers(40);
+        keys.num_experts = "num_experts";
+        rc.num_experts = r.expert_count("num_experts", 8);
+        rc.top_k = r.integer("num_experts_per_tok", 2);
+        std::string const fn = r.string("expert_selection_fn", std::string("softmax"));
+        if (fn == "softmax") {
+            rc.score_after_topk = true;
+        } else if (fn == "sigmoid") {
+            rc.score_func = router::ScoreFunc::sigmoid;
+            rc.norm_topk_prob = r.boolean("norm_topk_prob", true);
+            rc.norm_eps = 0.0f;
+        } else {
+            io::detail::file_fail(file, "key 'expert_selection_fn'", fn, "\"softmax\" or \"sigmoid\"");
+        }
+        keys.shared_size = "num_shared_experts";
+        keys.shared_in_routed_units = true;
+        c.shared_intermediate_size = c.intermediate_size * r.expert_count("num_shared_experts", 0, 0);
+        std::string const mix = r.string("shared_expert_combination_strategy", std::string("average"));
+        if (mix != "average" && mix != "sum") io::detail::file_fail(file, "key 'shared_expert_combination_strategy'", mix, "\"average\" or \"sum\"");
+        if (mix == "average" && c.shared_intermediate_size > 0) rc.routed_scaling_factor = 0.5f, c.shared_scale = 0.5f;
+        if (r.has("mlp_layer_types")) {
+            c.moe_layer_types = detail::mlp_layer_types(r, c.num_hidden_layers);
+        } else {
+            c.first_moe_layer = r.integer(c.first_moe_key = "first_k_dense_replace", 0, 0);
+        }
+    } else if (type == "jetmoe") {
+        // JetMoE: R-TKS, fused input_linear (gate rows first) / output_linear, one bias [d] after the combine.
+        c.family = HfFamily::jetmoe;
+        mixtral_keys(2048, 5632, 12, 8, 2);
+        rc.score_after_topk = true;
+        c.output_bias = true;
+        std::string const act = r.string("activation_function", std::string("silu"));
+        if (act != "silu") io::detail::file_fail(file, "key 'activation_function'", act, "\"silu\" (smoe's experts are SwiGLU)");
+    } else if (type == "dbrx") {
+        // DBRX: the MoE keys in ffn_config; softmax top-k, w / ||w||_p with p = moe_normalize_expert_weights
+        // (null: no normalisation).
+        c.family = HfFamily::dbrx;
+        c.hidden_size = r.dimension(keys.hidden_size = "d_model", 2048);
+        c.num_hidden_layers = r.integer("n_layers", 24, 1, limits::kMaxLayers, "smoe::limits::kMaxLayers");
+        nlohmann::json const none = nlohmann::json::object();
+        auto const& ffn = j.contains("ffn_config") && !j["ffn_config"].is_null() ? j["ffn_config"] : none;
+        if (!ffn.is_object()) io::detail::file_fail(file, "key 'ffn_config'", ffn.dump(), "a JSON object");
+        detail::ConfigReader f(ffn, file + " ffn_config", c.defaulted);
+        c.intermediate_size = f.dimension(keys.intermediate_size = "ffn_hidden_size", 3584);
+        rc.num_experts = f.expert_count(keys.num_experts = "moe_num_experts", 4);
+        rc.top_k = f.integer(keys.top_k = "moe_top_k", 1);
+        if (ffn.contains("moe_normalize_expert_weights") && ffn["moe_normalize_expert_weights"].is_null()) {
+            rc.norm_topk_prob = false;
+        } else {
+            rc.norm_topk_prob = true;
+            rc.norm_p = f.number_f32("moe_normalize_expert_weights", 1.0);
+            rc.norm_eps = 0.0f;
+        }
+        if (ffn.contains("ffn_act_fn") && ffn["ffn_act_fn"].is_object() && ffn["ffn_act_fn"].contains("name") &&
+            ffn["ffn_act_fn"]["name"] != "silu")
+            io::detail::file_fail(file + " ffn_config", "key 'ffn_act_fn.name'", ffn["ffn_act_fn"]["name"].dump(), "\"silu\" (smoe's experts are SwiGLU)");
+    } else if (type == "longcat_flash") {
+        // families.md §2.5: softmax over E + Z logits, selection by s + b (E + Z entries), top-k, w = s_S · r,
+        // no renorm; the Z ids >= E are identity experts (w · x), never dispatched.
+        c.family = HfFamily::longcat_flash;
+        c.hidden_size = r.dimension("hidden_size", 6144);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "expert_ffn_hidden_size", 2048);
+        c.num_hidden_layers = r.integer(r.alias({"num_layers", "num_hidden_layers"}), 28, 1, limits::kMaxLayers, "smoe::limits::kMaxLayers");
+        rc.num_experts = r.expert_count(keys.num_experts = "n_routed_experts", 512);
+        rc.num_null_experts = r.expert_count("zero_expert_num", 256, 0);
+        rc.top_k = r.integer(keys.top_k = "moe_topk", 12);
+        rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 6.0);
+        rc.requires_expert_bias = true;
     } else {
         io::detail::file_fail(file, "key 'model_type'", type, std::string("one of ") + kHfModelTypes);
     }

@@ -126,6 +126,13 @@ struct HfNames {
     std::vector<std::pair<char const*, char const*>> fused = {{"experts.gate_up_proj", "experts.down_proj"}};
     bool per_expert = true;
     bool fused_transposed = false;  // fused stacks as [E, d, 2f] (gate columns first) and [E, f, d] (Qwen3-VL-MoE)
+    bool fused_interleaved = false; // gate and up units alternate in the fused stack (GPT-OSS: columns 2j, 2j + 1)
+    bool dbrx_stacks = false;       // DBRX: experts.mlp.w1 / v1 / w2, each [E·f, d] (w2 is the down projection transposed)
+    bool gpt_oss_mxfp4 = false;     // GPT-OSS: the experts may be MXFP4 experts.{gate_up,down}_proj_{blocks,scales}
+    char const* router_bias = nullptr;    // the router linear's bias [E] (GPT-OSS router.bias)
+    char const* expert_bias_gu = nullptr; // [E, 2f] in the fused stack's gate/up order (GPT-OSS experts.gate_up_proj_bias)
+    char const* expert_bias_dn = nullptr; // [E, d]
+    char const* output_bias = nullptr;    // [d], added to the block's output (JetMoE mlp.bias)
     // The selection bias, tried in order: DeepSeek's name, EXAONE-MoE's and MiniMax-M2's on-disk name,
     // Bailing's, AFMoE's and LFM2-MoE's expert_bias, ERNIE-4.5's moe_statics.
     // ERNIE-4.5's moe_statics bias is [1, E].
@@ -145,7 +152,8 @@ struct HfNames {
                              f == HfFamily::granitemoe_swa;
         bool const mixtral_names =
             f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || f == HfFamily::kimi_linear || granite;
-        bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe;
+        bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe || f == HfFamily::llama4;
+        if (f == HfFamily::deepseek_v4) n.prefixes.push_back("layers." + l + "ffn.");  // DeepSeek's own files
         for (auto const& b : bases) {
             if (mixtral_names) n.prefixes.push_back(b + "block_sparse_moe.");
             n.prefixes.push_back(b + (feed_forward ? "feed_forward." : "mlp."));
@@ -159,6 +167,31 @@ struct HfNames {
         if (f == HfFamily::hunyuan_v1_moe) n.router = {"gate.wg.weight"}, n.shared = "shared_mlp.";
         if (f == HfFamily::jamba) n.router = {"router.weight"};
         if (f == HfFamily::afmoe) n.router = {"router.gate.weight"};
+        if (f == HfFamily::gpt_oss) {
+            // No conversion mapping: the files hold the module's parameters, [E, d, 2f] with gate and up columns
+            // interleaved and [E, f, d], or their MXFP4 blocks (rows = output channels, quant_tensors.hpp).
+            n.router = {"router.weight"}, n.router_bias = "router.bias";
+            n.per_expert = false, n.fused_transposed = true, n.fused_interleaved = true, n.gpt_oss_mxfp4 = true;
+            n.expert_bias_gu = "experts.gate_up_proj_bias", n.expert_bias_dn = "experts.down_proj_bias";
+        }
+        if (f == HfFamily::llama4) n.router = {"router.weight"}, n.fused_transposed = true, n.shared = "shared_expert.";
+        if (f == HfFamily::jetmoe) {
+            n.router = {"router.layer.weight", "router.weight"}, n.output_bias = "bias";
+            n.fused = {{"input_linear.weight", "output_linear.weight"}, {"experts.gate_up_proj", "experts.down_proj"}};
+            n.per_expert = false;
+        }
+        if (f == HfFamily::dbrx) {
+            n.prefixes = {"transformer.blocks." + l + "ffn."};
+            n.router = {"router.layer.weight"};
+            n.fused.clear(), n.per_expert = false, n.dbrx_stacks = true;
+        }
+        if (f == HfFamily::longcat_flash) n.router = {"router.classifier.weight", "gate.weight"}, n.bias.insert(n.bias.begin(), "router.e_score_correction_bias");
+        if (f == HfFamily::deepseek_v4) {
+            // On disk ffn.experts.{i}.w1/w3/w2, gate.bias, shared_experts.w1/w3/w2; re-saved by HF under mlp. with
+            // the fused stacks, e_score_correction_bias and shared_experts.{gate,up,down}_proj.
+            n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
+            n.bias.insert(n.bias.begin(), "gate.bias");
+        }
         if (granite) {
             // On disk block_sparse_moe.router.layer / input_linear / output_linear; re-saved as mlp.router / experts.*.
             n.router = {"router.layer.weight", "router.weight"};
@@ -230,6 +263,11 @@ public:
             io::detail::file_fail(cfg.keys.file, "layer", layer,
                                   "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " config: " +
                                       cfg.moe_layer_rule() + " (dense layers have no router)");
+        for (std::int64_t h : cfg.hash_layers)
+            if (h == layer)
+                io::detail::file_fail(cfg.keys.file, "layer", layer,
+                                      "a layer routed by its gate (mlp_layer_types \"moe\"): this deepseek_v4 layer is \"hash_moe\", routed by "
+                                      "token id (smoe::router::Hash with MoELayer::forward's token ids; HfMoeLayer does not load it)");
         BasicHfMoeLayer m;
         m.maker_ = std::move(maker);
         m.cfg_ = cfg;
@@ -251,7 +289,8 @@ public:
             throw allocation_error(m.what_is_loaded());
         }
         // The source may be closed after loading: forget where its tensors were.
-        m.fused_gate_up_ = m.fused_down_ = nullptr;
+        m.fused_gate_up_ = m.fused_down_ = m.dbrx_up_ = nullptr;
+        m.gpt_oss_plan_.reset();
         m.experts_.clear();
         m.shared_ = {};
         m.qplans_.clear();
@@ -279,7 +318,7 @@ public:
     // Bytes of the weights this layer holds: the experts' packed copies (the stacked tensors read
     // from the checkpoint are released once packed), router and gates in fp32.
     std::size_t weight_bytes() const {
-        std::size_t const small = (gate_.size() + bias_.size() + shared_gate_.size()) * sizeof(float);
+        std::size_t const small = (gate_.size() + bias_.size() + shared_gate_.size() + gate_bias_.size() + out_bias_.size()) * sizeof(float);
         return small + std::visit(
                            [](auto const& l) -> std::size_t {
                                if constexpr (requires { l->has_local_experts(); })
@@ -400,16 +439,21 @@ private:
             }
         }
         if (!gate) missing(names.prefixes.front() + names.router.front(), "the router weight [E, d]");
-        checked(gate, {xE, xd}, false);
+        // LongCat-Flash's router has a row per identity expert too: [E + Z, d].
+        std::int64_t const nl = cfg_.router.num_logits();
+        ConfigExtent const xL = nl == E ? xE : ConfigExtent{nl, "n_routed_experts + zero_expert_num"};
+        checked(gate, {xL, xd}, false);
+        TensorInfo const* router_bias = nullptr;
+        if (cfg_.router_bias) checked(router_bias = find_or_fail(src, prefix_ + names.router_bias, "the router bias [E]"), {xE}, false);
         TensorInfo const* bias = nullptr;
         if (cfg_.router.requires_expert_bias) {
             for (auto const* b : names.bias)
                 if ((bias = src.find(prefix_ + b))) break;
             if (!bias) missing(prefix_ + names.bias.front(), "the score-correction bias [E]");
             if (bias->shape.size() == 2)
-                checked(bias, {{1}, xE}, false);
+                checked(bias, {{1}, xL}, false);
             else
-                checked(bias, {xE}, false);
+                checked(bias, {xL}, false);
         }
         local_ = maker_.experts(E);
 
@@ -420,11 +464,28 @@ private:
                 down_name = dn;
                 break;
             }
-        if (!gu && !names.per_expert) missing(prefix_ + names.fused.front().first, "the fused expert gate/up projections [E, 2f, d]");
+        if (!gu && names.gpt_oss_mxfp4 && src.find(prefix_ + "experts.gate_up_proj_blocks")) {
+            // GPT-OSS's MXFP4 release: the experts stacked as blocks and E8M0 scales (quant_tensors.hpp).
+            if (opt.format == WeightFormat::int4)
+                io::detail::file_fail(source_, "tensor " + io::detail::quoted(prefix_ + "experts.gate_up_proj_blocks"), "present",
+                                      "float experts for options.format int4 (MXFP4 experts keep their format)");
+            gpt_oss_plan_ = plan_gpt_oss_experts(src, prefix_ + "experts", E, d, f, source_);
+            quant_ = any_quantized_ = true;
+            routed_fmt_ = {std::vector<quant::Format>(local_.size(), quant::Format::mxfp4()),
+                           std::vector<quant::Format>(local_.size(), quant::Format::mxfp4())};
+        } else if (names.dbrx_stacks) {
+            // DBRX: w1 (gate), v1 (up) and w2 (down, transposed: a row per intermediate unit), each [E·f, d].
+            ConfigExtent const xEf{E, k.num_experts, f};
+            fused_gate_up_ = checked(find_or_fail(src, prefix_ + "experts.mlp.w1", "the stacked gate projections [E·f, d]"), {xEf, xd});
+            dbrx_up_ = checked(find_or_fail(src, prefix_ + "experts.mlp.v1", "the stacked up projections [E·f, d]"), {xEf, xd});
+            fused_down_ = checked(find_or_fail(src, prefix_ + "experts.mlp.w2", "the stacked down projections, transposed [E·f, d]"), {xEf, xd});
+        } else if (!gu && !names.per_expert) {
+            missing(prefix_ + names.fused.front().first, "the fused expert gate/up projections [E, 2f, d]");
+        }
         if (gu && opt.format == WeightFormat::int4)
             io::detail::file_fail(source_, "tensor " + io::detail::quoted(gu->name), "present",
                                   "per-expert tensors for options.format int4 (the fused layout loads as f32, bf16 or int8)");
-        if (!gu && !local_.empty()) {
+        if (!gu && !quant_ && !fused_gate_up_ && !local_.empty()) {
             // Quantised when the config says so, when asked for int4, or when the first expert's weight
             // is not a float tensor (an FP8 weight, weight_packed or qweight without a config: an error
             // naming quantization_config, from plan_matrix).
@@ -434,10 +495,13 @@ private:
                                    : (src.find(p0 + "weight_packed") || src.find(p0 + "qweight"));
             quant_ = cfg_.quant.has_value() || opt.format == WeightFormat::int4 || foreign;
         }
-        if (quant_) {
+        if (gpt_oss_plan_) {
+            // planned above
+        } else if (quant_) {
             plan_quant(src, names, opt);
         } else if (gu) {
             fused_transposed_ = names.fused_transposed;
+            fused_interleaved_ = names.fused_interleaved;
             if (fused_transposed_) {
                 fused_gate_up_ = checked(gu, {xE, xd, {f, k.intermediate_size, 2}});
                 fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, f, d]"), {xE, xf, xd});
@@ -446,7 +510,7 @@ private:
                 fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"), {xE, xd, xf});
             }
         }
-        if (!quant_ && !gu) {
+        if (!quant_ && !gu && !fused_gate_up_) {
             experts_.resize(local_.size());
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
@@ -478,9 +542,11 @@ private:
                 qshared_ = {plan("gate_proj", xs, xd), plan("up_proj", xs, xd), plan("down_proj", xd, xs)};
                 check_pair(*qshared_, "shared expert", opt);
             } else {
-            shared_[0] = checked(find_or_fail(src, p + "gate_proj.weight", "shared expert gate projection"), {xs, xd});
-            shared_[1] = checked(find_or_fail(src, p + "up_proj.weight", "shared expert up projection"), {xs, xd});
-            shared_[2] = checked(find_or_fail(src, p + "down_proj.weight", "shared expert down projection"), {xd, xs});
+                // gate_proj / up_proj / down_proj, or DeepSeek-V4's w1 / w3 / w2.
+                bool const w = !src.find(p + "gate_proj.weight") && src.find(p + "w1.weight");
+                shared_[0] = checked(find_or_fail(src, p + (w ? "w1" : "gate_proj") + ".weight", "shared expert gate projection"), {xs, xd});
+                shared_[1] = checked(find_or_fail(src, p + (w ? "w3" : "up_proj") + ".weight", "shared expert up projection"), {xs, xd});
+                shared_[2] = checked(find_or_fail(src, p + (w ? "w2" : "down_proj") + ".weight", "shared expert down projection"), {xd, xs});
             }
             if (cfg_.shared_gated) {
                 shared_gate = find_or_fail(src, prefix_ + names.shared_gate, "the shared expert gate [1, d]");
@@ -501,12 +567,42 @@ private:
             qshared_.reset();
         }
 
-        gate_.resize(static_cast<std::size_t>(E * d));
-        detail::copy_tensor(*gate, source_, {E, d}, gate_.data());
+        TensorInfo const *ebias_gu = nullptr, *ebias_dn = nullptr, *out_bias = nullptr;
+        if (cfg_.expert_biases) {
+            ebias_gu = checked(find_or_fail(src, prefix_ + names.expert_bias_gu, "the experts' gate/up bias [E, 2f]"),
+                               {xE, {f, k.intermediate_size, 2}}, false);
+            ebias_dn = checked(find_or_fail(src, prefix_ + names.expert_bias_dn, "the experts' down bias [E, d]"), {xE, xd}, false);
+        }
+        if (cfg_.output_bias) checked(out_bias = find_or_fail(src, prefix_ + names.output_bias, "the block's output bias [d]"), {xd}, false);
+
+        gate_.resize(static_cast<std::size_t>(nl * d));
+        detail::copy_tensor(*gate, source_, {nl, d}, gate_.data());
         if (bias) {
-            bias_.resize(static_cast<std::size_t>(E));
-            detail::copy_tensor(*bias, source_, bias->shape.size() == 2 ? std::vector<std::int64_t>{1, E} : std::vector<std::int64_t>{E},
+            bias_.resize(static_cast<std::size_t>(nl));
+            detail::copy_tensor(*bias, source_, bias->shape.size() == 2 ? std::vector<std::int64_t>{1, nl} : std::vector<std::int64_t>{nl},
                                 bias_.data());
+        }
+        if (router_bias) {
+            gate_bias_.resize(static_cast<std::size_t>(E));
+            detail::copy_tensor(*router_bias, source_, {E}, gate_bias_.data());
+        }
+        if (out_bias) {
+            out_bias_.resize(static_cast<std::size_t>(d));
+            detail::copy_tensor(*out_bias, source_, {d}, out_bias_.data());
+        }
+        if (ebias_gu) {
+            // Both [E, 2f] (the fused stack's order: interleaved for GPT-OSS) to b1, b3 [E_local, f] and [E_local, d].
+            std::vector<float> gu(static_cast<std::size_t>(E * 2 * f));
+            std::vector<float> dn(static_cast<std::size_t>(E * d));
+            detail::copy_tensor(*ebias_gu, source_, {E, 2 * f}, gu.data());
+            detail::copy_tensor(*ebias_dn, source_, {E, d}, dn.data());
+            bool const il = names.fused_interleaved;
+            for (std::int64_t e : local_)
+                for (std::int64_t j = 0; j < f; ++j) {
+                    b1_.push_back(gu[static_cast<std::size_t>(e * 2 * f + (il ? 2 * j : j))]);
+                    b3_.push_back(gu[static_cast<std::size_t>(e * 2 * f + (il ? 2 * j + 1 : f + j))]);
+                }
+            for (std::int64_t e : local_) b2_.insert(b2_.end(), dn.begin() + e * d, dn.begin() + (e + 1) * d);
         }
         if (shared_gate) {
             shared_gate_.resize(static_cast<std::size_t>(d));
@@ -545,11 +641,26 @@ private:
         }
         if (opt.packed) {
             // The routed experts come packed from the file.
+        } else if (dbrx_up_) {
+            // [E·f, d] each; W2[e][o][j] = w2[e·f + j][o].
+            std::vector<L> g(sz(all * f * d)), u(sz(all * f * d)), dn(sz(all * f * d));
+            detail::copy_tensor(*fused_gate_up_, source_, {all * f, d}, g.data());
+            detail::copy_tensor(*dbrx_up_, source_, {all * f, d}, u.data());
+            detail::copy_tensor(*fused_down_, source_, {all * f, d}, dn.data());
+            for (std::int64_t l = 0; l < E; ++l) {
+                std::int64_t const e = local_[sz(l)];
+                std::copy(g.begin() + e * f * d, g.begin() + (e + 1) * f * d, store[w1].begin() + l * f * d);
+                std::copy(u.begin() + e * f * d, u.begin() + (e + 1) * f * d, store[w3].begin() + l * f * d);
+                for (std::int64_t o = 0; o < d; ++o)
+                    for (std::int64_t j = 0; j < f; ++j) store[w2][sz(l * d * f + o * f + j)] = dn[sz((e * f + j) * d + o)];
+            }
         } else if (fused_gate_up_) {
             // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
-            // the canonical W1 / W3 / W2 stacks.
+            // the canonical W1 / W3 / W2 stacks. Transposed: [E, d, 2f] and [E, f, d], the gate columns
+            // first, or (GPT-OSS) gate and up columns interleaved.
             std::vector<L> gu(sz(all * 2 * f * d)), dn(sz(all * d * f));
             bool const tr = fused_transposed_;
+            std::int64_t const gcol = fused_interleaved_ ? 2 : 1, ucol0 = fused_interleaved_ ? 1 : f;
             detail::copy_tensor(*fused_gate_up_, source_, tr ? std::vector<std::int64_t>{all, d, 2 * f} : std::vector<std::int64_t>{all, 2 * f, d},
                                 gu.data());
             detail::copy_tensor(*fused_down_, source_, tr ? std::vector<std::int64_t>{all, f, d} : std::vector<std::int64_t>{all, d, f}, dn.data());
@@ -563,8 +674,8 @@ private:
                 if (tr) {  // [d, 2f] and [f, d] to the canonical [f, d] and [d, f]
                     for (std::int64_t i = 0; i < d; ++i)
                         for (std::int64_t j = 0; j < f; ++j) {
-                            g1[j * d + i] = g[i * 2 * f + j];
-                            u1[j * d + i] = g[i * 2 * f + f + j];
+                            g1[j * d + i] = g[i * 2 * f + gcol * j];
+                            u1[j * d + i] = g[i * 2 * f + ucol0 + gcol * j];
                             d1[i * f + j] = o[j * d + i];
                         }
                 } else {
@@ -597,7 +708,9 @@ private:
             detail::copy_tensor(*shared_[2], source_, {d, fs}, store[s2].data());
         }
         expert::Bf16Dot const dot = std::is_same_v<W, bf16> ? opt.bf16_dot : expert::Bf16Dot::automatic;
-        expert::SwiGLUConfig const routed{d, f, E, dot, expert::Int8Dot::off, opt.store}, shared{d, fs, 1, dot};
+        auto const cfgs = expert_configs(dot, expert::Int8Dot::off, opt.store);
+        expert::SwiGLUConfig const& routed = cfgs.first;
+        expert::SwiGLUConfig const& shared = cfgs.second;
         Quantized q;
         if constexpr (std::is_same_v<W, std::int8_t>) q = quantize(store, routed, shared);
         auto weights_of = [&](Slot a, Slot b, Slot c, expert::SwiGLUConfig const& sc) {
@@ -612,21 +725,27 @@ private:
             else
                 return expert::SwiGLUWeights<W>::dense(store[a].data(), store[b].data(), store[c].data(), sc);
         };
-        MatrixView<float const> const gate(gate_.data(), all, d);
+        auto routed_weights = [&] {
+            auto w = weights_of(w1, w3, w2, routed);
+            w.bias = biases();
+            return w;
+        };
+        MatrixView<float const> const gate(gate_.data(), cfg_.router.num_logits(), d);
         if (fs == 0) {
             using M = Plain<W>;
             layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, weights_of(w1, w3, w2, routed)});
+                                         typename M::Weights{gate, bias_, routed_weights(), gate_bias_});
         } else if (cfg_.shared_gated) {
             using M = SharedGated<W>;
             layer_ = maker_.template make<M>(
-                typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+                typename M::Config{.router = cfg_.router, .expert = {routed, shared, cfg_.shared_scale}, .max_tokens = opt.max_tokens},
                 typename M::Weights{gate, bias_,
-                                    {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), MatrixView<float const>(shared_gate_.data(), 1, d)}});
+                                    {routed_weights(), weights_of(s1, s3, s2, shared), MatrixView<float const>(shared_gate_.data(), 1, d)}, gate_bias_});
         } else {
             using M = SharedPlain<W>;
-            layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, {weights_of(w1, w3, w2, routed), weights_of(s1, s3, s2, shared), {}}});
+            layer_ = maker_.template make<M>(
+                typename M::Config{.router = cfg_.router, .expert = {routed, shared, cfg_.shared_scale}, .max_tokens = opt.max_tokens},
+                typename M::Weights{gate, bias_, {routed_weights(), weights_of(s1, s3, s2, shared), {}}, gate_bias_});
         }
         // The experts packed their own copy: the stacks are not read again.
         for (auto& v : store) std::vector<L>().swap(v);
@@ -674,6 +793,20 @@ private:
         auto& [fgu, fdn] = who == "shared expert" ? shared_fmt_ : routed_fmt_;
         fgu.push_back(gu);
         fdn.push_back(eff(pl[2], pl[2].format.kind == quant::Kind::bf16));
+    }
+
+    // The routed and shared experts' configs: the family's activation for both; the weight on the input
+    // and `store` (where the packed records live) for the routed ones only.
+    std::pair<expert::SwiGLUConfig, expert::SwiGLUConfig> expert_configs(expert::Bf16Dot dot, expert::Int8Dot i8, store::StoreConfig const& store) const {
+        std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size;
+        expert::SwiGLUConfig routed{d, cfg_.intermediate_size, E, dot, i8, store, cfg_.activation, cfg_.weight_on_input};
+        expert::SwiGLUConfig shared{d, cfg_.shared_intermediate_size, 1, dot, i8, {}, cfg_.activation, false};
+        return {routed, shared};
+    }
+    expert::GluBiases biases() const {
+        if (b1_.empty()) return {};
+        std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        return {MatrixView<float const>(b1_.data(), E, f), MatrixView<float const>(b3_.data(), E, f), MatrixView<float const>(b2_.data(), E, d)};
     }
 
     // Builds layer_ in format_ from what locate() found. Defined below the class, not inline, with forward():
@@ -729,15 +862,19 @@ private:
     std::vector<std::array<QuantMatrixPlan, 3>> qplans_;  // per local expert: gate, up, down
     std::optional<std::array<QuantMatrixPlan, 3>> qshared_;
     FormatLists routed_fmt_, shared_fmt_;
-    bool fused_transposed_ = false;
+    bool fused_transposed_ = false, fused_interleaved_ = false;
     TensorInfo const* fused_gate_up_ = nullptr;
     TensorInfo const* fused_down_ = nullptr;
+    TensorInfo const* dbrx_up_ = nullptr;
+    std::optional<GptOssExpertsPlan> gpt_oss_plan_;
     std::vector<std::array<TensorInfo const*, 3>> experts_;
     std::array<TensorInfo const*, 3> shared_{};
 
     Maker maker_;
     std::vector<std::int64_t> local_;  // global ids of the routed experts held, in local order
     std::vector<float> gate_, bias_, shared_gate_;
+    std::vector<float> gate_bias_, out_bias_;  // GPT-OSS router bias [E]; JetMoE output bias [d]
+    std::vector<float> b1_, b3_, b2_;          // GPT-OSS expert biases of the held experts: [E_local, f], [.., f], [.., d]
     std::vector<float> f32_[kSlots];
     std::vector<bf16> bf16_[kSlots];
     std::variant<std::unique_ptr<Plain<float>>, std::unique_ptr<SharedGated<float>>, std::unique_ptr<SharedPlain<float>>,
@@ -749,7 +886,11 @@ private:
 
 template <class Maker>
 RoutingResult BasicHfMoeLayer<Maker>::forward(MatrixView<float const> x, MatrixView<float> y) {
-    return std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+    RoutingResult r = std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+    if (!out_bias_.empty())  // JetMoE: after the combine (and the shared expert), as HF adds it
+        for (std::int64_t t = 0; t < y.rows; ++t)
+            for (std::int64_t i = 0; i < y.cols; ++i) y(t, i) += out_bias_[static_cast<std::size_t>(i)];
+    return r;
 }
 
 template <class Maker>
@@ -766,8 +907,7 @@ void BasicHfMoeLayer<Maker>::build_layer(Options const& opt) {
 
 template <class Maker>
 void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
-    std::int64_t const E = static_cast<std::int64_t>(local_.size()), d = cfg_.hidden_size, f = cfg_.intermediate_size;
-    std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
+    std::int64_t const d = cfg_.hidden_size, fs = cfg_.shared_intermediate_size;
     // Read and decoded one expert at a time while QuantSwiGLU packs (never after construction).
     auto weights = [](std::vector<std::array<QuantMatrixPlan, 3>> const& plans, FormatLists const& fmt) {
         expert::QuantSwiGLUWeights w;
@@ -781,29 +921,40 @@ void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
         return w;
     };
     auto routed_weights = [&] {
-        if (!opt.packed) return weights(qplans_, routed_fmt_);
         expert::QuantSwiGLUWeights w;
-        w.packed = {opt.packed, layer_index_, local_};
+        if (opt.packed) {
+            w.packed = {opt.packed, layer_index_, local_};
+        } else if (gpt_oss_plan_) {  // GPT-OSS's stacked MXFP4 experts, read one at a time
+            w.gate_up = routed_fmt_.first;
+            w.down = routed_fmt_.second;
+            w.load = [this](std::int64_t e) { return read_gpt_oss_expert(*gpt_oss_plan_, local_[static_cast<std::size_t>(e)]); };
+        } else {
+            w = weights(qplans_, routed_fmt_);
+        }
+        w.bias = biases();
         return w;
     };
     std::vector<std::array<QuantMatrixPlan, 3>> shared_plans;
     if (qshared_) shared_plans.push_back(*qshared_);
-    expert::SwiGLUConfig const routed{d, f, E, opt.bf16_dot, opt.int8_dot, opt.store}, shared{d, fs, 1, opt.bf16_dot, opt.int8_dot};
-    MatrixView<float const> const gate(gate_.data(), all, d);
+    auto const cfgs = expert_configs(opt.bf16_dot, opt.int8_dot, opt.store);
+    expert::SwiGLUConfig const& routed = cfgs.first;
+    expert::SwiGLUConfig const& shared = cfgs.second;
+    MatrixView<float const> const gate(gate_.data(), cfg_.router.num_logits(), d);
     if (fs == 0) {
         using M = QuantPlain;
         layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = routed, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, routed_weights()});
+                                         typename M::Weights{gate, bias_, routed_weights(), gate_bias_});
     } else if (cfg_.shared_gated) {
         using M = QuantSharedGated;
         layer_ = maker_.template make<M>(
-            typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
+            typename M::Config{.router = cfg_.router, .expert = {routed, shared, cfg_.shared_scale}, .max_tokens = opt.max_tokens},
             typename M::Weights{gate, bias_,
-                                {routed_weights(), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}});
+                                {routed_weights(), weights(shared_plans, shared_fmt_), MatrixView<float const>(shared_gate_.data(), 1, d)}, gate_bias_});
     } else {
         using M = QuantSharedPlain;
-        layer_ = maker_.template make<M>(typename M::Config{.router = cfg_.router, .expert = {routed, shared}, .max_tokens = opt.max_tokens},
-                                         typename M::Weights{gate, bias_, {routed_weights(), weights(shared_plans, shared_fmt_), {}}});
+        layer_ = maker_.template make<M>(
+            typename M::Config{.router = cfg_.router, .expert = {routed, shared, cfg_.shared_scale}, .max_tokens = opt.max_tokens},
+            typename M::Weights{gate, bias_, {routed_weights(), weights(shared_plans, shared_fmt_), {}}, gate_bias_});
     }
 }
 

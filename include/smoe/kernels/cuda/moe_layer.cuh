@@ -149,6 +149,11 @@ public:
     MoELayer(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w), params_(kernels::cuda::TopKParams::from(cfg.router)) {
         cfg_.expert.validate();
         w_.experts.validate(cfg_.expert);
+        // The CUDA kernels compute plain silu(g) · u with the weight on the output and no biases.
+        if (!cfg_.expert.plain_activation())
+            detail::fail("expert.activation / weight_on_input", "a clamped activation or the weight on the input",
+                         "plain SwiGLU on the CUDA backend (the CPU backend computes the others)");
+        if (w_.experts.bias.any()) detail::fail("experts.bias", "expert biases", "none on the CUDA backend (the CPU backend adds them)");
         std::int64_t const E = cfg_.router.num_experts, K = cfg_.router.top_k, d = cfg_.expert.hidden_size;
         if (E != cfg_.expert.num_experts)
             detail::fail("router.num_experts", E, "the experts' num_experts (" + std::to_string(cfg_.expert.num_experts) + ")");

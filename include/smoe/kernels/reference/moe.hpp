@@ -34,9 +34,10 @@ inline std::vector<double> router_logits(MatrixView<float const> gate, MatrixVie
 
 // y_t = Σ_j w_tj · f_{e_tj}(x_t), summed in slot order j = 0..K-1 (experts.md §1 rule 2) from the
 // token-major view. Padding (-1) and null experts (ids >= E) contribute nothing, not 0 · f (rule 4);
-// a token without entries gets 0.
+// a token without entries gets 0. With weight_on_input (Llama 4) a slot is f_e(w · x) instead.
 inline std::vector<double> combine_swiglu(RoutingResult const& r, expert::SwiGLUWeights<float> const& w,
-                                          MatrixView<float const> x) {
+                                          MatrixView<float const> x, expert::GluActivation const& act = {},
+                                          bool weight_on_input = false) {
     auto const cfg = detail::swiglu_config_of(w);
     cfg.validate();
     w.validate(cfg);
@@ -51,8 +52,8 @@ inline std::vector<double> combine_swiglu(RoutingResult const& r, expert::SwiGLU
             auto const e = r.expert_ids(t, j);
             if (e < 0 || e >= r.num_experts) continue;
             auto const wt = static_cast<double>(r.expert_weights(t, j));
-            auto const fe = swiglu_expert(w, e, x.row(t));
-            for (std::int64_t o = 0; o < d; ++o) y[t * d + o] += wt * fe[o];
+            auto const fe = swiglu_expert(w, e, x.row(t), act, weight_on_input ? wt : 1.0);
+            for (std::int64_t o = 0; o < d; ++o) y[t * d + o] += (weight_on_input ? 1.0 : wt) * fe[o];
         }
     }
     return y;
