@@ -5,7 +5,7 @@
 // layer, y added back), and reports tokens per second, the memory of weights and workspaces, and
 // per-layer per-expert load as a table and a text histogram.
 //
-//   demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]
+//   demo_engine [--model DIR] [--shape deepseek|mixtral|qwen3_moe|gpt_oss|llama4] [--layers N] [--prefill T] [--decode N]
 //               [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard] [--hidden D] [--ffn F]
 //               [--router topk|chain|rmoe]
 //
@@ -18,6 +18,11 @@
 // checkpoint (DeepSeek-FP8 block layout, weight_scale_inv with weight_block_size [128, 128]; resp.
 // compressed-tensors mxfp4-pack-quantized experts with a dense bf16 shared expert), with its
 // quantization_config, so the loader reads them as it would a published one.
+//
+// qwen3_moe, gpt_oss and llama4 are at their published widths (Qwen3-30B-A3B: d 2048, 128 experts of
+// 768, top-8; gpt-oss-20b's layer with 32 experts of 2880, top-4, clamped SwiGLU with biases; Llama 4
+// Scout: d 5120, 16 experts of 8192, top-1, shared expert, the weight on the expert input), under their
+// files' tensor names; one or two layers by default (a Llama 4 layer holds 4.3 GB in bf16).
 //
 //   mpiexec -n 2 demo_engine --shard     experts sharded over the ranks (expert parallelism, MPI builds)
 //
@@ -93,7 +98,8 @@ struct Options {
 [[noreturn]] void usage(std::string const& msg) {
     std::fprintf(stderr,
                  "demo_engine: %s\n"
-                 "usage: demo_engine [--model DIR] [--shape deepseek|mixtral] [--layers N] [--prefill T] [--decode N]\n"
+                 "usage: demo_engine [--model DIR] [--shape deepseek|mixtral|qwen3_moe|gpt_oss|llama4] [--layers N] [--prefill T]\n"
+                 "                   [--decode N]\n"
                  "                   [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
                  "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n"
                  "                   [--int8-dot off|on|avx2|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
@@ -156,7 +162,12 @@ Options parse(int argc, char** argv) {
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
         else usage("unknown argument '" + a + "'");
     }
-    if (o.shape != "deepseek" && o.shape != "mixtral") usage("--shape: '" + o.shape + "' is not deepseek or mixtral");
+    if (o.shape != "deepseek" && o.shape != "mixtral" && o.shape != "qwen3_moe" && o.shape != "gpt_oss" && o.shape != "llama4")
+        usage("--shape: '" + o.shape + "' is not deepseek, mixtral, qwen3_moe, gpt_oss or llama4");
+    bool const fused = o.shape == "gpt_oss" || o.shape == "llama4";  // the files hold fused expert stacks
+    if (!o.model && fused && (o.dtype == "fp8" || o.dtype == "mxfp4" || o.dtype == "int4"))
+        usage("--dtype " + o.dtype + ": the random " + o.shape + " model has fused bf16/f32 experts (use bf16, f32 or int8)");
+    if (!o.layers_given && (fused || o.shape == "qwen3_moe")) o.layers = o.shape == "llama4" ? 1 : 2;
     if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "int8" && o.dtype != "int4" && o.dtype != "fp8" && o.dtype != "mxfp4")
         usage("--dtype: '" + o.dtype + "' is not bf16, f32, int8, int4, fp8 or mxfp4");
     if (o.store != "resident" && o.store != "mapped" && o.store != "cached") usage("--store: '" + o.store + "' is not resident, mapped or cached");
@@ -190,6 +201,21 @@ nlohmann::json random_config(Options const& o) {
                   {"num_experts_per_tok", 2}, {"num_hidden_layers", o.layers}, {"hidden_act", "silu"}});
         return j;
     }
+    if (o.shape == "qwen3_moe") {
+        j.update({{"model_type", "qwen3_moe"}, {"hidden_size", o.hidden ? o.hidden : 2048}, {"moe_intermediate_size", o.ffn ? o.ffn : 768},
+                  {"num_experts", 128}, {"num_experts_per_tok", 8}, {"norm_topk_prob", true}, {"num_hidden_layers", o.layers}});
+        return j;
+    }
+    if (o.shape == "gpt_oss") {
+        j.update({{"model_type", "gpt_oss"}, {"hidden_size", o.hidden ? o.hidden : 2880}, {"intermediate_size", o.ffn ? o.ffn : 2880},
+                  {"num_local_experts", 32}, {"num_experts_per_tok", 4}, {"num_hidden_layers", o.layers}, {"swiglu_limit", 7.0}});
+        return j;
+    }
+    if (o.shape == "llama4") {
+        j.update({{"model_type", "llama4_text"}, {"hidden_size", o.hidden ? o.hidden : 5120}, {"intermediate_size", o.ffn ? o.ffn : 8192},
+                  {"num_local_experts", 16}, {"num_experts_per_tok", 1}, {"num_hidden_layers", o.layers}});
+        return j;
+    }
     j.update({{"model_type", "deepseek_v3"}, {"hidden_size", d}, {"moe_intermediate_size", o.ffn ? o.ffn : 512}, {"n_routed_experts", 32},
             {"num_experts_per_tok", 4}, {"n_shared_experts", 1}, {"n_group", 4}, {"topk_group", 2},
             {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true}, {"first_k_dense_replace", 0},
@@ -209,6 +235,10 @@ public:
         smoe::io::TensorMap m("<random model>");
         std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, E = cfg_.num_experts();
         for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+            if (cfg_.family == smoe::io::HfFamily::gpt_oss || cfg_.family == smoe::io::HfFamily::llama4) {
+                add_fused(m, l);
+                continue;
+            }
             std::string const p = "model.layers." + std::to_string(l) + (cfg_.family == smoe::io::HfFamily::mixtral ? ".block_sparse_moe." : ".mlp.");
             add(m, p + "gate.weight", {E, d}, d, false);
             if (cfg_.router.requires_expert_bias) add(m, p + "gate.e_score_correction_bias", {E}, 1000, false);
@@ -231,6 +261,27 @@ public:
     }
 
 private:
+    // GPT-OSS (mlp.router.weight/bias, experts.gate_up_proj [E, d, 2f] with gate/up columns interleaved, its
+    // bias [E, 2f], down_proj [E, f, d] and its bias [E, d]) and Llama 4 (feed_forward.router.weight, the same
+    // stacks with gate columns first, no biases, shared_expert.*): the stacks' rows are inputs, so fan_in d / f.
+    void add_fused(smoe::io::TensorMap& m, std::int64_t l) {
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, E = cfg_.num_experts();
+        bool const oss = cfg_.family == smoe::io::HfFamily::gpt_oss;
+        std::string const p = "model.layers." + std::to_string(l) + (oss ? ".mlp." : ".feed_forward.");
+        add(m, p + "router.weight", {E, d}, d, false);
+        add(m, p + "experts.gate_up_proj", {E, d, 2 * f}, d, bf16_);
+        add(m, p + "experts.down_proj", {E, f, d}, f, bf16_);
+        if (oss) {
+            add(m, p + "router.bias", {E}, 1000, false);
+            add(m, p + "experts.gate_up_proj_bias", {E, 2 * f}, 1000, bf16_);
+            add(m, p + "experts.down_proj_bias", {E, d}, 1000, bf16_);
+        } else {
+            std::int64_t const fs = cfg_.shared_intermediate_size;
+            add(m, p + "shared_expert.gate_proj.weight", {fs, d}, d, bf16_);
+            add(m, p + "shared_expert.up_proj.weight", {fs, d}, d, bf16_);
+            add(m, p + "shared_expert.down_proj.weight", {d, fs}, fs, bf16_);
+        }
+    }
     float uniform() {  // xorshift64*: fast, and good enough for weights
         state_ ^= state_ >> 12, state_ ^= state_ << 25, state_ ^= state_ >> 27;
         return static_cast<float>((state_ * 2685821657736338717ull) >> 40) * (2.0f / 16777216.0f) - 1.0f;

@@ -466,7 +466,7 @@ def _versions():
                 numpy=np.__version__)
 
 
-def write_readme(out_dir, full, routers, loras, mofmes=()):
+def write_readme(out_dir, full, routers, loras, mofmes=(), families=()):
     v = _versions()
     L = []
     w = L.append
@@ -563,6 +563,27 @@ def write_readme(out_dir, full, routers, loras, mofmes=()):
       "`model.safetensors.index.json` (`metadata.total_size`, `weight_map` name -> file), "
       "`config.json` with `num_hidden_layers` 2, and `case.json` `{\"layer\": 1}`: run it with "
       "`--layer 1`; `expected` is layer 1's block. The unrelated tensors must be ignored.")
+    w("")
+    w("## Families with expert forms of their own (Hugging Face modules only)")
+    w("")
+    w("Made by `gen_cases_hf.family_cases` (families.md §2.1-§2.6): the family's MoE block class of "
+      "transformers, every parameter and buffer drawn N(0, 0.1²) (routers N(0, 1/d)), inputs N(0, 1) "
+      "chosen so that eight 1e-5 relative perturbations leave the ids unchanged in float64. `expected` "
+      "holds the block's fp32 output and, where the router submodule returns them, its ids and weights "
+      "(JetMoE's gating returns them sorted by expert: `hidden_states` only; Cohere2-MoE with `average` keeps them "
+      "as `hf_expert_weights`, since smoe reports them halved: the average's 1/2 is its routed scaling). No float64 re-derivation: "
+      "`case.json` says `\"reference\": \"hf-module\"` and `gen_cases_check.py` skips these folders. "
+      "Tensor names are the files' (families.md §2.8): GPT-OSS, Llama 4 (`feed_forward.`), JetMoE and DBRX "
+      "(`transformer.blocks.0.ffn.`) as the module holds them; Cohere2-MoE and LongCat-Flash one tensor per "
+      "expert; DeepSeek-V4 DeepSeek's own `layers.0.ffn.experts.{i}.w1/w3/w2`, `gate.bias`, "
+      "`shared_experts.w1/w3/w2`; PhiMoE Mixtral's `block_sparse_moe.gate.weight`, `experts.{i}.w1/w3/w2`.")
+    w("")
+    w("| case | class | d | f | E | k | T | weights | config specifics |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for c in families:
+        ex = ", ".join(f"{k_}={v_}" for k_, v_ in c["extra"].items()) or "-"
+        w(f"| `{c['name']}` | `{c['cls']}` | {c['d']} | {c['f']} | {c['E']} | {c['k']} | {c['T']} | "
+          f"{'BF16' if c['bf16'] else 'F32'} | {ex} |")
     w("")
     w("## Router-only cases (spec references)")
     w("")
@@ -667,8 +688,10 @@ def main():
     if args.skip_hf:
         return
     full = full_cases(out)
-    write_readme(out, full, routers, loras, mofmes)
-    print(f"wrote {len(full)} full-layer, {len(routers)} router-only and {len(loras)} LoRA cases to {out}")
+    import gen_cases_hf as hf
+    families = hf.family_cases(out)
+    write_readme(out, full, routers, loras, mofmes, families)
+    print(f"wrote {len(full)} full-layer, {len(families)} family, {len(routers)} router-only and {len(loras)} LoRA cases to {out}")
     import gen_cases_check
     gen_cases_check.main(out)
 

@@ -323,3 +323,242 @@ def _write_sharded(case, family, tensors, other_layers, bf16, d, layer):
     with open(os.path.join(case, "model.safetensors.index.json"), "w") as fh:
         json.dump(index, fh, indent=2)
         fh.write("\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Families whose block has an expert form of its own (families.md §2.1-§2.6). The reference is the
+# HF block alone: its output, and the ids (and where the router returns them, the weights) of its own
+# router submodule. There is no float64 re-derivation here, and gen_cases_check.py skips these folders
+# (case.json "reference": "hf-module"); the C++ loader tests hold the same layouts to blocks built by hand.
+
+def _family_defs():
+    from transformers import (Cohere2MoeConfig, DbrxConfig, DeepseekV4Config, GptOssConfig, JetMoeConfig,
+                              Llama4TextConfig, LongcatFlashConfig, PhimoeConfig)
+    from transformers.models.cohere2_moe.modeling_cohere2_moe import Cohere2MoeSparseMoeBlock
+    from transformers.models.dbrx.modeling_dbrx import DbrxFFN
+    from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4SparseMoeBlock
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+    from transformers.models.jetmoe.modeling_jetmoe import JetMoeMoE
+    from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
+    from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
+    from transformers.models.phimoe.modeling_phimoe import PhimoeSparseMoeBlock
+
+    base = dict(num_hidden_layers=1, vocab_size=32, num_attention_heads=2, num_key_value_heads=2,
+                bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    defs = {}
+
+    def triple(attr):  # a router submodule that returns (logits, weights, ids)
+        def route(b, x):
+            _, w, i = getattr(b, attr)(x)
+            return i, w
+        return route
+
+    # GPT-OSS: router bias, softmax over the top-k logits; clamped SwiGLU with biases, interleaved columns.
+    def oss_cfg(d, f, E, k, extra):
+        return GptOssConfig(**base, hidden_size=d, intermediate_size=f, num_local_experts=E, num_experts_per_tok=k,
+                            head_dim=16, **extra)
+    def oss_names(b, p):  # the module's own names are the files' (no conversion mapping)
+        return {p + "mlp." + n: t for n, t in b.state_dict().items()}
+    defs["gpt_oss"] = dict(cfg=oss_cfg, block=lambda c: GptOssMLP(c), route=triple("router"), names=oss_names)
+
+    # Llama 4: sigmoid of the top-k logits on the expert input; shared expert.
+    def l4_cfg(d, f, E, k, extra):
+        return Llama4TextConfig(**base, hidden_size=d, intermediate_size=f, intermediate_size_mlp=2 * f + 8,
+                                num_local_experts=E, num_experts_per_tok=k, head_dim=16, **extra)
+    def l4_route(b, x):
+        scores, logits = b.router(x)
+        i = torch.topk(logits, b.top_k, dim=1).indices
+        return i, scores.gather(1, i)
+    defs["llama4"] = dict(cfg=l4_cfg, block=lambda c: Llama4TextMoe(c), route=l4_route,
+                          names=lambda b, p: {p + "feed_forward." + n: t for n, t in b.state_dict().items()})
+
+    # Cohere2-MoE: per-expert files (std names), shared experts, average.
+    def co_cfg(d, f, E, k, extra):
+        return Cohere2MoeConfig(**base, hidden_size=d, intermediate_size=f, num_experts=E, num_experts_per_tok=k,
+                                head_dim=16, **extra)
+    def per_expert(sd, p, gu, dn, names=("gate_proj", "up_proj", "down_proj")):
+        out = {}
+        E, twof = sd[gu].shape[0], sd[gu].shape[1]
+        f = twof // 2
+        for e in range(E):
+            out[p + f"experts.{e}.{names[0]}.weight"] = sd[gu][e, :f]
+            out[p + f"experts.{e}.{names[1]}.weight"] = sd[gu][e, f:]
+            out[p + f"experts.{e}.{names[2]}.weight"] = sd[dn][e]
+        return out
+    def co_names(b, p):
+        sd = b.state_dict()
+        out = per_expert(sd, p + "mlp.", "experts.gate_up_proj", "experts.down_proj")
+        out[p + "mlp.gate.weight"] = sd["gate.weight"]
+        out.update({p + "mlp." + n: t for n, t in sd.items() if n.startswith("shared_experts.")})
+        return out
+    defs["cohere2_moe"] = dict(cfg=co_cfg, block=lambda c: Cohere2MoeSparseMoeBlock(c), route=triple("gate"), names=co_names)
+
+    # JetMoE: R-TKS, fused input/output_linear, output bias (the files hold the module's names).
+    def jet_cfg(d, f, E, k, extra):
+        return JetMoeConfig(**base, hidden_size=d, intermediate_size=f, num_local_experts=E, num_experts_per_tok=k,
+                            kv_channels=16, **extra)
+    def jet_route(b, x):
+        logits = b.router.layer(x)
+        return torch.topk(logits, b.router.top_k, dim=1).indices, None
+    defs["jetmoe"] = dict(cfg=jet_cfg, block=lambda c: JetMoeMoE(c), route=jet_route,
+                          names=lambda b, p: {p + "mlp." + n: t for n, t in b.state_dict().items()})
+
+    # DBRX: nested ffn_config, softmax top-k, p-norm, w1/v1/w2 [E·f, d].
+    def dbrx_cfg(d, f, E, k, extra):
+        ffn = dict(ffn_hidden_size=f, moe_num_experts=E, moe_top_k=k)
+        ffn.update(extra)
+        return DbrxConfig(d_model=d, n_layers=1, n_heads=2, vocab_size=32, max_seq_len=64, ffn_config=ffn)
+    def dbrx_route(b, x):
+        w, i = b.route_tokens_to_experts(b.router(x))
+        return i, w
+    defs["dbrx"] = dict(cfg=dbrx_cfg, block=lambda c: DbrxFFN(c), route=dbrx_route,
+                        names=lambda b, p: {p.replace("model.layers.", "transformer.blocks.") + "ffn." + n: t
+                                            for n, t in b.state_dict().items()})
+
+    # LongCat-Flash: softmax over E + Z, selection bias, identity experts (ids >= E), per-expert files.
+    def lc_cfg(d, f, E, k, extra):
+        return LongcatFlashConfig(hidden_size=d, expert_ffn_hidden_size=f, ffn_hidden_size=2 * f + 8, n_routed_experts=E,
+                                  moe_topk=k, num_layers=1, vocab_size=32, num_attention_heads=2,
+                                  num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+                                  qk_nope_head_dim=8, v_head_dim=8, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+                                  **extra)
+    def lc_names(b, p):
+        sd = b.state_dict()
+        E = b.config.n_routed_experts
+        f = b.config.expert_ffn_hidden_size
+        out = {}
+        for e in range(E):
+            out[p + f"mlp.experts.{e}.gate_proj.weight"] = sd["experts.gate_up_proj"][e, :f]
+            out[p + f"mlp.experts.{e}.up_proj.weight"] = sd["experts.gate_up_proj"][e, f:]
+            out[p + f"mlp.experts.{e}.down_proj.weight"] = sd["experts.down_proj"][e]
+        out[p + "mlp.router.classifier.weight"] = sd["router.classifier.weight"]
+        out[p + "mlp.router.e_score_correction_bias"] = sd["router.e_score_correction_bias"].float()
+        return out
+    defs["longcat_flash"] = dict(cfg=lc_cfg, block=lambda c: LongcatFlashMoE(c), route=triple("router"), names=lc_names)
+
+    # DeepSeek-V4: sqrt-softplus + bias, clamp; DeepSeek's own file names (layers.{l}.ffn., w1/w3/w2, gate.bias).
+    def v4_cfg(d, f, E, k, extra):
+        return DeepseekV4Config(**base, hidden_size=d, moe_intermediate_size=f, n_routed_experts=E, num_experts_per_tok=k,
+                                mlp_layer_types=["moe"], **extra)
+    def v4_names(b, p):
+        sd = b.state_dict()
+        q = p.replace("model.layers.", "layers.") + "ffn."
+        out = per_expert(sd, q, "experts.gate_up_proj", "experts.down_proj", ("w1", "w3", "w2"))
+        out[q + "gate.weight"] = sd["gate.weight"]
+        out[q + "gate.bias"] = sd["gate.e_score_correction_bias"].float()
+        for a, n in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+            out[q + f"shared_experts.{a}.weight"] = sd[f"shared_experts.{n}.weight"]
+        return out
+    defs["deepseek_v4"] = dict(cfg=v4_cfg, block=lambda c: DeepseekV4SparseMoeBlock(c, 0), route=triple("gate"), names=v4_names)
+    # PhiMoE: sparsemixer (two experts), Mixtral's file names (block_sparse_moe.gate, experts.{i}.w1/w3/w2).
+    def phi_cfg(d, f, E, k, extra):
+        return PhimoeConfig(**base, hidden_size=d, intermediate_size=f, num_local_experts=E, num_experts_per_tok=k, **extra)
+    def phi_names(b, p):
+        sd = b.state_dict()
+        out = per_expert(sd, p + "block_sparse_moe.", "experts.gate_up_proj", "experts.down_proj", ("w1", "w3", "w2"))
+        out[p + "block_sparse_moe.gate.weight"] = sd["router.weight"]
+        return out
+    defs["phimoe"] = dict(cfg=phi_cfg, block=lambda c: PhimoeSparseMoeBlock(c), route=triple("router"), names=phi_names)
+    return defs
+
+
+# name, family, d, f, E, k, T, seed, bf16, config extra
+FAMILY_CASES = [
+    ("gpt_oss_f32_t7", "gpt_oss", 40, 12, 8, 2, 7, 41, False, {"swiglu_limit": 1.5}),
+    ("gpt_oss_bf16_t7", "gpt_oss", 72, 20, 8, 4, 7, 42, True, {}),
+    ("llama4_f32_t7", "llama4", 40, 12, 8, 2, 7, 43, False, {}),
+    ("cohere2_moe_f32_t7", "cohere2_moe", 40, 12, 8, 2, 7, 44, False, {"num_shared_experts": 2}),
+    ("cohere2_moe_sigmoid_f32_t7", "cohere2_moe", 40, 12, 8, 2, 7, 45, False,
+     {"expert_selection_fn": "sigmoid", "norm_topk_prob": True}),
+    ("jetmoe_f32_t7", "jetmoe", 40, 12, 8, 2, 7, 46, False, {}),
+    ("dbrx_f32_t7", "dbrx", 40, 12, 8, 2, 7, 47, False, {"moe_normalize_expert_weights": 2.0}),
+    ("longcat_flash_f32_t7", "longcat_flash", 40, 12, 8, 3, 7, 48, False, {"zero_expert_num": 4, "routed_scaling_factor": 6.0}),
+    ("deepseek_v4_f32_t7", "deepseek_v4", 40, 12, 8, 2, 7, 49, False, {"swiglu_limit": 1.0}),
+    ("phimoe_f32_t7", "phimoe", 40, 12, 8, 2, 7, 50, False, {"router_jitter_noise": 0.05}),
+]
+
+
+def _call(block, x):
+    """The block on x [T, d] as a decoder layer calls it ([1, T, d]); its hidden states as [T, d]."""
+    out = block(x.view(1, *x.shape))
+    return (out[0] if isinstance(out, tuple) else out).reshape(x.shape)
+
+
+def _robust(route64, x, ids):
+    """Ids unchanged by eight relative perturbations of 1e-5 of the input, in float64 (no near-tie)."""
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        xp = x * (1 + 1e-5 * rng.standard_normal(x.shape))
+        if not torch.equal(torch.sort(route64(xp))[0], torch.sort(ids)[0]):
+            return False
+    return True
+
+
+def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, extra):
+    fam = defs[family]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg = fam["cfg"](d, f, E, k, dict(extra))
+    cfg._experts_implementation = "eager"
+    if bf16:
+        cfg.dtype = "bfloat16"
+    block = fam["block"](cfg).eval()
+    with torch.no_grad():  # N(0, 0.1²) experts and biases, N(0, 1/d) routers (a router's name says so)
+        for n, t in list(block.named_parameters()) + list(block.named_buffers()):
+            std = 1.0 / np.sqrt(d) if ("router" in n or n.startswith("gate.")) and "bias" not in n else EXPERT_STD
+            a = _rand(rng, tuple(t.shape), std)
+            t.copy_(torch.from_numpy(_bf16_round(a) if bf16 and "correction" not in n else a))
+    b64 = copy.deepcopy(block).double()
+    route64 = lambda xx: fam["route"](b64, torch.from_numpy(xx))[0]
+    for attempt in range(100):
+        x = rng.standard_normal((T, d)).astype(np.float32)
+        ids = fam["route"](block, torch.from_numpy(x))[0]
+        if torch.equal(torch.sort(ids)[0], torch.sort(route64(x.astype(np.float64)))[0]) and _robust(route64, x.astype(np.float64), ids):
+            break
+    else:
+        raise RuntimeError(f"{name}: no input without near-ties")
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        y = _call(block, xt).float().numpy()
+        ids, w = fam["route"](block, xt)
+    expected = {"hidden_states": torch.from_numpy(y).contiguous()}
+    if w is not None:
+        si, sw = sort_rows(ids.numpy(), w.float().numpy())
+        expected["expert_ids"] = torch.from_numpy(si.astype(np.int32)).contiguous()
+        # Cohere2-MoE's `average` halves (routed + shared) after the router: smoe folds the 1/2 into the
+        # routing weights it reports, so the router's own weights are information only there.
+        average = family == "cohere2_moe" and cfg.num_shared_experts > 0 and cfg.shared_expert_combination_strategy == "average"
+        expected["hf_expert_weights" if average else "expert_weights"] = torch.from_numpy(sw.astype(np.float32)).contiguous()
+    case = os.path.join(out_dir, name)
+    os.makedirs(case, exist_ok=True)
+    cfg_dict = cfg.to_dict()
+    for key in [k_ for k_ in cfg_dict if k_.startswith("_")]:
+        del cfg_dict[key]
+    if isinstance(cfg_dict.get("ffn_config"), dict):
+        cfg_dict["ffn_config"] = {k_: v for k_, v in cfg_dict["ffn_config"].items() if not k_.startswith("_")}
+    with open(os.path.join(case, "config.json"), "w") as fh:
+        json.dump(cfg_dict, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    with open(os.path.join(case, "case.json"), "w") as fh:
+        json.dump({"reference": "hf-module"}, fh)
+        fh.write("\n")
+    dt = torch.bfloat16 if bf16 else torch.float32
+    tensors = {n: (t.float() if "correction" in n or n.endswith("gate.bias") else t.to(dt)).contiguous()
+               for n, t in fam["names"](block, "model.layers.0.").items()}
+    meta = {"format": "pt"}
+    save_file(tensors, os.path.join(case, "weights.safetensors"), metadata=meta)
+    save_file({"hidden_states": xt.contiguous()}, os.path.join(case, "input.safetensors"), metadata=meta)
+    save_file(expected, os.path.join(case, "expected.safetensors"), metadata=meta)
+    return dict(name=name, family=family, cls=type(block).__name__, d=d, f=f, E=E, k=k, T=T, bf16=bf16, extra=extra)
+
+
+def family_cases(out_dir):
+    defs = _family_defs()
+    return [make_family_case(out_dir, defs, *c) for c in FAMILY_CASES]
+
+
+if __name__ == "__main__":
+    import sys
+    out = sys.argv[1] if len(sys.argv) > 1 else "tests/data/cases"
+    for c in family_cases(out):
+        print(c["name"], c["cls"])

@@ -231,7 +231,7 @@ TEST_CASE("bf16 and quantised experts take the same activation, biases and input
     }
 }
 
-TEST_CASE("zero biases and the default activation give the plain path's values; the interleaved view the fused one's bits",
+TEST_CASE("zero biases with the default activation give the plain values and the interleaved view gives the fused bits",
           "[expert][glu][plain]") {
     std::mt19937_64 rng(63);
     std::int64_t const d = 29, f = 19, E = 2, M = 11;

@@ -204,7 +204,8 @@ struct Extra {
     smoe::expert::GluActivation act{};
     bool on_input = false, gate_bias = false, expert_bias = false, out_bias = false;
     float shared_scale = 1.0f;
-    std::int64_t Z = 0;  // identity experts
+    std::int64_t Z = 0;   // identity experts
+    float mixer = -1.0f;  // >= 0: PhiMoE's sparsemixer with this ε routes, the layer runs forward_routed
 };
 
 std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, bool gated, std::vector<float> const& x, std::int64_t T,
@@ -225,7 +226,20 @@ std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, b
     if (rc.requires_expert_bias) bias = b.bias;
     if (ex.gate_bias) gbias = b.gbias;
     std::int64_t const max_tokens = std::max<std::int64_t>(T, 1);
-    auto run = [&](auto&& layer) { layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d)); };
+    auto run = [&](auto&& layer) {
+        MatrixView<float const> const xv(x.data(), T, d);
+        if (ex.mixer < 0) return void(layer.forward(xv, MatrixView<float>(y.data(), T, d)));
+        std::vector<float> logits(std::size_t(T * b.E)), w(std::size_t(T * 2));
+        std::vector<std::int32_t> ids(std::size_t(T * 2));
+        smoe::kernels::cpu::gemm_nt(xsimd::default_arch{}, xv, gate, MatrixView<float>(logits.data(), T, b.E));
+        smoe::router::SparseMixer const mixer({.num_experts = b.E, .router_jitter_noise = ex.mixer});
+        std::vector<std::byte> wsb(mixer.workspace_size(T) + 64);
+        smoe::Workspace ws(wsb);
+        mixer.route(xsimd::default_arch{}, MatrixView<float const>(logits.data(), T, b.E), {},
+                    smoe::TokenMajorOut{MatrixView<std::int32_t>(ids.data(), T, 2), MatrixView<float>(w.data(), T, 2)}, ws);
+        layer.forward_routed(xv, MatrixView<std::int32_t const>(ids.data(), T, 2), MatrixView<float const>(w.data(), T, 2),
+                             MatrixView<float>(y.data(), T, d));
+    };
     if (b.fs == 0) {
         using L = HandLayer<SwiGLU<float>>;
         run(L(L::Config{.router = rc, .expert = routed, .max_tokens = max_tokens}, L::Weights{gate, bias, rw, gbias}));
@@ -550,7 +564,8 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
                           Own{{{"model_type", "cohere2_moe"}}, 8192, 22528, 40, 8, 2, 0, ScoreFunc::softmax, true, false, 1.0f},
                           Own{{{"model_type", "jetmoe"}}, 2048, 5632, 12, 8, 2, 0, ScoreFunc::softmax, true, false, 1.0f},
                           Own{{{"model_type", "dbrx"}}, 2048, 3584, 24, 4, 1, 0, ScoreFunc::softmax, false, true, 1.0f},
-                          Own{{{"model_type", "longcat_flash"}}, 6144, 2048, 28, 512, 12, 0, ScoreFunc::softmax, false, false, 6.0f}}) {
+                          Own{{{"model_type", "longcat_flash"}}, 6144, 2048, 28, 512, 12, 0, ScoreFunc::softmax, false, false, 6.0f},
+                          Own{{{"model_type", "phimoe"}}, 4096, 6400, 32, 16, 2, 0, ScoreFunc::softmax, false, false, 1.0f}}) {
         auto const c = parse_hf_config(x.config, "c.json");
         INFO(to_string(c.family));
         CHECK((c.hidden_size == x.d && c.intermediate_size == x.f && c.num_hidden_layers == x.L));
@@ -583,6 +598,9 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dbrx"}, {"ffn_config", {{"ffn_act_fn", {{"name", "gelu"}}}}}}, "d.json"),
                       Contains("ffn_act_fn.name") && Contains("silu"));
     CHECK(parse_hf_config({{"model_type", "longcat_flash"}}, "l.json").router.num_null_experts == 256);
+    CHECK(parse_hf_config({{"model_type", "phimoe"}, {"num_experts_per_tok", 4}}, "p.json").sparsemixer == 0.01f);
+    CHECK(parse_hf_config({{"model_type", "phimoe"}, {"num_experts_per_tok", 4}}, "p.json").top_k() == 2);
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "phimoe"}, {"router_jitter_noise", -1}}, "p.json"), Contains("key 'router_jitter_noise'"));
 }
 
 TEST_CASE("each family's first MoE layer loads from its on-disk names to the block built by hand, bit for bit",
@@ -806,6 +824,11 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
           {"num_shared_experts", 2}, {"num_hidden_layers", 3}},
          {.block = "model.layers.1.mlp.", .bias = "e_score_correction_bias"}, 1, 0, "layer >= first_k_dense_replace (1)",
          sigmoid_bias_router(E, k, 1, 1, true, 2.5f), 2 * f, false},
+        {"phimoe (sparsemixer, two experts whatever num_experts_per_tok says)",
+         {{"model_type", "phimoe"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", 3},
+          {"num_hidden_layers", 1}, {"router_jitter_noise", 0.05}},
+         {.block = "model.layers.0.block_sparse_moe.", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight"}, 0, 1,
+         "num_hidden_layers (1)", {.num_experts = E, .top_k = 2}, 0, false, {.mixer = 0.05f}},
         // The families with expert forms of their own (families.md §2.1-§2.6); limits that bind on these weights.
         {"gpt_oss (router bias, clamped experts with biases, fused transposed and interleaved)",
          {{"model_type", "gpt_oss"}, {"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", k},
@@ -1135,6 +1158,14 @@ TEST_CASE("a non-finite value in a checkpoint tensor is named by the checkpoint'
                                   Contains("tensor '" + n + "' element 5") && Contains("finite values"));
             }
         }
+    }
+    // A fused stack is read one expert at a time; the element is still counted in the whole tensor.
+    for (bool bf16 : {false, true}) {
+        Block b = Block::random(rng, d, f, E, 8, bf16);
+        b.w2[std::size_t(3 * d * f + 5)] = std::numeric_limits<float>::infinity();
+        CHECK_THROWS_WITH(HfMoeLayer::load(cfg, b.tensors(HfFamily::deepseek_v3, 0, bf16, true), 0, {}, "ckpt"),
+                          Contains("tensor 'model.layers.0.mlp.experts.down_proj' element " + std::to_string(3 * d * f + 5)) &&
+                              Contains("finite values"));
     }
 }
 

@@ -47,13 +47,14 @@ namespace smoe::inline v0::io {
 //   jetmoe         R-TKS; one output bias [d] per layer
 //   dbrx           softmax top-k, w / ||w||_p
 //   longcat_flash  softmax over E + Z, selection bias, r, no renorm; ids >= E identity experts
+//   phimoe         sparsemixer (router::SparseMixer, two experts whatever num_experts_per_tok says)
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
     mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe,
-    qwen4_exp, beam, gpt_oss, deepseek_v4, llama4, cohere2_moe, jetmoe, dbrx, longcat_flash
+    qwen4_exp, beam, gpt_oss, deepseek_v4, llama4, cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe
 };
 
 inline char const* to_string(HfFamily f) {
@@ -102,6 +103,7 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::jetmoe: return "jetmoe";
         case HfFamily::dbrx: return "dbrx";
         case HfFamily::longcat_flash: return "longcat_flash";
+        case HfFamily::phimoe: return "phimoe";
     }
     return "?";
 }
@@ -111,7 +113,7 @@ inline constexpr char const* kHfModelTypes =
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
     "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, "
     "qwen3_vl_moe (or its text_config qwen3_vl_moe_text), qwen4_exp (or qwen4_exp_text), beam, gpt_oss, deepseek_v4, "
-    "llama4 (or its text_config llama4_text), cohere2_moe, jetmoe, dbrx, longcat_flash";
+    "llama4 (or its text_config llama4_text), cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -157,6 +159,7 @@ struct HfMoeConfig {
     bool output_bias = false;               // jetmoe: one bias [d] added to the block's output
     float shared_scale = 1.0f;              // cohere2_moe `average`: 0.5 (routed_scaling_factor 0.5 too)
     std::vector<std::int64_t> hash_layers;  // deepseek_v4: layers routed by token id (router::Hash), not loaded
+    std::optional<float> sparsemixer;       // phimoe: router::SparseMixer's ε (router_jitter_noise); router is then {E, 2}
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from
     std::optional<QuantConfig> quant;       // quantization_config, when the checkpoint is quantised
@@ -788,6 +791,16 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         if (ffn.contains("ffn_act_fn") && ffn["ffn_act_fn"].is_object() && ffn["ffn_act_fn"].contains("name") &&
             ffn["ffn_act_fn"]["name"] != "silu")
             io::detail::file_fail(file + " ffn_config", "key 'ffn_act_fn.name'", ffn["ffn_act_fn"]["name"].dump(), "\"silu\" (smoe's experts are SwiGLU)");
+    } else if (type == "phimoe") {
+        // families.md §2.4: PhiMoE's sparsemixer picks exactly two experts (num_experts_per_tok is not read by
+        // HF's router); HfMoeLayer routes with router::SparseMixer and runs the block on that routing.
+        c.family = HfFamily::phimoe;
+        mixtral_keys(4096, 6400, 32, 16, 2);
+        if (rc.num_experts < 2) io::detail::file_fail(file, "key 'num_local_experts'", rc.num_experts, "at least 2 (sparsemixer picks two experts)");
+        rc.top_k = 2;
+        float const eps = r.number_f32("router_jitter_noise", 0.01);
+        if (eps < 0.0f) io::detail::file_fail(file, "key 'router_jitter_noise'", eps, "a number >= 0");
+        c.sparsemixer = eps;
     } else if (type == "longcat_flash") {
         // families.md §2.5: softmax over E + Z logits, selection by s + b (E + Z entries), top-k, w = s_S · r,
         // no renorm; the Z ids >= E are identity experts (w · x), never dispatched.

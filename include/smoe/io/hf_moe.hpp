@@ -10,7 +10,12 @@
 //   deepseek_v2, _v3, _v32, glm4_moe, glm4v_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe, bailing_hybrid,
 //   kimi_linear, solar_open, afmoe, hy_v3, hunyuan_v1_moe, ernie4_5_moe, flint, granitemoeshared, granitemoehybrid,
 //   granitemoe_swa                   MoELayer<TopK, Shared<SwiGLU<W>, shared_gate::None>, None>
-// (a config with no shared expert, n_shared_experts = 0, takes the first shape).
+//   gpt_oss, jetmoe, dbrx, longcat_flash, phimoe     the first shape
+//   deepseek_v4, llama4, cohere2_moe                 the third shape
+// (a config with no shared expert, n_shared_experts = 0, takes the first shape). The families' expert forms
+// are runtime settings of these types (HfMoeConfig::activation, weight_on_input, expert and router biases,
+// shared_scale; expert/swiglu_config.hpp); JetMoE's output bias is added by forward, and PhiMoE's
+// sparsemixer routes in forward (router::SparseMixer) before the layer runs on that routing.
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
 // int4 (Options::format = WeightFormat::int4) build the same three shapes over expert::QuantSwiGLU:
@@ -59,6 +64,7 @@
 #include "smoe/io/safetensors.hpp"
 #include "smoe/io/tensor_read.hpp"
 #include "smoe/layer.hpp"
+#include "smoe/router/sparsemixer.hpp"
 #include "smoe/router/topk.hpp"
 #include "smoe/store/expert_store.hpp"
 #include "smoe/balance/none.hpp"
@@ -113,6 +119,35 @@ void copy_tensor(TensorInfo const& t, std::string const& source, std::vector<std
     require_finite(t, std::span<W const>(begin, static_cast<std::size_t>(t.numel())));
 }
 
+// Elements [begin, begin + n) of a float tensor whose shape the loader has checked, converted to W and
+// refused if not finite (as copy_tensor): a fused [E, ...] stack is read one expert at a time, so loading
+// it never holds a second copy of the whole stack (a Llama 4 layer's is 4 GB in bf16).
+template <class W>
+void copy_elements(TensorInfo const& t, std::string const& source, std::int64_t begin, std::int64_t n, W* dst) {
+    require_float_dtype(t, source);
+    std::size_t const es = t.dtype == Dtype::F32 ? 4 : 2;
+    if (static_cast<std::size_t>(begin + n) * es > t.bytes.size())
+        file_fail(source, "tensor " + io::detail::quoted(t.name) + " size", t.bytes.size(),
+                  "at least " + std::to_string((begin + n) * static_cast<std::int64_t>(es)) + " bytes");
+    std::byte const* src = t.bytes.data() + static_cast<std::size_t>(begin) * es;
+    for (std::int64_t i = 0; i < n; ++i) {
+        float v;
+        std::uint16_t h = 0;
+        if (t.dtype == Dtype::F32) {
+            std::memcpy(&v, src + i * 4, 4);
+        } else {
+            std::memcpy(&h, src + i * 2, 2);
+            v = t.dtype == Dtype::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+        }
+        if (!std::isfinite(v))
+            file_fail(t.file, "tensor " + io::detail::quoted(t.name) + " element " + std::to_string(begin + i), v, "finite values");
+        if constexpr (std::is_same_v<W, bf16>)
+            dst[i] = t.dtype == Dtype::BF16 ? std::bit_cast<bf16>(h) : to_bf16(v);  // bf16 stays bf16, bit for bit
+        else
+            dst[i] = v;
+    }
+}
+
 // Tensor names of one decoder layer (experts.md §12, families.md §2.8): the on-disk per-expert names
 // and the fused gate_up_proj / down_proj that Hugging Face writes when it re-saves.
 struct HfNames {
@@ -150,8 +185,8 @@ struct HfNames {
         HfNames n{{}, "gate_proj", "up_proj", "down_proj"};
         bool const granite = f == HfFamily::granitemoe || f == HfFamily::granitemoeshared || f == HfFamily::granitemoehybrid ||
                              f == HfFamily::granitemoe_swa;
-        bool const mixtral_names =
-            f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || f == HfFamily::kimi_linear || granite;
+        bool const mixtral_names = f == HfFamily::mixtral || f == HfFamily::minimax || f == HfFamily::minimax_m2 || f == HfFamily::kimi_linear ||
+                                   f == HfFamily::phimoe || granite;
         bool const feed_forward = f == HfFamily::jamba || f == HfFamily::lfm2_moe || f == HfFamily::llama4;
         if (f == HfFamily::deepseek_v4) n.prefixes.push_back("layers." + l + "ffn.");  // DeepSeek's own files
         for (auto const& b : bases) {
@@ -174,6 +209,7 @@ struct HfNames {
             n.per_expert = false, n.fused_transposed = true, n.fused_interleaved = true, n.gpt_oss_mxfp4 = true;
             n.expert_bias_gu = "experts.gate_up_proj_bias", n.expert_bias_dn = "experts.down_proj_bias";
         }
+        if (f == HfFamily::phimoe) n.router = {"gate.weight", "router.weight"};  // on disk; re-saved by HF: router.weight
         if (f == HfFamily::llama4) n.router = {"router.weight"}, n.fused_transposed = true, n.shared = "shared_expert.";
         if (f == HfFamily::jetmoe) {
             n.router = {"router.layer.weight", "router.weight"}, n.output_bias = "bias";
@@ -276,6 +312,15 @@ public:
         m.format_ = opt.format.value_or(WeightFormat::f32);
         if (m.format_ == WeightFormat::quantized)
             smoe::detail::fail("options.format", "quantized", "f32, bf16, int8 or int4 (a quantised checkpoint keeps its formats by itself)");
+        if (cfg.sparsemixer) {  // the routing buffers of forward, sized once
+            std::int64_t const T = std::max<std::int64_t>(opt.max_tokens, 0);
+            m.mixer_.emplace(router::SparseMixerConfig{.num_experts = cfg.num_experts(), .router_jitter_noise = *cfg.sparsemixer});
+            m.mixer_logits_.resize(static_cast<std::size_t>(T * cfg.num_experts()));
+            m.mixer_ids_.resize(static_cast<std::size_t>(T * 2));
+            m.mixer_w_.resize(static_cast<std::size_t>(T * 2));
+            m.mixer_ws_.resize(m.mixer_->workspace_size(T) + 64);
+            m.max_tokens_ = T;
+        }
         try {
             m.locate(src, opt);  // every shape held to the config before anything is sized from it
             if (m.quant_)
@@ -394,6 +439,7 @@ public:
 
 private:
     BasicHfMoeLayer() = default;
+    RoutingResult forward_sparsemixer(MatrixView<float const> x, MatrixView<float> y);
 
     // f on the layer's routed experts (an expert::Shared's routed()) or, with SharedOne, on its shared one.
     template <bool SharedOne, class F>
@@ -658,16 +704,17 @@ private:
             // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
             // the canonical W1 / W3 / W2 stacks. Transposed: [E, d, 2f] and [E, f, d], the gate columns
             // first, or (GPT-OSS) gate and up columns interleaved.
-            std::vector<L> gu(sz(all * 2 * f * d)), dn(sz(all * d * f));
             bool const tr = fused_transposed_;
             std::int64_t const gcol = fused_interleaved_ ? 2 : 1, ucol0 = fused_interleaved_ ? 1 : f;
-            detail::copy_tensor(*fused_gate_up_, source_, tr ? std::vector<std::int64_t>{all, d, 2 * f} : std::vector<std::int64_t>{all, 2 * f, d},
-                                gu.data());
-            detail::copy_tensor(*fused_down_, source_, tr ? std::vector<std::int64_t>{all, f, d} : std::vector<std::int64_t>{all, d, f}, dn.data());
+            check_shape(*fused_gate_up_, tr ? std::vector<std::int64_t>{all, d, 2 * f} : std::vector<std::int64_t>{all, 2 * f, d});
+            check_shape(*fused_down_, tr ? std::vector<std::int64_t>{all, f, d} : std::vector<std::int64_t>{all, d, f});
+            std::vector<L> gu(sz(2 * f * d)), dn(sz(d * f));  // one expert's
             for (std::int64_t l = 0; l < E; ++l) {
                 std::int64_t const e = local_[sz(l)];
-                auto const* g = gu.data() + e * 2 * f * d;
-                auto const* o = dn.data() + e * d * f;
+                detail::copy_elements(*fused_gate_up_, source_, e * 2 * f * d, 2 * f * d, gu.data());
+                detail::copy_elements(*fused_down_, source_, e * d * f, d * f, dn.data());
+                auto const* g = gu.data();
+                auto const* o = dn.data();
                 L* const g1 = store[w1].data() + l * f * d;
                 L* const u1 = store[w3].data() + l * f * d;
                 L* const d1 = store[w2].data() + l * d * f;
@@ -875,6 +922,11 @@ private:
     std::vector<float> gate_, bias_, shared_gate_;
     std::vector<float> gate_bias_, out_bias_;  // GPT-OSS router bias [E]; JetMoE output bias [d]
     std::vector<float> b1_, b3_, b2_;          // GPT-OSS expert biases of the held experts: [E_local, f], [.., f], [.., d]
+    std::optional<router::SparseMixer> mixer_;  // PhiMoE: routes in forward, with these buffers (max_tokens_ rows)
+    std::vector<float> mixer_logits_, mixer_w_;
+    std::vector<std::int32_t> mixer_ids_;
+    std::vector<std::byte> mixer_ws_;
+    std::int64_t max_tokens_ = 0;
     std::vector<float> f32_[kSlots];
     std::vector<bf16> bf16_[kSlots];
     std::variant<std::unique_ptr<Plain<float>>, std::unique_ptr<SharedGated<float>>, std::unique_ptr<SharedPlain<float>>,
@@ -886,11 +938,33 @@ private:
 
 template <class Maker>
 RoutingResult BasicHfMoeLayer<Maker>::forward(MatrixView<float const> x, MatrixView<float> y) {
-    RoutingResult r = std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+    RoutingResult r = mixer_ ? forward_sparsemixer(x, y) : std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
     if (!out_bias_.empty())  // JetMoE: after the combine (and the shared expert), as HF adds it
         for (std::int64_t t = 0; t < y.rows; ++t)
             for (std::int64_t i = 0; i < y.cols; ++i) y(t, i) += out_bias_[static_cast<std::size_t>(i)];
     return r;
+}
+
+// PhiMoE: logits = x · gateᵀ (fp32), router::SparseMixer, then the layer on that routing (forward_routed).
+template <class Maker>
+RoutingResult BasicHfMoeLayer<Maker>::forward_sparsemixer(MatrixView<float const> x, MatrixView<float> y) {
+    std::int64_t const T = x.rows, E = cfg_.num_experts(), d = cfg_.hidden_size;
+    if (T > max_tokens_) smoe::detail::fail("x.rows", T, "at most options.max_tokens (" + std::to_string(max_tokens_) + ")");
+    smoe::detail::check_view(x, "x", -1, d);
+    MatrixView<float> const logits(mixer_logits_.data(), T, E);
+    kernels::cpu::gemm_nt(xsimd::default_arch{}, x, MatrixView<float const>(gate_.data(), E, d), logits);
+    MatrixView<std::int32_t> const ids(mixer_ids_.data(), T, 2);
+    MatrixView<float> const w(mixer_w_.data(), T, 2);
+    Workspace ws(mixer_ws_);
+    mixer_->route(xsimd::default_arch{}, MatrixView<float const>(logits), {}, TokenMajorOut{ids, w}, ws);
+    return std::visit(
+        [&](auto& l) -> RoutingResult {
+            if constexpr (requires { l->forward_routed(x, MatrixView<std::int32_t const>(ids), MatrixView<float const>(w), y); })
+                return l->forward_routed(x, MatrixView<std::int32_t const>(ids), MatrixView<float const>(w), y);
+            else
+                smoe::detail::fail("family", "phimoe", "smoe::MoELayer (this layer type takes no precomputed routing)");
+        },
+        layer_);
 }
 
 template <class Maker>
