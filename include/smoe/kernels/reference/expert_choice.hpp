@@ -36,19 +36,8 @@ inline RoutingData route_expert_choice(router::ExpertChoiceConfig const& cfg, Ma
     auto const T = detail::check_logits(logits, E, E);
 
     // Step 1: s[t, e] in double, rounded once to fp32.
-    std::vector<float> s(static_cast<std::size_t>(T * E));
-    for (std::int64_t t = 0; t < T; ++t) {
-        if (cfg.score_func == router::ScoreFunc::softmax) {
-            double m = logits(t, 0);
-            for (std::int64_t e = 1; e < E; ++e) m = std::max(m, static_cast<double>(logits(t, e)));
-            double sum = 0.0;
-            for (std::int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(logits(t, e)) - m);
-            for (std::int64_t e = 0; e < E; ++e) s[t * E + e] = static_cast<float>(std::exp(static_cast<double>(logits(t, e)) - m) / sum);
-        } else {
-            for (std::int64_t e = 0; e < E; ++e)
-                s[t * E + e] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(logits(t, e)))));
-        }
-    }
+    std::vector<float> const s = detail::rounded_scores(
+        logits, cfg.score_func == router::ScoreFunc::softmax ? detail::RowScore::softmax : detail::RowScore::sigmoid);
 
     // Steps 2-4: every expert sorts the tokens by the tie rule and keeps the first C_eff.
     std::int64_t const c_eff = std::min(expert_choice_capacity(cfg, T), T);

@@ -25,19 +25,10 @@ inline RoutingData route_race(router::RaceConfig const& cfg, MatrixView<float co
     auto const E = cfg.num_experts;
     auto const T = detail::check_logits(logits, E, E);
 
-    std::vector<float> s(static_cast<std::size_t>(T * E));
-    for (std::int64_t t = 0; t < T; ++t) {
-        double m = logits(t, 0), sum = 0.0;
-        for (std::int64_t e = 1; e < E; ++e) m = std::max(m, static_cast<double>(logits(t, e)));
-        for (std::int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(logits(t, e)) - m);
-        for (std::int64_t e = 0; e < E; ++e) {
-            double const x = logits(t, e);
-            double const v = cfg.score == router::RaceScore::identity ? x
-                             : cfg.score == router::RaceScore::sigmoid ? 1.0 / (1.0 + std::exp(-x))
-                                                                        : std::exp(x - m) / sum;
-            s[static_cast<std::size_t>(t * E + e)] = static_cast<float>(v);
-        }
-    }
+    std::vector<float> const s = detail::rounded_scores(
+        logits, cfg.score == router::RaceScore::identity  ? detail::RowScore::identity
+                : cfg.score == router::RaceScore::sigmoid ? detail::RowScore::sigmoid
+                                                          : detail::RowScore::softmax);
 
     std::vector<std::vector<std::pair<float, std::int64_t>>> rows(static_cast<std::size_t>(T));
     std::int64_t const g = cfg.race_group > 0 ? cfg.race_group : std::max<std::int64_t>(T, 1);

@@ -59,6 +59,29 @@ inline std::vector<std::int64_t> top_n(std::vector<double> const& score, std::ve
     return ids;
 }
 
+// s[t, e] = score(logits[t, e]) in double, rounded once to fp32: the score step of the oracles that rank
+// scores across tokens (expert choice, race). softmax is over the token's row.
+enum class RowScore { identity, sigmoid, softmax };
+inline std::vector<float> rounded_scores(MatrixView<float const> logits, RowScore f) {
+    std::int64_t const T = logits.rows, E = logits.cols;
+    std::vector<float> s(static_cast<std::size_t>(T * E));
+    for (std::int64_t t = 0; t < T; ++t) {
+        double m = logits(t, 0), sum = 0.0;
+        if (f == RowScore::softmax) {
+            for (std::int64_t e = 1; e < E; ++e) m = std::max(m, static_cast<double>(logits(t, e)));
+            for (std::int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(logits(t, e)) - m);
+        }
+        for (std::int64_t e = 0; e < E; ++e) {
+            double const x = logits(t, e);
+            double const v = f == RowScore::identity  ? x
+                             : f == RowScore::sigmoid ? 1.0 / (1.0 + std::exp(-x))
+                                                      : std::exp(x - m) / sum;
+            s[static_cast<std::size_t>(t * E + e)] = static_cast<float>(v);
+        }
+    }
+    return s;
+}
+
 inline std::vector<std::int64_t> iota_ids(std::int64_t n) {
     std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
     std::iota(ids.begin(), ids.end(), std::int64_t{0});
