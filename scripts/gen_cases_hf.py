@@ -331,6 +331,18 @@ def _write_sharded(case, family, tensors, other_layers, bf16, d, layer):
 # router submodule. There is no float64 re-derivation here, and gen_cases_check.py skips these folders
 # (case.json "reference": "hf-module"); the C++ loader tests hold the same layouts to blocks built by hand.
 
+def per_expert(sd, p, gu, dn, names=("gate_proj", "up_proj", "down_proj")):
+    """A fused [E, 2f, d] (gate rows first) / [E, d, f] pair as one tensor per expert, as files hold them."""
+    out = {}
+    E, twof = sd[gu].shape[0], sd[gu].shape[1]
+    f = twof // 2
+    for e in range(E):
+        out[p + f"experts.{e}.{names[0]}.weight"] = sd[gu][e, :f]
+        out[p + f"experts.{e}.{names[1]}.weight"] = sd[gu][e, f:]
+        out[p + f"experts.{e}.{names[2]}.weight"] = sd[dn][e]
+    return out
+
+
 def _family_defs():
     from transformers import (Cohere2MoeConfig, DbrxConfig, DeepseekV4Config, GptOssConfig, JetMoeConfig,
                               Llama4TextConfig, LongcatFlashConfig, PhimoeConfig)
@@ -376,15 +388,6 @@ def _family_defs():
     def co_cfg(d, f, E, k, extra):
         return Cohere2MoeConfig(**base, hidden_size=d, intermediate_size=f, num_experts=E, num_experts_per_tok=k,
                                 head_dim=16, **extra)
-    def per_expert(sd, p, gu, dn, names=("gate_proj", "up_proj", "down_proj")):
-        out = {}
-        E, twof = sd[gu].shape[0], sd[gu].shape[1]
-        f = twof // 2
-        for e in range(E):
-            out[p + f"experts.{e}.{names[0]}.weight"] = sd[gu][e, :f]
-            out[p + f"experts.{e}.{names[1]}.weight"] = sd[gu][e, f:]
-            out[p + f"experts.{e}.{names[2]}.weight"] = sd[dn][e]
-        return out
     def co_names(b, p):
         sd = b.state_dict()
         out = per_expert(sd, p + "mlp.", "experts.gate_up_proj", "experts.down_proj")
@@ -494,6 +497,11 @@ def _robust(route64, x, ids):
     return True
 
 
+def _selection_bias(name):
+    """A selection bias: F32 in the files and in HF's modules (_keep_in_fp32_modules_strict), never rounded."""
+    return "correction" in name or name.endswith("gate.bias") or name.endswith("expert_bias")
+
+
 def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, extra):
     fam = defs[family]
     torch.manual_seed(seed)
@@ -507,7 +515,7 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
         for n, t in list(block.named_parameters()) + list(block.named_buffers()):
             std = 1.0 / np.sqrt(d) if ("router" in n or n.startswith("gate.")) and "bias" not in n else EXPERT_STD
             a = _rand(rng, tuple(t.shape), std)
-            t.copy_(torch.from_numpy(_bf16_round(a) if bf16 and "correction" not in n else a))
+            t.copy_(torch.from_numpy(_bf16_round(a) if bf16 and not _selection_bias(n) else a))
     b64 = copy.deepcopy(block).double()
     route64 = lambda xx: fam["route"](b64, torch.from_numpy(xx))[0]
     for attempt in range(100):
@@ -522,6 +530,8 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
         y = _call(block, xt).float().numpy()
         ids, w = fam["route"](block, xt)
     expected = {"hidden_states": torch.from_numpy(y).contiguous()}
+    if w is not None and family == "beam":  # r multiplies BeamMoE's summed output; smoe reports it in the weights
+        w = w * block.routed_scaling_factor
     if w is not None:
         si, sw = sort_rows(ids.numpy(), w.float().numpy())
         expected["expert_ids"] = torch.from_numpy(si.astype(np.int32)).contiguous()
@@ -529,11 +539,38 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
         # routing weights it reports, so the router's own weights are information only there.
         average = family == "cohere2_moe" and cfg.num_shared_experts > 0 and cfg.shared_expert_combination_strategy == "average"
         expected["hf_expert_weights" if average else "expert_weights"] = torch.from_numpy(sw.astype(np.float32)).contiguous()
+    info = {}
+    if bf16 and fam["route"] is _hook_route:
+        # Information only (hf_*): the same block with its top-k weights rounded to bf16 before the
+        # experts, as a bf16 model does for OLMoE/Qwen/Jamba/Granite (families.md §1.3), and the whole block
+        # in bf16 (HF's bf16 inference). smoe keeps the weights in fp32: it matches `hidden_states`.
+        def round_weights(_m, args, kwargs):
+            if len(args) >= 3:
+                return (args[0], args[1], args[2].to(torch.bfloat16).float()) + tuple(args[3:]), kwargs
+            kwargs = dict(kwargs, top_k_weights=kwargs["top_k_weights"].to(torch.bfloat16).float())
+            return args, kwargs
+        h = _experts_module(block).register_forward_pre_hook(round_weights, with_kwargs=True)
+        with torch.no_grad():
+            yr = _call(block, xt).float().numpy()
+        h.remove()
+        b16 = copy.deepcopy(block).to(torch.bfloat16)
+        for n_, t_ in b16.named_buffers():
+            if _selection_bias(n_):
+                t_.data = t_.data.float()
+        with torch.no_grad():
+            yb = _call(b16, xt.to(torch.bfloat16)).float().numpy()
+        expected["hf_bf16_routing_hidden_states"] = torch.from_numpy(yr).contiguous()
+        expected["hf_bf16_hidden_states"] = torch.from_numpy(yb).contiguous()
+        info = dict(routing_bf16_err=row_rel_err(yr, y), hf_bf16_err=row_rel_err(yb, y))
     case = os.path.join(out_dir, name)
     os.makedirs(case, exist_ok=True)
     cfg_dict = cfg.to_dict()
     for key in [k_ for k_ in cfg_dict if k_.startswith("_")]:
         del cfg_dict[key]
+    # Python's json writes float("inf") as Infinity, which is not JSON: such keys (Granite-4's Mamba
+    # time_step_limit) have nothing to do with the MoE block and are left out.
+    finite = lambda v: all(finite(u) for u in v) if isinstance(v, (list, tuple)) else not (isinstance(v, float) and not np.isfinite(v))
+    cfg_dict = {k_: v for k_, v in cfg_dict.items() if finite(v)}
     if isinstance(cfg_dict.get("ffn_config"), dict):
         cfg_dict["ffn_config"] = {k_: v for k_, v in cfg_dict["ffn_config"].items() if not k_.startswith("_")}
     with open(os.path.join(case, "config.json"), "w") as fh:
@@ -543,13 +580,16 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
         json.dump({"reference": "hf-module"}, fh)
         fh.write("\n")
     dt = torch.bfloat16 if bf16 else torch.float32
-    tensors = {n: (t.float() if "correction" in n or n.endswith("gate.bias") else t.to(dt)).contiguous()
+    tensors = {n: (t.float() if _selection_bias(n) else t.to(dt)).contiguous()
                for n, t in fam["names"](block, "model.layers.0.").items()}
     meta = {"format": "pt"}
     save_file(tensors, os.path.join(case, "weights.safetensors"), metadata=meta)
     save_file({"hidden_states": xt.contiguous()}, os.path.join(case, "input.safetensors"), metadata=meta)
     save_file(expected, os.path.join(case, "expected.safetensors"), metadata=meta)
-    return dict(name=name, family=family, cls=type(block).__name__, d=d, f=f, E=E, k=k, T=T, bf16=bf16, extra=extra)
+    cls = type(block).__name__
+    if isinstance(block, _LayerShared):
+        cls = f"{type(block.block_sparse_moe).__name__} + {type(block.shared_mlp).__name__}"
+    return dict(name=name, family=family, cls=cls, d=d, f=f, E=E, k=k, T=T, bf16=bf16, extra=extra, **info)
 
 
 def family_cases(out_dir):
@@ -557,8 +597,228 @@ def family_cases(out_dir):
     return [make_family_case(out_dir, defs, *c) for c in FAMILY_CASES]
 
 
+
+# ------------------------------------------------------------------------------------------------
+# Families that smoe maps onto its plain SwiGLU layers by config alone (families.md §2, "config mapping
+# only", and §4's riders). The reference is the family's own HF block, run like the ones above; the
+# routing is what the block hands its experts module (ids and weights captured by a forward hook on
+# `experts`, so every family's router is read the same way, whatever its call signature). Tensor names
+# are the published checkpoints' (families.md §2.8; transformers' conversion_mapping.py read backwards).
+
+# family: E key, f key, on-disk block prefix, experts layout, module name -> file name renames,
+#         nested text_config (the decoder under model.language_model.), config extra
+SIMPLE = {
+    "qwen3_moe": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {}),
+    "qwen3_next": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False,
+                   {"shared_expert_intermediate_size": 20}),
+    "qwen3_5_moe": ("num_experts", "moe_intermediate_size", "mlp.", "fused", {}, True,
+                    {"shared_expert_intermediate_size": 20}),
+    "qwen4_exp": ("num_experts", "moe_intermediate_size", "mlp.", "fused", {}, True,
+                  {"shared_expert_intermediate_size": 20}),
+    "qwen3_vl_moe": ("num_experts", "moe_intermediate_size", "mlp.", "fused_t", {}, True, {}),
+    "glm4_moe": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False,
+                 {"n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.5}),
+    "glm4_moe_lite": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {}),
+    "glm_moe_dsa": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {"n_shared_experts": 2}),
+    "glm4v_moe": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, True, {}),
+    "deepseek_v32": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False,
+                     {"n_group": 4, "topk_group": 2}),
+    "dots1": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {"n_shared_experts": 1}),
+    "exaone_moe": ("num_experts", "moe_intermediate_size", "mlp.", "std",
+                   {"gate.e_score_correction_bias": "e_score_correction_bias"}, False, {}),
+    "bailing_hybrid": ("num_experts", "moe_intermediate_size", "mlp.", "std",
+                       {"gate.e_score_correction_bias": "gate.expert_bias"}, False, {"n_group": 2, "topk_group": 1}),
+    "kimi_linear": ("num_experts", "moe_intermediate_size", "block_sparse_moe.", "w", {}, False, {}),
+    "solar_open": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {}),
+    "mimo_v2_flash": ("n_routed_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {}),
+    "beam": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False,
+             {"n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5}),
+    "minimax": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "w", {}, False, {}),
+    "minimax_m2": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "w", {}, False, {}),
+    "flex_olmo": ("num_experts", "intermediate_size", "mlp.", "std", {}, False, {}),
+    "mellum": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {}),
+    "afmoe": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {"route_scale": 2.0}),
+    "lfm2_moe": ("num_experts", "moe_intermediate_size", "feed_forward.", "w", {}, False, {}),
+    "jamba": ("num_experts", "intermediate_size", "feed_forward.", "std", {}, False, {}),
+    "hunyuan_v1_moe": ("num_experts", "intermediate_size", "mlp.", "std", {}, False, {}),
+    "ernie4_5_moe": ("moe_num_experts", "moe_intermediate_size", "mlp.", "std",
+                     {"gate.moe_statics.e_score_correction_bias": "moe_statics.e_score_correction_bias"}, False, {}),
+    "flint": ("num_experts", "moe_intermediate_size", "mlp.", "std", {}, False, {"shared_expert_intermediate_size": 20}),
+    "hy_v3": ("num_experts", "moe_intermediate_size", "mlp.", "std",
+              {"gate.weight": "router.gate.weight", "e_score_correction_bias": "expert_bias",
+               "shared_experts.": "shared_mlp."}, False, {}),
+    "granitemoe": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "granite",
+                   {"router.weight": "router.layer.weight"}, False, {}),
+    "granitemoeshared": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "granite",
+                         {"router.weight": "router.layer.weight"}, False, {"shared_intermediate_size": 20}),
+    "granitemoehybrid": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "granite",
+                         {"router.weight": "router.layer.weight"}, False,
+                         {"shared_intermediate_size": 20, "mamba_n_heads": 8, "mamba_d_head": 10}),
+    "granitemoe_swa": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "granite",
+                       {"router.weight": "router.layer.weight"}, False, {"shared_intermediate_size": 20}),
+}
+
+# Keys that make decoder layer 0 an MoE layer (the families' dense-layer rules, families.md §2).
+_MOE_AT_0 = dict(first_k_dense_replace=0, num_dense_layers=0, moe_layer_start_index=0, expert_layer_period=1,
+                 expert_layer_offset=0, decoder_sparse_step=1, mlp_only_layers=[])
+
+
+class _LayerShared(torch.nn.Module):
+    """Granite's decoder layer around its MoE: block(x) + shared_mlp(x) (both read the same input)."""
+
+    def __init__(self, block, shared):
+        super().__init__()
+        self.block_sparse_moe = block
+        self.shared_mlp = shared
+
+    def forward(self, x):
+        return self.block_sparse_moe(x) + self.shared_mlp(x)
+
+
+def _experts_module(b):
+    return next(m for n, m in b.named_modules() if n.split(".")[-1] == "experts")
+
+
+def _hook_route(b, x):
+    """(ids, weights) that the block hands its experts module, for x [T, d]."""
+    got = {}
+    def hook(_m, args, kwargs):
+        a = list(args) + [kwargs.get(k_) for k_ in ("top_k_index", "top_k_weights") if k_ in kwargs]
+        got["i"], got["w"] = a[1], a[2]
+    h = _experts_module(b).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            _call(b, x)
+    finally:
+        h.remove()
+    return got["i"], got["w"]
+
+
+def _simple_defs():
+    import importlib
+    import inspect
+    from transformers import CONFIG_MAPPING
+    defs = {}
+    for family, (e_key, f_key, prefix, layout, renames, nested, fam_extra) in SIMPLE.items():
+        mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        blocks = [c for n, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod.__name__ and "Model" not in n
+                  and n.endswith(("SparseMoeBlock", "SparseMoEBlock", "MoE", "Moe"))]
+        assert len(blocks) == 1, (family, blocks)
+        shared_cls = [c for n, c in inspect.getmembers(mod, inspect.isclass)
+                      if c.__module__ == mod.__name__ and n.endswith("MLP") and "Vision" not in n]
+
+        def cfg(d, f, E, k, extra, family=family, e_key=e_key, f_key=f_key, nested=nested, fam_extra=fam_extra):
+            kw = dict(hidden_size=d, num_experts_per_tok=k, num_hidden_layers=1, vocab_size=32,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=16, **{e_key: E, f_key: f})
+            if f_key == "moe_intermediate_size":
+                kw["intermediate_size"] = 2 * f + 8  # the dense MLP's width: never the experts'
+            kw.update(fam_extra)
+            kw.update(extra)
+            if nested:
+                c = CONFIG_MAPPING[family](text_config=kw)
+                t = c.text_config
+            else:
+                c = CONFIG_MAPPING[family](**kw, bos_token_id=0, eos_token_id=1, pad_token_id=None)
+                t = c
+            for key, v in _MOE_AT_0.items():
+                if hasattr(t, key) and getattr(t, key) is not None:
+                    setattr(t, key, v)
+            if getattr(t, "mlp_layer_types", None) is not None:
+                t.mlp_layer_types = ["sparse"]
+            t._experts_implementation = "eager"
+            return c
+
+        def block(c, blk=blocks[0], shared_cls=shared_cls, layout=layout):
+            t = getattr(c, "text_config", None) or c
+            sig = inspect.signature(blk.__init__).parameters
+            b = blk(t, 0) if "layer_idx" in sig else blk(t)
+            if layout == "granite" and getattr(t, "shared_intermediate_size", 0):
+                b = _LayerShared(b, shared_cls[0](t))
+            return b
+
+        def names(b, p, prefix=prefix, layout=layout, renames=renames, nested=nested):
+            sd = b.state_dict()
+            if nested:
+                p = p.replace("model.layers.", "model.language_model.layers.")
+            out = {}
+            if isinstance(b, _LayerShared):  # the shared MLP is the layer's (families.md §2.8 granite)
+                out.update({p + n: t for n, t in sd.items() if n.startswith("shared_mlp.")})
+                sd = {n[len("block_sparse_moe."):]: t for n, t in sd.items() if n.startswith("block_sparse_moe.")}
+            q = p + prefix
+            gu, dn = sd["experts.gate_up_proj"], sd["experts.down_proj"]
+            if layout in ("std", "w"):
+                out.update(per_expert(sd, q, "experts.gate_up_proj", "experts.down_proj",
+                                      ("w1", "w3", "w2") if layout == "w" else ("gate_proj", "up_proj", "down_proj")))
+            elif layout == "fused":
+                out[q + "experts.gate_up_proj"], out[q + "experts.down_proj"] = gu, dn
+            elif layout == "fused_t":  # Qwen3-VL-MoE's files: [E, d, 2f] and [E, f, d]
+                out[q + "experts.gate_up_proj"] = gu.transpose(1, 2).contiguous()
+                out[q + "experts.down_proj"] = dn.transpose(1, 2).contiguous()
+            else:  # granite: the fused stacks under their file names
+                out[q + "input_linear.weight"], out[q + "output_linear.weight"] = gu, dn
+            for n, t in sd.items():
+                if n.startswith("experts."):
+                    continue
+                for a, z in renames.items():
+                    if n == a or (a.endswith(".") and n.startswith(a)):
+                        n = z + n[len(a):]
+                        break
+                out[q + n] = t
+            return out
+
+        defs[family] = dict(cfg=cfg, block=block, route=_hook_route, names=names)
+    return defs
+
+
+# name, family, d, f, E, k, T, seed, bf16, config extra. d is never a multiple of 16.
+SIMPLE_CASES = [
+    ("qwen3_moe_f32_t7", "qwen3_moe", 40, 12, 8, 2, 7, 61, False, {"norm_topk_prob": True}),
+    ("qwen3_moe_bf16_t7", "qwen3_moe", 72, 20, 8, 4, 7, 62, True, {"norm_topk_prob": False}),
+    ("qwen3_next_f32_t7", "qwen3_next", 40, 12, 8, 2, 7, 63, False, {}),
+    ("qwen3_5_moe_bf16_t7", "qwen3_5_moe", 72, 20, 8, 2, 7, 64, True, {}),
+    ("qwen4_exp_f32_t7", "qwen4_exp", 40, 12, 8, 2, 7, 65, False, {}),
+    ("qwen3_vl_moe_f32_t7", "qwen3_vl_moe", 40, 12, 8, 2, 7, 66, False, {}),
+    ("glm4_moe_f32_t7", "glm4_moe", 40, 12, 8, 2, 7, 67, False, {}),
+    ("glm4_moe_bf16_t7", "glm4_moe", 72, 20, 8, 3, 7, 68, True, {}),
+    ("glm4_moe_lite_f32_t7", "glm4_moe_lite", 40, 12, 8, 2, 7, 69, False, {}),
+    ("glm_moe_dsa_f32_t7", "glm_moe_dsa", 40, 12, 8, 2, 7, 70, False, {}),
+    ("glm4v_moe_f32_t7", "glm4v_moe", 40, 12, 8, 2, 7, 71, False, {}),
+    ("deepseek_v32_f32_t7", "deepseek_v32", 40, 12, 8, 2, 7, 72, False, {}),
+    ("dots1_f32_t7", "dots1", 40, 12, 8, 2, 7, 73, False, {}),
+    ("exaone_moe_f32_t7", "exaone_moe", 40, 12, 8, 2, 7, 74, False, {}),
+    ("bailing_hybrid_f32_t7", "bailing_hybrid", 40, 12, 8, 2, 7, 75, False, {}),
+    ("kimi_linear_f32_t7", "kimi_linear", 40, 12, 8, 2, 7, 76, False, {}),
+    ("solar_open_f32_t7", "solar_open", 40, 12, 8, 2, 7, 77, False, {}),
+    ("mimo_v2_flash_f32_t7", "mimo_v2_flash", 40, 12, 8, 2, 7, 78, False, {}),
+    ("beam_f32_t7", "beam", 40, 12, 8, 2, 7, 79, False, {}),
+    ("minimax_f32_t7", "minimax", 40, 12, 8, 2, 7, 80, False, {}),
+    ("minimax_m2_f32_t7", "minimax_m2", 40, 12, 8, 2, 7, 81, False, {}),
+    ("flex_olmo_f32_t7", "flex_olmo", 40, 12, 8, 2, 7, 82, False, {}),
+    ("mellum_f32_t7", "mellum", 40, 12, 8, 2, 7, 83, False, {}),
+    ("afmoe_f32_t7", "afmoe", 40, 12, 8, 2, 7, 84, False, {}),
+    ("lfm2_moe_f32_t7", "lfm2_moe", 40, 12, 8, 2, 7, 85, False, {}),
+    ("jamba_f32_t7", "jamba", 40, 12, 8, 2, 7, 86, False, {}),
+    ("jamba_bf16_t7", "jamba", 72, 20, 8, 2, 7, 87, True, {}),
+    ("hunyuan_v1_moe_f32_t7", "hunyuan_v1_moe", 40, 12, 8, 2, 7, 88, False, {}),
+    ("ernie4_5_moe_f32_t7", "ernie4_5_moe", 40, 12, 8, 2, 7, 89, False, {}),
+    ("flint_f32_t7", "flint", 40, 12, 8, 2, 7, 90, False, {}),
+    ("hy_v3_f32_t7", "hy_v3", 40, 12, 8, 2, 7, 91, False, {}),
+    ("granitemoe_f32_t7", "granitemoe", 40, 12, 8, 2, 7, 92, False, {}),
+    ("granitemoe_bf16_t7", "granitemoe", 72, 20, 8, 2, 7, 93, True, {}),
+    ("granitemoeshared_f32_t7", "granitemoeshared", 40, 12, 8, 2, 7, 94, False, {}),
+    ("granitemoehybrid_f32_t7", "granitemoehybrid", 40, 12, 8, 2, 7, 95, False, {}),
+    ("granitemoe_swa_f32_t7", "granitemoe_swa", 40, 12, 8, 2, 7, 96, False, {}),
+]
+
+
+def simple_cases(out_dir, only=None):
+    defs = _simple_defs()
+    return [make_family_case(out_dir, defs, *c) for c in SIMPLE_CASES if only is None or c[0] in only]
+
+
 if __name__ == "__main__":
     import sys
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/data/cases"
-    for c in family_cases(out):
-        print(c["name"], c["cls"])
+    only = set(sys.argv[2:]) or None
+    for c in (family_cases(out) if only is None else []) + simple_cases(out, only):
+        print(c["name"], c["cls"], c.get("routing_bf16_err"), c.get("hf_bf16_err"))
