@@ -816,9 +816,66 @@ def simple_cases(out_dir, only=None):
     return [make_family_case(out_dir, defs, *c) for c in SIMPLE_CASES if only is None or c[0] in only]
 
 
+
+def make_hash_case(out_dir, name="deepseek_v4_hash_f32_t7", d=40, f=12, E=8, k=2, T=7, seed=97, vocab=32):
+    """DeepSeek-V4's hash_moe layer (families.md §2.2): DeepseekV4SparseMoeBlock with its hash router, which
+    takes the experts from gate.tid2eid[input_ids] and the weights from the gate's sqrt-softplus scores.
+    input.safetensors also holds token_ids I32 [T]; the files use DeepSeek's names (layers.0.ffn.), the
+    table as HF's buffer (I64), and a hash gate has no selection bias."""
+    from transformers import DeepseekV4Config
+    from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4SparseMoeBlock
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg = DeepseekV4Config(num_hidden_layers=1, vocab_size=vocab, num_attention_heads=2, num_key_value_heads=2,
+                           bos_token_id=0, eos_token_id=1, pad_token_id=None, hidden_size=d, moe_intermediate_size=f,
+                           n_routed_experts=E, num_experts_per_tok=k, mlp_layer_types=["hash_moe"], swiglu_limit=1.0)
+    cfg._experts_implementation = "eager"
+    block = DeepseekV4SparseMoeBlock(cfg, 0).eval()
+    assert block.is_hash
+    with torch.no_grad():
+        for n, t in block.named_parameters():
+            t.copy_(torch.from_numpy(_rand(rng, tuple(t.shape), 1.0 / np.sqrt(d) if n.startswith("gate.") else EXPERT_STD)))
+        table = np.stack([rng.permutation(E)[:k] for _ in range(vocab)])
+        block.gate.tid2eid.copy_(torch.from_numpy(table))
+    x = rng.standard_normal((T, d)).astype(np.float32)
+    ids_in = rng.integers(0, vocab, T).astype(np.int64)
+    xt, it = torch.from_numpy(x), torch.from_numpy(ids_in)
+    with torch.no_grad():
+        y = block(xt.view(1, T, d), it.view(1, T)).view(T, d).float().numpy()
+        _, w, i = block.gate(xt.view(1, T, d), it.view(1, T))
+    si, sw = sort_rows(i.numpy(), w.float().numpy())
+    case = os.path.join(out_dir, name)
+    os.makedirs(case, exist_ok=True)
+    cfg_dict = {k_: v for k_, v in cfg.to_dict().items() if not k_.startswith("_")}
+    with open(os.path.join(case, "config.json"), "w") as fh:
+        json.dump(cfg_dict, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    with open(os.path.join(case, "case.json"), "w") as fh:
+        json.dump({"reference": "hf-module"}, fh)
+        fh.write("\n")
+    sd = block.state_dict()
+    q = "layers.0.ffn."
+    tensors = per_expert(sd, q, "experts.gate_up_proj", "experts.down_proj", ("w1", "w3", "w2"))
+    tensors[q + "gate.weight"] = sd["gate.weight"]
+    tensors[q + "gate.tid2eid"] = sd["gate.tid2eid"]
+    for a, n in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+        tensors[q + f"shared_experts.{a}.weight"] = sd[f"shared_experts.{n}.weight"]
+    meta = {"format": "pt"}
+    save_file({n: t.contiguous() for n, t in tensors.items()}, os.path.join(case, "weights.safetensors"), metadata=meta)
+    save_file({"hidden_states": xt.contiguous(), "token_ids": torch.from_numpy(ids_in.astype(np.int32))},
+              os.path.join(case, "input.safetensors"), metadata=meta)
+    save_file({"hidden_states": torch.from_numpy(y).contiguous(),
+               "expert_ids": torch.from_numpy(si.astype(np.int32)).contiguous(),
+               "expert_weights": torch.from_numpy(sw.astype(np.float32)).contiguous()},
+              os.path.join(case, "expected.safetensors"), metadata=meta)
+    return dict(name=name, family="deepseek_v4", cls=type(block).__name__, d=d, f=f, E=E, k=k, T=T, bf16=False,
+                extra={"mlp_layer_types": ["hash_moe"], "swiglu_limit": 1.0})
+
+
 if __name__ == "__main__":
     import sys
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/data/cases"
     only = set(sys.argv[2:]) or None
-    for c in (family_cases(out) if only is None else []) + simple_cases(out, only):
+    hash_case = [make_hash_case(out)] if only is None or "deepseek_v4_hash_f32_t7" in only else []
+    for c in (family_cases(out) if only is None else []) + simple_cases(out, only) + hash_case:
         print(c["name"], c["cls"], c.get("routing_bf16_err"), c.get("hf_bf16_err"))

@@ -580,7 +580,6 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK((v4.activation.limit == 10.0f && v4.activation.alpha == 1.0f && v4.activation.up_offset == 0.0f && v4.router.requires_expert_bias));
     CHECK(v4.hash_layers == std::vector<std::int64_t>{0, 1, 2});
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v4"}, {"mlp_bias", true}}, "v.json"), Contains("key 'mlp_bias'"));
-    CHECK_THROWS_WITH(HfMoeLayer::load(v4, TensorMap{}, 1, {}, "mem"), Contains("layer' = 1") && Contains("hash_moe") && Contains("router::Hash"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "deepseek_v4"}, {"scoring_func", "sigmoid"}}, "v.json"),
                       Contains("key 'scoring_func'") && Contains("sqrtsoftplus"));
     auto const l4 = parse_hf_config({{"model_type", "llama4"}, {"text_config", {{"num_hidden_layers", 4}, {"interleave_moe_layer_step", 2}}}}, "l.json");
@@ -914,6 +913,48 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
                               Contains(fam.dense_rule) &&
                               Contains("dense layers have no router"));
     }
+
+    // DeepSeek-V4's hash_moe layer (families.md §2.2): the experts are gate.tid2eid[token id] (no selection bias),
+    // the weights the gate's sqrt-softplus scores over them renormalised, × 1.5; forward needs the token ids.
+    // The outputs against DeepseekV4SparseMoeBlock are case.deepseek_v4_hash_f32_t7.
+    auto const v4 = parse_hf_config({{"model_type", "deepseek_v4"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                                     {"num_experts_per_tok", k}, {"num_hidden_layers", 2}, {"mlp_layer_types", {"hash_moe", "moe"}}},
+                                    "v.json");
+    Block const b = Block::random(rng, d, f, E, f, false);
+    Block::Disk const disk{.block = "layers.0.ffn.", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight", .shared_w = true};
+    auto with_table = [&](std::vector<std::int64_t> const& table, std::int64_t rows) {
+        auto m = b.write(disk, false);
+        m.add_values("layers.0.ffn.gate.tid2eid", Dtype::I64, {rows, table.size() / rows}, std::span<std::int64_t const>(table));
+        return m;
+    };
+    std::vector<std::int64_t> const table{3, 0, 1, 7, 5, 2, 6, 4, 0, 1};  // vocab 5
+    auto const tensors = with_table(table, 5);
+    auto moe = HfMoeLayer::load(v4, tensors, 0, {.max_tokens = 8}, "mem");
+    std::int64_t const T = 6;
+    std::vector<std::int32_t> const ids{4, 0, 3, 1, 2, 4};
+    auto const x = rnd(rng, T * d, 1.0);
+    std::vector<float> y(static_cast<std::size_t>(T * d));
+    auto const r = moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d), smoe::TokenIds{ids});
+    for (std::int64_t t = 0; t < T; ++t) {
+        double s[2], sum = 0;
+        for (int j = 0; j < 2; ++j) {
+            double logit = 0;
+            for (std::int64_t i = 0; i < d; ++i) logit += double(x[t * d + i]) * b.gate[table[ids[t] * 2 + j] * d + i];
+            sum += s[j] = std::sqrt(std::log1p(std::exp(logit)));
+        }
+        for (int j = 0; j < 2; ++j) {  // the result's rows are sorted by weight
+            int const at = r.expert_ids(t, 0) == table[ids[t] * 2 + j] ? 0 : 1;
+            CHECK(r.expert_ids(t, at) == table[ids[t] * 2 + j]);
+            CHECK(std::abs(r.expert_weights(t, at) - s[j] / sum * 1.5) <= 1e-5 * s[j] / sum * 1.5);
+        }
+    }
+    CHECK_THROWS_WITH(moe.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d)),
+                      Contains("token_ids' = none") && Contains("hash routing"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(v4, with_table({3, 0, 1, 1}, 2), 0, {}, "mem"),
+                      Contains("'layers.0.ffn.gate.tid2eid' at token id 1, slot 1' = 1") && Contains("distinct expert ids in [0, 8)"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(v4, with_table({3, 0, 1}, 1), 0, {}, "mem"),
+                      Contains("'layers.0.ffn.gate.tid2eid' shape") && Contains("[vocab, 2]"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(v4, b.write(disk, false), 0, {}, "mem"), Contains("tid2eid") && Contains("missing"));
 }
 
 TEST_CASE("int8 quantised at load stays within the sanity bound of experts.md section 9", "[hf][load][int8]") {

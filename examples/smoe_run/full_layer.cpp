@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "case_io.hpp"
 #include "smoe/io/hf_config.hpp"
@@ -33,9 +34,18 @@ int run_with(Args const& a, smoe::io::HfMoeConfig const& cfg, Source const& src,
         opt.store.eviction = a.eviction;
     }
     auto moe = smoe::io::HfMoeLayer::load(cfg, src, a.layer, opt, name);
+    // Optional token_ids I32 [T]: what a deepseek_v4 hash_moe layer routes by (ignored by the others).
+    std::vector<std::int32_t> ids;
+    if (auto const* t = input.find("token_ids")) {
+        if (t->dtype != smoe::io::Dtype::I32 || t->shape != std::vector<std::int64_t>{x.rows})
+            smoe::io::detail::file_fail(t->file, "tensor 'token_ids'", smoe::io::shape_text(t->shape),
+                                        "I32 [T = " + std::to_string(x.rows) + "] (one id per row of hidden_states)");
+        ids.resize(static_cast<std::size_t>(x.rows));
+        std::memcpy(ids.data(), t->bytes.data(), ids.size() * sizeof(std::int32_t));
+    }
     std::vector<float> y(x.data.size());
     smoe::RoutingResult const r = moe.forward(smoe::MatrixView<float const>(x.data.data(), x.rows, x.cols),
-                                              smoe::MatrixView<float>(y.data(), x.rows, x.cols));
+                                              smoe::MatrixView<float>(y.data(), x.rows, x.cols), smoe::TokenIds{ids});
     SafetensorsWriter w;
     w.add_f32("hidden_states", {x.rows, x.cols}, y);
     add_token_major(w, r);

@@ -153,6 +153,31 @@ TEST_CASE("on one rank the sharded layer equals smoe::MoELayer bit for bit", "[d
     }
 }
 
+TEST_CASE("a router bias (gpt-oss's logits = W x + b) keeps the sharded layer equal to smoe::MoELayer", "[dist][layer][gate_bias]") {
+    std::mt19937_64 rng(12);
+    auto const m = Model::random(rng, 19, 13, 6);
+    auto const bias = smoe_test::normal(rng, 6, 2.0);  // large enough to change the selection
+    smoe::router::TopKConfig const rc{.num_experts = 6, .top_k = 2, .score_after_topk = true};
+    auto w = m.weights();
+    w.gate_bias = bias;
+    Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = 40}, w);
+    Single unbiased({.router = rc, .expert = m.expert_cfg(), .max_tokens = 40}, m.weights());
+    smoe::dist::SelfCommunicator comm;
+    Sharded sharded(comm, ExpertPlacement::contiguous(6, 1), {.router = rc, .expert = m.expert_cfg(), .max_tokens = 40},
+                    {.gate = MatrixView<float const>(m.gate.data(), 6, 19), .experts = m.experts(), .gate_bias = bias});
+    auto const x = smoe_test::normal(rng, 40 * 19, 1.0);
+    std::vector<float> want(x.size()), got(x.size(), -2.0f), plain(x.size());
+    single.forward(MatrixView<float const>(x.data(), 40, 19), MatrixView<float>(want.data(), 40, 19));
+    unbiased.forward(MatrixView<float const>(x.data(), 40, 19), MatrixView<float>(plain.data(), 40, 19));
+    sharded.forward(MatrixView<float const>(x.data(), 40, 19), MatrixView<float>(got.data(), 40, 19));
+    CHECK(smoe_test::same_bits(want, 0, got, 19));
+    CHECK(want != plain);
+    std::vector<float> const short_bias(5, 0.0f);
+    CHECK_THROWS_WITH(Sharded(comm, ExpertPlacement::contiguous(6, 1), {.router = rc, .expert = m.expert_cfg()},
+                              {.gate = MatrixView<float const>(m.gate.data(), 6, 19), .experts = m.experts(), .gate_bias = short_bias}),
+                      Contains("gate_bias") && Contains("num_logits"));
+}
+
 TEST_CASE("the sharded layer rejects inconsistent construction arguments", "[dist][layer][errors]") {
     std::mt19937_64 rng(5);
     auto const m = Model::random(rng, 8, 4, 4);

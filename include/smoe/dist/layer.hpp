@@ -84,7 +84,7 @@ public:
         MatrixView<float const> gate;        // the full router projection [num_logits, d], on every rank
         std::span<float const> expert_bias;  // optional selection bias [E] (global ids)
         typename smoe::detail::weights_of<Expert>::type experts{};  // this rank's experts, by increasing global id
-        std::span<float const> gate_bias{};  // must be empty: the router linear's bias (gpt-oss) is smoe::MoELayer's only
+        std::span<float const> gate_bias{};  // optional bias of the router linear [num_logits] (gpt-oss), as smoe::MoELayer's
     };
 
     // Collective. Throws smoe::invalid_argument on every rank when any rank's arguments are invalid or
@@ -203,6 +203,9 @@ private:
         c.remote = carve_remote(ws);
         MatrixView<float> const logits(c.local.logits.data(), T, router_->num_logits());
         kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+        if (!weights_.gate_bias.empty())  // the same additions as smoe::MoELayer's, so the same bits
+            for (std::int64_t t = 0; t < T; ++t)
+                for (std::int64_t e = 0; e < logits.cols; ++e) logits(t, e) += weights_.gate_bias[static_cast<std::size_t>(e)];
         Workspace scratch = c.local.router_ws;
         std::int64_t const K = router_->route(arch{}, MatrixView<float const>(logits),
                                               smoe::detail::selection_bias(*balancer_, weights_.expert_bias),
@@ -260,8 +263,7 @@ private:
         smoe::detail::check_int32_extent(cfg.max_tokens, router_->max_slots());
         if (!w.expert_bias.empty()) smoe::detail::check_vector(w.expert_bias, E, "expert_bias", "num_experts", "expert");
         if (!w.gate_bias.empty())
-            smoe::detail::fail("gate_bias", std::to_string(w.gate_bias.size()) + " values",
-                               "none: dist::MoELayer does not add a router bias (gpt-oss's; smoe::MoELayer does)");
+            smoe::detail::check_vector(w.gate_bias, router_->num_logits(), "gate_bias", "num_logits", "expert");
         if constexpr (requires { balancer_->config().num_experts; })
             if (balancer_->config().num_experts != E)
                 smoe::detail::fail("balance.num_experts", balancer_->config().num_experts,

@@ -158,7 +158,7 @@ struct HfMoeConfig {
     bool router_bias = false;               // gpt_oss: the router linear's bias [E], in selection and weights
     bool output_bias = false;               // jetmoe: one bias [d] added to the block's output
     float shared_scale = 1.0f;              // cohere2_moe `average`: 0.5 (routed_scaling_factor 0.5 too)
-    std::vector<std::int64_t> hash_layers;  // deepseek_v4: layers routed by token id (router::Hash), not loaded
+    std::vector<std::int64_t> hash_layers;  // deepseek_v4: layers routed by token id (router::Hash on gate.tid2eid)
     std::optional<float> sparsemixer;       // phimoe: router::SparseMixer's ε (router_jitter_noise); router is then {E, 2}
     std::vector<std::string> defaulted;     // "key = value" taken from the family's defaults
     HfConfigKeys keys;                      // where the dimensions above came from

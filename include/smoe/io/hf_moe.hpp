@@ -15,7 +15,8 @@
 // (a config with no shared expert, n_shared_experts = 0, takes the first shape). The families' expert forms
 // are runtime settings of these types (HfMoeConfig::activation, weight_on_input, expert and router biases,
 // shared_scale; expert/swiglu_config.hpp); JetMoE's output bias is added by forward, and PhiMoE's
-// sparsemixer routes in forward (router::SparseMixer) before the layer runs on that routing.
+// sparsemixer routes in forward (router::SparseMixer) before the layer runs on that routing, and so do
+// DeepSeek-V4's hash_moe layers (router::Hash on gate.tid2eid, with forward's token ids).
 //
 // Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
 // int4 (Options::format = WeightFormat::int4) build the same three shapes over expert::QuantSwiGLU:
@@ -64,6 +65,8 @@
 #include "smoe/io/safetensors.hpp"
 #include "smoe/io/tensor_read.hpp"
 #include "smoe/layer.hpp"
+#include "smoe/core/token_ids.hpp"
+#include "smoe/router/hash.hpp"
 #include "smoe/router/sparsemixer.hpp"
 #include "smoe/router/topk.hpp"
 #include "smoe/store/expert_store.hpp"
@@ -299,27 +302,28 @@ public:
             io::detail::file_fail(cfg.keys.file, "layer", layer,
                                   "a MoE decoder layer of this " + std::string(to_string(cfg.family)) + " config: " +
                                       cfg.moe_layer_rule() + " (dense layers have no router)");
-        for (std::int64_t h : cfg.hash_layers)
-            if (h == layer)
-                io::detail::file_fail(cfg.keys.file, "layer", layer,
-                                      "a layer routed by its gate (mlp_layer_types \"moe\"): this deepseek_v4 layer is \"hash_moe\", routed by "
-                                      "token id (smoe::router::Hash with MoELayer::forward's token ids; HfMoeLayer does not load it)");
         BasicHfMoeLayer m;
         m.maker_ = std::move(maker);
         m.cfg_ = cfg;
+        // DeepSeek-V4's hash_moe layers: experts chosen by gate.tid2eid[token id], weights from the gate's
+        // scores (families.md §2.2); the hash gate has no selection bias.
+        m.hash_layer_ = std::find(cfg.hash_layers.begin(), cfg.hash_layers.end(), layer) != cfg.hash_layers.end();
+        if (m.hash_layer_) m.cfg_.router.requires_expert_bias = false;
         m.layer_index_ = layer;
         m.source_ = source_name;
         m.format_ = opt.format.value_or(WeightFormat::f32);
         if (m.format_ == WeightFormat::quantized)
             smoe::detail::fail("options.format", "quantized", "f32, bf16, int8 or int4 (a quantised checkpoint keeps its formats by itself)");
-        if (cfg.sparsemixer) {  // the routing buffers of forward, sized once
-            std::int64_t const T = std::max<std::int64_t>(opt.max_tokens, 0);
-            m.mixer_.emplace(router::SparseMixerConfig{.num_experts = cfg.num_experts(), .router_jitter_noise = *cfg.sparsemixer});
-            m.mixer_logits_.resize(static_cast<std::size_t>(T * cfg.num_experts()));
-            m.mixer_ids_.resize(static_cast<std::size_t>(T * 2));
-            m.mixer_w_.resize(static_cast<std::size_t>(T * 2));
-            m.mixer_ws_.resize(m.mixer_->workspace_size(T) + 64);
+        if (cfg.sparsemixer || m.hash_layer_) {  // the routing buffers of forward, sized once
+            std::int64_t const T = std::max<std::int64_t>(opt.max_tokens, 0), k = m.own_router_k();
+            m.route_logits_.resize(static_cast<std::size_t>(T * cfg.num_experts()));
+            m.route_ids_.resize(static_cast<std::size_t>(T * k));
+            m.route_w_.resize(static_cast<std::size_t>(T * k));
             m.max_tokens_ = T;
+        }
+        if (cfg.sparsemixer) {
+            m.mixer_.emplace(router::SparseMixerConfig{.num_experts = cfg.num_experts(), .router_jitter_noise = *cfg.sparsemixer});
+            m.route_ws_.resize(m.mixer_->workspace_size(m.max_tokens_) + 64);
         }
         try {
             m.locate(src, opt);  // every shape held to the config before anything is sized from it
@@ -347,7 +351,9 @@ public:
     BasicHfMoeLayer& operator=(BasicHfMoeLayer&&) noexcept = default;
 
     // x [T, d] -> y [T, d]; T <= max_tokens. The result's views point into the layer's workspace.
-    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y);
+    // token_ids [T]: the batch's vocabulary ids, which a deepseek_v4 hash_moe layer routes by (an error
+    // there without them); every other layer ignores them, so an engine may pass them to all layers.
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, TokenIds token_ids = {});
 
     HfMoeConfig const& config() const { return cfg_; }
     std::int64_t layer_index() const { return layer_index_; }
@@ -439,7 +445,8 @@ public:
 
 private:
     BasicHfMoeLayer() = default;
-    RoutingResult forward_sparsemixer(MatrixView<float const> x, MatrixView<float> y);
+    RoutingResult forward_own_router(MatrixView<float const> x, MatrixView<float> y, TokenIds token_ids);
+    std::int64_t own_router_k() const { return cfg_.sparsemixer ? 2 : cfg_.top_k(); }
 
     // f on the layer's routed experts (an expert::Shared's routed()) or, with SharedOne, on its shared one.
     template <bool SharedOne, class F>
@@ -623,6 +630,7 @@ private:
 
         gate_.resize(static_cast<std::size_t>(nl * d));
         detail::copy_tensor(*gate, source_, {nl, d}, gate_.data());
+        if (hash_layer_) read_hash_table(find_or_fail(src, prefix_ + "gate.tid2eid", "the hash layer's token id -> expert ids table [vocab, k]"));
         if (bias) {
             bias_.resize(static_cast<std::size_t>(nl));
             detail::copy_tensor(*bias, source_, bias->shape.size() == 2 ? std::vector<std::int64_t>{1, nl} : std::vector<std::int64_t>{nl},
@@ -688,21 +696,20 @@ private:
         if (opt.packed) {
             // The routed experts come packed from the file.
         } else if (dbrx_up_) {
-            // [E·f, d] each; W2[e][o][j] = w2[e·f + j][o].
-            std::vector<L> g(sz(all * f * d)), u(sz(all * f * d)), dn(sz(all * f * d));
-            detail::copy_tensor(*fused_gate_up_, source_, {all * f, d}, g.data());
-            detail::copy_tensor(*dbrx_up_, source_, {all * f, d}, u.data());
-            detail::copy_tensor(*fused_down_, source_, {all * f, d}, dn.data());
+            // [E·f, d] each (shapes checked in locate), an expert's f rows contiguous: read one held expert at
+            // a time, like the fused stacks below, never a second copy of a whole stack. W2[e][o][j] = w2[e·f + j][o].
+            std::vector<L> dn(sz(f * d));  // one expert's
             for (std::int64_t l = 0; l < E; ++l) {
                 std::int64_t const e = local_[sz(l)];
-                std::copy(g.begin() + e * f * d, g.begin() + (e + 1) * f * d, store[w1].begin() + l * f * d);
-                std::copy(u.begin() + e * f * d, u.begin() + (e + 1) * f * d, store[w3].begin() + l * f * d);
+                detail::copy_elements(*fused_gate_up_, source_, e * f * d, f * d, store[w1].data() + l * f * d);
+                detail::copy_elements(*dbrx_up_, source_, e * f * d, f * d, store[w3].data() + l * f * d);
+                detail::copy_elements(*fused_down_, source_, e * f * d, f * d, dn.data());
                 for (std::int64_t o = 0; o < d; ++o)
-                    for (std::int64_t j = 0; j < f; ++j) store[w2][sz(l * d * f + o * f + j)] = dn[sz((e * f + j) * d + o)];
+                    for (std::int64_t j = 0; j < f; ++j) store[w2][sz(l * d * f + o * f + j)] = dn[sz(j * d + o)];
             }
         } else if (fused_gate_up_) {
-            // [E, 2f, d], gate rows first, and [E, d, f]: copied whole, then the held experts split into
-            // the canonical W1 / W3 / W2 stacks. Transposed: [E, d, 2f] and [E, f, d], the gate columns
+            // [E, 2f, d], gate rows first, and [E, d, f]: one held expert at a time, split into the
+            // canonical W1 / W3 / W2 stacks. Transposed: [E, d, 2f] and [E, f, d], the gate columns
             // first, or (GPT-OSS) gate and up columns interleaved.
             bool const tr = fused_transposed_;
             std::int64_t const gcol = fused_interleaved_ ? 2 : 1, ucol0 = fused_interleaved_ ? 1 : f;
@@ -888,6 +895,38 @@ private:
             return f32_;
     }
 
+    // DeepSeek-V4's gate.tid2eid [vocab, k], I64 (HF's buffer) or I32: every row k distinct ids in [0, E),
+    // held to that here so that a bad file is named by its tensor; then the router::Hash over it.
+    void read_hash_table(TensorInfo const* t) {
+        std::int64_t const E = cfg_.num_experts(), k = cfg_.top_k();
+        std::string const what = "tensor " + io::detail::quoted(t->name);
+        if (t->dtype != Dtype::I64 && t->dtype != Dtype::I32) io::detail::file_fail(source_, what + " dtype", std::string(dtype_name(t->dtype)), "I64 or I32");
+        if (t->shape.size() != 2 || t->shape[0] < 1 || t->shape[1] != k)
+            io::detail::file_fail(source_, what + " shape", shape_text(t->shape),
+                                  "[vocab, " + std::to_string(k) + "] (k = " + std::string(cfg_.keys.top_k) + ")");
+        std::int64_t const V = t->shape[0];
+        hash_table_.resize(static_cast<std::size_t>(V * k));
+        for (std::int64_t i = 0; i < V * k; ++i) {
+            std::int64_t v = 0;
+            if (t->dtype == Dtype::I64) {
+                std::memcpy(&v, t->bytes.data() + i * 8, 8);
+            } else {
+                std::int32_t v32 = 0;
+                std::memcpy(&v32, t->bytes.data() + i * 4, 4);
+                v = v32;
+            }
+            std::int32_t const* row = hash_table_.data() + (i / k) * k;
+            if (v < 0 || v >= E || std::find(row, row + i % k, static_cast<std::int32_t>(v)) != row + i % k)
+                io::detail::file_fail(source_, what + " at token id " + std::to_string(i / k) + ", slot " + std::to_string(i % k), v,
+                                      "distinct expert ids in [0, " + std::to_string(E) + ") per row");
+            hash_table_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(v);
+        }
+        hash_.emplace(router::HashConfig{.num_experts = E, .top_k = k, .vocab_size = V, .tid2eid = hash_table_,
+                                         .score_func = cfg_.router.score_func, .norm_topk_prob = cfg_.router.norm_topk_prob,
+                                         .routed_scaling_factor = cfg_.router.routed_scaling_factor, .norm_eps = cfg_.router.norm_eps});
+        route_ws_.resize(hash_->workspace_size(max_tokens_) + 64);
+    }
+
     template <TensorSource S>
     TensorInfo const* find_or_fail(S const& src, std::string const& name, char const* what) const {
         auto const* t = src.find(name);
@@ -922,10 +961,15 @@ private:
     std::vector<float> gate_, bias_, shared_gate_;
     std::vector<float> gate_bias_, out_bias_;  // GPT-OSS router bias [E]; JetMoE output bias [d]
     std::vector<float> b1_, b3_, b2_;          // GPT-OSS expert biases of the held experts: [E_local, f], [.., f], [.., d]
-    std::optional<router::SparseMixer> mixer_;  // PhiMoE: routes in forward, with these buffers (max_tokens_ rows)
-    std::vector<float> mixer_logits_, mixer_w_;
-    std::vector<std::int32_t> mixer_ids_;
-    std::vector<std::byte> mixer_ws_;
+    // Routers that run in forward, before the layer takes their routing (forward_routed), with these
+    // buffers (max_tokens_ rows): PhiMoE's sparsemixer, DeepSeek-V4's hash layers (table: a view of hash_table_).
+    std::optional<router::SparseMixer> mixer_;
+    bool hash_layer_ = false;
+    std::vector<std::int32_t> hash_table_;
+    std::optional<router::Hash> hash_;
+    std::vector<float> route_logits_, route_w_;
+    std::vector<std::int32_t> route_ids_;
+    std::vector<std::byte> route_ws_;
     std::int64_t max_tokens_ = 0;
     std::vector<float> f32_[kSlots];
     std::vector<bf16> bf16_[kSlots];
@@ -937,32 +981,38 @@ private:
 };
 
 template <class Maker>
-RoutingResult BasicHfMoeLayer<Maker>::forward(MatrixView<float const> x, MatrixView<float> y) {
-    RoutingResult r = mixer_ ? forward_sparsemixer(x, y) : std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
+RoutingResult BasicHfMoeLayer<Maker>::forward(MatrixView<float const> x, MatrixView<float> y, TokenIds token_ids) {
+    RoutingResult r = mixer_ || hash_ ? forward_own_router(x, y, token_ids)
+                                      : std::visit([&](auto& l) -> RoutingResult { return l->forward(x, y); }, layer_);
     if (!out_bias_.empty())  // JetMoE: after the combine (and the shared expert), as HF adds it
         for (std::int64_t t = 0; t < y.rows; ++t)
             for (std::int64_t i = 0; i < y.cols; ++i) y(t, i) += out_bias_[static_cast<std::size_t>(i)];
     return r;
 }
 
-// PhiMoE: logits = x · gateᵀ (fp32), router::SparseMixer, then the layer on that routing (forward_routed).
+// PhiMoE and DeepSeek-V4's hash layers: logits = x · gateᵀ (fp32), router::SparseMixer or router::Hash
+// (by token id), then the layer on that routing (forward_routed).
 template <class Maker>
-RoutingResult BasicHfMoeLayer<Maker>::forward_sparsemixer(MatrixView<float const> x, MatrixView<float> y) {
-    std::int64_t const T = x.rows, E = cfg_.num_experts(), d = cfg_.hidden_size;
+RoutingResult BasicHfMoeLayer<Maker>::forward_own_router(MatrixView<float const> x, MatrixView<float> y, TokenIds token_ids) {
+    std::int64_t const T = x.rows, E = cfg_.num_experts(), d = cfg_.hidden_size, k = own_router_k();
     if (T > max_tokens_) smoe::detail::fail("x.rows", T, "at most options.max_tokens (" + std::to_string(max_tokens_) + ")");
     smoe::detail::check_view(x, "x", -1, d);
-    MatrixView<float> const logits(mixer_logits_.data(), T, E);
+    MatrixView<float> const logits(route_logits_.data(), T, E);
     kernels::cpu::gemm_nt(xsimd::default_arch{}, x, MatrixView<float const>(gate_.data(), E, d), logits);
-    MatrixView<std::int32_t> const ids(mixer_ids_.data(), T, 2);
-    MatrixView<float> const w(mixer_w_.data(), T, 2);
-    Workspace ws(mixer_ws_);
-    mixer_->route(xsimd::default_arch{}, MatrixView<float const>(logits), {}, TokenMajorOut{ids, w}, ws);
+    MatrixView<std::int32_t> const ids(route_ids_.data(), T, k);
+    MatrixView<float> const w(route_w_.data(), T, k);
+    Workspace ws(route_ws_);
+    if (mixer_)
+        mixer_->route(xsimd::default_arch{}, MatrixView<float const>(logits), {}, TokenMajorOut{ids, w}, ws);
+    else
+        hash_->route(xsimd::default_arch{}, MatrixView<float const>(logits), {}, TokenMajorOut{ids, w}, ws, RouterControl{}, token_ids);
     return std::visit(
         [&](auto& l) -> RoutingResult {
             if constexpr (requires { l->forward_routed(x, MatrixView<std::int32_t const>(ids), MatrixView<float const>(w), y); })
                 return l->forward_routed(x, MatrixView<std::int32_t const>(ids), MatrixView<float const>(w), y);
             else
-                smoe::detail::fail("family", "phimoe", "smoe::MoELayer (this layer type takes no precomputed routing)");
+                smoe::detail::fail("family", mixer_ ? "phimoe" : "deepseek_v4 (hash_moe layer)",
+                                   "smoe::MoELayer (this layer type takes no precomputed routing)");
         },
         layer_);
 }
