@@ -15,6 +15,13 @@
 //       k 2-4): film_block (layer::FilmBlock with the released indexing) against topk_ffn, a top-k
 //       MoELayer<TopK, SwiGLU<float>> whose experts are d -> 4d -> d FFNs (the paper's comparison).
 //
+//   BM_research_llep/<shape>/<none|llep>/threads:2/T:…   a MoELayer<TopK, QuantSwiGLU (int4d)> forward_routed
+//       on a DefaultThreadPool(2) with skewed routing: every token's k experts among experts 0-15, all
+//       held by worker 0 of contiguous(E, 2), so the native loads are [k·T, 0]. none: balance::None, whose
+//       threads split each expert by weight panels; llep: balance::LeastLoaded (W = 2, α 1.1, m 1), whose
+//       plan gives each thread (expert, rows) items. CPU is the process's CPU time (both threads), Time
+//       the wall time.
+//
 //   build/release/bench/smoe_bench --benchmark_filter=BM_research --benchmark_min_time=0.2
 
 #include <cstdint>
@@ -75,10 +82,14 @@ void BM_research_route(benchmark::State& state, Shape s, Policy p) {
 enum Fmt : int { kBf16, kTernary, kTernaryDot, kInt4Dot };
 char const* const kFmtNames[] = {"bf16", "ternary", "ternary_dot", "int4d"};
 
-using QLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, smoe::balance::None>;
+template <class Balancer = smoe::balance::None>
+using QLayerOf = smoe::MoELayer<smoe::router::TopK, smoe::expert::QuantSwiGLU, Balancer>;
+using QLayer = QLayerOf<>;
 
 // The layer of (shape, format) for up to 128 tokens, built once for both T (packing a layer takes seconds).
-QLayer& layer_for(Shape const& s, Fmt fmt) {
+template <class Balancer = smoe::balance::None>
+QLayerOf<Balancer>& layer_for(Shape const& s, Fmt fmt, typename Balancer::Config const& bc = {}) {
+    using QLayer = QLayerOf<Balancer>;
     static std::unique_ptr<QLayer> layer;
     static std::string key;
     static std::unique_ptr<float[]> gate;
@@ -102,8 +113,9 @@ QLayer& layer_for(Shape const& s, Fmt fmt) {
                                                 smoe::quant::quantize(smoe::MatrixView<float const>(w2.get(), d, f), q)};
     };
     gate = smoe_bench::stream(std::size_t(E * d), smoe_bench::kKeyRouter, smoe_bench::kWeightSd);
-    layer = std::make_unique<QLayer>(QLayer::Config{.router = {.num_experts = E, .top_k = s.k, .norm_topk_prob = true}, .expert = ec, .max_tokens = 128},
-                                     QLayer::Weights{smoe::MatrixView<float const>(gate.get(), E, d), {}, w});
+    layer = std::make_unique<QLayer>(typename QLayer::Config{.router = {.num_experts = E, .top_k = s.k, .norm_topk_prob = true}, .expert = ec,
+                                                             .balance = bc, .max_tokens = 128},
+                                     typename QLayer::Weights{smoe::MatrixView<float const>(gate.get(), E, d), {}, w});
     key = want;
     return *layer;
 }
@@ -118,6 +130,33 @@ void BM_research_layer(benchmark::State& state, Shape s, Fmt fmt) {
         benchmark::ClobberMemory();
     }
     state.counters["weight_MiB"] = double(layer.experts().packed_bytes()) / double(1 << 20);
+    state.counters["GFLOP"] = benchmark::Counter(smoe_bench::flops(s, T) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_research_llep(benchmark::State& state, Shape s, bool llep) {
+    std::int64_t const T = state.range(0), d = s.d, k = s.k;
+    smoe::DefaultThreadPool pool(2);
+    auto run = [&](auto& layer) {
+        layer.set_thread_pool(pool);
+        auto const x = smoe_bench::stream(std::size_t(T * d), smoe_bench::kKeyX, smoe_bench::kInputSd);
+        std::vector<float> y(std::size_t(T * d)), w(std::size_t(T * k), 1.0f / float(k));
+        std::vector<std::int32_t> ids(std::size_t(T * k));
+        for (std::int64_t t = 0; t < T; ++t)  // (t + 5j) mod 16: k <= 16 distinct experts of worker 0
+            for (std::int64_t j = 0; j < k; ++j) ids[std::size_t(t * k + j)] = std::int32_t((t + 5 * j) % 16);
+        for (auto _ : state) {
+            layer.forward_routed(smoe::MatrixView<float const>(x.get(), T, d), smoe::MatrixView<std::int32_t const>(ids.data(), T, k),
+                                 smoe::MatrixView<float const>(w.data(), T, k), smoe::MatrixView<float>(y.data(), T, d));
+            benchmark::ClobberMemory();
+        }
+        layer.clear_thread_pool();
+    };
+    if (llep) {
+        auto& layer = layer_for<smoe::balance::LeastLoaded>(s, kInt4Dot, {.num_experts = s.E, .num_workers = 2, .min_tokens_per_gemm = 1});
+        run(layer);
+        state.counters["planned_ratio"] = layer.balancer().llep_stats().planned_ratio;
+    } else {
+        run(layer_for(s, kInt4Dot));
+    }
     state.counters["GFLOP"] = benchmark::Counter(smoe_bench::flops(s, T) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
@@ -211,6 +250,15 @@ void BM_research_mofme(benchmark::State& state, bool film) {
                 ->ArgName("T")
                 ->Arg(1)
                 ->Arg(128)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+        for (bool const llep : {false, true})
+            benchmark::RegisterBenchmark((std::string("BM_research_llep/") + name + (llep ? "/llep" : "/none") + "/threads:2").c_str(),
+                                         BM_research_llep, s, llep)
+                ->ArgName("T")
+                ->Arg(1)
+                ->Arg(128)
+                ->MeasureProcessCPUTime()
                 ->UseRealTime()
                 ->Unit(benchmark::kMillisecond);
         for (bool const merged : {false, true})

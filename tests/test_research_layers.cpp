@@ -275,6 +275,9 @@ TEST_CASE("chain-of-experts rejects bad configurations and reports the pass of a
     std::vector<float> big{3e38f, -3e38f, 3e38f};
     CHECK_THAT(message([&] { chain.forward(rows(big, 1, 3), MatrixView<float>(y.data(), 1, 3)); }),
                Catch::Contains("logits") && Catch::Contains("chain iteration"));
+    // The passes keep no workspace of their own (the chain carves theirs): called alone, a pass asks for one.
+    CHECK_THAT(message([&] { chain.pass(0).forward(rows(kX, 1, 3), MatrixView<float>(y.data(), 1, 3)); }),
+               Catch::Contains("'workspace' = none (own_workspace is false)"));
 }
 
 // ---------------------------------------------------------------------------------------------------

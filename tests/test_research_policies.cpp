@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -243,6 +244,33 @@ TEST_CASE("MoELayer with race routing matches the oracle end to end", "[router][
     }
 }
 
+TEST_CASE("a race layer sizes its per-row buffers for k rows per token and rejects routing past the budget",
+          "[router][race][layer][errors]") {
+    using Model = smoe_test::LayerModel<Race>;
+    using Layer = smoe_test::SwiGLULayer<Race>;
+    std::mt19937_64 rng(9);
+    std::int64_t const d = 16, f = 24, E = 8, T = 32;
+    Model const m = Model::random(rng, d, f, E);
+    auto make = [&](std::int64_t k) { return Layer({.router = {.num_experts = E, .top_k = k}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights()); };
+    // Each of the (E - 1) · T more rows holds d outputs and a hidden row of at least f floats; a layer
+    // sized by max_slots() = E would need the same bytes for any k.
+    CHECK(make(E).workspace_size() - make(1).workspace_size() >= static_cast<std::size_t>((E - 1) * T * (d + f)) * sizeof(float));
+    Layer layer = make(2);
+    auto const x = smoe_test::normal(rng, static_cast<std::size_t>(T * d), 1.0);
+    std::vector<float> y(x.size());
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(T * 3), -1);
+    std::vector<float> w(ids.size(), 0.5f);
+    for (std::int64_t t = 0; t < T; ++t)  // 2 experts per token, and a third for token 5: 2T + 1 > k · T
+        for (std::int64_t j = 0; j < (t == 5 ? 3 : 2); ++j) ids[static_cast<std::size_t>(3 * t + j)] = static_cast<std::int32_t>((t + j) % E);
+    auto run = [&] {
+        layer.forward_routed(MatrixView<float const>(x.data(), T, d), MatrixView<std::int32_t const>(ids.data(), T, 3),
+                             MatrixView<float const>(w.data(), T, 3), MatrixView<float>(y.data(), T, d));
+    };
+    CHECK_THROWS_WITH(run(), Contains("'expert_ids' = 65 routed slots") && Contains("budget of 64 for 32 tokens"));
+    ids[3 * 6] = ids[3 * 6 + 1] = -1;  // 3 experts on token 5, none on token 6: within the budget, any spread runs
+    CHECK_NOTHROW(run());
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // balance::LeastLoaded (LLEP)
 
@@ -392,6 +420,87 @@ TEST_CASE("llep plans cover every row exactly once and match None on random laye
     std::int64_t rows = 0;
     for (auto const& it : b.balancer().plan_items()) rows += it.row_end - it.row_begin;
     CHECK(rows == T * 2);
+}
+
+namespace {
+
+// One new thread per item: each planned worker's task on a thread of its own, so the test can see
+// which tasks shared a thread (DefaultThreadPool lets any thread claim any task).
+struct ThreadPerItemPool {
+    std::int64_t threads;
+    std::int64_t num_threads() const { return threads; }
+    void parallel_for(std::int64_t n, smoe::TaskRef fn) const {
+        std::vector<std::thread> ts;
+        for (std::int64_t i = 0; i < n; ++i) ts.emplace_back([fn, i] { fn(i); });
+        for (auto& t : ts) t.join();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("llep's plan decides which task computes which rows, with the bits of None", "[balance][llep][layer][threads]") {
+    std::mt19937_64 rng(5);
+    std::int64_t const d = 24, E = 6, T = 41;
+    using Model = smoe_test::LayerModel<smoe::router::TopK>;
+    Model const m = Model::random(rng, d, 40, E);
+    auto const x = smoe_test::normal(rng, static_cast<std::size_t>(T * d), 1.0);
+    // Skewed routing: every token on expert 0, and one of the others; weights of both slots random.
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(2 * T));
+    std::vector<float> w(ids.size());
+    for (std::int64_t t = 0; t < T; ++t) {
+        ids[static_cast<std::size_t>(2 * t)] = static_cast<std::int32_t>(t % 3 == 0 ? 0 : 1 + t % (E - 1));
+        ids[static_cast<std::size_t>(2 * t + 1)] = static_cast<std::int32_t>(t % 3 == 0 ? 1 + t % (E - 1) : 0);
+        w[static_cast<std::size_t>(2 * t)] = 0.25f + 0.5f * static_cast<float>(rng() % 1000) / 1000.0f;
+        w[static_cast<std::size_t>(2 * t + 1)] = 1.0f - w[static_cast<std::size_t>(2 * t)];
+    }
+    MatrixView<std::int32_t const> const idv(ids.data(), T, 2);
+    MatrixView<float const> const wv(w.data(), T, 2), xv(x.data(), T, d);
+    smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None> plain(
+        {.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+    std::vector<float> y_none(static_cast<std::size_t>(T * d));
+    plain.forward_routed(xv, idv, wv, MatrixView<float>(y_none.data(), T, d));
+    auto check_runs = [](LeastLoaded const& bal) {
+        auto const items = bal.plan_items();
+        auto const runs = bal.executed();
+        REQUIRE(runs.size() == items.size());
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            INFO("item " << i << ": expert " << items[i].expert << ", worker " << items[i].worker);
+            CHECK(runs[i].worker == items[i].worker);
+            for (std::size_t j = 0; j < i; ++j)  // a task runs on one thread
+                if (items[j].worker == items[i].worker) CHECK(runs[j].thread == runs[i].thread);
+        }
+    };
+    for (std::int64_t threads : {1, 2, 3}) {
+        INFO(threads << " threads");
+        smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, LeastLoaded> layer(
+            {.router = {.num_experts = E, .top_k = 2},
+             .expert = m.expert_cfg(),
+             .balance = {.num_experts = E, .num_workers = threads, .max_tokens_factor = 1.0, .min_tokens_per_gemm = 1},
+             .max_tokens = T},
+            m.weights());
+        smoe::DefaultThreadPool pool(threads);
+        layer.set_thread_pool(pool);
+        std::vector<float> y(y_none.size());
+        layer.forward_routed(xv, idv, wv, MatrixView<float>(y.data(), T, d));
+        CHECK(y == y_none);
+        check_runs(layer.balancer());
+        if (threads > 1) {  // expert 0 is split, and the plan evens the tasks
+            CHECK(layer.balancer().llep_stats().spilled_rows > 0);
+            CHECK(layer.balancer().llep_stats().planned_ratio < layer.balancer().llep_stats().native_ratio);
+        }
+
+        ThreadPerItemPool own{threads};
+        layer.set_thread_pool(own);
+        std::fill(y.begin(), y.end(), 0.0f);
+        layer.forward_routed(xv, idv, wv, MatrixView<float>(y.data(), T, d));
+        CHECK(y == y_none);
+        check_runs(layer.balancer());
+        auto const items = layer.balancer().plan_items();
+        auto const runs = layer.balancer().executed();
+        for (std::size_t i = 0; i < items.size(); ++i)
+            for (std::size_t j = 0; j < i; ++j)
+                if (items[j].worker != items[i].worker) CHECK(runs[j].thread != runs[i].thread);
+    }
 }
 
 TEST_CASE("llep statistics are all 0 for T = 0", "[balance][llep][edge]") {

@@ -111,6 +111,9 @@ struct MoEConfig {
     typename detail::config_of<Expert>::type expert{};
     typename detail::config_of<Balancer>::type balance{};
     std::int64_t max_tokens = 256;  // the workspace is sized once for this many tokens per call (<= limits::kMaxTokens)
+    // false: no buffer of the layer's own for the overloads without a workspace (they then throw), for a
+    // composition that always passes its own (layer::Chain's passes).
+    bool own_workspace = true;
 };
 
 template <class Expert>
@@ -181,7 +184,7 @@ public:
                              "the router's num_experts (" + std::to_string(router_.num_experts()) + ")");
         if constexpr (detail::balancer_owns_bias<Balancer>)
             if (!w.expert_bias.empty()) balancer_.set_bias(w.expert_bias);
-        buffer_ = WorkspaceBuffer(workspace_size());
+        if (cfg_.own_workspace) buffer_ = WorkspaceBuffer(workspace_size());
     }
 
     Config const& config() const { return cfg_; }
@@ -213,7 +216,7 @@ public:
         return forward_controlled(x, y, workspace, RouterControl{}, TokenIds{});
     }
 
-    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, own_bytes()); }
 
     // The same under test-time router control (research.md §8), for this call only; an empty record is
     // the plain call.
@@ -225,7 +228,7 @@ public:
     }
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control) {
-        return forward(x, y, buffer_.bytes(), control);
+        return forward(x, y, own_bytes(), control);
     }
 
     // With the call's token ids [T] (smoe::TokenIds): a router that selects by token id (router::Hash)
@@ -239,7 +242,7 @@ public:
 
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, RouterControl const& control,
                           TokenIds token_ids) {
-        return forward(x, y, buffer_.bytes(), control, token_ids);
+        return forward(x, y, own_bytes(), control, token_ids);
     }
 
     // Precomputed routing from the host engine: expert_ids / expert_weights [T, K] (K <= the router's
@@ -263,7 +266,7 @@ public:
 
     RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
                                  MatrixView<float const> expert_weights, MatrixView<float> y) {
-        return forward_routed(x, expert_ids, expert_weights, y, buffer_.bytes());
+        return forward_routed(x, expert_ids, expert_weights, y, own_bytes());
     }
 
     // Logits from the host's own gate (a recurrent router, a chain pass, ...): logits [T, num_logits]
@@ -278,10 +281,16 @@ public:
     }
 
     RoutingResult forward_logits(MatrixView<float const> x, MatrixView<float const> logits, MatrixView<float> y) {
-        return forward_logits(x, logits, y, buffer_.bytes());
+        return forward_logits(x, logits, y, own_bytes());
     }
 
 private:
+    std::span<std::byte> own_bytes() {
+        if (!cfg_.own_workspace)
+            detail::fail("workspace", "none (own_workspace is false)", "a workspace of workspace_size() bytes passed to forward");
+        return buffer_.bytes();
+    }
+
     // The forward of every public overload; an empty control and no token ids take the router's plain
     // route(), so a layer whose router has no control still builds.
     RoutingResult forward_controlled(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace,
@@ -327,7 +336,7 @@ private:
     Buffers carve(Alloc& a, std::int64_t T) const {
         auto const d = static_cast<std::size_t>(expert_.hidden_size());
         auto const t = static_cast<std::size_t>(T);
-        auto const slots = t * static_cast<std::size_t>(router_.max_slots());
+        auto const slots = static_cast<std::size_t>(max_routed_rows(T));
         auto const rows = static_cast<std::size_t>(max_expert_rows(T));
         Buffers b;
         b.logits = a.template take<float>(t * static_cast<std::size_t>(router_.num_logits()));
@@ -344,6 +353,15 @@ private:
         }
         b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
         return b;
+    }
+
+    // Dispatched (token, expert) rows one call may have: T · max_slots(), or fewer where the router
+    // bounds them (router::Race: k · T exactly, while a token may take up to E slots).
+    std::int64_t max_routed_rows(std::int64_t T) const {
+        if constexpr (requires { router_.max_routed_rows(T); })
+            return router_.max_routed_rows(T);
+        else
+            return T * router_.max_slots();
     }
 
     bool pads() const {
@@ -384,6 +402,14 @@ private:
                     if (ids(t, i) == e)
                         detail::fail("expert_ids", std::to_string(e) + at(), "each expert at most once per token");
             }
+        if constexpr (requires { router_.max_routed_rows(T); }) {
+            std::int64_t routed = 0;
+            for (std::int64_t t = 0; t < T; ++t)
+                for (std::int64_t j = 0; j < K; ++j) routed += ids(t, j) >= 0;
+            if (routed > max_routed_rows(T))
+                detail::fail("expert_ids", std::to_string(routed) + " routed slots",
+                             "at most the router's budget of " + std::to_string(max_routed_rows(T)) + " for " + std::to_string(T) + " tokens");
+        }
         return K;
     }
 
@@ -435,8 +461,11 @@ private:
     // expert, panel range) items into `hidden`; (3) down over (touched expert, panel range) items into
     // slot_out, which the gathered inputs no longer need; (4) combine over token blocks. An expert
     // with most of the tokens is split into as many items as one with a single row, so both cores stay
-    // busy; the item split never changes a bit (each output is one fixed-order chain).
-    void run_experts_phased(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
+    // busy; the item split never changes a bit (each output is one fixed-order chain). A balancer with
+    // a plan (balance::LeastLoaded, research.md §6) replaces steps (2) and (3): one task per planned
+    // worker runs that worker's (expert, CSR rows) items, both phases over all panels, so the plan
+    // decides which thread computes which rows; row independence keeps the bits.
+    void run_experts_phased(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) {
         std::int64_t const d = expert_.hidden_size(), hs = expert_.hidden_stride(), nnz = r.nnz();
         MatrixView<float> const slot_out(b.slot_out.data(), nnz, d), hidden(b.hidden.data(), nnz, hs);
         constexpr std::int64_t kGatherRows = 64, kCombineTokens = 16;
@@ -463,7 +492,7 @@ private:
                 body(e, r.offsets[e], r.load(e), p0, std::min(panels, p0 + cp));
             });
         };
-        auto both_phases = [&] {
+        auto panel_phases = [&] {
             phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
                 expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1,
                                     r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)));
@@ -472,6 +501,29 @@ private:
                 expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),
                                  r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), p0, p1);
             });
+        };
+        auto both_phases = [&] {
+            if constexpr (requires { balancer_.plan_items(); }) {
+                if (last == first) return;
+                // The experts of this round: b.touched[first, last) is in id order.
+                std::int64_t const lo = b.touched[static_cast<std::size_t>(first)], hi = b.touched[static_cast<std::size_t>(last - 1)];
+                auto const items = balancer_.plan_items();
+                pool_.parallel_for(balancer_.config().num_workers, [&](std::int64_t w) {
+                    for (std::size_t i = 0; i < items.size(); ++i) {
+                        auto const& it = items[i];
+                        if (it.worker != w || it.expert < lo || it.expert > hi) continue;
+                        std::int64_t const off = r.offsets[it.expert] + it.row_begin, M = it.row_end - it.row_begin;
+                        auto const rw = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
+                        expert_.run_gate_up(arch{}, it.expert, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), 0,
+                                            expert_.gate_up_panels(), rw);
+                        expert_.run_down(arch{}, it.expert, MatrixView<float const>(hidden.block(off, M)), rw, slot_out.block(off, M), 0,
+                                         expert_.down_panels());
+                        balancer_.record_run(i, w);
+                    }
+                });
+            } else {
+                panel_phases();
+            }
         };
         if constexpr (requires { expert_.store(); }) {
             auto& st = expert_.store();
@@ -509,7 +561,7 @@ private:
         });
     }
 
-    void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) const {
+    void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) {
         if constexpr (detail::PhasedExpert<Expert, arch>)
             if (r.padded_rows == 0) return run_experts_phased(x, y, r, b);
         std::int64_t const d = expert_.hidden_size();

@@ -28,11 +28,16 @@
 //
 //   using L = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::LeastLoaded>;
 //   cfg.balance = {.num_experts = E, .num_workers = 4};
+//   layer.set_thread_pool(pool);                           // W = 4 tasks over the pool's threads
 //   layer.forward(x, y);  layer.balancer().plan_items();   // (expert, worker, rows) of the last call
 //
-// MoELayer itself runs every expert's rows as with None (its threads split experts by weight panels,
-// which balances threads without splitting rows); the plan is for an engine or smoe::dist that places
-// experts on workers.
+// On one machine the workers are the layer's tasks (§6): with a two-phase expert (SwiGLU, QuantSwiGLU,
+// Film) MoELayer runs one pool task per worker, which computes that worker's items (both phases, every
+// panel), instead of splitting each expert by weight panels; executed() records, per item, the task and
+// the thread that ran it. W should be the pool's thread count (W tasks over fewer threads share them;
+// more threads than W idle). Other experts run every row on the caller, as with None. smoe::dist does
+// not use the plan yet: its ranks run their own experts' rows (research.md §6's weight transfer is not
+// implemented).
 
 #include <algorithm>
 #include <cmath>
@@ -41,6 +46,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "smoe/balance/context.hpp"
@@ -80,6 +86,12 @@ struct LeastLoadedConfig {
 struct LlepItem {
     std::int32_t expert, worker, row_begin, row_end;
     friend bool operator==(LlepItem const&, LlepItem const&) = default;
+};
+
+// Who computed a plan item: the layer's task (the plan's worker, -1 until run) and its thread.
+struct LlepRun {
+    std::int32_t worker = -1;
+    std::thread::id thread{};
 };
 
 // The per-call statistics of research.md §6 (all 0 for T = 0).
@@ -237,13 +249,19 @@ public:
     static constexpr bool drops_tokens = false;
 
     explicit LeastLoaded(Config const& cfg)
-        : StatsCollector((cfg.validate(), cfg.stats)), cfg_(cfg), planner_(cfg), loads_(static_cast<std::size_t>(cfg.num_experts)) {}
+        : StatsCollector((cfg.validate(), cfg.stats)), cfg_(cfg), planner_(cfg), loads_(static_cast<std::size_t>(cfg.num_experts)) {
+        runs_.reserve(std::min<std::size_t>(static_cast<std::size_t>(cfg.num_experts * cfg.num_workers), std::size_t(1) << 20));
+    }
 
     Config const& config() const { return cfg_; }
     // The last call's plan: (expert, worker, CSR rows) items, and research.md §6's statistics.
     std::span<LlepItem const> plan_items() const { return planner_.items(); }
     LlepStats const& llep_stats() const { return planner_.stats(); }
     dist::ExpertPlacement const& placement() const { return planner_.placement(); }
+    // Per plan item, who ran it in the last MoELayer call (worker -1: not run by a layer's tasks).
+    std::span<LlepRun const> executed() const { return runs_; }
+    // Called by MoELayer's task `worker` once it has computed item i; tasks write distinct items.
+    void record_run(std::size_t i, std::int64_t worker) { runs_[i] = {static_cast<std::int32_t>(worker), std::this_thread::get_id()}; }
 
     std::size_t workspace_size(std::int64_t /*max_tokens*/) const { return 0; }
 
@@ -252,6 +270,7 @@ public:
             smoe::detail::fail("num_experts", ctx.num_experts, "the balancer's num_experts (" + std::to_string(cfg_.num_experts) + ")");
         for (std::int64_t e = 0; e < ctx.num_experts; ++e) loads_[static_cast<std::size_t>(e)] = ctx.load(e);
         planner_.run(loads_);
+        runs_.assign(planner_.items().size(), LlepRun{});
         record(ctx);
     }
 
@@ -259,6 +278,7 @@ private:
     Config cfg_;
     LlepPlanner planner_;
     std::vector<std::int64_t> loads_;
+    std::vector<LlepRun> runs_;
 };
 
 }  // namespace smoe::inline v0::balance

@@ -93,7 +93,9 @@ public:
             std::string const name = "gates[" + std::to_string(cfg.independent_gates ? t : 0) + "]";
             auto const gate = w.gates[cfg.independent_gates ? t : 0];
             detail::check_view(gate, name.c_str(), -1, experts_->hidden_size());
-            passes_.emplace_back(typename pass_type::Config{.router = cfg.router, .balance = cfg.balance, .max_tokens = cfg.max_tokens},
+            // The chain carves every pass's workspace from its own, so a pass keeps none.
+            passes_.emplace_back(typename pass_type::Config{.router = cfg.router, .balance = cfg.balance, .max_tokens = cfg.max_tokens,
+                                                            .own_workspace = false},
                                  typename pass_type::Weights{.gate = gate, .expert_bias = w.expert_bias, .experts = {experts_.get()}});
         }
         buffer_ = WorkspaceBuffer(workspace_size());

@@ -198,6 +198,7 @@ private:
         m.router = {.num_experts = c.num_experts, .top_k = c.top_k, .score_after_topk = true};
         m.expert = {.hidden_size = c.hidden_size, .num_experts = c.num_experts, .expert0_gelu = c.expert0_gelu};
         m.max_tokens = c.max_tokens;
+        m.own_workspace = false;  // carved from the block's
         return m;
     }
 

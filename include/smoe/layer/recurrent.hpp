@@ -55,7 +55,8 @@ public:
 
     Recurrent(Config const& cfg, gate::RecurrentCell const& cell, Weights const& w)
         : cfg_(cfg),
-          moe_({.router = cfg.router, .expert = cfg.expert, .balance = cfg.balance, .max_tokens = cfg.max_tokens},
+          moe_({.router = cfg.router, .expert = cfg.expert, .balance = cfg.balance, .max_tokens = cfg.max_tokens,
+                .own_workspace = false},  // carved from the composition's
                {.gate = {}, .expert_bias = w.expert_bias, .experts = w.experts}),
           gate_(cell, moe_.router().num_logits(), moe_.hidden_size(), w.gate) {
         buffer_ = WorkspaceBuffer(workspace_size());

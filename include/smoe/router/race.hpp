@@ -80,6 +80,8 @@ public:
     std::int64_t num_experts() const { return cfg_.num_experts; }
     std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.num_experts; }
+    // nnz = k · T exactly: a layer sizes its per-row buffers for this, not T · max_slots().
+    std::int64_t max_routed_rows(std::int64_t T) const { return cfg_.top_k * T; }
 
     std::size_t workspace_size(std::int64_t max_tokens) const {
         WorkspaceSize size;
