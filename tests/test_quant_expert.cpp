@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -192,6 +193,7 @@ TEST_CASE("every format gives the fp32 expert's bits on its dequantised weights,
         {Format::int4(16), Format::mxfp4(), {48, 32}},  // down in another format than gate/up
         {Format::ternary(), Format::ternary(TernaryScale::channel), {40, 24}},  // research.md §7
         {Format::ternary(TernaryScale::group, 8), Format::ternary(TernaryScale::group, 12, TernaryPacking::b3), {40, 24}},
+        {Format::ternary(TernaryScale::channel), Format::ternary(), {33, 19}},  // 2-bit steps: K and N off every multiple
     };
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f, E = 2;
@@ -399,6 +401,7 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         {Format::int8_channel(), Format::int8_channel(), {72, 40}},
         {Format::ternary(), Format::ternary(TernaryScale::group, 32), {96, 64}},  // research.md §7.1: t for u - z
         {Format::ternary(TernaryScale::channel), Format::ternary(), {40, 20}},
+        {Format::ternary(), Format::ternary(TernaryScale::channel), {33, 19}},  // short last blocks both ways
     };
     double worst_exact = 0;
     if (!smoe::kernels::cpu::cpu_has_avx512_vnni())
@@ -433,6 +436,55 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         }
     }
     WARN("int8 dot path: worst per-token error against the exact oracle " << worst_exact << " (bound 5e-2)");
+}
+
+namespace {
+
+// The int4 matrix with a ternary matrix's codes u = t + 1, zero point 1 and its scale on every row.
+Matrix int4_twin(Matrix const& t) {
+    Matrix m = t;
+    m.format = t.format.groups(t.cols) > 1 ? Format::int4(t.format.group_cols(t.cols), false) : Format::int4(0, false);
+    std::int64_t const G = t.format.groups(t.cols);
+    m.scales.clear();
+    for (std::int64_t o = 0; o < t.rows; ++o)
+        for (std::int64_t g = 0; g < G; ++g) m.scales.push_back(t.scale_of(o, g * t.format.group_cols(t.cols)));
+    m.zeros.assign(static_cast<std::size_t>(t.rows * G), 1);
+    m.validate("twin");
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("ternary experts hold 2 bits per weight and give int4's bits on the same codes, on both paths", "[quant][expert][ternary]") {
+    std::mt19937_64 rng(1518);
+    for (auto const& [gu, dn, d, f] : std::vector<std::tuple<Format, Format, std::int64_t, std::int64_t>>{
+             {Format::ternary(TernaryScale::channel), Format::ternary(), 33, 19},
+             {Format::ternary(TernaryScale::group, 32), Format::ternary(TernaryScale::channel), 96, 45},
+             {Format::ternary(), Format::ternary(TernaryScale::group, 64), 256, 128}}) {
+        std::vector<QuantExpertWeights> xs = {random_expert(rng, gu, dn, d, f)}, twins;
+        twins.push_back({int4_twin(xs[0].gate), int4_twin(xs[0].up), int4_twin(xs[0].down)});
+        for (auto const dot : {smoe::expert::Int8Dot::off, smoe::expert::Int8Dot::on, smoe::expert::Int8Dot::avx2, smoe::expert::Int8Dot::portable}) {
+            if (dot == smoe::expert::Int8Dot::avx2 && !smoe::kernels::cpu::cpu_has_avx2_fma()) continue;
+            SwiGLUConfig c{d, f, 1};
+            c.int8_dot = dot;
+            QuantSwiGLU const qt(c, QuantSwiGLUWeights::of(xs)), q4(c, QuantSwiGLUWeights::of(twins));
+            INFO("format " << qt.format_name(0) << ", d " << d << ", f " << f << ", int8_dot " << int(dot));
+            // Codes: 2 bits against 4; the factor and zero tables (8 bytes per group and row) are the same size.
+            if (d == 256) CHECK(double(qt.packed_bytes()) < 0.6 * double(q4.packed_bytes()));
+            for (std::int64_t M : {1, 2, 3, 7, 13, 21}) {
+                auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+                if (dot == smoe::expert::Int8Dot::off) {
+                    each_arch([&](auto arch) {
+                        INFO("M " << M << ", arch " << arch.name());
+                        CHECK(same_bits(run_rows(arch, qt, 0, x, M), run_rows(arch, q4, 0, x, M)));
+                    });
+                } else {
+                    INFO("M " << M);
+                    CHECK(same_bits(run_rows(xsimd::default_arch{}, qt, 0, x, M), run_rows(xsimd::default_arch{}, q4, 0, x, M)));
+                }
+            }
+        }
+    }
 }
 
 TEST_CASE("the int8 dot path: non-finite blocks, other formats in the layer, and groups it cannot take", "[quant][expert][int8_dot]") {

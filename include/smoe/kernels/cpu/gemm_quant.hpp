@@ -58,7 +58,7 @@ void quant_rows_scalar(float const* a, std::int64_t lda, int rows, PanelRef P, s
         float const* ai = a + i * lda;
         for (auto const& run : L.runs) {
             float const* s = L.tables ? P.scales(p, run.table) : nullptr;
-            float const* z = KD == Kind::int4 ? P.zeros(p, run.table) : nullptr;
+            float const* z = has_zero_points(KD) ? P.zeros(p, run.table) : nullptr;
             for (std::int64_t k = run.k0; k < run.k1; ++k) {
                 float const x = ai[L.has_perm() ? L.perm[static_cast<std::size_t>(k)] : k];
                 std::uint8_t const* step = P.panel(p) + k * L.step_bytes;
@@ -87,7 +87,7 @@ template <Kind KD, int MR, int NP, bool Perm>
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
             s[j] = L.tables ? P.scales(p0 + j, run.table) : nullptr;
-            z[j] = KD == Kind::int4 ? P.zeros(p0 + j, run.table) : nullptr;
+            z[j] = has_zero_points(KD) ? P.zeros(p0 + j, run.table) : nullptr;
         }
         for (std::int64_t k = run.k0; k < run.k1; ++k) {
             std::int64_t const col = Perm ? perm[k] : k;
@@ -162,7 +162,7 @@ void decode_block_avx2(PanelRef P, std::int64_t p, std::int64_t k0, std::int64_t
     for (auto const& run : L.runs) {
         std::int64_t const b = std::max(run.k0, k0), e = std::min(run.k1, k0 + kb);
         float const* s = L.tables ? P.scales(p, run.table) : nullptr;
-        float const* z = KD == Kind::int4 ? P.zeros(p, run.table) : nullptr;
+        float const* z = has_zero_points(KD) ? P.zeros(p, run.table) : nullptr;
         for (std::int64_t k = b; k < e; ++k) {
             __m256 lo, hi;
             decode_avx2<KD>(P.panel(p) + k * L.step_bytes, s, z, lo, hi);
@@ -196,7 +196,7 @@ template <Kind KD, int MR, int NP, bool Perm>
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
             s[j] = L.tables ? _mm512_loadu_ps(P.scales(p0 + j, run.table)) : _mm512_setzero_ps();
-            z[j] = KD == Kind::int4 ? _mm512_loadu_ps(P.zeros(p0 + j, run.table)) : _mm512_setzero_ps();
+            z[j] = has_zero_points(KD) ? _mm512_loadu_ps(P.zeros(p0 + j, run.table)) : _mm512_setzero_ps();
         }
         for (std::int64_t k = run.k0; k < run.k1; ++k) {
             std::int64_t const col = Perm ? perm[k] : k;
@@ -277,7 +277,7 @@ void quant_blocks_avx512(MatrixView<float const> A, std::int64_t full, PanelRef 
                     std::int64_t const b = std::max(run.k0, k0), e = std::min(run.k1, k0 + kb);
                     if (b >= e) continue;
                     __m512 const s = L.tables ? _mm512_loadu_ps(P.scales(p + j, run.table)) : _mm512_setzero_ps();
-                    __m512 const z = KD == Kind::int4 ? _mm512_loadu_ps(P.zeros(p + j, run.table)) : _mm512_setzero_ps();
+                    __m512 const z = has_zero_points(KD) ? _mm512_loadu_ps(P.zeros(p + j, run.table)) : _mm512_setzero_ps();
                     for (std::int64_t k = b; k < e; ++k)
                         _mm512_store_ps(wide[j] + (k - k0) * kPanelCols, decode_avx512<KD>(P.panel(p + j) + k * L.step_bytes, s, z));
                 }
@@ -355,6 +355,7 @@ void gemm_quant(Arch, MatrixView<float const> A, QuantLayout const& L, std::uint
         case quant::Kind::bf16: return qdetail::gemm_quant_kind<Arch, quant::Kind::bf16>(A, P, p0, p1, epi);
         case quant::Kind::int8_channel: return qdetail::gemm_quant_kind<Arch, quant::Kind::int8_channel>(A, P, p0, p1, epi);
         case quant::Kind::int4: return qdetail::gemm_quant_kind<Arch, quant::Kind::int4>(A, P, p0, p1, epi);
+        case quant::Kind::ternary: return qdetail::gemm_quant_kind<Arch, quant::Kind::ternary>(A, P, p0, p1, epi);
         case quant::Kind::fp8: return qdetail::gemm_quant_kind<Arch, quant::Kind::fp8>(A, P, p0, p1, epi);
         default: return qdetail::gemm_quant_kind<Arch, quant::Kind::mxfp4>(A, P, p0, p1, epi);
     }

@@ -1,5 +1,5 @@
 #pragma once
-// The int8 dot path of formats.md §6.2 for int4 and int8 weights (opt-in, SwiGLUConfig::int8_dot):
+// The int8 dot path of formats.md §6.2 for int4, int8 and ternary weights (opt-in, SwiGLUConfig::int8_dot):
 // activations quantised to int8 per block of 32 (llama.cpp's q8 idea), integer dot products per block,
 // one fp32 chain over blocks. The scalar model, for every input row x of one matmul:
 //   d_b = amax_b / 127, q_i = clamp(rint(x_i / d_b), -127, 127)   (fp32; d_b = 0 -> q = 0; a NaN/Inf
@@ -10,10 +10,11 @@
 // kernel (vpdpbusd: unsigned weight bytes times signed activation bytes) and the portable one give
 // the same bits, on every thread count and row split.
 //
-// Panels (16 output units): per block of 32 k, int4: 4 vectors of 16 dwords, dword (j, o) holding
-// k = 8j..8j+3 of unit o in its low nibbles and 8j+4..8j+7 in its high nibbles; int8: 8 vectors of 16
-// dwords, 4 consecutive k each. Then per group one table of 16 fp32 factors and one of 16 int32 zero
-// points. Act order stores k in group order (as quant_panel.hpp) and quantises x in that order.
+// Panels (16 output units): per block of 32 k, `bits` vectors of 16 dwords (64 · bits bytes); dword
+// (v, o) holds 32 / bits pieces of 4 consecutive k of unit o, piece c in bits c·bits.. of each byte, so
+// piece c of vector v is k = 4 (v · 32 / bits + c) + 0..3: int8 (bits 8) one piece, int4 two (nibbles),
+// ternary (bits 2, u = t + 1, research.md §7.1) four, at half of int4's bytes. Then per group one table
+// of 16 fp32 factors and one of 16 int32 zero points. Act order stores k in group order (as quant_panel.hpp) and quantises x in that order.
 // Activations are quantised per tile, one block at a time, on the stack: the phased expert API has no
 // workspace, and the cost is O(rows · K) against the tile's O(rows · K · panels) (as bf16_dot.hpp).
 
@@ -74,9 +75,10 @@ enum class Int8DotKernel { native, avx2, portable };
 inline char const* to_string(Int8DotKernel k) { return k == Int8DotKernel::native ? "avx512-vnni" : k == Int8DotKernel::avx2 ? "avx2" : "portable"; }
 
 struct DotLayout {
-    quant::Kind kind = quant::Kind::int4;  // int4 or int8_channel
+    quant::Kind kind = quant::Kind::int4;  // int4, int8_channel or ternary
+    int bits = 4;                           // bits per code: 4, 8, 2
     std::int64_t K = 0, blocks = 0;         // blocks = ceil(K / 32)
-    std::int64_t block_bytes = 0;           // 256 (int4) or 512 (int8)
+    std::int64_t block_bytes = 0;           // 64 · bits: 128 (ternary), 256 (int4), 512 (int8)
     std::int64_t blocks_per_group = 0;      // k(b) = b / blocks_per_group
     std::int64_t tables = 0, scale_off = 0, zero_off = 0, pstride = 0;
     std::int32_t zero = -1;          // the zero point of every output (int8: 128, symmetric int4: 8), else -1
@@ -85,14 +87,16 @@ struct DotLayout {
 
 // The layout of a matrix of K columns; `m` gives act order's gidx. Precondition (checked by the
 // expert, naming g): int4's group is a multiple of 32 or the whole row.
-// Ternary runs as int4 with zero point 1 (formats.md §6.2 with t in place of u - z; research.md §7.1).
+// Ternary is formats.md §6.2 with t = u - 1 in place of u - z (research.md §7.1): int4's arithmetic on
+// 2-bit codes.
 inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matrix const* m = nullptr) {
     DotLayout L;
-    L.kind = panel_kind(f.kind);
+    L.kind = f.kind;
+    L.bits = f.kind == quant::Kind::int8_channel ? 8 : f.kind == quant::Kind::ternary ? 2 : 4;
     L.K = K;
     L.blocks = (K + kQ8Block - 1) / kQ8Block;
-    L.block_bytes = L.kind == quant::Kind::int4 ? 256 : 512;
-    L.tables = L.kind == quant::Kind::int4 ? f.groups(K) : 1;
+    L.block_bytes = 64 * L.bits;
+    L.tables = L.kind == quant::Kind::int8_channel ? 1 : f.groups(K);
     L.blocks_per_group = L.tables > 1 ? f.group_cols(K) / kQ8Block : std::max<std::int64_t>(L.blocks, 1);
     L.scale_off = L.blocks * L.block_bytes;
     L.zero_off = L.scale_off + L.tables * kPanelCols * 4;
@@ -102,9 +106,20 @@ inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matri
     return L;
 }
 
+// Byte (v, o, r) and the shift of piece c for step r of block k: see DotLayout.
+struct DotPos {
+    std::int64_t byte;
+    int shift;
+};
+inline DotPos dot_pos(int bits, std::int64_t r, int s) {
+    int const pieces = 8 / bits;
+    std::int64_t const g = r / 4;  // the 4-k group: piece g % pieces of vector g / pieces
+    return {(g / pieces) * 64 + s * 4 + r % 4, static_cast<int>(g % pieces) * bits};
+}
+
 inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
     std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
-    bool const int4 = L.kind == quant::Kind::int4;
+    bool const int8 = L.kind == quant::Kind::int8_channel;
     for (int s = 0; s < kPanelCols; ++s) {
         quant::Matrix const* m = slot[s].m;
         if (!m) continue;
@@ -113,18 +128,14 @@ inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot cons
         for (std::int64_t k = 0; k < L.K; ++k) {
             std::uint8_t const c = m->codes[static_cast<std::size_t>(o * L.K + col(k))];
             std::int64_t const b = k / kQ8Block, r = k % kQ8Block;
-            std::uint8_t* const blk = dst + b * L.block_bytes;
-            if (int4) {  // vector j = r / 8, byte (r % 8) % 4 of dword s, high nibble for r % 8 >= 4
-                std::uint8_t* const p = blk + (r / 8) * 64 + s * 4 + (r % 8) % 4;
-                *p = static_cast<std::uint8_t>(*p | (c << ((r % 8) >= 4 ? 4 : 0)));
-            } else {  // vector r / 4, byte r % 4; u = q + 128
-                blk[(r / 4) * 64 + s * 4 + r % 4] = static_cast<std::uint8_t>(c ^ 0x80u);
-            }
+            DotPos const at = dot_pos(L.bits, r, s);
+            std::uint8_t* const p = dst + b * L.block_bytes + at.byte;
+            *p = static_cast<std::uint8_t>(*p | ((int8 ? c ^ 0x80u : c) << at.shift));  // int8: u = q + 128
         }
         for (std::int64_t t = 0; t < L.tables; ++t) {
             std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
             float const sc = m->scale_of(o, i);
-            std::int32_t const z = int4 ? m->zero_of(o, i) : 128;
+            std::int32_t const z = int8 ? 128 : m->zero_of(o, i);
             std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
             std::memcpy(dst + L.zero_off + (t * kPanelCols + s) * 4, &z, 4);
         }
@@ -168,7 +179,6 @@ inline void quantize_q8(float const* x, std::int32_t const* perm, std::int64_t k
 template <class Epi>
 void dot_rows_portable(float const* a, std::int64_t lda, int rows, std::uint8_t const* panel, DotLayout const& L, std::int64_t p,
                        std::int64_t row0, Epi& epi) {
-    bool const int4 = L.kind == quant::Kind::int4;
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     for (int i = 0; i < rows; ++i) {
         float acc[kPanelCols] = {};
@@ -184,9 +194,9 @@ void dot_rows_portable(float const* a, std::int64_t lda, int rows, std::uint8_t 
                 std::memcpy(&z, panel + L.zero_off + (t * kPanelCols + s) * 4, 4);
                 std::int32_t S = 0;
                 for (int r = 0; r < kQ8Block; ++r) {
-                    std::uint8_t const u = int4 ? (blk[(r / 8) * 64 + s * 4 + (r % 8) % 4] >> ((r % 8) >= 4 ? 4 : 0)) & 15
-                                                : blk[(r / 4) * 64 + s * 4 + r % 4];
-                    S += (std::int32_t(u) - z) * q.q[r];
+                    DotPos const at = dot_pos(L.bits, r, s);
+                    std::int32_t const u = (blk[at.byte] >> at.shift) & ((1 << L.bits) - 1);
+                    S += (u - z) * q.q[r];
                 }
                 acc[s] = std::fma(static_cast<float>(S), q.d * sc, acc[s]);
             }
@@ -260,7 +270,7 @@ struct Q8Rows {
 // S = dot - z · Σq: with one zero point for the matrix (L.zero) the int32 sums start from -z · Σq, which
 // saves an fp32 operation per output vector and block; otherwise it is formed in fp32, exact since both
 // terms are integers below 2^24.
-template <bool Int4, int MR, int NP, bool Self = false>
+template <int Bits, int MR, int NP, bool Self = false>
 [[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* b0,
                                                              DotLayout const& L, float* out) {
     // Loop order: per block, per 4-k vector v, the NP panels' weights are decoded once and every row's
@@ -271,7 +281,8 @@ template <bool Int4, int MR, int NP, bool Self = false>
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
-    __m512i const nib = _mm512_set1_epi8(15);
+    constexpr int kVecs = Bits, kPieces = 8 / Bits;
+    __m512i const mask = _mm512_set1_epi8(static_cast<char>((1 << Bits) - 1));
     std::int32_t const zc = std::max(L.zero, 0);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         alignas(64) Q8 local[MR];
@@ -302,31 +313,24 @@ template <bool Int4, int MR, int NP, bool Self = false>
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j)
 #pragma GCC unroll 8
-            for (int l = 0; l < (Int4 ? 4 : 8); ++l)  // every line of the block kPrefetchDot bytes ahead (see there)
+            for (int l = 0; l < kVecs; ++l)  // every line of the block kPrefetchDot bytes ahead (see there)
                 _mm_prefetch(reinterpret_cast<char const*>(b0 + j * L.pstride + b * L.block_bytes) + kPrefetchDot + 64 * l, _MM_HINT_T1);
-        // int4: vector v holds k 8v..8v+3 in its low nibbles and 8v+4..8v+7 in its high ones; int8: k 4v..4v+3.
+        // Piece c of vector v: k = 4 (v · kPieces + c) + 0..3, against activation dword v · kPieces + c.
 #pragma GCC unroll 8
-        for (int v = 0; v < (Int4 ? 4 : 8); ++v) {
-            __m512i lo[NP], hi[NP];
+        for (int v = 0; v < kVecs; ++v) {
+            __m512i x[NP];
 #pragma GCC unroll 4
-            for (int j = 0; j < NP; ++j) {
-                __m512i const x = _mm512_loadu_si512(b0 + j * L.pstride + b * L.block_bytes + v * 64);
-                if constexpr (Int4) {
-                    lo[j] = _mm512_and_si512(x, nib);
-                    hi[j] = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
-                } else {
-                    lo[j] = x;
-                }
-            }
+            for (int j = 0; j < NP; ++j) x[j] = _mm512_loadu_si512(b0 + j * L.pstride + b * L.block_bytes + v * 64);
+#pragma GCC unroll 4
+            for (int c = 0; c < kPieces; ++c) {
+                __m512i u[NP];
+#pragma GCC unroll 4
+                for (int j = 0; j < NP; ++j) u[j] = Bits == 8 ? x[j] : _mm512_and_si512(c == 0 ? x[j] : _mm512_srli_epi16(x[j], c * Bits), mask);
 #pragma GCC unroll 6
-            for (int i = 0; i < MR; ++i) {
-                __m512i const ql = _mm512_set1_epi32(qrow[i][Int4 ? 2 * v : v]);
+                for (int i = 0; i < MR; ++i) {
+                    __m512i const q4 = _mm512_set1_epi32(qrow[i][v * kPieces + c]);
 #pragma GCC unroll 4
-                for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], lo[j], ql);
-                if constexpr (Int4) {
-                    __m512i const qh = _mm512_set1_epi32(qrow[i][2 * v + 1]);
-#pragma GCC unroll 4
-                    for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], hi[j], qh);
+                    for (int j = 0; j < NP; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], u[j], q4);
                 }
             }
         }
@@ -355,16 +359,18 @@ template <bool Int4, int MR, int NP, bool Self = false>
 
 #if SMOE_INT8_DOT_NATIVE
 // MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
-// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 codes (<= 15) never saturate the int16
-// pairs (2 · 15 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
+// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) never saturate
+// the int16 pairs (2 · 15 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
 // S = Σ lo·q + 16 Σ hi·q. Lanes 0-7 and 8-15 of a panel vector are two ymm.
-template <bool Int4, int MR>
+template <int Bits, int MR>
 [[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
                                                           DotLayout const& L, float* out) {
     __m256 acc[MR][2];
     for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
-    __m256i const nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    constexpr int kVecs = Bits, kPieces = 8 / Bits;
+    __m256i const nib = _mm256_set1_epi8(15), mask = _mm256_set1_epi8(static_cast<char>(Bits == 8 ? 15 : (1 << Bits) - 1)),
+                  ones = _mm256_set1_epi16(1);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         std::int32_t qd[MR][8];
         float dq[MR], sq[MR];
@@ -382,22 +388,26 @@ template <bool Int4, int MR>
             }
         }
         std::uint8_t const* blk = pj + b * L.block_bytes;
-        for (int l = 0; l < (Int4 ? 4 : 8); ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T1);
+        for (int l = 0; l < kVecs; ++l) _mm_prefetch(reinterpret_cast<char const*>(blk) + kPrefetchDot + 64 * l, _MM_HINT_T1);
         __m256i dot[MR][2];
         for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = _mm256_setzero_si256();
         auto const madd = [&](__m256i u, std::int32_t q4) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_set1_epi32(q4)), ones); };
 #pragma GCC unroll 8
-        for (int v = 0; v < (Int4 ? 4 : 8); ++v)
+        for (int v = 0; v < kVecs; ++v)
 #pragma GCC unroll 2
             for (int h = 0; h < 2; ++h) {
                 __m256i const x = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(blk + v * 64 + h * 32));
-                __m256i const lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+                if constexpr (Bits == 8) {  // k 4v..4v+3, u = lo + 16 hi
+                    __m256i const lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
 #pragma GCC unroll 4
-                for (int i = 0; i < MR; ++i) {
-                    if constexpr (Int4) {  // vector v: k 8v..8v+3 low nibbles, 8v+4..8v+7 high
-                        dot[i][h] = _mm256_add_epi32(dot[i][h], _mm256_add_epi32(madd(lo, qd[i][2 * v]), madd(hi, qd[i][2 * v + 1])));
-                    } else {  // vector v: k 4v..4v+3, u = lo + 16 hi
+                    for (int i = 0; i < MR; ++i)
                         dot[i][h] = _mm256_add_epi32(dot[i][h], _mm256_add_epi32(madd(lo, qd[i][v]), _mm256_slli_epi32(madd(hi, qd[i][v]), 4)));
+                } else {  // piece c: k = 4 (v · kPieces + c) + 0..3
+#pragma GCC unroll 4
+                    for (int c = 0; c < kPieces; ++c) {
+                        __m256i const u = _mm256_and_si256(c == 0 ? x : _mm256_srli_epi16(x, c * Bits), mask);
+#pragma GCC unroll 4
+                        for (int i = 0; i < MR; ++i) dot[i][h] = _mm256_add_epi32(dot[i][h], madd(u, qd[i][v * kPieces + c]));
                     }
                 }
             }
@@ -418,6 +428,98 @@ template <bool Int4, int MR>
 }
 #endif
 
+#if SMOE_INT8_DOT_NATIVE
+
+// gemm_int8_dot on the AVX2 or VNNI kernels, for codes of Bits bits.
+template <int Bits, class Epi>
+void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout const& L, std::uint8_t const* panels, std::int64_t p0,
+                          std::int64_t p1, Epi& epi) {
+    std::int64_t const M = A.rows;
+    std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
+    alignas(64) float out[12 * kPanelCols];  // the largest tile: 6 rows x 2 panels
+    // Rows are quantised once per call, a chunk at a time, into this stack buffer; the panels of a
+    // chunk are the outer loop, so each panel pair is read from memory once per chunk and its
+    // row tiles find it in L1. A row that does not fit (K above ~65k) is quantised by its tile.
+    constexpr std::int64_t kStackBytes = 80 * 1024, kChunk = 36;
+    alignas(64) std::int8_t qbuf[kStackBytes];
+    std::int64_t const qstride = L.blocks * kQ8Block, per_row = qstride + 8 * L.blocks;
+    std::int64_t const MR = native ? 6 : 4;  // rows per tile: 6 x 2 panels fill the 32 zmm registers
+    std::int64_t const fit = std::min(kChunk, kStackBytes / per_row), chunk = fit >= MR ? fit / MR * MR : fit;
+    if (chunk < 1) {
+        Q8Rows const none{nullptr, nullptr, nullptr, qstride};
+        for (std::int64_t i = 0; i < M; ++i)
+            for (std::int64_t p = p0; p < p1; ++p) {
+                std::uint8_t const* pp = panels + p * L.pstride;
+                if (!native)
+                    dot_tile_avx2<Bits, 1>(A.row(i), A.ld, none, pp, L, out);
+                else
+                    dot_tile_vnni<Bits, 1, 1, true>(A.row(i), A.ld, none, pp, L, out);
+                epi.store(i, p, out);
+            }
+        return;
+    }
+    for (std::int64_t c0 = 0; c0 < M; c0 += chunk) {
+        std::int64_t const cr = std::min(chunk, M - c0);
+        auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
+        for (std::int64_t i = 0; i < cr; ++i)
+            for (std::int64_t b = 0; b < L.blocks; ++b) {
+                Q8 q[1];
+                std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
+                if (native)
+                    quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, n, q);
+                else
+                    quantize_q8(A.row(c0 + i), perm, b * kQ8Block, n, q[0]);
+                std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
+                dq[i * L.blocks + b] = q[0].d;
+                dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
+            }
+        // Rows [m, m + R) of the chunk x panels [p, p + N).
+        auto const tile = [&]<int R, int N>(std::int64_t m, std::int64_t p) {
+            Q8Rows const pm{qbuf + m * qstride, dq + m * L.blocks, dq + (cr + m) * L.blocks, qstride};
+            std::uint8_t const* pp = panels + p * L.pstride;
+            if constexpr (N == 1 && R <= 4)
+                if (!native) {
+                    dot_tile_avx2<Bits, R>(nullptr, 0, pm, pp, L, out);
+                    for (int i = 0; i < R; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
+                    return;
+                }
+            dot_tile_vnni<Bits, R, N>(nullptr, 0, pm, pp, L, out);
+            for (int i = 0; i < R; ++i)
+                for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
+        };
+        auto const rows = [&]<int N>(std::int64_t p) {
+            for (std::int64_t m = 0; m < cr; m += MR) {
+                switch (std::min(MR, cr - m)) {
+                    case 1: tile.template operator()<1, N>(m, p); break;
+                    case 2: tile.template operator()<2, N>(m, p); break;
+                    case 3: tile.template operator()<3, N>(m, p); break;
+                    case 4: tile.template operator()<4, N>(m, p); break;
+                    case 5: tile.template operator()<5, N>(m, p); break;
+                    default: tile.template operator()<6, N>(m, p); break;
+                }
+            }
+        };
+        // AVX2: one panel per tile. VNNI: two; one or two rows four (registers to spare): four panels
+        // are four streams from memory, and measured cold at 2 rows (one thread) two panels read 20
+        // GB/s, four 32 (at 3-4 rows, two tiles of four panels lost to one of two).
+        for (std::int64_t p = p0; p < p1;) {
+            if (native && cr <= 2 && p1 - p >= 4) {
+                if (cr == 1)
+                    tile.template operator()<1, 4>(0, p);
+                else
+                    tile.template operator()<2, 4>(0, p);
+                p += 4;
+            } else if (native && p1 - p >= 2) {
+                rows.template operator()<2>(p);
+                p += 2;
+            } else {
+                rows.template operator()<1>(p++);
+            }
+        }
+    }
+}
+#endif
+
 }  // namespace detail
 
 // Rows [0, A.rows) x panels [p0, p1) of a matrix in layout L (panel 0 at `panels`), by the chosen kernel.
@@ -428,92 +530,12 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
     if (M == 0 || p0 >= p1) return;
 #if SMOE_INT8_DOT_NATIVE
     if (kernel != Int8DotKernel::portable) {
-        bool const native = kernel == Int8DotKernel::native, int4 = L.kind == quant::Kind::int4;
-        std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
-        alignas(64) float out[12 * kPanelCols];  // the largest tile: 6 rows x 2 panels
-        // Rows are quantised once per call, a chunk at a time, into this stack buffer; the panels of a
-        // chunk are the outer loop, so each panel pair is read from memory once per chunk and its
-        // row tiles find it in L1. A row that does not fit (K above ~65k) is quantised by its tile.
-        constexpr std::int64_t kStackBytes = 80 * 1024, kChunk = 36;
-        alignas(64) std::int8_t qbuf[kStackBytes];
-        std::int64_t const qstride = L.blocks * kQ8Block, per_row = qstride + 8 * L.blocks;
-        std::int64_t const MR = native ? 6 : 4;  // rows per tile: 6 x 2 panels fill the 32 zmm registers
-        std::int64_t const fit = std::min(kChunk, kStackBytes / per_row), chunk = fit >= MR ? fit / MR * MR : fit;
-        if (chunk < 1) {
-            detail::Q8Rows const none{nullptr, nullptr, nullptr, qstride};
-            for (std::int64_t i = 0; i < M; ++i)
-                for (std::int64_t p = p0; p < p1; ++p) {
-                    std::uint8_t const* pp = panels + p * L.pstride;
-                    if (!native)
-                        int4 ? detail::dot_tile_avx2<true, 1>(A.row(i), A.ld, none, pp, L, out)
-                             : detail::dot_tile_avx2<false, 1>(A.row(i), A.ld, none, pp, L, out);
-                    else
-                        int4 ? detail::dot_tile_vnni<true, 1, 1, true>(A.row(i), A.ld, none, pp, L, out)
-                             : detail::dot_tile_vnni<false, 1, 1, true>(A.row(i), A.ld, none, pp, L, out);
-                    epi.store(i, p, out);
-                }
-            return;
+        bool const native = kernel == Int8DotKernel::native;
+        switch (L.bits) {
+            case 2: return detail::gemm_int8_dot_native<2>(native, A, L, panels, p0, p1, epi);
+            case 4: return detail::gemm_int8_dot_native<4>(native, A, L, panels, p0, p1, epi);
+            default: return detail::gemm_int8_dot_native<8>(native, A, L, panels, p0, p1, epi);
         }
-        for (std::int64_t c0 = 0; c0 < M; c0 += chunk) {
-            std::int64_t const cr = std::min(chunk, M - c0);
-            auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
-            for (std::int64_t i = 0; i < cr; ++i)
-                for (std::int64_t b = 0; b < L.blocks; ++b) {
-                    detail::Q8 q[1];
-                    std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
-                    if (native)
-                        detail::quantize_q8_avx512<1>(A.row(c0 + i), A.ld, perm, b * kQ8Block, n, q);
-                    else
-                        detail::quantize_q8(A.row(c0 + i), perm, b * kQ8Block, n, q[0]);
-                    std::memcpy(qbuf + i * qstride + b * kQ8Block, q[0].q, kQ8Block);
-                    dq[i * L.blocks + b] = q[0].d;
-                    dq[(cr + i) * L.blocks + b] = static_cast<float>(q[0].sum);
-                }
-            // Rows [m, m + R) of the chunk x panels [p, p + N).
-            auto const tile = [&]<int R, int N>(std::int64_t m, std::int64_t p) {
-                detail::Q8Rows const pm{qbuf + m * qstride, dq + m * L.blocks, dq + (cr + m) * L.blocks, qstride};
-                std::uint8_t const* pp = panels + p * L.pstride;
-                if constexpr (N == 1 && R <= 4)
-                    if (!native) {
-                        int4 ? detail::dot_tile_avx2<true, R>(nullptr, 0, pm, pp, L, out) : detail::dot_tile_avx2<false, R>(nullptr, 0, pm, pp, L, out);
-                        for (int i = 0; i < R; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
-                        return;
-                    }
-                int4 ? detail::dot_tile_vnni<true, R, N>(nullptr, 0, pm, pp, L, out) : detail::dot_tile_vnni<false, R, N>(nullptr, 0, pm, pp, L, out);
-                for (int i = 0; i < R; ++i)
-                    for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
-            };
-            auto const rows = [&]<int N>(std::int64_t p) {
-                for (std::int64_t m = 0; m < cr; m += MR) {
-                    switch (std::min(MR, cr - m)) {
-                        case 1: tile.template operator()<1, N>(m, p); break;
-                        case 2: tile.template operator()<2, N>(m, p); break;
-                        case 3: tile.template operator()<3, N>(m, p); break;
-                        case 4: tile.template operator()<4, N>(m, p); break;
-                        case 5: tile.template operator()<5, N>(m, p); break;
-                        default: tile.template operator()<6, N>(m, p); break;
-                    }
-                }
-            };
-            // AVX2: one panel per tile. VNNI: two; one or two rows four (registers to spare): four panels
-            // are four streams from memory, and measured cold at 2 rows (one thread) two panels read 20
-            // GB/s, four 32 (at 3-4 rows, two tiles of four panels lost to one of two).
-            for (std::int64_t p = p0; p < p1;) {
-                if (native && cr <= 2 && p1 - p >= 4) {
-                    if (cr == 1)
-                        tile.template operator()<1, 4>(0, p);
-                    else
-                        tile.template operator()<2, 4>(0, p);
-                    p += 4;
-                } else if (native && p1 - p >= 2) {
-                    rows.template operator()<2>(p);
-                    p += 2;
-                } else {
-                    rows.template operator()<1>(p++);
-                }
-            }
-        }
-        return;
     }
 #endif
     (void)kernel;

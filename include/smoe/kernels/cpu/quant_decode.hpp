@@ -1,7 +1,7 @@
 #pragma once
 // One k step of a quantised panel (quant_panel.hpp) decoded to the 16 slots' fp32 weights W_deq,
-// exactly (formats.md §0): the code widened exactly, minus the zero point (int4, an exact small
-// integer), times the factor, one rounding. Scalar, AVX2 (two ymm: slots 0-7, 8-15) and AVX-512 (one
+// exactly (formats.md §0): the code widened exactly, minus the zero point (int4 and ternary, an exact
+// small integer), times the factor, one rounding. Scalar, AVX2 (two ymm: slots 0-7, 8-15) and AVX-512 (one
 // zmm) give the same bits, so the exact path's chains (gemm_quant.hpp) do not depend on the ISA.
 //
 // e4m3: the byte's exponent and mantissa moved to bit 20 of an fp32 read 2^-120 times the value (also
@@ -40,6 +40,8 @@ SMOE_ALWAYS_INLINE float decode_scalar(std::uint8_t const* step, int s, float sc
     } else if constexpr (K == Kind::fp8) {
         std::uint32_t const b = step[s];
         return std::bit_cast<float>(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * quant::kE4m3Rescale * scale;
+    } else if constexpr (K == Kind::ternary) {
+        return (static_cast<float>((step[s / 4] >> (2 * (s % 4))) & 3u) - zero) * scale;
     } else {
         unsigned const c = s < 8 ? step[s] & 15u : step[s - 8] >> 4;
         if constexpr (K == Kind::int4)
@@ -85,6 +87,14 @@ SMOE_ALWAYS_INLINE void decode_avx2(std::uint8_t const* step, float const* s, fl
         }
         lo = _mm256_mul_ps(lo, _mm256_loadu_ps(s));
         hi = _mm256_mul_ps(hi, _mm256_loadu_ps(s + 8));
+    } else if constexpr (K == Kind::ternary) {
+        std::uint32_t dw;
+        std::memcpy(&dw, step, 4);
+        __m256i const v = _mm256_set1_epi32(static_cast<int>(dw)), three = _mm256_set1_epi32(3);
+        __m256i const cl = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), three);
+        __m256i const ch = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30)), three);
+        lo = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(cl), _mm256_loadu_ps(z)), _mm256_loadu_ps(s));
+        hi = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(ch), _mm256_loadu_ps(z + 8)), _mm256_loadu_ps(s + 8));
     } else {
         __m128i const v = _mm_loadl_epi64(reinterpret_cast<__m128i const*>(step));
         __m128i const m = _mm_set1_epi8(15);
@@ -122,6 +132,12 @@ SMOE_ALWAYS_INLINE __m512 decode_avx512(std::uint8_t const* step, __m512 s, __m5
         __m512i const bits = _mm512_ternarylogic_epi32(_mm512_set1_epi32(int(0x80000000u)), _mm512_slli_epi32(b, 24),
                                                        _mm512_and_si512(_mm512_slli_epi32(b, 20), _mm512_set1_epi32(0x07F00000)), 0xCA);
         return _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(quant::kE4m3Rescale)), s);
+    } else if constexpr (K == Kind::ternary) {
+        std::uint32_t dw;
+        std::memcpy(&dw, step, 4);
+        __m512i const shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        __m512i const c = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(dw)), shifts), _mm512_set1_epi32(3));
+        return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), z), s);
     } else {
         __m128i const v = _mm_loadl_epi64(reinterpret_cast<__m128i const*>(step));
         __m128i const m = _mm_set1_epi8(15);

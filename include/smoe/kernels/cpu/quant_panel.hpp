@@ -4,9 +4,10 @@
 // over the whole K, stored so that one k step of 16 slots is one contiguous code vector:
 //
 //   bytes per k step: f32 64 (floats), bf16 32 (bf16), int8/fp8 16 (one byte per slot),
-//                     int4/mxfp4 8 (byte j = slot j in the low nibble, slot j + 8 in the high one)
-//   then, for the scaled formats, one table of 16 fp32 factors per group ("table") and, for int4, one
-//   of 16 fp32 zero points; a panel is padded to 64 bytes.
+//                     int4/mxfp4 8 (byte j = slot j in the low nibble, slot j + 8 in the high one),
+//                     ternary 4 (the little-endian dword's bits 2s..2s+1 = slot s)
+//   then, for the scaled formats, one table of 16 fp32 factors per group ("table") and, for int4 and
+//   ternary, one of 16 fp32 zero points; a panel is padded to 64 bytes.
 //
 // Runs map k steps to tables: steps [k0, k1) use table t (int4 groups, fp8 column blocks, MXFP4's
 // 32-column blocks; one run for int8 and the dense formats). Act order (GPTQ desc_act) stores the steps
@@ -14,9 +15,9 @@
 // §1.1 allows the reordering; the weights are the same function.
 //
 // A slot with no unit (N not a multiple of 16) decodes to +0: code 0, factor 0, zero point 0.
-// Ternary (research.md §7) packs as int4: codes u = t + 1 in the nibbles, zero point 1, its scale
-// (tensor, row or group) in the factor tables, so (u - 1) · s is W_deq exactly and the int4 kernels
-// run it unchanged (4 bits per weight in memory; the 2-bit and base-3 packings are the files').
+// Ternary (research.md §7): 2 bits per weight in memory, codes u = t + 1, zero point 1 (0 for an empty
+// slot), its scale (tensor, row or group) in the factor tables, so (u - z) · s is W_deq exactly, the
+// expression and the bits of int4 with those codes: half of int4's code bytes per weight.
 
 #include <algorithm>
 #include <cstdint>
@@ -52,18 +53,19 @@ inline std::int64_t quant_step_bytes(quant::Kind k) {
         case quant::Kind::bf16: return 32;
         case quant::Kind::int8_channel:
         case quant::Kind::fp8: return 16;
+        case quant::Kind::ternary: return 4;
         default: return 8;
     }
 }
 
+// Formats whose panels hold a table of zero points next to the factors.
+constexpr bool has_zero_points(quant::Kind k) { return k == quant::Kind::int4 || k == quant::Kind::ternary; }
+
 // The layout of a matrix of K columns in format f; act order takes its gidx from `m` (gate and up
 // share a panel, so they must share gidx: the caller checks).
-// The kind whose panels and kernels a format runs on (ternary: int4's).
-inline quant::Kind panel_kind(quant::Kind k) { return k == quant::Kind::ternary ? quant::Kind::int4 : k; }
-
 inline QuantLayout quant_layout(quant::Format const& f, std::int64_t K, quant::Matrix const* m = nullptr) {
     QuantLayout L;
-    L.kind = panel_kind(f.kind);
+    L.kind = f.kind;
     L.K = K;
     L.step_bytes = quant_step_bytes(L.kind);
     auto const round64 = [](std::int64_t b) { return (b + 63) / 64 * 64; };
@@ -71,7 +73,7 @@ inline QuantLayout quant_layout(quant::Format const& f, std::int64_t K, quant::M
     L.tables = f.scaled() ? (f.kind == quant::Kind::int8_channel ? 1 : f.groups(K)) : 0;
     L.scale_off = code;
     L.zero_off = code + L.tables * kPanelCols * 4;
-    L.pstride = L.zero_off + (L.kind == quant::Kind::int4 ? L.tables * kPanelCols * 4 : 0);
+    L.pstride = L.zero_off + (has_zero_points(L.kind) ? L.tables * kPanelCols * 4 : 0);
     if (K == 0) return L;
     if (L.tables <= 1) {
         L.runs.push_back({0, K, 0});
@@ -115,6 +117,7 @@ inline void pack_quant_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
                 }
                 case quant::Kind::int8_channel:
                 case quant::Kind::fp8: step[s] = m->codes[static_cast<std::size_t>(o * K + i)]; break;
+                case quant::Kind::ternary: step[s / 4] |= static_cast<std::uint8_t>(m->codes[static_cast<std::size_t>(o * K + i)] << (2 * (s % 4))); break;
                 default: step[s % 8] |= static_cast<std::uint8_t>(m->codes[static_cast<std::size_t>(o * K + i)] << (s < 8 ? 0 : 4));
             }
         }
@@ -123,7 +126,7 @@ inline void pack_quant_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
             std::int64_t const i = col(run.k0);  // every step of a run has the same factor
             float const sc = m->scale_of(o, i);
             std::memcpy(dst + L.scale_off + (run.table * kPanelCols + s) * 4, &sc, 4);
-            if (L.kind == quant::Kind::int4) {
+            if (has_zero_points(L.kind)) {
                 auto const z = static_cast<float>(m->zero_of(o, i));
                 std::memcpy(dst + L.zero_off + (run.table * kPanelCols + s) * 4, &z, 4);
             }
