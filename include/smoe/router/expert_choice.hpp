@@ -41,6 +41,7 @@
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -77,17 +78,13 @@ struct ExpertChoiceConfig {
     }
 };
 
-class ExpertChoice {
+class ExpertChoice : public detail::RouterBase<ExpertChoice, ExpertChoiceConfig> {
 public:
-    using Config = ExpertChoiceConfig;
     // Every expert takes at most C tokens: a token-dropping balancer has nothing to do (concepts.hpp).
     static constexpr bool bounds_load = true;
 
-    explicit ExpertChoice(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
+    using RouterBase::RouterBase;
 
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.num_experts; }
     // The capacity C of a call with T tokens (the width of the fixed-capacity view).
     std::int64_t capacity(std::int64_t T) const { return cfg_.capacity_for(T); }
@@ -175,7 +172,6 @@ private:
         return s;
     }
 
-    Config cfg_;
 };
 
 // The fixed-capacity view of routing.md §1 (cases.md): token_ids [E, C] and weights [E, C], row e the

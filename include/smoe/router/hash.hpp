@@ -28,6 +28,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 #include "smoe/router/topk_config.hpp"
 
@@ -72,18 +73,11 @@ struct HashConfig {
     }
 };
 
-class Hash {
+class Hash : public detail::RouterBase<Hash, HashConfig> {
 public:
-    using Config = HashConfig;
+    using RouterBase::RouterBase;
 
-    explicit Hash(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.top_k; }
-
-    std::size_t workspace_size(std::int64_t /*max_tokens*/) const { return control::row_workspace_size(cfg_.num_experts); }
 
     // Without token ids there is nothing to route by.
     template <class Arch>
@@ -146,9 +140,6 @@ public:
         }
         return k;
     }
-
-private:
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

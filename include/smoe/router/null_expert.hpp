@@ -32,6 +32,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/null_expert.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -57,16 +58,11 @@ struct NullExpertConfig {
     static NullExpertConfig adamoe_mixtral() { return {.num_experts = 8, .num_null_experts = 16, .top_k = 4}; }
 };
 
-class NullExpert {
+class NullExpert : public detail::RouterBase<NullExpert, NullExpertConfig> {
 public:
-    using Config = NullExpertConfig;
+    using RouterBase::RouterBase;
 
-    explicit NullExpert(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
     std::int64_t num_null_experts() const { return cfg_.num_null_experts; }
-    std::int64_t num_logits() const { return cfg_.num_logits(); }
     std::int64_t max_slots() const { return cfg_.top_k; }
 
     std::size_t workspace_size(std::int64_t /*max_tokens*/) const {
@@ -120,9 +116,6 @@ public:
         }
         return k;
     }
-
-private:
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

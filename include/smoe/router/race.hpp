@@ -34,6 +34,7 @@
 #include "smoe/kernels/cpu/race.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -70,25 +71,15 @@ struct RaceConfig {
     }
 };
 
-class Race {
+class Race : public detail::RouterBase<Race, RaceConfig> {
+    friend RouterBase;  // workspace_size() calls carve()
+
 public:
-    using Config = RaceConfig;
+    using RouterBase::RouterBase;
 
-    explicit Race(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.num_experts; }
     // nnz = k · T exactly: a layer sizes its per-row buffers for this, not T · max_slots().
     std::int64_t max_routed_rows(std::int64_t T) const { return cfg_.top_k * T; }
-
-    std::size_t workspace_size(std::int64_t max_tokens) const {
-        WorkspaceSize size;
-        carve(size, max_tokens);
-        control::carve_row(size, cfg_.num_experts);
-        return size.bytes();
-    }
 
     // logits [T, E]; bias must be empty (a race has no selection bias); out [T, >= E]. Returns K = the
     // largest number of experts any token got (0 only for T = 0). Throws on non-finite logits.
@@ -158,8 +149,6 @@ private:
         s.count = a.template take<std::int32_t>(static_cast<std::size_t>(T));
         return s;
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

@@ -33,6 +33,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -60,14 +61,12 @@ struct RankwiseLoRAConfig {
     }
 };
 
-class RankwiseLoRA {
+class RankwiseLoRA : public detail::RouterBase<RankwiseLoRA, RankwiseLoRAConfig> {
 public:
-    using Config = RankwiseLoRAConfig;
     static constexpr bool accepts_selection_bias = false;
 
-    explicit RankwiseLoRA(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
+    using RouterBase::RouterBase;
 
-    Config const& config() const { return cfg_; }
     std::int64_t num_experts() const { return cfg_.rank; }
     std::int64_t num_logits() const { return cfg_.rank; }
     std::int64_t max_slots() const { return cfg_.top_k; }
@@ -152,8 +151,6 @@ private:
     std::span<float> carve(Alloc& a) const {
         return a.template take<float>(static_cast<std::size_t>(cfg_.rank));
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

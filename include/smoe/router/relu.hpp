@@ -31,6 +31,7 @@
 #include "smoe/kernels/cpu/relu.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -44,23 +45,13 @@ struct ReLUConfig {
     }
 };
 
-class ReLU {
+class ReLU : public detail::RouterBase<ReLU, ReLUConfig> {
+    friend RouterBase;  // workspace_size() calls carve()
+
 public:
-    using Config = ReLUConfig;
+    using RouterBase::RouterBase;
 
-    explicit ReLU(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.num_experts; }
-
-    std::size_t workspace_size(std::int64_t max_tokens) const {
-        WorkspaceSize size;
-        carve(size, max_tokens);
-        control::carve_row(size, cfg_.num_experts);
-        return size.bytes();
-    }
 
     // logits [T, E]; bias must be empty (relu has no selection bias); out [T, >= E]. Returns K = the
     // largest number of experts any token got (0 when nothing is selected). Throws on non-finite logits.
@@ -125,8 +116,6 @@ private:
         s.count = a.template take<std::int32_t>(static_cast<std::size_t>(T));
         return s;
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

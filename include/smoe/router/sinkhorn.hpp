@@ -48,6 +48,7 @@
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/topk_config.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -83,15 +84,10 @@ struct SinkhornConfig {
     }
 };
 
-class Sinkhorn {
+class Sinkhorn : public detail::RouterBase<Sinkhorn, SinkhornConfig> {
 public:
-    using Config = SinkhornConfig;
+    using RouterBase::RouterBase;
 
-    explicit Sinkhorn(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.top_k; }
 
     // K [max_tokens, E] and the scaling vectors, so route() never allocates.
@@ -264,7 +260,6 @@ private:
         for (std::int64_t j = 0; j < k; ++j) w[j] = kernel_row[ids[j]] / zf;
     }
 
-    Config cfg_;
     mutable SinkhornReport last_{};
 };
 

@@ -31,6 +31,7 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 
 namespace smoe::inline v0::router {
@@ -48,19 +49,13 @@ struct SparseMixerConfig {
     }
 };
 
-class SparseMixer {
+class SparseMixer : public detail::RouterBase<SparseMixer, SparseMixerConfig> {
 public:
-    using Config = SparseMixerConfig;
     static constexpr std::int64_t kSlots = 2;
 
-    explicit SparseMixer(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
+    using RouterBase::RouterBase;
 
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return kSlots; }
-
-    std::size_t workspace_size(std::int64_t /*max_tokens*/) const { return control::row_workspace_size(cfg_.num_experts); }
 
     // logits [T, E]; bias must be empty; out [T, >= 2]. Returns K = 2.
     template <class Arch>
@@ -114,8 +109,6 @@ private:
         weight = static_cast<float>(1.0 / z);  // exp(m − m) = 1 over the sum
         return static_cast<std::int32_t>(best);
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

@@ -36,6 +36,7 @@
 #include "smoe/kernels/cpu/top_p.hpp"
 #include "smoe/kernels/cpu/variable_k.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 #include "smoe/router/topk_config.hpp"
 
@@ -64,23 +65,13 @@ struct TopPConfig {
     }
 };
 
-class TopP {
+class TopP : public detail::RouterBase<TopP, TopPConfig> {
+    friend RouterBase;  // workspace_size() calls carve()
+
 public:
-    using Config = TopPConfig;
+    using RouterBase::RouterBase;
 
-    explicit TopP(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
-
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_experts; }
     std::int64_t max_slots() const { return cfg_.max_selected(); }
-
-    std::size_t workspace_size(std::int64_t max_tokens) const {
-        WorkspaceSize size;
-        carve(size, max_tokens);
-        control::carve_row(size, cfg_.num_experts);
-        return size.bytes();
-    }
 
     // logits [T, E]; bias must be empty (top-p has no selection bias); out [T, >= max_k]. Returns K =
     // the largest number of experts any token got (0 only for T = 0). Throws on non-finite logits.
@@ -169,8 +160,6 @@ private:
         s.count = a.template take<std::int32_t>(static_cast<std::size_t>(T));
         return s;
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router

@@ -21,22 +21,19 @@
 #include "smoe/kernels/cpu/finite_check.hpp"
 #include "smoe/kernels/cpu/softmax_topk.hpp"
 #include "smoe/router/control.hpp"
+#include "smoe/router/router_base.hpp"
 #include "smoe/router/route_checks.hpp"
 #include "smoe/router/topk_config.hpp"
 #include "smoe/router/topk_row.hpp"
 
 namespace smoe::inline v0::router {
 
-class TopK {
+class TopK : public detail::RouterBase<TopK, TopKConfig> {
 public:
-    using Config = TopKConfig;
     static constexpr bool accepts_selection_bias = true;
 
-    explicit TopK(Config const& cfg) : cfg_(cfg) { cfg_.validate(); }
+    using RouterBase::RouterBase;
 
-    Config const& config() const { return cfg_; }
-    std::int64_t num_experts() const { return cfg_.num_experts; }
-    std::int64_t num_logits() const { return cfg_.num_logits(); }
     // Selected ids >= num_experts() are identity experts (families.md §2.5): the layer adds w · x.
     bool identity_nulls() const { return cfg_.num_null_experts > 0; }
     std::int64_t max_slots() const { return cfg_.top_k; }
@@ -166,8 +163,6 @@ private:
         s.group_id = a.template take<std::int32_t>(G);
         return s;
     }
-
-    Config cfg_;
 };
 
 }  // namespace smoe::inline v0::router
