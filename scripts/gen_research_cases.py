@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Case folders for the research layers of research.md §1-§3 (smoe-run's chain_of_experts,
-recurrent_router and smear configs; keys in the README), from the spec's worked examples.
+"""Case folders for the research layers of research.md §1-§3 and §5.1 (smoe-run's chain_of_experts,
+recurrent_router, smear and film configs; keys in the README), from the spec's worked examples.
 
 Pure Python in float64, no third-party package: the spec's formula weights (§0), each design's math
 written again from the spec, and a check that the numbers printed in research.md come out (6
@@ -222,6 +222,42 @@ def smear_case(out, scope):
            weights, inputs, {"hidden_states": ("F32", [3, d], y), "merge_weights": ("F32", [len(groups), E], probs)})
 
 
+def film_case(out, merged):
+    """research.md §5.1: FiLM experts on formula expert 0, per slot or merged (the same y in float64)."""
+    d, f, E, k = 3, 2, 3, 2
+    w1, w3, w2 = formula_expert(0, d, f)
+    gamma = [[0.5, 1], [0.75, 1.25], [1, 1.5]]
+    beta = [[-0.25, -0.125], [0.125, 0.25], [-0.125, 0]]
+    gate = [[-1, 0, 1], [-0.5, 0.5, -1], [0, 1, -0.5]]
+    y, ids_all, w_all = [], [], []
+    for x in X[:2]:
+        g, u = matvec(w1, x), matvec(w3, x)
+        h = [a / (1 + math.exp(-a)) * b for a, b in zip(g, u)]
+        ids, w = topk(matvec(gate, x), k, True)
+        ids_all += ids
+        w_all += w
+        per_slot = [0.0] * d
+        for e, we in zip(ids, w):
+            per_slot = [a + we * b for a, b in zip(per_slot, matvec(w2, [gamma[e][i] * h[i] + beta[e][i] for i in range(f)]))]
+        G = [sum(we * gamma[e][i] for e, we in zip(ids, w)) for i in range(f)]
+        B = [sum(we * beta[e][i] for e, we in zip(ids, w)) for i in range(f)]
+        merged_y = matvec(w2, [G[i] * h[i] + B[i] for i in range(f)])
+        assert max(abs(a - b) for a, b in zip(per_slot, merged_y)) < 1e-15
+        y += merged_y if merged else per_slot
+    close(y, [0.101978, 0.0293892, -0.0431997, 0.150154, 0.0487688, -0.0526159], "film y")
+    close(w_all, [0.531209, 0.468791, 0.970688, 0.0293122], "film weights")
+    assert ids_all == [2, 0, 0, 2]
+    m = "model.layers.0.mlp."
+    weights = {m + "gate.weight": ("F32", [E, d], flat(gate)), m + "film_gamma": ("F32", [E, f], flat(gamma)),
+               m + "film_beta": ("F32", [E, f], flat(beta))}
+    weights.update(expert_tensors(m, [(w1, w3, w2)], indexed=False))
+    folder(out, "research_film_merged_worked_t2" if merged else "research_film_worked_t2",
+           {"layer": "film", "hidden_size": d, "intermediate_size": f, "num_experts": E, "top_k": k, "merged": merged,
+            "norm_topk_prob": True},
+           weights, {"hidden_states": ("F32", [2, d], flat(X[:2]))},
+           {"hidden_states": ("F32", [2, d], y), "expert_ids": ("I32", [2, k], ids_all), "expert_weights": ("F32", [2, k], w_all)})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -230,6 +266,8 @@ def main():
     rmoe_case(a.out)
     smear_case(a.out, "sequence")
     smear_case(a.out, "token")
+    film_case(a.out, False)
+    film_case(a.out, True)
 
 
 if __name__ == "__main__":

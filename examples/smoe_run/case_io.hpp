@@ -69,7 +69,7 @@ int run_full_layer(Args const& a, nlohmann::json const& config);
 int run_router_case(Args const& a, nlohmann::json const& config);
 int run_lora_case(Args const& a, nlohmann::json const& config);
 int run_mofme_case(Args const& a, nlohmann::json const& config);
-bool is_research_layer(nlohmann::json const& config);  // chain_of_experts, recurrent_router, smear
+bool is_research_layer(nlohmann::json const& config);  // chain_of_experts, recurrent_router, smear, film
 int run_research_layer(Args const& a, nlohmann::json const& config);
 
 // smoe-pack: the routed experts of a case folder's or checkpoint's MoE layers into a packed expert file.

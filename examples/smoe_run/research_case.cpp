@@ -1,5 +1,5 @@
-// The research compositions as case folders (research.md §1-§3; keys and tensors in the README's
-// "Research layers in smoe-run"): {"layer": "chain_of_experts" | "recurrent_router" | "smear", ...},
+// The research compositions as case folders (research.md §1-§3, §5.1; keys and tensors in the README's
+// "Research layers in smoe-run"): {"layer": "chain_of_experts" | "recurrent_router" | "smear" | "film", ...},
 // SwiGLU experts in F32/BF16/F16 files computed in fp32, hidden_states [T, d] in, outputs written.
 
 #include <algorithm>
@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "case_io.hpp"
+#include "smoe/expert/film.hpp"
 #include "smoe/expert/shared.hpp"
 #include "smoe/io/hf_config.hpp"
 #include "smoe/layer/chain.hpp"
+#include "smoe/layer/film_merged.hpp"
 #include "smoe/layer/recurrent.hpp"
 #include "smoe/layer/soft_merge.hpp"
 #include "smoe/smoe.hpp"
@@ -233,18 +235,60 @@ int run_smear_case(Args const& a, nlohmann::json const& config, std::string cons
     return 0;
 }
 
+// FiLM experts on one shared FFN (research.md §5.1): per slot (MoELayer<TopK, expert::Film>) or, with
+// "merged", one FFN pass per token (layer::FilmMerged); the same outputs within experts.md §9's bound.
+int run_film_case(Args const& a, nlohmann::json const& config, std::string const& file) {
+    std::vector<std::string> defaulted;
+    ConfigReader r(config, file, defaulted);
+    check_known_keys(config, file, {"layer", "hidden_size", "intermediate_size", "num_experts", "top_k", "merged", "score_func", "norm_topk_prob",
+                                    "routed_scaling_factor"},
+                     "a film config");
+    std::int64_t const d = r.dimension("hidden_size", std::nullopt), f = r.dimension("intermediate_size", std::nullopt),
+                       E = r.expert_count("num_experts", std::nullopt);
+    bool const merged = r.boolean("merged", false);
+    auto const rc = topk_keys(r, file, E, false);
+    ConfigExtent const xd{d, "hidden_size"}, xf{f, "intermediate_size"}, xE{E, "num_experts"};
+    auto const wf = SafetensorsFile::open(a.case_dir / "weights.safetensors");
+    std::string const mlp = "model.layers.0.mlp.";
+    Matrix const gate = read_matrix(wf, mlp + "gate.weight", xE, xd, file);
+    auto const ffn = read_experts(wf, mlp, {"gate_proj", "up_proj", "down_proj"}, false, {1, nullptr}, xd, xf, file);
+    Matrix const gamma = read_matrix(wf, mlp + "film_gamma", xE, xf, file), beta = read_matrix(wf, mlp + "film_beta", xE, xf, file);
+    auto const input = SafetensorsFile::open(a.case_dir / "input.safetensors");
+    Matrix const x = read_matrix(input, "hidden_states", any_extent, xd, file);
+    using Film = smoe::expert::Film<Swi>;
+    Film::Weights const fw{ffn.weights(), MatrixView<float const>(gamma.data.data(), E, f), MatrixView<float const>(beta.data.data(), E, f)};
+    Film::Config const fc{ffn.cfg, E};
+    MatrixView<float const> const g(gate.data.data(), E, d), xv(x.data.data(), x.rows, d);
+    std::int64_t const T = std::max<std::int64_t>(x.rows, 1);
+    std::vector<float> y(x.data.size());
+    SafetensorsWriter w;
+    if (merged) {
+        using Layer = smoe::layer::FilmMerged<Swi>;
+        Layer layer = as_config_error(file, [&] { return Layer({.router = rc, .expert = fc, .max_tokens = T}, {g, fw}); });
+        add_token_major(w, layer.forward(xv, MatrixView<float>(y.data(), x.rows, d)));
+    } else {
+        using Layer = smoe::MoELayer<smoe::router::TopK, Film, smoe::balance::None>;
+        Layer layer = as_config_error(file, [&] { return Layer({.router = rc, .expert = fc, .max_tokens = T}, {g, {}, fw}); });
+        add_token_major(w, layer.forward(xv, MatrixView<float>(y.data(), x.rows, d)));
+    }
+    w.add_f32("hidden_states", {x.rows, d}, y);
+    w.write(a.out_file);
+    return 0;
+}
+
 }  // namespace
 
 bool is_research_layer(nlohmann::json const& config) {
     if (!config.contains("layer") || !config["layer"].is_string()) return false;
     std::string const l = config["layer"].get<std::string>();
-    return l == "chain_of_experts" || l == "recurrent_router" || l == "smear";
+    return l == "chain_of_experts" || l == "recurrent_router" || l == "smear" || l == "film";
 }
 
 int run_research_layer(Args const& a, nlohmann::json const& config) {
     std::string const file = a.config_file(), l = config["layer"].get<std::string>();
     if (l == "chain_of_experts") return run_chain_case(a, config, file);
     if (l == "recurrent_router") return run_recurrent_case(a, config, file);
+    if (l == "film") return run_film_case(a, config, file);
     return run_smear_case(a, config, file);
 }
 
