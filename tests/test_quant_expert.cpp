@@ -114,6 +114,23 @@ std::vector<float> run_rows(Arch arch, X const& ex, std::int64_t e, std::vector<
     return y;
 }
 
+// run_rows through the phase calls without kernel scratch (the bf16 dot kernels' stack buffers), in
+// run()'s blocks of kRowBlock rows.
+std::vector<float> run_rows_no_scratch(QuantSwiGLU const& ex, std::int64_t e, std::vector<float> const& x, std::int64_t M) {
+    std::int64_t const d = ex.hidden_size();
+    std::vector<float> rw(static_cast<std::size_t>(M)), y(static_cast<std::size_t>(M * d), -1.0f);
+    for (std::int64_t r = 0; r < M; ++r) rw[std::size_t(r)] = 0.25f + 0.125f * float(r % 5);
+    std::vector<float> h(static_cast<std::size_t>(QuantSwiGLU::kRowBlock * ex.hidden_stride()));
+    for (std::int64_t r0 = 0; r0 < M; r0 += QuantSwiGLU::kRowBlock) {
+        std::int64_t const mb = std::min(QuantSwiGLU::kRowBlock, M - r0);
+        MatrixView<float> const hv(h.data(), mb, ex.hidden_stride());
+        auto const w = std::span<float const>(rw).subspan(std::size_t(r0), std::size_t(mb));
+        ex.run_gate_up(xsimd::default_arch{}, e, MatrixView<float const>(x.data() + r0 * d, mb, d), hv, 0, ex.gate_up_panels(), w);
+        ex.run_down(xsimd::default_arch{}, e, MatrixView<float const>(hv), w, MatrixView<float>(y.data() + r0 * d, mb, d), 0, ex.down_panels());
+    }
+    return y;
+}
+
 bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i)
@@ -576,6 +593,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         {Format::fp8_tensor(), Format::fp8_block(8, 8), {41, 24}},  // odd K: the last pair padded
         {Format::mxfp4(), Format::mxfp4(), {96, 64}},
         {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {16448, 24}},  // 8 rows' activations exceed the kernel's buffer
+        {Format::fp8_channel(), Format::fp8_channel(), {12416, 24}},  // one factor block longer than 4 rows' share of it
     };
     bool const native = smoe::kernels::cpu::cpu_has_avx512_bf16();
     if (!native) WARN("this CPU has no AVX512-BF16: only the emulation ran; the vdpbf16ps kernel is checked on a CPU that has it");
@@ -590,12 +608,13 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         INFO("format " << qe.format_name(0) << ", native " << native);
         CHECK(qe.uses_bf16_dot(1));
         // From 8 rows, codes decoded once per chunk of up to 64 rows (70: two chunks of 35).
-        std::vector<std::int64_t> const Ms = d > 4096 ? std::vector<std::int64_t>{1, 8}
+        std::vector<std::int64_t> const Ms = d > 4096 ? std::vector<std::int64_t>{1, 4, 8}
                                                       : std::vector<std::int64_t>{1, 2, 3, 5, 7, 8, 13, 30, 70};
         for (std::int64_t M : Ms) {
             auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
             auto const ye = run_rows(xsimd::default_arch{}, qe, 1, x, M);
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x, M), ye));
+            CHECK(same_bits(run_rows_no_scratch(qn, 1, x, M), ye));  // the kernels' small stack buffers
             CHECK(bf16_oracle_error(xs[1], x, ye, M) <= 2e-3);
             double const exact = oracle_error(xs[1], x, ye, M);
             CHECK(exact <= 1.5e-2);
@@ -646,5 +665,28 @@ TEST_CASE("quantised layers: T = 0, and one expert taking every token, on every 
         smoe::Workspace ws = buf.workspace();
         ex.run(xsimd::default_arch{}, 1, MatrixView<float const>(x.data(), T, d), std::span<float const>(ones), MatrixView<float>(want.data(), T, d), ws);
         for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(std::fabs(y[i] - want[i]) <= 1e-6f * (1.0f + std::fabs(want[i])));
+    }
+    // The bf16 dot path in a layer on a pool: each phase item's kernel scratch is a slot of the layer's
+    // workspace (one per hardware thread); with more threads than slots an item may find none and use
+    // its kernel's stack buffers. Every pool gives the bits of the call without one.
+    std::int64_t const fw = 256;  // 32 gate/up panels: several items per expert
+    std::vector<QuantExpertWeights> ws_xs;
+    for (std::int64_t e = 0; e < E; ++e) ws_xs.push_back(random_expert(rng, fmts[std::size_t(1 + e % 2)], fmts[std::size_t(1 + e % 2)], d, fw));
+    SwiGLUConfig c{d, fw, E};
+    c.bf16_dot = smoe::kernels::cpu::cpu_has_avx512_bf16() ? smoe::expert::Bf16Dot::on : smoe::expert::Bf16Dot::emulated;
+    Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
+                {MatrixView<float const>(gate.data(), E, d), {}, QuantSwiGLUWeights::of(ws_xs)});
+    CHECK(layer.experts().phase_scratch_bytes() == smoe::kernels::cpu::bf16q_scratch_bytes());
+    std::vector<float> y0(std::size_t(T * d)), y(std::size_t(T * d));
+    layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y0.data(), T, d));
+    for (std::int64_t threads : {2, 5}) {
+        smoe::DefaultThreadPool pool(threads);
+        layer.set_thread_pool(pool);
+        for (int rep = 0; rep < 3; ++rep) {
+            std::fill(y.begin(), y.end(), -1.0f);
+            layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y.data(), T, d));
+            CHECK(same_bits(y, y0));
+        }
+        layer.clear_thread_pool();
     }
 }

@@ -32,6 +32,7 @@
 #include "smoe/core/error.hpp"
 #include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
+#include "smoe/core/scratch_slots.hpp"
 #include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
@@ -328,6 +329,7 @@ private:
         std::span<float> slot_out;   // [T*K, d] weighted expert outputs in CSR order
         std::span<float> hidden;     // phased experts: [T*K, hidden_stride] between the two phases
         std::span<std::int32_t> touched;  // phased experts: ids of the experts that got rows
+        ScratchSlots scratch;              // phased experts' kernel scratch (phase_scratch_bytes), per item
         Workspace expert_ws;
     };
 
@@ -350,6 +352,7 @@ private:
         if constexpr (detail::PhasedExpert<Expert, arch>) {
             b.hidden = a.template take<float>(slots * static_cast<std::size_t>(expert_.hidden_stride()));
             b.touched = a.template take<std::int32_t>(static_cast<std::size_t>(router_.num_experts()));
+            if constexpr (requires { expert_.phase_scratch_bytes(); }) b.scratch = ScratchSlots(a, expert_.phase_scratch_bytes());
         }
         b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
         return b;
@@ -494,12 +497,20 @@ private:
         };
         auto panel_phases = [&] {
             phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
-                expert_.run_gate_up(arch{}, e, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), p0, p1,
-                                    r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)));
+                auto const in = MatrixView<float const>(slot_out.block(off, M));
+                auto const w = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
+                if constexpr (requires { expert_.phase_scratch_bytes(); })
+                    b.scratch.with([&](std::span<std::byte> sc) { expert_.run_gate_up(arch{}, e, in, hidden.block(off, M), p0, p1, w, sc); });
+                else
+                    expert_.run_gate_up(arch{}, e, in, hidden.block(off, M), p0, p1, w);
             });
             phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
-                expert_.run_down(arch{}, e, MatrixView<float const>(hidden.block(off, M)),
-                                 r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), p0, p1);
+                auto const h = MatrixView<float const>(hidden.block(off, M));
+                auto const w = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
+                if constexpr (requires { expert_.phase_scratch_bytes(); })
+                    b.scratch.with([&](std::span<std::byte> sc) { expert_.run_down(arch{}, e, h, w, slot_out.block(off, M), p0, p1, sc); });
+                else
+                    expert_.run_down(arch{}, e, h, w, slot_out.block(off, M), p0, p1);
             });
         };
         auto both_phases = [&] {

@@ -209,6 +209,13 @@ public:
     std::int64_t hidden_stride() const { return gu_panels_ * detail::kHalf; }
 
     std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
+    // Bytes of kernel scratch one run_gate_up / run_down call uses when given them (the bf16 dot path's
+    // buffers, bf16_dot_quant.hpp); concurrent calls need one each. 0 when no expert takes that path.
+    std::size_t phase_scratch_bytes() const {
+        for (std::size_t i = 0; i < gu_.size(); ++i)
+            if (gu_[i].bf16 || dn_[i].bf16) return kernels::cpu::bf16q_scratch_bytes();
+        return 0;
+    }
 
     template <class Arch>
     void run(Arch arch, std::int64_t e, MatrixView<float const> rows_in, std::span<float const> row_w, MatrixView<float> slot_out,
@@ -216,21 +223,24 @@ public:
         detail::run_held(*store_, *this, arch, e, rows_in, row_w, slot_out, ws);
     }
 
+    // scratch: phase_scratch_bytes() for this call alone (64-byte aligned), or empty (the kernels' buffers
+    // then go on the stack: same bits, slower).
     template <class Arch>
     void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1,
-                     std::span<float const> row_w = {}) const {
+                     std::span<float const> row_w = {}, std::span<std::byte> scratch = {}) const {
         // h's padded columns (f not a multiple of 8) come out 0: their slots decode to +0 (and their biases are 0).
         auto epi = detail::gate_up_store(cfg_, bias_, e, h, nullptr, row_w);
         auto const i = static_cast<std::size_t>(e);
-        gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, reinterpret_cast<std::uint8_t const*>(store_->record(e)), p0, p1, epi);
+        gu_[i].run(arch, dot_kernel_, bf16_kernel_, x, reinterpret_cast<std::uint8_t const*>(store_->record(e)), p0, p1, epi, scratch);
     }
 
     template <class Arch>
     void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out, std::int64_t p0,
-                  std::int64_t p1) const {
+                  std::int64_t p1, std::span<std::byte> scratch = {}) const {
         auto epi = detail::down_store(cfg_, bias_, e, out, nullptr, row_w);
         auto const i = static_cast<std::size_t>(e);
-        dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, reinterpret_cast<std::uint8_t const*>(store_->record(e)) + dn_off_[i], p0, p1, epi);
+        dn_[i].run(arch, dot_kernel_, bf16_kernel_, h, reinterpret_cast<std::uint8_t const*>(store_->record(e)) + dn_off_[i], p0, p1, epi,
+                   scratch);
     }
 
 private:
@@ -243,11 +253,11 @@ private:
         std::int64_t pstride() const { return dot ? d.pstride : q.pstride; }
         template <class Arch, class Epi>
         void run(Arch arch, kernels::cpu::Int8DotKernel k, kernels::cpu::Bf16DotKernel kb, MatrixView<float const> A,
-                 std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) const {
+                 std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi, std::span<std::byte> scratch) const {
             if (dot)
                 kernels::cpu::gemm_int8_dot(k, MatrixView<float const>(A.data, A.rows, d.K, A.ld), d, panels, p0, p1, epi);
             else if (bf16)
-                kernels::cpu::gemm_bf16_dot_quant(kb, A, q, panels, p0, p1, epi);
+                kernels::cpu::gemm_bf16_dot_quant(kb, A, q, panels, p0, p1, epi, scratch);
             else
                 kernels::cpu::gemm_quant(arch, A, q, panels, p0, p1, epi);
         }

@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/scratch_slots.hpp"
 #include "smoe/core/thread_pool.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
@@ -129,6 +130,26 @@ public:
     {
         routed_.run_down(arch, e, h, row_w, out, p0, p1);
     }
+    // Kernel scratch per phase call (QuantSwiGLU: its bf16 dot path), for the routed experts' phases.
+    std::size_t phase_scratch_bytes() const
+        requires requires(Inner const& i) { i.phase_scratch_bytes(); }
+    {
+        return routed_.phase_scratch_bytes();
+    }
+    template <class Arch>
+    void run_gate_up(Arch arch, std::int64_t e, MatrixView<float const> x, MatrixView<float> h, std::int64_t p0, std::int64_t p1,
+                     std::span<float const> row_w, std::span<std::byte> scratch) const
+        requires requires(Inner const& i) { i.phase_scratch_bytes(); }
+    {
+        routed_.run_gate_up(arch, e, x, h, p0, p1, row_w, scratch);
+    }
+    template <class Arch>
+    void run_down(Arch arch, std::int64_t e, MatrixView<float const> h, std::span<float const> row_w, MatrixView<float> out,
+                  std::int64_t p0, std::int64_t p1, std::span<std::byte> scratch) const
+        requires requires(Inner const& i) { i.phase_scratch_bytes(); }
+    {
+        routed_.run_down(arch, e, h, row_w, out, p0, p1, scratch);
+    }
     // Bytes of the weights the experts hold (their packed copies where they pack).
     // The routed experts' store (store/expert_store.hpp); the shared expert is always resident.
     decltype(auto) store() const
@@ -168,11 +189,19 @@ public:
                 auto const gu = shared_.gate_up_panels(), dn = shared_.down_panels();
                 std::int64_t const parts = pool.num_threads() > 1 ? 2 * pool.num_threads() : 1;
                 pool.parallel_for(std::min(parts, gu), [&](std::int64_t i) {
-                    shared_.run_gate_up(arch, 0, xb, h, gu * i / std::min(parts, gu), gu * (i + 1) / std::min(parts, gu));
+                    std::int64_t const p0 = gu * i / std::min(parts, gu), p1 = gu * (i + 1) / std::min(parts, gu);
+                    if constexpr (kScratch)
+                        s.kernel.with([&](std::span<std::byte> sc) { shared_.run_gate_up(arch, 0, xb, h, p0, p1, {}, sc); });
+                    else
+                        shared_.run_gate_up(arch, 0, xb, h, p0, p1);
                 });
                 pool.parallel_for(std::min(parts, dn), [&](std::int64_t i) {
-                    shared_.run_down(arch, 0, MatrixView<float const>(h), std::span<float const>(g), out, dn * i / std::min(parts, dn),
-                                     dn * (i + 1) / std::min(parts, dn));
+                    std::int64_t const p0 = dn * i / std::min(parts, dn), p1 = dn * (i + 1) / std::min(parts, dn);
+                    MatrixView<float const> const hc(h);
+                    if constexpr (kScratch)
+                        s.kernel.with([&](std::span<std::byte> sc) { shared_.run_down(arch, 0, hc, std::span<float const>(g), out, p0, p1, sc); });
+                    else
+                        shared_.run_down(arch, 0, hc, std::span<float const>(g), out, p0, p1);
                 });
             } else {
                 Workspace inner = s.inner;
@@ -193,8 +222,11 @@ private:
         i.hidden_stride();
     };
 
+    static constexpr bool kScratch = requires(Inner const& i) { i.phase_scratch_bytes(); };
+
     struct Scratch {
         std::span<float> gate, out, hidden;
+        ScratchSlots kernel;  // the shared expert's phase calls (kScratch)
         Workspace inner;
     };
     template <class Alloc>
@@ -204,6 +236,7 @@ private:
         s.gate = a.template take<float>(static_cast<std::size_t>(rows));
         s.out = a.template take<float>(static_cast<std::size_t>(rows * hidden_size()));
         if constexpr (kPhased) s.hidden = a.template take<float>(static_cast<std::size_t>(rows * shared_.hidden_stride()));
+        if constexpr (kScratch) s.kernel = ScratchSlots(a, shared_.phase_scratch_bytes());
         s.inner = a.take_bytes(shared_.workspace_size(rows));
         return s;
     }

@@ -200,10 +200,19 @@ template <class X>
 std::size_t phased_h_floats(X const& ex, std::int64_t max_rows) {
     return static_cast<std::size_t>(std::min(max_rows, X::kRowBlock) * ex.hidden_stride());
 }
+// Kernel scratch of one phase call (QuantSwiGLU's bf16 dot path: phase_scratch_bytes()), else 0.
+template <class X>
+std::size_t phase_scratch_bytes(X const& ex) {
+    if constexpr (requires { ex.phase_scratch_bytes(); })
+        return ex.phase_scratch_bytes();
+    else
+        return 0;
+}
 template <class X>
 std::size_t phased_workspace_size(X const& ex, std::int64_t max_rows) {
     WorkspaceSize size;
     size.take<float>(phased_h_floats(ex, max_rows));
+    size.take_bytes(phase_scratch_bytes(ex));
     return size.bytes();
 }
 // `between(h, r0)` may change the hidden rows r0 .. r0 + h.rows of a block between the two phases
@@ -217,13 +226,20 @@ void run_phased(X const& ex, Arch arch, std::int64_t e, MatrixView<float const> 
     std::int64_t const M = rows_in.rows;
     if (M == 0) return;
     std::span<float> const hbuf = ws.take<float>(phased_h_floats(ex, M));
+    [[maybe_unused]] std::span<std::byte> const scratch = ws.take<std::byte>(phase_scratch_bytes(ex));
     for (std::int64_t r0 = 0; r0 < M; r0 += X::kRowBlock) {
         std::int64_t const mb = std::min(X::kRowBlock, M - r0);
         MatrixView<float> const h(hbuf.data(), mb, ex.hidden_stride());
         auto const w = row_w.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(mb));
-        ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels(), w);
-        between(h, r0);
-        ex.run_down(arch, e, MatrixView<float const>(h), w, slot_out.block(r0, mb), 0, ex.down_panels());
+        if constexpr (requires { ex.phase_scratch_bytes(); }) {
+            ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels(), w, scratch);
+            between(h, r0);
+            ex.run_down(arch, e, MatrixView<float const>(h), w, slot_out.block(r0, mb), 0, ex.down_panels(), scratch);
+        } else {
+            ex.run_gate_up(arch, e, rows_in.block(r0, mb), h, 0, ex.gate_up_panels(), w);
+            between(h, r0);
+            ex.run_down(arch, e, MatrixView<float const>(h), w, slot_out.block(r0, mb), 0, ex.down_panels());
+        }
     }
 }
 

@@ -16,8 +16,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
@@ -72,6 +74,21 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
         }
     }
 }
+
+// Fewer than kBqDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
+// which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
+// rounded to bf16 once per row tile or chunk into a buffer of kBqChunkXBytes (rounding them
+// again for every panel group was a fifth of the time). A chunk takes as many rows as hold all of K in
+// its buffer, up to 64: each decode then serves more dot products (FP8, olmoe T = 512, one thread:
+// 24 -> 64 rows, 340 -> 308 ms of CPU time, MXFP4 343 -> 322).
+// The buffers (~300 KB) are the caller's scratch of bf16q_scratch_bytes(), never the stack: MoELayer
+// gives each of its threads one from its workspace (QuantSwiGLU::phase_scratch_bytes). A caller without
+// one (an empty span) runs on kBqStackXBytes of activations and ~40 KB in all on the stack, converting
+// a span of k per panel group or falling back to the chunk's k spans: the same operations in the same
+// order, so the same bits, slower from a few rows on.
+inline constexpr std::int64_t kBqDecodeRows = 8, kBqRows = 64, kBqSub = 64, kBqChunkXBytes = 256 * 1024, kBqStackXBytes = 4 * 1024;
+inline constexpr std::size_t kBqWBytes = kBqSub * 3 * 32 * 2, kBqSumBytes = kBqRows * 3 * kPanelCols * 4;
+inline constexpr std::size_t bf16q_scratch_bytes() { return std::size_t{kBqChunkXBytes} + kBqWBytes + 2 * kBqSumBytes; }
 
 namespace detail {
 
@@ -163,15 +180,6 @@ SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_decode_mx2(std::uint8_t co
     hi = _mm512_permutex2var_epi16(t.f, _mm512_srli_epi16(v, 4), t.f);
 }
 
-// Fewer than kBqDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
-// which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
-// rounded to bf16 once per row tile or chunk into a stack buffer of kBqXBytes / kBqChunkXBytes (rounding
-// them again for every panel group was a fifth of the time). A chunk takes as many rows as hold all of K
-// in its buffer, up to 64: each decode then serves more dot products (FP8, olmoe T = 512, one thread:
-// 24 -> 64 rows, 340 -> 308 ms of CPU time, MXFP4 343 -> 322). The cost is stack: ~300 KB in the calling
-// thread (glibc's and smoe::ThreadPool's threads have 8 MB; musl's 128 KB default is too small).
-inline constexpr std::int64_t kBqDecodeRows = 8, kBqRows = 64, kBqSub = 64, kBqXBytes = 96 * 1024,
-                              kBqChunkXBytes = 256 * 1024;
 
 // MR rows x NP panels over the factor blocks [r0, r1) of L.runs; the rows' bf16 activations are xb
 // (row i at xb + i·ldx, k from kbase, an odd K padded with a zero). The block partial sums stay in
@@ -229,13 +237,20 @@ template <bool Fp8, int MR, int NP>
 }
 
 
-// Rows [m, m + MR), panels [p0, p1), three at a time and the rest one by one.
+// Rows [m, m + MR), panels [p0, p1), three at a time and the rest one by one; the activations in xb
+// (xcap bf16, 64-byte aligned). Precondition: every factor block of L fits a row's share of xb
+// (bf16q_fits; bf16q_native sends the others to bf16q_chunk).
+inline bool bf16q_fits(QuantLayout const& L, std::int64_t xcap, int MR) {
+    std::int64_t const cap = xcap / MR / 2 * 2;
+    for (auto const& run : L.runs)
+        if ((run.k1 - run.k0 + 1) / 2 * 2 > cap) return false;
+    return true;
+}
 template <bool Fp8, int MR, class Epi>
 void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
-                     std::int64_t p1, Epi& epi) {
-    alignas(64) std::uint16_t xb[kBqXBytes / 2];
+                     std::int64_t p1, Epi& epi, std::uint16_t* xb, std::int64_t xcap) {
     alignas(64) float out[MR * 3 * kPanelCols];
-    std::int64_t const cap = kBqXBytes / 2 / MR;  // bf16 per row in xb
+    std::int64_t const cap = xcap / MR / 2 * 2;  // bf16 per row in xb
     std::size_t const runs = L.runs.size();
     // Rows' k in [k0, k1) into xb, row stride ldx (even, > k1 - k0 when that is odd).
     auto const convert = [&](std::int64_t k0, std::int64_t k1, std::int64_t ldx) {
@@ -255,7 +270,7 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
         if (whole) {
             tile((L.K + 1) / 2 * 2, 0, 0, runs);
         } else {
-            for (std::size_t r0 = 0, r1; r0 < runs; r0 = r1) {  // a block is at most 2^15 k: one always fits
+            for (std::size_t r0 = 0, r1; r0 < runs; r0 = r1) {  // one block always fits (bf16q_fits)
                 std::int64_t const k0 = L.runs[r0].k0;
                 for (r1 = r0 + 1; r1 < runs && (L.runs[r1].k1 - k0 + 1) / 2 * 2 <= cap; ++r1) {}
                 std::int64_t const k1 = L.runs[r1 - 1].k1, ldx = (k1 - k0 + 1) / 2 * 2;
@@ -353,16 +368,26 @@ template <int MR, int NP>
         for (int j = 0; j < NP; ++j) _mm512_storeu_ps(part + i * width + j * kPanelCols, sum[i][j]);
 }
 
+// A chunk's buffers: activations (xcap bf16), decoded weights (kBqWBytes), partial and running sums
+// (kBqSumBytes each); all 64-byte aligned.
+struct BqBuffers {
+    std::uint16_t* xb;
+    std::int64_t xcap;
+    std::uint16_t* w;
+    float *part, *acc;
+};
+
 // Rows [m0, m0 + rows), rows <= kBqRows, x panels [p0, p1): three panels at a time, the rest one by one.
 template <bool Fp8, class Epi>
 void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, QuantLayout const& L, std::uint8_t const* panels,
-                 std::int64_t p0, std::int64_t p1, Epi& epi) {
-    alignas(64) std::uint16_t xb[kBqChunkXBytes / 2];
-    alignas(64) std::uint16_t w[kBqSub * 3 * 32];
-    alignas(64) float part[kBqRows * 3 * kPanelCols], acc[kBqRows * 3 * kPanelCols];
+                 std::int64_t p0, std::int64_t p1, Epi& epi, BqBuffers const& buf) {
+    std::uint16_t* const xb = buf.xb;
+    std::uint16_t* const w = buf.w;
+    float* const part = buf.part;
+    float* const acc = buf.acc;
     std::int64_t const K = L.K, Kp = (K + 1) / 2 * 2;
     // Activations of all of K when the chunk's rows fit xb, else a span of k at a time per panel group.
-    std::int64_t const cap = kBqChunkXBytes / 2 / rows / 2 * 2;
+    std::int64_t const cap = buf.xcap / rows / 2 * 2;
     bool const whole = Kp <= cap;
     std::int64_t const span = whole ? Kp : cap;
     auto const convert = [&](std::int64_t k0, std::int64_t k1) {
@@ -408,39 +433,66 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
 }
 
 template <bool Fp8, class Epi>
-void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi) {
+void bf16q_run(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi,
+               BqBuffers const& buf) {
     std::int64_t const M = A.rows;
-    if (M < kBqDecodeRows) {
+    // Register tiles for few rows, unless a factor block is too long for their share of the activations
+    // (FP8 per channel with a long K): the chunk walks k in spans whatever the blocks.
+    if (M < kBqDecodeRows && bf16q_fits(L, buf.xcap, M >= 4 ? 4 : M >= 2 ? 2 : 1)) {
         std::int64_t m = 0;
-        if (M - m >= 4) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi), m += 4;
-        if (M - m >= 2) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi), m += 2;
-        if (M - m >= 1) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi);
+        if (M - m >= 4) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 4;
+        if (M - m >= 2) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 2;
+        if (M - m >= 1) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap);
         return;
     }
     // Chunks of up to kBqRows rows, fewer where that lets the rows hold all of K in the buffer (at least 8),
     // split evenly.
-    std::int64_t const fit = std::clamp<std::int64_t>(kBqChunkXBytes / 2 / ((L.K + 1) / 2 * 2), kBqDecodeRows, kBqRows);
+    std::int64_t const fit = std::clamp<std::int64_t>(buf.xcap / ((L.K + 1) / 2 * 2), kBqDecodeRows, kBqRows);
     std::int64_t const chunks = (M + fit - 1) / fit, rows = (M + chunks - 1) / chunks;
-    for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<Fp8>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi);
+    for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<Fp8>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi, buf);
+}
+
+// Without the caller's scratch: the buffers on this frame, the activations' one small.
+template <bool Fp8, class Epi>
+[[gnu::noinline]] void bf16q_run_on_stack(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
+                                          std::int64_t p1, Epi& epi) {
+    alignas(64) std::uint16_t xb[kBqStackXBytes / 2];
+    alignas(64) std::uint16_t w[kBqWBytes / 2];
+    alignas(64) float part[kBqSumBytes / 4], acc[kBqSumBytes / 4];
+    bf16q_run<Fp8>(A, L, panels, p0, p1, epi, BqBuffers{xb, kBqStackXBytes / 2, w, part, acc});
+}
+
+template <bool Fp8, class Epi>
+void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi,
+                  std::span<std::byte> scratch) {
+    if (scratch.size() < bf16q_scratch_bytes() || reinterpret_cast<std::uintptr_t>(scratch.data()) % 64 != 0)
+        return bf16q_run_on_stack<Fp8>(A, L, panels, p0, p1, epi);
+    std::byte* const s = scratch.data();
+    BqBuffers const buf{reinterpret_cast<std::uint16_t*>(s), kBqChunkXBytes / 2, reinterpret_cast<std::uint16_t*>(s + kBqChunkXBytes),
+                        reinterpret_cast<float*>(s + kBqChunkXBytes + kBqWBytes),
+                        reinterpret_cast<float*>(s + kBqChunkXBytes + kBqWBytes + kBqSumBytes)};
+    bf16q_run<Fp8>(A, L, panels, p0, p1, epi, buf);
 }
 #endif
 
 }  // namespace detail
 
 // Rows [0, A.rows) x panels [p0, p1) of an FP8 or MXFP4 matrix packed by pack_bf16q_panel; A's first
-// L.K columns are the input. Native needs cpu_has_avx512_bf16().
+// L.K columns are the input. Native needs cpu_has_avx512_bf16(); scratch (bf16q_scratch_bytes(), 64-byte
+// aligned, one per concurrent caller) holds its buffers, else they go on the stack (see kBqChunkXBytes).
 template <class Epi>
 void gemm_bf16_dot_quant(Bf16DotKernel kernel, MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels,
-                         std::int64_t p0, std::int64_t p1, Epi& epi) {
+                         std::int64_t p0, std::int64_t p1, Epi& epi, std::span<std::byte> scratch = {}) {
     if (A.rows == 0 || p0 >= p1) return;
     MatrixView<float const> const X(A.data, A.rows, L.K, A.ld);
 #if SMOE_BF16_DOT_NATIVE
     if (kernel == Bf16DotKernel::native) {
-        if (L.kind == quant::Kind::fp8) return detail::bf16q_native<true>(X, L, panels, p0, p1, epi);
-        return detail::bf16q_native<false>(X, L, panels, p0, p1, epi);
+        if (L.kind == quant::Kind::fp8) return detail::bf16q_native<true>(X, L, panels, p0, p1, epi, scratch);
+        return detail::bf16q_native<false>(X, L, panels, p0, p1, epi, scratch);
     }
 #else
     (void)kernel;
+    (void)scratch;
 #endif
     for (std::int64_t p = p0; p < p1; ++p) detail::bf16q_rows_emulated(X, L, panels + p * L.pstride, p, epi);
 }
