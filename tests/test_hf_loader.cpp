@@ -924,7 +924,8 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
     Block::Disk const disk{.block = "layers.0.ffn.", .gate = "w1.weight", .up = "w3.weight", .down = "w2.weight", .shared_w = true};
     auto with_table = [&](std::vector<std::int64_t> const& table, std::int64_t rows) {
         auto m = b.write(disk, false);
-        m.add_values("layers.0.ffn.gate.tid2eid", Dtype::I64, {rows, table.size() / rows}, std::span<std::int64_t const>(table));
+        m.add_values("layers.0.ffn.gate.tid2eid", Dtype::I64, {rows, static_cast<std::int64_t>(table.size()) / rows},
+                     std::span<std::int64_t const>(table));
         return m;
     };
     std::vector<std::int64_t> const table{3, 0, 1, 7, 5, 2, 6, 4, 0, 1};  // vocab 5

@@ -384,27 +384,10 @@ private:
     }
 
     std::int64_t check_precomputed(MatrixView<std::int32_t const> ids, MatrixView<float const> w, std::int64_t T) const {
-        detail::check_view(ids, "expert_ids", T, -1);
-        detail::check_view(w, "expert_weights", T, ids.cols);
-        std::int64_t const K = ids.cols;
         std::int64_t E = router_.num_experts();  // ids past it: the router's identity experts, if it has them
         if constexpr (requires { router_.identity_nulls(); })
             if (router_.identity_nulls()) E = router_.num_logits();
-        if (K > router_.max_slots())
-            detail::fail("expert_ids.cols", K, "at most the router's max_slots() = " + std::to_string(router_.max_slots()));
-        for (std::int64_t t = 0; t < T; ++t)
-            for (std::int64_t j = 0; j < K; ++j) {
-                std::int32_t const e = ids(t, j);
-                // Built only on failure: forward_routed allocates nothing on valid input.
-                auto at = [&] { return " at token " + std::to_string(t) + ", slot " + std::to_string(j); };
-                if (e < -1 || e >= E)
-                    detail::fail("expert_ids", std::to_string(e) + at(), "an expert id in [0, " + std::to_string(E) + ") or -1 for an empty slot");
-                if (e >= 0 && !std::isfinite(w(t, j)))
-                    detail::fail("expert_weights", detail::to_text(w(t, j)) + at(), "finite weights");
-                for (std::int64_t i = 0; i < j && e >= 0; ++i)
-                    if (ids(t, i) == e)
-                        detail::fail("expert_ids", std::to_string(e) + at(), "each expert at most once per token");
-            }
+        std::int64_t const K = detail::check_precomputed_routing(ids, w, T, E, router_.max_slots());
         if constexpr (requires { router_.max_routed_rows(T); }) {
             std::int64_t routed = 0;
             for (std::int64_t t = 0; t < T; ++t)

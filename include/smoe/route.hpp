@@ -8,12 +8,15 @@
 
 #include <cstddef>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "smoe/detail/xsimd.hpp"
 
 #include "smoe/concepts.hpp"
+#include "smoe/core/error.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/core/workspace.hpp"
 #include "smoe/kernels/cpu/dispatch.hpp"
@@ -21,6 +24,27 @@
 namespace smoe::inline v0 {
 
 namespace detail {
+
+// forward_routed's input (smoe::MoELayer's and dist::MoELayer's): ids [T, K] in [0, E) or -1 (an empty
+// slot), each expert at most once per token, K <= max_slots; finite weights [T, K]. Returns K.
+inline std::int64_t check_precomputed_routing(MatrixView<std::int32_t const> ids, MatrixView<float const> w, std::int64_t T,
+                                              std::int64_t E, std::int64_t max_slots) {
+    check_view(ids, "expert_ids", T, -1);
+    check_view(w, "expert_weights", T, ids.cols);
+    std::int64_t const K = ids.cols;
+    if (K > max_slots) fail("expert_ids.cols", K, "at most the router's max_slots() = " + std::to_string(max_slots));
+    for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t j = 0; j < K; ++j) {
+            std::int32_t const e = ids(t, j);
+            // Built only on failure: forward_routed allocates nothing on valid input.
+            auto at = [&] { return " at token " + std::to_string(t) + ", slot " + std::to_string(j); };
+            if (e < -1 || e >= E) fail("expert_ids", std::to_string(e) + at(), "an expert id in [0, " + std::to_string(E) + ") or -1 for an empty slot");
+            if (e >= 0 && !std::isfinite(w(t, j))) fail("expert_weights", to_text(w(t, j)) + at(), "finite weights");
+            for (std::int64_t i = 0; i < j && e >= 0; ++i)
+                if (ids(t, i) == e) fail("expert_ids", std::to_string(e) + at(), "each expert at most once per token");
+        }
+    return K;
+}
 
 // The buffers of one routing, sized for T tokens and the router's largest K.
 struct RoutingBuffers {

@@ -257,6 +257,53 @@ TEST_CASE("ranks as threads: the sharded layer equals smoe::MoELayer bit for bit
     }
 }
 
+TEST_CASE("ranks as threads: forward_routed (the host's routing) equals smoe::MoELayer's, bit for bit", "[dist][layer][threads][routed]") {
+    // What HfShardedMoeLayer runs for PhiMoE's sparsemixer and DeepSeek-V4's hash layers: each rank's own
+    // routing, which no gate gives here (an empty slot, a negative weight), exchanged like forward's.
+    constexpr int P = 2;
+    constexpr std::int64_t d = 19, E = 6, T = 9;
+    std::mt19937_64 rng(13);
+    auto const m = Model::random(rng, d, 11, E);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 2};
+    std::vector<std::vector<float>> xs(P), ws(P), got(P);
+    std::vector<std::vector<std::int32_t>> ids(P);
+    for (int r = 0; r < P; ++r) {
+        xs[r] = smoe_test::normal(rng, T * d, 1.0);
+        for (std::int64_t t = 0; t < T; ++t) {
+            auto const a = static_cast<std::int32_t>((t + r) % E);
+            ids[r].push_back(a);
+            ids[r].push_back(t == 3 ? -1 : static_cast<std::int32_t>((a + 1 + t % (E - 1)) % E));
+            ws[r].push_back(0.75f);
+            ws[r].push_back(t == 5 ? -0.5f : 0.25f);
+        }
+    }
+    auto const pl = ExpertPlacement::contiguous(E, P);
+    auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+        auto const r = static_cast<std::size_t>(comm.rank());
+        auto const local = smoe_test::local_experts(m, pl, comm.rank());
+        ThreadSharded layer(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = T},
+                            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = local.weights()});
+        got[r].assign(static_cast<std::size_t>(T * d), -1.0f);
+        layer.forward_routed(MatrixView<float const>(xs[r].data(), T, d), MatrixView<std::int32_t const>(ids[r].data(), T, 2),
+                             MatrixView<float const>(ws[r].data(), T, 2), MatrixView<float>(got[r].data(), T, d));
+    });
+    Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = T}, m.weights());
+    for (std::size_t r = 0; r < P; ++r) {
+        REQUIRE(what(errors[r]) == "(nothing thrown)");
+        std::vector<float> want(static_cast<std::size_t>(T * d));
+        single.forward_routed(MatrixView<float const>(xs[r].data(), T, d), MatrixView<std::int32_t const>(ids[r].data(), T, 2),
+                              MatrixView<float const>(ws[r].data(), T, 2), MatrixView<float>(want.data(), T, d));
+        CHECK(smoe_test::same_bits(want, 0, got[r], d));
+    }
+    smoe::dist::SelfCommunicator self;
+    Sharded one(self, ExpertPlacement::contiguous(E, 1), {.router = rc, .expert = m.expert_cfg(), .max_tokens = T},
+                {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = m.experts()});
+    ids[0][1] = static_cast<std::int32_t>(E);
+    CHECK_THROWS_WITH(one.forward_routed(MatrixView<float const>(xs[0].data(), T, d), MatrixView<std::int32_t const>(ids[0].data(), T, 2),
+                                         MatrixView<float const>(ws[0].data(), T, 2), MatrixView<float>(got[0].data(), T, d)),
+                      Contains("expert_ids' = 6 at token 0, slot 1") && Contains("[0, 6)"));
+}
+
 TEST_CASE("ranks as threads: one rank's bad input makes every rank throw", "[dist][layer][threads][errors]") {
     constexpr int P = 3;
     constexpr std::int64_t d = 8, E = 6;

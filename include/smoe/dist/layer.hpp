@@ -138,11 +138,35 @@ public:
     // Collective. x [T, d] -> y [T, d], T <= max_tokens (T may differ between ranks, 0 included). The
     // result is the routing of this rank's tokens; its views point into the workspace.
     RoutingResult forward(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
+        return run(x, y, workspace, nullptr);
+    }
+    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
+
+    // Collective, like forward, with this rank's routing from the host instead of the gate and router
+    // (smoe::MoELayer::forward_routed's rules: expert_ids [T, K], -1 an empty slot, K <= max_slots;
+    // expert_weights [T, K]): PhiMoE's sparsemixer, DeepSeek-V4's hash layers (io/hf_moe.hpp).
+    RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
+                                 MatrixView<float const> expert_weights, MatrixView<float> y, std::span<std::byte> workspace) {
+        Precomputed const pre{expert_ids, expert_weights};
+        return run(x, y, workspace, &pre);
+    }
+    RoutingResult forward_routed(MatrixView<float const> x, MatrixView<std::int32_t const> expert_ids,
+                                 MatrixView<float const> expert_weights, MatrixView<float> y) {
+        return forward_routed(x, expert_ids, expert_weights, y, buffer_.bytes());
+    }
+
+private:
+    struct Precomputed {
+        MatrixView<std::int32_t const> ids;
+        MatrixView<float const> weights;
+    };
+
+    RoutingResult run(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace, Precomputed const* pre) {
         std::fill(send_meta_.begin(), send_meta_.end(), 0);
         std::exception_ptr err;
         Call c;
         try {
-            c = route_and_pack(x, y, workspace);
+            c = route_and_pack(x, y, workspace, pre);
         } catch (...) {
             err = std::current_exception();
             for (std::size_t p = 0; p < static_cast<std::size_t>(comm_->size()); ++p) send_meta_[p * block_width()] = 1;
@@ -167,9 +191,6 @@ public:
         return r;
     }
 
-    RoutingResult forward(MatrixView<float const> x, MatrixView<float> y) { return forward(x, y, buffer_.bytes()); }
-
-private:
     static constexpr bool kHasShared =
         requires(Expert const& x, Workspace& w) { x.run_shared(arch{}, MatrixView<float const>{}, MatrixView<float>{}, w); };
 
@@ -195,12 +216,25 @@ private:
     };
 
     // Steps 1 and 2: everything that can reject this rank's input, before the first collective.
-    Call route_and_pack(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace) {
+    Call route_and_pack(MatrixView<float const> x, MatrixView<float> y, std::span<std::byte> workspace, Precomputed const* pre) {
         std::int64_t const T = check_io(x, y);
         Workspace ws(workspace);
         Call c;
         c.local = carve_local(ws, T);
         c.remote = carve_remote(ws);
+        if (pre) {  // as smoe::MoELayer::forward_routed: no logits, the balancer sees the host's routing
+            std::int64_t const K = smoe::detail::check_precomputed_routing(pre->ids, pre->weights, T, router_->num_experts(), router_->max_slots());
+            auto const& tm = c.local.routing.token_major;
+            for (std::int64_t t = 0; t < T; ++t)
+                for (std::int64_t j = 0; j < K; ++j) {
+                    tm.expert_ids(t, j) = pre->ids(t, j);
+                    tm.expert_weights(t, j) = pre->ids(t, j) < 0 ? 0.0f : pre->weights(t, j);
+                }
+            c.routing = smoe::detail::balance_routing(*balancer_, c.local.routing, c.local.balance, router_->num_experts(), K, {},
+                                                      smoe::detail::score_func_of(*router_));
+            pack(x, c.routing, c.local);
+            return c;
+        }
         MatrixView<float> const logits(c.local.logits.data(), T, router_->num_logits());
         kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
         if (!weights_.gate_bias.empty())  // the same additions as smoe::MoELayer's, so the same bits
