@@ -308,7 +308,9 @@ void quant_blocks_avx512(MatrixView<float const> A, std::int64_t full, PanelRef 
 template <class Arch, Kind KD, class Epi>
 void gemm_quant_kind(MatrixView<float const> A, PanelRef P, std::int64_t p0, std::int64_t p1, Epi& epi) {
     std::int64_t const M = A.rows;
-    bool const perm = P.L->has_perm();
+    // Act order is GPTQ's, int4 only (quant_layout): the other kinds never instantiate the Perm tiles.
+    constexpr bool kMayPerm = KD == Kind::int4;
+    bool const perm = kMayPerm && P.L->has_perm();
     if constexpr (kPackedAvx512<Arch>) {
 #if SMOE_QUANT_AVX512 && SMOE_PACKED_AVX512
         std::int64_t full = 0;
@@ -317,10 +319,9 @@ void gemm_quant_kind(MatrixView<float const> A, PanelRef P, std::int64_t p0, std
             for (std::int64_t p = p0; p < p1; p += kPacked512Panels)
                 quant_blocks_avx512<KD>(A, full, P, p, static_cast<int>(std::min<std::int64_t>(kPacked512Panels, p1 - p)), epi);
         }
-        if (perm)
-            quant_rows_avx512<KD, true>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
-        else
-            quant_rows_avx512<KD, false>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
+        if constexpr (kMayPerm)
+            if (perm) return quant_rows_avx512<KD, true>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
+        quant_rows_avx512<KD, false>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
         return;
 #endif
     }
@@ -331,10 +332,9 @@ void gemm_quant_kind(MatrixView<float const> A, PanelRef P, std::int64_t p0, std
             full = M - M % kPackedMR;
             for (std::int64_t p = p0; p < p1; ++p) quant_blocks_avx2<KD>(A, full, P, p, epi);
         }
-        if (perm)
-            quant_rows_avx2<KD, true>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
-        else
-            quant_rows_avx2<KD, false>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
+        if constexpr (kMayPerm)
+            if (perm) return quant_rows_avx2<KD, true>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
+        quant_rows_avx2<KD, false>(A.row(full), A.ld, M - full, P, p0, p1, full, epi);
         return;
 #endif
     }

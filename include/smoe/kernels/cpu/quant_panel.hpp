@@ -81,7 +81,7 @@ inline QuantLayout quant_layout(quant::Format const& f, std::int64_t K, quant::M
     }
     std::int64_t const g = f.group_cols(K);
     for (std::int64_t t = 0; t < L.tables; ++t) L.runs.push_back({t * g, std::min(K, (t + 1) * g), t});
-    if (f.act_order && m) {
+    if (f.kind == quant::Kind::int4 && f.act_order && m) {  // GPTQ's desc_act: int4 only
         L.perm.resize(static_cast<std::size_t>(K));
         std::iota(L.perm.begin(), L.perm.end(), 0);
         std::stable_sort(L.perm.begin(), L.perm.end(),
