@@ -7,8 +7,13 @@
 // picks k experts; with probability `reuse` an expert of the previous token (temporal locality, the
 // local routing consistency of Liang et al.), otherwise one drawn from a Zipf law of exponent `zipf`
 // over a fixed random permutation of the experts (popularity). BM_store/<store>/<budget %>/<prefetch>/
-// zipf:<x100>/reuse:<%>. Every run starts from a cold page cache (posix_fadvise DONTNEED on the file),
-// so the figures include the disk (or whatever backs the file here), not the page cache.
+// zipf:<x100>/reuse:<%>/direct:<0|1>. Every run starts from a cold page cache (posix_fadvise DONTNEED
+// on the file), so the first read of each expert comes from the disk (or whatever backs the file here);
+// direct:1 makes every read of a cached store O_DIRECT, so its misses never come from the page cache
+// (direct:0: a miss re-reads what the page cache kept, the OS lending the cache its free memory).
+// mapped has all the free memory of the machine for its pages: here (2 layers of 64 experts, ~200 MB)
+// that is the whole file, so mapped is resident after the first touch; a model larger than memory is
+// demo_engine --write-model's (README).
 //
 // Counters: tokens/s, hit_rate, MB_per_token read from the file, stall_ms_per_token (acquire's waits).
 
@@ -115,11 +120,13 @@ void BM_store(benchmark::State& state) {
     double const budget = double(state.range(1)) / 100.0;
     bool const prefetch = state.range(2) != 0;
     double const zipf = double(state.range(3)) / 100.0, reuse = double(state.range(4)) / 100.0;
+    bool const direct = state.range(5) != 0;
     store::StoreConfig sc;
     sc.residency = kind == 0 ? store::Residency::resident : kind == 1 ? store::Residency::mapped : store::Residency::cached;
     sc.eviction = kind == 3 ? store::Eviction::lfu : store::Eviction::lru;
     sc.budget_bytes = static_cast<std::size_t>(budget * double(m.expert_bytes));
     sc.prefetch = prefetch;
+    sc.direct_io = direct;
     Layer::Config c;
     c.router = {.num_experts = kE, .top_k = kK};
     c.expert = {kD, kF, kE, smoe::expert::Bf16Dot::automatic, smoe::expert::Int8Dot::off, sc};
@@ -173,13 +180,14 @@ void BM_store(benchmark::State& state) {
 
 void store_args(benchmark::internal::Benchmark* b) {
     for (auto [zipf, reuse] : {std::pair{80, 50}, std::pair{120, 80}}) {
-        b->Args({0, 100, 0, zipf, reuse});
-        b->Args({1, 100, 0, zipf, reuse});
+        b->Args({0, 100, 0, zipf, reuse, 0});
+        b->Args({1, 100, 0, zipf, reuse, 0});
         for (int kind : {2, 3})
             for (int budget : {10, 25, 50})
-                for (int pf : {0, 1}) b->Args({kind, budget, pf, zipf, reuse});
+                for (int pf : {0, 1})
+                    for (int direct : {0, 1}) b->Args({kind, budget, pf, zipf, reuse, direct});
     }
-    b->ArgNames({"store", "budget", "prefetch", "zipf", "reuse"});
+    b->ArgNames({"store", "budget", "prefetch", "zipf", "reuse", "direct"});
     b->Unit(benchmark::kMillisecond);
     b->Iterations(3);
     b->UseRealTime();

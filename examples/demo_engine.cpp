@@ -31,6 +31,19 @@
 // cached within --budget-frac of each layer's expert bytes (--eviction lru|lfu); --pregate prefetches
 // each next layer's experts predicted by its router on the current layer's input (store/pregate.hpp).
 // Each layer's store statistics are printed with the load table.
+//
+// A model larger than memory (issue 17 item 5): --write-model SIZE generates a random model's routed
+// experts one at a time and packs each straight into the packed file (no checkpoint: peak memory about
+// one expert), as many layers of the --shape as make SIZE bytes of expert records (SIZE: bytes with a
+// K/M/G/T suffix, or Nx for N times this machine's physical memory), then runs it from the file.
+// --sweep LIST runs prefill and decode once per entry on the same file (mapped, resident, or a budget
+// fraction F for cached; the page cache dropped before each) and prints a table: decode tokens/s, the
+// bytes read from the disk per token (/proc/self/io), the store's bytes read per token and its hit rate.
+// --direct: cached stores read with O_DIRECT (the budget is then all the memory the experts take).
+// --reuse-packed runs the file an earlier --write-model --packed FILE left (its routers drawn again:
+// random either way). A cached budget over the memory available now (less 2 GiB) is skipped, not run.
+//
+//   demo_engine --shape qwen3_moe --dtype int8 --write-model 1.5x --sweep mapped,0.1,0.25,0.5 --prefill 4 --decode 16
 
 #include <algorithm>
 #include <array>
@@ -92,6 +105,10 @@ struct Options {
     std::string eviction = "lru";
     std::string packed;              // the packed file (default: a temporary one)
     bool pregate = false;
+    std::uint64_t write_model = 0;   // bytes of expert records to generate into the packed file
+    bool reuse_packed = false;       // --write-model's file exists already (--packed FILE): run it again
+    std::vector<std::string> sweep;  // store configurations run one after the other: mapped, resident or F
+    bool direct = false;             // cached: O_DIRECT reads
     std::string router = "topk";  // topk: the Hugging Face model; chain, rmoe: research layers (research.md §1, §2)
 };
 
@@ -106,9 +123,37 @@ struct Options {
                  "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
                  "                   [--store resident|mapped|cached] [--budget-frac F] [--eviction lru|lfu] [--packed FILE]\n"
                  "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n"
+                 "                   [--write-model SIZE] (a random model of SIZE bytes of experts, K/M/G/T or Nx memory, written\n"
+                 "                   straight to the packed file) [--sweep mapped,resident,F,...] (one run per store) [--direct]\n"
+                 "                   [--reuse-packed] (with --write-model and --packed FILE: the file written before)\n"
                  "                   [--router topk|chain|rmoe] (chain: Chain-of-Experts layers, rmoe: recurrent-router layers)\n",
                  msg.c_str());
     std::exit(2);
+}
+
+// Bytes, with a K/M/G/T suffix (powers of 1024), or "Nx": N times the physical memory.
+std::uint64_t parse_size(char const* flag, std::string const& v) {
+    char* end = nullptr;
+    double const x = std::strtod(v.c_str(), &end);
+    std::string const suffix = end ? std::string(end) : std::string();
+    double scale = 1;
+    if (suffix == "x") scale = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
+    else if (suffix == "K") scale = 1024.0;
+    else if (suffix == "M") scale = 1024.0 * 1024;
+    else if (suffix == "G") scale = 1024.0 * 1024 * 1024;
+    else if (suffix == "T") scale = 1024.0 * 1024 * 1024 * 1024;
+    else if (!suffix.empty()) scale = -1;
+    if (end == v.c_str() || scale <= 0 || !(x > 0) || x * scale > 1e15)
+        usage(std::string(flag) + ": '" + v + "' is not a size (bytes with K, M, G or T, or Nx of the physical memory)");
+    return static_cast<std::uint64_t>(x * scale);
+}
+
+// A --budget-frac value: in (0, 1].
+double parse_fraction(char const* flag, std::string const& v) {
+    char* end = nullptr;
+    double const f = std::strtod(v.c_str(), &end);
+    if (end == v.c_str() || *end != '\0' || !(f > 0.0 && f <= 1.0)) usage(std::string(flag) + ": '" + v + "' is not in (0, 1]");
+    return f;
 }
 
 std::int64_t parse_count(char const* flag, char const* v, std::int64_t min) {
@@ -152,11 +197,18 @@ Options parse(int argc, char** argv) {
         else if (a == "--eviction") o.eviction = value();
         else if (a == "--packed") o.packed = value();
         else if (a == "--pregate") o.pregate = true;
-        else if (a == "--budget-frac") {
+        else if (a == "--budget-frac") o.budget_frac = parse_fraction("--budget-frac", value());
+        else if (a == "--write-model") o.write_model = parse_size("--write-model", value());
+        else if (a == "--direct") o.direct = true;
+        else if (a == "--reuse-packed") o.reuse_packed = true;
+        else if (a == "--sweep") {
             std::string const v = value();
-            char* end = nullptr;
-            o.budget_frac = std::strtod(v.c_str(), &end);
-            if (end == v.c_str() || *end != '\0' || !(o.budget_frac > 0.0 && o.budget_frac <= 1.0)) usage("--budget-frac: '" + v + "' is not in (0, 1]");
+            for (std::size_t b = 0, e; b <= v.size(); b = e + 1) {
+                e = std::min(v.find(',', b), v.size());
+                std::string const item = v.substr(b, e - b);
+                if (item != "mapped" && item != "resident") parse_fraction("--sweep", item);
+                o.sweep.push_back(item);
+            }
         }
         else if (a == "--router") o.router = value();
         else if (a == "-h" || a == "--help") usage("a host engine around smoe's MoE layers");
@@ -176,6 +228,14 @@ Options parse(int argc, char** argv) {
     if (o.router != "topk" && o.router != "chain" && o.router != "rmoe") usage("--router: '" + o.router + "' is not topk, chain or rmoe");
     if (o.router != "topk" && (o.model || o.shard || o.dtype != "bf16" || o.shape != "deepseek" || o.store != "resident"))
         usage("--router " + o.router + ": a random bf16 model of the deepseek shape only (no --model, --shard, --dtype, --shape or --store)");
+    if (o.write_model > 0 && (o.model || o.shard || o.router != "topk" || fused || o.dtype == "fp8" || o.dtype == "mxfp4"))
+        usage("--write-model: a random model of per-expert tensors (deepseek, mixtral or qwen3_moe) in f32, bf16, int8 or int4, one process");
+    if (o.reuse_packed && (o.write_model == 0 || o.packed.empty()))
+        usage("--reuse-packed: runs the file an earlier --write-model wrote (give the same --write-model, --shape, --dtype and --packed)");
+    if (o.write_model > 0 && o.store == "resident" && o.sweep.empty())
+        usage("--write-model: the model runs from its file (--store mapped|cached, or --sweep)");
+    if (!o.sweep.empty() && (o.shard || o.router != "topk")) usage("--sweep: one process, --router topk");
+    if (o.direct && o.store != "cached" && o.sweep.empty()) usage("--direct: for --store cached (or --sweep)");
     if (o.model && (o.dtype == "fp8" || o.dtype == "mxfp4"))
         usage("--dtype " + o.dtype + ": for the random model only (a checkpoint's quantised experts load in their own format)");
     return o;
@@ -233,34 +293,49 @@ public:
 
     smoe::io::TensorMap build() {
         smoe::io::TensorMap m("<random model>");
-        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, E = cfg_.num_experts();
         for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
             if (cfg_.family == smoe::io::HfFamily::gpt_oss || cfg_.family == smoe::io::HfFamily::llama4) {
                 add_fused(m, l);
                 continue;
             }
-            std::string const p = "model.layers." + std::to_string(l) + (cfg_.family == smoe::io::HfFamily::mixtral ? ".block_sparse_moe." : ".mlp.");
-            add(m, p + "gate.weight", {E, d}, d, false);
-            if (cfg_.router.requires_expert_bias) add(m, p + "gate.e_score_correction_bias", {E}, 1000, false);
-            bool const mix = cfg_.family == smoe::io::HfFamily::mixtral;
-            for (std::int64_t e = 0; e < E; ++e) {
-                std::string const q = p + "experts." + std::to_string(e) + ".";
-                add_expert(m, q + (mix ? "w1" : "gate_proj"), f, d);
-                add_expert(m, q + (mix ? "w3" : "up_proj"), f, d);
-                add_expert(m, q + (mix ? "w2" : "down_proj"), d, f);
-            }
-            if (std::int64_t const fs = cfg_.shared_intermediate_size; fs > 0) {
-                // FP8 checkpoints quantise the shared expert too; the mxfp4 config targets routed experts only.
-                bool const q = dtype_ == "fp8";
-                q ? add_expert(m, p + "shared_experts.gate_proj", fs, d) : add(m, p + "shared_experts.gate_proj.weight", {fs, d}, d, bf16_);
-                q ? add_expert(m, p + "shared_experts.up_proj", fs, d) : add(m, p + "shared_experts.up_proj.weight", {fs, d}, d, bf16_);
-                q ? add_expert(m, p + "shared_experts.down_proj", d, fs) : add(m, p + "shared_experts.down_proj.weight", {d, fs}, fs, bf16_);
-            }
+            add_router(m, l);
+            for (std::int64_t e = 0; e < cfg_.num_experts(); ++e) add_routed(m, l, e);
+            add_shared(m, l);
         }
         return m;
     }
 
+    // Layer l's router (per-expert families), its routed expert e, its shared expert: --write-model
+    // generates the routers and shared experts of all layers and then one routed expert at a time.
+    void add_router(smoe::io::TensorMap& m, std::int64_t l) {
+        std::int64_t const d = cfg_.hidden_size, E = cfg_.num_experts();
+        add(m, prefix(l) + "gate.weight", {E, d}, d, false);
+        if (cfg_.router.requires_expert_bias) add(m, prefix(l) + "gate.e_score_correction_bias", {E}, 1000, false);
+    }
+    void add_routed(smoe::io::TensorMap& m, std::int64_t l, std::int64_t e) {
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
+        bool const mix = cfg_.family == smoe::io::HfFamily::mixtral;
+        std::string const q = prefix(l) + "experts." + std::to_string(e) + ".";
+        add_expert(m, q + (mix ? "w1" : "gate_proj"), f, d);
+        add_expert(m, q + (mix ? "w3" : "up_proj"), f, d);
+        add_expert(m, q + (mix ? "w2" : "down_proj"), d, f);
+    }
+    void add_shared(smoe::io::TensorMap& m, std::int64_t l) {
+        std::int64_t const d = cfg_.hidden_size, fs = cfg_.shared_intermediate_size;
+        if (fs == 0) return;
+        // FP8 checkpoints quantise the shared expert too; the mxfp4 config targets routed experts only.
+        std::string const p = prefix(l);
+        bool const q = dtype_ == "fp8";
+        q ? add_expert(m, p + "shared_experts.gate_proj", fs, d) : add(m, p + "shared_experts.gate_proj.weight", {fs, d}, d, bf16_);
+        q ? add_expert(m, p + "shared_experts.up_proj", fs, d) : add(m, p + "shared_experts.up_proj.weight", {fs, d}, d, bf16_);
+        q ? add_expert(m, p + "shared_experts.down_proj", d, fs) : add(m, p + "shared_experts.down_proj.weight", {d, fs}, fs, bf16_);
+    }
+
 private:
+    std::string prefix(std::int64_t l) const {
+        return "model.layers." + std::to_string(l) + (cfg_.family == smoe::io::HfFamily::mixtral ? ".block_sparse_moe." : ".mlp.");
+    }
+
     // GPT-OSS (mlp.router.weight/bias, experts.gate_up_proj [E, d, 2f] with gate/up columns interleaved, its
     // bias [E, 2f], down_proj [E, f, d] and its bias [E, d]) and Llama 4 (feed_forward.router.weight, the same
     // stacks with gate columns first, no biases, shared_expert.*): the stacks' rows are inputs, so fan_in d / f.
@@ -559,13 +634,109 @@ int run_research(Options const& o) {
     return 0;
 }
 
+// Bytes this process has read from the storage (the page cache's misses, mapped or read), or 0.
+std::uint64_t disk_read_bytes() {
+    std::FILE* f = std::fopen("/proc/self/io", "r");
+    if (!f) return 0;
+    char line[128];
+    unsigned long long v = 0;
+    while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "read_bytes: %llu", &v) == 1) break;
+    std::fclose(f);
+    return v;
+}
+
+// MemAvailable of /proc/meminfo in bytes (the physical memory where it cannot be read).
+double available_memory() {
+    double kb = 0;
+    if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+        char line[128];
+        while (std::fgets(line, sizeof line, f))
+            if (std::sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+        std::fclose(f);
+    }
+    return kb > 0 ? kb * 1024.0 : double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
+}
+
+// The store statistics of every layer, summed.
+template <class Layer>
+smoe::store::StoreStats sum_stores(std::vector<Layer>& layers) {
+    smoe::store::StoreStats t;
+    for (auto& l : layers)
+        if (auto* st = l.expert_store()) {
+            auto const s = st->stats();
+            t.hits += s.hits, t.misses += s.misses, t.bytes_read += s.bytes_read, t.stall_seconds += s.stall_seconds;
+        }
+    return t;
+}
+
+// A random model's routed experts over the tensors of all of it but them (--write-model): expert e's
+// tensors exist only while it is packed.
+struct ExpertOverlay {
+    smoe::io::TensorMap const* rest;
+    smoe::io::TensorMap one;
+    smoe::io::TensorInfo const* find(std::string_view name) const {
+        auto const* t = one.find(name);
+        return t ? t : rest->find(name);
+    }
+};
+
+// --write-model: the random model's routed experts generated one at a time and packed straight into
+// `path` (peak memory: one expert's bf16 tensors and its record), layer after layer until the records
+// reach o.write_model bytes; `rest` gets the routers and shared experts. Returns the config of the
+// layers written.
+smoe::io::HfMoeConfig write_random_model(Options const& o, smoe::io::TensorMap& rest, std::string const& path,
+                                         smoe::io::HfMoeLayer::Options const& po, bool talk) {
+    Options big = o;
+    big.layers = 4096;  // enough for any size; the layers written are counted after the first
+    smoe::io::HfMoeConfig const cfg = smoe::io::parse_hf_config(random_config(big), "<random " + o.shape + " config>");
+    RandomModel rm(cfg, o.dtype, o.seed);
+    if (o.reuse_packed) {  // the file is there: the routers and shared experts of its layers only
+        auto const L = static_cast<std::int64_t>(smoe::store::PackedFile::open(path)->layers().size());
+        for (std::int64_t l = 0; l < L; ++l) rm.add_router(rest, l), rm.add_shared(rest, l);
+        Options fit = o;
+        fit.layers = L;
+        return smoe::io::parse_hf_config(random_config(fit), "<random " + o.shape + " config>");
+    }
+    smoe::store::PackedWriter out(path);
+    auto const t0 = Clock::now();
+    std::int64_t L = 1;
+    for (std::int64_t l = 0; l < L; ++l) {
+        rm.add_router(rest, l);
+        rm.add_shared(rest, l);
+        std::int64_t const layer[] = {l};
+        smoe::io::pack_hf_experts(cfg, layer, out, po, "<random model>", [&](std::int64_t li, std::int64_t e) {
+            ExpertOverlay s{&rest, smoe::io::TensorMap("<random model>")};
+            rm.add_routed(s.one, li, e);
+            return s;
+        });
+        std::uint64_t const written = out.bytes_written() - smoe::store::kPackedDataOffset;
+        if (l == 0) L = static_cast<std::int64_t>((o.write_model + written - 1) / written);
+        if (talk)
+            std::fprintf(stderr, "\rwrote layer %lld of %lld: %.2f GiB in %.0f s", static_cast<long long>(l + 1), static_cast<long long>(L),
+                         double(written) / double(1 << 30), seconds_since(t0));
+    }
+    out.finish();
+    if (talk) std::fprintf(stderr, "\n");
+    Options fit = o;
+    fit.layers = L;
+    return smoe::io::parse_hf_config(random_config(fit), "<random " + o.shape + " config>");
+}
+
+// One row of --sweep's table.
+struct SweepRow {
+    std::string store;  // with " (O_DIRECT)" when the cached stores read so
+    double budget = 1, tokens_per_s = 0, disk_mb = 0, store_mb = 0, hit_rate = 0, memory_mib = 0;
+};
+
 // Builds or loads the model, then prefill and decode. Layer is HfMoeLayer (one process) or
-// HfShardedMoeLayer (experts over the ranks; every rank runs its own share of the batch).
+// HfShardedMoeLayer (experts over the ranks; every rank runs its own share of the batch). With --sweep,
+// the model's layers are built and run once per store configuration.
 template <class Layer, class Maker>
 int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     bool const talk = ranks.rank == 0;
     std::vector<Layer> layers;
-    auto const t_load = Clock::now();
+    auto t_load = Clock::now();
     std::string source;
     smoe::io::HfMoeConfig cfg;
     typename Layer::Options lo{.max_tokens = o.prefill, .bf16_dot = o.bf16_dot, .int8_dot = o.int8_dot};
@@ -578,145 +749,233 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     std::string const packed_path = !o.packed.empty() ? o.packed + (ranks.size > 1 ? "." + std::to_string(ranks.rank) : "")
                                                       : (std::filesystem::temp_directory_path() /
                                                          ("smoe_demo_" + std::to_string(::getpid()) + ".smoe")).string();
+    std::string store_kind = o.store;  // this run's (one entry of --sweep)
+    double budget_frac = o.budget_frac;
+    smoe::io::HfMoeLayer::Options po;
+    po.format = lo.format;
+    po.bf16_dot = lo.bf16_dot;
+    po.int8_dot = lo.int8_dot;
+    auto open_packed = [&] {
+        lo.packed = smoe::store::PackedFile::open(packed_path);
+        if (talk) std::fprintf(stderr, "packed %zu MoE layers into %s (%.1f MiB) in %.2f s\n", lo.packed->layers().size(), packed_path.c_str(),
+                               double(lo.packed->file_bytes()) / (1 << 20), seconds_since(t_load));
+        switch (lo.packed->layers()[0].kind) {  // the layer type follows the file's records
+            case smoe::store::ExpertKind::swiglu_f32: lo.format = smoe::io::WeightFormat::f32; break;
+            case smoe::store::ExpertKind::swiglu_bf16: lo.format = smoe::io::WeightFormat::bf16; break;
+            case smoe::store::ExpertKind::swiglu_int8: lo.format = smoe::io::WeightFormat::int8; break;
+            default: lo.format = smoe::io::WeightFormat::int4, lo.int4_group = 0; break;
+        }
+    };
     auto pack_and_load = [&](auto const& src, std::int64_t l, std::string const& name) {
-        if (o.store == "resident") return Layer::load(cfg, src, l, lo, name, maker);
+        if (store_kind == "resident" && !lo.packed) return Layer::load(cfg, src, l, lo, name, maker);
         if (!lo.packed) {
-            smoe::io::HfMoeLayer::Options po;
-            po.format = lo.format;
-            po.bf16_dot = lo.bf16_dot;
-            po.int8_dot = lo.int8_dot;
             std::vector<std::int64_t> moe;
             for (std::int64_t i = 0; i < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(moe.size()) < o.layers); ++i)
                 if (cfg.is_moe_layer(i)) moe.push_back(i);
-            auto const t0 = Clock::now();
             smoe::store::PackedWriter out(packed_path);
             smoe::io::pack_hf_layers(cfg, src, moe, out, po, name);
             out.finish();
-            lo.packed = smoe::store::PackedFile::open(packed_path);
-            if (talk) std::fprintf(stderr, "packed %zu MoE layers into %s (%.1f MiB) in %.2f s\n", moe.size(), packed_path.c_str(),
-                                   double(lo.packed->file_bytes()) / (1 << 20), seconds_since(t0));
-            switch (lo.packed->layers()[0].kind) {  // the layer type follows the file's records
-                case smoe::store::ExpertKind::swiglu_f32: lo.format = smoe::io::WeightFormat::f32; break;
-                case smoe::store::ExpertKind::swiglu_bf16: lo.format = smoe::io::WeightFormat::bf16; break;
-                case smoe::store::ExpertKind::swiglu_int8: lo.format = smoe::io::WeightFormat::int8; break;
-                default: lo.format = smoe::io::WeightFormat::int4, lo.int4_group = 0; break;
-            }
+            open_packed();
         }
         auto const& pl = lo.packed->layer(l);
         std::uint64_t bytes = 0;
         for (std::int64_t e = 0; e < pl.num_experts; ++e) bytes += lo.packed->record(pl, e).bytes;
-        lo.store.residency = o.store == "mapped" ? smoe::store::Residency::mapped : smoe::store::Residency::cached;
+        lo.store.residency = store_kind == "mapped"     ? smoe::store::Residency::mapped
+                             : store_kind == "resident" ? smoe::store::Residency::resident
+                                                        : smoe::store::Residency::cached;
         lo.store.eviction = o.eviction == "lfu" ? smoe::store::Eviction::lfu : smoe::store::Eviction::lru;
-        lo.store.prefetch = o.pregate;
+        lo.store.prefetch = o.pregate && store_kind == "cached";
+        lo.store.direct_io = o.direct;
         // At least one expert's slot, so the smallest fraction still runs (one expert per round).
         std::uint64_t slot = 0;
         for (std::int64_t e = 0; e < pl.num_experts; ++e) slot = std::max<std::uint64_t>(slot, (lo.packed->record(pl, e).bytes + 4095) / 4096 * 4096);
-        lo.store.budget_bytes = static_cast<std::size_t>(std::max<double>(double(slot), o.budget_frac * double(bytes)));
+        lo.store.budget_bytes = static_cast<std::size_t>(std::max<double>(double(slot), budget_frac * double(bytes)));
         return Layer::load(cfg, src, l, lo, name, maker);
     };
+    std::optional<smoe::io::Checkpoint> ckpt;
+    std::optional<smoe::io::TensorMap> weights;  // the random model (--write-model: all but its routed experts)
     if (o.model) {
         std::filesystem::path const dir = *o.model;
         cfg = smoe::io::read_hf_config(dir / "config.json");
         if (talk)
             for (auto const& k : cfg.defaulted) std::fprintf(stderr, "demo_engine: config.json lacks %s (family default)\n", k.c_str());
-        auto const ckpt = smoe::io::Checkpoint::open(dir);
-        for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(layers.size()) < o.layers); ++l) {
-            if (!cfg.is_moe_layer(l)) continue;
-            if (talk) std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
-            try {
-                layers.push_back(pack_and_load(ckpt, l, dir.string()));
-            } catch (...) {
-                if (talk) std::fprintf(stderr, "\n");  // end the progress line before the error
-                throw;
-            }
-        }
-        if (talk) std::fprintf(stderr, "\n");
+        ckpt.emplace(smoe::io::Checkpoint::open(dir));
         source = dir.string();
+    } else if (o.write_model > 0) {
+        weights.emplace("<random model>");
+        cfg = write_random_model(o, *weights, packed_path, po, talk);
+        open_packed();
+        source = "random " + o.shape + "-like model " + (o.reuse_packed ? "in " : "written to ") + packed_path + " expert by expert (seed " +
+                 std::to_string(o.seed) + ")";
     } else {
         cfg = smoe::io::parse_hf_config(random_config(o), "<random " + o.shape + " config>");
-        auto const weights = RandomModel(cfg, o.dtype, o.seed).build();
-        for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(pack_and_load(weights, l, "<random model>"));
+        weights.emplace(RandomModel(cfg, o.dtype, o.seed).build());
         source = "random " + o.shape + "-like model in memory (seed " + std::to_string(o.seed) + ")";
     }
-    if (layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
-    double const load_s = seconds_since(t_load);
-    smoe::DefaultThreadPool pool(o.threads);
-    for (auto& l : layers) l.set_thread_pool(pool);
-    std::vector<smoe::store::PreGate> pregates;
-    if (o.pregate)
-        for (std::size_t i = 0; i + 1 < layers.size(); ++i)
-            pregates.emplace_back(layers[i + 1].gate(), layers[i + 1].expert_bias(), cfg.top_k(), o.prefill);
-    auto* const pg = o.pregate ? &pregates : nullptr;
-    std::int64_t const d = cfg.hidden_size;
-
-    std::size_t wbytes = 0, wsbytes = 0;
-    for (auto const& l : layers) wbytes += l.weight_bytes(), wsbytes += l.workspace_bytes();
-    if (talk) {
-        std::printf("smoe demo engine: %s\n", source.c_str());
-        std::printf("  %s: %zu MoE layers, d = %lld, E = %lld, k = %lld, expert f = %lld, shared f = %lld, %s expert weights\n",
-                    to_string(cfg.family), layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
-                    static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
-                    static_cast<long long>(cfg.shared_intermediate_size), to_string(layers.front().format()));
-        // Per-expert formats of the first layer (formats.md §4 rule 5), as runs of equal formats.
-        auto const& l0 = layers.front();
-        std::printf("  expert formats (layer %lld):", static_cast<long long>(l0.layer_index()));
-        std::int64_t const E0 = static_cast<std::int64_t>(l0.local_experts().size());
-        for (std::int64_t e = 0, start = 0; e < E0; ++e)
-            if (e + 1 == E0 || l0.expert_format(e + 1) != l0.expert_format(start)) {
-                std::printf(" %lld..%lld %s (%s);", static_cast<long long>(start), static_cast<long long>(e), l0.expert_format(start).c_str(),
-                            l0.expert_dot_path(start).c_str());
-                start = e + 1;
+    std::vector<SweepRow> rows;
+    std::vector<float> first_out;  // --sweep: the first run's prefill output and last decoded state
+    std::vector<std::string> const runs = o.sweep.empty() ? std::vector<std::string>{o.store} : o.sweep;
+    for (std::string const& run_store : runs) {
+        if (run_store == "mapped" || run_store == "resident") {
+            store_kind = run_store;
+        } else if (!o.sweep.empty()) {
+            store_kind = "cached";
+            budget_frac = std::strtod(run_store.c_str(), nullptr);
+        }
+        layers.clear();
+        if (lo.packed && store_kind == "cached") {  // pinned arenas must not push the machine into the OOM killer
+            double const want = budget_frac * double(lo.packed->file_bytes()), have = available_memory() - double(2u << 30);
+            if (want > have) {
+                if (talk)
+                    std::printf("\n== --sweep %s: skipped: a cache of %.1f GiB exceeds the memory available now less 2 GiB (%.1f GiB)\n",
+                                run_store.c_str(), want / double(1 << 30), have / double(1 << 30));
+                continue;
             }
-        if (!l0.shared_format().empty()) std::printf(" shared %s", l0.shared_format().c_str());
-        std::printf("\n");
-        if (ranks.size > 1)
-            std::printf("  sharded over %d ranks: rank 0 holds experts %lld..%lld; each rank runs its share of the batch\n", ranks.size,
-                        static_cast<long long>(layers.front().local_experts().front()), static_cast<long long>(layers.front().local_experts().back()));
-        std::printf("  memory%s: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s; %lld threads\n",
-                    ranks.size > 1 ? " (rank 0)" : "", double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20),
-                    static_cast<long long>(o.prefill), load_s, static_cast<long long>(o.threads));
-    }
+        }
+        if (lo.packed) {
+            // Every run from the disk: each reads what it needs, not the pages the previous run left.
+            lo.packed->drop_page_cache();
+            if (store_kind == "resident" && o.write_model > 0 &&
+                double(lo.packed->file_bytes()) > 0.5 * double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE)))
+                throw smoe::invalid_argument("--sweep", "resident", "mapped or a budget: the written model is over half of the memory");
+        }
+        t_load = Clock::now();
+        if (ckpt) {
+            for (std::int64_t l = 0; l < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(layers.size()) < o.layers); ++l) {
+                if (!cfg.is_moe_layer(l)) continue;
+                if (talk) std::fprintf(stderr, "\rloading layer %lld of %lld", static_cast<long long>(l + 1), static_cast<long long>(cfg.num_hidden_layers));
+                try {
+                    layers.push_back(pack_and_load(*ckpt, l, *o.model));
+                } catch (...) {
+                    if (talk) std::fprintf(stderr, "\n");  // end the progress line before the error
+                    throw;
+                }
+            }
+            if (talk) std::fprintf(stderr, "\n");
+        } else {
+            for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) layers.push_back(pack_and_load(*weights, l, "<random model>"));
+        }
+        if (layers.empty()) throw smoe::invalid_argument("--model", source, "a checkpoint with at least one MoE layer");
+        double const load_s = seconds_since(t_load);
+        smoe::DefaultThreadPool pool(o.threads);
+        for (auto& l : layers) l.set_thread_pool(pool);
+        std::vector<smoe::store::PreGate> pregates;
+        if (o.pregate)
+            for (std::size_t i = 0; i + 1 < layers.size(); ++i)
+                pregates.emplace_back(layers[i + 1].gate(), layers[i + 1].expert_bias(), cfg.top_k(), o.prefill);
+        auto* const pg = o.pregate ? &pregates : nullptr;
+        std::int64_t const d = cfg.hidden_size;
 
-    // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
-    std::mt19937_64 rng(o.seed + static_cast<std::uint64_t>(ranks.rank));
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::int64_t const T = share(o.prefill, ranks);
-    std::vector<float> h(static_cast<std::size_t>(T * d)), normed, out;
-    for (auto& v : h) v = nd(rng);
-    ranks.barrier();
-    auto const t_prefill = Clock::now();
-    step(layers, h, T, d, normed, out, pg);
-    ranks.barrier();
-    double const prefill_s = seconds_since(t_prefill);
-    if (talk)
-        std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s,
-                    double(o.prefill) / prefill_s);
+        std::size_t wbytes = 0, wsbytes = 0;
+        for (auto const& l : layers) wbytes += l.weight_bytes(), wsbytes += l.workspace_bytes();
+        if (talk) {
+            if (!o.sweep.empty()) std::printf("\n== --sweep %s: store %s\n", run_store.c_str(), store_kind.c_str());
+            std::printf("smoe demo engine: %s\n", source.c_str());
+            std::printf("  %s: %zu MoE layers, d = %lld, E = %lld, k = %lld, expert f = %lld, shared f = %lld, %s expert weights\n",
+                        to_string(cfg.family), layers.size(), static_cast<long long>(d), static_cast<long long>(cfg.num_experts()),
+                        static_cast<long long>(cfg.top_k()), static_cast<long long>(cfg.intermediate_size),
+                        static_cast<long long>(cfg.shared_intermediate_size), to_string(layers.front().format()));
+            // Per-expert formats of the first layer (formats.md §4 rule 5), as runs of equal formats.
+            auto const& l0 = layers.front();
+            std::printf("  expert formats (layer %lld):", static_cast<long long>(l0.layer_index()));
+            std::int64_t const E0 = static_cast<std::int64_t>(l0.local_experts().size());
+            for (std::int64_t e = 0, start = 0; e < E0; ++e)
+                if (e + 1 == E0 || l0.expert_format(e + 1) != l0.expert_format(start)) {
+                    std::printf(" %lld..%lld %s (%s);", static_cast<long long>(start), static_cast<long long>(e), l0.expert_format(start).c_str(),
+                                l0.expert_dot_path(start).c_str());
+                    start = e + 1;
+                }
+            if (!l0.shared_format().empty()) std::printf(" shared %s", l0.shared_format().c_str());
+            std::printf("\n");
+            if (ranks.size > 1)
+                std::printf("  sharded over %d ranks: rank 0 holds experts %lld..%lld; each rank runs its share of the batch\n", ranks.size,
+                            static_cast<long long>(layers.front().local_experts().front()),
+                            static_cast<long long>(layers.front().local_experts().back()));
+            std::printf("  memory%s: weights %.1f MiB, workspaces %.2f MiB (max_tokens = %lld); built/loaded in %.2f s; %lld threads\n",
+                        ranks.size > 1 ? " (rank 0)" : "", double(wbytes) / (1 << 20), double(wsbytes) / (1 << 20),
+                        static_cast<long long>(o.prefill), load_s, static_cast<long long>(o.threads));
+        }
 
-    // Every rank decodes one sequence (its last prompt token onwards), so a step is P tokens.
-    std::vector<float> tok(static_cast<std::size_t>(d));
-    if (T > 0) std::copy(h.end() - d, h.end(), tok.begin());
-    else for (auto& v : tok) v = nd(rng);
-    auto const t_decode = Clock::now();
-    for (std::int64_t i = 0; i < o.decode; ++i) {
-        rms_normalize(tok.data(), tok.data(), 1, d);
-        step(layers, tok, 1, d, normed, out, pg);
-        if (talk && ((i + 1) % 8 == 0 || i + 1 == o.decode))
-            std::fprintf(stderr, "\rdecode %lld/%lld steps", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
+        // A prompt of random embeddings, then decode: each new token's input is the last hidden state.
+        std::mt19937_64 rng(o.seed + static_cast<std::uint64_t>(ranks.rank));
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::int64_t const T = share(o.prefill, ranks);
+        std::vector<float> h(static_cast<std::size_t>(T * d)), normed, out;
+        for (auto& v : h) v = nd(rng);
+        ranks.barrier();
+        auto const t_prefill = Clock::now();
+        step(layers, h, T, d, normed, out, pg);
+        ranks.barrier();
+        double const prefill_s = seconds_since(t_prefill);
+        if (talk)
+            std::printf("  prefill: %lld tokens in %.3f s = %.1f tokens/s\n", static_cast<long long>(o.prefill), prefill_s,
+                        double(o.prefill) / prefill_s);
+
+        // Every rank decodes one sequence (its last prompt token onwards), so a step is P tokens.
+        std::vector<float> tok(static_cast<std::size_t>(d));
+        if (T > 0) std::copy(h.end() - d, h.end(), tok.begin());
+        else for (auto& v : tok) v = nd(rng);
+        auto const before = sum_stores(layers);
+        std::uint64_t const disk0 = disk_read_bytes();
+        auto const t_decode = Clock::now();
+        for (std::int64_t i = 0; i < o.decode; ++i) {
+            rms_normalize(tok.data(), tok.data(), 1, d);
+            step(layers, tok, 1, d, normed, out, pg);
+            if (talk && ((i + 1) % 8 == 0 || i + 1 == o.decode))
+                std::fprintf(stderr, "\rdecode %lld/%lld steps", static_cast<long long>(i + 1), static_cast<long long>(o.decode));
+        }
+        ranks.barrier();
+        double const decode_s = seconds_since(t_decode);
+        std::uint64_t const disk = disk_read_bytes() - disk0;
+        auto const after = sum_stores(layers);
+        if (talk && o.decode > 0) {
+            std::fprintf(stderr, "\n");
+            double const tokens = double(o.decode) * ranks.size;
+            std::printf("  decode: %lld steps x %d sequence%s in %.3f s = %.1f tokens/s (%.2f ms per step over %zu layers)\n",
+                        static_cast<long long>(o.decode), ranks.size, ranks.size > 1 ? "s" : "", decode_s, tokens / decode_s,
+                        1e3 * decode_s / double(o.decode), layers.size());
+            bool direct = false;
+            for (auto& l : layers)
+                if (auto* st = l.expert_store()) direct = direct || st->direct_io();
+            SweepRow row{store_kind + (direct ? " (O_DIRECT)" : o.direct && store_kind == "cached" ? " (buffered: O_DIRECT refused)" : ""),
+                         store_kind == "cached" ? budget_frac : 1.0, tokens / decode_s};
+            row.disk_mb = double(disk) / 1e6 / tokens;
+            row.store_mb = double(after.bytes_read - before.bytes_read) / 1e6 / tokens;
+            std::int64_t const hits = after.hits - before.hits, n = hits + after.misses - before.misses;
+            row.hit_rate = n > 0 ? double(hits) / double(n) : -1;
+            for (auto& l : layers)
+                if (auto* st = l.expert_store()) row.memory_mib += double(st->memory_bytes()) / (1 << 20);
+            if (lo.packed)
+                std::printf("  decode reads: %.1f MB per token from the disk (/proc/self/io), %.1f MB per token by the stores, store hit "
+                            "rate %.1f %%, experts in memory %.0f MiB\n",
+                            row.disk_mb, row.store_mb, 100.0 * row.hit_rate, row.memory_mib);
+            rows.push_back(row);
+        }
+        if (!o.sweep.empty()) {  // every store gives the same bits (store/expert_store.hpp)
+            h.insert(h.end(), tok.begin(), tok.end());
+            if (first_out.empty())
+                first_out = std::move(h);
+            else if (h != first_out)
+                throw smoe::invalid_argument("--sweep " + run_store, "an output that differs from --sweep " + runs.front() + "'s",
+                                             "the same bits from every store");
+            if (talk) std::printf("  output: the same bits as --sweep %s\n", runs.front().c_str());
+        }
+        if (o.sweep.empty()) {
+            print_load(layers, ranks);
+            if (store_kind != "resident") print_stores(layers, ranks);
+        }
     }
-    ranks.barrier();
-    double const decode_s = seconds_since(t_decode);
-    if (talk && o.decode > 0) {
-        std::fprintf(stderr, "\n");
-        double const tokens = double(o.decode) * ranks.size;
-        std::printf("  decode: %lld steps x %d sequence%s in %.3f s = %.1f tokens/s (%.2f ms per step over %zu layers)\n",
-                    static_cast<long long>(o.decode), ranks.size, ranks.size > 1 ? "s" : "", decode_s, tokens / decode_s,
-                    1e3 * decode_s / double(o.decode), layers.size());
+    if (talk && !o.sweep.empty()) {
+        std::printf("\nsweep (decode only; page cache dropped before each run):\n"
+                    "  | store | budget | decode tokens/s | disk MB/token | store MB/token | store hit rate | expert memory MiB |\n"
+                    "  |---|---|---|---|---|---|---|\n");
+        for (auto const& r : rows) {
+            char hit[16] = "-";
+            if (r.hit_rate >= 0) std::snprintf(hit, sizeof hit, "%.1f %%", 100.0 * r.hit_rate);
+            std::printf("  | %s | %.0f %% | %.3f | %.1f | %.1f | %s | %.0f |\n", r.store.c_str(), 100.0 * r.budget, r.tokens_per_s, r.disk_mb, r.store_mb, hit, r.memory_mib);
+        }
     }
-    print_load(layers, ranks);
-    if (o.store != "resident") {
-        print_stores(layers, ranks);
-        if (o.packed.empty()) std::filesystem::remove(packed_path);  // mapped pages stay valid until unmapped
-    }
+    if (lo.packed && o.packed.empty()) std::filesystem::remove(packed_path);  // mapped pages stay valid until unmapped
     return 0;
 }
 

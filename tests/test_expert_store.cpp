@@ -3,6 +3,7 @@
 // off and a thread pool, gives the bits of the layer packed in memory; the cache evicts in the order
 // its policy says on a scripted routing; every corruption of the file is an error naming it.
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -165,18 +166,21 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
             for (bool prefetch : {false, true})
                 for (bool threads : {false, true}) {
                     CAPTURE(slots, store::to_string(ev), prefetch, threads);
+                    bool const stream = (slots + int(threads)) % 2 == 0;  // rounds, or the overflow from the mapping
+                    CAPTURE(stream);
                     store::StoreConfig const s{store::Residency::cached, std::size_t(slots) * slot + slot / 2, ev,
-                                               ev == store::Eviction::custom ? highest_id : store::EvictionPolicy{}, prefetch};
+                                               ev == store::Eviction::custom ? highest_id : store::EvictionPolicy{}, prefetch, false, stream};
                     Layer l = m.packed(file, s);
                     if (threads) l.set_thread_pool(pool);
                     auto& st = l.experts().store();
                     CHECK(st.slots() == slots);
-                    CHECK(st.bounded() == (slots < m.E));
+                    CHECK(st.bounded() == (slots < m.E && !stream));
                     CHECK(run(l, m.x, m.d, m.T, prefetch) == want);
                     st.wait_idle();
                     auto const stats = st.stats();
                     CHECK(stats.hits + stats.misses == acquires);
-                    CHECK(stats.bytes_read == std::uint64_t(stats.misses + stats.prefetch_loaded) * file->record(file->layers()[0], 0).bytes);
+                    CHECK(stats.bytes_read == std::uint64_t(stats.misses - stats.streamed + stats.prefetch_loaded) * file->record(file->layers()[0], 0).bytes);
+                    if (!stream || slots == m.E) CHECK(stats.streamed == 0);
                     if (slots == m.E) CHECK(stats.evictions == 0);  // every expert read at most once
                     if (slots == 1 && !prefetch) CHECK(stats.hits <= 1 + m.T / 2);  // at most the first expert of a call
                     if (prefetch && slots < m.E) CHECK(stats.prefetch_issued > 0);  // a full cache needs none
@@ -268,6 +272,63 @@ TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[stor
     }
 }
 
+TEST_CASE("a call needing more experts than the cache keeps its hits and streams the rest", "[store][eviction]") {
+    Packed fx(16, "overflow.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
+    smoe::DefaultThreadPool pool(2);
+    using V = std::vector<std::int64_t>;
+    using R = std::pair<std::int64_t, V>;  // hits of the call, the cache's experts after it
+    for (int mode = 0; mode < 3; ++mode) {  // rounds; rounds with O_DIRECT reads; the overflow streamed
+        CAPTURE(mode);
+        // 3 slots, one token per call routed to the scripted experts (up to 5: more than 3 in two calls).
+        auto c = m.config({.residency = store::Residency::cached, .budget_bytes = 3 * slot, .direct_io = mode == 1,
+                           .stream_overflow = mode == 2});
+        c.router.top_k = 5;
+        smoe::expert::SwiGLUWeights<float> pw;
+        pw.packed = {file, 0, {}};
+        Layer l(c, {MatrixView<float const>(m.gate.data(), m.E, m.d), {}, pw});
+        auto rc = m.config();
+        rc.router.top_k = 5;
+        Layer ref5(rc, {MatrixView<float const>(m.gate.data(), m.E, m.d), {},
+                        smoe::expert::SwiGLUWeights<float>::dense(m.w1.data(), m.w3.data(), m.w2.data(), rc.expert)});
+        l.set_thread_pool(pool);
+        auto& st = l.experts().store();
+        CHECK(st.streams() == (mode == 2));
+        std::vector<float> y(std::size_t(m.d)), want(y.size());
+        auto call = [&](std::vector<std::int32_t> const& ids) {
+            std::int64_t const k = std::int64_t(ids.size());
+            std::vector<float> const w(ids.size(), 1.0f / float(k));
+            auto const before = st.stats().hits;
+            for (auto* L : {&l, &ref5})
+                L->forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(ids.data(), 1, k),
+                                  MatrixView<float const>(w.data(), 1, k), MatrixView<float>((L == &l ? y : want).data(), 1, m.d));
+            CHECK(y == want);
+            auto c = st.cached_experts();
+            std::sort(c.begin(), c.end());
+            return R{st.stats().hits - before, c};
+        };
+        CHECK(call({5, 6, 7}) == R{0, {5, 6, 7}});
+        if (mode < 2) {
+            // Acquired in id order, 0 and 1 would evict 5 and 6 before their round and the call would hit
+            // nothing; held first, all three hit, and the misses then replace the call's oldest hits.
+            CHECK(call({0, 1, 5, 6, 7}) == R{3, {0, 1, 7}});
+            // 2 replaces 1 (not in the call); 3, in the second round, replaces 2 (a miss of this call)
+            // rather than 0 or 7 (its hits), which LRU alone would have evicted.
+            CHECK(call({0, 2, 3, 7}) == R{2, {0, 3, 7}});
+            CHECK(st.stats().streamed == 0);
+        } else {
+            // One round: the hits held, 0 and 1 run from the mapping; the cache keeps 5, 6 and 7.
+            CHECK(call({0, 1, 5, 6, 7}) == R{3, {5, 6, 7}});
+            // 7 hits; 0 and 2 replace 5 and 6 (least recently used, not in the call); 3 is streamed.
+            CHECK(call({0, 2, 3, 7}) == R{1, {0, 2, 7}});
+            CHECK(st.stats().streamed == 3);
+        }
+        if (mode == 1) INFO("O_DIRECT on " << path.string() << ": " << (st.direct_io() ? "yes" : "refused, buffered"));
+        CHECK(st.stats().misses == 3 + 2 + (mode < 2 ? 2 : 3));
+    }
+}
+
 TEST_CASE("prefetched experts are read by the I/O thread and counted when used", "[store][prefetch]") {
     Packed fx(14, "prefetch.smoe");
     auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
@@ -346,6 +407,78 @@ TEST_CASE("quantised experts of mixed formats from a packed file give the reside
         CHECK_THROWS_WITH(m.packed(file, {}, 7), Contains("layer 7 expert type' = QuantSwiGLU: expected SwiGLU<float>"));
     }
     fs::remove(path);
+}
+
+TEST_CASE("act-order int4 experts carry their column order in a packed file", "[store][quant]") {
+    using smoe::quant::Format;
+    Model const m(17, 3);
+    std::mt19937_64 rng(17);
+    // GPTQ desc_act: group g_idx[i] of input column i, whole groups permuted (formats.md §5).
+    auto act = [&](std::int64_t R, std::int64_t C, std::int64_t g, std::vector<std::int32_t> const* gidx) {
+        smoe::quant::Matrix x;
+        x.format = Format::int4(g);
+        x.format.act_order = true;
+        x.rows = R;
+        x.cols = C;
+        for (std::int64_t i = 0; i < R * C; ++i) x.codes.push_back(std::uint8_t(rng() % 16));
+        for (std::int64_t i = 0; i < R * (C / g); ++i) x.scales.push_back(0.01f + 0.001f * float(rng() % 50));
+        x.zeros.assign(std::size_t(R * (C / g)), 8);
+        if (gidx) {
+            x.gidx = *gidx;
+        } else {
+            std::vector<std::int32_t> perm(static_cast<std::size_t>(C));
+            for (std::int64_t i = 0; i < C; ++i) perm[std::size_t(i)] = std::int32_t(i);
+            std::shuffle(perm.begin(), perm.end(), rng);
+            for (auto p : perm) x.gidx.push_back(std::int32_t(p / g));
+        }
+        return x;
+    };
+    std::vector<smoe::expert::QuantExpertWeights> experts;
+    for (std::int64_t e = 0; e < m.E; ++e) {
+        auto gate = act(m.f, m.d, 16, nullptr);
+        auto up = act(m.f, m.d, 16, &gate.gidx);  // gate and up share their input's order
+        experts.push_back({gate, up, act(m.d, m.f, 8, nullptr)});
+    }
+    QLayer::Config c;
+    c.router = {.num_experts = m.E, .top_k = 2, .norm_topk_prob = true};
+    c.expert = {m.d, m.f, m.E};
+    c.max_tokens = m.T;
+    MatrixView<float const> const gate(m.gate.data(), m.E, m.d);
+    smoe::expert::QuantSwiGLUWeights rw;
+    rw.gate_up.assign(std::size_t(m.E), experts[0].gate.format);
+    rw.down.assign(std::size_t(m.E), experts[0].down.format);
+    rw.load = [&](std::int64_t e) { return experts[std::size_t(e)]; };
+    QLayer ref(c, {gate, {}, rw});
+    auto const want = run(ref, m.x, m.d, m.T);
+    auto const path = temp_file("actorder.smoe"), bad = temp_file("actorder_bad.smoe");
+    {
+        store::PackedWriter w(path);
+        store::add_layer(w, 0, ref.experts());
+        w.finish();
+    }
+    auto const file = store::PackedFile::open(path);
+    CHECK(file->record(file->layer(0), 1).gate_up.act_order);
+    std::size_t const slot = (file->record(file->layer(0), 0).bytes + 4095) / 4096 * 4096;
+    for (auto residency : {store::Residency::mapped, store::Residency::cached}) {
+        auto qc = c;
+        qc.expert.store = {.residency = residency, .budget_bytes = slot};  // cached: one slot
+        smoe::expert::QuantSwiGLUWeights w;
+        w.packed = {file, 0, {}};
+        QLayer l(qc, {gate, {}, w});
+        CHECK(run(l, m.x, m.d, m.T) == want);
+        CHECK(l.experts().format_name(1) == ref.experts().format_name(1));
+    }
+    // Expert 1's gate_up order (after its panels) names a group the matrix does not have.
+    auto bytes = read_all(path);
+    auto const& r1 = file->record(file->layer(0), 1);
+    std::int32_t const g = 99;
+    std::memcpy(bytes.data() + r1.offset + r1.bytes - 4 * std::size_t(m.d + m.f), &g, 4);
+    write_all(bad, bytes);
+    smoe::expert::QuantSwiGLUWeights w;
+    w.packed = {store::PackedFile::open(bad), 0, {}};
+    CHECK_THROWS_WITH(QLayer(c, {gate, {}, w}), Contains("layer 0 expert 1 gate_up.gidx element [0]' = 99: expected 0 <= g_idx < G = 3"));
+    fs::remove(path);
+    fs::remove(bad);
 }
 
 TEST_CASE("every corruption of a packed file is an error naming the file, layer, expert and what differs", "[store][errors]") {

@@ -13,6 +13,12 @@ bytes are the packed codes and factor tables the layer streams (QuantSwiGLU::wei
 L copies of the layer in turn (weights come from DRAM, as in a model), "hot" one layer call after call
 (as the baselines do). A fraction above 1 is a protocol error, listed as such, never a result.
 
+Expert stores (issue 17, bench/bench_expert_store.cpp), when OUT holds store.json (run_all.sh's
+BM_store step): store.md (tokens/s, hit rate, MB read and stall per token for every store x budget x
+prefetch x O_DIRECT on each controlled routing) and store.png (decode tokens/s against the budget, one
+panel per routing, resident and mapped as horizontal lines: mapped is the floor issue 17 sets, half of
+resident its target for a 25 % budget with prefetch).
+
     /usr/bin/python3 bench/layer/plot.py bench/layer/results
 """
 import glob
@@ -196,6 +202,19 @@ def summary(recs, limits):
     return "\n".join(lines) + "\n"
 
 
+def save(fig, axes, right, name):
+    """One legend for all panels (each label once) right of them, then OUT/name."""
+    import matplotlib.pyplot as plt
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.savefig(os.path.join(OUT, name), dpi=110)
+    plt.close(fig)
+
+
 def charts(recs):
     try:
         import matplotlib
@@ -244,17 +263,83 @@ def charts(recs):
             else:
                 ax.set_ylabel("smoe hot speed-up over best PyTorch (x)")
                 ax.axhline(1.0, color="gray", lw=0.8)
-        handles = {}
-        for ax in axes[0]:
-            for h, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, h)
-        fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
-        fig.tight_layout(rect=(0, 0, 0.88, 1))
-        fig.savefig(os.path.join(OUT, f"{kind}.png"), dpi=110)
-        plt.close(fig)
+        save(fig, axes, 0.88, f"{kind}.png")
+
+
+STORE_NAME = re.compile(r"^BM_store/store:(?P<store>\d)/budget:(?P<budget>\d+)/prefetch:(?P<pf>\d)/zipf:(?P<zipf>\d+)"
+                        r"/reuse:(?P<reuse>\d+)(?:/direct:(?P<direct>\d))?")
+STORES = {0: "resident", 1: "mapped", 2: "LRU", 3: "LFU"}
+
+
+def store_results():
+    """store.json (BM_store) as store.md and store.png; nothing when the file is absent."""
+    path = os.path.join(OUT, "store.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        runs = json.load(f)["benchmarks"]
+    rows = []
+    for b in runs:
+        m = STORE_NAME.match(b["name"])
+        if not m or b.get("run_type") == "aggregate":
+            continue
+        rows.append({"store": STORES[int(m["store"])], "budget": int(m["budget"]), "prefetch": int(m["pf"]),
+                     "zipf": int(m["zipf"]) / 100, "reuse": int(m["reuse"]), "direct": int(m["direct"] or 0),
+                     "tps": b.get("tokens_per_s", 0), "hit": b.get("hit_rate", 0), "mb": b.get("MB_per_token", 0),
+                     "stall": b.get("stall_ms_per_token", 0)})
+    routings = sorted({(r["zipf"], r["reuse"]) for r in rows})
+    lines = ["# Expert stores on a controlled routing (BM_store)", "",
+             "Decode of one token through 2 layers of 64 int8 experts (d 1024, f 512, k 8), 2 threads; wall-clock",
+             "tokens/s (the store's reads are I/O). Random weights have no locality: the routing is generated",
+             "(Zipf popularity, reuse of the previous token's experts). Issue 17: mapped is the floor; with a 25 %",
+             "budget and prefetch, at least half of resident's tokens/s.", ""]
+    for zipf, reuse in routings:
+        sel = [r for r in rows if (r["zipf"], r["reuse"]) == (zipf, reuse)]
+        res = next((r["tps"] for r in sel if r["store"] == "resident"), 0)
+        mapped = next((r["tps"] for r in sel if r["store"] == "mapped"), 0)
+        lines += [f"## Zipf {zipf}, reuse {reuse} %: resident {res:.0f} tokens/s, mapped {mapped:.0f}", "",
+                  "| store | budget | prefetch | O_DIRECT | tokens/s | / resident | / mapped | hit rate | MB/token | stall ms/token |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sel:
+            lines.append(f"| {r['store']} | {r['budget']} % | {'on' if r['prefetch'] else 'off'} | {'yes' if r['direct'] else 'no'} | "
+                         f"{r['tps']:.0f} | {r['tps'] / res if res else 0:.2f} | {r['tps'] / mapped if mapped else 0:.2f} | "
+                         f"{100 * r['hit']:.0f} % | {r['mb']:.1f} | {r['stall']:.2f} |")
+        lines.append("")
+    with open(os.path.join(OUT, "store.md"), "w") as f:
+        f.write("\n".join(lines))
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(routings), figsize=(5.2 * len(routings), 4.0), squeeze=False)
+    styles = {(0, 0): ("-", "o"), (1, 0): ("--", "o"), (0, 1): ("-", "s"), (1, 1): ("--", "s")}
+    for ax, (zipf, reuse) in zip(axes[0], routings):
+        sel = [r for r in rows if (r["zipf"], r["reuse"]) == (zipf, reuse)]
+        for name, color in (("resident", "black"), ("mapped", "gray")):
+            for r in sel:
+                if r["store"] == name:
+                    ax.axhline(r["tps"], color=color, lw=1, ls=":" if name == "mapped" else "-", label=name)
+        for policy, color in (("LRU", "tab:blue"), ("LFU", "tab:orange")):
+            for (pf, direct), (ls, marker) in styles.items():
+                pts = sorted((r["budget"], r["tps"]) for r in sel
+                             if r["store"] == policy and r["prefetch"] == pf and r["direct"] == direct)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker=marker, color=color,
+                            label=f"{policy}{' + prefetch' if pf else ''}{' O_DIRECT' if direct else ''}")
+        ax.set_title(f"Zipf {zipf}, reuse {reuse} %")
+        ax.set_xlabel("cache budget (% of a layer's expert bytes)")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_xticks([10, 25, 50])
+        ax.grid(True, alpha=0.3)
+    save(fig, axes, 0.8, "store.png")
 
 
 def main():
+    store_results()
+    if not glob.glob(os.path.join(OUT, "smoe_*.json")):
+        return  # a BM_store run alone (STORE_ONLY=1)
     recs, limits = load()
     with open(os.path.join(OUT, "all.json"), "w") as f:
         json.dump({"limits": limits, "records": recs}, f, indent=1)

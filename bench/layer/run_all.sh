@@ -11,7 +11,8 @@
 # GGML=path/to/ggml_moe (bench/baselines/build_ggml.sh builds it) adds llama.cpp's MoE graph on ggml, cold and hot
 # (PROTOCOLS), 1 and 2 threads, for each type of GGML_TYPES (default "q4_0 q8_0 bf16"; ggml repacks q4_0 as llama.cpp
 # does), in the same session as smoe: ggml_<shape>_<type>_<protocol>_t<threads>.jsonl.
-# Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
+# STORE=0 skips the expert stores' benchmark (BM_store, bench/bench_expert_store.cpp: store.json, store.md, store.png);
+# STORE_ONLY=1 runs it alone. Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
 # FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b"; int8q, int8 per channel through QuantSwiGLU's
 # exact path, is registered too; int4d/int8d take the int8 dot path, fp8b/mxfp4b the bf16 dot path where the
 # CPU has AVX512-BF16), MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default
@@ -37,6 +38,16 @@ mkdir -p "$OUT"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSMOE_BUILD_TESTS=OFF -DSMOE_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$BUILD" --target smoe_bench -j2
 BENCH=$BUILD/bench/smoe_bench
+
+if [ "${STORE_ONLY:-0}" = 1 ] || { [ "${STORE:-1}" = 1 ] && [ "${QUICK:-0}" != 1 ]; }; then  # cold page cache per run; O_DIRECT where direct:1
+    echo "== BM_store, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BENCH" --benchmark_filter='^BM_store/' --benchmark_out="$OUT/store.json" --benchmark_out_format=json 2>&1 |
+        grep -v '^BM_\|^---\|^Benchmark' || true
+    if [ "${STORE_ONLY:-0}" = 1 ]; then
+        "$PYTHON" "$ROOT/bench/layer/plot.py" "$OUT"
+        exit 0
+    fi
+fi
 
 if [ "${QUICK:-0}" = 1 ]; then
     "$BENCH" --benchmark_filter='^BM_layer_quick/' --benchmark_out="$OUT/smoe_quick.json" --benchmark_out_format=json

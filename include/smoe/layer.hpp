@@ -463,7 +463,8 @@ private:
         for (std::int64_t e = 0; e < r.num_experts; ++e)
             if (r.load(e) > 0) b.touched[static_cast<std::size_t>(touched++)] = static_cast<std::int32_t>(e);
         // An expert store that may not hold every touched expert at once (store/expert_store.hpp): rounds
-        // of as many touched experts as it holds, in id order; each round runs both phases, then lets go.
+        // of as many touched experts as it holds, those it holds already first; each round runs both
+        // phases, then lets go (one round when the store streams what its slots cannot hold).
         std::int64_t first = 0, last = touched;
         // Panel ranges per expert: one per expert on one thread; otherwise 2 per thread, in multiples of
         // 4 panels (the single-row tile reads 4 panels at once).
@@ -523,6 +524,7 @@ private:
             auto& st = expert_.store();
             if (st.residency() != store::Residency::resident) {
                 st.observe(r);
+                st.hits_first(std::span<std::int32_t>(b.touched.data(), static_cast<std::size_t>(touched)));
                 for (first = 0; first < touched; first = last) {
                     struct Held {  // released also when a read or a kernel throws
                         decltype(st) s;

@@ -407,7 +407,7 @@ TEST_CASE("ranks as threads: each rank caches its own experts of one packed file
     batches.push_back(smoe_test::split_batch(900, {Tm, 3}, d));
     batches.push_back(smoe_test::split_batch(901, {1, 1}, d));
     std::vector<std::vector<std::vector<float>>> got(P);
-    std::vector<std::int64_t> misses(P);
+    std::vector<std::int64_t> misses(P), pairs(P);
     auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
         int const r = comm.rank();
         smoe::expert::SwiGLUConfig cfg{d, 11, pl.num_local(r)};
@@ -420,10 +420,15 @@ TEST_CASE("ranks as threads: each rank caches its own experts of one packed file
                             {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = w});
         run_batches(layer, batches, r, d, got);
         misses[static_cast<std::size_t>(r)] = layer.experts().store().stats().misses;
+        pairs[static_cast<std::size_t>(r)] = layer.experts().store().stats().routed_pairs;  // observe(): own tokens, own experts
     });
     for (int r = 0; r < P; ++r) REQUIRE(what(errors[static_cast<std::size_t>(r)]) == "(nothing thrown)");
     check_against(single, batches, P, d, got);
     CHECK(misses[0] > 0);
     CHECK(misses[1] > 0);
+    // A store counts the pairs (own token, own expert): some of each rank's, never more than all pairs.
+    CHECK(pairs[0] > 0);
+    CHECK(pairs[1] > 0);
+    CHECK(pairs[0] + pairs[1] <= (Tm + 3 + 1 + 1) * rc.top_k);
     std::filesystem::remove(path);
 }

@@ -177,6 +177,7 @@ private:
 
         exchange_plan();
         comm_->alltoallv(std::span<float const>(c.local.xfer), send_counts(), send_displs(), c.remote.recv, recv_counts(), recv_displs());
+        observe_store(c.routing);
         run_local_experts(c.remote);
         comm_->alltoallv(std::span<float const>(c.remote.recv), recv_counts(), recv_displs(), c.local.xfer, send_counts(), send_displs());
         RoutingResult const& r = c.routing;
@@ -436,6 +437,19 @@ private:
             received += m;
         }
         rows_computed_ = received;
+    }
+
+    // A rank's expert store (store/expert_store.hpp) sees the routing of the rank's own tokens over its
+    // own experts: the rows other ranks send carry no token it could follow from call to call. Its
+    // prediction accuracy and routing consistency are this rank's share.
+    void observe_store(RoutingResult const& r) {
+        if constexpr (requires { expert_->store(); }) {
+            if (!expert_ || expert_->store().residency() == store::Residency::resident) return;
+            int const rank = comm_->rank();
+            expert_->store().observe(r, [&](std::int64_t e) -> std::int64_t {
+                return placement_.rank_of(e) == rank ? placement_.local_of(e) : -1;
+            });
+        }
     }
 
     // Step 5: each local expert once, on its rows from every source, outputs written over the inputs.

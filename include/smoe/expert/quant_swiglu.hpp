@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <span>
@@ -122,11 +123,32 @@ public:
             auto const& L = store::expect_layer(w.packed, packed_layer_info(), E);
             for (std::int64_t e = 0; e < E; ++e) {
                 auto const& r = w.packed.file->record(L, store::file_expert(w.packed, e));
-                if (r.gate_up.act_order || r.down.act_order)
-                    io::detail::file_fail(w.packed.file->name(), w.packed.file->where(L, store::file_expert(w.packed, e)) + " format", "act order",
-                                          "a format without act order (its column order is not in packed files yet)");
                 plan_expert(e, r.gate_up, r.down);
                 store::expect_record_bytes(w.packed, L, e, record_bytes(e));
+                if (r.gate_up.act_order || r.down.act_order) {
+                    // The column order sits after the panels (pack): read from the mapping, checked as a
+                    // file's g_idx is (the record's checksum is checked on its first use).
+                    auto const rec = w.packed.file->mapped(r);
+                    std::string const at = w.packed.file->name() + ": " + w.packed.file->where(L, store::file_expert(w.packed, e));
+                    auto const order = [&](quant::Format const& fmt, std::size_t off, std::int64_t cols, char const* part) {
+                        quant::Matrix m{.format = fmt, .cols = cols};
+                        m.gidx.resize(static_cast<std::size_t>(cols));
+                        std::memcpy(m.gidx.data(), rec.data() + off, m.gidx.size() * sizeof(std::int32_t));
+                        quant::check_gidx(at + " " + part, fmt, cols, m.gidx);
+                        return m;
+                    };
+                    auto const i = static_cast<std::size_t>(e);
+                    std::size_t const off = panel_bytes(e);
+                    std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
+                    if (r.gate_up.act_order) {
+                        quant::Matrix const m = order(r.gate_up, off, d, "gate_up");
+                        gu_[i] = layout("expert " + std::to_string(e) + " gate_up", r.gate_up, d, &m);
+                    }
+                    if (r.down.act_order) {
+                        quant::Matrix const m = order(r.down, off + (r.gate_up.act_order ? std::size_t(d) * 4 : 0), f, "down");
+                        dn_[i] = layout("expert " + std::to_string(e) + " down", r.down, f, &m);
+                    }
+                }
             }
             store_ = std::make_unique<store::ExpertStore>(cfg_.store, w.packed);
             return;
@@ -199,9 +221,12 @@ public:
         return {store::ExpertKind::quant_swiglu, flags, cfg_.hidden_size, cfg_.intermediate_size};
     }
     store::RecordInfo packed_record_info(std::int64_t e) const { return {gate_up_format(e), down_format(e)}; }
-    // Bytes of expert e's record: its gate/up panels, then its down panels.
+    // Bytes of expert e's record: its gate/up panels, its down panels, then the column order of its
+    // act-order matrices (gate_up's d, then down's f int32 g_idx: a packed file carries it).
     std::size_t record_bytes(std::int64_t e) const {
-        return dn_off_[static_cast<std::size_t>(e)] + static_cast<std::size_t>(dn_panels_ * dn_[static_cast<std::size_t>(e)].pstride());
+        auto const i = static_cast<std::size_t>(e);
+        return panel_bytes(e) + 4 * static_cast<std::size_t>((fmt_gu_[i].act_order ? cfg_.hidden_size : 0) +
+                                                            (fmt_dn_[i].act_order ? cfg_.intermediate_size : 0));
     }
 
     std::int64_t gate_up_panels() const { return gu_panels_; }
@@ -244,6 +269,10 @@ public:
     }
 
 private:
+    std::size_t panel_bytes(std::int64_t e) const {
+        return dn_off_[static_cast<std::size_t>(e)] + static_cast<std::size_t>(dn_panels_ * dn_[static_cast<std::size_t>(e)].pstride());
+    }
+
     // One matrix of one expert as packed: for the exact path (quant_panel.hpp), the int8 dot path or
     // the bf16 dot path (q then holds k-pair codes).
     struct Packed {
@@ -335,6 +364,12 @@ private:
                 if (p * detail::kP + c < d) slot[c] = {&x.down, p * detail::kP + c};
             pack_panel(rec + dn_off_[i] + p * dn_[i].pstride(), dn_[i], slot);
         }
+        std::uint8_t* order = rec + panel_bytes(e);  // act order: the column order, for packed files
+        for (auto const* m : {&x.gate, &x.down})
+            if (m->format.act_order) {
+                std::memcpy(order, m->gidx.data(), m->gidx.size() * sizeof(std::int32_t));
+                order += m->gidx.size() * sizeof(std::int32_t);
+            }
     }
 
     static kernels::cpu::Int8DotKernel resolve_int8_dot(Int8Dot asked) {

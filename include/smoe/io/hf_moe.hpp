@@ -512,12 +512,24 @@ private:
 
         TensorInfo const* gu = nullptr;
         char const* down_name = nullptr;
-        for (auto const& [g, dn] : names.fused)
-            if ((gu = src.find(prefix_ + g))) {
-                down_name = dn;
-                break;
-            }
-        if (!gu && names.gpt_oss_mxfp4 && src.find(prefix_ + "experts.gate_up_proj_blocks")) {
+        if (opt.packed) {
+            // The routed experts come packed from the file, so their tensors are not looked for (a model
+            // larger than memory has none besides the file): the layer type follows the file's records.
+            auto const& pl = opt.packed->layer(layer_index_);
+            quant_ = pl.kind == store::ExpertKind::quant_swiglu;
+            for (std::int64_t e = 0; quant_ && e < pl.num_experts; ++e)
+                for (auto const& f : {opt.packed->record(pl, e).gate_up, opt.packed->record(pl, e).down})
+                    any_quantized_ = any_quantized_ || (f.kind != quant::Kind::f32 && f.kind != quant::Kind::bf16);
+        } else {
+            for (auto const& [g, dn] : names.fused)
+                if ((gu = src.find(prefix_ + g))) {
+                    down_name = dn;
+                    break;
+                }
+        }
+        if (opt.packed) {
+            // located above
+        } else if (!gu && names.gpt_oss_mxfp4 && src.find(prefix_ + "experts.gate_up_proj_blocks")) {
             // GPT-OSS's MXFP4 release: the experts stacked as blocks and E8M0 scales (quant_tensors.hpp).
             if (opt.format == WeightFormat::int4)
                 io::detail::file_fail(source_, "tensor " + io::detail::quoted(prefix_ + "experts.gate_up_proj_blocks"), "present",
@@ -538,7 +550,7 @@ private:
         if (gu && opt.format == WeightFormat::int4)
             io::detail::file_fail(source_, "tensor " + io::detail::quoted(gu->name), "present",
                                   "per-expert tensors for options.format int4 (the fused layout loads as f32, bf16 or int8)");
-        if (!gu && !quant_ && !fused_gate_up_ && !local_.empty()) {
+        if (!gu && !quant_ && !fused_gate_up_ && !local_.empty() && !opt.packed) {
             // Quantised when the config says so, when asked for int4, or when the first expert's weight
             // is not a float tensor (an FP8 weight, weight_packed or qweight without a config: an error
             // naming quantization_config, from plan_matrix).
@@ -548,8 +560,8 @@ private:
                                    : (src.find(p0 + "weight_packed") || src.find(p0 + "qweight"));
             quant_ = cfg_.quant.has_value() || opt.format == WeightFormat::int4 || foreign;
         }
-        if (gpt_oss_plan_) {
-            // planned above
+        if (gpt_oss_plan_ || opt.packed) {
+            // planned above, or packed
         } else if (quant_) {
             plan_quant(src, names, opt);
         } else if (gu) {
@@ -563,7 +575,7 @@ private:
                 fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"), {xE, xd, xf});
             }
         }
-        if (!quant_ && !gu && !fused_gate_up_) {
+        if (!quant_ && !gu && !fused_gate_up_ && !opt.packed) {
             experts_.resize(local_.size());
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
@@ -606,7 +618,7 @@ private:
                 checked(shared_gate, {{1}, xd}, false);
             }
         }
-        if (quant_ && !any_quantized_ && opt.format != WeightFormat::int4) {
+        if (quant_ && !any_quantized_ && opt.format != WeightFormat::int4 && !opt.packed) {
             // Every expert matrix is dense (the config quantises other modules only): the SwiGLU<W> layer.
             quant_ = false;
             experts_.resize(local_.size());

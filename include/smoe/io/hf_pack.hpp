@@ -2,8 +2,8 @@
 // smoe::io::pack_hf_layers: the routed experts of a Hugging Face checkpoint's MoE layers written into
 // a packed expert file (store/packed_file.hpp), one expert at a time: each is loaded through
 // HfMoeLayer (the same tensor names, checks and formats as a model load) as a layer of its own, packed
-// and written, so the peak memory is about one expert (a fused gate_up_proj stack is read whole for
-// each expert: that layout stores every expert in one tensor). smoe-pack is this function's tool.
+// and written, so the peak memory is about one expert (a fused gate_up_proj stack is read one expert's
+// slice at a time; DBRX's [E·f, d] stacks are read whole for each expert). smoe-pack is this function's tool.
 //
 //   auto cfg = smoe::io::read_hf_config(dir / "config.json");
 //   auto ckpt = smoe::io::Checkpoint::open(dir);
@@ -48,11 +48,13 @@ struct OneExpertLayers {
 
 }  // namespace detail
 
-template <TensorSource S>
-void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t const> layers, store::PackedWriter& out,
-                    HfMoeLayer::Options opt, std::string const& source_name) {
-    opt.packed.reset();
-    opt.store = {};
+// The same from a source per expert: source_of(layer, e) returns a TensorSource (by value or
+// reference) holding at least expert e's tensors and the layer's router, read before the next call.
+// An engine that generates or downloads its weights one expert at a time (demo_engine --write-model)
+// writes a model larger than memory this way.
+template <class SourceOf>
+void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layers, store::PackedWriter& out, HfMoeLayer::Options const& opt,
+                     std::string const& source_name, SourceOf&& source_of) {
     using One = BasicHfMoeLayer<detail::OneExpertLayers>;
     One::Options o;
     o.max_tokens = 1;
@@ -60,9 +62,14 @@ void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t
     o.int4_group = opt.int4_group;
     o.bf16_dot = opt.bf16_dot;
     o.int8_dot = opt.int8_dot;
+    // A routed expert's record does not depend on the shared expert: not read (nor packed) once per
+    // routed expert.
+    HfMoeConfig routed = cfg;
+    routed.shared_intermediate_size = 0;
     for (std::int64_t layer : layers)
         store::add_layer_streaming(out, layer, cfg.num_experts(), [&](std::int64_t e, auto&& sink) {
-            auto m = One::load(cfg, src, layer, o, source_name, detail::OneExpertLayers{e});
+            decltype(auto) src = source_of(layer, e);
+            auto m = One::load(routed, src, layer, o, source_name, detail::OneExpertLayers{e});
             m.visit([&](auto& l) {
                 auto const& x = l.experts();
                 if constexpr (requires { x.routed(); })
@@ -71,6 +78,12 @@ void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t
                     sink(x);
             });
         });
+}
+
+template <TensorSource S>
+void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t const> layers, store::PackedWriter& out,
+                    HfMoeLayer::Options const& opt, std::string const& source_name) {
+    pack_hf_experts(cfg, layers, out, opt, source_name, [&](std::int64_t, std::int64_t) -> S const& { return src; });
 }
 
 // The decoder layers of cfg that are MoE layers.

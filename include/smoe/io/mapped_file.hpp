@@ -92,6 +92,8 @@ public:
     ~MappedFile() { release(); }
 
     std::span<std::byte const> bytes() const noexcept { return {data_, size_}; }
+    // Whether the bytes are the file's mapping (not a copy owned in memory).
+    bool is_mapping() const noexcept { return mapped_; }
 
 private:
     void swap(MappedFile& o) noexcept {

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,26 @@
 #include "smoe/quant/format.hpp"
 
 namespace smoe::inline v0::quant {
+
+// Act order's column groups (formats.md §5): every g_idx in [0, G) and G groups of group_cols columns
+// each (act order permutes whole groups). `what` names the matrix; a packed file's column order is
+// checked here too (store: QuantSwiGLU records).
+inline void check_gidx(std::string const& what, Format const& format, std::int64_t cols, std::span<std::int32_t const> gidx) {
+    using smoe::detail::fail;
+    std::int64_t const G = format.groups(cols);
+    if (static_cast<std::int64_t>(gidx.size()) != cols)
+        fail(what + ".gidx", "length " + std::to_string(gidx.size()), std::to_string(cols) + " (one group per column)");
+    std::vector<std::int64_t> per_group(static_cast<std::size_t>(G), 0);
+    for (std::int64_t i = 0; i < cols; ++i) {
+        std::int32_t const g = gidx[static_cast<std::size_t>(i)];
+        if (g < 0 || g >= G) fail(what + ".gidx element [" + std::to_string(i) + "]", g, "0 <= g_idx < G = " + std::to_string(G));
+        ++per_group[static_cast<std::size_t>(g)];
+    }
+    for (std::int64_t g = 0; g < G; ++g)
+        if (per_group[static_cast<std::size_t>(g)] != format.group_cols(cols))
+            fail(what + ".gidx group " + std::to_string(g), std::to_string(per_group[static_cast<std::size_t>(g)]) + " columns",
+                 std::to_string(format.group_cols(cols)) + " columns in every group (act order permutes whole groups)");
+}
 
 struct Matrix {
     Format format;
@@ -135,19 +156,7 @@ struct Matrix {
             for (std::int64_t k = 0; k < size(zeros); ++k)
                 if (zeros[static_cast<std::size_t>(k)] != 8)
                     fail(what + ".zeros " + at(k / G, k % G), int(zeros[static_cast<std::size_t>(k)]), "8 (the format is symmetric)");
-        if (format.act_order) {
-            std::vector<std::int64_t> per_group(static_cast<std::size_t>(G), 0);
-            for (std::int64_t i = 0; i < cols; ++i) {
-                std::int32_t const g = gidx[static_cast<std::size_t>(i)];
-                if (g < 0 || g >= G)
-                    fail(what + ".gidx element [" + std::to_string(i) + "]", g, "0 <= g_idx < G = " + std::to_string(G));
-                ++per_group[static_cast<std::size_t>(g)];
-            }
-            for (std::int64_t g = 0; g < G; ++g)
-                if (per_group[static_cast<std::size_t>(g)] != format.group_cols(cols))
-                    fail(what + ".gidx group " + std::to_string(g), std::to_string(per_group[static_cast<std::size_t>(g)]) + " columns",
-                         std::to_string(format.group_cols(cols)) + " columns in every group (act order permutes whole groups)");
-        }
+        if (format.act_order) check_gidx(what, format, cols, gidx);
         if (format.kind == Kind::mxfp4)  // 2^(e-127) times 6 overflows fp32 from e = 253 (§3.1)
             for (std::int64_t o = 0; o < rows; ++o)
                 for (std::int64_t i = 0; i < cols; ++i)

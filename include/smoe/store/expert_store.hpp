@@ -8,15 +8,19 @@
 //             does; each record's checksum is checked on its first use
 //   cached    a fixed arena of budget_bytes / slot records (a slot: the largest record, rounded to
 //             4 KiB), locked in memory where the OS allows (mlock); an expert not resident is read into
-//             a slot on demand (pread), its checksum checked, and another expert that no caller holds
-//             is evicted by the policy the engine picks: LRU, LFU by the tokens routed to each expert
-//             (the layer's load statistics, summed), or the engine's own (StoreConfig::evict).
+//             a slot on demand (pread; its checksum checked on the record's first read), and another
+//             expert that no caller holds is evicted by the policy the engine picks: LRU, LFU by the
+//             tokens routed to each expert (the layer's load statistics, summed), or the engine's own
+//             (StoreConfig::evict). A miss that finds every slot held by the call itself is streamed
+//             (StoreConfig::stream_overflow): run from the file's mapping, as mapped does, so a call
+//             needing more experts than the cache holds evicts none of its own and pages the rest
+//             through the OS (the cache is then a pinned tier above the page cache).
 //
 // Same bits for every kind and budget: a record is the same bytes wherever it sits, and an expert's
 // output never depends on which others are resident (experts.md §1 rule 3). MoELayer holds the
-// experts of a call in rounds: it acquires touched experts in id order until the cache is full, runs
-// both phases over them on its thread pool, releases them and goes on, so a budget of one expert still
-// completes any call (one expert per round). The kernels' threads only read records; acquire, release
+// experts of a call in rounds: it acquires touched experts (those cached first: hits_first) until the
+// cache is full, runs both phases over them on its thread pool, releases them and goes on, so a budget
+// of one expert still completes any call (one expert per round). The kernels' threads only read records; acquire, release
 // and prefetch are the store's, under its mutex.
 //
 // Prefetch (StoreConfig::prefetch, cached): prefetch(ids) queues experts for a background I/O thread
@@ -105,6 +109,7 @@ struct StoreStats {
     std::uint64_t bytes_read = 0;
     double stall_seconds = 0;  // in acquire: reading a record, or waiting for the prefetch thread to
     std::int64_t prefetch_issued = 0, prefetch_loaded = 0, prefetch_used = 0;
+    std::int64_t streamed = 0;  // misses run from the file's mapping (stream_overflow), not read into a slot
     std::int64_t predicted_hits = 0, predicted_total = 0;  // experts of a call the last prefetch named / all
     std::int64_t consistent = 0, routed_pairs = 0;         // (token, expert) pairs the previous token also used
     double hit_rate() const { return hits + misses > 0 ? double(hits) / double(hits + misses) : 1.0; }
@@ -179,7 +184,9 @@ public:
                 if (cfg_.eviction == Eviction::custom && !cfg_.evict)
                     smoe::detail::fail("store.evict", "empty", "a function choosing the victim with store.eviction = custom");
                 nslots_ = static_cast<std::int64_t>(std::min<std::size_t>(n, static_cast<std::size_t>(E_)));
-                arena_ = kernels::cpu::AlignedArray<std::byte>(static_cast<std::size_t>(nslots_) * slot_bytes_);
+                // One page more than the slots: the first slot starts on a page (O_DIRECT reads need it).
+                arena_ = kernels::cpu::AlignedArray<std::byte>(static_cast<std::size_t>(nslots_) * slot_bytes_ + kRecordAlignment);
+                slots_ = arena_.data() + (kRecordAlignment - reinterpret_cast<std::uintptr_t>(arena_.data()) % kRecordAlignment) % kRecordAlignment;
 #if SMOE_IO_HAS_MMAP
                 // Pinned where RLIMIT_MEMLOCK allows; an arena the OS may swap still works.
                 pinned_ = ::mlock(arena_.data(), arena_.size()) == 0;
@@ -189,7 +196,10 @@ public:
                 slot_ready_.assign(static_cast<std::size_t>(nslots_), 0);
                 slot_prefetched_.assign(static_cast<std::size_t>(nslots_), 0);
                 candidates_.reserve(static_cast<std::size_t>(nslots_));
-                open_fd();
+                open_fd(cfg_.direct_io);
+                stream_ = cfg_.stream_overflow && !direct_;
+                verified_.assign(static_cast<std::size_t>(E_), 0);
+                streaming_.assign(static_cast<std::size_t>(E_), 0);
                 if (cfg_.prefetch) {
                     queue_.assign(static_cast<std::size_t>(E_), 0);
                     io_ = std::thread([this] { io_loop(); });
@@ -217,12 +227,16 @@ public:
     }
 
     Residency residency() const { return file_ ? cfg_.residency : Residency::resident; }
-    // Whether a caller must hold experts in rounds (a cache smaller than the layer).
-    bool bounded() const { return residency() == Residency::cached && nslots_ < E_; }
+    // Whether a caller must hold experts in rounds (a cache smaller than the layer that cannot stream).
+    bool bounded() const { return residency() == Residency::cached && nslots_ < E_ && !stream_; }
+    // Whether misses beyond the held slots run from the mapping (StoreConfig::stream_overflow).
+    bool streams() const { return stream_; }
     std::int64_t num_experts() const { return E_; }
     std::int64_t slots() const { return residency() == Residency::cached ? nslots_ : E_; }
     std::size_t slot_bytes() const { return slot_bytes_; }
     bool pinned() const { return pinned_; }
+    // Whether misses bypass the page cache (StoreConfig::direct_io and a file system that allows it).
+    bool direct_io() const { return direct_; }
     // Bytes this store holds in memory (the resident records or the cache's arena; 0 when mapped).
     std::size_t memory_bytes() const { return arena_.size(); }
     PackedSource source() const { return file_ ? PackedSource{file_, layer_->layer_index, ids_} : PackedSource{}; }
@@ -271,6 +285,7 @@ public:
                     slot_prefetched_[si] = 0;
                     ++stats_.prefetch_used;
                 }
+                hit_tick_[i] = call_tick_;
                 ++stats_.hits;
                 return true;
             }
@@ -279,6 +294,18 @@ public:
                 load_into(lk, e, s, false);
                 ++slot_pins_[static_cast<std::size_t>(s)];
                 ++stats_.misses;
+                stats_.stall_seconds += seconds_since(t0);
+                return true;
+            }
+            if (stream_) {  // every slot held: run it from the mapping, evicting nothing
+                if (!verified_[i]) {
+                    file_->verify(*layer_, ids_[i]);  // pages the record in
+                    verified_[i] = 1;
+                }
+                ptr_[i].store(file_->mapped(rec(e)).data(), std::memory_order_release);
+                ++streaming_[i];
+                ++stats_.misses;
+                ++stats_.streamed;
                 stats_.stall_seconds += seconds_since(t0);
                 return true;
             }
@@ -293,9 +320,27 @@ public:
     void release(std::int64_t e) {
         if (residency() != Residency::cached) return;
         std::lock_guard lk(mu_);
+        if (streaming_[static_cast<std::size_t>(e)] > 0) {  // held from the mapping, not in a slot
+            --streaming_[static_cast<std::size_t>(e)];
+            cv_.notify_all();
+            return;
+        }
         std::int32_t const s = slot_of_[static_cast<std::size_t>(e)];
         if (s >= 0 && slot_pins_[static_cast<std::size_t>(s)] > 0) --slot_pins_[static_cast<std::size_t>(s)];
         cv_.notify_all();
+    }
+
+    // Orders a call's experts for acquire: those in the cache first (in id order), then the misses.
+    // A call that needs more experts than the cache holds runs in rounds; acquired in id order, a miss
+    // of the first round could evict an expert the same call needs in a later round (with 6 slots and
+    // k = 8 that is most of them: LRU hit rates of 1-4 %). Hits pinned first, a miss only evicts
+    // experts this call does not use (and, in later rounds, this call's earlier misses before its hits).
+    void hits_first(std::span<std::int32_t> ids) const {
+        if (residency() != Residency::cached) return;
+        std::lock_guard lk(mu_);
+        std::size_t n = 0, m = 0;
+        for (std::int32_t e : ids) (slot_of_[static_cast<std::size_t>(e)] >= 0 ? ids[n++] : order_[m++]) = e;
+        std::copy(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(m), ids.begin() + static_cast<std::ptrdiff_t>(n));
     }
 
     // Holds e for a scope: for callers that run one expert at a time (MoELayer's unphased path,
@@ -332,7 +377,7 @@ public:
                 (void)::madvise(reinterpret_cast<void*>(page), r.size() + (reinterpret_cast<std::uintptr_t>(r.data()) - page), MADV_WILLNEED);
 #endif
                 ++stats_.prefetch_issued;
-            } else if (io_.joinable() && slot_of_[i] < 0 && !queue_[i]) {
+            } else if (io_.joinable() && slot_of_[i] < 0 && !queue_[i] && (streaming_.empty() || !streaming_[i])) {
                 queue_[i] = 1;
                 ++queued_;
                 ++stats_.prefetch_issued;
@@ -343,15 +388,25 @@ public:
 
     // One call's routing (the layer calls it before acquiring): prediction accuracy against the last
     // prefetch, and the local routing consistency token by token (the previous call's last token
-    // carries over, so decode steps count too).
+    // carries over, so decode steps count too). A rank's store (dist::MoELayer) passes local_of, the
+    // store's expert of a routing's expert id (-1: another rank's); ids >= E (identity experts) never count.
     void observe(RoutingResult const& r) {
+        observe(r, [](std::int64_t e) { return e; });
+    }
+    template <class LocalOf>
+    void observe(RoutingResult const& r, LocalOf&& local_of) {
         std::lock_guard lk(mu_);
         call_tick_ = tick_ + 1;  // the acquires of this call come after
+        auto const local = [&](std::int64_t e) -> std::int64_t {
+            if (e < 0 || e >= r.num_experts) return -1;
+            std::int64_t const l = local_of(e);
+            return l >= 0 && l < E_ ? l : -1;
+        };
         for (std::int64_t t = 0; t < r.num_tokens; ++t) {
             std::fill(cur_.begin(), cur_.end(), std::uint8_t{0});
             for (std::int64_t j = 0; j < r.k; ++j) {
-                std::int32_t const e = r.expert_ids(t, j);
-                if (e < 0 || e >= E_) continue;
+                std::int64_t const e = local(r.expert_ids(t, j));
+                if (e < 0) continue;
                 auto const i = static_cast<std::size_t>(e);
                 cur_[i] = 1;
                 ++stats_.routed_pairs;
@@ -360,10 +415,10 @@ public:
             std::swap(cur_, prev_);
         }
         if (have_prediction_) {
-            for (std::int64_t e = 0; e < r.num_experts && e < E_; ++e)
-                if (r.load(e) > 0) {
+            for (std::int64_t e = 0; e < r.num_experts; ++e)
+                if (std::int64_t const l = local(e); l >= 0 && r.load(e) > 0) {
                     ++stats_.predicted_total;
-                    stats_.predicted_hits += predicted_[static_cast<std::size_t>(e)];
+                    stats_.predicted_hits += predicted_[static_cast<std::size_t>(l)];
                 }
             have_prediction_ = false;
         }
@@ -403,6 +458,8 @@ private:
         uses_.assign(n, 0);
         load_.assign(n, 0);
         predicted_.assign(n, 0);
+        hit_tick_.assign(n, 0);
+        order_.assign(n, 0);
         cur_.assign(n, 0);
         prev_.assign(n, 0);
     }
@@ -414,14 +471,19 @@ private:
         candidates_.clear();
         for (std::int64_t s = 0; s < nslots_; ++s)
             if (slot_expert_[static_cast<std::size_t>(s)] < 0) return s;
-        for (std::int64_t s = 0; s < nslots_; ++s) {
-            auto const si = static_cast<std::size_t>(s);
-            if (slot_pins_[si] == 0 && slot_ready_[si]) {
-                auto const e = static_cast<std::size_t>(slot_expert_[si]);
-                if (speculative && last_use_[e] >= call_tick_) continue;
-                candidates_.push_back({slot_expert_[si], last_use_[e], uses_[e], load_[e]});
+        // A demand miss takes a slot of this call's hits last: an expert found in the cache again is
+        // the reuse the cache exists for, and an earlier round's miss of the same call (streamed
+        // through) is the better victim when the call needs more experts than the cache holds.
+        for (int pass = 0; pass < 2 && candidates_.empty(); ++pass)
+            for (std::int64_t s = 0; s < nslots_; ++s) {
+                auto const si = static_cast<std::size_t>(s);
+                if (slot_pins_[si] == 0 && slot_ready_[si]) {
+                    auto const e = static_cast<std::size_t>(slot_expert_[si]);
+                    if (speculative && last_use_[e] >= call_tick_) continue;
+                    if (pass == 0 && call_tick_ > 0 && hit_tick_[e] == call_tick_) continue;
+                    candidates_.push_back({slot_expert_[si], last_use_[e], uses_[e], load_[e]});
+                }
             }
-        }
         if (candidates_.empty()) return -1;
         std::size_t pick = 0;
         switch (cfg_.eviction) {
@@ -458,10 +520,11 @@ private:
         slot_of_[i] = static_cast<std::int32_t>(s);
         slot_ready_[si] = 0;
         slot_prefetched_[si] = 0;
-        std::byte* const dst = arena_.data() + si * slot_bytes_;
+        std::byte* const dst = slots_ + si * slot_bytes_;
+        bool const check = !verified_[i];
         lk.unlock();
         try {
-            read_record(e, dst);
+            read_record(e, dst, check);
         } catch (...) {
             lk.lock();
             slot_expert_[si] = -1;
@@ -471,6 +534,7 @@ private:
             throw;
         }
         lk.lock();
+        verified_[i] = 1;
         slot_ready_[si] = 1;
         slot_prefetched_[si] = prefetched;
         stats_.bytes_read += rec(e).bytes;
@@ -487,7 +551,7 @@ private:
             while (!queue_[static_cast<std::size_t>(e)]) ++e;
             queue_[static_cast<std::size_t>(e)] = 0;
             --queued_;
-            if (slot_of_[static_cast<std::size_t>(e)] >= 0) {
+            if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) {  // a caller runs it from the mapping
                 cv_.notify_all();
                 continue;
             }
@@ -508,8 +572,15 @@ private:
         }
     }
 
-    void open_fd() {
+    void open_fd(bool direct = false) {
 #if SMOE_IO_HAS_MMAP
+#ifdef O_DIRECT
+        if (direct) {  // tmpfs and some others refuse O_DIRECT: buffered reads then (direct_io() says which)
+            fd_ = ::open(file_->path().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+            direct_ = fd_ >= 0;
+            if (direct_) return;
+        }
+#endif
         fd_ = ::open(file_->path().c_str(), O_RDONLY | O_CLOEXEC);
         if (fd_ < 0) io::detail::file_fail(file_->name(), "file", "cannot reopen for reading", "a readable packed expert file");
 #endif
@@ -522,13 +593,17 @@ private:
     }
 
     // Reads record e into dst (explicit reads: the arena, not the page cache's mapping, holds it) and
-    // checks its checksum.
-    void read_record(std::int64_t e, std::byte* dst) const {
+    // checks its checksum: on the first read of each record (a cached store's later reads of the same
+    // bytes trust them, as a mapped store trusts its pages; checking cost as much as the copy).
+    void read_record(std::int64_t e, std::byte* dst, bool check = true) const {
         auto const& r = rec(e);
 #if SMOE_IO_HAS_MMAP
+        // O_DIRECT: whole pages into the page-aligned slot (records start on a page; the slot is whole
+        // pages); the bytes after the record are the next record's or the table's, never used.
+        std::size_t const want = direct_ ? (r.bytes + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment : r.bytes;
         std::size_t done = 0;
         while (done < r.bytes) {
-            ssize_t const n = ::pread(fd_, dst + done, r.bytes - done, static_cast<off_t>(r.offset + done));
+            ssize_t const n = ::pread(fd_, dst + done, want - done, static_cast<off_t>(r.offset + done));
             if (n <= 0)
                 io::detail::file_fail(file_->name(), file_->where(*layer_, ids_[static_cast<std::size_t>(e)]) + " record",
                                       "unreadable at offset " + std::to_string(r.offset + done), "the record's " + std::to_string(r.bytes) + " bytes");
@@ -538,7 +613,7 @@ private:
         auto const m = file_->mapped(r);
         std::copy(m.begin(), m.end(), dst);
 #endif
-        file_->check(*layer_, ids_[static_cast<std::size_t>(e)], std::span<std::byte const>(dst, r.bytes));
+        if (check) file_->check(*layer_, ids_[static_cast<std::size_t>(e)], std::span<std::byte const>(dst, r.bytes));
     }
 
     StoreConfig cfg_;
@@ -547,17 +622,21 @@ private:
     std::vector<std::int64_t> ids_;
     std::int64_t E_ = 0, nslots_ = 0;
     std::size_t slot_bytes_ = 0;
-    bool pinned_ = false;
+    bool pinned_ = false, direct_ = false;
     int fd_ = -1;
     kernels::cpu::AlignedArray<std::byte> arena_;
+    std::byte* slots_ = nullptr;  // cached: the first slot, page-aligned in arena_
     std::unique_ptr<std::atomic<std::byte const*>[]> ptr_;
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::uint64_t tick_ = 0, call_tick_ = 0;  // call_tick_: the first acquire of the latest call
     std::vector<std::int32_t> slot_of_;
-    std::vector<std::uint64_t> last_use_, uses_, load_;
-    std::vector<std::uint8_t> verified_, predicted_, cur_, prev_;
+    std::vector<std::uint64_t> last_use_, uses_, load_, hit_tick_;  // hit_tick_: the call_tick_ of its last hit
+    mutable std::vector<std::int32_t> order_;                         // hits_first's misses
+    std::vector<std::uint8_t> verified_, predicted_, cur_, prev_;  // verified_: mapped, or streamed once
+    std::vector<std::int32_t> streaming_;  // cached: callers running it from the mapping now
+    bool stream_ = false;
     bool have_prediction_ = false;
     std::vector<std::int64_t> slot_expert_;
     std::vector<std::int32_t> slot_pins_;

@@ -15,12 +15,13 @@
 //
 // A LayerEntry says which expert type packed the layer (kind: the record's meaning), the packing
 // variant (flags: bf16 k-pair panels, int8 dot panels), d, f and E; an ExpertEntry says where its
-// record is, its size, its XXH64 checksum and its formats (QuantSwiGLU: gate/up and down).
+// record is, its size, its XXH64 checksum and its formats (QuantSwiGLU: gate/up and down; an act-order
+// int4 matrix's column order, its int32 g_idx, ends the record: gate_up's d, then down's f).
 //
 // Validation: open() checks the header (magic, version, its checksum, the file size it records: a
 // truncated file fails here), the table (its checksum, every entry's kind, extents and record range);
 // a record's own checksum is checked when the record is first used (ExpertStore: a mapped expert on
-// its first use, a cached one on every read into the cache) or by verify(). Every failure is a
+// its first use, a cached one on its first read into the cache) or by verify(). Every failure is a
 // smoe::io::file_error naming the file, the layer and expert, what differs and what was expected.
 // The expert type reading a layer holds the layer's kind, flags, d, f, E and every record's size to
 // its own configuration (a mismatch names both).
@@ -239,9 +240,13 @@ public:
             for (std::int64_t e = 0; e < l.num_experts; ++e) verify(l, e);
     }
     // Asks the OS to drop the file's pages from its page cache (posix_fadvise DONTNEED; dirty pages
-    // are not dropped), so that a benchmark reads from the disk; returns whether the OS accepted.
+    // are not dropped), so that a benchmark reads from the disk; returns whether the OS accepted. The
+    // pages this process touched through its own mapping are unmapped first (madvise DONTNEED: the
+    // mapping stays valid and faults them in again), else the page cache keeps them.
     bool drop_page_cache() const {
 #if SMOE_IO_HAS_MMAP
+        auto const m = map_.bytes();
+        if (map_.is_mapping()) (void)::madvise(const_cast<std::byte*>(m.data()), m.size(), MADV_DONTNEED);
         int const fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) return false;
         bool const ok = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
@@ -400,6 +405,9 @@ public:
         if (!open_ || layers_.back().num_experts == 0) smoe::detail::fail("end_layer", "a layer without records", "begin_layer() and add() first");
         open_ = false;
     }
+    // Bytes the file holds so far (the records written; finish() adds the table).
+    std::uint64_t bytes_written() const { return pos_; }
+
     // Writes the table and then the header: only a finished file opens.
     void finish() {
         if (open_) end_layer();

@@ -36,6 +36,13 @@ struct StoreConfig {
     Eviction eviction = Eviction::lru;
     EvictionPolicy evict;          // Eviction::custom
     bool prefetch = false;         // cached: a background I/O thread serves prefetch()
+    // cached: reads bypass the page cache (O_DIRECT where the file system allows it), so the budget
+    // is all the memory the experts take and a benchmark's misses come from the disk.
+    bool direct_io = false;
+    // cached, without direct_io: a miss that finds every slot held by the same call runs from the
+    // file's mapping (the OS pages it, as mapped does) instead of waiting for a later round that
+    // evicts the call's own experts: the budget pins the hot experts, the page cache serves the rest.
+    bool stream_overflow = true;
 };
 
 // A layer of a packed file as an expert's weights (SwiGLUWeights::packed, QuantSwiGLUWeights::packed).
