@@ -723,6 +723,13 @@ smoe::io::HfMoeConfig write_random_model(Options const& o, smoe::io::TensorMap& 
     return smoe::io::parse_hf_config(random_config(fit), "<random " + o.shape + " config>");
 }
 
+// "12.3 %", or "-" for a negative fraction (none measured).
+std::string percent(double f) {
+    char b[16] = "-";
+    if (f >= 0) std::snprintf(b, sizeof b, "%.1f %%", 100.0 * f);
+    return b;
+}
+
 // One row of --sweep's table.
 struct SweepRow {
     std::string store;  // with " (O_DIRECT)" when the cached stores read so
@@ -941,14 +948,16 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
                          store_kind == "cached" ? budget_frac : 1.0, tokens / decode_s};
             row.disk_mb = double(disk) / 1e6 / tokens;
             row.store_mb = double(after.bytes_read - before.bytes_read) / 1e6 / tokens;
+            // A mapped store's hits are records used before (checked once), not pages in memory: the
+            // disk column says what the page cache missed.
             std::int64_t const hits = after.hits - before.hits, n = hits + after.misses - before.misses;
-            row.hit_rate = n > 0 ? double(hits) / double(n) : -1;
+            row.hit_rate = n > 0 && store_kind == "cached" ? double(hits) / double(n) : -1;
             for (auto& l : layers)
                 if (auto* st = l.expert_store()) row.memory_mib += double(st->memory_bytes()) / (1 << 20);
             if (lo.packed)
                 std::printf("  decode reads: %.1f MB per token from the disk (/proc/self/io), %.1f MB per token by the stores, store hit "
-                            "rate %.1f %%, experts in memory %.0f MiB\n",
-                            row.disk_mb, row.store_mb, 100.0 * row.hit_rate, row.memory_mib);
+                            "rate %s, experts in memory %.0f MiB\n",
+                            row.disk_mb, row.store_mb, percent(row.hit_rate).c_str(), row.memory_mib);
             rows.push_back(row);
         }
         if (!o.sweep.empty()) {  // every store gives the same bits (store/expert_store.hpp)
@@ -969,11 +978,9 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         std::printf("\nsweep (decode only; page cache dropped before each run):\n"
                     "  | store | budget | decode tokens/s | disk MB/token | store MB/token | store hit rate | expert memory MiB |\n"
                     "  |---|---|---|---|---|---|---|\n");
-        for (auto const& r : rows) {
-            char hit[16] = "-";
-            if (r.hit_rate >= 0) std::snprintf(hit, sizeof hit, "%.1f %%", 100.0 * r.hit_rate);
-            std::printf("  | %s | %.0f %% | %.3f | %.1f | %.1f | %s | %.0f |\n", r.store.c_str(), 100.0 * r.budget, r.tokens_per_s, r.disk_mb, r.store_mb, hit, r.memory_mib);
-        }
+        for (auto const& r : rows)
+            std::printf("  | %s | %.0f %% | %.3f | %.1f | %.1f | %s | %.0f |\n", r.store.c_str(), 100.0 * r.budget, r.tokens_per_s, r.disk_mb,
+                        r.store_mb, percent(r.hit_rate).c_str(), r.memory_mib);
     }
     if (lo.packed && o.packed.empty()) std::filesystem::remove(packed_path);  // mapped pages stay valid until unmapped
     return 0;

@@ -179,7 +179,8 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
                     st.wait_idle();
                     auto const stats = st.stats();
                     CHECK(stats.hits + stats.misses == acquires);
-                    CHECK(stats.bytes_read == std::uint64_t(stats.misses - stats.streamed + stats.prefetch_loaded) * file->record(file->layers()[0], 0).bytes);
+                    std::uint64_t const rec = file->record(file->layers()[0], 0).bytes;
+                    CHECK(stats.bytes_read == std::uint64_t(stats.misses - stats.streamed + stats.prefetch_loaded) * rec);
                     if (!stream || slots == m.E) CHECK(stats.streamed == 0);
                     if (slots == m.E) CHECK(stats.evictions == 0);  // every expert read at most once
                     if (slots == 1 && !prefetch) CHECK(stats.hits <= 1 + m.T / 2);  // at most the first expert of a call

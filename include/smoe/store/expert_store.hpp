@@ -186,7 +186,8 @@ public:
                 nslots_ = static_cast<std::int64_t>(std::min<std::size_t>(n, static_cast<std::size_t>(E_)));
                 // One page more than the slots: the first slot starts on a page (O_DIRECT reads need it).
                 arena_ = kernels::cpu::AlignedArray<std::byte>(static_cast<std::size_t>(nslots_) * slot_bytes_ + kRecordAlignment);
-                slots_ = arena_.data() + (kRecordAlignment - reinterpret_cast<std::uintptr_t>(arena_.data()) % kRecordAlignment) % kRecordAlignment;
+                auto const misalign = reinterpret_cast<std::uintptr_t>(arena_.data()) % kRecordAlignment;
+                slots_ = arena_.data() + (kRecordAlignment - misalign) % kRecordAlignment;
 #if SMOE_IO_HAS_MMAP
                 // Pinned where RLIMIT_MEMLOCK allows; an arena the OS may swap still works.
                 pinned_ = ::mlock(arena_.data(), arena_.size()) == 0;
@@ -551,7 +552,8 @@ private:
             while (!queue_[static_cast<std::size_t>(e)]) ++e;
             queue_[static_cast<std::size_t>(e)] = 0;
             --queued_;
-            if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) {  // a caller runs it from the mapping
+            // Cached already, or a caller runs it from the mapping now.
+            if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) {
                 cv_.notify_all();
                 continue;
             }
