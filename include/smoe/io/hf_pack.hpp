@@ -2,8 +2,8 @@
 // smoe::io::pack_hf_layers: the routed experts of a Hugging Face checkpoint's MoE layers written into
 // a packed expert file (store/packed_file.hpp), one expert at a time: each is loaded through
 // HfMoeLayer (the same tensor names, checks and formats as a model load) as a layer of its own, packed
-// and written, so the peak memory is about one expert (a fused gate_up_proj stack is read one expert's
-// slice at a time; DBRX's [E·f, d] stacks are read whole for each expert). smoe-pack is this function's tool.
+// and written, so the peak memory is about one expert (fused and DBRX stacks are read one expert's
+// slice at a time). smoe-pack is this function's tool.
 //
 //   auto cfg = smoe::io::read_hf_config(dir / "config.json");
 //   auto ckpt = smoe::io::Checkpoint::open(dir);

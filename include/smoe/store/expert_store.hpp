@@ -20,8 +20,8 @@
 // output never depends on which others are resident (experts.md §1 rule 3). MoELayer holds the
 // experts of a call in rounds: it acquires touched experts (those cached first: hits_first) until the
 // cache is full, runs both phases over them on its thread pool, releases them and goes on, so a budget
-// of one expert still completes any call (one expert per round). The kernels' threads only read records; acquire, release
-// and prefetch are the store's, under its mutex.
+// of one expert still completes any call (one expert per round; a streaming store needs one round).
+// The kernels' threads only read records; acquire, release and prefetch are the store's, under its mutex.
 //
 // Prefetch (StoreConfig::prefetch, cached): prefetch(ids) queues experts for a background I/O thread
 // that reads them into free or evictable slots while the layer computes (Read-ME's lookahead, ExpertFlow's
