@@ -4,7 +4,7 @@
 # runs `apt-get update` and `apt-get install`. Needs root (or sudo) only when it installs.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin
+packages=(cmake ninja-build g++ clang libclang-rt-14-dev libeigen3-dev libxsimd-dev catch2 libbenchmark-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin
           python3-dev pybind11-dev python3-numpy)
 
 missing=()

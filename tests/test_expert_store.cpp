@@ -151,7 +151,7 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
         CHECK(l.experts().store().slots() == m.E);
     }
     std::size_t const slot = [&] {
-        Layer l = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 30});
+        Layer l = fx.m.packed(fx.file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 30});
         return l.experts().store().slot_bytes();
     }();
     store::EvictionPolicy const highest_id = [](std::span<store::EvictionCandidate const> c) {
@@ -221,16 +221,17 @@ TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[stor
     auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
     // One token per step, routed to the scripted expert; the slots' contents after each step.
+    // fx.m, fx.file and not the bindings m, file: clang 14 cannot capture structured bindings.
     auto script = [&](store::StoreConfig s, std::vector<std::int32_t> const& ids) {
         s.residency = store::Residency::cached;
         s.budget_bytes = 2 * slot;
-        Layer l = m.packed(file, s);
+        Layer l = fx.m.packed(fx.file, s);
         std::vector<std::vector<std::int64_t>> after;
-        std::vector<float> y(std::size_t(m.d));
+        std::vector<float> y(std::size_t(fx.m.d));
         float const one = 1.0f;
         for (std::int32_t e : ids) {
-            l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1),
-                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, m.d));
+            l.forward_routed(MatrixView<float const>(fx.m.x.data(), 1, fx.m.d), MatrixView<std::int32_t const>(&e, 1, 1),
+                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, fx.m.d));
             after.push_back(l.experts().store().cached_experts());
         }
         return std::pair{after, l.experts().store().stats()};

@@ -103,7 +103,9 @@ TEST_CASE("Sinkhorn at its iteration cap with tol = 0 returns within seconds", "
     std::vector<std::byte> ws(smoe::routing_workspace_size(router, balancer, T));
     auto const t0 = std::chrono::steady_clock::now();
     auto const r = smoe::route(router, balancer, smoe::MatrixView<float const>(logits.data(), T, E), {}, ws);
-    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+    // A hang guard, not a timing: the capped call takes ~0.1 s in release and a few seconds at -O0 under
+    // ASan on a loaded machine; the unbounded mutant never returns.
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60));
     CHECK(router.last_iterations() == limits::kMaxSinkhornIterations);
     CHECK(r.num_tokens == T);
 }
