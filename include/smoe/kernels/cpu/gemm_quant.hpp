@@ -310,7 +310,7 @@ void gemm_quant_kind(MatrixView<float const> A, PanelRef P, std::int64_t p0, std
     std::int64_t const M = A.rows;
     // Act order is GPTQ's, int4 only (quant_layout): the other kinds never instantiate the Perm tiles.
     constexpr bool kMayPerm = KD == Kind::int4;
-    bool const perm = kMayPerm && P.L->has_perm();
+    [[maybe_unused]] bool const perm = kMayPerm && P.L->has_perm();  // unused where only the scalar path exists
     if constexpr (kPackedAvx512<Arch>) {
 #if SMOE_QUANT_AVX512 && SMOE_PACKED_AVX512
         std::int64_t full = 0;
