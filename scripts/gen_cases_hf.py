@@ -502,6 +502,16 @@ def _selection_bias(name):
     return "correction" in name or name.endswith("gate.bias") or name.endswith("expert_bias")
 
 
+def write_hf_module_case_json(case, cfg_dict):
+    """config.json and case.json of a case whose reference is a Hugging Face module."""
+    with open(os.path.join(case, "config.json"), "w") as fh:
+        json.dump(cfg_dict, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    with open(os.path.join(case, "case.json"), "w") as fh:
+        json.dump({"reference": "hf-module"}, fh)
+        fh.write("\n")
+
+
 def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, extra):
     fam = defs[family]
     torch.manual_seed(seed)
@@ -573,12 +583,7 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
     cfg_dict = {k_: v for k_, v in cfg_dict.items() if finite(v)}
     if isinstance(cfg_dict.get("ffn_config"), dict):
         cfg_dict["ffn_config"] = {k_: v for k_, v in cfg_dict["ffn_config"].items() if not k_.startswith("_")}
-    with open(os.path.join(case, "config.json"), "w") as fh:
-        json.dump(cfg_dict, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    with open(os.path.join(case, "case.json"), "w") as fh:
-        json.dump({"reference": "hf-module"}, fh)
-        fh.write("\n")
+    write_hf_module_case_json(case, cfg_dict)
     dt = torch.bfloat16 if bf16 else torch.float32
     tensors = {n: (t.float() if _selection_bias(n) else t.to(dt)).contiguous()
                for n, t in fam["names"](block, "model.layers.0.").items()}
@@ -847,12 +852,7 @@ def make_hash_case(out_dir, name="deepseek_v4_hash_f32_t7", d=40, f=12, E=8, k=2
     case = os.path.join(out_dir, name)
     os.makedirs(case, exist_ok=True)
     cfg_dict = {k_: v for k_, v in cfg.to_dict().items() if not k_.startswith("_")}
-    with open(os.path.join(case, "config.json"), "w") as fh:
-        json.dump(cfg_dict, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    with open(os.path.join(case, "case.json"), "w") as fh:
-        json.dump({"reference": "hf-module"}, fh)
-        fh.write("\n")
+    write_hf_module_case_json(case, cfg_dict)
     sd = block.state_dict()
     q = "layers.0.ffn."
     tensors = per_expert(sd, q, "experts.gate_up_proj", "experts.down_proj", ("w1", "w3", "w2"))
