@@ -1,12 +1,15 @@
 // Core types: the workspace plan, views and the error type.
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "common/avx512_codegen_probe.hpp"
 #include "smoe/core/error.hpp"
+#include "smoe/core/scratch_slots.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/core/workspace.hpp"
 
@@ -47,6 +50,39 @@ TEST_CASE("an owned workspace buffer is aligned and movable", "[core][workspace]
     CHECK(moved.size() == 1024);
     CHECK(buf.size() == 0);
     CHECK(smoe::WorkspaceBuffer(0).bytes().empty());
+}
+
+TEST_CASE("scratch slots are claimed one per item and given back, also when the item throws", "[core][workspace]") {
+    smoe::WorkspaceSize size;
+    smoe::ScratchSlots(size, 100);
+    smoe::WorkspaceBuffer buf(size.bytes());
+    smoe::Workspace ws(buf.bytes());
+    smoe::ScratchSlots const slots(ws, 100);
+    std::size_t const n = smoe::ScratchSlots::count();
+    // Nested claims take distinct slots until none is left; then an item gets an empty span.
+    std::vector<std::byte*> seen;
+    auto claim = [&](auto&& self, std::size_t depth) -> void {
+        slots.with([&](std::span<std::byte> s) {
+            if (depth == n) {
+                CHECK(s.empty());
+                return;
+            }
+            REQUIRE(s.size() >= 100);
+            seen.push_back(s.data());
+            self(self, depth + 1);
+        });
+    };
+    claim(claim, 0);
+    std::sort(seen.begin(), seen.end());
+    CHECK(std::adjacent_find(seen.begin(), seen.end()) == seen.end());
+    CHECK(seen.size() == n);
+    std::byte* first = nullptr;
+    CHECK_THROWS_AS(slots.with([&](std::span<std::byte> s) {
+                        first = s.data();
+                        throw std::runtime_error("item failed");
+                    }),
+                    std::runtime_error);
+    slots.with([&](std::span<std::byte> s) { CHECK(s.data() == first); });  // given back: the same slot again
 }
 
 TEST_CASE("invalid_argument names the argument, the value and the expectation", "[core][error]") {

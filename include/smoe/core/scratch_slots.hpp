@@ -35,15 +35,19 @@ public:
         std::fill(busy_.begin(), busy_.end(), 0u);
     }
 
-    // f(slot) with a free slot (or an empty span when every one is taken), then frees it.
+    // f(slot) with a free slot (or an empty span when every one is taken), then frees it, also when f throws
+    // (a slot left taken would send every later item to the slower stack path).
     template <class F>
     void with(F&& f) const {
         std::size_t s = 0;
         for (; s < busy_.size(); ++s)
             if (std::atomic_ref<std::uint32_t>(busy_[s]).exchange(1u, std::memory_order_acquire) == 0u) break;
         if (s == busy_.size()) return f(std::span<std::byte>{});
+        struct Release {
+            std::uint32_t& flag;
+            ~Release() { std::atomic_ref<std::uint32_t>(flag).store(0u, std::memory_order_release); }
+        } const release{busy_[s]};
         f(bytes_.subspan(s * slot_, slot_));
-        std::atomic_ref<std::uint32_t>(busy_[s]).store(0u, std::memory_order_release);
     }
 
 private:
