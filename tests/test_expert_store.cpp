@@ -132,11 +132,7 @@ TEST_CASE("xxh64 gives the published xxHash digests", "[store][checksum]") {
 
 TEST_CASE("a packed layer gives the resident layer's bits for every budget, policy, prefetch and pool", "[store][layer]") {
     Packed fx(11, "same_bits.smoe");
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     std::int64_t acquires = 0;
     auto const want = run(ref, m.x, m.d, m.T, false, &acquires);
     REQUIRE(file->layers().size() == 1);
@@ -196,11 +192,7 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
 TEST_CASE("an expert run one at a time holds its record for the call, with the mapping of a rank's experts",
           "[store][dist]") {
     Packed fx(12, "rank.smoe");
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     // A rank holding experts 5 and 2 of the file as its local 0 and 1, in a cache of one slot.
     smoe::expert::SwiGLUConfig cfg{m.d, m.f, 2};
     cfg.store = {.residency = store::Residency::cached, .budget_bytes = 1};
@@ -226,11 +218,7 @@ TEST_CASE("an expert run one at a time holds its record for the call, with the m
 
 TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[store][eviction]") {
     Packed fx(13, "evict.smoe", 6);
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
     // One token per step, routed to the scripted expert; the slots' contents after each step.
     auto script = [&](store::StoreConfig s, std::vector<std::int32_t> const& ids) {
@@ -287,11 +275,7 @@ TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[stor
 
 TEST_CASE("a call needing more experts than the cache keeps its hits and streams the rest", "[store][eviction]") {
     Packed fx(16, "overflow.smoe");
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
     smoe::DefaultThreadPool pool(2);
     using V = std::vector<std::int64_t>;
@@ -313,13 +297,14 @@ TEST_CASE("a call needing more experts than the cache keeps its hits and streams
         auto& st = l.experts().store();
         CHECK(st.streams() == (mode == 2));
         std::vector<float> y(std::size_t(m.d)), want(y.size());
+        // fx.m, not the binding m: clang 14 cannot capture structured bindings.
         auto call = [&](std::vector<std::int32_t> const& ids) {
             std::int64_t const k = std::int64_t(ids.size());
             std::vector<float> const w(ids.size(), 1.0f / float(k));
             auto const before = st.stats().hits;
             for (auto* L : {&l, &ref5})
-                L->forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(ids.data(), 1, k),
-                                  MatrixView<float const>(w.data(), 1, k), MatrixView<float>((L == &l ? y : want).data(), 1, m.d));
+                L->forward_routed(MatrixView<float const>(fx.m.x.data(), 1, fx.m.d), MatrixView<std::int32_t const>(ids.data(), 1, k),
+                                  MatrixView<float const>(w.data(), 1, k), MatrixView<float>((L == &l ? y : want).data(), 1, fx.m.d));
             CHECK(y == want);
             auto c = st.cached_experts();
             std::sort(c.begin(), c.end());
@@ -348,11 +333,7 @@ TEST_CASE("a call needing more experts than the cache keeps its hits and streams
 
 TEST_CASE("prefetched experts are read by the I/O thread and counted when used", "[store][prefetch]") {
     Packed fx(14, "prefetch.smoe");
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     Layer l = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 20, .prefetch = true});
     auto& st = l.experts().store();
     std::vector<std::int64_t> const ids = {1, 3, 6};
@@ -504,11 +485,7 @@ TEST_CASE("act-order int4 experts carry their column order in a packed file", "[
 
 TEST_CASE("every corruption of a packed file is an error naming the file, layer, expert and what differs", "[store][errors]") {
     Packed fx(16, "good.smoe", 8, 3);
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     auto const bad = temp_file("bad.smoe");
     auto const good = read_all(path);
     auto const& L = file->layer(3);
@@ -550,8 +527,8 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
         std::vector<float> y(std::size_t(m.d));
         float const one = 1.0f;
         auto route = [&](std::int32_t e) {
-            l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1),
-                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, m.d));
+            l.forward_routed(MatrixView<float const>(fx.m.x.data(), 1, fx.m.d), MatrixView<std::int32_t const>(&e, 1, 1),
+                             MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, fx.m.d));
         };
         route(4);
         CHECK_THROWS_WITH(route(5), Contains("layer 3 expert 5 checksum"));
@@ -607,11 +584,7 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
 
 TEST_CASE("pre-gating with the next layer's own gate predicts every expert it uses", "[store][pregate]") {
     Packed fx(17, "pregate.smoe");
-    // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
-    [[maybe_unused]] auto& m = fx.m;
-    [[maybe_unused]] auto& ref = fx.ref;
-    [[maybe_unused]] auto& path = fx.path;
-    [[maybe_unused]] auto& file = fx.file;
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     // The "next layer" is this one: its router on the same input picks exactly the predicted experts
     // (top-2 of softmax = top-2 of the logits), so the accuracy is 1; another gate's is lower.
     Layer next = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = std::size_t(1) << 22, .prefetch = true});
