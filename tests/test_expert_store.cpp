@@ -509,7 +509,10 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
     CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(64); })(), Contains(name + ": size' = 64"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[20] ^= std::byte{1}; })(), Contains(name + ": header checksum'"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[0] = std::byte{'X'}; })(), Contains(name + ": magic'"));
-    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 2); })(), Contains(name + ": version' = 2: expected 1"));
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 3); })(), Contains(name + ": version' = 3: expected 2 (the format"));
+    // Version 1 predates the ternary fields of FormatEntry: refused, naming both versions.
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 1); })(),
+                      Contains(name + ": version' = 1: expected 2 (the format this smoe reads: an older smoe-pack wrote it"));
     CHECK_THROWS_WITH(open_bad([&](auto& b) { b[table + 200] ^= std::byte{4}; })(), Contains(name + ": table checksum'"));
     // A payload byte of expert 5: the table still opens; the record fails its checksum when read.
     auto const r5 = file->record(L, 5);

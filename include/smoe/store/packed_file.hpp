@@ -4,7 +4,9 @@
 // expert::QuantSwiGLU), so loading is mmap + validation and never packs. Written once, one expert at
 // a time (PackedWriter: peak memory about one expert), by `smoe-pack` or store::pack_experts.
 //
-// Layout, version 1, little-endian (every offset from the file's start):
+// Layout, version 2, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
+// ternary scale and packing fields (format::Ternary records): a version-1 reader would take a ternary
+// record for another format, and this reader refuses version-1 files (repack them), naming both versions.
 //
 //   [0, 128)               FileHeader: magic "SMOEPACK", version, file size, where the table is,
 //                          a checksum of the table and one of the header itself
@@ -96,7 +98,7 @@ inline std::uint64_t xxh64(std::span<std::byte const> data, std::uint64_t seed =
     return h;
 }
 
-inline constexpr std::uint32_t kPackedVersion = 1;
+inline constexpr std::uint32_t kPackedVersion = 2;
 inline constexpr char kPackedMagic[8] = {'S', 'M', 'O', 'E', 'P', 'A', 'C', 'K'};
 inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // huge-page aligned
 inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
@@ -280,7 +282,10 @@ private:
         std::memcpy(&h, bytes.data(), sizeof h);
         if (std::memcmp(h.magic, kPackedMagic, 8) != 0) fail("magic", std::string(h.magic, 8), "'SMOEPACK' (a file written by smoe-pack)");
         if (h.version != kPackedVersion)
-            fail("version", h.version, std::to_string(kPackedVersion) + " (the format this smoe reads; repack the model with this smoe-pack)");
+            fail("version", h.version,
+                 std::to_string(kPackedVersion) + " (the format this smoe reads" +
+                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the ternary format fields" : "") +
+                     "; repack the model with this smoe-pack)");
         FileHeader z = h;
         z.header_checksum = 0;
         std::uint64_t const hc = xxh64(std::as_bytes(std::span(&z, 1)));
