@@ -436,6 +436,27 @@ struct ThreadPerItemPool {
     }
 };
 
+// An expert without the two phases (one run() per call, like a user's own expert type): SwiGLU<float>'s
+// run only, so MoELayer takes its single-call path.
+struct SingleCall {
+    static constexpr bool is_compute_free = false;
+    struct Config {};
+    struct Weights {
+        smoe::expert::SwiGLU<float> const* inner = nullptr;
+    };
+    SingleCall(Config const&, Weights const& w) : x(w.inner) {}
+    std::int64_t num_experts() const { return x->num_experts(); }
+    std::int64_t hidden_size() const { return x->hidden_size(); }
+    std::size_t workspace_size(std::int64_t max_rows) const { return x->workspace_size(max_rows); }
+    template <class Arch>
+    void run(Arch arch, std::int64_t e, MatrixView<float const> in, std::span<float const> w, MatrixView<float> out,
+             smoe::Workspace& ws) const {
+        x->run(arch, e, in, w, out, ws);
+    }
+    smoe::expert::SwiGLU<float> const* x;
+};
+static_assert(!smoe::detail::PhasedExpert<SingleCall, xsimd::default_arch>);
+
 }  // namespace
 
 TEST_CASE("llep's plan decides which task computes which rows, with the bits of None", "[balance][llep][layer][threads]") {
@@ -470,14 +491,9 @@ TEST_CASE("llep's plan decides which task computes which rows, with the bits of 
                 if (items[j].worker == items[i].worker) CHECK(runs[j].thread == runs[i].thread);
         }
     };
-    for (std::int64_t threads : {1, 2, 3}) {
-        INFO(threads << " threads");
-        smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, LeastLoaded> layer(
-            {.router = {.num_experts = E, .top_k = 2},
-             .expert = m.expert_cfg(),
-             .balance = {.num_experts = E, .num_workers = threads, .max_tokens_factor = 1.0, .min_tokens_per_gemm = 1},
-             .max_tokens = T},
-            m.weights());
+    // Two-phase experts (SwiGLU: both phases per item) and an expert with run() only (one call per item).
+    smoe::expert::SwiGLU<float> const inner(m.expert_cfg(), m.experts());
+    auto check_layer = [&](auto& layer, std::int64_t threads) {
         smoe::DefaultThreadPool pool(threads);
         layer.set_thread_pool(pool);
         std::vector<float> y(y_none.size());
@@ -500,6 +516,18 @@ TEST_CASE("llep's plan decides which task computes which rows, with the bits of 
         for (std::size_t i = 0; i < items.size(); ++i)
             for (std::size_t j = 0; j < i; ++j)
                 if (items[j].worker != items[i].worker) CHECK(runs[j].thread != runs[i].thread);
+    };
+    for (std::int64_t threads : {1, 2, 3}) {
+        INFO(threads << " threads");
+        LeastLoadedConfig const bc{.num_experts = E, .num_workers = threads, .max_tokens_factor = 1.0, .min_tokens_per_gemm = 1};
+        smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, LeastLoaded> phased(
+            {.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .balance = bc, .max_tokens = T}, m.weights());
+        check_layer(phased, threads);
+        INFO("single-call expert");
+        smoe::MoELayer<smoe::router::TopK, SingleCall, LeastLoaded> single(
+            {.router = {.num_experts = E, .top_k = 2}, .balance = bc, .max_tokens = T},
+            {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = {&inner}});
+        check_layer(single, threads);
     }
 }
 

@@ -331,7 +331,14 @@ private:
         std::span<std::int32_t> touched;  // phased experts: ids of the experts that got rows
         ScratchSlots scratch;              // phased experts' kernel scratch (phase_scratch_bytes), per item
         Workspace expert_ws;
+        std::span<std::byte> worker_ws;    // single-call experts under a plan: one expert workspace per worker
+        std::size_t worker_ws_stride = 0;
     };
+
+    // A balancer with a plan (balance::LeastLoaded) over an expert without phases: one task per planned
+    // worker calls run() on its items, so every dispatched row is gathered at once and each task has an
+    // expert workspace of its own.
+    static constexpr bool kPlannedSingleCall = requires(Balancer const& bal) { bal.plan_items(); } && !detail::PhasedExpert<Expert, arch>;
 
     // One routine sizes (with WorkspaceSize) and carves (with Workspace), so they cannot disagree.
     template <class Alloc>
@@ -345,7 +352,7 @@ private:
         b.routing = detail::carve_routing(router_, a, T);
         b.router_ws = a.take_bytes(router_.workspace_size(T));
         b.balance = detail::carve_balance(router_, balancer_, a, T);
-        b.gathered = a.template take<float>(rows * d);
+        b.gathered = a.template take<float>((kPlannedSingleCall ? slots : rows) * d);
         b.padded_w = a.template take<float>(pads() ? rows : 0);
         b.padded_out = a.template take<float>(pads() ? rows * d : 0);
         b.slot_out = a.template take<float>(slots * d);
@@ -355,6 +362,10 @@ private:
             if constexpr (requires { expert_.phase_scratch_bytes(); }) b.scratch = ScratchSlots(a, expert_.phase_scratch_bytes());
         }
         b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
+        if constexpr (kPlannedSingleCall) {
+            b.worker_ws_stride = WorkspaceSize::round_up(expert_.workspace_size(max_expert_rows(T)));
+            b.worker_ws = a.template take<std::byte>(static_cast<std::size_t>(balancer_.config().num_workers) * b.worker_ws_stride);
+        }
         return b;
     }
 
@@ -557,9 +568,33 @@ private:
         });
     }
 
+    // Single-call experts under a plan (research.md §6 on one machine): every dispatched row gathered
+    // in CSR order, then one pool task per planned worker runs that worker's (expert, CSR rows) items
+    // with its own expert workspace. Row independence (experts.md §1 rule 3) keeps the bits of None.
+    void run_experts_planned(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) {
+        std::int64_t const d = expert_.hidden_size(), nnz = r.nnz();
+        MatrixView<float> const slot_out(b.slot_out.data(), nnz, d), gathered(b.gathered.data(), nnz, d);
+        kernels::cpu::gather_rows(x, r.token_ids.subspan(0, static_cast<std::size_t>(nnz)), gathered);
+        auto const items = balancer_.plan_items();
+        pool_.parallel_for(balancer_.config().num_workers, [&](std::int64_t w) {
+            auto const ws = b.worker_ws.subspan(static_cast<std::size_t>(w) * b.worker_ws_stride, b.worker_ws_stride);
+            for (std::size_t i = 0; i < items.size(); ++i) {
+                auto const& it = items[i];
+                if (it.worker != w) continue;
+                std::int64_t const off = r.offsets[it.expert] + it.row_begin, M = it.row_end - it.row_begin;
+                Workspace ews(ws);  // each worker's bytes start aligned: the stride is rounded up
+                expert_.run(arch{}, it.expert, MatrixView<float const>(gathered.block(off, M)),
+                            r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M)), slot_out.block(off, M), ews);
+                balancer_.record_run(i, w);
+            }
+        });
+        kernels::cpu::combine_slots(arch{}, MatrixView<float const>(slot_out), b.routing.expert_major.slot_rows, r.k, y);
+    }
+
     void run_experts(MatrixView<float const> x, MatrixView<float> y, RoutingResult const& r, Buffers const& b) {
         if constexpr (detail::PhasedExpert<Expert, arch>)
             if (r.padded_rows == 0) return run_experts_phased(x, y, r, b);
+        if constexpr (kPlannedSingleCall) return run_experts_planned(x, y, r, b);
         std::int64_t const d = expert_.hidden_size();
         MatrixView<float> const slot_out(b.slot_out.data(), r.nnz(), d);
         for (std::int64_t e = 0; e < r.num_experts; ++e) {

@@ -33,11 +33,10 @@
 //
 // On one machine the workers are the layer's tasks (§6): with a two-phase expert (SwiGLU, QuantSwiGLU,
 // Film) MoELayer runs one pool task per worker, which computes that worker's items (both phases, every
-// panel), instead of splitting each expert by weight panels; executed() records, per item, the task and
-// the thread that ran it. W should be the pool's thread count (W tasks over fewer threads share them;
-// more threads than W idle). Other experts run every row on the caller, as with None. smoe::dist does
-// not use the plan yet: its ranks run their own experts' rows (research.md §6's weight transfer is not
-// implemented).
+// panel), instead of splitting each expert by weight panels; an expert without phases gets the same
+// one task per worker, each calling run() on its items with an expert workspace of its own. executed()
+// records, per item, the task and the thread that ran it. W should be the pool's thread count (W tasks
+// over fewer threads share them; more threads than W idle).
 
 #include <algorithm>
 #include <cmath>
