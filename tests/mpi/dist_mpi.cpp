@@ -157,6 +157,65 @@ TEST_CASE("an expert that gets every token, and ranks whose experts get nothing"
     REQUIRE(everyone(comm, ok));
 }
 
+TEST_CASE("LLEP: rank 0's overload spills to the other ranks with copies of its experts, bits of None", "[dist][mpi][llep]") {
+    MpiCommunicator comm;
+    int const rank = comm.rank(), P = comm.size();
+    std::mt19937_64 rng(104);
+    auto m = Model<smoe::router::TopK>::random(rng, kD, kF, 8);
+    m.bias.assign(8, 0.0f);
+    m.bias[0] = m.bias[1] = 100.0f;  // experts 0 and 1, both on rank 0, take every token
+    smoe::router::TopKConfig const rc{.num_experts = 8, .top_k = 2};
+    auto const pl = ExpertPlacement::contiguous(8, P);
+    auto const local = smoe_test::local_experts(m, pl, rank);
+    smoe::balance::LeastLoadedConfig const bc{.num_experts = 8, .num_workers = P, .max_tokens_factor = 1.0, .min_tokens_per_gemm = 1};
+    auto llep = make_sharded<smoe::router::TopK, smoe::balance::LeastLoaded>(comm, m, rc, pl, local, bc);
+    auto none = make_sharded(comm, m, rc, pl, local);
+    Single<smoe::router::TopK, smoe::balance::None> single(
+        {.router = rc, .expert = m.expert_cfg(), .max_tokens = P * kMaxTokens},
+        {.gate = MatrixView<float const>(m.gate.data(), m.W, m.d), .expert_bias = m.bias, .experts = m.experts()});
+    std::uint64_t seed = 4000;
+    for (auto const& pattern : token_patterns(P)) {
+        auto const batch = smoe_test::split_batch(seed++, pattern, kD);
+        std::int64_t const T = pattern[static_cast<std::size_t>(rank)];
+        std::vector<float> want(static_cast<std::size_t>(batch.total() * kD)), got(static_cast<std::size_t>(T * kD), -2.0f),
+            got_none(got.size(), -3.0f);
+        single.forward(batch.all(), MatrixView<float>(want.data(), batch.total(), kD));
+        llep.forward(batch.of(rank), MatrixView<float>(got.data(), T, kD));
+        none.forward(batch.of(rank), MatrixView<float>(got_none.data(), T, kD));
+        // The plan every rank computed, and who ran each item: exactly the items planned on this rank.
+        auto const items = llep.balancer().plan_items();
+        auto const runs = llep.balancer().executed();
+        bool ran_ok = runs.size() == items.size();
+        std::int64_t mine = 0;
+        std::vector<std::int64_t> plan_words;
+        for (std::size_t i = 0; ran_ok && i < items.size(); ++i) {
+            bool const planned_here = items[i].worker == rank;
+            ran_ok = runs[i].worker == (planned_here ? rank : -1);
+            if (planned_here) mine += items[i].row_end - items[i].row_begin;
+            plan_words.insert(plan_words.end(), {items[i].expert, items[i].worker, items[i].row_begin, items[i].row_end});
+        }
+        // Every rank holds the same plan: the element-wise min and max over ranks agree.
+        std::vector<std::int64_t> lo = plan_words, hi = plan_words;
+        std::int64_t n[2] = {static_cast<std::int64_t>(plan_words.size()), -static_cast<std::int64_t>(plan_words.size())};
+        comm.allreduce_min(std::span<std::int64_t>(n, 2));
+        bool same_plan = n[0] == -n[1];
+        if (same_plan) {
+            for (auto& v : hi) v = -v;
+            comm.allreduce_min(std::span<std::int64_t>(lo));
+            comm.allreduce_min(std::span<std::int64_t>(hi));
+            for (std::size_t i = 0; i < lo.size(); ++i) same_plan = same_plan && lo[i] == -hi[i];
+        }
+        auto const& st = llep.balancer().llep_stats();
+        bool const full = batch.total() == P * kMaxTokens;
+        bool const ok = got == got_none && smoe_test::same_bits(want, batch.first(rank), got, kD) && ran_ok && same_plan &&
+                        llep.rows_computed() == mine && (!full || P == 1 || (st.spilled_rows > 0 && st.weight_copies > 0 && st.planned_ratio < st.native_ratio));
+        INFO("rank " << rank << " of " << P << ", T = " << T << ", total " << batch.total() << ": bits " << (got == got_none) << ", runs "
+                     << ran_ok << ", same plan " << same_plan << ", spilled " << st.spilled_rows << ", copies " << st.weight_copies);
+        CHECK(ok);
+        REQUIRE(everyone(comm, ok));
+    }
+}
+
 TEST_CASE("sharded expert choice equals the single-process layer on each rank's own tokens", "[dist][mpi][expert_choice]") {
     MpiCommunicator comm;
     std::mt19937_64 rng(104);

@@ -32,6 +32,8 @@ using Sharded = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<fl
 
 using ThreadSharded = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::None,
                                            smoe_test::ThreadCommunicator>;
+using ThreadLlep = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::LeastLoaded,
+                                        smoe_test::ThreadCommunicator>;
 
 // Runs f(comm) on P threads, one per rank; returns what each rank threw (null when nothing). Catch2's
 // assertions are not thread-safe, so the checks happen after the join.
@@ -431,4 +433,143 @@ TEST_CASE("ranks as threads: each rank caches its own experts of one packed file
     CHECK(pairs[1] > 0);
     CHECK(pairs[0] + pairs[1] <= (Tm + 3 + 1 + 1) * rc.top_k);
     std::filesystem::remove(path);
+}
+
+TEST_CASE("ranks as threads: LLEP spills an overloaded rank's rows to helper ranks with a copy of the expert, bits of None",
+          "[dist][layer][threads][llep]") {
+    // research.md §6 across ranks: skewed routing (every token of every rank on expert 0, held by rank 0),
+    // the plan computed alike on every rank from the gathered loads, helpers receiving expert 0's record.
+    constexpr std::int64_t d = 19, E = 6, T = 12;
+    std::mt19937_64 rng(21);
+    auto const m = Model::random(rng, d, 11, E);
+    smoe::router::TopKConfig const rc{.num_experts = E, .top_k = 2};
+    struct Case {
+        int P;
+        ExpertPlacement pl;
+    };
+    // Contiguous blocks on 2 and 3 ranks; a table in which rank 2 owns nothing and only helps.
+    for (auto const& c : {Case{2, ExpertPlacement::contiguous(E, 2)}, Case{3, ExpertPlacement::contiguous(E, 3)},
+                          Case{3, ExpertPlacement::from_table({0, 0, 1, 1, 0, 1}, 3)}}) {
+        int const P = c.P;
+        auto const& pl = c.pl;
+        INFO(P << " ranks, rank 2 owns " << (P > 2 ? pl.num_local(2) : 0) << " experts");
+        auto const Pu = static_cast<std::size_t>(P);
+        std::vector<std::vector<float>> xs(Pu), ws(Pu), got(Pu), got_none(Pu), got_fwd(Pu), got_fwd_none(Pu);
+        std::vector<std::vector<std::int32_t>> ids(Pu);
+        std::vector<std::int64_t> Ts(Pu);
+        for (std::size_t r = 0; r < Pu; ++r) {
+            Ts[r] = T - 3 * static_cast<std::int64_t>(r);
+            xs[r] = smoe_test::normal(rng, static_cast<std::size_t>(Ts[r] * d), 1.0);
+            for (std::int64_t t = 0; t < Ts[r]; ++t) {
+                ids[r].push_back(0);
+                ids[r].push_back(static_cast<std::int32_t>(1 + (t + static_cast<std::int64_t>(r)) % (E - 1)));
+                ws[r].push_back(0.625f + 0.01f * static_cast<float>(t));
+                ws[r].push_back(0.375f - 0.01f * static_cast<float>(t));
+            }
+        }
+        std::vector<std::vector<smoe::balance::LlepItem>> items(Pu);
+        std::vector<std::vector<smoe::balance::LlepRun>> runs(Pu), runs_fwd(Pu);
+        std::vector<smoe::balance::LlepStats> stats(Pu);
+        std::vector<std::int64_t> copies(Pu), computed(Pu);
+        auto const errors = run_ranks(P, [&](smoe_test::ThreadCommunicator& comm) {
+            auto const r = static_cast<std::size_t>(comm.rank());
+            auto const local = smoe_test::local_experts(m, pl, comm.rank());
+            smoe_test::LocalExperts const shape{{}, {}, {}, {d, 11, 0}};  // a rank without experts gives d and f only
+            auto const& lc = local.cfg.num_experts > 0 ? local.cfg : shape.cfg;
+            MatrixView<float const> const gate(m.gate.data(), E, d);
+            ThreadLlep llep(comm, pl,
+                            {.router = rc, .expert = lc,
+                             .balance = {.num_experts = E, .num_workers = P, .max_tokens_factor = 1.0, .min_tokens_per_gemm = 1},
+                             .max_tokens = T},
+                            {.gate = gate, .experts = local.weights()});
+            ThreadSharded none(comm, pl, {.router = rc, .expert = local.cfg, .max_tokens = T}, {.gate = gate, .experts = local.weights()});
+            auto const Tr = Ts[r];
+            MatrixView<float const> const x(xs[r].data(), Tr, d);
+            MatrixView<std::int32_t const> const idv(ids[r].data(), Tr, 2);
+            MatrixView<float const> const wv(ws[r].data(), Tr, 2);
+            for (auto* y : {&got[r], &got_none[r], &got_fwd[r], &got_fwd_none[r]}) y->assign(static_cast<std::size_t>(Tr * d), -1.0f);
+            llep.forward_routed(x, idv, wv, MatrixView<float>(got[r].data(), Tr, d));
+            none.forward_routed(x, idv, wv, MatrixView<float>(got_none[r].data(), Tr, d));
+            auto const pi = llep.balancer().plan_items();
+            items[r].assign(pi.begin(), pi.end());
+            auto const ex = llep.balancer().executed();
+            runs[r].assign(ex.begin(), ex.end());
+            stats[r] = llep.balancer().llep_stats();
+            copies[r] = llep.helper_records();
+            computed[r] = llep.rows_computed();
+            // The router's own routing (forward), whatever it spills.
+            llep.forward(x, MatrixView<float>(got_fwd[r].data(), Tr, d));
+            none.forward(x, MatrixView<float>(got_fwd_none[r].data(), Tr, d));
+            auto const ex2 = llep.balancer().executed();
+            runs_fwd[r].assign(ex2.begin(), ex2.end());
+            for (std::size_t i = 0; i < runs_fwd[r].size(); ++i)  // keep only a mismatch, checked below
+                if ((llep.balancer().plan_items()[i].worker == comm.rank()) != (runs_fwd[r][i].worker == comm.rank())) runs_fwd[r][i].worker = -7;
+        });
+        for (std::size_t r = 0; r < Pu; ++r) REQUIRE(what(errors[r]) == "(nothing thrown)");
+        // The single-process layer on every rank's tokens in rank order.
+        std::int64_t const total = std::accumulate(Ts.begin(), Ts.end(), std::int64_t{0});
+        std::vector<float> xa, wa;
+        std::vector<std::int32_t> ia;
+        for (std::size_t r = 0; r < Pu; ++r) {
+            xa.insert(xa.end(), xs[r].begin(), xs[r].end());
+            wa.insert(wa.end(), ws[r].begin(), ws[r].end());
+            ia.insert(ia.end(), ids[r].begin(), ids[r].end());
+        }
+        Single single({.router = rc, .expert = m.expert_cfg(), .max_tokens = total}, m.weights());
+        std::vector<float> want(static_cast<std::size_t>(total * d)), want_fwd(want.size());
+        single.forward_routed(MatrixView<float const>(xa.data(), total, d), MatrixView<std::int32_t const>(ia.data(), total, 2),
+                              MatrixView<float const>(wa.data(), total, 2), MatrixView<float>(want.data(), total, d));
+        single.forward(MatrixView<float const>(xa.data(), total, d), MatrixView<float>(want_fwd.data(), total, d));
+        std::int64_t first = 0, rows = 0;
+        for (std::size_t r = 0; r < Pu; ++r) {
+            INFO("rank " << r);
+            CHECK(got[r] == got_none[r]);
+            CHECK(smoe_test::same_bits(want, first, got[r], d));
+            CHECK(got_fwd[r] == got_fwd_none[r]);
+            CHECK(smoe_test::same_bits(want_fwd, first, got_fwd[r], d));
+            first += Ts[r];
+            // One plan on every rank; each rank ran exactly its own items.
+            CHECK(items[r] == items[0]);
+            REQUIRE(runs[r].size() == items[r].size());
+            std::int64_t mine = 0;
+            for (std::size_t i = 0; i < items[r].size(); ++i) {
+                INFO("item " << i << ": expert " << items[r][i].expert << " rows [" << items[r][i].row_begin << ", "
+                             << items[r][i].row_end << ") on rank " << items[r][i].worker);
+                CHECK(runs[r][i].worker == (items[r][i].worker == static_cast<std::int32_t>(r) ? static_cast<std::int32_t>(r) : -1));
+                if (items[r][i].worker == static_cast<std::int32_t>(r)) mine += items[r][i].row_end - items[r][i].row_begin;
+            }
+            CHECK(computed[r] == mine);
+            rows += mine;
+            for (auto const& run : runs_fwd[r]) CHECK(run.worker != -7);
+        }
+        CHECK(rows == 2 * total);
+        // Expert 0 has every token: its rank spills, and at least one helper computes with a copy.
+        CHECK(stats[0].plan_ran);
+        CHECK(stats[0].spilled_rows > 0);
+        CHECK(stats[0].weight_copies > 0);
+        CHECK(stats[0].planned_ratio < stats[0].native_ratio);
+        bool helped = false;
+        for (auto const& it : items[0]) helped = helped || (it.expert == 0 && it.worker != pl.rank_of(0));
+        CHECK(helped);
+        if (P == 3 && pl.num_local(2) == 0) {
+            CHECK(copies[2] > 0);
+            CHECK(computed[2] > 0);  // the rank that owns nothing computes copies' rows
+        }
+    }
+}
+
+TEST_CASE("LLEP in the sharded layer rejects a worker count other than the ranks and a placement of its own", "[dist][layer][llep][errors]") {
+    constexpr std::int64_t d = 8, E = 4;
+    std::mt19937_64 rng(22);
+    auto const m = Model::random(rng, d, 5, E);
+    smoe::dist::SelfCommunicator self;
+    using SelfLlep = smoe::dist::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::LeastLoaded,
+                                          smoe::dist::SelfCommunicator>;
+    auto make = [&](smoe::balance::LeastLoadedConfig bc) {
+        SelfLlep l(self, ExpertPlacement::contiguous(E, 1), {.router = {.num_experts = E, .top_k = 2}, .expert = m.expert_cfg(), .balance = bc},
+                   {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = m.experts()});
+        return l.helper_records();
+    };
+    CHECK(make({.num_experts = E, .num_workers = 1}) == 0);  // one rank: nothing to copy
+    CHECK_THROWS_WITH(make({.num_experts = E, .num_workers = 2}), Contains("balance.llep_num_workers' = 2: expected the communicator size 1"));
 }

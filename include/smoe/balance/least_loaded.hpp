@@ -36,7 +36,9 @@
 // panel), instead of splitting each expert by weight panels; an expert without phases gets the same
 // one task per worker, each calling run() on its items with an expert workspace of its own. executed()
 // records, per item, the task and the thread that ran it. W should be the pool's thread count (W tasks
-// over fewer threads share them; more threads than W idle).
+// over fewer threads share them; more threads than W idle). In smoe::dist::MoELayer the workers are
+// the ranks: every rank gathers every rank's loads, replan()s on their sum (the same plan everywhere),
+// and a helper rank receives the packed record of each expert it computes rows of (dist/layer.hpp).
 
 #include <algorithm>
 #include <cmath>
@@ -263,6 +265,15 @@ public:
     void record_run(std::size_t i, std::int64_t worker) { runs_[i] = {static_cast<std::int32_t>(worker), std::this_thread::get_id()}; }
 
     std::size_t workspace_size(std::int64_t /*max_tokens*/) const { return 0; }
+
+    // The plan for loads summed elsewhere (smoe::dist: every rank's loads, gathered), replacing the
+    // last call's; routing statistics are not touched (plan() recorded this caller's own routing).
+    void replan(std::span<std::int64_t const> loads) {
+        if (static_cast<std::int64_t>(loads.size()) != cfg_.num_experts)
+            smoe::detail::fail("loads.size", loads.size(), "num_experts = " + std::to_string(cfg_.num_experts));
+        planner_.run(loads);
+        runs_.assign(planner_.items().size(), LlepRun{});
+    }
 
     void plan(BalanceContext& ctx) {
         if (ctx.num_experts != cfg_.num_experts)

@@ -26,6 +26,20 @@
 // sees the rank's own routing (capacity per rank; LossFreeBias updates from the rank's own counts). A
 // padding balancer's static segments are not reproduced (row independence makes them irrelevant to y).
 //
+// LLEP (Balancer = balance::LeastLoaded, research.md §6, llep_num_workers = ranks): step 3's blocks
+// carry every rank's loads of all E experts instead, so every rank sums the same global loads and
+// computes the same plan (balancer().plan_items(): (expert, rank, rows) items, rows being positions in
+// the expert's global CSR segment, rank 0's tokens first). A rank sends its rows of an item to the
+// item's rank, grouped by destination and, within it, in plan order. A rank that computes rows of an
+// expert it does not hold receives that expert's packed record from its native rank once per call and
+// (expert, rank) pair, in one more alltoallv before the rows (only when the plan copies any), straight
+// into a resident expert set of its own (`helper` records, sized once: min(E − local experts, the rows
+// it can receive)); it runs the rows with that copy, and records every item it ran in
+// balancer().executed() (worker = this rank). The output is the same bits as balance::None and
+// smoe::MoELayer (row independence, slot-order combine). Needs an expert with packed resident records
+// built from dense views and no biases (expert::SwiGLU<float | bf16>), and on every rank an expert
+// config giving d and f (a rank that owns no expert still computes copies).
+//
 // Workspace: workspace_size() bytes, planned once for max_tokens tokens on every rank, the receive
 // side for the worst case (every rank sends all its rows to this one). forward never allocates. The
 // layer keeps small per-peer count arrays as members, so one layer runs one forward at a time.
@@ -51,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include "smoe/balance/least_loaded.hpp"
 #include "smoe/dist/communicator.hpp"
 #include "smoe/dist/placement.hpp"
 #include "smoe/dist/stats.hpp"
@@ -134,6 +149,8 @@ public:
         carve_remote(size);
         return required_bytes(size.bytes());
     }
+    // LLEP: expert records this rank can hold for other ranks' experts in one call (0 without LLEP).
+    std::int64_t helper_records() const { return helper_ ? helper_->num_experts() : 0; }
 
     // Collective. x [T, d] -> y [T, d], T <= max_tokens (T may differ between ranks, 0 included). The
     // result is the routing of this rank's tokens; its views point into the workspace.
@@ -175,10 +192,19 @@ private:
         if (err) std::rethrow_exception(err);
         throw_if_a_peer_failed();
 
-        exchange_plan();
+        if constexpr (kLlep) {
+            llep_plan();
+            pack_planned(x, c.routing, c.local);
+            if (balancer_->llep_stats().weight_copies > 0) send_records(c.remote);  // every rank knows: one plan
+        } else {
+            exchange_plan();
+        }
         comm_->alltoallv(std::span<float const>(c.local.xfer), send_counts(), send_displs(), c.remote.recv, recv_counts(), recv_displs());
         observe_store(c.routing);
-        run_local_experts(c.remote);
+        if constexpr (kLlep)
+            run_planned_items(c.remote);
+        else
+            run_local_experts(c.remote);
         comm_->alltoallv(std::span<float const>(c.remote.recv), recv_counts(), recv_displs(), c.local.xfer, send_counts(), send_displs());
         RoutingResult const& r = c.routing;
         MatrixView<float const> const slot_out(c.local.xfer.data(), r.nnz(), d_, d_ + 1);
@@ -194,6 +220,12 @@ private:
 
     static constexpr bool kHasShared =
         requires(Expert const& x, Workspace& w) { x.run_shared(arch{}, MatrixView<float const>{}, MatrixView<float>{}, w); };
+    // LLEP: a balancer with a plan that takes loads summed over ranks (balance::LeastLoaded).
+    static constexpr bool kLlep = requires(Balancer& b, std::span<std::int64_t const> c) {
+        b.replan(c);
+        b.plan_items();
+        b.record_run(std::size_t{0}, std::int64_t{0});
+    };
 
     struct Local {
         std::span<float> logits;
@@ -209,6 +241,7 @@ private:
         std::span<float> row_w;     // their weights
         std::span<float> out;       // their outputs
         Workspace expert_ws;
+        std::span<float> records;   // LLEP: the expert records this rank sends to other ranks
     };
     struct Call {
         Local local;
@@ -233,7 +266,7 @@ private:
                 }
             c.routing = smoe::detail::balance_routing(*balancer_, c.local.routing, c.local.balance, router_->num_experts(), K, {},
                                                       smoe::detail::score_func_of(*router_));
-            pack(x, c.routing, c.local);
+            pack_or_count(x, c);
             return c;
         }
         MatrixView<float> const logits(c.local.logits.data(), T, router_->num_logits());
@@ -247,8 +280,28 @@ private:
                                               c.local.routing.token_major, scratch);
         c.routing = smoe::detail::balance_routing(*balancer_, c.local.routing, c.local.balance, router_->num_experts(), K,
                                                   MatrixView<float const>(logits), smoe::detail::score_func_of(*router_));
-        pack(x, c.routing, c.local);
+        pack_or_count(x, c);
         return c;
+    }
+
+    // Without LLEP, step 2 proper. With it, the counts blocks only: this rank's load of every expert,
+    // the same block to every peer; the rows are packed once the plan is known (pack_planned).
+    void pack_or_count(MatrixView<float const> x, Call const& c) {
+        if constexpr (kLlep) {
+            RoutingResult const& r = c.routing;
+            auto const B = block_width();
+            for (std::int64_t e = 0; e < r.num_experts; ++e) {
+                if (r.load(e) > r.num_tokens) too_many_rows(r, e);
+                for (std::size_t p = 0; p < static_cast<std::size_t>(comm_->size()); ++p) send_meta_[p * B + 1 + static_cast<std::size_t>(e)] = r.load(e);
+            }
+        } else {
+            pack(x, c.routing, c.local);
+        }
+    }
+
+    [[noreturn]] static void too_many_rows(RoutingResult const& r, std::int64_t e) {
+        smoe::detail::fail("routing load", std::to_string(r.load(e)) + " rows for expert " + std::to_string(e),
+                           "at most one row per token (T = " + std::to_string(r.num_tokens) + ")");
     }
 
     // Step 3's agreement: the status word of every peer's counts block.
@@ -269,7 +322,21 @@ private:
             if (router_->identity_nulls())
                 smoe::detail::fail("router.num_null_experts", router_->num_logits() - router_->num_experts(),
                                    "0 in smoe::dist::MoELayer (identity experts run in smoe::MoELayer only)");
-        balancer_.emplace(cfg.balance);
+        if constexpr (kLlep) {
+            // The plan's workers are the ranks, and its native workers the layer's placement.
+            auto bc = cfg.balance;
+            if (bc.num_workers != comm_->size())
+                smoe::detail::fail("balance.llep_num_workers", bc.num_workers, "the communicator size " + std::to_string(comm_->size()));
+            if (bc.placement && bc.num_experts == placement_.num_experts())
+                for (std::int64_t e = 0; e < placement_.num_experts(); ++e)
+                    if (bc.placement->rank_of(e) != placement_.rank_of(e))
+                        smoe::detail::fail("balance.placement", "rank " + std::to_string(bc.placement->rank_of(e)) + " for expert " + std::to_string(e),
+                                           "the layer's placement (rank " + std::to_string(placement_.rank_of(e)) + ")");
+            if (!bc.placement && bc.num_experts == placement_.num_experts()) bc.placement = placement_;
+            balancer_.emplace(bc);
+        } else {
+            balancer_.emplace(cfg.balance);
+        }
         std::int64_t const E = router_->num_experts();
         if (placement_.num_experts() != E)
             smoe::detail::fail("placement.num_experts", placement_.num_experts(), "the router's num_experts (" + std::to_string(E) + ")");
@@ -296,6 +363,7 @@ private:
                 smoe::detail::fail("expert.hidden_size", expert_->hidden_size(), "the gate's hidden size (" + std::to_string(d_) + ")");
         }
         smoe::detail::check_int32_extent(cfg.max_tokens, router_->max_slots());
+        if constexpr (kLlep) construct_helper(cfg, w);
         if (!w.expert_bias.empty()) smoe::detail::check_vector(w.expert_bias, E, "expert_bias", "num_experts", "expert");
         if (!w.gate_bias.empty())
             smoe::detail::check_vector(w.gate_bias, router_->num_logits(), "gate_bias", "num_logits", "expert");
@@ -316,6 +384,14 @@ private:
         recv_meta_.assign(P * block_width(), 0);
         counts_.assign(4 * P, 0);
         cursor_.assign(P, 0);
+        if constexpr (kLlep) {
+            auto const Eu = static_cast<std::size_t>(E);
+            prefix_.assign((P + 1) * Eu, 0);
+            global_load_.assign(Eu, 0);
+            slot_of_.assign(Eu, -1);
+            record_counts_.assign(4 * P, 0);
+            last_copy_.assign(P, -1);
+        }
         buffer_ = WorkspaceBuffer(workspace_size());
     }
 
@@ -343,11 +419,13 @@ private:
                                " rejected its input (its own exception names it), so every rank stops this collective call");
     }
 
-    std::size_t block_width() const { return static_cast<std::size_t>(1 + placement_.max_local()); }
-    // Rows a rank can receive in one call: from every rank, at most max_tokens per local expert and
-    // max_slots per token.
+    // LLEP's blocks hold a load per global expert.
+    std::size_t block_width() const { return static_cast<std::size_t>(1 + (kLlep ? placement_.num_experts() : placement_.max_local())); }
+    // Rows a rank can receive in one call: from every rank, at most max_tokens per expert it computes
+    // (its own; under LLEP, any) and max_slots per token.
     std::int64_t max_rows_received() const {
-        return comm_->size() * cfg_.max_tokens * std::min(router_->max_slots(), placement_.num_local(comm_->rank()));
+        std::int64_t const experts = kLlep ? placement_.num_experts() : placement_.num_local(comm_->rank());
+        return comm_->size() * cfg_.max_tokens * std::min(router_->max_slots(), experts);
     }
 
     template <class Alloc>
@@ -365,14 +443,16 @@ private:
 
     template <class Alloc>
     Remote carve_remote(Alloc& a) const {
-        auto const per_expert = static_cast<std::size_t>(expert_ ? comm_->size() * cfg_.max_tokens : 0);
+        auto const per_expert = static_cast<std::size_t>(expert_ || helper_ ? comm_->size() * cfg_.max_tokens : 0);
         auto const d = static_cast<std::size_t>(d_);
         Remote b;
         b.recv = a.template take<float>(static_cast<std::size_t>(max_rows_received()) * (d + 1));
         b.gathered = a.template take<float>(per_expert * d);
         b.row_w = a.template take<float>(per_expert);
         b.out = a.template take<float>(per_expert * d);
-        b.expert_ws = a.take_bytes(expert_ ? expert_->workspace_size(static_cast<std::int64_t>(per_expert)) : 0);
+        auto const M = static_cast<std::int64_t>(per_expert);
+        b.expert_ws = a.take_bytes(std::max(expert_ ? expert_->workspace_size(M) : 0, helper_ ? helper_->workspace_size(M) : 0));
+        b.records = a.template take<float>(static_cast<std::size_t>(records_sent_max_ * record_floats_));
         return b;
     }
 
@@ -397,7 +477,7 @@ private:
                 std::int32_t const e = placement_.global_id(p, l);
                 std::int32_t const load = r.load(e);
                 // Receivers plan max_tokens rows per local expert and source: one row per token.
-                if (load > T) smoe::detail::fail("routing load", std::to_string(load) + " rows for expert " + std::to_string(e), "at most one row per token (T = " + std::to_string(T) + ")");
+                if (load > T) too_many_rows(r, e);
                 send_meta_[static_cast<std::size_t>(p) * B + 1 + static_cast<std::size_t>(l)] = load;
                 if (p != comm_->rank()) remote += load;
                 for (std::int32_t i = r.offsets[e]; i < r.offsets[e + 1]; ++i, ++pos) {
@@ -437,6 +517,237 @@ private:
             received += m;
         }
         rows_computed_ = received;
+    }
+
+    // ---- LLEP (research.md §6 across ranks) ----
+
+    // The copies this rank may receive: one per expert it does not own, and no more than rows it can
+    // receive (each copy comes with at least one row). Built once from zero weights of the same shape,
+    // so their records have the layout of the rank's own; each call overwrites the records it uses.
+    void construct_helper(Config const& cfg, Weights const& w) {
+        if constexpr (kLlep) {
+            using Wt = typename Expert::weight_type;
+            static_assert(requires(Wt const* p, typename smoe::detail::config_of<Expert>::type const& c) {
+                Expert::Weights::dense(p, p, p, c);
+                std::declval<Expert const&>().store().resident_bytes();
+                std::declval<Expert const&>().record_bytes(0);
+            }, "smoe::dist::MoELayer with balance::LeastLoaded: the expert's packed records travel between ranks, so it "
+               "needs resident records built from dense weights (expert::SwiGLU<float> or SwiGLU<bf16>)");
+            if constexpr (requires { w.experts.bias.any(); })
+                if (expert_ && w.experts.bias.any())
+                    smoe::detail::fail("experts.bias", "expert biases", "none with balance::LeastLoaded in smoe::dist (a copied expert "
+                                       "record carries the weights only)");
+            if (expert_ && expert_->store().residency() != store::Residency::resident)
+                smoe::detail::fail("expert.store.residency", store::to_string(expert_->store().residency()),
+                                   "resident with balance::LeastLoaded in smoe::dist (records are sent from memory)");
+            std::int64_t const E = router_->num_experts(), L = placement_.num_local(comm_->rank());
+            std::int64_t const rows = max_rows_received();
+            std::int64_t const slots = std::min(E - L, rows);
+            // Records sent per call: one per (own expert, other rank) pair with rows, at most the rows
+            // every rank can send.
+            std::int64_t const P = comm_->size();
+            records_sent_max_ = std::min(L * (P - 1), P * cfg.max_tokens * router_->max_slots());
+            if (slots <= 0 && records_sent_max_ <= 0) return;
+            auto hc = cfg.expert;
+            if constexpr (requires { hc.num_experts; }) hc.num_experts = std::max<std::int64_t>(slots, 1);
+            auto const n = static_cast<std::size_t>(hc.num_experts * hc.intermediate_size * hc.hidden_size);
+            std::vector<Wt> const zeros(n);
+            helper_.emplace(hc, Expert::Weights::dense(zeros.data(), zeros.data(), zeros.data(), hc));
+            if (helper_->hidden_size() != d_)
+                smoe::detail::fail("expert.hidden_size", helper_->hidden_size(), "the gate's hidden size (" + std::to_string(d_) + ")");
+            std::size_t const rb = helper_->record_bytes(0);
+            if (expert_ && expert_->record_bytes(0) != rb)
+                smoe::detail::fail("expert record bytes", expert_->record_bytes(0), "the copies' " + std::to_string(rb) + " (one layout on every rank)");
+            if (rb % 64 != 0 || helper_->store().resident_bytes().size() != static_cast<std::size_t>(hc.num_experts) * rb)
+                smoe::detail::fail("expert records", std::to_string(helper_->store().resident_bytes().size()) + " bytes",
+                                   "records back to back, each a multiple of 64 bytes");
+            record_floats_ = static_cast<std::int64_t>(rb / sizeof(float));
+            if (std::max(slots, records_sent_max_) > INT32_MAX / record_floats_)
+                smoe::detail::fail("max_tokens", cfg.max_tokens, "expert records exchanged in one call below 2^31 floats (MPI-3 counts)");
+            if (slots <= 0) helper_.reset();  // this rank only sends
+        }
+    }
+
+    // The loads of every rank (the counts blocks), their sum, the plan, and the float counts of the
+    // row exchanges: rows [r0, r1) of an item are global positions in expert e's segment, rank q's
+    // rows of e being [prefix(q, e), prefix(q + 1, e)).
+    void llep_plan() {
+        auto const P = static_cast<std::size_t>(comm_->size());
+        auto const E = static_cast<std::size_t>(router_->num_experts());
+        auto const B = block_width();
+        auto const me = static_cast<std::size_t>(comm_->rank());
+        for (std::size_t e = 0; e < E; ++e) {
+            prefix_[e] = 0;
+            for (std::size_t q = 0; q < P; ++q) prefix_[(q + 1) * E + e] = prefix_[q * E + e] + recv_meta_[q * B + 1 + e];
+            global_load_[e] = prefix_[P * E + e];
+        }
+        balancer_->replan(global_load_);
+        auto sc = send_counts(), sd = send_displs(), rc = recv_counts(), rd = recv_displs();
+        std::fill(sc.begin(), sc.end(), 0);
+        std::fill(rc.begin(), rc.end(), 0);
+        for (auto const& it : balancer_->plan_items()) {
+            auto const h = static_cast<std::size_t>(it.worker);
+            sc[h] += overlap(it, me);
+            if (h == me)
+                for (std::size_t q = 0; q < P; ++q) rc[q] += overlap(it, q);
+        }
+        std::int64_t const row = d_ + 1;
+        std::int64_t so = 0, ro = 0, received = 0;
+        for (std::size_t p = 0; p < P; ++p) {
+            received += rc[p];
+            sd[p] = so;
+            rd[p] = ro;
+            so += sc[p] *= row;
+            ro += rc[p] *= row;
+        }
+        rows_computed_ = received;
+        plan_records();
+    }
+
+    // Rows of item `it` that rank q holds.
+    std::int64_t overlap(balance::LlepItem const& it, std::size_t q) const {
+        auto const E = static_cast<std::size_t>(router_->num_experts()), e = static_cast<std::size_t>(it.expert);
+        return std::max<std::int64_t>(0, std::min<std::int64_t>(it.row_end, prefix_[(q + 1) * E + e]) -
+                                             std::max<std::int64_t>(it.row_begin, prefix_[q * E + e]));
+    }
+
+    // f(e, h) once per (expert, rank) pair whose rank computes rows of an expert it does not own, in
+    // plan order (an expert's items are consecutive in the plan).
+    template <class F>
+    void for_each_copy(F&& f) {
+        std::fill(last_copy_.begin(), last_copy_.end(), -1);
+        for (auto const& it : balancer_->plan_items()) {
+            auto const h = static_cast<std::size_t>(it.worker);
+            if (it.worker == placement_.rank_of(it.expert) || last_copy_[h] == it.expert) continue;
+            last_copy_[h] = it.expert;
+            f(it.expert, it.worker);
+        }
+    }
+
+    // Which record slot of the copies each received expert takes (sources in rank order, then plan
+    // order), and the float counts of the record exchange: a sender's records to rank h in plan order.
+    void plan_records() {
+        auto const P = static_cast<std::size_t>(comm_->size());
+        int const me = comm_->rank();
+        auto const n = record_counts_.size() / 4;
+        std::span<std::int64_t> const c(record_counts_);
+        auto sc = c.subspan(0, n), sd = c.subspan(n, n), rc = c.subspan(2 * n, n), rd = c.subspan(3 * n, n);
+        std::fill(c.begin(), c.end(), 0);
+        std::fill(slot_of_.begin(), slot_of_.end(), -1);
+        for_each_copy([&](std::int32_t e, std::int32_t h) {
+            if (placement_.rank_of(e) == me) ++sc[static_cast<std::size_t>(h)];
+            if (h == me) ++rc[static_cast<std::size_t>(placement_.rank_of(e))];
+        });
+        std::int64_t so = 0, ro = 0;
+        for (std::size_t p = 0; p < P; ++p) {
+            sd[p] = so;
+            rd[p] = ro;
+            so += sc[p];
+            ro += rc[p];
+        }
+        // Slots: rank q's records start at rd[q] (in records), in plan order.
+        for_each_copy([&](std::int32_t e, std::int32_t h) {
+            if (h == me) slot_of_[static_cast<std::size_t>(e)] = rd[static_cast<std::size_t>(placement_.rank_of(e))]++;
+        });
+        for (std::size_t p = 0; p < P; ++p) {
+            rd[p] -= rc[p];
+            sc[p] *= record_floats_;
+            sd[p] *= record_floats_;
+            rc[p] *= record_floats_;
+            rd[p] *= record_floats_;
+        }
+    }
+
+    // The record exchange: this rank's records to the ranks that compute some of their rows, the
+    // records of other ranks' experts straight into the copies' slots.
+    void send_records(Remote const& rem) {
+        auto const n = record_counts_.size() / 4;
+        std::span<std::int64_t const> const c(record_counts_);
+        auto const rb = static_cast<std::size_t>(record_floats_) * sizeof(float);
+        int const me = comm_->rank();
+        // Sender order: destinations ascending, then plan order (the receiver's slot order).
+        std::int64_t at = 0;
+        for (int h = 0; h < comm_->size(); ++h)
+            for_each_copy([&](std::int32_t e, std::int32_t to) {
+                if (to != h || placement_.rank_of(e) != me) return;
+                std::memcpy(rem.records.data() + at * record_floats_, expert_->store().record(placement_.local_of(e)), rb);
+                ++at;
+            });
+        std::span<float> into;
+        if (helper_) {
+            auto const bytes = helper_->store().resident_bytes();
+            into = std::span<float>(reinterpret_cast<float*>(bytes.data()), bytes.size() / sizeof(float));
+        }
+        comm_->alltoallv(std::span<float const>(rem.records.data(), static_cast<std::size_t>(at * record_floats_)), c.subspan(0, n),
+                         c.subspan(n, n), into, c.subspan(2 * n, n), c.subspan(3 * n, n));
+    }
+
+    // Step 2 under LLEP: this rank's rows of every item to the item's rank, destinations ascending,
+    // within one in plan order, within an item in CSR order.
+    void pack_planned(MatrixView<float const> x, RoutingResult const& r, Local const& loc) {
+        auto const E = static_cast<std::size_t>(router_->num_experts());
+        auto const me = static_cast<std::size_t>(comm_->rank());
+        std::int64_t const d = d_, row = d_ + 1;
+        auto const bytes = static_cast<std::size_t>(d) * sizeof(float);
+        std::fill(loc.slot_rows.begin(), loc.slot_rows.begin() + r.num_tokens * r.k, -1);
+        auto const sd = send_displs();
+        std::span<std::int64_t> const cursor = cursor_;
+        std::int64_t remote = 0;
+        for (std::size_t p = 0; p < cursor.size(); ++p) cursor[p] = sd[p] / row;
+        for (auto const& it : balancer_->plan_items()) {
+            auto const e = static_cast<std::size_t>(it.expert), h = static_cast<std::size_t>(it.worker);
+            std::int64_t const mine0 = prefix_[me * E + e];
+            std::int64_t const a = std::max<std::int64_t>(it.row_begin, mine0), b = std::min<std::int64_t>(it.row_end, prefix_[(me + 1) * E + e]);
+            for (std::int64_t g = a; g < b; ++g) {
+                std::int32_t const i = r.offsets[it.expert] + static_cast<std::int32_t>(g - mine0);
+                std::int64_t const pos = cursor[h]++;
+                float* dst = loc.xfer.data() + pos * row;
+                std::memcpy(dst, x.row(r.token_ids[i]), bytes);
+                dst[d] = r.weights[i];
+                loc.slot_rows[static_cast<std::size_t>(r.slots[i])] = static_cast<std::int32_t>(pos);
+            }
+            if (h != me && b > a) remote += b - a;
+        }
+        rows_sent_remote_ = remote;
+    }
+
+    // Step 5 under LLEP: this rank's items in plan order, each on its rows from every source (sources
+    // in rank order: the expert's global CSR order), with its own expert or the copy received for it.
+    void run_planned_items(Remote const& rem) {
+        auto const P = static_cast<std::size_t>(comm_->size());
+        auto const me = comm_->rank();
+        std::int64_t const d = d_, row = d_ + 1;
+        auto const bytes = static_cast<std::size_t>(d) * sizeof(float);
+        auto const rd = recv_displs();
+        std::span<std::int64_t> const cursor = cursor_;
+        for (std::size_t q = 0; q < P; ++q) cursor[q] = rd[q] / row;
+        auto const items = balancer_->plan_items();
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto const& it = items[i];
+            if (it.worker != me) continue;
+            std::int64_t M = 0;
+            for (std::size_t q = 0; q < P; ++q)
+                for (std::int64_t j = 0, n = overlap(it, q); j < n; ++j, ++M) {
+                    float const* src = rem.recv.data() + (cursor[q] + j) * row;
+                    std::memcpy(rem.gathered.data() + M * d, src, bytes);
+                    rem.row_w[static_cast<std::size_t>(M)] = src[d];
+                }
+            Workspace ews = rem.expert_ws;
+            MatrixView<float const> const in(rem.gathered.data(), M, d);
+            std::span<float const> const w(rem.row_w.data(), static_cast<std::size_t>(M));
+            MatrixView<float> const out(rem.out.data(), M, d);
+            if (placement_.rank_of(it.expert) == me)
+                expert_->run(arch{}, placement_.local_of(it.expert), in, w, out, ews);
+            else
+                helper_->run(arch{}, slot_of_[static_cast<std::size_t>(it.expert)], in, w, out, ews);
+            M = 0;
+            for (std::size_t q = 0; q < P; ++q) {
+                std::int64_t const n = overlap(it, q);
+                for (std::int64_t j = 0; j < n; ++j, ++M) std::memcpy(rem.recv.data() + (cursor[q] + j) * row, rem.out.data() + M * d, bytes);
+                cursor[q] += n;
+            }
+            balancer_->record_run(i, me);
+        }
     }
 
     // A rank's expert store (store/expert_store.hpp) sees the routing of the rank's own tokens over its
@@ -494,11 +805,16 @@ private:
     std::optional<Router> router_;
     std::optional<Balancer> balancer_;
     std::optional<Expert> expert_;
+    std::optional<Expert> helper_;  // LLEP: copies of other ranks' experts (records overwritten per call)
     std::int64_t d_ = 0;
     std::vector<std::int64_t> send_meta_, recv_meta_;  // [P, 1 + max_local]: status, rows per local expert
     std::vector<std::int64_t> counts_;                 // send counts, send displs, recv counts, recv displs [4, P]
     std::vector<std::int64_t> cursor_;                 // [P]
     std::int64_t rows_computed_ = 0, rows_sent_remote_ = 0;
+    // LLEP: prefix_[q, e] = rows of expert e on ranks < q ([P+1, E]); the summed loads [E]; each received
+    // expert's copy slot [E]; the record exchange's counts [4, P]; for_each_copy's marks [P].
+    std::vector<std::int64_t> prefix_, global_load_, slot_of_, record_counts_, last_copy_;
+    std::int64_t record_floats_ = 0, records_sent_max_ = 0;
     WorkspaceBuffer buffer_;
 };
 

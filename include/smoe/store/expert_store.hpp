@@ -242,6 +242,14 @@ public:
     std::size_t memory_bytes() const { return arena_.size(); }
     PackedSource source() const { return file_ ? PackedSource{file_, layer_->layer_index, ids_} : PackedSource{}; }
 
+    // A resident store's records, writable: back to back in id order, each at its size rounded up to 64
+    // bytes. smoe::dist's LLEP (dist/layer.hpp) receives other ranks' records straight into them.
+    std::span<std::byte> resident_bytes() {
+        if (residency() != Residency::resident)
+            smoe::detail::fail("store.residency", to_string(residency()), "resident records to write into");
+        return {arena_.data(), arena_.size()};
+    }
+
     // Record e's bytes; valid while e is held (acquire .. release), always for resident and mapped.
     std::byte const* record(std::int64_t e) const { return ptr_[static_cast<std::size_t>(e)].load(std::memory_order_acquire); }
 
