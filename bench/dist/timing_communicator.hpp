@@ -9,9 +9,14 @@
 //   return       = second alltoallv                 combine  = forward end - second.end
 //
 // With sync_before_exchange, an extra barrier before each alltoallv separates the time a rank waits
-// for slower peers (their routing or their experts: load imbalance) from the transfer itself.
+// for slower peers (their routing or their experts: load imbalance) from the transfer itself. Under
+// balance::LeastLoaded a forward that copies expert records makes one more alltoallv before the rows.
+//
+// Every event also carries the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so a phase without
+// collectives (the experts) has a CPU time that the MPI library's busy waiting does not inflate.
 
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -26,7 +31,8 @@ public:
     enum class Op { alltoall, barrier, alltoallv, allreduce };
     struct Event {
         Op op;
-        double start, end;  // seconds since an arbitrary origin
+        double start, end;          // seconds since an arbitrary origin
+        double cpu_start, cpu_end;  // this thread's CPU seconds
     };
 
     TimingCommunicator(Inner& inner, bool sync_before_exchange) : inner_(&inner), sync_(sync_before_exchange) { events_.reserve(64); }
@@ -54,15 +60,20 @@ public:
     static double now() {
         return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
     }
+    static double cpu_now() {
+        timespec ts{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+    }
     std::vector<Event> const& events() const { return events_; }
     void clear() { events_.clear(); }
 
 private:
     template <class F>
     void timed(Op op, F&& f) {
-        double const t0 = now();
+        double const t0 = now(), c0 = cpu_now();
         f();
-        events_.push_back({op, t0, now()});
+        events_.push_back({op, t0, now(), c0, cpu_now()});
     }
 
     Inner* inner_;

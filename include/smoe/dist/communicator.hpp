@@ -6,7 +6,8 @@
 //
 // Every operation is a collective: all ranks of the communicator call it, in the same order, with
 // sizes that agree (the receiver's counts are what the senders send). The layer's steady state uses
-// exactly three per forward, none of them a barrier:
+// exactly three per forward, none of them a barrier (four under LLEP when its plan copies experts: the
+// copied records travel in one more alltoallv, floats as the carrier of their bytes):
 //
 //   alltoall(send, recv)       int64 blocks of equal length n = send.size() / size(): block p of `send`
 //                              goes to rank p, block q of `recv` came from rank q (MPI_Alltoall)
