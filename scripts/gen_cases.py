@@ -60,6 +60,11 @@ def router_outputs(cfg, L, bias, dt):
                                           cfg.get("min_capacity", 0))
         out["dropped"] = dropped
     out["tokens_per_expert"] = ref.counts(ids, E, dropped)
+    if "llep_num_workers" in cfg:  # research.md §6: where rows are computed; the routing is None's
+        _, native, planned = ref.llep_plan(out["tokens_per_expert"], cfg["llep_num_workers"],
+                                           cfg.get("llep_max_tokens_factor", 1.1), cfg.get("llep_min_tokens_per_gemm", 1024),
+                                           cfg.get("llep_adaptive_ratio", 0.0))
+        out["llep_native_load"], out["llep_planned_load"] = np.array(native), np.array(planned)
     if "moe_router_bias_update_rate" in cfg:
         out["updated_bias"] = ref.updated_bias(bias, out["tokens_per_expert"],
                                                cfg["moe_router_bias_update_rate"])
@@ -73,7 +78,7 @@ def router_outputs(cfg, L, bias, dt):
     return out
 
 
-INT_OUTPUTS = ("expert_ids", "token_ids", "dropped", "tokens_per_expert")
+INT_OUTPUTS = ("expert_ids", "token_ids", "dropped", "tokens_per_expert", "llep_native_load", "llep_planned_load")
 
 
 
@@ -107,7 +112,7 @@ def write_router_case(out_dir, name, cfg, L, bias=None):
     save_file(inp, os.path.join(case, "input.safetensors"))
     exp = {}
     for key, v in out.items():
-        if key in ("expert_ids", "token_ids", "tokens_per_expert"):
+        if key in ("expert_ids", "token_ids", "tokens_per_expert", "llep_native_load", "llep_planned_load"):
             exp[key] = np.ascontiguousarray(v, dtype=np.int32)
         elif key == "dropped":
             exp[key] = np.ascontiguousarray(v, dtype=np.uint8)
@@ -311,6 +316,18 @@ def router_cases(out_dir):
     add("router_race_sigmoid_g8_t40", "race, sigmoid scores, race_group 8 (five groups of 8 tokens), "
         "quantised logits with exact ties",
         {"router": "race", "num_experts": 8, "top_k": 2, "score_func": "sigmoid", "race_group": 8}, L)
+
+    # LLEP (research.md §6): the balancer keys; outputs are None's plus the native and planned loads.
+    add("router_llep_worked_t3", "topk softmax+norm k=2 with llep_num_workers 2, factor 1, min tokens 1 "
+        "(research.md §6 worked example A: native loads [5, 1], planned [3, 3])",
+        {"router": "topk", "num_experts": 4, "top_k": 2, "norm_topk_prob": True, "llep_num_workers": 2,
+         "llep_max_tokens_factor": 1.0, "llep_min_tokens_per_gemm": 1},
+        [[2, 1, -1, 0], [1, 1.5, 0, -1], [1, -0.5, 0.5, -2]])
+    L = rng.standard_normal((64, 8)) * 1.5 + np.array([3.0, 2.0, 0, 0, 0, 0, 0, 0])
+    add("router_llep_skewed_t64", "topk softmax k=2, experts 0 and 1 (worker 0) favoured; llep_num_workers 4 "
+        "with the code's defaults (factor 1.1, min tokens 1024) and llep_adaptive_ratio 1.3 (the README's)",
+        {"router": "topk", "num_experts": 8, "top_k": 2, "norm_topk_prob": True, "llep_num_workers": 4,
+         "llep_adaptive_ratio": 1.3}, L)
     return made
 
 

@@ -468,6 +468,93 @@ def check_worked_examples():
     _close(y.ravel(), [-0.00988471, 0.00509825, 0.0423986, 0.00286832, -0.00881119, 0.0687617], rel=1e-5, what="mofme y intended")
 
 
+    # research.md §6 (LLEP), worked examples A and B.
+    ids, w = topk([[2, 1, -1, 0], [1, 1.5, 0, -1], [1, -0.5, 0.5, -2]], 2, norm_topk_prob=True)
+    c = counts(ids, 4)
+    _ids(c, [3, 2, 1, 0], "llep A loads")
+    items, native, planned = llep_plan(c, 2, 1.0, 1)
+    _ids(items, [(0, 0, 0, 1), (0, 1, 1, 3), (1, 0, 0, 2), (2, 1, 0, 1)], "llep A plan")
+    _ids(native, [5, 1], "llep A native")
+    _ids(planned, [3, 3], "llep A planned")
+    items, _, planned = llep_plan([40, 4, 4, 4, 30, 2, 2, 2], 4)
+    _ids(items[:4], [(0, 0, 0, 20), (0, 3, 20, 40), (4, 2, 0, 22), (4, 1, 22, 30)], "llep B plan")
+    _ids(planned, [24, 16, 24, 24], "llep B planned")
+    _ids(llep_plan([40, 4, 4, 4, 30, 2, 2, 2], 4, 1.0, 1)[2], [22, 22, 22, 22], "llep B alpha 1")
+
+
+# ---------------------------------------------------------------------------------------------- llep
+def llep_plan(c, W, alpha=1.1, m=1024, lam=0.0):
+    """research.md §6 (the code's compute_llep_lpt_plan) for loads c with the contiguous placement
+    (worker w holds [w·E/W, (w+1)·E/W)): (items (e, w, r0, r1) in plan order, native_load, planned_load)."""
+    c = [int(v) for v in c]
+    E = len(c)
+    native_of = [0] * E
+    for w in range(W):
+        for e in range(w * E // W, (w + 1) * E // W):
+            native_of[e] = w
+    native = [0] * W
+    for e in range(E):
+        native[native_of[e]] += c[e]
+    total = sum(c)
+    if total == 0:
+        return [], native, [0] * W
+    mean = total / W
+    ratio = max(native) / mean if mean > 0 else 1.0
+    items = []
+    if not (lam == 0 or ratio >= lam):
+        items = [(e, native_of[e], 0, c[e]) for e in range(E) if c[e] > 0]
+    else:
+        base = total // W
+        cap = max(int(math.floor(alpha * base)) if base > 0 else total, 1)
+        pending, assigned = list(native), [0] * W
+        eff = lambda w: assigned[w] + pending[w]  # noqa: E731
+
+        def add(e, w, r0, r1):
+            items.append((e, w, r0, r1))
+            assigned[w] += r1 - r0
+
+        def helpers(g):
+            return sorted((w for w in range(W) if w != g), key=lambda w: (eff(w), w))
+
+        for e in sorted((e for e in range(E) if c[e] > 0), key=lambda e: (-c[e], e)):
+            ce, g = c[e], native_of[e]
+            pending[g] -= ce
+            avail = cap - eff(g)
+            if avail >= ce or W == 1:
+                add(e, g, 0, ce)
+                continue
+            r = 0
+
+            def offer(h):
+                nonlocal r
+                room = cap - eff(h)
+                chunk = min(ce - r, room)
+                if room <= 0 or (chunk < m and chunk != ce - r):
+                    return False
+                add(e, h, r, r + chunk)
+                r += chunk
+                return True
+
+            if avail > 0:
+                add(e, g, 0, avail)
+                r = avail
+                while r < ce:
+                    order = helpers(g)
+                    if not any(offer(h) for h in order):
+                        add(e, order[0], r, ce)
+                        r = ce
+            else:
+                order = helpers(g)
+                for h in order:
+                    if r < ce:
+                        offer(h)
+                if r < ce:
+                    add(e, order[0], r, ce)
+    planned = [0] * W
+    for _, w, r0, r1 in items:
+        planned[w] += r1 - r0
+    return items, native, planned
+
 
 # ---------------------------------------------------------------------------------------------- race
 def race(L, top_k, score_func="identity", race_group=0, dt=np.float64):

@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include "common/formula.hpp"
 #include "dist_model.hpp"
 #include "thread_communicator.hpp"
 #include "smoe/dist/layer.hpp"
@@ -556,6 +557,64 @@ TEST_CASE("ranks as threads: LLEP spills an overloaded rank's rows to helper ran
             CHECK(computed[2] > 0);  // the rank that owns nothing computes copies' rows
         }
     }
+}
+
+TEST_CASE("ranks as threads: LLEP on research.md section 6's worked example A, the plan and y exactly", "[dist][layer][threads][llep][spec]") {
+    // Rank 0 holds experts 0, 1 and tokens t0, t1; rank 1 holds experts 2, 3 and t2. Expert 0's global
+    // segment (t0, t1, t2) is the spec's: rank 0 keeps t0, rank 1 computes t1 and t2 with a copy of expert 0.
+    std::vector<float> const logits = {2, 1, -1, 0, 1, 1.5f, 0, -1, 1, -0.5f, 0.5f, -2};
+    smoe::router::TopKConfig const rc{.num_experts = 4, .top_k = 2, .norm_topk_prob = true};
+    smoe::router::TopK const router(rc);
+    std::vector<std::byte> rws(smoe::routing_workspace_size(router, 3));
+    auto const routed = smoe::route(router, MatrixView<float const>(logits.data(), 3, 4), {}, rws);
+    std::vector<std::int32_t> ids;
+    std::vector<float> wts;
+    for (std::int64_t t = 0; t < 3; ++t)
+        for (std::int64_t j = 0; j < 2; ++j) {
+            ids.push_back(routed.expert_ids(t, j));
+            wts.push_back(routed.expert_weights(t, j));
+        }
+    auto const pl = ExpertPlacement::contiguous(4, 2);
+    std::vector<float> const gate(12, 0.0f);
+    std::vector<std::vector<float>> y(2);
+    std::vector<std::vector<smoe::balance::LlepItem>> items(2);
+    std::vector<std::vector<smoe::balance::LlepRun>> runs(2);
+    std::vector<smoe::balance::LlepStats> stats(2);
+    auto const errors = run_ranks(2, [&](smoe_test::ThreadCommunicator& comm) {
+        int const r = comm.rank();
+        auto const u = static_cast<std::size_t>(r);
+        auto const fx = smoe_test::formula_experts(2, 3, 2, 2 * r);  // experts 2r, 2r + 1
+        ThreadLlep layer(comm, pl,
+                         {.router = rc, .expert = fx.cfg(), .balance = {.num_experts = 4, .num_workers = 2, .max_tokens_factor = 1.0,
+                                                                        .min_tokens_per_gemm = 1}, .max_tokens = 2},
+                         {.gate = MatrixView<float const>(gate.data(), 4, 3), .experts = fx.weights()});
+        std::int64_t const first = r == 0 ? 0 : 2, T = r == 0 ? 2 : 1;
+        y[u].assign(static_cast<std::size_t>(T * 3), -1.0f);
+        layer.forward_routed(MatrixView<float const>(smoe_test::kFormulaX.data() + first * 3, T, 3),
+                             MatrixView<std::int32_t const>(ids.data() + first * 2, T, 2), MatrixView<float const>(wts.data() + first * 2, T, 2),
+                             MatrixView<float>(y[u].data(), T, 3));
+        items[u].assign(layer.balancer().plan_items().begin(), layer.balancer().plan_items().end());
+        runs[u].assign(layer.balancer().executed().begin(), layer.balancer().executed().end());
+        stats[u] = layer.balancer().llep_stats();
+    });
+    for (std::size_t r = 0; r < 2; ++r) REQUIRE(what(errors[r]) == "(nothing thrown)");
+    std::vector<smoe::balance::LlepItem> const want_items{{0, 0, 0, 1}, {0, 1, 1, 3}, {1, 0, 0, 2}, {2, 1, 0, 1}};
+    CHECK(items[0] == want_items);
+    CHECK(items[1] == want_items);
+    for (std::size_t i = 0; i < want_items.size(); ++i) {
+        CHECK(runs[0][i].worker == (want_items[i].worker == 0 ? 0 : -1));
+        CHECK(runs[1][i].worker == (want_items[i].worker == 1 ? 1 : -1));
+    }
+    CHECK(stats[0].native_load == std::vector<std::int64_t>{5, 1});
+    CHECK(stats[0].planned_load == std::vector<std::int64_t>{3, 3});
+    CHECK(stats[0].spilled_rows == 2);
+    CHECK(stats[0].weight_copies == 1);
+    std::vector<double> const want = {0.00985237, -0.0287586, -0.0348869, -0.0859693, 0.0297334,
+                                      0.0476003,  0.0505306,  -0.0196557, -0.0898419};
+    std::vector<float> got = y[0];
+    got.insert(got.end(), y[1].begin(), y[1].end());
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
 }
 
 TEST_CASE("LLEP in the sharded layer rejects a worker count other than the ranks and a placement of its own", "[dist][layer][llep][errors]") {
