@@ -35,6 +35,7 @@
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -229,8 +230,7 @@ void kpair_tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t ps
                 std::int64_t panel0, Epi& epi) {
     alignas(64) float out[MR * NP * kPanelCols];
     Dot::template tile<MR, NP>(a, lda, b, pstride, K, out);
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) epi.store(row0 + i, panel0 + j, static_cast<float const*>(out + (i * NP + j) * kPanelCols));
+    store_tile(epi, row0, panel0, MR, NP, static_cast<float const*>(out));
 }
 
 template <class Arch, class Dot, int MR, int NPMax, class Epi>

@@ -24,6 +24,7 @@
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/bf16_dot.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/macros.hpp"
@@ -278,8 +279,7 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
                 tile(ldx, k0, r0, r1);
             }
         }
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < np; ++j) epi.store(m + i, p + j, static_cast<float const*>(out + (i * np + j) * kPanelCols));
+        store_tile(epi, m, p, MR, np, static_cast<float const*>(out));
         p += np;
     }
 }
@@ -426,8 +426,7 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
                 for (k = e; r < L.runs.size() && (L.runs[r].k1 <= k); ++r) {}
             }
         }
-        for (std::int64_t i = 0; i < rows; ++i)
-            for (int j = 0; j < np; ++j) epi.store(m0 + i, p + j, static_cast<float const*>(acc + i * width + j * kPanelCols));
+        store_tile(epi, m0, p, static_cast<int>(rows), np, static_cast<float const*>(acc), width);
         p += np;
     }
 }

@@ -32,6 +32,7 @@
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/kernels/cpu/gemm_packed_avx512.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -165,8 +166,7 @@ SMOE_ALWAYS_INLINE void packed_tile_avx2(float const* a, std::int64_t lda, W con
                                          std::int64_t K, std::int64_t row0, std::int64_t panel0, Epi& epi) {
     __m256 out[MR * NP * 2];
     packed_loop_avx2<W, MR, NP>(a, lda, b, pstride, K, out);
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) epi.store(row0 + i, panel0 + j, out[(i * NP + j) * 2], out[(i * NP + j) * 2 + 1]);
+    store_tile(epi, row0, panel0, MR, NP, static_cast<__m256 const*>(out));
 }
 
 template <class W, int NP, class Epi>
@@ -211,8 +211,7 @@ void widened_tiles_avx2(MatrixView<float const> A, std::int64_t K, std::int64_t 
                     packed_loop_avx2<float, kPackedMR, 1, true>(a, A.ld, wide, 0, kb, acc[t]);
             }
         }
-        for (std::int64_t t = 0; t < tiles; ++t)
-            for (int i = 0; i < kPackedMR; ++i) epi.store(m0 + t * kPackedMR + i, q, acc[t][i * 2], acc[t][i * 2 + 1]);
+        for (std::int64_t t = 0; t < tiles; ++t) store_tile(epi, m0 + t * kPackedMR, q, kPackedMR, 1, static_cast<__m256 const*>(acc[t]));
     }
 }
 

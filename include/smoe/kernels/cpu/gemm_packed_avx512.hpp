@@ -38,6 +38,7 @@
 #include "smoe/core/bf16.hpp"
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
 
 #if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
@@ -132,12 +133,7 @@ SMOE_ALWAYS_INLINE void packed_tile_avx512(float const* a, std::int64_t lda, W c
                                            std::int64_t K, std::int64_t row0, std::int64_t panel0, Epi& epi) {
     __m512 out[MR * NP];
     packed_loop_avx512<W, MR, NP>(a, lda, b, pstride, K, out);
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) {
-            __m512 const v = out[i * NP + j];
-            epi.store(row0 + i, panel0 + j, _mm512_castps512_ps256(v),
-                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        }
+    store_tile(epi, row0, panel0, MR, NP, static_cast<__m512 const*>(out));
 }
 
 // A tile of MR rows over np (1..NPMax) panels.

@@ -26,6 +26,7 @@
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/quant_decode.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/macros.hpp"
 
@@ -120,8 +121,7 @@ template <Kind KD, int MR, int NP, bool Perm, class Epi>
 SMOE_ALWAYS_INLINE void quant_tile_avx2(float const* a, std::int64_t lda, PanelRef P, std::int64_t p0, std::int64_t row0, Epi& epi) {
     __m256 out[MR * NP * 2];
     quant_loop_avx2<KD, MR, NP, Perm>(a, lda, P, p0, out);
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) epi.store(row0 + i, p0 + j, out[(i * NP + j) * 2], out[(i * NP + j) * 2 + 1]);
+    store_tile(epi, row0, p0, MR, NP, static_cast<__m256 const*>(out));
 }
 
 // Rows [0, M) of panels [p0, p1) in registers: 1 row x 3 panels, 2 x 2, 3 x 1, 4 x 1.
@@ -221,17 +221,11 @@ template <Kind KD, int MR, int NP, bool Perm>
         for (int j = 0; j < NP; ++j) out[i * NP + j] = acc[i][j];
 }
 
-template <class Epi>
-SMOE_ALWAYS_INLINE void store512(Epi& epi, std::int64_t row, std::int64_t p, __m512 v) {
-    epi.store(row, p, _mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
 template <Kind KD, int MR, int NP, bool Perm, class Epi>
 SMOE_ALWAYS_INLINE void quant_tile_avx512(float const* a, std::int64_t lda, PanelRef P, std::int64_t p0, std::int64_t row0, Epi& epi) {
     __m512 out[MR * NP];
     quant_loop_avx512<KD, MR, NP, Perm>(a, lda, P, p0, out);
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NP; ++j) store512(epi, row0 + i, p0 + j, out[i * NP + j]);
+    store_tile(epi, row0, p0, MR, NP, static_cast<__m512 const*>(out));
 }
 
 template <Kind KD, int MR, int NPMax, bool Perm, class Epi>
@@ -298,9 +292,7 @@ void quant_blocks_avx512(MatrixView<float const> A, std::int64_t full, PanelRef 
                     run_tile.template operator()<1>();
             }
         }
-        for (std::int64_t t = 0; t < tiles; ++t)
-            for (int i = 0; i < MR; ++i)
-                for (int j = 0; j < np; ++j) store512(epi, m0 + t * MR + i, p + j, acc[t][i * np + j]);
+        for (std::int64_t t = 0; t < tiles; ++t) store_tile(epi, m0 + t * MR, p, MR, np, static_cast<__m512 const*>(acc[t]));
     }
 }
 #endif

@@ -30,6 +30,7 @@
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
 #include "smoe/quant/matrix.hpp"
 
@@ -489,7 +490,7 @@ void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout cons
             if constexpr (N == 1 && R <= 4)
                 if (!native) {
                     dot_tile_avx2<Bits, R>(nullptr, 0, pm, pp, L, out);
-                    for (int i = 0; i < R; ++i) epi.store(c0 + m + i, p, out + i * kPanelCols);
+                    store_tile(epi, c0 + m, p, R, 1, out);
                     return;
                 }
             // The first row tile of a panel group reads it from memory and prefetches the next group (as
@@ -497,8 +498,7 @@ void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout cons
             // the other row tiles find the group in cache.
             std::uint8_t const* const pf = m == 0 && p + N < p1 ? pp + N * L.pstride : nullptr;
             dot_tile_vnni<Bits, R, N>(nullptr, 0, pm, pp, L, out, pf, std::min<std::int64_t>(N, p1 - p - N) * L.pstride);
-            for (int i = 0; i < R; ++i)
-                for (int j = 0; j < N; ++j) epi.store(c0 + m + i, p + j, out + (i * N + j) * kPanelCols);
+            store_tile(epi, c0 + m, p, R, N, out);
         };
         auto const rows = [&]<int N>(std::int64_t p) {
             for (std::int64_t m = 0; m < cr;) {
