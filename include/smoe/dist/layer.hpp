@@ -292,7 +292,8 @@ private:
             auto const B = block_width();
             for (std::int64_t e = 0; e < r.num_experts; ++e) {
                 if (r.load(e) > r.num_tokens) too_many_rows(r, e);
-                for (std::size_t p = 0; p < static_cast<std::size_t>(comm_->size()); ++p) send_meta_[p * B + 1 + static_cast<std::size_t>(e)] = r.load(e);
+                for (std::size_t p = 0; p < static_cast<std::size_t>(comm_->size()); ++p)
+                    send_meta_[p * B + 1 + static_cast<std::size_t>(e)] = r.load(e);
             }
         } else {
             pack(x, c.routing, c.local);
@@ -330,7 +331,8 @@ private:
             if (bc.placement && bc.num_experts == placement_.num_experts())
                 for (std::int64_t e = 0; e < placement_.num_experts(); ++e)
                     if (bc.placement->rank_of(e) != placement_.rank_of(e))
-                        smoe::detail::fail("balance.placement", "rank " + std::to_string(bc.placement->rank_of(e)) + " for expert " + std::to_string(e),
+                        smoe::detail::fail("balance.placement",
+                                           "rank " + std::to_string(bc.placement->rank_of(e)) + " for expert " + std::to_string(e),
                                            "the layer's placement (rank " + std::to_string(placement_.rank_of(e)) + ")");
             if (!bc.placement && bc.num_experts == placement_.num_experts()) bc.placement = placement_;
             balancer_.emplace(bc);
@@ -557,7 +559,8 @@ private:
                 smoe::detail::fail("expert.hidden_size", helper_->hidden_size(), "the gate's hidden size (" + std::to_string(d_) + ")");
             std::size_t const rb = helper_->record_bytes(0);
             if (expert_ && expert_->record_bytes(0) != rb)
-                smoe::detail::fail("expert record bytes", expert_->record_bytes(0), "the copies' " + std::to_string(rb) + " (one layout on every rank)");
+                smoe::detail::fail("expert record bytes", expert_->record_bytes(0),
+                                   "the copies' " + std::to_string(rb) + " (one layout on every rank)");
             if (rb % 64 != 0 || helper_->store().resident_bytes().size() != static_cast<std::size_t>(hc.num_experts) * rb)
                 smoe::detail::fail("expert records", std::to_string(helper_->store().resident_bytes().size()) + " bytes",
                                    "records back to back, each a multiple of 64 bytes");
@@ -697,7 +700,8 @@ private:
         for (auto const& it : balancer_->plan_items()) {
             auto const e = static_cast<std::size_t>(it.expert), h = static_cast<std::size_t>(it.worker);
             std::int64_t const mine0 = prefix_[me * E + e];
-            std::int64_t const a = std::max<std::int64_t>(it.row_begin, mine0), b = std::min<std::int64_t>(it.row_end, prefix_[(me + 1) * E + e]);
+            std::int64_t const a = std::max<std::int64_t>(it.row_begin, mine0);
+            std::int64_t const b = std::min<std::int64_t>(it.row_end, prefix_[(me + 1) * E + e]);
             for (std::int64_t g = a; g < b; ++g) {
                 std::int32_t const i = r.offsets[it.expert] + static_cast<std::int32_t>(g - mine0);
                 std::int64_t const pos = cursor[h]++;
@@ -743,7 +747,8 @@ private:
             M = 0;
             for (std::size_t q = 0; q < P; ++q) {
                 std::int64_t const n = overlap(it, q);
-                for (std::int64_t j = 0; j < n; ++j, ++M) std::memcpy(rem.recv.data() + (cursor[q] + j) * row, rem.out.data() + M * d, bytes);
+                for (std::int64_t j = 0; j < n; ++j, ++M)
+                    std::memcpy(rem.recv.data() + (cursor[q] + j) * row, rem.out.data() + M * d, bytes);
                 cursor[q] += n;
             }
             balancer_->record_run(i, me);
