@@ -163,10 +163,31 @@ struct Bf16DotEmulated {
         for (int c = 0; c < kPanelCols; ++c) a.v[c] = emulated_dpbf16(a.v[c], lo, hi, w.p[2 * c], w.p[2 * c + 1]);
     }
     static void store(acc const& a, float* out) { std::copy(a.v, a.v + kPanelCols, out); }
+    // One function for every tile shape, the shape at run time: kpair_loop's sums in kpair_loop's
+    // order (each output's k pairs in turn), so the same bits. Unrolled per shape as the native tile
+    // is, the scalar model was 220 KB of code in every unit with a bf16 expert, and never fast.
     template <int MR, int NP>
-    [[gnu::noinline]] static void tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K,
-                                       float* out) {
-        kpair_loop<Bf16DotEmulated, MR, NP>(a, lda, b, pstride, K, out);
+    static void tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K, float* out) {
+        tile_any(MR, NP, a, lda, b, pstride, K, out);
+    }
+    SMOE_NOINLINE static void tile_any(int rows, int np, float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride,
+                                       std::int64_t K, float* out) {
+        std::uint16_t xb[kDotBlock];
+        for (int i = 0; i < rows; ++i) {
+            acc sum[kDotGroup];
+            for (int j = 0; j < np; ++j) zero(sum[j]);
+            for (std::int64_t k0 = 0; k0 < K; k0 += kDotBlock) {
+                std::int64_t const kb = std::min(kDotBlock, K - k0), pairs = (kb + 1) / 2;
+                convert(a + i * lda + k0, kb, xb);
+                for (int j = 0; j < np; ++j)
+                    for (std::int64_t j2 = 0; j2 < pairs; ++j2) {
+                        std::uint32_t x;
+                        std::memcpy(&x, &xb[2 * j2], sizeof x);
+                        dot(sum[j], x, wvec{b + j * pstride + k0 * kPanelCols + j2 * 2 * kPanelCols});
+                    }
+            }
+            for (int j = 0; j < np; ++j) store(sum[j], out + (i * np + j) * kPanelCols);
+        }
     }
 };
 
