@@ -170,7 +170,7 @@ struct Bf16DotEmulated {
     static void tile(float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride, std::int64_t K, float* out) {
         tile_any(MR, NP, a, lda, b, pstride, K, out);
     }
-    SMOE_NOINLINE static void tile_any(int rows, int np, float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride,
+    SMOE_NOIPA static void tile_any(int rows, int np, float const* a, std::int64_t lda, bf16 const* b, std::int64_t pstride,
                                        std::int64_t K, float* out) {
         std::uint16_t xb[kDotBlock];
         for (int i = 0; i < rows; ++i) {
