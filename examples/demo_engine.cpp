@@ -28,7 +28,8 @@
 //
 // --store mapped|cached writes the model's routed experts into a packed expert file first (--packed
 // FILE, default a temporary file; smoe/store/), then runs them from it: mapped (the OS pages them) or
-// cached within --budget-frac of each layer's expert bytes (--eviction lru|lfu); --pregate prefetches
+// cached within --budget-frac of each layer's expert bytes (--eviction lru|lfu; --global-budget: that
+// share of the whole model's expert bytes in one cache the layers share, evicting across layers); --pregate prefetches
 // each next layer's experts predicted by its router on the current layer's input (store/pregate.hpp).
 // Each layer's store statistics are printed with the load table.
 //
@@ -102,6 +103,7 @@ struct Options {
     std::uint64_t seed = 1;
     std::string store = "resident";  // resident, mapped, cached
     double budget_frac = 0.25;       // cached: the share of each layer's expert bytes held
+    bool global_budget = false;      // cached: budget_frac of the model's expert bytes, one cache for every layer
     std::string eviction = "lru";
     std::string packed;              // the packed file (default: a temporary one)
     bool pregate = false;
@@ -121,7 +123,7 @@ struct Options {
                  "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n"
                  "                   [--int8-dot off|on|avx2|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
                  "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
-                 "                   [--store resident|mapped|cached] [--budget-frac F] [--eviction lru|lfu] [--packed FILE]\n"
+                 "                   [--store resident|mapped|cached] [--budget-frac F] [--global-budget] [--eviction lru|lfu] [--packed FILE]\n"
                  "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n"
                  "                   [--write-model SIZE] (a random model of SIZE bytes of experts, K/M/G/T or Nx memory, written\n"
                  "                   straight to the packed file) [--sweep mapped,resident,F,...] (one run per store) [--direct]\n"
@@ -198,6 +200,7 @@ Options parse(int argc, char** argv) {
         else if (a == "--packed") o.packed = value();
         else if (a == "--pregate") o.pregate = true;
         else if (a == "--budget-frac") o.budget_frac = parse_fraction("--budget-frac", value());
+        else if (a == "--global-budget") o.global_budget = true;
         else if (a == "--write-model") o.write_model = parse_size("--write-model", value());
         else if (a == "--direct") o.direct = true;
         else if (a == "--reuse-packed") o.reuse_packed = true;
@@ -751,8 +754,8 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     if (o.dtype == "int8") lo.format = smoe::io::WeightFormat::int8;
     if (o.dtype == "int4") lo.format = smoe::io::WeightFormat::int4;
     if (o.model && o.dtype == "f32") lo.format = smoe::io::WeightFormat::f32;
-    // --store mapped|cached: the routed experts go into a packed file first (one per rank: each packs and
-    // caches its own experts only when sharded, since the file's layer holds all; the rank reads its share).
+    // --store mapped|cached: the routed experts go into a packed file first (one per rank when sharded:
+    // each packs, maps or caches only its own experts, in its local order).
     std::string const packed_path = !o.packed.empty() ? o.packed + (ranks.size > 1 ? "." + std::to_string(ranks.rank) : "")
                                                       : (std::filesystem::temp_directory_path() /
                                                          ("smoe_demo_" + std::to_string(::getpid()) + ".smoe")).string();
@@ -764,8 +767,10 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     po.int8_dot = lo.int8_dot;
     auto open_packed = [&] {
         lo.packed = smoe::store::PackedFile::open(packed_path);
-        if (talk) std::fprintf(stderr, "packed %zu MoE layers into %s (%.1f MiB) in %.2f s\n", lo.packed->layers().size(), packed_path.c_str(),
-                               double(lo.packed->file_bytes()) / (1 << 20), seconds_since(t_load));
+        if (talk)
+            std::fprintf(stderr, "packed %zu MoE layers of %lld experts into %s (%.1f MiB) in %.2f s\n", lo.packed->layers().size(),
+                         static_cast<long long>(lo.packed->layers()[0].num_experts), packed_path.c_str(), double(lo.packed->file_bytes()) / (1 << 20),
+                         seconds_since(t_load));
         switch (lo.packed->layers()[0].kind) {  // the layer type follows the file's records
             case smoe::store::ExpertKind::swiglu_f32: lo.format = smoe::io::WeightFormat::f32; break;
             case smoe::store::ExpertKind::swiglu_bf16: lo.format = smoe::io::WeightFormat::bf16; break;
@@ -773,6 +778,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
             default: lo.format = smoe::io::WeightFormat::int4, lo.int4_group = 0; break;
         }
     };
+    std::shared_ptr<smoe::store::SlotCache> shared_cache;  // --global-budget: this run's, for every layer
     auto pack_and_load = [&](auto const& src, std::int64_t l, std::string const& name) {
         if (store_kind == "resident" && !lo.packed) return Layer::load(cfg, src, l, lo, name, maker);
         if (!lo.packed) {
@@ -780,7 +786,8 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
             for (std::int64_t i = 0; i < cfg.num_hidden_layers && (!o.layers_given || std::int64_t(moe.size()) < o.layers); ++i)
                 if (cfg.is_moe_layer(i)) moe.push_back(i);
             smoe::store::PackedWriter out(packed_path);
-            smoe::io::pack_hf_layers(cfg, src, moe, out, po, name);
+            std::vector<std::int64_t> const mine = maker.experts(cfg.num_experts());  // all, or this rank's
+            smoe::io::pack_hf_layers(cfg, src, moe, out, po, name, mine);
             out.finish();
             open_packed();
         }
@@ -797,6 +804,17 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         std::uint64_t slot = 0;
         for (std::int64_t e = 0; e < pl.num_experts; ++e) slot = std::max<std::uint64_t>(slot, (lo.packed->record(pl, e).bytes + 4095) / 4096 * 4096);
         lo.store.budget_bytes = static_cast<std::size_t>(std::max<double>(double(slot), budget_frac * double(bytes)));
+        lo.store.cache = nullptr;
+        if (o.global_budget && store_kind == "cached") {
+            if (!shared_cache) {
+                std::uint64_t all = 0;
+                for (auto const& L : lo.packed->layers())
+                    for (std::int64_t e = 0; e < L.num_experts; ++e) all += lo.packed->record(L, e).bytes;
+                shared_cache = smoe::store::SlotCache::for_file(
+                    static_cast<std::size_t>(std::max<double>(double(slot), budget_frac * double(all))), *lo.packed);
+            }
+            lo.store.cache = shared_cache;
+        }
         return Layer::load(cfg, src, l, lo, name, maker);
     };
     std::optional<smoe::io::Checkpoint> ckpt;
@@ -830,6 +848,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
             budget_frac = std::strtod(run_store.c_str(), nullptr);
         }
         layers.clear();
+        shared_cache.reset();
         if (lo.packed && store_kind == "cached") {  // pinned arenas must not push the machine into the OOM killer
             double const want = budget_frac * double(lo.packed->file_bytes()), have = available_memory() - double(2u << 30);
             if (want > have) {

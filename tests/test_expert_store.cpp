@@ -138,6 +138,9 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
     REQUIRE(file->layers().size() == 1);
     CHECK(file->layers()[0].kind == store::ExpertKind::swiglu_f32);
     CHECK(file->file_bytes() % 64 == 0);
+    // The data start maps at a 2 MiB boundary, as in the file, so huge pages can back the records.
+    CHECK(reinterpret_cast<std::uintptr_t>(file->mapped(file->record(file->layers()[0], 0)).data() - file->record(file->layers()[0], 0).offset +
+                                           store::kPackedDataOffset) % store::kHugeRecordAlignment == 0);
     file->verify_all();
     for (auto const& l : file->layers())
         for (std::int64_t e = 0; e < l.num_experts; ++e) {
@@ -273,6 +276,136 @@ TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[stor
     }
 }
 
+TEST_CASE("layers sharing one budget give the resident bits and evict across layers", "[store][shared]") {
+    // Two models' layers in one file, as decoder layers 3 and 5 of a model.
+    Model const ma(21), mb(22);
+    Layer ra = ma.resident(), rb = mb.resident();
+    fs::path const path = temp_file("shared.smoe");
+    std::shared_ptr<store::PackedFile const> file;
+    {
+        store::PackedWriter w(path);
+        store::add_layer(w, 3, ra.experts());
+        store::add_layer(w, 5, rb.experts());
+        w.finish();
+        file = store::PackedFile::open(path);
+    }
+    std::size_t const slot = (file->record(file->layer(3), 0).bytes + 4095) / 4096 * 4096;
+    // A prefill through both layers, then decode steps of one token through both (a model's order).
+    auto model_run = [&](Layer& a, Layer& b, bool predict) {
+        std::vector<float> ya(ma.x.size()), yb(mb.x.size());
+        auto call = [&](Layer& l, Model const& m, std::vector<float>& y, std::int64_t t0, std::int64_t n) {
+            l.forward(MatrixView<float const>(m.x.data() + t0 * m.d, n, m.d), MatrixView<float>(y.data() + t0 * m.d, n, m.d));
+        };
+        call(a, ma, ya, 0, ma.T / 2);
+        call(b, mb, yb, 0, mb.T / 2);
+        for (std::int64_t t = ma.T / 2; t < ma.T; ++t) {
+            call(a, ma, ya, t, 1);
+            if (predict) {  // the next layer's guess, read while this one finishes
+                std::vector<std::int64_t> ids = {t % 8, (t * 5 + 1) % 8};
+                b.experts().store().prefetch(ids);
+            }
+            call(b, mb, yb, t, 1);
+        }
+        return std::pair{ya, yb};
+    };
+    auto const want = model_run(ra, rb, false);
+    smoe::DefaultThreadPool pool(2);
+    for (std::int64_t slots : {1, 2, 3, 5, 8, 11, 16})
+        for (auto ev : {store::Eviction::lru, store::Eviction::lfu})
+            for (bool prefetch : {false, true})
+                for (bool stream : {false, true}) {
+                    CAPTURE(slots, store::to_string(ev), prefetch, stream);
+                    auto const cache = store::SlotCache::for_file(std::size_t(slots) * slot + slot / 2, *file);
+                    CHECK(cache->slots() == slots);
+                    store::StoreConfig s{.residency = store::Residency::cached, .budget_bytes = 1, .eviction = ev, .prefetch = prefetch,
+                                         .stream_overflow = stream, .cache = cache};
+                    Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5);
+                    a.set_thread_pool(pool);
+                    CHECK(a.experts().store().cache() == cache.get());
+                    CHECK(b.experts().store().slots() == slots);
+                    CHECK(model_run(a, b, prefetch) == want);
+                    b.experts().store().wait_idle();
+                    CHECK(a.experts().store().memory_bytes() + b.experts().store().memory_bytes() <= std::size_t(slots) * slot);
+                    if (slots == 16) CHECK(a.experts().store().stats().evictions + b.experts().store().stats().evictions == 0);
+                }
+
+    // Eviction across layers on a scripted routing: 3 slots for both layers, one token per call.
+    auto const cache_of_3 = [&] { return store::SlotCache::for_file(3 * slot, *file); };
+    auto step = [&](Layer& l, Model const& m, std::int32_t e) {
+        std::vector<float> y(std::size_t(m.d));
+        float const one = 1.0f;
+        l.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1), MatrixView<float const>(&one, 1, 1),
+                         MatrixView<float>(y.data(), 1, m.d));
+    };
+    using V = std::vector<std::int64_t>;
+    {  // LRU over both layers' uses: a0 b0 a1, then b1 evicts a0 (the oldest), a1 hits, a2 evicts b0
+        auto const cache = cache_of_3();
+        store::StoreConfig const s{.residency = store::Residency::cached, .eviction = store::Eviction::lru, .cache = cache};
+        Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5);
+        auto& sa = a.experts().store();
+        auto& sb = b.experts().store();
+        step(a, ma, 0), step(b, mb, 0), step(a, ma, 1);
+        CHECK(sa.cached_experts() == V{0, -1, 1});
+        CHECK(sb.cached_experts() == V{-1, 0, -1});
+        step(b, mb, 1);
+        CHECK(sa.cached_experts() == V{-1, -1, 1});
+        CHECK(sb.cached_experts() == V{1, 0, -1});
+        CHECK(sa.stats().evictions == 1);  // counted where the expert was lost
+        step(a, ma, 1), step(a, ma, 2);
+        CHECK(sa.cached_experts() == V{-1, 2, 1});
+        CHECK(sb.cached_experts() == V{1, -1, -1});
+        CHECK(sa.stats().hits == 1);
+        CHECK(sb.stats().evictions == 1);
+        CHECK(sa.memory_bytes() == 2 * cache->slot_bytes());
+    }
+    {  // LFU by tokens routed: a0 twice, b0, a1; b2 evicts b0 (one token, older than a1); LRU would evict a0
+        for (auto ev : {store::Eviction::lfu, store::Eviction::lru}) {
+            store::StoreConfig const s{.residency = store::Residency::cached, .eviction = ev, .cache = cache_of_3()};
+            Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5);
+            step(a, ma, 0), step(a, ma, 0), step(b, mb, 0), step(a, ma, 1), step(b, mb, 2);
+            CHECK(a.experts().store().cached_experts() == (ev == store::Eviction::lfu ? V{0, -1, 1} : V{-1, -1, 1}));
+            CHECK(b.experts().store().cached_experts() == (ev == store::Eviction::lfu ? V{-1, 2, -1} : V{2, 0, -1}));
+        }
+    }
+    {  // the engine's own policy sees each candidate's layer: it gives up layer 5's experts first
+        std::vector<std::int64_t> seen;
+        store::EvictionPolicy const layer5_first = [&](std::span<store::EvictionCandidate const> c) {
+            std::size_t pick = 0;
+            for (std::size_t i = 0; i < c.size(); ++i) {
+                seen.push_back(c[i].layer);
+                if (c[i].layer == 5 && (c[pick].layer != 5 || c[i].expert < c[pick].expert)) pick = i;
+            }
+            return pick;
+        };
+        store::StoreConfig const s{.residency = store::Residency::cached, .eviction = store::Eviction::custom, .evict = layer5_first,
+                                   .cache = cache_of_3()};
+        Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5);
+        step(a, ma, 0), step(b, mb, 4), step(b, mb, 1), step(a, ma, 6);
+        CHECK(a.experts().store().cached_experts() == V{0, -1, 6});
+        CHECK(b.experts().store().cached_experts() == V{-1, 4, -1});
+        std::sort(seen.begin(), seen.end());
+        CHECK(seen == V{3, 5, 5});
+    }
+    {  // a store going away gives its slots back; the cache outlives it
+        auto const cache = cache_of_3();
+        store::StoreConfig const s{.residency = store::Residency::cached, .cache = cache};
+        Layer b = mb.packed(file, s, 5);
+        {
+            Layer a = ma.packed(file, s, 3);
+            step(a, ma, 0), step(a, ma, 1), step(a, ma, 2);
+        }
+        step(b, mb, 3), step(b, mb, 4);
+        CHECK(b.experts().store().cached_experts() == V{3, 4, -1});
+        CHECK(b.experts().store().stats().evictions == 0);
+    }
+    CHECK_THROWS_WITH(store::SlotCache::for_file(slot - 1, *file), Contains("store.cache budget_bytes' = " + std::to_string(slot - 1)));
+    store::StoreConfig small{.residency = store::Residency::cached, .cache = std::make_shared<store::SlotCache>(8 * slot, slot - 4096)};
+    CHECK_THROWS_WITH(ma.packed(file, small, 3), Contains("store.cache slot_bytes' = " + std::to_string(slot - 4096)));
+    file.reset();
+    std::error_code ec;
+    fs::remove(path, ec);
+}
+
 TEST_CASE("a call needing more experts than the cache keeps its hits and streams the rest", "[store][eviction]") {
     Packed fx(16, "overflow.smoe");
     auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
@@ -351,6 +484,22 @@ TEST_CASE("prefetched experts are read by the I/O thread and counted when used",
     CHECK(s.hits == 2);
     CHECK(s.misses == 0);
     CHECK(s.prediction_accuracy() == 1.0);  // both experts of the call were named
+
+    // A prefetch evicts neither the latest call's experts nor those the prediction names: with 2 slots
+    // holding 1 and 2 (the latest call), a prediction of {1, 3} cannot read 3 without losing one it needs.
+    std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
+    Layer two = m.packed(file, {.residency = store::Residency::cached, .budget_bytes = 2 * slot, .prefetch = true});
+    auto& st2 = two.experts().store();
+    float const one = 1.0f;
+    for (std::int32_t e : {1, 2})
+        two.forward_routed(MatrixView<float const>(m.x.data(), 1, m.d), MatrixView<std::int32_t const>(&e, 1, 1),
+                           MatrixView<float const>(&one, 1, 1), MatrixView<float>(y.data(), 1, m.d));
+    std::vector<std::int64_t> const next = {1, 3};
+    st2.prefetch(next);
+    st2.wait_idle();
+    CHECK(st2.cached_experts() == std::vector<std::int64_t>{1, 2});
+    CHECK(st2.stats().prefetch_issued == 1);  // 1 is cached already
+    CHECK(st2.stats().prefetch_loaded == 0);
 }
 
 TEST_CASE("quantised experts of mixed formats from a packed file give the resident bits", "[store][quant]") {

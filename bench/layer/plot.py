@@ -267,7 +267,7 @@ def charts(recs):
 
 
 STORE_NAME = re.compile(r"^BM_store/store:(?P<store>\d)/budget:(?P<budget>\d+)/prefetch:(?P<pf>\d)/zipf:(?P<zipf>\d+)"
-                        r"/reuse:(?P<reuse>\d+)(?:/direct:(?P<direct>\d))?")
+                        r"/reuse:(?P<reuse>\d+)(?:/direct:(?P<direct>\d))?(?:/warm:(?P<warm>\d+))?")
 STORES = {0: "resident", 1: "mapped", 2: "LRU", 3: "LFU"}
 
 
@@ -286,24 +286,31 @@ def store_results():
         rows.append({"store": STORES[int(m["store"])], "budget": int(m["budget"]), "prefetch": int(m["pf"]),
                      "zipf": int(m["zipf"]) / 100, "reuse": int(m["reuse"]), "direct": int(m["direct"] or 0),
                      "tps": b.get("tokens_per_s", 0), "hit": b.get("hit_rate", 0), "mb": b.get("MB_per_token", 0),
-                     "stall": b.get("stall_ms_per_token", 0)})
-    routings = sorted({(r["zipf"], r["reuse"]) for r in rows})
+                     "stall": b.get("stall_ms_per_token", 0), "wasted": b.get("wasted_MB_per_token", 0),
+                     "consistency": b.get("consistency", 0), "warm": int(m["warm"] or 0)})
+    routings = sorted({(r["warm"], r["zipf"], r["reuse"]) for r in rows})
     lines = ["# Expert stores on a controlled routing (BM_store)", "",
              "Decode of one token through 2 layers of 64 int8 experts (d 1024, f 512, k 8), 2 threads; wall-clock",
              "tokens/s (the store's reads are I/O). Random weights have no locality: the routing is generated",
              "(Zipf popularity, reuse of the previous token's experts). Issue 17: mapped is the floor; with a 25 %",
-             "budget and prefetch, at least half of resident's tokens/s.", ""]
-    for zipf, reuse in routings:
-        sel = [r for r in rows if (r["zipf"], r["reuse"]) == (zipf, reuse)]
+             "budget and prefetch, at least half of resident's tokens/s. Warm-up 0: the first 64 tokens after the",
+             "layers are built (every touched expert read once); warm-up 256: the 64 tokens after 256 untimed ones",
+             "(the decode's steady state), the page cache dropped in between. Consistency: the routing's local",
+             "routing consistency; wasted: prefetched MB per token never used.", ""]
+    for warm, zipf, reuse in routings:
+        sel = [r for r in rows if (r["warm"], r["zipf"], r["reuse"]) == (warm, zipf, reuse)]
         res = next((r["tps"] for r in sel if r["store"] == "resident"), 0)
         mapped = next((r["tps"] for r in sel if r["store"] == "mapped"), 0)
-        lines += [f"## Zipf {zipf}, reuse {reuse} %: resident {res:.0f} tokens/s, mapped {mapped:.0f}", "",
-                  "| store | budget | prefetch | O_DIRECT | tokens/s | / resident | / mapped | hit rate | MB/token | stall ms/token |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        cons = max((r["consistency"] for r in sel), default=0)
+        lines += [f"## Warm-up {warm}, Zipf {zipf}, reuse {reuse} % (consistency {cons:.2f}): resident {res:.0f} tokens/s, "
+                  f"mapped {mapped:.0f}", "",
+                  "| store | budget | prefetch | O_DIRECT | tokens/s | / resident | / mapped | hit rate | MB/token | wasted MB/token "
+                  "| stall ms/token |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sel:
             lines.append(f"| {r['store']} | {r['budget']} % | {'on' if r['prefetch'] else 'off'} | {'yes' if r['direct'] else 'no'} | "
                          f"{r['tps']:.0f} | {r['tps'] / res if res else 0:.2f} | {r['tps'] / mapped if mapped else 0:.2f} | "
-                         f"{100 * r['hit']:.0f} % | {r['mb']:.1f} | {r['stall']:.2f} |")
+                         f"{100 * r['hit']:.0f} % | {r['mb']:.1f} | {r['wasted']:.2f} | {r['stall']:.2f} |")
         lines.append("")
     with open(os.path.join(OUT, "store.md"), "w") as f:
         f.write("\n".join(lines))
@@ -315,8 +322,8 @@ def store_results():
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(routings), figsize=(5.2 * len(routings), 4.0), squeeze=False)
     styles = {(0, 0): ("-", "o"), (1, 0): ("--", "o"), (0, 1): ("-", "s"), (1, 1): ("--", "s")}
-    for ax, (zipf, reuse) in zip(axes[0], routings):
-        sel = [r for r in rows if (r["zipf"], r["reuse"]) == (zipf, reuse)]
+    for ax, (warm, zipf, reuse) in zip(axes[0], routings):
+        sel = [r for r in rows if (r["warm"], r["zipf"], r["reuse"]) == (warm, zipf, reuse)]
         for name, color in (("resident", "black"), ("mapped", "gray")):
             for r in sel:
                 if r["store"] == name:
@@ -328,7 +335,7 @@ def store_results():
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker=marker, color=color,
                             label=f"{policy}{' + prefetch' if pf else ''}{' O_DIRECT' if direct else ''}")
-        ax.set_title(f"Zipf {zipf}, reuse {reuse} %")
+        ax.set_title(f"Zipf {zipf}, reuse {reuse} %, warm-up {warm}")
         ax.set_xlabel("cache budget (% of a layer's expert bytes)")
         ax.set_ylabel("decode tokens/s")
         ax.set_xticks([10, 25, 50])

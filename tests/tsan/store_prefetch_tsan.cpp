@@ -1,6 +1,8 @@
 // ThreadSanitizer check of the expert store (issue 17): a cached store with its prefetch I/O thread,
 // prefetch() called from a second engine thread while the layer runs forward on a thread pool of 2, a
-// budget of 2 of 8 experts so that reads, evictions and the layer's rounds overlap. Built with
+// budget of 2 of 8 experts so that reads, evictions and the layer's rounds overlap; and two layers
+// sharing one budget of 3 slots (store::SlotCache), whose I/O threads and misses evict each other's
+// experts. Built with
 // -fsanitize=thread (tests/tsan/CMakeLists.txt); TSan makes the process fail on a data race. The
 // output must also be the resident layer's bits. A plain main, no Catch: the build stays short.
 
@@ -53,16 +55,22 @@ int main() {
     smoe::expert::SwiGLUWeights<float> pw;
     pw.packed = {file, 0, {}};
     Layer l(cached, {g, {}, pw});
+    auto shared = cached;
+    shared.expert.store.cache = store::SlotCache::for_file(3 * slot, *file);
+    Layer a(shared, {g, {}, pw}), b(shared, {g, {}, pw});
     smoe::DefaultThreadPool pool(2);
     l.set_thread_pool(pool);
+    a.set_thread_pool(pool);
 
     std::atomic<bool> done{false};
     std::thread engine([&] {  // the engine's predictor, on its own thread
         std::int64_t i = 0;
         while (!done.load()) {
             std::vector<std::int64_t> const ids = {i % E, (i * 3 + 1) % E};
-            l.experts().store().prefetch(ids);
-            (void)l.experts().store().stats();
+            for (Layer* p : {&l, &a, &b}) {
+                p->experts().store().prefetch(ids);
+                (void)p->experts().store().stats();
+            }
             ++i;
             std::this_thread::yield();
         }
@@ -73,8 +81,10 @@ int main() {
         for (std::int64_t t = 0; t < T; ++t) {
             smoe::MatrixView<float const> const xt(x.data() + t * d, 1, d);
             ref.forward(xt, smoe::MatrixView<float>(want.data() + t * d, 1, d));
-            l.forward(xt, smoe::MatrixView<float>(got.data() + t * d, 1, d));
-            bad += want != got;
+            for (Layer* p : {&l, &a, &b}) {
+                p->forward(xt, smoe::MatrixView<float>(got.data() + t * d, 1, d));
+                bad += want != got;
+            }
         }
     done = true;
     engine.join();
@@ -82,5 +92,8 @@ int main() {
     std::printf("store_prefetch_tsan: %lld hits, %lld misses, %lld prefetched, %lld used, %d mismatches\n", static_cast<long long>(s.hits),
                 static_cast<long long>(s.misses), static_cast<long long>(s.prefetch_loaded), static_cast<long long>(s.prefetch_used), bad);
     std::filesystem::remove(path);
-    return bad == 0 && s.prefetch_loaded > 0 ? 0 : 1;
+    auto const sa = a.experts().store().stats(), sb = b.experts().store().stats();
+    std::printf("  two layers sharing 3 slots: evictions %lld and %lld, prefetched %lld and %lld\n", static_cast<long long>(sa.evictions),
+                static_cast<long long>(sb.evictions), static_cast<long long>(sa.prefetch_loaded), static_cast<long long>(sb.prefetch_loaded));
+    return bad == 0 && s.prefetch_loaded > 0 && sa.evictions > 0 && sb.evictions > 0 ? 0 : 1;
 }

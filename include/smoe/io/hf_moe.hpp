@@ -782,7 +782,7 @@ private:
         auto weights_of = [&](Slot a, Slot b, Slot c, expert::SwiGLUConfig const& sc) {
             if (a == w1 && opt.packed) {
                 expert::SwiGLUWeights<W> pw;
-                pw.packed = {opt.packed, layer_index_, local_};
+                pw.packed = {opt.packed, layer_index_, packed_experts(*opt.packed)};
                 return pw;
             }
             if constexpr (std::is_same_v<W, std::int8_t>)
@@ -945,6 +945,13 @@ private:
         if (!t) missing(name, what);
         return t;
     }
+    // The file's experts of the held ones: a packed layer of the whole model is indexed by the model's
+    // expert ids; one holding exactly as many experts as this layer holds (a rank that packed its own,
+    // pack_hf_layers' experts) holds them in the local order. Any other count: expect_layer names it.
+    std::vector<std::int64_t> packed_experts(store::PackedFile const& f) const {
+        if (f.layer(layer_index_).num_experts == static_cast<std::int64_t>(local_.size())) return {};
+        return local_;
+    }
     [[noreturn]] void missing(std::string const& name, char const* what) const {
         io::detail::file_fail(source_, "tensor " + io::detail::quoted(name), "missing",
                   std::string(what) + " of decoder layer " + std::to_string(layer_index_) + " (" + to_string(cfg_.family) + ")");
@@ -1059,7 +1066,7 @@ void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
     auto routed_weights = [&] {
         expert::QuantSwiGLUWeights w;
         if (opt.packed) {
-            w.packed = {opt.packed, layer_index_, local_};
+            w.packed = {opt.packed, layer_index_, packed_experts(*opt.packed)};
         } else if (gpt_oss_plan_) {  // GPT-OSS's stacked MXFP4 experts, read one at a time
             w.gate_up = routed_fmt_.first;
             w.down = routed_fmt_.second;

@@ -51,10 +51,12 @@ struct OneExpertLayers {
 // The same from a source per expert: source_of(layer, e) returns a TensorSource (by value or
 // reference) holding at least expert e's tensors and the layer's router, read before the next call.
 // An engine that generates or downloads its weights one expert at a time (demo_engine --write-model)
-// writes a model larger than memory this way.
+// writes a model larger than memory this way. experts: the model's experts to pack, in that order
+// (a rank of an expert-parallel layer packs its own; HfMoeLayer reads a layer holding as many experts
+// as the rank has in the rank's order); empty: all.
 template <class SourceOf>
 void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layers, store::PackedWriter& out, HfMoeLayer::Options const& opt,
-                     std::string const& source_name, SourceOf&& source_of) {
+                     std::string const& source_name, SourceOf&& source_of, std::span<std::int64_t const> experts = {}) {
     using One = BasicHfMoeLayer<detail::OneExpertLayers>;
     One::Options o;
     o.max_tokens = 1;
@@ -66,8 +68,13 @@ void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layer
     // routed expert.
     HfMoeConfig routed = cfg;
     routed.shared_intermediate_size = 0;
+    for (std::int64_t id : experts)
+        if (id < 0 || id >= cfg.num_experts())
+            smoe::detail::fail("experts", id, "an expert of the model in [0, " + std::to_string(cfg.num_experts()) + ")");
+    std::int64_t const n = experts.empty() ? cfg.num_experts() : static_cast<std::int64_t>(experts.size());
     for (std::int64_t layer : layers)
-        store::add_layer_streaming(out, layer, cfg.num_experts(), [&](std::int64_t e, auto&& sink) {
+        store::add_layer_streaming(out, layer, n, [&](std::int64_t i, auto&& sink) {
+            std::int64_t const e = experts.empty() ? i : experts[static_cast<std::size_t>(i)];
             decltype(auto) src = source_of(layer, e);
             auto m = One::load(routed, src, layer, o, source_name, detail::OneExpertLayers{e});
             m.visit([&](auto& l) {
@@ -82,8 +89,8 @@ void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layer
 
 template <TensorSource S>
 void pack_hf_layers(HfMoeConfig const& cfg, S const& src, std::span<std::int64_t const> layers, store::PackedWriter& out,
-                    HfMoeLayer::Options const& opt, std::string const& source_name) {
-    pack_hf_experts(cfg, layers, out, opt, source_name, [&](std::int64_t, std::int64_t) -> S const& { return src; });
+                    HfMoeLayer::Options const& opt, std::string const& source_name, std::span<std::int64_t const> experts = {}) {
+    pack_hf_experts(cfg, layers, out, opt, source_name, [&](std::int64_t, std::int64_t) -> S const& { return src; }, experts);
 }
 
 // The decoder layers of cfg that are MoE layers.

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -40,7 +41,9 @@ public:
         size_ = owned_.size();
     }
 
-    static MappedFile open(std::filesystem::path const& path) {
+    // align: the mapping's address a multiple of it (a power of two; 0: where the OS puts it), so that
+    // data at file offsets aligned the same way can sit on huge pages (store::PackedFile: 2 MiB).
+    static MappedFile open(std::filesystem::path const& path, std::size_t align = 0) {
         std::string const label = path.string();
         std::error_code ec;
         if (std::filesystem::is_directory(path, ec))
@@ -57,8 +60,23 @@ public:
         MappedFile f;
         f.size_ = static_cast<std::size_t>(st.st_size);
         if (f.size_ > 0) {  // mmap of length 0 fails; an empty file needs no mapping
-            void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            void* at = nullptr;
+            int flags = MAP_PRIVATE;
+            if (align > 0 && (align & (align - 1)) == 0) {
+                // Reserve size + align bytes, keep the aligned size_ of them for the file (MAP_FIXED over the
+                // reservation) and give back the head and tail; no reservation: the OS's address.
+                void* const r = ::mmap(nullptr, f.size_ + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (r != MAP_FAILED) {
+                    auto const base = reinterpret_cast<std::uintptr_t>(r), a = (base + align - 1) / align * align;
+                    if (a > base) ::munmap(r, a - base);
+                    if (auto const end = base + f.size_ + align, used = a + f.size_; end > used) ::munmap(reinterpret_cast<void*>(used), end - used);
+                    at = reinterpret_cast<void*>(a);
+                    flags |= MAP_FIXED;
+                }
+            }
+            void* p = ::mmap(at, f.size_, PROT_READ, flags, fd, 0);
             if (p == MAP_FAILED) {
+                if (at) ::munmap(at, f.size_);
                 int const err = errno;
                 ::close(fd);
                 system_fail(label, "mmap", err);

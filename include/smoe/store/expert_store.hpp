@@ -14,7 +14,9 @@
 //             (StoreConfig::evict). A miss that finds every slot held by the call itself is streamed
 //             (StoreConfig::stream_overflow): run from the file's mapping, as mapped does, so a call
 //             needing more experts than the cache holds evicts none of its own and pages the rest
-//             through the OS (the cache is then a pinned tier above the page cache).
+//             through the OS (the cache is then a pinned tier above the page cache). The slots are
+//             the store's own (a budget per layer) or a SlotCache the layers share (StoreConfig::cache:
+//             one budget for the model, eviction across layers).
 //
 // Same bits for every kind and budget: a record is the same bytes wherever it sits, and an expert's
 // output never depends on which others are resident (experts.md §1 rule 3). MoELayer holds the
@@ -44,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -117,11 +120,93 @@ struct StoreStats {
     double routing_consistency() const { return routed_pairs > 0 ? double(consistent) / double(routed_pairs) : 0.0; }
 };
 
+class ExpertStore;
+
+// The slots of cached stores: an arena of slots() records of slot_bytes() (the largest record, rounded
+// to 4 KiB), mlock'ed where the OS allows, with the lock of every store using it and the clock of their
+// LRU. A cached store makes its own from StoreConfig::budget_bytes (a budget per layer), or the engine
+// makes one and hands it to the stores of every layer (StoreConfig::cache: one budget in bytes for the
+// whole model). A miss in any layer then evicts, by the missing store's policy, among the unheld
+// experts of every layer: a layer whose experts are reused keeps them, one whose routing wanders gives
+// its slots up. The clock is the cache's, so LRU compares the uses of different layers.
+class SlotCache {
+public:
+    SlotCache() = default;  // no slots: the lock of a resident or mapped store
+    // budget_bytes / slot_bytes slots, at most max_slots (slot_bytes a multiple of 4 KiB, at least one slot).
+    SlotCache(std::size_t budget_bytes, std::size_t slot_bytes, std::int64_t max_slots = std::numeric_limits<std::int64_t>::max())
+        : slot_bytes_(slot_bytes) {
+        if (slot_bytes == 0 || slot_bytes % kRecordAlignment != 0)
+            smoe::detail::fail("cache slot_bytes", slot_bytes, "a positive multiple of " + std::to_string(kRecordAlignment));
+        if (budget_bytes < slot_bytes)
+            smoe::detail::fail("cache budget_bytes", budget_bytes, "at least one slot: " + std::to_string(slot_bytes) + " bytes");
+        n_ = static_cast<std::int64_t>(std::min<std::size_t>(budget_bytes / slot_bytes, static_cast<std::size_t>(max_slots)));
+        auto const n = static_cast<std::size_t>(n_);
+        // One page more than the slots: the first slot starts on a page (O_DIRECT reads need it).
+        arena_ = kernels::cpu::AlignedArray<std::byte>(n * slot_bytes_ + kRecordAlignment);
+        auto const misalign = reinterpret_cast<std::uintptr_t>(arena_.data()) % kRecordAlignment;
+        base_ = arena_.data() + (kRecordAlignment - misalign) % kRecordAlignment;
+#if SMOE_IO_HAS_MMAP
+        // Pinned where RLIMIT_MEMLOCK allows; an arena the OS may swap still works.
+        pinned_ = ::mlock(arena_.data(), arena_.size()) == 0;
+#endif
+        owner_.assign(n, nullptr);
+        expert_.assign(n, -1);
+        pins_.assign(n, 0);
+        ready_.assign(n, 0);
+        prefetched_.assign(n, 0);
+        candidates_.reserve(n);
+        cand_slot_.reserve(n);
+    }
+    // One budget for the stores of every layer of `file`: slots of the file's largest record.
+    static std::shared_ptr<SlotCache> for_file(std::size_t budget_bytes, PackedFile const& file) {
+        std::size_t biggest = 0;
+        for (auto const& L : file.layers())
+            for (std::int64_t e = 0; e < L.num_experts; ++e) biggest = std::max<std::size_t>(biggest, file.record(L, e).bytes);
+        std::size_t const slot = (std::max<std::size_t>(biggest, 1) + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+        if (budget_bytes < slot)
+            smoe::detail::fail("store.cache budget_bytes", budget_bytes,
+                               "at least one expert's slot: " + std::to_string(slot) + " bytes (" + file.name() + "'s largest record, rounded to 4 KiB)");
+        return std::make_shared<SlotCache>(budget_bytes, slot);
+    }
+    SlotCache(SlotCache const&) = delete;
+    SlotCache& operator=(SlotCache const&) = delete;
+    ~SlotCache() {
+#if SMOE_IO_HAS_MMAP
+        if (pinned_) ::munlock(arena_.data(), arena_.size());
+#endif
+    }
+    std::int64_t slots() const { return n_; }
+    std::size_t slot_bytes() const { return slot_bytes_; }
+    std::size_t memory_bytes() const { return arena_.size(); }
+    bool pinned() const { return pinned_; }
+
+private:
+    friend class ExpertStore;
+    std::byte* slot(std::size_t s) const { return base_ + s * slot_bytes_; }
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::uint64_t tick_ = 0;  // acquires of every store using the cache
+    std::int64_t n_ = 0;
+    std::size_t slot_bytes_ = 0;
+    bool pinned_ = false;
+    kernels::cpu::AlignedArray<std::byte> arena_;
+    std::byte* base_ = nullptr;  // the first slot, page-aligned in arena_
+    // Slot by slot: the store and its expert held there (nullptr, -1: empty), callers holding it, read
+    // complete, read by a prefetch and not used since.
+    std::vector<ExpertStore*> owner_;
+    std::vector<std::int64_t> expert_;
+    std::vector<std::int32_t> pins_;
+    std::vector<std::uint8_t> ready_, prefetched_;
+    std::vector<EvictionCandidate> candidates_;  // victim()'s, with their slots
+    std::vector<std::int64_t> cand_slot_;
+};
+
 class ExpertStore {
 public:
     // Resident records packed by the expert itself: fill(e, dst) writes record e (bytes[e] bytes).
     template <class Fill>
-    ExpertStore(std::vector<std::size_t> const& bytes, Fill&& fill) : E_(static_cast<std::int64_t>(bytes.size())) {
+    ExpertStore(std::vector<std::size_t> const& bytes, Fill&& fill) : E_(static_cast<std::int64_t>(bytes.size())), cache_(std::make_shared<SlotCache>()) {
         init_tables();
         std::vector<std::size_t> off(bytes.size());
         std::size_t total = 0;
@@ -138,7 +223,7 @@ public:
     }
 
     // Records of a packed file's layer, whose sizes the expert type has checked against its own layout.
-    ExpertStore(StoreConfig const& cfg, PackedSource const& src) : cfg_(cfg), file_(src.file) {
+    ExpertStore(StoreConfig const& cfg, PackedSource const& src) : cfg_(cfg), file_(src.file), cache_(std::make_shared<SlotCache>()) {
         layer_ = &file_->layer(src.layer);
         if (src.experts.empty()) {
             for (std::int64_t e = 0; e < layer_->num_experts; ++e) ids_.push_back(e);
@@ -175,28 +260,19 @@ public:
                 verified_.assign(static_cast<std::size_t>(E_), 0);
                 break;
             case Residency::cached: {
-                slot_bytes_ = (biggest + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
-                std::size_t const n = cfg_.budget_bytes / slot_bytes_;
-                if (n == 0)
-                    smoe::detail::fail("store.budget_bytes", cfg_.budget_bytes,
-                                       "at least one expert's slot: " + std::to_string(slot_bytes_) + " bytes (layer " +
-                                           std::to_string(layer_->layer_index) + "'s largest record, rounded to 4 KiB)");
+                std::size_t const slot = (biggest + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+                std::string const at = "layer " + std::to_string(layer_->layer_index) + "'s largest record, rounded to 4 KiB";
+                if (cfg_.cache) {
+                    if (cfg_.cache->slot_bytes() < slot)
+                        smoe::detail::fail("store.cache slot_bytes", cfg_.cache->slot_bytes(), "at least " + std::to_string(slot) + " bytes (" + at + ")");
+                    cache_ = cfg_.cache;
+                } else {
+                    if (cfg_.budget_bytes < slot)
+                        smoe::detail::fail("store.budget_bytes", cfg_.budget_bytes, "at least one expert's slot: " + std::to_string(slot) + " bytes (" + at + ")");
+                    cache_ = std::make_shared<SlotCache>(cfg_.budget_bytes, slot, E_);
+                }
                 if (cfg_.eviction == Eviction::custom && !cfg_.evict)
                     smoe::detail::fail("store.evict", "empty", "a function choosing the victim with store.eviction = custom");
-                nslots_ = static_cast<std::int64_t>(std::min<std::size_t>(n, static_cast<std::size_t>(E_)));
-                // One page more than the slots: the first slot starts on a page (O_DIRECT reads need it).
-                arena_ = kernels::cpu::AlignedArray<std::byte>(static_cast<std::size_t>(nslots_) * slot_bytes_ + kRecordAlignment);
-                auto const misalign = reinterpret_cast<std::uintptr_t>(arena_.data()) % kRecordAlignment;
-                slots_ = arena_.data() + (kRecordAlignment - misalign) % kRecordAlignment;
-#if SMOE_IO_HAS_MMAP
-                // Pinned where RLIMIT_MEMLOCK allows; an arena the OS may swap still works.
-                pinned_ = ::mlock(arena_.data(), arena_.size()) == 0;
-#endif
-                slot_expert_.assign(static_cast<std::size_t>(nslots_), -1);
-                slot_pins_.assign(static_cast<std::size_t>(nslots_), 0);
-                slot_ready_.assign(static_cast<std::size_t>(nslots_), 0);
-                slot_prefetched_.assign(static_cast<std::size_t>(nslots_), 0);
-                candidates_.reserve(static_cast<std::size_t>(nslots_));
                 open_fd(cfg_.direct_io);
                 stream_ = cfg_.stream_overflow && !direct_;
                 verified_.assign(static_cast<std::size_t>(E_), 0);
@@ -215,31 +291,47 @@ public:
     ~ExpertStore() {
         if (io_.joinable()) {
             {
-                std::lock_guard lk(mu_);
+                std::lock_guard lk(cache_->mu_);
                 stop_ = true;
             }
-            cv_.notify_all();
+            cache_->cv_.notify_all();
             io_.join();
         }
-#if SMOE_IO_HAS_MMAP
-        if (pinned_) ::munlock(arena_.data(), arena_.size());
-#endif
+        if (residency() == Residency::cached) {  // a shared cache outlives its stores: their slots go free
+            std::lock_guard lk(cache_->mu_);
+            for (std::size_t s = 0; s < static_cast<std::size_t>(cache_->n_); ++s)
+                if (cache_->owner_[s] == this) {
+                    cache_->owner_[s] = nullptr;
+                    cache_->expert_[s] = -1;
+                    cache_->pins_[s] = 0;
+                    cache_->ready_[s] = 1;
+                    cache_->prefetched_[s] = 0;
+                }
+        }
         close_fd();
     }
 
     Residency residency() const { return file_ ? cfg_.residency : Residency::resident; }
     // Whether a caller must hold experts in rounds (a cache smaller than the layer that cannot stream).
-    bool bounded() const { return residency() == Residency::cached && nslots_ < E_ && !stream_; }
+    bool bounded() const { return residency() == Residency::cached && cache_->n_ < E_ && !stream_; }
     // Whether misses beyond the held slots run from the mapping (StoreConfig::stream_overflow).
     bool streams() const { return stream_; }
     std::int64_t num_experts() const { return E_; }
-    std::int64_t slots() const { return residency() == Residency::cached ? nslots_ : E_; }
-    std::size_t slot_bytes() const { return slot_bytes_; }
-    bool pinned() const { return pinned_; }
+    // Slots of its cache (shared: with other stores), E when resident or mapped.
+    std::int64_t slots() const { return residency() == Residency::cached ? cache_->n_ : E_; }
+    std::size_t slot_bytes() const { return cache_->slot_bytes_; }
+    bool pinned() const { return cache_->pinned_; }
+    SlotCache const* cache() const { return residency() == Residency::cached ? cache_.get() : nullptr; }
     // Whether misses bypass the page cache (StoreConfig::direct_io and a file system that allows it).
     bool direct_io() const { return direct_; }
-    // Bytes this store holds in memory (the resident records or the cache's arena; 0 when mapped).
-    std::size_t memory_bytes() const { return arena_.size(); }
+    // Bytes this store holds in memory: the resident records, its own cache's arena, or the slots of a
+    // shared cache its experts fill now (the cache's arena is SlotCache::memory_bytes); 0 when mapped.
+    std::size_t memory_bytes() const {
+        if (residency() != Residency::cached) return arena_.size();
+        if (!cfg_.cache) return cache_->memory_bytes();
+        std::lock_guard lk(cache_->mu_);
+        return static_cast<std::size_t>(std::count(cache_->owner_.begin(), cache_->owner_.end(), this)) * cache_->slot_bytes_;
+    }
     PackedSource source() const { return file_ ? PackedSource{file_, layer_->layer_index, ids_} : PackedSource{}; }
 
     // A resident store's records, writable: back to back in id order, each at its size rounded up to 64
@@ -258,9 +350,8 @@ public:
     // the layer and expert when the record read from the file has the wrong checksum.
     bool acquire(std::int64_t e, std::int64_t tokens = 0) {
         auto const i = static_cast<std::size_t>(e);
-        std::unique_lock lk(mu_);
-        ++tick_;
-        last_use_[i] = tick_;
+        std::unique_lock lk(cache_->mu_);
+        last_use_[i] = ++cache_->tick_;
         ++uses_[i];
         load_[i] += static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0));
         if (residency() == Residency::resident) return true;
@@ -281,17 +372,17 @@ public:
         for (;;) {
             if (std::int32_t const s = slot_of_[i]; s >= 0) {
                 auto const si = static_cast<std::size_t>(s);
-                ++slot_pins_[si];
-                if (!slot_ready_[si]) {  // the prefetch thread is reading it
-                    cv_.wait(lk, [&] { return slot_ready_[si] || slot_of_[i] != s; });
+                ++cache_->pins_[si];
+                if (!cache_->ready_[si]) {  // the prefetch thread is reading it
+                    cache_->cv_.wait(lk, [&] { return cache_->ready_[si] || slot_of_[i] != s; });
                     stats_.stall_seconds += seconds_since(t0);
                     if (slot_of_[i] != s) {  // its read failed; load it here (and report the error)
-                        --slot_pins_[si];
+                        --cache_->pins_[si];
                         continue;
                     }
                 }
-                if (slot_prefetched_[si]) {
-                    slot_prefetched_[si] = 0;
+                if (cache_->prefetched_[si]) {
+                    cache_->prefetched_[si] = 0;
                     ++stats_.prefetch_used;
                 }
                 hit_tick_[i] = call_tick_;
@@ -301,7 +392,7 @@ public:
             std::int64_t const s = victim();
             if (s >= 0) {
                 load_into(lk, e, s, false);
-                ++slot_pins_[static_cast<std::size_t>(s)];
+                ++cache_->pins_[static_cast<std::size_t>(s)];
                 ++stats_.misses;
                 stats_.stall_seconds += seconds_since(t0);
                 return true;
@@ -320,23 +411,23 @@ public:
             }
             // Every slot is held: by callers (give up) or by reads of the prefetch thread (wait for one).
             bool reading = false;
-            for (std::int64_t k = 0; k < nslots_; ++k) reading = reading || !slot_ready_[static_cast<std::size_t>(k)];
+            for (std::int64_t k = 0; k < cache_->n_; ++k) reading = reading || !cache_->ready_[static_cast<std::size_t>(k)];
             if (!reading) return false;
-            cv_.wait(lk);
+            cache_->cv_.wait(lk);
         }
     }
 
     void release(std::int64_t e) {
         if (residency() != Residency::cached) return;
-        std::lock_guard lk(mu_);
+        std::lock_guard lk(cache_->mu_);
         if (streaming_[static_cast<std::size_t>(e)] > 0) {  // held from the mapping, not in a slot
             --streaming_[static_cast<std::size_t>(e)];
-            cv_.notify_all();
+            cache_->cv_.notify_all();
             return;
         }
         std::int32_t const s = slot_of_[static_cast<std::size_t>(e)];
-        if (s >= 0 && slot_pins_[static_cast<std::size_t>(s)] > 0) --slot_pins_[static_cast<std::size_t>(s)];
-        cv_.notify_all();
+        if (s >= 0 && cache_->pins_[static_cast<std::size_t>(s)] > 0) --cache_->pins_[static_cast<std::size_t>(s)];
+        cache_->cv_.notify_all();
     }
 
     // Orders a call's experts for acquire: those in the cache first (in id order), then the misses.
@@ -346,7 +437,7 @@ public:
     // experts this call does not use (and, in later rounds, this call's earlier misses before its hits).
     void hits_first(std::span<std::int32_t> ids) const {
         if (residency() != Residency::cached) return;
-        std::lock_guard lk(mu_);
+        std::lock_guard lk(cache_->mu_);
         std::size_t n = 0, m = 0;
         for (std::int32_t e : ids) (slot_of_[static_cast<std::size_t>(e)] >= 0 ? ids[n++] : order_[m++]) = e;
         std::copy(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(m), ids.begin() + static_cast<std::ptrdiff_t>(n));
@@ -372,7 +463,7 @@ public:
     // the cache by the I/O thread (cached with prefetch), advised to the kernel (mapped). Remembered
     // for the prediction accuracy of the next observe().
     void prefetch(std::span<std::int64_t const> experts) {
-        std::lock_guard lk(mu_);
+        std::lock_guard lk(cache_->mu_);
         std::fill(predicted_.begin(), predicted_.end(), std::uint8_t{0});
         have_prediction_ = true;
         for (std::int64_t e : experts) {
@@ -392,7 +483,7 @@ public:
                 ++stats_.prefetch_issued;
             }
         }
-        cv_.notify_all();
+        cache_->cv_.notify_all();
     }
 
     // One call's routing (the layer calls it before acquiring): prediction accuracy against the last
@@ -404,8 +495,8 @@ public:
     }
     template <class LocalOf>
     void observe(RoutingResult const& r, LocalOf&& local_of) {
-        std::lock_guard lk(mu_);
-        call_tick_ = tick_ + 1;  // the acquires of this call come after
+        std::lock_guard lk(cache_->mu_);
+        call_tick_ = cache_->tick_ + 1;  // the acquires of this call come after
         auto const local = [&](std::int64_t e) -> std::int64_t {
             if (e < 0 || e >= r.num_experts) return -1;
             std::int64_t const l = local_of(e);
@@ -435,22 +526,25 @@ public:
 
     // Blocks until the prefetch queue is empty and no read is in flight (tests, benchmarks).
     void wait_idle() {
-        std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return queued_ == 0 && !io_busy_; });
+        std::unique_lock lk(cache_->mu_);
+        cache_->cv_.wait(lk, [&] { return queued_ == 0 && !io_busy_; });
     }
 
     StoreStats stats() const {
-        std::lock_guard lk(mu_);
+        std::lock_guard lk(cache_->mu_);
         return stats_;
     }
     void reset_stats() {
-        std::lock_guard lk(mu_);
+        std::lock_guard lk(cache_->mu_);
         stats_ = {};
     }
-    // The experts in the cache, slot by slot (-1: empty); tests read the eviction order here.
+    // The experts in the cache, slot by slot (-1: empty, or another store's); tests read the eviction order here.
     std::vector<std::int64_t> cached_experts() const {
-        std::lock_guard lk(mu_);
-        return {slot_expert_.begin(), slot_expert_.end()};
+        std::lock_guard lk(cache_->mu_);
+        std::vector<std::int64_t> v(static_cast<std::size_t>(cache_->n_), -1);
+        for (std::size_t s = 0; s < v.size(); ++s)
+            if (cache_->owner_[s] == this) v[s] = cache_->expert_[s];
+        return v;
     }
 
 private:
@@ -476,85 +570,95 @@ private:
     // A free slot, else the policy's victim among the ready slots nobody holds; -1 when none. A
     // prefetch (speculative) never evicts an expert of the latest call: that is the working set the
     // next call most likely needs (local routing consistency), and a wrong prediction must not cost it.
+    // Nor one the pending prediction names: a prefetch of the next call's experts that evicted another
+    // of them (cached already, so not queued) read a record to lose one (BM_store: a third more bytes).
     std::int64_t victim(bool speculative = false) {
-        candidates_.clear();
-        for (std::int64_t s = 0; s < nslots_; ++s)
-            if (slot_expert_[static_cast<std::size_t>(s)] < 0) return s;
+        auto& c = *cache_;
+        c.candidates_.clear();
+        c.cand_slot_.clear();
+        for (std::int64_t s = 0; s < c.n_; ++s)
+            if (!c.owner_[static_cast<std::size_t>(s)]) return s;
         // A demand miss takes a slot of this call's hits last: an expert found in the cache again is
         // the reuse the cache exists for, and an earlier round's miss of the same call (streamed
-        // through) is the better victim when the call needs more experts than the cache holds.
-        for (int pass = 0; pass < 2 && candidates_.empty(); ++pass)
-            for (std::int64_t s = 0; s < nslots_; ++s) {
+        // through) is the better victim when the call needs more experts than the cache holds. In a
+        // shared cache each slot answers to the store holding it (its latest call, its clock of uses).
+        for (int pass = 0; pass < 2 && c.candidates_.empty(); ++pass)
+            for (std::int64_t s = 0; s < c.n_; ++s) {
                 auto const si = static_cast<std::size_t>(s);
-                if (slot_pins_[si] == 0 && slot_ready_[si]) {
-                    auto const e = static_cast<std::size_t>(slot_expert_[si]);
-                    if (speculative && last_use_[e] >= call_tick_) continue;
-                    if (pass == 0 && call_tick_ > 0 && hit_tick_[e] == call_tick_) continue;
-                    candidates_.push_back({slot_expert_[si], last_use_[e], uses_[e], load_[e]});
+                if (c.pins_[si] == 0 && c.ready_[si]) {
+                    ExpertStore const& o = *c.owner_[si];
+                    auto const e = static_cast<std::size_t>(c.expert_[si]);
+                    if (speculative && (o.last_use_[e] >= o.call_tick_ || (o.have_prediction_ && o.predicted_[e]))) continue;
+                    if (pass == 0 && o.call_tick_ > 0 && o.hit_tick_[e] == o.call_tick_) continue;
+                    c.candidates_.push_back({c.expert_[si], o.last_use_[e], o.uses_[e], o.load_[e], o.layer_ ? o.layer_->layer_index : -1});
+                    c.cand_slot_.push_back(s);
                 }
             }
-        if (candidates_.empty()) return -1;
+        if (c.candidates_.empty()) return -1;
         std::size_t pick = 0;
         switch (cfg_.eviction) {
             case Eviction::lru:
-                for (std::size_t c = 1; c < candidates_.size(); ++c)
-                    if (candidates_[c].last_use < candidates_[pick].last_use) pick = c;
+                for (std::size_t q = 1; q < c.candidates_.size(); ++q)
+                    if (c.candidates_[q].last_use < c.candidates_[pick].last_use) pick = q;
                 break;
             case Eviction::lfu:  // fewest tokens routed; ties: least recently used
-                for (std::size_t c = 1; c < candidates_.size(); ++c)
-                    if (candidates_[c].load < candidates_[pick].load ||
-                        (candidates_[c].load == candidates_[pick].load && candidates_[c].last_use < candidates_[pick].last_use))
-                        pick = c;
+                for (std::size_t q = 1; q < c.candidates_.size(); ++q)
+                    if (c.candidates_[q].load < c.candidates_[pick].load ||
+                        (c.candidates_[q].load == c.candidates_[pick].load && c.candidates_[q].last_use < c.candidates_[pick].last_use))
+                        pick = q;
                 break;
             case Eviction::custom:
-                pick = cfg_.evict(std::span<EvictionCandidate const>(candidates_));
-                if (pick >= candidates_.size())
-                    smoe::detail::fail("store.evict result", pick, "an index into the " + std::to_string(candidates_.size()) + " candidates");
+                pick = cfg_.evict(std::span<EvictionCandidate const>(c.candidates_));
+                if (pick >= c.candidates_.size())
+                    smoe::detail::fail("store.evict result", pick, "an index into the " + std::to_string(c.candidates_.size()) + " candidates");
                 break;
         }
-        std::int64_t const e = candidates_[pick].expert;
-        return slot_of_[static_cast<std::size_t>(e)];
+        return c.cand_slot_[pick];
     }
 
     // Reads expert e into slot s with the lock released (the slot is marked not ready, so nobody
     // evicts or reads it meanwhile); a failed read or checksum leaves the slot empty and rethrows.
     void load_into(std::unique_lock<std::mutex>& lk, std::int64_t e, std::int64_t s, bool prefetched) {
+        auto& c = *cache_;
         auto const si = static_cast<std::size_t>(s), i = static_cast<std::size_t>(e);
-        if (std::int64_t const old = slot_expert_[si]; old >= 0) {
-            slot_of_[static_cast<std::size_t>(old)] = -1;
-            ptr_[static_cast<std::size_t>(old)].store(nullptr, std::memory_order_release);
-            ++stats_.evictions;
+        if (ExpertStore* const o = c.owner_[si]) {  // counted as the holder's eviction (another layer's, if shared)
+            auto const old = static_cast<std::size_t>(c.expert_[si]);
+            o->slot_of_[old] = -1;
+            o->ptr_[old].store(nullptr, std::memory_order_release);
+            ++o->stats_.evictions;
         }
-        slot_expert_[si] = e;
+        c.owner_[si] = this;
+        c.expert_[si] = e;
         slot_of_[i] = static_cast<std::int32_t>(s);
-        slot_ready_[si] = 0;
-        slot_prefetched_[si] = 0;
-        std::byte* const dst = slots_ + si * slot_bytes_;
+        c.ready_[si] = 0;
+        c.prefetched_[si] = 0;
+        std::byte* const dst = c.slot(si);
         bool const check = !verified_[i];
         lk.unlock();
         try {
             read_record(e, dst, check);
         } catch (...) {
             lk.lock();
-            slot_expert_[si] = -1;
+            c.owner_[si] = nullptr;
+            c.expert_[si] = -1;
             slot_of_[i] = -1;
-            slot_ready_[si] = 1;
-            cv_.notify_all();
+            c.ready_[si] = 1;
+            c.cv_.notify_all();
             throw;
         }
         lk.lock();
         verified_[i] = 1;
-        slot_ready_[si] = 1;
-        slot_prefetched_[si] = prefetched;
+        c.ready_[si] = 1;
+        c.prefetched_[si] = prefetched;
         stats_.bytes_read += rec(e).bytes;
         ptr_[i].store(dst, std::memory_order_release);
-        cv_.notify_all();
+        cache_->cv_.notify_all();
     }
 
     void io_loop() {
-        std::unique_lock lk(mu_);
+        std::unique_lock lk(cache_->mu_);
         for (;;) {
-            cv_.wait(lk, [&] { return stop_ || queued_ > 0; });
+            cache_->cv_.wait(lk, [&] { return stop_ || queued_ > 0; });
             if (stop_) return;
             std::int64_t e = 0;
             while (!queue_[static_cast<std::size_t>(e)]) ++e;
@@ -562,12 +666,12 @@ private:
             --queued_;
             // Cached already, or a caller runs it from the mapping now.
             if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) {
-                cv_.notify_all();
+                cache_->cv_.notify_all();
                 continue;
             }
             std::int64_t const s = victim(true);
             if (s < 0) {  // every slot held or in the latest call's working set: drop this prediction
-                cv_.notify_all();
+                cache_->cv_.notify_all();
                 continue;
             }
             io_busy_ = true;
@@ -578,7 +682,7 @@ private:
                 // The caller that needs this expert reads it again and gets the error.
             }
             io_busy_ = false;
-            cv_.notify_all();
+            cache_->cv_.notify_all();
         }
     }
 
@@ -630,17 +734,14 @@ private:
     std::shared_ptr<PackedFile const> file_;
     PackedLayer const* layer_ = nullptr;
     std::vector<std::int64_t> ids_;
-    std::int64_t E_ = 0, nslots_ = 0;
-    std::size_t slot_bytes_ = 0;
-    bool pinned_ = false, direct_ = false;
+    std::int64_t E_ = 0;
+    bool direct_ = false;
     int fd_ = -1;
-    kernels::cpu::AlignedArray<std::byte> arena_;
-    std::byte* slots_ = nullptr;  // cached: the first slot, page-aligned in arena_
+    kernels::cpu::AlignedArray<std::byte> arena_;  // resident
     std::unique_ptr<std::atomic<std::byte const*>[]> ptr_;
 
-    mutable std::mutex mu_;
-    std::condition_variable cv_;
-    std::uint64_t tick_ = 0, call_tick_ = 0;  // call_tick_: the first acquire of the latest call
+    std::shared_ptr<SlotCache> cache_;  // its lock always; its slots when cached
+    std::uint64_t call_tick_ = 0;       // the cache's clock at the first acquire of the latest call
     std::vector<std::int32_t> slot_of_;
     std::vector<std::uint64_t> last_use_, uses_, load_, hit_tick_;  // hit_tick_: the call_tick_ of its last hit
     mutable std::vector<std::int32_t> order_;                         // hits_first's misses
@@ -648,10 +749,6 @@ private:
     std::vector<std::int32_t> streaming_;  // cached: callers running it from the mapping now
     bool stream_ = false;
     bool have_prediction_ = false;
-    std::vector<std::int64_t> slot_expert_;
-    std::vector<std::int32_t> slot_pins_;
-    std::vector<std::uint8_t> slot_ready_, slot_prefetched_;
-    std::vector<EvictionCandidate> candidates_;
     std::vector<std::uint8_t> queue_;
     std::int64_t queued_ = 0;
     bool io_busy_ = false, stop_ = false;

@@ -14,6 +14,7 @@
 namespace smoe::inline v0::store {
 
 class PackedFile;
+class SlotCache;
 
 enum class Residency { resident, mapped, cached };
 inline char const* to_string(Residency r) { return r == Residency::resident ? "resident" : r == Residency::mapped ? "mapped" : "cached"; }
@@ -22,11 +23,13 @@ enum class Eviction { lru, lfu, custom };
 inline char const* to_string(Eviction e) { return e == Eviction::lru ? "lru" : e == Eviction::lfu ? "lfu" : "custom"; }
 
 // What a custom eviction policy sees: the cached experts no caller holds. It returns the index of the
-// victim in the span. last_use: the store's acquire counter at the expert's last use; uses: acquires
-// since construction; load: tokens routed to it since construction.
+// victim in the span. last_use: the cache's acquire counter at the expert's last use; uses: acquires
+// since construction; load: tokens routed to it since construction; layer: its store's decoder layer
+// (a cache shared by the layers of a model offers every layer's experts).
 struct EvictionCandidate {
     std::int64_t expert = 0;
     std::uint64_t last_use = 0, uses = 0, load = 0;
+    std::int64_t layer = -1;
 };
 using EvictionPolicy = std::function<std::size_t(std::span<EvictionCandidate const>)>;
 
@@ -43,6 +46,9 @@ struct StoreConfig {
     // file's mapping (the OS pages it, as mapped does) instead of waiting for a later round that
     // evicts the call's own experts: the budget pins the hot experts, the page cache serves the rest.
     bool stream_overflow = true;
+    // cached: slots shared with the other layers' stores (SlotCache::for_file: one budget for the whole
+    // model, eviction across layers by the missing store's policy); budget_bytes is then not used.
+    std::shared_ptr<SlotCache> cache;
 };
 
 // A layer of a packed file as an expert's weights (SwiGLUWeights::packed, QuantSwiGLUWeights::packed).
