@@ -19,6 +19,8 @@
 #include "smoe/io/quant_config.hpp"
 #include "smoe/io/quant_tensors.hpp"
 #include "smoe/io/tensor_map.hpp"
+#include "smoe/quant/quantize.hpp"
+#include "smoe/quant/ternary.hpp"
 
 using Catch::Matchers::Contains;
 using smoe::io::Dtype;
@@ -428,7 +430,62 @@ Model mixtral_int4(std::string const& layout, json quant, bool act_order = false
     return m;
 }
 
+// Mixtral, d = 16, f = 8, 2 experts, every matrix ternary (research.md §7.4) as `fmt` quantises it:
+// smoe-ternary's weight_ternary + weight_scale, or (hf_bitnet) HF BitNet's U8 weight packed along rows
+// with weight_scale = 1 / s ("bitlinear" divides; s a power of two, so the loader's 1 / weight_scale is s).
+Model mixtral_ternary(json quant, smoe::quant::Format const& fmt, bool hf_bitnet = false) {
+    Model m{mixtral(quant)};
+    std::mt19937_64 rng(4);
+    std::string const p = "model.layers.0.block_sparse_moe.";
+    auto const gate = normal(rng, 2 * 16, 0.5);
+    put(m.dense, p + "gate.weight", Dtype::F32, {2, 16}, gate);
+    put(m.quant, p + "gate.weight", Dtype::F32, {2, 16}, gate);
+    for (int e = 0; e < 2; ++e)
+        for (auto const& [name, R, C] : {std::tuple{"w1", 8, 16}, std::tuple{"w3", 8, 16}, std::tuple{"w2", 16, 8}}) {
+            auto const w = normal(rng, R * C, 0.3);
+            auto q = smoe::quant::quantize(smoe::MatrixView<float const>(w.data(), R, C), fmt);
+            std::string const P = p + "experts." + std::to_string(e) + "." + name;
+            if (hf_bitnet) {
+                q.scales = {0.25f};
+                std::vector<std::uint8_t> packed(static_cast<std::size_t>(R / 4 * C), 0);
+                for (i64 o = 0; o < R; ++o)
+                    for (i64 c = 0; c < C; ++c)
+                        packed[static_cast<std::size_t>(o % (R / 4) * C + c)] |=
+                            static_cast<std::uint8_t>(q.codes[static_cast<std::size_t>(o * C + c)] << (2 * (o / (R / 4))));
+                put(m.quant, P + ".weight", Dtype::U8, {R / 4, C}, packed);
+                put(m.quant, P + ".weight_scale", Dtype::F32, {1}, std::vector<float>{4.0f});
+            } else {
+                std::vector<i64> sshape = fmt.ternary_tensor() ? std::vector<i64>{1} : std::vector<i64>{R, q.groups()};
+                put(m.quant, P + ".weight_ternary", Dtype::U8, {R, smoe::quant::ternary_row_bytes(fmt.packing, C)}, smoe::quant::pack_ternary(q));
+                put(m.quant, P + ".weight_scale", Dtype::F32, sshape, q.scales);
+            }
+            put(m.dense, P + ".weight", Dtype::F32, {R, C}, q.dequantize());
+        }
+    return m;
+}
+
 }  // namespace
+
+TEST_CASE("a Mixtral block of ternary experts (smoe-ternary, HF BitNet) computes what the block with W_deq computes", "[quant][loader][layer][ternary]") {
+    // What smoe-run and demo_engine load from a MoTE checkpoint (research.md §7.4), end to end.
+    using smoe::quant::Format;
+    using smoe::quant::TernaryPacking;
+    using smoe::quant::TernaryScale;
+    SECTION("2b, one scale per tensor") {
+        same_as_dense(mixtral_ternary({{"quant_method", "smoe-ternary"}, {"packing", "2b"}, {"scale", "tensor"}}, Format::ternary()));
+    }
+    SECTION("b3, one scale per row") {
+        same_as_dense(mixtral_ternary({{"quant_method", "smoe-ternary"}, {"packing", "b3"}, {"scale", "channel"}},
+                                      Format::ternary(TernaryScale::channel, 0, TernaryPacking::b3)));
+    }
+    SECTION("2b, groups of 4 columns") {
+        auto const m = mixtral_ternary({{"quant_method", "smoe-ternary"}, {"scale", "group"}, {"group_size", 4}}, Format::ternary(TernaryScale::group, 4));
+        same_as_dense(m);
+        auto const l = HfMoeLayer::load(smoe::io::parse_hf_config(m.config, "c"), m.quant, 0, {}, "q");
+        CHECK(l.expert_format(0) == "ternary-2b-g4");  // one format for W1/W3 and W2
+    }
+    SECTION("HF BitNet, bitlinear") { same_as_dense(mixtral_ternary({{"quant_method", "bitnet"}}, Format::ternary(), true)); }
+}
 
 TEST_CASE("a Mixtral block in each int4 layout computes what the same block with W_deq computes", "[quant][loader][layer]") {
     SECTION("compressed-tensors asymmetric") { same_as_dense(mixtral_int4("ct", ct_int4(8, false))); }
