@@ -631,4 +631,14 @@ TEST_CASE("LLEP in the sharded layer rejects a worker count other than the ranks
     };
     CHECK(make({.num_experts = E, .num_workers = 1}) == 0);  // one rank: nothing to copy
     CHECK_THROWS_WITH(make({.num_experts = E, .num_workers = 2}), Contains("balance.llep_num_workers' = 2: expected the communicator size 1"));
+    // Two ranks: the balancer's own placement must be the layer's (the plan's native workers are its ranks).
+    auto const pl = ExpertPlacement::contiguous(E, 2);
+    auto const errors = run_ranks(2, [&](smoe_test::ThreadCommunicator& comm) {
+        auto const local = smoe_test::local_experts(m, pl, comm.rank());
+        ThreadLlep l(comm, pl,
+                     {.router = {.num_experts = E, .top_k = 2}, .expert = local.cfg,
+                      .balance = {.num_experts = E, .num_workers = 2, .placement = ExpertPlacement::from_table({1, 0, 1, 0}, 2)}},
+                     {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = local.weights()});
+    });
+    for (auto const& e : errors) CHECK_THAT(what(e), Contains("balance.placement' = rank 1 for expert 0: expected the layer's placement (rank 0)"));
 }
