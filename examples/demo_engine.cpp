@@ -505,14 +505,15 @@ void step(std::vector<Layer>& layers, std::vector<float>& h, std::int64_t T, std
 template <class Layer>
 void print_stores(std::vector<Layer>& layers, Ranks const& ranks) {
     if (ranks.rank != 0) return;
-    std::printf("\nexpert store per layer%s (rank 0): held/E, hit rate, misses, evictions, MiB read, stall ms, prefetch "
-                "used/loaded, prediction accuracy, routing consistency\n", ranks.size > 1 ? "" : "");
+    std::printf("\nexpert store per layer%s (rank 0): held/E (one budget for all layers: the slots it holds now), hit rate, misses, "
+                "evictions, MiB read, stall ms, prefetch used/loaded, prediction accuracy, routing consistency\n", ranks.size > 1 ? "" : "");
     for (auto& l : layers) {
         auto* st = l.expert_store();
         if (!st) continue;
         auto const s = st->stats();
+        bool const shared = st->shares_cache();
         std::printf("  L%-4lld %-8s %3lld/%-3lld  %5.1f %%  %6lld  %6lld  %8.1f  %8.2f  %5lld/%-5lld  %5.1f %%  %5.1f %%\n",
-                    static_cast<long long>(l.layer_index()), smoe::store::to_string(st->residency()), static_cast<long long>(st->slots()),
+                    static_cast<long long>(l.layer_index()), smoe::store::to_string(st->residency()), static_cast<long long>(shared ? std::int64_t(st->memory_bytes() / st->slot_bytes()) : st->slots()),
                     static_cast<long long>(st->num_experts()), 100.0 * s.hit_rate(), static_cast<long long>(s.misses),
                     static_cast<long long>(s.evictions), double(s.bytes_read) / (1 << 20), 1e3 * s.stall_seconds,
                     static_cast<long long>(s.prefetch_used), static_cast<long long>(s.prefetch_loaded), 100.0 * s.prediction_accuracy(),

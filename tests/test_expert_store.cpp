@@ -178,6 +178,7 @@ TEST_CASE("a packed layer gives the resident layer's bits for every budget, poli
                     auto& st = l.experts().store();
                     CHECK(st.slots() == slots);
                     CHECK(st.bounded() == (slots < m.E && !stream));
+                    CHECK(!st.shares_cache());
                     CHECK(run(l, m.x, m.d, m.T, prefetch) == want);
                     st.wait_idle();
                     auto const stats = st.stats();
@@ -322,6 +323,7 @@ TEST_CASE("layers sharing one budget give the resident bits and evict across lay
                     Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5);
                     a.set_thread_pool(pool);
                     CHECK(a.experts().store().cache() == cache.get());
+                    CHECK(a.experts().store().shares_cache());
                     CHECK(b.experts().store().slots() == slots);
                     CHECK(model_run(a, b, prefetch) == want);
                     b.experts().store().wait_idle();

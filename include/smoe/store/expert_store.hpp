@@ -322,6 +322,8 @@ public:
     std::size_t slot_bytes() const { return cache_->slot_bytes_; }
     bool pinned() const { return cache_->pinned_; }
     SlotCache const* cache() const { return residency() == Residency::cached ? cache_.get() : nullptr; }
+    // Whether its slots are a SlotCache shared with other stores (StoreConfig::cache), not its own.
+    bool shares_cache() const { return residency() == Residency::cached && cfg_.cache != nullptr; }
     // Whether misses bypass the page cache (StoreConfig::direct_io and a file system that allows it).
     bool direct_io() const { return direct_; }
     // Bytes this store holds in memory: the resident records, its own cache's arena, or the slots of a
