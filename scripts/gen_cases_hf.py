@@ -577,10 +577,9 @@ def make_family_case(out_dir, defs, name, family, d, f, E, k, T, seed, bf16, ext
     cfg_dict = cfg.to_dict()
     for key in [k_ for k_ in cfg_dict if k_.startswith("_")]:
         del cfg_dict[key]
-    # Python's json writes float("inf") as Infinity, which is not JSON: such keys (Granite-4's Mamba
-    # time_step_limit) have nothing to do with the MoE block and are left out.
-    finite = lambda v: all(finite(u) for u in v) if isinstance(v, (list, tuple)) else not (isinstance(v, float) and not np.isfinite(v))
-    cfg_dict = {k_: v for k_, v in cfg_dict.items() if finite(v)}
+    # Python's json writes float("inf") as the bare token Infinity (Granite-4's and Nemotron-H's Mamba
+    # time_step_limit [0.0, Infinity]), as transformers 4.x config files hold it; smoe reads such configs
+    # (io/strict_json.hpp), so the key is kept.
     if isinstance(cfg_dict.get("ffn_config"), dict):
         cfg_dict["ffn_config"] = {k_: v for k_, v in cfg_dict["ffn_config"].items() if not k_.startswith("_")}
     write_hf_module_case_json(case, cfg_dict)
@@ -661,6 +660,11 @@ SIMPLE = {
                          {"shared_intermediate_size": 20, "mamba_n_heads": 8, "mamba_d_head": 10}),
     "granitemoe_swa": ("num_local_experts", "intermediate_size", "block_sparse_moe.", "granite",
                        {"router.weight": "router.layer.weight"}, False, {"shared_intermediate_size": 20}),
+    # Nemotron-H: R-V3 over non-gated relu² experts (up, down) and a relu² shared MLP; DeepSeek's files call
+    # the decoder `backbone.` and the block `mixer.`. One layer, the MoE one ("E" in hybrid_override_pattern).
+    "nemotron_h": ("n_routed_experts", "moe_intermediate_size", "mixer.", "up", {}, False,
+                   {"moe_shared_expert_intermediate_size": 20, "n_group": 2, "topk_group": 1,
+                    "routed_scaling_factor": 1.5, "layers_block_type": ["moe"]}),
 }
 
 # Keys that make decoder layer 0 an MoE layer (the families' dense-layer rules, families.md §2).
@@ -749,9 +753,15 @@ def _simple_defs():
             if isinstance(b, _LayerShared):  # the shared MLP is the layer's (families.md §2.8 granite)
                 out.update({p + n: t for n, t in sd.items() if n.startswith("shared_mlp.")})
                 sd = {n[len("block_sparse_moe."):]: t for n, t in sd.items() if n.startswith("block_sparse_moe.")}
+            if layout == "up":  # Nemotron-H's files: backbone.layers.{l}.mixer.experts.{i}.up_proj / down_proj
+                p = p.replace("model.", "backbone.")
             q = p + prefix
-            gu, dn = sd["experts.gate_up_proj"], sd["experts.down_proj"]
-            if layout in ("std", "w"):
+            gu, dn = sd.get("experts.gate_up_proj"), sd["experts.down_proj"]
+            if layout == "up":
+                for e in range(dn.shape[0]):
+                    out[q + f"experts.{e}.up_proj.weight"] = sd["experts.up_proj"][e]
+                    out[q + f"experts.{e}.down_proj.weight"] = dn[e]
+            elif layout in ("std", "w"):
                 out.update(per_expert(sd, q, "experts.gate_up_proj", "experts.down_proj",
                                       ("w1", "w3", "w2") if layout == "w" else ("gate_proj", "up_proj", "down_proj")))
             elif layout == "fused":
@@ -813,6 +823,8 @@ SIMPLE_CASES = [
     ("granitemoeshared_f32_t7", "granitemoeshared", 40, 12, 8, 2, 7, 94, False, {}),
     ("granitemoehybrid_f32_t7", "granitemoehybrid", 40, 12, 8, 2, 7, 95, False, {}),
     ("granitemoe_swa_f32_t7", "granitemoe_swa", 40, 12, 8, 2, 7, 96, False, {}),
+    ("nemotron_h_f32_t7", "nemotron_h", 40, 12, 8, 2, 7, 98, False, {}),
+    ("nemotron_h_bf16_t7", "nemotron_h", 72, 20, 8, 3, 7, 99, True, {}),
 ]
 
 

@@ -2,7 +2,8 @@
 // DeepSeek-V4 (experts.md §5, families.md §2.1-§2.2) with biases and the interleaved gate/up layout, the
 // routing weight on the input (Llama 4, families.md §2.3), and the shared expert's scale (Cohere2-MoE's
 // average). Each against the double oracle (kernels/reference/swiglu.hpp) on experts.md §3's worked
-// example, whose values under each form are written out below (computed in double), and on random shapes.
+// example, whose values under each form are written out below (computed in double), and on random shapes;
+// the non-gated relu² experts of Nemotron-H (GluActivation::relu2) on a hand example and random shapes.
 
 #include <cmath>
 #include <cstring>
@@ -133,24 +134,33 @@ TEST_CASE("clamped, biased and input-weighted experts match the oracle on random
         GluActivation act;
         bool biased, on_input;
     };
+    // Nemotron-H's non-gated relu² too (no W1, no b1; 16 up units per panel: f 7, 16 and 33 fill a part of one
+    // panel, exactly one, two and one unit).
     Form const forms[] = {{GluActivation::gpt_oss(), true, false},
                           {GluActivation::gpt_oss(1.702f, 0.75f), true, false},
                           {GluActivation::limited(0.5f), false, false},
                           {GluActivation{}, false, true},
-                          {GluActivation{2.0f, 1.25f, -0.5f}, true, true}};
-    for (auto [d, f, E] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{13, 7, 3}, {40, 33, 2}, {70, 9, 4}}) {
+                          {GluActivation{2.0f, 1.25f, -0.5f}, true, true},
+                          {GluActivation::relu_squared(), false, false},
+                          {GluActivation::relu_squared(), true, false},
+                          {GluActivation::relu_squared(), false, true}};
+    for (auto [d, f, E] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{13, 7, 3}, {40, 33, 2}, {70, 9, 4}, {24, 16, 2}}) {
         auto const w1 = smoe_test::normal(rng, std::size_t(E * f * d), 0.3), w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.3);
         auto const w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.3);
         auto const b1 = smoe_test::normal(rng, std::size_t(E * f), 0.5), b3 = smoe_test::normal(rng, std::size_t(E * f), 0.5);
         auto const b2 = smoe_test::normal(rng, std::size_t(E * d), 0.5);
         for (auto const& form : forms) {
             SwiGLUConfig const cfg{.hidden_size = d, .intermediate_size = f, .num_experts = E, .activation = form.act, .weight_on_input = form.on_input};
-            auto w = Weights::dense(w1.data(), w3.data(), w2.data(), cfg);
-            if (form.biased) w.bias = {MatrixView<float const>(b1.data(), E, f), MatrixView<float const>(b3.data(), E, f), MatrixView<float const>(b2.data(), E, d)};
+            bool const gated = form.act.gated();
+            auto w = Weights::dense(gated ? w1.data() : nullptr, w3.data(), w2.data(), cfg);
+            if (form.biased)
+                w.bias = {gated ? MatrixView<float const>(b1.data(), E, f) : MatrixView<float const>{}, MatrixView<float const>(b3.data(), E, f),
+                          MatrixView<float const>(b2.data(), E, d)};
             smoe::expert::SwiGLU<float> const ex(cfg, w);
+            CHECK(ex.flops_per_row() == (gated ? 6.0 : 4.0) * double(d) * double(f));
             for (std::int64_t M : {0, 1, 2, 17}) {
                 INFO("d " << d << ", f " << f << ", M " << M << ", alpha " << form.act.alpha << ", limit " << form.act.limit
-                          << ", biased " << form.biased << ", on input " << form.on_input);
+                          << ", relu2 " << form.act.relu2 << ", biased " << form.biased << ", on input " << form.on_input);
                 auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.5);
                 auto rw = smoe_test::normal(rng, std::size_t(M), 0.5);
                 for (auto& v : rw) v = std::fabs(v) + 0.05f;
@@ -358,4 +368,57 @@ TEST_CASE("bad activation parameters, biases and shared settings are named", "[e
     auto const sw = Weights::dense(ex.w1.data(), ex.w3.data(), ex.w2.data(), one);
     CHECK_THROWS_WITH(S({ex.cfg(), one}, {ex.weights(false), sw, {}}), Contains("shared.weight_on_input"));
     CHECK_THROWS_WITH(S({ex.cfg(), {4, 3, 1}, std::numeric_limits<float>::infinity()}, {ex.weights(false), sw, {}}), Contains("shared_scale"));
+}
+
+TEST_CASE("non-gated relu² experts (Nemotron-H): the header's example by hand, bf16 weights and what they refuse", "[expert][glu][relu2]") {
+    GluActivation const relu2 = GluActivation::relu_squared();
+    // GluActivation's header example by hand: d 1, x = 1, up rows (-1, 0.5, 3) -> h = (0, 0.25, 9); a down row
+    // (1, 10, 100) gives 0 + 2.5 + 900 = 902.5, times the routing weight 0.5: 451.25 (all exact in fp32).
+    {
+        std::vector<float> const up = {-1, 0.5f, 3}, down = {1, 10, 100}, x = {1}, rw = {0.5f};
+        SwiGLUConfig const cfg{.hidden_size = 1, .intermediate_size = 3, .num_experts = 1, .activation = relu2};
+        auto const w = Weights::dense(nullptr, up.data(), down.data(), cfg);
+        auto const t = smoe::reference::swiglu_expert_trace(w, 0, x.data(), relu2);
+        CHECK(t.h == std::vector<double>{0, 0.25, 9});
+        CHECK(run_rows(smoe::expert::SwiGLU<float>(cfg, w), 0, x, rw, 1) == std::vector<float>{451.25f});
+    }
+    // bf16 weights: the fp32 path gives SwiGLU<float>'s bits on the widened values; the bf16 dot path (emulated)
+    // rounds x and h to bf16, within experts.md §9's bf16 bound (random shapes: the oracle test above).
+    std::mt19937_64 rng(64);
+    std::int64_t const d = 40, f = 33, E = 2, M = 9;
+    auto const w3 = smoe_test::normal(rng, std::size_t(E * f * d), 0.3), w2 = smoe_test::normal(rng, std::size_t(E * d * f), 0.3);
+    std::vector<smoe::bf16> h3(w3.size()), h2(w2.size());
+    std::vector<float> r3(w3.size()), r2(w2.size());  // the bf16 values widened
+    for (std::size_t i = 0; i < w3.size(); ++i) h3[i] = smoe::to_bf16(w3[i]), r3[i] = smoe::to_float(h3[i]);
+    for (std::size_t i = 0; i < w2.size(); ++i) h2[i] = smoe::to_bf16(w2[i]), r2[i] = smoe::to_float(h2[i]);
+    SwiGLUConfig c16{.hidden_size = d, .intermediate_size = f, .num_experts = E, .bf16_dot = smoe::expert::Bf16Dot::off, .activation = relu2};
+    smoe::expert::SwiGLU<float> const widened(c16, Weights::dense(nullptr, r3.data(), r2.data(), c16));
+    smoe::expert::SwiGLU<smoe::bf16> const b16(c16, smoe::expert::SwiGLUWeights<smoe::bf16>::dense(nullptr, h3.data(), h2.data(), c16));
+    c16.bf16_dot = smoe::expert::Bf16Dot::emulated;
+    smoe::expert::SwiGLU<smoe::bf16> const dot(c16, smoe::expert::SwiGLUWeights<smoe::bf16>::dense(nullptr, h3.data(), h2.data(), c16));
+    auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.5);
+    std::vector<float> const rw(M, 0.625f);
+    for (std::int64_t e = 0; e < E; ++e) {
+        auto const ref = run_rows(widened, e, x, rw, M);
+        CHECK(same_bits(run_rows(b16, e, x, rw, M), ref));
+        auto const y = run_rows(dot, e, x, rw, M);
+        double err = 0, mag = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) err = std::max(err, std::fabs(double(y[i]) - ref[i])), mag = std::max(mag, std::fabs(double(ref[i])));
+        CHECK(err <= 3e-2 * mag);
+        CHECK(mag > 0.1);
+    }
+    // What a non-gated expert refuses, by name.
+    std::vector<float> const w(64, 0.25f);
+    SwiGLUConfig const cfg{.hidden_size = 4, .intermediate_size = 3, .num_experts = 1, .activation = relu2};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, Weights::dense(w.data(), w.data(), w.data(), cfg)), Contains("w1") && Contains("non-gated"));
+    auto wb = Weights::dense(nullptr, w.data(), w.data(), cfg);
+    wb.bias.b1 = MatrixView<float const>(w.data(), 1, 3);
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, wb), Contains("bias.b1") && Contains("non-gated"));
+    GluActivation clamped = relu2;
+    clamped.limit = 7.0f;
+    SwiGLUConfig const bad{.hidden_size = 4, .intermediate_size = 3, .num_experts = 1, .activation = clamped};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(bad, Weights::dense(nullptr, w.data(), w.data(), bad)), Contains("activation.relu2"));
+    auto wq = smoe::expert::QuantSwiGLUWeights::quantized(w.data(), w.data(), w.data(), cfg, {1, smoe::quant::Format::bf16()},
+                                                          {1, smoe::quant::Format::bf16()});
+    CHECK_THROWS_WITH(smoe::expert::QuantSwiGLU(cfg, wq), Contains("activation.relu2") && Contains("QuantSwiGLU"));
 }

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <new>
 #include <random>
@@ -89,6 +91,7 @@ struct Block {
         bool dbrx = false;                       // experts.mlp.w1 / v1 / w2 [E·f, d], w2 transposed (DBRX)
         std::string router_bias, gu_bias, dn_bias, out_bias;  // "": none (GPT-OSS, JetMoE)
         bool shared_w = false;                   // the shared expert as w1 / w3 / w2 (DeepSeek-V4)
+        bool gated = true;                       // false: no gate tensors; fused_gate_up is the up stack [E, f, d] (Nemotron-H)
     };
 
     TensorMap tensors(HfFamily fam, std::int64_t layer, bool bf16, bool fused = false) const {
@@ -137,16 +140,16 @@ struct Block {
         } else if (n.fused) {
             std::vector<float> gu;
             for (std::int64_t e = 0; e < E; ++e) {
-                gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
+                if (n.gated) gu.insert(gu.end(), w1.begin() + e * f * d, w1.begin() + (e + 1) * f * d);
                 gu.insert(gu.end(), w3.begin() + e * f * d, w3.begin() + (e + 1) * f * d);
             }
-            put(m, p + n.fused_gate_up, {E, 2 * f, d}, gu, bf16);
+            put(m, p + n.fused_gate_up, {E, (n.gated ? 2 : 1) * f, d}, gu, bf16);
             put(m, p + n.fused_down, {E, d, f}, w2, bf16);
         } else {
             for (std::int64_t e = 0; e < E; ++e) {
                 std::string const q = p + "experts." + std::to_string(e) + ".";
                 auto slice = [&](std::vector<float> const& v, std::int64_t n) { return std::vector<float>(v.begin() + e * n, v.begin() + (e + 1) * n); };
-                put(m, q + n.gate, {f, d}, slice(w1, f * d), bf16);
+                if (n.gated) put(m, q + n.gate, {f, d}, slice(w1, f * d), bf16);
                 put(m, q + n.up, {f, d}, slice(w3, f * d), bf16);
                 put(m, q + n.down, {d, f}, slice(w2, d * f), bf16);
             }
@@ -159,7 +162,7 @@ struct Block {
                 put(m, s + "input_linear.weight", {2 * fs, d}, gu, bf16);
                 put(m, s + "output_linear.weight", {d, fs}, s2, bf16);
             } else {
-                put(m, s + (n.shared_w ? "w1" : "gate_proj") + ".weight", {fs, d}, s1, bf16);
+                if (n.gated) put(m, s + (n.shared_w ? "w1" : "gate_proj") + ".weight", {fs, d}, s1, bf16);
                 put(m, s + (n.shared_w ? "w3" : "up_proj") + ".weight", {fs, d}, s3, bf16);
                 put(m, s + (n.shared_w ? "w2" : "down_proj") + ".weight", {d, fs}, s2, bf16);
             }
@@ -217,10 +220,11 @@ std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, b
     std::vector<float> y(static_cast<std::size_t>(T * d));
     auto const off = smoe::expert::Bf16Dot::off;
     smoe::expert::SwiGLUConfig const routed{d, b.f, b.E, off, {}, {}, ex.act, ex.on_input}, shared{d, b.fs, 1, off, {}, {}, ex.act};
-    auto rw = SwiGLUWeights<float>::dense(b.w1.data(), b.w3.data(), b.w2.data(), routed);
+    bool const g = ex.act.gated();  // non-gated relu² (Nemotron-H): no W1
+    auto rw = SwiGLUWeights<float>::dense(g ? b.w1.data() : nullptr, b.w3.data(), b.w2.data(), routed);
     if (ex.expert_bias)
         rw.bias = {MatrixView<float const>(b.b1.data(), b.E, b.f), MatrixView<float const>(b.b3.data(), b.E, b.f), MatrixView<float const>(b.b2.data(), b.E, d)};
-    auto const sw = SwiGLUWeights<float>::dense(b.s1.data(), b.s3.data(), b.s2.data(), shared);
+    auto const sw = SwiGLUWeights<float>::dense(g ? b.s1.data() : nullptr, b.s3.data(), b.s2.data(), shared);
     MatrixView<float const> const gate(b.gate.data(), b.E + ex.Z, d);
     std::span<float const> bias, gbias;
     if (rc.requires_expert_bias) bias = b.bias;
@@ -262,6 +266,40 @@ std::vector<float> by_hand(Block const& b, smoe::router::TopKConfig const& rc, b
 smoe::router::TopKConfig sigmoid_bias_router(std::int64_t E, std::int64_t k, std::int64_t n_group, std::int64_t topk_group, bool norm, float r) {
     return {.num_experts = E, .top_k = k, .score_func = smoe::router::ScoreFunc::sigmoid, .norm_topk_prob = norm,
             .routed_scaling_factor = r, .n_group = n_group, .topk_group = topk_group, .requires_expert_bias = true};
+}
+
+// A quantised layer and the float layer on its dequantised weights: the same bits on x [T, d], and not zeros.
+void same_outputs(HfMoeLayer& quantised, HfMoeLayer& dense, std::vector<float> const& x, std::int64_t T, std::int64_t d) {
+    std::vector<float> yq(static_cast<std::size_t>(T * d)), yf(yq.size());
+    quantised.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yq.data(), T, d));
+    dense.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yf.data(), T, d));
+    CHECK(yq == yf);
+    double mag = 0;
+    for (float v : yf) mag = std::max(mag, double(std::fabs(v)));
+    CHECK(mag > 0.1);
+}
+
+// Random E2M1 rows [R, C] as MXFP4 and FP4 experts store them (formats.md §3.1): byte i of a 32-block holds
+// element 2i in its low nibble and 2i + 1 in its high one, one E8M0 factor 123..128 per block. Returns the values.
+std::vector<float> random_e2m1(std::mt19937_64& rng, std::int64_t R, std::int64_t C, std::vector<std::uint8_t>& bytes,
+                               std::vector<std::uint8_t>& scales) {
+    std::uniform_int_distribution<int> nib(0, 15), sc(123, 128);
+    float const e2m1[8] = {0, .5f, 1, 1.5f, 2, 3, 4, 6};
+    std::vector<float> w(static_cast<std::size_t>(R * C));
+    for (std::int64_t r = 0; r < R; ++r)
+        for (std::int64_t b = 0; b < C / 32; ++b) {
+            int const s = sc(rng);
+            scales.push_back(static_cast<std::uint8_t>(s));
+            for (int i = 0; i < 16; ++i) {
+                int const lo = nib(rng), hi = nib(rng);
+                bytes.push_back(static_cast<std::uint8_t>(lo | (hi << 4)));
+                for (int h = 0; h < 2; ++h) {
+                    int const q = h ? hi : lo;
+                    w[static_cast<std::size_t>(r * C + b * 32 + 2 * i + h)] = (q & 8 ? -1.0f : 1.0f) * e2m1[q & 7] * std::ldexp(1.0f, s - 127);
+                }
+            }
+        }
+    return w;
 }
 
 json family_config(HfFamily fam, std::int64_t d, std::int64_t f, std::int64_t E, std::int64_t k, std::int64_t fs) {
@@ -341,6 +379,44 @@ TEST_CASE("bad Hugging Face configs name the file and the key", "[hf][config][er
     CHECK_THROWS_WITH(parse_hf_config(json::array(), "c.json"), Contains("JSON object"));
 }
 
+TEST_CASE("configs written by Python's json load with Infinity and NaN where smoe does not read them", "[hf][config][json]") {
+    // transformers 4.x wrote float('inf') as Python's json does, a bare Infinity (Mamba's and Nemotron-H's
+    // time_step_limit [0.0, Infinity]); such a config loads, a key smoe reads is still held to its type and range,
+    // and anything else that is not JSON stays an error. Safetensors headers stay strict.
+    using smoe::io::JsonFloats;
+    auto parse = [](std::string const& t) { return smoe::io::parse_json_strict(t, "c.json", 32, JsonFloats::python); };
+    std::string const text = R"({"model_type": "granitemoehybrid", "time_step_limit": [0.0, Infinity], "a":-Infinity, "b": NaN,
+                                 "c": "NaN Infinity", "d": {"e": [NaN,-Infinity ,Infinity]}})";
+    auto const j = parse(text);
+    double const inf = std::numeric_limits<double>::infinity();
+    CHECK(j["time_step_limit"][1].get<double>() == inf);
+    CHECK(j["a"].get<double>() == -inf);
+    CHECK(std::isnan(j["b"].get<double>()));
+    CHECK(j["c"] == "NaN Infinity");
+    CHECK((std::isnan(j["d"]["e"][0].get<double>()) && j["d"]["e"][1].get<double>() == -inf && j["d"]["e"][2].get<double>() == inf));
+    CHECK(parse_hf_config(j, "c.json").family == HfFamily::granitemoehybrid);
+    CHECK_THROWS_WITH(parse_hf_config(parse(R"({"model_type": "deepseek_v3", "routed_scaling_factor": Infinity})"), "c.json"),
+                      Contains("key 'routed_scaling_factor'") && Contains("a finite number"));
+    CHECK_THROWS_WITH(parse_hf_config(parse(R"({"model_type": "olmoe", "num_experts": NaN})"), "c.json"), Contains("key 'num_experts'") && Contains("an integer"));
+    for (char const* bad : {R"({"a": Inf})", R"({"a": +Infinity})", R"({"a": infinity})", R"({"a": NaNa})", R"({NaN: 1})", R"({"a": [1 NaN]})",
+                            R"({"a": Infinity1})", R"({"a": "\u0001NaN", "b": NaN})"}) {
+        INFO(bad);
+        CHECK_THROWS_WITH(parse(bad), Contains("valid JSON"));
+    }
+    CHECK(parse(R"({"a": "\u0001NaN"})")["a"] == "\u0001NaN");  // a string of the file is never read as a float
+    CHECK_THROWS_WITH(smoe::io::parse_json_strict(text, "h.json"), Contains("h.json") && Contains("valid JSON"));
+    // From a file, GPTQ's `dynamic` keys in file order (a second, order-keeping parse of the same text).
+    auto const path = std::filesystem::temp_directory_path() / "smoe_test_python_floats_config.json";
+    std::ofstream(path) << R"({"model_type": "mixtral", "time_step_limit": [0.0, Infinity],
+        "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": true,
+                                "dynamic": {"-:.*gate.*": {}, "+:.*experts.*": {"group_size": 32}}}})";
+    auto const c = smoe::io::read_hf_config(path);
+    std::filesystem::remove(path);
+    CHECK(c.family == HfFamily::mixtral);
+    REQUIRE(c.quant);
+    CHECK((c.quant->dynamic_ordered && c.quant->dynamic.size() == 2 && c.quant->dynamic[0].dense));
+}
+
 TEST_CASE("every family loads and matches the oracle, in fp32 and in bf16", "[hf][load]") {
     std::mt19937_64 rng(21);
     for (auto fam : {HfFamily::mixtral, HfFamily::olmoe, HfFamily::qwen2_moe, HfFamily::deepseek_v2, HfFamily::deepseek_v3}) {
@@ -415,120 +491,133 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
         CHECK(c.is_moe_layer(x.first_moe));
         CHECK(c.is_moe_layer(x.L - 1));
     }
-    // Qwen3-Next, MiniMax, MiniMax-M2, FlexOlmo and Bailing (bailing spells its keys its own way).
-    auto const next = parse_hf_config({{"model_type", "qwen3_next"}}, "n.json");
-    CHECK((next.num_experts() == 512 && next.top_k() == 10 && next.intermediate_size == 512 && next.num_hidden_layers == 48));
-    CHECK((next.shared_intermediate_size == 512 && next.shared_gated && next.router.norm_topk_prob));
-    auto const mm = parse_hf_config({{"model_type", "minimax"}}, "m.json");
-    CHECK((mm.num_experts() == 8 && mm.top_k() == 2 && mm.intermediate_size == 14336 && mm.hidden_size == 4096 && mm.num_hidden_layers == 32));
-    CHECK((mm.router.score_func == smoe::router::ScoreFunc::softmax && mm.router.norm_topk_prob && !mm.router.requires_expert_bias));
-    auto const m2 = parse_hf_config({{"model_type", "minimax_m2"}}, "m.json");
-    CHECK((m2.num_experts() == 256 && m2.top_k() == 8 && m2.intermediate_size == 1536 && m2.hidden_size == 3072 && m2.num_hidden_layers == 62));
-    CHECK((m2.router.score_func == smoe::router::ScoreFunc::sigmoid && m2.router.requires_expert_bias && m2.router.norm_topk_prob));
-    CHECK((m2.router.norm_eps == 0.0f && m2.router.n_group == 1 && m2.router.routed_scaling_factor == 1.0f));
-    auto const flex = parse_hf_config({{"model_type", "flex_olmo"}}, "f.json");
-    CHECK((flex.num_experts() == 7 && flex.top_k() == 5 && flex.intermediate_size == 11008 && flex.hidden_size == 4096));
-    CHECK((!flex.router.norm_topk_prob && flex.shared_intermediate_size == 0));
-    auto const bail = parse_hf_config({{"model_type", "bailing_hybrid"}}, "b.json");
-    CHECK((bail.num_experts() == 512 && bail.top_k() == 8 && bail.intermediate_size == 768 && bail.hidden_size == 2560));
-    CHECK((bail.shared_intermediate_size == 768 && bail.router.n_group == 8 && bail.router.topk_group == 4));
-    CHECK((bail.router.routed_scaling_factor == 2.5f && bail.router.norm_topk_prob && bail.num_hidden_layers == 42));
-    CHECK((!bail.is_moe_layer(1) && bail.is_moe_layer(2)));
-    CHECK(has_default(bail, "num_experts_per_token = 8"));
+    // The other families' configuration-class defaults (families.md §2.7), one row each: the config, then
+    // (field, value) pairs and the layers that are and are not MoE. Fields: d f L E k fs (widths and counts),
+    // gated (the shared expert's sigmoid gate), sigmoid (score function), norm, bias (selection bias), after
+    // (score_after_topk), eps, r, n_group, topk_group. The family's name is the top-level model_type.
+    struct Row {
+        json config;
+        std::vector<std::pair<char const*, double>> want;
+        std::vector<std::int64_t> moe, dense;
+    };
+    auto field = [](smoe::io::HfMoeConfig const& c, std::string const& n) -> double {
+        auto const& r = c.router;
+        if (n == "d") return double(c.hidden_size);
+        if (n == "f") return double(c.intermediate_size);
+        if (n == "L") return double(c.num_hidden_layers);
+        if (n == "E") return double(c.num_experts());
+        if (n == "k") return double(c.top_k());
+        if (n == "fs") return double(c.shared_intermediate_size);
+        if (n == "gated") return c.shared_gated;
+        if (n == "sigmoid") return r.score_func == smoe::router::ScoreFunc::sigmoid;
+        if (n == "norm") return r.norm_topk_prob;
+        if (n == "bias") return r.requires_expert_bias;
+        if (n == "after") return r.score_after_topk;
+        if (n == "eps") return r.norm_eps;
+        if (n == "r") return r.routed_scaling_factor;
+        if (n == "n_group") return double(r.n_group);
+        if (n == "topk_group") return double(r.topk_group);
+        FAIL("unknown field " << n);
+        return 0;
+    };
+    std::vector<Row> const rows{
+        {{{"model_type", "qwen3_next"}}, {{"E", 512}, {"k", 10}, {"f", 512}, {"L", 48}, {"fs", 512}, {"gated", 1}, {"norm", 1}}},
+        {{{"model_type", "minimax"}}, {{"E", 8}, {"k", 2}, {"f", 14336}, {"d", 4096}, {"L", 32}, {"sigmoid", 0}, {"norm", 1}, {"bias", 0}}},
+        {{{"model_type", "minimax_m2"}},
+         {{"E", 256}, {"k", 8}, {"f", 1536}, {"d", 3072}, {"L", 62}, {"sigmoid", 1}, {"bias", 1}, {"norm", 1}, {"eps", 0}, {"n_group", 1}, {"r", 1}}},
+        {{{"model_type", "flex_olmo"}}, {{"E", 7}, {"k", 5}, {"f", 11008}, {"d", 4096}, {"norm", 0}, {"fs", 0}}},
+        // Bailing spells its keys its own way.
+        {{{"model_type", "bailing_hybrid"}},
+         {{"E", 512}, {"k", 8}, {"f", 768}, {"d", 2560}, {"fs", 768}, {"n_group", 8}, {"topk_group", 4}, {"r", 2.5}, {"norm", 1}, {"L", 42}},
+         {2},
+         {1}},
+        // Mellum: Qwen3-MoE's block, 2304 wide; mlp_layer_types default all sparse.
+        {{{"model_type", "mellum"}}, {{"d", 2304}, {"f", 896}, {"E", 64}, {"k", 8}, {"L", 28}, {"norm", 1}, {"fs", 0}}, {0, 27}},
+        {{{"model_type", "qwen4_exp"}, {"text_config", {{"model_type", "qwen4_exp_text"}}}},
+         {{"E", 512}, {"k", 10}, {"f", 512}, {"fs", 512}, {"gated", 1}, {"norm", 1}, {"L", 40}},
+         {0}},
+        {{{"model_type", "qwen3_vl_moe"}, {"text_config", {{"norm_topk_prob", false}}}}, {{"E", 60}, {"k", 4}, {"f", 1408}, {"norm", 1}}},
+        // Flint: sigmoid top-k, ungated shared expert, mlp_only_layers [0, 1].
+        {{{"model_type", "flint"}},
+         {{"E", 256}, {"k", 6}, {"f", 512}, {"L", 49}, {"fs", 1024}, {"gated", 0}, {"sigmoid", 1}, {"norm", 1}, {"bias", 0}},
+         {2},
+         {1}},
+        {{{"model_type", "hy_v3"}},
+         {{"E", 192}, {"k", 8}, {"f", 1536}, {"fs", 1536}, {"r", 2.826}, {"bias", 1}, {"eps", 1e-20}, {"d", 4096}, {"L", 80}},
+         {1},
+         {0}},
+        {{{"model_type", "granitemoe_swa"}}, {{"after", 1}, {"fs", 0}, {"E", 8}}},
+        // AFMoE and LFM2-MoE (R-SB), Jamba and HunYuan (softmax top-k).
+        {{{"model_type", "afmoe"}},
+         {{"E", 64}, {"k", 6}, {"f", 1408}, {"fs", 2 * 1408}, {"sigmoid", 1}, {"bias", 1}, {"norm", 1}, {"eps", 1e-20}, {"r", 1}},
+         {1},
+         {0}},
+        {{{"model_type", "lfm2_moe"}},
+         {{"E", 32}, {"k", 4}, {"f", 1792}, {"fs", 0}, {"sigmoid", 1}, {"bias", 1}, {"norm", 1}, {"eps", 1e-6}},
+         {2},
+         {1}},
+        {{{"model_type", "jamba"}}, {{"E", 16}, {"k", 2}, {"f", 14336}, {"norm", 0}}, {1, 31}, {0, 2}},
+        {{{"model_type", "hunyuan_v1_moe"}}, {{"E", 1}, {"k", 1}, {"f", 11008}, {"fs", 11008}, {"norm", 1}, {"gated", 0}}},
+        // ERNIE-4.5 (softmax + moe_statics bias; start/end/interval) and Granite (top-k, then softmax over k).
+        {{{"model_type", "ernie4_5_moe"}},
+         {{"E", 64}, {"k", 6}, {"f", 1536}, {"d", 2560}, {"L", 28}, {"fs", 2 * 1536}, {"gated", 0}, {"sigmoid", 0}, {"bias", 1}, {"norm", 1}, {"eps", 0}},
+         {1, 27},
+         {0}},
+        {{{"model_type", "granitemoe"}}, {{"E", 8}, {"k", 2}, {"f", 11008}, {"after", 1}}},
+        {{{"model_type", "granitemoeshared"}}, {{"fs", 0}}},
+        {{{"model_type", "granitemoehybrid"}}, {{"fs", 1024}, {"gated", 0}, {"after", 1}}, {31}},
+        // Qwen3.5-MoE: the decoder's keys in text_config; its router always renormalises (there is no key).
+        {{{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}},
+         {{"E", 16}, {"k", 8}, {"f", 512}, {"L", 40}, {"fs", 512}, {"gated", 1}, {"norm", 1}},
+         {0, 39}},
+        // dots1 has no default for its counts (Dots1Config: None): the file says.
+        {{{"model_type", "dots1"}, {"n_routed_experts", 128}, {"num_experts_per_tok", 6}, {"n_shared_experts", 2}},
+         {{"E", 128}, {"k", 6}, {"fs", 2 * 1408}, {"norm", 0}, {"r", 1}},
+         {0}},
+    };
+    for (auto const& row : rows) {
+        std::string const type = row.config["model_type"];
+        INFO(type);
+        auto const c = parse_hf_config(row.config, "c.json");
+        CHECK(to_string(c.family) == type);
+        for (auto const& [n, v] : row.want) {
+            INFO(n);
+            CHECK(field(c, n) == Approx(v).epsilon(1e-6).margin(0));
+        }
+        for (auto l : row.moe) CHECK(c.is_moe_layer(l));
+        for (auto l : row.dense) CHECK(!c.is_moe_layer(l));
+    }
+    CHECK(has_default(parse_hf_config({{"model_type", "bailing_hybrid"}}, "b.json"), "num_experts_per_token = 8"));
     auto const bail2 = parse_hf_config({{"model_type", "bailing_hybrid"}, {"num_experts", 16}, {"num_experts_per_token", 3},
                                         {"num_expert_group", 4}, {"topk_group", 2}, {"moe_renormalize", false}, {"num_shared_experts", 0}}, "b.json");
     CHECK((bail2.num_experts() == 16 && bail2.top_k() == 3 && bail2.router.n_group == 4 && !bail2.router.norm_topk_prob));
     CHECK(bail2.shared_intermediate_size == 0);
-
-    // Mellum: Qwen3-MoE's block, 2304 wide; mlp_layer_types default all sparse.
-    auto const mel = parse_hf_config({{"model_type", "mellum"}}, "m.json");
-    CHECK((mel.hidden_size == 2304 && mel.intermediate_size == 896 && mel.num_experts() == 64 && mel.top_k() == 8 && mel.num_hidden_layers == 28));
-    CHECK((mel.router.norm_topk_prob && mel.shared_intermediate_size == 0 && mel.is_moe_layer(0) && mel.is_moe_layer(27)));
     // Glm4v-MoE's decoder in text_config (glm4v_moe_text).
     CHECK(parse_hf_config({{"model_type", "glm4v_moe"}, {"text_config", {{"model_type", "glm4v_moe_text"}, {"n_routed_experts", 16}}}}, "c.json")
               .num_experts() == 16);
-
-    auto const q4 = parse_hf_config({{"model_type", "qwen4_exp"}, {"text_config", {{"model_type", "qwen4_exp_text"}}}}, "c.json");
-    CHECK((q4.family == HfFamily::qwen4_exp && q4.num_experts() == 512 && q4.top_k() == 10 && q4.intermediate_size == 512));
-    CHECK((q4.shared_intermediate_size == 512 && q4.shared_gated && q4.router.norm_topk_prob && q4.num_hidden_layers == 40 && q4.is_moe_layer(0)));
-    auto const vl = parse_hf_config({{"model_type", "qwen3_vl_moe"}, {"text_config", {{"norm_topk_prob", false}}}}, "v.json");
-    CHECK((vl.num_experts() == 60 && vl.top_k() == 4 && vl.intermediate_size == 1408 && vl.router.norm_topk_prob));
-
-    // Flint (sigmoid top-k, ungated shared expert, mlp_only_layers [0, 1]), HY-V3 (R-SB), Granite-SWA.
-    auto const fl = parse_hf_config({{"model_type", "flint"}}, "f.json");
-    CHECK((fl.num_experts() == 256 && fl.top_k() == 6 && fl.intermediate_size == 512 && fl.num_hidden_layers == 49));
-    CHECK((fl.shared_intermediate_size == 1024 && !fl.shared_gated && fl.router.score_func == smoe::router::ScoreFunc::sigmoid));
-    CHECK((fl.router.norm_topk_prob && !fl.router.requires_expert_bias && !fl.is_moe_layer(1) && fl.is_moe_layer(2)));
-    auto const h3 = parse_hf_config({{"model_type", "hy_v3"}}, "h.json");
-    CHECK((h3.num_experts() == 192 && h3.top_k() == 8 && h3.intermediate_size == 1536 && h3.shared_intermediate_size == 1536));
-    CHECK((h3.router.routed_scaling_factor == 2.826f && h3.router.requires_expert_bias && h3.router.norm_eps == 1e-20f));
-    CHECK((h3.hidden_size == 4096 && h3.num_hidden_layers == 80 && !h3.is_moe_layer(0) && h3.is_moe_layer(1)));
-    auto const swa = parse_hf_config({{"model_type", "granitemoe_swa"}}, "g.json");
-    CHECK((swa.router.score_after_topk && swa.shared_intermediate_size == 0 && swa.num_experts() == 8));
-
-    // AFMoE and LFM2-MoE (R-SB), Jamba and HunYuan (softmax top-k).
-    auto const af = parse_hf_config({{"model_type", "afmoe"}}, "a.json");
-    CHECK((af.num_experts() == 64 && af.top_k() == 6 && af.intermediate_size == 1408 && af.shared_intermediate_size == 2 * 1408));
-    CHECK((af.router.score_func == smoe::router::ScoreFunc::sigmoid && af.router.requires_expert_bias && af.router.norm_topk_prob));
-    CHECK((af.router.norm_eps == 1e-20f && af.router.routed_scaling_factor == 1.0f && !af.is_moe_layer(0) && af.is_moe_layer(1)));
-    auto const lfm = parse_hf_config({{"model_type", "lfm2_moe"}}, "l.json");
-    CHECK((lfm.num_experts() == 32 && lfm.top_k() == 4 && lfm.intermediate_size == 1792 && lfm.shared_intermediate_size == 0));
-    CHECK((lfm.router.score_func == smoe::router::ScoreFunc::sigmoid && lfm.router.requires_expert_bias && lfm.router.norm_topk_prob));
-    CHECK((lfm.router.norm_eps == 1e-6f && !lfm.is_moe_layer(1) && lfm.is_moe_layer(2)));
     CHECK(!parse_hf_config({{"model_type", "lfm2_moe"}, {"use_expert_bias", false}}, "l.json").router.requires_expert_bias);
-    auto const jam = parse_hf_config({{"model_type", "jamba"}}, "j.json");
-    CHECK((jam.num_experts() == 16 && jam.top_k() == 2 && jam.intermediate_size == 14336 && !jam.router.norm_topk_prob));
-    CHECK((!jam.is_moe_layer(0) && jam.is_moe_layer(1) && !jam.is_moe_layer(2) && jam.is_moe_layer(31)));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "jamba"}, {"expert_layer_period", 2}, {"expert_layer_offset", 2}}, "j.json"),
                       Contains("key 'expert_layer_offset'") && Contains("expert_layer_period (2)"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "jamba"}, {"num_experts", 1}, {"num_experts_per_tok", 1}}, "j.json"),
                       Contains("key 'num_experts'") && Contains("at least 2"));
-    auto const hy = parse_hf_config({{"model_type", "hunyuan_v1_moe"}}, "h.json");
-    CHECK((hy.num_experts() == 1 && hy.top_k() == 1 && hy.intermediate_size == 11008 && hy.shared_intermediate_size == 11008));
-    CHECK((hy.router.norm_topk_prob && !hy.shared_gated));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "hunyuan_v1_moe"}, {"num_experts", 8}, {"moe_topk", {2, 2}}}, "h.json"),
                       Contains("key 'moe_topk'") && Contains("an integer"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "hunyuan_v1_moe"}, {"num_experts", 8}, {"moe_topk", 9}}, "h.json"),
                       Contains("key 'moe_topk'") && Contains("9"));
-
-    // ERNIE-4.5 (softmax + moe_statics bias; start/end/interval) and Granite (top-k, then softmax over k).
-    auto const er = parse_hf_config({{"model_type", "ernie4_5_moe"}}, "e.json");
-    CHECK((er.num_experts() == 64 && er.top_k() == 6 && er.intermediate_size == 1536 && er.hidden_size == 2560 && er.num_hidden_layers == 28));
-    CHECK((er.shared_intermediate_size == 2 * 1536 && !er.shared_gated));
-    CHECK((er.router.score_func == smoe::router::ScoreFunc::softmax && er.router.requires_expert_bias && er.router.norm_topk_prob));
-    CHECK((er.router.norm_eps == 0.0f && !er.is_moe_layer(0) && er.is_moe_layer(1) && er.is_moe_layer(27)));
     auto const er2 = parse_hf_config({{"model_type", "ernie4_5_moe"}, {"moe_layer_end_index", 5}, {"moe_layer_interval", 2}}, "e.json");
     for (std::int64_t l = 0; l < 8; ++l) CHECK(er2.is_moe_layer(l) == (l == 1 || l == 3 || l == 5));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "ernie4_5_moe"}, {"moe_norm_min", 0.5}}, "e.json"),
                       Contains("key 'moe_norm_min'") && Contains("num_experts_per_tok / num_experts"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "ernie4_5_moe"}, {"use_bias", true}}, "e.json"), Contains("key 'use_bias'"));
-    auto const gr = parse_hf_config({{"model_type", "granitemoe"}}, "g.json");
-    CHECK((gr.num_experts() == 8 && gr.top_k() == 2 && gr.intermediate_size == 11008 && gr.router.score_after_topk));
-    CHECK(parse_hf_config({{"model_type", "granitemoeshared"}}, "g.json").shared_intermediate_size == 0);
-    auto const grh = parse_hf_config({{"model_type", "granitemoehybrid"}}, "g.json");
-    CHECK((grh.shared_intermediate_size == 1024 && !grh.shared_gated && grh.router.score_after_topk && grh.is_moe_layer(31)));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "granitemoehybrid"}, {"num_local_experts", 0}}, "g.json"),
                       Contains("key 'num_local_experts'") && Contains(">= 1"));
-
-    // Qwen3.5-MoE: the decoder's keys in text_config (model_type qwen3_5_moe_text, or none: the top level's).
-    auto const q35 = parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", 16}, {"norm_topk_prob", false}}}}, "c.json");
-    CHECK(q35.family == HfFamily::qwen3_5_moe);
-    CHECK((q35.num_experts() == 16 && q35.top_k() == 8 && q35.intermediate_size == 512 && q35.num_hidden_layers == 40));
-    CHECK((q35.shared_intermediate_size == 512 && q35.shared_gated));
-    CHECK(q35.router.norm_topk_prob);  // Qwen3.5's router always renormalises: there is no key
-    CHECK((q35.is_moe_layer(0) && q35.is_moe_layer(39)));
     CHECK(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"model_type", "qwen3_5_moe_text"}}}}, "c.json").family ==
           HfFamily::qwen3_5_moe);
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", {{"num_experts", "16"}}}}, "c.json"),
                       Contains("c.json text_config: key 'num_experts'") && Contains("an integer"));
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "qwen3_5_moe"}, {"text_config", 3}}, "c.json"),
                       Contains("key 'text_config'") && Contains("JSON object"));
-
-    // dots1 has no default for its counts (Dots1Config: None): the file must say.
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "dots1"}}, "d.json"), Contains("n_routed_experts") && Contains("no default"));
-    auto const dots = parse_hf_config({{"model_type", "dots1"}, {"n_routed_experts", 128}, {"num_experts_per_tok", 6}, {"n_shared_experts", 2}}, "d.json");
-    CHECK((dots.num_experts() == 128 && dots.top_k() == 6 && dots.shared_intermediate_size == 2 * 1408));
-    CHECK((!dots.router.norm_topk_prob && dots.router.routed_scaling_factor == 1.0f && dots.is_moe_layer(0)));
 
     // mlp_layer_types decides alone where a family reads it; first_k_dense_replace only when it is absent.
     json v32 = {{"model_type", "deepseek_v32"}, {"num_hidden_layers", 3}, {"first_k_dense_replace", 2},
@@ -565,7 +654,8 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
                           Own{{{"model_type", "jetmoe"}}, 2048, 5632, 12, 8, 2, 0, ScoreFunc::softmax, true, false, 1.0f},
                           Own{{{"model_type", "dbrx"}}, 2048, 3584, 24, 4, 1, 0, ScoreFunc::softmax, false, true, 1.0f},
                           Own{{{"model_type", "longcat_flash"}}, 6144, 2048, 28, 512, 12, 0, ScoreFunc::softmax, false, false, 6.0f},
-                          Own{{{"model_type", "phimoe"}}, 4096, 6400, 32, 16, 2, 0, ScoreFunc::softmax, false, false, 1.0f}}) {
+                          Own{{{"model_type", "phimoe"}}, 4096, 6400, 32, 16, 2, 0, ScoreFunc::softmax, false, false, 1.0f},
+                          Own{{{"model_type", "nemotron_h"}}, 4096, 7688, 4, 8, 2, 7688, ScoreFunc::sigmoid, false, true, 1.0f}}) {
         auto const c = parse_hf_config(x.config, "c.json");
         INFO(to_string(c.family));
         CHECK((c.hidden_size == x.d && c.intermediate_size == x.f && c.num_hidden_layers == x.L));
@@ -600,6 +690,18 @@ TEST_CASE("the families that reuse smoe's routers take their Hugging Face defaul
     CHECK(parse_hf_config({{"model_type", "phimoe"}, {"num_experts_per_tok", 4}}, "p.json").sparsemixer == 0.01f);
     CHECK(parse_hf_config({{"model_type", "phimoe"}, {"num_experts_per_tok", 4}}, "p.json").top_k() == 2);
     CHECK_THROWS_WITH(parse_hf_config({{"model_type", "phimoe"}, {"router_jitter_noise", -1}}, "p.json"), Contains("key 'router_jitter_noise'"));
+    // Nemotron-H: NemotronHConfig's default layers (mamba, moe, attention, mlp), relu² experts; what it cannot load is named.
+    auto const nh = parse_hf_config({{"model_type", "nemotron_h"}, {"hidden_act", "gelu"}}, "n.json");
+    CHECK((nh.activation.relu2 && nh.router.requires_expert_bias && !nh.is_moe_layer(0) && nh.is_moe_layer(1) && !nh.is_moe_layer(3)));
+    CHECK(parse_hf_config({{"model_type", "nemotron_h"}, {"hybrid_override_pattern", "MEME*-E"}}, "n.json").num_hidden_layers == 7);
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "nemotron_h"}, {"mlp_hidden_act", "silu"}}, "n.json"), Contains("key 'mlp_hidden_act'") && Contains("relu2"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "nemotron_h"}, {"moe_latent_size", 1024}}, "n.json"),
+                      Contains("key 'moe_latent_size'") && Contains("1024") && Contains("fc1_latent_proj"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "nemotron_h"}, {"mlp_bias", true}}, "n.json"), Contains("key 'mlp_bias'"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "nemotron_h"}, {"hybrid_override_pattern", "ME?"}}, "n.json"),
+                      Contains("key 'hybrid_override_pattern'") && Contains("ME?"));
+    CHECK_THROWS_WITH(parse_hf_config({{"model_type", "nemotron_h"}, {"layers_block_type", {"moe", "ssm"}}}, "n.json"),
+                      Contains("key 'layers_block_type'") && Contains("\"ssm\""));
 }
 
 TEST_CASE("each family's first MoE layer loads from its on-disk names to the block built by hand, bit for bit",
@@ -886,6 +988,20 @@ TEST_CASE("each family's first MoE layer loads from its on-disk names to the blo
          "num_hidden_layers (1)",
          {.num_experts = E, .top_k = k, .routed_scaling_factor = 6.0f, .requires_expert_bias = true, .num_null_experts = 3}, 0, false,
          {.Z = 3}},
+        {"nemotron_h (non-gated relu² experts, backbone.layers.{l}.mixer.)",
+         {{"model_type", "nemotron_h"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"moe_shared_expert_intermediate_size", 20}, {"n_group", 4}, {"topk_group", 2}, {"routed_scaling_factor", 2.5},
+          {"layers_block_type", {"mamba", "moe", "attention"}}},
+         {.block = "backbone.layers.1.mixer.", .bias = "gate.e_score_correction_bias", .gated = false}, 1, 0,
+         "layers_block_type[layer] == \"moe\"", sigmoid_bias_router(E, k, 4, 2, true, 2.5f), 20, false,
+         {.act = smoe::expert::GluActivation::relu_squared()}},
+        {"nemotron_h re-saved (experts.up_proj [E, f, d], hybrid_override_pattern)",
+         {{"model_type", "nemotron_h"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E}, {"num_experts_per_tok", k},
+          {"moe_shared_expert_intermediate_size", 16}, {"norm_topk_prob", false}, {"hybrid_override_pattern", "ME*"}},
+         {.block = "model.layers.1.mixer.", .bias = "gate.e_score_correction_bias", .fused = true, .fused_gate_up = "experts.up_proj",
+          .gated = false},
+         1, 2, "hybrid_override_pattern[layer] == 'E'", sigmoid_bias_router(E, k, 1, 1, false, 1.0f), 16, false,
+         {.act = smoe::expert::GluActivation::relu_squared()}},
     };
     std::mt19937_64 rng(27);
     for (auto const& fam : families) {
@@ -976,6 +1092,23 @@ TEST_CASE("int8 quantised at load stays within the sanity bound of experts.md se
         // 1 byte per expert weight (+ scales) instead of 4.
         CHECK(moe.weight_bytes() < static_cast<std::size_t>(3 * E * f * d + 3 * fs * d) * 2);
     }
+    // Nemotron-H's non-gated experts: int8 against the fp32 layer; int4 (QuantSwiGLU, gated only) is refused by name.
+    std::int64_t const d = 48, f = 20, E = 8, T = 17;
+    auto const cfg = parse_hf_config({{"model_type", "nemotron_h"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                                      {"moe_shared_expert_intermediate_size", f}, {"layers_block_type", {"moe"}}},
+                                     "n.json");
+    Block const b = Block::random(rng, d, f, E, f, false);
+    auto const tensors = b.write({.block = "backbone.layers.0.mixer.", .bias = "gate.e_score_correction_bias", .gated = false}, false);
+    auto m32 = HfMoeLayer::load(cfg, tensors, 0, {.max_tokens = T}, "mem");
+    auto m8 = HfMoeLayer::load(cfg, tensors, 0, {.max_tokens = T, .format = smoe::io::WeightFormat::int8}, "mem");
+    auto const x = rnd(rng, T * d, 1.0);
+    std::vector<float> y32(static_cast<std::size_t>(T * d)), y8(y32.size());
+    m32.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y32.data(), T, d));
+    m8.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y8.data(), T, d));
+    smoe_test::check_close(y8, std::vector<double>(y32.begin(), y32.end()), T, d, 5e-2);
+    CHECK(m8.weight_bytes() < static_cast<std::size_t>(2 * E * f * d + 2 * f * d) * 2);
+    CHECK_THROWS_WITH(HfMoeLayer::load(cfg, tensors, 0, {.format = smoe::io::WeightFormat::int4}, "mem"),
+                      Contains("nemotron_h") && Contains("non-gated relu² experts load as f32, bf16 or int8"));
 }
 
 TEST_CASE("gpt-oss's MXFP4 experts load to the bits of their dequantised values", "[hf][load][gpt_oss][mxfp4]") {
@@ -985,24 +1118,8 @@ TEST_CASE("gpt-oss's MXFP4 experts load to the bits of their dequantised values"
     // QuantSwiGLU's exact path is SwiGLU<float> on the dequantised weights.
     std::int64_t const d = 64, f = 32, E = 4, k = 2;
     std::mt19937_64 rng(71);
-    std::uniform_int_distribution<int> nib(0, 15), sc(123, 128);
-    float const e2m1[8] = {0, .5f, 1, 1.5f, 2, 3, 4, 6};
     auto mx = [&](std::int64_t N, std::int64_t K, std::vector<std::uint8_t>& blocks, std::vector<std::uint8_t>& scales) {
-        std::vector<float> w(static_cast<std::size_t>(E * N * K));  // [E, N, K]
-        for (std::int64_t r = 0; r < E * N; ++r)
-            for (std::int64_t b = 0; b < K / 32; ++b) {
-                int const s = sc(rng);
-                scales.push_back(static_cast<std::uint8_t>(s));
-                for (int i = 0; i < 16; ++i) {
-                    int const lo = nib(rng), hi = nib(rng);
-                    blocks.push_back(static_cast<std::uint8_t>(lo | (hi << 4)));
-                    for (int h = 0; h < 2; ++h) {
-                        int const q = h ? hi : lo;
-                        w[static_cast<std::size_t>(r * K + b * 32 + 2 * i + h)] = (q & 8 ? -1.0f : 1.0f) * e2m1[q & 7] * std::ldexp(1.0f, s - 127);
-                    }
-                }
-            }
-        return w;
+        return random_e2m1(rng, E * N, K, blocks, scales);  // [E, N, K]
     };
     std::vector<std::uint8_t> gub, gus, dnb, dns;
     auto const gu = mx(2 * f, d, gub, gus), dn = mx(d, f, dnb, dns);
@@ -1038,19 +1155,212 @@ TEST_CASE("gpt-oss's MXFP4 experts load to the bits of their dequantised values"
     auto mf = HfMoeLayer::load(cf, fl, 0, {.max_tokens = 17}, "mem");
     CHECK(mq.expert_format(1) == "mxfp4");
     CHECK(mf.format() == smoe::io::WeightFormat::f32);
-    std::int64_t const T = 17;
-    auto const x = rnd(rng, T * d, 0.05);
-    std::vector<float> yq(static_cast<std::size_t>(T * d)), yf(yq.size());
-    mq.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yq.data(), T, d));
-    mf.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(yf.data(), T, d));
-    CHECK(yq == yf);
-    double mag = 0;
-    for (float v : yf) mag = std::max(mag, double(std::fabs(v)));
-    CHECK(mag > 0.1);  // the comparison is not of zeros
+    same_outputs(mq, mf, rnd(rng, 17 * d, 0.05), 17, d);
     TensorMap bad;
     common(bad);
     bad.add_values(p + "experts.gate_up_proj_blocks", Dtype::U8, {E, 2 * f, d / 32, 16}, std::span<std::uint8_t const>(gub));
     CHECK_THROWS_WITH(HfMoeLayer::load(cq, bad, 0, {}, "mem"), Contains("gate_up_proj_scales") && Contains("missing"));
+}
+
+TEST_CASE("Llama 4's FP8 experts (fbgemm_fp8) load to the bits of their dequantised values", "[hf][load][llama4][fp8]") {
+    // families.md §2.8: gate_up_proj F8_E4M3 [E, d, 2f] with gate_up_proj_scale [E, 1, 2f], down_proj [E, f, d] with
+    // down_proj_scale [E, d, 1]; W_gate[j, i] = e4m3(gate_up_proj[e, i, j]) · scale[e, 0, j] (FbgemmFp8Llama4TextExperts).
+    // The factors are powers of two, so the dequantised fp32 weights are exact and the float layer on them must give
+    // the same bits (QuantSwiGLU's exact path). e4m3 by formats.md §2.1's formula: (1 + M/8) · 2^(E - 7), E = 0: M · 2^-9.
+    std::int64_t const d = 40, f = 24, E = 4, T = 9;
+    std::mt19937_64 rng(72);
+    std::uniform_int_distribution<int> byte(0, 255), pow2(-9, -5);
+    auto e4m3 = [](int b) {
+        int const ex = (b >> 3) & 15, m = b & 7;
+        return float((b & 0x80 ? -1 : 1) * (ex == 0 ? m * std::ldexp(1.0, -9) : (1 + m / 8.0) * std::ldexp(1.0, ex - 7)));
+    };
+    auto codes = [&](std::int64_t n) {
+        std::vector<std::uint8_t> c(static_cast<std::size_t>(n));
+        for (auto& v : c)
+            do v = static_cast<std::uint8_t>(byte(rng));
+            while ((v & 0x7F) == 0x7F);
+        return c;
+    };
+    auto scales = [&](std::int64_t n) {
+        std::vector<float> s(static_cast<std::size_t>(n));
+        for (auto& v : s) v = std::ldexp(1.0f, pow2(rng));
+        return s;
+    };
+    auto const gq = codes(E * d * 2 * f), dq = codes(E * f * d);
+    auto const gs = scales(E * 2 * f), ds = scales(E * d);
+    std::vector<float> gw(gq.size()), dw(dq.size());  // the module's float layouts [E, d, 2f], [E, f, d]
+    for (std::int64_t e = 0; e < E; ++e)
+        for (std::int64_t i = 0; i < d; ++i)
+            for (std::int64_t j = 0; j < 2 * f; ++j) gw[std::size_t((e * d + i) * 2 * f + j)] = e4m3(gq[std::size_t((e * d + i) * 2 * f + j)]) * gs[std::size_t(e * 2 * f + j)];
+    for (std::int64_t e = 0; e < E; ++e)
+        for (std::int64_t j = 0; j < f; ++j)
+            for (std::int64_t o = 0; o < d; ++o) dw[std::size_t((e * f + j) * d + o)] = e4m3(dq[std::size_t((e * f + j) * d + o)]) * ds[std::size_t(e * d + o)];
+    // The shared expert: dense (modules_to_not_convert), or FP8 per Linear (weight [R, C] F8_E4M3, weight_scale [R, 1]).
+    auto const sgq = codes(f * d), suq = codes(f * d), sdq = codes(d * f);
+    auto const sgs = scales(f), sus = scales(f), sds = scales(d);
+    auto deq = [&](std::vector<std::uint8_t> const& q, std::vector<float> const& s, std::int64_t C) {
+        std::vector<float> w(q.size());
+        for (std::size_t i = 0; i < q.size(); ++i) w[i] = e4m3(q[i]) * s[i / std::size_t(C)];
+        return w;
+    };
+    auto const gate = rnd(rng, E * d, 0.5);
+    std::string const p = "language_model.model.layers.0.feed_forward.";
+    auto f8 = [](TensorMap& m, std::string n, std::vector<std::int64_t> shape, std::vector<std::uint8_t> const& q) {
+        m.add_values(std::move(n), Dtype::F8_E4M3, std::move(shape), std::span<std::uint8_t const>(q));
+    };
+    // What the FP8 file holds (the error checks below break a copy).
+    auto gq_file = gq;
+    auto gs_file = gs, ds_file = ds;
+    std::vector<std::int64_t> gs_shape{E, 1, 2 * f};
+    auto model = [&](bool fp8_experts, bool fp8_shared) {
+        TensorMap m;
+        put(m, p + "router.weight", {E, d}, gate);
+        if (fp8_experts) {
+            f8(m, p + "experts.gate_up_proj", {E, d, 2 * f}, gq_file);
+            put(m, p + "experts.gate_up_proj_scale", gs_shape, gs_file);
+            f8(m, p + "experts.down_proj", {E, f, d}, dq);
+            put(m, p + "experts.down_proj_scale", {E, d, 1}, ds_file);
+        } else {
+            put(m, p + "experts.gate_up_proj", {E, d, 2 * f}, gw);
+            put(m, p + "experts.down_proj", {E, f, d}, dw);
+        }
+        std::string const s = p + "shared_expert.";
+        if (fp8_shared) {
+            f8(m, s + "gate_proj.weight", {f, d}, sgq), put(m, s + "gate_proj.weight_scale", {f, 1}, sgs);
+            f8(m, s + "up_proj.weight", {f, d}, suq), put(m, s + "up_proj.weight_scale", {f, 1}, sus);
+            f8(m, s + "down_proj.weight", {d, f}, sdq), put(m, s + "down_proj.weight_scale", {d, 1}, sds);
+        } else {
+            put(m, s + "gate_proj.weight", {f, d}, deq(sgq, sgs, d));
+            put(m, s + "up_proj.weight", {f, d}, deq(suq, sus, d));
+            put(m, s + "down_proj.weight", {d, f}, deq(sdq, sds, f));
+        }
+        return m;
+    };
+    json config = {{"model_type", "llama4"},
+                   {"text_config", {{"hidden_size", d}, {"intermediate_size", f}, {"num_local_experts", E}, {"num_experts_per_tok", 1},
+                                    {"num_hidden_layers", 1}}}};
+    auto const cf = parse_hf_config(config, "c.json");
+    auto const xs = rnd(rng, T * d, 1.0);
+    auto run = [&](smoe::io::HfMoeConfig const& c, TensorMap const& m) {
+        auto moe = HfMoeLayer::load(c, m, 0, {.max_tokens = T}, "mem");
+        std::vector<float> y(static_cast<std::size_t>(T * d));
+        moe.forward(MatrixView<float const>(xs.data(), T, d), MatrixView<float>(y.data(), T, d));
+        return std::pair{moe.expert_format(2) + "; shared " + moe.shared_format(), y};
+    };
+    auto const [ff, yf] = run(cf, model(false, false));
+    double mag = 0;
+    for (float v : yf) mag = std::max(mag, double(std::fabs(v)));
+    CHECK(mag > 0.1);  // the comparison is not of zeros
+    for (bool fp8_shared : {false, true}) {
+        INFO("FP8 shared expert " << fp8_shared);
+        config["quantization_config"] = {{"quant_method", "fbgemm_fp8"}, {"activation_scale_ub", 1200.0}};
+        if (!fp8_shared) config["quantization_config"]["modules_to_not_convert"] = {"feed_forward.shared_expert", "router"};
+        auto const cq = parse_hf_config(config, "c.json");
+        auto const [fq, yq] = run(cq, model(true, fp8_shared));
+        CHECK(fq == std::string("fp8-e4m3-channel; shared ") + (fp8_shared ? "fp8-e4m3-channel" : "f32"));
+        CHECK(yq == yf);
+    }
+    // What a broken file gets: the tensor and the element in the file's indices.
+    auto const cq = parse_hf_config(config, "c.json");
+    auto load = [&] { return HfMoeLayer::load(cq, model(true, true), 0, {}, "mem"); };
+    gq_file[std::size_t((2 * d + 5) * 2 * f + f + 3)] = 0xFF;  // expert 2, input 5, up unit 3
+    CHECK_THROWS_WITH(load(), Contains("experts.gate_up_proj' element [2, 5, " + std::to_string(f + 3) + "]") && Contains("0xFF") &&
+                                  Contains("NaN"));
+    gq_file = gq;
+    ds_file[std::size_t(1 * d + 7)] = 0.0f;
+    CHECK_THROWS_WITH(load(), Contains("experts.down_proj_scale' element [1, 7, 0]") && Contains("a finite scale > 0"));
+    ds_file = ds;
+    gs_shape = {E, 2 * f};
+    CHECK_THROWS_WITH(load(), Contains("experts.gate_up_proj_scale' shape") && Contains("[E, 1, 2f]"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cf, model(true, false), 0, {}, "mem"), Contains("quantization_config") && Contains("fbgemm_fp8"));
+}
+
+TEST_CASE("DeepSeek-V4's FP4 experts (expert_dtype fp4) load to the bits of their dequantised values", "[hf][load][deepseek_v4][fp4]") {
+    // families.md §2.8: routed experts ffn.experts.{i}.w1/w3/w2.weight I8 [N, K/2] (E2M1 pairs, element 2i the low
+    // nibble) with `.scale` E8M0 [N, K/32], W = E2M1 · 2^(s - 127) (formats.md §3.1, transformers FP8Experts with
+    // expert_dtype fp4); the shared expert FP8 e4m3 with 128 x 128 UE8M0 `.scale` blocks (DeepSeek's own names). Every
+    // factor is a power of two, so the float layer on the dequantised weights must give the same bits.
+    std::int64_t const d = 64, f = 32, E = 4, T = 9;
+    std::mt19937_64 rng(73);
+    std::uniform_int_distribution<int> byte(0, 255), sc(123, 128);
+    // FP8 e4m3 codes 0x00..0x77 and 0x80..0xF7 (finite), one UE8M0 factor per 128 x 128 block: [1, 1] here.
+    auto fp8 = [&](std::int64_t n, std::vector<std::uint8_t>& q, std::uint8_t e8) {
+        std::vector<float> w(static_cast<std::size_t>(n));
+        for (auto& x : w) {
+            int const b = byte(rng) & 0xF7, ex = (b >> 3) & 15, m = b & 7;
+            q.push_back(static_cast<std::uint8_t>(b));
+            x = float((b & 0x80 ? -1 : 1) * (ex == 0 ? m * std::ldexp(1.0, -9) : (1 + m / 8.0) * std::ldexp(1.0, ex - 7)) *
+                      std::ldexp(1.0, e8 - 127));
+        }
+        return w;
+    };
+    std::string const p = "layers.0.ffn.";
+    TensorMap q, fl;
+    auto const gate = rnd(rng, E * d, 0.5), bias = rnd(rng, E, 0.1);
+    for (TensorMap* m : {&q, &fl}) put(*m, p + "gate.weight", {E, d}, gate), put(*m, p + "gate.bias", {E}, bias);
+    auto e8m0 = [](TensorMap& m, std::string n, std::vector<std::int64_t> shape, std::vector<std::uint8_t> const& v) {
+        m.add_values(std::move(n), Dtype::F8_E8M0, std::move(shape), std::span<std::uint8_t const>(v));
+    };
+    for (std::int64_t e = 0; e < E; ++e)
+        for (auto [name, R, C] : {std::tuple<char const*, std::int64_t, std::int64_t>{"w1", f, d}, {"w3", f, d}, {"w2", d, f}}) {
+            std::vector<std::uint8_t> codes, scales;
+            auto const w = random_e2m1(rng, R, C, codes, scales);
+            std::string const n = p + "experts." + std::to_string(e) + "." + name;
+            q.add_values(n + ".weight", Dtype::I8, {R, C / 2}, std::span<std::uint8_t const>(codes));
+            e8m0(q, n + ".scale", {R, C / 32}, scales);
+            put(fl, n + ".weight", {R, C}, w);
+        }
+    for (auto [name, R, C] : {std::tuple<char const*, std::int64_t, std::int64_t>{"w1", f, d}, {"w3", f, d}, {"w2", d, f}}) {
+        std::vector<std::uint8_t> codes;
+        std::uint8_t const e8 = static_cast<std::uint8_t>(sc(rng));
+        auto const w = fp8(R * C, codes, e8);
+        std::string const n = p + "shared_experts." + name;
+        q.add_values(n + ".weight", Dtype::F8_E4M3, {R, C}, std::span<std::uint8_t const>(codes));
+        e8m0(q, n + ".scale", {1, 1}, {e8});
+        put(fl, n + ".weight", {R, C}, w);
+    }
+    json config = {{"model_type", "deepseek_v4"}, {"hidden_size", d}, {"moe_intermediate_size", f}, {"n_routed_experts", E},
+                   {"num_experts_per_tok", 2}, {"num_hidden_layers", 1}, {"mlp_layer_types", {"moe"}}};
+    auto const cf = parse_hf_config(config, "c.json");
+    config["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"scale_fmt", "ue8m0"}, {"weight_block_size", {128, 128}},
+                                     {"expert_dtype", "fp4"}, {"activation_scheme", "dynamic"}};
+    auto const cq = parse_hf_config(config, "c.json");
+    auto mq = HfMoeLayer::load(cq, q, 0, {.max_tokens = T}, "mem");
+    auto mf = HfMoeLayer::load(cf, fl, 0, {.max_tokens = T}, "mem");
+    CHECK(mq.expert_format(3) == "mxfp4");
+    CHECK(mq.shared_format() == "fp8-e4m3-b128x128");
+    same_outputs(mq, mf, rnd(rng, T * d, 0.3), T, d);
+    // F32 factors are accepted when an E8M0 byte can say them; 0.3 cannot. A wrong shape is named with its formula.
+    auto with = [&](std::string const& name, Dtype dt, std::vector<std::int64_t> shape, std::vector<float> const& v) {
+        TensorMap m;
+        put(m, p + "gate.weight", {E, d}, gate), put(m, p + "gate.bias", {E}, bias);
+        for (std::int64_t e = 0; e < E; ++e)
+            for (auto [w, R, C] : {std::tuple<char const*, std::int64_t, std::int64_t>{"w1", f, d}, {"w3", f, d}, {"w2", d, f}}) {
+                std::string const n = p + "experts." + std::to_string(e) + "." + w;
+                std::vector<std::uint8_t> codes(static_cast<std::size_t>(R * C / 2), 0x21), e8(static_cast<std::size_t>(R * C / 32), 127);
+                m.add_values(n + ".weight", Dtype::I8, {R, C / 2}, std::span<std::uint8_t const>(codes));
+                if (n + ".scale" == name)
+                    m.add_values(name, dt, shape, std::span<float const>(v));
+                else
+                    e8m0(m, n + ".scale", {R, C / 32}, e8);
+            }
+        for (auto [w, R, C] : {std::tuple<char const*, std::int64_t, std::int64_t>{"w1", f, d}, {"w3", f, d}, {"w2", d, f}}) {
+            std::vector<std::uint8_t> const ones(static_cast<std::size_t>(R * C), 0x38);  // e4m3 1.0
+            m.add_values(p + "shared_experts." + w + ".weight", Dtype::F8_E4M3, {R, C}, std::span<std::uint8_t const>(ones));
+            e8m0(m, p + "shared_experts." + w + ".scale", {1, 1}, {127});
+        }
+        return m;
+    };
+    std::vector<float> pow2(static_cast<std::size_t>(f * d / 32), 0.25f), bad = pow2;
+    bad[5] = 0.3f;
+    CHECK_NOTHROW(HfMoeLayer::load(cq, with(p + "experts.1.w3.scale", Dtype::F32, {f, d / 32}, pow2), 0, {}, "mem"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cq, with(p + "experts.1.w3.scale", Dtype::F32, {f, d / 32}, bad), 0, {}, "mem"),
+                      Contains("experts.1.w3.scale' element 5") && Contains("a power of two"));
+    CHECK_THROWS_WITH(HfMoeLayer::load(cq, with(p + "experts.1.w3.scale", Dtype::F32, {f, d / 16}, std::vector<float>(std::size_t(f * d / 16), 0.25f)),
+                                       0, {}, "mem"),
+                      Contains("experts.1.w3.scale' shape") && Contains("[R, C/32]"));
+    config["quantization_config"]["expert_dtype"] = "fp6";
+    CHECK_THROWS_WITH(parse_hf_config(config, "c.json"), Contains("expert_dtype") && Contains("\"fp8\" or \"fp4\""));
 }
 
 TEST_CASE("fused gate_up_proj / down_proj load to the same layer as per-expert tensors", "[hf][load]") {

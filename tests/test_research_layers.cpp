@@ -673,6 +673,10 @@ TEST_CASE("SMEAR rejects bad offsets, logits and gates", "[research][smear][erro
                Catch::Contains("'gate' = [3, 2]"));
     CHECK_THAT(error_of([&] { Smear({.expert = ex.cfg(), .router_input = MergeRouting::given}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()}); }),
                Catch::Contains("'gate' = given"));
+    auto clamped = ex.cfg();  // the merged expert runs plain silu(g) · u: another form is refused, not merged wrongly
+    clamped.activation = smoe::expert::GluActivation::limited(1.0f);
+    CHECK_THAT(error_of([&] { Smear({.expert = clamped}, {.gate = rows(kSmearGate, 3, 3), .experts = ex.weights()}); }),
+               Catch::Contains("'expert.activation'") && Catch::Contains("plain SwiGLU experts to merge"));
     // T = 0 and an empty batch are valid.
     std::array<std::int32_t, 1> const none{0};
     seq.forward(rows(kX, 0, 3), MatrixView<float>(y.data(), 0, 3), {.sequence_offsets = none});

@@ -106,6 +106,8 @@ public:
 
     QuantSwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg) {
         cfg_.validate();
+        if (!cfg_.activation.gated())
+            smoe::detail::fail("activation.relu2", "true", "gated experts for expert::QuantSwiGLU (non-gated relu² experts: expert::SwiGLU<W>)");
         if (cfg_.bf16_dot == Bf16Dot::on && !kernels::cpu::cpu_has_avx512_bf16())
             smoe::detail::fail("bf16_dot", "on", "a CPU with AVX512-BF16 (F, BW, VL); use off, automatic (both: the exact path) or emulated");
         bf16_kernel_ = cfg_.bf16_dot == Bf16Dot::on ? kernels::cpu::Bf16DotKernel::native : kernels::cpu::Bf16DotKernel::emulated;

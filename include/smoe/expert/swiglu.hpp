@@ -13,7 +13,8 @@
 // AVX512-BF16 path's k-pair panels round d up to even in the gate/up panels as well.
 //
 // Kernels (kernels/cpu/gemm_packed.hpp): gate and up are packed together, 8 gate and the 8 matching
-// up units per panel, so one pass reads W1 and W3 and the store computes h = silu(g) · u in place;
+// up units per panel (a non-gated relu² expert, GluActivation::relu2: 16 up units, no W1), so one pass
+// reads W1 and W3 and the store computes h = silu(g) · u in place;
 // the down projection multiplies by the routing weight in its store. A row alone (decode) and rows in
 // a batch (prefill) use different tile shapes over the same panels, and every output is one FMA
 // chain over k in order, so both give the same bits (rule 3), whatever the thread count.
@@ -68,7 +69,7 @@ public:
     static constexpr std::int64_t kRowBlock = 64;
     static constexpr std::int64_t kHalf = kernels::cpu::kPanelCols / 2;  // gate (or up) units per panel
 
-    SwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w) {
+    SwiGLU(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w), upp_(detail::units_per_panel(cfg.activation)) {
         cfg_.validate();
         if (cfg_.int8_dot != Int8Dot::off)
             smoe::detail::fail("int8_dot", to_string(cfg_.int8_dot),
@@ -76,7 +77,8 @@ public:
         w_.validate(cfg_);
         dot_ = resolve_bf16_dot(cfg_.bf16_dot);
         plan();
-        bias_ = detail::PackedBiases(w_.bias, cfg_.num_experts, cfg_.intermediate_size, cfg_.hidden_size, gu_panels_, dn_panels_);
+        bias_ = detail::PackedBiases(w_.bias, cfg_.num_experts, cfg_.intermediate_size, cfg_.hidden_size, gu_panels_, dn_panels_,
+                                     cfg_.activation.gated());
         if (w_.packed) {
             open_packed();
             return;
@@ -97,12 +99,12 @@ public:
     // Bf16Dot::off (fp32 path), on (vdpbf16ps) or emulated.
     bool uses_bf16_dot() const { return dot_ != Bf16Dot::off; }
     Bf16Dot bf16_dot() const { return dot_; }
-    double flops_per_row() const { return 6.0 * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
+    double flops_per_row() const { return 2.0 * matrices() * double(cfg_.hidden_size) * double(cfg_.intermediate_size); }
     // Bytes of expert e's weights as stored in format W (scales included for int8).
     double weight_bytes(std::int64_t /*e*/) const {
         double const d = double(cfg_.hidden_size), f = double(cfg_.intermediate_size);
-        double bytes = 3.0 * d * f * sizeof(W);
-        if constexpr (Weights::has_scales) bytes += (2.0 * f + d) * sizeof(float);
+        double bytes = matrices() * d * f * sizeof(W);
+        if constexpr (Weights::has_scales) bytes += ((matrices() - 1.0) * f + d) * sizeof(float);
         return bytes;
     }
     // Bytes of the packed records the expert holds in memory (see the top of this file; a cached
@@ -116,7 +118,9 @@ public:
         constexpr auto kind = std::is_same_v<W, float>  ? store::ExpertKind::swiglu_f32
                               : std::is_same_v<W, bf16> ? store::ExpertKind::swiglu_bf16
                                                         : store::ExpertKind::swiglu_int8;
-        return {kind, dot_ != Bf16Dot::off ? std::uint32_t(store::kPackBf16KPairs) : 0u, cfg_.hidden_size, cfg_.intermediate_size};
+        std::uint32_t const flags = (dot_ != Bf16Dot::off ? std::uint32_t(store::kPackBf16KPairs) : 0u) |
+                                    (cfg_.activation.gated() ? 0u : std::uint32_t(store::kPackNonGated));
+        return {kind, flags, cfg_.hidden_size, cfg_.intermediate_size};
     }
     store::RecordInfo packed_record_info(std::int64_t) const { return {}; }
     std::size_t record_bytes(std::int64_t) const { return record_bytes_; }
@@ -125,8 +129,8 @@ public:
     // are independent, so any split of [0, gate_up_panels()) or [0, down_panels()) gives the same bits.
     std::int64_t gate_up_panels() const { return gu_panels_; }
     std::int64_t down_panels() const { return dn_panels_; }
-    // Columns of the h rows between the phases: f rounded up to 8 (the extra columns hold zeros).
-    std::int64_t hidden_stride() const { return gu_panels_ * kHalf; }
+    // Columns of the h rows between the phases: f rounded up to 8 (non-gated: 16; the extra columns hold zeros).
+    std::int64_t hidden_stride() const { return gu_panels_ * upp_; }
 
     std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
 
@@ -216,6 +220,7 @@ public:
 
 private:
     static constexpr std::int64_t kP = kernels::cpu::kPanelCols;
+    double matrices() const { return cfg_.activation.gated() ? 3.0 : 2.0; }
 
     // Element i of expert e's gate/up (or down) matrix in the fp32 panel layout, as its exact fp32 value.
     float widened(std::int64_t e, std::int64_t i, bool down) const {
@@ -266,10 +271,10 @@ private:
     // each part 64-byte aligned; the same bytes in memory and in a packed file.
     void plan() {
         std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size;
-        gu_panels_ = (f + kHalf - 1) / kHalf;
+        gu_panels_ = (f + upp_ - 1) / upp_;
         dn_panels_ = (d + kP - 1) / kP;
         gu_stride_ = panel_elems(d);
-        dn_stride_ = panel_elems(gu_panels_ * kHalf);
+        dn_stride_ = panel_elems(gu_panels_ * upp_);
         auto const r64 = [](std::int64_t b) { return static_cast<std::size_t>((b + 63) / 64 * 64); };
         dn_off_ = r64(gu_panels_ * gu_stride_ * std::int64_t(sizeof(W)));
         su_off_ = dn_off_ + r64(dn_panels_ * dn_stride_ * std::int64_t(sizeof(W)));
@@ -283,25 +288,29 @@ private:
         store_ = std::make_unique<store::ExpertStore>(cfg_.store, w_.packed);
     }
 
-    // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units.
+    // Panel p of gate/up: columns 0-7 are gate units 8p..8p+7, columns 8-15 the same up units; non-gated:
+    // column c is up unit 16p + c.
+    std::int64_t unit_of(std::int64_t p, int c) const { return upp_ == kHalf ? p * kHalf + c % kHalf : p * kP + c; }
+    bool gate_column(int c) const { return upp_ == kHalf && c < kHalf; }
     void pack_expert(std::int64_t e, std::byte* rec) const {
-        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, fs = gu_panels_ * kHalf;
+        std::int64_t const d = cfg_.hidden_size, f = cfg_.intermediate_size, fs = gu_panels_ * upp_;
         std::fill(rec, rec + record_bytes_, std::byte{0});
         W* const gu = reinterpret_cast<W*>(rec);
         W* const dn = reinterpret_cast<W*>(rec + dn_off_);
         float* const su = reinterpret_cast<float*>(rec + su_off_);
         float* const sd = reinterpret_cast<float*>(rec + sd_off_);
-        auto const W1 = w_.w1[e], W3 = w_.w3[e], W2 = w_.w2[e];
+        auto const W1 = cfg_.activation.gated() ? w_.w1[e] : MatrixView<W const>{};  // non-gated: no W1 (null)
+        auto const W3 = w_.w3[e], W2 = w_.w2[e];
         for (std::int64_t p = 0; p < gu_panels_; ++p) {
             pack_one(gu + p * gu_stride_, d, [&](int c) -> W const* {
-                std::int64_t const unit = p * kHalf + c % kHalf;
+                std::int64_t const unit = unit_of(p, c);
                 if (unit >= f) return nullptr;
-                return c < kHalf ? W1.row(unit) : W3.row(unit);
+                return gate_column(c) ? W1.row(unit) : W3.row(unit);
             });
             if constexpr (Weights::has_scales)
                 for (int c = 0; c < kP; ++c) {
-                    std::int64_t const unit = p * kHalf + c % kHalf;
-                    su[p * kP + c] = unit >= f ? 0.0f : c < kHalf ? w_.s1(e, unit) : w_.s3(e, unit);
+                    std::int64_t const unit = unit_of(p, c);
+                    su[p * kP + c] = unit >= f ? 0.0f : gate_column(c) ? w_.s1(e, unit) : w_.s3(e, unit);
                 }
         }
         // The down panels' K is f rounded up to 8 (h's padded columns): zero rows pad each W2 row.
@@ -331,6 +340,7 @@ private:
 
     Config cfg_;
     Weights w_;
+    std::int64_t upp_;            // h units per gate/up panel (detail::units_per_panel)
     Bf16Dot dot_ = Bf16Dot::off;  // resolved: off, on or emulated
     std::int64_t gu_panels_ = 0, dn_panels_ = 0, gu_stride_ = 0, dn_stride_ = 0;
     std::size_t dn_off_ = 0, su_off_ = 0, sd_off_ = 0, record_bytes_ = 0;  // within a record

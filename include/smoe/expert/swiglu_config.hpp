@@ -69,18 +69,29 @@ inline std::optional<Int8Dot> parse_int8_dot(std::string_view s) {
 // stays NaN through the clamps, as with torch.clamp. Example (experts.md §3's expert 0, gpt_oss(1.702, 1)):
 // g = (-0.5, 0.75, 2.25) -> g' = (-0.5, 0.75, 1), u = (0.5, 0.75, -0.75) -> h = (-0.224417, 1.026183, 0.211449)
 // (tests/test_glu_experts.cpp checks it, and the whole §3 example under each form).
+//
+// relu2 makes the expert non-gated (Nemotron-H, families.md §4: HF NemotronHExperts, has_gate = false):
+//   u = W3 x (+ b3),  h = relu(u)²,  out = W2 h
+// with no W1 and no b1 (alpha, limit and up_offset keep their defaults). The same expert type runs it: a
+// gate/up panel then holds 16 up units instead of 8 gate and the 8 matching up units, so no weight is stored
+// or multiplied twice. relu(NaN) stays NaN, as torch.relu. Example: u = (-1, 0.5, 3) -> h = (0, 0.25, 9).
 struct GluActivation {
     float alpha = 1.0f;
     float limit = std::numeric_limits<float>::infinity();
     float up_offset = 0.0f;
+    bool relu2 = false;  // non-gated relu(u)² (then no W1)
 
     static GluActivation gpt_oss(float alpha = 1.702f, float limit = 7.0f) { return {alpha, limit, 1.0f}; }
     static GluActivation limited(float limit) { return {1.0f, limit, 0.0f}; }
-    bool is_silu() const { return alpha == 1.0f && limit == std::numeric_limits<float>::infinity() && up_offset == 0.0f; }
+    static GluActivation relu_squared() { return {1.0f, std::numeric_limits<float>::infinity(), 0.0f, true}; }
+    bool gated() const { return !relu2; }
+    bool is_silu() const { return alpha == 1.0f && limit == std::numeric_limits<float>::infinity() && up_offset == 0.0f && !relu2; }
     void validate() const {
         if (!std::isfinite(alpha) || alpha <= 0.0f) smoe::detail::fail("activation.alpha", alpha, "a finite number > 0");
         if (!(limit > 0.0f)) smoe::detail::fail("activation.limit", limit, "a number > 0 (+inf: no clamp)");
         if (!std::isfinite(up_offset)) smoe::detail::fail("activation.up_offset", up_offset, "a finite number");
+        if (relu2 && !(GluActivation{alpha, limit, up_offset}.is_silu()))
+            smoe::detail::fail("activation.relu2", "true with alpha, limit or up_offset set", "the defaults (relu(u)² has no gate to clamp)");
     }
 };
 
@@ -234,15 +245,20 @@ struct SwiGLUWeights : std::conditional_t<std::is_same_v<W, std::int8_t>, detail
 
     void validate(SwiGLUConfig const& c) const {
         if (packed) return;  // the expert holds the file's layer to the config instead
-        smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
+        if (!c.activation.gated()) {
+            if (w1.data != nullptr || bias.b1.data != nullptr)
+                smoe::detail::fail(w1.data ? "w1" : "bias.b1", "given", "none for non-gated experts (activation.relu2: h = relu(W3 x)²)");
+        } else {
+            smoe::detail::check_stacked(w1, "w1", c.num_experts, c.intermediate_size, c.hidden_size);
+        }
         smoe::detail::check_stacked(w3, "w3", c.num_experts, c.intermediate_size, c.hidden_size);
         smoe::detail::check_stacked(w2, "w2", c.num_experts, c.hidden_size, c.intermediate_size);
         bias.validate(c);
         if constexpr (has_scales) {
-            smoe::detail::check_view(this->s1, "s1", c.num_experts, c.intermediate_size);
+            if (c.activation.gated()) smoe::detail::check_view(this->s1, "s1", c.num_experts, c.intermediate_size);
             smoe::detail::check_view(this->s3, "s3", c.num_experts, c.intermediate_size);
             smoe::detail::check_view(this->s2, "s2", c.num_experts, c.hidden_size);
-            check_scales(this->s1, "s1");
+            if (c.activation.gated()) check_scales(this->s1, "s1");
             check_scales(this->s3, "s3");
             check_scales(this->s2, "s2");
         }

@@ -24,9 +24,14 @@ namespace smoe::inline v0::expert::detail {
 inline constexpr std::int64_t kP = kernels::cpu::kPanelCols;
 inline constexpr std::int64_t kHalf = kP / 2;  // gate (or up) units per gate/up panel
 
+// Units of h per gate/up panel: 8 (8 gate and the 8 matching up columns), 16 for a non-gated expert
+// (GluActivation::relu2: every column an up unit).
+inline std::int64_t units_per_panel(GluActivation const& a) { return a.gated() ? kHalf : kP; }
+
 // Store of a finished gate/up tile: h = silu(s1 · g) · (s3 · u), 8 units, into h's padded row. The
 // general path (`general`: a clamped activation, biases or an input weight, swiglu_config.hpp) forms
 // g = w · (s1 · acc) + b1 (u likewise) and the clamped activation; the plain path keeps its own bits.
+// A non-gated expert (act->relu2) has 16 up units in the tile: h = relu(w · (s · acc) + b)², 16 units.
 struct GateUpStore {
     MatrixView<float> h;
     float const* scale;                  // [panels * 16] or nullptr
@@ -52,6 +57,13 @@ struct GateUpStore {
         using batch = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
         if (in_w) g *= batch(in_w[i]), u *= batch(in_w[i]);
         if (bias) g += batch::load_unaligned(bias + p * kP), u += batch::load_unaligned(bias + p * kP + kHalf);
+        if (act && act->relu2) {  // max(0, v): maxps returns its second operand, v, when v is NaN
+            g = xsimd::max(batch(0.0f), g);
+            u = xsimd::max(batch(0.0f), u);
+            (g * g).store_unaligned(h.row(i) + p * kP);
+            (u * u).store_unaligned(h.row(i) + p * kP + kHalf);
+            return;
+        }
         GluActivation const a = act ? *act : GluActivation{};
         kernels::cpu::clamped_glu(g, u, a.alpha, a.limit, a.up_offset).store_unaligned(h.row(i) + p * kHalf);
     }
@@ -63,6 +75,16 @@ struct GateUpStore {
         store(i, p, _mm256_loadu_ps(v), _mm256_loadu_ps(v + kHalf));
 #else
         GluActivation const a = act ? *act : GluActivation{};
+        if (a.relu2) {
+            for (int c = 0; c < kP; ++c) {
+                float u = scale ? v[c] * scale[p * kP + c] : v[c];
+                if (in_w) u *= in_w[i];
+                if (bias) u += bias[p * kP + c];
+                u = std::isnan(u) ? u : std::max(u, 0.0f);
+                h(i, p * kP + c) = u * u;
+            }
+            return;
+        }
         for (int c = 0; c < kHalf; ++c) {
             float g = v[c], u = v[c + kHalf];
             if (scale) g *= scale[p * kP + c], u *= scale[p * kP + kHalf + c];
@@ -151,14 +173,15 @@ struct MergedPanels {
 };
 
 // GluBiases packed as the panels are, one expert after another: gate/up [E, panels_gu, 16] (8 gate
-// units, the same 8 up units), down [E, panels_dn, 16]; zeros where a bias is absent or past f or d.
-// Both empty when there is no bias at all.
+// units, the same 8 up units; non-gated: 16 up units), down [E, panels_dn, 16]; zeros where a bias is
+// absent or past f or d. Both empty when there is no bias at all.
 struct PackedBiases {
     kernels::cpu::AlignedArray<float> gu, dn;
     std::int64_t gu_panels = 0, dn_panels = 0;
 
     PackedBiases() = default;
-    PackedBiases(GluBiases const& b, std::int64_t E, std::int64_t f, std::int64_t d, std::int64_t gu_p, std::int64_t dn_p)
+    PackedBiases(GluBiases const& b, std::int64_t E, std::int64_t f, std::int64_t d, std::int64_t gu_p, std::int64_t dn_p,
+                 bool gated = true)
         : gu_panels(gu_p), dn_panels(dn_p) {
         if (b.b1.data || b.b3.data) {
             gu = kernels::cpu::AlignedArray<float>(static_cast<std::size_t>(E * gu_p * kP));
@@ -166,8 +189,8 @@ struct PackedBiases {
             for (std::int64_t e = 0; e < E; ++e)
                 for (std::int64_t p = 0; p < gu_p; ++p)
                     for (std::int64_t c = 0; c < kP; ++c) {
-                        std::int64_t const unit = p * kHalf + c % kHalf;
-                        auto const& src = c < kHalf ? b.b1 : b.b3;
+                        std::int64_t const unit = gated ? p * kHalf + c % kHalf : p * kP + c;
+                        auto const& src = gated && c < kHalf ? b.b1 : b.b3;
                         if (unit < f && src.data) gu.data()[(e * gu_p + p) * kP + c] = src(e, unit);
                     }
         }

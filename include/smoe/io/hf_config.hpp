@@ -48,13 +48,14 @@ namespace smoe::inline v0::io {
 //   dbrx           softmax top-k, w / ||w||_p
 //   longcat_flash  softmax over E + Z, selection bias, r, no renorm; ids >= E identity experts
 //   phimoe         sparsemixer (router::SparseMixer, two experts whatever num_experts_per_tok says)
+//   nemotron_h     R-V3 over non-gated relu² experts (up, down) and a relu² shared MLP (GluActivation::relu2)
 enum class HfFamily {
     mixtral, olmoe, qwen2_moe, deepseek_v2, deepseek_v3,
     qwen3_moe, deepseek_v32, glm4_moe, glm4_moe_lite, glm_moe_dsa, dots1, exaone_moe,
     qwen3_next, qwen3_5_moe, minimax, minimax_m2, flex_olmo, bailing_hybrid,
     afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid,
     mellum, glm4v_moe, kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, qwen3_vl_moe,
-    qwen4_exp, beam, gpt_oss, deepseek_v4, llama4, cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe
+    qwen4_exp, beam, gpt_oss, deepseek_v4, llama4, cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe, nemotron_h
 };
 
 inline char const* to_string(HfFamily f) {
@@ -104,6 +105,7 @@ inline char const* to_string(HfFamily f) {
         case HfFamily::dbrx: return "dbrx";
         case HfFamily::longcat_flash: return "longcat_flash";
         case HfFamily::phimoe: return "phimoe";
+        case HfFamily::nemotron_h: return "nemotron_h";
     }
     return "?";
 }
@@ -113,7 +115,7 @@ inline constexpr char const* kHfModelTypes =
     "bailing_hybrid, afmoe, lfm2_moe, jamba, hunyuan_v1_moe, ernie4_5_moe, granitemoe, granitemoeshared, granitemoehybrid, "
     "mellum, glm4v_moe (or its text_config glm4v_moe_text), kimi_linear, solar_open, mimo_v2_flash, flint, hy_v3, granitemoe_swa, "
     "qwen3_vl_moe (or its text_config qwen3_vl_moe_text), qwen4_exp (or qwen4_exp_text), beam, gpt_oss, deepseek_v4, "
-    "llama4 (or its text_config llama4_text), cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe";
+    "llama4 (or its text_config llama4_text), cohere2_moe, jetmoe, dbrx, longcat_flash, phimoe, nemotron_h";
 
 // Which config.json key each dimension came from (families spell them differently), so that errors
 // name what the user wrote.
@@ -419,7 +421,8 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
     };
     std::string const type = r.string("model_type", std::nullopt);
     router::TopKConfig& rc = c.router;
-    std::string const act = r.string("hidden_act", std::string("silu"));
+    // Nemotron-H names its experts' activation mlp_hidden_act (below); its hidden_act, if any, is not the experts'.
+    std::string const act = type == "nemotron_h" ? std::string("silu") : r.string("hidden_act", std::string("silu"));
     if (act != "silu")
         io::detail::file_fail(file, "key 'hidden_act'", act, "\"silu\" (smoe's SwiGLU experts; other activations are not loaded)");
 
@@ -813,6 +816,56 @@ inline HfMoeConfig parse_hf_config(nlohmann::json const& j, std::string const& f
         rc.top_k = r.integer(keys.top_k = "moe_topk", 12);
         rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 6.0);
         rc.requires_expert_bias = true;
+    } else if (type == "nemotron_h") {
+        // NemotronHConfig (families.md §4): R-V3 (NemotronHTopkRouter: fp32 sigmoid, selection bias, top-2-sum
+        // groups, renorm(1e-20), r); experts down(relu(up x)²); one shared relu² MLP of its own width. The
+        // decoder's layers are layers_block_type (alias layer_types), else hybrid_override_pattern's letters
+        // (M mamba, E moe, * attention, - mlp); num_hidden_layers is their count, as in HF.
+        c.family = HfFamily::nemotron_h;
+        c.hidden_size = r.dimension("hidden_size", 4096);
+        c.intermediate_size = r.dimension(keys.intermediate_size = "moe_intermediate_size", 7688);
+        keys.num_experts = r.alias({"n_routed_experts", "num_local_experts"});
+        rc.num_experts = r.expert_count(keys.num_experts, 8);
+        rc.top_k = r.integer("num_experts_per_tok", 2);
+        rc.score_func = router::ScoreFunc::sigmoid;
+        rc.requires_expert_bias = true;
+        rc.n_group = r.integer("n_group", 1);
+        rc.topk_group = r.integer("topk_group", 1);
+        rc.norm_topk_prob = r.boolean("norm_topk_prob", true);
+        rc.routed_scaling_factor = r.number_f32("routed_scaling_factor", 1.0);
+        std::string const mact = r.string("mlp_hidden_act", std::string("relu2"));
+        if (mact != "relu2") io::detail::file_fail(file, "key 'mlp_hidden_act'", mact, "\"relu2\" (smoe's non-gated experts are relu²)");
+        if (r.boolean("mlp_bias", false)) io::detail::file_fail(file, "key 'mlp_bias'", true, "false (smoe's shared experts have no biases)");
+        if (r.has("moe_latent_size"))
+            io::detail::file_fail(file, "key 'moe_latent_size'", j["moe_latent_size"].dump(),
+                                  "null (the latent projections fc1_latent_proj / fc2_latent_proj around the experts are not loaded)");
+        c.activation = expert::GluActivation::relu_squared();
+        c.shared_intermediate_size = r.dimension(keys.shared_size = "moe_shared_expert_intermediate_size", 7688, 0);
+        char const* const tkey = r.alias({"layers_block_type", "layer_types"});
+        std::vector<std::string> t = r.strings(tkey);
+        if (t.empty() && r.has("hybrid_override_pattern")) {
+            std::string const pat = r.string("hybrid_override_pattern", std::nullopt);
+            for (char ch : pat) {
+                if (ch != 'M' && ch != 'E' && ch != '*' && ch != '-')
+                    io::detail::file_fail(file, "key 'hybrid_override_pattern'", pat, "letters M, E, * and - only");
+                t.push_back(ch == 'E' ? "moe" : ch == 'M' ? "mamba" : ch == '*' ? "attention" : "mlp");
+            }
+            c.layer_types_rule = "hybrid_override_pattern[layer] == 'E'";
+        } else if (t.empty()) {
+            t = {"mamba", "moe", "attention", "mlp"};
+            c.defaulted.push_back("layers_block_type = [\"linear_attention\", \"moe\", \"full_attention\", \"mlp\"]");
+            c.layer_types_rule = "layers_block_type[layer] == \"moe\"";
+        } else {
+            c.layer_types_rule = std::string(tkey) + "[layer] == \"moe\"";
+        }
+        if (t.size() > static_cast<std::size_t>(limits::kMaxLayers))
+            io::detail::file_fail(file, "key '" + std::string(tkey) + "'", std::to_string(t.size()) + " entries", "at most smoe::limits::kMaxLayers");
+        for (auto const& x : t)
+            if (x != "moe" && x != "mlp" && x != "mamba" && x != "linear_attention" && x != "attention" && x != "full_attention")
+                io::detail::file_fail(file, "key '" + std::string(tkey) + "'", "\"" + x + "\"",
+                                      "\"moe\", \"mlp\", \"linear_attention\" (\"mamba\") or \"full_attention\" (\"attention\")");
+        c.num_hidden_layers = static_cast<std::int64_t>(t.size());
+        for (auto const& x : t) c.moe_layer_types.push_back(x == "moe");
     } else {
         io::detail::file_fail(file, "key 'model_type'", type, std::string("one of ") + kHfModelTypes);
     }
@@ -841,19 +894,20 @@ inline std::string read_text_file(std::filesystem::path const& path) {
 }  // namespace detail
 
 inline nlohmann::json read_json_file(std::filesystem::path const& path) {
-    // The parser of safetensors headers: UTF-8, no duplicate keys, no NUL, bounded depth.
-    return parse_json_strict(detail::read_text_file(path), path.string());
+    // The parser of safetensors headers: UTF-8, no duplicate keys, no NUL, bounded depth; a config file may
+    // also hold Python's Infinity / NaN tokens (io/strict_json.hpp).
+    return parse_json_strict(detail::read_text_file(path), path.string(), 32, JsonFloats::python);
 }
 
 inline HfMoeConfig read_hf_config(std::filesystem::path const& path) {
     std::string const text = detail::read_text_file(path);
-    nlohmann::json const j = parse_json_strict(text, path.string());
+    nlohmann::json const j = parse_json_strict(text, path.string(), 32, JsonFloats::python);
     // GPTQ `dynamic` patterns apply in file order; nlohmann::json sorts keys, so the order comes from
     // a second, order-keeping parse of the text the strict parser has accepted.
     std::vector<std::string> order;
     auto const q = j.find("quantization_config");
     if (q != j.end() && q->is_object() && q->contains("dynamic") && (*q)["dynamic"].is_object() && (*q)["dynamic"].size() > 1) {
-        nlohmann::ordered_json const ordered = nlohmann::ordered_json::parse(text);
+        nlohmann::ordered_json const ordered = nlohmann::ordered_json::parse(detail::mark_python_floats(text).value_or(text));
         for (auto const& [key, v] : ordered["quantization_config"]["dynamic"].items()) order.push_back(key);
     }
     return parse_hf_config(j, path.string(), order);

@@ -18,7 +18,8 @@
 // sparsemixer routes in forward (router::SparseMixer) before the layer runs on that routing, and so do
 // DeepSeek-V4's hash_moe layers (router::Hash on gate.tid2eid, with forward's token ids).
 //
-// Quantised checkpoints (config.json's quantization_config, formats.md §1-§4) and quantise-at-load
+// Quantised checkpoints (config.json's quantization_config, formats.md §1-§4; gpt-oss's stacked MXFP4 and
+// Llama 4's stacked FP8 experts, io/quant_tensors.hpp) and quantise-at-load
 // int4 (Options::format = WeightFormat::int4) build the same three shapes over expert::QuantSwiGLU:
 // every expert matrix is planned first (io/quant_tensors.hpp: layout, dtypes, shapes, config keys),
 // then QuantSwiGLU reads and packs one expert at a time (peak memory: the packed weights plus one
@@ -163,6 +164,7 @@ struct HfNames {
     // family also stores one tensor per expert (Granite's files hold only the fused input/output_linear).
     std::vector<std::pair<char const*, char const*>> fused = {{"experts.gate_up_proj", "experts.down_proj"}};
     bool per_expert = true;
+    bool gated = true;              // false: no gate projection (Nemotron-H: up and down only; the fused stack is [E, f, d])
     bool fused_transposed = false;  // fused stacks as [E, d, 2f] (gate columns first) and [E, f, d] (Qwen3-VL-MoE)
     bool fused_interleaved = false; // gate and up units alternate in the fused stack (GPT-OSS: columns 2j, 2j + 1)
     bool dbrx_stacks = false;       // DBRX: experts.mlp.w1 / v1 / w2, each [E·f, d] (w2 is the down projection transposed)
@@ -230,6 +232,14 @@ struct HfNames {
             // the fused stacks, e_score_correction_bias and shared_experts.{gate,up,down}_proj.
             n.gate_name = "w1", n.up_name = "w3", n.down_name = "w2";
             n.bias.insert(n.bias.begin(), "gate.bias");
+        }
+        if (f == HfFamily::nemotron_h) {
+            // On disk backbone.layers.{l}.mixer.experts.{i}.up_proj / down_proj; re-saved by HF under model. as the
+            // stacks experts.up_proj [E, f, d] and experts.down_proj [E, d, f]. The shared MLP: shared_experts.up/down_proj.
+            n.prefixes = {"backbone.layers." + l + "mixer."};
+            for (auto const& b : bases) n.prefixes.push_back(b + "mixer.");
+            n.gated = false;
+            n.fused = {{"experts.up_proj", "experts.down_proj"}};
         }
         if (granite) {
             // On disk block_sparse_moe.router.layer / input_linear / output_linear; re-saved as mlp.router / experts.*.
@@ -340,6 +350,7 @@ public:
         // The source may be closed after loading: forget where its tensors were.
         m.fused_gate_up_ = m.fused_down_ = m.dbrx_up_ = nullptr;
         m.gpt_oss_plan_.reset();
+        m.llama4_plan_.reset();
         m.experts_.clear();
         m.shared_ = {};
         m.qplans_.clear();
@@ -538,6 +549,20 @@ private:
             quant_ = any_quantized_ = true;
             routed_fmt_ = {std::vector<quant::Format>(local_.size(), quant::Format::mxfp4()),
                            std::vector<quant::Format>(local_.size(), quant::Format::mxfp4())};
+        } else if (gu && gu->dtype == Dtype::F8_E4M3 && cfg_.family == HfFamily::llama4) {
+            // Llama 4's FP8 release (fbgemm_fp8): the fused transposed stacks as e4m3 codes with a factor per output
+            // channel (quant_tensors.hpp), read one expert at a time into fp8-e4m3-channel matrices.
+            if (!cfg_.quant)
+                io::detail::file_fail(k.file, "key 'quantization_config'", "missing",
+                                      "a quantization_config (fbgemm_fp8) describing the F8_E4M3 tensor " + io::detail::quoted(gu->name));
+            if (opt.format == WeightFormat::int4)
+                io::detail::file_fail(source_, "tensor " + io::detail::quoted(gu->name), "F8_E4M3",
+                                      "float experts for options.format int4 (FP8 experts keep their format)");
+            llama4_plan_ = plan_llama4_fp8_experts(src, prefix_ + "experts", E, d, f, source_);
+            quant_ = any_quantized_ = true;
+            routed_fmt_ = {std::vector<quant::Format>(local_.size(), quant::Format::fp8_channel()),
+                           std::vector<quant::Format>(local_.size(), quant::Format::fp8_channel())};
+            gu = nullptr;
         } else if (names.dbrx_stacks) {
             // DBRX: w1 (gate), v1 (up) and w2 (down, transposed: a row per intermediate unit), each [E·f, d].
             ConfigExtent const xEf{E, k.num_experts, f};
@@ -554,24 +579,28 @@ private:
             // Quantised when the config says so, when asked for int4, or when the first expert's weight
             // is not a float tensor (an FP8 weight, weight_packed or qweight without a config: an error
             // naming quantization_config, from plan_matrix).
-            std::string const p0 = prefix_ + "experts." + std::to_string(local_.front()) + "." + names.gate_name + ".";
+            std::string const p0 = prefix_ + "experts." + std::to_string(local_.front()) + "." + (names.gated ? names.gate_name : names.up_name) + ".";
             auto const* w = src.find(p0 + "weight");
             bool const foreign = w ? (w->dtype != Dtype::F32 && w->dtype != Dtype::BF16 && w->dtype != Dtype::F16)
                                    : (src.find(p0 + "weight_packed") || src.find(p0 + "qweight"));
             quant_ = cfg_.quant.has_value() || opt.format == WeightFormat::int4 || foreign;
         }
-        if (gpt_oss_plan_ || opt.packed) {
+        if (quant_ && !names.gated && !opt.packed)
+            io::detail::file_fail(source_, "experts of decoder layer " + std::to_string(layer_index_) + " (" + to_string(cfg_.family) + ")",
+                                  "quantised or options.format int4", "float experts (non-gated relu² experts load as f32, bf16 or int8)");
+        if (gpt_oss_plan_ || llama4_plan_ || opt.packed) {
             // planned above, or packed
         } else if (quant_) {
             plan_quant(src, names, opt);
         } else if (gu) {
             fused_transposed_ = names.fused_transposed;
             fused_interleaved_ = names.fused_interleaved;
+            ConfigExtent const xgu = names.gated ? ConfigExtent{f, k.intermediate_size, 2} : xf;  // 2f, or f up rows alone
             if (fused_transposed_) {
-                fused_gate_up_ = checked(gu, {xE, xd, {f, k.intermediate_size, 2}});
+                fused_gate_up_ = checked(gu, {xE, xd, xgu});
                 fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, f, d]"), {xE, xf, xd});
             } else {
-                fused_gate_up_ = checked(gu, {xE, {f, k.intermediate_size, 2}, xd});
+                fused_gate_up_ = checked(gu, {xE, xgu, xd});
                 fused_down_ = checked(find_or_fail(src, prefix_ + down_name, "the fused down projection [E, d, f]"), {xE, xd, xf});
             }
         }
@@ -580,10 +609,10 @@ private:
             for (std::size_t l = 0; l < local_.size(); ++l) {
                 std::string const p = prefix_ + "experts." + std::to_string(local_[l]) + ".";
                 auto& t = experts_[l];
-                auto const* gate_proj = find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]");
+                auto const* gate_proj = names.gated ? find_or_fail(src, p + names.gate_name + ".weight", "expert gate projection [f, d]") : nullptr;
                 auto const* up_proj = find_or_fail(src, p + names.up_name + ".weight", "expert up projection [f, d]");
                 auto const* down_proj = find_or_fail(src, p + names.down_name + ".weight", "expert down projection [d, f]");
-                t = {checked(gate_proj, {xf, xd}), checked(up_proj, {xf, xd}), checked(down_proj, {xd, xf})};
+                t = {gate_proj ? checked(gate_proj, {xf, xd}) : nullptr, checked(up_proj, {xf, xd}), checked(down_proj, {xd, xf})};
             }
         }
         TensorInfo const* shared_gate = nullptr;
@@ -604,12 +633,15 @@ private:
                 auto plan = [&](char const* proj, ConfigExtent r, ConfigExtent c) {
                     return plan_matrix(src, cfg_.quant ? &*cfg_.quant : nullptr, p + proj, r, c, source_, k.file);
                 };
-                qshared_ = {plan("gate_proj", xs, xd), plan("up_proj", xs, xd), plan("down_proj", xd, xs)};
+                // gate_proj / up_proj / down_proj, or DeepSeek-V4's w1 / w3 / w2.
+                bool const w = !src.find(p + "gate_proj.weight") && src.find(p + "w1.weight");
+                qshared_ = {plan(w ? "w1" : "gate_proj", xs, xd), plan(w ? "w3" : "up_proj", xs, xd), plan(w ? "w2" : "down_proj", xd, xs)};
                 check_pair(*qshared_, "shared expert", opt);
             } else {
                 // gate_proj / up_proj / down_proj, or DeepSeek-V4's w1 / w3 / w2.
                 bool const w = !src.find(p + "gate_proj.weight") && src.find(p + "w1.weight");
-                shared_[0] = checked(find_or_fail(src, p + (w ? "w1" : "gate_proj") + ".weight", "shared expert gate projection"), {xs, xd});
+                if (names.gated)
+                    shared_[0] = checked(find_or_fail(src, p + (w ? "w1" : "gate_proj") + ".weight", "shared expert gate projection"), {xs, xd});
                 shared_[1] = checked(find_or_fail(src, p + (w ? "w3" : "up_proj") + ".weight", "shared expert up projection"), {xs, xd});
                 shared_[2] = checked(find_or_fail(src, p + (w ? "w2" : "down_proj") + ".weight", "shared expert down projection"), {xd, xs});
             }
@@ -700,8 +732,9 @@ private:
         std::int64_t const fs = cfg_.shared_intermediate_size, all = cfg_.num_experts();
         auto& store = storage<L>();
         auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
+        bool const gated = cfg_.activation.gated();  // non-gated (relu²): no W1 / S1 (GluActivation::relu2)
         if (!opt.packed) {
-            store[w1].resize(sz(E * f * d));
+            if (gated) store[w1].resize(sz(E * f * d));
             store[w3].resize(sz(E * f * d));
             store[w2].resize(sz(E * d * f));
         }
@@ -718,6 +751,15 @@ private:
                 detail::copy_elements(*fused_down_, source_, e * f * d, f * d, dn.data());
                 for (std::int64_t o = 0; o < d; ++o)
                     for (std::int64_t j = 0; j < f; ++j) store[w2][sz(l * d * f + o * f + j)] = dn[sz(j * d + o)];
+            }
+        } else if (fused_gate_up_ && !gated) {
+            // Non-gated (Nemotron-H re-saved by HF): up [E, f, d] and down [E, d, f], one held expert at a time.
+            check_shape(*fused_gate_up_, {all, f, d});
+            check_shape(*fused_down_, {all, d, f});
+            for (std::int64_t l = 0; l < E; ++l) {
+                std::int64_t const e = local_[sz(l)];
+                detail::copy_elements(*fused_gate_up_, source_, e * f * d, f * d, store[w3].data() + l * f * d);
+                detail::copy_elements(*fused_down_, source_, e * d * f, d * f, store[w2].data() + l * d * f);
             }
         } else if (fused_gate_up_) {
             // [E, 2f, d], gate rows first, and [E, d, f]: one held expert at a time, split into the
@@ -753,17 +795,17 @@ private:
         } else {
             for (std::int64_t l = 0; l < E; ++l) {
                 auto const& t = experts_[sz(l)];
-                detail::copy_tensor(*t[0], source_, {f, d}, store[w1].data() + l * f * d);
+                if (gated) detail::copy_tensor(*t[0], source_, {f, d}, store[w1].data() + l * f * d);
                 detail::copy_tensor(*t[1], source_, {f, d}, store[w3].data() + l * f * d);
                 detail::copy_tensor(*t[2], source_, {d, f}, store[w2].data() + l * d * f);
             }
         }
         if (fs > 0) {
-            store[s1].resize(sz(fs * d));
+            if (gated) store[s1].resize(sz(fs * d));
             store[s3].resize(sz(fs * d));
             store[s2].resize(sz(d * fs));
             if (shared_[1]) {
-                detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
+                if (gated) detail::copy_tensor(*shared_[0], source_, {fs, d}, store[s1].data());
                 detail::copy_tensor(*shared_[1], source_, {fs, d}, store[s3].data());
             } else {  // fused [2f_s, d], gate rows first
                 std::vector<L> gu(sz(2 * fs * d));
@@ -786,10 +828,10 @@ private:
                 return pw;
             }
             if constexpr (std::is_same_v<W, std::int8_t>)
-                return expert::SwiGLUWeights<W>::dense(q.q[a].data(), q.s[a].data(), q.q[b].data(), q.s[b].data(), q.q[c].data(),
-                                                        q.s[c].data(), sc);
+                return expert::SwiGLUWeights<W>::dense(gated ? q.q[a].data() : nullptr, gated ? q.s[a].data() : nullptr, q.q[b].data(),
+                                                        q.s[b].data(), q.q[c].data(), q.s[c].data(), sc);
             else
-                return expert::SwiGLUWeights<W>::dense(store[a].data(), store[b].data(), store[c].data(), sc);
+                return expert::SwiGLUWeights<W>::dense(gated ? store[a].data() : nullptr, store[b].data(), store[c].data(), sc);
         };
         auto routed_weights = [&] {
             auto w = weights_of(w1, w3, w2, routed);
@@ -972,6 +1014,7 @@ private:
     TensorInfo const* fused_down_ = nullptr;
     TensorInfo const* dbrx_up_ = nullptr;
     std::optional<GptOssExpertsPlan> gpt_oss_plan_;
+    std::optional<Llama4Fp8ExpertsPlan> llama4_plan_;
     std::vector<std::array<TensorInfo const*, 3>> experts_;
     std::array<TensorInfo const*, 3> shared_{};
 
@@ -1071,6 +1114,10 @@ void BasicHfMoeLayer<Maker>::build_quant(Options const& opt) {
             w.gate_up = routed_fmt_.first;
             w.down = routed_fmt_.second;
             w.load = [this](std::int64_t e) { return read_gpt_oss_expert(*gpt_oss_plan_, local_[static_cast<std::size_t>(e)]); };
+        } else if (llama4_plan_) {  // Llama 4's stacked FP8 experts, read one at a time
+            w.gate_up = routed_fmt_.first;
+            w.down = routed_fmt_.second;
+            w.load = [this](std::int64_t e) { return read_llama4_fp8_expert(*llama4_plan_, local_[static_cast<std::size_t>(e)]); };
         } else {
             w = weights(qplans_, routed_fmt_);
         }

@@ -11,6 +11,7 @@
 // | gptq                | qweight/qzeros/scales[/g_idx], v1 or v2 zero points      | `dynamic` "-:" patterns     |
 // | awq                 | GEMM qweight/qzeros/scales                               | `modules_to_not_convert`    |
 // | fp8                 | weight F8_E4M3 + weight_scale_inv (block, or one factor) | `modules_to_not_convert`, `ignored_layers` |
+// | fbgemm_fp8          | weight F8_E4M3 + weight_scale [R, 1] (per channel); Llama 4's fused experts (quant_tensors.hpp) | `modules_to_not_convert` |
 // | mxfp4               | gpt-oss `_blocks`/`_scales`, per module weight_packed U8 | `modules_to_not_convert`    |
 // | smoe-ternary        | weight_ternary U8 (2b or b3) + weight_scale F32 (research.md §7.4) | `modules_to_not_convert` |
 // | bitnet              | HF BitNet: weight U8 [R/4, C] + weight_scale [1]; linear_class bitlinear divides | `modules_to_not_convert` |
@@ -41,7 +42,7 @@
 
 namespace smoe::inline v0::io {
 
-enum class QuantMethod { compressed_tensors, gptq, awq, fp8, mxfp4, smoe_ternary, bitnet };
+enum class QuantMethod { compressed_tensors, gptq, awq, fp8, mxfp4, smoe_ternary, bitnet, fbgemm_fp8 };
 
 inline char const* to_string(QuantMethod m) {
     switch (m) {
@@ -51,6 +52,7 @@ inline char const* to_string(QuantMethod m) {
         case QuantMethod::fp8: return "fp8";
         case QuantMethod::smoe_ternary: return "smoe-ternary";
         case QuantMethod::bitnet: return "bitnet";
+        case QuantMethod::fbgemm_fp8: return "fbgemm_fp8";
         default: return "mxfp4";
     }
 }
@@ -68,6 +70,7 @@ enum class QuantLayout {
     mxfp4,             // §3.2 gpt-oss stacked _blocks/_scales (or a module's weight_packed U8)
     ternary,           // research.md §7.4 weight_ternary U8, weight_scale F32
     bitnet,            // research.md §7.4 HF BitNet weight U8 [R/4, C], weight_scale [1]
+    fp4,               // DeepSeek-V4's experts (fp8 with expert_dtype "fp4"): weight I8 [R, C/2] E2M1 pairs, scale E8M0 [R, C/32]
 };
 
 inline char const* to_string(QuantLayout l) {
@@ -82,6 +85,7 @@ inline char const* to_string(QuantLayout l) {
         case QuantLayout::fp8: return "FP8 (weight_scale_inv)";
         case QuantLayout::ternary: return "smoe ternary (weight_ternary)";
         case QuantLayout::bitnet: return "HF BitNet ternary";
+        case QuantLayout::fp4: return "FP4 experts (expert_dtype fp4)";
         default: return "MXFP4";
     }
 }
@@ -96,6 +100,7 @@ struct QuantScheme {
     std::int64_t block_rows = 0;   // FP8: rows per factor; 0 = all rows (per tensor)
     std::int64_t block_cols = 0;   // FP8: columns per factor; 0 = all columns
     bool ue8m0 = false;            // FP8 scale_fmt "ue8m0": factors may be E8M0 bytes
+    bool expert_fp4 = false;       // FP8 expert_dtype "fp4": a module whose weight is I8/U8 is QuantLayout::fp4
     std::string group_key;         // the key that gave `group`, for divisibility errors
     quant::TernaryScale ternary_scale = quant::TernaryScale::tensor;  // smoe-ternary: the scale unit
     quant::TernaryPacking packing = quant::TernaryPacking::p2b;       // smoe-ternary: 2b or b3
@@ -480,9 +485,21 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
             if (*s != "float" && *s != "ue8m0") k.fail("scale_fmt", *s, "\"float\" or \"ue8m0\"");
             c.scheme.ue8m0 = *s == "ue8m0";
         }
-        if (auto const e = k.str("expert_dtype"); e && *e != "fp8") k.fail("expert_dtype", *e, "\"fp8\" (packed fp4 experts are not supported)");
+        // DeepSeek-V4: expert_dtype "fp4" stores the routed experts as E2M1 pairs (transformers FP8Experts: weight int8
+        // [N, K/2], one UE8M0 factor per 1 x 32; the other linears stay FP8 blocks): plan_matrix tells them by dtype.
+        if (auto const e = k.str("expert_dtype"); e && *e != "fp8" && *e != "fp4") k.fail("expert_dtype", *e, "\"fp8\" or \"fp4\"");
+        c.scheme.expert_fp4 = k.str("expert_dtype") == std::optional<std::string>("fp4");
         c.not_convert = k.names("modules_to_not_convert");
         for (auto& t : k.names("ignored_layers")) c.not_convert.push_back(std::move(t));
+    } else if (method == "fbgemm_fp8") {
+        // transformers' FbgemmFp8Config (Llama 4's FP8 release): a Linear's weight F8_E4M3 [R, C] with weight_scale
+        // [R, 1], one factor per output channel: compressed-tensors' channel rule (formats.md §2.3). smoe does not
+        // quantise activations, so activation_scale_ub is not read.
+        c.method = QuantMethod::fbgemm_fp8;
+        c.scheme.layout = QuantLayout::ct_fp8;
+        c.scheme.block_rows = 1;
+        c.scheme.block_cols = 0;
+        c.not_convert = k.names("modules_to_not_convert");
     } else if (method == "mxfp4") {
         c.method = QuantMethod::mxfp4;
         c.scheme.layout = QuantLayout::mxfp4;
@@ -516,7 +533,7 @@ inline QuantConfig parse_quant_config(nlohmann::json const& q, std::string const
         c.not_convert = k.names("modules_to_not_convert");
     } else {
         detail::file_fail(file, "key '" + k.key("quant_method") + "'", method.empty() ? std::string("missing") : method,
-                          "\"compressed-tensors\", \"gptq\", \"awq\", \"fp8\", \"mxfp4\", \"smoe-ternary\" or \"bitnet\"");
+                          "\"compressed-tensors\", \"gptq\", \"awq\", \"fp8\", \"fbgemm_fp8\", \"mxfp4\", \"smoe-ternary\" or \"bitnet\"");
     }
     return c;
 }

@@ -14,8 +14,10 @@
 // A dense module (a float `weight`, no scale) decodes to f32 or bf16 (its dtype), or to the format
 // the caller asks for at load (int4, int8 channel: quant/quantize.hpp). gpt-oss stacks its MXFP4 experts
 // per layer (`experts.gate_up_proj_blocks [E, 2f, d/32, 16]`, gate and up rows interleaved):
-// plan_gpt_oss_experts / read_gpt_oss_expert.
+// plan_gpt_oss_experts / read_gpt_oss_expert. Llama 4's FP8 release stacks them as transposed e4m3 codes
+// with per-channel factors: plan_llama4_fp8_experts / read_llama4_fp8_expert.
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -108,7 +110,8 @@ inline quant::Format format_of(QuantScheme const& s, std::int64_t C) {
             if (s.block_rows == 1 && s.block_cols == 0) return quant::Format::fp8_channel();
             return quant::Format::fp8_block(s.block_rows, s.block_cols);
         case QuantLayout::ct_mxfp4:
-        case QuantLayout::mxfp4: return quant::Format::mxfp4();
+        case QuantLayout::mxfp4:
+        case QuantLayout::fp4: return quant::Format::mxfp4();
         case QuantLayout::ternary: return quant::Format::ternary(s.ternary_scale, s.group, s.packing);
         case QuantLayout::bitnet: return quant::Format::ternary();
         default: return quant::Format::f32();
@@ -153,8 +156,12 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
         found = quant && quant->method == QuantMethod::awq ? QuantLayout::awq : QuantLayout::gptq;
         found_name = "qweight";
     } else if (weight) {
+        // DeepSeek's own files call weight_scale_inv `scale` (transformers renames it on load).
         if (weight->dtype == Dtype::F8_E4M3)
-            found = find("weight_scale_inv") ? QuantLayout::fp8 : QuantLayout::ct_fp8;
+            found = find("weight_scale_inv") || find("scale") ? QuantLayout::fp8 : QuantLayout::ct_fp8;
+        else if ((weight->dtype == Dtype::I8 || weight->dtype == Dtype::U8) && quant && quant->method == QuantMethod::fp8 &&
+                 quant->scheme.expert_fp4)
+            found = QuantLayout::fp4;
         else if (weight->dtype == Dtype::I8)
             found = QuantLayout::ct_int8;
         else if (weight->dtype == Dtype::U8 && quant && quant->method == QuantMethod::bitnet)
@@ -165,7 +172,8 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
 
     // What the config says, and whether the two agree.
     QuantScheme const s = quant ? quant->scheme_of(module) : QuantScheme{};
-    bool const mx_alias = (found == QuantLayout::ct_mxfp4 && s.layout == QuantLayout::mxfp4);
+    bool const mx_alias = (found == QuantLayout::ct_mxfp4 && s.layout == QuantLayout::mxfp4) ||
+                          (found == QuantLayout::fp4 && s.layout == QuantLayout::fp8);  // an FP4 expert of an expert_dtype fp4 file
     bool const fp8_alias = (found == QuantLayout::fp8 && s.layout == QuantLayout::ct_fp8) ||
                            (found == QuantLayout::ct_fp8 && s.layout == QuantLayout::fp8);
     if (s.layout != found && !mx_alias) {
@@ -195,7 +203,7 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
                   std::string("the layout quantization_config gives module '") + module + "': " + to_string(s.layout));
     }
     p.scheme = s;
-    if (mx_alias) p.scheme.layout = QuantLayout::ct_mxfp4;
+    if (mx_alias) p.scheme.layout = found;
     p.format = detail::format_of(p.scheme, C);
 
     auto need = [&](char const* suffix, std::string const& what) {
@@ -283,10 +291,20 @@ QuantMatrixPlan plan_matrix(S const& src, QuantConfig const* quant, std::string 
             ck.shape(*p.scale, {R, 1}, "[R, 1]");
             if (find("weight_zero_point")) ck.forbidden("weight_zero_point", "int8 per channel is symmetric");
             break;
+        case QuantLayout::fp4: {
+            char const* const scale_name = find("weight_scale_inv") || !find("scale") ? "weight_scale_inv" : "scale";
+            ck.multiple("weight", "in_features", C, 32, "FP4 experts have one E8M0 factor per 32 inputs");
+            ck.shape(*weight, {R, C / 2}, "[R, C/2] (two E2M1 codes per byte)");
+            p.weight = weight;
+            p.scale = need(scale_name, "the E8M0 factors [R, C/32] of an FP4 expert matrix");
+            ck.dtype(*p.scale, {Dtype::F8_E8M0, Dtype::U8, Dtype::F32}, "F8_E8M0 or U8 (E8M0 bytes), or F32 powers of two");
+            ck.shape(*p.scale, {R, C / 32}, "[R, C/32]");
+            break;
+        }
         case QuantLayout::ct_fp8:
         case QuantLayout::fp8: {
             bool const inv = s.layout == QuantLayout::fp8;
-            char const* const scale_name = inv ? "weight_scale_inv" : "weight_scale";
+            char const* const scale_name = !inv ? "weight_scale" : find("weight_scale_inv") || !find("scale") ? "weight_scale_inv" : "scale";
             ck.dtype(*weight, {Dtype::F8_E4M3}, "F8_E4M3");
             ck.shape(*weight, {R, C}, "[R, C]");
             p.weight = weight;
@@ -358,6 +376,10 @@ inline std::vector<std::int8_t> raw_i8(TensorInfo const& t) {
     std::vector<std::int8_t> v(t.bytes.size());
     if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), v.size());
     return v;
+}
+// The factor tensor's suffix as the file spells it: weight_scale_inv, or DeepSeek's own `scale`.
+inline char const* scale_suffix(TensorInfo const& t) {
+    return t.name.size() >= 6 && t.name.compare(t.name.size() - 6, 6, ".scale") == 0 ? "scale" : "weight_scale_inv";
 }
 // Factors as fp32: floats widened exactly; E8M0 bytes (scale_fmt ue8m0) as 2^(b - 127), 255 rejected.
 inline std::vector<float> read_factors(TensorInfo const& t) {
@@ -435,7 +457,26 @@ inline quant::Matrix read_matrix(QuantMatrixPlan const& p, std::optional<quant::
             auto const sc = detail::read_factors(*p.scale);
             bool const channel = s.block_rows == 1 && s.block_cols == 0;
             return quant::from_fp8(src, R, C, s.block_rows, channel ? 0 : s.block_cols, w, sc,
-                                   s.layout == QuantLayout::fp8 ? "weight_scale_inv" : "weight_scale");
+                                   s.layout == QuantLayout::fp8 ? detail::scale_suffix(*p.scale) : "weight_scale");
+        }
+        case QuantLayout::fp4: {
+            // E2M1 pairs, low nibble first, and an E8M0 factor per 32 inputs: MXFP4's numerics (formats.md §3.1).
+            auto const b = detail::raw_bytes(*p.weight);
+            std::vector<std::uint8_t> sc;
+            if (p.scale->dtype == Dtype::F32) {  // a float factor must be what an E8M0 byte can say
+                auto const v = read_f32(*p.scale);
+                for (std::size_t k = 0; k < v.size(); ++k) {
+                    int ex = 0;
+                    float const m = std::isfinite(v[k]) ? std::frexp(v[k], &ex) : 0.0f;
+                    if (m != 0.5f || ex - 1 < -127 || ex - 1 > 127)
+                        io::detail::file_fail(p.scale->file, "tensor " + io::detail::quoted(p.scale->name) + " element " + std::to_string(k), v[k],
+                                              "a power of two 2^-127 .. 2^127 (an E8M0 factor)");
+                    sc.push_back(static_cast<std::uint8_t>(ex - 1 + 127));
+                }
+            } else {
+                sc = detail::raw_bytes(*p.scale);
+            }
+            return quant::from_mxfp4(src, R, C, b, sc, "weight", detail::scale_suffix(*p.scale));
         }
         case QuantLayout::ternary: {
             auto const b = detail::raw_bytes(*p.weight);
@@ -510,6 +551,85 @@ inline expert::QuantExpertWeights read_gpt_oss_expert(GptOssExpertsPlan const& p
             m.scales.insert(m.scales.end(), gu.scales.begin() + src_row * B, gu.scales.begin() + (src_row + 1) * B);
         }
     }
+    return w;
+}
+
+// Llama 4's FP8 release (quant_method fbgemm_fp8; transformers FbgemmFp8Llama4TextExperts, families.md §2.8): a
+// layer's experts under `prefix` ("language_model.model.layers.{l}.feed_forward.experts") as
+//   gate_up_proj F8_E4M3 [E, d, 2f] (gate columns first), gate_up_proj_scale [E, 1, 2f],
+//   down_proj    F8_E4M3 [E, f, d],                      down_proj_scale    [E, d, 1]   (scales F32, BF16 or F16)
+// one factor per output channel, the codes stored [in, out]:
+//   W_gate[j, i] = e4m3(gate_up_proj[e, i, j]) · gate_up_proj_scale[e, 0, j]   (up: column f + j)
+//   W_down[o, j] = e4m3(down_proj[e, j, o]) · down_proj_scale[e, o, 0]
+// Each expert becomes three fp8-e4m3-channel matrices [out, in] (formats.md §2.3's channel rule). The factors
+// are read and checked at plan time (they are small), the codes one expert at a time, errors in file indices.
+struct Llama4Fp8ExpertsPlan {
+    std::string prefix, file;
+    std::int64_t E = 0, d = 0, f = 0;
+    TensorInfo const *gu = nullptr, *dn = nullptr;
+    std::vector<float> gu_scale, dn_scale;  // [E, 2f], [E, d]
+};
+
+template <class S>
+Llama4Fp8ExpertsPlan plan_llama4_fp8_experts(S const& src, std::string const& prefix, std::int64_t E, std::int64_t d, std::int64_t f,
+                                             std::string const& file) {
+    Llama4Fp8ExpertsPlan p{prefix, file, E, d, f, nullptr, nullptr, {}, {}};
+    detail::PlanChecks const ck{file, prefix, 2 * f, d, file};
+    auto need = [&](char const* suffix, bool codes, std::initializer_list<std::int64_t> shape, char const* formula) {
+        auto const* t = src.find(prefix + "." + suffix);
+        if (!t) ck.missing(suffix, std::string("the stacked FP8 experts ") + formula + " (llama4, fbgemm_fp8)");
+        if (codes)
+            ck.dtype(*t, {Dtype::F8_E4M3}, "F8_E4M3");
+        else
+            ck.float_dtype(*t);
+        ck.shape(*t, shape, formula);
+        return t;
+    };
+    p.gu = need("gate_up_proj", true, {E, d, 2 * f}, "[E, d, 2f]");
+    p.dn = need("down_proj", true, {E, f, d}, "[E, f, d]");
+    auto scales = [&](char const* suffix, std::initializer_list<std::int64_t> shape, char const* formula, bool col) {
+        auto const* t = need(suffix, false, shape, formula);
+        auto v = read_f32(*t);
+        std::int64_t const n = col ? 2 * f : d;  // per expert
+        for (std::size_t k = 0; k < v.size(); ++k)
+            if (!std::isfinite(v[k]) || !(v[k] > 0.0f)) {
+                std::int64_t const e = static_cast<std::int64_t>(k) / n, c = static_cast<std::int64_t>(k) % n;
+                io::detail::file_fail(file, "tensor " + io::detail::quoted(t->name) + " element " + (col ? detail::dims_text({e, 0, c}) : detail::dims_text({e, c, 0})), v[k],
+                                      "a finite scale > 0");
+            }
+        return v;
+    };
+    p.gu_scale = scales("gate_up_proj_scale", {E, 1, 2 * f}, "[E, 1, 2f]", true);
+    p.dn_scale = scales("down_proj_scale", {E, d, 1}, "[E, d, 1]", false);
+    return p;
+}
+
+inline expert::QuantExpertWeights read_llama4_fp8_expert(Llama4Fp8ExpertsPlan const& p, std::int64_t e) {
+    std::int64_t const d = p.d, f = p.f;
+    // out x in codes of a stack stored [e][in][out] (row stride `ld` outputs), from output column c0; a NaN code
+    // is named by its index in the file.
+    auto transposed = [&](TensorInfo const& t, std::int64_t in, std::int64_t ld, std::int64_t out, std::int64_t c0) {
+        std::vector<std::uint8_t> codes(static_cast<std::size_t>(out * in));
+        auto const* b = reinterpret_cast<std::uint8_t const*>(t.bytes.data()) + e * in * ld;
+        for (std::int64_t i = 0; i < in; ++i)
+            for (std::int64_t o = 0; o < out; ++o) {
+                std::uint8_t const v = b[i * ld + c0 + o];
+                if (quant::e4m3_is_nan(v))
+                    io::detail::file_fail(t.file, "tensor " + io::detail::quoted(t.name) + " element " + detail::dims_text({e, i, c0 + o}),
+                                          std::string(v == 0x7F ? "0x7F" : "0xFF"), "a finite e4m3 code (0x7F and 0xFF are NaN)");
+                codes[static_cast<std::size_t>(o * in + i)] = v;
+            }
+        return codes;
+    };
+    auto matrix = [&](std::int64_t R, std::int64_t C, std::vector<std::uint8_t> const& codes, float const* sc, char const* name) {
+        quant::Source const src{p.gu->file, p.prefix};
+        return quant::from_fp8(src, R, C, 1, 0, codes, std::span<float const>(sc, static_cast<std::size_t>(R)), name);
+    };
+    expert::QuantExpertWeights w;
+    float const* const g = p.gu_scale.data() + e * 2 * f;
+    w.gate = matrix(f, d, transposed(*p.gu, d, 2 * f, f, 0), g, "gate_up_proj_scale");
+    w.up = matrix(f, d, transposed(*p.gu, d, 2 * f, f, f), g + f, "gate_up_proj_scale");
+    w.down = matrix(d, f, transposed(*p.dn, f, d, d, 0), p.dn_scale.data() + e * d, "down_proj_scale");
     return w;
 }
 

@@ -3,13 +3,23 @@
 // first, duplicate keys are an error (nlohmann::json alone silently keeps the last of two equal
 // keys, which would let a header hide a tensor entry), and nesting is capped so a hostile file
 // cannot build an arbitrarily deep tree.
+//
+// Python's json module writes float('inf'), -inf and nan as the bare tokens Infinity, -Infinity and NaN
+// (allow_nan, its default), which are not JSON. transformers 4.x config.json files carry them (Mamba's and
+// Nemotron-H's time_step_limit [0.0, Infinity]); 5.x writes {"__float__": "Infinity"}, which is JSON. An engine
+// author expects a published config to load, so config files are parsed with JsonFloats::python: those three
+// tokens, whole and where a value stands, become the doubles they name (a key smoe reads then fails its own
+// finiteness check, naming the key); `Inf`, `+Infinity`, `infinity` or `NaN` inside a key stay errors.
+// Safetensors headers and index files keep JsonFloats::strict.
 
 #include <smoe/io/file_error.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -52,14 +62,64 @@ constexpr std::optional<std::size_t> find_invalid_utf8(std::string_view s) noexc
     return std::nullopt;
 }
 
+enum class JsonFloats { strict, python };
+
 namespace detail {
+
+// The decoded value of the string that stands in for a Python float token (an escaped U+0001 first, so the
+// JSON text around it stays valid); the builder turns it back into the double.
+inline constexpr std::string_view kPythonFloatMark = "\x01";
+
+// `text` with each Python float token in value position replaced by "\u0001<token>", or nullopt when there is
+// none (or when a string of the file itself holds an escaped U+0001, which would read as a marker).
+inline std::optional<std::string> mark_python_floats(std::string_view text) {
+    std::string out;
+    std::size_t copied = 0;
+    bool in_string = false;
+    char prev = 0;  // the last byte outside strings that is not whitespace
+    auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        char const c = text[i];
+        if (in_string) {
+            if (c == '\\' && i + 1 < text.size()) {
+                if (text.substr(i + 1, 5) == "u0001") return std::nullopt;
+                ++i;
+            } else if (c == '"') {
+                in_string = false;
+                prev = '"';
+            }
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+            continue;
+        }
+        if (ws(c)) continue;
+        if (prev == 0 || prev == ':' || prev == '[' || prev == ',') {
+            for (std::string_view tok : {"NaN", "Infinity", "-Infinity"}) {
+                std::size_t const end = i + tok.size();
+                if (text.substr(i, tok.size()) != tok) continue;
+                if (end < text.size() && !ws(text[end]) && text[end] != ',' && text[end] != ']' && text[end] != '}') continue;
+                out.append(text.substr(copied, i - copied)).append("\"\\u0001").append(tok).append("\"");
+                copied = end;
+                i = end - 1;
+                break;
+            }
+        }
+        prev = text[i];
+    }
+    if (copied == 0) return std::nullopt;
+    out.append(text.substr(copied));
+    return out;
+}
 
 // A nlohmann DOM builder that refuses duplicate keys and deep nesting.
 class StrictDomBuilder : public nlohmann::json_sax<nlohmann::json> {
 public:
     using json = nlohmann::json;
 
-    StrictDomBuilder(std::string const& label, std::size_t max_depth) : label_(label), max_depth_(max_depth) {}
+    StrictDomBuilder(std::string const& label, std::size_t max_depth, bool python_floats = false)
+        : label_(label), max_depth_(max_depth), python_floats_(python_floats) {}
 
     json& result() { return root_; }
 
@@ -71,7 +131,14 @@ public:
     bool number_integer(number_integer_t v) override { return value(json(v)); }
     bool number_unsigned(number_unsigned_t v) override { return value(json(v)); }
     bool number_float(number_float_t v, string_t const&) override { return value(json(v)); }
-    bool string(string_t& v) override { return value(json(std::move(v))); }
+    bool string(string_t& v) override {
+        if (python_floats_ && v.size() > 1 && v.compare(0, 1, kPythonFloatMark) == 0) {
+            std::string_view const t = std::string_view(v).substr(1);
+            if (t == "NaN") return value(json(std::numeric_limits<double>::quiet_NaN()));
+            if (t == "Infinity" || t == "-Infinity") return value(json(t[0] == '-' ? -HUGE_VAL : HUGE_VAL));
+        }
+        return value(json(std::move(v)));
+    }
     bool binary(binary_t&) override { return stop("JSON value", "binary", "text JSON"); }
 
     bool start_object(std::size_t) override { return open(json::value_t::object); }
@@ -142,6 +209,7 @@ private:
 
     std::string const& label_;
     std::size_t max_depth_;
+    bool python_floats_;
     json root_;
     std::vector<json*> stack_;
     std::vector<std::string> keys_;
@@ -153,8 +221,10 @@ private:
 }  // namespace detail
 
 // Parses `text` (named `label` in errors) or throws file_error: invalid UTF-8 (with the byte
-// offset), invalid JSON, a duplicate key, or more than `max_depth` nested containers.
-inline nlohmann::json parse_json_strict(std::string_view text, std::string const& label, std::size_t max_depth = 32) {
+// offset), invalid JSON, a duplicate key, or more than `max_depth` nested containers. `floats`: whether
+// Python's Infinity, -Infinity and NaN tokens are read (config files; see the top of this file).
+inline nlohmann::json parse_json_strict(std::string_view text, std::string const& label, std::size_t max_depth = 32,
+                                        JsonFloats floats = JsonFloats::strict) {
     if (auto bad = find_invalid_utf8(text))
         detail::file_fail(label, "JSON text", "byte " + std::to_string(*bad) + " is not UTF-8", "valid UTF-8");
     // JSON text never holds a raw NUL (not whitespace outside strings, an unescaped control
@@ -162,7 +232,9 @@ inline nlohmann::json parse_json_strict(std::string_view text, std::string const
     // `{...}\0garbage`; the reference reader (serde_json) rejects it, and so do we.
     if (auto nul = text.find('\0'); nul != std::string_view::npos)
         detail::file_fail(label, "JSON text", "a NUL byte at byte " + std::to_string(nul), "valid JSON");
-    detail::StrictDomBuilder builder(label, max_depth);
+    std::optional<std::string> const marked = floats == JsonFloats::python ? detail::mark_python_floats(text) : std::nullopt;
+    if (marked) text = *marked;  // byte offsets in errors then count the markers' extra bytes
+    detail::StrictDomBuilder builder(label, max_depth, marked.has_value());
     bool const ok = nlohmann::json::sax_parse(text.begin(), text.end(), &builder);
     if (!ok || builder.error()) {
         if (builder.error()) throw *builder.error();

@@ -91,6 +91,11 @@ public:
     SoftMerge(Config const& cfg, Weights const& w) : cfg_(cfg), w_(w), experts_(cfg.expert, w.experts) {
         detail::require_in_range("max_tokens", cfg.max_tokens, 0, limits::kMaxTokens, "smoe::limits::kMaxTokens");
         std::int64_t const E = experts_.num_experts(), d = experts_.hidden_size();
+        // The merged expert runs silu(g) · u on panels without biases: a clamped, non-gated (relu²) or biased
+        // expert would merge into something else.
+        if constexpr (requires { cfg.expert.plain_activation(); w.experts.bias.any(); })
+            if (!cfg.expert.plain_activation() || w.experts.bias.any())
+                detail::fail("expert.activation", "a clamped, non-gated, input-weighted or biased form", "plain SwiGLU experts to merge");
         if (cfg.router_input == MergeRouting::mean) {
             if (w.gate.data == nullptr) detail::fail("gate", "none", "a router weight [E, d] with router_input mean");
             detail::check_view(w.gate, "gate", E, d);

@@ -67,6 +67,7 @@ inline std::string flags_name(std::uint32_t f) {
     if (f & kPackBf16KPairs) s += "bf16 k-pair panels, ";
     if (f & kPackInt8Dot) s += "int8 dot panels, ";
     if (f & kPackBf16DotQuant) s += "bf16 dot panels, ";
+    if (f & kPackNonGated) s += "non-gated, ";
     return s.empty() ? "plain panels" : s.substr(0, s.size() - 2);
 }
 

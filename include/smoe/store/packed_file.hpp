@@ -122,8 +122,8 @@ inline char const* to_string(ExpertKind k) {
     }
 }
 // The packing variant, part of the layout: SwiGLU<bf16>'s k-pair panels (AVX512-BF16 path) and
-// QuantSwiGLU's int8 dot and bf16 dot panels.
-enum PackFlags : std::uint32_t { kPackBf16KPairs = 1u, kPackInt8Dot = 2u, kPackBf16DotQuant = 4u };
+// QuantSwiGLU's int8 dot and bf16 dot panels; non-gated relu² experts' 16 up units per gate/up panel.
+enum PackFlags : std::uint32_t { kPackBf16KPairs = 1u, kPackInt8Dot = 2u, kPackBf16DotQuant = 4u, kPackNonGated = 8u };
 
 #pragma pack(push, 1)
 struct FileHeader {

@@ -5,7 +5,7 @@
 // check each line of the spec's worked example, not only the output. The clamped activation, the biases
 // and the weight on the input (expert/swiglu_config.hpp; experts.md §5, families.md §2.1-§2.3) are
 // computed as written there, in double: g = s·(W1 x) + b1, g' = min(g, λ), u' = clamp(u, −λ, λ),
-// a = g' / (1 + exp(−α g')), h = a · (u' + c), out = W2 h + b2.
+// a = g' / (1 + exp(−α g')), h = a · (u' + c), out = W2 h + b2; non-gated (relu2): a = relu(u), h = a², no g.
 
 #include <algorithm>
 #include <cmath>
@@ -34,7 +34,7 @@ namespace detail {
 // Shapes come from the weights themselves; validate() then checks that the three views agree.
 template <class W>
 expert::SwiGLUConfig swiglu_config_of(expert::SwiGLUWeights<W> const& w) {
-    return {.hidden_size = w.w1.cols, .intermediate_size = w.w1.rows, .num_experts = w.w1.count};
+    return {.hidden_size = w.w3.cols, .intermediate_size = w.w3.rows, .num_experts = w.w3.count};
 }
 
 // Element (o, i) of one expert's matrix, widened to double; `scales` is that matrix's [E, out] scales.
@@ -53,7 +53,8 @@ double widened(MatrixView<W const> m, MatrixView<float const> scales, std::int64
 template <class W>
 SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<W> const& w, std::int64_t e, float const* x,
                                 expert::GluActivation const& act = {}, double in_scale = 1.0) {
-    auto const cfg = detail::swiglu_config_of(w);
+    auto cfg = detail::swiglu_config_of(w);
+    cfg.activation = act;
     cfg.validate();
     w.validate(cfg);
     if (e < 0 || e >= cfg.num_experts)
@@ -61,18 +62,24 @@ SwiGLUTrace swiglu_expert_trace(expert::SwiGLUWeights<W> const& w, std::int64_t 
     if (x == nullptr) smoe::detail::fail("x", "a null pointer", "hidden_size floats");
 
     auto const d = cfg.hidden_size, f = cfg.intermediate_size;
-    auto const W1 = w.w1[e], W3 = w.w3[e], W2 = w.w2[e];
+    bool const gated = act.gated();
+    auto const W1 = gated ? w.w1[e] : MatrixView<W const>{}, W3 = w.w3[e], W2 = w.w2[e];
     MatrixView<float const> s1, s3, s2;
     if constexpr (expert::SwiGLUWeights<W>::has_scales) s1 = w.s1, s3 = w.s3, s2 = w.s2;
     SwiGLUTrace tr{std::vector<double>(f), std::vector<double>(f), std::vector<double>(f), std::vector<double>(f),
                    std::vector<double>(d)};
     for (std::int64_t i = 0; i < f; ++i) {
         for (std::int64_t k = 0; k < d; ++k) {
-            tr.g[i] += detail::widened(W1, s1, e, i, k) * (in_scale * x[k]);
+            if (gated) tr.g[i] += detail::widened(W1, s1, e, i, k) * (in_scale * x[k]);
             tr.u[i] += detail::widened(W3, s3, e, i, k) * (in_scale * x[k]);
         }
         if (w.bias.b1.data) tr.g[i] += w.bias.b1(e, i);
         if (w.bias.b3.data) tr.u[i] += w.bias.b3(e, i);
+        if (!gated) {  // non-gated relu² (GluActivation::relu2): a = relu(u), h = a²
+            tr.a[i] = std::isnan(tr.u[i]) ? tr.u[i] : std::max(tr.u[i], 0.0);
+            tr.h[i] = tr.a[i] * tr.a[i];
+            continue;
+        }
         double const lim = act.limit;
         double const g = std::isnan(tr.g[i]) ? tr.g[i] : std::min(tr.g[i], lim);
         double const u = std::isnan(tr.u[i]) ? tr.u[i] : std::max(-lim, std::min(tr.u[i], lim));
