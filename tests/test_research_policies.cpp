@@ -398,6 +398,7 @@ TEST_CASE("llep plans cover every row exactly once and match None on random laye
         }
         CHECK(covered == c);
         CHECK(load == p.stats().planned_load);
+        CHECK(p.items().size() <= smoe::balance::LlepPlanner::max_items(E, W));
     }
     // Through a layer on 2 threads: the same bits as None.
     using Model = smoe_test::LayerModel<smoe::router::TopK>;
@@ -529,6 +530,37 @@ TEST_CASE("llep's plan decides which task computes which rows, with the bits of 
             {.gate = MatrixView<float const>(m.gate.data(), E, d), .experts = {&inner}});
         check_layer(single, threads);
     }
+}
+
+TEST_CASE("llep's largest plans fit the items reserved at construction: run() does not allocate", "[balance][llep][edge]") {
+    // Found by exhaustive search over loads 0..12 (E <= 5, W <= 4): W = 2 reaches 2E + 1 items, one more
+    // than the E W that was once reserved, and E = 1 reaches W + 1 (three chunks of expert 0 at cap 1).
+    struct Worst {
+        std::vector<std::int64_t> c;
+        std::int64_t W;
+        double alpha;
+        std::size_t items;
+    };
+    for (auto const& w : {Worst{{3, 2, 5, 3, 2}, 2, 1.0, 11}, Worst{{3}, 2, 0.5, 3}, Worst{{2, 10, 4}, 4, 0.8, 8}}) {
+        auto const E = static_cast<std::int64_t>(w.c.size());
+        INFO("E " << E << ", W " << w.W);
+        LeastLoadedConfig cfg{.num_experts = E, .num_workers = w.W, .max_tokens_factor = w.alpha, .min_tokens_per_gemm = 1};
+        smoe::balance::LlepPlanner p(cfg);
+        auto const* const before = p.items().data();
+        auto const reserved = smoe::balance::LlepPlanner::max_items(E, w.W);
+        p.run(w.c);
+        CHECK(p.items().size() == w.items);
+        CHECK(p.items().size() <= reserved);
+        CHECK(p.items().data() == before);  // no reallocation
+        LeastLoaded bal(cfg);  // and the balancer's per-item record, sized by the same bound
+        auto const* const runs = bal.executed().data();
+        bal.replan(w.c);
+        CHECK(bal.executed().size() == w.items);
+        CHECK(bal.executed().data() == runs);
+    }
+    CHECK(smoe::balance::LlepPlanner::max_items(5, 2) == 12);   // 2E + W
+    CHECK(smoe::balance::LlepPlanner::max_items(1, 2) == 3);    // E (W + 1)
+    CHECK(smoe::balance::LlepPlanner::max_items(std::int64_t(1) << 20, 4096) == (std::size_t(1) << 21) + 4096);
 }
 
 TEST_CASE("llep statistics are all 0 for T = 0", "[balance][llep][edge]") {

@@ -106,9 +106,21 @@ struct LlepStats {
 
 // The plan for loads c [E] (any source: a CSR's segment lengths, a count table). Writes the items in
 // plan order (experts by the LPT order, chunks in row order) and the statistics. `items` and the
-// scratch vectors are reused; they grow only past the largest plan seen.
+// scratch vectors are sized once at construction (max_items), so run() never allocates.
 class LlepPlanner {
 public:
+    // The most items a plan can have: min(E (W + 1), 2E + W). Per expert: its first item, at most one
+    // chunk per helper (a chunk short of the expert's end fills the helper to cap, so it has no room left
+    // for that expert) and the last rows past cap. Over the plan: every item ends its expert (E) or fills
+    // a worker to exactly cap; eff(w) only falls when one of w's own experts starts (pending drops), so w
+    // is filled at most 1 + (its experts) times, W + E in all. Exhaustive search over small E, W reaches
+    // 2E + W - 1 (W = 2: 2E + 1, more than the E W once reserved); 2E + W items of 16 bytes are 34 MB at
+    // the limits (E = 2^20, W = 4096).
+    static std::size_t max_items(std::int64_t E, std::int64_t W) {
+        auto const e = static_cast<std::size_t>(E), w = static_cast<std::size_t>(W);
+        return std::min(e * (w + 1), 2 * e + w);
+    }
+
     explicit LlepPlanner(LeastLoadedConfig const& cfg)
         : cfg_(cfg), place_(cfg.placement ? *cfg.placement : dist::ExpertPlacement::contiguous(cfg.num_experts, static_cast<int>(cfg.num_workers))) {
         auto const W = static_cast<std::size_t>(cfg.num_workers), E = static_cast<std::size_t>(cfg.num_experts);
@@ -117,7 +129,7 @@ public:
         assigned_.resize(W);
         helpers_.reserve(W);
         copied_.resize(W, -1);
-        items_.reserve(std::min<std::size_t>(E * W, std::size_t(1) << 20));
+        items_.reserve(max_items(cfg.num_experts, cfg.num_workers));
         stats_.native_load.resize(W);
         stats_.planned_load.resize(W);
     }
@@ -251,7 +263,7 @@ public:
 
     explicit LeastLoaded(Config const& cfg)
         : StatsCollector((cfg.validate(), cfg.stats)), cfg_(cfg), planner_(cfg), loads_(static_cast<std::size_t>(cfg.num_experts)) {
-        runs_.reserve(std::min<std::size_t>(static_cast<std::size_t>(cfg.num_experts * cfg.num_workers), std::size_t(1) << 20));
+        runs_.reserve(LlepPlanner::max_items(cfg.num_experts, cfg.num_workers));  // one per plan item
     }
 
     Config const& config() const { return cfg_; }
