@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Case folders for the research layers of research.md §1-§3 and §5.1 (smoe-run's chain_of_experts,
-recurrent_router, smear and film configs; keys in the README), from the spec's worked examples.
+recurrent_router, smear and film configs; keys in the README), from the spec's worked examples, and a MoTE
+layer of §7 (ternary routed experts, a dense shared expert) checked against §7.6 first.
 
 Pure Python in float64, no third-party package: the spec's formula weights (§0), each design's math
 written again from the spec, and a check that the numbers printed in research.md come out (6
@@ -66,10 +67,10 @@ def close(got, want, what, rel=2e-6):
 
 
 def write_safetensors(path, tensors):
-    """tensors: name -> (dtype 'F32'|'I32', shape, flat values)."""
+    """tensors: name -> (dtype 'F32'|'I32'|'U8', shape, flat values)."""
     header, blobs, off = {}, [], 0
     for name, (dt, shape, vals) in tensors.items():
-        b = struct.pack("<%d%s" % (len(vals), "f" if dt == "F32" else "i"), *vals)
+        b = struct.pack("<%d%s" % (len(vals), {"F32": "f", "I32": "i", "U8": "B"}[dt]), *vals)
         header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
@@ -258,6 +259,104 @@ def film_case(out, merged):
            {"hidden_states": ("F32", [2, d], y), "expert_ids": ("I32", [2, k], ids_all), "expert_weights": ("F32", [2, k], w_all)})
 
 
+def ternary_quantise(W):
+    """research.md §7.3 with one scale per row (`channel`): gamma = mean |W| summed in fp64, rounded once to
+    fp32; s = max(gamma, 1e-5); t = clamp(rint(W * fl32(1/s)), -1, 1) with the product in fp32 (ties to even)."""
+    t, s = [], []
+    for row in W:
+        si = max(f32(math.fsum(abs(v) for v in row) / len(row)), f32(1e-5))
+        inv = f32(1 / si)
+        t.append([max(-1, min(1, round(f32(v * inv)))) for v in row])  # round(): ties to even
+        s.append(si)
+    return t, s
+
+
+def pack_2b(row):
+    """§7.2 `2b`: column 4b + j of byte b in bits 2j..2j+1 as u = t + 1; pad columns t = 0 (u = 1)."""
+    u = [v + 1 for v in row] + [1] * (-len(row) % 4)
+    return [sum(u[4 * b + j] << (2 * j) for j in range(4)) for b in range(len(u) // 4)]
+
+
+def pack_b3(row):
+    """§7.2 `b3`: five trits per byte, N = sum u_n 3^(4-n), q = ceil(256 N / 243); decoded back with the
+    spec's multiply-and-shift rule as a check."""
+    u = [v + 1 for v in row] + [1] * (-len(row) % 5)
+    out = []
+    for b in range(len(u) // 5):
+        N = sum(u[5 * b + n] * 3 ** (4 - n) for n in range(5))
+        q = (256 * N + 242) // 243
+        assert [(((q * 3 ** n) % 256) * 3) >> 8 for n in range(5)] == u[5 * b:5 * b + 5]
+        out.append(q)
+    return out
+
+
+def ternary_worked_example():
+    """research.md §7.6: the quantiser, both packings and y = s (t x), to the printed digits."""
+    W = [[f32(v) for v in r] for r in ([0.30, -0.05, 0.12, -0.40, 0.00], [0.02, 0.25, -0.18, 0.09, -0.33],
+                                        [-0.11, 0.07, 0.50, -0.26, 0.14], [0.21, -0.29, 0.03, 0.08, -0.06])]
+    x = [1, -2, 0.5, 3, -1]
+    tt, st = ternary_quantise([flat(W)])  # `tensor`: the whole matrix is one scale unit
+    assert struct.pack("<f", st[0]) == bytes.fromhex("21b0323e"), st
+    t = [tt[0][5 * o:5 * o + 5] for o in range(4)]
+    assert t == [[1, 0, 1, -1, 0], [0, 1, -1, 1, -1], [-1, 0, 1, -1, 1], [1, -1, 0, 0, 0]], t
+    assert [pack_2b(r) for r in t] == [[0x26, 0x55], [0x89, 0x54], [0x24, 0x56], [0x52, 0x55]]
+    assert [pack_b3(r) for r in t] == [[0xDC], [0x95], [0x32], [0xB9]]
+    close([st[0] * v for v in matvec(t, x)], [-0.26175, 0.26175, -0.78525, 0.5235], "ternary tensor y")
+    tc, sc = ternary_quantise(W)
+    assert [struct.pack("<f", v).hex() for v in sc] == ["0f2d323e", "0f2d323e", "1a2f5d3e", "4c37093e"], sc
+    assert tc == t[:3] + [[1, -1, 0, 1, 0]], tc
+    close([s * v for s, v in zip(sc, matvec(tc, x))], [-0.261, 0.261, -0.972, 0.804], "ternary channel y")
+
+
+def mote_case(out):
+    """MoTE (research.md §7): y = f_sh(x) + sum_e w_e f_e(x) as a DeepSeek-V2 layer (softmax, greedy top-k,
+    no renormalisation, scaling 1), routed experts ternary (`b3`, one scale per row) and the shared expert
+    dense F32 (modules_to_not_convert). The reference runs on W_deq = t * s in float64."""
+    import random
+    ternary_worked_example()
+    d, f, E, k, T = 12, 8, 4, 2, 7
+    rng = random.Random(18)
+    normal = lambda r, c, sd: [[f32(rng.gauss(0, sd)) for _ in range(c)] for _ in range(r)]
+    gate = normal(E, d, 1 / math.sqrt(d))
+    shared = [normal(f, d, 0.1), normal(f, d, 0.1), normal(d, f, 0.1)]
+    X_ = normal(T, d, 1.0)
+    m = "model.layers.0.mlp."
+    weights = {m + "gate.weight": ("F32", [E, d], flat(gate))}
+    weights.update(expert_tensors(m + "shared_experts.", [shared], indexed=False))
+    experts = []
+    for e in range(E):
+        deq = []
+        for n, (R, C) in zip(("gate_proj", "up_proj", "down_proj"), ((f, d), (f, d), (d, f))):
+            t, s = ternary_quantise(normal(R, C, 0.1))
+            assert all(v in (-1, 0, 1) for v in flat(t)) and {-1, 0, 1} <= set(flat(t))
+            packed = [b for r in t for b in pack_b3(r)]
+            weights[f"{m}experts.{e}.{n}.weight_ternary"] = ("U8", [R, -(-C // 5)], packed)
+            weights[f"{m}experts.{e}.{n}.weight_scale"] = ("F32", [R, 1], s)
+            deq.append([[tv * sv for tv in tr] for tr, sv in zip(t, s)])  # exact: a sign times an fp32 scale
+        experts.append(deq)
+    y, ids_all, w_all = [], [], []
+    for x in X_:
+        logits = matvec(gate, x)
+        p = sorted(softmax([f32(v) for v in logits]), reverse=True)
+        assert p[k - 1] - p[k] > 1e-3 * p[k - 1], "a near tie in the routing"  # ids robust to fp32 rounding
+        ids, w = topk(logits, k, False)
+        ids_all += ids
+        w_all += w
+        yt = swiglu(shared, x)
+        for e, we in zip(ids, w):
+            yt = [a + we * b for a, b in zip(yt, swiglu(experts[e], x))]
+        y += yt
+    config = {"model_type": "deepseek_v2", "hidden_size": d, "intermediate_size": 2 * f + 8, "moe_intermediate_size": f,
+              "n_routed_experts": E, "n_shared_experts": 1, "num_experts_per_tok": k, "norm_topk_prob": False,
+              "routed_scaling_factor": 1.0, "scoring_func": "softmax", "topk_method": "greedy", "n_group": 1,
+              "topk_group": 1, "first_k_dense_replace": 0, "moe_layer_freq": 1, "num_hidden_layers": 1, "hidden_act": "silu",
+              "quantization_config": {"quant_method": "smoe-ternary", "packing": "b3", "scale": "channel",
+                                      "modules_to_not_convert": ["shared_experts"]}}
+    folder(out, "research_mote_b3_channel_t7", config, weights, {"hidden_states": ("F32", [T, d], flat(X_))},
+           {"hidden_states": ("F32", [T, d], y), "expert_ids": ("I32", [T, k], ids_all),
+            "expert_weights": ("F32", [T, k], w_all)})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -268,6 +367,7 @@ def main():
     smear_case(a.out, "token")
     film_case(a.out, False)
     film_case(a.out, True)
+    mote_case(a.out)
 
 
 if __name__ == "__main__":
