@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fuzz_config.hpp"
+#include "smoe/io/strict_json.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size);
 
@@ -108,8 +109,10 @@ int main(int argc, char** argv) {
     std::mt19937_64 rng(20261124);
     int bad_seeds = 0;
     for (auto const& dir : cases) {
-        std::ifstream in(dir / "config.json");
-        json const seed = json::parse(in);
+        // Read as smoe reads configs: a published config may hold Python's Infinity (granitemoehybrid's does).
+        std::ifstream in(dir / "config.json", std::ios::binary);
+        std::string const text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        json const seed = smoe::io::parse_json_strict(text, (dir / "config.json").string(), 32, smoe::io::JsonFloats::python);
         std::string const name = dir.filename().string();
         if (run(name, seed) != smoe_fuzz::Outcome::ran) {  // the fuzzing must reach the layers
             std::fprintf(stderr, "seed %s did not run\n", name.c_str());
