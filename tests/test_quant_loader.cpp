@@ -409,14 +409,22 @@ json mixtral(json quant) {
             {"num_hidden_layers", 1}, {"hidden_act", "silu"}, {"quantization_config", quant}};
 }
 
+constexpr char const* kMixtralBlock = "model.layers.0.block_sparse_moe.";
+
+// The config and the fp32 router, the same in the dense and the quantised checkpoint.
+Model mixtral_with_router(json quant, std::mt19937_64& rng) {
+    Model m{mixtral(quant)};
+    auto const gate = normal(rng, 2 * 16, 0.5);
+    put(m.dense, std::string(kMixtralBlock) + "gate.weight", Dtype::F32, {2, 16}, gate);
+    put(m.quant, std::string(kMixtralBlock) + "gate.weight", Dtype::F32, {2, 16}, gate);
+    return m;
+}
+
 // Mixtral, d = 16, f = 8, 2 experts, every matrix int4 group 8 in `layout`.
 Model mixtral_int4(std::string const& layout, json quant, bool act_order = false) {
-    Model m{mixtral(quant)};
     std::mt19937_64 rng(3);
-    std::string const p = "model.layers.0.block_sparse_moe.";
-    auto const gate = normal(rng, 2 * 16, 0.5);
-    put(m.dense, p + "gate.weight", Dtype::F32, {2, 16}, gate);
-    put(m.quant, p + "gate.weight", Dtype::F32, {2, 16}, gate);
+    Model m = mixtral_with_router(quant, rng);
+    std::string const p = kMixtralBlock;
     bool const sym = layout == "ct_sym";
     for (int e = 0; e < 2; ++e)
         for (auto const& [name, R, C, shift] : {std::tuple{"w1", 8, 16, 0}, std::tuple{"w3", 8, 16, 5}, std::tuple{"w2", 16, 8, 9}}) {
@@ -434,12 +442,9 @@ Model mixtral_int4(std::string const& layout, json quant, bool act_order = false
 // smoe-ternary's weight_ternary + weight_scale, or (hf_bitnet) HF BitNet's U8 weight packed along rows
 // with weight_scale = 1 / s ("bitlinear" divides; s a power of two, so the loader's 1 / weight_scale is s).
 Model mixtral_ternary(json quant, smoe::quant::Format const& fmt, bool hf_bitnet = false) {
-    Model m{mixtral(quant)};
     std::mt19937_64 rng(4);
-    std::string const p = "model.layers.0.block_sparse_moe.";
-    auto const gate = normal(rng, 2 * 16, 0.5);
-    put(m.dense, p + "gate.weight", Dtype::F32, {2, 16}, gate);
-    put(m.quant, p + "gate.weight", Dtype::F32, {2, 16}, gate);
+    Model m = mixtral_with_router(quant, rng);
+    std::string const p = kMixtralBlock;
     for (int e = 0; e < 2; ++e)
         for (auto const& [name, R, C] : {std::tuple{"w1", 8, 16}, std::tuple{"w3", 8, 16}, std::tuple{"w2", 16, 8}}) {
             auto const w = normal(rng, R * C, 0.3);

@@ -127,14 +127,19 @@ TEST_CASE("sharded top-k with a placement table in which the last rank owns no e
     check_bitwise(comm, m, rc, ExpertPlacement::from_table(table, P), false, 2000);
 }
 
+// 8 experts, top-2, whose selection bias puts experts 0 and 1 first for every token (it shifts selection, not weights).
+static Model<smoe::router::TopK> two_hot_experts(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    auto m = Model<smoe::router::TopK>::random(rng, kD, kF, 8);
+    m.bias.assign(8, 0.0f);
+    m.bias[0] = m.bias[1] = 100.0f;
+    return m;
+}
+
 TEST_CASE("an expert that gets every token, and ranks whose experts get nothing", "[dist][mpi][topk][stats]") {
     MpiCommunicator comm;
     int const rank = comm.rank(), P = comm.size();
-    std::mt19937_64 rng(103);
-    auto m = Model<smoe::router::TopK>::random(rng, kD, kF, 8);
-    // The selection bias puts experts 0 and 1 first for every token (it shifts selection, not weights).
-    m.bias.assign(8, 0.0f);
-    m.bias[0] = m.bias[1] = 100.0f;
+    auto m = two_hot_experts(103);
     smoe::router::TopKConfig const rc{.num_experts = 8, .top_k = 2};
     auto const pl = ExpertPlacement::contiguous(8, P);
     check_bitwise(comm, m, rc, pl, false, 3000);
@@ -160,10 +165,7 @@ TEST_CASE("an expert that gets every token, and ranks whose experts get nothing"
 TEST_CASE("LLEP: rank 0's overload spills to the other ranks with copies of its experts, bits of None", "[dist][mpi][llep]") {
     MpiCommunicator comm;
     int const rank = comm.rank(), P = comm.size();
-    std::mt19937_64 rng(104);
-    auto m = Model<smoe::router::TopK>::random(rng, kD, kF, 8);
-    m.bias.assign(8, 0.0f);
-    m.bias[0] = m.bias[1] = 100.0f;  // experts 0 and 1, both on rank 0, take every token
+    auto m = two_hot_experts(104);  // experts 0 and 1, both on rank 0, take every token
     smoe::router::TopKConfig const rc{.num_experts = 8, .top_k = 2};
     auto const pl = ExpertPlacement::contiguous(8, P);
     auto const local = smoe_test::local_experts(m, pl, rank);
