@@ -163,7 +163,7 @@ public:
         std::size_t biggest = 0;
         for (auto const& L : file.layers())
             for (std::int64_t e = 0; e < L.num_experts; ++e) biggest = std::max<std::size_t>(biggest, file.record(L, e).bytes);
-        std::size_t const slot = (std::max<std::size_t>(biggest, 1) + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+        std::size_t const slot = whole_pages(std::max<std::size_t>(biggest, 1));
         if (budget_bytes < slot)
             smoe::detail::fail("store.cache budget_bytes", budget_bytes,
                                "at least one expert's slot: " + std::to_string(slot) + " bytes (" + file.name() + "'s largest record, rounded to 4 KiB)");
@@ -261,7 +261,7 @@ public:
                 verified_.assign(static_cast<std::size_t>(E_), 0);
                 break;
             case Residency::cached: {
-                std::size_t const slot = (biggest + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+                std::size_t const slot = whole_pages(biggest);
                 std::string const at = "layer " + std::to_string(layer_->layer_index) + "'s largest record, rounded to 4 KiB";
                 if (cfg_.cache) {
                     if (cfg_.cache->slot_bytes() < slot)
@@ -717,7 +717,7 @@ private:
 #if SMOE_IO_HAS_MMAP
         // O_DIRECT: whole pages into the page-aligned slot (records start on a page; the slot is whole
         // pages); the bytes after the record are the next record's or the table's, never used.
-        std::size_t const want = direct_ ? (r.bytes + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment : r.bytes;
+        std::size_t const want = direct_ ? whole_pages(r.bytes) : r.bytes;
         std::size_t done = 0;
         while (done < r.bytes) {
             ssize_t const n = ::pread(fd_, dst + done, want - done, static_cast<off_t>(r.offset + done));

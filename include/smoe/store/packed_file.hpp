@@ -104,6 +104,11 @@ inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // h
 inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
 inline constexpr std::uint64_t kHugeRecordAlignment = std::uint64_t(2) << 20;
 
+// `bytes` rounded up to whole pages (a cache slot, an O_DIRECT read).
+inline constexpr std::uint64_t whole_pages(std::uint64_t bytes) {
+    return (bytes + kRecordAlignment - 1) / kRecordAlignment * kRecordAlignment;
+}
+
 // Where a record of `bytes` bytes starts at or after `offset`.
 inline std::uint64_t record_offset(std::uint64_t offset, std::uint64_t bytes) {
     std::uint64_t const a = bytes >= kHugeRecordAlignment ? kHugeRecordAlignment : kRecordAlignment;

@@ -26,8 +26,8 @@
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/gemm_packed.hpp"
 #include "smoe/kernels/cpu/quant_decode.hpp"
-#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
+#include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
 
 namespace smoe::inline v0::kernels::cpu {

@@ -512,35 +512,14 @@ void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout cons
             store_tile(epi, c0 + m, p, R, N, out);
         };
         auto const rows = [&]<int N>(std::int64_t p) {
-            for (std::int64_t m = 0; m < cr;) {
-                std::int64_t const r = std::min(MR, cr - m);
-                if constexpr (Bits == 2) {
-                    // Ternary instantiates tiles of 6 rows (two panels), 2 and 1 only: every tile set costs
-                    // ~20 s of compile time in each translation unit that instantiates QuantSwiGLU
-                    // (measured: test_quant_expert 59 s -> 78 s with all of them); other row counts are
-                    // split, which changes no bit (rows are independent).
-                    bool six = false;
-                    if constexpr (N == 2)
-                        if ((six = r == 6)) tile.template operator()<6, 2>(m, p);
-                    if (six) {
-                        m += 6;
-                    } else if (r >= 2) {
-                        tile.template operator()<2, N>(m, p);
-                        m += 2;
-                    } else {
-                        tile.template operator()<1, N>(m, p);
-                        m += 1;
-                    }
-                } else {
-                    switch (r) {
-                        case 1: tile.template operator()<1, N>(m, p); break;
-                        case 2: tile.template operator()<2, N>(m, p); break;
-                        case 3: tile.template operator()<3, N>(m, p); break;
-                        case 4: tile.template operator()<4, N>(m, p); break;
-                        case 5: tile.template operator()<5, N>(m, p); break;
-                        default: tile.template operator()<6, N>(m, p); break;
-                    }
-                    m += r;
+            for (std::int64_t m = 0; m < cr; m += MR) {
+                switch (std::min(MR, cr - m)) {
+                    case 1: tile.template operator()<1, N>(m, p); break;
+                    case 2: tile.template operator()<2, N>(m, p); break;
+                    case 3: tile.template operator()<3, N>(m, p); break;
+                    case 4: tile.template operator()<4, N>(m, p); break;
+                    case 5: tile.template operator()<5, N>(m, p); break;
+                    default: tile.template operator()<6, N>(m, p); break;
                 }
             }
         };
