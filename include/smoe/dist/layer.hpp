@@ -365,7 +365,7 @@ private:
                 smoe::detail::fail("expert.hidden_size", expert_->hidden_size(), "the gate's hidden size (" + std::to_string(d_) + ")");
         }
         smoe::detail::check_int32_extent(cfg.max_tokens, router_->max_slots());
-        if constexpr (kLlep) construct_helper(cfg, w);
+        construct_helper(cfg, w);
         if (!w.expert_bias.empty()) smoe::detail::check_vector(w.expert_bias, E, "expert_bias", "num_experts", "expert");
         if (!w.gate_bias.empty())
             smoe::detail::check_vector(w.gate_bias, router_->num_logits(), "gate_bias", "num_logits", "expert");
@@ -386,14 +386,6 @@ private:
         recv_meta_.assign(P * block_width(), 0);
         counts_.assign(4 * P, 0);
         cursor_.assign(P, 0);
-        if constexpr (kLlep) {
-            auto const Eu = static_cast<std::size_t>(E);
-            prefix_.assign((P + 1) * Eu, 0);
-            global_load_.assign(Eu, 0);
-            slot_of_.assign(Eu, -1);
-            record_counts_.assign(4 * P, 0);
-            last_copy_.assign(P, -1);
-        }
         buffer_ = WorkspaceBuffer(workspace_size());
     }
 
@@ -502,8 +494,8 @@ private:
         auto const P = static_cast<std::size_t>(comm_->size());
         auto const B = block_width();
         std::int64_t const row = d_ + 1;
-        auto sc = send_counts(), sd = send_displs(), rc = recv_counts(), rd = recv_displs();
-        std::int64_t so = 0, ro = 0, received = 0;
+        auto sc = send_counts(), rc = recv_counts();
+        std::int64_t received = 0;
         for (std::size_t p = 0; p < P; ++p) {
             std::int64_t n = 0, m = 0;
             for (std::size_t l = 0; l < B - 1; ++l) {
@@ -511,23 +503,40 @@ private:
                 m += recv_meta_[p * B + 1 + l];
             }
             sc[p] = n * row;
-            sd[p] = so;
             rc[p] = m * row;
-            rd[p] = ro;
-            so += sc[p];
-            ro += rc[p];
             received += m;
         }
         rows_computed_ = received;
+        displs_from_counts(counts_);
+    }
+
+    // An alltoallv's displacements, the exclusive prefix sums of its counts, in a block laid out as
+    // counts_ and record_counts_ are: [send counts, send displs, recv counts, recv displs], P each.
+    static void displs_from_counts(std::span<std::int64_t> block) {
+        auto const P = block.size() / 4;
+        for (std::size_t side = 0; side < 4; side += 2) {
+            std::int64_t at = 0;
+            for (std::size_t p = 0; p < P; ++p) {
+                block[(side + 1) * P + p] = at;
+                at += block[side * P + p];
+            }
+        }
     }
 
     // ---- LLEP (research.md §6 across ranks) ----
 
-    // The copies this rank may receive: one per expert it does not own, and no more than rows it can
-    // receive (each copy comes with at least one row). Built once from zero weights of the same shape,
-    // so their records have the layout of the rank's own; each call overwrites the records it uses.
+    // LLEP's plan state, and the copies this rank may receive: one per expert it does not own, and no
+    // more than rows it can receive (each copy comes with at least one row). Built once from zero weights
+    // of the same shape, so their records have the layout of the rank's own; each call overwrites the
+    // records it uses.
     void construct_helper(Config const& cfg, Weights const& w) {
         if constexpr (kLlep) {
+            auto const Pu = static_cast<std::size_t>(comm_->size()), Eu = static_cast<std::size_t>(router_->num_experts());
+            prefix_.assign((Pu + 1) * Eu, 0);
+            global_load_.assign(Eu, 0);
+            slot_of_.assign(Eu, -1);
+            record_counts_.assign(4 * Pu, 0);
+            last_copy_.assign(Pu, -1);
             using Wt = typename Expert::weight_type;
             static_assert(requires(Wt const* p, typename smoe::detail::config_of<Expert>::type const& c) {
                 Expert::Weights::dense(p, p, p, c);
@@ -585,7 +594,7 @@ private:
             global_load_[e] = prefix_[P * E + e];
         }
         balancer_->replan(global_load_);
-        auto sc = send_counts(), sd = send_displs(), rc = recv_counts(), rd = recv_displs();
+        auto sc = send_counts(), rc = recv_counts();
         std::fill(sc.begin(), sc.end(), 0);
         std::fill(rc.begin(), rc.end(), 0);
         for (auto const& it : balancer_->plan_items()) {
@@ -595,15 +604,14 @@ private:
                 for (std::size_t q = 0; q < P; ++q) rc[q] += overlap(it, q);
         }
         std::int64_t const row = d_ + 1;
-        std::int64_t so = 0, ro = 0, received = 0;
+        std::int64_t received = 0;
         for (std::size_t p = 0; p < P; ++p) {
             received += rc[p];
-            sd[p] = so;
-            rd[p] = ro;
-            so += sc[p] *= row;
-            ro += rc[p] *= row;
+            sc[p] *= row;
+            rc[p] *= row;
         }
         rows_computed_ = received;
+        displs_from_counts(counts_);
         plan_records();
     }
 
@@ -641,13 +649,7 @@ private:
             if (placement_.rank_of(e) == me) ++sc[static_cast<std::size_t>(h)];
             if (h == me) ++rc[static_cast<std::size_t>(placement_.rank_of(e))];
         });
-        std::int64_t so = 0, ro = 0;
-        for (std::size_t p = 0; p < P; ++p) {
-            sd[p] = so;
-            rd[p] = ro;
-            so += sc[p];
-            ro += rc[p];
-        }
+        displs_from_counts(c);
         // Slots: rank q's records start at rd[q] (in records), in plan order.
         for_each_copy([&](std::int32_t e, std::int32_t h) {
             if (h == me) slot_of_[static_cast<std::size_t>(e)] = rd[static_cast<std::size_t>(placement_.rank_of(e))]++;
