@@ -217,7 +217,123 @@ TEST_CASE("an expert run one at a time holds its record for the call, with the m
         CHECK(a == b);
     }
     w.packed.experts = {5, 8};
-    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains("packed.experts' = 8"));
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains(path.string() + ": layer 0 expert ids' = 0-7: expected 5, 8 (the experts"));
+}
+
+// Expert ids of a record table: its model_experts and each entry's id, the table's checksum redone
+// (and the header's, which covers it), so only the id checks can catch the edit.
+void edit_ids(std::vector<std::byte>& b, std::int64_t model_experts, std::vector<std::int64_t> const& ids) {
+    store::FileHeader h;
+    std::memcpy(&h, b.data(), sizeof h);
+    std::size_t const table = h.table_offset;
+    store::LayerEntry le;
+    std::memcpy(&le, b.data() + table, sizeof le);
+    le.model_experts = model_experts;
+    std::memcpy(b.data() + table, &le, sizeof le);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        std::size_t const at = table + sizeof(store::LayerEntry) + i * sizeof(store::ExpertEntry);
+        store::ExpertEntry x;
+        std::memcpy(&x, b.data() + at, sizeof x);
+        x.expert = ids[i];
+        std::memcpy(b.data() + at, &x, sizeof x);
+    }
+    h.table_checksum = store::xxh64(std::span<std::byte const>(b.data() + table, h.table_bytes));
+    h.header_checksum = 0;
+    h.header_checksum = store::xxh64(std::as_bytes(std::span(&h, 1)));
+    std::memcpy(b.data(), &h, sizeof h);
+}
+
+TEST_CASE("a rank's packed file records its experts' global ids, checked on load and by every reader", "[store][dist][ids]") {
+    Packed fx(13, "ids_whole.smoe");
+    auto& m = fx.m;
+    auto& ref = fx.ref;
+    CHECK(fx.file->layer(0).model_experts == 8);
+    CHECK(std::vector<std::int64_t>(fx.file->expert_ids(fx.file->layer(0)).begin(), fx.file->expert_ids(fx.file->layer(0)).end()) ==
+          std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7});
+    // Rank 1 of a placement holding experts 1, 4 and 6 of 8 packs them alone into its own file.
+    std::vector<std::int64_t> const mine = {1, 4, 6};
+    auto const path = temp_file("ids_rank.smoe");
+    {
+        store::PackedWriter w(path);
+        w.begin_layer(0, ref.experts().packed_layer_info(), 8);
+        for (std::int64_t id : mine) w.add(store::record_of(ref.experts(), id), ref.experts().packed_record_info(id), id);
+        CHECK_THROWS_WITH(w.add(store::record_of(ref.experts(), 6), {}, 6), Contains("expert id' = 6: expected in [7, 8) (layer 0's ids"));
+        CHECK_THROWS_WITH(w.add(store::record_of(ref.experts(), 0), {}, 8), Contains("expert id' = 8: expected in [7, 8)"));
+        w.finish();
+    }
+    auto const file = store::PackedFile::open(path);
+    auto const& L = file->layer(0);
+    CHECK(L.num_experts == 3);
+    CHECK(L.model_experts == 8);
+    CHECK(file->find(L, 4) == 1);
+    CHECK(file->find(L, 5) == -1);
+    CHECK(file->where(L, 2) == "layer 0 expert 6 (record 2 of the layer)");
+    // Read by its ids, in any order the reader holds them, or whole: the resident layer's bits.
+    smoe::expert::SwiGLUConfig cfg{m.d, m.f, 3};
+    cfg.store = {.residency = store::Residency::cached, .budget_bytes = 1 << 20};
+    std::int64_t const M = 3;
+    std::vector<float> rw(M, 0.5f), a(std::size_t(M * m.d)), b(a.size());
+    smoe::WorkspaceBuffer ws(ref.experts().workspace_size(M));
+    for (auto const& ids : {mine, std::vector<std::int64_t>{6, 1, 4}, std::vector<std::int64_t>{}}) {
+        smoe::expert::SwiGLUWeights<float> w;
+        w.packed = {file, 0, ids};
+        smoe::expert::SwiGLU<float> const rank(cfg, w);
+        for (std::int64_t local = 0; local < 3; ++local) {
+            std::int64_t const global = ids.empty() ? mine[std::size_t(local)] : ids[std::size_t(local)];
+            auto wa = ws.workspace();
+            rank.run(xsimd::default_arch{}, local, MatrixView<float const>(m.x.data(), M, m.d), rw, MatrixView<float>(a.data(), M, m.d), wa);
+            auto wb = ws.workspace();
+            ref.experts().run(xsimd::default_arch{}, global, MatrixView<float const>(m.x.data(), M, m.d), rw, MatrixView<float>(b.data(), M, m.d), wb);
+            CHECK(a == b);
+        }
+        CHECK(rank.store().source().experts == (ids.empty() ? mine : ids));
+    }
+    // Another rank (experts 0, 2, 3) opening this file, or a reader of the whole model: named, both id lists.
+    smoe::expert::SwiGLUWeights<float> other;
+    other.packed = {file, 0, {0, 2, 3}};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, other),
+                      Contains(path.string() + ": layer 0 expert ids' = 1, 4, 6: expected 0, 2-3 (the experts the reader holds"));
+    other.packed = {file, 0, {0, 1, 2, 3, 4, 5, 6, 7}};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(m.config().expert, other), Contains("expert ids' = 1, 4, 6: expected 0-7"));
+
+    // The id table under corruption: every edit of it is caught, by a checksum or by the id checks.
+    auto const good = read_all(path);
+    auto const bad = temp_file("ids_bad.smoe");
+    std::string const name = bad.string();
+    auto open_with = [&](std::int64_t model_experts, std::vector<std::int64_t> const& ids) {
+        auto b = good;
+        edit_ids(b, model_experts, ids);
+        write_all(bad, b);
+        return store::PackedFile::open(bad);
+    };
+    CHECK(open_with(8, {1, 4, 6})->expert_ids(file->layer(0)).size() == 3);  // the edit itself changes nothing
+    {
+        auto b = good;  // an id flipped, the checksums left: the table's checksum, which the header's covers
+        store::FileHeader h;
+        std::memcpy(&h, b.data(), sizeof h);
+        std::size_t const at = h.table_offset + sizeof(store::LayerEntry) + sizeof(store::ExpertEntry) + offsetof(store::ExpertEntry, expert);
+        b[at] ^= std::byte{1};
+        write_all(bad, b);
+        CHECK_THROWS_WITH(store::PackedFile::open(bad), Contains(name + ": table checksum'"));
+        h.table_checksum = store::xxh64(std::span<std::byte const>(b.data() + h.table_offset, h.table_bytes));
+        std::memcpy(b.data(), &h, sizeof h);  // the table's checksum redone, not the header's
+        write_all(bad, b);
+        CHECK_THROWS_WITH(store::PackedFile::open(bad), Contains(name + ": header checksum'"));
+    }
+    CHECK_THROWS_WITH(open_with(8, {1, 4, 4}), Contains(name + ": layer 0 expert 2 id' = 4: expected in [5, 8) (a layer's expert ids strictly increasing"));
+    CHECK_THROWS_WITH(open_with(8, {4, 1, 6}), Contains(name + ": layer 0 expert 1 id' = 1: expected in [5, 8)"));
+    CHECK_THROWS_WITH(open_with(8, {-1, 4, 6}), Contains(name + ": layer 0 expert 0 id' = -1: expected in [0, 8)"));
+    CHECK_THROWS_WITH(open_with(8, {1, 4, 8}), Contains(name + ": layer 0 expert 2 id' = 8: expected in [5, 8)"));
+    CHECK_THROWS_WITH(open_with(6, {1, 4, 6}), Contains(name + ": layer 0 expert 2 id' = 6: expected in [5, 6)"));
+    CHECK_THROWS_WITH(open_with(2, {0, 1, 2}), Contains(name + ": layer entry 0 model_experts' = 2: expected in [num_experts 3, "));
+    CHECK_THROWS_WITH(open_with(std::int64_t(1) << 40, {1, 4, 6}), Contains("model_experts' = 1099511627776"));
+    // Valid ids of another expert list: the file opens, the reader expecting rank 1's experts fails by name.
+    auto const moved = open_with(8, {1, 5, 6});
+    smoe::expert::SwiGLUWeights<float> w;
+    w.packed = {moved, 0, mine};
+    CHECK_THROWS_WITH(smoe::expert::SwiGLU<float>(cfg, w), Contains(name + ": layer 0 expert ids' = 1, 5-6: expected 1, 4, 6"));
+    fs::remove(bad);
+    fs::remove(path);
 }
 
 TEST_CASE("the cache evicts in its policy's order on a scripted routing", "[store][eviction]") {
@@ -660,10 +776,11 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
     CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(64); })(), Contains(name + ": size' = 64"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[20] ^= std::byte{1}; })(), Contains(name + ": header checksum'"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[0] = std::byte{'X'}; })(), Contains(name + ": magic'"));
-    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 3); })(), Contains(name + ": version' = 3: expected 2 (the format"));
-    // Version 1 predates the ternary fields of FormatEntry: refused, naming both versions.
-    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 1); })(),
-                      Contains(name + ": version' = 1: expected 2 (the format this smoe reads: an older smoe-pack wrote it"));
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 4); })(), Contains(name + ": version' = 4: expected 3 (the format"));
+    // Versions 1 and 2 predate the expert ids (and 1 the ternary fields of FormatEntry): refused, naming both.
+    for (std::uint32_t v : {1u, 2u})
+        CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, v); })(),
+                          Contains(name + ": version' = " + std::to_string(v) + ": expected 3 (the format this smoe reads: an older smoe-pack wrote it"));
     CHECK_THROWS_WITH(open_bad([&](auto& b) { b[table + 200] ^= std::byte{4}; })(), Contains(name + ": table checksum'"));
     // A payload byte of expert 5: the table still opens; the record fails its checksum when read.
     auto const r5 = file->record(L, 5);

@@ -124,14 +124,14 @@ public:
             fmt_dn_.resize(En);
             auto const& L = store::expect_layer(w.packed, packed_layer_info(), E);
             for (std::int64_t e = 0; e < E; ++e) {
-                auto const& r = w.packed.file->record(L, store::file_expert(w.packed, e));
+                auto const& r = w.packed.file->record(L, store::file_expert(w.packed, L, e));
                 plan_expert(e, r.gate_up, r.down);
                 store::expect_record_bytes(w.packed, L, e, record_bytes(e));
                 if (r.gate_up.act_order || r.down.act_order) {
                     // The column order sits after the panels (pack): read from the mapping, checked as a
                     // file's g_idx is (the record's checksum is checked on its first use).
                     auto const rec = w.packed.file->mapped(r);
-                    std::string const at = w.packed.file->name() + ": " + w.packed.file->where(L, store::file_expert(w.packed, e));
+                    std::string const at = w.packed.file->name() + ": " + w.packed.file->where(L, store::file_expert(w.packed, L, e));
                     auto const order = [&](quant::Format const& fmt, std::size_t off, std::int64_t cols, char const* part) {
                         quant::Matrix m{.format = fmt, .cols = cols};
                         m.gidx.resize(static_cast<std::size_t>(cols));

@@ -987,11 +987,14 @@ private:
         if (!t) missing(name, what);
         return t;
     }
-    // The file's experts of the held ones: a packed layer of the whole model is indexed by the model's
-    // expert ids; one holding exactly as many experts as this layer holds (a rank that packed its own,
-    // pack_hf_layers' experts) holds them in the local order. Any other count: expect_layer names it.
+    // The held experts by their model ids: the file's layer finds them among its records' ids (a whole
+    // model's file, or a rank's own from pack_hf_layers' experts; another rank's fails naming both id
+    // lists), after its model expert count is the config's.
     std::vector<std::int64_t> packed_experts(store::PackedFile const& f) const {
-        if (f.layer(layer_index_).num_experts == static_cast<std::int64_t>(local_.size())) return {};
+        auto const& l = f.layer(layer_index_);
+        if (l.model_experts != cfg_.num_experts())
+            io::detail::file_fail(f.name(), "layer " + std::to_string(layer_index_) + " model_experts", l.model_experts,
+                                  "the config's num_experts " + std::to_string(cfg_.num_experts()));
         return local_;
     }
     [[noreturn]] void missing(std::string const& name, char const* what) const {

@@ -51,9 +51,10 @@ struct OneExpertLayers {
 // The same from a source per expert: source_of(layer, e) returns a TensorSource (by value or
 // reference) holding at least expert e's tensors and the layer's router, read before the next call.
 // An engine that generates or downloads its weights one expert at a time (demo_engine --write-model)
-// writes a model larger than memory this way. experts: the model's experts to pack, in that order
-// (a rank of an expert-parallel layer packs its own; HfMoeLayer reads a layer holding as many experts
-// as the rank has in the rank's order); empty: all.
+// writes a model larger than memory this way. experts: the model's experts to pack, strictly
+// increasing (a rank of an expert-parallel layer packs its own, as its placement lists them); the file
+// records their ids, by which HfMoeLayer finds them (a rank reading another rank's file fails by name);
+// empty: all.
 template <class SourceOf>
 void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layers, store::PackedWriter& out, HfMoeLayer::Options const& opt,
                      std::string const& source_name, SourceOf&& source_of, std::span<std::int64_t const> experts = {}) {
@@ -68,9 +69,11 @@ void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layer
     // routed expert.
     HfMoeConfig routed = cfg;
     routed.shared_intermediate_size = 0;
-    for (std::int64_t id : experts)
-        if (id < 0 || id >= cfg.num_experts())
-            smoe::detail::fail("experts", id, "an expert of the model in [0, " + std::to_string(cfg.num_experts()) + ")");
+    for (std::size_t i = 0; i < experts.size(); ++i)
+        if (experts[i] < (i == 0 ? 0 : experts[i - 1] + 1) || experts[i] >= cfg.num_experts())
+            smoe::detail::fail("experts[" + std::to_string(i) + "]", experts[i],
+                               "an expert of the model in [" + std::to_string(i == 0 ? 0 : experts[i - 1] + 1) + ", " +
+                                   std::to_string(cfg.num_experts()) + ") (strictly increasing)");
     std::int64_t const n = experts.empty() ? cfg.num_experts() : static_cast<std::int64_t>(experts.size());
     for (std::int64_t layer : layers)
         store::add_layer_streaming(out, layer, n, [&](std::int64_t i, auto&& sink) {
@@ -84,7 +87,7 @@ void pack_hf_experts(HfMoeConfig const& cfg, std::span<std::int64_t const> layer
                 else
                     sink(x);
             });
-        });
+        }, experts, cfg.num_experts());
 }
 
 template <TensorSource S>

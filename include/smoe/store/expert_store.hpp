@@ -72,7 +72,8 @@ inline std::string flags_name(std::uint32_t f) {
 }
 
 // What an expert type reading a packed layer holds it to: its own type and packing variant (want),
-// d, f, and its expert count (the layer's, or as many as src.experts names). Returns the layer.
+// d, f, and its expert count (the layer's, or as many as src.experts names, each of which the layer's
+// ids must hold). Returns the layer.
 inline PackedLayer const& expect_layer(PackedSource const& src, LayerInfo const& want, std::int64_t num_experts) {
     auto const& F = *src.file;
     auto const& L = F.layer(src.layer);
@@ -89,19 +90,18 @@ inline PackedLayer const& expect_layer(PackedSource const& src, LayerInfo const&
     std::int64_t const have = src.experts.empty() ? L.num_experts : static_cast<std::int64_t>(src.experts.size());
     if (have != num_experts)
         io::detail::file_fail(F.name(), at + " num_experts", have, "the config's " + std::to_string(num_experts) + (src.experts.empty() ? "" : " (packed.experts)"));
+    (void)F.records_of(L, src.experts);
     return L;
 }
 
-// The file's expert of local expert e.
-inline std::int64_t file_expert(PackedSource const& src, std::int64_t e) {
-    return src.experts.empty() ? e : src.experts[static_cast<std::size_t>(e)];
+// The file's record of local expert e (after expect_layer).
+inline std::int64_t file_expert(PackedSource const& src, PackedLayer const& L, std::int64_t e) {
+    return src.experts.empty() ? e : src.file->find(L, src.experts[static_cast<std::size_t>(e)]);
 }
 
 // Record e of a packed layer must have the size the reader's layout gives it.
 inline void expect_record_bytes(PackedSource const& src, PackedLayer const& L, std::int64_t e, std::uint64_t bytes) {
-    std::int64_t const id = file_expert(src, e);
-    if (id < 0 || id >= L.num_experts)
-        smoe::detail::fail("packed.experts", id, "an expert of layer " + std::to_string(L.layer_index) + " in [0, " + std::to_string(L.num_experts) + ")");
+    std::int64_t const id = file_expert(src, L, e);
     auto const& r = src.file->record(L, id);
     if (r.bytes != bytes)
         io::detail::file_fail(src.file->name(), src.file->where(L, id) + " record bytes", r.bytes,
@@ -226,14 +226,7 @@ public:
     // Records of a packed file's layer, whose sizes the expert type has checked against its own layout.
     ExpertStore(StoreConfig const& cfg, PackedSource const& src) : cfg_(cfg), file_(src.file), cache_(std::make_shared<SlotCache>()) {
         layer_ = &file_->layer(src.layer);
-        if (src.experts.empty()) {
-            for (std::int64_t e = 0; e < layer_->num_experts; ++e) ids_.push_back(e);
-        } else {
-            ids_ = src.experts;
-            for (std::int64_t id : ids_)
-                if (id < 0 || id >= layer_->num_experts)
-                    smoe::detail::fail("packed.experts", id, "an expert of layer " + std::to_string(src.layer) + " in [0, " + std::to_string(layer_->num_experts) + ")");
-        }
+        ids_ = file_->records_of(*layer_, src.experts);
         E_ = static_cast<std::int64_t>(ids_.size());
         init_tables();
         std::size_t biggest = 0;
@@ -335,7 +328,12 @@ public:
         std::lock_guard lk(cache_->mu_);
         return static_cast<std::size_t>(std::count(cache_->owner_.begin(), cache_->owner_.end(), this)) * cache_->slot_bytes_;
     }
-    PackedSource source() const { return file_ ? PackedSource{file_, layer_->layer_index, ids_} : PackedSource{}; }
+    PackedSource source() const {
+        if (!file_) return {};
+        PackedSource s{file_, layer_->layer_index, {}};
+        for (std::int64_t i : ids_) s.experts.push_back(file_->record(*layer_, i).expert);
+        return s;
+    }
 
     // A resident store's records, writable: back to back in id order, each at its size rounded up to 64
     // bytes. smoe::dist's LLEP (dist/layer.hpp) receives other ranks' records straight into them.

@@ -38,22 +38,26 @@ void add_layer(PackedWriter& w, std::int64_t layer_index, X const& x) {
 }
 
 // one(e, sink) builds an object holding expert e as its expert 0 (a one-expert X, or a layer of them)
-// and calls sink(x) with it; the object may go once sink returns.
+// and calls sink(x) with it; the object may go once sink returns. ids: the model's id of each of the
+// num_experts records (a rank's experts, strictly increasing, below model_experts); empty: 0..E-1.
 template <class One>
-void add_layer_streaming(PackedWriter& w, std::int64_t layer_index, std::int64_t num_experts, One&& one) {
+void add_layer_streaming(PackedWriter& w, std::int64_t layer_index, std::int64_t num_experts, One&& one,
+                         std::span<std::int64_t const> ids = {}, std::int64_t model_experts = 0) {
+    if (!ids.empty() && static_cast<std::int64_t>(ids.size()) != num_experts)
+        smoe::detail::fail("ids", std::to_string(ids.size()) + " ids", "one per record (" + std::to_string(num_experts) + ")");
     LayerInfo first{};
     for (std::int64_t e = 0; e < num_experts; ++e)
         one(e, [&](auto const& x) {
             LayerInfo const info = x.packed_layer_info();
             if (e == 0) {
                 first = info;
-                w.begin_layer(layer_index, info);
+                w.begin_layer(layer_index, info, model_experts);
             } else if (info.kind != first.kind || info.flags != first.flags || info.hidden_size != first.hidden_size ||
                        info.intermediate_size != first.intermediate_size) {
                 smoe::detail::fail("expert " + std::to_string(e) + " of layer " + std::to_string(layer_index), to_string(info.kind),
                                    std::string("the layer's expert type, packing and shape (") + to_string(first.kind) + ")");
             }
-            w.add(record_of(x, 0), x.packed_record_info(0));
+            w.add(record_of(x, 0), x.packed_record_info(0), ids.empty() ? e : ids[static_cast<std::size_t>(e)]);
         });
     w.end_layer();
 }

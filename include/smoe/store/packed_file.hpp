@@ -4,9 +4,11 @@
 // expert::QuantSwiGLU), so loading is mmap + validation and never packs. Written once, one expert at
 // a time (PackedWriter: peak memory about one expert), by `smoe-pack` or store::pack_experts.
 //
-// Layout, version 2, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
-// ternary scale and packing fields (format::Ternary records): a version-1 reader would take a ternary
-// record for another format, and this reader refuses version-1 files (repack them), naming both versions.
+// Layout, version 3, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
+// ternary scale and packing fields (format::Ternary records); version 3 records which of the model's
+// experts each record is (ExpertEntry::expert, LayerEntry::model_experts), so a rank's file of its own
+// experts is recognised by their ids, not by its count. Versions 1 and 2 were written only before any
+// release (by smoe's own tests and demos): this reader refuses them, naming both versions (repack).
 //
 //   [0, 128)               FileHeader: magic "SMOEPACK", version, file size, where the table is,
 //                          a checksum of the table and one of the header itself
@@ -16,12 +18,18 @@
 //   [table_offset, end)    num_layers LayerEntry, then every layer's ExpertEntry in layer order
 //
 // A LayerEntry says which expert type packed the layer (kind: the record's meaning), the packing
-// variant (flags: bf16 k-pair panels, int8 dot panels), d, f and E; an ExpertEntry says where its
+// variant (flags: bf16 k-pair panels, int8 dot panels), d, f, E (the records it holds) and the model's
+// expert count; an ExpertEntry says which of the model's experts it is (its global id), where its
 // record is, its size, its XXH64 checksum and its formats (QuantSwiGLU: gate/up and down; an act-order
-// int4 matrix's column order, its int32 g_idx, ends the record: gate_up's d, then down's f).
+// int4 matrix's column order, its int32 g_idx, ends the record: gate_up's d, then down's f). A layer's
+// ids are strictly increasing in [0, model experts): all of them (a whole model's file), or a rank's
+// (pack_hf_layers with an expert list). A reader names the model's experts it wants (PackedSource::
+// experts) and finds them by id (records_of): another rank's file, or one packed for another expert
+// list, fails naming the file, the layer and both id lists.
 //
 // Validation: open() checks the header (magic, version, its checksum, the file size it records: a
-// truncated file fails here), the table (its checksum, every entry's kind, extents and record range);
+// truncated file fails here), the table (its checksum, which the header's checksum covers in turn; every
+// entry's kind, extents, record range and expert id);
 // a record's own checksum is checked when the record is first used (ExpertStore: a mapped expert on
 // its first use, a cached one on its first read into the cache) or by verify(). Every failure is a
 // smoe::io::file_error naming the file, the layer and expert, what differs and what was expected.
@@ -98,7 +106,7 @@ inline std::uint64_t xxh64(std::span<std::byte const> data, std::uint64_t seed =
     return h;
 }
 
-inline constexpr std::uint32_t kPackedVersion = 2;
+inline constexpr std::uint32_t kPackedVersion = 3;
 inline constexpr char kPackedMagic[8] = {'S', 'M', 'O', 'E', 'P', 'A', 'C', 'K'};
 inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // huge-page aligned
 inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
@@ -151,7 +159,8 @@ struct LayerEntry {
     std::uint32_t flags;       // PackFlags
     std::int64_t hidden_size, intermediate_size, num_experts;
     std::uint64_t first_expert;  // index of its expert 0 among the ExpertEntry
-    std::uint8_t reserved[64 - 48];
+    std::int64_t model_experts;  // the model's experts in this layer (the ids' range): num_experts, or more in a rank's file
+    std::uint8_t reserved[64 - 56];
 };
 struct FormatEntry {
     std::uint8_t kind, symmetric, act_order, ternary_scale;
@@ -161,7 +170,8 @@ struct FormatEntry {
 struct ExpertEntry {
     std::uint64_t offset, bytes, checksum;
     FormatEntry gate_up, down;  // QuantSwiGLU: the formats of W1/W3 and W2; zero for SwiGLU<W>
-    std::uint8_t reserved[128 - 88];
+    std::int64_t expert;        // the model's expert id (global id) of this record
+    std::uint8_t reserved[128 - 96];
 };
 #pragma pack(pop)
 static_assert(sizeof(FileHeader) == 128 && sizeof(LayerEntry) == 64 && sizeof(FormatEntry) == 32 && sizeof(ExpertEntry) == 128);
@@ -200,11 +210,25 @@ struct PackedLayer {
     std::uint32_t flags = 0;
     std::int64_t hidden_size = 0, intermediate_size = 0, num_experts = 0;
     std::uint64_t first_expert = 0;
+    std::int64_t model_experts = 0;  // the range of its records' ids
 };
 struct PackedRecord {
     std::uint64_t offset = 0, bytes = 0, checksum = 0;
     quant::Format gate_up{}, down{};
+    std::int64_t expert = 0;  // the model's expert id
 };
+
+// "0-7, 9, 12-15": a sorted id list for messages.
+inline std::string id_ranges(std::span<std::int64_t const> ids) {
+    std::string s;
+    for (std::size_t i = 0; i < ids.size();) {
+        std::size_t j = i;
+        while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) ++j;
+        s += (s.empty() ? "" : ", ") + std::to_string(ids[i]) + (j > i ? "-" + std::to_string(ids[j]) : "");
+        i = j + 1;
+    }
+    return s.empty() ? "none" : s;
+}
 
 class PackedFile {
 public:
@@ -236,7 +260,32 @@ public:
         for (auto const& l : layers_) have += (have.empty() ? "" : ", ") + std::to_string(l.layer_index);
         io::detail::file_fail(name_, "layer", layer_index, "a layer the file holds (" + (have.empty() ? "none" : have) + ")");
     }
+    // Record e of the layer (e: its position in the file, 0..num_experts-1).
     PackedRecord const& record(PackedLayer const& l, std::int64_t e) const { return records_[l.first_expert + static_cast<std::size_t>(e)]; }
+    // The model's expert ids of the layer's records, strictly increasing.
+    std::span<std::int64_t const> expert_ids(PackedLayer const& l) const {
+        return std::span(ids_).subspan(l.first_expert, static_cast<std::size_t>(l.num_experts));
+    }
+    // The record of the model's expert `id`, or -1 when the layer does not hold it.
+    std::int64_t find(PackedLayer const& l, std::int64_t id) const {
+        auto const ids = expert_ids(l);
+        auto const it = std::lower_bound(ids.begin(), ids.end(), id);
+        return it != ids.end() && *it == id ? static_cast<std::int64_t>(it - ids.begin()) : -1;
+    }
+    // The records of the model's experts `ids` (a reader's experts in its own order; empty: every
+    // record). A file without one of them (another rank's, or packed for another expert list) fails
+    // naming the layer, the ids the reader expects and the ids the file holds.
+    std::vector<std::int64_t> records_of(PackedLayer const& l, std::span<std::int64_t const> ids) const {
+        std::vector<std::int64_t> r(ids.empty() ? static_cast<std::size_t>(l.num_experts) : ids.size());
+        for (std::size_t i = 0; i < r.size(); ++i) r[i] = ids.empty() ? static_cast<std::int64_t>(i) : find(l, ids[i]);
+        if (std::find(r.begin(), r.end(), std::int64_t(-1)) != r.end()) {
+            std::vector<std::int64_t> want(ids.begin(), ids.end());
+            std::sort(want.begin(), want.end());
+            io::detail::file_fail(name_, "layer " + std::to_string(l.layer_index) + " expert ids", id_ranges(expert_ids(l)),
+                                  id_ranges(want) + " (the experts the reader holds: a file packed for another rank or expert list?)");
+        }
+        return r;
+    }
     // The record's bytes in the mapping (the OS pages them in on first touch).
     std::span<std::byte const> mapped(PackedRecord const& r) const { return map_.bytes().subspan(r.offset, r.bytes); }
 
@@ -270,8 +319,11 @@ public:
         return false;
 #endif
     }
+    // "layer 3 expert 12", and the record's position when a rank's file holds it elsewhere.
     std::string where(PackedLayer const& l, std::int64_t e) const {
-        return "layer " + std::to_string(l.layer_index) + " expert " + std::to_string(e);
+        std::int64_t const id = records_.empty() ? e : record(l, e).expert;
+        return "layer " + std::to_string(l.layer_index) + " expert " + std::to_string(id) +
+               (id != e ? " (record " + std::to_string(e) + " of the layer)" : "");
     }
 
 private:
@@ -296,7 +348,7 @@ private:
         if (h.version != kPackedVersion)
             fail("version", h.version,
                  std::to_string(kPackedVersion) + " (the format this smoe reads" +
-                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the ternary format fields" : "") +
+                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the experts' ids (v3) and ternary fields (v2)" : "") +
                      "; repack the model with this smoe-pack)");
         FileHeader z = h;
         z.header_checksum = 0;
@@ -333,20 +385,31 @@ private:
             if (le.first_expert != next_expert) fail(at + " first_expert", le.first_expert, std::to_string(next_expert) + " (layers in order)");
             next_expert += static_cast<std::uint64_t>(le.num_experts);
             if (next_expert > h.num_experts_total) fail(at + " num_experts", le.num_experts, "experts within the table's count");
+            if (le.model_experts < le.num_experts || le.model_experts > limits::kMaxExperts)
+                fail(at + " model_experts", le.model_experts, "in [num_experts " + std::to_string(le.num_experts) + ", " + std::to_string(limits::kMaxExperts) + "]");
             for (auto const& l : layers_)
                 if (l.layer_index == le.layer_index) fail(at + " layer_index", le.layer_index, "each layer once");
             layers_.push_back({le.layer_index, static_cast<ExpertKind>(le.kind), le.flags, le.hidden_size, le.intermediate_size,
-                               le.num_experts, le.first_expert});
+                               le.num_experts, le.first_expert, le.model_experts});
         }
         if (next_expert != h.num_experts_total) fail("num_experts_total", h.num_experts_total, std::to_string(next_expert) + " (the layers' sum)");
-        records_.resize(h.num_experts_total);
+        std::vector<PackedRecord> records(h.num_experts_total);
+        ids_.resize(h.num_experts_total);
         std::uint64_t end = h.data_offset;
         std::size_t li = 0;
         for (std::uint64_t i = 0; i < h.num_experts_total; ++i) {
             while (li + 1 < layers_.size() && i >= layers_[li + 1].first_expert) ++li;
             ExpertEntry x{};
             std::memcpy(&x, table.data() + h.num_layers * sizeof(LayerEntry) + i * sizeof x, sizeof x);
-            std::string const at = where(layers_[li], static_cast<std::int64_t>(i - layers_[li].first_expert));
+            std::int64_t const e = static_cast<std::int64_t>(i - layers_[li].first_expert);
+            std::string const at = where(layers_[li], e);
+            // The ids name the model's experts a rank holds: strictly increasing (so unique) and in range.
+            std::int64_t const lo = e == 0 ? 0 : ids_[i - 1] + 1;
+            if (x.expert < lo || x.expert >= layers_[li].model_experts)
+                fail(at + " id", x.expert,
+                     "in [" + std::to_string(lo) + ", " + std::to_string(layers_[li].model_experts) +
+                         ") (a layer's expert ids strictly increasing, below its model_experts)");
+            ids_[i] = x.expert;
             if (x.bytes == 0 || x.offset != record_offset(x.offset, x.bytes) || x.offset < end || x.offset > h.table_offset ||
                 h.table_offset - x.offset < x.bytes)
                 fail(at + " record", "[" + std::to_string(x.offset) + ", +" + std::to_string(x.bytes) + ")",
@@ -364,8 +427,9 @@ private:
                 f.check(name_ + ": " + at + " " + part, 0, C);
                 return f;
             };
-            records_[i] = {x.offset, x.bytes, x.checksum, fmt(x.gate_up, "gate_up"), fmt(x.down, "down")};
+            records[i] = {x.offset, x.bytes, x.checksum, fmt(x.gate_up, "gate_up"), fmt(x.down, "down"), x.expert};
         }
+        records_ = std::move(records);
     }
 
     std::filesystem::path path_;
@@ -373,10 +437,13 @@ private:
     io::MappedFile map_;
     std::vector<PackedLayer> layers_;
     std::vector<PackedRecord> records_;
+    std::vector<std::int64_t> ids_;  // records_[i].expert, contiguous for find
 };
 
 // Writes a packed expert file one record at a time: begin_layer, add (E records, in expert order),
-// end_layer, ..., finish. Nothing but the table is held in memory. The file is written under its
+// end_layer, ..., finish. A layer of the whole model: begin_layer(l, info) and add(record, info), the
+// ids then 0..E-1. A rank's: begin_layer(l, info, model_experts) and add(record, info, id), the ids
+// strictly increasing below model_experts. Nothing but the table is held in memory. The file is written under its
 // own name; a writer destroyed before finish() leaves no header, so the file fails to open.
 class PackedWriter {
 public:
@@ -390,7 +457,8 @@ public:
         if (f_) std::fclose(f_);
     }
 
-    void begin_layer(std::int64_t layer_index, LayerInfo const& info) {
+    // model_experts: the model's expert count in this layer (the ids' range); 0: the records added.
+    void begin_layer(std::int64_t layer_index, LayerInfo const& info, std::int64_t model_experts = 0) {
         if (open_) smoe::detail::fail("begin_layer", layer_index, "end_layer() of layer " + std::to_string(layers_.back().layer_index) + " first");
         for (auto const& l : layers_)
             if (l.layer_index == layer_index) smoe::detail::fail("begin_layer", layer_index, "each layer once");
@@ -401,25 +469,41 @@ public:
         le.hidden_size = info.hidden_size;
         le.intermediate_size = info.intermediate_size;
         le.first_expert = experts_.size();
+        if (model_experts < 0 || model_experts > limits::kMaxExperts)
+            smoe::detail::fail("model_experts", model_experts, "in [0, " + std::to_string(limits::kMaxExperts) + "] (0: the records added)");
+        le.model_experts = model_experts;
         layers_.push_back(le);
         open_ = true;
     }
-    void add(std::span<std::byte const> record, RecordInfo const& info = {}) {
+    // expert: the record's id among the model's experts; -1: the next after the previous record's.
+    void add(std::span<std::byte const> record, RecordInfo const& info = {}, std::int64_t expert = -1) {
         if (!open_) smoe::detail::fail("add", "a record", "begin_layer() first");
         if (record.empty()) smoe::detail::fail("record", "0 bytes", "a non-empty record");
+        auto& le = layers_.back();
+        std::int64_t const next = le.num_experts == 0 ? 0 : experts_.back().expert + 1;
+        if (expert < 0) expert = next;
+        if (expert < next || (le.model_experts > 0 && expert >= le.model_experts))
+            smoe::detail::fail("expert id", expert,
+                               "in [" + std::to_string(next) + ", " + (le.model_experts > 0 ? std::to_string(le.model_experts) : "inf") +
+                                   ") (layer " + std::to_string(le.layer_index) + "'s ids strictly increasing, below model_experts)");
         ExpertEntry x{};
         x.offset = record_offset(pos_, record.size());
         x.bytes = record.size();
         x.checksum = xxh64(record);
         x.gate_up = encode(info.gate_up);
         x.down = encode(info.down);
+        x.expert = expert;
         write_at(x.offset, record);
         pos_ = x.offset + x.bytes;
         experts_.push_back(x);
-        ++layers_.back().num_experts;
+        ++le.num_experts;
     }
     void end_layer() {
         if (!open_ || layers_.back().num_experts == 0) smoe::detail::fail("end_layer", "a layer without records", "begin_layer() and add() first");
+        auto& le = layers_.back();
+        if (le.model_experts == 0) le.model_experts = experts_.back().expert + 1;
+        if (le.model_experts > limits::kMaxExperts)
+            smoe::detail::fail("expert id", experts_.back().expert, "below smoe::limits::kMaxExperts (" + std::to_string(limits::kMaxExperts) + ")");
         open_ = false;
     }
     // Bytes the file holds so far (the records written; finish() adds the table).

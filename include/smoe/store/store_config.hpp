@@ -55,7 +55,7 @@ struct StoreConfig {
 struct PackedSource {
     std::shared_ptr<PackedFile const> file;
     std::int64_t layer = 0;             // the model's decoder layer index
-    std::vector<std::int64_t> experts;  // the file's expert of each local expert (a rank's); empty: all
+    std::vector<std::int64_t> experts;  // the model's expert id of each local expert (a rank's), found by the file's ids; empty: all records
     explicit operator bool() const { return file != nullptr; }
 };
 
