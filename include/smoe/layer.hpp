@@ -536,7 +536,7 @@ private:
             if (st.residency() != store::Residency::resident) {
                 st.observe(r);
                 st.hits_first(std::span<std::int32_t>(b.touched.data(), static_cast<std::size_t>(touched)));
-                for (first = 0; first < touched; first = last) {
+                for (std::int64_t begin = 0, end = 0; begin < touched; begin = end) {
                     struct Held {  // released also when a read or a kernel throws
                         decltype(st) s;
                         std::int32_t const* ids;
@@ -544,12 +544,18 @@ private:
                         ~Held() {
                             for (std::int64_t i = 0; i < n; ++i) s.release(ids[i]);
                         }
-                    } held{st, b.touched.data() + first};
-                    for (last = first; last < touched && st.acquire(b.touched[static_cast<std::size_t>(last)], r.load(b.touched[static_cast<std::size_t>(last)])); ++last)
+                    } held{st, b.touched.data() + begin};
+                    for (end = begin; end < touched && st.acquire(b.touched[static_cast<std::size_t>(end)], r.load(b.touched[static_cast<std::size_t>(end)]), false); ++end)
                         ++held.n;
-                    if (last == first)
-                        detail::fail("expert store", "every slot held", "a slot for expert " + std::to_string(b.touched[static_cast<std::size_t>(first)]));
-                    both_phases();
+                    if (end == begin)
+                        detail::fail("expert store", "every slot held", "a slot for expert " + std::to_string(b.touched[static_cast<std::size_t>(begin)]));
+                    // The held experts run as their records arrive: the hits while the misses are read
+                    // (a plan's experts all at once: it runs an id range).
+                    for (first = begin; first < end; first = last) {
+                        last = first + static_cast<std::int64_t>(st.ready_first(std::span<std::int32_t>(b.touched.data() + first, static_cast<std::size_t>(end - first)),
+                                                                                requires { balancer_.plan_items(); }));
+                        both_phases();
+                    }
                 }
                 first = 0;
                 last = touched;

@@ -1,10 +1,11 @@
-// ThreadSanitizer check of the expert store (issue 17): a cached store with its prefetch I/O thread,
+// ThreadSanitizer check of the expert store (issue 17): a cached store with its reader threads (a
+// call's misses read in pieces of a page by 4 threads and the caller while it computes its hits) and
 // prefetch() called from a second engine thread while the layer runs forward on a thread pool of 2, a
-// budget of 2 of 8 experts so that reads, evictions and the layer's rounds overlap; and two layers
-// sharing one budget of 3 slots (store::SlotCache), whose I/O threads and misses evict each other's
-// experts. Built with
-// -fsanitize=thread (tests/tsan/CMakeLists.txt); TSan makes the process fail on a data race. The
-// output must also be the resident layer's bits. A plain main, no Catch: the build stays short.
+// budget of 3 of 8 experts (top-2: a slot left for prefetches) so that reads and evictions overlap; and
+// two layers sharing one budget of 3 slots (store::SlotCache), whose readers and misses evict each
+// other's experts. Built with -fsanitize=thread (tests/tsan/CMakeLists.txt); TSan makes the process fail
+// on a data race. The output must also be the resident layer's bits. A plain main, no Catch: the build
+// stays short.
 
 #include <atomic>
 #include <cstdint>
@@ -51,7 +52,8 @@ int main() {
     auto const file = store::PackedFile::open(path);
     std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
     auto cached = c;
-    cached.expert.store = {.residency = store::Residency::cached, .budget_bytes = 2 * slot, .prefetch = true};
+    // Records in pieces of a page (3 each), read by 4 threads and the callers at once.
+    cached.expert.store = {.residency = store::Residency::cached, .budget_bytes = 3 * slot, .prefetch = true, .read_piece_bytes = 4096};
     smoe::expert::SwiGLUWeights<float> pw;
     pw.packed = {file, 0, {}};
     Layer l(cached, {g, {}, pw});

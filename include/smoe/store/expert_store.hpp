@@ -45,6 +45,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -111,7 +112,8 @@ inline void expect_record_bytes(PackedSource const& src, PackedLayer const& L, s
 struct StoreStats {
     std::int64_t hits = 0, misses = 0, evictions = 0;
     std::uint64_t bytes_read = 0;
-    double stall_seconds = 0;  // in acquire: reading a record, or waiting for the prefetch thread to
+    double stall_seconds = 0;  // in acquire and ready_first: waiting for a record, or reading a piece of it
+    std::int64_t reads_at_once = 0;  // the most pieces of records read at the same time (readers and callers)
     std::int64_t prefetch_issued = 0, prefetch_loaded = 0, prefetch_used = 0;
     std::int64_t streamed = 0;  // misses run from the file's mapping (stream_overflow), not read into a slot
     std::int64_t predicted_hits = 0, predicted_total = 0;  // experts of a call the last prefetch named / all
@@ -155,6 +157,11 @@ public:
         pins_.assign(n, 0);
         ready_.assign(n, 0);
         prefetched_.assign(n, 0);
+        next_.assign(n, 0);
+        pieces_.assign(n, 0);
+        left_.assign(n, 0);
+        pf_read_.assign(n, 0);
+        error_.assign(n, nullptr);
         candidates_.reserve(n);
         cand_slot_.reserve(n);
     }
@@ -199,6 +206,12 @@ private:
     std::vector<std::int64_t> expert_;
     std::vector<std::int32_t> pins_;
     std::vector<std::uint8_t> ready_, prefetched_;
+    // A read in flight: its pieces claimed by readers (next_ of pieces_) and not yet done (left_), read
+    // for a prefetch (pf_read_: 1; 2 once a caller holds it); a failed read's error (error_, while
+    // callers hold the slot: each gets the error, the last release frees the slot).
+    std::vector<std::int32_t> next_, pieces_, left_;
+    std::vector<std::uint8_t> pf_read_;
+    std::vector<std::exception_ptr> error_;
     std::vector<EvictionCandidate> candidates_;  // victim()'s, with their slots
     std::vector<std::int64_t> cand_slot_;
 };
@@ -267,14 +280,17 @@ public:
                 }
                 if (cfg_.eviction == Eviction::custom && !cfg_.evict)
                     smoe::detail::fail("store.evict", "empty", "a function choosing the victim with store.eviction = custom");
+                if (cfg_.read_threads < 0)
+                    smoe::detail::fail("store.read_threads", cfg_.read_threads, "0 (the caller reads its misses) or more reader threads");
+                if (cfg_.read_piece_bytes == 0 || cfg_.read_piece_bytes % kRecordAlignment != 0)
+                    smoe::detail::fail("store.read_piece_bytes", cfg_.read_piece_bytes, "a positive multiple of " + std::to_string(kRecordAlignment));
                 open_fd(cfg_.direct_io);
                 stream_ = cfg_.stream_overflow && !direct_;
                 verified_.assign(static_cast<std::size_t>(E_), 0);
                 streaming_.assign(static_cast<std::size_t>(E_), 0);
-                if (cfg_.prefetch) {
-                    queue_.assign(static_cast<std::size_t>(E_), 0);
-                    io_ = std::thread([this] { io_loop(); });
-                }
+                queue_.assign(static_cast<std::size_t>(E_), 0);
+                todo_.reserve(static_cast<std::size_t>(cache_->n_));
+                for (std::int32_t t = 0; t < std::max(cfg_.read_threads, cfg_.prefetch ? 1 : 0); ++t) io_.emplace_back([this] { io_loop(); });
                 break;
             }
         }
@@ -283,24 +299,18 @@ public:
     ExpertStore(ExpertStore const&) = delete;
     ExpertStore& operator=(ExpertStore const&) = delete;
     ~ExpertStore() {
-        if (io_.joinable()) {
+        if (!io_.empty()) {  // a reader finishes the piece it reads; the rest of the read is dropped below
             {
                 std::lock_guard lk(cache_->mu_);
                 stop_ = true;
             }
             cache_->cv_.notify_all();
-            io_.join();
+            for (auto& t : io_) t.join();
         }
         if (residency() == Residency::cached) {  // a shared cache outlives its stores: their slots go free
             std::lock_guard lk(cache_->mu_);
             for (std::size_t s = 0; s < static_cast<std::size_t>(cache_->n_); ++s)
-                if (cache_->owner_[s] == this) {
-                    cache_->owner_[s] = nullptr;
-                    cache_->expert_[s] = -1;
-                    cache_->pins_[s] = 0;
-                    cache_->ready_[s] = 1;
-                    cache_->prefetched_[s] = 0;
-                }
+                if (cache_->owner_[s] == this) free_slot(s);
         }
         close_fd();
     }
@@ -348,8 +358,11 @@ public:
 
     // Holds expert e (tokens: routed to it in this call, for LFU) and makes its record readable:
     // false when every slot is held by callers (release some, then retry). Throws a file_error naming
-    // the layer and expert when the record read from the file has the wrong checksum.
-    bool acquire(std::int64_t e, std::int64_t tokens = 0) {
+    // the layer and expert when the record read from the file is short or has the wrong checksum (e is
+    // then not held). wait = false (cached): a miss only starts its read (the reader threads read it in
+    // pieces, several at once) and acquire returns at once; ready_first() then says which held
+    // experts are readable, so a caller computes its hits while its misses are read.
+    bool acquire(std::int64_t e, std::int64_t tokens = 0, bool wait = true) {
         auto const i = static_cast<std::size_t>(e);
         std::unique_lock lk(cache_->mu_);
         last_use_[i] = ++cache_->tick_;
@@ -369,34 +382,25 @@ public:
             }
             return true;
         }
+        auto& c = *cache_;
         auto const t0 = clock::now();
-        for (;;) {
-            if (std::int32_t const s = slot_of_[i]; s >= 0) {
+        bool waited = false;
+        for (;; waited = true, c.cv_.wait(lk)) {
+            if (std::int32_t const s = slot_of_[i]; s >= 0) {  // cached, or being read
                 auto const si = static_cast<std::size_t>(s);
-                ++cache_->pins_[si];
-                if (!cache_->ready_[si]) {  // the prefetch thread is reading it
-                    cache_->cv_.wait(lk, [&] { return cache_->ready_[si] || slot_of_[i] != s; });
-                    stats_.stall_seconds += seconds_since(t0);
-                    if (slot_of_[i] != s) {  // its read failed; load it here (and report the error)
-                        --cache_->pins_[si];
-                        continue;
-                    }
-                }
-                if (cache_->prefetched_[si]) {
-                    cache_->prefetched_[si] = 0;
-                    ++stats_.prefetch_used;
-                }
+                ++c.pins_[si];
+                if (c.pf_read_[si] == 1 || (c.ready_[si] && c.prefetched_[si])) ++stats_.prefetch_used;
+                c.pf_read_[si] = c.pf_read_[si] ? 2 : 0;
+                c.prefetched_[si] = 0;
                 hit_tick_[i] = call_tick_;
                 ++stats_.hits;
-                return true;
+                break;
             }
-            std::int64_t const s = victim();
-            if (s >= 0) {
-                load_into(lk, e, s, false);
-                ++cache_->pins_[static_cast<std::size_t>(s)];
+            if (std::int64_t const s = victim(); s >= 0) {
+                start_read(e, s, false);
+                ++c.pins_[static_cast<std::size_t>(s)];
                 ++stats_.misses;
-                stats_.stall_seconds += seconds_since(t0);
-                return true;
+                break;
             }
             if (stream_) {  // every slot held: run it from the mapping, evicting nothing
                 if (!verified_[i]) {
@@ -410,25 +414,41 @@ public:
                 stats_.stall_seconds += seconds_since(t0);
                 return true;
             }
-            // Every slot is held: by callers (give up) or by reads of the prefetch thread (wait for one).
+            // Every slot is held: by callers (give up) or by a prefetch's read that nobody holds (wait
+            // for it). A read a caller holds frees nothing when done, so it is no reason to wait.
             bool reading = false;
-            for (std::int64_t k = 0; k < cache_->n_; ++k) reading = reading || !cache_->ready_[static_cast<std::size_t>(k)];
-            if (!reading) return false;
-            cache_->cv_.wait(lk);
+            for (std::size_t k = 0; k < static_cast<std::size_t>(c.n_); ++k) reading = reading || (!c.ready_[k] && c.pins_[k] == 0);
+            if (!reading) {
+                if (waited) stats_.stall_seconds += seconds_since(t0);
+                return false;
+            }
         }
+        if (waited) stats_.stall_seconds += seconds_since(t0);
+        if (!wait) return true;
+        auto id = static_cast<std::int32_t>(e);
+        try {
+            await(lk, std::span<std::int32_t>(&id, 1), true);
+        } catch (...) {
+            release_locked(e);
+            throw;
+        }
+        return true;
+    }
+
+    // Of experts held by acquire(e, tokens, false), moves those whose records are readable to the
+    // front of ids and returns how many: at least one (every one, with all), reading pieces of the
+    // missing records meanwhile or waiting for the readers. Throws the file_error of a failed read
+    // (naming the layer and expert); the caller still holds every id and releases them.
+    std::size_t ready_first(std::span<std::int32_t> ids, bool all = false) {
+        if (residency() != Residency::cached) return ids.size();
+        std::unique_lock lk(cache_->mu_);
+        return await(lk, ids, all);
     }
 
     void release(std::int64_t e) {
         if (residency() != Residency::cached) return;
         std::lock_guard lk(cache_->mu_);
-        if (streaming_[static_cast<std::size_t>(e)] > 0) {  // held from the mapping, not in a slot
-            --streaming_[static_cast<std::size_t>(e)];
-            cache_->cv_.notify_all();
-            return;
-        }
-        std::int32_t const s = slot_of_[static_cast<std::size_t>(e)];
-        if (s >= 0 && cache_->pins_[static_cast<std::size_t>(s)] > 0) --cache_->pins_[static_cast<std::size_t>(s)];
-        cache_->cv_.notify_all();
+        release_locked(e);
     }
 
     // Orders a call's experts for acquire: those in the cache first (in id order), then the misses.
@@ -478,7 +498,7 @@ public:
                 (void)::madvise(reinterpret_cast<void*>(page), r.size() + (reinterpret_cast<std::uintptr_t>(r.data()) - page), MADV_WILLNEED);
 #endif
                 ++stats_.prefetch_issued;
-            } else if (io_.joinable() && slot_of_[i] < 0 && !queue_[i] && (streaming_.empty() || !streaming_[i])) {
+            } else if (cfg_.prefetch && !io_.empty() && slot_of_[i] < 0 && !queue_[i] && (streaming_.empty() || !streaming_[i])) {
                 queue_[i] = 1;
                 ++queued_;
                 ++stats_.prefetch_issued;
@@ -528,7 +548,7 @@ public:
     // Blocks until the prefetch queue is empty and no read is in flight (tests, benchmarks).
     void wait_idle() {
         std::unique_lock lk(cache_->mu_);
-        cache_->cv_.wait(lk, [&] { return queued_ == 0 && !io_busy_; });
+        cache_->cv_.wait(lk, [&] { return queued_ == 0 && reads_ == 0; });
     }
 
     StoreStats stats() const {
@@ -617,9 +637,10 @@ private:
         return c.cand_slot_[pick];
     }
 
-    // Reads expert e into slot s with the lock released (the slot is marked not ready, so nobody
-    // evicts or reads it meanwhile); a failed read or checksum leaves the slot empty and rethrows.
-    void load_into(std::unique_lock<std::mutex>& lk, std::int64_t e, std::int64_t s, bool prefetched) {
+    // Claims slot s for expert e's record (its holder, if any, loses it) and queues the read's pieces
+    // for the reader threads, a demand read ahead of prefetches; a caller waiting for it reads pieces
+    // too (ready_first), so a store without readers reads its misses on the caller's thread.
+    void start_read(std::int64_t e, std::int64_t s, bool prefetched) {
         auto& c = *cache_;
         auto const si = static_cast<std::size_t>(s), i = static_cast<std::size_t>(e);
         if (ExpertStore* const o = c.owner_[si]) {  // counted as the holder's eviction (another layer's, if shared)
@@ -633,57 +654,151 @@ private:
         slot_of_[i] = static_cast<std::int32_t>(s);
         c.ready_[si] = 0;
         c.prefetched_[si] = 0;
-        std::byte* const dst = c.slot(si);
-        bool const check = !verified_[i];
-        lk.unlock();
-        try {
-            read_record(e, dst, check);
-        } catch (...) {
-            lk.lock();
-            c.owner_[si] = nullptr;
-            c.expert_[si] = -1;
-            slot_of_[i] = -1;
-            c.ready_[si] = 1;
-            c.cv_.notify_all();
-            throw;
-        }
-        lk.lock();
-        verified_[i] = 1;
-        c.ready_[si] = 1;
-        c.prefetched_[si] = prefetched;
-        stats_.bytes_read += rec(e).bytes;
-        ptr_[i].store(dst, std::memory_order_release);
-        cache_->cv_.notify_all();
+        c.pf_read_[si] = prefetched ? 1 : 0;
+        c.error_[si] = nullptr;
+        std::size_t const piece = cfg_.read_piece_bytes;
+        c.pieces_[si] = c.left_[si] = static_cast<std::int32_t>(std::max<std::size_t>((read_bytes(e) + piece - 1) / piece, 1));
+        c.next_[si] = 0;
+        ++reads_;
+        todo_.insert(prefetched ? todo_.end() : todo_.begin(), static_cast<std::int32_t>(s));
+        c.cv_.notify_all();
     }
 
+    // Reads the next piece of slot s's record with the lock released (after a failed piece the rest
+    // are skipped); whoever finishes its last piece checks the checksum (on the record's first read:
+    // later reads of the same bytes are trusted, as a mapped store trusts its pages) and makes it
+    // ready, or keeps the error for the callers holding it (a read nobody holds leaves the slot empty).
+    void read_piece(std::unique_lock<std::mutex>& lk, std::int32_t s) {
+        auto& c = *cache_;
+        auto const si = static_cast<std::size_t>(s);
+        std::size_t const p = static_cast<std::size_t>(c.next_[si]++) * cfg_.read_piece_bytes;
+        if (c.next_[si] == c.pieces_[si]) todo_.erase(std::find(todo_.begin(), todo_.end(), s));
+        std::int64_t const e = c.expert_[si];
+        std::byte* const dst = c.slot(si);
+        if (!c.error_[si]) {
+            stats_.reads_at_once = std::max(stats_.reads_at_once, ++reading_);
+            lk.unlock();
+            std::exception_ptr err;
+            try {
+                read_into(e, dst, p, cfg_.read_piece_bytes);
+            } catch (...) {
+                err = std::current_exception();
+            }
+            lk.lock();
+            --reading_;
+            if (err && !c.error_[si]) c.error_[si] = err;
+        }
+        if (--c.left_[si] > 0) return;
+        auto const i = static_cast<std::size_t>(e);
+        if (!c.error_[si] && !verified_[i]) {
+            lk.unlock();
+            std::exception_ptr err;
+            try {
+                file_->check(*layer_, ids_[i], std::span<std::byte const>(dst, rec(e).bytes));
+            } catch (...) {
+                err = std::current_exception();
+            }
+            lk.lock();
+            c.error_[si] = err;
+        }
+        --reads_;
+        c.ready_[si] = 1;
+        if (c.error_[si]) {
+            if (c.pins_[si] == 0) free_slot(si);  // a prefetch nobody holds: the next acquire reads it again
+        } else {
+            verified_[i] = 1;
+            c.prefetched_[si] = c.pf_read_[si] == 1;
+            stats_.prefetch_loaded += c.pf_read_[si] != 0;
+            stats_.bytes_read += rec(e).bytes;
+            ptr_[i].store(dst, std::memory_order_release);
+        }
+        c.pf_read_[si] = 0;
+        c.cv_.notify_all();
+    }
+
+    // ready_first() with the lock held.
+    std::size_t await(std::unique_lock<std::mutex>& lk, std::span<std::int32_t> ids, bool all) {
+        auto& c = *cache_;
+        auto const t0 = clock::now();
+        for (bool waited = false;; waited = true) {
+            std::size_t n = 0, m = 0;
+            std::int32_t help = -1;
+            for (std::int32_t e : ids) {
+                std::int32_t const s = slot_of_[static_cast<std::size_t>(e)];  // -1: streamed from the mapping
+                auto const si = static_cast<std::size_t>(s);
+                if (s >= 0 && c.ready_[si] && c.error_[si]) {
+                    if (waited) stats_.stall_seconds += seconds_since(t0);
+                    std::rethrow_exception(c.error_[si]);
+                }
+                if (s < 0 || c.ready_[si]) {
+                    ids[n++] = e;
+                } else {
+                    order_[m++] = e;
+                    if (help < 0 && c.next_[si] < c.pieces_[si]) help = s;
+                }
+            }
+            std::copy(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(m), ids.begin() + static_cast<std::ptrdiff_t>(n));
+            if (n == ids.size() || (n > 0 && !all)) {
+                if (waited) stats_.stall_seconds += seconds_since(t0);
+                return n;
+            }
+            if (help >= 0)
+                read_piece(lk, help);
+            else
+                c.cv_.wait(lk);
+        }
+    }
+
+    void release_locked(std::int64_t e) {
+        auto& c = *cache_;
+        if (streaming_[static_cast<std::size_t>(e)] > 0) {  // held from the mapping, not in a slot
+            --streaming_[static_cast<std::size_t>(e)];
+        } else if (std::int32_t const s = slot_of_[static_cast<std::size_t>(e)]; s >= 0 && c.pins_[static_cast<std::size_t>(s)] > 0) {
+            auto const si = static_cast<std::size_t>(s);
+            if (--c.pins_[si] == 0 && c.ready_[si] && c.error_[si]) free_slot(si);  // its read failed: empty again
+            if (c.pins_[si] == 0 && !c.ready_[si] && io_.empty()) {
+                // Let go unread (its caller threw): no reader thread would finish it, and only its
+                // holders read its pieces, so none is being read now.
+                if (auto const q = std::find(todo_.begin(), todo_.end(), s); q != todo_.end()) todo_.erase(q);
+                --reads_;
+                free_slot(si);
+            }
+        }
+        c.cv_.notify_all();
+    }
+
+    void free_slot(std::size_t s) {
+        auto& c = *cache_;
+        if (c.owner_[s] == this) slot_of_[static_cast<std::size_t>(c.expert_[s])] = -1;
+        c.owner_[s] = nullptr;
+        c.expert_[s] = -1;
+        c.pins_[s] = 0;
+        c.ready_[s] = 1;
+        c.prefetched_[s] = 0;
+        c.pf_read_[s] = 0;
+        c.next_[s] = c.pieces_[s] = c.left_[s] = 0;
+        c.error_[s] = nullptr;
+    }
+
+    // A reader thread: pieces of queued reads first (demand reads ahead), then prefetches.
     void io_loop() {
         std::unique_lock lk(cache_->mu_);
         for (;;) {
-            cache_->cv_.wait(lk, [&] { return stop_ || queued_ > 0; });
+            cache_->cv_.wait(lk, [&] { return stop_ || !todo_.empty() || queued_ > 0; });
             if (stop_) return;
+            if (!todo_.empty()) {
+                read_piece(lk, todo_.front());
+                continue;
+            }
             std::int64_t e = 0;
             while (!queue_[static_cast<std::size_t>(e)]) ++e;
             queue_[static_cast<std::size_t>(e)] = 0;
             --queued_;
-            // Cached already, or a caller runs it from the mapping now.
-            if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) {
-                cache_->cv_.notify_all();
-                continue;
-            }
-            std::int64_t const s = victim(true);
-            if (s < 0) {  // every slot held or in the latest call's working set: drop this prediction
-                cache_->cv_.notify_all();
-                continue;
-            }
-            io_busy_ = true;
-            try {
-                load_into(lk, e, s, true);
-                ++stats_.prefetch_loaded;
-            } catch (...) {
-                // The caller that needs this expert reads it again and gets the error.
-            }
-            io_busy_ = false;
             cache_->cv_.notify_all();
+            // Cached already, or a caller runs it from the mapping now.
+            if (slot_of_[static_cast<std::size_t>(e)] >= 0 || streaming_[static_cast<std::size_t>(e)]) continue;
+            // None free: every slot held or in the latest call's working set: drop this prediction.
+            if (std::int64_t const s = victim(true); s >= 0) start_read(e, s, true);
         }
     }
 
@@ -707,28 +822,33 @@ private:
 #endif
     }
 
-    // Reads record e into dst (explicit reads: the arena, not the page cache's mapping, holds it) and
-    // checks its checksum: on the first read of each record (a cached store's later reads of the same
-    // bytes trust them, as a mapped store trusts its pages; checking cost as much as the copy).
-    void read_record(std::int64_t e, std::byte* dst, bool check = true) const {
+    // Bytes a read of record e covers: O_DIRECT reads whole pages into the page-aligned slot (records
+    // start on a page; the bytes after the record are the next record's or the table's, never used).
+    std::size_t read_bytes(std::int64_t e) const { return direct_ ? whole_pages(rec(e).bytes) : rec(e).bytes; }
+
+    // Reads bytes [at, at + n) of record e (explicit reads: the arena, not the page cache's mapping,
+    // holds it) into dst + at.
+    void read_into(std::int64_t e, std::byte* dst, std::size_t at, std::size_t n) const {
         auto const& r = rec(e);
+        std::size_t const end = std::min(read_bytes(e), at + n), need = std::min<std::size_t>(r.bytes, end);
 #if SMOE_IO_HAS_MMAP
-        // O_DIRECT: whole pages into the page-aligned slot (records start on a page; the slot is whole
-        // pages); the bytes after the record are the next record's or the table's, never used.
-        std::size_t const want = direct_ ? whole_pages(r.bytes) : r.bytes;
-        std::size_t done = 0;
-        while (done < r.bytes) {
-            ssize_t const n = ::pread(fd_, dst + done, want - done, static_cast<off_t>(r.offset + done));
-            if (n <= 0)
+        for (std::size_t done = at; done < need;) {
+            ssize_t const got = ::pread(fd_, dst + done, end - done, static_cast<off_t>(r.offset + done));
+            if (got <= 0)
                 io::detail::file_fail(file_->name(), file_->where(*layer_, ids_[static_cast<std::size_t>(e)]) + " record",
                                       "unreadable at offset " + std::to_string(r.offset + done), "the record's " + std::to_string(r.bytes) + " bytes");
-            done += static_cast<std::size_t>(n);
+            done += static_cast<std::size_t>(got);
         }
 #else
         auto const m = file_->mapped(r);
-        std::copy(m.begin(), m.end(), dst);
+        if (at < need) std::copy(m.begin() + static_cast<std::ptrdiff_t>(at), m.begin() + static_cast<std::ptrdiff_t>(need), dst + at);
 #endif
-        if (check) file_->check(*layer_, ids_[static_cast<std::size_t>(e)], std::span<std::byte const>(dst, r.bytes));
+    }
+
+    // Reads record e into dst and checks its checksum (resident stores).
+    void read_record(std::int64_t e, std::byte* dst) const {
+        read_into(e, dst, 0, read_bytes(e));
+        file_->check(*layer_, ids_[static_cast<std::size_t>(e)], std::span<std::byte const>(dst, rec(e).bytes));
     }
 
     StoreConfig cfg_;
@@ -750,10 +870,12 @@ private:
     std::vector<std::int32_t> streaming_;  // cached: callers running it from the mapping now
     bool stream_ = false;
     bool have_prediction_ = false;
-    std::vector<std::uint8_t> queue_;
+    std::vector<std::uint8_t> queue_;  // prefetches not started
     std::int64_t queued_ = 0;
-    bool io_busy_ = false, stop_ = false;
-    std::thread io_;
+    std::vector<std::int32_t> todo_;  // slots of this store's reads with pieces nobody reads yet, demand reads first
+    std::int64_t reads_ = 0, reading_ = 0;  // reads not finished; pieces being read now
+    bool stop_ = false;
+    std::vector<std::thread> io_;  // the reader threads
     StoreStats stats_;
 };
 

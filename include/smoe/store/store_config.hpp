@@ -49,6 +49,12 @@ struct StoreConfig {
     // cached: slots shared with the other layers' stores (SlotCache::for_file: one budget for the whole
     // model, eviction across layers by the missing store's policy); budget_bytes is then not used.
     std::shared_ptr<SlotCache> cache;
+    // cached: threads reading misses and prefetches, each record in pieces of read_piece_bytes (a
+    // multiple of 4 KiB), several at once: this VM's disk gives ~0.5-1.5 GB/s to one 1.5 MB read at a
+    // time and 1.5-2.3 GB/s to 2-8 (bench/layer/results/store_target_s7.md). 0: the caller reads its
+    // own misses, one piece after another (and a prefetch thread if prefetch).
+    std::int32_t read_threads = 4;
+    std::size_t read_piece_bytes = std::size_t(512) << 10;
 };
 
 // A layer of a packed file as an expert's weights (SwiGLUWeights::packed, QuantSwiGLUWeights::packed).
