@@ -7,7 +7,7 @@
 // picks k experts; with probability `reuse` an expert of the previous token (temporal locality, the
 // local routing consistency of Liang et al.), otherwise one drawn from a Zipf law of exponent `zipf`
 // over a fixed random permutation of the experts (popularity). BM_store/<store>/<budget %>/<prefetch>/
-// zipf:<x100>/reuse:<%>/direct:<0|1>/warm:<steps>. warm:0 times the first kSteps tokens after the layers
+// zipf:<x100>/reuse:<%>/direct:<0|1>/warm:<steps>/readers:<N>. warm:0 times the first kSteps tokens after the layers
 // are built: every expert a run touches is read once (its compulsory misses: with 64 tokens most of
 // the ~3 MB per token read), which resident does outside the timing, at its construction. warm:N first
 // decodes N tokens untimed (the decode's steady state: the cache holds what the routing reuses), then
@@ -15,11 +15,22 @@
 // page cache (posix_fadvise DONTNEED on the file), so a first read comes from the disk (or whatever backs the file here);
 // direct:1 makes every read of a cached store O_DIRECT, so its misses never come from the page cache
 // (direct:0: a miss re-reads what the page cache kept, the OS lending the cache its free memory).
-// mapped has all the free memory of the machine for its pages: here (2 layers of 64 experts, ~200 MB)
-// that is the whole file, so mapped is resident after the first touch; a model larger than memory is
-// demo_engine --write-model's (README).
+// readers:N is the cached store's reader threads (StoreConfig::read_threads: a call's misses read in
+// pieces by N threads at once while its hits run; 0: read one after another by the calling thread).
 //
-// Counters: tokens/s, hit_rate, MB_per_token read from the file, stall_ms_per_token (acquire's waits),
+// The mapped floor (llama.cpp's mmap) on a model larger than memory: run alone, BM_store's mapped store
+// has all the free memory of the machine for its pages, here (2 layers of 64 experts, ~200 MB) the whole
+// file, so after the first touch it reads nothing. bench/layer/store_floor.sh runs the mapped and cached
+// cases inside a memory cgroup whose limit is the cached store's budget plus the process's own memory
+// (rss_anon_MB of a run without a limit, plus 8 MiB for the kernel's own charges): the page cache that
+// serves mapped's faults (and a buffered cached store's reads) is then as large as the cached store's
+// slots, as on a machine whose memory the model exceeds. disk_MB_per_token (the process's read_bytes in
+// /proc/self/io over the timed tokens) shows what each store really reads, page faults included;
+// MB_per_token counts the store's own reads (a mapped store: first uses only).
+//
+// Counters: tokens/s, hit_rate, MB_per_token read from the file, stall_ms_per_token (acquire's and
+// ready_first's waits), reads_at_once (most pieces read at the same time), disk_MB_per_token and
+// rss_anon_MB (above), expert_MB (every layer's expert bytes: budgets are a share of it),
 // wasted_MB_per_token (prefetched records evicted before any use), consistency (the routing's local
 // routing consistency: the share of a token's experts the previous token used, store::StoreStats).
 //
@@ -42,6 +53,8 @@
 
 #include <benchmark/benchmark.h>
 #include <unistd.h>
+
+#include <fstream>
 
 #include "smoe/balance/none.hpp"
 #include "smoe/expert/swiglu.hpp"
@@ -96,6 +109,16 @@ Model& model() {
     return m;
 }
 
+// A field of /proc/self/<file> ("read_bytes" of io, "RssAnon" of status, in kB), 0 where there is none.
+double proc_field(char const* file, std::string const& key) {
+    std::ifstream in(std::string("/proc/self/") + file);
+    for (std::string k; in >> k;) {
+        double v = 0;
+        if (k == key + ":" && in >> v) return v;
+    }
+    return 0;
+}
+
 // (kMaxWarm + kSteps) x kLayers routings of one token: k distinct experts, reused from the previous
 // token with probability reuse, else Zipf(zipf)-popular.
 std::vector<std::int32_t> routing(double zipf, double reuse, std::uint64_t seed) {
@@ -136,12 +159,14 @@ void BM_store(benchmark::State& state) {
     double const zipf = double(state.range(3)) / 100.0, reuse = double(state.range(4)) / 100.0;
     bool const direct = state.range(5) != 0;
     std::int64_t const warm = std::min<std::int64_t>(state.range(6), kMaxWarm);
+    std::int32_t const readers = std::int32_t(state.range(7));
     store::StoreConfig sc;
     sc.residency = kind == 0 ? store::Residency::resident : kind == 1 ? store::Residency::mapped : store::Residency::cached;
     sc.eviction = kind == 3 ? store::Eviction::lfu : store::Eviction::lru;
     sc.budget_bytes = static_cast<std::size_t>(budget * double(m.expert_bytes));
     sc.prefetch = prefetch;
     sc.direct_io = direct;
+    sc.read_threads = readers;
     Layer::Config c;
     c.router = {.num_experts = kE, .top_k = kK};
     c.expert = {kD, kF, kE, smoe::expert::Bf16Dot::automatic, smoe::expert::Int8Dot::off, sc};
@@ -150,7 +175,7 @@ void BM_store(benchmark::State& state) {
     std::vector<float> const w(kK, 1.0f / kK);
     std::vector<float> x(kD, 0.01f), y(kD);
     smoe::DefaultThreadPool pool(2);
-    double tokens = 0, hits = 0, acquires = 0, bytes = 0, stall = 0, wasted = 0, consistent = 0, pairs = 0;
+    double tokens = 0, hits = 0, acquires = 0, bytes = 0, stall = 0, wasted = 0, consistent = 0, pairs = 0, disk = 0, anon = 0, at_once = 0;
     double const record_bytes = double(m.expert_bytes) / double(kE);
     for (auto _ : state) {
         state.PauseTiming();
@@ -186,9 +211,12 @@ void BM_store(benchmark::State& state) {
             }
             m.file->drop_page_cache();
         }
+        double const read0 = proc_field("io", "read_bytes");
         state.ResumeTiming();
         for (std::int64_t s = warm; s < warm + kSteps; ++s) step(s);
         state.PauseTiming();
+        disk += proc_field("io", "read_bytes") - read0;
+        anon = std::max(anon, proc_field("status", "RssAnon") / 1e3);
         for (auto& l : layers) {
             auto const st = l->experts().store().stats();
             hits += double(st.hits);
@@ -199,6 +227,7 @@ void BM_store(benchmark::State& state) {
             wasted += double(std::max<std::int64_t>(st.prefetch_loaded - st.prefetch_used, 0)) * record_bytes;
             consistent += double(st.consistent);
             pairs += double(st.routed_pairs);
+            at_once = std::max(at_once, double(st.reads_at_once));
         }
         tokens += kSteps;
         layers.clear();
@@ -210,19 +239,24 @@ void BM_store(benchmark::State& state) {
     state.counters["stall_ms_per_token"] = 1e3 * stall / tokens;
     state.counters["wasted_MB_per_token"] = wasted / tokens / 1e6;
     if (pairs > 0) state.counters["consistency"] = consistent / pairs;
+    state.counters["disk_MB_per_token"] = disk / tokens / 1e6;
+    state.counters["rss_anon_MB"] = anon;
+    state.counters["reads_at_once"] = at_once;
+    state.counters["expert_MB"] = double(kLayers) * double(m.expert_bytes) / 1e6;
 }
 
 void store_args(benchmark::internal::Benchmark* b) {
     for (int warm : {0, 256})
         for (auto [zipf, reuse] : {std::pair{80, 50}, std::pair{120, 80}}) {
-            b->Args({0, 100, 0, zipf, reuse, 0, warm});
-            b->Args({1, 100, 0, zipf, reuse, 0, warm});
+            b->Args({0, 100, 0, zipf, reuse, 0, warm, 0});
+            b->Args({1, 100, 0, zipf, reuse, 0, warm, 0});
             for (int kind : {2, 3})
                 for (int budget : {10, 25, 50})
                     for (int pf : {0, 1})
-                        for (int direct : {0, 1}) b->Args({kind, budget, pf, zipf, reuse, direct, warm});
+                        for (int direct : {0, 1})
+                            for (int readers : {4, 0}) b->Args({kind, budget, pf, zipf, reuse, direct, warm, readers});
         }
-    b->ArgNames({"store", "budget", "prefetch", "zipf", "reuse", "direct", "warm"});
+    b->ArgNames({"store", "budget", "prefetch", "zipf", "reuse", "direct", "warm", "readers"});
     b->Unit(benchmark::kMillisecond);
     b->Iterations(3);
     b->UseRealTime();

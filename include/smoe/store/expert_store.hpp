@@ -284,7 +284,7 @@ public:
                     smoe::detail::fail("store.read_threads", cfg_.read_threads, "0 (the caller reads its misses) or more reader threads");
                 if (cfg_.read_piece_bytes == 0 || cfg_.read_piece_bytes % kRecordAlignment != 0)
                     smoe::detail::fail("store.read_piece_bytes", cfg_.read_piece_bytes, "a positive multiple of " + std::to_string(kRecordAlignment));
-                open_fd(cfg_.direct_io);
+                open_fd(cfg_.direct_io, true);
                 stream_ = cfg_.stream_overflow && !direct_;
                 verified_.assign(static_cast<std::size_t>(E_), 0);
                 streaming_.assign(static_cast<std::size_t>(E_), 0);
@@ -802,7 +802,10 @@ private:
         }
     }
 
-    void open_fd(bool direct = false) {
+    // random: a cached store reads exactly its records, so the kernel's readahead around them would
+    // only fill the page cache with bytes nobody asked for (BM_store in a memory cgroup: 3.2 MB read
+    // from the disk per 1.9 MB of records).
+    void open_fd(bool direct = false, bool random = false) {
 #if SMOE_IO_HAS_MMAP
 #ifdef O_DIRECT
         if (direct) {  // tmpfs and some others refuse O_DIRECT: buffered reads then (direct_io() says which)
@@ -813,6 +816,7 @@ private:
 #endif
         fd_ = ::open(file_->path().c_str(), O_RDONLY | O_CLOEXEC);
         if (fd_ < 0) io::detail::file_fail(file_->name(), "file", "cannot reopen for reading", "a readable packed expert file");
+        if (random) (void)::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
 #endif
     }
     void close_fd() {
