@@ -20,10 +20,12 @@
 //   smoe::RoutingResult r = layer.forward(x, y);   // r.load(e): tokens of expert e
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 #include "smoe/backend/cpu.hpp"
@@ -302,7 +304,15 @@ private:
         Workspace ws(workspace);
         Buffers b = carve(ws, T);
         MatrixView<float> logits(b.logits.data(), T, router_.num_logits());
-        kernels::cpu::gemm_nt(arch{}, x, weights_.gate, logits);
+        // The router's weights are read once per call, cold in a model (olmoe, qwen2moe: 0.5 MB, ~20 us of
+        // one thread at decode, while the other threads wait for the experts): split by logit over the
+        // pool. Each logit is one dot product in a fixed order (gemm_nt.hpp), so the split keeps the bits.
+        std::int64_t const L = logits.cols, parts = std::clamp<std::int64_t>((L + 15) / 16, 1, pool_.num_threads());
+        pool_.parallel_for(parts, [&](std::int64_t i) {
+            auto const at = [&](std::int64_t j) { return j == parts ? L : L * j / parts / 4 * 4; };
+            std::int64_t const c0 = at(i), n = at(i + 1) - c0;
+            kernels::cpu::gemm_nt(arch{}, x, weights_.gate.block(c0, n), MatrixView<float>(logits.data + c0, T, n, logits.ld));
+        });
         if (!weights_.gate_bias.empty())
             for (std::int64_t t = 0; t < T; ++t)
                 for (std::int64_t e = 0; e < logits.cols; ++e)
@@ -329,6 +339,7 @@ private:
         std::span<float> slot_out;   // [T*K, d] weighted expert outputs in CSR order
         std::span<float> hidden;     // phased experts: [T*K, hidden_stride] between the two phases
         std::span<std::int32_t> touched;  // phased experts: ids of the experts that got rows
+        std::span<std::uint32_t> pieces;  // phased experts: per touched expert, gate/up pieces taken, then done
         ScratchSlots scratch;              // phased experts' kernel scratch (phase_scratch_bytes), per item
         Workspace expert_ws;
         std::span<std::byte> worker_ws;    // single-call experts under a plan: one expert workspace per worker
@@ -359,6 +370,7 @@ private:
         if constexpr (detail::PhasedExpert<Expert, arch>) {
             b.hidden = a.template take<float>(slots * static_cast<std::size_t>(expert_.hidden_stride()));
             b.touched = a.template take<std::int32_t>(static_cast<std::size_t>(router_.num_experts()));
+            b.pieces = a.template take<std::uint32_t>(2 * static_cast<std::size_t>(router_.num_experts()));
             if constexpr (requires { expert_.phase_scratch_bytes(); }) b.scratch = ScratchSlots(a, expert_.phase_scratch_bytes());
         }
         b.expert_ws = a.take_bytes(expert_.workspace_size(max_expert_rows(T)));
@@ -453,10 +465,11 @@ private:
                 }
     }
 
-    // Phased experts, unpadded routing: four parallel steps, each over items that write disjoint
+    // Phased experts, unpadded routing: three parallel steps, each over items that write disjoint
     // outputs. (1) gather every dispatched row into slot_out (CSR order); (2) gate/up over (touched
-    // expert, panel range) items into `hidden`; (3) down over (touched expert, panel range) items into
-    // slot_out, which the gathered inputs no longer need; (4) combine over token blocks. An expert
+    // expert, panel range) items into `hidden`, then down over (touched expert, panel range) items into
+    // slot_out, which the gathered inputs no longer need, in one pool call (see panel_phases);
+    // (3) combine over token blocks. An expert
     // with most of the tokens is split into as many items as one with a single row, so both cores stay
     // busy; the item split never changes a bit (each output is one fixed-order chain). A balancer with
     // a plan (balance::LeastLoaded, research.md §6) replaces steps (2) and (3): one task per planned
@@ -483,23 +496,45 @@ private:
             std::int64_t const parts = pool_.num_threads() > 1 ? 2 * pool_.num_threads() : 1;
             return std::max<std::int64_t>(4, ((panels + parts - 1) / parts + 3) / 4 * 4);
         };
-        auto phase = [&](std::int64_t panels, auto&& body) {
-            std::int64_t const cp = chunk(panels), per = (panels + cp - 1) / cp;
-            pool_.parallel_for((last - first) * per, [&](std::int64_t i) {
-                std::int64_t const e = b.touched[static_cast<std::size_t>(first + i / per)], p0 = i % per * cp;
-                body(e, r.offsets[e], r.load(e), p0, std::min(panels, p0 + cp));
-            });
-        };
+        // Gate/up and down in one pool call, every gate/up item before every down item, instead of a call
+        // each: a thread out of gate/up items goes on with the down items of experts already finished
+        // rather than waiting at a barrier for the layer's slowest gate/up item (at decode, 0.3-0.5 ms a
+        // layer, each barrier costs part of an item, ~10-30 us, plus the other thread's wake-up). Expert
+        // e's down needs all of its hidden rows, so a down item first runs the gate/up pieces of e that
+        // no thread has taken yet (the pool may run items in any order and on one thread: ReversePool in
+        // tests/test_threads.cpp runs the down items first), then waits for the pieces other threads are
+        // running, which wait on nothing. A gate/up item runs the next untaken piece of its expert,
+        // whichever that is, or nothing: a piece's bits do not depend on the thread that computes it.
         auto panel_phases = [&] {
-            phase(expert_.gate_up_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+            std::int64_t const gp = expert_.gate_up_panels(), dp = expert_.down_panels(), n = last - first;
+            std::int64_t const gc = chunk(gp), gper = (gp + gc - 1) / gc, dc = chunk(dp), dper = (dp + dc - 1) / dc;
+            std::uint32_t* const taken = b.pieces.data();
+            std::uint32_t* const done = taken + n;
+            std::fill(taken, done + n, 0u);
+            auto const gate_up_piece = [&](std::int64_t i) {
+                std::int64_t const piece = std::atomic_ref<std::uint32_t>(taken[i]).fetch_add(1u, std::memory_order_relaxed);
+                if (piece >= gper) return false;
+                std::int64_t const e = b.touched[static_cast<std::size_t>(first + i)], off = r.offsets[e], M = r.load(e);
+                std::int64_t const p0 = piece * gc, p1 = std::min(gp, p0 + gc);
                 auto const in = MatrixView<float const>(slot_out.block(off, M));
                 auto const w = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
                 if constexpr (requires { expert_.phase_scratch_bytes(); })
                     b.scratch.with([&](std::span<std::byte> sc) { expert_.run_gate_up(arch{}, e, in, hidden.block(off, M), p0, p1, w, sc); });
                 else
                     expert_.run_gate_up(arch{}, e, in, hidden.block(off, M), p0, p1, w);
-            });
-            phase(expert_.down_panels(), [&](std::int64_t e, std::int64_t off, std::int64_t M, std::int64_t p0, std::int64_t p1) {
+                std::atomic_ref<std::uint32_t>(done[i]).fetch_add(1u, std::memory_order_release);
+                return true;
+            };
+            pool_.parallel_for(n * (gper + dper), [&](std::int64_t item) {
+                if (item < n * gper) {
+                    gate_up_piece(item / gper);
+                    return;
+                }
+                std::int64_t const i = (item - n * gper) / dper, p0 = (item - n * gper) % dper * dc, p1 = std::min(dp, p0 + dc);
+                while (gate_up_piece(i)) {}
+                while (std::atomic_ref<std::uint32_t>(done[i]).load(std::memory_order_acquire) < static_cast<std::uint32_t>(gper))
+                    std::this_thread::yield();
+                std::int64_t const e = b.touched[static_cast<std::size_t>(first + i)], off = r.offsets[e], M = r.load(e);
                 auto const h = MatrixView<float const>(hidden.block(off, M));
                 auto const w = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
                 if constexpr (requires { expert_.phase_scratch_bytes(); })
