@@ -70,14 +70,15 @@ using Layer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<std::int8_
 
 constexpr std::int64_t kD = 1024, kF = 512, kE = 64, kK = 8, kLayers = 2, kSteps = 64, kMaxWarm = 256;
 
-// The packed file of kLayers layers of random int8 experts, written once per process.
+// The packed file of `layers` layers of random int8 experts, written once per process.
 struct Model {
     std::filesystem::path path;
     std::shared_ptr<store::PackedFile const> file;
     std::vector<float> gate;
     std::uint64_t expert_bytes = 0;  // per layer
-    Model() {
-        path = std::filesystem::temp_directory_path() / ("smoe_bench_store_" + std::to_string(::getpid()) + ".smoe");
+    explicit Model(std::int64_t layers = kLayers) {
+        path = std::filesystem::temp_directory_path() /
+               ("smoe_bench_store_" + std::to_string(::getpid()) + "_" + std::to_string(layers) + ".smoe");
         std::mt19937_64 rng(7);
         std::normal_distribution<float> nd(0.0f, 0.05f);
         gate.resize(kE * kD);
@@ -85,7 +86,7 @@ struct Model {
         store::PackedWriter out(path);
         smoe::expert::SwiGLUConfig one{kD, kF, 1};
         std::vector<float> w1(kF * kD), w3(kF * kD), w2(kD * kF);
-        for (std::int64_t l = 0; l < kLayers; ++l)
+        for (std::int64_t l = 0; l < layers; ++l)
             store::add_layer_streaming(out, l, kE, [&](std::int64_t, auto&& sink) {
                 for (auto* w : {&w1, &w3, &w2})
                     for (auto& v : *w) v = nd(rng);
@@ -119,23 +120,32 @@ double proc_field(char const* file, std::string const& key) {
     return 0;
 }
 
-// (kMaxWarm + kSteps) x kLayers routings of one token: k distinct experts, reused from the previous
-// token with probability reuse, else Zipf(zipf)-popular.
-std::vector<std::int32_t> routing(double zipf, double reuse, std::uint64_t seed) {
+// (kMaxWarm + kSteps) x layers routings of one token: k distinct experts, reused from the previous
+// token with probability reuse, else Zipf(zipf)-popular; each layer its own zipf and reuse.
+struct LayerRouting {
+    double zipf = 0, reuse = 0;
+};
+std::vector<std::int32_t> routing(std::vector<LayerRouting> const& per_layer, std::uint64_t seed) {
     constexpr std::int64_t steps = kMaxWarm + kSteps;
+    std::int64_t const layers = static_cast<std::int64_t>(per_layer.size());
     std::mt19937_64 rng(seed);
-    std::vector<double> cdf(kE);
-    double sum = 0;
-    for (std::int64_t i = 0; i < kE; ++i) cdf[i] = (sum += 1.0 / std::pow(double(i + 1), zipf));
+    std::vector<std::vector<double>> cdfs;
+    for (auto const& r : per_layer) {
+        double sum = 0;
+        auto& cdf = cdfs.emplace_back(kE);
+        for (std::int64_t i = 0; i < kE; ++i) cdf[i] = (sum += 1.0 / std::pow(double(i + 1), r.zipf));
+    }
     std::vector<std::int32_t> perm(kE);
     for (std::int64_t i = 0; i < kE; ++i) perm[i] = std::int32_t(i);
     std::shuffle(perm.begin(), perm.end(), rng);
     std::uniform_real_distribution<double> u(0.0, 1.0);
-    std::vector<std::int32_t> ids(steps * kLayers * kK);
-    for (std::int64_t l = 0; l < kLayers; ++l)
+    std::vector<std::int32_t> ids(steps * layers * kK);
+    for (std::int64_t l = 0; l < layers; ++l)
         for (std::int64_t s = 0; s < steps; ++s) {
-            std::int32_t* const row = ids.data() + (s * kLayers + l) * kK;
-            std::int32_t const* prev = s > 0 ? ids.data() + ((s - 1) * kLayers + l) * kK : nullptr;
+            auto const& cdf = cdfs[std::size_t(l)];
+            double const reuse = per_layer[std::size_t(l)].reuse, sum = cdf.back();
+            std::int32_t* const row = ids.data() + (s * layers + l) * kK;
+            std::int32_t const* prev = s > 0 ? ids.data() + ((s - 1) * layers + l) * kK : nullptr;
             for (std::int64_t j = 0; j < kK; ++j) {
                 std::int32_t e;
                 do {
@@ -148,6 +158,21 @@ std::vector<std::int32_t> routing(double zipf, double reuse, std::uint64_t seed)
             }
         }
     return ids;
+}
+std::vector<std::int32_t> routing(double zipf, double reuse, std::uint64_t seed) {
+    return routing(std::vector<LayerRouting>(kLayers, {zipf, reuse}), seed);
+}
+
+// The first n layers of m's file, each with the store c.expert.store says.
+std::vector<std::unique_ptr<Layer>> file_layers(Model const& m, Layer::Config const& c, std::int64_t n, smoe::DefaultThreadPool& pool) {
+    std::vector<std::unique_ptr<Layer>> layers;
+    for (std::int64_t l = 0; l < n; ++l) {
+        smoe::expert::SwiGLUWeights<std::int8_t> pw;
+        pw.packed = {m.file, l, {}};
+        layers.push_back(std::make_unique<Layer>(c, Layer::Weights{smoe::MatrixView<float const>(m.gate.data(), kE, kD), {}, pw}));
+        layers.back()->set_thread_pool(pool);
+    }
+    return layers;
 }
 
 // residency: 0 resident, 1 mapped, 2 cached LRU, 3 cached LFU; budget in % of a layer's expert bytes.
@@ -180,13 +205,7 @@ void BM_store(benchmark::State& state) {
     for (auto _ : state) {
         state.PauseTiming();
         m.file->drop_page_cache();
-        std::vector<std::unique_ptr<Layer>> layers;
-        for (std::int64_t l = 0; l < kLayers; ++l) {
-            smoe::expert::SwiGLUWeights<std::int8_t> pw;
-            pw.packed = {m.file, l, {}};
-            layers.push_back(std::make_unique<Layer>(c, Layer::Weights{smoe::MatrixView<float const>(m.gate.data(), kE, kD), {}, pw}));
-            layers.back()->set_thread_pool(pool);
-        }
+        auto layers = file_layers(m, c, kLayers, pool);
         // Step s of the routing through every layer; the prefetch of each layer's next routing is read
         // while the other layers run.
         auto step = [&](std::int64_t s) {
@@ -262,5 +281,101 @@ void store_args(benchmark::internal::Benchmark* b) {
     b->UseRealTime();
 }
 BENCHMARK(BM_store)->Apply(store_args);
+
+// One budget for the whole model against a budget per layer of the same total bytes, on layers whose
+// routings differ (SlotCache::for_file: every layer's store draws slots from one arena, a miss evicting
+// among all layers' unheld experts). BM_store_layers/<policy: 2 LRU, 3 LFU>/<budget % of the model's
+// expert bytes>/<global 0|1>/<profile>: 4 layers of 64 int8 experts, k = 8, warm 256 then 64 timed
+// steps, every miss an O_DIRECT read (no page cache: the bytes counted are the disk's). Profiles of
+// (Zipf exponent, reuse) per layer: 0 alike, every layer (0.8, 50 %): the control, where one budget
+// has nothing to move between layers; 1 graded, (0.4, 30 %), (0.8, 50 %), (1.2, 80 %), (1.6, 90 %);
+// 2 one wide layer (0.4, 30 %: its experts spread, it misses most) and three narrow ones (1.6, 90 %:
+// a few experts, hit with few slots). Per-layer budgets give each layer a quarter of the slots; one
+// budget lets the narrow layers' unneeded slots go to the wide one. hit_l<i>: layer i's hit rate.
+constexpr std::int64_t kModelLayers = 4;
+
+Model& model4() {
+    static Model m(kModelLayers);
+    return m;
+}
+
+std::vector<LayerRouting> layer_profile(int profile) {
+    switch (profile) {
+        case 0: return std::vector<LayerRouting>(kModelLayers, {0.8, 0.5});
+        case 1: return {{0.4, 0.3}, {0.8, 0.5}, {1.2, 0.8}, {1.6, 0.9}};
+        default: return {{0.4, 0.3}, {1.6, 0.9}, {1.6, 0.9}, {1.6, 0.9}};
+    }
+}
+
+void BM_store_layers(benchmark::State& state) {
+    auto& m = model4();
+    bool const global = state.range(2) != 0;
+    auto const ids = routing(layer_profile(int(state.range(3))), 13);
+    std::uint64_t biggest = 0;
+    for (auto const& L : m.file->layers())
+        for (std::int64_t e = 0; e < L.num_experts; ++e) biggest = std::max(biggest, m.file->record(L, e).bytes);
+    std::size_t const slot = store::whole_pages(biggest);
+    // The same slots in all: a whole number of them per layer.
+    std::int64_t const per_layer = std::max<std::int64_t>(1, std::llround(double(state.range(1)) / 100.0 * double(kE)));
+    store::StoreConfig sc;
+    sc.residency = store::Residency::cached;
+    sc.eviction = state.range(0) == 3 ? store::Eviction::lfu : store::Eviction::lru;
+    sc.budget_bytes = std::size_t(per_layer) * slot;
+    sc.direct_io = true;
+    Layer::Config c;
+    c.router = {.num_experts = kE, .top_k = kK};
+    c.max_tokens = 1;
+    std::vector<float> const w(kK, 1.0f / kK);
+    std::vector<float> x(kD, 0.01f), y(kD);
+    smoe::DefaultThreadPool pool(2);
+    double tokens = 0, bytes = 0;
+    std::vector<double> hits(kModelLayers), acquires(kModelLayers);
+    std::int64_t constexpr warm = kMaxWarm;
+    for (auto _ : state) {
+        state.PauseTiming();
+        m.file->drop_page_cache();
+        if (global) sc.cache = store::SlotCache::for_file(std::size_t(per_layer * kModelLayers) * slot, *m.file);
+        c.expert = {kD, kF, kE, smoe::expert::Bf16Dot::automatic, smoe::expert::Int8Dot::off, sc};
+        auto layers = file_layers(m, c, kModelLayers, pool);
+        auto step = [&](std::int64_t s) {
+            for (std::int64_t l = 0; l < kModelLayers; ++l)
+                layers[std::size_t(l)]->forward_routed(smoe::MatrixView<float const>(x.data(), 1, kD),
+                                                       smoe::MatrixView<std::int32_t const>(ids.data() + (s * kModelLayers + l) * kK, 1, kK),
+                                                       smoe::MatrixView<float const>(w.data(), 1, kK), smoe::MatrixView<float>(y.data(), 1, kD));
+        };
+        for (std::int64_t s = 0; s < warm; ++s) step(s);
+        for (auto& l : layers) l->experts().store().reset_stats();
+        m.file->drop_page_cache();
+        state.ResumeTiming();
+        for (std::int64_t s = warm; s < warm + kSteps; ++s) step(s);
+        state.PauseTiming();
+        for (std::int64_t l = 0; l < kModelLayers; ++l) {
+            auto const st = layers[std::size_t(l)]->experts().store().stats();
+            hits[std::size_t(l)] += double(st.hits);
+            acquires[std::size_t(l)] += double(st.hits + st.misses);
+            bytes += double(st.bytes_read);
+        }
+        tokens += kSteps;
+        layers.clear();
+        sc.cache.reset();
+        state.ResumeTiming();
+    }
+    double all_hits = 0, all_acquires = 0;
+    for (std::int64_t l = 0; l < kModelLayers; ++l) {
+        all_hits += hits[std::size_t(l)];
+        all_acquires += acquires[std::size_t(l)];
+        state.counters["hit_l" + std::to_string(l)] = acquires[std::size_t(l)] > 0 ? hits[std::size_t(l)] / acquires[std::size_t(l)] : 1.0;
+    }
+    state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+    state.counters["hit_rate"] = all_acquires > 0 ? all_hits / all_acquires : 1.0;
+    state.counters["MB_per_token"] = bytes / tokens / 1e6;
+    state.counters["slots"] = double(per_layer * kModelLayers);
+}
+BENCHMARK(BM_store_layers)
+    ->ArgsProduct({{2, 3}, {10, 25}, {0, 1}, {0, 1, 2}})
+    ->ArgNames({"policy", "budget", "global", "profile"})
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(3)
+    ->UseRealTime();
 
 }  // namespace
