@@ -714,10 +714,11 @@ smoe::io::HfMoeConfig write_random_model(Options const& o, smoe::io::TensorMap& 
             rm.add_routed(s.one, li, e);
             return s;
         });
-        std::uint64_t const written = out.bytes_written() - smoe::store::kPackedDataOffset;
+        // The size counts the records (what the stores read and cache), not the alignment holes between them.
+        std::uint64_t const written = out.record_bytes();
         if (l == 0) L = static_cast<std::int64_t>((o.write_model + written - 1) / written);
         if (talk)
-            std::fprintf(stderr, "\rwrote layer %lld of %lld: %.2f GiB in %.0f s", static_cast<long long>(l + 1), static_cast<long long>(L),
+            std::fprintf(stderr, "\rwrote layer %lld of %lld: %.2f GiB of records in %.0f s", static_cast<long long>(l + 1), static_cast<long long>(L),
                          double(written) / double(1 << 30), seconds_since(t0));
     }
     out.finish();
@@ -769,9 +770,9 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
     auto open_packed = [&] {
         lo.packed = smoe::store::PackedFile::open(packed_path);
         if (talk)
-            std::fprintf(stderr, "packed %zu MoE layers of %lld experts into %s (%.1f MiB) in %.2f s\n", lo.packed->layers().size(),
-                         static_cast<long long>(lo.packed->layers()[0].num_experts), packed_path.c_str(), double(lo.packed->file_bytes()) / (1 << 20),
-                         seconds_since(t_load));
+            std::fprintf(stderr, "packed %zu MoE layers of %lld experts into %s (%.1f MiB of records, %.1f MiB long) in %.2f s\n",
+                         lo.packed->layers().size(), static_cast<long long>(lo.packed->layers()[0].num_experts), packed_path.c_str(),
+                         double(lo.packed->record_bytes()) / (1 << 20), double(lo.packed->file_bytes()) / (1 << 20), seconds_since(t_load));
         switch (lo.packed->layers()[0].kind) {  // the layer type follows the file's records
             case smoe::store::ExpertKind::swiglu_f32: lo.format = smoe::io::WeightFormat::f32; break;
             case smoe::store::ExpertKind::swiglu_bf16: lo.format = smoe::io::WeightFormat::bf16; break;
@@ -808,11 +809,8 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         lo.store.cache = nullptr;
         if (o.global_budget && store_kind == "cached") {
             if (!shared_cache) {
-                std::uint64_t all = 0;
-                for (auto const& L : lo.packed->layers())
-                    for (std::int64_t e = 0; e < L.num_experts; ++e) all += lo.packed->record(L, e).bytes;
                 shared_cache = smoe::store::SlotCache::for_file(
-                    static_cast<std::size_t>(std::max<double>(double(slot), budget_frac * double(all))), *lo.packed);
+                    static_cast<std::size_t>(std::max<double>(double(slot), budget_frac * double(lo.packed->record_bytes()))), *lo.packed);
             }
             lo.store.cache = shared_cache;
         }
@@ -851,7 +849,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
         layers.clear();
         shared_cache.reset();
         if (lo.packed && store_kind == "cached") {  // pinned arenas must not push the machine into the OOM killer
-            double const want = budget_frac * double(lo.packed->file_bytes()), have = available_memory() - double(2u << 30);
+            double const want = budget_frac * double(lo.packed->record_bytes()), have = available_memory() - double(2u << 30);
             if (want > have) {
                 if (talk)
                     std::printf("\n== --sweep %s: skipped: a cache of %.1f GiB exceeds the memory available now less 2 GiB (%.1f GiB)\n",
@@ -863,7 +861,7 @@ int run(Options const& o, Maker const& maker, Ranks const& ranks) {
             // Every run from the disk: each reads what it needs, not the pages the previous run left.
             lo.packed->drop_page_cache();
             if (store_kind == "resident" && o.write_model > 0 &&
-                double(lo.packed->file_bytes()) > 0.5 * double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE)))
+                double(lo.packed->record_bytes()) > 0.5 * double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE)))
                 throw smoe::invalid_argument("--sweep", "resident", "mapped or a budget: the written model is over half of the memory");
         }
         t_load = Clock::now();

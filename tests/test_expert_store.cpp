@@ -259,12 +259,15 @@ TEST_CASE("a rank's packed file records its experts' global ids, checked on load
         for (std::int64_t id : mine) w.add(store::record_of(ref.experts(), id), ref.experts().packed_record_info(id), id);
         CHECK_THROWS_WITH(w.add(store::record_of(ref.experts(), 6), {}, 6), Contains("expert id' = 6: expected in [7, 8) (layer 0's ids"));
         CHECK_THROWS_WITH(w.add(store::record_of(ref.experts(), 0), {}, 8), Contains("expert id' = 8: expected in [7, 8)"));
+        CHECK(w.record_bytes() == 3 * ref.experts().record_bytes(0));  // the records, not the holes between them
+        CHECK(w.bytes_written() > store::kPackedDataOffset + w.record_bytes());
         w.finish();
     }
     auto const file = store::PackedFile::open(path);
     auto const& L = file->layer(0);
     CHECK(L.num_experts == 3);
     CHECK(L.model_experts == 8);
+    CHECK(file->record_bytes() == 3 * ref.experts().record_bytes(0));
     CHECK(file->find(L, 4) == 1);
     CHECK(file->find(L, 5) == -1);
     CHECK(file->where(L, 2) == "layer 0 expert 6 (record 2 of the layer)");

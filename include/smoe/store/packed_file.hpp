@@ -251,6 +251,12 @@ public:
     std::filesystem::path const& path() const { return path_; }
     std::string const& name() const { return name_; }
     std::size_t file_bytes() const { return map_.bytes().size(); }
+    // Every record's bytes: the experts' size, without the alignment holes file_bytes() counts.
+    std::uint64_t record_bytes() const {
+        std::uint64_t n = 0;
+        for (auto const& r : records_) n += r.bytes;
+        return n;
+    }
     std::span<PackedLayer const> layers() const { return layers_; }
     // The entry of decoder layer `layer_index`; an error naming the layers the file has when absent.
     PackedLayer const& layer(std::int64_t layer_index) const {
@@ -495,6 +501,7 @@ public:
         x.expert = expert;
         write_at(x.offset, record);
         pos_ = x.offset + x.bytes;
+        records_ += x.bytes;
         experts_.push_back(x);
         ++le.num_experts;
     }
@@ -508,6 +515,9 @@ public:
     }
     // Bytes the file holds so far (the records written; finish() adds the table).
     std::uint64_t bytes_written() const { return pos_; }
+    // The records' own bytes so far, without the alignment between them (what a store reads or
+    // caches: a 2.4 MB record takes 4 MiB of the file's length, the rest a hole the file system skips).
+    std::uint64_t record_bytes() const { return records_; }
 
     // Writes the table and then the header: only a finished file opens.
     void finish() {
@@ -550,7 +560,7 @@ private:
 
     std::filesystem::path path_;
     std::FILE* f_ = nullptr;
-    std::uint64_t pos_ = kPackedDataOffset;
+    std::uint64_t pos_ = kPackedDataOffset, records_ = 0;
     bool open_ = false;
     std::vector<LayerEntry> layers_;
     std::vector<ExpertEntry> experts_;
