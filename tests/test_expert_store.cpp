@@ -508,6 +508,18 @@ TEST_CASE("layers sharing one budget give the resident bits and evict across lay
         std::sort(seen.begin(), seen.end());
         CHECK(seen == V{3, 5});
     }
+    {  // a cache holding only the layers' latest calls: the layer that ran last (it runs again last) gives
+       // up its expert, not the oldest (the next layer's, which LRU and LFU would take just before its use)
+        for (auto ev : {store::Eviction::lru, store::Eviction::lfu}) {
+            store::StoreConfig const s{.residency = store::Residency::cached, .eviction = ev,
+                                       .cache = store::SlotCache::for_file(2 * slot, *file)};
+            Layer a = ma.packed(file, s, 3), b = mb.packed(file, s, 5), c = ma.packed(file, s, 3);
+            step(a, ma, 0), step(b, mb, 0), step(c, ma, 1);
+            CHECK(a.experts().store().cached_experts() == V{0, -1});
+            CHECK(b.experts().store().cached_experts() == V{-1, -1});
+            CHECK(c.experts().store().cached_experts() == V{-1, 1});
+        }
+    }
     {  // a store going away gives its slots back; the cache outlives it
         auto const cache = cache_of_3();
         store::StoreConfig const s{.residency = store::Residency::cached, .cache = cache};
