@@ -131,6 +131,30 @@ std::vector<float> run_rows_no_scratch(QuantSwiGLU const& ex, std::int64_t e, st
     return y;
 }
 
+// All M rows through one phase call each, as MoELayer's phased items call them (run() passes 64 rows at
+// a time), with the kernel scratch, the panels in `parts` ranges: the bf16 dot kernels' chunks of up to
+// 128 rows and their row split.
+std::vector<float> run_phases_whole(QuantSwiGLU const& ex, std::int64_t e, std::vector<float> const& x, std::int64_t M, std::int64_t parts) {
+    std::int64_t const d = ex.hidden_size();
+    std::vector<float> rw(static_cast<std::size_t>(M)), y(static_cast<std::size_t>(M * d), -1.0f);
+    for (std::int64_t r = 0; r < M; ++r) rw[std::size_t(r)] = 0.25f + 0.125f * float(r % 5);
+    std::vector<float> h(static_cast<std::size_t>(M * ex.hidden_stride()));
+    std::vector<std::byte> sbuf(ex.phase_scratch_bytes() + 64);
+    std::size_t const skip = (64 - reinterpret_cast<std::uintptr_t>(sbuf.data()) % 64) % 64;
+    std::span<std::byte> const sc(sbuf.data() + skip, ex.phase_scratch_bytes());
+    MatrixView<float> const hv(h.data(), M, ex.hidden_stride());
+    auto const ranges = [&](std::int64_t P, auto&& f) {
+        for (std::int64_t i = 0; i < parts; ++i) f(P * i / parts, P * (i + 1) / parts);
+    };
+    ranges(ex.gate_up_panels(), [&](std::int64_t p0, std::int64_t p1) {
+        ex.run_gate_up(xsimd::default_arch{}, e, MatrixView<float const>(x.data(), M, d), hv, p0, p1, rw, sc);
+    });
+    ranges(ex.down_panels(), [&](std::int64_t p0, std::int64_t p1) {
+        ex.run_down(xsimd::default_arch{}, e, MatrixView<float const>(hv), rw, MatrixView<float>(y.data(), M, d), p0, p1, sc);
+    });
+    return y;
+}
+
 bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i)
@@ -607,14 +631,21 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         QuantSwiGLU const qe(em, QuantSwiGLUWeights::of(xs)), qn(on, QuantSwiGLUWeights::of(xs));
         INFO("format " << qe.format_name(0) << ", native " << native);
         CHECK(qe.uses_bf16_dot(1));
-        // From 8 rows, codes decoded once per chunk of up to 64 rows (70: two chunks of 35).
-        std::vector<std::int64_t> const Ms = d > 4096 ? std::vector<std::int64_t>{1, 4, 8}
-                                                      : std::vector<std::int64_t>{1, 2, 3, 5, 7, 8, 13, 30, 70};
+        // From 8 rows, codes decoded once per chunk: run() passes 64 rows at a time; a layer's item all of
+        // an expert's rows, up to 128 a chunk with the scratch (150: 80 + 70 rows, in 1 or 3 panel ranges),
+        // up to 64 on the stack, fewer where K is long.
+        std::vector<std::int64_t> Ms = d > 4096 ? std::vector<std::int64_t>{1, 4, 8}
+                                                : std::vector<std::int64_t>{1, 2, 3, 5, 7, 8, 13, 30, 70};
+        if (d * f <= 96 * 64) Ms.push_back(150);
         for (std::int64_t M : Ms) {
             auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
             auto const ye = run_rows(xsimd::default_arch{}, qe, 1, x, M);
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x, M), ye));
             CHECK(same_bits(run_rows_no_scratch(qn, 1, x, M), ye));  // the kernels' small stack buffers
+            if (M >= 8) {
+                CHECK(same_bits(run_phases_whole(qn, 1, x, M, 1), ye));
+                CHECK(same_bits(run_phases_whole(qn, 1, x, M, 3), ye));
+            }
             CHECK(bf16_oracle_error(xs[1], x, ye, M) <= 2e-3);
             double const exact = oracle_error(xs[1], x, ye, M);
             CHECK(exact <= 1.5e-2);
