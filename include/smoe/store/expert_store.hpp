@@ -313,7 +313,7 @@ public:
                 std::lock_guard lk(cache_->mu_);
                 stop_ = true;
             }
-            cache_->cv_.notify_all();
+            io_cv_.notify_all();
             for (auto& t : io_) t.join();
         }
         if (residency() == Residency::cached) {  // a shared cache outlives its stores: their slots go free
@@ -513,7 +513,7 @@ public:
                 ++stats_.prefetch_issued;
             }
         }
-        cache_->cv_.notify_all();
+        io_cv_.notify_all();
     }
 
     // One call's routing (the layer calls it before acquiring): prediction accuracy against the last
@@ -698,7 +698,7 @@ private:
         c.next_[si] = 0;
         ++reads_;
         todo_.insert(prefetched ? todo_.end() : todo_.begin(), static_cast<std::int32_t>(s));
-        c.cv_.notify_all();
+        io_cv_.notify_all();
     }
 
     // Reads the next piece of slot s's record with the lock released (after a failed piece the rest
@@ -821,7 +821,7 @@ private:
     void io_loop() {
         std::unique_lock lk(cache_->mu_);
         for (;;) {
-            cache_->cv_.wait(lk, [&] { return stop_ || !todo_.empty() || queued_ > 0; });
+            io_cv_.wait(lk, [&] { return stop_ || !todo_.empty() || queued_ > 0; });
             if (stop_) return;
             if (!todo_.empty()) {
                 read_piece(lk, todo_.front());
@@ -917,6 +917,9 @@ private:
     std::int64_t reads_ = 0, reading_ = 0;  // reads not finished; pieces being read now
     bool stop_ = false;
     std::vector<std::thread> io_;  // the reader threads
+    // Wakes this store's readers only (reads queued, prefetches, stop), with the cache's lock: the
+    // cache's own condition (a read done, a slot released) concerns every store sharing it.
+    std::condition_variable io_cv_;
     StoreStats stats_;
 };
 
