@@ -590,8 +590,8 @@ private:
                     // The held experts run as their records arrive: the hits while the misses are read
                     // (a plan's experts all at once: it runs an id range).
                     for (first = begin; first < end; first = last) {
-                        last = first + static_cast<std::int64_t>(st.ready_first(std::span<std::int32_t>(b.touched.data() + first, static_cast<std::size_t>(end - first)),
-                                                                                requires { balancer_.plan_items(); }));
+                        std::span<std::int32_t> const held_now(b.touched.data() + first, static_cast<std::size_t>(end - first));
+                        last = first + static_cast<std::int64_t>(st.ready_first(held_now, requires { balancer_.plan_items(); }));
                         both_phases();
                     }
                 }
