@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/data.hpp"
+#include "smoe/balance/least_loaded.hpp"
 #include "smoe/smoe.hpp"
 #include "smoe/store/expert_store.hpp"
 #include "smoe/store/pack_experts.hpp"
@@ -595,6 +596,47 @@ TEST_CASE("a call needing more experts than the cache keeps its hits and streams
         }
         if (mode == 1) INFO("O_DIRECT on " << path.string() << ": " << (st.direct_io() ? "yes" : "refused, buffered"));
         CHECK(st.stats().misses == 3 + 2 + (mode < 2 ? 2 : 3));
+    }
+}
+
+TEST_CASE("a planned balancer over a cached store runs exactly each round's held experts", "[store][llep]") {
+    using PLayer = smoe::MoELayer<smoe::router::TopK, smoe::expert::SwiGLU<float>, smoe::balance::LeastLoaded>;
+    Packed fx(17, "planned.smoe");
+    auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
+    std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
+    smoe::DefaultThreadPool pool(2);
+    auto rc = m.config();
+    rc.router.top_k = 5;
+    Layer ref5(rc, {MatrixView<float const>(m.gate.data(), m.E, m.d), {},
+                    smoe::expert::SwiGLUWeights<float>::dense(m.w1.data(), m.w3.data(), m.w2.data(), rc.expert)});
+    for (bool direct : {false, true}) {
+        CAPTURE(direct);
+        auto const c = m.config({.residency = store::Residency::cached, .budget_bytes = 3 * slot, .direct_io = direct});
+        smoe::expert::SwiGLUWeights<float> pw;
+        pw.packed = {file, 0, {}};
+        PLayer l({.router = {.num_experts = m.E, .top_k = 5, .norm_topk_prob = true}, .expert = c.expert,
+                  .balance = {.num_experts = m.E, .num_workers = 3, .min_tokens_per_gemm = 1}, .max_tokens = m.T},
+                 {MatrixView<float const>(m.gate.data(), m.E, m.d), {}, pw});
+        l.set_thread_pool(pool);
+        // Four tokens per call on the scripted experts. After {5, 6, 7} the store puts its hit 7 first,
+        // so {0, 2, 3, 7} runs as the rounds {7, 0, 2} and {3}: a round is not an id range.
+        std::int64_t const T = 4;
+        std::vector<float> y(std::size_t(T * m.d)), want(y.size());
+        for (std::vector<std::int32_t> const& one : {std::vector<std::int32_t>{5, 6, 7}, {0, 2, 3, 7}, {1, 4, 6}, {0, 1, 2, 3, 4}}) {
+            std::int64_t const k = std::int64_t(one.size());
+            std::vector<std::int32_t> ids;
+            for (std::int64_t t = 0; t < T; ++t) ids.insert(ids.end(), one.begin(), one.end());
+            std::vector<float> const w(ids.size(), 1.0f / float(k));
+            CAPTURE(one);
+            l.forward_routed(MatrixView<float const>(fx.m.x.data(), T, fx.m.d), MatrixView<std::int32_t const>(ids.data(), T, k),
+                             MatrixView<float const>(w.data(), T, k), MatrixView<float>(y.data(), T, fx.m.d));
+            ref5.forward_routed(MatrixView<float const>(fx.m.x.data(), T, fx.m.d), MatrixView<std::int32_t const>(ids.data(), T, k),
+                                MatrixView<float const>(w.data(), T, k), MatrixView<float>(want.data(), T, fx.m.d));
+            CHECK(y == want);
+            std::int64_t rows = 0;
+            for (auto const& it : l.balancer().plan_items()) rows += it.row_end - it.row_begin;
+            CHECK(rows == T * k);
+        }
     }
 }
 

@@ -549,13 +549,16 @@ private:
         auto both_phases = [&] {
             if constexpr (requires { balancer_.plan_items(); }) {
                 if (last == first) return;
-                // The experts of this round: b.touched[first, last) is in id order.
-                std::int64_t const lo = b.touched[static_cast<std::size_t>(first)], hi = b.touched[static_cast<std::size_t>(last - 1)];
+                // The experts of this round, b.touched[first, last): an expert store orders them hits first,
+                // so they are no id range. in_round[e] != 0 for each (pieces is free: no panel phases here).
+                std::span<std::uint32_t> const in_round = b.pieces.first(static_cast<std::size_t>(r.num_experts));
+                std::fill(in_round.begin(), in_round.end(), 0u);
+                for (std::int64_t i = first; i < last; ++i) in_round[static_cast<std::size_t>(b.touched[static_cast<std::size_t>(i)])] = 1u;
                 auto const items = balancer_.plan_items();
                 pool_.parallel_for(balancer_.config().num_workers, [&](std::int64_t w) {
                     for (std::size_t i = 0; i < items.size(); ++i) {
                         auto const& it = items[i];
-                        if (it.worker != w || it.expert < lo || it.expert > hi) continue;
+                        if (it.worker != w || in_round[static_cast<std::size_t>(it.expert)] == 0) continue;
                         std::int64_t const off = r.offsets[it.expert] + it.row_begin, M = it.row_end - it.row_begin;
                         auto const rw = r.weights.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(M));
                         expert_.run_gate_up(arch{}, it.expert, MatrixView<float const>(slot_out.block(off, M)), hidden.block(off, M), 0,
@@ -587,11 +590,10 @@ private:
                         ++held.n;
                     if (end == begin)
                         detail::fail("expert store", "every slot held", "a slot for expert " + std::to_string(b.touched[static_cast<std::size_t>(begin)]));
-                    // The held experts run as their records arrive: the hits while the misses are read
-                    // (a plan's experts all at once: it runs an id range).
+                    // The held experts run as their records arrive: the hits while the misses are read.
                     for (first = begin; first < end; first = last) {
                         std::span<std::int32_t> const held_now(b.touched.data() + first, static_cast<std::size_t>(end - first));
-                        last = first + static_cast<std::int64_t>(st.ready_first(held_now, requires { balancer_.plan_items(); }));
+                        last = first + static_cast<std::int64_t>(st.ready_first(held_now));
                         both_phases();
                     }
                 }
