@@ -678,7 +678,7 @@ TEST_CASE("prefetched experts are read by the I/O thread and counted when used",
     CHECK(st2.stats().prefetch_loaded == 0);
 }
 
-TEST_CASE("a call's misses are read in pieces by several threads while its hits run; a failed read releases the call",
+TEST_CASE("a call's misses are read in pieces by several threads while its hits run, and a failed read releases the call",
           "[store][readers]") {
     Packed fx(17, "readers.smoe");
     auto& m = fx.m;
