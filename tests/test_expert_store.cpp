@@ -706,6 +706,14 @@ TEST_CASE("a call's misses are read in pieces by several threads while its hits 
                     CHECK(stats.reads_at_once <= readers + 2);  // the readers and the pool's threads
                 }
 
+    // Reader settings out of range are named.
+    CHECK_THROWS_WITH(m.packed(fx.file, {.residency = store::Residency::cached, .budget_bytes = 4 * slot, .read_threads = -1}),
+                      Contains("'store.read_threads' = -1: expected 0 <= store.read_threads <= 4096"));
+    CHECK_THROWS_WITH(m.packed(fx.file, {.residency = store::Residency::cached, .budget_bytes = 4 * slot, .read_threads = 5000}),
+                      Contains("'store.read_threads' = 5000"));
+    CHECK_THROWS_WITH(m.packed(fx.file, {.residency = store::Residency::cached, .budget_bytes = 4 * slot, .read_piece_bytes = 1000}),
+                      Contains("'store.read_piece_bytes' = 1000: expected a positive multiple of 4096"));
+
     // Acquired without waiting, a hit is readable at once and a miss once read: without readers,
     // ready_first reads it on the caller's thread, after handing out the hits.
     {

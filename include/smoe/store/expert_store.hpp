@@ -61,10 +61,12 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "smoe/core/error.hpp"
+#include "smoe/core/limits.hpp"
 #include "smoe/core/routing.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
 #include "smoe/store/packed_file.hpp"
@@ -289,8 +291,7 @@ public:
                 }
                 if (cfg_.eviction == Eviction::custom && !cfg_.evict)
                     smoe::detail::fail("store.evict", "empty", "a function choosing the victim with store.eviction = custom");
-                if (cfg_.read_threads < 0)
-                    smoe::detail::fail("store.read_threads", cfg_.read_threads, "0 (the caller reads its misses) or more reader threads");
+                smoe::detail::require_in_range("store.read_threads", cfg_.read_threads, 0, limits::kMaxThreads, "limits::kMaxThreads");
                 if (cfg_.read_piece_bytes == 0 || cfg_.read_piece_bytes % kRecordAlignment != 0)
                     smoe::detail::fail("store.read_piece_bytes", cfg_.read_piece_bytes, "a positive multiple of " + std::to_string(kRecordAlignment));
                 open_fd(cfg_.direct_io, true);
@@ -299,7 +300,17 @@ public:
                 streaming_.assign(static_cast<std::size_t>(E_), 0);
                 queue_.assign(static_cast<std::size_t>(E_), 0);
                 todo_.reserve(static_cast<std::size_t>(cache_->n_));
-                for (std::int32_t t = 0; t < std::max(cfg_.read_threads, cfg_.prefetch ? 1 : 0); ++t) io_.emplace_back([this] { io_loop(); });
+                try {
+                    for (std::int32_t t = 0; t < std::max(cfg_.read_threads, cfg_.prefetch ? 1 : 0); ++t) io_.emplace_back([this] { io_loop(); });
+                } catch (std::system_error const& e) {
+                    // The destructor will not run: join the readers already started (a joinable std::thread
+                    // destroyed unjoined terminates the process), then say which thread failed.
+                    stop_readers();
+                    close_fd();
+                    throw std::system_error(e.code(), "smoe::store::ExpertStore: could not start reader thread " +
+                                                          std::to_string(io_.size() + 1) + " (store.read_threads = " +
+                                                          std::to_string(cfg_.read_threads) + ")");
+                }
                 break;
             }
         }
@@ -308,14 +319,7 @@ public:
     ExpertStore(ExpertStore const&) = delete;
     ExpertStore& operator=(ExpertStore const&) = delete;
     ~ExpertStore() {
-        if (!io_.empty()) {  // a reader finishes the piece it reads; the rest of the read is dropped below
-            {
-                std::lock_guard lk(cache_->mu_);
-                stop_ = true;
-            }
-            io_cv_.notify_all();
-            for (auto& t : io_) t.join();
-        }
+        stop_readers();
         if (residency() == Residency::cached) {  // a shared cache outlives its stores: their slots go free
             std::lock_guard lk(cache_->mu_);
             for (std::size_t s = 0; s < static_cast<std::size_t>(cache_->n_); ++s)
@@ -818,6 +822,18 @@ private:
     }
 
     // A reader thread: pieces of queued reads first (demand reads ahead), then prefetches.
+    // A reader finishes the piece it reads; the destructor then frees the slots, dropping unfinished reads.
+    void stop_readers() {
+        if (io_.empty()) return;
+        {
+            std::lock_guard lk(cache_->mu_);
+            stop_ = true;
+        }
+        io_cv_.notify_all();
+        for (auto& t : io_) t.join();
+        io_.clear();
+    }
+
     void io_loop() {
         std::unique_lock lk(cache_->mu_);
         for (;;) {
