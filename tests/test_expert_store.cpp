@@ -57,9 +57,11 @@ struct Model {
         c.max_tokens = T;
         return c;
     }
-    Layer resident() const {
-        return Layer(config(), {MatrixView<float const>(gate.data(), E, d), {},
-                                smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), config().expert)});
+    Layer resident(std::int64_t top_k = 2) const {
+        auto c = config();
+        c.router.top_k = top_k;
+        return Layer(c, {MatrixView<float const>(gate.data(), E, d), {},
+                         smoe::expert::SwiGLUWeights<float>::dense(w1.data(), w3.data(), w2.data(), c.expert)});
     }
     Layer packed(std::shared_ptr<store::PackedFile const> file, store::StoreConfig s, std::int64_t layer = 0) const {
         smoe::expert::SwiGLUWeights<float> w;
@@ -557,10 +559,7 @@ TEST_CASE("a call needing more experts than the cache keeps its hits and streams
         smoe::expert::SwiGLUWeights<float> pw;
         pw.packed = {file, 0, {}};
         Layer l(c, {MatrixView<float const>(m.gate.data(), m.E, m.d), {}, pw});
-        auto rc = m.config();
-        rc.router.top_k = 5;
-        Layer ref5(rc, {MatrixView<float const>(m.gate.data(), m.E, m.d), {},
-                        smoe::expert::SwiGLUWeights<float>::dense(m.w1.data(), m.w3.data(), m.w2.data(), rc.expert)});
+        Layer ref5 = m.resident(5);
         l.set_thread_pool(pool);
         auto& st = l.experts().store();
         CHECK(st.streams() == (mode == 2));
@@ -605,10 +604,7 @@ TEST_CASE("a planned balancer over a cached store runs exactly each round's held
     auto const& [m, ref, path, file] = std::tie(fx.m, fx.ref, fx.path, fx.file);
     std::size_t const slot = (file->record(file->layers()[0], 0).bytes + 4095) / 4096 * 4096;
     smoe::DefaultThreadPool pool(2);
-    auto rc = m.config();
-    rc.router.top_k = 5;
-    Layer ref5(rc, {MatrixView<float const>(m.gate.data(), m.E, m.d), {},
-                    smoe::expert::SwiGLUWeights<float>::dense(m.w1.data(), m.w3.data(), m.w2.data(), rc.expert)});
+    Layer ref5 = m.resident(5);
     for (bool direct : {false, true}) {
         CAPTURE(direct);
         auto const c = m.config({.residency = store::Residency::cached, .budget_bytes = 3 * slot, .direct_io = direct});
