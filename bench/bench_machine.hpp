@@ -252,32 +252,15 @@ inline double dram_seconds(AlignedFloats const& buf, int threads, int streams) {
 inline constexpr std::size_t kDramPieceBytes = std::size_t{4} << 20;  // per thread
 inline constexpr double kDramPercentile = 0.95;
 
-// Appends the rate (GB/s, all threads together) of every piece of one pass over buf.
+// Appends the rate (GB/s, all threads together) of every piece of one pass over buf (concurrent_seconds
+// per piece: its barrier, its span from the first start to the last finish, 0 when the reads did not overlap).
 inline void dram_piece_rates(AlignedFloats const& buf, int threads, int streams, std::vector<double>& gbps) {
-    using clock = std::chrono::steady_clock;
     std::size_t const piece = kDramPieceBytes / sizeof(float), T = std::size_t(threads), pieces = buf.n / (piece * T);
-    std::vector<clock::time_point> start(pieces * T), stop(pieces * T);
-    std::atomic<std::size_t> arrived{0};
-    auto run = [&](int t) {
-        for (std::size_t i = 0; i < pieces; ++i) {
-            arrived.fetch_add(1);
-            while (arrived.load() < (i + 1) * T) {}
-            std::size_t const at = i * T + std::size_t(t);
-            start[at] = clock::now();
-            float s = read_sum_streams(buf.p + at * piece, piece, streams);
-            stop[at] = clock::now();
-            benchmark::DoNotOptimize(s);
-        }
-    };
-    std::vector<std::thread> others;
-    for (int t = 1; t < threads; ++t) others.emplace_back(run, t);
-    run(0);
-    for (auto& th : others) th.join();
     for (std::size_t i = 0; i < pieces; ++i) {
-        auto const s0 = start.begin() + std::ptrdiff_t(i * T), s1 = s0 + threads;
-        auto const e0 = stop.begin() + std::ptrdiff_t(i * T), e1 = e0 + threads;
-        if (T > 1 && *std::max_element(s0, s1) >= *std::min_element(e0, e1)) continue;
-        double const sec = std::chrono::duration<double>(*std::max_element(e0, e1) - *std::min_element(s0, s1)).count();
+        double const sec = concurrent_seconds(threads, [&](int t) {
+            float s = read_sum_streams(buf.p + (i * T + std::size_t(t)) * piece, piece, streams);
+            benchmark::DoNotOptimize(s);
+        });
         if (sec > 0) gbps.push_back(double(T * kDramPieceBytes) / sec * 1e-9);
     }
 }
