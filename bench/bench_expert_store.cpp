@@ -18,15 +18,15 @@
 // readers:N is the cached store's reader threads (StoreConfig::read_threads: a call's misses read in
 // pieces by N threads at once while its hits run; 0: read one after another by the calling thread).
 //
-// The mapped floor (llama.cpp's mmap) on a model larger than memory: run alone, BM_store's mapped store
-// has all the free memory of the machine for its pages, here (2 layers of 64 experts, ~200 MB) the whole
-// file, so after the first touch it reads nothing. bench/layer/store_floor.sh runs the mapped and cached
-// cases inside a memory cgroup whose limit is the cached store's budget plus the process's own memory
-// (rss_anon_MB of a run without a limit, plus 8 MiB for the kernel's own charges): the page cache that
-// serves mapped's faults (and a buffered cached store's reads) is then as large as the cached store's
-// slots, as on a machine whose memory the model exceeds. disk_MB_per_token (the process's read_bytes in
-// /proc/self/io over the timed tokens) shows what each store really reads, page faults included;
-// MB_per_token counts the store's own reads (a mapped store: first uses only).
+// The mapped floor (llama.cpp's mmap) on a model larger than memory: run alone, BM_store's mapped store has all
+// the free memory of the machine for its pages, here (2 layers of 64 experts, ~200 MB) the whole file, so after
+// the first touch it reads nothing. bench/layer/store_floor.sh runs the mapped and cached cases inside a memory
+// cgroup whose limit is the cached store's budget plus the process's own memory (rss_anon_MB of a run without a
+// limit, plus 32 MiB of slack: the kernel's own charges and that memory varying): the page cache that serves
+// mapped's faults (and a buffered cached store's reads) is then as large as the cached store's slots, as on a
+// machine whose memory the model exceeds. disk_MB_per_token (the process's read_bytes in /proc/self/io over the
+// timed tokens) shows what each store really reads, page faults included; MB_per_token counts the store's own
+// reads (a mapped store: first uses only).
 //
 // Counters: tokens/s, hit_rate, MB_per_token read from the file, stall_ms_per_token (acquire's and
 // ready_first's waits), reads_at_once (most pieces read at the same time), disk_MB_per_token and
