@@ -707,7 +707,7 @@ TEST_CASE("quantised layers: T = 0, and one expert taking every token, on every 
     c.bf16_dot = smoe::kernels::cpu::cpu_has_avx512_bf16() ? smoe::expert::Bf16Dot::on : smoe::expert::Bf16Dot::emulated;
     Layer layer({.router = {.num_experts = E, .top_k = 2}, .expert = c, .max_tokens = T},
                 {MatrixView<float const>(gate.data(), E, d), {}, QuantSwiGLUWeights::of(ws_xs)});
-    CHECK(layer.experts().phase_scratch_bytes() == smoe::kernels::cpu::bf16q_scratch_bytes());
+    CHECK(layer.experts().phase_scratch_bytes() == smoe::kernels::cpu::bf16q_scratch_bytes(fw));  // down's K = f, the widest
     std::vector<float> y0(std::size_t(T * d)), y(std::size_t(T * d));
     layer.forward(MatrixView<float const>(x.data(), T, d), MatrixView<float>(y0.data(), T, d));
     for (std::int64_t threads : {2, 5}) {

@@ -237,11 +237,15 @@ public:
 
     std::size_t workspace_size(std::int64_t max_rows) const { return detail::phased_workspace_size(*this, max_rows); }
     // Bytes of kernel scratch one run_gate_up / run_down call uses when given them (the bf16 dot path's
-    // buffers, bf16_dot_quant.hpp); concurrent calls need one each. 0 when no expert takes that path.
+    // buffers, bf16_dot_quant.hpp, sized to the widest matrix that takes it); concurrent calls need one each.
+    // 0 when no expert takes that path.
     std::size_t phase_scratch_bytes() const {
-        for (std::size_t i = 0; i < gu_.size(); ++i)
-            if (gu_[i].bf16 || dn_[i].bf16) return kernels::cpu::bf16q_scratch_bytes();
-        return 0;
+        std::int64_t K = 0;
+        for (std::size_t i = 0; i < gu_.size(); ++i) {
+            if (gu_[i].bf16) K = std::max(K, gu_[i].q.K);
+            if (dn_[i].bf16) K = std::max(K, dn_[i].q.K);
+        }
+        return K > 0 ? kernels::cpu::bf16q_scratch_bytes(K) : 0;
     }
 
     template <class Arch>

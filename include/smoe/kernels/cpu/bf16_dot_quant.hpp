@@ -78,12 +78,15 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
 
 // Fewer than kBqDecodeRows rows (decode) take register tiles: each tile decodes the codes in registers,
 // which costs little beside the weight stream. More rows take bf16q_chunk below. Activations are
-// rounded to bf16 once per row tile or chunk into a buffer of kBqChunkXBytes (rounding them
+// rounded to bf16 once per row tile or chunk into the scratch's activation buffer (rounding them
 // again for every panel group was a fifth of the time). A chunk takes as many rows as hold all of K in
 // its buffer, up to kBqRows: each decode then serves more dot products (FP8, olmoe T = 512, one thread:
 // 24 -> 64 rows, 340 -> 308 ms of CPU time, MXFP4 343 -> 322).
-// The buffers (~330 KB) are the caller's scratch of bf16q_scratch_bytes(), never the stack: MoELayer
-// gives each of its threads one from its workspace (QuantSwiGLU::phase_scratch_bytes). A caller without
+// The buffers are the caller's scratch of bf16q_scratch_bytes(K) for matrices of up to K input columns,
+// never the stack: MoELayer gives each of its threads one from its workspace (QuantSwiGLU::phase_scratch_bytes,
+// sized to its widest matrix). The activation buffer holds kBqRows rows of all of K, up to kBqMaxXBytes
+// (K = 4096; 72 KB of scratch in all for K = 64, 1.1 MB from K = 4096 on): a wider matrix's chunk takes fewer rows,
+// or walks k in spans. A caller without
 // one (an empty span) runs on kBqStackXBytes of activations and ~40 KB in all on the stack, converting
 // a span of k per panel group or falling back to the chunk's k spans: the same operations in the same
 // order, so the same bits, slower from a few rows on.
@@ -91,12 +94,17 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
 // each decode every panel) and 128 k pairs decoded at a time (half the calls, and the loads and stores of
 // their sums); the stack keeps 64 and 64 (~40 KB). olmoe MXFP4, M = 70, one thread: 69.8 -> 71.7 % of the
 // vdpbf16ps peak; M = 100: 72.0 -> 75.9 %.
-inline constexpr std::int64_t kBqDecodeRows = 8, kBqRows = 128, kBqSub = 128, kBqChunkXBytes = 256 * 1024, kBqStackXBytes = 4 * 1024;
+inline constexpr std::int64_t kBqDecodeRows = 8, kBqRows = 128, kBqSub = 128, kBqMaxXBytes = 1024 * 1024, kBqStackXBytes = 4 * 1024;
 inline constexpr std::int64_t kBqStackRows = 64, kBqStackSub = 64;
 inline constexpr std::size_t bf16q_w_bytes(std::int64_t sub) { return static_cast<std::size_t>(sub) * 3 * 32 * 2; }
 inline constexpr std::size_t bf16q_sum_bytes(std::int64_t rows) { return static_cast<std::size_t>(rows) * 3 * kPanelCols * 4; }
-inline constexpr std::size_t bf16q_scratch_bytes() {
-    return std::size_t{kBqChunkXBytes} + bf16q_w_bytes(kBqSub) + 2 * bf16q_sum_bytes(kBqRows);
+// The activation buffer for matrices of up to K columns: kBqRows rows of K rounded to pairs, in bf16.
+inline constexpr std::size_t bf16q_x_bytes(std::int64_t K) {
+    std::int64_t const want = kBqRows * (std::max<std::int64_t>(K, 1) + 1) / 2 * 2 * 2;
+    return static_cast<std::size_t>((std::min(want, kBqMaxXBytes) + 63) / 64 * 64);
+}
+inline constexpr std::size_t bf16q_scratch_bytes(std::int64_t K) {
+    return bf16q_x_bytes(K) + bf16q_w_bytes(kBqSub) + 2 * bf16q_sum_bytes(kBqRows);
 }
 
 namespace detail {
@@ -476,12 +484,13 @@ template <bool Fp8, class Epi>
 template <bool Fp8, class Epi>
 void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi,
                   std::span<std::byte> scratch) {
-    if (scratch.size() < bf16q_scratch_bytes() || reinterpret_cast<std::uintptr_t>(scratch.data()) % 64 != 0)
+    if (scratch.size() < bf16q_scratch_bytes(L.K) || reinterpret_cast<std::uintptr_t>(scratch.data()) % 64 != 0)
         return bf16q_run_on_stack<Fp8>(A, L, panels, p0, p1, epi);
+    // The sums and weights first, the activations take the rest (a scratch sized for a wider matrix than L).
     std::byte* const s = scratch.data();
-    std::size_t const wb = bf16q_w_bytes(kBqSub), sb = bf16q_sum_bytes(kBqRows);
-    BqBuffers const buf{reinterpret_cast<std::uint16_t*>(s), kBqChunkXBytes / 2, reinterpret_cast<std::uint16_t*>(s + kBqChunkXBytes), kBqSub,
-                        reinterpret_cast<float*>(s + kBqChunkXBytes + wb), reinterpret_cast<float*>(s + kBqChunkXBytes + wb + sb), kBqRows};
+    std::size_t const wb = bf16q_w_bytes(kBqSub), sb = bf16q_sum_bytes(kBqRows), xb = (scratch.size() - wb - 2 * sb) / 64 * 64;
+    BqBuffers const buf{reinterpret_cast<std::uint16_t*>(s + wb + 2 * sb), static_cast<std::int64_t>(xb / 2), reinterpret_cast<std::uint16_t*>(s),
+                        kBqSub, reinterpret_cast<float*>(s + wb), reinterpret_cast<float*>(s + wb + sb), kBqRows};
     bf16q_run<Fp8>(A, L, panels, p0, p1, epi, buf);
 }
 #endif
@@ -489,8 +498,8 @@ void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t 
 }  // namespace detail
 
 // Rows [0, A.rows) x panels [p0, p1) of an FP8 or MXFP4 matrix packed by pack_bf16q_panel; A's first
-// L.K columns are the input. Native needs cpu_has_avx512_bf16(); scratch (bf16q_scratch_bytes(), 64-byte
-// aligned, one per concurrent caller) holds its buffers, else they go on the stack (see kBqChunkXBytes).
+// L.K columns are the input. Native needs cpu_has_avx512_bf16(); scratch (at least bf16q_scratch_bytes(L.K),
+// 64-byte aligned, one per concurrent caller) holds its buffers, else they go on the stack (see kBqMaxXBytes).
 template <class Epi>
 void gemm_bf16_dot_quant(Bf16DotKernel kernel, MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels,
                          std::int64_t p0, std::int64_t p1, Epi& epi, std::span<std::byte> scratch = {}) {
