@@ -85,9 +85,8 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
 // The buffers are the caller's scratch of bf16q_scratch_bytes(K) for matrices of up to K input columns,
 // never the stack: MoELayer gives each of its threads one from its workspace (QuantSwiGLU::phase_scratch_bytes,
 // sized to its widest matrix). The activation buffer holds kBqRows rows of all of K, up to kBqMaxXBytes
-// (K = 4096; the scratch in all: 88 KiB for K = 64, 584 KiB for 2048, 1096 KiB from 4096 on): a wider matrix's chunk takes fewer rows,
-// or walks k in spans. A caller without
-// one (an empty span) runs on kBqStackXBytes of activations and ~40 KB in all on the stack, converting
+// (K = 4096; the scratch in all: 88 KiB for K = 64, 584 KiB for 2048, 1096 KiB from 4096 on): a wider
+// matrix's chunk takes fewer rows, or walks k in spans. A caller without one (an empty span) runs on kBqStackXBytes of activations and ~40 KB in all on the stack, converting
 // a span of k per panel group or falling back to the chunk's k spans: the same operations in the same
 // order, so the same bits, slower from a few rows on.
 // With the scratch, chunks of up to 128 rows (a down projection's 70 rows in one chunk rather than two that
