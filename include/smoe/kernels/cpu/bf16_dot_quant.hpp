@@ -86,9 +86,10 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
 // never the stack: MoELayer gives each of its threads one from its workspace (QuantSwiGLU::phase_scratch_bytes,
 // sized to its widest matrix). The activation buffer holds kBqRows rows of all of K, up to kBqMaxXBytes
 // (K = 4096; the scratch in all: 88 KiB for K = 64, 584 KiB for 2048, 1096 KiB from 4096 on): a wider
-// matrix's chunk takes fewer rows, or walks k in spans. A caller without one (an empty span) runs on kBqStackXBytes of activations and ~40 KB in all on the stack, converting
-// a span of k per panel group or falling back to the chunk's k spans: the same operations in the same
-// order, so the same bits, slower from a few rows on.
+// matrix's chunk takes fewer rows, or walks k in spans. A caller without one (an empty span) runs on
+// kBqStackXBytes of activations and ~40 KB in all on the stack, converting a span of k per panel group or
+// falling back to the chunk's k spans: the same operations in the same order, so the same bits, slower
+// from a few rows on.
 // With the scratch, chunks of up to 128 rows (a down projection's 70 rows in one chunk rather than two that
 // each decode every panel) and 128 k pairs decoded at a time (half the calls, and the loads and stores of
 // their sums); the stack keeps 64 and 64 (~40 KB). olmoe MXFP4, M = 70, one thread: 69.8 -> 71.7 % of the
