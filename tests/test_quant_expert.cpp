@@ -114,6 +114,11 @@ std::vector<float> run_rows(Arch arch, X const& ex, std::int64_t e, std::vector<
     return y;
 }
 
+// Whether Int8Dot::avx_vnni runs here: AVX-VNNI, or its instruction in the EVEX encoding (AVX512-VNNI + VL).
+bool has_ymm_vnni() {
+    return smoe::kernels::cpu::cpu_has_avx_vnni() || (smoe::kernels::cpu::cpu_has_avx2_fma() && smoe::kernels::cpu::cpu_has_avx512_vnni());
+}
+
 // run_rows through the phase calls without kernel scratch (the bf16 dot kernels' stack buffers), in
 // run()'s blocks of kRowBlock rows.
 std::vector<float> run_rows_no_scratch(QuantSwiGLU const& ex, std::int64_t e, std::vector<float> const& x, std::int64_t M) {
@@ -448,16 +453,24 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
     if (!smoe::kernels::cpu::cpu_has_avx512_vnni())
         WARN("this CPU has no AVX512-VNNI: Int8Dot::on ran the AVX2 or portable kernel; the VNNI kernel is checked on a CPU that has it");
     if (!smoe::kernels::cpu::cpu_has_avx2_fma()) WARN("this CPU has no AVX2+FMA: the AVX2 int8 dot kernel was not run");
+    if (!has_ymm_vnni()) WARN("this CPU has neither AVX-VNNI nor AVX512-VNNI: the AVX-VNNI int8 dot kernel was not run");
+    for (auto const m : {smoe::expert::Int8Dot::off, smoe::expert::Int8Dot::on, smoe::expert::Int8Dot::avx2, smoe::expert::Int8Dot::avx_vnni,
+                         smoe::expert::Int8Dot::portable})
+        CHECK(smoe::expert::parse_int8_dot(to_string(m)) == m);
+    CHECK(std::string(to_string(smoe::expert::Int8Dot::avx_vnni)) == "avx-vnni");
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f;
         std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
-        SwiGLUConfig on{d, f, 2}, portable{d, f, 2}, avx2{d, f, 2};
+        SwiGLUConfig on{d, f, 2}, portable{d, f, 2}, avx2{d, f, 2}, vnni{d, f, 2};
         on.int8_dot = smoe::expert::Int8Dot::on;
         portable.int8_dot = smoe::expert::Int8Dot::portable;
         bool const has_avx2 = smoe::kernels::cpu::cpu_has_avx2_fma();
         avx2.int8_dot = has_avx2 ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
+        vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
         QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
-        INFO("format " << qn.format_name(0) << ", kernel " << to_string(qn.int8_dot_kernel()) << " and " << to_string(qa.int8_dot_kernel()));
+        QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
+        INFO("format " << qn.format_name(0) << ", kernels " << to_string(qn.int8_dot_kernel()) << ", " << to_string(qa.int8_dot_kernel())
+                       << " and " << to_string(qv.int8_dot_kernel()));
         CHECK(qn.uses_int8_dot(0));
         for (std::int64_t M : {1, 2, 3, 5, 9, 21}) {
             auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
@@ -466,6 +479,7 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
             auto const yp = run_rows(xsimd::default_arch{}, qp, 1, x, M);
             CHECK(same_bits(yn, yp));
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 1, x, M), yp));
+            CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 1, x, M), yp));
             double exact = 0;
             CHECK(int8_oracle_error(xs[1], x, yn, M, exact) <= 2e-3);
             CHECK(exact <= 5e-2);
@@ -504,8 +518,10 @@ TEST_CASE("ternary experts hold 2 bits per weight and give int4's bits on the sa
              {Format::ternary(), Format::ternary(TernaryScale::group, 64), 256, 128}}) {
         std::vector<QuantExpertWeights> xs = {random_expert(rng, gu, dn, d, f)}, twins;
         twins.push_back({int4_twin(xs[0].gate), int4_twin(xs[0].up), int4_twin(xs[0].down)});
-        for (auto const dot : {smoe::expert::Int8Dot::off, smoe::expert::Int8Dot::on, smoe::expert::Int8Dot::avx2, smoe::expert::Int8Dot::portable}) {
+        for (auto const dot : {smoe::expert::Int8Dot::off, smoe::expert::Int8Dot::on, smoe::expert::Int8Dot::avx2, smoe::expert::Int8Dot::avx_vnni,
+                               smoe::expert::Int8Dot::portable}) {
             if (dot == smoe::expert::Int8Dot::avx2 && !smoe::kernels::cpu::cpu_has_avx2_fma()) continue;
+            if (dot == smoe::expert::Int8Dot::avx_vnni && !has_ymm_vnni()) continue;
             SwiGLUConfig c{d, f, 1};
             c.int8_dot = dot;
             QuantSwiGLU const qt(c, QuantSwiGLUWeights::of(xs)), q4(c, QuantSwiGLUWeights::of(twins));
@@ -561,15 +577,18 @@ TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside
     std::mt19937_64 rng(1508);
     std::int64_t const d = 65568, f = 16, M = 5;  // 1.25 d bytes of quantised row > the 80 KiB buffer
     std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(32), Format::int4(0), d, f)};
-    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1};
+    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1}, vnni{d, f, 1};
     on.int8_dot = smoe::expert::Int8Dot::on;
     portable.int8_dot = smoe::expert::Int8Dot::portable;
     avx2.int8_dot = smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
+    vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
     QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
+    QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
     auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
     auto const yp = run_rows(xsimd::default_arch{}, qp, 0, x, M);
     CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
     CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
+    CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 0, x, M), yp));
 }
 
 namespace {

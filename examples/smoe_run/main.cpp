@@ -17,7 +17,7 @@ int usage(char const* msg) {
     std::fprintf(stderr,
                  "smoe-run: %s\n"
                  "usage: smoe-run CASE_DIR OUT_FILE [--layer N] [--bf16-dot automatic|off|on|emulated]\n"
-                 "                [--int8-dot off|on|avx2|portable] [--packed FILE [--budget BYTES] [--eviction lru|lfu]]\n"
+                 "                [--int8-dot off|on|avx2|avx-vnni|portable] [--packed FILE [--budget BYTES] [--eviction lru|lfu]]\n"
                  "  CASE_DIR  a case folder (config.json, weights.safetensors or a checkpoint, input.safetensors)\n"
                  "  OUT_FILE  the outputs, written as safetensors\n"
                  "  --layer N the decoder layer of a full checkpoint (default 0)\n"
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
             if (i + 1 >= argc) return usage("--int8-dot needs a value");
             std::string const v = argv[++i];
             auto const dot = smoe::expert::parse_int8_dot(v);
-            if (!dot) return usage(("--int8-dot: '" + v + "' is not one of off, on, avx2, portable").c_str());
+            if (!dot) return usage(("--int8-dot: '" + v + "' is not one of off, on, avx2, avx-vnni, portable").c_str());
             a.int8_dot = *dot;
         } else if (arg == "--packed") {
             if (i + 1 >= argc) return usage("--packed needs a file");

@@ -18,7 +18,7 @@ int usage(char const* msg) {
     std::fprintf(stderr,
                  "smoe-pack: %s\n"
                  "usage: smoe-pack SOURCE_DIR OUT_FILE [--dtype f32|bf16|int8|int4] [--int4-group N] [--layer N]...\n"
-                 "                 [--bf16-dot automatic|off|on|emulated] [--int8-dot off|on|avx2|portable]\n"
+                 "                 [--bf16-dot automatic|off|on|emulated] [--int8-dot off|on|avx2|avx-vnni|portable]\n"
                  "  SOURCE_DIR   a Hugging Face checkpoint folder, or a case folder (cases.md)\n"
                  "  OUT_FILE     the packed expert file (read by smoe-run --packed and store::PackedFile)\n"
                  "  --dtype      the experts' storage: f32, bf16, int8 (per channel), int4 (QuantSwiGLU, group\n"
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
             char const* v = value("a value");
             if (!v) return 2;
             auto const dot = smoe::expert::parse_int8_dot(v);
-            if (!dot) return usage(("--int8-dot: '" + std::string(v) + "' is not one of off, on, avx2, portable").c_str());
+            if (!dot) return usage(("--int8-dot: '" + std::string(v) + "' is not one of off, on, avx2, avx-vnni, portable").c_str());
             a.int8_dot = *dot;
         } else if (arg == "-h" || arg == "--help") {
             usage("packs experts");

@@ -187,8 +187,9 @@ public:
     // Whether expert e's matrices take the int8 dot path (formats.md §6.2), and by which kernel.
     bool uses_int8_dot(std::int64_t e) const { return gu_[static_cast<std::size_t>(e)].dot || dn_[static_cast<std::size_t>(e)].dot; }
     kernels::cpu::Int8DotKernel int8_dot_kernel() const { return dot_kernel_; }
-    // formats.md §4 rule 5: the path expert e takes: "exact", "int8 dot (avx512-vnni)" ("avx2",
-    // "portable"), "bf16 dot (vdpbf16ps)" ("emulated"); "gate/up ..., down ..." when they differ.
+    // formats.md §4 rule 5: the path expert e takes: "exact", "int8 dot (avx512-vnni)" ("avx-vnni", "avx2",
+    // "portable"...: to_string(Int8DotKernel)), "bf16 dot (vdpbf16ps)" ("emulated"); "gate/up ..., down ..."
+    // when they differ.
     std::string dot_path(std::int64_t e) const {
         auto const path = [&](Packed const& P) -> std::string {
             if (P.dot) return std::string("int8 dot (") + kernels::cpu::to_string(dot_kernel_) + ")";
@@ -380,10 +381,21 @@ private:
 
     static kernels::cpu::Int8DotKernel resolve_int8_dot(Int8Dot asked) {
         using kernels::cpu::Int8DotKernel;
-        bool const avx2 = kernels::cpu::cpu_has_avx2_fma();
+        bool const avx2 = kernels::cpu::cpu_has_avx2_fma(), avx_vnni = kernels::cpu::cpu_has_avx_vnni();
+        bool const avx512_vnni = kernels::cpu::cpu_has_avx512_vnni();
         if (asked == Int8Dot::avx2 && !avx2) smoe::detail::fail("int8_dot", "avx2", "a CPU with AVX2 and FMA; use on or portable");
-        if (asked == Int8Dot::on) return kernels::cpu::cpu_has_avx512_vnni() ? Int8DotKernel::native : avx2 ? Int8DotKernel::avx2 : Int8DotKernel::portable;
-        return asked == Int8Dot::avx2 ? Int8DotKernel::avx2 : Int8DotKernel::portable;
+        if (asked == Int8Dot::avx_vnni && !avx_vnni && !(avx2 && avx512_vnni))
+            smoe::detail::fail("int8_dot", "avx-vnni", "a CPU with AVX-VNNI (or AVX512-VNNI); use on or portable");
+        switch (asked) {
+            case Int8Dot::on:
+                return avx512_vnni ? Int8DotKernel::native
+                       : avx_vnni  ? Int8DotKernel::avx_vnni
+                       : avx2      ? Int8DotKernel::avx2
+                                   : Int8DotKernel::portable;
+            case Int8Dot::avx2: return Int8DotKernel::avx2;
+            case Int8Dot::avx_vnni: return avx_vnni ? Int8DotKernel::avx_vnni : Int8DotKernel::avx_vnni_evex;
+            default: return Int8DotKernel::portable;
+        }
     }
 
     static void pack_panel(std::uint8_t* dst, Packed const& P, kernels::cpu::QuantSlot const (&slot)[detail::kP]) {

@@ -45,16 +45,23 @@ inline std::optional<Bf16Dot> parse_bf16_dot(std::string_view s) {
 
 // The int8 dot path of formats.md §6.2 for int4 and int8 weights (expert::QuantSwiGLU): `off` (the
 // default) computes the exact fp32 path; `on` quantises activations to int8 per block of 32 and takes
-// integer dot products (AVX512-VNNI where the CPU has it, else AVX2, else the portable kernel: the
-// same bits); `avx2` forces the AVX2 kernel (an error on a CPU without AVX2 and FMA) and `portable` the
-// scalar model (tests, and checking one machine's results on another).
-enum class Int8Dot { off, on, avx2, portable };
+// integer dot products (AVX512-VNNI where the CPU has it, else AVX-VNNI, else AVX2, else the portable kernel:
+// the same bits); `avx2` forces the AVX2 kernel (an error on a CPU without AVX2 and FMA), `avx-vnni` the AVX2
+// kernel with vpdpbusd on ymm (in its EVEX encoding on a CPU with AVX512-VNNI but no AVX-VNNI; an error on a CPU
+// with neither) and `portable` the scalar model (tests, and checking one machine's results on another).
+enum class Int8Dot { off, on, avx2, avx_vnni, portable };
 
 inline char const* to_string(Int8Dot m) {
-    return m == Int8Dot::off ? "off" : m == Int8Dot::on ? "on" : m == Int8Dot::avx2 ? "avx2" : "portable";
+    switch (m) {
+        case Int8Dot::off: return "off";
+        case Int8Dot::on: return "on";
+        case Int8Dot::avx2: return "avx2";
+        case Int8Dot::avx_vnni: return "avx-vnni";
+        default: return "portable";
+    }
 }
 inline std::optional<Int8Dot> parse_int8_dot(std::string_view s) {
-    for (Int8Dot m : {Int8Dot::off, Int8Dot::on, Int8Dot::avx2, Int8Dot::portable})
+    for (Int8Dot m : {Int8Dot::off, Int8Dot::on, Int8Dot::avx2, Int8Dot::avx_vnni, Int8Dot::portable})
         if (s == to_string(m)) return m;
     return std::nullopt;
 }

@@ -23,6 +23,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 #include <vector>
 
 #include "smoe/detail/xsimd.hpp"
@@ -70,9 +73,31 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
-// native: AVX512-VNNI vpdpbusd; avx2: vpmaddubsw + vpmaddwd (any AVX2 CPU); portable: the scalar model.
-enum class Int8DotKernel { native, avx2, portable };
-inline char const* to_string(Int8DotKernel k) { return k == Int8DotKernel::native ? "avx512-vnni" : k == Int8DotKernel::avx2 ? "avx2" : "portable"; }
+// AVX-VNNI: vpdpbusd on ymm in the VEX encoding (AVX2 CPUs such as Alder Lake and later, Zen 5). CPUID leaf
+// 7.1 EAX bit 4; clang 14's __builtin_cpu_supports does not know "avxvnni".
+inline bool cpu_has_avx_vnni() {
+#if SMOE_INT8_DOT_NATIVE
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return cpu_has_avx2_fma() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1u);
+#else
+    return false;
+#endif
+}
+
+// native: AVX512-VNNI vpdpbusd on zmm; avx_vnni: the AVX2 kernel with vpdpbusd on ymm in place of vpmaddubsw +
+// vpmaddwd (VEX); avx_vnni_evex: the same kernel and instruction in its EVEX (AVX512-VNNI + VL) encoding, which
+// is how a CPU without AVX-VNNI runs and tests that kernel; avx2: vpmaddubsw + vpmaddwd (any AVX2 CPU);
+// portable: the scalar model.
+enum class Int8DotKernel { native, avx_vnni, avx_vnni_evex, avx2, portable };
+inline char const* to_string(Int8DotKernel k) {
+    switch (k) {
+        case Int8DotKernel::native: return "avx512-vnni";
+        case Int8DotKernel::avx_vnni: return "avx-vnni";
+        case Int8DotKernel::avx_vnni_evex: return "avx-vnni (evex)";
+        case Int8DotKernel::avx2: return "avx2";
+        default: return "portable";
+    }
+}
 
 struct DotLayout {
     quant::Kind kind = quant::Kind::int4;  // int4, int8_channel or ternary
@@ -370,11 +395,27 @@ template <int Bits, int MR, int NP, bool Self = false>
 #endif
 
 #if SMOE_INT8_DOT_NATIVE
+// How the AVX2 tile forms a product of 4 weight bytes and 4 activation bytes into an int32 lane.
+enum class YmmDot { maddubs, vex, evex };
+
+// acc + vpdpbusd(u, q) on ymm. Inline assembly: an intrinsic's ISA must be an attribute of the function holding
+// the loop, and a target("avxvnni") kernel could not share its body with the EVEX one (g++ and clang refuse to
+// inline a target's intrinsics into a function without it). "x": ymm0-15, which both encodings reach.
+template <bool Vex>
+[[gnu::always_inline]] inline __m256i dpbusd_ymm(__m256i acc, __m256i u, __m256i q) {
+    if constexpr (Vex)
+        asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(q));
+    else
+        asm("vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(q));
+    return acc;
+}
+
 // MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
 // into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) never saturate
 // the int16 pairs (2 · 15 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
-// S = Σ lo·q + 16 Σ hi·q. Lanes 0-7 and 8-15 of a panel vector are two ymm.
-template <int Bits, int MR>
+// S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps in int32, int8 bytes whole.
+// Lanes 0-7 and 8-15 of a panel vector are two ymm.
+template <int Bits, int MR, YmmDot D>
 [[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
                                                           DotLayout const& L, float* out) {
     __m256 acc[MR][2];
@@ -404,12 +445,21 @@ template <int Bits, int MR>
         __m256i dot[MR][2];
         for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = _mm256_setzero_si256();
         auto const madd = [&](__m256i u, std::int32_t q4) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_set1_epi32(q4)), ones); };
+        auto const dp = [&](__m256i acc, __m256i u, std::int32_t q4) {
+            if constexpr (D == YmmDot::maddubs)
+                return _mm256_add_epi32(acc, madd(u, q4));
+            else
+                return dpbusd_ymm<D == YmmDot::vex>(acc, u, _mm256_set1_epi32(q4));
+        };
 #pragma GCC unroll 8
         for (int v = 0; v < kVecs; ++v)
 #pragma GCC unroll 2
             for (int h = 0; h < 2; ++h) {
                 __m256i const x = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(blk + v * 64 + h * 32));
-                if constexpr (Bits == 8) {  // k 4v..4v+3, u = lo + 16 hi
+                if constexpr (Bits == 8 && D != YmmDot::maddubs) {
+#pragma GCC unroll 4
+                    for (int i = 0; i < MR; ++i) dot[i][h] = dp(dot[i][h], x, qd[i][v]);
+                } else if constexpr (Bits == 8) {  // k 4v..4v+3, u = lo + 16 hi
                     __m256i const lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
 #pragma GCC unroll 4
                     for (int i = 0; i < MR; ++i)
@@ -419,7 +469,7 @@ template <int Bits, int MR>
                     for (int c = 0; c < kPieces; ++c) {
                         __m256i const u = _mm256_and_si256(c == 0 ? x : _mm256_srli_epi16(x, c * Bits), mask);
 #pragma GCC unroll 4
-                        for (int i = 0; i < MR; ++i) dot[i][h] = _mm256_add_epi32(dot[i][h], madd(u, qd[i][v * kPieces + c]));
+                        for (int i = 0; i < MR; ++i) dot[i][h] = dp(dot[i][h], u, qd[i][v * kPieces + c]);
                     }
                 }
             }
@@ -442,10 +492,20 @@ template <int Bits, int MR>
 
 #if SMOE_INT8_DOT_NATIVE
 
+// The AVX2 tile of R rows for `kernel` (avx_vnni, avx_vnni_evex or avx2).
+template <int Bits, int R>
+void dot_tile_ymm(Int8DotKernel kernel, float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj, DotLayout const& L,
+                  float* out) {
+    if (kernel == Int8DotKernel::avx_vnni) return dot_tile_avx2<Bits, R, YmmDot::vex>(a, lda, pre, pj, L, out);
+    if (kernel == Int8DotKernel::avx_vnni_evex) return dot_tile_avx2<Bits, R, YmmDot::evex>(a, lda, pre, pj, L, out);
+    dot_tile_avx2<Bits, R, YmmDot::maddubs>(a, lda, pre, pj, L, out);
+}
+
 // gemm_int8_dot on the AVX2 or VNNI kernels, for codes of Bits bits.
 template <int Bits, class Epi>
-void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout const& L, std::uint8_t const* panels, std::int64_t p0,
-                          std::int64_t p1, Epi& epi) {
+void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLayout const& L, std::uint8_t const* panels,
+                          std::int64_t p0, std::int64_t p1, Epi& epi) {
+    bool const native = kernel == Int8DotKernel::native;
     std::int64_t const M = A.rows;
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     alignas(64) float out[12 * kPanelCols];  // the largest tile: 6 rows x 2 panels
@@ -463,7 +523,7 @@ void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout cons
             for (std::int64_t p = p0; p < p1; ++p) {
                 std::uint8_t const* pp = panels + p * L.pstride;
                 if (!native)
-                    dot_tile_avx2<Bits, 1>(A.row(i), A.ld, none, pp, L, out);
+                    dot_tile_ymm<Bits, 1>(kernel, A.row(i), A.ld, none, pp, L, out);
                 else
                     dot_tile_vnni<Bits, 1, 1, true>(A.row(i), A.ld, none, pp, L, out, p + 1 < p1 ? pp + L.pstride : nullptr, L.pstride);
                 epi.store(i, p, out);
@@ -500,7 +560,7 @@ void gemm_int8_dot_native(bool native, MatrixView<float const> A, DotLayout cons
             std::uint8_t const* pp = panels + p * L.pstride;
             if constexpr (N == 1 && R <= 4)
                 if (!native) {
-                    dot_tile_avx2<Bits, R>(nullptr, 0, pm, pp, L, out);
+                    dot_tile_ymm<Bits, R>(kernel, nullptr, 0, pm, pp, L, out);
                     store_tile(epi, c0 + m, p, R, 1, out);
                     return;
                 }
@@ -554,11 +614,10 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
     if (M == 0 || p0 >= p1) return;
 #if SMOE_INT8_DOT_NATIVE
     if (kernel != Int8DotKernel::portable) {
-        bool const native = kernel == Int8DotKernel::native;
         switch (L.bits) {
-            case 2: return detail::gemm_int8_dot_native<2>(native, A, L, panels, p0, p1, epi);
-            case 4: return detail::gemm_int8_dot_native<4>(native, A, L, panels, p0, p1, epi);
-            default: return detail::gemm_int8_dot_native<8>(native, A, L, panels, p0, p1, epi);
+            case 2: return detail::gemm_int8_dot_native<2>(kernel, A, L, panels, p0, p1, epi);
+            case 4: return detail::gemm_int8_dot_native<4>(kernel, A, L, panels, p0, p1, epi);
+            default: return detail::gemm_int8_dot_native<8>(kernel, A, L, panels, p0, p1, epi);
         }
     }
 #endif
