@@ -416,9 +416,10 @@ enum class YmmDot { maddubs, vex, evex };
 
 // acc + vpdpbusd(u, q) on ymm. Inline assembly: an intrinsic's ISA must be an attribute of the function holding
 // the loop, and a target("avxvnni") kernel could not share its body with the EVEX one (g++ and clang refuse to
-// inline a target's intrinsics into a function without it). "x": ymm0-15, which both encodings reach.
+// inline a target's intrinsics into a function without it). "x": ymm0-15, which both encodings reach; the
+// AVX2 target lets clang take a 256-bit "x" operand in a translation unit built without AVX.
 template <bool Vex>
-[[gnu::always_inline]] inline __m256i dpbusd_ymm(__m256i acc, __m256i u, __m256i q) {
+[[gnu::always_inline]] SMOE_TARGET_AVX2_FMA inline __m256i dpbusd_ymm(__m256i acc, __m256i u, __m256i q) {
     if constexpr (Vex)
         asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(q));
     else
