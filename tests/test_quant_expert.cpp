@@ -635,7 +635,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         {Format::fp8_block(16, 32), Format::fp8_channel(), {72, 40}},
         {Format::fp8_tensor(), Format::fp8_block(8, 8), {41, 24}},  // odd K: the last pair padded
         {Format::mxfp4(), Format::mxfp4(), {96, 64}},
-        {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {16448, 24}},  // 8 rows' activations exceed the kernel's buffer
+        {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {65600, 16}},  // 8 rows exceed the 1 MiB of activations: k in spans
         {Format::fp8_channel(), Format::fp8_channel(), {12416, 24}},  // one factor block longer than 4 rows' share of it
     };
     bool const native = smoe::kernels::cpu::cpu_has_avx512_bf16();
@@ -661,7 +661,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
             auto const ye = run_rows(xsimd::default_arch{}, qe, 1, x, M);
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x, M), ye));
             CHECK(same_bits(run_rows_no_scratch(qn, 1, x, M), ye));  // the kernels' small stack buffers
-            if (M == 13 || M >= 70) {
+            if (M == 13 || M >= 70 || (d > 4096 && M == 8)) {  // with the scratch (d = 65600: k in spans)
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 1), ye));
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 3), ye));
             }
