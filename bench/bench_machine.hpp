@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cpuid.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -36,6 +35,7 @@
 #include <benchmark/benchmark.h>
 #include "smoe/detail/xsimd.hpp"  // not <xsimd/xsimd.hpp>, and before <immintrin.h>: see there
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/int8_dot.hpp"
 
 #include <immintrin.h>
 
@@ -99,12 +99,7 @@ struct VnniYmm {
     static constexpr int kChains = 12;
     static constexpr double kOps = 8 * 8;
     static constexpr char const* kName = "vpdpbusd ymm (AVX-VNNI)";
-    // clang 14's __builtin_cpu_supports does not know "avxvnni": CPUID leaf 7.1 EAX bit 4 (the OS saves
-    // ymm state when avx2 is reported).
-    static bool supported() {
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1u);
-    }
+    static bool supported() { return smoe::kernels::cpu::cpu_has_avx_vnni(); }  // the int8 dot path's own check
     [[gnu::target("avx2,avxvnni")]] static V step(V c, V a, V b) { return _mm256_dpbusd_avx_epi32(c, a, b); }
 };
 
