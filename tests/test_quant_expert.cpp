@@ -635,6 +635,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         {Format::fp8_block(16, 32), Format::fp8_channel(), {72, 40}},
         {Format::fp8_tensor(), Format::fp8_block(8, 8), {41, 24}},  // odd K: the last pair padded
         {Format::mxfp4(), Format::mxfp4(), {96, 64}},
+        {Format::fp8_block(8, 6), Format::fp8_block(4, 10), {46, 30}},  // blocks and K of odd pair counts: groups split
         {Format::fp8_block(128, 128), Format::fp8_block(128, 128), {65600, 16}},  // 8 rows exceed the 1 MiB of activations: k in spans
         {Format::fp8_channel(), Format::fp8_channel(), {12416, 24}},  // one factor block longer than 4 rows' share of it
     };
@@ -670,7 +671,14 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
             CHECK(exact <= 1.5e-2);
             worst_exact = std::max(worst_exact, exact);
             std::vector<float> const x0(x.begin(), x.begin() + d);
-            CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x0, 1), std::vector<float>(ye.begin(), ye.begin() + d)));
+            std::vector<float> const y0(ye.begin(), ye.begin() + d);
+            CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 1, x0, 1), y0));
+            if (M > 1 && d <= 4096) {  // a lone last pair reads no activations beyond K (0 · Inf is NaN)
+                std::vector<float> xi = x;
+                std::fill(xi.begin() + d, xi.end(), std::numeric_limits<float>::infinity());
+                auto const yi = run_rows(xsimd::default_arch{}, qn, 1, xi, M);
+                CHECK(same_bits(std::vector<float>(yi.begin(), yi.begin() + d), y0));
+            }
         }
     }
     WARN("bf16 dot path (FP8, MXFP4): worst per-token error against the exact oracle " << worst_exact << " (bound 1.5e-2)");
@@ -681,6 +689,52 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
     CHECK_FALSE(QuantSwiGLU(em, QuantSwiGLUWeights::of(xs)).uses_bf16_dot(0));
     std::vector<QuantExpertWeights> ys = {random_expert(rng, Format::mxfp4(), Format::mxfp4(), 64, 32)};
     CHECK_FALSE(QuantSwiGLU(SwiGLUConfig{64, 32, 1}, QuantSwiGLUWeights::of(ys)).uses_bf16_dot(0));
+}
+
+TEST_CASE("the bf16 dot path's FP8 decoders, byte tables and word tables, give the emulation's bits", "[quant][expert][bf16_dot]") {
+    namespace cpu = smoe::kernels::cpu;
+    if (!cpu::cpu_has_avx512_bf16()) {
+        WARN("this CPU has no AVX512-BF16: the native FP8 decoders are checked on a CPU that has it");
+        return;
+    }
+    if (!cpu::cpu_has_avx512_vbmi()) WARN("this CPU has no AVX512-VBMI: only the word tables ran; the byte tables need a CPU with it");
+    std::mt19937_64 rng(1511);
+    struct Epi {
+        std::vector<float>* y;
+        std::int64_t P;
+        void store(std::int64_t i, std::int64_t p, float const* v) const { std::copy(v, v + 16, y->begin() + (i * P + p) * 16); }
+    };
+    // Odd K, blocks of 3 and 5 pairs, a lone last pair; M from the register tiles to the chunks.
+    for (auto const& [fmt, R, K] : std::vector<std::tuple<Format, std::int64_t, std::int64_t>>{
+             {Format::fp8_block(8, 6), 40, 46}, {Format::fp8_block(16, 10), 56, 50}, {Format::fp8_tensor(), 48, 41},
+             {Format::fp8_block(128, 128), 64, 200}}) {
+        Matrix const m = random_matrix(rng, fmt, R, K);
+        cpu::QuantLayout const L = cpu::bf16q_layout(fmt, K);
+        std::int64_t const P = (R + 15) / 16;
+        std::vector<std::uint8_t> panels(static_cast<std::size_t>(P * L.pstride));
+        for (std::int64_t p = 0; p < P; ++p) {
+            cpu::QuantSlot slot[16];
+            for (std::int64_t s = 0; s < 16 && p * 16 + s < R; ++s) slot[s] = {&m, p * 16 + s};
+            cpu::pack_bf16q_panel(panels.data() + p * L.pstride, L, slot);
+        }
+        std::vector<std::byte> sbuf(cpu::bf16q_scratch_bytes(K) + 64);
+        std::size_t const skip = (64 - reinterpret_cast<std::uintptr_t>(sbuf.data()) % 64) % 64;
+        std::span<std::byte> const sc(sbuf.data() + skip, cpu::bf16q_scratch_bytes(K));
+        for (std::int64_t M : {1, 2, 3, 7, 8, 21}) {
+            INFO("K " << K << ", M " << M);
+            auto const x = smoe_test::normal(rng, std::size_t(M * K), 1.0);
+            auto const run = [&](cpu::Bf16DotKernel k, std::span<std::byte> s, cpu::Fp8Decode dec) {
+                std::vector<float> y(static_cast<std::size_t>(M * P * 16));
+                Epi epi{&y, P};
+                cpu::gemm_bf16_dot_quant(k, MatrixView<float const>(x.data(), M, K), L, panels.data(), 0, P, epi, s, dec);
+                return y;
+            };
+            auto const ye = run(cpu::Bf16DotKernel::emulated, {}, cpu::Fp8Decode::words);
+            CHECK(same_bits(run(cpu::Bf16DotKernel::native, sc, cpu::Fp8Decode::bytes_if_vbmi), ye));
+            CHECK(same_bits(run(cpu::Bf16DotKernel::native, sc, cpu::Fp8Decode::words), ye));
+            CHECK(same_bits(run(cpu::Bf16DotKernel::native, {}, cpu::Fp8Decode::words), ye));
+        }
+    }
 }
 
 TEST_CASE("quantised layers: T = 0, and one expert taking every token, on every path", "[quant][layer]") {

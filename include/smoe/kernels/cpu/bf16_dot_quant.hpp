@@ -6,13 +6,15 @@
 //     part = +0; part = dpbf16(part, x pair, w pair) over the block's k pairs in order (vdpbf16ps's
 //     per-lane arithmetic, emulated_dpbf16); acc = fma(part, factor[o, b], acc)
 // The factors multiply the fp32 partial sum of their block, never a bf16 weight. The native kernel
-// (AVX512-BF16, runtime-detected) decodes the codes to bf16 with table look-ups (vpermt2w), in
-// registers for few rows and into an L1 buffer shared by up to 64 rows for more, and matches the
-// emulation bit for bit.
+// (AVX512-BF16, runtime-detected) decodes the codes to bf16 with table look-ups (vpermt2w; FP8 by
+// vpermt2b where the CPU has AVX512-VBMI), in registers for few rows and into an L1 buffer shared by up
+// to 64 rows for more, and matches the emulation bit for bit.
 //
-// Panels (16 output units, quant_panel.hpp's factor tables and runs): FP8 stores each k pair as 32
-// bytes, byte 2·slot + h = code of k = 2j + h; MXFP4 stores two k pairs in 32 bytes, pair 2q in the low
-// nibbles and pair 2q + 1 in the high nibbles of the same bytes.
+// Panels (16 output units, quant_panel.hpp's factor tables and runs) hold the k pairs in groups of two:
+// FP8 in 64 bytes, the code of k = 2j + h for slot s (word w = 2·slot + h of pair j) at byte
+// 16·(w / 8) + 8·(j % 2) + w % 8 of group j / 2 (bf16q_fp8_byte), so that byte unpacks, which work per
+// 128-bit lane, give each pair's 32 words in order; MXFP4 in 32 bytes, byte w = code of pair 2q in the
+// low nibble, of pair 2q + 1 in the high one.
 
 #include <algorithm>
 #include <cmath>
@@ -54,6 +56,9 @@ inline QuantLayout bf16q_layout(quant::Format const& f, std::int64_t K) {
     return L;
 }
 
+// The byte of FP8 word w (2·slot + h) of pair j in a panel.
+constexpr std::int64_t bf16q_fp8_byte(std::int64_t j, int w) { return j / 2 * 64 + 16 * (w / 8) + 8 * (j % 2) + w % 8; }
+
 inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
     std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
     bool const fp8 = L.kind == quant::Kind::fp8;
@@ -65,7 +70,7 @@ inline void pack_bf16q_panel(std::uint8_t* dst, QuantLayout const& L, QuantSlot 
             std::uint8_t const c = m->codes[static_cast<std::size_t>(o * L.K + k)];
             std::int64_t const j = k / 2, h = k % 2;
             if (fp8)
-                dst[j * 32 + 2 * s + h] = c;
+                dst[bf16q_fp8_byte(j, static_cast<int>(2 * s + h))] = c;
             else
                 dst[(j / 2) * 32 + 2 * s + h] |= static_cast<std::uint8_t>(c << ((j % 2) * 4));
         }
@@ -107,13 +112,26 @@ inline constexpr std::size_t bf16q_scratch_bytes(std::int64_t K) {
     return bf16q_x_bytes(K) + bf16q_w_bytes(kBqSub) + 2 * bf16q_sum_bytes(kBqRows);
 }
 
+// Whether this CPU has AVX512-VBMI (vpermt2b: the native kernel's FP8 byte tables), asked once.
+inline bool cpu_has_avx512_vbmi() {
+#if SMOE_BF16_DOT_NATIVE
+    static bool const has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vbmi") != 0;
+    }();
+    return has;
+#else
+    return false;
+#endif
+}
+
 namespace detail {
 
 // The bf16 weight pair of slot s at pair j.
 inline void bf16q_weights(QuantLayout const& L, std::uint8_t const* panel, std::int64_t j, int s, bf16& lo, bf16& hi) {
     if (L.kind == quant::Kind::fp8) {
-        lo.bits = e4m3_bf16_bits(panel[j * 32 + 2 * s]);
-        hi.bits = e4m3_bf16_bits(panel[j * 32 + 2 * s + 1]);
+        lo.bits = e4m3_bf16_bits(panel[bf16q_fp8_byte(j, 2 * s)]);
+        hi.bits = e4m3_bf16_bits(panel[bf16q_fp8_byte(j, 2 * s + 1)]);
     } else {
         int const sh = static_cast<int>(j % 2) * 4;
         lo.bits = e2m1_bf16_bits((panel[(j / 2) * 32 + 2 * s] >> sh) & 15);
@@ -148,74 +166,144 @@ void bf16q_rows_emulated(MatrixView<float const> A, QuantLayout const& L, std::u
 }
 
 #if SMOE_BF16_DOT_NATIVE
+// The native kernel's decoders: MXFP4's nibbles, or FP8 by byte tables (vpermt2b, AVX512-VBMI) or by word
+// tables (vpermt2w, any AVX512-BF16 CPU: Cooper Lake has no VBMI); the same bf16 either way.
+enum class BqDec { mx, fp8_words, fp8_bytes };
+
 // The look-up tables: e4m3 magnitudes 0..127 as bf16 bits (four vectors of 32; 0x7F, NaN, never
-// occurs), E2M1 codes 0..15 (sign included).
+// occurs), the same as their high and low bytes (two vectors of 64 each), E2M1 codes 0..15 (sign included).
 struct BF16QTables {
     alignas(64) std::uint16_t e4m3[128];
+    alignas(64) std::uint8_t e4m3_hi[128];
+    alignas(64) std::uint8_t e4m3_lo[128];
     alignas(64) std::uint16_t e2m1[32];
 };
 inline BF16QTables const& bf16q_tables() {
     static BF16QTables const t = [] {
         BF16QTables r{};
-        for (int c = 0; c < 128; ++c) r.e4m3[c] = e4m3_bf16_bits(static_cast<std::uint8_t>(c == 0x7F ? 0 : c));
+        for (int c = 0; c < 128; ++c) {
+            r.e4m3[c] = e4m3_bf16_bits(static_cast<std::uint8_t>(c == 0x7F ? 0 : c));
+            r.e4m3_hi[c] = static_cast<std::uint8_t>(r.e4m3[c] >> 8);
+            r.e4m3_lo[c] = static_cast<std::uint8_t>(r.e4m3[c] & 0xFF);
+        }
         for (int c = 0; c < 16; ++c) r.e2m1[c] = e2m1_bf16_bits(static_cast<std::uint8_t>(c));
         return r;
     }();
     return t;
 }
 
-// The tables in registers, and one k pair (FP8) or the pair pj of a two-pair group (MXFP4) of one panel
-// decoded to 32 bf16: lanes 2·slot + h, k = 2·pj + h.
+// The tables of one decoder in registers: FP8 words a..d, FP8 bytes a, b (high) and c, d (low), MXFP4 a.
 struct BF16QRegs {
-    __m512i a, b, c, d, f;
+    __m512i a, b, c, d;
 };
-SMOE_TARGET_AVX512_BF16 inline BF16QRegs bf16q_regs() {
+template <BqDec D>
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE BF16QRegs bf16q_regs() {
     BF16QTables const& T = bf16q_tables();
-    return {_mm512_load_si512(T.e4m3), _mm512_load_si512(T.e4m3 + 32), _mm512_load_si512(T.e4m3 + 64), _mm512_load_si512(T.e4m3 + 96),
-            _mm512_load_si512(T.e2m1)};
+    if constexpr (D == BqDec::fp8_words)
+        return {_mm512_load_si512(T.e4m3), _mm512_load_si512(T.e4m3 + 32), _mm512_load_si512(T.e4m3 + 64), _mm512_load_si512(T.e4m3 + 96)};
+    else if constexpr (D == BqDec::fp8_bytes)
+        return {_mm512_load_si512(T.e4m3_hi), _mm512_load_si512(T.e4m3_hi + 64), _mm512_load_si512(T.e4m3_lo), _mm512_load_si512(T.e4m3_lo + 64)};
+    else
+        return {_mm512_load_si512(T.e2m1), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
 }
-template <bool Fp8>
-SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_decode(std::uint8_t const* p, std::int64_t pj, BF16QRegs const& t) {
-    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
-    if constexpr (Fp8) {
-        __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
-        __m512i const lo = _mm512_permutex2var_epi16(t.a, idx, t.b), hi = _mm512_permutex2var_epi16(t.c, idx, t.d);
-        __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
-        __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
-        return _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
+
+// 32 e4m3 codes, one per word, to bf16.
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_e4m3_words(__m512i v, BF16QRegs const& t) {
+    __m512i const idx = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
+    __m512i const lo = _mm512_permutex2var_epi16(t.a, idx, t.b), hi = _mm512_permutex2var_epi16(t.c, idx, t.d);
+    __mmask32 const upper = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40));
+    __m512i const sign = _mm512_and_si512(_mm512_slli_epi16(v, 8), _mm512_set1_epi16(static_cast<short>(0x8000)));
+    return _mm512_or_si512(_mm512_mask_blend_epi16(upper, lo, hi), sign);
+}
+
+// vpermt2b: byte i = (idx_i & 64 ? t1 : t0)[idx_i & 63]; bit 7 is ignored. Written in assembly since the
+// intrinsic would need the avx512vbmi target on every function it is inlined into, which the word-table
+// instances of the same templates must not have; only called where cpu_has_avx512_vbmi().
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_vpermt2b(__m512i t0, __m512i idx, __m512i t1) {
+    __asm__("vpermt2b %2, %1, %0" : "+v"(t0) : "v"(idx), "v"(t1));
+    return t0;
+}
+
+// Both pairs of the group at p decoded to 32 bf16 each (lanes 2·slot + h): lo = pair 2q, hi = pair 2q + 1.
+// FP8 by bytes: the high bytes are the magnitude's table entry or'ed with the code's sign bit, the low
+// bytes another table's; (low, high) byte unpacks interleave them into words, lane by lane, hence the
+// panels' byte order. 5 operations for 64 weights against 2 x 9 by words. Measured as the prefetch above:
+// FP8 olmoe T = 1 19.7 -> 23.3 GB/s, T = 8 16.3 -> 22.4, qwen2moe 20.3 -> 24.9, 19.7 -> 23.7.
+template <BqDec D>
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_decode2(std::uint8_t const* p, BF16QRegs const& t, __m512i& lo, __m512i& hi) {
+    if constexpr (D == BqDec::mx) {
+        // The codes are at most 255, so the high nibble needs no mask.
+        __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+        lo = _mm512_permutex2var_epi16(t.a, _mm512_and_si512(v, _mm512_set1_epi16(15)), t.a);
+        hi = _mm512_permutex2var_epi16(t.a, _mm512_srli_epi16(v, 4), t.a);
+    } else if constexpr (D == BqDec::fp8_words) {
+        __m512i const v = _mm512_loadu_si512(p);
+        lo = bf16q_e4m3_words(_mm512_unpacklo_epi8(v, _mm512_setzero_si512()), t);
+        hi = bf16q_e4m3_words(_mm512_unpackhi_epi8(v, _mm512_setzero_si512()), t);
     } else {
-        __m512i const idx = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>((pj % 2) * 4))), _mm512_set1_epi16(15));
-        return _mm512_permutex2var_epi16(t.f, idx, t.f);
+        __m512i const v = _mm512_loadu_si512(p);
+        __m512i const h = _mm512_ternarylogic_epi32(bf16q_vpermt2b(t.a, v, t.b), v, _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
+        __m512i const l = bf16q_vpermt2b(t.c, v, t.d);
+        lo = _mm512_unpacklo_epi8(l, h);
+        hi = _mm512_unpackhi_epi8(l, h);
     }
 }
+template <BqDec D>
+inline constexpr std::int64_t kBqGroupBytes = D == BqDec::mx ? 32 : 64;
 
-// MXFP4's two pairs of one 32-byte group (pair 2q in the low nibbles, 2q + 1 in the high ones) from
-// one load: the codes are at most 255, so the high nibble needs no mask.
-SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_decode_mx2(std::uint8_t const* p, BF16QRegs const& t, __m512i& lo, __m512i& hi) {
-    __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
-    lo = _mm512_permutex2var_epi16(t.f, _mm512_and_si512(v, _mm512_set1_epi16(15)), t.f);
-    hi = _mm512_permutex2var_epi16(t.f, _mm512_srli_epi16(v, 4), t.f);
+// One group of NP panels (g: panel 0's) against MR rows: pair 2q if A (activations xa, row i at
+// xa + i·ldx), pair 2q + 1 if B (xb_), in that order per row. A run or K may begin or end inside a group:
+// the pair outside takes no activations (beyond K they are another row's or none, and 0 · Inf is NaN).
+template <BqDec D, int MR, int NP, bool A, bool B>
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_group(__m512 (&part)[MR][NP], std::uint16_t const* xa, std::uint16_t const* xb_,
+                                                            std::int64_t ldx, std::uint8_t const* g, std::int64_t pstride, BF16QRegs const& t,
+                                                            bool l1) {
+    __m512i w[NP], w2[NP];
+#pragma GCC unroll 3
+    for (int j = 0; j < NP; ++j) {
+        std::uint8_t const* p = g + j * pstride;
+        if (l1) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
+        bf16q_decode2<D>(p, t, w[j], w2[j]);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+        std::uint32_t x;
+        if constexpr (A) {
+            std::memcpy(&x, xa + i * ldx, sizeof x);
+            __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
+        }
+        if constexpr (B) {
+            std::memcpy(&x, xb_ + i * ldx, sizeof x);
+            __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w2[j]);
+        }
+    }
 }
-
 
 // MR rows x NP panels over the factor blocks [r0, r1) of L.runs; the rows' bf16 activations are xb
 // (row i at xb + i·ldx, k from kbase, an odd K padded with a zero). The block partial sums stay in
 // registers, the running sums in out (MR · NP · 16 floats, accumulated): partial and running sums
 // together (36 at 6 x 3) would not fit the 32 registers beside the look-up tables.
 // While it runs, the pf_bytes at pf (the next tile's panels, or nullptr) are prefetched into L2, a slice
-// per step, as int8_dot.hpp's dot_tile_vnni does, and each load prefetches kPrefetchBqL1 bytes ahead in its
-// panel into L1. With the first tile's panels prefetched while the activations are converted, measured
-// (BM_layer cold, threads:1, GB/s of the faster of 2 alternated runs, load 2.2-2.6, DRAM 34-35 GB/s, Zen 4
-// VM; only the L1 prefetch before): MXFP4 olmoe T = 1 17.0 -> 26.3, T = 8 15.1 -> 20.6, qwen2moe 17.5 ->
-// 26.7, 17.1 -> 25.7; FP8 olmoe 17.3 -> 19.7, 14.5 -> 16.3, qwen2moe 18.0 -> 20.3, 17.4 -> 19.7.
-template <bool Fp8, int MR, int NP>
+// per group, as int8_dot.hpp's dot_tile_vnni does, and each group's loads prefetch kPrefetchBqL1 bytes
+// ahead in their panel into L1. With the first tile's panels prefetched while the activations are
+// converted, measured (BM_layer cold, threads:1, GB/s of the faster of 2 alternated runs, load 2.2-2.6,
+// DRAM 34-35 GB/s, Zen 4 VM; only the L1 prefetch before): MXFP4 olmoe T = 1 17.0 -> 26.3, T = 8 15.1 ->
+// 20.6, qwen2moe 17.5 -> 26.7, 17.1 -> 25.7; FP8 (word tables) olmoe 17.3 -> 19.7, 14.5 -> 16.3, qwen2moe
+// 18.0 -> 20.3, 17.4 -> 19.7.
+template <BqDec D, int MR, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_tile(std::uint16_t const* xb, std::int64_t ldx, std::int64_t kbase,
                                                          std::uint8_t const* b0, QuantLayout const& L, std::size_t r0, std::size_t r1,
                                                          float* out, std::uint8_t const* pf, std::int64_t pf_bytes) {
-    BF16QRegs const t = bf16q_regs();
-    std::int64_t const steps = r0 < r1 ? (L.runs[r1 - 1].k1 - L.runs[r0].k0 + (Fp8 ? 1 : 3)) / (Fp8 ? 2 : 4) : 1;
+    BF16QRegs const t = bf16q_regs<D>();
+    constexpr std::int64_t gb = kBqGroupBytes<D>;
+    std::int64_t const steps = r0 < r1 ? (L.runs[r1 - 1].k1 - L.runs[r0].k0 + 3) / 4 : 1;
     std::int64_t const pf_step = pf ? (pf_bytes / std::max<std::int64_t>(steps, 1) + 64) / 64 * 64 : 0;
     std::int64_t pf_o = 0;
+    std::int64_t const ps = L.pstride;
     for (std::size_t r = r0; r < r1; ++r) {
         QuantRun const& run = L.runs[r];
         __m512 part[MR][NP];
@@ -223,47 +311,29 @@ template <bool Fp8, int MR, int NP>
         for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
             for (int j = 0; j < NP; ++j) part[i][j] = _mm512_setzero_ps();
-        // FP8: one pair per step; MXFP4: the two pairs of a 32-byte group (its blocks are 32 k, so a
-        // run never splits a group). A prefetch per 64-byte line.
-        for (std::int64_t k = run.k0; k < run.k1; k += Fp8 ? 2 : 4) {
-            std::int64_t const pj = k / 2;
-            __m512i w[NP], w2[NP];
-#pragma GCC unroll 3
-            for (int j = 0; j < NP; ++j) {
-                std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-                if (Fp8 ? pj % 2 == 0 : pj % 4 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
-                if constexpr (Fp8)
-                    w[j] = bf16q_decode<true>(p, pj, t);
-                else
-                    bf16q_decode_mx2(p, t, w[j], w2[j]);
-            }
+        // Pairs [j, je) by groups; FP8 blocks of 2 (mod 4) columns begin or end inside one. A prefetch per
+        // 64-byte line.
+        std::int64_t j = run.k0 / 2, je = (run.k1 + 1) / 2;
+        auto const x = [&](std::int64_t jj) { return xb + (2 * jj - kbase); };  // pair jj's activations
+        if (j % 2) {
+            bf16q_group<D, MR, NP, false, true>(part, nullptr, x(j), ldx, b0 + j / 2 * gb, ps, t, true);
+            ++j;
+        }
+        for (; j + 1 < je; j += 2) {
+            bf16q_group<D, MR, NP, true, true>(part, x(j), x(j + 1), ldx, b0 + j / 2 * gb, ps, t, gb == 64 || j % 4 == 0);
             for (std::int64_t e = std::min(pf_bytes, pf_o + pf_step); pf_o < e; pf_o += 64)
                 _mm_prefetch(reinterpret_cast<char const*>(pf + pf_o), _MM_HINT_T1);
-#pragma GCC unroll 6
-            for (int i = 0; i < MR; ++i) {
-                std::uint32_t x;
-                std::memcpy(&x, xb + i * ldx + (k - kbase), sizeof x);
-                __m512bh const xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
-#pragma GCC unroll 3
-                for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, (__m512bh)w[j]);
-                if constexpr (!Fp8) {
-                    std::memcpy(&x, xb + i * ldx + (k + 2 - kbase), sizeof x);
-                    __m512bh const xv2 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x));
-#pragma GCC unroll 3
-                    for (int j = 0; j < NP; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv2, (__m512bh)w2[j]);
-                }
-            }
         }
-        for (int j = 0; j < NP; ++j) {
-            __m512 const s = _mm512_loadu_ps(b0 + j * L.pstride + L.scale_off + run.table * kPanelCols * 4);
+        if (j < je) bf16q_group<D, MR, NP, true, false>(part, x(j), nullptr, ldx, b0 + j / 2 * gb, ps, t, true);
+        for (int jp = 0; jp < NP; ++jp) {
+            __m512 const s = _mm512_loadu_ps(b0 + jp * ps + L.scale_off + run.table * kPanelCols * 4);
             for (int i = 0; i < MR; ++i) {
-                float* const o = out + (i * NP + j) * kPanelCols;
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(part[i][j], s, _mm512_loadu_ps(o)));
+                float* const o = out + (i * NP + jp) * kPanelCols;
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(part[i][jp], s, _mm512_loadu_ps(o)));
             }
         }
     }
 }
-
 
 // Rows [m, m + MR), panels [p0, p1), three at a time and the rest one by one; the activations in xb
 // (xcap bf16, 64-byte aligned). Precondition: every factor block of L fits a row's share of xb
@@ -274,7 +344,7 @@ inline bool bf16q_fits(QuantLayout const& L, std::int64_t xcap, int MR) {
         if ((run.k1 - run.k0 + 1) / 2 * 2 > cap) return false;
     return true;
 }
-template <bool Fp8, int MR, class Epi>
+template <BqDec D, int MR, class Epi>
 void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
                      std::int64_t p1, Epi& epi, std::uint16_t* xb, std::int64_t xcap) {
     alignas(64) float out[MR * 3 * kPanelCols];
@@ -304,9 +374,9 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
         std::fill(out, out + MR * np * kPanelCols, 0.0f);
         auto const tile = [&](std::int64_t ldx, std::int64_t kbase, std::size_t r0, std::size_t r1, std::uint8_t const* pf, std::int64_t pf_bytes) {
             if (np == 3)
-                bf16q_tile<Fp8, MR, 3>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out, pf, pf_bytes);
+                bf16q_tile<D, MR, 3>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out, pf, pf_bytes);
             else
-                bf16q_tile<Fp8, MR, 1>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out, pf, pf_bytes);
+                bf16q_tile<D, MR, 1>(xb, ldx, kbase, panels + p * L.pstride, L, r0, r1, out, pf, pf_bytes);
         };
         if (whole) {
             // The next panel group into L2 while this one runs.
@@ -333,27 +403,23 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
 // (acc) live in memory between sub-blocks: same operations, same order.
 
 // Pairs [j0, j0 + n) of NP panels decoded into w: pair j2 of panel j at w + (j2 · NP + j) · 32.
-template <bool Fp8, int NP>
+template <BqDec D, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_decode_sub(std::uint8_t const* b0, QuantLayout const& L, std::int64_t j0,
                                                                std::int64_t n, std::uint16_t* w) {
-    BF16QRegs const t = bf16q_regs();
-    for (std::int64_t j2 = 0; j2 < n;) {
-        std::int64_t const pj = j0 + j2;
-        bool const two = !Fp8 && pj % 2 == 0 && j2 + 1 < n;  // MXFP4: both pairs of a group from one load
+    BF16QRegs const t = bf16q_regs<D>();
+    constexpr std::int64_t gb = kBqGroupBytes<D>;
+    for (std::int64_t pj = j0; pj < j0 + n; pj = pj / 2 * 2 + 2) {
+        bool const a = pj % 2 == 0, b = pj / 2 * 2 + 1 < j0 + n;  // the group's pairs in [j0, j0 + n)
+        std::int64_t const j2 = pj / 2 * 2 - j0;                  // pair 2q's place (-1: before j0)
 #pragma GCC unroll 3
         for (int j = 0; j < NP; ++j) {
-            std::uint8_t const* p = b0 + j * L.pstride + (Fp8 ? pj * 32 : (pj / 2) * 32);
-            if (Fp8 ? pj % 2 == 0 : pj % 4 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + 1024, _MM_HINT_T0);
-            if (two) {
-                __m512i lo, hi;
-                bf16q_decode_mx2(p, t, lo, hi);
-                _mm512_store_si512(w + (j2 * NP + j) * 32, lo);
-                _mm512_store_si512(w + ((j2 + 1) * NP + j) * 32, hi);
-            } else {
-                _mm512_store_si512(w + (j2 * NP + j) * 32, bf16q_decode<Fp8>(p, pj, t));
-            }
+            std::uint8_t const* p = b0 + j * L.pstride + pj / 2 * gb;
+            if (gb == 64 || pj % 4 < 2) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
+            __m512i lo, hi;
+            bf16q_decode2<D>(p, t, lo, hi);
+            if (a) _mm512_store_si512(w + (j2 * NP + j) * 32, lo);
+            if (b) _mm512_store_si512(w + ((j2 + 1) * NP + j) * 32, hi);
         }
-        j2 += two ? 2 : 1;
     }
 }
 
@@ -432,7 +498,7 @@ struct BqBuffers {
 };
 
 // Rows [m0, m0 + rows), rows <= buf.rows, x panels [p0, p1): three panels at a time, the rest one by one.
-template <bool Fp8, class Epi>
+template <BqDec D, class Epi>
 void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, QuantLayout const& L, std::uint8_t const* panels,
                  std::int64_t p0, std::int64_t p1, Epi& epi, BqBuffers const& buf) {
     std::uint16_t* const xb = buf.xb;
@@ -461,9 +527,9 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
             for (std::int64_t k = k0; k < k1;) {
                 std::int64_t const e = std::min(k1, k + 2 * buf.sub);
                 if (np == 3)
-                    bf16q_decode_sub<Fp8, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
+                    bf16q_decode_sub<D, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
                 else
-                    bf16q_decode_sub<Fp8, 1>(b0, L, k / 2, (e - k + 1) / 2, w);
+                    bf16q_decode_sub<D, 1>(b0, L, k / 2, (e - k + 1) / 2, w);
                 std::int64_t m = 0;
                 auto const dots = [&]<int R>() {
                     if (np == 3)
@@ -484,7 +550,7 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
     }
 }
 
-template <bool Fp8, class Epi>
+template <BqDec D, class Epi>
 void bf16q_run(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi,
                BqBuffers const& buf) {
     std::int64_t const M = A.rows;
@@ -492,9 +558,9 @@ void bf16q_run(MatrixView<float const> A, QuantLayout const& L, std::uint8_t con
     // (FP8 per channel with a long K): the chunk walks k in spans whatever the blocks.
     if (M < kBqDecodeRows && bf16q_fits(L, buf.xcap, M >= 4 ? 4 : M >= 2 ? 2 : 1)) {
         std::int64_t m = 0;
-        if (M - m >= 4) bf16q_tile_rows<Fp8, 4>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 4;
-        if (M - m >= 2) bf16q_tile_rows<Fp8, 2>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 2;
-        if (M - m >= 1) bf16q_tile_rows<Fp8, 1>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap);
+        if (M - m >= 4) bf16q_tile_rows<D, 4>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 4;
+        if (M - m >= 2) bf16q_tile_rows<D, 2>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap), m += 2;
+        if (M - m >= 1) bf16q_tile_rows<D, 1>(A, m, L, panels, p0, p1, epi, buf.xb, buf.xcap);
         return;
     }
     // Chunks of up to buf.rows rows, fewer where that lets the rows hold all of K in the buffer (at least 8),
@@ -502,51 +568,59 @@ void bf16q_run(MatrixView<float const> A, QuantLayout const& L, std::uint8_t con
     // their chunk most (olmoe MXFP4, M = 70: 35 + 35 rows, 68.8 % of the vdpbf16ps peak; 40 + 30: 71.3 %).
     std::int64_t const fit = std::clamp<std::int64_t>(buf.xcap / ((L.K + 1) / 2 * 2), kBqDecodeRows, buf.rows);
     std::int64_t const chunks = (M + fit - 1) / fit, rows = std::min(fit, ((M + chunks - 1) / chunks + 7) / 8 * 8);
-    for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<Fp8>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi, buf);
+    for (std::int64_t m = 0; m < M; m += rows) bf16q_chunk<D>(A, m, std::min(rows, M - m), L, panels, p0, p1, epi, buf);
 }
 
 // Without the caller's scratch: the buffers on this frame, the activations' one small.
-template <bool Fp8, class Epi>
+template <BqDec D, class Epi>
 [[gnu::noinline]] void bf16q_run_on_stack(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0,
                                           std::int64_t p1, Epi& epi) {
     alignas(64) std::uint16_t xb[kBqStackXBytes / 2];
     alignas(64) std::uint16_t w[bf16q_w_bytes(kBqStackSub) / 2];
     alignas(64) float part[bf16q_sum_bytes(kBqStackRows) / 4], acc[bf16q_sum_bytes(kBqStackRows) / 4];
-    bf16q_run<Fp8>(A, L, panels, p0, p1, epi, BqBuffers{xb, kBqStackXBytes / 2, w, kBqStackSub, part, acc, kBqStackRows});
+    bf16q_run<D>(A, L, panels, p0, p1, epi, BqBuffers{xb, kBqStackXBytes / 2, w, kBqStackSub, part, acc, kBqStackRows});
 }
 
-template <bool Fp8, class Epi>
+template <BqDec D, class Epi>
 void bf16q_native(MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels, std::int64_t p0, std::int64_t p1, Epi& epi,
                   std::span<std::byte> scratch) {
     if (scratch.size() < bf16q_scratch_bytes(L.K) || reinterpret_cast<std::uintptr_t>(scratch.data()) % 64 != 0)
-        return bf16q_run_on_stack<Fp8>(A, L, panels, p0, p1, epi);
+        return bf16q_run_on_stack<D>(A, L, panels, p0, p1, epi);
     // The sums and weights first, the activations take the rest (a scratch sized for a wider matrix than L).
     std::byte* const s = scratch.data();
     std::size_t const wb = bf16q_w_bytes(kBqSub), sb = bf16q_sum_bytes(kBqRows), xb = (scratch.size() - wb - 2 * sb) / 64 * 64;
     BqBuffers const buf{reinterpret_cast<std::uint16_t*>(s + wb + 2 * sb), static_cast<std::int64_t>(xb / 2), reinterpret_cast<std::uint16_t*>(s),
                         kBqSub, reinterpret_cast<float*>(s + wb), reinterpret_cast<float*>(s + wb + sb), kBqRows};
-    bf16q_run<Fp8>(A, L, panels, p0, p1, epi, buf);
+    bf16q_run<D>(A, L, panels, p0, p1, epi, buf);
 }
 #endif
 
 }  // namespace detail
+
+// How the native kernel decodes FP8: by byte tables where the CPU has AVX512-VBMI, else by word tables;
+// words always by word tables (tests run that fallback on CPUs with VBMI). The same bits either way.
+enum class Fp8Decode { bytes_if_vbmi, words };
 
 // Rows [0, A.rows) x panels [p0, p1) of an FP8 or MXFP4 matrix packed by pack_bf16q_panel; A's first
 // L.K columns are the input. Native needs cpu_has_avx512_bf16(); scratch (at least bf16q_scratch_bytes(L.K),
 // 64-byte aligned, one per concurrent caller) holds its buffers, else they go on the stack (see kBqMaxXBytes).
 template <class Epi>
 void gemm_bf16_dot_quant(Bf16DotKernel kernel, MatrixView<float const> A, QuantLayout const& L, std::uint8_t const* panels,
-                         std::int64_t p0, std::int64_t p1, Epi& epi, std::span<std::byte> scratch = {}) {
+                         std::int64_t p0, std::int64_t p1, Epi& epi, std::span<std::byte> scratch = {},
+                         Fp8Decode decode = Fp8Decode::bytes_if_vbmi) {
     if (A.rows == 0 || p0 >= p1) return;
     MatrixView<float const> const X(A.data, A.rows, L.K, A.ld);
 #if SMOE_BF16_DOT_NATIVE
     if (kernel == Bf16DotKernel::native) {
-        if (L.kind == quant::Kind::fp8) return detail::bf16q_native<true>(X, L, panels, p0, p1, epi, scratch);
-        return detail::bf16q_native<false>(X, L, panels, p0, p1, epi, scratch);
+        if (L.kind != quant::Kind::fp8) return detail::bf16q_native<detail::BqDec::mx>(X, L, panels, p0, p1, epi, scratch);
+        if (decode == Fp8Decode::bytes_if_vbmi && cpu_has_avx512_vbmi())
+            return detail::bf16q_native<detail::BqDec::fp8_bytes>(X, L, panels, p0, p1, epi, scratch);
+        return detail::bf16q_native<detail::BqDec::fp8_words>(X, L, panels, p0, p1, epi, scratch);
     }
 #else
     (void)kernel;
     (void)scratch;
+    (void)decode;
 #endif
     for (std::int64_t p = p0; p < p1; ++p) detail::bf16q_rows_emulated(X, L, panels + p * L.pstride, p, epi);
 }
