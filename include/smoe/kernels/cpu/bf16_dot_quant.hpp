@@ -171,7 +171,8 @@ void bf16q_rows_emulated(MatrixView<float const> A, QuantLayout const& L, std::u
 enum class BqDec { mx, fp8_words, fp8_bytes };
 
 // The look-up tables: e4m3 magnitudes 0..127 as bf16 bits (four vectors of 32; 0x7F, NaN, never
-// occurs), the same as their high and low bytes (two vectors of 64 each), E2M1 codes 0..15 (sign included).
+// occurs), the same as their high and low bytes (two vectors of 64 each), E2M1 codes 0..15 (sign
+// included), twice.
 struct BF16QTables {
     alignas(64) std::uint16_t e4m3[128];
     alignas(64) std::uint8_t e4m3_hi[128];
@@ -186,7 +187,7 @@ inline BF16QTables const& bf16q_tables() {
             r.e4m3_hi[c] = static_cast<std::uint8_t>(r.e4m3[c] >> 8);
             r.e4m3_lo[c] = static_cast<std::uint8_t>(r.e4m3[c] & 0xFF);
         }
-        for (int c = 0; c < 16; ++c) r.e2m1[c] = e2m1_bf16_bits(static_cast<std::uint8_t>(c));
+        for (int c = 0; c < 32; ++c) r.e2m1[c] = e2m1_bf16_bits(static_cast<std::uint8_t>(c & 15));
         return r;
     }();
     return t;
@@ -232,10 +233,15 @@ SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE __m512i bf16q_vpermt2b(__m512i t0, __
 template <BqDec D>
 SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE void bf16q_decode2(std::uint8_t const* p, BF16QRegs const& t, __m512i& lo, __m512i& hi) {
     if constexpr (D == BqDec::mx) {
-        // The codes are at most 255, so the high nibble needs no mask.
+        // vpermw reads index bits 0-4 and the table holds the 16 codes twice, so neither nibble needs a
+        // mask: bit 4 of the low one's index is the high nibble's, and the codes are at most 255. One
+        // operation fewer per 64 weights (vpermt2w after a mask before): measured (BM_layer cold, threads:1,
+        // faster of 2 alternated runs, load 2.4-3.9, DRAM 33-35 GB/s) olmoe T = 1 26.0 -> 28.0 GB/s, T = 8
+        // 20.1 -> 21.8, qwen2moe 25.9 -> 28.6, 25.1 -> 27.3; the same weights hot ran 27 GB/s before:
+        // MXFP4 decode tiles are bound by their operations, not by the DRAM stream.
         __m512i const v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
-        lo = _mm512_permutex2var_epi16(t.a, _mm512_and_si512(v, _mm512_set1_epi16(15)), t.a);
-        hi = _mm512_permutex2var_epi16(t.a, _mm512_srli_epi16(v, 4), t.a);
+        lo = _mm512_permutexvar_epi16(v, t.a);
+        hi = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t.a);
     } else if constexpr (D == BqDec::fp8_words) {
         __m512i const v = _mm512_loadu_si512(p);
         lo = bf16q_e4m3_words(_mm512_unpacklo_epi8(v, _mm512_setzero_si512()), t);
