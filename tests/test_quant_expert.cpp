@@ -705,9 +705,10 @@ TEST_CASE("the bf16 dot path's FP8 decoders, byte tables and word tables, give t
         void store(std::int64_t i, std::int64_t p, float const* v) const { std::copy(v, v + 16, y->begin() + (i * P + p) * 16); }
     };
     // Odd K, blocks of 3 and 5 pairs, a lone last pair; M from the register tiles to the chunks.
-    for (auto const& [fmt, R, K] : std::vector<std::tuple<Format, std::int64_t, std::int64_t>>{
+    for (auto const& [fmt, R, Kb] : std::vector<std::tuple<Format, std::int64_t, std::int64_t>>{
              {Format::fp8_block(8, 6), 40, 46}, {Format::fp8_block(16, 10), 56, 50}, {Format::fp8_tensor(), 48, 41},
              {Format::fp8_block(128, 128), 64, 200}}) {
+        std::int64_t const K = Kb;  // clang 14 does not capture structured bindings in lambdas
         Matrix const m = random_matrix(rng, fmt, R, K);
         cpu::QuantLayout const L = cpu::bf16q_layout(fmt, K);
         std::int64_t const P = (R + 15) / 16;
