@@ -942,11 +942,12 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
     CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(64); })(), Contains(name + ": size' = 64"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[20] ^= std::byte{1}; })(), Contains(name + ": header checksum'"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[0] = std::byte{'X'}; })(), Contains(name + ": magic'"));
-    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 4); })(), Contains(name + ": version' = 4: expected 3 (the format"));
-    // Versions 1 and 2 predate the expert ids (and 1 the ternary fields of FormatEntry): refused, naming both.
-    for (std::uint32_t v : {1u, 2u})
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 5); })(), Contains(name + ": version' = 5: expected 4 (the format"));
+    // Versions 1 to 3 predate the FP8 panels' pair groups (and 1-2 the expert ids, 1 the ternary fields of
+    // FormatEntry): refused, naming both.
+    for (std::uint32_t v : {1u, 2u, 3u})
         CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, v); })(),
-                          Contains(name + ": version' = " + std::to_string(v) + ": expected 3 (the format this smoe reads: an older smoe-pack wrote it"));
+                          Contains(name + ": version' = " + std::to_string(v) + ": expected 4 (the format this smoe reads: an older smoe-pack wrote it"));
     CHECK_THROWS_WITH(open_bad([&](auto& b) { b[table + 200] ^= std::byte{4}; })(), Contains(name + ": table checksum'"));
     // A payload byte of expert 5: the table still opens; the record fails its checksum when read.
     auto const r5 = file->record(L, 5);

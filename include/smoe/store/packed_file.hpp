@@ -4,10 +4,12 @@
 // expert::QuantSwiGLU), so loading is mmap + validation and never packs. Written once, one expert at
 // a time (PackedWriter: peak memory about one expert), by `smoe-pack` or store::pack_experts.
 //
-// Layout, version 3, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
+// Layout, version 4, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
 // ternary scale and packing fields (format::Ternary records); version 3 records which of the model's
 // experts each record is (ExpertEntry::expert, LayerEntry::model_experts), so a rank's file of its own
-// experts is recognised by their ids, not by its count. Versions 1 and 2 were written only before any
+// experts is recognised by their ids, not by its count; version 4 records FP8 experts' bf16 dot panels
+// with their k pairs in 64-byte groups of two (bf16_dot_quant.hpp's byte order for vpermt2b: a version
+// 3 file's FP8 panels would read as other weights). Versions 1 to 3 were written only before any
 // release (by smoe's own tests and demos): this reader refuses them, naming both versions (repack).
 //
 //   [0, 128)               FileHeader: magic "SMOEPACK", version, file size, where the table is,
@@ -106,7 +108,7 @@ inline std::uint64_t xxh64(std::span<std::byte const> data, std::uint64_t seed =
     return h;
 }
 
-inline constexpr std::uint32_t kPackedVersion = 3;
+inline constexpr std::uint32_t kPackedVersion = 4;
 inline constexpr char kPackedMagic[8] = {'S', 'M', 'O', 'E', 'P', 'A', 'C', 'K'};
 inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // huge-page aligned
 inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
@@ -354,7 +356,8 @@ private:
         if (h.version != kPackedVersion)
             fail("version", h.version,
                  std::to_string(kPackedVersion) + " (the format this smoe reads" +
-                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the experts' ids (v3) and ternary fields (v2)" : "") +
+                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the FP8 panels' pair groups (v4), the experts' ids (v3) and "
+                                                      "ternary fields (v2)" : "") +
                      "; repack the model with this smoe-pack)");
         FileHeader z = h;
         z.header_checksum = 0;
