@@ -295,6 +295,10 @@ struct Limits {
     Peak const& of(Format f) const { return peak[int(f)]; }
 };
 
+// A th-thread peak under kPeakScaleFloor x th x one thread's is taken for a probe that shared its cores:
+// measured again (widest_peak), and named in a warning if still under (limits).
+inline constexpr double kPeakScaleFloor = 0.8;
+
 // The widest instruction the CPU has among Ops, measured for 1 and 2 threads; `fallback` when none.
 template <class... Ops>
 Peak widest_peak(Peak const* fallback) {
@@ -306,7 +310,8 @@ Peak widest_peak(Peak const* fallback) {
         // mixtral's 2-thread peaks read the 1-thread figures, so three of its 2-thread records read
         // fractions above 1): measured again, up to 4 rounds, and the best kept.
         for (int th = 1; th <= kMaxThreads; ++th)
-            for (int round = 0; round < 4 && (th == 1 ? round == 0 : p.gops[th] < 0.8 * th * p.gops[1]); ++round)
+            for (int round = 0; round < 4 && (th == 1 ? round == 0 : p.gops[th] < kPeakScaleFloor * th * p.gops[1]);
+                 ++round)
                 p.gops[th] = std::max(p.gops[th], best_rate(th, 7, p.ops_per_burst, [&] { return p.burst_seconds(th); }) * 1e-9);
     };
     (try_op(Ops{}), ...);
@@ -337,10 +342,10 @@ inline Limits const& limits() {
                              "busy machine?); fractions against it are infinite\n", th);
         for (int f = 0; f < 3; ++f)
             for (int th = 2; th <= kMaxThreads; ++th)
-                if (r.peak[f].gops[th] < 0.8 * th * r.peak[f].gops[1])
-                    std::fprintf(stderr, "smoe_bench limits: WARNING: %s peak on %d threads %.1f, under 0.8 x %d x one thread's (a "
+                if (r.peak[f].gops[th] < kPeakScaleFloor * th * r.peak[f].gops[1])
+                    std::fprintf(stderr, "smoe_bench limits: WARNING: %s peak on %d threads %.1f, under %.1f x %d x one thread's (a "
                                  "busy machine?): compute fractions of %d-thread records are overstated\n",
-                                 kFormatNames[f], th, r.peak[f].gops[th], th, th);
+                                 kFormatNames[f], th, r.peak[f].gops[th], kPeakScaleFloor, th, th);
         return r;
     }();
     return l;
