@@ -28,6 +28,7 @@
 #include "smoe/kernels/cpu/bf16_dot.hpp"
 #include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/prefetch_spread.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/macros.hpp"
 #include "smoe/quant/element.hpp"
@@ -307,8 +308,7 @@ template <BqDec D, int MR, int NP>
     BF16QRegs const t = bf16q_regs<D>();
     constexpr std::int64_t gb = kBqGroupBytes<D>;
     std::int64_t const steps = r0 < r1 ? (L.runs[r1 - 1].k1 - L.runs[r0].k0 + 3) / 4 : 1;
-    std::int64_t const pf_step = pf ? (pf_bytes / std::max<std::int64_t>(steps, 1) + 64) / 64 * 64 : 0;
-    std::int64_t pf_o = 0;
+    PrefetchSpread next(pf, pf_bytes, steps);
     std::int64_t const ps = L.pstride;
     for (std::size_t r = r0; r < r1; ++r) {
         QuantRun const& run = L.runs[r];
@@ -327,8 +327,7 @@ template <BqDec D, int MR, int NP>
         }
         for (; j + 1 < je; j += 2) {
             bf16q_group<D, MR, NP, true, true>(part, x(j), x(j + 1), ldx, b0 + j / 2 * gb, ps, t, gb == 64 || j % 4 == 0);
-            for (std::int64_t e = std::min(pf_bytes, pf_o + pf_step); pf_o < e; pf_o += 64)
-                _mm_prefetch(reinterpret_cast<char const*>(pf + pf_o), _MM_HINT_T1);
+            next.advance();
         }
         if (j < je) bf16q_group<D, MR, NP, true, false>(part, x(j), nullptr, ldx, b0 + j / 2 * gb, ps, t, true);
         for (int jp = 0; jp < NP; ++jp) {
@@ -366,12 +365,10 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
         // The first tile's panels have no tile before them to prefetch them: the conversion, which reads
         // no weights, does, a slice per 256 activations.
         std::int64_t const ldx = (L.K + 1) / 2 * 2, first = width(p0) * L.pstride;
-        std::int64_t const slices = MR * ((L.K + 255) / 256), step = (first / std::max<std::int64_t>(slices, 1) + 64) / 64 * 64;
-        std::uint8_t const* const f = panels + p0 * L.pstride;
-        std::int64_t o = 0;
+        PrefetchSpread pf(panels + p0 * L.pstride, first, MR * ((L.K + 255) / 256));
         for (int i = 0; i < MR; ++i)
             for (std::int64_t k0 = 0; k0 < L.K; k0 += 256) {
-                for (std::int64_t e = std::min(first, o + step); o < e; o += 64) _mm_prefetch(reinterpret_cast<char const*>(f + o), _MM_HINT_T1);
+                pf.advance();
                 Bf16DotNative::convert(A.row(m + i) + k0, std::min<std::int64_t>(256, L.K - k0), xb + i * ldx + k0);
             }
     }

@@ -32,6 +32,7 @@
 
 #include "smoe/core/view.hpp"
 #include "smoe/kernels/cpu/pack.hpp"
+#include "smoe/kernels/cpu/prefetch_spread.hpp"
 #include "smoe/kernels/cpu/quant_panel.hpp"
 #include "smoe/kernels/cpu/tile_store.hpp"
 #include "smoe/macros.hpp"
@@ -326,7 +327,8 @@ template <int Bits, int MR, int NP, bool Self = false>
     // 26.3 GB/s, 27.6 vs 30 with this prefetch; loads alone, no dot: 18 vs 21), 8 panels a tile (26.7),
     // 2 (25.7), the L2 prefetch two tiles ahead (29.4 vs 30), prefetchnta for it (14-16).
     constexpr int kVecs = Bits, kPieces = 8 / Bits;
-    std::int64_t const pf_step = (pf_bytes / L.blocks + 63) / 64 * 64, pf_vec = (pf_step / kVecs + 63) / 64 * 64;
+    PrefetchSpread const next(pf, pf_bytes, L.blocks);
+    std::int64_t const pf_vec = PrefetchSpread::slice_bytes(next.step, kVecs);
     __m512 acc[MR][NP];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -361,7 +363,7 @@ template <int Bits, int MR, int NP, bool Self = false>
         }
         // This block's share of the prefetch, a slice per 4-k vector between the loads (all at the top of
         // the block measured ~1 % slower: a burst of prefetches waits for miss buffers the loads need).
-        std::int64_t const pf_lo = b * pf_step, pf_hi = pf ? std::min(pf_bytes, pf_lo + pf_step) : 0;
+        PrefetchSpread block = next.slice(b, pf_vec);
         // Piece c of vector v: k = 4 (v · kPieces + c) + 0..3, against activation dword v · kPieces + c.
 #pragma GCC unroll 8
         for (int v = 0; v < kVecs; ++v) {
@@ -372,8 +374,7 @@ template <int Bits, int MR, int NP, bool Self = false>
                 x[j] = _mm512_loadu_si512(at);
                 _mm_prefetch(reinterpret_cast<char const*>(at) + kPrefetchDotL1, _MM_HINT_T0);
             }
-            for (std::int64_t o = pf_lo + v * pf_vec, e = std::min(pf_hi, o + pf_vec); o < e; o += 64)
-                _mm_prefetch(reinterpret_cast<char const*>(pf + o), _MM_HINT_T1);
+            block.advance();
 #pragma GCC unroll 4
             for (int c = 0; c < kPieces; ++c) {
                 __m512i u[NP];
@@ -552,15 +553,13 @@ void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLa
     // Measured (olmoe int4 g128, T = 1, one thread, cold, items as 2 threads cut them): 1.13 -> 1.10 ms
     // a layer with the tiles' spread prefetch; prefetched all at once before the quantisation: 1.14.
     std::int64_t const first = native ? (M <= 2 && p1 - p0 >= 4 ? 4 : std::min<std::int64_t>(2, p1 - p0)) * L.pstride : 0;
-    std::int64_t const first_step = (first / (std::min(chunk, M) * L.blocks) + 63) / 64 * 64;
+    PrefetchSpread first_pf(panels + p0 * L.pstride, first, std::min(chunk, M) * L.blocks);
     for (std::int64_t c0 = 0; c0 < M; c0 += chunk) {
         std::int64_t const cr = std::min(chunk, M - c0);
         auto* const dq = reinterpret_cast<float*>(qbuf + cr * qstride);
         for (std::int64_t i = 0; i < cr; ++i)
             for (std::int64_t b = 0; b < L.blocks; ++b) {
-                if (c0 == 0)
-                    for (std::int64_t o = (i * L.blocks + b) * first_step, e = std::min(first, o + first_step); o < e; o += 64)
-                        _mm_prefetch(reinterpret_cast<char const*>(panels + p0 * L.pstride + o), _MM_HINT_T1);
+                if (c0 == 0) first_pf.advance();
                 Q8 q[1];
                 std::int64_t const n = std::min(kQ8Block, L.K - b * kQ8Block);
                 if (native)
