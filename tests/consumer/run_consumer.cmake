@@ -18,7 +18,9 @@ function(run step)
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 
-set(configure_args -G "${GENERATOR}" -D CMAKE_BUILD_TYPE=Release -D "CMAKE_CXX_COMPILER=${CXX_COMPILER}")
+# No build type (no -O): the test is about packaging (targets, include paths, the exported dispatch
+# function), and unoptimised units build in half the time (each project ~27 s of CPU instead of ~55).
+set(configure_args -G "${GENERATOR}" -D CMAKE_BUILD_TYPE= -D "CMAKE_CXX_COMPILER=${CXX_COMPILER}")
 if(MAKE_PROGRAM)
   list(APPEND configure_args -D "CMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
 endif()
