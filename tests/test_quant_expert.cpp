@@ -168,8 +168,24 @@ bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
 }
 
 // formats.md §6.1's oracle: fp64 on W_deq; the per-token error max |y - r| / max |r|.
+// An expert's dequantised values, row-major, computed once: the oracles below read each weight once per
+// row of x, and Matrix::deq per read made them most of the ASan run's time.
+struct DeqExpert {
+    std::int64_t f, d;
+    std::vector<double> gate, up, down;  // f x d, f x d, d x f
+    explicit DeqExpert(QuantExpertWeights const& w)
+        : f(w.gate.rows), d(w.gate.cols), gate(all(w.gate)), up(all(w.up)), down(all(w.down)) {}
+    static std::vector<double> all(Matrix const& m) {
+        std::vector<double> v(static_cast<std::size_t>(m.rows * m.cols));
+        for (std::int64_t o = 0; o < m.rows; ++o)
+            for (std::int64_t i = 0; i < m.cols; ++i) v[std::size_t(o * m.cols + i)] = double(m.deq(o, i));
+        return v;
+    }
+};
+
 double oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
-    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    DeqExpert const W(w);
+    std::int64_t const f = W.f, d = W.d;
     double worst = 0.0;
     for (std::int64_t r = 0; r < M; ++r) {
         double const rw = 0.25 + 0.125 * double(r % 5);
@@ -177,15 +193,15 @@ double oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, st
         for (std::int64_t j = 0; j < f; ++j) {
             double g = 0, u = 0;
             for (std::int64_t i = 0; i < d; ++i) {
-                g += double(w.gate.deq(j, i)) * x[std::size_t(r * d + i)];
-                u += double(w.up.deq(j, i)) * x[std::size_t(r * d + i)];
+                g += W.gate[std::size_t(j * d + i)] * x[std::size_t(r * d + i)];
+                u += W.up[std::size_t(j * d + i)] * x[std::size_t(r * d + i)];
             }
             h[std::size_t(j)] = g / (1.0 + std::exp(-g)) * u;
         }
         double err = 0, ref = 0;
         for (std::int64_t o = 0; o < d; ++o) {
             double acc = 0;
-            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * h[std::size_t(j)];
+            for (std::int64_t j = 0; j < f; ++j) acc += W.down[std::size_t(o * f + j)] * h[std::size_t(j)];
             acc *= rw;
             err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
             ref = std::max(ref, std::fabs(acc));
@@ -405,7 +421,8 @@ std::vector<std::int64_t> group_order(Matrix const& m) {  // act order: columns 
 // §6.2 bound (c): an expert against fp64 with the same quantisation of x and h; returns the worst
 // per-token error, and the worst against the exact oracle (bound (d)) in `exact`.
 double int8_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M, double& exact) {
-    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    DeqExpert const W(w);
+    std::int64_t const f = W.f, d = W.d;
     double worst = 0;
     for (std::int64_t r = 0; r < M; ++r) {
         double const rw = 0.25 + 0.125 * double(r % 5);
@@ -414,14 +431,15 @@ double int8_oracle_error(QuantExpertWeights const& w, std::vector<float> const& 
         std::vector<float> h(static_cast<std::size_t>(f));
         for (std::int64_t j = 0; j < f; ++j) {
             double g = 0, u = 0;
-            for (std::int64_t i = 0; i < d; ++i) g += double(w.gate.deq(j, i)) * xq[std::size_t(i)], u += double(w.up.deq(j, i)) * xq[std::size_t(i)];
+            for (std::int64_t i = 0; i < d; ++i)
+                g += W.gate[std::size_t(j * d + i)] * xq[std::size_t(i)], u += W.up[std::size_t(j * d + i)] * xq[std::size_t(i)];
             h[std::size_t(j)] = float(g / (1.0 + std::exp(-g)) * u);
         }
         auto const hq = q8_dequant(h, group_order(w.down));
         double err = 0, ref = 0;
         for (std::int64_t o = 0; o < d; ++o) {
             double acc = 0;
-            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * hq[std::size_t(j)];
+            for (std::int64_t j = 0; j < f; ++j) acc += W.down[std::size_t(o * f + j)] * hq[std::size_t(j)];
             acc *= rw;
             err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
             ref = std::max(ref, std::fabs(acc));
@@ -595,24 +613,25 @@ namespace {
 
 // formats.md §6.2's bf16 bound: fp64 with x and h rounded to bf16 as the path rounds them.
 double bf16_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
-    std::int64_t const f = w.gate.rows, d = w.gate.cols;
+    DeqExpert const W(w);
+    std::int64_t const f = W.f, d = W.d;
     auto const r16 = [](float v) { return double(smoe::to_float(smoe::to_bf16(v))); };
     double worst = 0;
     for (std::int64_t r = 0; r < M; ++r) {
         double const rw = 0.25 + 0.125 * double(r % 5);
+        std::vector<double> xr(static_cast<std::size_t>(d));
+        for (std::int64_t i = 0; i < d; ++i) xr[std::size_t(i)] = r16(x[std::size_t(r * d + i)]);
         std::vector<float> h(static_cast<std::size_t>(f));
         for (std::int64_t j = 0; j < f; ++j) {
             double g = 0, u = 0;
-            for (std::int64_t i = 0; i < d; ++i) {
-                double const xi = r16(x[std::size_t(r * d + i)]);
-                g += double(w.gate.deq(j, i)) * xi, u += double(w.up.deq(j, i)) * xi;
-            }
+            for (std::int64_t i = 0; i < d; ++i)
+                g += W.gate[std::size_t(j * d + i)] * xr[std::size_t(i)], u += W.up[std::size_t(j * d + i)] * xr[std::size_t(i)];
             h[std::size_t(j)] = float(g / (1.0 + std::exp(-g)) * u);
         }
         double err = 0, ref = 0;
         for (std::int64_t o = 0; o < d; ++o) {
             double acc = 0;
-            for (std::int64_t j = 0; j < f; ++j) acc += double(w.down.deq(o, j)) * r16(h[std::size_t(j)]);
+            for (std::int64_t j = 0; j < f; ++j) acc += W.down[std::size_t(o * f + j)] * r16(h[std::size_t(j)]);
             acc *= rw;
             err = std::max(err, std::fabs(acc - double(y[std::size_t(r * d + o)])));
             ref = std::max(ref, std::fabs(acc));
