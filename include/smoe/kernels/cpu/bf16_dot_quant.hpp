@@ -547,7 +547,9 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
                 // first row tile runs, a line per pair and panel: the decode waited on them from DRAM (perf:
                 // most of bf16q_decode_sub's samples, ~17 % of the layer, on its loads and L1 prefetches).
                 // qwen2moe T = 512 hot, one thread, min of 5 alternated runs, load 0.7-4.9: FP8 211.5 ->
-                // 201.2 ms; MXFP4 (half the bytes) 218.5 -> 217.1, within noise.
+                // 201.2 ms; MXFP4 (half the bytes) 218.5 -> 217.1, within noise. Quiet (load 1.0-1.2, the
+                // layer alone in a driver, min of 3 alternated): FP8 219.1 ms without, 219.4 with: the gain
+                // was measured only with other work running beside, and no loss without it.
                 std::uint8_t const* pf = nullptr;
                 std::int64_t pf_lines = 0;
                 int pf_np = 0;
