@@ -167,7 +167,6 @@ bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
     return true;
 }
 
-// formats.md §6.1's oracle: fp64 on W_deq; the per-token error max |y - r| / max |r|.
 // An expert's dequantised values, row-major, computed once: the oracles below read each weight once per
 // row of x, and Matrix::deq per read made them most of the ASan run's time.
 struct DeqExpert {
@@ -183,6 +182,7 @@ struct DeqExpert {
     }
 };
 
+// formats.md §6.1's oracle: fp64 on W_deq; the per-token error max |y - r| / max |r|.
 double oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
     DeqExpert const W(w);
     std::int64_t const f = W.f, d = W.d;
