@@ -167,8 +167,8 @@ bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
     return true;
 }
 
-// An expert's dequantised values, row-major, computed once: the oracles below read each weight once per
-// row of x, and Matrix::deq per read made them most of the ASan run's time.
+// An expert's dequantised values, row-major, computed once per expert: the oracles below read each weight
+// once per row of x, and Matrix::deq per read made them most of the ASan run's time.
 struct DeqExpert {
     std::int64_t f, d;
     std::vector<double> gate, up, down;  // f x d, f x d, d x f
@@ -183,8 +183,7 @@ struct DeqExpert {
 };
 
 // formats.md §6.1's oracle: fp64 on W_deq; the per-token error max |y - r| / max |r|.
-double oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
-    DeqExpert const W(w);
+double oracle_error(DeqExpert const& W, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
     std::int64_t const f = W.f, d = W.d;
     double worst = 0.0;
     for (std::int64_t r = 0; r < M; ++r) {
@@ -263,6 +262,7 @@ TEST_CASE("every format gives the fp32 expert's bits on its dequantised weights,
         for (std::int64_t e = 0; e < E; ++e) xs.push_back(random_expert(rng, c.gu, c.dn, d, f));
         QuantSwiGLU const q(SwiGLUConfig{d, f, E}, QuantSwiGLUWeights::of(xs));
         DenseTwin const twin(xs, d, f);
+        DeqExpert const w1(xs[1]);
         INFO("format " << q.format_name(0) << ", d " << d << ", f " << f);
         CHECK(q.format_name(1) == q.format_name(0));
         for (std::int64_t M : {0, 1, 2, 3, 5, 8, 17, 40}) {
@@ -271,7 +271,7 @@ TEST_CASE("every format gives the fp32 expert's bits on its dequantised weights,
                 INFO("M " << M << ", arch " << arch.name());
                 auto const y = run_rows(arch, q, 1, x, M);
                 CHECK(same_bits(y, run_rows(arch, twin.ex, 1, x, M)));
-                if (M > 0 && M <= 17) CHECK(oracle_error(xs[1], x, y, M) <= 1e-5);
+                if (M > 0 && M <= 17) CHECK(oracle_error(w1, x, y, M) <= 1e-5);
             });
         }
     }
@@ -284,11 +284,12 @@ TEST_CASE("act order runs in group order, within 1e-5 of the oracle, and a row a
     QuantSwiGLU const q(SwiGLUConfig{d, f, 1}, QuantSwiGLUWeights::of(xs));
     CHECK(q.format_name(0) == "gate/up int4-g16-asym-actorder, down int4-g8-sym-actorder");
     auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+    DeqExpert const w0(xs[0]);
     std::vector<float> simd;
     each_arch([&](auto arch) {
         INFO("arch " << arch.name());
         auto const y = run_rows(arch, q, 0, x, M);
-        CHECK(oracle_error(xs[0], x, y, M) <= 1e-5);
+        CHECK(oracle_error(w0, x, y, M) <= 1e-5);
         // The SIMD ISAs share the chains and the epilogue's exp (the scalar path has std::exp, as SwiGLU's).
         if constexpr (!std::is_same_v<decltype(arch), xsimd::sse2>) {
             if (simd.empty()) simd = y;
@@ -388,7 +389,7 @@ TEST_CASE("quantise at load: the engine's expert -> format map, one expert at a 
     for (std::int64_t e = 0; e < E; ++e) {
         QuantExpertWeights const qe = load(e);
         auto const y = run_rows(xsimd::default_arch{}, q, e, x, 4);
-        CHECK(oracle_error(qe, x, y, 4) <= 1e-5);
+        CHECK(oracle_error(DeqExpert(qe), x, y, 4) <= 1e-5);
     }
 }
 
@@ -419,9 +420,9 @@ std::vector<std::int64_t> group_order(Matrix const& m) {  // act order: columns 
 }
 
 // §6.2 bound (c): an expert against fp64 with the same quantisation of x and h; returns the worst
-// per-token error, and the worst against the exact oracle (bound (d)) in `exact`.
-double int8_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M, double& exact) {
-    DeqExpert const W(w);
+// per-token error, and the worst against the exact oracle (bound (d)) in `exact`; W is w dequantised.
+double int8_oracle_error(QuantExpertWeights const& w, DeqExpert const& W, std::vector<float> const& x, std::vector<float> const& y,
+                         std::int64_t M, double& exact) {
     std::int64_t const f = W.f, d = W.d;
     double worst = 0;
     for (std::int64_t r = 0; r < M; ++r) {
@@ -446,7 +447,7 @@ double int8_oracle_error(QuantExpertWeights const& w, std::vector<float> const& 
         }
         worst = std::max(worst, err / ref);
     }
-    exact = oracle_error(w, x, y, M);
+    exact = oracle_error(W, x, y, M);
     return worst;
 }
 
@@ -490,6 +491,7 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         INFO("format " << qn.format_name(0) << ", kernels " << to_string(qn.int8_dot_kernel()) << ", " << to_string(qa.int8_dot_kernel())
                        << " and " << to_string(qv.int8_dot_kernel()));
         CHECK(qn.uses_int8_dot(0));
+        DeqExpert const w1(xs[1]);
         for (std::int64_t M : {1, 2, 3, 5, 9, 21}) {
             auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
             for (std::int64_t i = 0; i < d; i += 7) x[std::size_t(i)] *= 30.0f;  // outlier channels, as §6.2 measured
@@ -499,7 +501,7 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 1, x, M), yp));
             CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 1, x, M), yp));
             double exact = 0;
-            CHECK(int8_oracle_error(xs[1], x, yn, M, exact) <= 2e-3);
+            CHECK(int8_oracle_error(xs[1], w1, x, yn, M, exact) <= 2e-3);
             CHECK(exact <= 5e-2);
             worst_exact = std::max(worst_exact, exact);
             for (std::int64_t r : {std::int64_t{0}, M - 1}) {  // a row alone gives its batch bits
@@ -612,8 +614,7 @@ TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside
 namespace {
 
 // formats.md §6.2's bf16 bound: fp64 with x and h rounded to bf16 as the path rounds them.
-double bf16_oracle_error(QuantExpertWeights const& w, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
-    DeqExpert const W(w);
+double bf16_oracle_error(DeqExpert const& W, std::vector<float> const& x, std::vector<float> const& y, std::int64_t M) {
     std::int64_t const f = W.f, d = W.d;
     auto const r16 = [](float v) { return double(smoe::to_float(smoe::to_bf16(v))); };
     double worst = 0;
@@ -670,6 +671,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
         QuantSwiGLU const qe(em, QuantSwiGLUWeights::of(xs)), qn(on, QuantSwiGLUWeights::of(xs));
         INFO("format " << qe.format_name(0) << ", native " << native);
         CHECK(qe.uses_bf16_dot(1));
+        DeqExpert const w1(xs[1]);
         // From 8 rows, codes decoded once per chunk: run() passes 64 rows at a time; a layer's item all of
         // an expert's rows, up to 128 a chunk with the scratch (150: 80 + 70 rows, in 1 or 3 panel ranges),
         // up to 64 on the stack, fewer where K is long.
@@ -685,8 +687,8 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 1), ye));
                 CHECK(same_bits(run_phases_whole(qn, 1, x, M, 3), ye));
             }
-            CHECK(bf16_oracle_error(xs[1], x, ye, M) <= 2e-3);
-            double const exact = oracle_error(xs[1], x, ye, M);
+            CHECK(bf16_oracle_error(w1, x, ye, M) <= 2e-3);
+            double const exact = oracle_error(w1, x, ye, M);
             CHECK(exact <= 1.5e-2);
             worst_exact = std::max(worst_exact, exact);
             std::vector<float> const x0(x.begin(), x.begin() + d);
