@@ -27,7 +27,8 @@
 // instruction: the label's peak=; QuantSwiGLU's formats the fp32 FMA peak, labelled "exact fp32
 // path", layer/limits.hpp) and the bandwidth of the thread count,
 // measured in this process (bench_machine.hpp; the bandwidth again right after each benchmark's timing,
-// the better of the two counts), bw_frac2 = GB/s over the 2-thread bandwidth (the
+// the better of the two counts), bw_frac2 = GB/s over the 2-thread bandwidth, bw_paired (cold only:
+// the median over steps of each step's GB/s over a 2-thread read right after it, paired_read_gbps; the
 // decode target), copies (L), y_abs_sum, and the label "<route_hash> peak=<instruction>" to check
 // against the baselines. A roofline fraction above 1 is impossible: the benchmark sets
 // protocol_error = 1 and says so on stderr (limits measured low, or weights cached between calls).
@@ -196,10 +197,35 @@ std::string grow(Model& m, std::size_t copies) {
 // start and the cold olmoe f32 layer 36 a minute later; 48-83 within an hour on Zen 5), so each
 // benchmark also measures it right after its own timing and is judged against the better of that
 // and the start's figure. A buffer of 8x the LLC is enough here and takes ~0.1 s.
-double dram_gbps_now(int threads) {
+smoe_bench::AlignedFloats const& dram_buffer() {
     constexpr std::size_t kMiB = std::size_t{1} << 20;  // whole MiB: every stream split stays whole batches
     static smoe_bench::AlignedFloats const buf(std::size_t(std::max(256.0, 8 * smoe_bench::llc_bytes() / kMiB)) * kMiB / 4);
-    return smoe_bench::dram_gbps(buf, threads, 3);
+    return buf;
+}
+double dram_gbps_now(int threads) { return smoe_bench::dram_gbps(dram_buffer(), threads, 3); }
+
+// The VM's bandwidth also flips between two modes for seconds to minutes at a time (two threads read
+// ~35 GB/s in one and 58-68 in the other; one thread ~32 in both), so a limit measured before or after a
+// record may come from the other mode than the record (quant_matrix_s9: the 2-thread probe read 58-66 while
+// two 1-thread layers, each streaming whole experts, read 29-36 beside a plain 2-thread read of 35-38). A
+// cold step is therefore paired with a 2-thread read of as many bytes (up to kPairedBytes) right after it,
+// 8 streams per thread, in turn from the next part of dram_buffer(): bw_paired is the median over steps of
+// the step's weight-byte rate over its read's rate, the fraction of what the machine gave at that moment.
+inline constexpr std::size_t kPairedBytes = std::size_t{64} << 20;
+double paired_read_gbps(double bytes) {
+    constexpr int kThreads = 2, kStreams = 8;
+    constexpr std::size_t unit = kThreads * kStreams * 2 * smoe_bench::fbatch::size;  // read_sum's whole batches
+    smoe_bench::AlignedFloats const& buf = dram_buffer();
+    static std::size_t next = 0;  // the float where the next read starts
+    std::size_t const n = std::clamp(std::size_t(bytes / sizeof(float)), unit, std::min(buf.n, kPairedBytes / sizeof(float))) / unit * unit;
+    if (next + n > buf.n) next = 0;
+    std::size_t const share = n / kThreads;
+    double const sec = smoe_bench::concurrent_seconds(kThreads, [&](int t) {
+        float v = smoe_bench::read_sum_streams(buf.p + next + std::size_t(t) * share, share, kStreams);
+        benchmark::DoNotOptimize(v);
+    });
+    next += n;
+    return sec > 0 ? double(n * sizeof(float)) / sec * 1e-9 : 0;
 }
 
 smoe::DefaultThreadPool& pool2() {
@@ -269,7 +295,8 @@ void BM_layer(benchmark::State& state, Case c) {
     }
 
     using clock = std::chrono::steady_clock;
-    std::vector<double> times;  // per layer
+    double const bytes = double(distinct) * set.expert_bytes;
+    std::vector<double> times, paired;  // per layer; cold: the step's GB/s over its paired read's
     auto timed_step = [&] {
         auto const t0 = clock::now();
         for (int i = 0; i < c.copies; ++i) {
@@ -277,8 +304,11 @@ void BM_layer(benchmark::State& state, Case c) {
             benchmark::DoNotOptimize(rr);
         }
         benchmark::ClobberMemory();
-        times.push_back(std::chrono::duration<double>(clock::now() - t0).count() / c.copies);
-        return times.back();
+        double const t = std::chrono::duration<double>(clock::now() - t0).count() / c.copies;
+        times.push_back(t);
+        if (double const read = c.cold ? paired_read_gbps(bytes * c.copies) : 0; read > 0)
+            paired.push_back(bytes / t * 1e-9 / read);
+        return t;
     };
     // perf.md: at least 5 timed calls after the warm-up, however long one call is; Google Benchmark's
     // loop then adds steps until its minimum time.
@@ -288,7 +318,7 @@ void BM_layer(benchmark::State& state, Case c) {
     double const best = times.front(), median = times[times.size() / 2];
 
     smoe_bench::Peak const& peak = lim.of(smoe_bench::info(c.format).peak);
-    double const bytes = double(distinct) * set.expert_bytes, fl = smoe_bench::flops(s, T);
+    double const fl = smoe_bench::flops(s, T);
     double const dram = std::max(lim.dram_gbps[c.threads], dram_gbps_now(c.threads));
     double const roof = std::max(fl / (peak.gops[c.threads] * 1e9), bytes / (dram * 1e9)) / best;
     state.counters["min_ms"] = best * 1e3;
@@ -300,6 +330,10 @@ void BM_layer(benchmark::State& state, Case c) {
     state.counters["roofline"] = roof;
     state.counters["protocol_error"] = roof > 1.0;
     state.counters["bw_frac2"] = bytes / best * 1e-9 / std::max(lim.dram_gbps[2], c.threads == 2 ? dram : 0.0);
+    if (!paired.empty()) {
+        std::nth_element(paired.begin(), paired.begin() + std::ptrdiff_t(paired.size() / 2), paired.end());
+        state.counters["bw_paired"] = paired[paired.size() / 2];
+    }
     state.counters["experts"] = double(distinct);
     state.counters["y_abs_sum"] = y_abs;
     state.counters["peak_gflops"] = peak.gops[c.threads];
