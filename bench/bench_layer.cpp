@@ -46,6 +46,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -220,6 +221,9 @@ double paired_read_gbps(double bytes) {
     std::size_t const n = std::clamp(std::size_t(bytes / sizeof(float)), unit, std::min(buf.n, kPairedBytes / sizeof(float))) / unit * unit;
     if (next + n > buf.n) next = 0;
     std::size_t const share = n / kThreads;
+    // Past the pool's spin (DefaultThreadPool::kSpinTime, 50 us): its worker, still polling for the next call,
+    // would share a core with the read and slow it, flattering the step's fraction.
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
     double const sec = smoe_bench::concurrent_seconds(kThreads, [&](int t) {
         float v = smoe_bench::read_sum_streams(buf.p + next + std::size_t(t) * share, share, kStreams);
         benchmark::DoNotOptimize(v);
