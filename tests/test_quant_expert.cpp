@@ -712,7 +712,7 @@ TEST_CASE("the bf16 dot path for FP8 and MXFP4: the emulation's bits natively, w
     CHECK_FALSE(QuantSwiGLU(SwiGLUConfig{64, 32, 1}, QuantSwiGLUWeights::of(ys)).uses_bf16_dot(0));
 }
 
-TEST_CASE("the bf16 dot path's FP8 decoders, byte tables and word tables, give the emulation's bits", "[quant][expert][bf16_dot]") {
+TEST_CASE("the bf16 dot path's decoders (FP8 byte and word tables, MXFP4) give the emulation's bits", "[quant][expert][bf16_dot]") {
     namespace cpu = smoe::kernels::cpu;
     if (!cpu::cpu_has_avx512_bf16()) {
         WARN("this CPU has no AVX512-BF16: the native FP8 decoders are checked on a CPU that has it");
@@ -725,10 +725,13 @@ TEST_CASE("the bf16 dot path's FP8 decoders, byte tables and word tables, give t
         std::int64_t P;
         void store(std::int64_t i, std::int64_t p, float const* v) const { std::copy(v, v + 16, y->begin() + (i * P + p) * 16); }
     };
-    // Odd K, blocks of 3 and 5 pairs, a lone last pair; M from the register tiles to the chunks.
+    // Odd K, blocks of 3 and 5 pairs, a lone last pair; M from the register tiles to the chunks, whose first
+    // 8-row tile decodes the codes as it goes (bf16q_dots' Dec), past kBqRows (two chunks). K over 2 · kBqSub
+    // (several sub-blocks, one starting inside a block of 5 pairs); MXFP4 (K a multiple of 32: formats.md).
     for (auto const& [fmt, R, Kb] : std::vector<std::tuple<Format, std::int64_t, std::int64_t>>{
              {Format::fp8_block(8, 6), 40, 46}, {Format::fp8_block(16, 10), 56, 50}, {Format::fp8_tensor(), 48, 41},
-             {Format::fp8_block(128, 128), 64, 200}}) {
+             {Format::fp8_block(128, 128), 64, 200}, {Format::fp8_block(16, 10), 48, 601}, {Format::mxfp4(), 48, 96},
+             {Format::mxfp4(), 32, 608}}) {
         std::int64_t const K = Kb;  // clang 14 does not capture structured bindings in lambdas
         Matrix const m = random_matrix(rng, fmt, R, K);
         cpu::QuantLayout const L = cpu::bf16q_layout(fmt, K);
@@ -742,7 +745,7 @@ TEST_CASE("the bf16 dot path's FP8 decoders, byte tables and word tables, give t
         std::vector<std::byte> sbuf(cpu::bf16q_scratch_bytes(K) + 64);
         std::size_t const skip = (64 - reinterpret_cast<std::uintptr_t>(sbuf.data()) % 64) % 64;
         std::span<std::byte> const sc(sbuf.data() + skip, cpu::bf16q_scratch_bytes(K));
-        for (std::int64_t M : {1, 2, 3, 7, 8, 21}) {
+        for (std::int64_t M : {1, 2, 3, 7, 8, 9, 21, 130}) {
             INFO("K " << K << ", M " << M);
             auto const x = smoe_test::normal(rng, std::size_t(M * K), 1.0);
             auto const run = [&](cpu::Bf16DotKernel k, std::span<std::byte> s, cpu::Fp8Decode dec) {

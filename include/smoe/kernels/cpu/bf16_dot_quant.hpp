@@ -400,52 +400,80 @@ void bf16q_tile_rows(MatrixView<float const> A, std::int64_t m, QuantLayout cons
 }
 
 // From kBqDecodeRows rows on, each panel's codes are decoded once per chunk of up to kBqRows rows,
-// kBqSub k pairs at a time into a bf16 buffer, and the rows run over it as bf16_dot.hpp runs bf16 weights:
+// kBqSub k pairs at a time into a bf16 buffer (by the chunk's first 8-row tile as it runs), and the rows
+// run over it as bf16_dot.hpp runs bf16 weights:
 // decoding in registers for every 6-row tile cost as much as the dot products (FP8, 64 rows, one
 // thread: 172 against 138 GFLOP/s). Partial sums of the open factor block (part) and running sums
 // (acc) live in memory between sub-blocks: same operations, same order.
 
-// Pairs [j0, j0 + n) of NP panels decoded into w: pair j2 of panel j at w + (j2 · NP + j) · 32.
+// The group of pair pj (pairs 2q, 2q + 1), those of its pairs in [j0, end), of NP panels (ps apart) decoded
+// into w: pair j2 of panel j at w + ((j2 - j0) · NP + j) · 32. Returns the next group's first pair.
+template <BqDec D, int NP>
+SMOE_TARGET_AVX512_BF16 SMOE_ALWAYS_INLINE std::int64_t bf16q_decode_group(std::uint8_t const* b0, std::int64_t ps, std::int64_t pj,
+                                                                           std::int64_t j0, std::int64_t end, std::uint16_t* w,
+                                                                           BF16QRegs const& t) {
+    constexpr std::int64_t gb = kBqGroupBytes<D>;
+    std::int64_t const q = pj / 2 * 2;
+    bool const a = q >= j0, b = q + 1 < end;
+#pragma GCC unroll 3
+    for (int j = 0; j < NP; ++j) {
+        std::uint8_t const* p = b0 + j * ps + q / 2 * gb;
+        if (gb == 64 || q % 4 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
+        __m512i lo, hi;
+        bf16q_decode2<D>(p, t, lo, hi);
+        if (a) _mm512_store_si512(w + ((q - j0) * NP + j) * 32, lo);
+        if (b) _mm512_store_si512(w + ((q + 1 - j0) * NP + j) * 32, hi);
+    }
+    return q + 2;
+}
+
+// Pairs [j0, j0 + n) of NP panels decoded into w: pair j2 of panel j at w + ((j2 - j0) · NP + j) · 32.
 template <BqDec D, int NP>
 [[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_decode_sub(std::uint8_t const* b0, QuantLayout const& L, std::int64_t j0,
                                                                std::int64_t n, std::uint16_t* w) {
     BF16QRegs const t = bf16q_regs<D>();
-    constexpr std::int64_t gb = kBqGroupBytes<D>;
-    for (std::int64_t pj = j0; pj < j0 + n; pj = pj / 2 * 2 + 2) {
-        bool const a = pj % 2 == 0, b = pj / 2 * 2 + 1 < j0 + n;  // the group's pairs in [j0, j0 + n)
-        std::int64_t const j2 = pj / 2 * 2 - j0;                  // pair 2q's place (-1: before j0)
-#pragma GCC unroll 3
-        for (int j = 0; j < NP; ++j) {
-            std::uint8_t const* p = b0 + j * L.pstride + pj / 2 * gb;
-            if (gb == 64 || pj % 4 < 2) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
-            __m512i lo, hi;
-            bf16q_decode2<D>(p, t, lo, hi);
-            if (a) _mm512_store_si512(w + (j2 * NP + j) * 32, lo);
-            if (b) _mm512_store_si512(w + ((j2 + 1) * NP + j) * 32, hi);
-        }
-    }
+    std::int64_t const ps = L.pstride;  // a local: the stores to w may alias L
+    for (std::int64_t pj = j0; pj < j0 + n;) pj = bf16q_decode_group<D, NP>(b0, ps, pj, j0, j0 + n, w, t);
 }
 
 // MR rows x NP panels over the decoded pairs of k in [k, e) (w: pair (k - kw) / 2 onward, decoded from
 // kw): part (MR · NP · 16 floats) accumulates the open factor block's dot products; at the end of each
 // block (L.runs[r] onward) acc += part · factors and part restarts from zero. Row i's activation of k is
-// x[i · ldx + k - kx]; row i of part and acc starts at i · NP · 16. Meanwhile the first pf_lines 64-byte
-// lines of pf_np panels from pf (pf_stride apart) are prefetched into L2, one per pair (bf16q_chunk: the
-// next sub-block's codes).
-template <int MR, int NP>
-[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_dots(std::uint16_t const* x, std::int64_t ldx, std::int64_t kx, std::uint16_t const* w, std::int64_t kw,
+// x[i · ldx + k - kx]; row i of part and acc starts at i · NP · 16.
+template <int MR, int NP, BqDec D = BqDec::mx, bool Dec = false>
+[[gnu::noinline]] SMOE_TARGET_AVX512_BF16 void bf16q_dots(std::uint16_t const* x, std::int64_t ldx, std::int64_t kx, std::uint16_t* w, std::int64_t kw,
                                                          std::int64_t k, std::int64_t e, QuantLayout const& L, std::size_t r,
-                                                         std::uint8_t const* b0, float* part, float* acc,
-                                                         std::uint8_t const* pf = nullptr, std::int64_t pf_lines = 0, int pf_np = 0,
-                                                         std::int64_t pf_stride = 0) {
+                                                         std::uint8_t const* b0, float* part, float* acc) {
     constexpr std::int64_t width = NP * kPanelCols;  // floats per row of part and acc: constant offsets, no address registers
-    std::int64_t pfl = 0;  // the next line of pf's pf_np panels (pf_stride apart) to prefetch into L2, one per pair
     __m512 sum[MR][NP];
+    // Dec (kw == k): the codes of pairs [k / 2, (e + 1) / 2) are decoded into w here, a group ahead of the
+    // dots that read them, rather than by bf16q_decode_sub before the first row tile: that pass ran its code
+    // loads (from DRAM) and shuffles with no dot products beside them (perf: 10-17 % of the layer at T =
+    // 512); here they overlap the tile's vdpbf16ps. BM_layer hot, T = 512, one thread, min of 3 alternated
+    // runs: qwen2moe (load 2.1-2.8) FP8 197.9 -> 183.2 ms, MXFP4 213.4 -> 202.7; deepseek-v2-lite (load
+    // 0.2-1.0) FP8 285.0 -> 269.3, MXFP4 310.8 -> 299.9. Same decoded words, same dot products: same bits.
+    // It made 427c4c6's L2 prefetch of the next sub-block's codes (in this loop, during the first tile)
+    // redundant, which was dropped: qwen2moe with it FP8 185.8, MXFP4 203.0 ms; without 184.5, 204.5 (load
+    // 1.2-1.3); before the fusion it paid (FP8 197.5 with, 209.2 without).
+    [[maybe_unused]] BF16QRegs t{};
+    // The next group's codes (panel 0) and place in w, the pairs left to decode, and how many pairs the
+    // decoded ones are ahead of the dots.
+    [[maybe_unused]] std::uint8_t const* dc = nullptr;
+    [[maybe_unused]] std::uint16_t* dw = nullptr;
+    [[maybe_unused]] std::int64_t dleft = 0, ahead = 0;
+    if constexpr (Dec) {
+        t = bf16q_regs<D>();
+        std::int64_t const j0 = kw / 2, dj = bf16q_decode_group<D, NP>(b0, L.pstride, j0, j0, (e + 1) / 2, w, t);
+        dc = b0 + dj / 2 * kBqGroupBytes<D>;
+        dw = w + (dj - j0) * NP * 32;
+        dleft = (e + 1) / 2 - dj;
+        ahead = dj - j0;
+    }
+    bool const open = k != L.runs[r].k0;
     // part is read only where a call begins inside a block and written only where one ends inside it; acc is
     // read only after the first block wrote it: neither needs zeros beforehand. bf16q_chunk zeroed both for
     // every panel group: without it, one thread, d = 2048, f = 1024, M = 40 / 64 / 80, both variants in one
     // process: MXFP4 72.8-73.7 -> 74.7-75.9 % of the vdpbf16ps peak (cold weights), FP8 79.8 -> 81.9 %.
-    bool const open = k != L.runs[r].k0;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
@@ -456,10 +484,24 @@ template <int MR, int NP>
         std::uint16_t const* wk = w + (k - kw) / 2 * NP * 32;
         std::uint16_t const* xk = x + (k - kx);
         for (std::int64_t j2 = 0; j2 < n; ++j2, wk += NP * 32, xk += 2) {
-            if (pfl < pf_lines) {
-                for (int j = 0; j < pf_np; ++j)
-                    _mm_prefetch(reinterpret_cast<char const*>(pf + j * pf_stride + pfl * 64), _MM_HINT_T1);
-                ++pfl;
+            if constexpr (Dec) {
+                if (dleft > 0 && ahead <= 2) {
+                    constexpr std::int64_t gb = kBqGroupBytes<D>;
+#pragma GCC unroll 3
+                    for (int j = 0; j < NP; ++j) {
+                        std::uint8_t const* p = dc + j * L.pstride;
+                        if (gb == 64 || (dc - b0) % 64 == 0) _mm_prefetch(reinterpret_cast<char const*>(p) + kPrefetchBqL1, _MM_HINT_T0);
+                        __m512i lo, hi;
+                        bf16q_decode2<D>(p, t, lo, hi);
+                        _mm512_store_si512(dw + j * 32, lo);
+                        if (dleft > 1) _mm512_store_si512(dw + (NP + j) * 32, hi);
+                    }
+                    dc += gb;
+                    dw += 2 * NP * 32;
+                    dleft -= 2;
+                    ahead += 2;
+                }
+                --ahead;
             }
             __m512i wv[NP];
 #pragma GCC unroll 3
@@ -539,37 +581,22 @@ void bf16q_chunk(MatrixView<float const> A, std::int64_t m0, std::int64_t rows, 
             std::int64_t const kx = whole ? 0 : k0;  // row i's k at xb[i · span + k - kx]
             for (std::int64_t k = k0; k < k1;) {
                 std::int64_t const e = std::min(k1, k + 2 * buf.sub);
-                if (np == 3)
-                    bf16q_decode_sub<D, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
-                else
-                    bf16q_decode_sub<D, 1>(b0, L, k / 2, (e - k + 1) / 2, w);
-                // The next sub-block's codes (this group's, else the next group's first) into L2 while the
-                // first row tile runs, a line per pair and panel: the decode waited on them from DRAM (perf:
-                // most of bf16q_decode_sub's samples, ~17 % of the layer, on its loads and L1 prefetches).
-                // qwen2moe T = 512 hot, one thread, min of 5 alternated runs, load 0.7-4.9: FP8 211.5 ->
-                // 201.2 ms; MXFP4 (half the bytes) 218.5 -> 217.1, within noise. Quiet (load 1.0-1.2, the
-                // layer alone in a driver, min of 3 alternated): FP8 219.1 ms without, 219.4 with: the gain
-                // was measured only with other work running beside, and no loss without it.
-                std::uint8_t const* pf = nullptr;
-                std::int64_t pf_lines = 0;
-                int pf_np = 0;
-                if (whole) {
-                    std::int64_t const q = e < K ? p : p + np, nk = e < K ? e : 0;
-                    if (q < p1) {
-                        std::int64_t const pairs = (std::min(K, nk + 2 * buf.sub) - nk + 1) / 2;
-                        pf = panels + q * L.pstride + nk / 4 * kBqGroupBytes<D>;
-                        pf_lines = ((pairs + 1) / 2 * kBqGroupBytes<D> + 63) / 64;
-                        pf_np = p1 - q >= 3 ? 3 : 1;
-                    }
-                }
+                // The first 8-row tile decodes the sub-block as it goes (bf16q_dots' Dec); a chunk of fewer
+                // rows decodes it beforehand.
+                bool const fused = rows >= 8;
+                if (!fused && np == 3) bf16q_decode_sub<D, 3>(b0, L, k / 2, (e - k + 1) / 2, w);
+                if (!fused && np == 1) bf16q_decode_sub<D, 1>(b0, L, k / 2, (e - k + 1) / 2, w);
                 std::int64_t m = 0;
                 auto const dots = [&]<int R>() {
-                    if (np == 3)
-                        bf16q_dots<R, 3>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width,
-                                         m == 0 ? pf : nullptr, m == 0 ? pf_lines : 0, pf_np, L.pstride);
+                    if (R == 8 && m == 0 && fused) {
+                        if (np == 3)
+                            bf16q_dots<8, 3, D, true>(xb, span, kx, w, k, k, e, L, r, b0, part, acc);
+                        else
+                            bf16q_dots<8, 1, D, true>(xb, span, kx, w, k, k, e, L, r, b0, part, acc);
+                    } else if (np == 3)
+                        bf16q_dots<R, 3>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width);
                     else
-                        bf16q_dots<R, 1>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width,
-                                         m == 0 ? pf : nullptr, m == 0 ? pf_lines : 0, pf_np, L.pstride);
+                        bf16q_dots<R, 1>(xb + m * span, span, kx, w, k, k, e, L, r, b0, part + m * width, acc + m * width);
                     m += R;
                 };
                 while (rows - m >= 8) dots.template operator()<8>();
