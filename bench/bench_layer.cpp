@@ -25,11 +25,12 @@
 // int8 scales and the quantised formats' factor tables included), GFLOP/s (T·k·6·d·f + T·2·d·E),
 // roofline = max(FLOPs / peak, bytes / bandwidth) / t with the peak of the weight format (its widest
 // instruction: the label's peak=; QuantSwiGLU's formats the fp32 FMA peak, labelled "exact fp32
-// path", layer/limits.hpp) and the bandwidth of the thread count,
-// measured in this process (bench_machine.hpp; the bandwidth again right after each benchmark's timing,
-// the better of the two counts), bw_frac2 = GB/s over the 2-thread bandwidth, bw_paired (cold only:
-// the median over steps of each step's GB/s over a 2-thread read right after it, paired_read_gbps; the
-// decode target), copies (L), y_abs_sum, and the label "<route_hash> peak=<instruction>" to check
+// path", layer/limits.hpp) and the bandwidth of the thread count, measured in this process
+// (bench_machine.hpp; the bandwidth again right after each benchmark's timing, the better of the two
+// counts), bw_frac2 = GB/s over the 2-thread bandwidth, bw_paired (cold only: the median over steps of
+// each step's GB/s over a 2-thread read of as many bytes right after it, paired_read_gbps; the decode
+// target), roofline_paired (cold, 2 threads: the median over steps of the roofline fraction with that
+// read as the bandwidth), copies (L), y_abs_sum, and the label "<route_hash> peak=<instruction>" to check
 // against the baselines. A roofline fraction above 1 is impossible: the benchmark sets
 // protocol_error = 1 and says so on stderr (limits measured low, or weights cached between calls).
 //
@@ -209,27 +210,37 @@ double dram_gbps_now(int threads) { return smoe_bench::dram_gbps(dram_buffer(), 
 // ~35 GB/s in one and 58-68 in the other; one thread ~32 in both), so a limit measured before or after a
 // record may come from the other mode than the record (quant_matrix_s9: the 2-thread probe read 58-66 while
 // two 1-thread layers, each streaming whole experts, read 29-36 beside a plain 2-thread read of 35-38). A
-// cold step is therefore paired with a 2-thread read of as many bytes (up to kPairedBytes) right after it,
-// 8 streams per thread, in turn from the next part of dram_buffer(): bw_paired is the median over steps of
-// the step's weight-byte rate over its read's rate, the fraction of what the machine gave at that moment.
-inline constexpr std::size_t kPairedBytes = std::size_t{64} << 20;
+// cold step is therefore paired with a 2-thread read of as many bytes (up to kPairedMaxBytes) right after
+// it, 8 streams per thread, in reads of up to kPairedPieceBytes from the next part of dram_buffer() (a ring,
+// so always cold): bw_paired is the median over steps of the step's weight-byte rate over its read's rate,
+// the fraction of what a plain read got at that moment, both sustained over as many bytes (roofline_paired
+// the same for the roofline fraction of a 2-thread record). As many bytes, not a fixed 64 MiB: a read much
+// shorter than the step (mixtral: 0.7 GB a step) caught the mode's dips alone, and the steps read up to
+// 1.2x its rate (quant_matrix_s11's first run).
+inline constexpr std::size_t kPairedPieceBytes = std::size_t{64} << 20, kPairedMaxBytes = std::size_t{1} << 30;
 double paired_read_gbps(double bytes) {
     constexpr int kThreads = 2, kStreams = 8;
     constexpr std::size_t unit = kThreads * kStreams * 2 * smoe_bench::fbatch::size;  // read_sum's whole batches
     smoe_bench::AlignedFloats const& buf = dram_buffer();
     static std::size_t next = 0;  // the float where the next read starts
-    std::size_t const n = std::clamp(std::size_t(bytes / sizeof(float)), unit, std::min(buf.n, kPairedBytes / sizeof(float))) / unit * unit;
-    if (next + n > buf.n) next = 0;
-    std::size_t const share = n / kThreads;
+    std::size_t const piece = std::min(buf.n, kPairedPieceBytes / sizeof(float)) / unit * unit;
+    std::size_t left = std::clamp(std::size_t(bytes / sizeof(float)), unit, kPairedMaxBytes / sizeof(float)) / unit * unit;
     // Past the pool's spin (DefaultThreadPool::kSpinTime, 50 us): its worker, still polling for the next call,
     // would share a core with the read and slow it, flattering the step's fraction.
     std::this_thread::sleep_for(std::chrono::microseconds(200));
-    double const sec = smoe_bench::concurrent_seconds(kThreads, [&](int t) {
-        float v = smoe_bench::read_sum_streams(buf.p + next + std::size_t(t) * share, share, kStreams);
-        benchmark::DoNotOptimize(v);
-    });
-    next += n;
-    return sec > 0 ? double(n * sizeof(float)) / sec * 1e-9 : 0;
+    double sec = 0, read = 0;
+    while (left > 0) {
+        std::size_t const n = std::min(left, piece), share = n / kThreads;
+        if (next + n > buf.n) next = 0;
+        double const s = smoe_bench::concurrent_seconds(kThreads, [&](int t) {
+            float v = smoe_bench::read_sum_streams(buf.p + next + std::size_t(t) * share, share, kStreams);
+            benchmark::DoNotOptimize(v);
+        });
+        if (s > 0) sec += s, read += double(n * sizeof(float));  // a read whose threads did not overlap: not counted
+        next += n;
+        left -= n;
+    }
+    return sec > 0 ? read / sec * 1e-9 : 0;
 }
 
 smoe::DefaultThreadPool& pool2() {
@@ -300,7 +311,7 @@ void BM_layer(benchmark::State& state, Case c) {
 
     using clock = std::chrono::steady_clock;
     double const bytes = double(distinct) * set.expert_bytes;
-    std::vector<double> times, paired;  // per layer; cold: the step's GB/s over its paired read's
+    std::vector<double> times, reads;  // per layer; cold: the GB/s of the step's paired read (0: none)
     auto timed_step = [&] {
         auto const t0 = clock::now();
         for (int i = 0; i < c.copies; ++i) {
@@ -310,19 +321,29 @@ void BM_layer(benchmark::State& state, Case c) {
         benchmark::ClobberMemory();
         double const t = std::chrono::duration<double>(clock::now() - t0).count() / c.copies;
         times.push_back(t);
-        if (double const read = c.cold ? paired_read_gbps(bytes * c.copies) : 0; read > 0)
-            paired.push_back(bytes / t * 1e-9 / read);
+        reads.push_back(c.cold ? paired_read_gbps(bytes * c.copies) : 0);
         return t;
     };
     // perf.md: at least 5 timed calls after the warm-up, however long one call is; Google Benchmark's
     // loop then adds steps until its minimum time.
     for (int i = 0; i < 5; ++i) timed_step();
     for (auto _ : state) state.SetIterationTime(timed_step());
+    // Per paired step: its GB/s over its read's, and (2 threads) its roofline fraction with that read as the bandwidth.
+    std::vector<double> bw_paired, roof_paired;
+    double const fl = smoe_bench::flops(s, T);
+    smoe_bench::Peak const& peak = lim.of(smoe_bench::info(c.format).peak);
+    for (std::size_t i = 0; i < times.size(); ++i) {
+        if (reads[i] <= 0) continue;
+        bw_paired.push_back(bytes / times[i] * 1e-9 / reads[i]);
+        if (c.threads == 2) roof_paired.push_back(std::max(fl / (peak.gops[2] * 1e9), bytes / (reads[i] * 1e9)) / times[i]);
+    }
+    auto const median_of = [](std::vector<double>& v) {
+        std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());
+        return v[v.size() / 2];
+    };
     std::sort(times.begin(), times.end());
     double const best = times.front(), median = times[times.size() / 2];
 
-    smoe_bench::Peak const& peak = lim.of(smoe_bench::info(c.format).peak);
-    double const fl = smoe_bench::flops(s, T);
     double const dram = std::max(lim.dram_gbps[c.threads], dram_gbps_now(c.threads));
     double const roof = std::max(fl / (peak.gops[c.threads] * 1e9), bytes / (dram * 1e9)) / best;
     state.counters["min_ms"] = best * 1e3;
@@ -334,10 +355,8 @@ void BM_layer(benchmark::State& state, Case c) {
     state.counters["roofline"] = roof;
     state.counters["protocol_error"] = roof > 1.0;
     state.counters["bw_frac2"] = bytes / best * 1e-9 / std::max(lim.dram_gbps[2], c.threads == 2 ? dram : 0.0);
-    if (!paired.empty()) {
-        std::nth_element(paired.begin(), paired.begin() + std::ptrdiff_t(paired.size() / 2), paired.end());
-        state.counters["bw_paired"] = paired[paired.size() / 2];
-    }
+    if (!bw_paired.empty()) state.counters["bw_paired"] = median_of(bw_paired);
+    if (!roof_paired.empty()) state.counters["roofline_paired"] = median_of(roof_paired);
     state.counters["experts"] = double(distinct);
     state.counters["y_abs_sum"] = y_abs;
     state.counters["peak_gflops"] = peak.gops[c.threads];

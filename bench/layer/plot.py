@@ -66,7 +66,7 @@ def load():
                          "weight_bytes": b["GB/s"] * b["min_ms"] * 1e6, "flops": b["GFLOP/s"] * b["min_ms"] * 1e6,
                          "route_hash": route_hash, "y_abs_sum": b["y_abs_sum"], "experts": int(b.get("experts", 0)),
                          "limits": {"peak_gflops": b["peak_gflops"], "dram_gbps": b["dram_gbps"]},
-                         **({"bw_paired": b["bw_paired"]} if "bw_paired" in b else {})})
+                         **{k: b[k] for k in ("bw_paired", "roofline_paired") if k in b}})
     for path in sorted(glob.glob(os.path.join(OUT, "eigen_*.jsonl")) + glob.glob(os.path.join(OUT, "torch_*.jsonl")) +
                        glob.glob(os.path.join(OUT, "ggml_*.jsonl"))):
         with open(path) as f:
@@ -81,6 +81,15 @@ def load():
                              "median_ms": r["forward"]["median_ms"], "gbps": r["gbps"], "gflops": r["gflops"],
                              "weight_bytes": r["weight_bytes"], "flops": r["flops"], "route_hash": r["route_hash"],
                              "y_abs_sum": r["y_abs_sum"]})
+    # A peak is the machine's, not a process's: the best any of the run's processes measured for the format and
+    # thread count. A probe that shared its core read low (quant_matrix_s11: olmoe's 2-thread bf16 peak 423 GFLOP/s
+    # where the other processes read 463-470, above the 0.8 floor that has bench_machine measure again) and
+    # would flatter that process's fractions.
+    machine_peak = {}
+    for r in recs:
+        if "limits" in r:
+            key = (r["wtype"], r["threads"])
+            machine_peak[key] = max(machine_peak.get(key, 0), r["limits"]["peak_gflops"])
     for r in recs:
         lim = limits.get(f"{r['shape']}/{r['threads']}")
         # A format the run did not measure (a baseline's fp16, or a filtered smoe run) counts against
@@ -88,7 +97,14 @@ def load():
         peak = lim and (lim["peak"].get(r["wtype"]) or lim["peak"].get("f32"))
         dram = lim and lim["dram_gbps"]
         if "limits" in r:
-            peak, dram = r["limits"]["peak_gflops"], r["limits"]["dram_gbps"]
+            own = r["limits"]["peak_gflops"]
+            peak, dram = machine_peak[(r["wtype"], r["threads"])], r["limits"]["dram_gbps"]
+            if "roofline_paired" in r and own < peak:
+                # The median of per-step fractions cannot be redone with the machine's peak; this bound is
+                # below it (a max of medians is at most the median of the maxima): the flop term at the
+                # median time, or the paired bandwidth fraction.
+                fl = r["flops"] / (peak * 1e9) / (r["median_ms"] * 1e-3)
+                r["roofline_paired"] = min(r["roofline_paired"], max(fl, r.get("bw_paired", 0)))
         if peak and dram:
             t = r["min_ms"] * 1e-3
             roof = max(r["flops"] / (peak * 1e9), r["weight_bytes"] / (dram * 1e9))
@@ -156,8 +172,11 @@ def summary(recs, limits):
               "Targets (issue 9; issue 15 for int4/fp8/mxfp4): decode T=1,8 bw_paired >= 0.85 where the record has it "
               "(the median over its steps of each step's GB/s of packed weight bytes over a 2-thread read right after "
               "it: this VM's bandwidth flips between two modes, so a limit measured at another moment may be the other "
-              "mode's), else bw_frac2 >= 0.85 (GB/s over the best 2-thread read bandwidth the shape's process measured); "
-              "T=32,128 roofline >= 0.60; T=512 FLOP/s >= 0.70 of the format's "
+              "mode's; a plain read, not a bound: the kernels' software prefetches out-read it at times, so a "
+              "paired fraction may exceed 1), else bw_frac2 >= 0.85 (GB/s over the best 2-thread read bandwidth the shape's process "
+              "measured); "
+              "T=32,128 roofline >= 0.60 (roofline_paired, its bandwidth term the paired read's, where the record has "
+              "it); T=512 FLOP/s >= 0.70 of the format's "
               "peak (int4d and int8d: >= 0.50 of the vpdpbusd peak; the exact-path formats: of the fp32 FMA peak); 2 threads "
               "never slower than 1.", "",
               "ggml (llama.cpp's MoE graph, bench/baselines/ggml_moe.cpp) also runs the cold protocol: the ggml cold "
@@ -181,17 +200,24 @@ def summary(recs, limits):
                     row[proto] = (s1, s2, sb, ms)
                 c1, c2, cb, cms = row["cold"]
                 _, _, hb, hms = row["hot"]
-                paired_txt = f" ({frac(cb, 'bw_paired')} paired)" if cb and "bw_paired" in cb else ""
-                cold_txt = f"{cb['gbps']:.1f}, {frac(cb, 'bw_frac2')}{paired_txt}, {frac(cb, 'roofline')}" if cb else "-"
+                def paired(key):  # the paired read is a reference, not a bound: above 1 is a result (see the targets)
+                    return f" ({cb[key]:.2f} paired)" if cb and key in cb else ""
+                cold_txt = f"{cb['gbps']:.1f}, {frac(cb, 'bw_frac2')}{paired('bw_paired')}, " \
+                           f"{frac(cb, 'roofline')}{paired('roofline_paired')}" if cb else "-"
                 hot_txt = f"{hb['gbps']:.1f}, {frac(hb, 'roofline')}" if hb else "-"
                 if not cb:
                     tgt = "not run"
                 elif cb.get("protocol_error"):
                     tgt = "protocol error"
                 else:
-                    key, goal, short = (("bw_paired", 0.85, "bw paired") if "bw_paired" in cb else ("bw_frac2", 0.85, "bw")) \
-                        if T <= 8 else ("roofline", 0.60, "roof") if T <= 128 \
-                        else ("flop_frac", INT_DOT_GOAL if fmt in INT_DOT else 0.70, "peak")
+                    if T <= 8:
+                        key, goal, short = ("bw_paired", 0.85, "bw paired") if "bw_paired" in cb \
+                            else ("bw_frac2", 0.85, "bw")
+                    elif T <= 128:
+                        key, goal, short = ("roofline_paired", 0.60, "roof paired") if "roofline_paired" in cb \
+                            else ("roofline", 0.60, "roof")
+                    else:
+                        key, goal, short = ("flop_frac", INT_DOT_GOAL if fmt in INT_DOT else 0.70, "peak")
                     tgt = f"{short} {cb.get(key, 0):.2f} {'met' if cb.get(key, 0) >= goal else 'MISSED'}"
                 base = [r for r in recs if r["system"] != "smoe" and r["shape"] == shape and r["T"] == T and
                         (r["wtype"] == fmt or fmt in ANY_BASELINE)]
