@@ -214,9 +214,10 @@ double dram_gbps_now(int threads) { return smoe_bench::dram_gbps(dram_buffer(), 
 // it, 8 streams per thread, in reads of up to kPairedPieceBytes from the next part of dram_buffer() (a ring,
 // so always cold): bw_paired is the median over steps of the step's weight-byte rate over its read's rate,
 // the fraction of what a plain read got at that moment, both sustained over as many bytes (roofline_paired
-// the same for the roofline fraction of a 2-thread record). As many bytes, not a fixed 64 MiB: a read much
-// shorter than the step (mixtral: 0.7 GB a step) caught the mode's dips alone, and the steps read up to
-// 1.2x its rate (quant_matrix_s11's first run).
+// the same for the roofline fraction of a 2-thread record). As many bytes, not a fixed 64 MiB, so that both
+// rates are sustained over the same span (mixtral: 0.7 GB a step). A plain read, not a bound: the steps
+// out-read it at times (quant_matrix_s11, mixtral T = 1: up to 1.20x against 64 MiB reads, 1.11x against
+// as many bytes), the kernels' software prefetches keeping more lines in flight than its 8 streams a thread.
 inline constexpr std::size_t kPairedPieceBytes = std::size_t{64} << 20, kPairedMaxBytes = std::size_t{1} << 30;
 double paired_read_gbps(double bytes) {
     constexpr int kThreads = 2, kStreams = 8;
