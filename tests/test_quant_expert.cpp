@@ -727,11 +727,13 @@ TEST_CASE("the bf16 dot path's decoders (FP8 byte and word tables, MXFP4) give t
     };
     // Odd K, blocks of 3 and 5 pairs, a lone last pair; M from the register tiles to the chunks, whose first
     // 8-row tile decodes the codes as it goes (bf16q_dots' Dec), past kBqRows (two chunks). K over 2 · kBqSub
-    // (several sub-blocks, one starting inside a block of 5 pairs); MXFP4 (K a multiple of 32: formats.md).
+    // (several sub-blocks, one starting inside a block of 5 pairs); MXFP4 (K a multiple of 32: formats.md), whose
+    // chunks run their rows past the first 8 in 4-row tiles that keep the running sums in registers over
+    // several blocks and sub-blocks (64 rows: three panels at a time, then one).
     for (auto const& [fmt, R, Kb] : std::vector<std::tuple<Format, std::int64_t, std::int64_t>>{
              {Format::fp8_block(8, 6), 40, 46}, {Format::fp8_block(16, 10), 56, 50}, {Format::fp8_tensor(), 48, 41},
              {Format::fp8_block(128, 128), 64, 200}, {Format::fp8_block(16, 10), 48, 601}, {Format::mxfp4(), 48, 96},
-             {Format::mxfp4(), 32, 608}}) {
+             {Format::mxfp4(), 64, 608}}) {
         std::int64_t const K = Kb;  // clang 14 does not capture structured bindings in lambdas
         Matrix const m = random_matrix(rng, fmt, R, K);
         cpu::QuantLayout const L = cpu::bf16q_layout(fmt, K);
