@@ -231,12 +231,9 @@ double paired_read_gbps(double bytes) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     double sec = 0, read = 0;
     while (left > 0) {
-        std::size_t const n = std::min(left, piece), share = n / kThreads;
+        std::size_t const n = std::min(left, piece);
         if (next + n > buf.n) next = 0;
-        double const s = smoe_bench::concurrent_seconds(kThreads, [&](int t) {
-            float v = smoe_bench::read_sum_streams(buf.p + next + std::size_t(t) * share, share, kStreams);
-            benchmark::DoNotOptimize(v);
-        });
+        double const s = smoe_bench::read_seconds(buf.p + next, n, kThreads, kStreams);
         if (s > 0) sec += s, read += double(n * sizeof(float));  // a read whose threads did not overlap: not counted
         next += n;
         left -= n;
@@ -298,8 +295,7 @@ void BM_layer(benchmark::State& state, Case c) {
     // Warm-up step; every copy routes alike (same input, same weights), so copy 0's routing and output
     // stand for all, which the other copies' outputs must match.
     smoe::RoutingResult const r = set.forward(0, x, yv, m.ws);
-    std::int64_t distinct = 0;
-    for (std::int64_t e = 0; e < s.E; ++e) distinct += r.load(e) > 0;
+    std::int64_t const distinct = smoe_bench::distinct_experts(r);
     std::string const hash = smoe_bench::route_hash(r.expert_ids);
     double const y_abs = y_abs_sum();
     for (int i = 1; i < c.copies; ++i) {

@@ -224,13 +224,19 @@ inline float read_sum_streams(float const* p, std::size_t n, int streams) {
     return streams <= 4 ? read_sum<4>(p, n) : streams <= 8 ? read_sum<8>(p, n) : read_sum<16>(p, n);
 }
 
-// One continuous read of the whole buffer, each thread its share (BM_machine_dram_read's trial).
-inline double dram_seconds(AlignedFloats const& buf, int threads, int streams) {
-    std::size_t const share = buf.n / std::size_t(threads);
+// n floats at p read by `threads` threads at once, each its share (n a multiple of threads x streams x 2
+// batches): concurrent_seconds of the read.
+inline double read_seconds(float const* p, std::size_t n, int threads, int streams) {
+    std::size_t const share = n / std::size_t(threads);
     return concurrent_seconds(threads, [&](int t) {
-        float s = read_sum_streams(buf.p + std::size_t(t) * share, share, streams);
+        float s = read_sum_streams(p + std::size_t(t) * share, share, streams);
         benchmark::DoNotOptimize(s);
     });
+}
+
+// One continuous read of the whole buffer, each thread its share (BM_machine_dram_read's trial).
+inline double dram_seconds(AlignedFloats const& buf, int threads, int streams) {
+    return read_seconds(buf.p, buf.n, threads, streams);
 }
 
 // The limit itself is timed in short pieces, not as one continuous read: a shared VM pre-empts a
@@ -252,10 +258,7 @@ inline constexpr double kDramPercentile = 0.95;
 inline void dram_piece_rates(AlignedFloats const& buf, int threads, int streams, std::vector<double>& gbps) {
     std::size_t const piece = kDramPieceBytes / sizeof(float), T = std::size_t(threads), pieces = buf.n / (piece * T);
     for (std::size_t i = 0; i < pieces; ++i) {
-        double const sec = concurrent_seconds(threads, [&](int t) {
-            float s = read_sum_streams(buf.p + (i * T + std::size_t(t)) * piece, piece, streams);
-            benchmark::DoNotOptimize(s);
-        });
+        double const sec = read_seconds(buf.p + i * T * piece, T * piece, threads, streams);
         if (sec > 0) gbps.push_back(double(T * kDramPieceBytes) / sec * 1e-9);
     }
 }

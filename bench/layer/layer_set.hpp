@@ -31,6 +31,13 @@ struct LayerSet {
     std::size_t workspace_bytes = 0;
 };
 
+// Experts a call touched: the weight bytes it streamed are these times LayerSet::expert_bytes.
+inline std::int64_t distinct_experts(smoe::RoutingResult const& r) {
+    std::int64_t n = 0;
+    for (std::int64_t e = 0; e < r.num_experts; ++e) n += r.load(e) > 0;
+    return n;
+}
+
 // One copy of a QuantSwiGLU layer (int4, fp8, mxfp4, int8q: is_quant_swiglu(f)), on bench_data.hpp's
 // weights quantised at load; bench_layer_quant.cpp.
 std::unique_ptr<LayerSet> make_quant_layer_set(Shape const& s, LayerFormat f, std::int64_t max_tokens);
