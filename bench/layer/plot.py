@@ -82,23 +82,22 @@ def load():
                              "weight_bytes": r["weight_bytes"], "flops": r["flops"], "route_hash": r["route_hash"],
                              "y_abs_sum": r["y_abs_sum"]})
     # A peak is the machine's, not a process's: the best any of the run's processes measured for the format and
-    # thread count. A probe that shared its core read low (quant_matrix_s11: olmoe's 2-thread bf16 peak 423 GFLOP/s
-    # where the other processes read 463-470, above the 0.8 floor that has bench_machine measure again) and
-    # would flatter that process's fractions.
+    # thread count, for smoe's records and the baselines alike. A probe that shared its core read low
+    # (quant_matrix_s11: olmoe's 2-thread bf16 peak 423 GFLOP/s where the other processes read 463-470, above
+    # the 0.8 floor that has bench_machine measure again) and would flatter that process's fractions.
     machine_peak = {}
-    for r in recs:
-        if "limits" in r:
-            key = (r["wtype"], r["threads"])
-            machine_peak[key] = max(machine_peak.get(key, 0), r["limits"]["peak_gflops"])
+    for key, lim in limits.items():
+        th = int(key.rsplit("/", 1)[1])
+        for fmt, p in lim["peak"].items():
+            machine_peak[(fmt, th)] = max(machine_peak.get((fmt, th), 0), p)
     for r in recs:
         lim = limits.get(f"{r['shape']}/{r['threads']}")
         # A format the run did not measure (a baseline's fp16, or a filtered smoe run) counts against
         # fp32, as perf.md counts fp16.
-        peak = lim and (lim["peak"].get(r["wtype"]) or lim["peak"].get("f32"))
+        peak = machine_peak.get((r["wtype"], r["threads"])) or machine_peak.get(("f32", r["threads"]))
         dram = lim and lim["dram_gbps"]
         if "limits" in r:
-            own = r["limits"]["peak_gflops"]
-            peak, dram = machine_peak[(r["wtype"], r["threads"])], r["limits"]["dram_gbps"]
+            own, dram = r["limits"]["peak_gflops"], r["limits"]["dram_gbps"]
             if "roofline_paired" in r and own < peak:
                 # The median of per-step fractions cannot be redone with the machine's peak; this bound is
                 # below it (a max of medians is at most the median of the maxima): the flop term at the
