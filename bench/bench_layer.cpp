@@ -6,7 +6,7 @@
 // fp8 e4m3 128 x 128 blocks and MXFP4 (layer/rtn_quant.hpp's round-to-nearest) and int8 per channel
 // (int8q), each quantised from the same fp32 tensors at load (built in bench_layer_quant.cpp).
 //
-//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q|int4d|int8d|fp8b|mxfp4b>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
+//   BM_layer/<shape>/<f32|bf16|int8|int4|fp8|mxfp4|int8q|int4d|int8d|fp8b|mxfp4b|mxfp4d>/<hot|cold>/threads:<1|2>/T:<1|8|32|128|512>
 //   BM_layer_quick/...   a 256 x 128 x 8 experts shape, seconds in all (CI; no assertion on time)
 //
 // Two protocols:

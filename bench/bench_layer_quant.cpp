@@ -93,7 +93,8 @@ smoe::quant::Format quant_format(smoe_bench::LayerFormat f) {
         case LayerFormat::fp8:
         case LayerFormat::fp8b: return smoe::quant::Format::fp8_block(128, 128);
         case LayerFormat::mxfp4:
-        case LayerFormat::mxfp4b: return smoe::quant::Format::mxfp4();
+        case LayerFormat::mxfp4b:
+        case LayerFormat::mxfp4d: return smoe::quant::Format::mxfp4();
         default: return smoe::quant::Format::int8_channel();
     }
 }

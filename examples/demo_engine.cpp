@@ -121,7 +121,7 @@ struct Options {
                  "                   [--decode N]\n"
                  "                   [--dtype bf16|f32|int8|int4|fp8|mxfp4] [--threads N] [--seed S] [--shard (under mpiexec)]\n"
                  "                   [--hidden D] [--ffn F] (the random model's d and expert width)\n"
-                 "                   [--int8-dot off|on|avx2|avx-vnni|portable] (int4/int8 experts: formats.md 6.2's int8 dot path)\n"
+                 "                   [--int8-dot off|on|avx2|avx-vnni|portable] (int4/int8/MXFP4 experts: formats.md 6.2's int8 dot path)\n"
                  "                   [--bf16-dot automatic|off|on|emulated] (on/emulated: also FP8/MXFP4 experts)\n"
                  "                   [--store resident|mapped|cached] [--budget-frac F] [--global-budget] [--eviction lru|lfu] [--packed FILE]\n"
                  "                   [--pregate] (experts from a packed file; prefetch by the next layer's router)\n"

@@ -844,6 +844,74 @@ TEST_CASE("quantised experts of mixed formats from a packed file give the reside
     fs::remove(path);
 }
 
+TEST_CASE("MXFP4 and int4 experts packed for the int8 dot path give the resident bits from a file", "[store][quant]") {
+    using smoe::quant::Format;
+    using smoe::quant::Matrix;
+    std::int64_t const d = 64, f = 96, E = 4, T = 8;  // MXFP4 needs in_features % 32 == 0
+    std::mt19937_64 rng(1512);
+    auto matrix = [&](Format const& fm, std::int64_t R, std::int64_t C) {
+        Matrix x;
+        x.format = fm;
+        x.rows = R;
+        x.cols = C;
+        for (std::int64_t i = 0; i < R * C; ++i) x.codes.push_back(std::uint8_t(rng() % 16));
+        for (std::int64_t i = 0; i < R * fm.groups(C); ++i) {
+            x.scales.push_back(fm.kind == smoe::quant::Kind::mxfp4 ? smoe::quant::e8m0_to_float(std::uint8_t(118 + rng() % 8)) : 0.01f + 0.001f * float(rng() % 50));
+            if (fm.kind == smoe::quant::Kind::int4) x.zeros.push_back(fm.symmetric ? 8 : std::uint8_t(rng() % 16));
+        }
+        x.validate("test");
+        return x;
+    };
+    std::vector<Format> const gu = {Format::mxfp4(), Format::int4(32, false), Format::mxfp4(), Format::int4(64)};
+    std::vector<Format> const dn = {Format::mxfp4(), Format::mxfp4(), Format::int4(32, false), Format::int8_channel()};
+    std::vector<smoe::expert::QuantExpertWeights> xs;
+    for (std::int64_t e = 0; e < E; ++e) {
+        auto const& g = gu[std::size_t(e)];
+        auto const& h = dn[std::size_t(e)];
+        Matrix down = h.kind == smoe::quant::Kind::int8_channel ? Matrix{} : matrix(h, d, f);
+        if (h.kind == smoe::quant::Kind::int8_channel) {
+            down.format = h;
+            down.rows = d;
+            down.cols = f;
+            for (std::int64_t i = 0; i < d * f; ++i) down.codes.push_back(std::uint8_t(rng()));
+            for (std::int64_t o = 0; o < d; ++o) down.scales.push_back(0x1p-9f);
+            down.validate("test");
+        }
+        xs.push_back({matrix(g, f, d), matrix(g, f, d), std::move(down)});
+    }
+    QLayer::Config c;
+    c.router = {.num_experts = E, .top_k = 2, .norm_topk_prob = true};
+    c.expert = {d, f, E};
+    c.expert.int8_dot = smoe::expert::Int8Dot::on;
+    c.max_tokens = T;
+    std::vector<float> const gate = smoe_test::normal(rng, std::size_t(E * d), 0.5), x = smoe_test::normal(rng, std::size_t(T * d), 1.0);
+    MatrixView<float const> const gv(gate.data(), E, d);
+    QLayer ref(c, {gv, {}, smoe::expert::QuantSwiGLUWeights::of(xs)});
+    for (std::int64_t e = 0; e < E; ++e) CHECK(ref.experts().dot_path(e).starts_with("int8 dot"));
+    auto const want = run(ref, x, d, T);
+    auto const path = temp_file("mxfp4_dot.smoe");
+    {
+        store::PackedWriter w(path);
+        store::add_layer_streaming(w, 2, E, [&](std::int64_t e, auto&& sink) {
+            auto one = c.expert;
+            one.num_experts = 1;
+            sink(smoe::expert::QuantSwiGLU(one, smoe::expert::QuantSwiGLUWeights::of(std::span(&xs[std::size_t(e)], 1))));
+        });
+        w.finish();
+    }
+    auto const file = store::PackedFile::open(path);
+    for (auto const residency : {store::Residency::mapped, store::Residency::cached}) {
+        auto qc = c;
+        qc.expert.store = {.residency = residency, .budget_bytes = std::size_t(1) << 22};
+        smoe::expert::QuantSwiGLUWeights w;
+        w.packed = {file, 2, {}};
+        QLayer l(qc, {gv, {}, w});
+        CHECK(run(l, x, d, T) == want);
+        for (std::int64_t e = 0; e < E; ++e) CHECK(l.experts().dot_path(e) == ref.experts().dot_path(e));
+    }
+    fs::remove(path);
+}
+
 TEST_CASE("act-order int4 experts carry their column order in a packed file", "[store][quant]") {
     using smoe::quant::Format;
     Model const m(17, 3);
@@ -942,12 +1010,12 @@ TEST_CASE("every corruption of a packed file is an error naming the file, layer,
     CHECK_THROWS_WITH(open_bad([](auto& b) { b.resize(64); })(), Contains(name + ": size' = 64"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[20] ^= std::byte{1}; })(), Contains(name + ": header checksum'"));
     CHECK_THROWS_WITH(open_bad([](auto& b) { b[0] = std::byte{'X'}; })(), Contains(name + ": magic'"));
-    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 5); })(), Contains(name + ": version' = 5: expected 4 (the format"));
-    // Versions 1 to 3 predate the FP8 panels' pair groups (and 1-2 the expert ids, 1 the ternary fields of
-    // FormatEntry): refused, naming both.
-    for (std::uint32_t v : {1u, 2u, 3u})
+    CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, 6); })(), Contains(name + ": version' = 6: expected 5 (the format"));
+    // Versions 1 to 4 predate the int8 dot panels without zero tables (and 1-3 the FP8 panels' pair groups,
+    // 1-2 the expert ids, 1 the ternary fields of FormatEntry): refused, naming both.
+    for (std::uint32_t v : {1u, 2u, 3u, 4u})
         CHECK_THROWS_WITH(open_bad([&](auto& b) { header_field(b, 8, v); })(),
-                          Contains(name + ": version' = " + std::to_string(v) + ": expected 4 (the format this smoe reads: an older smoe-pack wrote it"));
+                          Contains(name + ": version' = " + std::to_string(v) + ": expected 5 (the format this smoe reads: an older smoe-pack wrote it"));
     CHECK_THROWS_WITH(open_bad([&](auto& b) { b[table + 200] ^= std::byte{4}; })(), Contains(name + ": table checksum'"));
     // A payload byte of expert 5: the table still opens; the record fails its checksum when read.
     auto const r5 = file->record(L, 5);

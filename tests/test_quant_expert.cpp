@@ -467,6 +467,9 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
         {Format::ternary(), Format::ternary(TernaryScale::group, 32), {96, 64}},  // research.md §7.1: t for u - z
         {Format::ternary(TernaryScale::channel), Format::ternary(), {40, 20}},
         {Format::ternary(), Format::ternary(TernaryScale::channel), {33, 19}},  // short last blocks both ways
+        {Format::mxfp4(), Format::mxfp4(), {128, 64}},  // u = 2 · E2M1 + 12 through the nibble table
+        {Format::mxfp4(), Format::int4(32, false), {96, 64}},
+        {Format::int4(64), Format::mxfp4(), {64, 96}},
     };
     double worst_exact = 0;
     if (!smoe::kernels::cpu::cpu_has_avx512_vnni())
@@ -575,6 +578,13 @@ TEST_CASE("the int8 dot path: non-finite blocks, other formats in the layer, and
     QuantSwiGLU const q(c, QuantSwiGLUWeights::of(xs));
     CHECK(q.uses_int8_dot(0));
     CHECK_FALSE(q.uses_int8_dot(1));
+    CHECK(q.dot_path(2).starts_with("int8 dot"));  // MXFP4 gate/up and int8 down
+    {  // with both switches MXFP4 keeps the bf16 path
+        SwiGLUConfig both = c;
+        both.bf16_dot = smoe::expert::Bf16Dot::emulated;
+        QuantSwiGLU const qb(both, QuantSwiGLUWeights::of(xs));
+        CHECK(qb.dot_path(2) == "gate/up bf16 dot (emulated), down " + q.dot_path(0));
+    }
     SwiGLUConfig exact = c;
     exact.int8_dot = smoe::expert::Int8Dot::off;
     QuantSwiGLU const qe(exact, QuantSwiGLUWeights::of(xs));
@@ -591,6 +601,42 @@ TEST_CASE("the int8 dot path: non-finite blocks, other formats in the layer, and
     SwiGLUConfig c1{d, f, 1};
     c1.int8_dot = smoe::expert::Int8Dot::on;
     CHECK_THROWS_WITH(QuantSwiGLU(c1, QuantSwiGLUWeights::of(bad)), Contains("expert 0 gate_up group' = 16") && Contains("a multiple of 32"));
+}
+
+TEST_CASE("the int8 dot path: MXFP4 at the ends of E8M0's range gives the scalar model's bits", "[quant][expert][int8_dot]") {
+    // Factors 2^(e - 128) down to fp32 subnormals (e = 0: 2^-128) and up to 2^72: c = fl32(d_b · s)
+    // rounds or underflows alike in every kernel. One exponent per row, so a down row's outputs come from
+    // its own factor alone (h is O(1): gate/up rows near 2^-5, a few at e = 0 and 1).
+    std::mt19937_64 rng(1509);
+    std::int64_t const d = 96, f = 64;
+    std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::mxfp4(), Format::mxfp4(), d, f)};
+    std::vector<std::uint8_t> const gu = {0, 1, 121, 122, 123, 124, 125, 121, 122, 123}, dn = {0, 1, 2, 3, 60, 127, 150, 200};
+    for (Matrix* m : {&xs[0].gate, &xs[0].up, &xs[0].down}) {
+        auto const& es = m == &xs[0].down ? dn : gu;
+        std::int64_t const G = m->format.groups(m->cols);
+        for (std::size_t i = 0; i < m->scales.size(); ++i) m->scales[i] = e8m0_to_float(es[(i / std::size_t(G)) % es.size()]);
+    }
+    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1}, vnni{d, f, 1};
+    on.int8_dot = smoe::expert::Int8Dot::on;
+    portable.int8_dot = smoe::expert::Int8Dot::portable;
+    avx2.int8_dot = smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
+    vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
+    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
+    QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
+    CHECK(qn.uses_int8_dot(0));
+    for (std::int64_t M : {1, 4, 7}) {
+        auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
+        for (std::int64_t r = 0; r < M; ++r)  // whole blocks of tiny d_b too
+            for (std::int64_t i = 32 * (r % 3); i < 32 * (r % 3) + 32; ++i) x[std::size_t(r * d + i)] *= 1e-30f;
+        auto const yp = run_rows(xsimd::default_arch{}, qp, 0, x, M);
+        INFO("M " << M);
+        std::int64_t tiny = 0;
+        for (float v : yp) tiny += v != 0.0f && std::fabs(v) < 1e-30f;
+        CHECK(tiny > 0);  // the e = 0 to 3 rows' outputs, near or below fp32's smallest normal
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 0, x, M), yp));
+    }
 }
 
 TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside the tiles, with the same bits", "[quant][expert][int8_dot]") {

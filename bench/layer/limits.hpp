@@ -22,11 +22,12 @@ namespace smoe_bench {
 // int4d and int8d are int4 g128 and int8 per channel on formats.md §6.2's int8 dot path
 // (SwiGLUConfig::int8_dot on: activations quantised per 32, vpdpbusd), judged against the int8 dot peak;
 // fp8b and mxfp4b are FP8 and MXFP4 on its bf16 dot path (bf16_dot on: vdpbf16ps), judged against the
-// bf16 dot peak (registered where the CPU has AVX512-BF16).
-enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q, int4d, int8d, fp8b, mxfp4b };
-inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,   LayerFormat::bf16,  LayerFormat::int8,  LayerFormat::int4,
-                                                LayerFormat::fp8,   LayerFormat::mxfp4, LayerFormat::int8q, LayerFormat::int4d,
-                                                LayerFormat::int8d, LayerFormat::fp8b,  LayerFormat::mxfp4b};
+// bf16 dot peak (registered where the CPU has AVX512-BF16); mxfp4d is MXFP4 on the int8 dot path (its
+// E2M1 codes mapped to 2 v + 12 by a nibble table), judged against the int8 dot peak.
+enum class LayerFormat : int { f32, bf16, int8, int4, fp8, mxfp4, int8q, int4d, int8d, fp8b, mxfp4b, mxfp4d };
+inline constexpr LayerFormat kLayerFormats[] = {LayerFormat::f32,   LayerFormat::bf16,  LayerFormat::int8,   LayerFormat::int4,
+                                                LayerFormat::fp8,   LayerFormat::mxfp4, LayerFormat::int8q,  LayerFormat::int4d,
+                                                LayerFormat::int8d, LayerFormat::fp8b,  LayerFormat::mxfp4b, LayerFormat::mxfp4d};
 
 struct LayerFormatInfo {
     char const* name;           // in benchmark names: BM_layer/<shape>/<name>/...
@@ -39,12 +40,15 @@ struct LayerFormatInfo {
 };
 // Packed bytes per weight (kernels/cpu/quant_panel.hpp): int4 g128 0.5 + two fp32 tables (scale, zero
 // point) per 128 = 0.5625; fp8 1 + one fp32 factor per slot per 128 columns = 1.03; MXFP4 0.5 + one
-// fp32 factor per 32 = 0.625; int8q 1 + one table per slot.
+// fp32 factor per 32 = 0.625; int8q 1 + one table per slot. The int8 dot panels (int8_dot.hpp) of
+// int4d, int8d and mxfp4d hold no zero tables (one zero point each), and MXFP4's factors stay E8M0
+// bytes there: 0.53125, 1.03125 and 0.53125.
 inline constexpr LayerFormatInfo kLayerFormatInfo[] = {
     {"f32", Format::f32, false, false, 4},       {"bf16", Format::bf16, false, false, 2},   {"int8", Format::int8, false, false, 1},
     {"int4", Format::f32, true, false, 0.5625},  {"fp8", Format::f32, true, false, 1.03125}, {"mxfp4", Format::f32, true, false, 0.625},
-    {"int8q", Format::f32, true, false, 1},      {"int4d", Format::int8, false, true, 0.5625}, {"int8d", Format::int8, false, true, 1.0625},
+    {"int8q", Format::f32, true, false, 1},      {"int4d", Format::int8, false, true, 0.53125}, {"int8d", Format::int8, false, true, 1.03125},
     {"fp8b", Format::bf16, false, false, 1.03125, true}, {"mxfp4b", Format::bf16, false, false, 0.625, true},
+    {"mxfp4d", Format::int8, false, true, 0.53125},
 };
 inline LayerFormatInfo const& info(LayerFormat f) { return kLayerFormatInfo[int(f)]; }
 inline bool is_quant_swiglu(LayerFormat f) { return info(f).exact_fp32 || info(f).int8_dot || info(f).bf16_dot; }

@@ -29,12 +29,13 @@ import sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 SHAPES = ["mixtral", "olmoe", "qwen2moe", "deepseek-v2-lite"]
-FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"]
+FORMATS = ["f32", "bf16", "int8", "int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b", "mxfp4d"]
 GGML_TYPES = ["q4_0", "q8_0", "f16"]  # ggml's own formats (bench/baselines/ggml_moe.cpp); its f32/bf16 are ours too
-# QuantSwiGLU's formats (bench/layer/limits.hpp): the exact fp32 path, and int4d/int8d on the int8 dot path.
-QUANT = {"int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b"}
+# QuantSwiGLU's formats (bench/layer/limits.hpp): the exact fp32 path, int4d/int8d/mxfp4d on the int8 dot path,
+# fp8b/mxfp4b on the bf16 dot path.
+QUANT = {"int4", "fp8", "mxfp4", "int8q", "int4d", "int8d", "fp8b", "mxfp4b", "mxfp4d"}
 # Issue 15 sets the int8 dot path's prefill target lower than the bf16 dot's: 0.50 of the vpdpbusd peak.
-INT_DOT, INT_DOT_GOAL = {"int4d", "int8d"}, 0.50
+INT_DOT, INT_DOT_GOAL = {"int4d", "int8d", "mxfp4d"}, 0.50
 # No baseline has these weight types: they are compared with the fastest baseline of any type, as int8 is.
 ANY_BASELINE = {"int8"} | QUANT
 DIMS = {"mixtral": (4096, 14336), "olmoe": (2048, 1024), "qwen2moe": (2048, 1408), "deepseek-v2-lite": (2048, 1408)}
@@ -137,9 +138,9 @@ def summary(recs, limits):
              "Limits, the best each shape's smoe process measured (peak: GFLOP/s, GOP/s for int8, and the instruction it "
              "came from; the bandwidth is re-measured next to every smoe record, which is judged against its own). "
              "int4, fp8 (e4m3, 128x128 blocks), mxfp4 and int8q (int8 per channel through QuantSwiGLU) run QuantSwiGLU's "
-             "exact fp32 path (weights decoded to fp32 in registers, fp32 FMA), so their peak is the fp32 FMA peak; int4d and int8d "
-             "are int4 g128 and int8 per channel on the int8 dot path (activations quantised per 32, vpdpbusd), judged "
-             "against the int8 dot peak; fp8b and mxfp4b are FP8 and MXFP4 on the bf16 dot path (vdpbf16ps), judged against "
+             "exact fp32 path (weights decoded to fp32 in registers, fp32 FMA), so their peak is the fp32 FMA peak; int4d, int8d "
+             "and mxfp4d are int4 g128, int8 per channel and MXFP4 on the int8 dot path (activations quantised per 32, "
+             "vpdpbusd), judged against the int8 dot peak; fp8b and mxfp4b are FP8 and MXFP4 on the bf16 dot path (vdpbf16ps), judged against "
              "the bf16 dot peak:", "",
              "| run | threads | " + " | ".join(f"{f} peak" for f in fmts) + " | DRAM read GB/s |",
              "|---|---:|" + "---|" * len(fmts) + "---:|"]
@@ -176,7 +177,7 @@ def summary(recs, limits):
               "shape's process measured); "
               "T=32,128 roofline >= 0.60 (roofline_paired, its bandwidth term the paired read's, where the record has "
               "it); T=512 FLOP/s >= 0.70 of the format's "
-              "peak (int4d and int8d: >= 0.50 of the vpdpbusd peak; the exact-path formats: of the fp32 FMA peak); 2 threads "
+              "peak (int4d, int8d and mxfp4d: >= 0.50 of the vpdpbusd peak; the exact-path formats: of the fp32 FMA peak); 2 threads "
               "never slower than 1.", "",
               "ggml (llama.cpp's MoE graph, bench/baselines/ggml_moe.cpp) also runs the cold protocol: the ggml cold "
               "column is its fastest cold record of a comparable type (the same type; any type for int8 and the "
@@ -263,7 +264,7 @@ def charts(recs):
     shapes = [s for s in SHAPES if any(r["shape"] == s for r in recs)]
     colors = {"f32": "tab:blue", "bf16": "tab:orange", "int8": "tab:green", "int4": "tab:red", "fp8": "tab:purple",
               "mxfp4": "tab:brown", "int8q": "tab:olive", "int4d": "tab:pink", "int8d": "tab:cyan",
-              "fp8b": "tab:gray", "mxfp4b": "gold", "q4_0": "darkred", "q8_0": "darkgreen", "f16": "navy"}
+              "fp8b": "tab:gray", "mxfp4b": "gold", "mxfp4d": "tab:purple", "q4_0": "darkred", "q8_0": "darkgreen", "f16": "navy"}
     # (system, protocol, line style, marker): smoe cold solid, smoe hot dashed, baselines dotted.
     series = {"roofline": [("smoe", "cold", "-", "o"), ("smoe", "hot", "--", "o"), ("eigen", "hot", ":", "^"),
                            ("torch", "hot", ":", "s"), ("ggml", "hot", ":", "v"), ("ggml", "cold", "-.", "v")],

@@ -13,9 +13,9 @@
 # does), in the same session as smoe: ggml_<shape>_<type>_<protocol>_t<threads>.jsonl.
 # STORE=0 skips the expert stores' benchmark (BM_store, bench/bench_expert_store.cpp: store.json, store.md, store.png);
 # STORE_ONLY=1 runs it alone. Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
-# FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b"; int8q, int8 per channel through QuantSwiGLU's
-# exact path, is registered too; int4d/int8d take the int8 dot path, fp8b/mxfp4b the bf16 dot path where the
-# CPU has AVX512-BF16), MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default
+# FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b mxfp4d"; int8q, int8 per channel through
+# QuantSwiGLU's exact path, is registered too; int4d/int8d/mxfp4d take the int8 dot path, fp8b/mxfp4b the bf16 dot
+# path where the CPU has AVX512-BF16), MIXTRAL_T_MAX (default 32: a mixtral T = 512 call takes seconds), MIXTRAL_FORMATS (default
 # "bf16 int8 int4 fp8 mxfp4 int4d": fp32 is 5.6 GB a copy, and the cold protocol needs two), PROTOCOLS (default "cold hot"), TORCH_T_MAX (default 128:
 # PyTorch's CPU bf16 takes tens of seconds a call at T = 512; never mixtral), PYTHON
 # (default /usr/bin/python3: Debian's torch and matplotlib). Check /proc/loadavg first: a second busy
@@ -27,7 +27,7 @@ BUILD=${BUILD:-$ROOT/build/bench-layer}
 OUT=${OUT:-$ROOT/bench/layer/results}
 SHAPES=${SHAPES:-"olmoe qwen2moe deepseek-v2-lite mixtral"}
 MIXTRAL_T_MAX=${MIXTRAL_T_MAX:-32}
-FORMATS=${FORMATS:-"f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b"}
+FORMATS=${FORMATS:-"f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b mxfp4d"}
 MIXTRAL_FORMATS=${MIXTRAL_FORMATS:-"bf16 int8 int4 fp8 mxfp4 int4d"}
 PROTOCOLS=${PROTOCOLS:-"cold hot"}
 TORCH_T_MAX=${TORCH_T_MAX:-128}

@@ -24,8 +24,9 @@ int usage(char const* msg) {
                  "  --bf16-dot bf16 experts' dot product: automatic (vdpbf16ps where the CPU has it), off (fp32),\n"
                  "            on (vdpbf16ps, required), emulated (its arithmetic in scalar code); on and emulated\n"
                  "            also put FP8 and MXFP4 experts on the bf16 dot path\n"
-                 "  --int8-dot int4 and int8 experts of a quantised layer: off (exact fp32 path, the default), on\n"
-                 "            (activations quantised to int8 per 32: VNNI, else AVX2, else portable), avx2, portable\n"
+                 "  --int8-dot int4, int8, ternary and MXFP4 experts of a quantised layer: off (exact fp32 path, the\n"
+                 "            default), on (activations quantised to int8 per 32: VNNI, else AVX2, else portable),\n"
+                 "            avx2, avx-vnni, portable; MXFP4 keeps the bf16 dot path where --bf16-dot puts it there\n"
                  "  --packed FILE  the routed experts from a packed expert file (smoe-pack), mapped; the same bits\n"
                  "  --budget BYTES with --packed: a cache of that many bytes (at least one expert) instead\n"
                  "  --eviction lru|lfu  the cache's eviction policy (default lru)\n",

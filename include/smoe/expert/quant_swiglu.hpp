@@ -20,13 +20,15 @@
 // layer gives the same bits (§4 rule 4), on every ISA and thread count. Per call each expert's kernel
 // is chosen once by its format (one switch), never per row or element.
 //
-// int8_dot (SwiGLUConfig, formats.md §6.2): int4 and int8-channel experts then take the int8 dot path
-// (kernels/cpu/int8_dot.hpp: activations quantised per block of 32, integer dot products) and are
-// packed for it; the other formats keep the exact path. uses_int8_dot(e) says which expert takes it.
+// int8_dot (SwiGLUConfig, formats.md §6.2): int4, int8-channel, ternary and MXFP4 experts then take the
+// int8 dot path (kernels/cpu/int8_dot.hpp: activations quantised per block of 32, integer dot products;
+// MXFP4 as u = 2 · E2M1 + 12 on int4's arithmetic) and are packed for it; the other formats keep the exact
+// path. uses_int8_dot(e) says which expert takes it.
 // bf16_dot on (AVX512-BF16, an error on a CPU without it) or emulated: FP8 and MXFP4 experts take the
 // bf16 dot path (kernels/cpu/bf16_dot_quant.hpp: activations rounded to bf16, vdpbf16ps, the factor on
-// each block's fp32 partial sum); `automatic` and `off` keep the exact path here (formats.md §6.1 is the
-// default; §6.2's paths are opt-in). uses_bf16_dot(e) says which experts take it.
+// each block's fp32 partial sum); with both switches MXFP4 keeps the bf16 path, whose bound is the tighter
+// (2e-3 against 5e-2 of the exact result); `automatic` and `off` keep the exact path here (formats.md
+// §6.1 is the default; §6.2's paths are opt-in). uses_bf16_dot(e) says which experts take it.
 
 #include <algorithm>
 #include <cstdint>
@@ -301,9 +303,9 @@ private:
 
     Packed layout(std::string const& what, quant::Format const& f, std::int64_t K, quant::Matrix const* m) const {
         Packed P;
-        P.dot = cfg_.int8_dot != Int8Dot::off &&
-                (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel || f.kind == quant::Kind::ternary);
         P.bf16 = (cfg_.bf16_dot == Bf16Dot::on || cfg_.bf16_dot == Bf16Dot::emulated) && kernels::cpu::bf16_dot_format(f, K);
+        P.dot = cfg_.int8_dot != Int8Dot::off && (f.kind == quant::Kind::int4 || f.kind == quant::Kind::int8_channel ||
+                                                  f.kind == quant::Kind::ternary || (f.kind == quant::Kind::mxfp4 && !P.bf16));
         if (P.bf16) {
             P.q = kernels::cpu::bf16q_layout(f, K);
             return P;

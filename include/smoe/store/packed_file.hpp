@@ -4,12 +4,14 @@
 // expert::QuantSwiGLU), so loading is mmap + validation and never packs. Written once, one expert at
 // a time (PackedWriter: peak memory about one expert), by `smoe-pack` or store::pack_experts.
 //
-// Layout, version 4, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
+// Layout, version 5, little-endian (every offset from the file's start). Version 2 gave FormatEntry its
 // ternary scale and packing fields (format::Ternary records); version 3 records which of the model's
 // experts each record is (ExpertEntry::expert, LayerEntry::model_experts), so a rank's file of its own
 // experts is recognised by their ids, not by its count; version 4 records FP8 experts' bf16 dot panels
 // with their k pairs in 64-byte groups of two (bf16_dot_quant.hpp's byte order for vpermt2b: a version
-// 3 file's FP8 panels would read as other weights). Versions 1 to 3 were written only before any
+// 3 file's FP8 panels would read as other weights); version 5 packs int8 dot panels with one zero
+// point per matrix without zero tables (int8_dot.hpp) and MXFP4 experts into int8 dot panels when the
+// file's flags ask for those and not for bf16 dot ones. Versions 1 to 4 were written only before any
 // release (by smoe's own tests and demos): this reader refuses them, naming both versions (repack).
 //
 //   [0, 128)               FileHeader: magic "SMOEPACK", version, file size, where the table is,
@@ -108,7 +110,7 @@ inline std::uint64_t xxh64(std::span<std::byte const> data, std::uint64_t seed =
     return h;
 }
 
-inline constexpr std::uint32_t kPackedVersion = 4;
+inline constexpr std::uint32_t kPackedVersion = 5;
 inline constexpr char kPackedMagic[8] = {'S', 'M', 'O', 'E', 'P', 'A', 'C', 'K'};
 inline constexpr std::uint64_t kPackedDataOffset = std::uint64_t(2) << 20;  // huge-page aligned
 inline constexpr std::uint64_t kRecordAlignment = 4096;                    // a page
@@ -356,8 +358,9 @@ private:
         if (h.version != kPackedVersion)
             fail("version", h.version,
                  std::to_string(kPackedVersion) + " (the format this smoe reads" +
-                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the FP8 panels' pair groups (v4), the experts' ids (v3) and "
-                                                      "ternary fields (v2)" : "") +
+                     (h.version < kPackedVersion ? ": an older smoe-pack wrote it, before the int8 dot panels' zero tables and MXFP4 (v5), the FP8 "
+                                                      "panels' pair groups (v4), the experts' ids (v3) and ternary fields (v2)"
+                                                    : "") +
                      "; repack the model with this smoe-pack)");
         FileHeader z = h;
         z.header_checksum = 0;

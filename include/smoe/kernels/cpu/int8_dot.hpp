@@ -1,20 +1,27 @@
 #pragma once
-// The int8 dot path of formats.md §6.2 for int4, int8 and ternary weights (opt-in, SwiGLUConfig::int8_dot):
-// activations quantised to int8 per block of 32 (llama.cpp's q8 idea), integer dot products per block,
-// one fp32 chain over blocks. The scalar model, for every input row x of one matmul:
+// The int8 dot path of formats.md §6.2 for int4, int8, ternary and MXFP4 weights (opt-in,
+// SwiGLUConfig::int8_dot): activations quantised to int8 per block of 32 (llama.cpp's q8 idea), integer dot
+// products per block, one fp32 chain over blocks. The scalar model, for every input row x of one matmul:
 //   d_b = amax_b / 127, q_i = clamp(rint(x_i / d_b), -127, 127)   (fp32; d_b = 0 -> q = 0; a NaN/Inf
 //                                                                    in the block makes d_b NaN)
 //   S_ob = Σ_{i∈b} (u[o, i] - z[o, k(b)]) · q_i                     (exact int32)
 //   y_o  = fma(float(S_ob), fl32(d_b · s[o, k(b)]), y_o), b = 0, 1, ... in order, from +0
-// int8 weights enter as u = q_w + 128, z = 128. Every kernel computes exactly this, so the AVX512-VNNI
-// kernel (vpdpbusd: unsigned weight bytes times signed activation bytes) and the portable one give
-// the same bits, on every thread count and row split.
+// int8 weights enter as u = q_w + 128, z = 128. MXFP4 (E2M1 codes, one E8M0 scale per 32) enters as
+// u = 2 v + 12 (0..24: 2 v is an integer for every E2M1 value v), z = 12 and s = 2^(e - 128), so (u - z) · s
+// is W_deq exactly and the rest is int4's arithmetic: the panels keep the 4-bit codes, which the kernels
+// map to u through a 16-byte table (vpshufb), as llama.cpp's MXFP4 x q8_0 dot does, and each factor as its
+// E8M0 byte (s is exact in fp32 for every e, 2^-128 a subnormal). Every kernel computes exactly this, so
+// the AVX512-VNNI kernel (vpdpbusd: unsigned weight bytes times signed activation bytes) and the portable
+// one give the same bits, on every thread count and row split.
 //
 // Panels (16 output units): per block of 32 k, `bits` vectors of 16 dwords (64 · bits bytes); dword
 // (v, o) holds 32 / bits pieces of 4 consecutive k of unit o, piece c in bits c·bits.. of each byte, so
-// piece c of vector v is k = 4 (v · 32 / bits + c) + 0..3: int8 (bits 8) one piece, int4 two (nibbles),
-// ternary (bits 2, u = t + 1, research.md §7.1) four, at half of int4's bytes. Then per group one table
-// of 16 fp32 factors and one of 16 int32 zero points. Act order stores k in group order (as quant_panel.hpp) and quantises x in that order.
+// piece c of vector v is k = 4 (v · 32 / bits + c) + 0..3: int8 (bits 8) one piece, int4 and MXFP4 two
+// (nibbles), ternary (bits 2, u = t + 1, research.md §7.1) four, at half of int4's bytes. Then per group
+// one table of 16 fp32 factors (MXFP4: 16 E8M0 bytes, so 0.53 bytes a weight as int4 g128, not 0.625)
+// and, where the zero points differ (asymmetric int4), one of 16 int32 zero points: a matrix with one
+// zero point (DotLayout::zero) stores none, so no kernel streams bytes it never reads. A panel is padded
+// to 64 bytes. Act order stores k in group order (as quant_panel.hpp) and quantises x in that order.
 // Activations are quantised per tile, one block at a time, on the stack: the phased expert API has no
 // workspace, and the cost is O(rows · K) against the tile's O(rows · K · panels) (as bf16_dot.hpp).
 
@@ -103,15 +110,38 @@ inline char const* to_string(Int8DotKernel k) {
     }
 }
 
+// The 16-byte code -> u tables of 4-bit codes: int4's identity, and MXFP4's u = 2 · E2M1 value + 12.
+inline constexpr std::uint8_t kIdentityNibbles[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+inline constexpr std::uint8_t kE2m1Nibbles[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+inline constexpr std::int32_t kE2m1Zero = 12;
+
 struct DotLayout {
-    quant::Kind kind = quant::Kind::int4;  // int4, int8_channel or ternary
+    quant::Kind kind = quant::Kind::int4;  // int4, int8_channel, ternary or mxfp4
     int bits = 4;                           // bits per code: 4, 8, 2
     std::int64_t K = 0, blocks = 0;         // blocks = ceil(K / 32)
     std::int64_t block_bytes = 0;           // 64 · bits: 128 (ternary), 256 (int4), 512 (int8)
     std::int64_t blocks_per_group = 0;      // k(b) = b / blocks_per_group
     std::int64_t tables = 0, scale_off = 0, zero_off = 0, pstride = 0;
+    std::int64_t scale_bytes = 4;  // per slot and table: fp32, or MXFP4's E8M0 byte
     std::int32_t zero = -1;          // the zero point of every output (int8: 128, symmetric int4: 8), else -1
+    std::uint8_t const* nibbles = kIdentityNibbles;  // 4-bit codes: code -> u
     std::vector<std::int32_t> perm;  // act order: input column of (sorted) step k
+
+    bool zero_tables() const { return zero < 0; }
+    // Unit o's factor s for table t of the panel at `panel`.
+    float factor(std::uint8_t const* panel, std::int64_t t, int o) const {
+        if (scale_bytes == 1) return std::ldexp(1.0f, int(panel[scale_off + t * kPanelCols + o]) - 128);
+        float sc;
+        std::memcpy(&sc, panel + scale_off + (t * kPanelCols + o) * 4, 4);
+        return sc;
+    }
+    // Unit o's zero point for table t of the panel at `panel`.
+    std::int32_t zero_of(std::uint8_t const* panel, std::int64_t t, int o) const {
+        if (!zero_tables()) return zero;
+        std::int32_t z;
+        std::memcpy(&z, panel + zero_off + (t * kPanelCols + o) * 4, 4);
+        return z;
+    }
 };
 
 // The layout of a matrix of K columns; `m` gives act order's gidx. Precondition (checked by the
@@ -127,10 +157,17 @@ inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matri
     L.block_bytes = 64 * L.bits;
     L.tables = L.kind == quant::Kind::int8_channel ? 1 : f.groups(K);
     L.blocks_per_group = L.tables > 1 ? f.group_cols(K) / kQ8Block : std::max<std::int64_t>(L.blocks, 1);
+    switch (f.kind) {  // matrix.hpp holds symmetric int4's zeros to 8
+        case quant::Kind::int8_channel: L.zero = 128; break;
+        case quant::Kind::ternary: L.zero = 1; break;
+        case quant::Kind::mxfp4: L.zero = kE2m1Zero; break;
+        default: L.zero = f.symmetric ? 8 : -1;
+    }
+    if (f.kind == quant::Kind::mxfp4) L.nibbles = kE2m1Nibbles;
+    if (f.kind == quant::Kind::mxfp4) L.scale_bytes = 1;
     L.scale_off = L.blocks * L.block_bytes;
-    L.zero_off = L.scale_off + L.tables * kPanelCols * 4;
-    L.pstride = L.zero_off + L.tables * kPanelCols * 4;
-    L.zero = f.kind == quant::Kind::int8_channel ? 128 : f.kind == quant::Kind::ternary ? 1 : f.symmetric ? 8 : -1;  // matrix.hpp holds symmetric zeros to 8
+    L.zero_off = L.scale_off + L.tables * kPanelCols * L.scale_bytes;
+    L.pstride = (L.zero_off + (L.zero_tables() ? L.tables * kPanelCols * 4 : 0) + 63) / 64 * 64;
     if (f.act_order && m) L.perm = quant_layout(f, K, m).perm;
     return L;
 }
@@ -149,6 +186,8 @@ inline DotPos dot_pos(int bits, std::int64_t r, int s) {
 inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
     std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
     bool const int8 = L.kind == quant::Kind::int8_channel;
+    // MXFP4: u - z = 2 v, so the factor is half the E8M0 scale (exact: a power of two down to 2^-128).
+    float const half = L.kind == quant::Kind::mxfp4 ? 0.5f : 1.0f;
     for (int s = 0; s < kPanelCols; ++s) {
         quant::Matrix const* m = slot[s].m;
         if (!m) continue;
@@ -163,9 +202,13 @@ inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot cons
         }
         for (std::int64_t t = 0; t < L.tables; ++t) {
             std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
-            float const sc = m->scale_of(o, i);
-            std::int32_t const z = int8 ? 128 : m->zero_of(o, i);
-            std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
+            float const sc = m->scale_of(o, i) * half;
+            if (L.scale_bytes == 1)  // 2^(e - 127) / 2 = 2^(e - 128): e from the exact power of two
+                dst[L.scale_off + t * kPanelCols + s] = static_cast<std::uint8_t>(std::ilogb(sc) + 128);
+            else
+                std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
+            if (!L.zero_tables()) continue;
+            std::int32_t const z = m->zero_of(o, i);
             std::memcpy(dst + L.zero_off + (t * kPanelCols + s) * 4, &z, 4);
         }
     }
@@ -217,14 +260,13 @@ void dot_rows_portable(float const* a, std::int64_t lda, int rows, std::uint8_t 
             std::int64_t const t = b / L.blocks_per_group;
             std::uint8_t const* blk = panel + b * L.block_bytes;
             for (int s = 0; s < kPanelCols; ++s) {
-                float sc;
-                std::int32_t z;
-                std::memcpy(&sc, panel + L.scale_off + (t * kPanelCols + s) * 4, 4);
-                std::memcpy(&z, panel + L.zero_off + (t * kPanelCols + s) * 4, 4);
+                float const sc = L.factor(panel, t, s);
+                std::int32_t const z = L.zero_of(panel, t, s);
                 std::int32_t S = 0;
                 for (int r = 0; r < kQ8Block; ++r) {
                     DotPos const at = dot_pos(L.bits, r, s);
-                    std::int32_t const u = (blk[at.byte] >> at.shift) & ((1 << L.bits) - 1);
+                    std::int32_t u = (blk[at.byte] >> at.shift) & ((1 << L.bits) - 1);
+                    if (L.bits == 4) u = L.nibbles[u];
                     S += (u - z) * q.q[r];
                 }
                 acc[s] = std::fma(static_cast<float>(S), q.d * sc, acc[s]);
@@ -295,13 +337,16 @@ struct Q8Rows {
 
 // MR rows x NP panels, every block of K; while it runs, the pf_bytes at pf (the next tile's panels, or
 // nullptr) are prefetched into L2, an equal share per block, so they have arrived when that tile starts.
-// Self: the tile quantises its rows itself, block by block (K
-// too long for gemm_int8_dot's stack buffer; one row and one panel, since the quantiser's registers in
-// the loop make the accumulators spill); either way the same bytes and factors.
+// Mx: MXFP4's panels, 4-bit codes through L.nibbles and E8M0 factor bytes; int4's codes are u themselves
+// and skip the vpshufb per code vector (through the identity table, qwen2moe T = 512 took ~10 % more CPU
+// time). Self: the tile
+// quantises its rows itself, block by block (K too long for gemm_int8_dot's stack buffer; one row and
+// one panel, since the quantiser's registers in the loop make the accumulators spill); either way the
+// same bytes and factors.
 // S = dot - z · Σq: with one zero point for the matrix (L.zero) the int32 sums start from -z · Σq, which
 // saves an fp32 operation per output vector and block; otherwise it is formed in fp32, exact since both
 // terms are integers below 2^24.
-template <int Bits, int MR, int NP, bool Self = false>
+template <int Bits, bool Mx, int MR, int NP, bool Self = false>
 [[gnu::noinline]] SMOE_TARGET_AVX512_VNNI void dot_tile_vnni(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* b0,
                                                              DotLayout const& L, float* out, std::uint8_t const* pf,
                                                              std::int64_t pf_bytes) {
@@ -334,6 +379,7 @@ template <int Bits, int MR, int NP, bool Self = false>
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     __m512i const mask = _mm512_set1_epi8(static_cast<char>((1 << Bits) - 1));
+    __m512i const nibbles = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<__m128i const*>(L.nibbles)));
     std::int32_t const zc = std::max(L.zero, 0);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         alignas(64) Q8 local[MR];
@@ -379,7 +425,10 @@ template <int Bits, int MR, int NP, bool Self = false>
             for (int c = 0; c < kPieces; ++c) {
                 __m512i u[NP];
 #pragma GCC unroll 4
-                for (int j = 0; j < NP; ++j) u[j] = Bits == 8 ? x[j] : _mm512_and_si512(c == 0 ? x[j] : _mm512_srli_epi16(x[j], c * Bits), mask);
+                for (int j = 0; j < NP; ++j) {
+                    u[j] = Bits == 8 ? x[j] : _mm512_and_si512(c == 0 ? x[j] : _mm512_srli_epi16(x[j], c * Bits), mask);
+                    if constexpr (Mx) u[j] = _mm512_shuffle_epi8(nibbles, u[j]);
+                }
 #pragma GCC unroll 6
                 for (int i = 0; i < MR; ++i) {
                     __m512i const q4 = _mm512_set1_epi32(qrow[i][v * kPieces + c]);
@@ -391,8 +440,14 @@ template <int Bits, int MR, int NP, bool Self = false>
 #pragma GCC unroll 4
         for (int j = 0; j < NP; ++j) {
             std::uint8_t const* pj = b0 + j * L.pstride;
-            __m512 const s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
-            if (L.zero < 0) {
+            __m512 s;
+            if constexpr (Mx) {  // 2^(e - 128) exactly, subnormals included (vscalefps: 1 · 2^(e - 128))
+                __m128i const e = _mm_loadu_si128(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols));
+                s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(e), _mm512_set1_epi32(128))));
+            } else {
+                s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
+            }
+            if (L.zero_tables()) {
                 __m512 const z = _mm512_cvtepi32_ps(_mm512_loadu_si512(pj + L.zero_off + t * kPanelCols * 4));
 #pragma GCC unroll 6
                 for (int i = 0; i < MR; ++i) {
@@ -429,11 +484,11 @@ template <bool Vex>
 }
 
 // MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
-// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) never saturate
-// the int16 pairs (2 · 15 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
+// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) and MXFP4's u (<= 24)
+// never saturate the int16 pairs (2 · 24 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
 // S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps in int32, int8 bytes whole.
 // Lanes 0-7 and 8-15 of a panel vector are two ymm.
-template <int Bits, int MR, YmmDot D>
+template <int Bits, bool Mx, int MR, YmmDot D>
 [[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
                                                           DotLayout const& L, float* out) {
     __m256 acc[MR][2];
@@ -442,6 +497,7 @@ template <int Bits, int MR, YmmDot D>
     constexpr int kVecs = Bits, kPieces = 8 / Bits;
     __m256i const nib = _mm256_set1_epi8(15), mask = _mm256_set1_epi8(static_cast<char>(Bits == 8 ? 15 : (1 << Bits) - 1)),
                   ones = _mm256_set1_epi16(1);
+    __m256i const nibbles = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<__m128i const*>(L.nibbles)));
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         std::int32_t qd[MR][8];
         float dq[MR], sq[MR];
@@ -485,7 +541,8 @@ template <int Bits, int MR, YmmDot D>
                 } else {  // piece c: k = 4 (v · kPieces + c) + 0..3
 #pragma GCC unroll 4
                     for (int c = 0; c < kPieces; ++c) {
-                        __m256i const u = _mm256_and_si256(c == 0 ? x : _mm256_srli_epi16(x, c * Bits), mask);
+                        __m256i u = _mm256_and_si256(c == 0 ? x : _mm256_srli_epi16(x, c * Bits), mask);
+                        if constexpr (Mx) u = _mm256_shuffle_epi8(nibbles, u);
 #pragma GCC unroll 4
                         for (int i = 0; i < MR; ++i) dot[i][h] = dp(dot[i][h], u, qd[i][v * kPieces + c]);
                     }
@@ -493,8 +550,17 @@ template <int Bits, int MR, YmmDot D>
             }
         std::int64_t const t = b / L.blocks_per_group;
         for (int h = 0; h < 2; ++h) {
-            __m256 const s = _mm256_loadu_ps(reinterpret_cast<float const*>(pj + L.scale_off) + t * kPanelCols + 8 * h);
-            __m256 const z = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(pj + L.zero_off + (t * kPanelCols + 8 * h) * 4)));
+            __m256 s;
+            if constexpr (Mx) {  // 2^(e - 128): e << 23 is 2^(e - 127) for e >= 1, halved exactly; e = 0 is 2^-128
+                __m256i const e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols + 8 * h)));
+                s = _mm256_blendv_ps(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0.5f)), _mm256_set1_ps(0x1p-128f),
+                                     _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+            } else {
+                s = _mm256_loadu_ps(reinterpret_cast<float const*>(pj + L.scale_off) + t * kPanelCols + 8 * h);
+            }
+            __m256 const z = L.zero_tables()
+                                 ? _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(pj + L.zero_off + (t * kPanelCols + 8 * h) * 4)))
+                                 : _mm256_set1_ps(static_cast<float>(L.zero));
             for (int i = 0; i < MR; ++i) {
                 __m256 const S = _mm256_fnmadd_ps(z, _mm256_set1_ps(sq[i]), _mm256_cvtepi32_ps(dot[i][h]));
                 acc[i][h] = _mm256_fmadd_ps(S, _mm256_mul_ps(_mm256_set1_ps(dq[i]), s), acc[i][h]);
@@ -511,16 +577,16 @@ template <int Bits, int MR, YmmDot D>
 #if SMOE_INT8_DOT_NATIVE
 
 // The AVX2 tile of R rows for `kernel` (avx_vnni, avx_vnni_evex or avx2).
-template <int Bits, int R>
+template <int Bits, bool Mx, int R>
 void dot_tile_ymm(Int8DotKernel kernel, float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj, DotLayout const& L,
                   float* out) {
-    if (kernel == Int8DotKernel::avx_vnni) return dot_tile_avx2<Bits, R, YmmDot::vex>(a, lda, pre, pj, L, out);
-    if (kernel == Int8DotKernel::avx_vnni_evex) return dot_tile_avx2<Bits, R, YmmDot::evex>(a, lda, pre, pj, L, out);
-    dot_tile_avx2<Bits, R, YmmDot::maddubs>(a, lda, pre, pj, L, out);
+    if (kernel == Int8DotKernel::avx_vnni) return dot_tile_avx2<Bits, Mx, R, YmmDot::vex>(a, lda, pre, pj, L, out);
+    if (kernel == Int8DotKernel::avx_vnni_evex) return dot_tile_avx2<Bits, Mx, R, YmmDot::evex>(a, lda, pre, pj, L, out);
+    dot_tile_avx2<Bits, Mx, R, YmmDot::maddubs>(a, lda, pre, pj, L, out);
 }
 
 // gemm_int8_dot on the AVX2 or VNNI kernels, for codes of Bits bits.
-template <int Bits, class Epi>
+template <int Bits, bool Mx, class Epi>
 void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLayout const& L, std::uint8_t const* panels,
                           std::int64_t p0, std::int64_t p1, Epi& epi) {
     bool const native = kernel == Int8DotKernel::native;
@@ -541,9 +607,9 @@ void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLa
             for (std::int64_t p = p0; p < p1; ++p) {
                 std::uint8_t const* pp = panels + p * L.pstride;
                 if (!native)
-                    dot_tile_ymm<Bits, 1>(kernel, A.row(i), A.ld, none, pp, L, out);
+                    dot_tile_ymm<Bits, Mx, 1>(kernel, A.row(i), A.ld, none, pp, L, out);
                 else
-                    dot_tile_vnni<Bits, 1, 1, true>(A.row(i), A.ld, none, pp, L, out, p + 1 < p1 ? pp + L.pstride : nullptr, L.pstride);
+                    dot_tile_vnni<Bits, Mx, 1, 1, true>(A.row(i), A.ld, none, pp, L, out, p + 1 < p1 ? pp + L.pstride : nullptr, L.pstride);
                 epi.store(i, p, out);
             }
         return;
@@ -576,7 +642,7 @@ void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLa
             std::uint8_t const* pp = panels + p * L.pstride;
             if constexpr (N == 1 && R <= 4)
                 if (!native) {
-                    dot_tile_ymm<Bits, R>(kernel, nullptr, 0, pm, pp, L, out);
+                    dot_tile_ymm<Bits, Mx, R>(kernel, nullptr, 0, pm, pp, L, out);
                     store_tile(epi, c0 + m, p, R, 1, out);
                     return;
                 }
@@ -584,7 +650,7 @@ void gemm_int8_dot_native(Int8DotKernel kernel, MatrixView<float const> A, DotLa
             // wide as this one; the loop below may cut it into narrower tiles, each still in the range);
             // the other row tiles find the group in cache.
             std::uint8_t const* const pf = m == 0 && p + N < p1 ? pp + N * L.pstride : nullptr;
-            dot_tile_vnni<Bits, R, N>(nullptr, 0, pm, pp, L, out, pf, std::min<std::int64_t>(N, p1 - p - N) * L.pstride);
+            dot_tile_vnni<Bits, Mx, R, N>(nullptr, 0, pm, pp, L, out, pf, std::min<std::int64_t>(N, p1 - p - N) * L.pstride);
             store_tile(epi, c0 + m, p, R, N, out);
         };
         auto const rows = [&]<int N>(std::int64_t p) {
@@ -631,9 +697,11 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
 #if SMOE_INT8_DOT_NATIVE
     if (kernel != Int8DotKernel::portable) {
         switch (L.bits) {
-            case 2: return detail::gemm_int8_dot_native<2>(kernel, A, L, panels, p0, p1, epi);
-            case 4: return detail::gemm_int8_dot_native<4>(kernel, A, L, panels, p0, p1, epi);
-            default: return detail::gemm_int8_dot_native<8>(kernel, A, L, panels, p0, p1, epi);
+            case 2: return detail::gemm_int8_dot_native<2, false>(kernel, A, L, panels, p0, p1, epi);
+            case 4:
+                if (L.kind == quant::Kind::mxfp4) return detail::gemm_int8_dot_native<4, true>(kernel, A, L, panels, p0, p1, epi);
+                return detail::gemm_int8_dot_native<4, false>(kernel, A, L, panels, p0, p1, epi);
+            default: return detail::gemm_int8_dot_native<8, false>(kernel, A, L, panels, p0, p1, epi);
         }
     }
 #endif
