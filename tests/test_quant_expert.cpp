@@ -167,6 +167,34 @@ bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
     return true;
 }
 
+// One expert set on the int8 dot path's kernels: what Int8Dot::on picks, the portable scalar model, the
+// AVX2 kernel and the AVX-VNNI one (each the portable one where this CPU cannot run it).
+struct Int8DotKernels {
+    QuantSwiGLU on, portable, avx2, vnni;
+    static SwiGLUConfig config(std::int64_t d, std::int64_t f, std::int64_t E, smoe::expert::Int8Dot k) {
+        SwiGLUConfig c{d, f, E};
+        c.int8_dot = k;
+        return c;
+    }
+    Int8DotKernels(std::int64_t d, std::int64_t f, std::vector<QuantExpertWeights> const& xs)
+        : on(config(d, f, std::int64_t(xs.size()), smoe::expert::Int8Dot::on), QuantSwiGLUWeights::of(xs)),
+          portable(config(d, f, std::int64_t(xs.size()), smoe::expert::Int8Dot::portable), QuantSwiGLUWeights::of(xs)),
+          avx2(config(d, f, std::int64_t(xs.size()),
+                      smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable),
+               QuantSwiGLUWeights::of(xs)),
+          vnni(config(d, f, std::int64_t(xs.size()), has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable),
+               QuantSwiGLUWeights::of(xs)) {}
+    // Expert e's outputs for M rows by Int8Dot::on, checked bit for bit against the other three kernels.
+    std::vector<float> rows(std::int64_t e, std::vector<float> const& x, std::int64_t M) const {
+        auto const y = run_rows(xsimd::default_arch{}, on, e, x, M);
+        auto const yp = run_rows(xsimd::default_arch{}, portable, e, x, M);
+        CHECK(same_bits(y, yp));
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, avx2, e, x, M), yp));
+        CHECK(same_bits(run_rows(xsimd::default_arch{}, vnni, e, x, M), yp));
+        return y;
+    }
+};
+
 // An expert's dequantised values, row-major, computed once per expert: the oracles below read each weight
 // once per row of x, and Matrix::deq per read made them most of the ASan run's time.
 struct DeqExpert {
@@ -483,26 +511,16 @@ TEST_CASE("the int8 dot path: the scalar model's bits on every kernel, within fo
     for (auto const& c : cases) {
         std::int64_t const d = c.shape.d, f = c.shape.f;
         std::vector<QuantExpertWeights> xs = {random_expert(rng, c.gu, c.dn, d, f), random_expert(rng, c.gu, c.dn, d, f)};
-        SwiGLUConfig on{d, f, 2}, portable{d, f, 2}, avx2{d, f, 2}, vnni{d, f, 2};
-        on.int8_dot = smoe::expert::Int8Dot::on;
-        portable.int8_dot = smoe::expert::Int8Dot::portable;
-        bool const has_avx2 = smoe::kernels::cpu::cpu_has_avx2_fma();
-        avx2.int8_dot = has_avx2 ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
-        vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
-        QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
-        QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
-        INFO("format " << qn.format_name(0) << ", kernels " << to_string(qn.int8_dot_kernel()) << ", " << to_string(qa.int8_dot_kernel())
-                       << " and " << to_string(qv.int8_dot_kernel()));
+        Int8DotKernels const k(d, f, xs);
+        QuantSwiGLU const& qn = k.on;
+        INFO("format " << qn.format_name(0) << ", kernels " << to_string(qn.int8_dot_kernel()) << ", " << to_string(k.avx2.int8_dot_kernel())
+                       << " and " << to_string(k.vnni.int8_dot_kernel()));
         CHECK(qn.uses_int8_dot(0));
         DeqExpert const w1(xs[1]);
         for (std::int64_t M : {1, 2, 3, 5, 9, 21}) {
             auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
             for (std::int64_t i = 0; i < d; i += 7) x[std::size_t(i)] *= 30.0f;  // outlier channels, as §6.2 measured
-            auto const yn = run_rows(xsimd::default_arch{}, qn, 1, x, M);
-            auto const yp = run_rows(xsimd::default_arch{}, qp, 1, x, M);
-            CHECK(same_bits(yn, yp));
-            CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 1, x, M), yp));
-            CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 1, x, M), yp));
+            auto const yn = k.rows(1, x, M);
             double exact = 0;
             CHECK(int8_oracle_error(xs[1], w1, x, yn, M, exact) <= 2e-3);
             CHECK(exact <= 5e-2);
@@ -616,26 +634,16 @@ TEST_CASE("the int8 dot path: MXFP4 at the ends of E8M0's range gives the scalar
         std::int64_t const G = m->format.groups(m->cols);
         for (std::size_t i = 0; i < m->scales.size(); ++i) m->scales[i] = e8m0_to_float(es[(i / std::size_t(G)) % es.size()]);
     }
-    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1}, vnni{d, f, 1};
-    on.int8_dot = smoe::expert::Int8Dot::on;
-    portable.int8_dot = smoe::expert::Int8Dot::portable;
-    avx2.int8_dot = smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
-    vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
-    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
-    QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
-    CHECK(qn.uses_int8_dot(0));
+    Int8DotKernels const k(d, f, xs);
+    CHECK(k.on.uses_int8_dot(0));
     for (std::int64_t M : {1, 4, 7}) {
         auto x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
         for (std::int64_t r = 0; r < M; ++r)  // whole blocks of tiny d_b too
             for (std::int64_t i = 32 * (r % 3); i < 32 * (r % 3) + 32; ++i) x[std::size_t(r * d + i)] *= 1e-30f;
-        auto const yp = run_rows(xsimd::default_arch{}, qp, 0, x, M);
         INFO("M " << M);
         std::int64_t tiny = 0;
-        for (float v : yp) tiny += v != 0.0f && std::fabs(v) < 1e-30f;
+        for (float v : k.rows(0, x, M)) tiny += v != 0.0f && std::fabs(v) < 1e-30f;
         CHECK(tiny > 0);  // the e = 0 to 3 rows' outputs, near or below fp32's smallest normal
-        CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
-        CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
-        CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 0, x, M), yp));
     }
 }
 
@@ -643,18 +651,8 @@ TEST_CASE("the int8 dot path quantises rows too long for its stack buffer inside
     std::mt19937_64 rng(1508);
     std::int64_t const d = 65568, f = 16, M = 5;  // 1.25 d bytes of quantised row > the 80 KiB buffer
     std::vector<QuantExpertWeights> xs = {random_expert(rng, Format::int4(32), Format::int4(0), d, f)};
-    SwiGLUConfig on{d, f, 1}, portable{d, f, 1}, avx2{d, f, 1}, vnni{d, f, 1};
-    on.int8_dot = smoe::expert::Int8Dot::on;
-    portable.int8_dot = smoe::expert::Int8Dot::portable;
-    avx2.int8_dot = smoe::kernels::cpu::cpu_has_avx2_fma() ? smoe::expert::Int8Dot::avx2 : smoe::expert::Int8Dot::portable;
-    vnni.int8_dot = has_ymm_vnni() ? smoe::expert::Int8Dot::avx_vnni : smoe::expert::Int8Dot::portable;
-    QuantSwiGLU const qn(on, QuantSwiGLUWeights::of(xs)), qp(portable, QuantSwiGLUWeights::of(xs)), qa(avx2, QuantSwiGLUWeights::of(xs));
-    QuantSwiGLU const qv(vnni, QuantSwiGLUWeights::of(xs));
-    auto const x = smoe_test::normal(rng, std::size_t(M * d), 1.0);
-    auto const yp = run_rows(xsimd::default_arch{}, qp, 0, x, M);
-    CHECK(same_bits(run_rows(xsimd::default_arch{}, qn, 0, x, M), yp));
-    CHECK(same_bits(run_rows(xsimd::default_arch{}, qa, 0, x, M), yp));
-    CHECK(same_bits(run_rows(xsimd::default_arch{}, qv, 0, x, M), yp));
+    Int8DotKernels const k(d, f, xs);
+    k.rows(0, smoe_test::normal(rng, std::size_t(M * d), 1.0), M);
 }
 
 namespace {
