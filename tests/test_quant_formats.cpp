@@ -364,5 +364,16 @@ TEST_CASE("invalid quantised tensors get formats.md section 5's named errors", "
         m.scales.pop_back();
         CHECK_THROWS_WITH(m.validate("w1"), Contains("w1.scales") && Contains("length 3"));
         CHECK_THROWS_WITH(Format::int4(3).check("w", 2, 8), Contains("a divisor of in_features 8"));
+        Matrix x;
+        x.format = Format::mxfp4();
+        x.rows = 1;
+        x.cols = 64;
+        x.codes.assign(64, 3);
+        x.scales = {0x1p-127f, 0x1p127f};
+        x.validate("x");
+        for (float bad : {0.75f, 0.0f, 0x1p-128f}) {
+            x.scales[1] = bad;
+            CHECK_THROWS_WITH(x.validate("x"), Contains("x.scales element [0, 1]") && Contains("an E8M0 scale"));
+        }
     }
 }

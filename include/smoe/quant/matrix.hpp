@@ -140,6 +140,9 @@ struct Matrix {
             // The quantisers' all-zero rows and groups store 0 (format.hpp, quantize.hpp); files never do (§5).
             if (!std::isfinite(s) || s < 0.0f)
                 fail(what + ".scales " + at(k / scols, k % scols), smoe::detail::to_text(s), "a finite scale >= 0");
+            // The int8 dot panels keep an MXFP4 factor as its exponent byte (int8_dot.hpp), so it must be one.
+            if (format.kind == Kind::mxfp4 && !(s > 0.0f && std::ilogb(s) >= -127 && std::ldexp(1.0f, std::ilogb(s)) == s))
+                fail(what + ".scales " + at(k / scols, k % scols), smoe::detail::to_text(s), "an E8M0 scale 2^(e - 127), e = 0..254");
         }
         std::uint8_t const max_code = format.kind == Kind::ternary ? 2 : format.kind == Kind::int4 || format.kind == Kind::mxfp4 ? 15 : 255;
         for (std::int64_t k = 0; k < size(codes); ++k) {
