@@ -14,7 +14,9 @@
 //
 // Build: bench/baselines/build_ggml.sh GGML_SOURCE_DIR (ggml as vendored by llama.cpp; see that script)
 // Run:   ggml_moe SHAPE TOKENS THREADS MIN_REPS TYPE PROTOCOL     e.g. ggml_moe olmoe 1,8 2 5 q4_0 cold
-//        TYPE: f32 | f16 | bf16 | q8_0 | q4_0     PROTOCOL: hot | cold
+//        TYPE: f32 | f16 | bf16 | q8_0 | q4_0 | mxfp4     PROTOCOL: hot | cold
+// (mxfp4: ggml's block_mxfp4, as llama.cpp runs gpt-oss: E2M1 codes and an E8M0 scale per 32, dotted with
+// q8_0 activations; ggml's own round-to-nearest quantiser, the same bytes a weight as smoe's mxfp4d)
 #include "moe_common.h"
 
 #include <ggml-alloc.h>
@@ -45,7 +47,8 @@ ggml_type parse_type(std::string const& name) {
     if (name == "bf16") return GGML_TYPE_BF16;
     if (name == "q8_0") return GGML_TYPE_Q8_0;
     if (name == "q4_0") return GGML_TYPE_Q4_0;
-    throw std::invalid_argument("ggml_moe: TYPE '" + name + "': expected f32, f16, bf16, q8_0 or q4_0");
+    if (name == "mxfp4") return GGML_TYPE_MXFP4;
+    throw std::invalid_argument("ggml_moe: TYPE '" + name + "': expected f32, f16, bf16, q8_0, q4_0 or mxfp4");
 }
 
 double llc_bytes() {

@@ -163,8 +163,10 @@ inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matri
         case quant::Kind::mxfp4: L.zero = kE2m1Zero; break;
         default: L.zero = f.symmetric ? 8 : -1;
     }
-    if (f.kind == quant::Kind::mxfp4) L.nibbles = kE2m1Nibbles;
-    if (f.kind == quant::Kind::mxfp4) L.scale_bytes = 1;
+    if (f.kind == quant::Kind::mxfp4) {
+        L.nibbles = kE2m1Nibbles;
+        L.scale_bytes = 1;
+    }
     L.scale_off = L.blocks * L.block_bytes;
     L.zero_off = L.scale_off + L.tables * kPanelCols * L.scale_bytes;
     L.pstride = (L.zero_off + (L.zero_tables() ? L.tables * kPanelCols * 4 : 0) + 63) / 64 * 64;
@@ -339,10 +341,9 @@ struct Q8Rows {
 // nullptr) are prefetched into L2, an equal share per block, so they have arrived when that tile starts.
 // Mx: MXFP4's panels, 4-bit codes through L.nibbles and E8M0 factor bytes; int4's codes are u themselves
 // and skip the vpshufb per code vector (through the identity table, qwen2moe T = 512 took ~10 % more CPU
-// time). Self: the tile
-// quantises its rows itself, block by block (K too long for gemm_int8_dot's stack buffer; one row and
-// one panel, since the quantiser's registers in the loop make the accumulators spill); either way the
-// same bytes and factors.
+// time). Self: the tile quantises its rows itself, block by block (K too long for gemm_int8_dot's stack
+// buffer; one row and one panel, since the quantiser's registers in the loop make the accumulators
+// spill); either way the same bytes and factors.
 // S = dot - z · Σq: with one zero point for the matrix (L.zero) the int32 sums start from -z · Σq, which
 // saves an fp32 operation per output vector and block; otherwise it is formed in fp32, exact since both
 // terms are integers below 2^24.
@@ -442,8 +443,8 @@ template <int Bits, bool Mx, int MR, int NP, bool Self = false>
             std::uint8_t const* pj = b0 + j * L.pstride;
             __m512 s;
             if constexpr (Mx) {  // 2^(e - 128) exactly, subnormals included (vscalefps: 1 · 2^(e - 128))
-                __m128i const e = _mm_loadu_si128(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols));
-                s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(e), _mm512_set1_epi32(128))));
+                __m512i const e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols)));
+                s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128))));
             } else {
                 s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
             }
@@ -484,9 +485,9 @@ template <bool Vex>
 }
 
 // MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
-// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) and MXFP4's u (<= 24)
-// never saturate the int16 pairs (2 · 24 · 127); int8's u = q + 128 (<= 255) would, so its bytes go in as two nibble halves,
-// S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps in int32, int8 bytes whole.
+// into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) and MXFP4's u
+// (<= 24) never saturate the int16 pairs (2 · 24 · 127); int8's u = q + 128 (<= 255) would, so its bytes go
+// in as two nibble halves, S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps in int32, int8 bytes whole.
 // Lanes 0-7 and 8-15 of a panel vector are two ymm.
 template <int Bits, bool Mx, int MR, YmmDot D>
 [[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
@@ -552,15 +553,16 @@ template <int Bits, bool Mx, int MR, YmmDot D>
         for (int h = 0; h < 2; ++h) {
             __m256 s;
             if constexpr (Mx) {  // 2^(e - 128): e << 23 is 2^(e - 127) for e >= 1, halved exactly; e = 0 is 2^-128
-                __m256i const e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols + 8 * h)));
-                s = _mm256_blendv_ps(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0.5f)), _mm256_set1_ps(0x1p-128f),
-                                     _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+                std::uint8_t const* eb = pj + L.scale_off + t * kPanelCols + 8 * h;
+                __m256i const e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<__m128i const*>(eb)));
+                __m256 const pow2 = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0.5f));
+                s = _mm256_blendv_ps(pow2, _mm256_set1_ps(0x1p-128f), _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
             } else {
                 s = _mm256_loadu_ps(reinterpret_cast<float const*>(pj + L.scale_off) + t * kPanelCols + 8 * h);
             }
-            __m256 const z = L.zero_tables()
-                                 ? _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(pj + L.zero_off + (t * kPanelCols + 8 * h) * 4)))
-                                 : _mm256_set1_ps(static_cast<float>(L.zero));
+            std::uint8_t const* zt = pj + L.zero_off + (t * kPanelCols + 8 * h) * 4;
+            __m256 const z = L.zero_tables() ? _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(zt)))
+                                             : _mm256_set1_ps(static_cast<float>(L.zero));
             for (int i = 0; i < MR; ++i) {
                 __m256 const S = _mm256_fnmadd_ps(z, _mm256_set1_ps(sq[i]), _mm256_cvtepi32_ps(dot[i][h]));
                 acc[i][h] = _mm256_fmadd_ps(S, _mm256_mul_ps(_mm256_set1_ps(dq[i]), s), acc[i][h]);
