@@ -9,8 +9,8 @@
 #
 # BASELINES=0 runs smoe only (keeps the baselines' files already in OUT).
 # GGML=path/to/ggml_moe (bench/baselines/build_ggml.sh builds it) adds llama.cpp's MoE graph on ggml, cold and hot
-# (PROTOCOLS), 1 and 2 threads, for each type of GGML_TYPES (default "q4_0 q8_0 bf16"; ggml repacks q4_0 as llama.cpp
-# does), in the same session as smoe: ggml_<shape>_<type>_<protocol>_t<threads>.jsonl.
+# (PROTOCOLS), 1 and 2 threads, for each type of GGML_TYPES (default "q4_0 q8_0 bf16"; also mxfp4; ggml repacks q4_0
+# and mxfp4 as llama.cpp does), in the same session as smoe: ggml_<shape>_<type>_<protocol>_t<threads>.jsonl.
 # STORE=0 skips the expert stores' benchmark (BM_store, bench/bench_expert_store.cpp: store.json, store.md, store.png);
 # STORE_ONLY=1 runs it alone. Environment: TOKENS (default 1,8,32,128,512), BUILD (build dir, default build/bench-layer), OUT (results dir), SHAPES,
 # FORMATS (default "f32 bf16 int8 int4 fp8 mxfp4 int4d int8d fp8b mxfp4b mxfp4d"; int8q, int8 per channel through
