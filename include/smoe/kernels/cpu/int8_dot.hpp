@@ -110,8 +110,7 @@ inline char const* to_string(Int8DotKernel k) {
     }
 }
 
-// The 16-byte code -> u tables of 4-bit codes: int4's identity, and MXFP4's u = 2 · E2M1 value + 12.
-inline constexpr std::uint8_t kIdentityNibbles[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// MXFP4's code -> u table: u = 2 · E2M1 value + 12 (int4's codes are u themselves).
 inline constexpr std::uint8_t kE2m1Nibbles[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 inline constexpr std::int32_t kE2m1Zero = 12;
 
@@ -122,15 +121,16 @@ struct DotLayout {
     std::int64_t block_bytes = 0;           // 64 · bits: 128 (ternary), 256 (int4), 512 (int8)
     std::int64_t blocks_per_group = 0;      // k(b) = b / blocks_per_group
     std::int64_t tables = 0, scale_off = 0, zero_off = 0, pstride = 0;
-    std::int64_t scale_bytes = 4;  // per slot and table: fp32, or MXFP4's E8M0 byte
     std::int32_t zero = -1;          // the zero point of every output (int8: 128, symmetric int4: 8), else -1
-    std::uint8_t const* nibbles = kIdentityNibbles;  // 4-bit codes: code -> u
     std::vector<std::int32_t> perm;  // act order: input column of (sorted) step k
 
     bool zero_tables() const { return zero < 0; }
+    // MXFP4: codes map to u through kE2m1Nibbles, and each factor is kept as its E8M0 byte, not as fp32.
+    bool mx() const { return kind == quant::Kind::mxfp4; }
+    std::int64_t factor_bytes() const { return mx() ? 1 : 4; }
     // Unit o's factor s for table t of the panel at `panel`.
     float factor(std::uint8_t const* panel, std::int64_t t, int o) const {
-        if (scale_bytes == 1) return std::ldexp(1.0f, int(panel[scale_off + t * kPanelCols + o]) - 128);
+        if (mx()) return std::ldexp(1.0f, int(panel[scale_off + t * kPanelCols + o]) - 128);
         float sc;
         std::memcpy(&sc, panel + scale_off + (t * kPanelCols + o) * 4, 4);
         return sc;
@@ -163,12 +163,8 @@ inline DotLayout dot_layout(quant::Format const& f, std::int64_t K, quant::Matri
         case quant::Kind::mxfp4: L.zero = kE2m1Zero; break;
         default: L.zero = f.symmetric ? 8 : -1;
     }
-    if (f.kind == quant::Kind::mxfp4) {
-        L.nibbles = kE2m1Nibbles;
-        L.scale_bytes = 1;
-    }
     L.scale_off = L.blocks * L.block_bytes;
-    L.zero_off = L.scale_off + L.tables * kPanelCols * L.scale_bytes;
+    L.zero_off = L.scale_off + L.tables * kPanelCols * L.factor_bytes();
     L.pstride = (L.zero_off + (L.zero_tables() ? L.tables * kPanelCols * 4 : 0) + 63) / 64 * 64;
     if (f.act_order && m) L.perm = quant_layout(f, K, m).perm;
     return L;
@@ -188,8 +184,6 @@ inline DotPos dot_pos(int bits, std::int64_t r, int s) {
 inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot const (&slot)[kPanelCols]) {
     std::memset(dst, 0, static_cast<std::size_t>(L.pstride));
     bool const int8 = L.kind == quant::Kind::int8_channel;
-    // MXFP4: u - z = 2 v, so the factor is half the E8M0 scale (exact: a power of two down to 2^-128).
-    float const half = L.kind == quant::Kind::mxfp4 ? 0.5f : 1.0f;
     for (int s = 0; s < kPanelCols; ++s) {
         quant::Matrix const* m = slot[s].m;
         if (!m) continue;
@@ -204,9 +198,9 @@ inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot cons
         }
         for (std::int64_t t = 0; t < L.tables; ++t) {
             std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
-            float const sc = m->scale_of(o, i) * half;
-            if (L.scale_bytes == 1)  // 2^(e - 127) / 2 = 2^(e - 128): e from the exact power of two
-                dst[L.scale_off + t * kPanelCols + s] = static_cast<std::uint8_t>(std::ilogb(sc) + 128);
+            float const sc = m->scale_of(o, i);
+            if (L.mx())  // u - z = 2 v, so the factor is half the scale 2^(e - 127): the byte e keeps 2^(e - 128)
+                dst[L.scale_off + t * kPanelCols + s] = static_cast<std::uint8_t>(std::ilogb(sc) + 127);
             else
                 std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
             if (!L.zero_tables()) continue;
@@ -268,7 +262,7 @@ void dot_rows_portable(float const* a, std::int64_t lda, int rows, std::uint8_t 
                 for (int r = 0; r < kQ8Block; ++r) {
                     DotPos const at = dot_pos(L.bits, r, s);
                     std::int32_t u = (blk[at.byte] >> at.shift) & ((1 << L.bits) - 1);
-                    if (L.bits == 4) u = L.nibbles[u];
+                    if (L.mx()) u = kE2m1Nibbles[u];
                     S += (u - z) * q.q[r];
                 }
                 acc[s] = std::fma(static_cast<float>(S), q.d * sc, acc[s]);
@@ -339,7 +333,7 @@ struct Q8Rows {
 
 // MR rows x NP panels, every block of K; while it runs, the pf_bytes at pf (the next tile's panels, or
 // nullptr) are prefetched into L2, an equal share per block, so they have arrived when that tile starts.
-// Mx: MXFP4's panels, 4-bit codes through L.nibbles and E8M0 factor bytes; int4's codes are u themselves
+// Mx: MXFP4's panels, 4-bit codes through kE2m1Nibbles and E8M0 factor bytes; int4's codes are u themselves
 // and skip the vpshufb per code vector (through the identity table, qwen2moe T = 512 took ~10 % more CPU
 // time). Self: the tile quantises its rows itself, block by block (K too long for gemm_int8_dot's stack
 // buffer; one row and one panel, since the quantiser's registers in the loop make the accumulators
@@ -380,7 +374,7 @@ template <int Bits, bool Mx, int MR, int NP, bool Self = false>
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
     std::int32_t const* perm = L.perm.empty() ? nullptr : L.perm.data();
     __m512i const mask = _mm512_set1_epi8(static_cast<char>((1 << Bits) - 1));
-    __m512i const nibbles = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<__m128i const*>(L.nibbles)));
+    __m512i const nibbles = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<__m128i const*>(kE2m1Nibbles)));
     std::int32_t const zc = std::max(L.zero, 0);
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         alignas(64) Q8 local[MR];
@@ -498,7 +492,7 @@ template <int Bits, bool Mx, int MR, YmmDot D>
     constexpr int kVecs = Bits, kPieces = 8 / Bits;
     __m256i const nib = _mm256_set1_epi8(15), mask = _mm256_set1_epi8(static_cast<char>(Bits == 8 ? 15 : (1 << Bits) - 1)),
                   ones = _mm256_set1_epi16(1);
-    __m256i const nibbles = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<__m128i const*>(L.nibbles)));
+    __m256i const nibbles = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<__m128i const*>(kE2m1Nibbles)));
     for (std::int64_t b = 0; b < L.blocks; ++b) {
         std::int32_t qd[MR][8];
         float dq[MR], sq[MR];
@@ -701,7 +695,7 @@ void gemm_int8_dot(Int8DotKernel kernel, MatrixView<float const> A, DotLayout co
         switch (L.bits) {
             case 2: return detail::gemm_int8_dot_native<2, false>(kernel, A, L, panels, p0, p1, epi);
             case 4:
-                if (L.kind == quant::Kind::mxfp4) return detail::gemm_int8_dot_native<4, true>(kernel, A, L, panels, p0, p1, epi);
+                if (L.mx()) return detail::gemm_int8_dot_native<4, true>(kernel, A, L, panels, p0, p1, epi);
                 return detail::gemm_int8_dot_native<4, false>(kernel, A, L, panels, p0, p1, epi);
             default: return detail::gemm_int8_dot_native<8, false>(kernel, A, L, panels, p0, p1, epi);
         }
