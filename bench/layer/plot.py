@@ -43,9 +43,9 @@ DIMS = {"mixtral": (4096, 14336), "olmoe": (2048, 1024), "qwen2moe": (2048, 1408
 NAME = re.compile(r"^BM_layer/(?P<shape>[^/]+)/(?P<fmt>[^/]+)(?:/(?P<proto>hot|cold))?/threads:(?P<threads>\d+)/T:(?P<T>\d+)")
 
 
-def load():
+def load(out=OUT):
     recs, limits = [], {}
-    for path in sorted(glob.glob(os.path.join(OUT, "smoe_*.json"))):
+    for path in sorted(glob.glob(os.path.join(out, "smoe_*.json"))):
         with open(path) as f:
             doc = json.load(f)
         for b in doc.get("benchmarks", []):
@@ -68,8 +68,8 @@ def load():
                          "route_hash": route_hash, "y_abs_sum": b["y_abs_sum"], "experts": int(b.get("experts", 0)),
                          "limits": {"peak_gflops": b["peak_gflops"], "dram_gbps": b["dram_gbps"]},
                          **{k: b[k] for k in ("bw_paired", "roofline_paired") if k in b}})
-    for path in sorted(glob.glob(os.path.join(OUT, "eigen_*.jsonl")) + glob.glob(os.path.join(OUT, "torch_*.jsonl")) +
-                       glob.glob(os.path.join(OUT, "ggml_*.jsonl"))):
+    for path in sorted(glob.glob(os.path.join(out, "eigen_*.jsonl")) + glob.glob(os.path.join(out, "torch_*.jsonl")) +
+                       glob.glob(os.path.join(out, "ggml_*.jsonl"))):
         with open(path) as f:
             for line in f:
                 line = line.strip()
