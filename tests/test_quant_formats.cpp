@@ -111,6 +111,11 @@ TEST_CASE("e4m3, E2M1 and E8M0 decode as formats.md section 2.1 and 3.1 state", 
     CHECK(e8m0_to_float(0) == 0x1p-127f);
     CHECK(e8m0_to_float(254) == 0x1p127f);
     CHECK(std::isnan(e8m0_to_float(255)));
+    // float_to_e8m0 inverts it on every e but 255, and nothing else is an E8M0 scale.
+    for (int e = 0; e < 255; ++e)
+        CHECK(float_to_e8m0(e8m0_to_float(std::uint8_t(e))) == std::optional<std::uint8_t>(std::uint8_t(e)));
+    for (float s : {0.0f, -1.0f, 0x1p-128f, 0.75f, 3.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+        CHECK_FALSE(float_to_e8m0(s).has_value());
 }
 
 TEST_CASE("compressed-tensors pack-quantized decodes the worked example of formats.md section 1.5", "[quant][formats][int4]") {

@@ -38,15 +38,12 @@ def main(dirs):
         for f in fmts:
             cells = []
             for T in (1, 8):
-                best = None
-                for th in (1, 2):
-                    rs = [r for r in table.get((s, f, T, th), []) if r]
-                    if rs and (best is None or statistics.median(r["min_ms"] for r in rs) < best[0]):
-                        best = (statistics.median(r["min_ms"] for r in rs), th, rs)
-                if best is None:
+                counts = [(th, [r for r in table.get((s, f, T, th), []) if r]) for th in (1, 2)]
+                timed = [(statistics.median(r["min_ms"] for r in rs), th, rs) for th, rs in counts if rs]
+                if not timed:
                     cells.append("-")
                     continue
-                ms, th, rs = best
+                ms, th, rs = min(timed, key=lambda c: c[0])
                 med = statistics.median(r["bw_paired"] for r in rs)
                 gbps = statistics.median(r["gbps"] for r in rs)
                 miss = med < GOAL

@@ -5,7 +5,9 @@
 // decoded weight has the same bits on every ISA; they need subnormals kept (no DAZ in MXCSR).
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
+#include <optional>
 
 namespace smoe::inline v0::quant {
 
@@ -34,6 +36,13 @@ inline float e8m0_to_float(std::uint8_t e) {
     if (e == kE8m0Nan) return std::bit_cast<float>(0x7FC00000u);
     if (e == 0) return 0x1p-127f;  // the only subnormal
     return std::bit_cast<float>(std::uint32_t(e) << 23);
+}
+// The inverse: e for a scale 2^(e - 127), e = 0..254; none for any other value.
+inline std::optional<std::uint8_t> float_to_e8m0(float s) {
+    if (!(s > 0.0f) || !std::isfinite(s)) return std::nullopt;
+    int const e = std::ilogb(s) + 127;
+    if (e < 0 || e >= kE8m0Nan || e8m0_to_float(static_cast<std::uint8_t>(e)) != s) return std::nullopt;
+    return static_cast<std::uint8_t>(e);
 }
 
 }  // namespace smoe::inline v0::quant

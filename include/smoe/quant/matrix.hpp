@@ -141,7 +141,7 @@ struct Matrix {
             if (!std::isfinite(s) || s < 0.0f)
                 fail(what + ".scales " + at(k / scols, k % scols), smoe::detail::to_text(s), "a finite scale >= 0");
             // The int8 dot panels keep an MXFP4 factor as its exponent byte (int8_dot.hpp), so it must be one.
-            if (format.kind == Kind::mxfp4 && !(s > 0.0f && std::ilogb(s) >= -127 && std::ldexp(1.0f, std::ilogb(s)) == s))
+            if (format.kind == Kind::mxfp4 && !float_to_e8m0(s))
                 fail(what + ".scales " + at(k / scols, k % scols), smoe::detail::to_text(s), "an E8M0 scale 2^(e - 127), e = 0..254");
         }
         std::uint8_t const max_code = format.kind == Kind::ternary ? 2 : format.kind == Kind::int4 || format.kind == Kind::mxfp4 ? 15 : 255;

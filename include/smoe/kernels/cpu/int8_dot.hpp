@@ -200,7 +200,7 @@ inline void pack_dot_panel(std::uint8_t* dst, DotLayout const& L, QuantSlot cons
             std::int64_t const i = col(std::min(L.K - 1, t * L.blocks_per_group * kQ8Block));
             float const sc = m->scale_of(o, i);
             if (L.mx())  // u - z = 2 v, so the factor is half the scale 2^(e - 127): the byte e keeps 2^(e - 128)
-                dst[L.scale_off + t * kPanelCols + s] = static_cast<std::uint8_t>(std::ilogb(sc) + 127);
+                dst[L.scale_off + t * kPanelCols + s] = *quant::float_to_e8m0(sc);  // Matrix::validate: an E8M0 scale
             else
                 std::memcpy(dst + L.scale_off + (t * kPanelCols + s) * 4, &sc, 4);
             if (!L.zero_tables()) continue;
@@ -437,7 +437,8 @@ template <int Bits, bool Mx, int MR, int NP, bool Self = false>
             std::uint8_t const* pj = b0 + j * L.pstride;
             __m512 s;
             if constexpr (Mx) {  // 2^(e - 128) exactly, subnormals included (vscalefps: 1 · 2^(e - 128))
-                __m512i const e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<__m128i const*>(pj + L.scale_off + t * kPanelCols)));
+                std::uint8_t const* eb = pj + L.scale_off + t * kPanelCols;
+                __m512i const e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<__m128i const*>(eb)));
                 s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128))));
             } else {
                 s = _mm512_loadu_ps(pj + L.scale_off + t * kPanelCols * 4);
@@ -481,7 +482,8 @@ template <bool Vex>
 // MR rows x one panel on AVX2: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes
 // into int16 pairs, vpmaddwd sums those into int32 lanes. int4 and ternary codes (<= 15) and MXFP4's u
 // (<= 24) never saturate the int16 pairs (2 · 24 · 127); int8's u = q + 128 (<= 255) would, so its bytes go
-// in as two nibble halves, S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps in int32, int8 bytes whole.
+// in as two nibble halves, S = Σ lo·q + 16 Σ hi·q. With AVX-VNNI (D vex or evex) one vpdpbusd does both steps
+// in int32, int8 bytes whole.
 // Lanes 0-7 and 8-15 of a panel vector are two ymm.
 template <int Bits, bool Mx, int MR, YmmDot D>
 [[gnu::noinline]] SMOE_TARGET_AVX2_FMA void dot_tile_avx2(float const* a, std::int64_t lda, Q8Rows pre, std::uint8_t const* pj,
